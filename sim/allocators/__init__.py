@@ -1,0 +1,45 @@
+"""KV-cache allocators: a registry of the built-in ones, and loading of a user's own class."""
+
+from __future__ import annotations
+
+import importlib
+
+from sim.allocators.base import (MEMORY_CATEGORIES, AllocationError, BlockTablePlacement, ExtentPlacement, TokenContent,
+                                 KVAllocator, MemoryBreakdown)
+from sim.allocators.contiguous import ContiguousAllocator, ContiguousMax, ContiguousOracle, ContiguousPow2
+from sim.allocators.paged import BlockPool, PagedAllocator
+from sim.errors import UserError
+
+REGISTRY: dict[str, type[KVAllocator]] = {
+    cls.name: cls for cls in (ContiguousMax, ContiguousPow2, ContiguousOracle, PagedAllocator)
+}
+
+__all__ = [
+    "MEMORY_CATEGORIES", "REGISTRY", "AllocationError", "BlockPool", "BlockTablePlacement", "ContiguousAllocator",
+    "ContiguousMax", "ContiguousOracle", "ContiguousPow2", "ExtentPlacement", "KVAllocator", "MemoryBreakdown",
+    "PagedAllocator", "TokenContent", "resolve_allocator",
+]
+
+
+def resolve_allocator(spec: str) -> type[KVAllocator]:
+    """A registered name, or 'package.module:ClassName' for a user's own allocator class."""
+    if spec in REGISTRY:
+        return REGISTRY[spec]
+    if ":" not in spec:
+        raise UserError(f"unknown allocator {spec!r}; registered: {', '.join(REGISTRY)} "
+                        f"(or give your own class as package.module:ClassName)")
+    module_name, _, class_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"cannot import allocator module {module_name!r}: {exc}") from None
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type):
+        raise UserError(f"module {module_name!r} has no class {class_name!r}")
+    missing = [m for m in ("never_fits", "can_admit", "admit", "can_append", "append", "free", "num_tokens",
+                           "placement", "memory", "check") if not callable(getattr(cls, m, None))]
+    if missing:
+        raise UserError(f"{spec} is not a KV allocator: it lacks {', '.join(missing)} (see sim.allocators.base)")
+    if not getattr(cls, "name", ""):
+        cls.name = spec
+    return cls

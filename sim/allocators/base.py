@@ -1,0 +1,178 @@
+"""The interface every KV-cache allocator implements, and the memory breakdown it reports.
+
+An allocator manages `capacity_tokens` token slots of KV memory (num_blocks x block_size, the same for every
+allocator so comparisons are fair). Sequences are identified by integer ids chosen by the caller. Every operation has
+a query that says whether it would succeed (`can_admit` -> `admit`, `can_append` -> `append`): the query is honest,
+i.e. the operation succeeds exactly when the query said yes, and an operation that cannot succeed raises
+`AllocationError` and changes nothing.
+
+Memory is accounted in token slots; multiply by bytes per token for bytes. At any instant every slot is in exactly
+one of five categories (see `MemoryBreakdown`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import ClassVar, Hashable
+
+
+class AllocationError(RuntimeError):
+    """An allocator operation that cannot be carried out (the matching can_* query would have said no)."""
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Where every KV slot is, in token slots. The five fields sum to the allocator's capacity.
+
+    token_states: slots holding KV of tokens computed so far.
+    reserved: held slots that a live sequence will still fill before it finishes.
+    internal_fragmentation: held slots that will never hold a token (reservation beyond the final length, the unused
+        tail of a last block).
+    external_fragmentation: free slots the next waiting request cannot use because no free extent is large enough for
+        it (0 when nothing waits, and always 0 for paged allocators, whose blocks are interchangeable).
+    free: the other free slots.
+    """
+
+    token_states: int
+    reserved: int
+    internal_fragmentation: int
+    external_fragmentation: int
+    free: int
+
+    @property
+    def total(self) -> int:
+        return (self.token_states + self.reserved + self.internal_fragmentation + self.external_fragmentation
+                + self.free)
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+MEMORY_CATEGORIES = ("token_states", "reserved", "internal_fragmentation", "external_fragmentation", "free")
+
+
+@dataclass(frozen=True)
+class BlockTablePlacement:
+    """Where a paged sequence's KV lives: physical block ids in logical order."""
+
+    block_size: int
+    block_table: tuple[int, ...]
+
+    def slot(self, position: int) -> int:
+        """Token slot address of the token at `position` (block * block_size + offset)."""
+        return self.block_table[position // self.block_size] * self.block_size + position % self.block_size
+
+
+@dataclass(frozen=True)
+class ExtentPlacement:
+    """Where a contiguous sequence's KV lives: `length` token slots from `start` in one linear address space."""
+
+    start: int
+    length: int
+
+    def slot(self, position: int) -> int:
+        if not 0 <= position < self.length:
+            raise IndexError(f"position {position} outside the reservation of {self.length} slots")
+        return self.start + position
+
+
+@dataclass(frozen=True)
+class TokenContent:
+    """What a sequence's tokens are, for sharing and prefix caching: consecutive runs of (tag, length). Token k of a
+    run tagged t has identity (t, k); two tokens are equal content exactly when their identities are equal. Tokens
+    beyond the last run are unique to the sequence. Example: a request of prefix group 7 with a 100-token shared
+    prefix is ((("group", 7), 100),).
+    """
+
+    runs: tuple[tuple[Hashable, int], ...] = ()
+
+
+class KVAllocator(ABC):
+    """A KV-cache allocator. Subclass this (or provide the same methods) to plug in your own via
+    `--allocator package.module:ClassName`.
+
+    Args:
+        num_blocks: blocks of KV memory.
+        block_size: tokens per block; capacity is num_blocks x block_size token slots.
+        max_model_len: longest sequence the model allows (tokens).
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: True when sequences may need more memory after admission (and so may be preempted).
+    grows_on_demand: ClassVar[bool] = False
+
+    def __init__(self, num_blocks: int, block_size: int, max_model_len: int):
+        if num_blocks <= 0 or block_size <= 0:
+            raise ValueError("num_blocks and block_size must be positive")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.max_model_len = max_model_len
+        self.capacity_tokens = num_blocks * block_size
+
+    # --- admission and growth -------------------------------------------------------------------------------------
+    @abstractmethod
+    def never_fits(self, final_len: int) -> str | None:
+        """Why a sequence of final_len tokens could not be placed even in an empty cache, or None if it could."""
+
+    @abstractmethod
+    def can_admit(self, seq_id: int, num_tokens: int, final_len: int, content: TokenContent | None = None) -> bool:
+        """Whether `admit` would succeed now."""
+
+    @abstractmethod
+    def admit(self, seq_id: int, num_tokens: int, final_len: int, content: TokenContent | None = None) -> int:
+        """Place a new sequence holding num_tokens tokens that will hold final_len tokens when it finishes.
+
+        Returns how many of its first tokens already had their KV in memory (a prefix-cache hit; they need no
+        prefill). Allocators without a cache return 0. `content` names the tokens (None: all unique).
+        """
+
+    @abstractmethod
+    def can_append(self, seq_id: int, num_tokens: int = 1) -> bool:
+        """Whether `append` would succeed now."""
+
+    @abstractmethod
+    def append(self, seq_id: int, num_tokens: int = 1) -> None:
+        """Make room for num_tokens more tokens of a live sequence."""
+
+    @abstractmethod
+    def free(self, seq_id: int) -> None:
+        """Release everything a sequence holds (completion or preemption)."""
+
+    # --- inspection -----------------------------------------------------------------------------------------------
+    @abstractmethod
+    def num_tokens(self, seq_id: int) -> int:
+        """Tokens a live sequence holds."""
+
+    @abstractmethod
+    def placement(self, seq_id: int) -> BlockTablePlacement | ExtentPlacement:
+        """Where a live sequence's KV lives."""
+
+    @abstractmethod
+    def memory(self, next_final_len: int | None = None) -> MemoryBreakdown:
+        """The five-way breakdown of capacity, in token slots. next_final_len is the final length of the request at
+        the head of the waiting queue (it decides external fragmentation), or None when nothing waits."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Assert internal invariants (raise AssertionError). Called after every operation by the property tests."""
+
+    def live_sequences(self) -> list[int]:
+        """Ids of live sequences."""
+        return list(self._seqs)  # type: ignore[attr-defined]
+
+    #: True when fork() is supported (sequences of one request share blocks).
+    supports_fork: ClassVar[bool] = False
+
+    def fork(self, parent_id: int, child_id: int) -> None:
+        """Make child_id a new sequence with the same tokens as parent_id (sharing memory where the allocator can;
+        a contiguous allocator copies into a reservation of its own)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support fork")
+
+    def can_fork(self, parent_id: int, child_id: int) -> bool:
+        return False
+
+    def take_copy_ops(self) -> list[tuple[int, int]]:
+        """(source block, destination block) copies recorded since the last call (copy-on-write); none by default."""
+        return []

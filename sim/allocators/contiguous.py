@@ -1,0 +1,149 @@
+"""Contiguous reservations: each sequence holds one extent of token slots, reserved up front for its whole life.
+
+These are the baselines of the vLLM paper (Orca Max / Pow2 / Oracle). A sequence never grows beyond its reservation,
+so these allocators never preempt. They cannot share memory between sequences: every sequence stores its own copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from sim.allocators.base import AllocationError, TokenContent, ExtentPlacement, KVAllocator, MemoryBreakdown
+from sim.allocators.placement import PLACEMENTS, AddressSpace
+from sim.config import next_power_of_two
+
+
+@dataclass
+class _Extent:
+    start: int
+    held: int  # slots held (after the placement policy's rounding)
+    tokens: int
+    final_len: int
+
+
+class ContiguousAllocator(KVAllocator):
+    """Base for the contiguous allocators; subclasses say how much each sequence reserves.
+
+    Args:
+        placement: "buddy" (default) or "first-fit": how extents are placed in the address space.
+    """
+
+    placement_policy: ClassVar[str] = "buddy"
+
+    def __init__(self, num_blocks: int, block_size: int, max_model_len: int, placement: str | None = None):
+        super().__init__(num_blocks, block_size, max_model_len)
+        policy = placement or self.placement_policy
+        if policy not in PLACEMENTS:
+            raise ValueError(f"unknown placement {policy!r}; choose from {', '.join(PLACEMENTS)}")
+        self.placement_name = policy
+        self.space: AddressSpace = PLACEMENTS[policy](self.capacity_tokens)
+        self._seqs: dict[int, _Extent] = {}
+        self._tokens = 0  # token_states, summed over sequences
+        self._held = 0
+        self._unfilled = 0  # sum of (final_len - tokens): slots still to be filled
+
+    def reservation(self, final_len: int) -> int:
+        """Slots a sequence of final_len tokens asks for (before placement rounding)."""
+        raise NotImplementedError
+
+    def never_fits(self, final_len: int) -> str | None:
+        need = self.space.placed_size(self.reservation(final_len))
+        largest = self.space.largest_placeable()
+        if need > largest:
+            return (f"needs a contiguous reservation of {need:,} token slots; the largest the KV cache can place "
+                    f"is {largest:,}")
+        return None
+
+    def can_admit(self, seq_id: int, num_tokens: int, final_len: int, content: TokenContent | None = None) -> bool:
+        size = self.reservation(final_len)
+        return (seq_id not in self._seqs and 0 <= num_tokens <= final_len
+                and num_tokens <= self.space.placed_size(size) and self.space.can_alloc(size))
+
+    def admit(self, seq_id: int, num_tokens: int, final_len: int, content: TokenContent | None = None) -> int:
+        if not self.can_admit(seq_id, num_tokens, final_len):
+            raise AllocationError(f"cannot admit sequence {seq_id} ({num_tokens} tokens, final {final_len})")
+        size = self.reservation(final_len)
+        start = self.space.alloc(size)
+        held = self.space.placed_size(size)
+        self._seqs[seq_id] = _Extent(start, held, num_tokens, final_len)
+        self._tokens += num_tokens
+        self._held += held
+        self._unfilled += final_len - num_tokens
+        return 0
+
+    def can_append(self, seq_id: int, num_tokens: int = 1) -> bool:
+        ext = self._seqs.get(seq_id)
+        return ext is not None and num_tokens >= 0 and ext.tokens + num_tokens <= ext.held
+
+    def append(self, seq_id: int, num_tokens: int = 1) -> None:
+        if not self.can_append(seq_id, num_tokens):
+            raise AllocationError(f"sequence {seq_id} cannot grow by {num_tokens} beyond its reservation")
+        ext = self._seqs[seq_id]
+        old_unfilled = max(0, ext.final_len - ext.tokens)
+        ext.tokens += num_tokens
+        self._tokens += num_tokens
+        self._unfilled += max(0, ext.final_len - ext.tokens) - old_unfilled
+
+    def free(self, seq_id: int) -> None:
+        ext = self._seqs.pop(seq_id, None)
+        if ext is None:
+            raise AllocationError(f"sequence {seq_id} is not live")
+        self.space.release(ext.start)
+        self._tokens -= ext.tokens
+        self._held -= ext.held
+        self._unfilled -= max(0, ext.final_len - ext.tokens)
+
+    def num_tokens(self, seq_id: int) -> int:
+        return self._seqs[seq_id].tokens
+
+    def placement(self, seq_id: int) -> ExtentPlacement:
+        ext = self._seqs[seq_id]
+        return ExtentPlacement(ext.start, ext.held)
+
+    def memory(self, next_final_len: int | None = None) -> MemoryBreakdown:
+        free = self.space.num_free()
+        external = 0 if next_final_len is None else self.space.unusable_free(self.reservation(next_final_len))
+        return MemoryBreakdown(
+            token_states=self._tokens,
+            reserved=self._unfilled,
+            internal_fragmentation=self._held - self._tokens - self._unfilled,
+            external_fragmentation=external,
+            free=free - external,
+        )
+
+    def check(self) -> None:
+        self.space.check()
+        extents = sorted((e.start, e.held) for e in self._seqs.values())
+        assert extents == self.space.allocated_extents(), "sequence extents differ from the address space's"
+        for seq_id, e in self._seqs.items():
+            assert 0 <= e.tokens <= e.held, f"sequence {seq_id} holds {e.tokens} tokens in {e.held} slots"
+            assert e.start >= 0 and e.start + e.held <= self.capacity_tokens, f"sequence {seq_id} out of bounds"
+        assert self._tokens == sum(e.tokens for e in self._seqs.values()), "token counter is wrong"
+        assert self._held == sum(e.held for e in self._seqs.values()), "held counter is wrong"
+        assert self._unfilled == sum(max(0, e.final_len - e.tokens) for e in self._seqs.values())
+        assert self._held + self.space.num_free() == self.capacity_tokens, "held + free != capacity"
+
+
+class ContiguousMax(ContiguousAllocator):
+    name = "contiguous-max"
+    description = "reserves max-model-length slots per sequence (FasterTransformer / Orca 'Max')"
+
+    def reservation(self, final_len: int) -> int:
+        return max(self.max_model_len, final_len)
+
+
+class ContiguousPow2(ContiguousAllocator):
+    name = "contiguous-pow2"
+    description = "reserves the next power of two >= the final length (Orca 'Pow2')"
+
+    def reservation(self, final_len: int) -> int:
+        return next_power_of_two(final_len)
+
+
+class ContiguousOracle(ContiguousAllocator):
+    name = "contiguous-oracle"
+    description = "reserves exactly the final length, known up front (Orca 'Oracle')"
+
+    def reservation(self, final_len: int) -> int:
+        return max(1, final_len)

@@ -1,0 +1,188 @@
+"""The `sim` command. Thin: it parses options, calls the library, prints, and maps errors to exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from sim.allocators import REGISTRY
+from sim.config import GPUS, MODELS, resolve_gpu, resolve_model
+from sim.cost_model import DEFAULT_STEP_OVERHEAD_S
+from sim.errors import UserError
+from sim.metrics import atomic_write, to_json
+from sim.output import prepare_dir, write_replay
+from sim.progress import ProgressBar
+from sim.run import ReplayOptions, replay
+from sim.tables import summary_table
+from sim.trace import READERS, read_trace
+from sim.units import format_bytes, parse_duration, parse_size
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_replay_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("trace", help="trace file (format detected from its header)")
+    p.add_argument("--format", choices=sorted(READERS), help="force the trace format")
+    p.add_argument("--model", default="llama-2-7b",
+                   help="model preset (see `sim models`) or dimensions 'layers=..,kv_heads=..,head_size=..,"
+                        "params=..,max_len=..[,heads=..,hidden=..,intermediate=..,vocab=..,kv_dtype=..]' "
+                        "(default: llama-2-7b)")
+    p.add_argument("--gpu", default="a100-80gb", help="GPU preset (see `sim gpus`; default: a100-80gb)")
+    p.add_argument("--block-size", type=_positive_int, default=16, help="tokens per KV block (default: 16)")
+    p.add_argument("--kv-memory", help="KV cache size per GPU, e.g. 12GiB (default: derived from the GPU)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="fraction of GPU memory the engine may use when deriving the KV size (default: 0.9)")
+    p.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel GPUs (default: 1)")
+    p.add_argument("--max-model-len", type=_positive_int, help="override the model's max length (tokens)")
+    p.add_argument("--max-num-seqs", type=_positive_int, default=256,
+                   help="sequences per iteration (default: 256)")
+    p.add_argument("--max-num-batched-tokens", type=_positive_int,
+                   help="prompt tokens prefilled per iteration (default: max(max model length, 2048))")
+    p.add_argument("--placement", choices=["buddy", "first-fit"],
+                   help="how contiguous allocators place reservations (default: buddy)")
+    p.add_argument("--step-overhead", default=f"{DEFAULT_STEP_OVERHEAD_S * 1000:g}ms",
+                   help="fixed time per iteration in the roofline cost model (default: %(default)s)")
+    p.add_argument("--out", help="output directory (default: a new directory under runs/)")
+    p.add_argument("--force", action="store_true", help="write into an existing non-empty --out directory")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _options(args: argparse.Namespace, allocator: str) -> ReplayOptions:
+    model = resolve_model(args.model, args.max_model_len)
+    return ReplayOptions(
+        model=model, gpu=resolve_gpu(args.gpu), allocator=allocator, block_size=args.block_size,
+        kv_memory=parse_size(args.kv_memory) if args.kv_memory else None,
+        gpu_memory_utilization=args.gpu_memory_utilization, tp=args.tp, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, placement=args.placement,
+        step_overhead_s=parse_duration(args.step_overhead))
+
+
+def _header(trace, options: ReplayOptions) -> None:
+    budget = options.budget()
+    print(f"trace: {trace.path} ({trace.format}, {len(trace):,} requests over {trace.duration_s:,.1f} s)")
+    print(f"model: {options.model.name} ({options.model.kv_bytes_per_token(options.tp):,} KV bytes per token"
+          f"{f' per GPU, tp={options.tp}' if options.tp > 1 else ''}), GPU: {options.gpu.name}")
+    if budget.source == "derived":
+        b = budget.breakdown
+        print(f"KV budget: {format_bytes(b['gpu_memory'])} x {options.gpu_memory_utilization:g} - weights "
+              f"{format_bytes(b['weights'])} - activations {format_bytes(b['activations'])} - runtime "
+              f"{format_bytes(b['runtime'])} = {format_bytes(b['kv'])}")
+    print(budget.describe(options.model))
+
+
+def _run_one(trace, options: ReplayOptions, quiet: bool, label: str):
+    bar = ProgressBar(label, enabled=False if quiet else None)
+    try:
+        return replay(trace, options, progress=bar)
+    finally:
+        bar.close()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    trace = read_trace(args.trace, args.format)
+    options = _options(args, args.allocator)
+    _header(trace, options)
+    out = prepare_dir(args.out, f"{trace.name}-{os.path.basename(args.allocator).replace(':', '-')}", args.force)
+    result = _run_one(trace, options, args.quiet, args.allocator)
+    write_replay(out, result, trace.request_id)
+    print()
+    print(summary_table([result.summary]))
+    print(f"\nwrote {out}/summary.json, steps.csv, requests.csv")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    trace = read_trace(args.trace, args.format)
+    allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
+    if not allocators:
+        raise UserError("--allocators needs at least one allocator")
+    if len(set(allocators)) != len(allocators):
+        raise UserError("--allocators names an allocator twice")
+    options = [_options(args, a) for a in allocators]
+    _header(trace, options[0])
+    out = prepare_dir(args.out, f"{trace.name}-compare", args.force)
+    results = []
+    for opt in options:
+        result = _run_one(trace, opt, args.quiet, opt.allocator)
+        sub = os.path.join(out, opt.allocator.replace(":", "-").replace("/", "-"))
+        os.makedirs(sub, exist_ok=True)
+        write_replay(sub, result, trace.request_id)
+        results.append(result)
+    summaries = [r.summary for r in results]
+    atomic_write(os.path.join(out, "compare.json"), to_json(summaries))
+    print()
+    print(summary_table(summaries))
+    print(f"\nwrote {out}/compare.json and one directory per allocator")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    print(f"{'name':<12} {'layers':>6} {'q heads':>7} {'kv heads':>8} {'head':>5} {'kv dtype':>8} "
+          f"{'params':>8} {'max len':>8} {'KV B/token':>11}")
+    for m in MODELS.values():
+        print(f"{m.name:<12} {m.num_layers:>6} {m.num_q_heads:>7} {m.num_kv_heads:>8} {m.head_size:>5} "
+              f"{m.kv_dtype:>8} {m.num_params / 1e9:>7.2f}B {m.max_model_len:>8,} {m.kv_bytes_per_token():>11,}")
+    return 0
+
+
+def cmd_gpus(args: argparse.Namespace) -> int:
+    print(f"{'name':<10} {'memory':>10} {'HBM TB/s':>9} {'bf16 TFLOP/s':>13}  source")
+    for g in GPUS.values():
+        print(f"{g.name:<10} {format_bytes(g.memory_bytes):>10} {g.hbm_bandwidth / 1e12:>9.3f} "
+              f"{g.bf16_flops / 1e12:>13.1f}  {g.source}")
+    return 0
+
+
+def cmd_allocators(args: argparse.Namespace) -> int:
+    width = max(len(n) for n in REGISTRY)
+    for name, cls in REGISTRY.items():
+        print(f"{name:<{width}}  {cls.description}")
+    print("\nYour own: --allocator package.module:ClassName (a subclass of sim.allocators.base.KVAllocator)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sim", description="KV-cache capacity planning for LLM serving.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("replay", help="replay a trace through one KV allocator")
+    _add_replay_options(p)
+    p.add_argument("--allocator", default="paged",
+                   help=f"allocator: {', '.join(REGISTRY)} or package.module:ClassName (default: paged)")
+    p.set_defaults(func=cmd_replay)
+    p = sub.add_parser("compare", help="replay a trace through several allocators, side by side")
+    _add_replay_options(p)
+    p.add_argument("--allocators", default=",".join(REGISTRY),
+                   help="comma-separated allocators (default: all registered)")
+    p.set_defaults(func=cmd_compare)
+    sub.add_parser("models", help="list model presets").set_defaults(func=cmd_models)
+    sub.add_parser("gpus", help="list GPU presets").set_defaults(func=cmd_gpus)
+    sub.add_parser("allocators", help="list registered allocators").set_defaults(func=cmd_allocators)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"sim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nsim: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Iteration time: how long one batch takes on the GPU (seconds).
+
+The default `RooflineCostModel` is a roofline from the GPU's datasheet:
+
+    time = max(bytes_moved / (HBM bandwidth x bandwidth_efficiency), flops / (peak FLOP/s x flops_efficiency))
+           + step_overhead_s
+
+    bytes_moved = weight bytes (per GPU) + KV read + KV written
+        KV read    = (decode context tokens + prefill context tokens) x KV bytes per token (per GPU)
+        KV written = batched tokens x KV bytes per token
+    flops = 2 x parameters x batched tokens / tp + attention FLOPs
+        attention FLOPs = 4 x layers x q heads x head size x (query, key) pairs / tp
+        (query, key) pairs = sum of decode context lengths + causal prefill pairs n (n + 1) / 2 (+ n x context)
+
+Tensor-parallel communication is not modelled. A later calibration fits these terms to GPU measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from sim.config import GpuSpec, ModelSpec
+from sim.scheduler import Batch
+
+
+class CostModel(Protocol):
+    def step_time(self, batch: Batch) -> float:
+        """Seconds one iteration running `batch` takes."""
+        ...
+
+    def describe(self) -> dict: ...
+
+
+DEFAULT_STEP_OVERHEAD_S = 0.002
+
+
+@dataclass
+class RooflineCostModel:
+    model: ModelSpec
+    gpu: GpuSpec
+    tp: int = 1
+    step_overhead_s: float = DEFAULT_STEP_OVERHEAD_S  # scheduling, kernel launches, sampling: per iteration
+    bandwidth_efficiency: float = 1.0  # fraction of datasheet HBM bandwidth achieved
+    flops_efficiency: float = 1.0  # fraction of datasheet FLOP/s achieved
+
+    def __post_init__(self) -> None:
+        m, tp = self.model, self.tp
+        self.weight_bytes = m.weight_bytes(tp)
+        self.kv_bytes_per_token = m.kv_bytes_per_token(tp)
+        self.flops_per_token = 2 * m.num_params / tp
+        self.flops_per_pair = 4 * m.num_layers * m.num_q_heads * m.head_size / tp
+        self.bandwidth = self.gpu.hbm_bandwidth * self.bandwidth_efficiency
+        self.flop_rate = self.gpu.bf16_flops * self.flops_efficiency
+
+    def time(self, batched_tokens: int, kv_read_tokens: int, attention_pairs: int) -> float:
+        """Seconds for an iteration with these totals (the roofline formula above)."""
+        bytes_moved = self.weight_bytes + (kv_read_tokens + batched_tokens) * self.kv_bytes_per_token
+        flops = self.flops_per_token * batched_tokens + self.flops_per_pair * attention_pairs
+        return max(bytes_moved / self.bandwidth, flops / self.flop_rate) + self.step_overhead_s
+
+    def step_time(self, batch: Batch) -> float:
+        return self.time(batch.num_batched_tokens, batch.decode_context_tokens,
+                         batch.decode_context_tokens + batch.prefill_attention_pairs)
+
+    def describe(self) -> dict:
+        return {
+            "kind": "roofline", "gpu": self.gpu.name, "hbm_bandwidth_bytes_per_s": self.gpu.hbm_bandwidth,
+            "bf16_flops_per_s": self.gpu.bf16_flops, "bandwidth_efficiency": self.bandwidth_efficiency,
+            "flops_efficiency": self.flops_efficiency, "step_overhead_s": self.step_overhead_s, "tp": self.tp,
+        }

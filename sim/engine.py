@@ -1,0 +1,114 @@
+"""The simulator's clock: simpy processes that replay a trace through a scheduler.
+
+One arrival process hands requests to the scheduler at their arrival times; one engine process runs iterations,
+yielding one timeout per iteration whose length comes from the cost model. Nothing here knows about memory: that is
+the allocator's business, reached through the scheduler.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import simpy
+
+from sim.allocators.base import KVAllocator
+from sim.cost_model import CostModel
+from sim.metrics import RequestLog, StepLog
+from sim.scheduler import Scheduler, Sequence
+from sim.trace import Trace
+
+ProgressCallback = Callable[[int, int], None]  # (requests done, requests total)
+
+
+class Engine:
+    """Replays one trace. `run()` returns the per-iteration and per-request records."""
+
+    def __init__(self, trace: Trace, scheduler: Scheduler, cost_model: CostModel, bytes_per_token: int,
+                 max_model_len: int, progress: ProgressCallback | None = None):
+        self.trace = trace
+        self.scheduler = scheduler
+        self.allocator: KVAllocator = scheduler.allocator
+        self.cost_model = cost_model
+        self.bytes_per_token = bytes_per_token
+        self.max_model_len = max_model_len
+        self.progress = progress
+        self.env = simpy.Environment(initial_time=float(trace.arrival_s[0]) if len(trace) else 0.0)
+        self.steps = StepLog()
+        self.requests = RequestLog.empty(trace.arrival_s, trace.prompt_tokens, trace.output_tokens)
+        self._all_arrived = False
+        self._wake: simpy.Event | None = None
+        self._done = 0
+
+    def run(self) -> tuple[StepLog, RequestLog]:
+        self.env.process(self._arrivals())
+        self.env.process(self._engine())
+        self.env.run()
+        return self.steps, self.requests
+
+    def _reject_reason(self, prompt: int, output: int) -> str | None:
+        if prompt + output > self.max_model_len:
+            return (f"prompt + output = {prompt + output:,} tokens exceeds the max model length of "
+                    f"{self.max_model_len:,}")
+        return self.allocator.never_fits(prompt + output - 1)
+
+    def _arrivals(self):
+        env, trace = self.env, self.trace
+        arrival, prompt, output = trace.arrival_s, trace.prompt_tokens, trace.output_tokens
+        for i in range(len(trace)):
+            delay = float(arrival[i]) - env.now
+            if delay > 0:
+                yield env.timeout(delay)
+            p, o = int(prompt[i]), int(output[i])
+            reason = self._reject_reason(p, o)
+            if reason is not None:
+                self.requests.rejection[i] = reason
+                self._count_done(1)
+                continue
+            self.scheduler.add(Sequence(i, p, o, float(arrival[i])))
+            if self._wake is not None and not self._wake.triggered:
+                self._wake.succeed()
+        self._all_arrived = True
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
+
+    def _count_done(self, n: int) -> None:
+        self._done += n
+        if self.progress is not None:
+            self.progress(self._done, len(self.trace))
+
+    def _engine(self):
+        env, sched, alloc = self.env, self.scheduler, self.allocator
+        req, bpt = self.requests, self.bytes_per_token
+        while True:
+            if not sched.has_work():
+                if self._all_arrived:
+                    return
+                self._wake = env.event()
+                yield self._wake
+                continue
+            start = env.now
+            batch = sched.schedule(start)
+            if not batch:
+                raise RuntimeError("the scheduler produced an empty batch while requests wait: an allocator refuses a "
+                                   "request that fits an empty cache (never_fits is wrong)")
+            for seq in batch.preempted:
+                req.preemptions[seq.seq_id] += 1
+            mem = alloc.memory(sched.next_waiting_final_len())
+            duration = self.cost_model.step_time(batch)
+            yield env.timeout(duration)
+            now = env.now
+            finished = sched.finish(batch, now)
+            self.steps.append((start, duration, batch.num_seqs, len(sched.waiting), batch.num_prefill_tokens,
+                               len(batch.decode), batch.num_batched_tokens, len(batch.preempted),
+                               mem.token_states * bpt, mem.reserved * bpt, mem.internal_fragmentation * bpt,
+                               mem.external_fragmentation * bpt, mem.free * bpt))
+            for seq in batch.prefill:
+                i = seq.seq_id
+                if np.isnan(req.admitted_s[i]):
+                    req.admitted_s[i] = seq.admitted_s
+                    req.first_token_s[i] = seq.first_token_s
+            for seq in finished:
+                req.finish_s[seq.seq_id] = now
+            if finished:
+                self._count_done(len(finished))

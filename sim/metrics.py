@@ -1,0 +1,169 @@
+"""Per-iteration and per-request records, the summary computed from them, and writing them to disk.
+
+Every figure of `summary.json` is defined here (and in the README's table) and computed in `summarize`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.allocators.base import MEMORY_CATEGORIES
+
+STEP_COLUMNS = ("time_s", "duration_s", "running", "waiting", "prefill_tokens", "decode_tokens", "batched_tokens",
+                "preempted") + tuple(f"{c}_bytes" for c in MEMORY_CATEGORIES)
+
+
+class StepLog:
+    """One row per iteration: start time (s), duration (s), sequences in the batch, sequences waiting after
+    scheduling, prompt tokens prefilled, decode tokens, batched tokens, sequences preempted, and the five KV memory
+    categories in bytes while the iteration runs."""
+
+    def __init__(self) -> None:
+        self._rows: list[tuple] = []
+
+    def append(self, row: tuple) -> None:
+        self._rows.append(row)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        table = np.array(self._rows, dtype=np.float64).reshape(len(self._rows), len(STEP_COLUMNS))
+        return {name: table[:, i] for i, name in enumerate(STEP_COLUMNS)}
+
+
+@dataclass
+class RequestLog:
+    """Per request (trace order): times in seconds from the trace's start (NaN when it never happened)."""
+
+    arrival_s: np.ndarray
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    admitted_s: np.ndarray
+    first_token_s: np.ndarray
+    finish_s: np.ndarray
+    preemptions: np.ndarray
+    rejection: list[str | None]
+
+    @classmethod
+    def empty(cls, arrival_s: np.ndarray, prompt_tokens: np.ndarray, output_tokens: np.ndarray) -> "RequestLog":
+        n = len(arrival_s)
+        nan = lambda: np.full(n, np.nan)  # noqa: E731
+        return cls(arrival_s, prompt_tokens, output_tokens, nan(), nan(), nan(), np.zeros(n, dtype=np.int64),
+                   [None] * n)
+
+
+def _stats(values: np.ndarray) -> dict[str, float | None]:
+    if len(values) == 0:
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+    return {"mean": float(np.mean(values)), "p50": float(np.percentile(values, 50)),
+            "p90": float(np.percentile(values, 90)), "p99": float(np.percentile(values, 99))}
+
+
+def summarize(steps: dict[str, np.ndarray], requests: RequestLog, capacity_bytes: int, start_s: float) -> dict:
+    """The figures of summary.json (see README, 'Output figures').
+
+    duration_s: from the first arrival to the end of the last iteration.
+    throughput: completed requests and their output tokens per second of duration.
+    batch_size: sequences per iteration (prefill + decode), mean over iterations and max.
+    kv_memory: each category's fraction of KV capacity, averaged over iterations (unweighted).
+    latency_s: over completed requests; ttft = first token - arrival; e2e = finish - arrival;
+        tpot = (finish - first token) / (output tokens - 1), over requests with at least 2 output tokens.
+    """
+    completed = ~np.isnan(requests.finish_s)
+    rejected = sum(r is not None for r in requests.rejection)
+    n_steps = len(steps["time_s"])
+    end = float(steps["time_s"][-1] + steps["duration_s"][-1]) if n_steps else start_s
+    duration = max(0.0, end - start_s)
+    out_tokens = int(requests.output_tokens[completed].sum())
+    if n_steps:
+        kv = {c: float(np.mean(steps[f"{c}_bytes"]) / capacity_bytes) for c in MEMORY_CATEGORIES}
+        batch = {"mean": float(np.mean(steps["running"])), "max": int(np.max(steps["running"]))}
+    else:
+        kv = {c: (1.0 if c == "free" else 0.0) for c in MEMORY_CATEGORIES}
+        batch = {"mean": 0.0, "max": 0}
+    ttft = requests.first_token_s[completed] - requests.arrival_s[completed]
+    e2e = requests.finish_s[completed] - requests.arrival_s[completed]
+    multi = completed & (requests.output_tokens > 1)
+    tpot = (requests.finish_s[multi] - requests.first_token_s[multi]) / (requests.output_tokens[multi] - 1)
+    return {
+        "requests": {"total": len(requests.arrival_s), "completed": int(completed.sum()), "rejected": rejected,
+                     "preemptions": int(requests.preemptions.sum())},
+        "iterations": n_steps,
+        "duration_s": duration,
+        "throughput": {"requests_per_s": completed.sum() / duration if duration > 0 else 0.0,
+                       "output_tokens_per_s": out_tokens / duration if duration > 0 else 0.0},
+        "batch_size": batch,
+        "kv_memory": kv,
+        "latency_s": {"ttft": _stats(ttft), "tpot": _stats(tpot), "e2e": _stats(e2e)},
+    }
+
+
+# --- files -------------------------------------------------------------------------------------------------------
+def atomic_write(path: str, text: str) -> None:
+    """Write to a temporary file in the same directory, then rename: readers never see half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def to_json(data) -> str:
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(data), indent=2, default=_json_default) + "\n"
+
+
+def steps_csv(steps: dict[str, np.ndarray]) -> str:
+    buf = io.StringIO()
+    buf.write(",".join(STEP_COLUMNS) + "\n")
+    cols = [steps[c] for c in STEP_COLUMNS]
+    int_cols = {i for i, c in enumerate(STEP_COLUMNS) if c not in ("time_s", "duration_s")}
+    fmt = ",".join("%d" if i in int_cols else "%.9g" for i in range(len(cols)))
+    if len(cols[0]):
+        np.savetxt(buf, np.column_stack(cols), fmt=fmt)
+    return buf.getvalue()
+
+
+REQUEST_COLUMNS = ("request", "arrival_s", "prompt_tokens", "output_tokens", "admitted_s", "first_token_s",
+                   "finish_s", "preemptions", "rejection")
+
+
+def requests_csv(requests: RequestLog, request_ids: list[str] | None) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(REQUEST_COLUMNS)
+    fmt = lambda x: "" if math.isnan(x) else f"{x:.9g}"  # noqa: E731
+    for i in range(len(requests.arrival_s)):
+        w.writerow((request_ids[i] if request_ids else i, fmt(requests.arrival_s[i]), int(requests.prompt_tokens[i]),
+                    int(requests.output_tokens[i]), fmt(requests.admitted_s[i]), fmt(requests.first_token_s[i]),
+                    fmt(requests.finish_s[i]), int(requests.preemptions[i]), requests.rejection[i] or ""))
+    return buf.getvalue()

@@ -1,0 +1,106 @@
+"""One replay, assembled from options: budget -> allocator -> scheduler -> cost model -> engine -> summary.
+
+This is what the CLI (and later reports and sweeps) call; it holds no printing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim.allocators import KVAllocator, resolve_allocator
+from sim.config import EngineConfig, GpuSpec, KVBudget, ModelSpec, kv_budget
+from sim.cost_model import DEFAULT_STEP_OVERHEAD_S, RooflineCostModel
+from sim.engine import Engine, ProgressCallback
+from sim.errors import UserError
+from sim.metrics import RequestLog, summarize
+from sim.scheduler import Scheduler, SchedulerLimits
+from sim.trace import Trace
+
+
+@dataclass
+class ReplayOptions:
+    model: ModelSpec
+    gpu: GpuSpec
+    allocator: str = "paged"
+    block_size: int = 16
+    kv_memory: int | None = None  # bytes; None: derived from the GPU
+    gpu_memory_utilization: float = 0.9
+    tp: int = 1
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None
+    placement: str | None = None  # contiguous allocators: "buddy" (default) or "first-fit"
+    step_overhead_s: float = DEFAULT_STEP_OVERHEAD_S
+
+    @property
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(self.max_num_seqs, self.max_num_batched_tokens)
+
+    def budget(self) -> KVBudget:
+        return kv_budget(self.model, self.gpu, self.block_size, self.kv_memory, self.gpu_memory_utilization,
+                         self.tp, self.engine_config)
+
+
+@dataclass
+class ReplayResult:
+    summary: dict
+    steps: dict[str, np.ndarray]
+    requests: RequestLog
+    budget: KVBudget
+    meta: dict = field(default_factory=dict)
+
+
+def make_allocator(options: ReplayOptions, budget: KVBudget) -> KVAllocator:
+    cls = resolve_allocator(options.allocator)
+    kwargs = {}
+    if options.placement is not None:
+        if not hasattr(cls, "placement_policy"):
+            raise UserError(f"--placement applies to contiguous allocators, not {options.allocator}")
+        kwargs["placement"] = options.placement
+    try:
+        return cls(budget.num_blocks, budget.block_size, options.model.max_model_len, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"cannot create allocator {options.allocator}: {exc}") from None
+
+
+def validate_options(options: ReplayOptions) -> None:
+    if options.max_num_seqs <= 0:
+        raise UserError(f"--max-num-seqs must be positive, got {options.max_num_seqs}")
+    if options.max_num_batched_tokens is not None and options.max_num_batched_tokens <= 0:
+        raise UserError(f"--max-num-batched-tokens must be positive, got {options.max_num_batched_tokens}")
+    if options.step_overhead_s < 0:
+        raise UserError("--step-overhead must not be negative")
+
+
+def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | None = None) -> ReplayResult:
+    validate_options(options)
+    budget = options.budget()
+    allocator = make_allocator(options, budget)
+    limits = SchedulerLimits(options.max_num_seqs, options.engine_config.batched_tokens_limit(options.model))
+    scheduler = Scheduler(allocator, limits)
+    cost = RooflineCostModel(options.model, options.gpu, options.tp, options.step_overhead_s)
+    engine = Engine(trace, scheduler, cost, budget.bytes_per_token, options.model.max_model_len, progress)
+    step_log, requests = engine.run()
+    steps = step_log.arrays()
+    start = float(trace.arrival_s[0]) if len(trace) else 0.0
+    summary = {
+        "allocator": allocator.name,
+        "block_size": budget.block_size,
+        "model": options.model.name,
+        "gpu": options.gpu.name,
+        "trace": trace.path,
+        "kv_capacity_bytes": budget.capacity_bytes,
+        "kv_capacity_tokens": budget.capacity_tokens,
+        "kv_blocks": budget.num_blocks,
+        **summarize(steps, requests, budget.capacity_bytes, start),
+        "config": {
+            "tp": options.tp, "max_num_seqs": limits.max_num_seqs,
+            "max_num_batched_tokens": limits.max_num_batched_tokens, "max_model_len": options.model.max_model_len,
+            "kv_bytes_per_token": budget.bytes_per_token, "kv_budget_source": budget.source,
+            "kv_budget_breakdown_bytes": budget.breakdown,
+            "placement": getattr(allocator, "placement_name", None),
+            "cost_model": cost.describe(),
+        },
+    }
+    return ReplayResult(summary, steps, requests, budget)

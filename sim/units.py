@@ -1,0 +1,43 @@
+"""Parsing and formatting of sizes (bytes) and durations (seconds) given on the command line."""
+
+from __future__ import annotations
+
+import re
+
+from sim.errors import UserError
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+_TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "min": 60.0}
+_NUMBER_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'12GiB', '80GB', '1.5e9' -> bytes (int). GB is 10^9, GiB is 2^30."""
+    m = _NUMBER_UNIT.match(str(text))
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _SIZE_UNITS:
+        raise UserError(f"cannot read size {text!r}: expected a number with an optional unit "
+                        f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 12GiB")
+    return int(round(float(m.group(1)) * _SIZE_UNITS[unit]))
+
+
+def parse_duration(text: str) -> float:
+    """'2s', '100ms', '0.5' -> seconds."""
+    m = _NUMBER_UNIT.match(str(text))
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _TIME_UNITS:
+        raise UserError(f"cannot read duration {text!r}: expected a number with an optional unit "
+                        f"(s, ms, us, min), e.g. 100ms")
+    return float(m.group(1)) * _TIME_UNITS[unit]
+
+
+def format_bytes(n: float) -> str:
+    """Binary units with two decimals: 12884377600 -> '12.00 GiB'."""
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f} {unit}"
+    return f"{int(n)} B"

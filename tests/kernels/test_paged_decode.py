@@ -1,0 +1,214 @@
+"""Paged decode attention (and its contiguous variant) against the torch reference."""
+
+import math
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+from _kernel_testutil import (CUDA, DEVICE, DTYPES, assert_close, boundary_lengths, dtype_id,  # noqa: E402
+                              make_paged, poisoned_like)
+from kernels import paged_attention as pa  # noqa: E402
+from kernels import reference as ref  # noqa: E402
+
+SPLITS = [1, 3, None]  # forced single pass, forced split-KV, automatic
+
+
+def _run_decode(seq_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, num_splits, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    k, v, bt = make_paged(seq_lens, num_kv_heads, head_size, block_size, dtype, gen=gen)
+    q = torch.randn((len(seq_lens), num_q_heads, head_size), generator=gen).to(dtype).to(DEVICE)
+    sl = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    scale = head_size ** -0.5
+    out = poisoned_like(q)
+    res = pa.paged_decode_attention(q, k, v, bt, sl, scale, num_splits=num_splits, out=out)
+    assert res is out
+    expect = ref.ref_paged_decode(q, k, v, bt, sl, scale)
+    assert_close(out, expect, dtype, f"decode lens={seq_lens} splits={num_splits}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("num_splits", SPLITS, ids=lambda s: f"splits{s}")
+@pytest.mark.parametrize("block_size", [8, 16, 32])
+def test_block_boundaries(block_size, num_splits, dtype):
+    lens = boundary_lengths(block_size)
+    _run_decode(lens, 8, 2, 64, block_size, dtype, num_splits, seed=block_size)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("group", [1, 4, 8])
+@pytest.mark.parametrize("head_size", [64, 80, 96, 128, 256])
+def test_heads_and_groups(head_size, group, dtype):
+    num_kv_heads = 2
+    rng = random.Random(head_size * 10 + group)
+    lens = [1, 16, 17] + [rng.randint(1, 150) for _ in range(2)]
+    for splits in (1, 2):
+        _run_decode(lens, num_kv_heads * group, num_kv_heads, head_size, 16, dtype, splits,
+                    seed=head_size + group)
+
+
+@pytest.mark.parametrize("dtype", [DTYPES[0]], ids=dtype_id)
+@pytest.mark.parametrize("block_size", [24, 48])
+def test_block_size_multiple_of_8(block_size, dtype):
+    _run_decode([1, block_size, block_size + 1, 100], 4, 4, 64, block_size, dtype, None)
+    _run_decode([1, block_size, block_size + 1, 100], 4, 4, 64, block_size, dtype, 4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_multi_query_long_auto_split(dtype):
+    # 1 sequence x 1 KV head: the automatic choice splits the context
+    lens = [700]
+    splits, part = pa._choose_partition(1, 1, 700, 32, 132, None)
+    assert splits > 1
+    _run_decode(lens, 8, 1, 128, 16, dtype, None)
+
+
+def test_zero_length_gives_zeros():
+    dtype = torch.float32
+    gen = torch.Generator().manual_seed(1)
+    lens = [0, 5, 0]
+    k, v, bt = make_paged(lens, 2, 64, 16, dtype, gen=gen)
+    q = torch.randn((3, 4, 64), generator=gen).to(DEVICE)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    for splits in (1, 2):
+        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, num_splits=splits, out=poisoned_like(q))
+        assert not torch.isnan(out).any()
+        assert torch.all(out[0] == 0) and torch.all(out[2] == 0)
+        assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, 0.125), dtype)
+
+
+def test_non_contiguous_cache_strides():
+    # the cache may be a view, e.g. one layer of a stacked [2, num_blocks, ...] allocation
+    dtype = DTYPES[0]
+    gen = torch.Generator().manual_seed(2)
+    lens = [33, 64, 5]
+    k, v, bt = make_paged(lens, 2, 64, 16, dtype, gen=gen)
+    kv = torch.stack([k, v], dim=1)  # [num_blocks, 2, block, heads, d]
+    kk, vv = kv[:, 0], kv[:, 1]
+    assert not kk.is_contiguous()
+    q = torch.randn((3, 8, 64), generator=gen).to(dtype).to(DEVICE)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    for splits in (1, 2):
+        out = pa.paged_decode_attention(q, kk, vv, bt, sl, 0.125, num_splits=splits, out=poisoned_like(q))
+        assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, 0.125), dtype)
+
+
+def test_choose_partition():
+    # big batch, short context: one pass
+    assert pa._choose_partition(256, 32, 512, 64, 132, None)[0] == 1
+    # batch 1, long context: split, partitions are multiples of block_n and cover max_len
+    s, p = pa._choose_partition(1, 8, 8192, 64, 132, None)
+    assert s > 1 and p % 64 == 0 and s * p >= 8192 and (s - 1) * p < 8192
+    # long contexts are always cut into partitions of at most MAX_PARTITION tokens (mixed lengths)
+    s, p = pa._choose_partition(64, 32, 8192, 64, 132, None)
+    assert p <= pa.MAX_PARTITION and s * p >= 8192
+    # forcing
+    assert pa._choose_partition(4, 4, 1000, 64, 132, 1) == (1, 1000)
+    s, p = pa._choose_partition(4, 4, 1000, 64, 132, 3)
+    assert s == 3 and p == 384
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("num_splits", SPLITS, ids=lambda s: f"splits{s}")
+@pytest.mark.parametrize("group", [1, 4])
+def test_contiguous_decode(group, num_splits, dtype):
+    gen = torch.Generator().manual_seed(7 + group)
+    num_kv_heads, head_size = 2, 96
+    lens = [1, 15, 16, 17, 120, 333]
+    gaps = [3, 0, 5, 1, 0, 2]
+    starts, pos = [], 0
+    for n, g in zip(lens, gaps):
+        pos += g
+        starts.append(pos)
+        pos += n
+    pool_k = torch.full((pos + 4, num_kv_heads, head_size), float("nan"), dtype=dtype)
+    pool_v = torch.full_like(pool_k, float("nan"))
+    for a, n in zip(starts, lens):
+        pool_k[a:a + n] = torch.randn((n, num_kv_heads, head_size), generator=gen).to(dtype)
+        pool_v[a:a + n] = torch.randn((n, num_kv_heads, head_size), generator=gen).to(dtype)
+    pool_k, pool_v = pool_k.to(DEVICE), pool_v.to(DEVICE)
+    q = torch.randn((len(lens), num_kv_heads * group, head_size), generator=gen).to(dtype).to(DEVICE)
+    st = torch.tensor(starts, dtype=torch.int64, device=DEVICE)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    out = poisoned_like(q)
+    pa.contiguous_decode_attention(q, pool_k, pool_v, st, sl, head_size ** -0.5, num_splits=num_splits, out=out)
+    assert_close(out, ref.ref_contiguous_decode(q, pool_k, pool_v, st, sl, head_size ** -0.5), dtype)
+
+
+def test_decode_matches_prefill_of_one_token():
+    dtype = DTYPES[0]
+    gen = torch.Generator().manual_seed(3)
+    lens = [1, 40, 77]
+    k, v, bt = make_paged(lens, 2, 64, 16, dtype, gen=gen)
+    q = torch.randn((3, 4, 64), generator=gen).to(dtype).to(DEVICE)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    d = pa.paged_decode_attention(q, k, v, bt, sl, 0.125)
+    cu = torch.arange(4, dtype=torch.int32, device=DEVICE)
+    p = pa.paged_prefill_attention(q, k, v, bt, cu, sl - 1, 0.125)
+    assert_close(d, p.to(torch.float64), dtype)
+
+
+try:
+    from hypothesis import given, settings, strategies as st
+
+    @settings(max_examples=12, deadline=None)
+    @given(
+        lens=st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=4),
+        num_kv_heads=st.sampled_from([1, 2]),
+        group=st.sampled_from([1, 2, 4, 8]),
+        head_size=st.sampled_from([64, 80, 96, 128]),
+        block_size=st.sampled_from([8, 16, 32]),
+        num_splits=st.sampled_from([1, 2, 5, None]),
+        seed=st.integers(0, 2**16),
+    )
+    def test_decode_hypothesis(lens, num_kv_heads, group, head_size, block_size, num_splits, seed):
+        _run_decode(lens, num_kv_heads * group, num_kv_heads, head_size, block_size, DTYPES[0], num_splits,
+                    seed=seed)
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (a cache of more than 2**31 elements)")
+def test_int64_offsets_large_cache():
+    # > 2**31 elements per cache; the sequences use blocks at the very end of it
+    dtype = torch.bfloat16
+    block_size, heads, d = 16, 8, 128
+    per_block = block_size * heads * d
+    num_blocks = (2**31) // per_block + 64
+    free = torch.cuda.mem_get_info()[0]
+    if 2 * num_blocks * per_block * 2 > free * 0.8:
+        pytest.skip("not enough GPU memory for a 2**31-element cache")
+    k = torch.empty((num_blocks, block_size, heads, d), dtype=dtype, device="cuda")
+    v = torch.empty_like(k)
+    lens = [200, 1000]
+    nb = [math.ceil(n / block_size) for n in lens]
+    width = max(nb)
+    bt = torch.zeros((2, width), dtype=torch.int32, device="cuda")
+    top = num_blocks - 1
+    for s, n in enumerate(nb):
+        blocks = torch.arange(top - n + 1, top + 1, device="cuda").flip(0)
+        top -= n
+        bt[s, :n] = blocks.int()
+        k[blocks.long()] = torch.randn((n, block_size, heads, d), device="cuda").to(dtype)
+        v[blocks.long()] = torch.randn((n, block_size, heads, d), device="cuda").to(dtype)
+    assert int(bt.max()) * per_block > 2**31
+    q = torch.randn((2, 32, d), device="cuda").to(dtype)
+    sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    for splits in (1, 4):
+        out = pa.paged_decode_attention(q, k, v, bt, sl, d ** -0.5, num_splits=splits, out=poisoned_like(q))
+        assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, d ** -0.5), dtype, "int64 decode")
+    # write_kv / copy_blocks at the far end of the cache
+    from kernels import cache_ops
+
+    key = torch.randn((3, heads, d), device="cuda").to(dtype)
+    slots = torch.tensor([(num_blocks - 1) * block_size + 15, -1, (num_blocks - 2) * block_size],
+                         dtype=torch.int64, device="cuda")
+    cache_ops.write_kv(key, key, k, v, slots)
+    assert torch.equal(k[num_blocks - 1, 15], key[0]) and torch.equal(v[num_blocks - 2, 0], key[2])
+    cache_ops.copy_blocks([k, v], torch.tensor([[num_blocks - 1, 0]], device="cuda"))
+    assert torch.equal(k[0], k[num_blocks - 1]) and torch.equal(v[0], v[num_blocks - 1])
+    del k, v
+    torch.cuda.empty_cache()
