@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -17,6 +18,10 @@ from sim.run import ReplayOptions, replay
 from sim.tables import summary_table
 from sim.trace import READERS, read_trace
 from sim.units import format_bytes, parse_duration, parse_size
+
+
+# Modules that add subcommands: each defines register(subparsers).
+PLUGIN_COMMANDS: list[str] = []
 
 
 def _positive_int(text: str) -> int:
@@ -166,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list model presets").set_defaults(func=cmd_models)
     sub.add_parser("gpus", help="list GPU presets").set_defaults(func=cmd_gpus)
     sub.add_parser("allocators", help="list registered allocators").set_defaults(func=cmd_allocators)
+    for module_name in PLUGIN_COMMANDS:  # subcommands that live in their own modules, each with register(sub)
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
