@@ -1,0 +1,91 @@
+"""Paged prefill with cached context against the torch reference."""
+
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+from _kernel_testutil import DEVICE, DTYPES, assert_close, dtype_id, make_paged, poisoned_like  # noqa: E402
+from kernels import paged_attention as pa  # noqa: E402
+from kernels import reference as ref  # noqa: E402
+
+
+def _run_prefill(context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed=0,
+                 config=None, pass_max=True):
+    gen = torch.Generator().manual_seed(seed)
+    seq_lens = [c + n for c, n in zip(context_lens, new_lens)]
+    k, v, bt = make_paged(seq_lens, num_kv_heads, head_size, block_size, dtype, gen=gen)
+    cu = [0]
+    for n in new_lens:
+        cu.append(cu[-1] + n)
+    q = torch.randn((cu[-1], num_q_heads, head_size), generator=gen).to(dtype).to(DEVICE)
+    cu_t = torch.tensor(cu, dtype=torch.int32, device=DEVICE)
+    ctx_t = torch.tensor(context_lens, dtype=torch.int32, device=DEVICE)
+    scale = head_size ** -0.5
+    out = poisoned_like(q)
+    pa.paged_prefill_attention(q, k, v, bt, cu_t, ctx_t, scale, out=out, config=config,
+                               max_query_len=max(new_lens) if pass_max else None)
+    expect = ref.ref_paged_prefill(q, k, v, bt, cu_t, ctx_t, scale)
+    assert_close(out, expect, dtype, f"prefill ctx={context_lens} new={new_lens}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("block_size", [8, 16, 32])
+def test_prefill_boundaries(block_size, dtype):
+    b = block_size
+    ctx = [0, 0, b, b - 1, 2 * b + 1, 37]
+    new = [1, b + 1, b, 1, b - 1, 70]
+    _run_prefill(ctx, new, 4, 2, 64, block_size, dtype, seed=block_size)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("group", [1, 4, 8])
+@pytest.mark.parametrize("head_size", [80, 96, 128])
+def test_prefill_heads_groups(head_size, group, dtype):
+    rng = random.Random(head_size + group)
+    ctx = [rng.randint(0, 90) for _ in range(3)]
+    new = [rng.randint(1, 70) for _ in range(3)]
+    _run_prefill(ctx, new, 1 * group, 1, head_size, 16, dtype, seed=head_size * group, pass_max=group != 4)
+
+
+def test_prefill_empty_sequence_and_tiles():
+    # a sequence with no new tokens in the middle of the batch, and tiny tiles
+    _run_prefill([5, 40, 0], [9, 0, 33], 4, 4, 64, 16, DTYPES[0], config=dict(block_m=16, block_n=16))
+
+
+def test_prefill_chunked_equals_whole():
+    """Prefill in two chunks (second with the first as context) == one pass."""
+    dtype = torch.float32
+    gen = torch.Generator().manual_seed(11)
+    n, split = 90, 37
+    k, v, bt = make_paged([n], 2, 64, 16, dtype, gen=gen)
+    q = torch.randn((n, 4, 64), generator=gen).to(DEVICE)
+    whole = pa.paged_prefill_attention(q, k, v, bt, torch.tensor([0, n], dtype=torch.int32, device=DEVICE),
+                                       torch.tensor([0], dtype=torch.int32, device=DEVICE), 0.125)
+    a = pa.paged_prefill_attention(q[:split], k, v, bt, torch.tensor([0, split], dtype=torch.int32, device=DEVICE),
+                                   torch.tensor([0], dtype=torch.int32, device=DEVICE), 0.125)
+    b = pa.paged_prefill_attention(q[split:], k, v, bt,
+                                   torch.tensor([0, n - split], dtype=torch.int32, device=DEVICE),
+                                   torch.tensor([split], dtype=torch.int32, device=DEVICE), 0.125)
+    assert_close(torch.cat([a, b]), whole.double(), dtype)
+
+
+try:
+    from hypothesis import given, settings, strategies as st
+
+    @settings(max_examples=8, deadline=None)
+    @given(
+        seqs=st.lists(st.tuples(st.integers(0, 100), st.integers(1, 60)), min_size=1, max_size=3),
+        group=st.sampled_from([1, 2, 4]),
+        head_size=st.sampled_from([64, 80, 128]),
+        block_size=st.sampled_from([8, 16, 32]),
+        seed=st.integers(0, 2**16),
+    )
+    def test_prefill_hypothesis(seqs, group, head_size, block_size, seed):
+        ctx = [c for c, _ in seqs]
+        new = [n for _, n in seqs]
+        _run_prefill(ctx, new, 2 * group, 2, head_size, block_size, DTYPES[0], seed=seed)
+except ImportError:  # pragma: no cover
+    pass
