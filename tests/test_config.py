@@ -1,0 +1,73 @@
+"""Model and GPU presets, and the KV budget, checked against hand arithmetic."""
+
+import pytest
+
+from sim.config import GPUS, MODELS, EngineConfig, activation_reserve_bytes, kv_budget, resolve_model
+from sim.errors import UserError
+
+GiB = 2**30
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("opt-13b", 2 * 40 * 5120 * 2),  # 819,200: hidden 5120 = 40 heads x 128
+    ("llama-2-7b", 2 * 32 * 32 * 128 * 2),  # 524,288
+    ("llama-2-13b", 2 * 40 * 40 * 128 * 2),
+    ("llama-2-70b", 2 * 80 * 8 * 128 * 2),  # GQA: 8 KV heads
+    ("llama-3-8b", 2 * 32 * 8 * 128 * 2),  # 131,072
+    ("llama-3-70b", 2 * 80 * 8 * 128 * 2),
+    ("mistral-7b", 2 * 32 * 8 * 128 * 2),
+])
+def test_kv_bytes_per_token(name, expected):
+    assert MODELS[name].kv_bytes_per_token() == expected
+
+
+def test_issue_examples_of_kv_bytes():
+    assert MODELS["opt-13b"].kv_bytes_per_token() == 819_200
+    assert MODELS["llama-2-7b"].kv_bytes_per_token() == 524_288
+    assert MODELS["llama-3-8b"].kv_bytes_per_token() == 131_072
+
+
+def test_opt13b_with_12gib():
+    model = MODELS["opt-13b"]
+    budget = kv_budget(model, None, block_size=16, kv_memory=12 * GiB)
+    # 12 GiB / (16 x 819,200 B) = 983.04 -> 983 whole blocks
+    assert budget.num_blocks == 983
+    assert budget.capacity_tokens == 15_728
+    assert budget.describe(model) == ("KV cache: 983 blocks x 16 tokens = 15,728 tokens (12.00 GiB); "
+                                      "max concurrency at 2,048 tokens per request: 7.68x")
+
+
+def test_derived_budget_llama2_7b_a100_80gb():
+    model, gpu = MODELS["llama-2-7b"], GPUS["a100-80gb"]
+    budget = kv_budget(model, gpu)
+    usable = int(80 * GiB * 0.9)
+    weights = 6_738_415_616 * 2
+    # activations at 4,096 batched tokens: (2*4096 + (32+64)*128 + 3*11008) * 2 B per token + 256 x 32,000 x 4 B
+    activations = 4096 * (8192 + 12288 + 33024) * 2 + 256 * 32000 * 4
+    assert activation_reserve_bytes(model, EngineConfig()) == activations
+    kv = usable - weights - activations - GiB
+    assert budget.requested_bytes == kv
+    assert budget.num_blocks == kv // (16 * 524_288)
+
+
+def test_tensor_parallel_splits_weights_and_kv_heads():
+    model = MODELS["llama-2-70b"]
+    assert model.kv_bytes_per_token(tp=4) == 2 * 80 * 2 * 128 * 2
+    assert model.kv_bytes_per_token(tp=8) == 2 * 80 * 1 * 128 * 2
+    assert model.kv_bytes_per_token(tp=16) == 2 * 80 * 1 * 128 * 2  # replicated beyond one head per GPU
+    assert model.weight_bytes(tp=4) == 68_976_648_192 * 2 // 4
+
+
+def test_model_too_big_for_gpu_is_a_user_error():
+    with pytest.raises(UserError, match="does not fit"):
+        kv_budget(MODELS["llama-2-70b"], GPUS["a100-80gb"])
+
+
+def test_model_from_dimensions_and_max_len_override():
+    m = resolve_model("layers=2,kv_heads=4,head_size=64,params=1e8,max_len=512,kv_dtype=fp16")
+    assert m.kv_bytes_per_token() == 2 * 2 * 4 * 64 * 2
+    assert resolve_model("opt-13b", max_model_len=1024).max_model_len == 1024
+    with pytest.raises(UserError, match="missing"):
+        resolve_model("layers=2")
+    with pytest.raises(UserError, match="unknown model"):
+        resolve_model("gpt-5")
