@@ -1,0 +1,651 @@
+"""GPU benchmark of the kernels against their baselines, in one process, on the same data.
+
+    python -m kernels.bench --out DIR [--sweep] [--budget-s 360] [--quick]
+
+Writes ``DIR/bench.json`` (every number, the environment and the command) and
+``DIR/bench.md`` (tables and the targets, met or missed).  Times are medians of
+``triton.testing.do_bench`` (which clears a 256 MB buffer before every timed
+run, so nothing is served from L2).  Achieved bandwidth = KV bytes that the
+attention must read (sum of the sequence lengths x KV heads x head size x 2
+bytes x 2 for K and V) / time; the ceiling is a large device-to-device copy,
+counting bytes read plus bytes written.
+
+Needs a CUDA GPU; nothing here runs under the Triton interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.testing import do_bench
+
+from kernels import cache_ops
+from kernels import paged_attention as pa
+
+GB = 1e9
+DTYPE = torch.bfloat16
+HEAD = 128
+BLOCK = 16
+WARMUP_MS = 10
+REP_MS = 60
+MAX_BYTES = 20 * GB  # skip cases whose KV (or its padded contiguous copy) exceeds this
+DEV = "cuda"
+SMOKE = False  # --cpu-smoke: tiny shapes on the CPU under TRITON_INTERPRET, to check this script itself
+
+
+def _bench(fn, rep=REP_MS):
+    if SMOKE:
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+    return do_bench(fn, warmup=WARMUP_MS, rep=rep, return_mode="median")
+
+
+class Budget:
+    def __init__(self, seconds: float):
+        self.t0 = time.time()
+        self.seconds = seconds
+
+    def left(self) -> float:
+        return self.seconds - (time.time() - self.t0)
+
+
+def env_info(argv) -> dict:
+    info = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m kernels.bench " + " ".join(argv),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda_runtime": torch.version.cuda,
+        "host": platform.node(),
+    }
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(device=torch.cuda.get_device_name(0), sm_count=p.multi_processor_count,
+                    gpu_memory_gib=round(p.total_memory / 2**30, 1),
+                    l2_mib=round(getattr(p, "L2_cache_size", 0) / 2**20, 1))
+    try:
+        q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,"
+                            "power.limit", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        info["nvidia_smi"] = q.stdout.strip()
+    except Exception as e:  # noqa: BLE001
+        info["nvidia_smi"] = f"unavailable: {e}"
+    return info
+
+
+def copy_ceiling() -> dict:
+    n = (1 << 20) if SMOKE else (1 << 30)  # 1 GiB each way
+    src = torch.randint(0, 255, (n,), dtype=torch.uint8, device=DEV)
+    dst = torch.empty_like(src)
+    t = _bench(lambda: dst.copy_(src), rep=200)
+    t2 = _bench(lambda: dst.copy_(src), rep=200)
+    del src, dst
+    return {"bytes_moved": 2 * n, "ms": t, "ms_repeat": t2, "tb_s": 2 * n / (t * 1e-3) / 1e12,
+            "tb_s_repeat": 2 * n / (t2 * 1e-3) / 1e12}
+
+
+# --------------------------------------------------------------------------------------
+# decode
+# --------------------------------------------------------------------------------------
+
+
+def _sdpa_backends():
+    from torch.nn.attention import SDPBackend
+    return [("flash", SDPBackend.FLASH_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+            ("cudnn", SDPBackend.CUDNN_ATTENTION)]
+
+
+def _run_sdpa(backend, q, k, v, mask=None, is_causal=False, gqa=False):
+    from torch.nn.attention import sdpa_kernel
+    with sdpa_kernel([backend]):
+        kw = {"enable_gqa": True} if gqa else {}
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, **kw)
+
+
+def build_decode_case(batch, hq, hkv, lens, gen_seed=0, need_contig=True):
+    """Paged cache (scattered blocks), in-order cache table, and contiguous copies for SDPA."""
+    torch.manual_seed(gen_seed)
+    nblk = [math.ceil(n / BLOCK) for n in lens]
+    width = max(nblk)
+    total = sum(nblk)
+    k_cache = torch.randn((total, BLOCK, hkv, HEAD), dtype=DTYPE, device=DEV)
+    v_cache = torch.randn_like(k_cache)
+    perm = torch.randperm(total, device=DEV).to(torch.int32)
+    inorder = torch.arange(total, device=DEV, dtype=torch.int32)
+    bt = torch.zeros((batch, width), dtype=torch.int32, device=DEV)
+    bt_in = torch.zeros_like(bt)
+    pos = 0
+    for s, n in enumerate(nblk):
+        bt[s, :n] = perm[pos:pos + n]
+        bt_in[s, :n] = inorder[pos:pos + n]
+        pos += n
+    q = torch.randn((batch, hq, HEAD), dtype=DTYPE, device=DEV)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
+    case = dict(k_cache=k_cache, v_cache=v_cache, bt=bt, bt_in=bt_in, q=q, sl=sl, max_len=width * BLOCK)
+    if need_contig:
+        lmax = width * BLOCK
+        # gather through the scattered table: [B, width, BLOCK, hkv, D] -> [B, hkv, Lmax, D]
+        kc = k_cache[bt.long()].view(batch, lmax, hkv, HEAD).transpose(1, 2).contiguous()
+        vc = v_cache[bt.long()].view(batch, lmax, hkv, HEAD).transpose(1, 2).contiguous()
+        case.update(k_contig=kc, v_contig=vc, lmax=lmax)
+        if any(n != lmax for n in lens):
+            case["mask"] = (torch.arange(lmax, device=DEV)[None, :] < sl[:, None].long())[:, None, None, :]
+    return case
+
+
+def decode_bytes(lens, hkv):
+    return sum(lens) * hkv * HEAD * 2 * 2
+
+
+def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=True, extra_configs=None):
+    kv_bytes = decode_bytes(lens, hkv)
+    lmax = math.ceil(max(lens) / BLOCK) * BLOCK
+    padded = batch * lmax * hkv * HEAD * 2 * 2
+    rec = {"case": name, "batch": batch, "q_heads": hq, "kv_heads": hkv, "head_size": HEAD,
+           "block_size": BLOCK, "mean_len": sum(lens) / len(lens), "max_len": max(lens),
+           "kv_bytes": kv_bytes, "kv_gb": kv_bytes / GB}
+    if kv_bytes > MAX_BYTES:
+        rec["skipped"] = f"KV {kv_bytes / GB:.1f} GB > {MAX_BYTES / GB:.0f} GB"
+        return rec
+    sdpa_ok = with_sdpa and padded <= MAX_BYTES
+    if with_sdpa and not sdpa_ok:
+        rec["sdpa_skipped"] = f"padded contiguous copy {padded / GB:.1f} GB > {MAX_BYTES / GB:.0f} GB"
+    c = build_decode_case(batch, hq, hkv, lens, need_contig=sdpa_ok)
+    scale = HEAD ** -0.5
+    q, kc, vc, bt, bt_in, sl = c["q"], c["k_cache"], c["v_cache"], c["bt"], c["bt_in"], c["sl"]
+    max_len = c["max_len"]
+    splits, part = pa._choose_partition(batch, hkv, max_len, pa._decode_config(HEAD, hq // hkv, DTYPE, BLOCK)["block_n"],
+                                        pa._num_sms(q.device), None)
+    rec["auto_splits"], rec["auto_partition"] = splits, part
+    out = torch.empty_like(q)
+
+    def ours(table=bt, **kw):
+        return lambda: pa.paged_decode_attention(q, kc, vc, table, sl, scale, max_seq_len=max_len, out=out, **kw)
+
+    times = {}
+    times["ours_scattered"] = _bench(ours())
+    times["ours_inorder"] = _bench(ours(bt_in))
+    res = {}
+    if sdpa_ok:
+        q4 = q.view(batch, hq, 1, HEAD)
+        gqa = hq != hkv
+        mask = c.get("mask")
+        for bname, backend in _sdpa_backends():
+            try:
+                res[bname] = _run_sdpa(backend, q4, c["k_contig"], c["v_contig"], mask, gqa=gqa)
+                times[f"sdpa_{bname}"] = _bench(
+                    lambda b=backend: _run_sdpa(b, q4, c["k_contig"], c["v_contig"], mask, gqa=gqa))
+            except Exception as e:  # noqa: BLE001
+                rec[f"sdpa_{bname}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    times["ours_scattered_repeat"] = _bench(ours())
+    # correctness against SDPA on the same data
+    ours_out = ours()().float()
+    if res:
+        ref = next(iter(res.values())).float().view(batch, hq, HEAD)
+        rec["max_abs_diff_vs_sdpa"] = (ours_out - ref).abs().max().item()
+    rec["ours_nan"] = bool(torch.isnan(ours_out).any().item())
+    if extra_configs:
+        sweep = {}
+        for label, kw in extra_configs:
+            if budget.left() < 30:
+                sweep[label] = "skipped: budget"
+                continue
+            try:
+                sweep[label] = _bench(ours(**kw))
+            except Exception as e:  # noqa: BLE001
+                sweep[label] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        rec["sweep_ms"] = sweep
+    rec["ms"] = times
+    rec["tb_s"] = {k: kv_bytes / (t * 1e-3) / 1e12 for k, t in times.items()}
+    rec["frac_of_copy"] = {k: v / ceiling_tb_s for k, v in rec["tb_s"].items()}
+    sd = {k: t for k, t in times.items() if k.startswith("sdpa_")}
+    if sd:
+        best = min(sd, key=sd.get)
+        rec["fastest_sdpa"] = best
+        rec["ours_speed_vs_fastest_sdpa"] = sd[best] / times["ours_scattered"]
+    rec["paging_overhead"] = times["ours_scattered"] / times["ours_inorder"] - 1.0
+    rec["repeat_spread"] = abs(times["ours_scattered_repeat"] / times["ours_scattered"] - 1.0)
+    del c, res, out
+    torch.cuda.empty_cache()
+    return rec
+
+
+def decode_sweep_configs(hq, hkv, batch, max_len):
+    g = hq // hkv
+    cfgs = []
+    for bn, nw, ns in [(32, 4, 2), (64, 4, 1), (64, 4, 3), (64, 8, 2), (128, 4, 2), (128, 8, 2), (128, 8, 3)]:
+        cfgs.append((f"bn{bn}_w{nw}_s{ns}", {"config": dict(block_n=bn, num_warps=nw, num_stages=ns)}))
+    if g == 1:
+        cfgs.append(("dot_bn64_w4_s2", {"config": dict(use_dot=True, block_n=64, num_warps=4, num_stages=2)}))
+    for sp in (1, 2, 4, 8, 16, 32, 64):
+        if sp * 128 <= max_len:
+            cfgs.append((f"splits{sp}", {"num_splits": sp}))
+    return cfgs
+
+
+# --------------------------------------------------------------------------------------
+# prefill
+# --------------------------------------------------------------------------------------
+
+
+def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
+    torch.manual_seed(1)
+    total_len = ctx + new
+    nblk = math.ceil(total_len / BLOCK)
+    nb = batch * nblk
+    k_cache = torch.randn((nb, BLOCK, hkv, HEAD), dtype=DTYPE, device=DEV)
+    v_cache = torch.randn_like(k_cache)
+    bt = torch.randperm(nb, device=DEV).to(torch.int32).view(batch, nblk)
+    q = torch.randn((batch * new, hq, HEAD), dtype=DTYPE, device=DEV)
+    cu = torch.arange(0, batch + 1, dtype=torch.int32, device=DEV) * new
+    ctx_t = torch.full((batch,), ctx, dtype=torch.int32, device=DEV)
+    scale = HEAD ** -0.5
+    out = torch.empty_like(q)
+    # FLOPs actually needed: query at position p sees p + 1 keys; QK^T and PV are 2 * D each
+    keys_seen = batch * (new * ctx + new * (new + 1) // 2)
+    flops = 4 * HEAD * hq * keys_seen
+    rec = {"case": name, "batch": batch, "q_heads": hq, "kv_heads": hkv, "context": ctx, "new": new,
+           "flops": flops}
+
+    def ours(**kw):
+        return lambda: pa.paged_prefill_attention(q, k_cache, v_cache, bt, cu, ctx_t, scale, max_query_len=new,
+                                                  out=out, **kw)
+
+    times = {"ours_paged": _bench(ours())}
+    # contiguous copies for SDPA: [B, H, L, D]
+    kc = k_cache[bt.long()].view(batch, nblk * BLOCK, hkv, HEAD)[:, :total_len].transpose(1, 2).contiguous()
+    vc = v_cache[bt.long()].view(batch, nblk * BLOCK, hkv, HEAD)[:, :total_len].transpose(1, 2).contiguous()
+    q4 = q.view(batch, new, hq, HEAD).transpose(1, 2).contiguous()
+    gqa = hq != hkv
+    if ctx == 0:
+        mask, causal = None, True
+    else:
+        from torch.nn.attention.bias import causal_lower_right
+        mask, causal = causal_lower_right(new, total_len), False
+    ref = None
+    for bname, backend in _sdpa_backends():
+        try:
+            r = _run_sdpa(backend, q4, kc, vc, mask, is_causal=causal, gqa=gqa)
+            ref = r if ref is None else ref
+            times[f"sdpa_{bname}"] = _bench(lambda b=backend: _run_sdpa(b, q4, kc, vc, mask, is_causal=causal, gqa=gqa))
+        except Exception as e:  # noqa: BLE001
+            rec[f"sdpa_{bname}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    o = ours()().float()
+    rec["ours_nan"] = bool(torch.isnan(o).any().item())
+    if ref is not None:
+        rec["max_abs_diff_vs_sdpa"] = (o.view(batch, new, hq, HEAD).transpose(1, 2) - ref.float()).abs().max().item()
+    if sweep:
+        sw = {}
+        for bm, bn, nw, ns in [(128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (128, 32, 4, 3), (64, 32, 4, 2),
+                               (128, 64, 8, 2)]:
+            if budget.left() < 30:
+                break
+            label = f"m{bm}_n{bn}_w{nw}_s{ns}"
+            try:
+                sw[label] = _bench(ours(config=dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns)))
+            except Exception as e:  # noqa: BLE001
+                sw[label] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        rec["sweep_ms"] = sw
+    rec["ms"] = times
+    rec["tflop_s"] = {k: flops / (t * 1e-3) / 1e12 for k, t in times.items()}
+    sd = {k: t for k, t in times.items() if k.startswith("sdpa_")}
+    if sd:
+        best = min(sd, key=sd.get)
+        rec["fastest_sdpa"] = best
+        rec["ours_speed_vs_fastest_sdpa"] = sd[best] / times["ours_paged"]
+    del k_cache, v_cache, kc, vc, q4, out
+    torch.cuda.empty_cache()
+    return rec
+
+
+# --------------------------------------------------------------------------------------
+# cache write and block copy
+# --------------------------------------------------------------------------------------
+
+
+def measure_write_kv(tokens, heads, ceiling_tb_s):
+    torch.manual_seed(2)
+    num_blocks = 64 if SMOKE else 32768
+    kc = torch.randn((num_blocks, BLOCK, heads, HEAD), dtype=DTYPE, device=DEV)
+    vc = torch.randn_like(kc)
+    key = torch.randn((tokens, heads, HEAD), dtype=DTYPE, device=DEV)
+    val = torch.randn_like(key)
+    slots = torch.randperm(num_blocks * BLOCK, device=DEV)[:tokens]
+    moved = 2 * 2 * key.numel() * key.element_size()  # K and V, read + write
+    kflat, vflat = kc.view(-1, heads, HEAD), vc.view(-1, heads, HEAD)
+    dst_k, dst_v = torch.empty_like(key), torch.empty_like(val)
+
+    def torch_index_copy():
+        kflat.index_copy_(0, slots, key)
+        vflat.index_copy_(0, slots, val)
+
+    def plain_copy():
+        dst_k.copy_(key)
+        dst_v.copy_(val)
+
+    times = {
+        "ours_write_kv": _bench(lambda: cache_ops.write_kv(key, val, kc, vc, slots)),
+        "torch_index_copy": _bench(torch_index_copy),
+        "contiguous_copy_same_bytes": _bench(plain_copy),
+    }
+    # correctness
+    cache_ops.write_kv(key, val, kc, vc, slots)
+    ok = torch.equal(kflat[slots], key) and torch.equal(vflat[slots], val)
+    rec = {"case": f"write_kv tokens={tokens} heads={heads}", "tokens": tokens, "kv_heads": heads,
+           "bytes_moved": moved, "ms": times, "correct": ok,
+           "tb_s": {k: moved / (t * 1e-3) / 1e12 for k, t in times.items()}}
+    rec["ours_vs_torch_index_copy"] = times["torch_index_copy"] / times["ours_write_kv"]
+    rec["ours_frac_of_copy_ceiling"] = rec["tb_s"]["ours_write_kv"] / ceiling_tb_s
+    del kc, vc
+    torch.cuda.empty_cache()
+    return rec
+
+
+def measure_copy_blocks(layers, pairs, heads, ceiling_tb_s):
+    torch.manual_seed(3)
+    num_blocks = 64 if SMOKE else 2048
+    caches = [torch.randn((num_blocks, BLOCK, heads, HEAD), dtype=DTYPE, device=DEV) for _ in range(2 * layers)]
+    perm = torch.randperm(num_blocks, device=DEV)
+    mapping = torch.stack([perm[:pairs], perm[pairs:2 * pairs]], dim=1).contiguous()
+    src, dst = mapping[:, 0].contiguous(), mapping[:, 1].contiguous()
+    per_block = BLOCK * heads * HEAD * 2
+    moved = 2 * pairs * per_block * len(caches)
+
+    def torch_loop():
+        for c in caches:
+            c.index_copy_(0, dst, c.index_select(0, src))
+
+    times = {"ours_copy_blocks": _bench(lambda: cache_ops.copy_blocks(caches, mapping)),
+             "torch_loop_index_copy": _bench(torch_loop)}
+    cache_ops.copy_blocks(caches, mapping)
+    ok = all(torch.equal(c[dst], c[src]) for c in caches)
+    rec = {"case": f"copy_blocks layers={layers} pairs={pairs}", "bytes_moved": moved, "ms": times, "correct": ok,
+           "tb_s": {k: moved / (t * 1e-3) / 1e12 for k, t in times.items()}}
+    rec["ours_vs_torch"] = times["torch_loop_index_copy"] / times["ours_copy_blocks"]
+    rec["ours_frac_of_copy_ceiling"] = rec["tb_s"]["ours_copy_blocks"] / ceiling_tb_s
+    del caches
+    torch.cuda.empty_cache()
+    return rec
+
+
+# --------------------------------------------------------------------------------------
+# targets and report
+# --------------------------------------------------------------------------------------
+
+
+def evaluate_targets(result) -> list[dict]:
+    dec = [r for r in result["decode"] if "ms" in r]
+    tg = []
+
+    def add(name, case, value, threshold, ok, unit=""):
+        tg.append({"target": name, "case": case, "value": value, "threshold": threshold, "met": bool(ok),
+                   "unit": unit})
+
+    for r in dec:
+        if r["kv_bytes"] >= 1 * GB and not r["case"].startswith("mixed") and "ours_speed_vs_fastest_sdpa" in r:
+            v = r["ours_speed_vs_fastest_sdpa"]
+            add(">=1GB: speed vs fastest SDPA >= 0.97", r["case"], v, 0.97, v >= 0.97, "x")
+    for r in dec:
+        if r["case"].startswith("mixed") and r["batch"] >= 16:
+            v = r["frac_of_copy"]["ours_scattered"]
+            add("mixed, batch>=16: >= 90% of copy ceiling", r["case"], v, 0.90, v >= 0.90, "frac")
+    for r in dec:
+        if r["batch"] in (1, 16) and r["max_len"] == 8192 and not r["case"].startswith("mixed"):
+            if "ours_speed_vs_fastest_sdpa" in r:
+                v = r["ours_speed_vs_fastest_sdpa"]
+                add("batch 1/16 x 8192: at least as fast as fastest SDPA", r["case"], v, 1.0, v >= 1.0, "x")
+    for r in dec:
+        v = r["paging_overhead"]
+        add("paging overhead < 3%", r["case"], v, 0.03, v < 0.03, "frac")
+    for r in result.get("prefill", []):
+        if "ours_speed_vs_fastest_sdpa" in r:
+            v = r["ours_speed_vs_fastest_sdpa"]
+            add("prefill: >= 90% of fastest SDPA FLOP rate", r["case"], v, 0.90, v >= 0.90, "x")
+    for r in result.get("write_kv", []):
+        v = r["ours_vs_torch_index_copy"]
+        add("write_kv: >= 90% of torch index_copy bandwidth", r["case"], v, 0.90, v >= 0.90, "x")
+    return tg
+
+
+def _f(x, nd=3):
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    return f"{x:.{nd}f}"
+
+
+def write_markdown(result, path):
+    e = result["env"]
+    L = []
+    L.append("# Kernel benchmark\n")
+    L.append(f"- device: {e.get('device')} ({e.get('sm_count')} SMs, {e.get('gpu_memory_gib')} GiB); "
+             f"nvidia-smi: {e.get('nvidia_smi')}")
+    L.append(f"- date (UTC): {e['date_utc']}; torch {e['torch']}, triton {e['triton']}, CUDA {e['cuda_runtime']}, "
+             f"python {e['python']}")
+    L.append(f"- command: `{e['command']}`")
+    c = result.get("copy_ceiling", {})
+    L.append(f"- copy ceiling (1 GiB device-to-device copy, read + write): {_f(c.get('tb_s'), 2)} TB/s "
+             f"(repeat {_f(c.get('tb_s_repeat'), 2)})")
+    L.append("- times: medians of triton.testing.do_bench (L2 cleared before each run); bf16, head size 128, "
+             "16-token blocks; bandwidth = KV bytes read / time\n")
+    L.append("## Decode\n")
+    L.append("| case | KV GB | splits | ours scattered ms | ours in-order ms | paging ovh | flash ms | efficient ms |"
+             " cudnn ms | ours/best SDPA speed | ours TB/s | ours % copy | best SDPA % copy |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in result["decode"]:
+        if "ms" not in r:
+            L.append(f"| {r['case']} | {_f(r['kv_gb'], 2)} | skipped: {r.get('skipped', r.get('error', ''))} |"
+                     + " |" * 10)
+            continue
+        m, fr = r["ms"], r["frac_of_copy"]
+        best = r.get("fastest_sdpa")
+        L.append(
+            f"| {r['case']} | {_f(r['kv_gb'], 2)} | {r['auto_splits']} | {_f(m['ours_scattered'], 4)} | "
+            f"{_f(m['ours_inorder'], 4)} | {100 * r['paging_overhead']:+.1f}% | {_f(m.get('sdpa_flash'), 4)} | "
+            f"{_f(m.get('sdpa_efficient'), 4)} | {_f(m.get('sdpa_cudnn'), 4)} | "
+            f"{_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} | {_f(r['tb_s']['ours_scattered'], 2)} | "
+            f"{100 * fr['ours_scattered']:.1f}% | {('-' if best is None else f'{100 * fr[best]:.1f}% ({best[5:]})')} |")
+    errs = {k: v for r in result["decode"] for k, v in r.items() if k.endswith("_error")}
+    if errs:
+        L.append("\nSDPA backends that refused a case (first message of each kind):\n")
+        seen = set()
+        for r in result["decode"]:
+            for k, v in r.items():
+                if k.endswith("_error") and (k, v[:60]) not in seen:
+                    seen.add((k, v[:60]))
+                    L.append(f"- {r['case']}: {k[:-6]}: {v}")
+    if result.get("prefill"):
+        L.append("\n## Prefill with cached context\n")
+        L.append("| case | ours ms | flash ms | efficient ms | cudnn ms | ours TFLOP/s | best SDPA TFLOP/s |"
+                 " ours/best speed |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        for r in result["prefill"]:
+            if "ms" not in r:
+                L.append(f"| {r['case']} | error: {r.get('error', '')} |" + " |" * 6)
+                continue
+            m, tf = r["ms"], r["tflop_s"]
+            best = r.get("fastest_sdpa")
+            L.append(f"| {r['case']} | {_f(m['ours_paged'], 4)} | {_f(m.get('sdpa_flash'), 4)} | "
+                     f"{_f(m.get('sdpa_efficient'), 4)} | {_f(m.get('sdpa_cudnn'), 4)} | {_f(tf['ours_paged'], 1)} | "
+                     f"{_f(tf.get(best) if best else None, 1)} | {_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} |")
+    if result.get("write_kv") or result.get("copy_blocks"):
+        L.append("\n## Cache write and block copy\n")
+        L.append("| case | ours ms | baseline ms | ours TB/s | baseline TB/s | ours/baseline speed | ours % copy |")
+        L.append("|---|---|---|---|---|---|---|")
+        for r in result.get("write_kv", []):
+            m, t = r["ms"], r["tb_s"]
+            L.append(f"| {r['case']} (baseline: torch index_copy_) | {_f(m['ours_write_kv'], 4)} | "
+                     f"{_f(m['torch_index_copy'], 4)} | {_f(t['ours_write_kv'], 2)} | {_f(t['torch_index_copy'], 2)} |"
+                     f" {_f(r['ours_vs_torch_index_copy'], 2)} | {100 * r['ours_frac_of_copy_ceiling']:.1f}% |")
+        for r in result.get("copy_blocks", []):
+            m, t = r["ms"], r["tb_s"]
+            L.append(f"| {r['case']} (baseline: per-cache index_copy_ loop) | {_f(m['ours_copy_blocks'], 4)} | "
+                     f"{_f(m['torch_loop_index_copy'], 4)} | {_f(t['ours_copy_blocks'], 2)} | "
+                     f"{_f(t['torch_loop_index_copy'], 2)} | {_f(r['ours_vs_torch'], 2)} | "
+                     f"{100 * r['ours_frac_of_copy_ceiling']:.1f}% |")
+    L.append("\n## Targets\n")
+    L.append("| target | case | value | threshold | met |")
+    L.append("|---|---|---|---|---|")
+    for t in result.get("targets", []):
+        L.append(f"| {t['target']} | {t['case']} | {_f(t['value'], 3)} | {t['threshold']} | "
+                 f"{'yes' if t['met'] else 'NO'} |")
+    sweeps = [r for r in result["decode"] + result.get("prefill", []) if r.get("sweep_ms")]
+    if sweeps:
+        L.append("\n## Config sweep (ms, median)\n")
+        for r in sweeps:
+            base = r["ms"].get("ours_scattered", r["ms"].get("ours_paged"))
+            items = ", ".join(f"{k}: {_f(v, 4) if not isinstance(v, str) else v}" for k, v in r["sweep_ms"].items())
+            L.append(f"- {r['case']} (default {_f(base, 4)}): {items}")
+    with open(path, "w") as fh:
+        fh.write("\n".join(L) + "\n")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--budget-s", type=float, default=360.0, help="stop starting new cases after this long")
+    ap.add_argument("--sweep", action="store_true", help="also time alternative kernel configs on a few cases")
+    ap.add_argument("--quick", action="store_true", help="a few cases only")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: decode,mixed,prefill,cache")
+    ap.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    global DEV, SMOKE, DTYPE
+    if args.cpu_smoke:
+        DEV, SMOKE, DTYPE = "cpu", True, torch.float16
+    elif not torch.cuda.is_available():
+        raise SystemExit("kernels.bench needs a CUDA GPU")
+    os.makedirs(args.out, exist_ok=True)
+    skip = set(filter(None, args.skip.split(",")))
+    budget = Budget(args.budget_s)
+    result = {"env": env_info(argv), "decode": [], "prefill": [], "write_kv": [], "copy_blocks": []}
+    json_path = os.path.join(args.out, "bench.json")
+    md_path = os.path.join(args.out, "bench.md")
+
+    def save():
+        result["targets"] = evaluate_targets(result)
+        result["elapsed_s"] = time.time() - budget.t0
+        with open(json_path, "w") as fh:
+            json.dump(result, fh, indent=1)
+        write_markdown(result, md_path)
+
+    result["copy_ceiling"] = copy_ceiling()
+    ceil = result["copy_ceiling"]["tb_s"]
+    print(f"copy ceiling {ceil:.3f} TB/s", flush=True)
+
+    layouts = [(32, 32), (32, 8)]
+    batches = [1, 16, 64, 256]
+    ctxs = [512, 2048, 8192]
+    if args.quick:
+        batches, ctxs = [1, 64], [2048, 8192]
+    if SMOKE:
+        layouts, batches, ctxs = [(4, 4), (4, 1)], [1, 2], [40, 300]
+    sweep_cases = {("mha", 64, 2048), ("gqa", 64, 8192), ("mha", 1, 8192), ("gqa", 1, 8192), ("mha", 16, 8192),
+                   ("gqa", 16, 8192), ("mha", 256, 512)}
+    cases = []
+    if "decode" not in skip:
+        for hq, hkv in layouts:
+            lay = "mha" if hq == hkv else "gqa"
+            for b in batches:
+                for L in ctxs:
+                    cases.append((f"{lay} b{b} ctx{L}", b, hq, hkv, [L] * b, (lay, b, L) in sweep_cases))
+    if "mixed" not in skip:
+        import random
+        for hq, hkv in layouts:
+            lay = "mha" if hq == hkv else "gqa"
+            for b in ([16, 64] if args.quick else [16, 64, 256]) if not SMOKE else [16]:
+                rng = random.Random(1000 + b)
+                lens = [rng.randint(1, 100 if SMOKE else 8192) for _ in range(b)]
+                cases.append((f"mixed {lay} b{b} len1-8192", b, hq, hkv, lens, (b == 64)))
+    for name, b, hq, hkv, lens, sw in cases:
+        if budget.left() < 20:
+            result["decode"].append({"case": name, "kv_gb": decode_bytes(lens, hkv) / GB, "skipped": "budget"})
+            continue
+        t0 = time.time()
+        try:
+            extra = decode_sweep_configs(hq, hkv, b, max(lens)) if (args.sweep and sw) else None
+            r = measure_decode(name, b, hq, hkv, lens, ceil, budget, extra_configs=extra)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            r = {"case": name, "kv_gb": decode_bytes(lens, hkv) / GB, "error": f"{type(e).__name__}: {e}"[:300],
+                 "skipped": "error"}
+            torch.cuda.empty_cache()
+        result["decode"].append(r)
+        if "ms" in r:
+            print(f"{name:28s} {r['kv_gb']:7.2f} GB splits={r['auto_splits']:3d} ours {r['ms']['ours_scattered']:.4f} ms "
+                  f"({100 * r['frac_of_copy']['ours_scattered']:.1f}% copy) inorder {r['ms']['ours_inorder']:.4f} "
+                  f"best sdpa {r.get('fastest_sdpa')} speed x{r.get('ours_speed_vs_fastest_sdpa', float('nan')):.3f} "
+                  f"diff {r.get('max_abs_diff_vs_sdpa', float('nan')):.3g} [{time.time() - t0:.1f}s]", flush=True)
+        else:
+            print(f"{name:28s} skipped: {r.get('skipped')} {r.get('error', '')}", flush=True)
+        save()
+
+    if "prefill" not in skip:
+        pcases = [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, args.sweep),
+                  ("prefill mha 4x1024 ctx3072", 4, 32, 32, 3072, 1024, args.sweep),
+                  ("prefill gqa 4x1024 ctx3072", 4, 32, 8, 3072, 1024, False),
+                  ("chunked mha 16x256 ctx1792", 16, 32, 32, 1792, 256, False)]
+        if SMOKE:
+            pcases = [("prefill mha 2x40 ctx0", 2, 4, 4, 0, 40, True), ("prefill gqa 2x20 ctx33", 2, 4, 2, 33, 20, False)]
+        for name, b, hq, hkv, ctx, new, sw in pcases:
+            if budget.left() < 20:
+                result["prefill"].append({"case": name, "skipped": "budget"})
+                continue
+            t0 = time.time()
+            try:
+                r = measure_prefill(name, b, hq, hkv, ctx, new, budget, sweep=sw)
+                print(f"{name:28s} ours {r['ms']['ours_paged']:.4f} ms {r['tflop_s']['ours_paged']:.1f} TFLOP/s "
+                      f"best {r.get('fastest_sdpa')} x{r.get('ours_speed_vs_fastest_sdpa', float('nan')):.3f} "
+                      f"diff {r.get('max_abs_diff_vs_sdpa', float('nan')):.3g} [{time.time() - t0:.1f}s]", flush=True)
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                r = {"case": name, "error": f"{type(e).__name__}: {e}"[:300]}
+                torch.cuda.empty_cache()
+            result["prefill"].append(r)
+            save()
+
+    if "cache" not in skip:
+        for tokens, heads in [(256, 8), (8192, 8), (65536, 8), (8192, 32)] if not SMOKE else [(16, 2)]:
+            if budget.left() < 10:
+                break
+            try:
+                r = measure_write_kv(tokens, heads, ceil)
+                print(f"{r['case']:28s} ours {r['tb_s']['ours_write_kv']:.2f} TB/s torch "
+                      f"{r['tb_s']['torch_index_copy']:.2f} TB/s correct={r['correct']}", flush=True)
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                r = {"case": f"write_kv {tokens}x{heads}", "error": str(e)[:300], "ms": {}, "tb_s": {},
+                     "ours_vs_torch_index_copy": float("nan"), "ours_frac_of_copy_ceiling": float("nan")}
+            result["write_kv"].append(r)
+            save()
+        for layers, pairs in [(32, 256)] if not SMOKE else [(2, 4)]:
+            if budget.left() < 10:
+                break
+            try:
+                r = measure_copy_blocks(layers, pairs, 8, ceil)
+                print(f"{r['case']:28s} ours {r['tb_s']['ours_copy_blocks']:.2f} TB/s torch "
+                      f"{r['tb_s']['torch_loop_index_copy']:.2f} TB/s correct={r['correct']}", flush=True)
+                result["copy_blocks"].append(r)
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+            save()
+    save()
+    print("\n" + open(md_path).read())
+
+
+if __name__ == "__main__":
+    main()
