@@ -21,7 +21,7 @@ from sim.units import format_bytes, parse_duration, parse_size
 
 
 # Modules that add subcommands: each defines register(subparsers).
-PLUGIN_COMMANDS: list[str] = []
+PLUGIN_COMMANDS: list[str] = ["sim.cli_trace"]
 
 
 def _positive_int(text: str) -> int:
@@ -35,8 +35,13 @@ def _positive_int(text: str) -> int:
 
 
 def _add_replay_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("trace", help="trace file (format detected from its header)")
+    p.add_argument("trace", help="trace file (format detected from its header or first JSON record)")
     p.add_argument("--format", choices=sorted(READERS), help="force the trace format")
+    p.add_argument("--rate", type=float, metavar="REQ_PER_S",
+                   help="length-only traces: requests/s of the Poisson arrivals to generate")
+    p.add_argument("--seed", type=int, default=0, help="seed of those arrivals (default: 0)")
+    p.add_argument("--model-filter", metavar="MODEL",
+                   help="BurstGPT traces: keep only this model's rows (e.g. ChatGPT, GPT-4)")
     p.add_argument("--model", default="llama-2-7b",
                    help="model preset (see `sim models`) or dimensions 'layers=..,kv_heads=..,head_size=..,"
                         "params=..,max_len=..[,heads=..,hidden=..,intermediate=..,vocab=..,kv_dtype=..]' "
@@ -74,6 +79,8 @@ def _options(args: argparse.Namespace, allocator: str) -> ReplayOptions:
 def _header(trace, options: ReplayOptions) -> None:
     budget = options.budget()
     print(f"trace: {trace.path} ({trace.format}, {len(trace):,} requests over {trace.duration_s:,.1f} s)")
+    for note in trace.notes:
+        print(f"trace note: {note}")
     print(f"model: {options.model.name} ({options.model.kv_bytes_per_token(options.tp):,} KV bytes per token"
           f"{f' per GPU, tp={options.tp}' if options.tp > 1 else ''}), GPU: {options.gpu.name}")
     if budget.source == "derived":
@@ -93,7 +100,7 @@ def _run_one(trace, options: ReplayOptions, quiet: bool, label: str):
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    trace = read_trace(args.trace, args.format)
+    trace = read_trace(args.trace, args.format, rate=args.rate, seed=args.seed, model_filter=args.model_filter)
     options = _options(args, args.allocator)
     _header(trace, options)
     out = prepare_dir(args.out, f"{trace.name}-{os.path.basename(args.allocator).replace(':', '-')}", args.force)
@@ -106,7 +113,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    trace = read_trace(args.trace, args.format)
+    trace = read_trace(args.trace, args.format, rate=args.rate, seed=args.seed, model_filter=args.model_filter)
     allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
     if not allocators:
         raise UserError("--allocators needs at least one allocator")
