@@ -310,8 +310,11 @@ def int_column(rows: Rows, j: int, name: str, minimum: int = 1, default: str | N
             values = as_float.astype(np.int64)
         else:
             for i, text in enumerate(col):
-                if _int_or_none(text.strip()) is None:
+                value = _int_or_none(text.strip())
+                if value is None:
                     raise TraceError(rows.path, rows.line(i), f"{name} must be {what}, got {text.strip()!r}")
+                if not -2**62 < value < 2**62:
+                    raise TraceError(rows.path, rows.line(i), f"{name} is too large, got {text.strip()!r}")
             raise TraceError(rows.path, 0, f"{name}: a value is out of range")  # pragma: no cover
     bad = values < minimum
     if maximum is not None:
