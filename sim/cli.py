@@ -39,7 +39,8 @@ def _add_replay_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=sorted(READERS), help="force the trace format")
     p.add_argument("--rate", type=float, metavar="REQ_PER_S",
                    help="length-only traces: requests/s of the Poisson arrivals to generate")
-    p.add_argument("--seed", type=int, default=0, help="seed of those arrivals (default: 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of every random choice: generated arrivals, the beam model (default: 0)")
     p.add_argument("--model-filter", metavar="MODEL",
                    help="BurstGPT traces: keep only this model's rows (e.g. ChatGPT, GPT-4)")
     p.add_argument("--model", default="llama-2-7b",
@@ -61,6 +62,12 @@ def _add_replay_options(p: argparse.ArgumentParser) -> None:
                    help="how contiguous allocators place reservations (default: buddy)")
     p.add_argument("--step-overhead", default=f"{DEFAULT_STEP_OVERHEAD_S * 1000:g}ms",
                    help="fixed time per iteration in the roofline cost model (default: %(default)s)")
+    p.add_argument("--no-sharing", action="store_true",
+                   help="paged allocators: share nothing (forks copy every block, prefixes are not shared) — the "
+                        "counterfactual that sharing.saved_fraction is measured against")
+    p.add_argument("--beam-replace-prob", type=float, default=0.3,
+                   help="beam search model: probability that a beam is dropped and replaced by a fork of a "
+                        "surviving beam at each step (default: 0.3)")
     p.add_argument("--out", help="output directory (default: a new directory under runs/)")
     p.add_argument("--force", action="store_true", help="write into an existing non-empty --out directory")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -73,7 +80,8 @@ def _options(args: argparse.Namespace, allocator: str) -> ReplayOptions:
         kv_memory=parse_size(args.kv_memory) if args.kv_memory else None,
         gpu_memory_utilization=args.gpu_memory_utilization, tp=args.tp, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, placement=args.placement,
-        step_overhead_s=parse_duration(args.step_overhead))
+        step_overhead_s=parse_duration(args.step_overhead), sharing=not args.no_sharing,
+        beam_replace_prob=args.beam_replace_prob, seed=args.seed)
 
 
 def _header(trace, options: ReplayOptions) -> None:

@@ -60,7 +60,7 @@ class RooflineCostModel:
         return max(bytes_moved / self.bandwidth, flops / self.flop_rate) + self.step_overhead_s
 
     def step_time(self, batch: Batch) -> float:
-        return self.time(batch.num_batched_tokens, batch.decode_context_tokens,
+        return self.time(batch.num_batched_tokens, batch.decode_context_tokens + batch.prefill_context_tokens,
                          batch.decode_context_tokens + batch.prefill_attention_pairs)
 
     def describe(self) -> dict:

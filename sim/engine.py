@@ -12,13 +12,34 @@ from typing import Callable
 import numpy as np
 import simpy
 
-from sim.allocators.base import KVAllocator
+from sim.allocators.base import KVAllocator, TokenContent
 from sim.cost_model import CostModel
 from sim.metrics import RequestLog, StepLog
 from sim.scheduler import Scheduler, Sequence
 from sim.trace import Trace
 
 ProgressCallback = Callable[[int, int], None]  # (requests done, requests total)
+
+
+def branches_of(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+    """Sequences per request and whether they are beams: beam_width when > 1, else n (parallel samples)."""
+    ones = np.ones(len(trace), dtype=np.int64)
+    n = trace.columns.get("n", ones)
+    beam_width = trace.columns.get("beam_width", ones)
+    beam = beam_width > 1
+    return np.where(beam, beam_width, n), beam
+
+
+def content_of(trace: Trace, i: int) -> TokenContent | None:
+    """What request i's prompt tokens are: a shared prefix of its prefix group, or Mooncake's 512-token hash ids."""
+    groups = trace.columns.get("prefix_group")
+    if groups is not None and groups[i] >= 0 and trace.columns["prefix_tokens"][i] > 0:
+        return TokenContent(((("group", int(groups[i])), int(trace.columns["prefix_tokens"][i])),))
+    if trace.block_hashes is not None:
+        ids = trace.hash_ids(i)
+        if len(ids):
+            return TokenContent(tuple((("hash", int(h)), trace.block_hash_tokens) for h in ids))
+    return None
 
 
 class Engine:
@@ -35,7 +56,8 @@ class Engine:
         self.progress = progress
         self.env = simpy.Environment(initial_time=float(trace.arrival_s[0]) if len(trace) else 0.0)
         self.steps = StepLog()
-        self.requests = RequestLog.empty(trace.arrival_s, trace.prompt_tokens, trace.output_tokens)
+        self.num_branches, self.beam = branches_of(trace)
+        self.requests = RequestLog.empty(trace.arrival_s, trace.prompt_tokens, trace.output_tokens, self.num_branches)
         self._all_arrived = False
         self._wake: simpy.Event | None = None
         self._done = 0
@@ -65,7 +87,9 @@ class Engine:
                 self.requests.rejection[i] = reason
                 self._count_done(1)
                 continue
-            self.scheduler.add(Sequence(i, p, o, float(arrival[i])))
+            k = int(self.num_branches[i])
+            self.scheduler.add(Sequence(i, p, o, float(arrival[i]), num_branches=k, beam=bool(self.beam[i]),
+                                        content=content_of(trace, i)))
             if self._wake is not None and not self._wake.triggered:
                 self._wake.succeed()
         self._all_arrived = True
@@ -90,19 +114,25 @@ class Engine:
             start = env.now
             batch = sched.schedule(start)
             if not batch:
-                raise RuntimeError("the scheduler produced an empty batch while requests wait: an allocator refuses a "
-                                   "request that fits an empty cache (never_fits is wrong)")
+                # Nothing runs and the head of the queue still cannot be placed: it never will be.
+                seq = sched.waiting.popleft()
+                req.rejection[seq.seq_id] = (f"cannot be placed even in an empty KV cache ({seq.num_branches} "
+                                             f"sequences of up to {seq.final_len:,} tokens)")
+                self._count_done(1)
+                continue
             for seq in batch.preempted:
                 req.preemptions[seq.seq_id] += 1
             mem = alloc.memory(sched.next_waiting_final_len())
+            unshared = alloc.held_without_sharing()
             duration = self.cost_model.step_time(batch)
             yield env.timeout(duration)
             now = env.now
             finished = sched.finish(batch, now)
             self.steps.append((start, duration, batch.num_seqs, len(sched.waiting), batch.num_prefill_tokens,
-                               len(batch.decode), batch.num_batched_tokens, len(batch.preempted),
+                               batch.num_decode_seqs, batch.num_batched_tokens, len(batch.preempted),
                                mem.token_states * bpt, mem.reserved * bpt, mem.internal_fragmentation * bpt,
-                               mem.external_fragmentation * bpt, mem.free * bpt))
+                               mem.external_fragmentation * bpt, mem.free * bpt,
+                               unshared * bpt))
             for seq in batch.prefill:
                 i = seq.seq_id
                 if np.isnan(req.admitted_s[i]):

@@ -18,13 +18,14 @@ import numpy as np
 from sim.allocators.base import MEMORY_CATEGORIES
 
 STEP_COLUMNS = ("time_s", "duration_s", "running", "waiting", "prefill_tokens", "decode_tokens", "batched_tokens",
-                "preempted") + tuple(f"{c}_bytes" for c in MEMORY_CATEGORIES)
+                "preempted") + tuple(f"{c}_bytes" for c in MEMORY_CATEGORIES) + ("unshared_bytes",)
 
 
 class StepLog:
     """One row per iteration: start time (s), duration (s), sequences in the batch, sequences waiting after
     scheduling, prompt tokens prefilled, decode tokens, batched tokens, sequences preempted, and the five KV memory
-    categories in bytes while the iteration runs."""
+    categories in bytes while the iteration runs, and the bytes the live sequences would hold if nothing were
+    shared (unshared_bytes)."""
 
     def __init__(self) -> None:
         self._rows: list[tuple] = []
@@ -52,13 +53,16 @@ class RequestLog:
     finish_s: np.ndarray
     preemptions: np.ndarray
     rejection: list[str | None]
+    num_seqs: np.ndarray  # sequences per request: parallel samples or beams (1 for most requests)
 
     @classmethod
-    def empty(cls, arrival_s: np.ndarray, prompt_tokens: np.ndarray, output_tokens: np.ndarray) -> "RequestLog":
+    def empty(cls, arrival_s: np.ndarray, prompt_tokens: np.ndarray, output_tokens: np.ndarray,
+              num_seqs: np.ndarray | None = None) -> "RequestLog":
         n = len(arrival_s)
         nan = lambda: np.full(n, np.nan)  # noqa: E731
+        seqs = np.ones(n, dtype=np.int64) if num_seqs is None else num_seqs
         return cls(arrival_s, prompt_tokens, output_tokens, nan(), nan(), nan(), np.zeros(n, dtype=np.int64),
-                   [None] * n)
+                   [None] * n, seqs)
 
 
 def _stats(values: np.ndarray) -> dict[str, float | None]:
@@ -68,11 +72,33 @@ def _stats(values: np.ndarray) -> dict[str, float | None]:
             "p90": float(np.percentile(values, 90)), "p99": float(np.percentile(values, 99))}
 
 
+def sharing_summary(steps: dict[str, np.ndarray], cow_copies: int, prefill_tokens_requested: int,
+                    prefill_tokens_cached: int) -> dict:
+    """The `sharing` figures.
+
+    saved_fraction: 1 - (KV bytes held, summed over iterations) / (KV bytes the same live sequences would hold with
+        nothing shared, summed over iterations) — i.e. the share of memory that sharing saves against the
+        `--no-sharing` counterfactual of the same sequences at the same instants (0 when nothing is shared).
+    cow_copies: blocks copied because a shared, partly filled block was written (copy-on-write).
+    prefix_cache_hit_tokens: prompt tokens whose KV was found in memory at admission (not prefilled).
+    prefix_cache_hit_rate: hit tokens / tokens of every admission's prefill (recomputes included).
+    """
+    held = sum(float(steps[f"{c}_bytes"].sum()) for c in ("token_states", "reserved", "internal_fragmentation"))
+    unshared = float(steps["unshared_bytes"].sum())
+    return {
+        "saved_fraction": 1.0 - held / unshared if unshared > 0 else 0.0,
+        "cow_copies": int(cow_copies),
+        "prefix_cache_hit_tokens": int(prefill_tokens_cached),
+        "prefix_cache_hit_rate": prefill_tokens_cached / prefill_tokens_requested if prefill_tokens_requested else 0.0,
+    }
+
+
 def summarize(steps: dict[str, np.ndarray], requests: RequestLog, capacity_bytes: int, start_s: float) -> dict:
     """The figures of summary.json (see README, 'Output figures').
 
     duration_s: from the first arrival to the end of the last iteration.
-    throughput: completed requests and their output tokens per second of duration.
+    throughput: completed requests, and the output tokens they generated (output tokens x sequences per request),
+        per second of duration.
     batch_size: sequences per iteration (prefill + decode), mean over iterations and max.
     kv_memory: each category's fraction of KV capacity, averaged over iterations (unweighted).
     latency_s: over completed requests; ttft = first token - arrival; e2e = finish - arrival;
@@ -83,7 +109,7 @@ def summarize(steps: dict[str, np.ndarray], requests: RequestLog, capacity_bytes
     n_steps = len(steps["time_s"])
     end = float(steps["time_s"][-1] + steps["duration_s"][-1]) if n_steps else start_s
     duration = max(0.0, end - start_s)
-    out_tokens = int(requests.output_tokens[completed].sum())
+    out_tokens = int((requests.output_tokens[completed] * requests.num_seqs[completed]).sum())
     if n_steps:
         kv = {c: float(np.mean(steps[f"{c}_bytes"]) / capacity_bytes) for c in MEMORY_CATEGORIES}
         batch = {"mean": float(np.mean(steps["running"])), "max": int(np.max(steps["running"]))}
@@ -99,7 +125,7 @@ def summarize(steps: dict[str, np.ndarray], requests: RequestLog, capacity_bytes
                      "preemptions": int(requests.preemptions.sum())},
         "iterations": n_steps,
         "duration_s": duration,
-        "throughput": {"requests_per_s": completed.sum() / duration if duration > 0 else 0.0,
+        "throughput": {"requests_per_s": float(completed.sum()) / duration if duration > 0 else 0.0,
                        "output_tokens_per_s": out_tokens / duration if duration > 0 else 0.0},
         "batch_size": batch,
         "kv_memory": kv,

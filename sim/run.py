@@ -14,8 +14,8 @@ from sim.config import EngineConfig, GpuSpec, KVBudget, ModelSpec, kv_budget
 from sim.cost_model import DEFAULT_STEP_OVERHEAD_S, RooflineCostModel
 from sim.engine import Engine, ProgressCallback
 from sim.errors import UserError
-from sim.metrics import RequestLog, summarize
-from sim.scheduler import Scheduler, SchedulerLimits
+from sim.metrics import RequestLog, sharing_summary, summarize
+from sim.scheduler import BeamModel, Scheduler, SchedulerLimits
 from sim.trace import Trace
 
 
@@ -32,6 +32,9 @@ class ReplayOptions:
     max_num_batched_tokens: int | None = None
     placement: str | None = None  # contiguous allocators: "buddy" (default) or "first-fit"
     step_overhead_s: float = DEFAULT_STEP_OVERHEAD_S
+    sharing: bool = True  # paged allocators: fork sharing, copy-on-write and shared prefixes (False: --no-sharing)
+    beam_replace_prob: float = 0.3  # the beam model's per-step drop probability (see sim.scheduler.BeamModel)
+    seed: int = 0  # seeds the beam model
 
     @property
     def engine_config(self) -> EngineConfig:
@@ -53,7 +56,11 @@ class ReplayResult:
 
 def make_allocator(options: ReplayOptions, budget: KVBudget) -> KVAllocator:
     cls = resolve_allocator(options.allocator)
-    kwargs = {}
+    kwargs: dict = {}
+    if not options.sharing:
+        if not getattr(cls, "grows_on_demand", False) or not hasattr(cls, "retain_cached"):
+            raise UserError(f"--no-sharing applies to the paged allocators, not {options.allocator}")
+        kwargs["sharing"] = False
     if options.placement is not None:
         if not hasattr(cls, "placement_policy"):
             raise UserError(f"--placement applies to contiguous allocators, not {options.allocator}")
@@ -78,7 +85,9 @@ def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | No
     budget = options.budget()
     allocator = make_allocator(options, budget)
     limits = SchedulerLimits(options.max_num_seqs, options.engine_config.batched_tokens_limit(options.model))
-    scheduler = Scheduler(allocator, limits)
+    if not 0 <= options.beam_replace_prob <= 1:
+        raise UserError(f"--beam-replace-prob must be in [0, 1], got {options.beam_replace_prob}")
+    scheduler = Scheduler(allocator, limits, BeamModel(options.beam_replace_prob, options.seed))
     cost = RooflineCostModel(options.model, options.gpu, options.tp, options.step_overhead_s)
     engine = Engine(trace, scheduler, cost, budget.bytes_per_token, options.model.max_model_len, progress)
     step_log, requests = engine.run()
@@ -94,12 +103,15 @@ def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | No
         "kv_capacity_tokens": budget.capacity_tokens,
         "kv_blocks": budget.num_blocks,
         **summarize(steps, requests, budget.capacity_bytes, start),
+        "sharing": sharing_summary(steps, getattr(allocator, "num_cow_copies", 0), scheduler.prefill_tokens_requested,
+                                   scheduler.prefill_tokens_cached),
         "config": {
             "tp": options.tp, "max_num_seqs": limits.max_num_seqs,
             "max_num_batched_tokens": limits.max_num_batched_tokens, "max_model_len": options.model.max_model_len,
             "kv_bytes_per_token": budget.bytes_per_token, "kv_budget_source": budget.source,
             "kv_budget_breakdown_bytes": budget.breakdown,
             "placement": getattr(allocator, "placement_name", None),
+            "sharing": options.sharing, "beam_replace_prob": options.beam_replace_prob, "seed": options.seed,
             "cost_model": cost.describe(),
         },
     }

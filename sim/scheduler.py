@@ -8,6 +8,11 @@ prompt tokens (writes their KV) and emits output token 1; each later iteration w
 token and emits the next. After emitting token O it finishes, holding P + O - 1 tokens of KV: its *final length*.
 A request preempted after emitting g tokens is later re-admitted with a prefill of P + g tokens (recompute), which
 emits token g + 1.
+
+A request with n parallel samples or a beam width k > 1 runs as a group of sequences ("branches"): its prompt is
+prefilled once, then forked into n (or k) branches in the same iteration; every branch emits one token per iteration
+and all finish together (lengths are forced). Beams follow the stochastic model of `BeamModel`. A multi-branch
+request that is preempted restarts from its prompt (its branches cannot be recomputed from one history).
 """
 
 from __future__ import annotations
@@ -15,30 +20,40 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from sim.allocators.base import KVAllocator
+import numpy as np
+
+from sim.allocators.base import KVAllocator, TokenContent
+
+CHILD_ID_BASE = 1 << 40  # allocator ids of forked branches start here (a request's first branch uses its index)
 
 
 @dataclass(eq=False)
 class Sequence:
-    """A request inside the engine (waiting or running). seq_id is the request's index in the trace."""
+    """A request inside the engine (waiting or running). seq_id is the request's index in the trace and the
+    allocator id of its first branch."""
 
     seq_id: int
     prompt_tokens: int
     output_tokens: int
     arrival_s: float
-    generated: int = 0  # output tokens emitted so far
+    num_branches: int = 1  # parallel samples (n) or beams (beam_width)
+    beam: bool = False
+    content: TokenContent | None = None
+    generated: int = 0  # output tokens emitted so far (by each branch)
     preemptions: int = 0
     admitted_s: float | None = None  # first admission
     first_token_s: float | None = None
+    branches: list[int] = field(default_factory=list)  # allocator ids of the live branches
+    cached_tokens: int = 0  # prefix-cache hit tokens of the latest admission
 
     @property
     def final_len(self) -> int:
-        """KV tokens held when the request finishes: prompt + output - 1."""
+        """KV tokens held (by each branch) when the request finishes: prompt + output - 1."""
         return self.prompt_tokens + self.output_tokens - 1
 
     @property
     def prefill_tokens(self) -> int:
-        """Tokens the next admission must prefill: the prompt plus every token emitted before a preemption."""
+        """Tokens the next admission must hold: the prompt plus every token emitted before a preemption."""
         return self.prompt_tokens + self.generated
 
 
@@ -46,27 +61,31 @@ class Sequence:
 class Batch:
     """What one iteration executes.
 
-    prefill: sequences admitted this iteration, each prefilling `prefill_tokens` tokens.
-    decode: running sequences each writing the KV of one token and emitting one.
-    preempted: sequences whose memory was taken back this iteration (they are not in the batch).
-    copies: (source block, destination block) copies the allocator recorded (copy-on-write).
+    prefill: requests admitted this iteration; each computes `prefill_tokens - cached_tokens` new tokens on top of
+        `cached_tokens` of context found in the prefix cache.
+    decode: running requests; each of their branches writes the KV of one token and emits one.
+    preempted: requests whose memory was taken back this iteration (they are not in the batch).
+    copies: (source block, destination block) copies the allocator recorded (copy-on-write), to run first.
     """
 
     prefill: list[Sequence] = field(default_factory=list)
     decode: list[Sequence] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
     copies: list[tuple[int, int]] = field(default_factory=list)
-    num_prefill_tokens: int = 0
-    decode_context_tokens: int = 0  # KV tokens the decode sequences read (their lengths including the new token)
-    prefill_attention_pairs: int = 0  # (query, key) pairs of causal prefill attention: sum of n (n + 1) / 2
+    num_prefill_tokens: int = 0  # prompt tokens computed (after prefix-cache hits)
+    prefill_context_tokens: int = 0  # cached tokens the prefills attend to
+    num_prefill_seqs: int = 0  # branches of the prefilled requests
+    num_decode_seqs: int = 0
+    decode_context_tokens: int = 0  # KV tokens the decode branches read (their lengths including the new token)
+    prefill_attention_pairs: int = 0  # (query, key) pairs of prefill attention: n (n + 1) / 2 + n x context
 
     @property
     def num_seqs(self) -> int:
-        return len(self.prefill) + len(self.decode)
+        return self.num_prefill_seqs + self.num_decode_seqs
 
     @property
     def num_batched_tokens(self) -> int:
-        return self.num_prefill_tokens + len(self.decode)
+        return self.num_prefill_tokens + self.num_decode_seqs
 
     def __bool__(self) -> bool:
         return self.num_seqs > 0
@@ -74,26 +93,60 @@ class Batch:
 
 @dataclass(frozen=True)
 class SchedulerLimits:
-    max_num_seqs: int = 256  # sequences in one iteration
+    max_num_seqs: int = 256  # sequences (branches) in one iteration
     max_num_batched_tokens: int = 2048  # prompt tokens prefilled in one iteration
+
+
+@dataclass
+class BeamModel:
+    """How beams survive and fork, one step at a time (seeded).
+
+    After every token, each of a request's k beams is independently dropped with probability `replace_prob`, and
+    each dropped beam is replaced by a fork of a surviving beam chosen uniformly (if every beam would be dropped, the
+    first survives). Lineages therefore coalesce backwards in time like a Wright-Fisher population: the beams alive at
+    any moment descend from a common ancestor a few steps back, so they share a long common history and differ only
+    near the end — as real beam search does. Dropped beams free their blocks.
+    """
+
+    replace_prob: float = 0.3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.replace_prob <= 1:
+            raise ValueError("beam replace probability must be in [0, 1]")
+        self.rng = np.random.Generator(np.random.PCG64(self.seed))
+
+    def step(self, k: int) -> list[tuple[int, int]]:
+        """(dropped beam index, surviving parent index) pairs for one step of k beams."""
+        dropped = self.rng.random(k) < self.replace_prob
+        survivors = [j for j in range(k) if not dropped[j]]
+        if not survivors:
+            survivors = [0]
+            dropped[0] = False
+        return [(j, survivors[int(self.rng.integers(len(survivors)))]) for j in range(k) if dropped[j]]
 
 
 class Scheduler:
     """FCFS continuous batching over one allocator.
 
-    Each iteration: every running sequence first gets room for one more token; when the allocator has none, the most
-    recently admitted running sequence is preempted (its memory freed, it returns to the front of the queue) until
-    there is room. Then, if nothing was preempted, waiting sequences are admitted in arrival order while
+    Each iteration: every branch of every running request first gets room for one more token; when the allocator has
+    none, the most recently admitted running request is preempted (its memory freed, it returns to the front of the
+    queue) until there is room. Then, if nothing was preempted, waiting requests are admitted in arrival order while
     max_num_seqs, max_num_batched_tokens and the allocator allow; the first that does not fit stops admission
     (no overtaking).
     """
 
-    def __init__(self, allocator: KVAllocator, limits: SchedulerLimits):
+    def __init__(self, allocator: KVAllocator, limits: SchedulerLimits, beam_model: BeamModel | None = None):
         self.allocator = allocator
         self.limits = limits
+        self.beam_model = beam_model or BeamModel()
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
+        self.num_running_seqs = 0  # branches of the running requests
         self.num_preemptions = 0
+        self.prefill_tokens_requested = 0  # tokens of every admission's prefill, before prefix-cache hits
+        self.prefill_tokens_cached = 0  # of those, tokens found in the prefix cache
+        self._next_child_id = CHILD_ID_BASE
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -111,50 +164,93 @@ class Scheduler:
         i = 0
         while i < len(running):
             seq = running[i]
-            while not alloc.can_append(seq.seq_id, 1):
-                victim = running.pop()
-                self._preempt(victim, batch)
-                if victim is seq:
+            ok = True
+            for branch in seq.branches:
+                while not alloc.can_append(branch, 1):
+                    victim = running.pop()
+                    self._preempt(victim, batch)
+                    if victim is seq:
+                        ok = False
+                        break
+                if not ok:
                     break
-            else:
-                alloc.append(seq.seq_id, 1)
+                alloc.append(branch, 1)
+            if ok:
                 i += 1
         batch.decode = list(running)
-        batch.decode_context_tokens = sum(alloc.num_tokens(s.seq_id) for s in running)
+        for seq in running:
+            batch.num_decode_seqs += len(seq.branches)
+            for branch in seq.branches:
+                batch.decode_context_tokens += alloc.num_tokens(branch)
         if not batch.preempted:
             self._admit(batch, now)
         batch.copies = alloc.take_copy_ops()
         return batch
 
     def _preempt(self, seq: Sequence, batch: Batch) -> None:
-        self.allocator.free(seq.seq_id)
+        for branch in seq.branches:
+            self.allocator.free(branch)
+        self.num_running_seqs -= len(seq.branches)
+        seq.branches = []
         seq.preemptions += 1
+        if seq.num_branches > 1:
+            seq.generated = 0
         self.num_preemptions += 1
         batch.preempted.append(seq)
         self.waiting.appendleft(seq)
 
-    def _admit(self, batch: Batch, now: float) -> None:
+    def _new_child_id(self) -> int:
+        self._next_child_id += 1
+        return self._next_child_id
+
+    def _place(self, seq: Sequence) -> bool:
+        """Admit a request's first branch and fork the others; on failure undo everything and return False."""
         alloc = self.allocator
+        n = seq.prefill_tokens
+        if not alloc.can_admit(seq.seq_id, n, seq.final_len, seq.content):
+            return False
+        seq.cached_tokens = alloc.admit(seq.seq_id, n, seq.final_len, seq.content)
+        seq.branches = [seq.seq_id]
+        for _ in range(seq.num_branches - 1):
+            child = self._new_child_id()
+            if not alloc.can_fork(seq.seq_id, child):
+                for branch in seq.branches:
+                    alloc.free(branch)
+                seq.branches = []
+                alloc.take_copy_ops()
+                return False
+            alloc.fork(seq.seq_id, child)
+            seq.branches.append(child)
+        return True
+
+    def _admit(self, batch: Batch, now: float) -> None:
         budget = self.limits.max_num_batched_tokens
-        while self.waiting and len(self.running) < self.limits.max_num_seqs:
+        while self.waiting:
             seq = self.waiting[0]
+            if self.num_running_seqs + seq.num_branches > self.limits.max_num_seqs:
+                break
             n = seq.prefill_tokens
             # A recompute longer than the budget may run alone, or it could never be re-admitted.
             if batch.num_prefill_tokens + n > budget and batch.prefill:
                 break
-            if not alloc.can_admit(seq.seq_id, n, seq.final_len):
+            if not self._place(seq):
                 break
             self.waiting.popleft()
-            alloc.admit(seq.seq_id, n, seq.final_len)
             if seq.admitted_s is None:
                 seq.admitted_s = now
             self.running.append(seq)
+            self.num_running_seqs += len(seq.branches)
             batch.prefill.append(seq)
-            batch.num_prefill_tokens += n
-            batch.prefill_attention_pairs += n * (n + 1) // 2
+            new = n - seq.cached_tokens
+            self.prefill_tokens_requested += n
+            self.prefill_tokens_cached += seq.cached_tokens
+            batch.num_prefill_seqs += len(seq.branches)
+            batch.num_prefill_tokens += new
+            batch.prefill_context_tokens += seq.cached_tokens
+            batch.prefill_attention_pairs += new * (new + 1) // 2 + new * seq.cached_tokens
 
     def finish(self, batch: Batch, now: float) -> list[Sequence]:
-        """Emit one token for every sequence of the batch; returns the sequences that finished (memory freed)."""
+        """Emit one token for every branch of the batch; returns the requests that finished (memory freed)."""
         finished: list[Sequence] = []
         for seq in batch.prefill:
             seq.generated += 1
@@ -162,13 +258,28 @@ class Scheduler:
                 seq.first_token_s = now
             if seq.generated >= seq.output_tokens:
                 finished.append(seq)
+            elif seq.beam:
+                self._beam_step(seq)
         for seq in batch.decode:
             seq.generated += 1
             if seq.generated >= seq.output_tokens:
                 finished.append(seq)
+            elif seq.beam:
+                self._beam_step(seq)
         if finished:
             done = {id(s) for s in finished}
             self.running = [s for s in self.running if id(s) not in done]
             for seq in finished:
-                self.allocator.free(seq.seq_id)
+                for branch in seq.branches:
+                    self.allocator.free(branch)
+                self.num_running_seqs -= len(seq.branches)
+                seq.branches = []
         return finished
+
+    def _beam_step(self, seq: Sequence) -> None:
+        alloc = self.allocator
+        for dropped, parent in self.beam_model.step(len(seq.branches)):
+            alloc.free(seq.branches[dropped])
+            child = self._new_child_id()
+            alloc.fork(seq.branches[parent], child)
+            seq.branches[dropped] = child

@@ -7,17 +7,17 @@ import importlib
 from sim.allocators.base import (MEMORY_CATEGORIES, AllocationError, BlockTablePlacement, ExtentPlacement, TokenContent,
                                  KVAllocator, MemoryBreakdown)
 from sim.allocators.contiguous import ContiguousAllocator, ContiguousMax, ContiguousOracle, ContiguousPow2
-from sim.allocators.paged import BlockPool, PagedAllocator
+from sim.allocators.paged import BlockPool, PagedAllocator, PagedPrefixCache
 from sim.errors import UserError
 
 REGISTRY: dict[str, type[KVAllocator]] = {
-    cls.name: cls for cls in (ContiguousMax, ContiguousPow2, ContiguousOracle, PagedAllocator)
+    cls.name: cls for cls in (ContiguousMax, ContiguousPow2, ContiguousOracle, PagedAllocator, PagedPrefixCache)
 }
 
 __all__ = [
     "MEMORY_CATEGORIES", "REGISTRY", "AllocationError", "BlockPool", "BlockTablePlacement", "ContiguousAllocator",
     "ContiguousMax", "ContiguousOracle", "ContiguousPow2", "ExtentPlacement", "KVAllocator", "MemoryBreakdown",
-    "PagedAllocator", "TokenContent", "resolve_allocator",
+    "PagedAllocator", "PagedPrefixCache", "TokenContent", "resolve_allocator",
 ]
 
 

@@ -173,6 +173,11 @@ class KVAllocator(ABC):
     def can_fork(self, parent_id: int, child_id: int) -> bool:
         return False
 
+    def held_without_sharing(self) -> int:
+        """Token slots the live sequences would hold if nothing were shared (equal to what is held when nothing is)."""
+        m = self.memory()
+        return m.token_states + m.reserved + m.internal_fragmentation
+
     def take_copy_ops(self) -> list[tuple[int, int]]:
         """(source block, destination block) copies recorded since the last call (copy-on-write); none by default."""
         return []

@@ -94,6 +94,20 @@ class ContiguousAllocator(KVAllocator):
         self._held -= ext.held
         self._unfilled -= max(0, ext.final_len - ext.tokens)
 
+    supports_fork = True
+
+    def can_fork(self, parent_id: int, child_id: int) -> bool:
+        parent = self._seqs.get(parent_id)
+        return (parent is not None and child_id not in self._seqs
+                and self.space.can_alloc(self.reservation(parent.final_len)))
+
+    def fork(self, parent_id: int, child_id: int) -> None:
+        """A contiguous allocator cannot share: the child gets its own reservation and a copy of the parent's KV."""
+        if not self.can_fork(parent_id, child_id):
+            raise AllocationError(f"cannot fork sequence {parent_id} into {child_id}")
+        parent = self._seqs[parent_id]
+        self.admit(child_id, parent.tokens, parent.final_len)
+
     def num_tokens(self, seq_id: int) -> int:
         return self._seqs[seq_id].tokens
 

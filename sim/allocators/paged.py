@@ -1,125 +1,342 @@
-"""Paged KV cache (PagedAttention): fixed-size blocks taken on demand, one block table per sequence.
+"""Paged KV cache (PagedAttention): fixed-size blocks taken on demand, one block table per sequence, and sharing.
 
-Blocks come from a `BlockPool` (a free queue and reference counts). A sequence's block table maps its logical
-blocks (tokens [i*block_size, (i+1)*block_size)) to physical block ids; blocks are taken when a token crosses a block
-boundary and returned when the sequence finishes or is preempted.
+Blocks come from a `BlockPool` (a free queue, reference counts, and a content-hash index). A sequence's block table
+maps its logical blocks (tokens [i*block_size, (i+1)*block_size)) to physical block ids; blocks are taken when a token
+crosses a block boundary and returned when the sequence finishes or is preempted.
+
+Sharing (on unless `sharing=False`, the `--no-sharing` counterfactual):
+- fork: a child sequence points at every block of its parent (reference counts go up). The first write into a
+  shared, partly filled block gives the writer a private copy (copy-on-write), recorded as a (source, destination)
+  block copy for the executor (`take_copy_ops`).
+- shared prefixes: every full block is keyed by a hash chained over its tokens' identities (`TokenContent`); a new
+  sequence whose leading full blocks match blocks held by live sequences maps them instead of computing them again.
+- `paged-prefix-cache` also keeps full blocks of finished sequences in the index at reference count 0: they sit in
+  the free queue and are evicted least-recently-used first when a block is needed, or reused on a hit.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Hashable
 
-from sim.allocators.base import AllocationError, TokenContent, BlockTablePlacement, KVAllocator, MemoryBreakdown
+from sim.allocators.base import AllocationError, BlockTablePlacement, KVAllocator, MemoryBreakdown, TokenContent
 from sim.config import ceil_div
 
 
 class BlockPool:
-    """Physical blocks: a FIFO free queue and a reference count per block (0 = free)."""
+    """Physical blocks: reference counts, a free queue, and an index of full blocks by content hash.
 
-    def __init__(self, num_blocks: int):
+    The free queue holds every block at reference count 0, least recently freed first; `allocate` takes the front.
+    With `retain_cached`, a freed block keeps its hash (it is *cached*) until it is allocated again (evicted) or hit.
+    """
+
+    def __init__(self, num_blocks: int, retain_cached: bool = False):
         self.num_blocks = num_blocks
-        self._free: deque[int] = deque(range(num_blocks))
+        self.retain_cached = retain_cached
         self.ref_counts = [0] * num_blocks
+        self._free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        self.block_hash: dict[int, Hashable] = {}  # registered block -> its content hash
+        self.hash_block: dict[Hashable, int] = {}  # content hash -> block
+        self.num_evictions = 0
 
     @property
     def num_free_blocks(self) -> int:
         return len(self._free)
 
+    def free_block_ids(self) -> list[int]:
+        """Free blocks in eviction order (the next to be allocated first)."""
+        return list(self._free)
+
+    def cached_free_blocks(self) -> list[int]:
+        return [b for b in self._free if b in self.block_hash]
+
     def allocate(self) -> int:
         if not self._free:
             raise AllocationError("no free KV block")
-        block = self._free.popleft()
+        block, _ = self._free.popitem(last=False)
+        h = self.block_hash.pop(block, None)
+        if h is not None:  # evict the cached content
+            del self.hash_block[h]
+            self.num_evictions += 1
         self.ref_counts[block] = 1
         return block
 
     def incref(self, block: int) -> None:
-        assert self.ref_counts[block] > 0, f"incref of free block {block}"
+        """Another reference; a cached free block leaves the free queue (a cache hit)."""
+        if self.ref_counts[block] == 0:
+            del self._free[block]
         self.ref_counts[block] += 1
 
     def decref(self, block: int) -> bool:
         """Drop one reference; returns True when the block became free."""
         assert self.ref_counts[block] > 0, f"decref of free block {block}"
         self.ref_counts[block] -= 1
-        if self.ref_counts[block] == 0:
-            self._free.append(block)
-            return True
-        return False
+        if self.ref_counts[block]:
+            return False
+        if not self.retain_cached:
+            self.unregister(block)
+        self._free[block] = None
+        return True
 
-    def free_block_ids(self) -> list[int]:
-        return list(self._free)
+    def register(self, block: int, h: Hashable) -> None:
+        """Index a full block by its content hash, unless that content is already indexed."""
+        if h not in self.hash_block and block not in self.block_hash:
+            self.hash_block[h] = block
+            self.block_hash[block] = h
+
+    def unregister(self, block: int) -> None:
+        h = self.block_hash.pop(block, None)
+        if h is not None:
+            del self.hash_block[h]
+
+    def drop_cache(self) -> None:
+        """Forget every cached (free) block's content."""
+        for block in self.cached_free_blocks():
+            self.unregister(block)
 
 
 @dataclass
 class _Seq:
-    block_table: list[int] = field(default_factory=list)
-    tokens: int = 0
-    final_len: int = 0
+    block_table: list[int]
+    tokens: int
+    final_len: int
+    runs: list[tuple[Hashable, int, int]] = field(default_factory=list)  # (tag, first offset, length) over positions
+    hashes: list[Hashable] = field(default_factory=list)  # chained hash of each full block, in order
 
 
 class PagedAllocator(KVAllocator):
     name = "paged"
-    description = "fixed-size blocks on demand through a per-sequence block table (PagedAttention)"
+    description = "fixed-size blocks on demand through a per-sequence block table, with copy-on-write sharing"
     grows_on_demand = True
+    supports_fork = True
+    retain_cached = False
 
-    def __init__(self, num_blocks: int, block_size: int, max_model_len: int):
+    def __init__(self, num_blocks: int, block_size: int, max_model_len: int, sharing: bool = True):
         super().__init__(num_blocks, block_size, max_model_len)
-        self.pool = BlockPool(num_blocks)
+        self.sharing = sharing
+        self.pool = BlockPool(num_blocks, retain_cached=self.retain_cached and sharing)
+        self.fill = [0] * num_blocks  # tokens written in each physical block
         self._seqs: dict[int, _Seq] = {}
-        self._tokens = 0  # token_states
-        self._unfilled = 0  # sum over sequences of min(empty slots in own blocks, final_len - tokens)
+        self._held_blocks = 0  # blocks with reference count > 0
+        self._tokens = 0  # sum of fill over held blocks: token_states
+        self._logical_blocks = 0  # sum of block-table lengths: what the live sequences would hold unshared
+        self._copies: list[tuple[int, int]] = []
+        self.num_cow_copies = 0
+        self.hit_tokens = 0
 
-    def _reserved_of(self, s: _Seq) -> int:
-        return max(0, min(len(s.block_table) * self.block_size - s.tokens, s.final_len - s.tokens))
+    # --- token identities and block hashes ------------------------------------------------------------------------
+    @staticmethod
+    def _runs_from(content: TokenContent | None, seq_id: int, num_tokens: int) -> list[tuple[Hashable, int, int]]:
+        runs, pos = [], 0
+        for tag, length in (content.runs if content else ()):
+            length = min(length, num_tokens - pos)
+            if length <= 0:
+                break
+            runs.append((tag, 0, length))
+            pos += length
+        if pos < num_tokens:
+            runs.append((("seq", seq_id), pos, num_tokens - pos))
+        return runs
 
+    def _block_pieces(self, runs: list[tuple[Hashable, int, int]], index: int) -> tuple:
+        """Identities of the tokens of logical block `index`, as (tag, first offset, length) pieces."""
+        lo, hi = index * self.block_size, (index + 1) * self.block_size
+        pieces, pos = [], 0
+        for tag, first, length in runs:
+            start, end = max(lo, pos), min(hi, pos + length)
+            if start < end:
+                pieces.append((tag, first + start - pos, end - start))
+            pos += length
+            if pos >= hi:
+                break
+        return tuple(pieces)
+
+    def _chain(self, prev: Hashable | None, runs, index: int) -> Hashable:
+        return hash((prev, self._block_pieces(runs, index)))
+
+    def _prefix_hits(self, seq_id: int, num_tokens: int, content: TokenContent | None) -> list[int]:
+        """Blocks already holding this sequence's leading full blocks (at least one token is left to compute)."""
+        if not self.sharing:
+            return []
+        runs = self._runs_from(content, seq_id, num_tokens)
+        hits, prev = [], None
+        for index in range((num_tokens - 1) // self.block_size):
+            prev = self._chain(prev, runs, index)
+            block = self.pool.hash_block.get(prev)
+            if block is None:
+                break
+            hits.append(block)
+        return hits
+
+    def _extend_runs(self, s: _Seq, seq_id: int, num_tokens: int) -> None:
+        tag = ("seq", seq_id)
+        if s.runs and s.runs[-1][0] == tag:
+            t, first, length = s.runs[-1]
+            s.runs[-1] = (t, first, length + num_tokens)
+        else:
+            s.runs.append((tag, s.tokens, num_tokens))
+
+    def _register_full_blocks(self, s: _Seq) -> None:
+        full = s.tokens // self.block_size
+        while len(s.hashes) < full:
+            index = len(s.hashes)
+            h = self._chain(s.hashes[-1] if s.hashes else None, s.runs, index)
+            s.hashes.append(h)
+            self.pool.register(s.block_table[index], h)
+
+    # --- block movement -------------------------------------------------------------------------------------------
+    def _take_block(self) -> int:
+        block = self.pool.allocate()
+        self.fill[block] = 0
+        self._held_blocks += 1
+        return block
+
+    def _ref(self, block: int) -> None:
+        if self.pool.ref_counts[block] == 0:
+            self._held_blocks += 1
+            self._tokens += self.fill[block]
+        self.pool.incref(block)
+
+    def _unref(self, block: int) -> None:
+        if self.pool.decref(block):
+            self._held_blocks -= 1
+            self._tokens -= self.fill[block]
+            if block not in self.pool.block_hash:
+                self.fill[block] = 0
+
+    # --- the interface --------------------------------------------------------------------------------------------
     def never_fits(self, final_len: int) -> str | None:
         need = ceil_div(final_len, self.block_size)
         if need > self.num_blocks:
             return f"needs {need:,} blocks; the KV cache has {self.num_blocks:,}"
         return None
 
+    def _admit_need(self, seq_id: int, num_tokens: int, content: TokenContent | None) -> tuple[list[int], int]:
+        hits = self._prefix_hits(seq_id, num_tokens, content)
+        from_free = sum(1 for b in hits if self.pool.ref_counts[b] == 0)
+        return hits, ceil_div(num_tokens, self.block_size) - len(hits) + from_free
+
     def can_admit(self, seq_id: int, num_tokens: int, final_len: int, content: TokenContent | None = None) -> bool:
-        return (seq_id not in self._seqs and num_tokens >= 0
-                and ceil_div(num_tokens, self.block_size) <= self.pool.num_free_blocks)
+        if seq_id in self._seqs or num_tokens < 0:
+            return False
+        _, need = self._admit_need(seq_id, num_tokens, content)
+        return need <= self.pool.num_free_blocks
 
     def admit(self, seq_id: int, num_tokens: int, final_len: int, content: TokenContent | None = None) -> int:
-        if not self.can_admit(seq_id, num_tokens, final_len):
+        if not self.can_admit(seq_id, num_tokens, final_len, content):
             raise AllocationError(f"cannot admit sequence {seq_id} ({num_tokens} tokens)")
-        s = _Seq([self.pool.allocate() for _ in range(ceil_div(num_tokens, self.block_size))], num_tokens, final_len)
+        hits, _ = self._admit_need(seq_id, num_tokens, content)
+        for block in hits:
+            self._ref(block)
+        table = list(hits)
+        for index in range(len(hits), ceil_div(num_tokens, self.block_size)):
+            block = self._take_block()
+            self.fill[block] = min(self.block_size, num_tokens - index * self.block_size)
+            self._tokens += self.fill[block]
+            table.append(block)
+        s = _Seq(table, num_tokens, final_len, self._runs_from(content, seq_id, num_tokens))
         self._seqs[seq_id] = s
-        self._tokens += num_tokens
-        self._unfilled += self._reserved_of(s)
-        return 0
+        self._logical_blocks += len(table)
+        if self.sharing:
+            self._register_full_blocks(s)
+        hit = len(hits) * self.block_size
+        self.hit_tokens += hit
+        return hit
+
+    def _append_need(self, s: _Seq, num_tokens: int) -> tuple[bool, int]:
+        """(copy-on-write needed, blocks needed) to grow s by num_tokens."""
+        cow = (num_tokens > 0 and s.tokens % self.block_size != 0
+               and self.pool.ref_counts[s.block_table[-1]] > 1)
+        new = max(0, ceil_div(s.tokens + num_tokens, self.block_size) - len(s.block_table))
+        return cow, new + cow
 
     def blocks_needed_to_append(self, seq_id: int, num_tokens: int = 1) -> int:
-        s = self._seqs[seq_id]
-        return max(0, ceil_div(s.tokens + num_tokens, self.block_size) - len(s.block_table))
+        return self._append_need(self._seqs[seq_id], num_tokens)[1]
 
     def can_append(self, seq_id: int, num_tokens: int = 1) -> bool:
-        return (seq_id in self._seqs and num_tokens >= 0
-                and self.blocks_needed_to_append(seq_id, num_tokens) <= self.pool.num_free_blocks)
+        s = self._seqs.get(seq_id)
+        return s is not None and num_tokens >= 0 and self._append_need(s, num_tokens)[1] <= self.pool.num_free_blocks
 
     def append(self, seq_id: int, num_tokens: int = 1) -> None:
-        if not self.can_append(seq_id, num_tokens):
+        s = self._seqs.get(seq_id)
+        if s is None or num_tokens < 0:
+            raise AllocationError(f"sequence {seq_id} is not live")
+        cow, need = self._append_need(s, num_tokens)
+        if need > self.pool.num_free_blocks:
             raise AllocationError(f"no free block for sequence {seq_id} to grow by {num_tokens}")
-        s = self._seqs[seq_id]
-        before = self._reserved_of(s)
-        for _ in range(self.blocks_needed_to_append(seq_id, num_tokens)):
-            s.block_table.append(self.pool.allocate())
-        s.tokens += num_tokens
-        self._tokens += num_tokens
-        self._unfilled += self._reserved_of(s) - before
+        bs = self.block_size
+        if cow:  # the last block is shared and partly filled: write into a private copy
+            src = s.block_table[-1]
+            dst = self._take_block()
+            self.fill[dst] = self.fill[src]
+            self._tokens += self.fill[dst]
+            self._unref(src)
+            s.block_table[-1] = dst
+            self._copies.append((src, dst))
+            self.num_cow_copies += 1
+        left, pos = num_tokens, s.tokens
+        while left:
+            if pos % bs == 0 and pos // bs == len(s.block_table):
+                s.block_table.append(self._take_block())
+                self._logical_blocks += 1
+            block = s.block_table[pos // bs]
+            n = min(left, bs - pos % bs)
+            self.fill[block] += n
+            self._tokens += n
+            pos += n
+            left -= n
+        if self.sharing:
+            self._extend_runs(s, seq_id, num_tokens)
+        s.tokens = pos
+        if self.sharing and pos // bs > len(s.hashes):
+            self._register_full_blocks(s)
+
+    def can_fork(self, parent_id: int, child_id: int) -> bool:
+        parent = self._seqs.get(parent_id)
+        if parent is None or child_id in self._seqs:
+            return False
+        return self.sharing or len(parent.block_table) <= self.pool.num_free_blocks
+
+    def fork(self, parent_id: int, child_id: int) -> None:
+        if not self.can_fork(parent_id, child_id):
+            raise AllocationError(f"cannot fork sequence {parent_id} into {child_id}")
+        p = self._seqs[parent_id]
+        if self.sharing:
+            for block in p.block_table:
+                self._ref(block)
+            table = list(p.block_table)
+        else:  # the counterfactual: a private copy of every block
+            table = []
+            for src in p.block_table:
+                dst = self._take_block()
+                self.fill[dst] = self.fill[src]
+                self._tokens += self.fill[dst]
+                self._copies.append((src, dst))
+                table.append(dst)
+        self._seqs[child_id] = _Seq(table, p.tokens, p.final_len, list(p.runs), list(p.hashes))
+        self._logical_blocks += len(table)
 
     def free(self, seq_id: int) -> None:
         s = self._seqs.pop(seq_id, None)
         if s is None:
             raise AllocationError(f"sequence {seq_id} is not live")
-        # Reverse order, as vLLM: the tail is the least likely to be reused.
+        # Reverse order, as vLLM: the tail is the least likely to be reused, so it is evicted first.
         for block in reversed(s.block_table):
-            self.pool.decref(block)
-        self._tokens -= s.tokens
-        self._unfilled -= self._reserved_of(s)
+            self._unref(block)
+        self._logical_blocks -= len(s.block_table)
 
+    def take_copy_ops(self) -> list[tuple[int, int]]:
+        ops, self._copies = self._copies, []
+        return ops
+
+    def drop_cache(self) -> None:
+        """Forget cached content of free blocks (prefix cache)."""
+        for block in self.pool.cached_free_blocks():
+            self.pool.unregister(block)
+            self.fill[block] = 0
+
+    # --- inspection -----------------------------------------------------------------------------------------------
     def num_tokens(self, seq_id: int) -> int:
         return self._seqs[seq_id].tokens
 
@@ -130,26 +347,59 @@ class PagedAllocator(KVAllocator):
     def num_free_blocks(self) -> int:
         return self.pool.num_free_blocks
 
+    def held_without_sharing(self) -> int:
+        """Token slots the live sequences would hold if no block were shared."""
+        return self._logical_blocks * self.block_size
+
+    def _reserved(self) -> int:
+        """Empty slots of partly filled last blocks that a sequence holding them will still fill (for a block shared
+        by several sequences, the most that any one of them still needs)."""
+        bs = self.block_size
+        need: dict[int, int] = {}
+        for s in self._seqs.values():
+            if s.tokens % bs and s.final_len > s.tokens:
+                block = s.block_table[-1]
+                need[block] = max(need.get(block, 0), s.final_len - s.tokens)
+        return sum(min(bs - self.fill[b], n) for b, n in need.items())
+
     def memory(self, next_final_len: int | None = None) -> MemoryBreakdown:
-        held = (self.num_blocks - self.pool.num_free_blocks) * self.block_size
+        held = self._held_blocks * self.block_size
+        reserved = self._reserved()
         return MemoryBreakdown(
             token_states=self._tokens,
-            reserved=self._unfilled,
-            internal_fragmentation=held - self._tokens - self._unfilled,
+            reserved=reserved,
+            internal_fragmentation=held - self._tokens - reserved,
             external_fragmentation=0,
             free=self.pool.num_free_blocks * self.block_size,
         )
 
     def check(self) -> None:
+        bs = self.block_size
         refs = [0] * self.num_blocks
         for seq_id, s in self._seqs.items():
-            assert len(s.block_table) == ceil_div(s.tokens, self.block_size), (
+            assert len(s.block_table) == ceil_div(s.tokens, bs), (
                 f"sequence {seq_id} holds {s.tokens} tokens in {len(s.block_table)} blocks")
-            for block in s.block_table:
+            for i, block in enumerate(s.block_table):
                 refs[block] += 1
+                expected = min(bs, s.tokens - i * bs)
+                assert self.fill[block] == expected, (
+                    f"block {block} (logical {i} of sequence {seq_id}) has {self.fill[block]} tokens, expected "
+                    f"{expected}")
         assert refs == self.pool.ref_counts, "reference counts differ from block-table entries"
         free = self.pool.free_block_ids()
-        assert len(set(free)) == len(free), "a block is twice in the free queue"
         assert sorted(free) == [b for b, r in enumerate(refs) if r == 0], "free queue differs from unreferenced blocks"
-        assert self._tokens == sum(s.tokens for s in self._seqs.values()), "token counter is wrong"
-        assert self._unfilled == sum(self._reserved_of(s) for s in self._seqs.values()), "reserved counter is wrong"
+        assert self._held_blocks == self.num_blocks - len(free), "held-block counter is wrong"
+        assert self._tokens == sum(self.fill[b] for b, r in enumerate(refs) if r), "token counter is wrong"
+        assert self._logical_blocks == sum(len(s.block_table) for s in self._seqs.values()), "logical counter wrong"
+        for block, h in self.pool.block_hash.items():
+            assert self.pool.hash_block[h] == block, f"hash index of block {block} is inconsistent"
+            assert self.fill[block] == bs, f"registered block {block} is not full"
+        assert len(self.pool.hash_block) == len(self.pool.block_hash), "hash index sizes differ"
+        if not self.pool.retain_cached:
+            assert not self.pool.cached_free_blocks(), "a free block is still indexed without a prefix cache"
+
+
+class PagedPrefixCache(PagedAllocator):
+    name = "paged-prefix-cache"
+    description = "paged, and full blocks of finished sequences stay cached (LRU eviction) for prefix reuse"
+    retain_cached = True
