@@ -738,4 +738,7 @@ def write_trace(trace: Trace, path: str) -> str:
         if not os.path.isdir(directory):
             raise UserError(f"cannot write {path}: no directory {directory}")
         atomic_write(path, text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(path, 0o666 & ~umask)  # an ordinary file, not the private mode of the temporary one
     return "mooncake" if jsonl else "native"
