@@ -10,7 +10,7 @@ name       columns / keys                                                       
 native     arrival_s, prompt_tokens, output_tokens [, request_id, n, beam_width,  seconds, as given
            prefix_group, prefix_tokens]
 azure      TIMESTAMP, ContextTokens, GeneratedTokens (Azure LLM inference traces  wall clock, relative to row 1
-           2023 and 2024)
+           2023 and 2024; a UTC offset such as +00:00 is applied)
 vidur      arrived_at, num_prefill_tokens, num_decode_tokens (Vidur / Splitwise   seconds, as given
            processed traces)
 burstgpt   Timestamp, Model, Request tokens, Response tokens, Total tokens,       seconds, as given
@@ -425,16 +425,41 @@ def _read_native(path: str, header: list[str], rows: Rows, options: ReadOptions)
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 
 
+def _has_offset(stamp: str) -> bool:
+    return stamp.endswith("Z") or (len(stamp) > 6 and stamp[-6] in "+-" and stamp[-3] == ":")
+
+
+def _split_utc_offsets(stamps: list[str]) -> tuple[list[str], np.ndarray | None]:
+    """'2024-05-10 00:00:00.009930+00:00' -> ('2024-05-10 00:00:00.009930', offset in ns), for numpy, which has no
+    time zones. Stamps without an offset (the 2023 release) pass unchanged, with offset None."""
+    if not any(_has_offset(s) for s in stamps):
+        return stamps, None
+    bases, offsets = [], np.zeros(len(stamps), dtype=np.int64)
+    for i, s in enumerate(stamps):
+        if s.endswith("Z"):
+            bases.append(s[:-1])
+        elif _has_offset(s) and s[-5:-3].isdigit() and s[-2:].isdigit():
+            sign = 1 if s[-6] == "+" else -1
+            offsets[i] = sign * (int(s[-5:-3]) * 60 + int(s[-2:])) * 60 * 10**9
+            bases.append(s[:-6])
+        else:
+            bases.append(s)
+    return bases, offsets
+
+
 def _read_azure(path: str, header: list[str], rows: Rows, options: ReadOptions) -> Trace:
     idx = {name: column_index(path, header, name) for name in AZURE_COLUMNS}
     stamps = [s.strip() for s in rows.column(idx["TIMESTAMP"])]
-    example = "a date and time like '2023-11-16 18:17:03.9799600'"
+    bases, utc_offsets = _split_utc_offsets(stamps)
+    example = "a date and time like '2023-11-16 18:17:03.9799600' or '2024-05-10 00:00:00.009930+00:00'"
     try:
-        times = np.array(stamps, dtype="datetime64[ns]")
+        times = np.array(bases, dtype="datetime64[ns]")
+        if utc_offsets is not None:
+            times = times - utc_offsets.astype("timedelta64[ns]")
     except ValueError:
-        for i, text in enumerate(stamps):
+        for i, (text, base) in enumerate(zip(stamps, bases)):
             try:
-                if np.isnat(np.datetime64(text, "ns")):
+                if np.isnat(np.datetime64(base, "ns")):
                     raise ValueError
             except ValueError:
                 raise TraceError(path, rows.line(i), f"TIMESTAMP must be {example}, got {text!r}") from None

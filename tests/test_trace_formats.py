@@ -134,14 +134,21 @@ def test_azure_2023_relative_arrivals(tmp_path):
 
 
 def test_azure_2024_release(tmp_path):
-    # The 2024 release has the same columns; its day starts at midnight.
-    path = write(tmp_path, "TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00.0090000,100,3\n"
-                           "2024-05-10 00:00:01.0090000,200,4\n")
-    assert read_trace(path).arrival_s.tolist() == [0.0, 1.0]
+    # The 2024 release: same columns, 6 fractional digits (or none) and a UTC offset.
+    path = write(tmp_path, "TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00.009930+00:00,100,3\n"
+                           "2024-05-10 00:00:01+00:00,200,4\n"
+                           "2024-05-10 01:00:02.009930+01:00,300,5\n"
+                           "2024-05-10T00:00:03.009930Z,400,6\n")
+    t = read_trace(path)
+    assert t.format == "azure"
+    # 01:00:02.00993+01:00 is 00:00:02.00993 UTC
+    assert t.arrival_s.tolist() == pytest.approx([0.0, 0.99007, 2.0, 3.0], abs=1e-9)
+    assert t.prompt_tokens.tolist() == [100, 200, 300, 400]
 
 
 @pytest.mark.parametrize("row, message", [
-    ("yesterday,10,1", "{p}:3: TIMESTAMP must be a date and time like '2023-11-16 18:17:03.9799600', got 'yesterday'"),
+    ("yesterday,10,1", "{p}:3: TIMESTAMP must be a date and time like '2023-11-16 18:17:03.9799600' or "
+                       "'2024-05-10 00:00:00.009930+00:00', got 'yesterday'"),
     ("2023-11-16 18:17:02.0000000,10,1",
      "{p}:3: TIMESTAMP must not decrease: '2023-11-16 18:17:02.0000000' after '2023-11-16 18:17:03.9799600'"),
     ("2023-11-16 18:17:05.0000000,10,0", "{p}:3: GeneratedTokens must be a positive integer, got '0'"),
