@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sim.errors import TraceError, UserError
 from sim.trace import READERS, detect_format, read_trace, write_trace
@@ -37,7 +39,7 @@ def test_native_basic_and_request_ids(tmp_path):
 
 def test_native_blank_lines_crlf_and_whole_floats(tmp_path):
     # Line numbers count blank lines; CRLF endings work; 12.0 reads as 12.
-    path = write(tmp_path, "arrival_s,prompt_tokens,output_tokens\r\n\r\n0,12.0,5\r\n\r\n1,7,3\r\n")
+    path = write(tmp_path, "arrival_s,prompt_tokens,output_tokens\r\n\r\n0,12.0,5\r\n , ,\r\n1,7,3\r\n")
     t = read_trace(path)
     assert t.prompt_tokens.tolist() == [12, 7]
     bad = write(tmp_path, "arrival_s,prompt_tokens,output_tokens\n\n0,12,5\n\n1,x,3\n", "bad.csv")
@@ -374,3 +376,24 @@ def test_mooncake_round_trip_and_native_refusal(tmp_path):
     assert back.block_hashes[0].tolist() == t.block_hashes[0].tolist()
     with pytest.raises(UserError, match="write it to a .jsonl file"):
         write_trace(t, str(tmp_path / "out.csv"))
+
+
+@given(st.lists(st.tuples(st.floats(0, 1e6, allow_nan=False), st.integers(1, 10**6), st.integers(1, 10**6),
+                          st.integers(1, 8), st.integers(-1, 5)), min_size=1, max_size=40))
+def test_native_write_read_round_trip(tmp_path_factory, rows):
+    """Whatever the writer writes, the reader reads back (times to the written 100 ns resolution)."""
+    from sim.trace import Trace
+    rows.sort(key=lambda r: r[0])
+    arrivals, prompt, output, n, group = (np.array(c) for c in zip(*rows))
+    tokens = np.where(group >= 0, np.minimum(prompt, 7), 0)
+    t = Trace("x", "native", arrivals.astype(float), prompt.astype(np.int64), output.astype(np.int64),
+              columns={"n": n.astype(np.int64), "prefix_group": group.astype(np.int64),
+                       "prefix_tokens": tokens.astype(np.int64)})
+    path = str(tmp_path_factory.mktemp("rt") / "t.csv")
+    write_trace(t, path)
+    back = read_trace(path)
+    assert np.allclose(back.arrival_s, t.arrival_s, rtol=0, atol=1e-7)
+    assert back.prompt_tokens.tolist() == t.prompt_tokens.tolist()
+    assert back.output_tokens.tolist() == t.output_tokens.tolist()
+    for name in t.columns:
+        assert back.columns[name].tolist() == t.columns[name].tolist()
