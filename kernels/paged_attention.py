@@ -72,10 +72,14 @@ def _decode_kernel(
     HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGED: tl.constexpr, SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    DOT_PREC: tl.constexpr, HEAD_MAJOR: tl.constexpr, EVICT: tl.constexpr,
 ):
-    seq = tl.program_id(0)
-    kvh = tl.program_id(1)
+    if HEAD_MAJOR:  # consecutive programs read the same blocks (all KV heads of one token range)
+        kvh = tl.program_id(0)
+        seq = tl.program_id(1)
+    else:
+        seq = tl.program_id(0)
+        kvh = tl.program_id(1)
     part = tl.program_id(2)
     seq64 = seq.to(tl.int64)
 
@@ -126,8 +130,8 @@ def _decode_kernel(
             kv_mask = n_mask[:, None]
         else:
             kv_mask = n_mask[:, None] & (offs_d < HEAD)[None, :]
-        k = tl.load(k_base + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + v_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(k_base + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0, eviction_policy=EVICT)
+        v = tl.load(v_base + v_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0, eviction_policy=EVICT)
 
         if USE_DOT:
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
@@ -235,7 +239,9 @@ def _decode_config(head_pad: int, group: int, dtype: torch.dtype, block_size: in
     block_n = 64 if head_pad <= 128 else 32
     if _interpreting():
         block_n = 32
-    return dict(block_n=block_n, num_warps=4, num_stages=2, use_dot=group > 1)
+    # use_dot: tensor-core dots (q rows padded to 16) beat the CUDA-core path even for
+    # MHA on the H100 (1.5x at batch 64 x 2,048; reports/kernels/bench_run1.md).
+    return dict(block_n=block_n, num_warps=4, num_stages=2, use_dot=True, head_major=False, evict="")
 
 
 def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: bool, block_size: int,
@@ -294,7 +300,8 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         po, plse = out, out  # unused
         po_st, pl_st = (0, 0, 0), (0, 0)
 
-    grid = (num_seqs, num_kv_heads, splits)
+    head_major = bool(cfg["head_major"])
+    grid = (num_kv_heads, num_seqs, splits) if head_major else (num_seqs, num_kv_heads, splits)
     _decode_kernel[grid](
         q, k, v, bt, seq_lens, starts_arg,
         out, po, plse,
@@ -307,6 +314,7 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         GROUP=group, GROUP_PAD=group_pad, HEAD=head, HEAD_PAD=head_pad,
         BLOCK_SIZE=block_size, BLOCK_N=block_n,
         PAGED=paged, SPLIT=splits > 1, USE_DOT=use_dot, DOT_PREC=_dot_precision(q.dtype),
+        HEAD_MAJOR=head_major, EVICT=str(cfg["evict"]),
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]),
     )
     if splits > 1:
@@ -341,7 +349,10 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, *
         num_splits: force the number of KV splits (``1`` = no split-KV); default
             automatic (see ``_choose_partition``).
         out: optional output tensor (same shape as ``q``).
-        config: tuning overrides (``block_n``, ``num_warps``, ``num_stages``, ``use_dot``).
+        config: tuning overrides: ``block_n`` (tokens per loop step), ``num_warps``,
+            ``num_stages``, ``use_dot`` (tensor-core dots, default; ``False`` = CUDA-core
+            reductions), ``head_major`` (launch the KV heads of one token range next to
+            each other), ``evict`` (``""`` or ``"evict_first"`` for the K/V loads).
 
     Returns:
         ``out`` ``[num_seqs, num_q_heads, head_size]`` in ``q``'s dtype.
@@ -474,10 +485,9 @@ def _prefill_kernel(
 def _prefill_config(head_pad: int, dtype: torch.dtype) -> dict:
     if _interpreting():
         return dict(block_m=32, block_n=32, num_warps=4, num_stages=1)
-    if head_pad <= 64:
-        return dict(block_m=128, block_n=64, num_warps=4, num_stages=3)
     if head_pad <= 128:
-        return dict(block_m=128, block_n=64, num_warps=8, num_stages=3)
+        # best of the H100 sweep in reports/kernels/bench_run1.md (bf16, head size 128)
+        return dict(block_m=64, block_n=64, num_warps=4, num_stages=3)
     return dict(block_m=64, block_n=32, num_warps=4, num_stages=2)
 
 

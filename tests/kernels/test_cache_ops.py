@@ -24,10 +24,11 @@ def test_write_kv(block_size, heads, head_size, slot_dtype, dtype):
     nb, n = 9, 40
     kc = torch.full((nb, block_size, heads, head_size), float("nan"), dtype=dtype)
     vc = torch.full_like(kc, float("nan"))
-    slots = torch.randperm(nb * block_size, generator=gen)[:n].to(slot_dtype)
+    # distinct slots (duplicates would race), the very last slot of the cache included
+    slots = torch.randperm(nb * block_size - 1, generator=gen)[:n].to(slot_dtype)
     slots[0] = -1
     slots[5] = -1
-    slots[n - 1] = nb * block_size - 1  # last slot of the cache
+    slots[n - 1] = nb * block_size - 1
     key = torch.randn((n, heads, head_size), generator=gen).to(dtype)
     val = torch.randn((n, heads, head_size), generator=gen).to(dtype)
     kr, vr = kc.clone(), vc.clone()

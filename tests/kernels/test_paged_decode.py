@@ -65,6 +65,23 @@ def test_multi_query_long_auto_split(dtype):
     _run_decode(lens, 8, 1, 128, 16, dtype, None)
 
 
+@pytest.mark.parametrize("config", [dict(use_dot=False), dict(head_major=True, evict="evict_first"),
+                                    dict(block_n=16, use_dot=False, head_major=True)],
+                         ids=["cuda_cores", "head_major_evict", "bn16"])
+@pytest.mark.parametrize("group", [1, 4])
+def test_decode_configs(group, config):
+    dtype = DTYPES[0]
+    gen = torch.Generator().manual_seed(9 + group)
+    lens = [1, 16, 33, 150]
+    k, v, bt = make_paged(lens, 2, 80, 16, dtype, gen=gen)
+    q = torch.randn((len(lens), 2 * group, 80), generator=gen).to(dtype).to(DEVICE)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    expect = ref.ref_paged_decode(q, k, v, bt, sl, 0.1)
+    for splits in (1, 3):
+        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.1, num_splits=splits, out=poisoned_like(q), config=config)
+        assert_close(out, expect, dtype, f"config {config} splits {splits}")
+
+
 def test_zero_length_gives_zeros():
     dtype = torch.float32
     gen = torch.Generator().manual_seed(1)
