@@ -96,17 +96,21 @@ class ContiguousAllocator(KVAllocator):
 
     supports_fork = True
 
+    @staticmethod
+    def _child_final_len(parent: _Extent) -> int:
+        # A parent may have grown past its final length (up to its reservation); the child must hold all its tokens.
+        return max(parent.final_len, parent.tokens)
+
     def can_fork(self, parent_id: int, child_id: int) -> bool:
         parent = self._seqs.get(parent_id)
-        return (parent is not None and child_id not in self._seqs
-                and self.space.can_alloc(self.reservation(parent.final_len)))
+        return parent is not None and self.can_admit(child_id, parent.tokens, self._child_final_len(parent))
 
     def fork(self, parent_id: int, child_id: int) -> None:
         """A contiguous allocator cannot share: the child gets its own reservation and a copy of the parent's KV."""
         if not self.can_fork(parent_id, child_id):
             raise AllocationError(f"cannot fork sequence {parent_id} into {child_id}")
         parent = self._seqs[parent_id]
-        self.admit(child_id, parent.tokens, parent.final_len)
+        self.admit(child_id, parent.tokens, self._child_final_len(parent))
 
     def num_tokens(self, seq_id: int) -> int:
         return self._seqs[seq_id].tokens

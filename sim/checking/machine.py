@@ -1,0 +1,339 @@
+"""The hypothesis state machine: random interleavings of every public allocator operation, checked against the model
+after every step. `make_machine(spec)` builds one for any allocator class (a registered one or a user's own)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from hypothesis import strategies as st
+from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple,
+                                 precondition, rule)
+
+from sim.allocators.base import AllocationError, ExtentPlacement, TokenContent
+from sim.checking.invariants import Checker, call, check_all, snapshot
+from sim.checking.model import Model, SimMemory, expectation_for
+
+UNKNOWN_SEQ = 987_654_321  # an id the machine never uses for a live sequence
+CACHE_DROP_METHODS = ("reset_prefix_cache", "drop_cache", "clear_cache")
+
+
+@dataclass(frozen=True)
+class AllocatorSpec:
+    """How to build the allocator under test: its class and extra constructor arguments (e.g. placement)."""
+
+    cls: type
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        base = getattr(self.cls, "name", "") or self.cls.__name__
+        extra = ",".join(f"{k}={v}" for k, v in sorted(self.kwargs.items()))
+        return f"{base}[{extra}]" if extra else base
+
+    def make(self, num_blocks: int, block_size: int, max_model_len: int):
+        return self.cls(num_blocks, block_size, max_model_len, **self.kwargs)
+
+
+def contents() -> st.SearchStrategy[TokenContent | None]:
+    """None (every token unique) or a shared prefix of one of three groups, so prefix caches get hits."""
+    return st.none() | st.builds(lambda group, length: TokenContent(((("group", group), length),)),
+                                 st.integers(0, 2), st.integers(1, 40))
+
+
+class AllocatorMachine(RuleBasedStateMachine):
+    """Drives one allocator. Sequence ids are never reused except to re-admit a preempted sequence."""
+
+    spec: ClassVar[AllocatorSpec]
+    disabled: ClassVar[frozenset[str]] = frozenset()
+
+    live = Bundle("live")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alloc = None
+        self.expect = None
+        self.model = Model()
+        self.memory = SimMemory()
+        self.ck = Checker(self.disabled)
+        self.next_id = 0
+
+    # --- set-up -------------------------------------------------------------------------------------------------
+    @initialize(num_blocks=st.integers(1, 12), block_size=st.sampled_from([1, 2, 3, 4, 8]),
+                max_model_len=st.integers(1, 64))
+    def setup(self, num_blocks: int, block_size: int, max_model_len: int) -> None:
+        self.alloc = call(self.spec.make, num_blocks, block_size, max_model_len)
+        self.expect = expectation_for(self.alloc, self.memory)
+
+    def _new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    def _expecting(self) -> bool:
+        return self.expect is not None and self.expect.applies(self.model) and self.ck.on("capacity")
+
+    # --- memory traffic -----------------------------------------------------------------------------------------
+    def _apply_copies(self) -> None:
+        ops = call(self.alloc.take_copy_ops)
+        for src, dst in ops or ():
+            if not (0 <= src < self.alloc.num_blocks and 0 <= dst < self.alloc.num_blocks):
+                self.ck.fail("ownership", f"copy op ({src} -> {dst}) names a block outside [0, {self.alloc.num_blocks})")
+            self.memory.copy_block(src, dst, self.alloc.block_size)
+
+    def _write(self, seq_id: int, lo: int, hi: int) -> None:
+        """Write the model's tags of positions [lo, hi) where the allocator placed them."""
+        if hi <= lo:
+            return
+        p = call(self.alloc.placement, seq_id)
+        s = self.model.live[seq_id]
+        others: dict[int, tuple[int, int]] = {}
+        for sid, o in self.model.live.items():
+            if sid == seq_id:
+                continue
+            op = call(self.alloc.placement, sid)
+            for pos in range(o.tokens):
+                try:
+                    others[op.slot(pos)] = (sid, pos)
+                except IndexError:
+                    break
+        for pos in range(lo, hi):
+            try:
+                slot = p.slot(pos)
+            except IndexError:
+                self.ck.fail("block-table", f"sequence {seq_id}: position {pos} has no slot in {p}")
+                return
+            owner = others.get(slot)
+            if owner is not None and self.memory.get(slot) != s.tags[pos]:
+                self.ck.fail("content", f"sequence {seq_id} writes position {pos} into slot {slot}, which holds "
+                                        f"token {owner[1]} of live sequence {owner[0]}")
+            self.memory[slot] = s.tags[pos]
+
+    # --- operations ---------------------------------------------------------------------------------------------
+    def _admit(self, seq_id: int, num_tokens: int, final_len: int, content: TokenContent | None):
+        a, m, ck = self.alloc, self.model, self.ck
+        ok = bool(call(a.can_admit, seq_id, num_tokens, final_len, content))
+        want_extent = None
+        if self._expecting():
+            want = self.expect.admit_ok(m, num_tokens, final_len, seq_id, content)
+            if want is not None and ok != want:
+                ck.fail("capacity", f"can_admit({seq_id}, {num_tokens}, {final_len}) = {ok}; the policy says {want}")
+            want_extent = self.expect.expected_extent(m, final_len)
+        if not m.live and 0 <= num_tokens <= final_len:
+            reason = call(a.never_fits, final_len)
+            if self._expecting() and (reason is not None) != self.expect.never_fits(final_len):
+                ck.fail("capacity", f"never_fits({final_len}) = {reason!r}; the policy says it "
+                                    f"{'never fits' if self.expect.never_fits(final_len) else 'fits'}")
+            if reason is None and not ok:  # the engine relies on this: what never_fits accepts, an empty cache admits
+                ck.fail("honesty", f"in an empty cache never_fits({final_len}) = None (it fits) but "
+                                   f"can_admit({seq_id}, {num_tokens}, {final_len}) = False")
+        before = snapshot(a, m)
+        try:
+            hits = call(a.admit, seq_id, num_tokens, final_len, content)
+        except AllocationError as exc:
+            if ok:
+                ck.fail("honesty", f"can_admit({seq_id}, {num_tokens}, {final_len}) said yes but admit raised: {exc}")
+            if snapshot(a, m) != before:
+                ck.fail("honesty", f"a refused admit({seq_id}, {num_tokens}, {final_len}) changed the allocator")
+            return multiple()
+        if not ok:
+            ck.fail("honesty", f"can_admit({seq_id}, {num_tokens}, {final_len}) said no but admit succeeded")
+        s = m.admit(seq_id, num_tokens, final_len, content)
+        p = call(a.placement, seq_id)
+        if self.expect is not None and isinstance(p, ExtentPlacement):
+            if want_extent is not None and (p.start, p.length) != want_extent:
+                ck.fail("capacity", f"sequence {seq_id} (final {final_len}) placed at [{p.start}, "
+                                    f"{p.start + p.length}); the policy places it at [{want_extent[0]}, "
+                                    f"{want_extent[0] + want_extent[1]})")
+            self.expect.on_admit(seq_id, (p.start, p.length))
+        if hits is None:
+            hits = 0
+        if not isinstance(hits, int) or not 0 <= hits <= num_tokens:
+            ck.fail("content", f"admit({seq_id}, {num_tokens}, ...) reported {hits!r} cache-hit tokens")
+            hits = 0
+        for pos in range(hits):  # a prefix-cache hit must return exactly the request's content
+            slot = p.slot(pos)
+            if self.memory.get(slot) != s.tags[pos]:
+                ck.fail("content", f"admit({seq_id}) reported {hits} cache-hit tokens but position {pos} (slot "
+                                   f"{slot}) holds other content than the request's")
+        self._apply_copies()
+        self._write(seq_id, hits, num_tokens)
+        return seq_id
+
+    @rule(target=live, num_tokens=st.integers(0, 24), extra=st.integers(0, 24), content=contents())
+    def admit(self, num_tokens: int, extra: int, content: TokenContent | None):
+        return self._admit(self._new_id(), num_tokens, num_tokens + extra, content)
+
+    @rule(seq=live)
+    def admit_live_id(self, seq: int) -> None:
+        """Admitting an id that is already live must be refused and change nothing."""
+        if seq not in self.model.live:
+            return
+        a, ck = self.alloc, self.ck
+        if call(a.can_admit, seq, 1, 1, None):
+            ck.fail("honesty", f"can_admit({seq}, ...) says yes for a live sequence")
+        before = snapshot(a, self.model)
+        try:
+            call(a.admit, seq, 1, 1, None)
+        except AllocationError:
+            if snapshot(a, self.model) != before:
+                ck.fail("honesty", f"a refused admit of live sequence {seq} changed the allocator")
+            return
+        ck.fail("honesty", f"admit of the live sequence {seq} succeeded")
+
+    def _append(self, seq: int, n: int) -> None:
+        m, a, ck = self.model, self.alloc, self.ck
+        s = m.live.get(seq)
+        if s is None:
+            return
+        ok = bool(call(a.can_append, seq, n))
+        if self._expecting():
+            want = self.expect.append_ok(m, s, n)
+            if ok != want:
+                ck.fail("capacity", f"can_append({seq}, {n}) = {ok} at {s.tokens} tokens; the policy says {want}")
+        before = snapshot(a, m)
+        try:
+            call(a.append, seq, n)
+        except AllocationError as exc:
+            if ok:
+                ck.fail("honesty", f"can_append({seq}, {n}) said yes but append raised: {exc}")
+            if snapshot(a, m) != before:
+                ck.fail("honesty", f"a refused append({seq}, {n}) changed the allocator")
+            return
+        if not ok:
+            ck.fail("honesty", f"can_append({seq}, {n}) said no but append succeeded")
+        old = s.tokens
+        s.grow(m.interner, n)
+        self._apply_copies()
+        self._write(seq, old, old + n)
+
+    @rule(seq=live)
+    def append_one(self, seq: int) -> None:
+        self._append(seq, 1)
+
+    @rule(seq=live, n=st.integers(0, 20))
+    def append_many(self, seq: int, n: int) -> None:
+        self._append(seq, n)
+
+    def _free(self, seq: int) -> bool:
+        if seq not in self.model.live:
+            return False
+        try:
+            call(self.alloc.free, seq)
+        except AllocationError as exc:
+            self.ck.fail("honesty", f"free({seq}) of a live sequence raised: {exc}")
+            return False
+        del self.model.live[seq]
+        if self.expect is not None:
+            self.expect.on_free(seq)
+        return True
+
+    @rule(seq=consumes(live))
+    def free(self, seq: int) -> None:
+        self._free(seq)
+
+    @rule(seq=consumes(live))
+    def preempt(self, seq: int) -> None:
+        s = self.model.live.get(seq)
+        if s is not None and self._free(seq):
+            self.model.preempted.append(s)
+
+    @precondition(lambda self: bool(self.model.preempted))
+    @rule(target=live, i=st.integers(0, 7))
+    def readmit(self, i: int):
+        """Re-admit a preempted sequence (recompute): same id, its tokens so far, same final length and content."""
+        s = self.model.preempted[i % len(self.model.preempted)]
+        result = self._admit(s.seq_id, s.tokens, s.final_len, s.content)
+        if s.seq_id in self.model.live:
+            self.model.preempted.remove(s)
+        return result
+
+    @precondition(lambda self: self.alloc is not None and getattr(self.alloc, "supports_fork", False))
+    @rule(target=live, parent=live)
+    def fork(self, parent: int):
+        m, a, ck = self.model, self.alloc, self.ck
+        if parent not in m.live:
+            return multiple()
+        child = self._new_id()
+        ok = bool(call(a.can_fork, parent, child))
+        want_extent = None
+        if self._expecting():
+            want = self.expect.fork_ok(m, m.live[parent])
+            if ok != want:
+                ck.fail("capacity", f"can_fork({parent}, {child}) = {ok}; the policy says {want}")
+            want_extent = self.expect.fork_extent(m, m.live[parent])
+        before = snapshot(a, m)
+        try:
+            call(a.fork, parent, child)
+        except AllocationError as exc:
+            if ok:
+                ck.fail("honesty", f"can_fork({parent}, {child}) said yes but fork raised: {exc}")
+            if snapshot(a, m) != before:
+                ck.fail("honesty", f"a refused fork({parent}, {child}) changed the allocator")
+            return multiple()
+        if not ok:
+            ck.fail("honesty", f"can_fork({parent}, {child}) said no but fork succeeded")
+        s = m.fork(parent, child)
+        self._apply_copies()
+        pp, cp = call(a.placement, parent), call(a.placement, child)
+        if self.expect is not None and isinstance(cp, ExtentPlacement):
+            if want_extent is not None and (cp.start, cp.length) != want_extent:
+                ck.fail("capacity", f"fork child {child} placed at [{cp.start}, {cp.start + cp.length}); the policy "
+                                    f"places it at [{want_extent[0]}, {want_extent[0] + want_extent[1]})")
+            self.expect.on_admit(child, (cp.start, cp.length))
+        if isinstance(cp, ExtentPlacement):  # a contiguous fork copies into the child's own reservation
+            for pos in range(s.tokens):
+                self.memory[cp.slot(pos)] = self.memory.get(pp.slot(pos))
+        return child
+
+    @rule()
+    def free_unknown(self) -> None:
+        """Operations on an id that is not live are refused and change nothing."""
+        a, ck = self.alloc, self.ck
+        if call(a.can_append, UNKNOWN_SEQ, 1):
+            ck.fail("honesty", "can_append says yes for a sequence that is not live")
+        before = snapshot(a, self.model)
+        try:
+            call(a.free, UNKNOWN_SEQ)
+        except AllocationError:
+            if snapshot(a, self.model) != before:
+                ck.fail("honesty", "a refused free of a sequence that is not live changed the allocator")
+            return
+        ck.fail("honesty", "free of a sequence that is not live succeeded")
+
+    @rule(roll=st.integers(0, 3))
+    def drain(self, roll: int) -> None:
+        """Free every live sequence and drop caches: everything must be free again. (Only one call in four drains,
+        so that states with many live sequences are common.)"""
+        if roll:
+            return
+        a = self.alloc
+        for seq in list(self.model.live):
+            self._free(seq)
+        for name in CACHE_DROP_METHODS:
+            fn = getattr(a, name, None)
+            if callable(fn):
+                call(fn)
+        mem = call(a.memory)
+        cap = a.capacity_tokens
+        if mem.free != cap:
+            self.ck.fail("no-leaks", f"with no live sequence, memory() = {mem.as_dict()} (capacity {cap})")
+        nfb = getattr(a, "num_free_blocks", None)
+        if isinstance(nfb, int) and nfb != a.num_blocks:
+            self.ck.fail("no-leaks", f"with no live sequence, {nfb} of {a.num_blocks} blocks are free")
+
+    # --- after every step ---------------------------------------------------------------------------------------
+    @invariant()
+    def invariants(self) -> None:
+        if self.alloc is not None:
+            check_all(self.alloc, self.model, self.memory, self.expect, self.ck)
+
+
+def make_machine(spec: AllocatorSpec, disabled: frozenset[str] = frozenset()) -> type[AllocatorMachine]:
+    """A state machine class for one allocator (skipping the `disabled` invariants)."""
+    name = re.sub(r"\W+", "_", spec.name).strip("_").title().replace("_", "") or "Allocator"
+    return type(f"{name}Machine", (AllocatorMachine,), {"spec": spec, "disabled": frozenset(disabled),
+                                                        "__module__": __name__})
