@@ -21,7 +21,7 @@ from sim.units import format_bytes, parse_duration, parse_size
 
 
 # Modules that add subcommands: each defines register(subparsers).
-PLUGIN_COMMANDS: list[str] = ["sim.cli_trace"]
+PLUGIN_COMMANDS: list[str] = ["sim.cli_trace", "sim.cli_report"]
 
 
 def _positive_int(text: str) -> int:

@@ -1,0 +1,231 @@
+"""A capacity-planning report's computation: one capacity search per configuration (allocator x block size), run in
+parallel on local processes, then the replicas and GPUs each needs for the target rate and the recommendation.
+
+Replicas and GPUs: a replica is one serving engine (tp GPUs with tensor parallelism). The target traffic is assumed
+to split evenly over replicas, each seeing the trace's arrival pattern at target / replicas requests/s, so a
+configuration of capacity c needs ceil(target / c) replicas, i.e. ceil(target / c) x tp GPUs. The recommendation is
+the configuration that needs the fewest GPUs (ties: the higher capacity).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+
+from sim.config import ModelSpec
+from sim.report.capacity import CapacitySearch, Probe, evaluate_probe, replicas_needed, trace_rate
+from sim.report.slo import SLO
+from sim.report.status import StatusLine
+from sim.run import ReplayOptions
+from sim.trace import Trace
+
+
+@dataclass
+class Config:
+    allocator: str
+    block_size: int
+    options: ReplayOptions
+
+    @property
+    def label(self) -> str:
+        return f"{self.allocator} / {self.block_size}"
+
+
+@dataclass
+class ConfigResult:
+    allocator: str
+    block_size: int
+    label: str
+    capacity_rps: float  # highest rate that met every SLO (0: none did)
+    bracket: tuple  # (lo, hi): the threshold lies in [lo, hi); hi None when never failed
+    probes: list[Probe]  # sorted by rate
+    unattainable: bool
+    unbounded: bool
+    non_monotone: bool
+    replicas: int | None
+    gpus: int | None
+    kv_blocks: int
+    kv_capacity_tokens: int
+
+    @property
+    def operating_point(self) -> Probe:
+        """The probe at the capacity (the highest passing one), or, when none passed, the lowest-rate probe."""
+        passing = [p for p in self.probes if p.passed]
+        return max(passing, key=lambda p: p.rate) if passing else min(self.probes, key=lambda p: p.rate)
+
+
+@dataclass
+class ReportInputs:
+    trace: Trace
+    base: ReplayOptions  # model, GPU, engine limits, cost-model options (allocator and block size vary)
+    allocators: list[str]
+    block_sizes: list[int]
+    slos: list[SLO]
+    target_rate: float
+    precision: float
+    start_rate: float | None = None
+    trace_note: str = ""  # how the trace was cut (e.g. 'first 4,000 requests')
+    title: str = ""
+
+
+@dataclass
+class ReportData:
+    inputs: ReportInputs
+    native_rate: float
+    results: list[ConfigResult]
+    recommendation: ConfigResult | None
+    wall_s: float
+    probes_run: int
+    jobs: int
+    cost_model: dict = field(default_factory=dict)
+    validation: object = None  # sim.report.validation.ValidationFindings
+
+
+def make_configs(base: ReplayOptions, allocators: list[str], block_sizes: list[int]) -> list[Config]:
+    return [Config(a, b, replace(base, allocator=a, block_size=b)) for b in block_sizes for a in allocators]
+
+
+# --- parallel driver ---------------------------------------------------------------------------------------------
+_WORKER_TRACE: Trace | None = None
+
+
+def _init_worker(trace: Trace) -> None:
+    global _WORKER_TRACE
+    _WORKER_TRACE = trace
+
+
+def _probe_in_worker(options: ReplayOptions, rate: float, slos: list[SLO], label: str, native: float) -> Probe:
+    assert _WORKER_TRACE is not None
+    return evaluate_probe(_WORKER_TRACE, options, rate, slos, label, native)
+
+
+def _pool_context():
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def default_jobs() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def run_searches(trace: Trace, configs: list[Config], slos: list[SLO], precision: float,
+                 start_rate: float | None = None, jobs: int = 1, status: StatusLine | None = None
+                 ) -> dict[str, tuple[CapacitySearch, list[Probe]]]:
+    """One capacity search per configuration. With jobs > 1 the probes run on that many local processes, one probe
+    per configuration at a time (a search's next rate depends on its last answer)."""
+    native = trace_rate(trace)
+    start = start_rate if start_rate is not None else native
+    searches = {c.label: CapacitySearch(start, precision) for c in configs}
+    probes: dict[str, list[Probe]] = {c.label: [] for c in configs}
+    by_label = {c.label: c for c in configs}
+    count = [0, 0]  # probes done, probes running
+
+    def show(force: bool = False) -> None:
+        if status is None:
+            return
+        finished = sum(s.done for s in searches.values())
+        parts = []
+        for label, s in searches.items():
+            if s.done:
+                parts.append(f"{label} {s.capacity:.3g}")
+            elif s.lo is not None and s.hi is not None:
+                parts.append(f"{label} [{s.lo:.3g},{s.hi:.3g})")
+            else:
+                parts.append(f"{label} ..")
+        status.bar("capacity search", finished, len(searches),
+                   f"configs, {count[0]} probes ({count[1]} running) | " + " | ".join(parts), force)
+
+    def take(label: str, probe: Probe) -> None:
+        searches[label].record(probe.rate, probe.passed)
+        probes[label].append(probe)
+        count[0] += 1
+        show(force=True)
+
+    show(force=True)
+    if jobs <= 1 or len(configs) == 0:
+        for c in configs:
+            s = searches[c.label]
+            while (rate := s.next_rate()) is not None:
+                count[1] = 1
+                show()
+                take(c.label, evaluate_probe(trace, c.options, rate, slos, c.label, native))
+                count[1] = 0
+    else:
+        workers = min(jobs, len(configs))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_init_worker,
+                                 initargs=(trace,)) as pool:
+            inflight: dict = {}
+            try:
+                while True:
+                    running = set(inflight.values())
+                    for label, s in searches.items():
+                        if label in running:
+                            continue
+                        rate = s.next_rate()
+                        if rate is not None:
+                            fut = pool.submit(_probe_in_worker, by_label[label].options, rate, slos, label, native)
+                            inflight[fut] = label
+                    count[1] = len(inflight)
+                    show()
+                    if not inflight:
+                        break
+                    done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        take(inflight.pop(fut), fut.result())
+            except BaseException:
+                for fut in inflight:
+                    fut.cancel()
+                raise
+    if status is not None:
+        show(force=True)
+        status.close()
+    return {label: (searches[label], probes[label]) for label in searches}
+
+
+# --- the report's figures ------------------------------------------------------------------------------------------
+def build_report(inputs: ReportInputs, jobs: int = 1, status: StatusLine | None = None,
+                 validation_root: str | None = None) -> ReportData:
+    from sim.report.validation import find_validation
+
+    t0 = time.perf_counter()
+    configs = make_configs(inputs.base, inputs.allocators, inputs.block_sizes)
+    outcome = run_searches(inputs.trace, configs, inputs.slos, inputs.precision, inputs.start_rate, jobs, status)
+    results = []
+    for c in configs:
+        search, probes = outcome[c.label]
+        budget = c.options.budget()
+        replicas = replicas_needed(inputs.target_rate, search.capacity)
+        results.append(ConfigResult(
+            c.allocator, c.block_size, c.label, search.capacity, (search.lo, search.hi),
+            sorted(probes, key=lambda p: p.rate), search.unattainable, search.unbounded, search.non_monotone,
+            replicas, None if replicas is None else replicas * inputs.base.tp, budget.num_blocks,
+            budget.capacity_tokens))
+    feasible = [r for r in results if r.gpus is not None]
+    recommendation = min(feasible, key=lambda r: (r.gpus, -r.capacity_rps)) if feasible else None
+    cost_model = {}
+    for r in results:
+        if r.probes:
+            cost_model = r.probes[0].summary.get("config", {}).get("cost_model", {})
+            break
+    validation = find_validation(validation_root, inputs.base.gpu.name, inputs.base.model.name) \
+        if validation_root else None
+    return ReportData(inputs, trace_rate(inputs.trace), results, recommendation, time.perf_counter() - t0,
+                      sum(len(r.probes) for r in results), jobs, cost_model, validation)
+
+
+def model_rows(model: ModelSpec, tp: int) -> list[tuple[str, str]]:
+    return [
+        ("model", f"{model.name} ({model.source or 'custom'})"),
+        ("layers / hidden / heads / KV heads / head size", f"{model.num_layers} / {model.hidden_size} / "
+                                                           f"{model.num_q_heads} / {model.num_kv_heads} / "
+                                                           f"{model.head_size}"),
+        ("parameters", f"{model.num_params / 1e9:.2f} B ({model.weight_dtype} weights)"),
+        ("KV dtype, bytes per token per GPU", f"{model.kv_dtype}, {model.kv_bytes_per_token(tp):,} B"),
+        ("max model length", f"{model.max_model_len:,} tokens"),
+    ]

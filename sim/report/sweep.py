@@ -1,0 +1,414 @@
+"""`sim sweep SPEC.toml`: a grid of replays -> one results table (CSV or Parquet) and a report.
+
+The spec (TOML; paths relative to the spec file's directory):
+
+    name = "azure-13b"                      # optional: output directory runs/sweep-<name> by default
+    traces = ["../traces/azure-llm-2023-conv.csv"]
+    models = ["llama-2-13b"]                # presets or dimension strings, as --model
+    gpus = ["a100-80gb"]
+    allocators = ["paged", "contiguous-max"]
+    block_sizes = [16]
+    rates = [2, 4, 8]                       # req/s each trace is scaled to; "native" keeps its own rate
+    slo = "ttft_p99=2s,tpot_p99=100ms"      # optional: adds slo_met, goodput_rps and one column per SLO
+    first = 2000                            # optional: only each trace's first N requests
+    duration = "600s"                       # optional: only requests arriving in each trace's first T
+    table = "results.csv"                   # optional: results.csv (default) or results.parquet
+
+    [options]                               # optional, for every cell (the replay options of `sim replay`)
+    tp = 1
+    max_num_seqs = 256
+    max_num_batched_tokens = 4096
+    kv_memory = "40GiB"
+    gpu_memory_utilization = 0.9
+    max_model_len = 4096
+    placement = "buddy"
+    step_overhead = "2ms"
+    sharing = true
+    beam_replace_prob = 0.3
+    seed = 0
+
+The grid is the product traces x models x gpus x allocators x block_sizes x rates, in that order (the table's row
+order). Each cell is one replay (deterministic: the same cell gives the same row on any machine). A finished cell is
+written at once to `<out>/cells/<key>.json`, where key is a hash of everything the cell depends on (the trace file's
+bytes and selection, model and GPU figures, allocator, block size, rate, options, SLOs); a rerun with the same output
+directory loads finished cells instead of recomputing them, so an interrupted sweep resumes where it stopped. The
+table and report are written (atomically) from the cells once all are done.
+
+Cells run on local processes (`jobs`, default one per core), or with `ray=True` as Ray tasks (one CPU each) on a
+local Ray instance or the cluster at `ray_address`; the rows, and so the table, are the same either way. Ray is an
+optional extra (`pip install 'kvsim[ray]'`); its workers must be able to import `sim` (kvsim installed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import os
+import time
+import tomllib
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim.allocators.base import MEMORY_CATEGORIES
+from sim.config import resolve_gpu, resolve_model
+from sim.errors import UserError
+from sim.metrics import atomic_write
+from sim.report.build import _pool_context, default_jobs
+from sim.report.capacity import trace_rate
+from sim.report.slo import SLO, good_requests, meets, parse_slos, per_request_latency, slo_values
+from sim.report.status import StatusLine
+from sim.run import ReplayOptions, replay
+from sim.trace import Trace, read_trace
+from sim.trace_tools import scale_trace, slice_trace
+from sim.units import parse_duration, parse_size
+
+SPEC_KEYS = {"name", "traces", "models", "gpus", "allocators", "block_sizes", "rates", "slo", "first", "duration",
+             "table", "options"}
+OPTION_KEYS = {"tp", "max_num_seqs", "max_num_batched_tokens", "kv_memory", "gpu_memory_utilization",
+               "max_model_len", "placement", "step_overhead", "sharing", "beam_replace_prob", "seed"}
+
+
+@dataclass
+class SweepSpec:
+    path: str
+    name: str
+    traces: list[str]  # resolved paths
+    models: list[str]
+    gpus: list[str]
+    allocators: list[str]
+    block_sizes: list[int]
+    rates: list  # floats, or "native"
+    slo: str | None = None
+    first: int | None = None
+    duration_s: float | None = None
+    table: str = "results.csv"
+    options: dict = field(default_factory=dict)
+
+
+def _list(data: dict, key: str, kind, path: str, default=None) -> list:
+    value = data.get(key, default)
+    if value is None:
+        raise UserError(f"{path}: the spec needs `{key}` (a list)")
+    if not isinstance(value, list):
+        value = [value]
+    if not value:
+        raise UserError(f"{path}: `{key}` is empty")
+    out = []
+    for v in value:
+        if kind is float and v == "native":
+            out.append("native")
+            continue
+        if kind is int and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+            raise UserError(f"{path}: `{key}` must hold positive integers, got {v!r}")
+        if kind is float and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                  and v > 0):
+            raise UserError(f"{path}: `{key}` must hold positive numbers (req/s) or \"native\", got {v!r}")
+        if kind is str and not isinstance(v, str):
+            raise UserError(f"{path}: `{key}` must hold strings, got {v!r}")
+        out.append(float(v) if kind is float else v)
+    if len(set(map(str, out))) != len(out):
+        raise UserError(f"{path}: `{key}` names a value twice")
+    return out
+
+
+def load_spec(path: str) -> SweepSpec:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from None
+    unknown = set(data) - SPEC_KEYS
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SPEC_KEYS))}")
+    base = os.path.dirname(os.path.abspath(path))
+    traces = [os.path.relpath(os.path.normpath(os.path.join(base, t))) for t in _list(data, "traces", str, path)]
+    for t in traces:
+        if not os.path.isfile(t):
+            raise UserError(f"{path}: trace {t} does not exist (trace paths are relative to the spec's directory)")
+    options = data.get("options", {})
+    if not isinstance(options, dict):
+        raise UserError(f"{path}: [options] must be a table")
+    bad = set(options) - OPTION_KEYS
+    if bad:
+        raise UserError(f"{path}: unknown option(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(OPTION_KEYS))}")
+    first = data.get("first")
+    if first is not None and not (isinstance(first, int) and first > 0):
+        raise UserError(f"{path}: `first` must be a positive integer")
+    duration = data.get("duration")
+    duration_s = parse_duration(str(duration)) if duration is not None else None
+    table = str(data.get("table", "results.csv"))
+    if not table.endswith((".csv", ".parquet")) or os.path.basename(table) != table:
+        raise UserError(f"{path}: `table` must be a file name ending in .csv or .parquet, got {table!r}")
+    spec = SweepSpec(
+        path=path, name=str(data.get("name", os.path.splitext(os.path.basename(path))[0])), traces=traces,
+        models=_list(data, "models", str, path, ["llama-2-7b"]), gpus=_list(data, "gpus", str, path, ["a100-80gb"]),
+        allocators=_list(data, "allocators", str, path, ["paged"]),
+        block_sizes=_list(data, "block_sizes", int, path, [16]), rates=_list(data, "rates", float, path, ["native"]),
+        slo=data.get("slo"), first=first, duration_s=duration_s, table=table, options=dict(options))
+    if spec.slo is not None:
+        parse_slos(str(spec.slo))  # validate early
+    for m in spec.models:
+        resolve_model(m)
+    for g in spec.gpus:
+        resolve_gpu(g)
+    _base_options(spec, spec.models[0], spec.gpus[0])  # validate option values
+    return spec
+
+
+def _base_options(spec: SweepSpec, model: str, gpu: str) -> ReplayOptions:
+    o = spec.options
+    try:
+        return ReplayOptions(
+            model=resolve_model(model, o.get("max_model_len")), gpu=resolve_gpu(gpu),
+            kv_memory=parse_size(o["kv_memory"]) if "kv_memory" in o else None,
+            gpu_memory_utilization=float(o.get("gpu_memory_utilization", 0.9)), tp=int(o.get("tp", 1)),
+            max_num_seqs=int(o.get("max_num_seqs", 256)), max_num_batched_tokens=o.get("max_num_batched_tokens"),
+            placement=o.get("placement"),
+            step_overhead_s=parse_duration(str(o["step_overhead"])) if "step_overhead" in o else 0.002,
+            sharing=bool(o.get("sharing", True)), beam_replace_prob=float(o.get("beam_replace_prob", 0.3)),
+            seed=int(o.get("seed", 0)))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{spec.path}: bad [options] value: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Cell:
+    index: int
+    trace: str
+    model: str
+    gpu: str
+    allocator: str
+    block_size: int
+    rate: object  # float or "native"
+    key: str = ""
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cells_of(spec: SweepSpec) -> list[Cell]:
+    hashes = {t: _sha256_file(t) for t in spec.traces}
+    cells = []
+    grid = itertools.product(spec.traces, spec.models, spec.gpus, spec.allocators, spec.block_sizes, spec.rates)
+    for i, (t, m, g, a, b, r) in enumerate(grid):
+        options = _base_options(spec, m, g)
+        ident = {"trace_sha256": hashes[t], "first": spec.first, "duration_s": spec.duration_s,
+                 "model": dataclasses.asdict(options.model), "gpu": dataclasses.asdict(options.gpu), "allocator": a,
+                 "block_size": b, "rate": r, "options": spec.options, "slo": spec.slo}
+        key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        cells.append(Cell(i, t, m, g, a, b, r, key))
+    return cells
+
+
+def load_trace(spec: SweepSpec, path: str) -> Trace:
+    trace = read_trace(path)
+    if spec.first is not None or spec.duration_s is not None:
+        trace = slice_trace(trace, end_s=spec.duration_s, first=spec.first)
+    return trace
+
+
+def _stat_columns(prefix: str, stats: dict) -> dict:
+    return {f"{prefix}_{k}_s": stats[k] for k in ("mean", "p50", "p90", "p99")}
+
+
+def run_cell(spec: SweepSpec, cell: Cell, trace: Trace) -> dict:
+    """One replay; the table's row for it (plain JSON values; no timings, so rows are reproducible)."""
+    import dataclasses as dc
+
+    options = dc.replace(_base_options(spec, cell.model, cell.gpu), allocator=cell.allocator,
+                         block_size=cell.block_size)
+    native = trace_rate(trace)
+    rate = native if cell.rate == "native" else float(cell.rate)
+    scaled = trace if cell.rate == "native" else scale_trace(trace, rate=rate)
+    result = replay(scaled, options)
+    s = result.summary
+    row = {"trace": cell.trace, "model": cell.model, "gpu": cell.gpu, "allocator": cell.allocator,
+           "block_size": cell.block_size, "rate_rps": rate, "factor": rate / native, "requests": s["requests"]["total"],
+           "completed": s["requests"]["completed"], "rejected": s["requests"]["rejected"],
+           "preemptions": s["requests"]["preemptions"], "iterations": s["iterations"], "duration_s": s["duration_s"],
+           "throughput_rps": s["throughput"]["requests_per_s"],
+           "output_tokens_per_s": s["throughput"]["output_tokens_per_s"],
+           "batch_mean": s["batch_size"]["mean"], "batch_max": s["batch_size"]["max"],
+           **{f"kv_{c}": s["kv_memory"][c] for c in MEMORY_CATEGORIES},
+           **_stat_columns("ttft", s["latency_s"]["ttft"]), **_stat_columns("tpot", s["latency_s"]["tpot"]),
+           **_stat_columns("e2e", s["latency_s"]["e2e"]),
+           "kv_blocks": s["kv_blocks"], "kv_capacity_tokens": s["kv_capacity_tokens"], "tp": options.tp}
+    if spec.slo:
+        slos = parse_slos(spec.slo)
+        latency = per_request_latency(result.requests)
+        completed = ~np.isnan(result.requests.finish_s)
+        values = slo_values(slos, latency)
+        good = good_requests(slos, latency, completed)
+        row["slo_met"] = meets(slos, values, int(completed.sum()))
+        row["goodput_rps"] = float(good.sum()) / s["duration_s"] if s["duration_s"] > 0 else 0.0
+        for name, v in values.items():
+            row[f"slo_{name}_s"] = v
+    return {k: (float(v) if isinstance(v, np.floating) else int(v) if isinstance(v, np.integer) else v)
+            for k, v in row.items()}
+
+
+# --- running -----------------------------------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _init_worker(spec: SweepSpec, traces: dict[str, Trace]) -> None:
+    _WORKER["spec"] = spec
+    _WORKER["traces"] = traces
+
+
+def _cell_in_worker(cell: Cell) -> tuple[Cell, dict]:
+    return cell, run_cell(_WORKER["spec"], cell, _WORKER["traces"][cell.trace])
+
+
+def _ray_cell(spec: SweepSpec, cell: Cell, trace: Trace) -> tuple[Cell, dict]:
+    return cell, run_cell(spec, cell, trace)
+
+
+def cell_path(out: str, cell: Cell) -> str:
+    return os.path.join(out, "cells", f"{cell.key}.json")
+
+
+def load_finished(out: str, cells: list[Cell]) -> dict[int, dict]:
+    done = {}
+    for c in cells:
+        p = cell_path(out, c)
+        if os.path.exists(p):
+            try:
+                with open(p, encoding="utf-8") as f:
+                    data = json.load(f)
+                if data.get("key") == c.key:
+                    done[c.index] = data["row"]
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged cell file is recomputed
+    return done
+
+
+def _save_cell(out: str, cell: Cell, row: dict, wall_s: float | None) -> None:
+    atomic_write(cell_path(out, cell), json.dumps({"key": cell.key, "index": cell.index, "row": row,
+                                                   "wall_s": wall_s}, indent=1) + "\n")
+
+
+@dataclass
+class SweepRun:
+    spec: SweepSpec
+    out: str
+    cells: list[Cell]
+    rows: list[dict]
+    resumed: int
+    computed: int
+    wall_s: float
+    engine: str  # "local processes (N)" or "ray (address)"
+
+
+def run_sweep(spec: SweepSpec, out: str, jobs: int | None = None, use_ray: bool = False,
+              ray_address: str | None = None, status: StatusLine | None = None, fresh: bool = False) -> SweepRun:
+    t0 = time.perf_counter()
+    cells = cells_of(spec)
+    os.makedirs(os.path.join(out, "cells"), exist_ok=True)
+    finished = {} if fresh else load_finished(out, cells)
+    resumed = len(finished)
+    todo = [c for c in cells if c.index not in finished]
+    traces = {t: load_trace(spec, t) for t in spec.traces} if todo else {}
+    jobs = jobs or default_jobs()
+    total = len(cells)
+
+    def show(force: bool = False) -> None:
+        if status is not None:
+            status.bar("sweep", len(finished), total, f"cells ({resumed} resumed)", force)
+
+    def take(cell: Cell, row: dict) -> None:
+        finished[cell.index] = row
+        _save_cell(out, cell, row, None)
+        show(force=True)
+
+    show(force=True)
+    if not todo:
+        engine = "none (all cells resumed)"
+    elif use_ray:
+        engine = _run_ray(spec, todo, traces, ray_address, jobs, take)
+    elif jobs <= 1:
+        engine = "this process"
+        for c in todo:
+            take(c, run_cell(spec, c, traces[c.trace]))
+    else:
+        engine = f"{min(jobs, len(todo))} local processes"
+        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=_pool_context(),
+                                 initializer=_init_worker, initargs=(spec, traces)) as pool:
+            pending = {pool.submit(_cell_in_worker, c) for c in todo}
+            try:
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        take(*fut.result())
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
+    if status is not None:
+        status.close()
+    rows = [finished[c.index] for c in cells]
+    return SweepRun(spec, out, cells, rows, resumed, len(todo), time.perf_counter() - t0, engine)
+
+
+def _run_ray(spec: SweepSpec, todo: list[Cell], traces: dict[str, Trace], address: str | None, jobs: int,
+             take) -> str:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray needs Ray: pip install 'kvsim[ray]' (or pip install 'ray>=2.9')") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=jobs, **kwargs)
+    try:
+        remote = ray.remote(num_cpus=1)(_ray_cell)
+        spec_ref = ray.put(spec)
+        refs = {t: ray.put(tr) for t, tr in traces.items()}
+        pending = [remote.remote(spec_ref, c, refs[c.trace]) for c in todo]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                take(*ray.get(ref))
+    finally:
+        if started_here:
+            ray.shutdown()
+    return f"ray ({address or f'local instance, {jobs} CPUs'})"
+
+
+# --- the table ---------------------------------------------------------------------------------------------------
+def table_text(rows: list[dict]) -> str:
+    from sim.report.html import rows_to_csv
+    return rows_to_csv(rows)
+
+
+def write_table(run: SweepRun) -> str:
+    path = os.path.join(run.out, run.spec.table)
+    if path.endswith(".parquet"):
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UserError("a .parquet table needs pyarrow (pip install pyarrow); or use table = \"results.csv\"") \
+                from None
+        tmp = path + ".tmp"
+        pq.write_table(pa.Table.from_pylist(run.rows), tmp)
+        os.replace(tmp, path)
+    else:
+        from sim.report.html import _write
+        _write(path, table_text(run.rows))
+    return path
