@@ -21,7 +21,7 @@ from sim.units import format_bytes, parse_duration, parse_size
 
 
 # Modules that add subcommands: each defines register(subparsers).
-PLUGIN_COMMANDS: list[str] = ["sim.cli_trace", "sim.cli_report"]
+PLUGIN_COMMANDS: list[str] = ["sim.cli_trace", "sim.cli_check", "sim.cli_report"]
 
 
 def _positive_int(text: str) -> int:
@@ -68,6 +68,8 @@ def _add_replay_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-replace-prob", type=float, default=0.3,
                    help="beam search model: probability that a beam is dropped and replaced by a fork of a "
                         "surviving beam at each step (default: 0.3)")
+    p.add_argument("--no-fast-forward", action="store_true",
+                   help="simulate every iteration one by one (the results are identical; this is slower)")
     p.add_argument("--out", help="output directory (default: a new directory under runs/)")
     p.add_argument("--force", action="store_true", help="write into an existing non-empty --out directory")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -81,7 +83,7 @@ def _options(args: argparse.Namespace, allocator: str) -> ReplayOptions:
         gpu_memory_utilization=args.gpu_memory_utilization, tp=args.tp, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, placement=args.placement,
         step_overhead_s=parse_duration(args.step_overhead), sharing=not args.no_sharing,
-        beam_replace_prob=args.beam_replace_prob, seed=args.seed)
+        beam_replace_prob=args.beam_replace_prob, seed=args.seed, fast_forward=not args.no_fast_forward)
 
 
 def _header(trace, options: ReplayOptions) -> None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from sim.config import GpuSpec, ModelSpec
 from sim.scheduler import Batch
 
@@ -58,6 +60,13 @@ class RooflineCostModel:
         bytes_moved = self.weight_bytes + (kv_read_tokens + batched_tokens) * self.kv_bytes_per_token
         flops = self.flops_per_token * batched_tokens + self.flops_per_pair * attention_pairs
         return max(bytes_moved / self.bandwidth, flops / self.flop_rate) + self.step_overhead_s
+
+    def decode_times(self, num_seqs: int, context_tokens: np.ndarray) -> np.ndarray:
+        """Seconds of pure-decode iterations of num_seqs sequences reading context_tokens each (one entry per
+        iteration): the same arithmetic as `time`, element by element, so results are bit-identical."""
+        bytes_moved = self.weight_bytes + (context_tokens + num_seqs) * self.kv_bytes_per_token
+        flops = self.flops_per_token * num_seqs + self.flops_per_pair * context_tokens
+        return np.maximum(bytes_moved / self.bandwidth, flops / self.flop_rate) + self.step_overhead_s
 
     def step_time(self, batch: Batch) -> float:
         return self.time(batch.num_batched_tokens, batch.decode_context_tokens + batch.prefill_context_tokens,

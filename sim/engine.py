@@ -43,10 +43,16 @@ def content_of(trace: Trace, i: int) -> TokenContent | None:
 
 
 class Engine:
-    """Replays one trace. `run()` returns the per-iteration and per-request records."""
+    """Replays one trace. `run()` returns the per-iteration and per-request records.
+
+    An iteration starting at time t sees every request that arrived at or before t. With fast_forward, stretches of
+    iterations in which nothing happens but token counts growing (no arrival, completion, admission, preemption,
+    copy-on-write or beam change; blocks may be taken while they last) are computed in one arithmetic step; every
+    record is exactly what the step-by-step run (fast_forward=False) writes.
+    """
 
     def __init__(self, trace: Trace, scheduler: Scheduler, cost_model: CostModel, bytes_per_token: int,
-                 max_model_len: int, progress: ProgressCallback | None = None):
+                 max_model_len: int, progress: ProgressCallback | None = None, fast_forward: bool = True):
         self.trace = trace
         self.scheduler = scheduler
         self.allocator: KVAllocator = scheduler.allocator
@@ -54,13 +60,15 @@ class Engine:
         self.bytes_per_token = bytes_per_token
         self.max_model_len = max_model_len
         self.progress = progress
+        self.fast_forward = fast_forward and hasattr(cost_model, "decode_times")
         self.env = simpy.Environment(initial_time=float(trace.arrival_s[0]) if len(trace) else 0.0)
         self.steps = StepLog()
         self.num_branches, self.beam = branches_of(trace)
         self.requests = RequestLog.empty(trace.arrival_s, trace.prompt_tokens, trace.output_tokens, self.num_branches)
-        self._all_arrived = False
+        self._next = 0  # index of the next request not yet handed to the scheduler
         self._wake: simpy.Event | None = None
         self._done = 0
+        self.num_fast_forwarded = 0  # iterations computed in stretches
 
     def run(self) -> tuple[StepLog, RequestLog]:
         self.env.process(self._arrivals())
@@ -75,26 +83,29 @@ class Engine:
         return self.allocator.never_fits(prompt + output - 1)
 
     def _arrivals(self):
-        env, trace = self.env, self.trace
-        arrival, prompt, output = trace.arrival_s, trace.prompt_tokens, trace.output_tokens
-        for i in range(len(trace)):
+        """Wakes the idle engine at each arrival time; the engine itself takes the arrived requests."""
+        env, arrival = self.env, self.trace.arrival_s
+        for i in range(len(self.trace)):
             delay = float(arrival[i]) - env.now
             if delay > 0:
                 yield env.timeout(delay)
+            if self._wake is not None and not self._wake.triggered:
+                self._wake.succeed()
+
+    def _take_arrivals(self, now: float) -> None:
+        trace, n = self.trace, len(self.trace)
+        arrival, prompt, output = trace.arrival_s, trace.prompt_tokens, trace.output_tokens
+        while self._next < n and arrival[self._next] <= now:
+            i = self._next
+            self._next += 1
             p, o = int(prompt[i]), int(output[i])
             reason = self._reject_reason(p, o)
             if reason is not None:
                 self.requests.rejection[i] = reason
                 self._count_done(1)
                 continue
-            k = int(self.num_branches[i])
-            self.scheduler.add(Sequence(i, p, o, float(arrival[i]), num_branches=k, beam=bool(self.beam[i]),
-                                        content=content_of(trace, i)))
-            if self._wake is not None and not self._wake.triggered:
-                self._wake.succeed()
-        self._all_arrived = True
-        if self._wake is not None and not self._wake.triggered:
-            self._wake.succeed()
+            self.scheduler.add(Sequence(i, p, o, float(arrival[i]), num_branches=int(self.num_branches[i]),
+                                        beam=bool(self.beam[i]), content=content_of(trace, i)))
 
     def _count_done(self, n: int) -> None:
         self._done += n
@@ -105,8 +116,9 @@ class Engine:
         env, sched, alloc = self.env, self.scheduler, self.allocator
         req, bpt = self.requests, self.bytes_per_token
         while True:
+            self._take_arrivals(env.now)
             if not sched.has_work():
-                if self._all_arrived:
+                if self._next >= len(self.trace):
                     return
                 self._wake = env.event()
                 yield self._wake
@@ -131,8 +143,7 @@ class Engine:
             self.steps.append((start, duration, batch.num_seqs, len(sched.waiting), batch.num_prefill_tokens,
                                batch.num_decode_seqs, batch.num_batched_tokens, len(batch.preempted),
                                mem.token_states * bpt, mem.reserved * bpt, mem.internal_fragmentation * bpt,
-                               mem.external_fragmentation * bpt, mem.free * bpt,
-                               unshared * bpt))
+                               mem.external_fragmentation * bpt, mem.free * bpt, unshared * bpt))
             for seq in batch.prefill:
                 i = seq.seq_id
                 if np.isnan(req.admitted_s[i]):
@@ -142,3 +153,45 @@ class Engine:
                 req.finish_s[seq.seq_id] = now
             if finished:
                 self._count_done(len(finished))
+            if self.fast_forward:
+                yield from self._stretch()
+
+    def _stretch(self):
+        """Fast-forward the pure-decode iterations that follow, if any (see the class docstring)."""
+        env, sched, alloc = self.env, self.scheduler, self.allocator
+        self._take_arrivals(env.now)
+        rounds = sched.decode_rounds_without_events()
+        if rounds < 2:
+            return
+        seq_ids = sched.running_seq_ids()
+        n = len(seq_ids)
+        context = sum(alloc.num_tokens(b) for b in seq_ids) + n * np.arange(1, rounds + 1, dtype=np.int64)
+        durations = self.cost_model.decode_times(n, context)
+        ends = np.cumsum(np.concatenate(([env.now], durations)))  # sequential sums, as simpy adds them
+        starts = ends[:-1]
+        if self._next < len(self.trace):  # stop before the first iteration that would see the next arrival
+            rounds = min(rounds, int(np.searchsorted(starts, self.trace.arrival_s[self._next], side="left")))
+        if rounds < 2:
+            return
+        plan = alloc.plan_decode(seq_ids, rounds, sched.next_waiting_final_len())
+        if plan is None or plan.rounds < 2:
+            return
+        rounds = plan.rounds
+        alloc.apply_decode(plan, rounds)
+        sched.advance_decode(rounds)
+        bpt = self.bytes_per_token
+        waiting = len(sched.waiting)
+        ones = np.ones(rounds)
+        self.steps.extend(np.column_stack((
+            starts[:rounds], durations[:rounds], n * ones, waiting * ones, 0 * ones, n * ones, n * ones, 0 * ones,
+            plan.token_states[:rounds] * bpt, plan.reserved[:rounds] * bpt,
+            plan.internal_fragmentation[:rounds] * bpt, plan.external_fragmentation[:rounds] * bpt,
+            plan.free[:rounds] * bpt, plan.unshared[:rounds] * bpt)))
+        self.num_fast_forwarded += rounds
+        end = float(ends[rounds])
+        delay = end - env.now
+        if env.now + delay == end:
+            yield env.timeout(delay)
+        else:  # the difference is not exact in floating point: take the same steps simpy would
+            for d in durations[:rounds]:
+                yield env.timeout(float(d))

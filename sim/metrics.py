@@ -28,16 +28,31 @@ class StepLog:
     shared (unshared_bytes)."""
 
     def __init__(self) -> None:
-        self._rows: list[tuple] = []
+        self._rows: list[tuple] = []  # rows not yet gathered into a chunk
+        self._chunks: list[np.ndarray] = []
+        self._length = 0
 
     def append(self, row: tuple) -> None:
         self._rows.append(row)
+        self._length += 1
+
+    def extend(self, block: np.ndarray) -> None:
+        """Many rows at once (a fast-forwarded stretch), as a 2-D array in STEP_COLUMNS order."""
+        self._flush()
+        self._chunks.append(np.asarray(block, dtype=np.float64))
+        self._length += len(block)
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._chunks.append(np.array(self._rows, dtype=np.float64).reshape(len(self._rows), len(STEP_COLUMNS)))
+            self._rows = []
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._length
 
     def arrays(self) -> dict[str, np.ndarray]:
-        table = np.array(self._rows, dtype=np.float64).reshape(len(self._rows), len(STEP_COLUMNS))
+        self._flush()
+        table = np.concatenate(self._chunks) if self._chunks else np.empty((0, len(STEP_COLUMNS)))
         return {name: table[:, i] for i, name in enumerate(STEP_COLUMNS)}
 
 

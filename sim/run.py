@@ -35,6 +35,7 @@ class ReplayOptions:
     sharing: bool = True  # paged allocators: fork sharing, copy-on-write and shared prefixes (False: --no-sharing)
     beam_replace_prob: float = 0.3  # the beam model's per-step drop probability (see sim.scheduler.BeamModel)
     seed: int = 0  # seeds the beam model
+    fast_forward: bool = True  # compute quiet stretches of decode iterations in one step (exactly the same records)
 
     @property
     def engine_config(self) -> EngineConfig:
@@ -89,7 +90,8 @@ def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | No
         raise UserError(f"--beam-replace-prob must be in [0, 1], got {options.beam_replace_prob}")
     scheduler = Scheduler(allocator, limits, BeamModel(options.beam_replace_prob, options.seed))
     cost = RooflineCostModel(options.model, options.gpu, options.tp, options.step_overhead_s)
-    engine = Engine(trace, scheduler, cost, budget.bytes_per_token, options.model.max_model_len, progress)
+    engine = Engine(trace, scheduler, cost, budget.bytes_per_token, options.model.max_model_len, progress,
+                    options.fast_forward)
     step_log, requests = engine.run()
     steps = step_log.arrays()
     start = float(trace.arrival_s[0]) if len(trace) else 0.0
@@ -103,6 +105,7 @@ def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | No
         "kv_capacity_tokens": budget.capacity_tokens,
         "kv_blocks": budget.num_blocks,
         **summarize(steps, requests, budget.capacity_bytes, start),
+        "iterations_fast_forwarded": engine.num_fast_forwarded,
         "sharing": sharing_summary(steps, getattr(allocator, "num_cow_copies", 0), scheduler.prefill_tokens_requested,
                                    scheduler.prefill_tokens_cached),
         "config": {

@@ -187,6 +187,35 @@ class Scheduler:
         batch.copies = alloc.take_copy_ops()
         return batch
 
+    # --- fast-forward support ---------------------------------------------------------------------------------------
+    def decode_rounds_without_events(self) -> int:
+        """How many iterations from now would be pure decode with nothing else happening, as far as the scheduler
+        can tell: no request finishes, no beam changes, and the head of the queue cannot be admitted (memory and
+        sequence slots only shrink while nothing finishes). 0 when the next iteration may do more."""
+        if not self.running:
+            return 0
+        rounds = min(s.output_tokens - s.generated for s in self.running) - 1
+        if rounds <= 0:
+            return 0
+        if self.beam_model.replace_prob > 0 and any(s.beam and len(s.branches) > 1 for s in self.running):
+            return 0
+        if self.waiting:
+            head = self.waiting[0]
+            fits_slots = self.num_running_seqs + head.num_branches <= self.limits.max_num_seqs
+            if fits_slots and (head.num_branches > 1 or self.allocator.can_admit(
+                    head.seq_id, head.prefill_tokens, head.final_len, head.content)):
+                return 0
+        return rounds
+
+    def running_seq_ids(self) -> list[int]:
+        """Allocator ids of every running branch, in the order schedule() appends to them."""
+        return [b for s in self.running for b in s.branches]
+
+    def advance_decode(self, rounds: int) -> None:
+        """Account `rounds` fast-forwarded decode iterations (the allocator was advanced by apply_decode)."""
+        for seq in self.running:
+            seq.generated += rounds
+
     def _preempt(self, seq: Sequence, batch: Batch) -> None:
         for branch in seq.branches:
             self.allocator.free(branch)

@@ -13,8 +13,30 @@ one of five categories (see `MemoryBreakdown`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
-from typing import ClassVar, Hashable
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, ClassVar, Hashable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass
+class DecodePlan:
+    """What `rounds` rounds of pure decode would do, planned without changing the allocator (see plan_decode).
+
+    Round r (1-based) appends one token to every listed sequence, in order. Arrays have one entry per round: the
+    memory breakdown (token slots) after that round's appends, and `unshared` (held_without_sharing).
+    """
+
+    seq_ids: list[int]
+    rounds: int
+    token_states: "np.ndarray"
+    reserved: "np.ndarray"
+    internal_fragmentation: "np.ndarray"
+    external_fragmentation: "np.ndarray"
+    free: "np.ndarray"
+    unshared: "np.ndarray"
+    detail: dict = field(default_factory=dict)  # allocator-private data for apply_decode
 
 
 class AllocationError(RuntimeError):
@@ -177,6 +199,18 @@ class KVAllocator(ABC):
         """Token slots the live sequences would hold if nothing were shared (equal to what is held when nothing is)."""
         m = self.memory()
         return m.token_states + m.reserved + m.internal_fragmentation
+
+    def plan_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
+        """Plan up to max_rounds rounds of appending one token to each of seq_ids (every live sequence, in the
+        scheduler's order), stopping before the first round in which any append would fail or copy a block. Returns
+        None when the allocator cannot plan (the engine then runs step by step). Exactness contract: applying the plan
+        leaves the allocator exactly as the same appends made one by one would, and the arrays equal what memory()
+        and held_without_sharing() would report after each round."""
+        return None
+
+    def apply_decode(self, plan: DecodePlan, rounds: int) -> None:
+        """Carry out the first `rounds` rounds of a plan made by plan_decode (no other operation in between)."""
+        raise NotImplementedError
 
     def take_copy_ops(self) -> list[tuple[int, int]]:
         """(source block, destination block) copies recorded since the last call (copy-on-write); none by default."""

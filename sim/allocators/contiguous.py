@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sim.allocators.base import AllocationError, TokenContent, ExtentPlacement, KVAllocator, MemoryBreakdown
+import numpy as np
+
+from sim.allocators.base import AllocationError, DecodePlan, ExtentPlacement, KVAllocator, MemoryBreakdown, TokenContent
 from sim.allocators.placement import PLACEMENTS, AddressSpace
 from sim.config import next_power_of_two
 
@@ -141,6 +143,38 @@ class ContiguousAllocator(KVAllocator):
         assert self._held == sum(e.held for e in self._seqs.values()), "held counter is wrong"
         assert self._unfilled == sum(max(0, e.final_len - e.tokens) for e in self._seqs.values())
         assert self._held + self.space.num_free() == self.capacity_tokens, "held + free != capacity"
+
+
+    def plan_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
+        """Reservations never change during decode: only token counts move (exact, see KVAllocator.plan_decode)."""
+        if max_rounds <= 0 or len(seq_ids) != len(self._seqs):
+            return None
+        exts = [self._seqs.get(i) for i in seq_ids]
+        if any(e is None for e in exts):
+            return None
+        n = len(exts)
+        room = min(e.held - e.tokens for e in exts)
+        rounds = max(0, min(max_rounds, room))
+        r = np.arange(1, rounds + 1, dtype=np.int64)
+        t = np.fromiter((e.tokens for e in exts), np.int64, n)
+        final = np.fromiter((e.final_len for e in exts), np.int64, n)
+        unfilled = np.maximum(final[:, None] - (t[:, None] + r[None, :]), 0).sum(axis=0)
+        tokens = self._tokens + n * r
+        base = self.memory(next_final_len)
+        ones = np.ones(rounds, dtype=np.int64)
+        return DecodePlan(
+            seq_ids=list(seq_ids), rounds=rounds, token_states=tokens, reserved=unfilled,
+            internal_fragmentation=self._held - tokens - unfilled,
+            external_fragmentation=base.external_fragmentation * ones, free=base.free * ones, unshared=self._held * ones)
+
+    def apply_decode(self, plan: DecodePlan, rounds: int) -> None:
+        if not 0 <= rounds <= plan.rounds:
+            raise AllocationError(f"cannot apply {rounds} rounds of a {plan.rounds}-round plan")
+        for seq_id in plan.seq_ids:
+            e = self._seqs[seq_id]
+            self._unfilled += max(0, e.final_len - e.tokens - rounds) - max(0, e.final_len - e.tokens)
+            e.tokens += rounds
+        self._tokens += len(plan.seq_ids) * rounds
 
 
 class ContiguousMax(ContiguousAllocator):

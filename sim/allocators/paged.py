@@ -16,11 +16,14 @@ Sharing (on unless `sharing=False`, the `--no-sharing` counterfactual):
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Hashable
 
-from sim.allocators.base import AllocationError, BlockTablePlacement, KVAllocator, MemoryBreakdown, TokenContent
+import numpy as np
+
+from sim.allocators.base import (AllocationError, BlockTablePlacement, DecodePlan, KVAllocator, MemoryBreakdown,
+                                 TokenContent)
 from sim.config import ceil_div
 
 
@@ -28,14 +31,16 @@ class BlockPool:
     """Physical blocks: reference counts, a free queue, and an index of full blocks by content hash.
 
     The free queue holds every block at reference count 0, least recently freed first; `allocate` takes the front.
-    With `retain_cached`, a freed block keeps its hash (it is *cached*) until it is allocated again (evicted) or hit.
+    With `retain_cached`, a freed block keeps its hash (it is *cached*) until it is allocated again (evicted) or hit;
+    without it, a freed block leaves the index at once (and the queue is a plain deque, which is faster).
     """
 
     def __init__(self, num_blocks: int, retain_cached: bool = False):
         self.num_blocks = num_blocks
         self.retain_cached = retain_cached
         self.ref_counts = [0] * num_blocks
-        self._free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        self._free: OrderedDict[int, None] | deque[int] = (
+            OrderedDict((b, None) for b in range(num_blocks)) if retain_cached else deque(range(num_blocks)))
         self.block_hash: dict[int, Hashable] = {}  # registered block -> its content hash
         self.hash_block: dict[Hashable, int] = {}  # content hash -> block
         self.num_evictions = 0
@@ -54,17 +59,21 @@ class BlockPool:
     def allocate(self) -> int:
         if not self._free:
             raise AllocationError("no free KV block")
-        block, _ = self._free.popitem(last=False)
-        h = self.block_hash.pop(block, None)
-        if h is not None:  # evict the cached content
-            del self.hash_block[h]
-            self.num_evictions += 1
+        if not self.retain_cached:
+            block = self._free.popleft()
+        else:
+            block, _ = self._free.popitem(last=False)
+            h = self.block_hash.pop(block, None)
+            if h is not None:  # evict the cached content
+                del self.hash_block[h]
+                self.num_evictions += 1
         self.ref_counts[block] = 1
         return block
 
     def incref(self, block: int) -> None:
         """Another reference; a cached free block leaves the free queue (a cache hit)."""
         if self.ref_counts[block] == 0:
+            assert self.retain_cached, f"reference to free block {block} without a prefix cache"
             del self._free[block]
         self.ref_counts[block] += 1
 
@@ -74,9 +83,12 @@ class BlockPool:
         self.ref_counts[block] -= 1
         if self.ref_counts[block]:
             return False
-        if not self.retain_cached:
-            self.unregister(block)
-        self._free[block] = None
+        if self.retain_cached:
+            self._free[block] = None
+        else:
+            if self.block_hash:
+                self.unregister(block)
+            self._free.append(block)
         return True
 
     def register(self, block: int, h: Hashable) -> None:
@@ -103,6 +115,7 @@ class _Seq:
     final_len: int
     runs: list[tuple[Hashable, int, int]] = field(default_factory=list)  # (tag, first offset, length) over positions
     hashes: list[Hashable] = field(default_factory=list)  # chained hash of each full block, in order
+    indexed: bool = False  # its full blocks go into the hash index (only where another sequence could match them)
 
 
 class PagedAllocator(KVAllocator):
@@ -230,15 +243,24 @@ class PagedAllocator(KVAllocator):
         for block in hits:
             self._ref(block)
         table = list(hits)
-        for index in range(len(hits), ceil_div(num_tokens, self.block_size)):
-            block = self._take_block()
-            self.fill[block] = min(self.block_size, num_tokens - index * self.block_size)
-            self._tokens += self.fill[block]
+        bs, fill, allocate = self.block_size, self.fill, self.pool.allocate
+        new = ceil_div(num_tokens, bs) - len(hits)
+        for _ in range(new):
+            block = allocate()
+            fill[block] = bs
             table.append(block)
-        s = _Seq(table, num_tokens, final_len, self._runs_from(content, seq_id, num_tokens))
+        if new:
+            fill[table[-1]] = num_tokens - (len(table) - 1) * bs
+        self._held_blocks += new
+        self._tokens += num_tokens - len(hits) * bs
+        # A sequence's own tokens can match only its own later recompute, through a cache; shared content matters
+        # whenever sharing is on.
+        indexed = self.sharing and (self.pool.retain_cached or bool(content and content.runs))
+        s = _Seq(table, num_tokens, final_len, self._runs_from(content, seq_id, num_tokens) if indexed else [],
+                 indexed=indexed)
         self._seqs[seq_id] = s
         self._logical_blocks += len(table)
-        if self.sharing:
+        if indexed:
             self._register_full_blocks(s)
         hit = len(hits) * self.block_size
         self.hit_tokens += hit
@@ -286,10 +308,10 @@ class PagedAllocator(KVAllocator):
             self._tokens += n
             pos += n
             left -= n
-        if self.sharing:
+        if s.indexed:
             self._extend_runs(s, seq_id, num_tokens)
         s.tokens = pos
-        if self.sharing and pos // bs > len(s.hashes):
+        if s.indexed and pos // bs > len(s.hashes):
             self._register_full_blocks(s)
 
     def can_fork(self, parent_id: int, child_id: int) -> bool:
@@ -314,7 +336,7 @@ class PagedAllocator(KVAllocator):
                 self._tokens += self.fill[dst]
                 self._copies.append((src, dst))
                 table.append(dst)
-        self._seqs[child_id] = _Seq(table, p.tokens, p.final_len, list(p.runs), list(p.hashes))
+        self._seqs[child_id] = _Seq(table, p.tokens, p.final_len, list(p.runs), list(p.hashes), p.indexed)
         self._logical_blocks += len(table)
 
     def free(self, seq_id: int) -> None:
@@ -322,13 +344,81 @@ class PagedAllocator(KVAllocator):
         if s is None:
             raise AllocationError(f"sequence {seq_id} is not live")
         # Reverse order, as vLLM: the tail is the least likely to be reused, so it is evicted first.
+        pool, refs, fill = self.pool, self.pool.ref_counts, self.fill
         for block in reversed(s.block_table):
-            self._unref(block)
+            if refs[block] > 1:
+                refs[block] -= 1
+                continue
+            pool.decref(block)
+            self._held_blocks -= 1
+            self._tokens -= fill[block]
+            if block not in pool.block_hash:
+                fill[block] = 0
         self._logical_blocks -= len(s.block_table)
 
     def take_copy_ops(self) -> list[tuple[int, int]]:
         ops, self._copies = self._copies, []
         return ops
+
+    # --- fast-forward: many rounds of decode at once (exactly as the appends one by one) ----------------------------
+    def plan_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
+        if max_rounds <= 0 or len(seq_ids) != len(self._seqs):
+            return None
+        seqs = [self._seqs.get(i) for i in seq_ids]
+        if any(s is None for s in seqs):
+            return None
+        bs = self.block_size
+        for s in seqs:  # a shared, partly filled tail would be copied on the first write: not plannable
+            if s.tokens % bs and self.pool.ref_counts[s.block_table[-1]] > 1:
+                return None
+        n = len(seqs)
+        t = np.fromiter((s.tokens for s in seqs), np.int64, n)
+        final = np.fromiter((s.final_len for s in seqs), np.int64, n)
+        tr = t[:, None] + np.arange(1, max_rounds + 1, dtype=np.int64)[None, :]
+        blocks = -(-tr // bs)
+        new_blocks = (blocks - (-(-t // bs))[:, None]).sum(axis=0)
+        rounds = int(np.searchsorted(new_blocks, self.pool.num_free_blocks, side="right"))
+        tr, blocks, new_blocks = tr[:, :rounds], blocks[:, :rounds], new_blocks[:rounds]
+        slack = blocks * bs - tr
+        reserved = np.where(slack > 0, np.minimum(slack, np.maximum(final[:, None] - tr, 0)), 0).sum(axis=0)
+        held = (self._held_blocks + new_blocks) * bs
+        tokens = self._tokens + n * np.arange(1, rounds + 1, dtype=np.int64)
+        return DecodePlan(
+            seq_ids=list(seq_ids), rounds=rounds, token_states=tokens, reserved=reserved,
+            internal_fragmentation=held - tokens - reserved, external_fragmentation=np.zeros(rounds, np.int64),
+            free=(self.pool.num_free_blocks - new_blocks) * bs, unshared=(self._logical_blocks + new_blocks) * bs)
+
+    def apply_decode(self, plan: DecodePlan, rounds: int) -> None:
+        if not 0 <= rounds <= plan.rounds:
+            raise AllocationError(f"cannot apply {rounds} rounds of a {plan.rounds}-round plan")
+        bs = self.block_size
+        seqs = [self._seqs[i] for i in plan.seq_ids]
+        # Events in the order the appends one by one would meet them: round, then sequence; within one append the
+        # new block is taken before a filled block is indexed (both matter for prefix-cache eviction order).
+        events: list[tuple[int, int, int]] = []
+        for idx, s in enumerate(seqs):
+            events.extend((r, idx, 0) for r in range((-s.tokens) % bs + 1, rounds + 1, bs))
+            if s.indexed:
+                events.extend((r, idx, 1) for r in range((-s.tokens - 1) % bs + 1, rounds + 1, bs))
+                self._extend_runs(s, plan.seq_ids[idx], rounds)
+        events.sort()
+        for r, idx, kind in events:
+            s = seqs[idx]
+            if kind == 0:
+                s.block_table.append(self._take_block())
+                self._logical_blocks += 1
+            else:
+                index = (s.tokens + r) // bs - 1
+                h = self._chain(s.hashes[-1] if s.hashes else None, s.runs, index)
+                s.hashes.append(h)
+                self.pool.register(s.block_table[index], h)
+        fill = self.fill
+        for s in seqs:
+            end = s.tokens + rounds
+            for index in range(s.tokens // bs, -(-end // bs)):
+                fill[s.block_table[index]] = min(bs, end - index * bs)
+            s.tokens = end
+        self._tokens += len(seqs) * rounds
 
     def drop_cache(self) -> None:
         """Forget cached content of free blocks (prefix cache)."""
