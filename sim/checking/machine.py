@@ -12,7 +12,7 @@ from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initia
                                  precondition, rule)
 
 from sim.allocators.base import AllocationError, ExtentPlacement, TokenContent
-from sim.checking.invariants import Checker, call, check_all, snapshot
+from sim.checking.invariants import Checker, CrashViolation, call, check_all, snapshot
 from sim.checking.model import Model, SimMemory, expectation_for
 
 UNKNOWN_SEQ = 987_654_321  # an id the machine never uses for a live sequence
@@ -113,6 +113,15 @@ class AllocatorMachine(RuleBasedStateMachine):
             self.memory[slot] = s.tags[pos]
 
     # --- operations ---------------------------------------------------------------------------------------------
+    def _attempt(self, ok: bool, query: str, fn, *args):
+        """Run an operation its query answered `ok` for: if the query said yes, any exception breaks honesty."""
+        try:
+            return call(fn, *args)
+        except CrashViolation as exc:
+            if ok:
+                self.ck.fail("honesty", f"{query} said yes but {exc.detail}")
+            raise
+
     def _admit(self, seq_id: int, num_tokens: int, final_len: int, content: TokenContent | None):
         a, m, ck = self.alloc, self.model, self.ck
         ok = bool(call(a.can_admit, seq_id, num_tokens, final_len, content))
@@ -132,7 +141,8 @@ class AllocatorMachine(RuleBasedStateMachine):
                                    f"can_admit({seq_id}, {num_tokens}, {final_len}) = False")
         before = snapshot(a, m)
         try:
-            hits = call(a.admit, seq_id, num_tokens, final_len, content)
+            hits = self._attempt(ok, f"can_admit({seq_id}, {num_tokens}, {final_len})", a.admit, seq_id, num_tokens,
+                                 final_len, content)
         except AllocationError as exc:
             if ok:
                 ck.fail("honesty", f"can_admit({seq_id}, {num_tokens}, {final_len}) said yes but admit raised: {exc}")
@@ -196,7 +206,7 @@ class AllocatorMachine(RuleBasedStateMachine):
                 ck.fail("capacity", f"can_append({seq}, {n}) = {ok} at {s.tokens} tokens; the policy says {want}")
         before = snapshot(a, m)
         try:
-            call(a.append, seq, n)
+            self._attempt(ok, f"can_append({seq}, {n})", a.append, seq, n)
         except AllocationError as exc:
             if ok:
                 ck.fail("honesty", f"can_append({seq}, {n}) said yes but append raised: {exc}")
@@ -267,7 +277,7 @@ class AllocatorMachine(RuleBasedStateMachine):
             want_extent = self.expect.fork_extent(m, m.live[parent])
         before = snapshot(a, m)
         try:
-            call(a.fork, parent, child)
+            self._attempt(ok, f"can_fork({parent}, {child})", a.fork, parent, child)
         except AllocationError as exc:
             if ok:
                 ck.fail("honesty", f"can_fork({parent}, {child}) said yes but fork raised: {exc}")
