@@ -51,6 +51,19 @@ class ConfigResult:
     kv_capacity_tokens: int
 
     @property
+    def first_failure(self) -> Probe | None:
+        """The lowest-rate probe that missed the SLOs (None when none did)."""
+        failing = [p for p in self.probes if not p.passed]
+        return min(failing, key=lambda p: p.rate) if failing else None
+
+    def binding_slos(self, slos: list[SLO]) -> list[str]:
+        """The SLOs missed at the lowest failing rate: what gives out first above the capacity."""
+        p = self.first_failure
+        if p is None:
+            return []
+        return [s.name for s in slos if p.slo_values.get(s.name) is None or p.slo_values[s.name] > s.threshold_s]
+
+    @property
     def operating_point(self) -> Probe:
         """The probe at the capacity (the highest passing one), or, when none passed, the lowest-rate probe."""
         passing = [p for p in self.probes if p.passed]

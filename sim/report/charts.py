@@ -68,8 +68,8 @@ def memory_chart(results: list[ConfigResult]):
         rows.append({"config": r.label, "rate_rps": p.rate,
                      **{c: p.summary["kv_memory"][c] for c in MEMORY_CATEGORIES}})
     fig.update_layout(barmode="stack")
-    fig.update_yaxes(title_text="share of KV cache (%, mean over iterations)", range=[0, 100])
-    _layout(fig, "KV memory breakdown at each configuration's capacity", 440)
+    fig.update_yaxes(title_text="% of the KV cache", range=[0, 100])
+    _layout(fig, "KV memory breakdown at each configuration's capacity (mean over iterations)", 440)
     return fig, rows
 
 

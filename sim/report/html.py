@@ -64,7 +64,8 @@ DRAW = """
   });
   function mark() {
     var rendered = specs.filter(function (s) {
-      return document.getElementById(s.id).querySelector('svg.main-svg') !== null;
+      var el = document.getElementById(s.id);
+      return el !== null && el.querySelector('svg.main-svg') !== null;
     }).length;
     status.setAttribute('data-expected', specs.length);
     status.setAttribute('data-rendered', rendered);

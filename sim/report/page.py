@@ -78,6 +78,7 @@ def result_rows(data: ReportData) -> list[dict]:
             "batch_mean": s["batch_size"]["mean"], "preemptions": s["requests"]["preemptions"],
             "rejected": s["requests"]["rejected"], "kv_blocks": r.kv_blocks, "kv_capacity_tokens": r.kv_capacity_tokens,
             **{f"kv_{k}": v for k, v in memory_fractions(s).items()},
+            "missed_first": ";".join(r.binding_slos(data.inputs.slos)),
             "probes": len(r.probes), "unattainable": r.unattainable, "unbounded": r.unbounded,
             "non_monotone": r.non_monotone,
         })
@@ -141,6 +142,12 @@ def inputs_rows(data: ReportData, command: str | None) -> list[tuple[str, str]]:
                                 f"arrival pattern at its share of the rate"))
     start = inp.start_rate if inp.start_rate is not None else data.native_rate
     rows.append(("capacity search", SEARCH_TEXT.format(start=f"{start:.4g}", precision=100 * inp.precision)))
+    spans = [len(trace) / r.capacity_rps for r in data.results if r.capacity_rps > 0]
+    if spans:
+        rows.append(("finite trace", f"a replay of a finite trace is optimistic just above the capacity: a queue that "
+                                     f"grows for the trace's span S only adds about (r - c) / c x S of waiting by its "
+                                     f"end, so the capacity can be overstated by roughly (largest SLO threshold) / S; "
+                                     f"here S is {min(spans):,.0f} s or more at the capacities found"))
     rows.append(("rejected requests", "requests longer than the max model length (or never placeable) are rejected, "
                                       "left out of the latency percentiles and never counted as goodput; their count "
                                       "is in the probes table"))
@@ -167,15 +174,17 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
             page.add(f'<div class="warn">{esc(r.label)}: a probe failed below a rate that passed; meeting the SLOs '
                      f"was not monotone in the rate here, so the capacity is less certain (see the probes).</div>")
         if r.unbounded:
-            page.add(f'<div class="warn">{esc(r.label)}: every probe passed; the capacity is at least '
-                     f"{r.capacity_rps:.4g} req/s.</div>")
+            page.add(f'<div class="warn">{esc(r.label)}: every probe passed, up to {r.capacity_rps:.4g} req/s, where '
+                     f"the whole trace arrives almost at once: the trace is too short (or the SLOs too loose) to "
+                     f"overload one replica. Use a longer trace or tighter SLOs.</div>")
     if inp.trace_note:
         page.add(f'<p class="note">Trace: {esc(inp.trace_note)}.</p>')
 
     # recommendation table
     page.add("<h2>Recommendation</h2>")
     slo_names = [s.name for s in inp.slos]
-    headers = (["allocator", "block size", "capacity (req/s)", "threshold below (req/s)", "replicas", "GPUs",
+    headers = (["allocator", "block size", "capacity (req/s)", "threshold below (req/s)", "missed first", "replicas",
+                "GPUs",
                 "goodput (req/s)", "throughput (req/s)"] + [f"{n} (s)" for n in slo_names]
                + ["mean batch", "preemptions", "KV blocks"])
     rows, classes = [], []
@@ -183,15 +192,16 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
         p = r.operating_point
         s = p.summary
         rows.append([r.allocator, r.block_size, _num(r.capacity_rps), _num(r.bracket[1]),
+                     ", ".join(r.binding_slos(inp.slos)) or "none",
                      "n/a" if r.replicas is None else r.replicas, _gpus_text(r, gpu), _num(p.goodput_rps),
                      _num(s["throughput"]["requests_per_s"])]
                     + [_num(p.slo_values.get(n)) for n in slo_names]
                     + [f"{s['batch_size']['mean']:.1f}", f"{s['requests']['preemptions']:,}", f"{r.kv_blocks:,}"])
         classes.append("best" if r is data.recommendation else "")
-    page.add(table(headers, rows, numeric=set(range(2, len(headers))) - {5}, row_classes=classes))
+    page.add(table(headers, rows, numeric=set(range(2, len(headers))) - {4, 6}, row_classes=classes))
     page.add('<p class="note">Figures at each configuration\'s capacity (the highest rate that met every SLO). '
-             '"threshold below": the lowest rate that missed them. Goodput: requests within the per-request targets '
-             'per second.</p>')
+             '"threshold below": the lowest rate that missed them; "missed first": the SLOs missed there. Goodput: '
+             'requests within the per-request targets per second.</p>')
 
     data_files: dict[str, str] = {}
 
