@@ -1,0 +1,137 @@
+"""`sim sweep`: the grid, its table, resuming after an interruption, and the same table from local processes and
+from a local Ray instance (skipped when Ray is not installed: `pip install 'kvsim[ray]'`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+
+from sim.cli import main
+from sim.errors import UserError
+from sim.report import sweep as sweep_mod
+from sim.report.sweep import cells_of, load_spec, run_sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRACE = os.path.join(ROOT, "traces", "sharegpt-2k.csv")
+
+SPEC = f"""
+name = "tiny"
+traces = ["{TRACE}"]
+models = ["llama-2-7b"]
+gpus = ["a100-40gb", "a100-80gb"]
+allocators = ["paged", "contiguous-max"]
+block_sizes = [16, 32]
+rates = [2, 6, "native"]
+slo = "ttft_p99=1s,tpot_p99=50ms"
+first = 80
+
+[options]
+max_num_seqs = 64
+"""
+
+
+def write_spec(tmp_path, text: str = SPEC) -> str:
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def read_table(path: str) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_order_and_table(tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    cells = cells_of(spec)
+    assert len(cells) == 1 * 1 * 2 * 2 * 2 * 3
+    # product order: gpus, then allocators, then block sizes, then rates
+    assert [(c.gpu, c.allocator, c.block_size, c.rate) for c in cells[:4]] == [
+        ("a100-40gb", "paged", 16, 2.0), ("a100-40gb", "paged", 16, 6.0), ("a100-40gb", "paged", 16, "native"),
+        ("a100-40gb", "paged", 32, 2.0)]
+    assert len({c.key for c in cells}) == len(cells)
+    out = str(tmp_path / "out")
+    assert main(["sweep", spec.path, "--out", out, "--jobs", "2", "-q"]) == 0
+    rows = read_table(os.path.join(out, "results.csv"))
+    assert len(rows) == 24
+    for r, c in zip(rows, cells):
+        assert (r["gpu"], r["allocator"], int(r["block_size"])) == (c.gpu, c.allocator, c.block_size)
+        assert int(r["requests"]) == 80
+        assert r["slo_met"] in ("True", "False")
+        # native: the first 80 requests' own rate, (80 - 1) / their span
+        if c.rate != "native":
+            assert float(r["rate_rps"]) == c.rate
+        total = sum(float(r[f"kv_{k}"]) for k in ("token_states", "reserved", "internal_fragmentation",
+                                                   "external_fragmentation", "free"))
+        assert total == pytest.approx(1.0, abs=1e-6)
+    assert os.path.getsize(os.path.join(out, "report.html")) > 1_000_000  # plotly.js inlined
+
+
+def test_resumes_without_recomputing_finished_cells(tmp_path, monkeypatch):
+    spec = load_spec(write_spec(tmp_path))
+    out = str(tmp_path / "out")
+    real = sweep_mod.run_cell
+    calls = []
+
+    def interrupted(spec_, cell, trace):
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # the session ends after 5 cells
+        calls.append(cell.index)
+        return real(spec_, cell, trace)
+
+    monkeypatch.setattr(sweep_mod, "run_cell", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, out, jobs=1)
+    assert len(os.listdir(os.path.join(out, "cells"))) == 5
+    calls.clear()
+    monkeypatch.setattr(sweep_mod, "run_cell", lambda s, c, t: (calls.append(c.index), real(s, c, t))[1])
+    run = run_sweep(spec, out, jobs=1)
+    assert run.resumed == 5 and run.computed == 19
+    assert sorted(calls) == list(range(5, 24))
+    # a rerun computes nothing; the rows are the ones a fresh run gives
+    calls.clear()
+    again = run_sweep(spec, out, jobs=1)
+    assert calls == [] and again.resumed == 24
+    fresh = run_sweep(spec, str(tmp_path / "fresh"), jobs=1)
+    assert again.rows == fresh.rows
+
+
+def test_a_changed_cell_is_recomputed(tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    keys = {c.key for c in cells_of(spec)}
+    changed = load_spec(write_spec(tmp_path, SPEC.replace("max_num_seqs = 64", "max_num_seqs = 32")))
+    assert keys.isdisjoint({c.key for c in cells_of(changed)})
+
+
+@pytest.mark.parametrize("text,message", [
+    ("traces = ['nope.csv']", "does not exist"),
+    (f"traces = ['{TRACE}']\nrates = [0]", "positive numbers"),
+    (f"traces = ['{TRACE}']\nblock_sizes = [16, 16]", "twice"),
+    (f"traces = ['{TRACE}']\ncolour = 'red'", "unknown key"),
+    (f"traces = ['{TRACE}']\n[options]\nwarp = 9", "unknown option"),
+    (f"traces = ['{TRACE}']\nmodels = ['gpt-17']", "unknown model"),
+    (f"traces = ['{TRACE}']\nslo = 'fast'", "cannot read SLO"),
+    ("traces = [", "not valid TOML"),
+])
+def test_bad_specs(tmp_path, text, message):
+    with pytest.raises(UserError, match=message):
+        load_spec(write_spec(tmp_path, text))
+
+
+def test_local_and_ray_give_identical_tables(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'kvsim[ray]'): Ray sweep test skipped")
+    spec_path = write_spec(tmp_path, SPEC.replace('gpus = ["a100-40gb", "a100-80gb"]', 'gpus = ["a100-40gb"]'))
+    local, ray_out = str(tmp_path / "local"), str(tmp_path / "ray")
+    assert main(["sweep", spec_path, "--out", local, "--jobs", "2", "-q"]) == 0
+    assert main(["sweep", spec_path, "--out", ray_out, "--ray", "--jobs", "2", "-q"]) == 0
+    with open(os.path.join(local, "results.csv")) as a, open(os.path.join(ray_out, "results.csv")) as b:
+        table_local, table_ray = a.read(), b.read()
+    assert table_local == table_ray
+    assert len(table_local.splitlines()) == 1 + 12
+    report = open(os.path.join(ray_out, "report.html")).read()
+    assert "ray (local instance, 2 CPUs)" in report
+    cell = json.load(open(os.path.join(ray_out, "cells", os.listdir(os.path.join(ray_out, "cells"))[0])))
+    assert set(cell) >= {"key", "index", "row"}
