@@ -34,6 +34,8 @@ INVARIANTS: dict[str, str] = {
     "no-leaks": "when every sequence is freed (and caches dropped) every slot is free again",
     "accounting": "token_states, reserved and internal fragmentation equal the model's count of slots; the live "
                   "sequences and their token counts equal the model's",
+    "decode-plan": "a fast-forward plan (plan_decode / apply_decode) leaves the allocator exactly as the same appends "
+                   "one by one, and its per-round arrays equal memory() and held_without_sharing() after each round",
     "crash": "no operation raises anything but AllocationError",
 }
 

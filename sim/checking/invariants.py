@@ -227,6 +227,13 @@ def check_all(alloc, model: Model, memory: SimMemory, expectation, ck: Checker) 
             if m.external_fragmentation != want:
                 ck.fail("capacity", f"external fragmentation for a next request of {probe} tokens is "
                                     f"{m.external_fragmentation}; the free space can place all but {want} slots")
+    unshared_fn = getattr(alloc, "held_without_sharing", None)
+    if callable(unshared_fn):
+        unshared = call(unshared_fn)
+        want_unshared = sum(positions_held(p) for p in placements.values())
+        if unshared != want_unshared:
+            ck.fail("accounting", f"held_without_sharing() = {unshared}; the live placements span {want_unshared} "
+                                  f"slots")
     expected = {"token_states": len(token_slots), "reserved": len(reserved_slots),
                 "internal_fragmentation": len(held) - len(token_slots) - len(reserved_slots)}
     wrong = {k: (values[k], v) for k, v in expected.items() if values[k] != v}

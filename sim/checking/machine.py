@@ -3,6 +3,7 @@ after every step. `make_machine(spec)` builds one for any allocator class (a reg
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple,
                                  precondition, rule)
 
-from sim.allocators.base import AllocationError, ExtentPlacement, TokenContent
+from sim.allocators.base import AllocationError, ExtentPlacement, KVAllocator, TokenContent
 from sim.checking.invariants import Checker, CrashViolation, call, check_all, snapshot
 from sim.checking.model import Model, SimMemory, expectation_for
 
@@ -40,9 +41,10 @@ class AllocatorSpec:
 
 
 def contents() -> st.SearchStrategy[TokenContent | None]:
-    """None (every token unique) or a shared prefix of one of three groups, so prefix caches get hits."""
-    return st.none() | st.builds(lambda group, length: TokenContent(((("group", group), length),)),
-                                 st.integers(0, 2), st.integers(1, 40))
+    """None (every token unique), or one or two runs from a few groups, so prefix caches get hits, and equal runs
+    follow different prefixes (a hash that forgets the prefix would match them)."""
+    run = st.tuples(st.tuples(st.just("group"), st.integers(0, 2)), st.integers(1, 24))
+    return st.none() | st.builds(lambda runs: TokenContent(tuple(runs)), st.lists(run, min_size=1, max_size=2))
 
 
 class AllocatorMachine(RuleBasedStateMachine):
@@ -299,6 +301,54 @@ class AllocatorMachine(RuleBasedStateMachine):
                 self.memory[cp.slot(pos)] = self.memory.get(pp.slot(pos))
         return child
 
+    @precondition(lambda self: self.alloc is not None and bool(self.model.live)
+                  and type(self.alloc).plan_decode is not KVAllocator.plan_decode)
+    @rule(max_rounds=st.integers(1, 12), apply=st.integers(0, 12), reverse=st.booleans(),
+          next_final_len=st.none() | st.integers(1, 40))
+    def decode_rounds(self, max_rounds: int, apply: int, reverse: bool, next_final_len: int | None) -> None:
+        """Fast-forward: plan up to max_rounds rounds of one token per live sequence, check the plan against the
+        same appends made one by one on a copy, apply min(apply, planned) rounds, compare the two allocators."""
+        a, m, ck = self.alloc, self.model, self.ck
+        ids = sorted(m.live, reverse=reverse)
+        plan = call(a.plan_decode, ids, max_rounds, next_final_len)
+        if plan is None:
+            return
+        if not 0 <= plan.rounds <= max_rounds or list(plan.seq_ids) != ids:
+            ck.fail("decode-plan", f"plan_decode({ids}, {max_rounds}) planned {plan.rounds} rounds for {plan.seq_ids}")
+            return
+        k = min(apply, plan.rounds)
+        ref = copy.deepcopy(a)
+        want_state = _state(ref, ids) if k == 0 else None
+        for r in range(plan.rounds):
+            for sid in ids:
+                if not ref.can_append(sid, 1):
+                    ck.fail("decode-plan", f"round {r + 1} of the plan appends to sequence {sid}, which one by one "
+                                           f"cannot grow")
+                    return
+                ref.append(sid, 1)
+            if ref.take_copy_ops():
+                ck.fail("decode-plan", f"round {r + 1} of the plan copies a block (copy-on-write)")
+            mem = ref.memory(next_final_len).as_dict()
+            planned = {c: int(getattr(plan, c)[r]) for c in mem}
+            if planned != mem:
+                ck.fail("decode-plan", f"after round {r + 1}, plan says {planned}; appends one by one give {mem}")
+            unshared = ref.held_without_sharing() if hasattr(ref, "held_without_sharing") else None
+            if unshared is not None and int(plan.unshared[r]) != unshared:
+                ck.fail("decode-plan", f"after round {r + 1}, plan says {int(plan.unshared[r])} slots unshared; one "
+                                       f"by one {unshared}")
+            if r + 1 == k:
+                want_state = _state(ref, ids)
+        call(a.apply_decode, plan, k)
+        got = _state(a, ids)
+        if got != want_state:
+            ck.fail("decode-plan", f"apply_decode of {k} of {plan.rounds} rounds left {got}; the same appends one by "
+                                   f"one leave {want_state}")
+        for sid in ids:
+            s = m.live[sid]
+            old = s.tokens
+            s.grow(m.interner, k)
+            self._write(sid, old, old + k)
+
     @rule()
     def free_unknown(self) -> None:
         """Operations on an id that is not live are refused and change nothing."""
@@ -340,6 +390,15 @@ class AllocatorMachine(RuleBasedStateMachine):
     def invariants(self) -> None:
         if self.alloc is not None:
             check_all(self.alloc, self.model, self.memory, self.expect, self.ck)
+
+
+def _state(alloc, ids: list[int]) -> tuple:
+    """Everything observable about an allocator, for comparing a fast-forwarded one with a step-by-step one."""
+    pool = getattr(alloc, "pool", None)
+    return (alloc.memory().as_dict(), tuple((sid, alloc.num_tokens(sid), alloc.placement(sid)) for sid in ids),
+            getattr(alloc, "num_free_blocks", None),
+            tuple(pool.free_block_ids()) if pool is not None and hasattr(pool, "free_block_ids") else None,
+            tuple(pool.ref_counts) if pool is not None and hasattr(pool, "ref_counts") else None)
 
 
 def make_machine(spec: AllocatorSpec, disabled: frozenset[str] = frozenset()) -> type[AllocatorMachine]:
