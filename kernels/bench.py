@@ -78,6 +78,18 @@ def _bench_graph(fn, rep=REP_MS):
     return _bench(_graph(fn), rep=rep)
 
 
+def _bench_graph_or_eager(fn, rec, label, rep=REP_MS):
+    """Graph-replay time if ``fn`` can be captured, else eager (noted in ``rec['timing']``)."""
+    try:
+        t = _bench_graph(fn, rep=rep)
+        rec.setdefault("timing", {})[label] = "cuda_graph"
+        return t
+    except Exception as e:  # noqa: BLE001
+        torch.cuda.synchronize() if not SMOKE else None
+        rec.setdefault("timing", {})[label] = f"eager (graph capture failed: {type(e).__name__})"
+        return _bench(fn, rep=rep)
+
+
 def _cpu_us(fn, n=50):
     """Host time per eager call (launch overhead), with the device left to catch up afterwards."""
     fn()
@@ -314,7 +326,7 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
         return lambda: pa.paged_prefill_attention(q, k_cache, v_cache, bt, cu, ctx_t, scale, max_query_len=new,
                                                   out=out, **kw)
 
-    times = {"ours_paged": _bench(ours())}
+    times = {"ours_paged": _bench_graph_or_eager(ours(), rec, "ours_paged")}
     # contiguous copies for SDPA: [B, H, L, D]
     kc = k_cache[bt.long()].view(batch, nblk * BLOCK, hkv, HEAD)[:, :total_len].transpose(1, 2).contiguous()
     vc = v_cache[bt.long()].view(batch, nblk * BLOCK, hkv, HEAD)[:, :total_len].transpose(1, 2).contiguous()
@@ -330,7 +342,8 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
         try:
             r = _run_sdpa(backend, q4, kc, vc, mask, is_causal=causal, gqa=gqa)
             ref = r if ref is None else ref
-            times[f"sdpa_{bname}"] = _bench(lambda b=backend: _run_sdpa(b, q4, kc, vc, mask, is_causal=causal, gqa=gqa))
+            times[f"sdpa_{bname}"] = _bench_graph_or_eager(
+                lambda b=backend: _run_sdpa(b, q4, kc, vc, mask, is_causal=causal, gqa=gqa), rec, f"sdpa_{bname}")
         except Exception as e:  # noqa: BLE001
             rec[f"sdpa_{bname}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     o = ours()().float()
@@ -386,17 +399,18 @@ def measure_write_kv(tokens, heads, ceiling_tb_s):
         dst_k.copy_(key)
         dst_v.copy_(val)
 
+    rec = {}
     times = {
-        "ours_write_kv": _bench(lambda: cache_ops.write_kv(key, val, kc, vc, slots)),
-        "torch_index_copy": _bench(torch_index_copy),
-        "contiguous_copy_same_bytes": _bench(plain_copy),
+        "ours_write_kv": _bench_graph_or_eager(lambda: cache_ops.write_kv(key, val, kc, vc, slots), rec, "ours"),
+        "torch_index_copy": _bench_graph_or_eager(torch_index_copy, rec, "torch_index_copy"),
+        "contiguous_copy_same_bytes": _bench_graph_or_eager(plain_copy, rec, "copy"),
     }
     # correctness
     cache_ops.write_kv(key, val, kc, vc, slots)
     ok = torch.equal(kflat[slots], key) and torch.equal(vflat[slots], val)
-    rec = {"case": f"write_kv tokens={tokens} heads={heads}", "tokens": tokens, "kv_heads": heads,
-           "bytes_moved": moved, "ms": times, "correct": ok,
-           "tb_s": {k: moved / (t * 1e-3) / 1e12 for k, t in times.items()}}
+    rec.update({"case": f"write_kv tokens={tokens} heads={heads}", "tokens": tokens, "kv_heads": heads,
+                "bytes_moved": moved, "ms": times, "correct": ok,
+                "tb_s": {k: moved / (t * 1e-3) / 1e12 for k, t in times.items()}})
     rec["ours_vs_torch_index_copy"] = times["torch_index_copy"] / times["ours_write_kv"]
     rec["ours_frac_of_copy_ceiling"] = rec["tb_s"]["ours_write_kv"] / ceiling_tb_s
     del kc, vc
@@ -418,12 +432,13 @@ def measure_copy_blocks(layers, pairs, heads, ceiling_tb_s):
         for c in caches:
             c.index_copy_(0, dst, c.index_select(0, src))
 
-    times = {"ours_copy_blocks": _bench(lambda: cache_ops.copy_blocks(caches, mapping)),
-             "torch_loop_index_copy": _bench(torch_loop)}
+    rec = {}
+    times = {"ours_copy_blocks": _bench_graph_or_eager(lambda: cache_ops.copy_blocks(caches, mapping), rec, "ours"),
+             "torch_loop_index_copy": _bench_graph_or_eager(torch_loop, rec, "torch_loop")}
     cache_ops.copy_blocks(caches, mapping)
     ok = all(torch.equal(c[dst], c[src]) for c in caches)
-    rec = {"case": f"copy_blocks layers={layers} pairs={pairs}", "bytes_moved": moved, "ms": times, "correct": ok,
-           "tb_s": {k: moved / (t * 1e-3) / 1e12 for k, t in times.items()}}
+    rec.update({"case": f"copy_blocks layers={layers} pairs={pairs}", "bytes_moved": moved, "ms": times,
+                "correct": ok, "tb_s": {k: moved / (t * 1e-3) / 1e12 for k, t in times.items()}})
     rec["ours_vs_torch"] = times["torch_loop_index_copy"] / times["ours_copy_blocks"]
     rec["ours_frac_of_copy_ceiling"] = rec["tb_s"]["ours_copy_blocks"] / ceiling_tb_s
     del caches
@@ -501,7 +516,8 @@ def write_markdown(result, path):
     L.append(f"- copy ceiling (1 GiB device-to-device copy, read + write): {_f(c.get('tb_s'), 2)} TB/s "
              f"(repeat {_f(c.get('tb_s_repeat'), 2)})")
     L.append("- times: medians of triton.testing.do_bench (L2 cleared before each run) over CUDA-graph replays "
-             "of each method (ours and every SDPA backend alike), so host launch overhead is excluded; eager "
+             "of each method (ours and every SDPA backend alike; for prefill, write and copy too, with an eager "
+             "fallback noted in the JSON's `timing` if capture fails), so host launch overhead is excluded; eager "
              "(no graph) times are in the JSON (`eager_ms`, `cpu_us_per_call`) and in the last decode columns; "
              "bf16, head size 128, 16-token blocks; bandwidth = KV bytes read / time\n")
     L.append("## Decode\n")

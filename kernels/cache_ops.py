@@ -123,6 +123,11 @@ def _flatten(caches) -> list:
     return out
 
 
+# per-layer cache lists are usually the same from call to call: keep their offset table on the
+# device (no host-to-device copy per call, so a warmed-up call can be captured in a CUDA graph)
+_OFFSETS_CACHE: dict = {}
+
+
 def copy_blocks(caches: torch.Tensor | Sequence, block_mapping: torch.Tensor, *, block_dim: int = 1) -> None:
     """Copy whole blocks, ``cache[dst] = cache[src]``, for every cache, in one launch.
 
@@ -143,7 +148,7 @@ def copy_blocks(caches: torch.Tensor | Sequence, block_mapping: torch.Tensor, *,
     if block_mapping.numel() == 0:
         return
     assert block_mapping.dim() == 2 and block_mapping.shape[1] == 2
-    block_mapping = block_mapping.to(torch.int64).contiguous()
+    block_mapping = block_mapping.to(torch.int64).contiguous()  # expected on the caches' device
     if isinstance(caches, torch.Tensor):
         t = caches
         assert 0 <= block_dim < t.dim()
@@ -157,7 +162,7 @@ def copy_blocks(caches: torch.Tensor | Sequence, block_mapping: torch.Tensor, *,
             raise ValueError("copy_blocks: leading axes of the stacked cache must be flattenable") from e
         base = flat
         cache_stride = flat.stride(0) if n_caches > 1 else 0
-        offsets = torch.arange(n_caches, dtype=torch.int64) * cache_stride
+        offsets = torch.arange(n_caches, dtype=torch.int64, device=t.device) * cache_stride
         per_cache = flat[0]
     else:
         lst = _flatten(caches)
@@ -169,9 +174,15 @@ def copy_blocks(caches: torch.Tensor | Sequence, block_mapping: torch.Tensor, *,
             assert c.dtype == per_cache.dtype and c.device == per_cache.device
         item = per_cache.element_size()
         base = min(lst, key=lambda c: c.data_ptr())
-        diffs = [c.data_ptr() - base.data_ptr() for c in lst]
-        assert all(d % item == 0 for d in diffs), "caches must be aligned to their element size"
-        offsets = torch.tensor([d // item for d in diffs], dtype=torch.int64)
+        key = (per_cache.device, item, tuple(c.data_ptr() for c in lst))
+        offsets = _OFFSETS_CACHE.get(key)
+        if offsets is None:
+            diffs = [c.data_ptr() - base.data_ptr() for c in lst]
+            assert all(d % item == 0 for d in diffs), "caches must be aligned to their element size"
+            offsets = torch.tensor([d // item for d in diffs], dtype=torch.int64).to(per_cache.device)
+            if len(_OFFSETS_CACHE) > 64:
+                _OFFSETS_CACHE.clear()
+            _OFFSETS_CACHE[key] = offsets
         n_caches = len(lst)
     block_shape = per_cache.shape[1:]
     block_numel = 1
@@ -182,13 +193,12 @@ def copy_blocks(caches: torch.Tensor | Sequence, block_mapping: torch.Tensor, *,
     for size, stride in reversed(list(zip(block_shape, per_cache.stride()[1:]))):
         assert size == 1 or stride == expect, "copy_blocks: each block must be contiguous"
         expect *= size
-    offsets = offsets.to(per_cache.device)
     chunk = min(4096, triton.next_power_of_2(block_numel))
     n_chunks = triton.cdiv(block_numel, chunk)
     per_prog = 1 if n_chunks <= 4 else 4
     grid = (block_mapping.shape[0], n_caches, triton.cdiv(n_chunks, per_prog))
     _copy_blocks_kernel[grid](
-        base, offsets, block_mapping.to(per_cache.device), per_cache.stride(0), block_numel,
+        base, offsets, block_mapping, per_cache.stride(0), block_numel,
         CHUNK=chunk, CHUNKS_PER_PROG=per_prog, num_warps=4,
     )
 

@@ -121,6 +121,10 @@ def test_choose_partition():
     # long contexts are always cut into partitions of at most MAX_PARTITION tokens (mixed lengths)
     s, p = pa._choose_partition(64, 32, 8192, 64, 132, None)
     assert p <= pa.MAX_PARTITION and s * p >= 8192
+    # no mostly-empty last wave: 16 seqs x 8 KV heads x 8192 -> 4 splits (512 programs), not 5 (640)
+    assert pa._choose_partition(16, 8, 8192, 64, 132, None) == (4, 2048)
+    # big batch, 2048 tokens: no split
+    assert pa._choose_partition(64, 32, 2048, 64, 132, None)[0] == 1
     # forcing
     assert pa._choose_partition(4, 4, 1000, 64, 132, 1) == (1, 1000)
     s, p = pa._choose_partition(4, 4, 1000, 64, 132, 3)
