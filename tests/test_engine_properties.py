@@ -1,0 +1,179 @@
+"""Property tests of the whole engine on random small traces, for every registered allocator: every request either
+completes having emitted exactly its output tokens or is rejected with a reason; time never goes back; batches stay
+within the limits; KV memory is conserved and never exceeds capacity; and a fast-forwarded replay writes exactly
+the records of the step-by-step one."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import sim.run
+from sim.allocators import REGISTRY
+from sim.config import resolve_gpu, resolve_model
+from sim.run import ReplayOptions, replay
+from sim.scheduler import Scheduler
+from sim.trace import Trace
+
+MODEL = resolve_model("llama-2-7b", 96)  # a short max model length keeps contiguous-max reservations small
+GPU = resolve_gpu("a100-80gb")
+BPT = MODEL.kv_bytes_per_token()
+CATEGORIES = ("token_states", "reserved", "internal_fragmentation", "external_fragmentation", "free")
+
+CONFIGS = [(name, {}) for name in REGISTRY] + [("contiguous-pow2", {"placement": "first-fit"}),
+                                               ("paged", {"sharing": False})]
+
+
+@st.composite
+def traces(draw) -> Trace:
+    n = draw(st.integers(1, 10))
+    gaps = draw(st.lists(st.sampled_from([0.0, 0.0, 0.001, 0.01, 0.05, 0.3]), min_size=n, max_size=n))
+    arrival = np.cumsum(np.array(gaps, dtype=np.float64))
+    prompt = np.array(draw(st.lists(st.integers(1, 30), min_size=n, max_size=n)), dtype=np.int64)
+    output = np.array(draw(st.lists(st.integers(1, 30), min_size=n, max_size=n)), dtype=np.int64)
+    columns = {}
+    if draw(st.booleans()):  # parallel samples and beams
+        columns["n"] = np.array(draw(st.lists(st.sampled_from([1, 1, 2, 3]), min_size=n, max_size=n)), np.int64)
+        columns["beam_width"] = np.array(draw(st.lists(st.sampled_from([1, 1, 1, 2]), min_size=n, max_size=n)),
+                                         np.int64)
+    if draw(st.booleans()):  # shared prefixes
+        columns["prefix_group"] = np.array(draw(st.lists(st.integers(-1, 1), min_size=n, max_size=n)), np.int64)
+        columns["prefix_tokens"] = np.minimum(prompt, draw(st.integers(1, 24)))
+    return Trace("<hypothesis>", "native", arrival, prompt, output, columns=columns)
+
+
+class RecordingScheduler(Scheduler):
+    """The real scheduler, recording what it emits and checking the allocator after every scheduling pass."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.emitted: dict[int, int] = defaultdict(int)  # tokens emitted per request since its last restart
+        self.emitted_at_finish: dict[int, int] = {}
+        self.problems: list[str] = []
+
+    def schedule(self, now):
+        batch = super().schedule(now)
+        self.allocator.check()
+        if batch.num_seqs > self.limits.max_num_seqs:
+            self.problems.append(f"{batch.num_seqs} sequences in a batch (limit {self.limits.max_num_seqs})")
+        running = sum(len(s.branches) for s in self.running)
+        if running > self.limits.max_num_seqs:
+            self.problems.append(f"{running} running sequences (limit {self.limits.max_num_seqs})")
+        return batch
+
+    def _preempt(self, seq, batch):
+        super()._preempt(seq, batch)
+        if seq.generated == 0:  # a request of several sequences restarts from scratch
+            self.emitted[seq.seq_id] = 0
+
+    def advance_decode(self, rounds):
+        for seq in self.running:
+            self.emitted[seq.seq_id] += rounds
+        super().advance_decode(rounds)
+
+    def finish(self, batch, now):
+        for seq in batch.prefill + batch.decode:
+            self.emitted[seq.seq_id] += 1
+        finished = super().finish(batch, now)
+        for seq in finished:
+            if seq.seq_id in self.emitted_at_finish:
+                self.problems.append(f"request {seq.seq_id} finished twice")
+            self.emitted_at_finish[seq.seq_id] = self.emitted[seq.seq_id]
+        self.allocator.check()
+        return finished
+
+
+def run(trace: Trace, allocator: str, extra: dict, num_blocks: int, block_size: int, max_num_seqs: int,
+        fast_forward: bool):
+    schedulers: list[RecordingScheduler] = []
+
+    def make(*args, **kwargs):
+        schedulers.append(RecordingScheduler(*args, **kwargs))
+        return schedulers[-1]
+
+    options = ReplayOptions(MODEL, GPU, allocator=allocator, block_size=block_size,
+                            kv_memory=num_blocks * block_size * BPT, max_num_seqs=max_num_seqs,
+                            max_num_batched_tokens=128, fast_forward=fast_forward, **extra)
+    with mock.patch.object(sim.run, "Scheduler", make):
+        result = replay(trace, options)
+    return result, schedulers[0]
+
+
+def check_run(trace: Trace, result, sched: RecordingScheduler, max_num_seqs: int) -> None:
+    assert not sched.problems, sched.problems
+    req, steps = result.requests, result.steps
+    cap = result.summary["kv_capacity_bytes"]
+    for i in range(len(trace)):
+        completed = not math.isnan(req.finish_s[i])
+        reason = req.rejection[i]
+        assert completed != (reason is not None), f"request {i}: completed={completed}, rejection={reason!r}"
+        if reason is not None:
+            assert isinstance(reason, str) and reason.strip()
+            continue
+        assert sched.emitted_at_finish.get(i) == trace.output_tokens[i], (
+            f"request {i} emitted {sched.emitted_at_finish.get(i)} tokens, wants {trace.output_tokens[i]}")
+        assert trace.arrival_s[i] <= req.admitted_s[i] <= req.first_token_s[i] <= req.finish_s[i]
+    assert set(sched.emitted_at_finish) == {i for i in range(len(trace)) if not math.isnan(req.finish_s[i])}
+    t, d = steps["time_s"], steps["duration_s"]
+    assert np.all(d > 0), "an iteration of no duration"
+    assert np.all(np.diff(t) >= 0), "time goes back"
+    assert np.all(t[1:] >= t[:-1] + d[:-1] - 1e-12 * np.maximum(1, t[1:])), "iterations overlap"
+    assert np.all(steps["running"] <= max_num_seqs) and np.all(steps["running"] >= 1)
+    mem = np.stack([steps[f"{c}_bytes"] for c in CATEGORIES])
+    assert np.all(mem >= 0)
+    assert np.all(mem.sum(axis=0) == cap), "memory categories do not sum to capacity"
+    held = cap - steps["free_bytes"] - steps["external_fragmentation_bytes"]
+    assert np.all(held <= cap)
+    assert np.all(mem % BPT == 0), "memory is not a whole number of token slots"
+
+
+def _configs():
+    return pytest.mark.parametrize("allocator, extra", CONFIGS,
+                                   ids=[n + "".join(f"[{k}={v}]" for k, v in e.items()) for n, e in CONFIGS])
+
+
+@_configs()
+@settings(max_examples=settings().max_examples)
+@given(trace=traces(), num_blocks=st.integers(4, 40), block_size=st.sampled_from([2, 4, 8]),
+       max_num_seqs=st.integers(1, 6))
+def test_engine_properties(allocator, extra, trace, num_blocks, block_size, max_num_seqs) -> None:
+    result, sched = run(trace, allocator, extra, num_blocks, block_size, max_num_seqs, fast_forward=False)
+    check_run(trace, result, sched, max_num_seqs)
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+@pytest.mark.skipif(not any(f.name == "fast_forward" for f in dataclasses.fields(ReplayOptions)),
+                    reason="ReplayOptions has no fast_forward field: nothing to compare yet")
+@_configs()
+@settings(max_examples=settings().max_examples)
+@given(trace=traces(), num_blocks=st.integers(4, 40), block_size=st.sampled_from([2, 4, 8]),
+       max_num_seqs=st.integers(1, 6))
+def test_fast_forward_equals_step_by_step(allocator, extra, trace, num_blocks, block_size, max_num_seqs) -> None:
+    slow, slow_sched = run(trace, allocator, extra, num_blocks, block_size, max_num_seqs, fast_forward=False)
+    fast, fast_sched = run(trace, allocator, extra, num_blocks, block_size, max_num_seqs, fast_forward=True)
+    check_run(trace, fast, fast_sched, max_num_seqs)
+    s1 = {k: v for k, v in slow.summary.items() if k != "iterations_fast_forwarded"}
+    s2 = {k: v for k, v in fast.summary.items() if k != "iterations_fast_forwarded"}
+    assert _equal(s1, s2), "summaries differ"
+    assert slow.steps.keys() == fast.steps.keys()
+    for k in slow.steps:
+        assert np.array_equal(slow.steps[k], fast.steps[k]), f"per-iteration column {k} differs"
+    for f in dataclasses.fields(slow.requests):
+        a, b = getattr(slow.requests, f.name), getattr(fast.requests, f.name)
+        if isinstance(a, np.ndarray):
+            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), f"request column {f.name} differs"
+        else:
+            assert a == b, f"request column {f.name} differs"
