@@ -161,27 +161,29 @@ class Scheduler:
         batch = Batch()
         alloc = self.allocator
         running = self.running
-        i = 0
-        while i < len(running):
-            seq = running[i]
-            ok = True
-            for branch in seq.branches:
-                while not alloc.can_append(branch, 1):
-                    victim = running.pop()
-                    self._preempt(victim, batch)
-                    if victim is seq:
-                        ok = False
+        seq_ids = [b for s in running for b in s.branches]
+        total = alloc.append_each(seq_ids) if seq_ids else 0
+        if total is None:  # one by one, preempting where memory runs out
+            i = 0
+            while i < len(running):
+                seq = running[i]
+                ok = True
+                for branch in seq.branches:
+                    while not alloc.can_append(branch, 1):
+                        victim = running.pop()
+                        self._preempt(victim, batch)
+                        if victim is seq:
+                            ok = False
+                            break
+                    if not ok:
                         break
-                if not ok:
-                    break
-                alloc.append(branch, 1)
-            if ok:
-                i += 1
+                    alloc.append(branch, 1)
+                if ok:
+                    i += 1
+            total = sum(alloc.num_tokens(b) for s in running for b in s.branches)
         batch.decode = list(running)
-        for seq in running:
-            batch.num_decode_seqs += len(seq.branches)
-            for branch in seq.branches:
-                batch.decode_context_tokens += alloc.num_tokens(branch)
+        batch.num_decode_seqs = self.num_running_seqs
+        batch.decode_context_tokens = total
         if not batch.preempted:
             self._admit(batch, now)
         batch.copies = alloc.take_copy_ops()

@@ -200,6 +200,13 @@ class KVAllocator(ABC):
         m = self.memory()
         return m.token_states + m.reserved + m.internal_fragmentation
 
+    def append_each(self, seq_ids: list[int]) -> int | None:
+        """Append one token to each of seq_ids, in order, if every append can succeed without copying a block;
+        otherwise change nothing and return None. Returns the total tokens the listed sequences then hold.
+        Equivalent to `append(i, 1)` for each i in order; the default declines (the scheduler then appends one by
+        one)."""
+        return None
+
     def plan_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
         """Plan up to max_rounds rounds of appending one token to each of seq_ids (every live sequence, in the
         scheduler's order), stopping before the first round in which any append would fail or copy a block. Returns

@@ -87,6 +87,24 @@ class ContiguousAllocator(KVAllocator):
         self._tokens += num_tokens
         self._unfilled += max(0, ext.final_len - ext.tokens) - old_unfilled
 
+    def append_each(self, seq_ids: list[int]) -> int | None:
+        seqs = self._seqs
+        try:
+            listed = [seqs[i] for i in seq_ids]
+        except KeyError:
+            return None
+        if any(e.tokens >= e.held for e in listed):
+            return None
+        total = unfilled_drop = 0
+        for e in listed:
+            if e.final_len > e.tokens:
+                unfilled_drop += 1
+            e.tokens += 1
+            total += e.tokens
+        self._tokens += len(listed)
+        self._unfilled -= unfilled_drop
+        return total
+
     def free(self, seq_id: int) -> None:
         ext = self._seqs.pop(seq_id, None)
         if ext is None:

@@ -135,6 +135,7 @@ class PagedAllocator(KVAllocator):
         self._tokens = 0  # sum of fill over held blocks: token_states
         self._logical_blocks = 0  # sum of block-table lengths: what the live sequences would hold unshared
         self._copies: list[tuple[int, int]] = []
+        self._reserved_cache: int | None = None  # reserved slots, valid only right after append_each (+ admits)
         self.num_cow_copies = 0
         self.hit_tokens = 0
 
@@ -262,6 +263,8 @@ class PagedAllocator(KVAllocator):
         self._logical_blocks += len(table)
         if indexed:
             self._register_full_blocks(s)
+        if self._reserved_cache is not None:  # the new tail block is private (at least one token is computed)
+            self._reserved_cache += self._tail_reserved(s)
         hit = len(hits) * self.block_size
         self.hit_tokens += hit
         return hit
@@ -287,6 +290,7 @@ class PagedAllocator(KVAllocator):
         cow, need = self._append_need(s, num_tokens)
         if need > self.pool.num_free_blocks:
             raise AllocationError(f"no free block for sequence {seq_id} to grow by {num_tokens}")
+        self._reserved_cache = None
         bs = self.block_size
         if cow:  # the last block is shared and partly filled: write into a private copy
             src = s.block_table[-1]
@@ -314,6 +318,45 @@ class PagedAllocator(KVAllocator):
         if s.indexed and pos // bs > len(s.hashes):
             self._register_full_blocks(s)
 
+    def append_each(self, seq_ids: list[int]) -> int | None:
+        bs, refs, seqs = self.block_size, self.pool.ref_counts, self._seqs
+        try:
+            listed = [seqs[i] for i in seq_ids]
+        except KeyError:
+            return None
+        need = 0
+        for s in listed:
+            if s.tokens % bs == 0:
+                need += 1
+            elif refs[s.block_table[-1]] > 1:
+                return None  # copy-on-write: the one-by-one path handles it
+        if need > len(self.pool._free):
+            return None
+        fill, allocate = self.fill, self.pool.allocate
+        total = reserved = 0
+        for seq_id, s in zip(seq_ids, listed):
+            t = s.tokens
+            left = s.final_len - t - 1
+            if left > 0 and (t + 1) % bs:  # afterwards every tail is private: its empty slots it may still fill
+                reserved += min(bs - (t + 1) % bs, left)
+            if t % bs == 0:
+                block = allocate()
+                fill[block] = 1
+                s.block_table.append(block)
+            else:
+                fill[s.block_table[-1]] += 1
+            if s.indexed:
+                self._extend_runs(s, seq_id, 1)
+            s.tokens = t + 1
+            total += t + 1
+            if s.indexed and (t + 1) % bs == 0:
+                self._register_full_blocks(s)
+        self._held_blocks += need
+        self._logical_blocks += need
+        self._tokens += len(listed)
+        self._reserved_cache = reserved if len(listed) == len(seqs) else None
+        return total
+
     def can_fork(self, parent_id: int, child_id: int) -> bool:
         parent = self._seqs.get(parent_id)
         if parent is None or child_id in self._seqs:
@@ -324,6 +367,7 @@ class PagedAllocator(KVAllocator):
         if not self.can_fork(parent_id, child_id):
             raise AllocationError(f"cannot fork sequence {parent_id} into {child_id}")
         p = self._seqs[parent_id]
+        self._reserved_cache = None
         if self.sharing:
             for block in p.block_table:
                 self._ref(block)
@@ -343,6 +387,7 @@ class PagedAllocator(KVAllocator):
         s = self._seqs.pop(seq_id, None)
         if s is None:
             raise AllocationError(f"sequence {seq_id} is not live")
+        self._reserved_cache = None
         # Reverse order, as vLLM: the tail is the least likely to be reused, so it is evicted first.
         pool, refs, fill = self.pool, self.pool.ref_counts, self.fill
         for block in reversed(s.block_table):
@@ -393,6 +438,7 @@ class PagedAllocator(KVAllocator):
             raise AllocationError(f"cannot apply {rounds} rounds of a {plan.rounds}-round plan")
         bs = self.block_size
         seqs = [self._seqs[i] for i in plan.seq_ids]
+        self._reserved_cache = None
         # Events in the order the appends one by one would meet them: round, then sequence; within one append the
         # new block is taken before a filled block is indexed (both matter for prefix-cache eviction order).
         events: list[tuple[int, int, int]] = []
@@ -441,20 +487,30 @@ class PagedAllocator(KVAllocator):
         """Token slots the live sequences would hold if no block were shared."""
         return self._logical_blocks * self.block_size
 
+    def _tail_reserved(self, s: _Seq) -> int:
+        partial = s.tokens % self.block_size
+        return min(self.block_size - partial, s.final_len - s.tokens) if partial and s.final_len > s.tokens else 0
+
     def _reserved(self) -> int:
         """Empty slots of partly filled last blocks that a sequence holding them will still fill (for a block shared
         by several sequences, the most that any one of them still needs)."""
-        bs = self.block_size
-        need: dict[int, int] = {}
+        bs, refs = self.block_size, self.pool.ref_counts
+        total = 0
+        shared: dict[int, int] = {}
         for s in self._seqs.values():
-            if s.tokens % bs and s.final_len > s.tokens:
+            t = s.tokens
+            partial = t % bs
+            if partial and s.final_len > t:
                 block = s.block_table[-1]
-                need[block] = max(need.get(block, 0), s.final_len - s.tokens)
-        return sum(min(bs - self.fill[b], n) for b, n in need.items())
+                if refs[block] > 1:
+                    shared[block] = max(shared.get(block, 0), s.final_len - t)
+                else:  # a private tail holds exactly `partial` tokens
+                    total += min(bs - partial, s.final_len - t)
+        return total + sum(min(bs - self.fill[b], n) for b, n in shared.items())
 
     def memory(self, next_final_len: int | None = None) -> MemoryBreakdown:
         held = self._held_blocks * self.block_size
-        reserved = self._reserved()
+        reserved = self._reserved() if self._reserved_cache is None else self._reserved_cache
         return MemoryBreakdown(
             token_states=self._tokens,
             reserved=reserved,
@@ -481,6 +537,10 @@ class PagedAllocator(KVAllocator):
         assert self._held_blocks == self.num_blocks - len(free), "held-block counter is wrong"
         assert self._tokens == sum(self.fill[b] for b, r in enumerate(refs) if r), "token counter is wrong"
         assert self._logical_blocks == sum(len(s.block_table) for s in self._seqs.values()), "logical counter wrong"
+        if self._reserved_cache is not None:
+            cache, self._reserved_cache = self._reserved_cache, None
+            assert cache == self._reserved(), "cached reserved slots are stale"
+            self._reserved_cache = cache
         for block, h in self.pool.block_hash.items():
             assert self.pool.hash_block[h] == block, f"hash index of block {block} is inconsistent"
             assert self.fill[block] == bs, f"registered block {block} is not full"

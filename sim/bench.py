@@ -1,0 +1,132 @@
+"""Replay-speed benchmark: `python -m sim.bench --out reports/speed`.
+
+Replays, with every allocator, the shipped Azure conversation trace (llama-2-7b on h100-80gb) and generated
+ShareGPT-like traces (llama-2-7b on a100-80gb) at an arrival rate that keeps the KV cache full. Each measurement runs
+in a fresh subprocess (so peak resident memory is its own) and is repeated; the report gives medians. Figures:
+
+    wall_s          wall-clock seconds of read + replay (not interpreter start-up)
+    peak_rss_mib    peak resident memory of the process (MiB)
+    iterations_per_s  simulated iterations / wall_s
+    requests_per_s    trace requests / wall_s
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from sim.allocators import REGISTRY
+
+AZURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "traces", "azure-llm-2023-conv.csv")
+SATURATING_RATE = 30.0  # req/s: llama-2-7b on a100-80gb serves ~19 ShareGPT req/s, so the queue and KV stay full
+
+
+def measure_one(trace_path: str, allocator: str, model: str, gpu: str, fast_forward: bool) -> dict:
+    """Read and replay once in this process; returns the figures of the module docstring."""
+    from sim.config import resolve_gpu, resolve_model
+    from sim.run import ReplayOptions, replay
+    from sim.trace import read_trace
+
+    start = time.perf_counter()
+    trace = read_trace(trace_path)
+    result = replay(trace, ReplayOptions(resolve_model(model), resolve_gpu(gpu), allocator,
+                                         fast_forward=fast_forward))
+    wall = time.perf_counter() - start
+    iterations = result.summary["iterations"]
+    return {
+        "wall_s": wall, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "iterations": iterations, "iterations_fast_forwarded": result.summary["iterations_fast_forwarded"],
+        "requests": len(trace), "iterations_per_s": iterations / wall, "requests_per_s": len(trace) / wall,
+        "preemptions": result.summary["requests"]["preemptions"],
+        "mean_batch": result.summary["batch_size"]["mean"],
+    }
+
+
+def _subprocess_measure(trace_path: str, allocator: str, model: str, gpu: str, fast_forward: bool) -> dict:
+    cmd = [sys.executable, "-m", "sim.bench", "--one", trace_path, allocator, model, gpu]
+    if not fast_forward:
+        cmd.append("--no-fast-forward")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _generated(size: int, directory: str) -> str:
+    from sim.trace import write_trace
+    from sim.tracegen import generate
+
+    path = os.path.join(directory, f"sharegpt-{size}.csv")
+    if not os.path.exists(path):
+        write_trace(generate("sharegpt", rate=SATURATING_RATE, count=size, seed=0), path)
+    return path
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sim.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--one", nargs=4, metavar=("TRACE", "ALLOCATOR", "MODEL", "GPU"), help=argparse.SUPPRESS)
+    p.add_argument("--no-fast-forward", action="store_true", help="measure the step-by-step engine")
+    p.add_argument("--cases", default="azure,100000,1000000",
+                   help="comma-separated: azure and/or generated trace sizes (default: azure,100000,1000000)")
+    p.add_argument("--allocators", default=",".join(REGISTRY), help="allocators (default: all)")
+    p.add_argument("--large-allocators", default="paged",
+                   help="allocators for generated traces of 1,000,000+ requests (default: paged)")
+    p.add_argument("--runs", type=int, default=3, help="runs per measurement (median reported; default 3)")
+    p.add_argument("--out", default="reports/speed", help="directory for results.json and README.md")
+    p.add_argument("--workdir", help="where generated traces are kept (default: a temporary directory)")
+    args = p.parse_args(argv)
+    ff = not args.no_fast_forward
+    if args.one:
+        print(json.dumps(measure_one(*args.one, fast_forward=ff)))
+        return 0
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="sim-bench-")
+    os.makedirs(args.out, exist_ok=True)
+    results = []
+    for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
+        if case == "azure":
+            path, model, gpu = AZURE, "llama-2-7b", "h100-80gb"
+            allocators = args.allocators.split(",")
+        else:
+            size = int(case)
+            path, model, gpu = _generated(size, workdir), "llama-2-7b", "a100-80gb"
+            allocators = (args.large_allocators if size >= 1_000_000 else args.allocators).split(",")
+        for allocator in allocators:
+            runs = []
+            for i in range(args.runs):
+                runs.append(_subprocess_measure(path, allocator, model, gpu, ff))
+                print(f"{case} {allocator} run {i + 1}: {runs[-1]['wall_s']:.2f} s, "
+                      f"{runs[-1]['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
+            med = {k: statistics.median(r[k] for r in runs) for k in ("wall_s", "peak_rss_mib", "iterations_per_s",
+                                                                     "requests_per_s")}
+            results.append({"case": case, "allocator": allocator, "model": model, "gpu": gpu,
+                             "fast_forward": ff, "runs": runs, "median": med,
+                             "iterations": runs[0]["iterations"],
+                             "iterations_fast_forwarded": runs[0]["iterations_fast_forwarded"]})
+    record = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": " ".join(["python -m sim.bench"] +
+              (argv if argv is not None else sys.argv[1:])), "results": results}
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    print(json.dumps(record["results"], indent=1)[:2000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
