@@ -349,6 +349,41 @@ class AllocatorMachine(RuleBasedStateMachine):
             s.grow(m.interner, k)
             self._write(sid, old, old + k)
 
+    @precondition(lambda self: self.alloc is not None and bool(self.model.live)
+                  and type(self.alloc).append_each is not KVAllocator.append_each)
+    @rule(reverse=st.booleans(), skip=st.integers(0, 3))
+    def append_each(self, reverse: bool, skip: int) -> None:
+        """The batched append: one token to each listed sequence, exactly as append(i, 1) one by one, or nothing."""
+        a, m, ck = self.alloc, self.model, self.ck
+        ids = sorted(m.live, reverse=reverse)
+        ids = [sid for i, sid in enumerate(ids) if skip == 0 or i % (skip + 1)] or ids
+        ref = copy.deepcopy(a)
+        before = _state(a, sorted(m.live))
+        total = call(a.append_each, ids)
+        if total is None:
+            if _state(a, sorted(m.live)) != before:
+                ck.fail("honesty", f"append_each({ids}) declined but changed the allocator")
+            return
+        for sid in ids:
+            if not ref.can_append(sid, 1):
+                ck.fail("honesty", f"append_each({ids}) succeeded though append({sid}, 1) one by one cannot")
+                return
+            ref.append(sid, 1)
+        copies = ref.take_copy_ops()
+        if copies:
+            ck.fail("honesty", f"append_each({ids}) succeeded though one by one it copies blocks {copies}")
+        if _state(a, sorted(m.live)) != _state(ref, sorted(m.live)):
+            ck.fail("accounting", f"append_each({ids}) left {_state(a, sorted(m.live))}; appends one by one leave "
+                                  f"{_state(ref, sorted(m.live))}")
+        want_total = sum(m.live[sid].tokens + 1 for sid in ids)
+        if total != want_total:
+            ck.fail("accounting", f"append_each({ids}) returned {total}; the sequences hold {want_total} tokens")
+        for sid in ids:
+            s = m.live[sid]
+            old = s.tokens
+            s.grow(m.interner, 1)
+            self._write(sid, old, old + 1)
+
     @rule()
     def free_unknown(self) -> None:
         """Operations on an id that is not live are refused and change nothing."""
