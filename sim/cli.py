@@ -21,7 +21,7 @@ from sim.units import format_bytes, parse_duration, parse_size
 
 
 # Modules that add subcommands: each defines register(subparsers).
-PLUGIN_COMMANDS: list[str] = ["sim.cli_trace", "sim.cli_check", "sim.cli_report"]
+PLUGIN_COMMANDS: list[str] = ["sim.cli_trace", "sim.cli_check", "sim.cli_report", "sim.cli_gpu"]
 
 
 def _positive_int(text: str) -> int:
@@ -62,6 +62,9 @@ def _add_replay_options(p: argparse.ArgumentParser) -> None:
                    help="how contiguous allocators place reservations (default: buddy)")
     p.add_argument("--step-overhead", default=f"{DEFAULT_STEP_OVERHEAD_S * 1000:g}ms",
                    help="fixed time per iteration in the roofline cost model (default: %(default)s)")
+    p.add_argument("--cost-model", metavar="FILE",
+                   help="iteration times from a calibration profile written by `sim calibrate` on a GPU, instead "
+                        "of the roofline (--step-overhead does not apply then)")
     p.add_argument("--no-sharing", action="store_true",
                    help="paged allocators: share nothing (forks copy every block, prefixes are not shared) — the "
                         "counterfactual that sharing.saved_fraction is measured against")
@@ -83,7 +86,8 @@ def _options(args: argparse.Namespace, allocator: str) -> ReplayOptions:
         gpu_memory_utilization=args.gpu_memory_utilization, tp=args.tp, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, placement=args.placement,
         step_overhead_s=parse_duration(args.step_overhead), sharing=not args.no_sharing,
-        beam_replace_prob=args.beam_replace_prob, seed=args.seed, fast_forward=not args.no_fast_forward)
+        beam_replace_prob=args.beam_replace_prob, seed=args.seed, fast_forward=not args.no_fast_forward,
+        cost_model=getattr(args, "cost_model", None))
 
 
 def _header(trace, options: ReplayOptions) -> None:

@@ -36,6 +36,7 @@ class ReplayOptions:
     beam_replace_prob: float = 0.3  # the beam model's per-step drop probability (see sim.scheduler.BeamModel)
     seed: int = 0  # seeds the beam model
     fast_forward: bool = True  # compute quiet stretches of decode iterations in one step (exactly the same records)
+    cost_model: str | None = None  # a calibration profile (JSON from `sim calibrate`); None: the roofline
 
     @property
     def engine_config(self) -> EngineConfig:
@@ -72,6 +73,19 @@ def make_allocator(options: ReplayOptions, budget: KVBudget) -> KVAllocator:
         raise UserError(f"cannot create allocator {options.allocator}: {exc}") from None
 
 
+def make_cost_model(options: ReplayOptions):
+    """The roofline from the GPU's datasheet, or the profile a calibration on a real GPU wrote (--cost-model)."""
+    if options.cost_model is None:
+        return RooflineCostModel(options.model, options.gpu, options.tp, options.step_overhead_s)
+    from sim.cost_profile import ProfileCostModel
+
+    profile = ProfileCostModel.load(options.cost_model)
+    calibrated = profile.meta.get("model")
+    if calibrated and str(calibrated).lower() != options.model.name.lower():
+        raise UserError(f"cost profile {options.cost_model} was calibrated for {calibrated}, not {options.model.name}")
+    return profile
+
+
 def validate_options(options: ReplayOptions) -> None:
     if options.max_num_seqs <= 0:
         raise UserError(f"--max-num-seqs must be positive, got {options.max_num_seqs}")
@@ -89,7 +103,7 @@ def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | No
     if not 0 <= options.beam_replace_prob <= 1:
         raise UserError(f"--beam-replace-prob must be in [0, 1], got {options.beam_replace_prob}")
     scheduler = Scheduler(allocator, limits, BeamModel(options.beam_replace_prob, options.seed))
-    cost = RooflineCostModel(options.model, options.gpu, options.tp, options.step_overhead_s)
+    cost = make_cost_model(options)
     engine = Engine(trace, scheduler, cost, budget.bytes_per_token, options.model.max_model_len, progress,
                     options.fast_forward)
     step_log, requests = engine.run()

@@ -1,0 +1,185 @@
+"""`sim calibrate`: time iterations of a synthetic grid on the GPU and fit the simulator's cost profile.
+
+The grid never looks at a trace: pure decode over batch sizes x context lengths, single and multi-sequence prefills
+with and without cached context, and mixed prefill + decode iterations. Each point is a real scheduler `Batch` over a
+real paged allocator, run through the same executor (and so the same host work, kernels and synchronisation) as the
+GPU replay; its time is the median wall time of several repeats after one warm-up run. The fit is
+`sim.cost_profile.fit_profile` (documented there).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import torch
+
+from kernels.harness.executor import Executor
+from kernels.harness.kv_source import LineageTracker
+from sim.allocators.paged import PagedAllocator
+from sim.cost_profile import batch_features, fit_profile
+from sim.scheduler import Batch, Sequence
+
+
+class SyntheticState:
+    """A paged allocator over a run's pool, and an executor on it, for batches made up on the spot."""
+
+    def __init__(self, run, seed: int = 0):
+        self.run = run
+        b = run.budget
+        self.alloc = LineageTracker(PagedAllocator(b.num_blocks, b.block_size, 1 << 30))
+        self.executor = Executor(run.model, run.pool, self.alloc, run.source, seed=seed)
+        self.next_id = 1
+        self.rng = np.random.default_rng(seed)
+        # scattered blocks, as a pool looks after a while: allocate in a shuffled order
+        free = self.alloc.wrapped.pool._free
+        order = list(free)
+        self.rng.shuffle(order)
+        free.clear()
+        free.extend(order)
+        with torch.no_grad():
+            run.pool.kv.normal_()  # never time on NaN or zeros
+
+    def blocks_free(self) -> int:
+        return self.alloc.num_free_blocks
+
+    def new_seq(self, tokens: int) -> Sequence | None:
+        bs = self.run.budget.block_size
+        if -(-tokens // bs) > self.blocks_free():
+            return None
+        sid = self.next_id
+        self.next_id += 1
+        self.alloc.admit(sid, tokens, tokens + 1)
+        seq = Sequence(sid, tokens, 2, 0.0)
+        seq.branches = [sid]
+        return seq
+
+    def release(self, batch: Batch) -> None:
+        for seq in batch.prefill + batch.decode:
+            for b in seq.branches:
+                self.alloc.free(b)
+            seq.branches = []
+        self.alloc.take_copy_ops()
+        self.alloc.take_extent_copies()
+
+
+def _decode_batch(state: SyntheticState, batch: Batch, num: int, context: int) -> bool:
+    for _ in range(num):
+        seq = state.new_seq(context - 1)
+        if seq is None or not state.alloc.can_append(seq.seq_id, 1):
+            if seq is not None:
+                batch.decode.append(seq)
+            return False
+        state.alloc.append(seq.seq_id, 1)
+        batch.decode.append(seq)
+        batch.num_decode_seqs += 1
+        batch.decode_context_tokens += context
+    return True
+
+
+def _prefill_batch(state: SyntheticState, batch: Batch, num: int, new: int, context: int) -> bool:
+    for _ in range(num):
+        seq = state.new_seq(new + context)
+        if seq is None:
+            return False
+        seq.cached_tokens = context
+        batch.prefill.append(seq)
+        batch.num_prefill_seqs += 1
+        batch.num_prefill_tokens += new
+        batch.prefill_context_tokens += context
+        batch.prefill_attention_pairs += new * (new + 1) // 2 + new * context
+    return True
+
+
+def synthetic_batches(state: SyntheticState, kind: str, a: int, b: int, prefill_seqs: int = 1):
+    """Yield one Batch of a grid point (none if it does not fit the pool). Kinds: ("decode", batch size, context),
+    ("prefill", new tokens, context), ("multi", sequences, new tokens each), ("mixed", prefill tokens, decode batch
+    size at context 512), ("copy", block copies, 0) -- a decode batch of 8 at context 64 with that many CoW copies."""
+    batch = Batch()
+    if kind == "decode":
+        ok = _decode_batch(state, batch, a, b)
+    elif kind == "prefill":
+        ok = _prefill_batch(state, batch, 1, a, b)
+    elif kind == "multi":
+        ok = _prefill_batch(state, batch, a, b, 0)
+    elif kind == "mixed":
+        ok = _prefill_batch(state, batch, 1, a, 0) and _decode_batch(state, batch, b, 512)
+    elif kind == "copy":
+        ok = _decode_batch(state, batch, 8, 64)
+        if ok:
+            free = state.alloc.wrapped.pool._free
+            if len(free) < 2 * a:
+                ok = False
+            else:
+                blocks = list(itertools.islice(free, 2 * a))
+                batch.copies = list(zip(blocks[:a], blocks[a:]))
+    else:
+        raise ValueError(kind)
+    if not ok:
+        state.release(batch)
+        return
+    yield batch
+
+
+def grid(max_len: int, max_seqs: int, max_batched: int) -> list[tuple[str, int, int]]:
+    points = []
+    for n in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+        if n > max_seqs:
+            continue
+        for c in (16, 128, 512, 1024, 2048, 4096):
+            if c <= max_len:
+                points.append(("decode", n, c))
+    for n in (16, 64, 128, 256, 512, 1024, 2048, 4096):
+        for c in (0, 256, 1024):
+            if n <= max_batched and n + c <= max_len:
+                points.append(("prefill", n, c))
+    for k, n in ((4, 32), (4, 128), (16, 32), (16, 128)):
+        if k * n <= max_batched and n <= max_len and k <= max_seqs:
+            points.append(("multi", k, n))
+    for p in (128, 1024):
+        for d in (8, 32, 128):
+            if p <= max_batched and d + 1 <= max_seqs and p <= max_len:
+                points.append(("mixed", p, d))
+    return points
+
+
+def measure(state: SyntheticState, points, repeats: int = 5, deadline: float | None = None, log=print) -> list[dict]:
+    ex = state.executor
+    samples = []
+    for kind, a, b in points:
+        if deadline is not None and time.perf_counter() > deadline:
+            log(f"calibrate: time budget reached; {len(samples)} of {len(points)} points measured")
+            break
+        for batch in synthetic_batches(state, kind, a, b):
+            ex.execute(batch)  # warm-up (and any compilation)
+            walls, gpus = [], []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                r = ex.execute(batch)
+                walls.append(time.perf_counter() - t0)
+                gpus.append(r.gpu_s if r.gpu_s is not None else float("nan"))
+            feats = batch_features(batch)
+            samples.append({**feats, "time_s": float(np.median(walls)), "gpu_s": float(np.median(gpus)),
+                            "kind": kind, "point": [a, b], "spread": float(np.max(walls) / np.min(walls) - 1)})
+            log(f"  {kind:<7} {a:>5} {b:>5}: {samples[-1]['time_s'] * 1e3:8.3f} ms wall, "
+                f"{samples[-1]['gpu_s'] * 1e3:8.3f} ms GPU")
+            state.release(batch)
+    return samples
+
+
+def calibrate(run, meta: dict, repeats: int = 5, budget_s: float | None = None, log=print):
+    """Measure the grid on `run` (a kernels.harness.replay.GpuRun) and return the fitted ProfileCostModel."""
+    from kernels.harness.replay import warm_up
+
+    o = run.options
+    t0 = time.perf_counter()
+    warm = warm_up(run)
+    log(f"calibrate: warm-up {warm:.1f} s")
+    state = SyntheticState(run)
+    points = grid(o.model.max_model_len, o.max_num_seqs, o.engine_config.batched_tokens_limit(o.model))
+    deadline = t0 + budget_s if budget_s else None
+    samples = measure(state, points, repeats, deadline, log)
+    profile = fit_profile(samples, meta=meta)
+    profile.meta["calibration_s"] = time.perf_counter() - t0
+    return profile

@@ -1,0 +1,375 @@
+"""Execute one scheduler `Batch` on the GPU: the model's layers with our kernels over the real KV pool.
+
+Order of one iteration:
+
+1. host: gather placements of every sequence in the batch (block tables or extents), the slot of every new token,
+   lengths, and (check mode) the identity of every new token; two host-to-device copies (int32 and int64);
+2. copies that must precede the writes: the allocator's copy-on-write `(src, dst)` block copies (`copy_blocks`, one
+   launch for every layer's K and V) and a contiguous allocator's fork copies recorded before this iteration;
+3. per layer: norm + QKV projection of the new tokens (decode rows first, then prefill rows); `write_kv` of the new
+   K/V into their slots (check mode: rows of the deterministic table instead of the projections, see kv_source);
+   decode attention (`paged_decode_attention`, or `contiguous_decode_attention` for extents) and prefill attention
+   with context (`paged_prefill_attention`; extents are read through a block table of one-token blocks
+   `start, start + 1, ...` over the same pool, since the kernels have no contiguous prefill); output projection and
+   MLP;
+4. copies whose source this iteration's prefill wrote (a fork at admission: the children's copy of the prompt);
+5. final norm, LM head and argmax for one row per sequence, then a device synchronisation (the host needs the
+   sampled tokens before the next iteration, as a serving engine does).
+
+CUDA events bracket steps 1-5 on the device (`gpu_s`); the caller measures wall time around `execute`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from kernels.harness.kv_pool import KVPool
+from kernels.harness.kv_source import KVSource, LineageTracker, mix, _OWNER_SALT
+from kernels.harness.model import RandomTransformer
+from kernels.paged_attention import (contiguous_decode_attention, paged_decode_attention,
+                                     paged_prefill_attention)
+from kernels.cache_ops import write_kv
+from kernels import reference as ref
+from sim.allocators.base import BlockTablePlacement
+from sim.scheduler import Batch
+
+# bf16 tolerances of the kernel tests (tests/kernels/_kernel_testutil.py): max |out - ref|, ||out - ref|| / ||ref||
+TOLERANCE = {torch.bfloat16: (6e-2, 1.6e-2), torch.float16: (1e-2, 2e-3), torch.float32: (1e-4, 1e-5)}
+
+
+def _pad16(n: int) -> int:
+    return max(16, -(-n // 16) * 16)
+
+
+@dataclass
+class Capture:
+    """Kernel inputs and outputs kept at a check iteration, for the reference."""
+
+    layers: list[int]
+    decode: list[tuple[int, int, int]]  # (row in the batch, branch id, length)
+    prefill: list[tuple[int, int, int, int, list[int]]]  # (first row, branch id, cached, total, query offsets)
+    q: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [rows, Hq, D]
+    out: dict[int, torch.Tensor] = field(default_factory=dict)
+    rows: torch.Tensor | None = None
+
+
+@dataclass
+class ExecResult:
+    gpu_s: float | None  # CUDA-event time of the iteration's device work (None on CPU)
+    tokens: int
+    capture: Capture | None = None
+
+
+@dataclass
+class CheckResult:
+    max_abs_error: float = 0.0
+    max_rel_error: float = 0.0
+    rows_checked: int = 0
+    iterations_checked: int = 0
+    failures: list[str] = field(default_factory=list)
+    nan: bool = False
+
+    def merge(self, other: "CheckResult") -> None:
+        self.max_abs_error = max(self.max_abs_error, other.max_abs_error)
+        self.max_rel_error = max(self.max_rel_error, other.max_rel_error)
+        self.rows_checked += other.rows_checked
+        self.iterations_checked += other.iterations_checked
+        self.nan = self.nan or other.nan
+        self.failures.extend(other.failures[: max(0, 20 - len(self.failures))])
+
+    def as_dict(self, dtype: torch.dtype) -> dict:
+        atol, rtol = TOLERANCE[dtype]
+        return {"max_abs_error": self.max_abs_error, "max_rel_error": self.max_rel_error,
+                "rows_checked": self.rows_checked, "iterations_checked": self.iterations_checked,
+                "nan": self.nan, "tolerance": {"max_abs": atol, "rel": rtol},
+                "within_tolerance": (not self.nan and self.max_abs_error <= atol and self.max_rel_error <= rtol),
+                "failures": self.failures}
+
+
+class Executor:
+    """Runs batches of one scheduler/allocator pair on a model and a pool.
+
+    Args:
+        model: the random-weight transformer.
+        pool: the KV pool (the allocator's capacity).
+        allocator: the allocator the scheduler drives, wrapped in a LineageTracker (needed for check mode and for a
+            contiguous allocator's fork copies).
+        source: the deterministic K/V table (check mode), or None to write the model's own K/V projections.
+    """
+
+    def __init__(self, model: RandomTransformer, pool: KVPool, allocator: LineageTracker,
+                 source: KVSource | None = None, check_layers: list[int] | None = None, seed: int = 0):
+        self.model, self.pool, self.alloc, self.source = model, pool, allocator, source
+        self.device = model.device
+        self.cuda = self.device.type == "cuda"
+        self.block_size = pool.block_size
+        self.vocab = model.shapes.vocab
+        n = model.shapes.layers
+        self.check_layers = sorted(set(check_layers if check_layers is not None else [0, n - 1]))
+        self.rng = np.random.default_rng(seed)
+        if source is not None:
+            self._layer_offsets = source.layer_offsets[:n, None].to(self.device)
+        if self.cuda:
+            self._ev0 = torch.cuda.Event(enable_timing=True)
+            self._ev1 = torch.cuda.Event(enable_timing=True)
+
+    # --- host side ------------------------------------------------------------------------------------------------------
+    def _decode_meta(self, branches: list[int]):
+        alloc, bs = self.alloc, self.block_size
+        lens = np.fromiter((alloc.num_tokens(b) for b in branches), dtype=np.int64, count=len(branches))
+        placements = [alloc.placement(b) for b in branches]
+        pos = lens - 1
+        if not placements or isinstance(placements[0], BlockTablePlacement):
+            width = _pad16(max((len(p.block_table) for p in placements), default=1))
+            bt = np.zeros((len(branches), width), dtype=np.int32)
+            for i, p in enumerate(placements):
+                bt[i, :len(p.block_table)] = p.block_table
+            slots = bt[np.arange(len(branches)), pos // bs].astype(np.int64) * bs + pos % bs
+            return lens, slots, bt, None
+        starts = np.fromiter((p.start for p in placements), dtype=np.int64, count=len(branches))
+        return lens, starts + pos, None, starts
+
+    def _prefill_meta(self, seqs):
+        alloc, bs = self.alloc, self.block_size
+        firsts, cached, totals, slots, tables = [], [], [], [], []
+        paged = True
+        for seq in seqs:
+            b = seq.branches[0]
+            n, c = seq.prefill_tokens, seq.cached_tokens
+            p = alloc.placement(b)
+            pos = np.arange(c, n, dtype=np.int64)
+            if isinstance(p, BlockTablePlacement):
+                tbl = np.asarray(p.block_table[: -(-n // bs)], dtype=np.int64)
+                slots.append(tbl[pos // bs] * bs + pos % bs)
+            else:
+                paged = False
+                tbl = p.start + np.arange(n, dtype=np.int64)  # one-token blocks over the same pool
+                slots.append(p.start + pos)
+            tables.append(tbl)
+            firsts.append(b)
+            cached.append(c)
+            totals.append(n)
+        width = _pad16(max(len(t) for t in tables))
+        bt = np.zeros((len(seqs), width), dtype=np.int32)
+        for i, t in enumerate(tables):
+            bt[i, :len(t)] = t
+        return firsts, np.array(cached, dtype=np.int64), np.array(totals, dtype=np.int64), slots, bt, paged
+
+    def _source_rows(self, dec_branches, dec_pos, pf_firsts, pf_cached, pf_totals) -> np.ndarray:
+        lineages = self.alloc.lineages
+        parts = []
+        if dec_branches:
+            owners, plain = [], True
+            for b in dec_branches:
+                lin = lineages[b]
+                owners.append(lin.seg_owners[-1])
+            owners = np.asarray(owners, dtype=np.int64)
+            keys = mix(owners ^ _OWNER_SALT, dec_pos)
+            # a decode position always lies in the branch's own last segment, past its content runs; check cheaply
+            for i, b in enumerate(dec_branches):
+                lin = lineages[b]
+                if dec_pos[i] < lin.run_total or dec_pos[i] < lin.seg_starts[-1]:
+                    plain = False
+                    break
+            if not plain:
+                keys = np.concatenate([lineages[b].keys(dec_pos[i:i + 1]) for i, b in enumerate(dec_branches)])
+            parts.append(keys)
+        for b, c, n in zip(pf_firsts, pf_cached, pf_totals):
+            parts.append(lineages[b].keys(np.arange(c, n, dtype=np.int64)))
+        keys = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+        return self.source.base_rows(keys)
+
+    # --- one iteration -------------------------------------------------------------------------------------------------
+    def execute(self, batch: Batch, check: bool = False) -> ExecResult:
+        model, pool, s = self.model, self.pool, self.model.shapes
+        dec_branches = [b for seq in batch.decode for b in seq.branches]
+        nd = len(dec_branches)
+        dec_lens, dec_slots, dec_bt, dec_starts = self._decode_meta(dec_branches)
+        dec_paged = dec_starts is None
+        if batch.prefill:
+            pf_firsts, pf_cached, pf_totals, pf_slots, pf_bt, pf_paged = self._prefill_meta(batch.prefill)
+        else:
+            pf_firsts, pf_cached, pf_totals, pf_slots, pf_bt, pf_paged = [], np.zeros(0, np.int64), \
+                np.zeros(0, np.int64), [], None, True
+        new = pf_totals - pf_cached
+        npf = int(new.sum())
+        total = nd + npf
+        cu = np.concatenate(([0], np.cumsum(new))).astype(np.int64)
+        all_slots = np.concatenate([dec_slots] + pf_slots) if total else np.zeros(0, np.int64)
+        positions = np.concatenate([dec_lens - 1] + [np.arange(c, n) for c, n in zip(pf_cached, pf_totals)]) \
+            if total else np.zeros(0, np.int64)
+        last_rows = np.concatenate((np.arange(nd), nd + cu[1:] - 1)).astype(np.int64)
+
+        # copies: before the writes, or after the forward pass when the source is written in this iteration
+        copies_before, copies_after = list(batch.copies), []
+        if copies_before and len(pf_firsts):
+            written = set((np.concatenate(pf_slots) // self.block_size).tolist())
+            copies_after = [c for c in copies_before if c[0] in written]
+            copies_before = [c for c in copies_before if c[0] not in written]
+        ext_before, ext_after = [], []
+        if isinstance(self.alloc, LineageTracker):
+            live, prefilling = self.alloc.lineages, set(pf_firsts)
+            for parent, child, src, dst, n in self.alloc.take_extent_copies():
+                if child in live:
+                    (ext_after if parent in prefilling else ext_before).append((src, dst, n))
+
+        # one int32 and one int64 host-to-device copy
+        i32 = [all_slots.astype(np.int32), (positions % self.vocab).astype(np.int32), dec_lens.astype(np.int32),
+               cu.astype(np.int32), pf_cached.astype(np.int32)]
+        if dec_paged and nd:
+            i32.append(dec_bt.ravel())
+        if pf_bt is not None:
+            i32.append(pf_bt.ravel())
+        i64 = [last_rows]
+        if not dec_paged:
+            i64.append(dec_starts)
+        src_rows = None
+        if self.source is not None and total:
+            src_rows = self._source_rows(dec_branches, dec_lens - 1, pf_firsts, pf_cached, pf_totals)
+            i64.append(src_rows)
+        cp = np.array(copies_before + copies_after, dtype=np.int64).reshape(-1)
+        i64.append(cp)
+
+        capture = self._plan_capture(dec_branches, dec_lens, pf_firsts, pf_cached, pf_totals, cu, nd) \
+            if check else None
+
+        if self.cuda:
+            self._ev0.record()
+        buf32 = torch.from_numpy(np.concatenate(i32)).to(self.device)
+        buf64 = torch.from_numpy(np.concatenate(i64)).to(self.device)
+        o = 0
+
+        def take32(n):
+            nonlocal o
+            t = buf32[o:o + n]
+            o += n
+            return t
+        slots_t, ids_t, dlens_t, cu_t, ctx_t = (take32(total), take32(total), take32(nd), take32(len(cu)),
+                                                take32(len(pf_cached)))
+        dbt_t = take32(dec_bt.size).view(dec_bt.shape) if dec_paged and nd else None
+        pbt_t = take32(pf_bt.size).view(pf_bt.shape) if pf_bt is not None else None
+        o64 = 0
+
+        def take64(n):
+            nonlocal o64
+            t = buf64[o64:o64 + n]
+            o64 += n
+            return t
+        last_t = take64(len(last_rows))
+        dstarts_t = take64(nd) if not dec_paged else None
+        if src_rows is not None:
+            src_t = take64(total)
+            layer_rows = (src_t[None, :] + self._layer_offsets) % self.source.rows
+        cp_t = take64(len(cp)).view(-1, 2)
+
+        if copies_before:
+            pool.copy_blocks(cp_t[:len(copies_before)])
+        for src, dst, n in ext_before:
+            pool.copy_slots(src, dst, n)
+
+        if total:
+            x = model.embed_tokens(ids_t)
+            max_dec = int(dec_lens.max()) if nd else 0
+            max_q = int(new.max()) if npf else 0
+            for layer in range(s.layers):
+                q, k, v = model.qkv(layer, x)
+                if src_rows is not None:
+                    kv = self.source.table.index_select(0, layer_rows[layer])
+                    k, v = kv[:, 0], kv[:, 1]
+                write_kv(k, v, pool.k(layer), pool.v(layer), slots_t)
+                attn = torch.empty((total, s.q_heads, s.head_size), dtype=q.dtype, device=self.device)
+                if nd:
+                    if dec_paged:
+                        paged_decode_attention(q[:nd], pool.k(layer), pool.v(layer), dbt_t, dlens_t, model.scale,
+                                               max_seq_len=max_dec, out=attn[:nd])
+                    else:
+                        contiguous_decode_attention(q[:nd], pool.k_slots(layer), pool.v_slots(layer), dstarts_t,
+                                                    dlens_t, model.scale, max_seq_len=max_dec, out=attn[:nd])
+                if npf:
+                    kc, vc = (pool.k(layer), pool.v(layer)) if pf_paged else \
+                        (pool.k_unit_blocks(layer), pool.v_unit_blocks(layer))
+                    paged_prefill_attention(q[nd:], kc, vc, pbt_t, cu_t, ctx_t, model.scale, max_query_len=max_q,
+                                            out=attn[nd:])
+                if capture is not None and layer in capture.layers:
+                    capture.q[layer] = q[capture.rows].clone()
+                    capture.out[layer] = attn[capture.rows].clone()
+                x = model.attn_out_and_mlp(layer, x, attn)
+            if copies_after:
+                pool.copy_blocks(cp_t[len(copies_before):])
+            for src, dst, n in ext_after:
+                pool.copy_slots(src, dst, n)
+            next_tokens = model.sample(x.index_select(0, last_t))
+        else:
+            next_tokens = None
+        gpu_s = None
+        if self.cuda:
+            self._ev1.record()
+            self._ev1.synchronize()
+            gpu_s = self._ev0.elapsed_time(self._ev1) / 1e3
+        elif next_tokens is not None:
+            next_tokens.cpu()
+        return ExecResult(gpu_s, total, capture)
+
+    # --- checking against the reference -------------------------------------------------------------------------------
+    def _plan_capture(self, dec_branches, dec_lens, pf_firsts, pf_cached, pf_totals, cu, nd,
+                      max_decode: int = 3, max_prefill_rows: int = 16) -> Capture | None:
+        if self.source is None:
+            return None
+        rows: list[int] = []
+        decode = []
+        if dec_branches:
+            pick = self.rng.choice(len(dec_branches), size=min(max_decode, len(dec_branches)), replace=False)
+            for i in sorted(int(i) for i in pick):
+                decode.append((len(rows), dec_branches[i], int(dec_lens[i])))
+                rows.append(i)
+        prefill = []
+        if len(pf_firsts):
+            j = int(self.rng.integers(len(pf_firsts)))
+            c, n = int(pf_cached[j]), int(pf_totals[j])
+            new = n - c
+            offs = sorted(set([0, new - 1] + [int(x) for x in self.rng.choice(new, size=min(max_prefill_rows, new),
+                                                                               replace=False)]))
+            prefill.append((len(rows), pf_firsts[j], c, n, offs))
+            rows.extend(nd + int(cu[j]) + o for o in offs)
+        if not rows:
+            return None
+        cap = Capture(self.check_layers, decode, prefill)
+        cap.rows = torch.tensor(rows, dtype=torch.int64, device=self.device)
+        return cap
+
+    def check(self, capture: Capture | None) -> CheckResult:
+        """Reference attention for the captured rows, from the deterministic K/V (never reading the pool)."""
+        res = CheckResult()
+        if capture is None:
+            return res
+        res.iterations_checked = 1
+        src, lineages, scale = self.source, self.alloc.lineages, self.model.scale
+        for layer in capture.layers:
+            q_all, out_all = capture.q[layer], capture.out[layer]
+            jobs = [(r, b, 0, length, [length - 1]) for r, b, length in capture.decode]
+            jobs += [(r, b, c, n, [c + off for off in offs]) for r, b, c, n, offs in capture.prefill]
+            for r0, branch, _c, n, qpos in jobs:
+                base = src.base_rows(lineages[branch].keys(np.arange(n, dtype=np.int64)))
+                rows_l = torch.from_numpy(src.rows_for_layer(base, layer)).to(self.device)
+                kv = src.table.index_select(0, rows_l).float()
+                qp = torch.tensor(qpos, device=self.device)
+                mask = torch.arange(n, device=self.device)[None, :] <= qp[:, None]
+                q = q_all[r0:r0 + len(qpos)]
+                expect = ref._attend(q, kv[:, 0], kv[:, 1], scale, mask).float()
+                got = out_all[r0:r0 + len(qpos)].float()
+                if not torch.isfinite(got).all():
+                    res.nan = True
+                    res.failures.append(f"layer {layer} branch {branch}: non-finite output")
+                    continue
+                err = (got - expect).abs().max().item()
+                rel = ((got - expect).norm() / expect.norm().clamp_min(1e-30)).item()
+                res.max_abs_error = max(res.max_abs_error, err)
+                res.max_rel_error = max(res.max_rel_error, rel)
+                res.rows_checked += len(qpos)
+                atol, rtol = TOLERANCE.get(q.dtype, TOLERANCE[torch.float32])
+                if (err > atol or rel > rtol) and len(res.failures) < 20:
+                    res.failures.append(f"layer {layer} branch {branch} len {n}: max abs {err:.3g}, rel {rel:.3g}")
+        return res

@@ -1,0 +1,262 @@
+"""The GPU replay: the simulator's scheduler and allocator objects, driven by real time on a real GPU.
+
+The loop mirrors `sim.engine.Engine` (without fast-forward, which only exists to save simulated work):
+
+    take the requests that arrived by now (the trace's clock runs in real time; an idle loop sleeps until the next
+    arrival); schedule(now) -> Batch; execute it on the GPU (kernels.harness.executor); finish(batch, end).
+
+It writes the same per-iteration (`StepLog`) and per-request (`RequestLog`) records and the same `summarize` figures as
+the simulator. An iteration's duration is the wall time from just before `schedule()` to the end of its device
+synchronisation; the clock excludes only the harness's own measurement work (the memory breakdown the records need,
+which a serving engine would not compute, and the reference checks), so the trace's arrivals meet the engine at the
+same points in its work as they would without the measuring.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from kernels.harness.executor import CheckResult, Executor
+from kernels.harness.kv_pool import KVPool
+from kernels.harness.kv_source import KVSource, LineageTracker
+from kernels.harness.model import RandomTransformer, Shapes
+from sim.config import KVBudget, activation_reserve_bytes
+from sim.engine import branches_of, content_of
+from sim.errors import UserError
+from sim.metrics import RequestLog, StepLog, sharing_summary, summarize
+from sim.run import ReplayOptions, make_allocator, validate_options
+from sim.scheduler import BeamModel, Scheduler, SchedulerLimits, Sequence
+from sim.trace import Trace
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class HarnessOptions:
+    layers: int | None = None  # override the model's layer count (quick checks; results of record use all)
+    dtype: str = "bf16"
+    device: str = "cuda"
+    check: bool = True  # deterministic K/V and reference checks
+    check_every: int = 50  # iterations between checks (the first iteration is checked too)
+    source_rows: int = 8192
+    time_limit_s: float | None = None  # stop the replay (marked truncated) after this much wall time
+    seed: int = 0
+    warmup: bool = True
+
+
+@dataclass
+class GpuRun:
+    """The model, pool and K/V table for one configuration (reused across allocators: same budget, same pool)."""
+
+    options: ReplayOptions
+    harness: HarnessOptions
+    budget: KVBudget
+    model: RandomTransformer
+    pool: KVPool
+    source: KVSource | None
+
+    @classmethod
+    def build(cls, options: ReplayOptions, harness: HarnessOptions) -> "GpuRun":
+        validate_options(options)
+        budget = options.budget()
+        shapes = Shapes.of(options.model, harness.layers)
+        dtype = DTYPES[harness.dtype]
+        if harness.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("the GPU harness needs a CUDA GPU (torch.cuda.is_available() is False)")
+        model = RandomTransformer(shapes, dtype, harness.device, harness.seed)
+        pool = KVPool(shapes.layers, budget.num_blocks, budget.block_size, shapes.kv_heads, shapes.head_size, dtype,
+                      harness.device)
+        source = KVSource(harness.source_rows, shapes.kv_heads, shapes.head_size, dtype, harness.device,
+                          harness.seed + 1) if harness.check else None
+        return cls(options, harness, budget, model, pool, source)
+
+    def memory(self) -> dict:
+        """Sizes of what the harness holds, beside the simulator's budget (bytes)."""
+        o = self.options
+        shapes = self.model.shapes
+        return {
+            "harness_weights": self.model.weight_bytes(),
+            "harness_pool": self.pool.nbytes,
+            "harness_kv_source_table": self.source.nbytes() if self.source else 0,
+            "harness_params": shapes.num_params(),
+            "sim_weights": o.model.weight_bytes(o.tp) if shapes.layers == o.model.num_layers else None,
+            "sim_activations": activation_reserve_bytes(o.model, o.engine_config, o.tp),
+            "sim_kv": self.budget.capacity_bytes,
+            "sim_kv_per_layer_pool": self.budget.capacity_bytes * shapes.layers // o.model.num_layers,
+            "model_params_preset": o.model.num_params,
+        }
+
+
+@dataclass
+class HarnessResult:
+    summary: dict
+    steps: dict[str, np.ndarray]
+    requests: RequestLog
+    budget: KVBudget
+    gpu_s: np.ndarray  # CUDA-event time of each iteration
+    host_s: np.ndarray  # wall time of execute() alone
+    checks: dict = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)
+    truncated: bool = False
+
+
+def warm_up(run: GpuRun) -> float:
+    """Compile every kernel variant a replay can meet (Triton specialises on sizes: 1, multiples of 16, others),
+    outside the measured loop. Returns seconds spent."""
+    from kernels.harness.calibrate import synthetic_batches, SyntheticState
+
+    t0 = time.perf_counter()
+    state = SyntheticState(run)
+    max_len = min(run.options.model.max_model_len, run.budget.capacity_tokens // 2)
+    lens = sorted({x for x in (1, 2, 15, 16, 17, 33, 100, 600, 2100, 5000) if x <= max_len})
+    shapes = [("decode", b, c) for b in (1, 3, 16, 17) for c in lens] + \
+             [("prefill", n, c) for n in (1, 16, 17, 300) for c in (0, 16, 17) if n + c <= max_len] + \
+             [("mixed", 64, 4), ("copy", 4, 0)]
+    for kind, a, b in shapes:
+        for batch in synthetic_batches(state, kind, a, b):
+            state.executor.execute(batch)
+            state.release(batch)
+    if run.source is not None:  # the check path, once
+        for batch in synthetic_batches(state, "decode", 2, 40):
+            state.executor.check(state.executor.execute(batch, check=True).capture)
+            state.release(batch)
+    return time.perf_counter() - t0
+
+
+def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
+    options, h = run.options, run.harness
+    budget = run.budget
+    allocator = LineageTracker(make_allocator(options, budget))
+    limits = SchedulerLimits(options.max_num_seqs, options.engine_config.batched_tokens_limit(options.model))
+    if not 0 <= options.beam_replace_prob <= 1:
+        raise UserError(f"--beam-replace-prob must be in [0, 1], got {options.beam_replace_prob}")
+    sched = Scheduler(allocator, limits, BeamModel(options.beam_replace_prob, options.seed))
+    executor = Executor(run.model, run.pool, allocator, run.source, seed=h.seed)
+    if run.pool.kv.is_cuda:
+        run.pool.kv.fill_(float("nan"))
+    bpt = budget.bytes_per_token
+    max_len = options.model.max_model_len
+    n = len(trace)
+    num_branches, beam = branches_of(trace)
+    arrival, prompt, output = trace.arrival_s, trace.prompt_tokens, trace.output_tokens
+    req = RequestLog.empty(arrival, prompt, output, num_branches)
+    steps = StepLog()
+    gpu_s: list[float] = []
+    host_s: list[float] = []
+    checks = CheckResult()
+    trace_start = float(arrival[0]) if n else 0.0
+    nxt = 0
+    done = 0
+    excluded = 0.0
+    truncated = False
+    if run.pool.kv.is_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+
+    def clock() -> float:
+        return time.perf_counter() - t0 - excluded + trace_start
+
+    def take_arrivals(now: float) -> None:
+        nonlocal nxt, done
+        while nxt < n and arrival[nxt] <= now:
+            i = nxt
+            nxt += 1
+            p, o = int(prompt[i]), int(output[i])
+            reason = None
+            if p + o > max_len:
+                reason = f"prompt + output = {p + o:,} tokens exceeds the max model length of {max_len:,}"
+            else:
+                reason = allocator.never_fits(p + o - 1)
+            if reason is not None:
+                req.rejection[i] = reason
+                done += 1
+                continue
+            sched.add(Sequence(i, p, o, float(arrival[i]), num_branches=int(num_branches[i]), beam=bool(beam[i]),
+                               content=content_of(trace, i)))
+
+    iteration = 0
+    while True:
+        now = clock()
+        take_arrivals(now)
+        if not sched.has_work():
+            if nxt >= n:
+                break
+            time.sleep(max(0.0, float(arrival[nxt]) - clock()))
+            continue
+        if h.time_limit_s is not None and time.perf_counter() - t0 > h.time_limit_s:
+            truncated = True
+            break
+        start = clock()
+        batch = sched.schedule(start)
+        if not batch:
+            seq = sched.waiting.popleft()
+            req.rejection[seq.seq_id] = (f"cannot be placed even in an empty KV cache ({seq.num_branches} "
+                                         f"sequences of up to {seq.final_len:,} tokens)")
+            done += 1
+            continue
+        m0 = time.perf_counter()
+        mem = allocator.memory(sched.next_waiting_final_len())
+        unshared = allocator.held_without_sharing()
+        do_check = run.source is not None and iteration % max(1, h.check_every) == 0
+        excluded += time.perf_counter() - m0
+        e0 = time.perf_counter()
+        result = executor.execute(batch, check=do_check)
+        end = clock()
+        host_s.append(time.perf_counter() - e0)
+        if do_check:
+            c0 = time.perf_counter()
+            checks.merge(executor.check(result.capture))
+            excluded += time.perf_counter() - c0
+        gpu_s.append(result.gpu_s if result.gpu_s is not None else float("nan"))
+        for seq in batch.preempted:
+            req.preemptions[seq.seq_id] += 1
+        finished = sched.finish(batch, end)
+        steps.append((start, end - start, batch.num_seqs, len(sched.waiting), batch.num_prefill_tokens,
+                      batch.num_decode_seqs, batch.num_batched_tokens, len(batch.preempted),
+                      mem.token_states * bpt, mem.reserved * bpt, mem.internal_fragmentation * bpt,
+                      mem.external_fragmentation * bpt, mem.free * bpt, unshared * bpt))
+        for seq in batch.prefill:
+            i = seq.seq_id
+            if np.isnan(req.admitted_s[i]):
+                req.admitted_s[i] = seq.admitted_s
+                req.first_token_s[i] = seq.first_token_s
+        for seq in finished:
+            req.finish_s[seq.seq_id] = end
+        done += len(finished)
+        iteration += 1
+        if progress is not None:
+            progress(done, n)
+
+    arrays = steps.arrays()
+    memory = run.memory()
+    if run.pool.kv.is_cuda:
+        memory["peak_allocated"] = torch.cuda.max_memory_allocated()
+        memory["peak_reserved"] = torch.cuda.max_memory_reserved()
+        memory["activations_peak_measured"] = memory["peak_allocated"] - memory["harness_weights"] - \
+            memory["harness_pool"] - memory["harness_kv_source_table"]
+        memory["device_total"] = torch.cuda.get_device_properties(0).total_memory
+    summary = {
+        "allocator": allocator.name,
+        "block_size": budget.block_size,
+        "model": options.model.name,
+        "gpu": options.gpu.name,
+        "trace": trace.path,
+        "kv_capacity_bytes": budget.capacity_bytes,
+        "kv_capacity_tokens": budget.capacity_tokens,
+        "kv_blocks": budget.num_blocks,
+        **summarize(arrays, req, budget.capacity_bytes, trace_start),
+        "sharing": sharing_summary(arrays, getattr(allocator.wrapped, "num_cow_copies", 0),
+                                   sched.prefill_tokens_requested, sched.prefill_tokens_cached),
+        "harness": {
+            "layers": run.model.shapes.layers, "dtype": h.dtype, "check": h.check, "check_every": h.check_every,
+            "truncated": truncated, "excluded_measurement_s": excluded,
+            "gpu_s_total": float(np.nansum(gpu_s)), "execute_s_total": float(np.sum(host_s)),
+        },
+    }
+    return HarnessResult(summary, arrays, req, budget, np.asarray(gpu_s), np.asarray(host_s),
+                         checks.as_dict(DTYPES[h.dtype]), memory, truncated)

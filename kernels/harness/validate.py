@@ -1,0 +1,232 @@
+"""`sim validate`: the calibrated simulation and the GPU replay of one trace and config, side by side.
+
+`compare(predicted, measured)` builds the `metrics` of validation.json: for each figure {predicted, measured,
+rel_error = (predicted - measured) / measured}. Figures: batch size mean and max, preemptions, duration, output
+tokens/s, requests/s, TTFT and TPOT p50 and p99, peak KV blocks held, iterations, and each KV memory category (as a
+fraction of capacity; `abs_error_pp` gives the difference in percentage points). The per-iteration batch-size series
+are compared on a common time grid (the two runs have different iteration boundaries): mean absolute error of the
+batch size running at each of 2,000 instants spread over the shorter of the two durations.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+
+import numpy as np
+
+from sim.allocators.base import MEMORY_CATEGORIES
+from sim.metrics import atomic_write, to_json
+
+# The issue's targets: relative error bounds (fractions) per figure, and percentage points for KV categories.
+TARGETS = {
+    "batch_size_mean": 0.02, "output_tokens_per_s": 0.05, "ttft_p50": 0.10, "tpot_p50": 0.10, "ttft_p99": 0.15,
+    "tpot_p99": 0.15,
+}
+KV_TARGET_PP = 1.0
+RATIO_TARGET = 0.05
+
+
+def _rel(p, m):
+    if p is None or m is None:
+        return None
+    if m == 0:
+        return 0.0 if p == 0 else None
+    return (p - m) / m
+
+
+def _pair(p, m) -> dict:
+    p = None if p is None else float(p)
+    m = None if m is None else float(m)
+    return {"predicted": p, "measured": m, "rel_error": _rel(p, m)}
+
+
+def batch_series_mae(pred_steps: dict, meas_steps: dict, points: int = 2000) -> dict:
+    """MAE of the running batch size on a common time grid (see the module docstring)."""
+    def at(steps, t):
+        starts = steps["time_s"]
+        idx = np.searchsorted(starts, t, side="right") - 1
+        idx = np.clip(idx, 0, len(starts) - 1)
+        inside = t < starts[idx] + steps["duration_s"][idx]
+        return np.where(inside & (idx >= 0), steps["running"][idx], 0.0)
+
+    if not len(pred_steps["time_s"]) or not len(meas_steps["time_s"]):
+        return {"mae": None, "points": 0}
+    t0 = max(pred_steps["time_s"][0], meas_steps["time_s"][0])
+    t1 = min(pred_steps["time_s"][-1] + pred_steps["duration_s"][-1],
+             meas_steps["time_s"][-1] + meas_steps["duration_s"][-1])
+    if t1 <= t0:
+        return {"mae": None, "points": 0}
+    t = np.linspace(t0, t1, points, endpoint=False)
+    a, b = at(pred_steps, t), at(meas_steps, t)
+    mean = float(np.mean(b))
+    mae = float(np.mean(np.abs(a - b)))
+    return {"mae": mae, "mean_measured": mean, "mae_relative_to_mean": mae / mean if mean else None,
+            "points": points, "window_s": [float(t0), float(t1)]}
+
+
+def peak_blocks(steps: dict, block_bytes: int) -> int:
+    held = sum(steps[f"{c}_bytes"] for c in ("token_states", "reserved", "internal_fragmentation"))
+    return int(round(float(np.max(held)) / block_bytes)) if len(held) else 0
+
+
+def compare(pred, meas, block_bytes: int) -> tuple[dict, dict]:
+    """(metrics, series) of validation.json from a sim ReplayResult and a HarnessResult."""
+    ps, ms = pred.summary, meas.summary
+    m = {
+        "batch_size_mean": _pair(ps["batch_size"]["mean"], ms["batch_size"]["mean"]),
+        "batch_size_max": _pair(ps["batch_size"]["max"], ms["batch_size"]["max"]),
+        "preemptions": _pair(ps["requests"]["preemptions"], ms["requests"]["preemptions"]),
+        "requests_completed": _pair(ps["requests"]["completed"], ms["requests"]["completed"]),
+        "iterations": _pair(ps["iterations"], ms["iterations"]),
+        "duration_s": _pair(ps["duration_s"], ms["duration_s"]),
+        "output_tokens_per_s": _pair(ps["throughput"]["output_tokens_per_s"], ms["throughput"]["output_tokens_per_s"]),
+        "requests_per_s": _pair(ps["throughput"]["requests_per_s"], ms["throughput"]["requests_per_s"]),
+        "peak_blocks_used": _pair(peak_blocks(pred.steps, block_bytes), peak_blocks(meas.steps, block_bytes)),
+    }
+    for lat in ("ttft", "tpot"):
+        for q in ("p50", "p99"):
+            m[f"{lat}_{q}"] = _pair(ps["latency_s"][lat][q], ms["latency_s"][lat][q])
+    for c in MEMORY_CATEGORIES:
+        pair = _pair(ps["kv_memory"][c], ms["kv_memory"][c])
+        pair["abs_error_pp"] = 100 * (pair["predicted"] - pair["measured"])
+        m[f"kv_{c}"] = pair
+    series = {"batch_size": batch_series_mae(pred.steps, meas.steps)}
+    return m, series
+
+
+def targets(metrics: dict) -> dict:
+    out = {}
+    for name, bound in TARGETS.items():
+        r = metrics.get(name, {}).get("rel_error")
+        out[name] = {"target_rel": bound, "rel_error": r, "met": None if r is None else abs(r) <= bound}
+    for c in MEMORY_CATEGORIES:
+        pp = metrics[f"kv_{c}"]["abs_error_pp"]
+        out[f"kv_{c}"] = {"target_pp": KV_TARGET_PP, "abs_error_pp": pp, "met": abs(pp) <= KV_TARGET_PP}
+    return out
+
+
+def environment() -> dict:
+    import torch
+    import triton
+
+    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+           "command": " ".join(["sim"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith("sim") else
+           " ".join(sys.argv)}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        env.update(device=p.name, device_memory_bytes=p.total_memory, sms=p.multi_processor_count,
+                   cuda=torch.version.cuda)
+    else:
+        env["device"] = "cpu"
+    return env
+
+
+def validation_record(trace_desc: dict, options, run, pred, meas, env: dict) -> dict:
+    metrics, series = compare(pred, meas, run.budget.block_bytes)
+    return {
+        "gpu": options.gpu.name,
+        "model": options.model.name,
+        "allocator": options.allocator,
+        "trace": trace_desc,
+        "device": env.get("device"),
+        "date": env.get("date"),
+        "versions": {k: env.get(k) for k in ("torch", "triton", "cuda", "python")},
+        "command": env.get("command"),
+        "config": {"layers": run.model.shapes.layers, "model_layers": options.model.num_layers,
+                   "kv_blocks": run.budget.num_blocks, "block_size": run.budget.block_size,
+                   "kv_capacity_bytes": run.budget.capacity_bytes, "max_num_seqs": options.max_num_seqs,
+                   "max_num_batched_tokens": options.engine_config.batched_tokens_limit(options.model),
+                   "max_model_len": options.model.max_model_len, "cost_model": pred.summary["config"]["cost_model"],
+                   "check": run.harness.check, "check_every": run.harness.check_every,
+                   "placement": pred.summary["config"].get("placement"), "sharing": options.sharing},
+        "truncated": meas.truncated,
+        "metrics": metrics,
+        "series": series,
+        "targets": targets(metrics),
+        "attention_check": meas.checks,
+        "memory": meas.memory,
+        "harness": meas.summary["harness"],
+        "sharing": {"predicted": pred.summary["sharing"], "measured": meas.summary["sharing"]},
+        "host": {"execute_s_mean": float(np.mean(meas.host_s)) if len(meas.host_s) else None,
+                 "gpu_s_mean": float(np.nanmean(meas.gpu_s)) if len(meas.gpu_s) else None,
+                 "iteration_s_mean": float(np.mean(meas.steps["duration_s"])) if len(meas.host_s) else None},
+    }
+
+
+def headline(records: list[dict]) -> dict:
+    """Throughput and batch-size ratios of every allocator to paged (or the first), predicted and measured."""
+    base = next((r for r in records if r["allocator"] == "paged"), records[0])
+    out = {"baseline": base["allocator"], "ratios": {}}
+    for r in records:
+        if r is base:
+            continue
+        entry = {}
+        for name in ("output_tokens_per_s", "batch_size_mean"):
+            p = base["metrics"][name]["predicted"] / r["metrics"][name]["predicted"] \
+                if r["metrics"][name]["predicted"] else None
+            mm = base["metrics"][name]["measured"] / r["metrics"][name]["measured"] \
+                if r["metrics"][name]["measured"] else None
+            rel = _rel(p, mm)
+            entry[name] = {"predicted": p, "measured": mm, "rel_error": rel,
+                           "met": None if rel is None else abs(rel) <= RATIO_TARGET}
+        out["ratios"][f"{base['allocator']}/{r['allocator']}"] = entry
+    return out
+
+
+def format_record(rec: dict) -> str:
+    lines = [f"{rec['allocator']}: {rec['trace'].get('path')} on {rec['device']} ({rec['config']['layers']} layers)"
+             + ("  [TRUNCATED]" if rec["truncated"] else "")]
+    lines.append(f"  {'figure':<28} {'predicted':>12} {'measured':>12} {'error':>9}  target")
+    for name, m in rec["metrics"].items():
+        err = m.get("abs_error_pp")
+        if err is not None:
+            e = f"{err:+.2f}pp"
+        elif m["rel_error"] is not None:
+            e = f"{100 * m['rel_error']:+.1f}%"
+        else:
+            e = "-"
+        t = rec["targets"].get(name)
+        mark = "" if t is None else ("met" if t["met"] else "MISSED")
+        fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+        lines.append(f"  {name:<28} {fmt(m['predicted']):>12} {fmt(m['measured']):>12} {e:>9}  {mark}")
+    s = rec["series"]["batch_size"]
+    if s.get("mae") is not None:
+        lines.append(f"  batch size series MAE {s['mae']:.3f} ({100 * (s['mae_relative_to_mean'] or 0):.1f}% of "
+                     f"the measured mean)")
+    c = rec["attention_check"]
+    if c:
+        lines.append(f"  attention check: {c['rows_checked']} rows in {c['iterations_checked']} iterations, max abs "
+                     f"{c['max_abs_error']:.3g}, max rel {c['max_rel_error']:.3g}: "
+                     f"{'within' if c['within_tolerance'] else 'OUTSIDE'} bf16 tolerance")
+    mem = rec["memory"]
+    if "peak_allocated" in mem:
+        gib = 2 ** 30
+        lines.append(f"  memory: peak allocated {mem['peak_allocated'] / gib:.2f} GiB, reserved "
+                     f"{mem['peak_reserved'] / gib:.2f} GiB; weights {mem['harness_weights'] / gib:.2f} GiB "
+                     f"(sim {(mem['sim_weights'] or 0) / gib:.2f}), pool {mem['harness_pool'] / gib:.2f} GiB "
+                     f"(sim KV {mem['sim_kv_per_layer_pool'] / gib:.2f}), activations measured "
+                     f"{mem['activations_peak_measured'] / gib:.2f} GiB (sim reserve "
+                     f"{mem['sim_activations'] / gib:.2f})")
+    return "\n".join(lines)
+
+
+def write_record(out_dir: str, rec: dict, meas, pred) -> None:
+    from sim.metrics import requests_csv, steps_csv
+
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write(os.path.join(out_dir, "measured_steps.csv"), steps_csv(meas.steps))
+    atomic_write(os.path.join(out_dir, "predicted_steps.csv"), steps_csv(pred.steps))
+    atomic_write(os.path.join(out_dir, "measured_requests.csv"), requests_csv(meas.requests, None))
+    atomic_write(os.path.join(out_dir, "measured_summary.json"), to_json(meas.summary))
+    atomic_write(os.path.join(out_dir, "predicted_summary.json"), to_json(pred.summary))
+    atomic_write(os.path.join(out_dir, "validation.json"), to_json(rec))
+
+
+def load(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
