@@ -136,7 +136,11 @@ def rate_chart(results: list[ConfigResult], slos: list[SLO]):
     for k, s in enumerate(slos, start=1):
         fig.add_hline(y=s.threshold_s, line=dict(color="black", dash="dot", width=1.5), row=pos[k][0],
                       col=pos[k][1], annotation_text=f"SLO {s.threshold_s:g} s", annotation_position="top left")
-        fig.update_yaxes(type="log", row=pos[k][0], col=pos[k][1])
+        values = [v for r in results for p in r.probes if (v := p.slo_values.get(s.name))] + [s.threshold_s]
+        if max(values) / min(values) > 20:  # queueing delays span decades: log; otherwise linear from 0
+            fig.update_yaxes(type="log", row=pos[k][0], col=pos[k][1])
+        else:
+            fig.update_yaxes(rangemode="tozero", row=pos[k][0], col=pos[k][1])
     for k in range(n):
         fig.update_xaxes(title_text="arrival rate (req/s)", type="log", row=pos[k][0], col=pos[k][1])
     _layout(fig, "Against the arrival rate: every probe of the capacity search (o meets the SLOs, x misses; dashed: "

@@ -126,7 +126,8 @@ class Page:
             self.parts.append(f'<p class="note">{caption}</p>')
 
     def render(self) -> str:
-        specs = [{"id": fid, "figure": json.loads(pio.to_json(fig, validate=False))} for fid, fig in self.figures]
+        specs = [{"id": fid, "figure": _rounded(json.loads(pio.to_json(fig, validate=False)))}
+                 for fid, fig in self.figures]
         # '<' only occurs inside JSON strings, where \u003c means the same: the script element cannot be closed early
         figures_json = json.dumps(specs, separators=(",", ":")).replace("<", "\\u003c")
         return "".join([
@@ -142,6 +143,17 @@ class Page:
             f'<script type="application/json" id="report-figures">{figures_json}</script>\n',
             f"<script>{DRAW}</script>\n</body>\n</html>\n",
         ])
+
+
+def _rounded(value, digits: int = 6):
+    """Floats to `digits` significant digits (the page's JSON only; the CSV files beside it keep 9)."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    return value
 
 
 def rows_to_csv(rows: list[dict]) -> str:

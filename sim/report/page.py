@@ -227,7 +227,7 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
 
     # inputs
     page.add("<h2>Inputs and assumptions</h2>")
-    page.add(table(["", ""], [[k, v] for k, v in inputs_rows(data, command)]))
+    page.add(table(["input or assumption", "value"], [[k, v] for k, v in inputs_rows(data, command)]))
 
     # validation
     page.add("<h2>Predicted vs measured on a GPU</h2>")
