@@ -233,3 +233,19 @@ def test_int64_offsets_large_cache():
     assert torch.equal(k[0], k[num_blocks - 1]) and torch.equal(v[0], v[num_blocks - 1])
     del k, v
     torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("dtype", [DTYPES[0]], ids=dtype_id)
+def test_block_size_one_and_explicit_max_seq_len(dtype):
+    # one-token blocks (how the GPU harness reads a contiguous extent through a block table),
+    # and max_seq_len passed as the true maximum instead of the table width
+    gen = torch.Generator().manual_seed(21)
+    lens = [1, 7, 300]
+    k, v, bt = make_paged(lens, 2, 64, 1, dtype, gen=gen)
+    q = torch.randn((len(lens), 8, 64), generator=gen).to(dtype).to(DEVICE)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    expect = ref.ref_paged_decode(q, k, v, bt, sl, 0.125)
+    for splits in (None, 1, 2):
+        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, max_seq_len=max(lens), num_splits=splits,
+                                        out=poisoned_like(q))
+        assert_close(out, expect, dtype, f"block_size 1, splits {splits}")

@@ -89,3 +89,8 @@ try:
         _run_prefill(ctx, new, 2 * group, 2, head_size, block_size, DTYPES[0], seed=seed)
 except ImportError:  # pragma: no cover
     pass
+
+
+def test_prefill_one_token_blocks():
+    # the harness reads contiguous extents through [num_slots, 1, heads, d] views and a block table of slots
+    _run_prefill([0, 21, 5], [13, 4, 40], 4, 2, 64, 1, DTYPES[0], seed=3)
