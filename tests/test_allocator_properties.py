@@ -4,6 +4,8 @@ sim/checking). The "ci" profile (default) runs in well under a minute; HYPOTHESI
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import settings
 
@@ -19,13 +21,20 @@ SPECS = [spec for cls in REGISTRY.values() for spec in specs_for(cls)]
 if "paged" in REGISTRY:
     SPECS.append(AllocatorSpec(REGISTRY["paged"], {"sharing": False}))
 
-# The state machines are cheap (small capacities): three times the profile's examples per allocator.
-SCALE = 3
+# The state machines are cheap (small capacities): in the "ci" profile, three times its examples per allocator; in
+# "thorough" (longer runs of stateful_step_count steps), KVSIM_THOROUGH_EXAMPLES sequences (default 1500) each.
+THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
+
+
+def machine_settings():
+    if THOROUGH:
+        return suite_settings(settings(), max_examples=int(os.environ.get("KVSIM_THOROUGH_EXAMPLES", "1500")))
+    return suite_settings(settings(), scale=3)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_allocator_invariants(spec: AllocatorSpec) -> None:
-    violation = run_machine(spec, suite_settings(settings(), scale=SCALE))
+    violation = run_machine(spec, machine_settings())
     if violation is not None:
         pytest.fail(violation.format(), pytrace=False)
 

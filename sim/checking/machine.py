@@ -40,11 +40,19 @@ class AllocatorSpec:
         return self.cls(num_blocks, block_size, max_model_len, **self.kwargs)
 
 
-def contents() -> st.SearchStrategy[TokenContent | None]:
-    """None (every token unique), or one or two runs from a few groups, so prefix caches get hits, and equal runs
-    follow different prefixes (a hash that forgets the prefix would match them)."""
-    run = st.tuples(st.tuples(st.just("group"), st.integers(0, 2)), st.integers(1, 24))
-    return st.none() | st.builds(lambda runs: TokenContent(tuple(runs)), st.lists(run, min_size=1, max_size=2))
+def contents() -> st.SearchStrategy[list[tuple[int, int, int]] | None]:
+    """What an admitted sequence's tokens are: None (every token unique), or one or two runs (group, whole blocks,
+    extra tokens) from a few groups, turned into a TokenContent by `make_content` once the block size is known. Runs
+    are mostly block-aligned, so prefix caches get hits, and equal runs follow different prefixes (a hash that
+    forgets the prefix would match them)."""
+    run = st.tuples(st.integers(0, 2), st.integers(0, 4), st.sampled_from([0, 0, 1, 3]))
+    return st.none() | st.lists(run, min_size=1, max_size=2)
+
+
+def make_content(spec: list[tuple[int, int, int]] | None, block_size: int) -> TokenContent | None:
+    if spec is None:
+        return None
+    return TokenContent(tuple((("group", g), max(1, blocks * block_size + extra)) for g, blocks, extra in spec))
 
 
 class AllocatorMachine(RuleBasedStateMachine):
@@ -176,8 +184,9 @@ class AllocatorMachine(RuleBasedStateMachine):
         return seq_id
 
     @rule(target=live, num_tokens=st.integers(0, 24), extra=st.integers(0, 24), content=contents())
-    def admit(self, num_tokens: int, extra: int, content: TokenContent | None):
-        return self._admit(self._new_id(), num_tokens, num_tokens + extra, content)
+    def admit(self, num_tokens: int, extra: int, content):
+        return self._admit(self._new_id(), num_tokens, num_tokens + extra,
+                           make_content(content, self.alloc.block_size))
 
     @rule(seq=live)
     def admit_live_id(self, seq: int) -> None:
