@@ -155,8 +155,9 @@ def _copy_tree(dst: str) -> None:
             shutil.copy(os.path.join(ROOT, name), dst)
 
 
-def run_suite(mutant: Mutant | None, timeout: float) -> dict:
-    """Apply one mutant (None: the unmutated baseline) to a copy and run the property suite against it."""
+def run_suite(mutant: Mutant | None, timeout: float, disabled: str = "") -> dict:
+    """Apply one mutant (None: the unmutated baseline) to a copy and run the property suite against it, with the
+    `disabled` invariants (comma-separated) switched off."""
     with tempfile.TemporaryDirectory(prefix="kvsim-mutant-") as tmp:
         _copy_tree(tmp)
         if mutant is not None:
@@ -169,6 +170,7 @@ def run_suite(mutant: Mutant | None, timeout: float) -> dict:
                 f.write(text.replace(mutant.old, mutant.new))
         env = dict(os.environ, PYTHONPATH=tmp, PYTHONDONTWRITEBYTECODE="1")
         env.setdefault("HYPOTHESIS_PROFILE", "ci")
+        env["KVSIM_DISABLED_INVARIANTS"] = disabled
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *SUITE]
         t0 = time.perf_counter()
         try:
@@ -218,14 +220,19 @@ def write_report(results: list[tuple[Mutant, dict]], baseline: dict, out_dir: st
         f"the suite ({', '.join(f'`{s}`' for s in SUITE)}) then runs against the copy and must fail. The unmutated "
         f"copy passes first (baseline: {baseline['status']} in {baseline['seconds']} s).",
         "",
-        "| # | mutant | file | bug | result | caught by | s |",
-        "|---|--------|------|-----|--------|-----------|---|",
+        "| # | mutant | file | bug | result | caught by | s | without the allocator's check() |",
+        "|---|--------|------|-----|--------|-----------|---|------|",
     ]
     for i, (m, r) in enumerate(results, 1):
         by = ", ".join(r["violated"]) or (r["failed_tests"][0].split("::")[-1] if r["failed_tests"] else "")
-        lines.append(f"| {i} | `{m.id}` | `{m.file}` | {m.description} | **{r['status']}** | {by} | {r['seconds']} |")
+        lines.append(f"| {i} | `{m.id}` | `{m.file}` | {m.description} | **{r['status']}** | {by} | {r['seconds']} "
+                     f"| {_without(r)} |")
     lines += ["", "'caught by' names the violated invariants the failing property test reported (see "
-              "`sim.checking.INVARIANTS`), or the failing test.", ""]
+              "`sim.checking.INVARIANTS`), or the failing test (the scheduler mutants are caught by the engine "
+              "property test). The last column: mutants first caught by the allocator's own `check()` were run again "
+              "with that check switched off (`--without-self-check`, KVSIM_DISABLED_INVARIANTS=self-check), to show "
+              "that the model's independent invariants catch them as well; n/a: not caught by `check()` in the "
+              "first place.", ""]
     with open(md_path + ".tmp", "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     os.replace(md_path + ".tmp", md_path)
@@ -239,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=os.path.join(ROOT, "reports"), help="report directory (default: reports/)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per suite run (default: 600)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--without-self-check", action="store_true",
+                        help="run mutants caught by the allocator's own check() again with that check switched off, "
+                             "to show the model's invariants catch them too")
     args = parser.parse_args(argv)
     verify(MUTANTS)
     mutants = MUTANTS
@@ -265,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     def one(m: Mutant) -> tuple[Mutant, dict]:
         r = run_suite(m, args.timeout)
         print(f"  {r['status']:<7} {m.id} ({r['seconds']} s) {', '.join(r['violated'])}", flush=True)
+        if args.without_self_check and "self-check" in r["violated"]:
+            w = run_suite(m, args.timeout, "self-check")
+            r["without_self_check"] = {k: w[k] for k in ("status", "seconds", "violated", "failed_tests")}
+            print(f"  {w['status']:<7} {m.id} without the allocator's check() ({w['seconds']} s) "
+                  f"{', '.join(w['violated'])}", flush=True)
         return m, r
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -273,6 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     caught = sum(r["status"] == "caught" for _, r in results)
     print(f"{caught} of {len(results)} mutants caught; wrote {md} and {js}")
     return 0 if caught == len(results) else 1
+
+
+def _without(r: dict) -> str:
+    w = r.get("without_self_check")
+    if w is None:
+        return "n/a" if "self-check" not in r["violated"] else "not run"
+    by = ", ".join(w["violated"]) or (w["failed_tests"][0].split("::")[-1] if w["failed_tests"] else "")
+    return f"{w['status']} ({by})" if by else w["status"]
 
 
 if __name__ == "__main__":
