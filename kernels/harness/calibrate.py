@@ -25,30 +25,27 @@ from sim.scheduler import Batch, Sequence
 class SyntheticState:
     """A paged allocator over a run's pool, and an executor on it, for batches made up on the spot."""
 
-    def __init__(self, run, seed: int = 0):
+    def __init__(self, run, seed: int = 0, allocator_cls=PagedAllocator):
         self.run = run
         b = run.budget
-        self.alloc = LineageTracker(PagedAllocator(b.num_blocks, b.block_size, 1 << 30))
+        self.alloc = LineageTracker(allocator_cls(b.num_blocks, b.block_size, 1 << 30))
         self.executor = Executor(run.model, run.pool, self.alloc, run.source, seed=seed)
         self.next_id = 1
         self.rng = np.random.default_rng(seed)
-        # scattered blocks, as a pool looks after a while: allocate in a shuffled order
-        free = self.alloc.wrapped.pool._free
-        order = list(free)
-        self.rng.shuffle(order)
-        free.clear()
-        free.extend(order)
+        self.paged = allocator_cls is PagedAllocator
+        if self.paged:  # scattered blocks, as a pool looks after a while: allocate in a shuffled order
+            free = self.alloc.wrapped.pool._free
+            order = list(free)
+            self.rng.shuffle(order)
+            free.clear()
+            free.extend(order)
         with torch.no_grad():
             run.pool.kv.normal_()  # never time on NaN or zeros
 
-    def blocks_free(self) -> int:
-        return self.alloc.num_free_blocks
-
     def new_seq(self, tokens: int) -> Sequence | None:
-        bs = self.run.budget.block_size
-        if -(-tokens // bs) > self.blocks_free():
-            return None
         sid = self.next_id
+        if not self.alloc.can_admit(sid, tokens, tokens + 1):
+            return None
         self.next_id += 1
         self.alloc.admit(sid, tokens, tokens + 1)
         seq = Sequence(sid, tokens, 2, 0.0)
@@ -106,7 +103,7 @@ def synthetic_batches(state: SyntheticState, kind: str, a: int, b: int, prefill_
     elif kind == "mixed":
         ok = _prefill_batch(state, batch, 1, a, 0) and _decode_batch(state, batch, b, 512)
     elif kind == "copy":
-        ok = _decode_batch(state, batch, 8, 64)
+        ok = state.paged and _decode_batch(state, batch, 8, 64)
         if ok:
             free = state.alloc.wrapped.pool._free
             if len(free) < 2 * a:

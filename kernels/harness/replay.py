@@ -104,22 +104,28 @@ class HarnessResult:
     truncated: bool = False
 
 
-def warm_up(run: GpuRun) -> float:
+def warm_up(run: GpuRun, force: bool = False) -> float:
     """Compile every kernel variant a replay can meet (Triton specialises on sizes: 1, multiples of 16, others),
     outside the measured loop. Returns seconds spent."""
-    from kernels.harness.calibrate import synthetic_batches, SyntheticState
+    from kernels.harness.calibrate import SyntheticState, synthetic_batches
+    from sim.allocators.contiguous import ContiguousOracle
+    from sim.allocators.paged import PagedAllocator
 
     t0 = time.perf_counter()
-    state = SyntheticState(run)
+    if not force and (not run.harness.warmup or run.model.device.type != "cuda"):
+        return 0.0  # the interpreter compiles nothing; tests stay quick
     max_len = min(run.options.model.max_model_len, run.budget.capacity_tokens // 2)
-    lens = sorted({x for x in (1, 2, 15, 16, 17, 33, 100, 600, 2100, 5000) if x <= max_len})
+    lens = sorted({x for x in (1, 2, 15, 16, 17, 33, 100, 300, 600, 1500, 2100, 5000) if x <= max_len})
     shapes = [("decode", b, c) for b in (1, 3, 16, 17) for c in lens] + \
              [("prefill", n, c) for n in (1, 16, 17, 300) for c in (0, 16, 17) if n + c <= max_len] + \
              [("mixed", 64, 4), ("copy", 4, 0)]
-    for kind, a, b in shapes:
-        for batch in synthetic_batches(state, kind, a, b):
-            state.executor.execute(batch)
-            state.release(batch)
+    for cls in (PagedAllocator, ContiguousOracle):  # block tables and extents: different kernel variants
+        state = SyntheticState(run, allocator_cls=cls)
+        for kind, a, b in shapes:
+            for batch in synthetic_batches(state, kind, a, b):
+                state.executor.execute(batch)
+                state.release(batch)
+    state = SyntheticState(run)
     if run.source is not None:  # the check path, once
         for batch in synthetic_batches(state, "decode", 2, 40):
             state.executor.check(state.executor.execute(batch, check=True).capture)

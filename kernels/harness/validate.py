@@ -115,8 +115,8 @@ def environment() -> dict:
 
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-           "command": " ".join(["sim"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith("sim") else
-           " ".join(sys.argv)}
+           "command": " ".join(["sim"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith(("sim", "__main__.py"))
+           else " ".join(sys.argv)}
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         env.update(device=p.name, device_memory_bytes=p.total_memory, sms=p.multi_processor_count,

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Results of record for the GPU harness, in one device call: environment, `sim calibrate`, then `sim validate` runs
+# in priority order until the time budget is spent (a run that would not fit is skipped and listed).
+# Usage, from the repo root on the GPU machine (simpy travels as a wheel in .whl/):
+#   OUT=dir BUDGET=420 PART=1 bash kernels/harness/record.sh
+# Everything lands in $OUT/rec and is packed into $OUT/results.tar.gz (the device returns files 2 folders deep).
+set -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/harness_out}
+R=$OUT/rec
+mkdir -p "$R"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+START=$(date +%s)
+BUDGET=${BUDGET:-420}
+PART=${PART:-1}
+MODEL=${MODEL:-llama-2-7b}
+GPU=${GPU:-h100-80gb}
+PROFILE=${PROFILE:-$R/profile-$MODEL-$GPU.json}
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv
+  python3 -c "import torch, triton, simpy, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), 'simpy', simpy.__version__, 'numpy', numpy.__version__)"
+  python3 --version
+} 2>&1 | tee "$R/env.txt"
+
+if [ ! -f "$PROFILE" ]; then
+  python3 -m sim calibrate --model "$MODEL" --gpu "$GPU" --budget-s "${CAL_BUDGET:-70}" --out "$PROFILE" 2>&1 \
+    | tee "$R/calibrate.log"
+fi
+
+run() {  # run NAME NEEDED_S ARGS...: one validate, if NEEDED_S seconds are left
+  local name=$1 need=$2
+  shift 2
+  local l
+  l=$(left)
+  if [ "$l" -lt "$need" ]; then
+    echo "skipped $name: $l s left, needs ~$need" | tee -a "$R/skipped.txt"
+    return
+  fi
+  echo "=== $name ($l s left): sim validate $* --model $MODEL --gpu $GPU --cost-model $PROFILE" | tee -a "$R/commands.txt"
+  timeout $((l - 5)) python3 -m sim validate "$@" --model "$MODEL" --gpu "$GPU" --cost-model "$PROFILE" \
+    --out "$R/$name" --time-limit $((l - 25)) -q 2>&1 | tee "$R/$name.log"
+}
+
+if [ "$PART" = 1 ]; then
+  run azure 120 traces/azure-llm-2023-conv.csv --first 60 --scale 2 --kv-memory 4GiB \
+    --allocators paged,contiguous-pow2,contiguous-max
+  run parallel 45 traces/parallel-sampling-1k.csv --first 100 --scale 4 --kv-memory 1GiB \
+    --allocators paged,contiguous-pow2
+  run prefix 50 traces/shared-prefix-1k.csv --first 40 --scale 4 --kv-memory 2GiB \
+    --allocators paged-prefix-cache,paged
+  run sharegpt 70 traces/sharegpt-2k.csv --first 50 --scale 4 --kv-memory 2GiB \
+    --allocators paged,contiguous-pow2
+else
+  eval "${RUNS:-}"
+fi
+echo "total $(($(date +%s) - START)) s" | tee -a "$R/commands.txt"
+tar czf "$OUT/results.tar.gz" -C "$OUT" rec
