@@ -186,3 +186,27 @@ def test_slo_values_and_per_request_goodput_by_hand():
 def test_meets_with_nothing_completed_or_no_tpot():
     assert not meets(parse_slos("ttft_p99=1s"), {"ttft_p99": None}, completed=0)
     assert meets(parse_slos("tpot_p99=1s"), {"tpot_p99": None}, completed=3)  # every request had 1 output token
+
+
+def test_progress_line_shows_each_search():
+    """The status line (shown on a terminal) names every configuration's bracket and, at the end, its capacity."""
+    import io
+
+    from sim.report.build import make_configs, run_searches
+    from sim.report.status import StatusLine
+
+    s = step_time_by_hand()
+    stream = io.StringIO()
+    configs = make_configs(queue_options(), ["paged", "contiguous-max"], [16])
+    out = run_searches(queue_trace(), configs, [SLO("ttft", 99, s + 99 * s / 2)], precision=0.05, jobs=1,
+                       status=StatusLine(enabled=True, stream=stream, interval_s=0))
+    text = stream.getvalue()
+    assert "searches [" in text and "2/2 done" in text
+    for label, (search, probes) in out.items():
+        assert f"{label.replace(' / ', '/')} {search.capacity:.3g}" in text
+        assert len(probes) == len(search.history)
+    assert text.endswith("\n")
+    quiet = io.StringIO()
+    run_searches(queue_trace(), configs[:1], [SLO("ttft", 99, 1.0)], precision=0.5, jobs=1,
+                 status=StatusLine(enabled=False, stream=quiet))
+    assert quiet.getvalue() == ""

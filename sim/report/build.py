@@ -145,14 +145,16 @@ def run_searches(trace: Trace, configs: list[Config], slos: list[SLO], precision
         finished = sum(s.done for s in searches.values())
         parts = []
         for label, s in searches.items():
+            short = label.replace(" / ", "/")
             if s.done:
-                parts.append(f"{label} {s.capacity:.3g}")
+                parts.append(f"{short} {s.capacity:.3g}")
             elif s.lo is not None and s.hi is not None:
-                parts.append(f"{label} [{s.lo:.3g},{s.hi:.3g})")
+                parts.append(f"{short} [{s.lo:.3g},{s.hi:.3g})")
             else:
-                parts.append(f"{label} ..")
-        status.bar("capacity search", finished, len(searches),
-                   f"configs, {count[0]} probes ({count[1]} running) | " + " | ".join(parts), force)
+                parts.append(f"{short} ..")
+        running = f", {count[1]} running" if count[1] else ""
+        status.bar("searches", finished, len(searches), f"done, {count[0]} probes{running} | " + " | ".join(parts),
+                   force)
 
     def take(label: str, probe: Probe) -> None:
         searches[label].record(probe.rate, probe.passed)

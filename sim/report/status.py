@@ -27,17 +27,19 @@ class StatusLine:
         if not force and now - self._last < self.interval_s:
             return
         self._last = now
-        width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
-        line = f"{text} {self.elapsed()}"
-        if len(line) > width:
-            line = line[:width - 1] + "…"
-        self.stream.write("\r" + line.ljust(width))
+        line = f"{self.elapsed()} {text}"
+        if self.stream.isatty():  # one terminal line: cut to its width, padded over the previous one
+            width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
+            if len(line) > width:
+                line = line[:width - 1] + "…"
+            line = line.ljust(width)
+        self.stream.write("\r" + line)
         self.stream.flush()
         self._shown = True
 
     def bar(self, label: str, done: int, total: int, extra: str = "", force: bool = False) -> None:
         frac = done / total if total else 1.0
-        width = 24
+        width = 16
         self.update(f"{label} [{'#' * int(frac * width):<{width}}] {done}/{total}{(' ' + extra) if extra else ''}",
                     force)
 
