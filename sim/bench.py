@@ -124,8 +124,48 @@ def main(argv: list[str] | None = None) -> int:
               (argv if argv is not None else sys.argv[1:])), "results": results}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(record, f, indent=2)
-    print(json.dumps(record["results"], indent=1)[:2000])
+    with open(os.path.join(args.out, "README.md"), "w") as f:
+        f.write(markdown(record))
+    print(markdown(record))
     return 0
+
+
+TARGETS = [  # (case, allocator or None for every allocator, wall-time target in s)
+    ("azure", "paged", 2.0), ("azure", None, 5.0), ("1000000", "paged", 60.0),
+]
+
+
+def markdown(record: dict) -> str:
+    m = record["machine"]
+    lines = [
+        "# Replay speed", "",
+        f"Measured {record['date']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}, {m['platform']}.",
+        f"Command: `{record['command']}`. Each figure is the median of the runs listed in results.json, each run in "
+        f"its own process (wall = reading the trace + replaying it).", "",
+        "| case | allocator | requests | iterations | fast-forwarded | wall (s) | peak RSS (MiB) | iterations/s "
+        "| requests/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["results"]:
+        med = r["median"]
+        ff = r["iterations_fast_forwarded"] / r["iterations"] if r["iterations"] else 0
+        lines.append(f"| {r['case']} ({r['model']}, {r['gpu']}) | {r['allocator']} | {r['runs'][0]['requests']:,} "
+                     f"| {r['iterations']:,} | {ff:.0%} | {med['wall_s']:.2f} | {med['peak_rss_mib']:.0f} "
+                     f"| {med['iterations_per_s']:,.0f} | {med['requests_per_s']:,.0f} |")
+    by = {(r["case"], r["allocator"]): r["median"]["wall_s"] for r in record["results"]}
+    lines += ["", "| target | measured | met? |", "|---|---|---|"]
+    for case, allocator, limit in TARGETS:
+        walls = {a: w for (c, a), w in by.items() if c == case and (allocator is None or a == allocator)}
+        if not walls:
+            lines.append(f"| {case} {allocator or 'every allocator'} <= {limit:g} s | not measured | - |")
+            continue
+        worst = max(walls, key=walls.get)
+        lines.append(f"| {case} {allocator or 'every allocator'} <= {limit:g} s | {walls[worst]:.2f} s ({worst}) | "
+                     f"{'yes' if walls[worst] <= limit else f'no, {walls[worst] / limit:.1f}x over'} |")
+    if ("100000", "paged") in by and ("1000000", "paged") in by:
+        ratio = by[("1000000", "paged")] / by[("100000", "paged")]
+        lines.append(f"| 10x the requests costs <= 11x the time (paged) | {ratio:.1f}x | {'yes' if ratio <= 11 else 'no'} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

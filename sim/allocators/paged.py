@@ -167,6 +167,12 @@ class PagedAllocator(KVAllocator):
         return tuple(pieces)
 
     def _chain(self, prev: Hashable | None, runs, index: int) -> Hashable:
+        """The key of logical block `index`: a function of the content of blocks 0..index only. When all those
+        tokens belong to one run starting at its offset 0 (the common case), (tag, index) names that content
+        exactly and costs no hashing; otherwise a hash chained over the previous block's key."""
+        tag, first, length = runs[0]
+        if first == 0 and length >= (index + 1) * self.block_size:
+            return (tag, index)
         return hash((prev, self._block_pieces(runs, index)))
 
     def _prefix_hits(self, seq_id: int, num_tokens: int, content: TokenContent | None) -> list[int]:
