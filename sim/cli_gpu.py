@@ -70,7 +70,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "block_size": options.block_size, "dtype": args.dtype, "kv_source": harness.check, **env}
     print(f"calibrate: {options.model.name} ({run.model.shapes.layers} layers) on {env.get('device')}, pool "
           f"{format_bytes(run.pool.nbytes)} ({run.budget.num_blocks:,} blocks)")
-    profile = calibrate(run, meta, repeats=args.repeats, budget_s=args.budget_s)
+    profile = calibrate(run, meta, repeats=args.repeats, passes=args.passes, budget_s=args.budget_s)
     out = args.out or f"profile-{options.model.name}-{options.gpu.name}.json"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     profile.path = out
@@ -168,7 +168,10 @@ def register(sub) -> None:
     p.add_argument("--max-model-len", type=_positive_int)
     p.add_argument("--max-num-seqs", type=_positive_int, default=256)
     p.add_argument("--max-num-batched-tokens", type=_positive_int)
-    p.add_argument("--repeats", type=_positive_int, default=5, help="timed runs per grid point (default: 5)")
+    p.add_argument("--repeats", type=_positive_int, default=2,
+                   help="timed runs per visit of a grid point (default: 2)")
+    p.add_argument("--passes", type=_positive_int, default=3,
+                   help="visits of the whole grid, in shuffled order (default: 3)")
     p.add_argument("--budget-s", type=float, help="stop measuring new grid points after this many seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="profile file to write (default: profile-<model>-<gpu>.json)")

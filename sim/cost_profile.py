@@ -8,7 +8,7 @@ The fitted formula (seconds per iteration), every coefficient >= 0 (non-negative
          + c_prefill_pairs x prefill attention (query, key) pairs           (n (n + 1) / 2 + n x context, summed)
          + c_decode_context x decode context tokens                         (KV tokens the decode branches read)
          + c_decode_seqs x decode sequences
-         + c_prefill_seqs x prefill sequences (branches of prefilled requests)
+         + c_prefill_seqs x requests prefilled (a request of n samples or beams is prefilled once)
          + c_has_prefill x [the batch prefills anything] + c_has_decode x [the batch decodes anything]
 
 The knots make the token term a convex piecewise-linear curve: flat-ish while the matrix products are bound by
@@ -44,7 +44,7 @@ def batch_features(batch: Batch) -> dict[str, int]:
         "prefill_pairs": batch.prefill_attention_pairs,
         "decode_context": batch.decode_context_tokens,
         "decode_seqs": batch.num_decode_seqs,
-        "prefill_seqs": batch.num_prefill_seqs,
+        "prefill_seqs": len(batch.prefill),
         "has_prefill": 1 if batch.num_prefill_tokens > 0 or batch.num_prefill_seqs > 0 else 0,
         "has_decode": 1 if batch.num_decode_seqs > 0 else 0,
     }

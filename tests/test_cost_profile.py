@@ -7,7 +7,7 @@ import pytest
 
 from sim.cost_profile import FEATURES, ProfileCostModel, batch_features, fit_profile, nnls
 from sim.errors import UserError
-from sim.scheduler import Batch
+from sim.scheduler import Batch, Sequence
 
 
 def _model(**over) -> ProfileCostModel:
@@ -27,7 +27,8 @@ def _decode_batch(n: int, context: int) -> Batch:
 def test_formula_by_hand():
     m = _model()
     b = Batch()
-    b.num_prefill_tokens, b.num_prefill_seqs, b.prefill_attention_pairs = 200, 2, 20_100
+    b.prefill = [Sequence(0, 100, 5, 0.0, num_branches=3), Sequence(1, 100, 5, 0.0)]
+    b.num_prefill_tokens, b.num_prefill_seqs, b.prefill_attention_pairs = 200, 4, 20_100
     b.num_decode_seqs, b.decode_context_tokens = 10, 5_000
     t = 210
     expect = (5e-3 + 1e-6 * t + 2e-6 * (t - 32) + 7e-6 * (t - 128) + 1e-10 * 20_100 + 3e-9 * 5_000 + 2e-6 * 10
@@ -76,6 +77,7 @@ def _synthetic_samples(model: ProfileCostModel) -> list[dict]:
     for p in (16, 128, 512, 2048):
         for c in (0, 512):
             b = Batch()
+            b.prefill = [Sequence(0, p + c, 2, 0.0)]
             b.num_prefill_tokens, b.num_prefill_seqs = p, 1
             b.prefill_attention_pairs = p * (p + 1) // 2 + p * c
             b.prefill_context_tokens = c

@@ -3,12 +3,14 @@
 The grid never looks at a trace: pure decode over batch sizes x context lengths, single and multi-sequence prefills
 with and without cached context, and mixed prefill + decode iterations. Each point is a real scheduler `Batch` over a
 real paged allocator, run through the same executor (and so the same host work, kernels and synchronisation) as the
-GPU replay; its time is the median wall time of several repeats after one warm-up run. The fit is
+GPU replay; its time is the median wall time of its timed runs, gathered over several passes in shuffled order
+(see `measure`). The fit is
 `sim.cost_profile.fit_profile` (documented there).
 """
 
 from __future__ import annotations
 
+import gc
 import itertools
 import time
 
@@ -141,31 +143,48 @@ def grid(max_len: int, max_seqs: int, max_batched: int) -> list[tuple[str, int, 
     return points
 
 
-def measure(state: SyntheticState, points, repeats: int = 5, deadline: float | None = None, log=print) -> list[dict]:
+def measure(state: SyntheticState, points, repeats: int = 2, passes: int = 3, deadline: float | None = None,
+            log=print, seed: int = 0) -> list[dict]:
+    """Time every grid point: `passes` visits in a shuffled order (so that slow drifts of the host, which launches
+    every kernel and is the bottleneck at these sizes, spread over all points instead of biasing a few), each visit
+    one warm-up run and `repeats` timed runs of a freshly placed batch; a point's time is the median of its timed
+    runs."""
     ex = state.executor
-    samples = []
-    for kind, a, b in points:
-        if deadline is not None and time.perf_counter() > deadline:
-            log(f"calibrate: time budget reached; {len(samples)} of {len(points)} points measured")
+    rng = np.random.default_rng(seed)
+    walls: dict[int, list[float]] = {}
+    gpus: dict[int, list[float]] = {}
+    feats: dict[int, dict] = {}
+    stop = False
+    for _ in range(passes):
+        for i in rng.permutation(len(points)):
+            if deadline is not None and time.perf_counter() > deadline:
+                stop = True
+                break
+            kind, a, b = points[i]
+            for batch in synthetic_batches(state, kind, a, b):
+                ex.execute(batch)  # warm-up (and any compilation)
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    r = ex.execute(batch)
+                    walls.setdefault(int(i), []).append(time.perf_counter() - t0)
+                    gpus.setdefault(int(i), []).append(r.gpu_s if r.gpu_s is not None else float("nan"))
+                feats[int(i)] = batch_features(batch)
+                state.release(batch)
+        if stop:
+            log(f"calibrate: time budget reached; {len(walls)} of {len(points)} points measured")
             break
-        for batch in synthetic_batches(state, kind, a, b):
-            ex.execute(batch)  # warm-up (and any compilation)
-            walls, gpus = [], []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                r = ex.execute(batch)
-                walls.append(time.perf_counter() - t0)
-                gpus.append(r.gpu_s if r.gpu_s is not None else float("nan"))
-            feats = batch_features(batch)
-            samples.append({**feats, "time_s": float(np.median(walls)), "gpu_s": float(np.median(gpus)),
-                            "kind": kind, "point": [a, b], "spread": float(np.max(walls) / np.min(walls) - 1)})
-            log(f"  {kind:<7} {a:>5} {b:>5}: {samples[-1]['time_s'] * 1e3:8.3f} ms wall, "
-                f"{samples[-1]['gpu_s'] * 1e3:8.3f} ms GPU")
-            state.release(batch)
+    samples = []
+    for i in sorted(walls):
+        kind, a, b = points[i]
+        w = np.array(walls[i])
+        samples.append({**feats[i], "time_s": float(np.median(w)), "gpu_s": float(np.median(gpus[i])),
+                        "kind": kind, "point": [a, b], "runs": len(w), "spread": float(w.max() / w.min() - 1)})
+        log(f"  {kind:<7} {a:>5} {b:>5}: {samples[-1]['time_s'] * 1e3:8.3f} ms wall, "
+            f"{samples[-1]['gpu_s'] * 1e3:8.3f} ms GPU ({len(w)} runs, spread {100 * samples[-1]['spread']:.0f}%)")
     return samples
 
 
-def calibrate(run, meta: dict, repeats: int = 5, budget_s: float | None = None, log=print):
+def calibrate(run, meta: dict, repeats: int = 2, passes: int = 3, budget_s: float | None = None, log=print):
     """Measure the grid on `run` (a kernels.harness.replay.GpuRun) and return the fitted ProfileCostModel."""
     from kernels.harness.replay import warm_up
 
@@ -176,7 +195,12 @@ def calibrate(run, meta: dict, repeats: int = 5, budget_s: float | None = None, 
     state = SyntheticState(run)
     points = grid(o.model.max_model_len, o.max_num_seqs, o.engine_config.batched_tokens_limit(o.model))
     deadline = t0 + budget_s if budget_s else None
-    samples = measure(state, points, repeats, deadline, log)
+    gc.collect()
+    gc.disable()  # no collector pauses inside the timed runs
+    try:
+        samples = measure(state, points, repeats, passes, deadline, log)
+    finally:
+        gc.enable()
     profile = fit_profile(samples, meta=meta)
     profile.meta["calibration_s"] = time.perf_counter() - t0
     return profile

@@ -24,13 +24,15 @@ left() { echo $((BUDGET - ($(date +%s) - START))); }
 
 {
   date -u
+  echo "commit ${COMMIT:-unknown}"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv
   python3 -c "import torch, triton, simpy, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), 'simpy', simpy.__version__, 'numpy', numpy.__version__)"
   python3 --version
 } 2>&1 | tee "$R/env.txt"
 
 if [ ! -f "$PROFILE" ]; then
-  python3 -m sim calibrate --model "$MODEL" --gpu "$GPU" --budget-s "${CAL_BUDGET:-70}" --out "$PROFILE" 2>&1 \
+  python3 -m sim calibrate --model "$MODEL" --gpu "$GPU" --budget-s "${CAL_BUDGET:-50}" --passes "${CAL_PASSES:-2}" \
+    --out "$PROFILE" 2>&1 \
     | tee "$R/calibrate.log"
 fi
 
@@ -48,7 +50,7 @@ run() {  # run NAME NEEDED_S ARGS...: one validate, if NEEDED_S seconds are left
     --out "$R/$name" --time-limit $((l - 25)) -q 2>&1 | tee "$R/$name.log"
 }
 
-if [ "$PART" = 1 ]; then
+if [ "$PART" = 1 ]; then  # first H100 run (2026-11-22, before the alignment fix): kept for the record
   run azure 120 traces/azure-llm-2023-conv.csv --first 60 --scale 2 --kv-memory 4GiB \
     --allocators paged,contiguous-pow2,contiguous-max
   run parallel 45 traces/parallel-sampling-1k.csv --first 100 --scale 4 --kv-memory 1GiB \
@@ -57,6 +59,15 @@ if [ "$PART" = 1 ]; then
     --allocators paged-prefix-cache,paged
   run sharegpt 70 traces/sharegpt-2k.csv --first 50 --scale 4 --kv-memory 2GiB \
     --allocators paged,contiguous-pow2
+elif [ "$PART" = 2 ]; then  # results of record
+  run azure 100 traces/azure-llm-2023-conv.csv --first 50 --scale 2 --kv-memory 4GiB \
+    --allocators paged,contiguous-pow2,contiguous-max
+  run parallel 50 traces/parallel-sampling-1k.csv --first 80 --scale 4 --kv-memory 1GiB \
+    --allocators paged,contiguous-pow2
+  run sharegpt 80 traces/sharegpt-2k.csv --first 25 --scale 4 --kv-memory 3GiB \
+    --allocators paged,contiguous-pow2
+  run prefix 45 traces/shared-prefix-1k.csv --first 20 --scale 4 --kv-memory 2GiB \
+    --allocators paged-prefix-cache
 else
   eval "${RUNS:-}"
 fi

@@ -14,6 +14,7 @@ same points in its work as they would without the measuring.
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 
@@ -186,58 +187,62 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
                                content=content_of(trace, i)))
 
     iteration = 0
-    while True:
-        now = clock()
-        take_arrivals(now)
-        if not sched.has_work():
-            if nxt >= n:
+    gc.collect()
+    gc.disable()  # no collector pauses inside measured iterations; re-enabled after the loop
+    try:
+        while True:
+            now = clock()
+            take_arrivals(now)
+            if not sched.has_work():
+                if nxt >= n:
+                    break
+                time.sleep(max(0.0, float(arrival[nxt]) - clock()))
+                continue
+            if h.time_limit_s is not None and time.perf_counter() - t0 > h.time_limit_s:
+                truncated = True
                 break
-            time.sleep(max(0.0, float(arrival[nxt]) - clock()))
-            continue
-        if h.time_limit_s is not None and time.perf_counter() - t0 > h.time_limit_s:
-            truncated = True
-            break
-        start = clock()
-        batch = sched.schedule(start)
-        if not batch:
-            seq = sched.waiting.popleft()
-            req.rejection[seq.seq_id] = (f"cannot be placed even in an empty KV cache ({seq.num_branches} "
-                                         f"sequences of up to {seq.final_len:,} tokens)")
-            done += 1
-            continue
-        m0 = time.perf_counter()
-        mem = allocator.memory(sched.next_waiting_final_len())
-        unshared = allocator.held_without_sharing()
-        do_check = run.source is not None and iteration % max(1, h.check_every) == 0
-        excluded += time.perf_counter() - m0
-        e0 = time.perf_counter()
-        result = executor.execute(batch, check=do_check)
-        end = clock()
-        host_s.append(time.perf_counter() - e0)
-        if do_check:
-            c0 = time.perf_counter()
-            checks.merge(executor.check(result.capture))
-            excluded += time.perf_counter() - c0
-        gpu_s.append(result.gpu_s if result.gpu_s is not None else float("nan"))
-        for seq in batch.preempted:
-            req.preemptions[seq.seq_id] += 1
-        finished = sched.finish(batch, end)
-        steps.append((start, end - start, batch.num_seqs, len(sched.waiting), batch.num_prefill_tokens,
-                      batch.num_decode_seqs, batch.num_batched_tokens, len(batch.preempted),
-                      mem.token_states * bpt, mem.reserved * bpt, mem.internal_fragmentation * bpt,
-                      mem.external_fragmentation * bpt, mem.free * bpt, unshared * bpt))
-        for seq in batch.prefill:
-            i = seq.seq_id
-            if np.isnan(req.admitted_s[i]):
-                req.admitted_s[i] = seq.admitted_s
-                req.first_token_s[i] = seq.first_token_s
-        for seq in finished:
-            req.finish_s[seq.seq_id] = end
-        done += len(finished)
-        iteration += 1
-        if progress is not None:
-            progress(done, n)
-
+            start = clock()
+            batch = sched.schedule(start)
+            if not batch:
+                seq = sched.waiting.popleft()
+                req.rejection[seq.seq_id] = (f"cannot be placed even in an empty KV cache ({seq.num_branches} "
+                                             f"sequences of up to {seq.final_len:,} tokens)")
+                done += 1
+                continue
+            m0 = time.perf_counter()
+            mem = allocator.memory(sched.next_waiting_final_len())
+            unshared = allocator.held_without_sharing()
+            do_check = run.source is not None and iteration % max(1, h.check_every) == 0
+            excluded += time.perf_counter() - m0
+            e0 = time.perf_counter()
+            result = executor.execute(batch, check=do_check)
+            end = clock()
+            host_s.append(time.perf_counter() - e0)
+            if do_check:
+                c0 = time.perf_counter()
+                checks.merge(executor.check(result.capture))
+                excluded += time.perf_counter() - c0
+            gpu_s.append(result.gpu_s if result.gpu_s is not None else float("nan"))
+            for seq in batch.preempted:
+                req.preemptions[seq.seq_id] += 1
+            finished = sched.finish(batch, end)
+            steps.append((start, end - start, batch.num_seqs, len(sched.waiting), batch.num_prefill_tokens,
+                          batch.num_decode_seqs, batch.num_batched_tokens, len(batch.preempted),
+                          mem.token_states * bpt, mem.reserved * bpt, mem.internal_fragmentation * bpt,
+                          mem.external_fragmentation * bpt, mem.free * bpt, unshared * bpt))
+            for seq in batch.prefill:
+                i = seq.seq_id
+                if np.isnan(req.admitted_s[i]):
+                    req.admitted_s[i] = seq.admitted_s
+                    req.first_token_s[i] = seq.first_token_s
+            for seq in finished:
+                req.finish_s[seq.seq_id] = end
+            done += len(finished)
+            iteration += 1
+            if progress is not None:
+                progress(done, n)
+    finally:
+        gc.enable()
     arrays = steps.arrays()
     memory = run.memory()
     if run.pool.kv.is_cuda:
