@@ -153,7 +153,7 @@ def validation_record(trace_desc: dict, options, run, pred, meas, env: dict) -> 
         "harness": meas.summary["harness"],
         "sharing": {"predicted": pred.summary["sharing"], "measured": meas.summary["sharing"]},
         "host": {"execute_s_mean": float(np.mean(meas.host_s)) if len(meas.host_s) else None,
-                 "gpu_s_mean": float(np.nanmean(meas.gpu_s)) if len(meas.gpu_s) else None,
+                 "gpu_s_mean": float(np.nanmean(meas.gpu_s)) if np.isfinite(meas.gpu_s).any() else None,
                  "iteration_s_mean": float(np.mean(meas.steps["duration_s"])) if len(meas.host_s) else None},
     }
 

@@ -1,0 +1,59 @@
+"""`sim calibrate` and `sim validate` end to end on a tiny model (interpreter on CPU), and their error exits."""
+
+import json
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+from sim.cli import main  # noqa: E402
+
+TINY = "layers=2,kv_heads=2,heads=4,head_size=16,hidden=64,intermediate=128,vocab=128,params=1e5,max_len=128,name=tiny"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_commands_exit_2_without_a_gpu(capsys):
+    assert main(["calibrate", "--model", "llama-2-7b"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert main(["validate", "traces/alpaca-2k.csv"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_cpu_device_needs_the_interpreter(monkeypatch, capsys):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert main(["calibrate", "--model", TINY, "--device", "cpu"]) == 2
+    assert "TRITON_INTERPRET=1" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter path")
+def test_calibrate_then_validate(tmp_path, capsys):
+    prof = tmp_path / "prof.json"
+    assert main(["calibrate", "--model", TINY, "--device", "cpu", "--dtype", "fp32", "--kv-memory", "256KiB",
+                 "--block-size", "8", "--max-num-seqs", "8", "--repeats", "1", "--passes", "1", "--budget-s", "4",
+                 "--out", str(prof)]) == 0
+    data = json.loads(prof.read_text())
+    assert data["kind"] == "kvsim-cost-profile" and data["meta"]["model"] == "tiny" and len(data["samples"]) >= 3
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens,n\n0,12,3,2\n0,9,2,1\n")
+    out = tmp_path / "val"
+    assert main(["validate", str(trace), "--model", TINY, "--gpu", "h100-80gb", "--device", "cpu", "--dtype", "fp32",
+                 "--kv-memory", "64KiB", "--block-size", "8", "--allocators", "paged,contiguous-oracle",
+                 "--cost-model", str(prof), "--check-every", "1", "--out", str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "within bf16 tolerance" in text
+    for alloc in ("paged", "contiguous-oracle"):
+        rec = json.loads((out / alloc / "validation.json").read_text())
+        assert rec["gpu"] == "h100-80gb" and rec["model"] == "tiny" and rec["allocator"] == alloc
+        for name in ("batch_size_mean", "batch_size_max", "output_tokens_per_s", "ttft_p50", "ttft_p99", "tpot_p50",
+                     "tpot_p99", "preemptions", "duration_s", "peak_blocks_used", "kv_token_states", "kv_free"):
+            assert set(rec["metrics"][name]) >= {"predicted", "measured", "rel_error"}
+        assert rec["metrics"]["batch_size_mean"]["rel_error"] == 0.0  # same schedule (arrivals before any work)
+        assert rec["attention_check"]["within_tolerance"]
+        assert os.path.exists(out / alloc / "measured_steps.csv")
+    head = json.loads((out / "headline.json").read_text())
+    assert "paged/contiguous-oracle" in head["ratios"]
+    # the simulator itself loads the profile
+    assert main(["replay", str(trace), "--model", TINY, "--kv-memory", "64KiB", "--block-size", "8",
+                 "--cost-model", str(prof), "--out", str(tmp_path / "r"), "-q"]) == 0
