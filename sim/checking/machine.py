@@ -45,7 +45,7 @@ def contents() -> st.SearchStrategy[list[tuple[int, int, int]] | None]:
     extra tokens) from a few groups, turned into a TokenContent by `make_content` once the block size is known. Runs
     are mostly block-aligned, so prefix caches get hits, and equal runs follow different prefixes (a hash that
     forgets the prefix would match them)."""
-    run = st.tuples(st.integers(0, 2), st.integers(0, 4), st.sampled_from([0, 0, 1, 3]))
+    run = st.tuples(st.integers(0, 1), st.integers(1, 2), st.sampled_from([0, 0, 1, 3]))
     return st.none() | st.lists(run, min_size=1, max_size=2)
 
 
@@ -185,8 +185,26 @@ class AllocatorMachine(RuleBasedStateMachine):
 
     @rule(target=live, num_tokens=st.integers(0, 24), extra=st.integers(0, 24), content=contents())
     def admit(self, num_tokens: int, extra: int, content):
-        return self._admit(self._new_id(), num_tokens, num_tokens + extra,
-                           make_content(content, self.alloc.block_size))
+        """A new sequence of num_tokens tokens and final length num_tokens + extra. With content, num_tokens counts
+        the tokens after the content's runs (a prompt is a shared prefix and a suffix of its own), modulo 5."""
+        tc = make_content(content, self.alloc.block_size)
+        if tc is not None:
+            num_tokens = sum(n for _, n in tc.runs) + num_tokens % 5
+        return self._admit(self._new_id(), num_tokens, num_tokens + extra, tc)
+
+    @rule(target=live, seq=live, other=live, mix=st.booleans(), suffix=st.integers(0, 4), extra=st.integers(0, 24))
+    def admit_like(self, seq: int, other: int, mix: bool, suffix: int, extra: int):
+        """A new sequence with a live one's content (the same prompt prefix), or, with mix, another live sequence's
+        first run followed by this one's later runs (equal blocks after different prefixes, which must not match),
+        plus `suffix` tokens of its own."""
+        s, o = self.model.live.get(seq), self.model.live.get(other)
+        if s is None or s.content is None or not s.content.runs:
+            return multiple()
+        runs = s.content.runs
+        if mix and o is not None and o.content is not None and o.content.runs and len(runs) > 1:
+            runs = o.content.runs[:1] + runs[1:]
+        num_tokens = sum(n for _, n in runs) + suffix
+        return self._admit(self._new_id(), num_tokens, num_tokens + extra, TokenContent(tuple(runs)))
 
     @rule(seq=live)
     def admit_live_id(self, seq: int) -> None:
