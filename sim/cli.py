@@ -10,6 +10,7 @@ import sys
 from sim.allocators import REGISTRY
 from sim.config import GPUS, MODELS, resolve_gpu, resolve_model
 from sim.cost_model import DEFAULT_STEP_OVERHEAD_S
+from sim.cli_args import positive_int
 from sim.errors import UserError
 from sim.metrics import atomic_write, to_json
 from sim.output import prepare_dir, write_replay
@@ -22,16 +23,6 @@ from sim.units import format_bytes, parse_duration, parse_size
 
 # Modules that add subcommands: each defines register(subparsers).
 PLUGIN_COMMANDS: list[str] = ["sim.cli_trace", "sim.cli_check", "sim.cli_report", "sim.cli_gpu"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _add_replay_options(p: argparse.ArgumentParser) -> None:
@@ -48,15 +39,15 @@ def _add_replay_options(p: argparse.ArgumentParser) -> None:
                         "params=..,max_len=..[,heads=..,hidden=..,intermediate=..,vocab=..,kv_dtype=..]' "
                         "(default: llama-2-7b)")
     p.add_argument("--gpu", default="a100-80gb", help="GPU preset (see `sim gpus`; default: a100-80gb)")
-    p.add_argument("--block-size", type=_positive_int, default=16, help="tokens per KV block (default: 16)")
+    p.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV block (default: 16)")
     p.add_argument("--kv-memory", help="KV cache size per GPU, e.g. 12GiB (default: derived from the GPU)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="fraction of GPU memory the engine may use when deriving the KV size (default: 0.9)")
-    p.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel GPUs (default: 1)")
-    p.add_argument("--max-model-len", type=_positive_int, help="override the model's max length (tokens)")
-    p.add_argument("--max-num-seqs", type=_positive_int, default=256,
+    p.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel GPUs (default: 1)")
+    p.add_argument("--max-model-len", type=positive_int, help="override the model's max length (tokens)")
+    p.add_argument("--max-num-seqs", type=positive_int, default=256,
                    help="sequences per iteration (default: 256)")
-    p.add_argument("--max-num-batched-tokens", type=_positive_int,
+    p.add_argument("--max-num-batched-tokens", type=positive_int,
                    help="prompt tokens prefilled per iteration (default: max(max model length, 2048))")
     p.add_argument("--placement", choices=["buddy", "first-fit"],
                    help="how contiguous allocators place reservations (default: buddy)")

@@ -153,24 +153,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from sim.cli import _add_replay_options, _positive_int
+    from sim.cli import _add_replay_options
+    from sim.cli_args import positive_int
 
     p = sub.add_parser("calibrate", help="GPU: time a synthetic grid of iterations and write a cost profile "
                                          "(for --cost-model)")
     p.add_argument("--model", default="llama-2-7b", help="model preset or dimensions (see `sim replay --help`)")
     p.add_argument("--gpu", default="h100-80gb", help="GPU preset the profile is recorded under (default: h100-80gb)")
-    p.add_argument("--block-size", type=_positive_int, default=16)
+    p.add_argument("--block-size", type=positive_int, default=16)
     p.add_argument("--kv-memory", help="KV pool for the synthetic batches (default: the derived budget, at most "
                                        "--calibration-kv)")
     p.add_argument("--calibration-kv", default="16GiB", help=argparse.SUPPRESS)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--tp", type=_positive_int, default=1, help=argparse.SUPPRESS)
-    p.add_argument("--max-model-len", type=_positive_int)
-    p.add_argument("--max-num-seqs", type=_positive_int, default=256)
-    p.add_argument("--max-num-batched-tokens", type=_positive_int)
-    p.add_argument("--repeats", type=_positive_int, default=2,
+    p.add_argument("--tp", type=positive_int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--max-model-len", type=positive_int)
+    p.add_argument("--max-num-seqs", type=positive_int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=positive_int)
+    p.add_argument("--repeats", type=positive_int, default=2,
                    help="timed runs per visit of a grid point (default: 2)")
-    p.add_argument("--passes", type=_positive_int, default=3,
+    p.add_argument("--passes", type=positive_int, default=3,
                    help="visits of the whole grid, in shuffled order (default: 3)")
     p.add_argument("--budget-s", type=float, help="stop measuring new grid points after this many seconds")
     p.add_argument("--seed", type=int, default=0)
@@ -185,7 +186,7 @@ def register(sub) -> None:
     p.add_argument("--allocators", default="paged",
                    help="comma-separated allocators, each replayed on the GPU with the same pool (default: paged); "
                         "several also write headline.json (ratios to paged)")
-    p.add_argument("--first", type=_positive_int, help="only the first N requests of the trace")
+    p.add_argument("--first", type=positive_int, help="only the first N requests of the trace")
     p.add_argument("--scale", type=float, help="multiply the arrival rate by this factor (after --first)")
     p.add_argument("--time-limit", type=float, help="stop a GPU replay after this many seconds (marked truncated)")
     _harness_args(p)

@@ -7,27 +7,8 @@ import os
 import shlex
 import sys
 
+from sim.cli_args import positive_float, positive_int
 from sim.errors import UserError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def _int_list(text: str) -> list[int]:
@@ -35,7 +16,7 @@ def _int_list(text: str) -> list[int]:
     for item in text.split(","):
         item = item.strip()
         if item:
-            values.append(_positive_int(item))
+            values.append(positive_int(item))
     if not values:
         raise argparse.ArgumentTypeError("expected a comma-separated list of positive integers")
     if len(set(values)) != len(values):
@@ -170,23 +151,23 @@ def register(sub) -> None:
     p.add_argument("--slo", default="ttft_p99=2s,tpot_p99=100ms",
                    help="latency targets METRIC_pXX=DURATION, comma-separated; METRIC: ttft, tpot, e2e "
                         "(default: %(default)s)")
-    p.add_argument("--target-rate", type=_positive_float, metavar="REQ_PER_S",
+    p.add_argument("--target-rate", type=positive_float, metavar="REQ_PER_S",
                    help="requests/s to serve in all; sets the replicas and GPUs needed (default: the trace's own "
                         "rate)")
-    p.add_argument("--precision", type=_positive_float, default=DEFAULT_PRECISION,
+    p.add_argument("--precision", type=positive_float, default=DEFAULT_PRECISION,
                    help="relative precision of the capacity search: stop when the lowest failing rate is within "
                         "this fraction of the highest passing one (default: %(default)g)")
-    p.add_argument("--start-rate", type=_positive_float, metavar="REQ_PER_S",
+    p.add_argument("--start-rate", type=positive_float, metavar="REQ_PER_S",
                    help="first rate the search probes (default: the trace's own rate)")
-    p.add_argument("--first", type=_positive_int, metavar="N", help="use only the trace's first N requests")
+    p.add_argument("--first", type=positive_int, metavar="N", help="use only the trace's first N requests")
     p.add_argument("--duration", metavar="T", help="use only requests arriving in the trace's first T (e.g. 600s)")
-    p.add_argument("--jobs", "-j", type=_positive_int, help="local processes (default: one per core)")
+    p.add_argument("--jobs", "-j", type=positive_int, help="local processes (default: one per core)")
     p.add_argument("-o", "--output", metavar="HTML", help="report file (default: report.html; or --out DIR/report.html)")
     p.add_argument("--title", help="the report's title")
     p.add_argument("--validation-dir", default=os.path.join("reports", "validation"),
                    help="where to look for GPU validation results (validation.json; default: %(default)s)")
     p.add_argument("--screenshot", metavar="PNG", help="also save a PNG of the report (needs Chromium)")
-    p.add_argument("--screenshot-height", type=_positive_int, default=4200, help="screenshot height in pixels")
+    p.add_argument("--screenshot-height", type=positive_int, default=4200, help="screenshot height in pixels")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("sweep", help="a grid of replays (traces x models x GPUs x allocators x block sizes x rates) "
@@ -195,7 +176,7 @@ def register(sub) -> None:
                                    "Finished cells are kept under OUT/cells/ and not recomputed by a rerun.")
     p.add_argument("spec", help="the sweep's TOML spec")
     p.add_argument("--out", help="output directory (default: runs/sweep-<name>); a rerun resumes there")
-    p.add_argument("--jobs", "-j", type=_positive_int, help="local processes, or CPUs of a local Ray instance "
+    p.add_argument("--jobs", "-j", type=positive_int, help="local processes, or CPUs of a local Ray instance "
                                                             "(default: one per core)")
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="run the cells as Ray tasks: on a new local Ray instance, or the cluster at ADDRESS "

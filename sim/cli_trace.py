@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+from sim.cli_args import non_negative_int, positive_float, positive_int
 from sim.errors import UserError
 from sim.trace import READERS, Trace, read_trace, write_trace
 from sim.trace_tools import format_stats, scale_trace, slice_trace, trace_stats
@@ -15,41 +16,11 @@ from sim.tracegen import LENGTHS_HELP, generate
 from sim.units import parse_duration
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def add_read_options(p: argparse.ArgumentParser, rate_flag: str = "--rate") -> None:
     """Options that say how to read a trace file (shared by the trace subcommands)."""
     p.add_argument("trace", help="trace file (format detected from its header or first JSON record)")
     p.add_argument("--format", choices=sorted(READERS), help="force the trace format")
-    p.add_argument(rate_flag, dest="rate", type=_positive_float, metavar="REQ_PER_S",
+    p.add_argument(rate_flag, dest="rate", type=positive_float, metavar="REQ_PER_S",
                    help="length-only traces: requests/s of the Poisson arrivals to generate")
     p.add_argument("--seed", type=int, default=0, help="seed of those arrivals (default: 0)")
     p.add_argument("--model-filter", metavar="MODEL", help="BurstGPT traces: keep only this model's rows "
@@ -135,20 +106,20 @@ def register(sub) -> None:
     p.add_argument("--lengths", default="sharegpt", help=f"length distribution: {LENGTHS_HELP} (default: sharegpt)")
     p.add_argument("--arrivals", choices=["poisson", "gamma"], default="poisson",
                    help="arrival process (default: poisson)")
-    p.add_argument("--cv", type=_positive_float,
+    p.add_argument("--cv", type=positive_float,
                    help="gamma arrivals: coefficient of variation of the gaps (burstiness; 1 = Poisson)")
-    p.add_argument("--rate", type=_positive_float, default=1.0, help="mean requests/s (default: 1)")
-    p.add_argument("--count", type=_positive_int, help="number of requests")
+    p.add_argument("--rate", type=positive_float, default=1.0, help="mean requests/s (default: 1)")
+    p.add_argument("--count", type=positive_int, help="number of requests")
     p.add_argument("--duration", help="generate arrivals for this long instead, e.g. 600 or 10min")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--prefix-groups", type=_non_negative_int, default=0,
+    p.add_argument("--prefix-groups", type=non_negative_int, default=0,
                    help="number of shared-prefix groups (with --prefix-tokens)")
-    p.add_argument("--prefix-tokens", type=_non_negative_int, default=0,
+    p.add_argument("--prefix-tokens", type=non_negative_int, default=0,
                    help="tokens of each group's shared prefix, put in front of the sampled prompt")
-    p.add_argument("--prefix-fraction", type=_positive_float, default=1.0,
+    p.add_argument("--prefix-fraction", type=positive_float, default=1.0,
                    help="fraction of requests that join a group (default: 1)")
-    p.add_argument("--n", type=_positive_int, help="add an n column (parallel samples per request)")
-    p.add_argument("--beam-width", type=_positive_int, help="add a beam_width column")
+    p.add_argument("--n", type=positive_int, help="add an n column (parallel samples per request)")
+    p.add_argument("--beam-width", type=positive_int, help="add a beam_width column")
     _add_output(p)
     p.set_defaults(func=cmd_generate)
 
@@ -164,8 +135,8 @@ def register(sub) -> None:
     add_read_options(p)
     p.add_argument("--start", help="window start after the first arrival, e.g. 600 or 10min")
     p.add_argument("--end", help="window end (exclusive) after the first arrival")
-    p.add_argument("--first", type=_positive_int, metavar="N", help="keep the first N requests (of the window)")
-    p.add_argument("--skip", type=_non_negative_int, default=0, metavar="N", help="drop the first N requests first")
+    p.add_argument("--first", type=positive_int, metavar="N", help="keep the first N requests (of the window)")
+    p.add_argument("--skip", type=non_negative_int, default=0, metavar="N", help="drop the first N requests first")
     p.add_argument("--keep-times", action="store_true", help="keep the original arrival times")
     _add_output(p)
     p.set_defaults(func=cmd_slice)
@@ -173,8 +144,8 @@ def register(sub) -> None:
     p = tsub.add_parser("scale", help="multiply a trace's arrival rate (gaps divided by the factor)")
     add_read_options(p)
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--factor", type=_positive_float, help="arrival-rate multiplier, e.g. 2 = twice as fast")
-    group.add_argument("--to-rate", type=_positive_float, metavar="REQ_PER_S",
+    group.add_argument("--factor", type=positive_float, help="arrival-rate multiplier, e.g. 2 = twice as fast")
+    group.add_argument("--to-rate", type=positive_float, metavar="REQ_PER_S",
                        help="target mean arrival rate, (rows - 1) / duration")
     _add_output(p)
     p.set_defaults(func=cmd_scale)

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+MIN_SAMPLES = 3  # grid points a fit needs at the least
+
 from sim.errors import UserError
 from sim.scheduler import Batch
 
@@ -198,8 +200,8 @@ def default_knots(max_tokens: int) -> list[int]:
 
 def fit_profile(samples: list[dict], knots: list[int] | None = None, meta: dict | None = None) -> ProfileCostModel:
     """Fit the formula to measured samples: dicts with the `batch_features` keys and `time_s`."""
-    if len(samples) < 3:
-        raise UserError("a cost profile needs at least 3 measured samples")
+    if len(samples) < MIN_SAMPLES:
+        raise UserError(f"a cost profile needs at least {MIN_SAMPLES} measured samples")
     if knots is None:
         knots = default_knots(max(int(s["tokens"]) for s in samples))
     a = _design(samples, knots)

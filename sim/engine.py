@@ -14,7 +14,7 @@ import simpy
 
 from sim.allocators.base import KVAllocator, TokenContent
 from sim.cost_model import CostModel
-from sim.metrics import RequestLog, StepLog
+from sim.metrics import RequestLog, StepLog, record_iteration
 from sim.scheduler import Scheduler, Sequence
 from sim.trace import Trace
 
@@ -132,25 +132,13 @@ class Engine:
                                              f"sequences of up to {seq.final_len:,} tokens)")
                 self._count_done(1)
                 continue
-            for seq in batch.preempted:
-                req.preemptions[seq.seq_id] += 1
             mem = alloc.memory(sched.next_waiting_final_len())
             unshared = alloc.held_without_sharing()
             duration = self.cost_model.step_time(batch)
             yield env.timeout(duration)
             now = env.now
             finished = sched.finish(batch, now)
-            self.steps.append((start, duration, batch.num_seqs, len(sched.waiting), batch.num_prefill_tokens,
-                               batch.num_decode_seqs, batch.num_batched_tokens, len(batch.preempted),
-                               mem.token_states * bpt, mem.reserved * bpt, mem.internal_fragmentation * bpt,
-                               mem.external_fragmentation * bpt, mem.free * bpt, unshared * bpt))
-            for seq in batch.prefill:
-                i = seq.seq_id
-                if np.isnan(req.admitted_s[i]):
-                    req.admitted_s[i] = seq.admitted_s
-                    req.first_token_s[i] = seq.first_token_s
-            for seq in finished:
-                req.finish_s[seq.seq_id] = now
+            record_iteration(self.steps, req, start, duration, now, batch, len(sched.waiting), mem, unshared, bpt, finished)
             if finished:
                 self._count_done(len(finished))
             if self.fast_forward:

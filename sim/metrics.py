@@ -80,6 +80,26 @@ class RequestLog:
                    [None] * n, seqs)
 
 
+def record_iteration(steps: StepLog, requests: "RequestLog", start: float, duration: float, end: float, batch,
+                     waiting: int, memory, unshared: int, bytes_per_token: int, finished) -> None:
+    """Append one executed iteration to the records: its step row, and the admission, first-token and finish times
+    of the requests it touched. Shared by the simulator and the GPU harness, so both write the same records."""
+    bpt = bytes_per_token
+    steps.append((start, duration, batch.num_seqs, waiting, batch.num_prefill_tokens, batch.num_decode_seqs,
+                  batch.num_batched_tokens, len(batch.preempted), memory.token_states * bpt, memory.reserved * bpt,
+                  memory.internal_fragmentation * bpt, memory.external_fragmentation * bpt, memory.free * bpt,
+                  unshared * bpt))
+    for seq in batch.preempted:
+        requests.preemptions[seq.seq_id] += 1
+    for seq in batch.prefill:
+        i = seq.seq_id
+        if np.isnan(requests.admitted_s[i]):
+            requests.admitted_s[i] = seq.admitted_s
+            requests.first_token_s[i] = seq.first_token_s
+    for seq in finished:
+        requests.finish_s[seq.seq_id] = end
+
+
 def _stats(values: np.ndarray) -> dict[str, float | None]:
     if len(values) == 0:
         return {"mean": None, "p50": None, "p90": None, "p99": None}

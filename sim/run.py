@@ -95,6 +95,20 @@ def validate_options(options: ReplayOptions) -> None:
         raise UserError("--step-overhead must not be negative")
 
 
+def summary_header(allocator: KVAllocator, budget: KVBudget, options: ReplayOptions, trace: Trace) -> dict:
+    """The identifying fields every summary starts with (simulator and GPU harness alike)."""
+    return {
+        "allocator": allocator.name,
+        "block_size": budget.block_size,
+        "model": options.model.name,
+        "gpu": options.gpu.name,
+        "trace": trace.path,
+        "kv_capacity_bytes": budget.capacity_bytes,
+        "kv_capacity_tokens": budget.capacity_tokens,
+        "kv_blocks": budget.num_blocks,
+    }
+
+
 def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | None = None) -> ReplayResult:
     validate_options(options)
     budget = options.budget()
@@ -110,14 +124,7 @@ def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | No
     steps = step_log.arrays()
     start = float(trace.arrival_s[0]) if len(trace) else 0.0
     summary = {
-        "allocator": allocator.name,
-        "block_size": budget.block_size,
-        "model": options.model.name,
-        "gpu": options.gpu.name,
-        "trace": trace.path,
-        "kv_capacity_bytes": budget.capacity_bytes,
-        "kv_capacity_tokens": budget.capacity_tokens,
-        "kv_blocks": budget.num_blocks,
+        **summary_header(allocator, budget, options, trace),
         **summarize(steps, requests, budget.capacity_bytes, start),
         "iterations_fast_forwarded": engine.num_fast_forwarded,
         "sharing": sharing_summary(steps, getattr(allocator, "num_cow_copies", 0), scheduler.prefill_tokens_requested,

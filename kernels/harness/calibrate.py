@@ -20,7 +20,7 @@ import torch
 from kernels.harness.executor import Executor
 from kernels.harness.kv_source import LineageTracker
 from sim.allocators.paged import PagedAllocator
-from sim.cost_profile import batch_features, fit_profile
+from sim.cost_profile import MIN_SAMPLES, batch_features, fit_profile
 from sim.scheduler import Batch, Sequence
 
 
@@ -157,7 +157,8 @@ def measure(state: SyntheticState, points, repeats: int = 2, passes: int = 3, de
     stop = False
     for _ in range(passes):
         for i in rng.permutation(len(points)):
-            if deadline is not None and time.perf_counter() > deadline:
+            # The budget never cuts the grid below what a fit needs (warm-up alone may exceed a small budget).
+            if deadline is not None and time.perf_counter() > deadline and len(walls) >= MIN_SAMPLES:
                 stop = True
                 break
             kind, a, b = points[i]

@@ -28,8 +28,8 @@ from kernels.harness.model import RandomTransformer, Shapes
 from sim.config import KVBudget, activation_reserve_bytes
 from sim.engine import branches_of, content_of
 from sim.errors import UserError
-from sim.metrics import RequestLog, StepLog, sharing_summary, summarize
-from sim.run import ReplayOptions, make_allocator, validate_options
+from sim.metrics import RequestLog, StepLog, record_iteration, sharing_summary, summarize
+from sim.run import ReplayOptions, make_allocator, summary_header, validate_options
 from sim.scheduler import BeamModel, Scheduler, SchedulerLimits, Sequence
 from sim.trace import Trace
 
@@ -222,20 +222,9 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
                 checks.merge(executor.check(result.capture))
                 excluded += time.perf_counter() - c0
             gpu_s.append(result.gpu_s if result.gpu_s is not None else float("nan"))
-            for seq in batch.preempted:
-                req.preemptions[seq.seq_id] += 1
             finished = sched.finish(batch, end)
-            steps.append((start, end - start, batch.num_seqs, len(sched.waiting), batch.num_prefill_tokens,
-                          batch.num_decode_seqs, batch.num_batched_tokens, len(batch.preempted),
-                          mem.token_states * bpt, mem.reserved * bpt, mem.internal_fragmentation * bpt,
-                          mem.external_fragmentation * bpt, mem.free * bpt, unshared * bpt))
-            for seq in batch.prefill:
-                i = seq.seq_id
-                if np.isnan(req.admitted_s[i]):
-                    req.admitted_s[i] = seq.admitted_s
-                    req.first_token_s[i] = seq.first_token_s
-            for seq in finished:
-                req.finish_s[seq.seq_id] = end
+            record_iteration(steps, req, start, end - start, end, batch, len(sched.waiting), mem, unshared, bpt,
+                             finished)
             done += len(finished)
             iteration += 1
             if progress is not None:
@@ -251,14 +240,7 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
             memory["harness_pool"] - memory["harness_kv_source_table"]
         memory["device_total"] = torch.cuda.get_device_properties(0).total_memory
     summary = {
-        "allocator": allocator.name,
-        "block_size": budget.block_size,
-        "model": options.model.name,
-        "gpu": options.gpu.name,
-        "trace": trace.path,
-        "kv_capacity_bytes": budget.capacity_bytes,
-        "kv_capacity_tokens": budget.capacity_tokens,
-        "kv_blocks": budget.num_blocks,
+        **summary_header(allocator, budget, options, trace),
         **summarize(arrays, req, budget.capacity_bytes, trace_start),
         "sharing": sharing_summary(arrays, getattr(allocator.wrapped, "num_cow_copies", 0),
                                    sched.prefill_tokens_requested, sched.prefill_tokens_cached),
