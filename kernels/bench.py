@@ -1,6 +1,7 @@
 """GPU benchmark of the kernels against their baselines, in one process, on the same data.
 
-    python -m kernels.bench --out DIR [--sweep] [--budget-s 360] [--quick]
+    python -m kernels.bench --out DIR [--sweep] [--budget-s 360] [--quick] [--flex]
+    python -m kernels.bench --out DIR --only flex      # FlexAttention (paged KV) subset only
 
 Writes ``DIR/bench.json`` (every number, the environment and the command) and
 ``DIR/bench.md`` (tables and the targets, met or missed).  Times are medians of
@@ -10,7 +11,14 @@ attention must read (sum of the sequence lengths x KV heads x head size x 2
 bytes x 2 for K and V) / time; the ceiling is a large device-to-device copy,
 counting bytes read plus bytes written.
 
-Needs a CUDA GPU; nothing here runs under the Triton interpreter.
+FlexAttention with paged KV (``--flex`` or ``--only flex``) is measured on a
+subset of the decode grid (``FLEX_CASES``), beside our kernel and SDPA on the
+same data: ``torch.compile(flex_attention)`` over the physical KV pool viewed
+as one long sequence, with a ``BlockMask`` whose KV blocks are the 16-token
+pages (see ``flex_paged_block_mask``).  Each new shape costs a compile.
+
+Needs a CUDA GPU; ``--cpu-smoke`` runs tiny shapes on the CPU (Triton
+interpreter, and FlexAttention compiled for the CPU) to check this script.
 """
 
 from __future__ import annotations
@@ -201,7 +209,146 @@ def decode_bytes(lens, hkv):
     return sum(lens) * hkv * HEAD * 2 * 2
 
 
-def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=True, extra_configs=None):
+# --------------------------------------------------------------------------------------
+# FlexAttention with paged KV
+# --------------------------------------------------------------------------------------
+
+# (layout, batch, context) of the uniform cases, and the names of the mixed cases, that also run FlexAttention.
+# Every new shape costs a torch.compile (tens of seconds), so only this subset of the grid is measured.
+FLEX_CASES = {("mha", 16, 2048), ("mha", 16, 8192), ("mha", 64, 2048), ("mha", 64, 8192),
+              ("gqa", 16, 2048), ("gqa", 16, 8192), ("gqa", 64, 2048), ("gqa", 64, 8192)}
+FLEX_MIXED = {"mixed gqa b64 len1-8192"}
+FLEX_SMOKE = {("mha", 2, 40), ("gqa", 2, 300)}
+FLEX_SMOKE_MIXED = {"mixed gqa b16 len1-8192"}
+_FLEX = {}
+
+
+def flex_available() -> dict:
+    info = {}
+    try:
+        from torch.nn.attention import flex_attention as fa
+        info["flex_attention"] = hasattr(fa, "flex_attention") and hasattr(fa, "BlockMask")
+    except Exception as e:  # noqa: BLE001
+        info["flex_attention"] = f"unavailable: {type(e).__name__}: {e}"[:200]
+    try:
+        from torch.nn.attention.experimental import _paged_attention as pg
+        info["experimental_PagedAttention_helper"] = hasattr(pg, "PagedAttention")
+    except Exception:  # noqa: BLE001
+        info["experimental_PagedAttention_helper"] = False
+    return info
+
+
+def _flex_compiled():
+    """``torch.compile(flex_attention, dynamic=False)``, made once; one compile per new shape."""
+    if "fn" not in _FLEX:
+        import torch._dynamo
+        from torch.nn.attention.flex_attention import flex_attention
+        for name in ("recompile_limit", "cache_size_limit"):  # every case is a new shape: allow them all
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, 256)
+        # static shapes: with dynamic batch/heads inductor would not pick its flex-decoding kernel
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+    return _FLEX["fn"]
+
+
+def flex_paged_block_mask(bt, lens, num_blocks):
+    """A FlexAttention ``BlockMask`` for decode over the paged cache, gathering nothing.
+
+    K/V are the physical pool viewed as one sequence of ``num_blocks * BLOCK`` tokens
+    (``[1, Hkv, num_blocks * BLOCK, D]``, broadcast over the batch).  The mask's KV block
+    size is the page size (``BLOCK``), so block ``j`` of the mask is physical page ``j``:
+
+    * full blocks of sequence ``s``: its complete pages ``bt[s, :len // BLOCK]`` (no mask_mod);
+    * partial blocks: its last, incomplete page, if any, where mask_mod keeps the valid tokens.
+
+    ``mask_mod`` itself is exact everywhere (page owner == sequence and logical position <
+    length), so the eager (unfused) path, which ignores the block lists, gives the same answer.
+    The index tensors are ``num_blocks`` wide (as torch's experimental ``PagedAttention`` helper
+    makes them), which inductor's CPU lowering needs.  Built from the host-side ``lens``: no sync.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+    import inspect
+
+    dev = bt.device
+    b, width = bt.shape
+    nblk = torch.tensor([math.ceil(n / BLOCK) for n in lens], dtype=torch.int64, device=dev)
+    n_full = torch.tensor([n // BLOCK for n in lens], dtype=torch.int32, device=dev)
+    has_part = torch.tensor([int(n % BLOCK != 0) for n in lens], dtype=torch.int32, device=dev)
+    sl = torch.tensor(lens, dtype=torch.int32, device=dev)
+    cols = torch.arange(width, device=dev)
+    full_idx = torch.zeros((b, num_blocks), dtype=torch.int32, device=dev)
+    full_idx[:, :width] = torch.where(cols[None, :] < n_full[:, None].long(), bt, torch.zeros_like(bt))
+    part_idx = torch.zeros((b, num_blocks), dtype=torch.int32, device=dev)
+    last = bt.gather(1, n_full.long().clamp(max=width - 1)[:, None])[:, 0]
+    part_idx[:, 0] = torch.where(has_part.bool(), last, torch.zeros_like(last))
+    # page -> (owning sequence, logical page index); -1 = free page
+    valid = cols[None, :] < nblk[:, None]
+    rows = torch.arange(b, device=dev, dtype=torch.int32)[:, None].expand(b, width)
+    pages = bt[valid].long()
+    owner = torch.full((num_blocks,), -1, dtype=torch.int32, device=dev)
+    logical = torch.zeros((num_blocks,), dtype=torch.int32, device=dev)
+    owner[pages] = rows[valid]
+    logical[pages] = cols[None, :].expand(b, width)[valid].to(torch.int32)
+
+    def mask_mod(bi, h, q_idx, kv_idx):
+        page = kv_idx // BLOCK
+        return (owner[page] == bi) & (logical[page] * BLOCK + kv_idx % BLOCK < sl[bi])
+
+    kw = {}
+    if "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters:
+        kw["compute_q_blocks"] = False  # forward only: no transposed (q-block) lists
+    return BlockMask.from_kv_blocks(has_part.view(b, 1, 1), part_idx.view(b, 1, 1, num_blocks),
+                                    n_full.view(b, 1, 1), full_idx.view(b, 1, 1, num_blocks),
+                                    BLOCK_SIZE=(128, BLOCK), mask_mod=mask_mod,
+                                    seq_lengths=(1, num_blocks * BLOCK), **kw)
+
+
+def _flex_fn(c, lens, hq, hkv, scale):
+    """The timed FlexAttention call on case ``c`` (no gather; the cache is read in place)."""
+    q, kc, vc = c["q"], c["k_cache"], c["v_cache"]
+    batch, nb = q.shape[0], kc.shape[0]
+    bm = flex_paged_block_mask(c["bt"], lens, nb)
+    q4 = q.view(batch, hq, 1, HEAD)
+    k4 = kc.view(1, nb * BLOCK, hkv, HEAD).transpose(1, 2)  # [1, Hkv, pool tokens, D], strided view
+    v4 = vc.view(1, nb * BLOCK, hkv, HEAD).transpose(1, 2)
+    kw = {"enable_gqa": True} if hq != hkv else {}
+    if _FLEX.get("cpu_eager"):  # --cpu-smoke only, after the CPU compile failed once
+        from torch.nn.attention.flex_attention import flex_attention as flex
+    else:
+        flex = _flex_compiled()
+    return lambda: flex(q4, k4, v4, block_mask=bm, scale=scale, **kw)
+
+
+def measure_flex(c, rec, times, eager, lens, hq, hkv, scale, ref_out):
+    """Time FlexAttention (paged) on the case's data; record compile time and error vs the reference."""
+    batch = c["q"].shape[0]
+    t0 = time.time()
+    fn = _flex_fn(c, lens, hq, hkv, scale)
+    try:
+        out = fn()
+    except Exception as e:  # noqa: BLE001
+        if not SMOKE:
+            raise
+        # CPU smoke only: inductor's CPU flex lowering may be unavailable; the eager path checks the mask
+        print(f"flex: CPU compile failed ({type(e).__name__}: {str(e)[:200]}); eager flex_attention from now on",
+              flush=True)
+        _FLEX["cpu_eager"] = f"eager flex_attention (CPU compile failed: {type(e).__name__})"
+        fn = _flex_fn(c, lens, hq, hkv, scale)
+        out = fn()
+    rec["flex_mode"] = _FLEX.get("cpu_eager") or "torch.compile(flex_attention, dynamic=False)"
+    if not SMOKE:
+        torch.cuda.synchronize()
+    rec["flex_first_call_s"] = time.time() - t0  # compile included
+    out = out.view(batch, hq, HEAD).float()
+    rec["flex_nan"] = bool(torch.isnan(out).any().item())
+    rec["flex_max_abs_err_vs_ref"] = (out - ref_out).abs().max().item()
+    times["flex_paged"] = _bench_graph_or_eager(fn, rec, "flex_paged")
+    eager["flex_paged"] = _bench(fn)
+    rec.setdefault("cpu_us_per_call", {})["flex_paged"] = _cpu_us(fn)
+
+
+def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=True, extra_configs=None,
+                   with_flex=False):
     kv_bytes = decode_bytes(lens, hkv)
     lmax = math.ceil(max(lens) / BLOCK) * BLOCK
     padded = batch * lmax * hkv * HEAD * 2 * 2
@@ -251,13 +398,26 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
                     times[f"sdpa_{bname}"] = eager[f"sdpa_{bname}"]
             except Exception as e:  # noqa: BLE001
                 rec[f"sdpa_{bname}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    times["ours_scattered_repeat"] = _bench_graph(ours())
     # correctness against SDPA on the same data
     ours_out = ours()().float()
     if res:
         ref = next(iter(res.values())).float().view(batch, hq, HEAD)
         rec["max_abs_diff_vs_sdpa"] = (ours_out - ref).abs().max().item()
     rec["ours_nan"] = bool(torch.isnan(ours_out).any().item())
+    if with_flex:
+        # FlexAttention over the same paged cache; both outputs checked against kernels.reference
+        from kernels.reference import ref_paged_decode
+        ref_out = ref_paged_decode(q.float(), kc, vc, bt, sl, scale).float()
+        rec["ours_max_abs_err_vs_ref"] = (ours_out - ref_out).abs().max().item()
+        try:
+            measure_flex(c, rec, times, eager, lens, hq, hkv, scale, ref_out)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            rec["flex_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+            if not SMOKE:
+                torch.cuda.synchronize()
+        del ref_out
+    times["ours_scattered_repeat"] = _bench_graph(ours())
     if extra_configs:
         sweep = {}
         for label, kw in extra_configs:
@@ -281,6 +441,8 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
         best = min(sd, key=sd.get)
         rec["fastest_sdpa"] = best
         rec["ours_speed_vs_fastest_sdpa"] = sd[best] / times["ours_scattered"]
+    if "flex_paged" in times:
+        rec["ours_speed_vs_flex"] = times["flex_paged"] / times["ours_scattered"]
     rec["paging_overhead"] = times["ours_scattered"] / times["ours_inorder"] - 1.0
     rec["repeat_spread"] = abs(times["ours_scattered_repeat"] / times["ours_scattered"] - 1.0)
     del c, res, out
@@ -541,13 +703,41 @@ def write_markdown(result, path):
             f" {_eager_cell(r)} |")
     errs = {k: v for r in result["decode"] for k, v in r.items() if k.endswith("_error")}
     if errs:
-        L.append("\nSDPA backends that refused a case (first message of each kind):\n")
+        L.append("\nBackends that refused a case (first message of each kind):\n")
         seen = set()
         for r in result["decode"]:
             for k, v in r.items():
                 if k.endswith("_error") and (k, v[:60]) not in seen:
                     seen.add((k, v[:60]))
                     L.append(f"- {r['case']}: {k[:-6]}: {v}")
+    flex = [r for r in result["decode"] if "flex_error" in r or "flex_paged" in r.get("ms", {})]
+    if flex:
+        L.append("\n## FlexAttention with paged KV (subset of the decode grid)\n")
+        fa = result["env"].get("flex", {})
+        L.append(f"- torch {result['env']['torch']}: flex_attention {fa.get('flex_attention')}; experimental "
+                 f"PagedAttention helper present: {fa.get('experimental_PagedAttention_helper')} (not used: the "
+                 f"BlockMask is built directly, as that helper would build it)")
+        L.append(f"- FlexAttention cases: {result.get('flex_cases', '-')}")
+        L.append("- flex: `torch.compile(flex_attention, dynamic=False)` on the physical pool viewed as one "
+                 "sequence `[1, Hkv, pages x 16, D]`, BlockMask with 16-token KV blocks = the pages of each "
+                 "sequence (full pages as full blocks, the last partial page masked by mask_mod); nothing "
+                 "gathered. Same q, cache and scattered block table as ours; graph-replay medians like the rest.")
+        L.append("- errors: max abs error of each output against `kernels.reference.ref_paged_decode` (fp32)\n")
+        L.append("| case | KV GB | ours ms | flex ms | flex/ours time (ours speed-up) | best SDPA ms | "
+                 "flex % copy | ours err | flex err | flex first call s (compile) | flex timing |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in flex:
+            m = r.get("ms", {})
+            sd = r.get("fastest_sdpa")
+            if "flex_paged" not in m:
+                L.append(f"| {r['case']} | {_f(r.get('kv_gb'), 2)} | {_f(m.get('ours_scattered'), 4)} | "
+                         f"error: {r.get('flex_error', '')} |" + " |" * 7)
+                continue
+            L.append(f"| {r['case']} | {_f(r['kv_gb'], 2)} | {_f(m['ours_scattered'], 4)} | "
+                     f"{_f(m['flex_paged'], 4)} | {_f(r.get('ours_speed_vs_flex'), 2)} | "
+                     f"{_f(m.get(sd) if sd else None, 4)} | {100 * r['frac_of_copy']['flex_paged']:.1f}% | "
+                     f"{_f(r.get('ours_max_abs_err_vs_ref'), 4)} | {_f(r.get('flex_max_abs_err_vs_ref'), 4)} | "
+                     f"{_f(r.get('flex_first_call_s'), 1)} | {r.get('timing', {}).get('flex_paged', '-')} |")
     if result.get("prefill"):
         L.append("\n## Prefill with cached context\n")
         L.append("| case | ours ms | flash ms | efficient ms | cudnn ms | ours TFLOP/s | best SDPA TFLOP/s |"
@@ -605,17 +795,39 @@ def main(argv=None):
     ap.add_argument("--sweep", action="store_true", help="also time alternative kernel configs on a few cases")
     ap.add_argument("--quick", action="store_true", help="a few cases only")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: decode,mixed,prefill,cache")
+    ap.add_argument("--only", default="", help="comma list of sections to run (decode,mixed,prefill,cache,flex); "
+                    "'--only flex' runs just the FlexAttention subset of the decode grid (ours, SDPA and flex)")
+    ap.add_argument("--flex", action="store_true", help="also measure FlexAttention (paged KV) on its subset of "
+                    "the decode grid (one torch.compile per case: minutes)")
     ap.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     global DEV, SMOKE, DTYPE
     if args.cpu_smoke:
         DEV, SMOKE, DTYPE = "cpu", True, torch.float16
-    elif not torch.cuda.is_available():
-        raise SystemExit("kernels.bench needs a CUDA GPU")
-    os.makedirs(args.out, exist_ok=True)
+    sections = {"decode", "mixed", "prefill", "cache", "flex"}
+    only = set(filter(None, args.only.split(",")))
     skip = set(filter(None, args.skip.split(",")))
+    if (only | skip) - sections:
+        ap.error(f"unknown section(s) {sorted((only | skip) - sections)}; known: {sorted(sections)}")
+    if only:
+        skip |= sections - only
+        if only == {"flex"}:  # the flex subset of the decode and mixed cases only
+            skip -= {"decode", "mixed"}
+    elif not args.flex:
+        skip.add("flex")
+    flex_only = only == {"flex"}
+    if not args.cpu_smoke and not torch.cuda.is_available():
+        raise SystemExit("kernels.bench needs a CUDA GPU (no CUDA device in this torch "
+                         f"{torch.__version__}); '--cpu-smoke' checks the script on tiny CPU shapes"
+                         + (", FlexAttention included" if "flex" not in skip else ""))
+    os.makedirs(args.out, exist_ok=True)
     budget = Budget(args.budget_s)
     result = {"env": env_info(argv), "decode": [], "prefill": [], "write_kv": [], "copy_blocks": []}
+    if "flex" not in skip:
+        result["env"]["flex"] = flex_available()
+        result["flex_cases"] = "uniform: " + ", ".join(
+            f"{lay} b{b} ctx{L}" for lay, b, L in sorted(FLEX_SMOKE if SMOKE else FLEX_CASES)) + "; mixed: " + \
+            ", ".join(sorted(FLEX_SMOKE_MIXED if SMOKE else FLEX_MIXED))
     json_path = os.path.join(args.out, "bench.json")
     md_path = os.path.join(args.out, "bench.md")
 
@@ -639,13 +851,21 @@ def main(argv=None):
         layouts, batches, ctxs = [(4, 4), (4, 1)], [1, 2], [40, 300]
     sweep_cases = {("mha", 64, 2048), ("gqa", 64, 8192), ("mha", 1, 8192), ("gqa", 1, 8192), ("mha", 16, 8192),
                    ("gqa", 16, 8192), ("gqa", 256, 2048)}
+    fcases, fmixed = (FLEX_SMOKE, FLEX_SMOKE_MIXED) if SMOKE else (FLEX_CASES, FLEX_MIXED)
+    if flex_only:
+        # the flex subset at any grid size, uniform contexts first, then the mixed case
+        batches = sorted({b for _, b, _ in fcases})
+        ctxs = sorted({L for _, _, L in fcases}, reverse=True)
     cases = []
     if "decode" not in skip:
         for hq, hkv in layouts:
             lay = "mha" if hq == hkv else "gqa"
             for b in batches:
                 for L in ctxs:
-                    cases.append((f"{lay} b{b} ctx{L}", b, hq, hkv, [L] * b, (lay, b, L) in sweep_cases))
+                    fl = "flex" not in skip and (lay, b, L) in fcases
+                    if flex_only and not fl:
+                        continue
+                    cases.append((f"{lay} b{b} ctx{L}", b, hq, hkv, [L] * b, (lay, b, L) in sweep_cases, fl))
     if "mixed" not in skip:
         import random
         for hq, hkv in layouts:
@@ -653,16 +873,22 @@ def main(argv=None):
             for b in ([16, 64] if args.quick else [16, 64, 256]) if not SMOKE else [16]:
                 rng = random.Random(1000 + b)
                 lens = [rng.randint(1, 100 if SMOKE else 8192) for _ in range(b)]
-                cases.append((f"mixed {lay} b{b} len1-8192", b, hq, hkv, lens, b in (16, 64) and lay == "gqa"
-                              or (b == 16 and lay == "mha")))
-    for name, b, hq, hkv, lens, sw in cases:
+                name = f"mixed {lay} b{b} len1-8192"
+                fl = "flex" not in skip and name in fmixed
+                if flex_only and not fl:
+                    continue
+                cases.append((name, b, hq, hkv, lens, b in (16, 64) and lay == "gqa" or (b == 16 and lay == "mha"),
+                              fl))
+    if flex_only:  # longest contexts first (mixed after the 8,192 ones): they matter most if the budget runs out
+        cases.sort(key=lambda c: (-max(c[4]), c[1]))
+    for name, b, hq, hkv, lens, sw, fl in cases:
         if budget.left() < 20:
             result["decode"].append({"case": name, "kv_gb": decode_bytes(lens, hkv) / GB, "skipped": "budget"})
             continue
         t0 = time.time()
         try:
             extra = decode_sweep_configs(hq, hkv, b, max(lens)) if (args.sweep and sw) else None
-            r = measure_decode(name, b, hq, hkv, lens, ceil, budget, extra_configs=extra)
+            r = measure_decode(name, b, hq, hkv, lens, ceil, budget, extra_configs=extra, with_flex=fl)
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             r = {"case": name, "kv_gb": decode_bytes(lens, hkv) / GB, "error": f"{type(e).__name__}: {e}"[:300],
@@ -674,7 +900,12 @@ def main(argv=None):
                   f"({100 * r['frac_of_copy']['ours_scattered']:.1f}% copy) inorder {r['ms']['ours_inorder']:.4f} "
                   f"best sdpa {r.get('fastest_sdpa')} speed x{r.get('ours_speed_vs_fastest_sdpa', float('nan')):.3f} "
                   f"diff {r.get('max_abs_diff_vs_sdpa', float('nan')):.3g} eager x"
-                  f"{r.get('eager_ours_speed_vs_fastest_sdpa', float('nan')):.3f} [{time.time() - t0:.1f}s]", flush=True)
+                  f"{r.get('eager_ours_speed_vs_fastest_sdpa', float('nan')):.3f}"
+                  + (f" | flex {r['ms']['flex_paged']:.4f} ms (ours x{r['ours_speed_vs_flex']:.2f}) err flex "
+                     f"{r['flex_max_abs_err_vs_ref']:.3g} ours {r['ours_max_abs_err_vs_ref']:.3g} first call "
+                     f"{r['flex_first_call_s']:.1f}s" if "flex_paged" in r["ms"] else "")
+                  + (f" | flex error: {r['flex_error']}" if "flex_error" in r else "")
+                  + f" [{time.time() - t0:.1f}s]", flush=True)
         else:
             print(f"{name:28s} skipped: {r.get('skipped')} {r.get('error', '')}", flush=True)
         save()

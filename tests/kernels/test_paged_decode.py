@@ -235,7 +235,8 @@ def test_int64_offsets_large_cache():
     torch.cuda.empty_cache()
 
 
-@pytest.mark.parametrize("dtype", [DTYPES[0]], ids=dtype_id)
+# fp16, plus bf16 on CUDA (fp32 adds nothing here and is slow under the interpreter)
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.float32], ids=dtype_id)
 def test_block_size_one_and_explicit_max_seq_len(dtype):
     # one-token blocks (how the GPU harness reads a contiguous extent through a block table),
     # and max_seq_len passed as the true maximum instead of the table width

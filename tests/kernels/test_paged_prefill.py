@@ -91,6 +91,8 @@ except ImportError:  # pragma: no cover
     pass
 
 
-def test_prefill_one_token_blocks():
+# fp16, plus bf16 on CUDA
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.float32], ids=dtype_id)
+def test_prefill_one_token_blocks(dtype):
     # the harness reads contiguous extents through [num_slots, 1, heads, d] views and a block table of slots
-    _run_prefill([0, 21, 5], [13, 4, 40], 4, 2, 64, 1, DTYPES[0], seed=3)
+    _run_prefill([0, 21, 5], [13, 4, 40], 4, 2, 64, 1, dtype, seed=3)
