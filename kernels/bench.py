@@ -798,7 +798,9 @@ def main(argv=None):
     ap.add_argument("--only", default="", help="comma list of sections to run (decode,mixed,prefill,cache,flex); "
                     "'--only flex' runs just the FlexAttention subset of the decode grid (ours, SDPA and flex)")
     ap.add_argument("--flex", action="store_true", help="also measure FlexAttention (paged KV) on its subset of "
-                    "the decode grid (one torch.compile per case: minutes)")
+                    "the decode grid (one torch.compile per new shape, about 2 s each on the H100)")
+    ap.add_argument("--flex-cases", choices=("subset", "all"), default="subset",
+                    help="FlexAttention on FLEX_CASES/FLEX_MIXED only (default) or on every decode and mixed case")
     ap.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     global DEV, SMOKE, DTYPE
@@ -825,9 +827,10 @@ def main(argv=None):
     result = {"env": env_info(argv), "decode": [], "prefill": [], "write_kv": [], "copy_blocks": []}
     if "flex" not in skip:
         result["env"]["flex"] = flex_available()
-        result["flex_cases"] = "uniform: " + ", ".join(
-            f"{lay} b{b} ctx{L}" for lay, b, L in sorted(FLEX_SMOKE if SMOKE else FLEX_CASES)) + "; mixed: " + \
-            ", ".join(sorted(FLEX_SMOKE_MIXED if SMOKE else FLEX_MIXED))
+        uni = ", ".join(f"{lay} b{b} ctx{L}" for lay, b, L in sorted(FLEX_SMOKE if SMOKE else FLEX_CASES))
+        mix = ", ".join(sorted(FLEX_SMOKE_MIXED if SMOKE else FLEX_MIXED))
+        result["flex_cases"] = ("every decode and mixed case run" if args.flex_cases == "all"
+                                else f"uniform: {uni}; mixed: {mix}")
     json_path = os.path.join(args.out, "bench.json")
     md_path = os.path.join(args.out, "bench.md")
 
@@ -852,8 +855,9 @@ def main(argv=None):
     sweep_cases = {("mha", 64, 2048), ("gqa", 64, 8192), ("mha", 1, 8192), ("gqa", 1, 8192), ("mha", 16, 8192),
                    ("gqa", 16, 8192), ("gqa", 256, 2048)}
     fcases, fmixed = (FLEX_SMOKE, FLEX_SMOKE_MIXED) if SMOKE else (FLEX_CASES, FLEX_MIXED)
-    if flex_only:
-        # the flex subset at any grid size, uniform contexts first, then the mixed case
+    flex_all = args.flex_cases == "all"
+    if flex_only and not flex_all:
+        # the flex subset at any grid size (it may lie outside --quick's grid)
         batches = sorted({b for _, b, _ in fcases})
         ctxs = sorted({L for _, _, L in fcases}, reverse=True)
     cases = []
@@ -862,7 +866,7 @@ def main(argv=None):
             lay = "mha" if hq == hkv else "gqa"
             for b in batches:
                 for L in ctxs:
-                    fl = "flex" not in skip and (lay, b, L) in fcases
+                    fl = "flex" not in skip and (flex_all or (lay, b, L) in fcases)
                     if flex_only and not fl:
                         continue
                     cases.append((f"{lay} b{b} ctx{L}", b, hq, hkv, [L] * b, (lay, b, L) in sweep_cases, fl))
@@ -874,7 +878,7 @@ def main(argv=None):
                 rng = random.Random(1000 + b)
                 lens = [rng.randint(1, 100 if SMOKE else 8192) for _ in range(b)]
                 name = f"mixed {lay} b{b} len1-8192"
-                fl = "flex" not in skip and name in fmixed
+                fl = "flex" not in skip and (flex_all or name in fmixed)
                 if flex_only and not fl:
                     continue
                 cases.append((name, b, hq, hkv, lens, b in (16, 64) and lay == "gqa" or (b == 16 and lay == "mha"),
