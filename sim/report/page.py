@@ -11,7 +11,7 @@ from sim.metrics import to_json
 from sim.report import charts
 from sim.report.build import ConfigResult, ReportData, model_rows
 from sim.report.capacity import memory_fractions
-from sim.report.html import Page, Raw, esc, rows_to_csv, table
+from sim.report.html import Page, esc, rows_to_csv, table
 from sim.report.slo import format_seconds, per_request_thresholds
 from sim.units import format_bytes
 

@@ -60,7 +60,7 @@ from sim.errors import UserError
 from sim.metrics import atomic_write
 from sim.report.build import _pool_context, default_jobs
 from sim.report.capacity import trace_rate
-from sim.report.slo import SLO, good_requests, meets, parse_slos, per_request_latency, slo_values
+from sim.report.slo import good_requests, meets, parse_slos, per_request_latency, slo_values
 from sim.report.status import StatusLine
 from sim.run import ReplayOptions, replay
 from sim.trace import Trace, read_trace
