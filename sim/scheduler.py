@@ -17,6 +17,7 @@ request that is preempted restarts from its prompt (its branches cannot be recom
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -39,12 +40,17 @@ class Sequence:
     num_branches: int = 1  # parallel samples (n) or beams (beam_width)
     beam: bool = False
     content: TokenContent | None = None
-    generated: int = 0  # output tokens emitted so far (by each branch)
+    generated: int = 0  # output tokens emitted so far, while not running (running: Scheduler.generated)
     preemptions: int = 0
     admitted_s: float | None = None  # first admission
     first_token_s: float | None = None
     branches: list[int] = field(default_factory=list)  # allocator ids of the live branches
     cached_tokens: int = 0  # prefix-cache hit tokens of the latest admission
+    # While running (see Scheduler: lazy rounds): generated = gen_base + the scheduler's round; it finishes at
+    # finish_round; admit_no orders the running requests (admission order).
+    gen_base: int = 0
+    finish_round: int = -1
+    admit_no: int = -1
 
     @property
     def final_len(self) -> int:
@@ -134,6 +140,12 @@ class Scheduler:
     queue) until there is room. Then, if nothing was preempted, waiting requests are admitted in arrival order while
     max_num_seqs, max_num_batched_tokens and the allocator allow; the first that does not fit stops admission
     (no overtaking).
+
+    Lazy rounds: every running request emits one token per iteration, so rather than counting each request's tokens
+    the scheduler counts iterations (`round`) and keeps each running request's progress as an offset from it
+    (`Sequence.gen_base`); requests are found by the round at which they finish. An iteration then costs what changes
+    in it (admissions, completions, preemptions, beam changes), not the number of running requests — where the
+    allocator supports the same for its appends (`append_round`).
     """
 
     def __init__(self, allocator: KVAllocator, limits: SchedulerLimits, beam_model: BeamModel | None = None):
@@ -141,11 +153,17 @@ class Scheduler:
         self.limits = limits
         self.beam_model = beam_model or BeamModel()
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []  # in admission order
+        self.running: dict[Sequence, None] = {}  # in admission order (a dict: removal by key is O(1))
         self.num_running_seqs = 0  # branches of the running requests
         self.num_preemptions = 0
         self.prefill_tokens_requested = 0  # tokens of every admission's prefill, before prefix-cache hits
         self.prefill_tokens_cached = 0  # of those, tokens found in the prefix cache
+        self.round = 0  # iterations finished so far
+        self._finishing: dict[int, list[Sequence]] = {}  # round -> requests finishing at it (may hold stale entries)
+        self._num_finishing: dict[int, int] = {}  # round -> how many of those are still running
+        self._finish_rounds: list[int] = []  # heap of the keys of _finishing
+        self._num_running_beams = 0  # running beam requests with more than one branch
+        self._num_admitted = 0
         self._next_child_id = CHILD_ID_BASE
 
     def add(self, seq: Sequence) -> None:
@@ -157,37 +175,85 @@ class Scheduler:
     def next_waiting_final_len(self) -> int | None:
         return self.waiting[0].final_len if self.waiting else None
 
+    def generated(self, seq: Sequence) -> int:
+        """Output tokens a request has emitted so far (by each branch)."""
+        return seq.gen_base + self.round if seq in self.running else seq.generated
+
+    def _branches_in_allocator_order(self) -> bool:
+        """Whether the running branches, in the scheduler's order, are the allocator's live sequences in its live
+        order (admission and fork order) — true unless beams replaced a branch in the middle of a request."""
+        return not (self._num_running_beams and self.beam_model.replace_prob > 0)
+
     def schedule(self, now: float) -> Batch:
         batch = Batch()
         alloc = self.allocator
-        running = self.running
-        seq_ids = [b for s in running for b in s.branches]
-        total = alloc.append_each(seq_ids) if seq_ids else 0
-        if total is None:  # one by one, preempting where memory runs out
-            i = 0
-            while i < len(running):
-                seq = running[i]
-                ok = True
-                for branch in seq.branches:
-                    while not alloc.can_append(branch, 1):
-                        victim = running.pop()
-                        self._preempt(victim, batch)
-                        if victim is seq:
-                            ok = False
-                            break
-                    if not ok:
-                        break
-                    alloc.append(branch, 1)
-                if ok:
-                    i += 1
-            total = sum(alloc.num_tokens(b) for s in running for b in s.branches)
-        batch.decode = list(running)
+        total = None
+        if not self.running:
+            total = 0
+        elif self._branches_in_allocator_order():
+            total = alloc.append_round()
+            if total is None:
+                crossers = alloc.round_crossers()
+                if crossers is not None:
+                    self._preempt_for_round(crossers, batch)
+                    total = alloc.append_round() if self.running else 0
+                    assert total is not None, "the allocator refused a round that its free blocks cover"
+        if total is None:
+            total = self._append_one_by_one(batch)
+        batch.decode = list(self.running)
         batch.num_decode_seqs = self.num_running_seqs
         batch.decode_context_tokens = total
         if not batch.preempted:
             self._admit(batch, now)
         batch.copies = alloc.take_copy_ops()
         return batch
+
+    def _preempt_for_round(self, crossers: list[int], batch: Batch) -> None:
+        """Preempt as the appends one by one would (see _append_one_by_one) when only the listed sequences (single-
+        branch requests, in running order) need a block: at each of them, while no block is left for it, the most
+        recently admitted request goes."""
+        alloc = self.allocator
+        taken = 0  # blocks the crossers before this one will take
+        gone: set[int] = set()
+        for seq_id in crossers:
+            if seq_id in gone:
+                continue
+            while alloc.num_free_blocks - taken < 1:
+                victim, _ = self.running.popitem()
+                gone.update(victim.branches)
+                self._preempt(victim, batch)
+                if victim.seq_id == seq_id:
+                    break
+            if seq_id not in gone:
+                taken += 1
+
+    def _append_one_by_one(self, batch: Batch) -> int:
+        """Room for one more token for every running branch, one at a time in running order, preempting the most
+        recently admitted request while the allocator has none. Returns the tokens the running branches hold."""
+        alloc = self.allocator
+        running = list(self.running)
+        seq_ids = [b for s in running for b in s.branches]
+        total = alloc.append_each(seq_ids)
+        if total is not None:
+            return total
+        i = 0
+        while i < len(running):
+            seq = running[i]
+            ok = True
+            for branch in seq.branches:
+                while not alloc.can_append(branch, 1):
+                    victim = running.pop()
+                    del self.running[victim]
+                    self._preempt(victim, batch)
+                    if victim is seq:
+                        ok = False
+                        break
+                if not ok:
+                    break
+                alloc.append(branch, 1)
+            if ok:
+                i += 1
+        return sum(alloc.num_tokens(b) for s in running for b in s.branches)
 
     # --- fast-forward support ---------------------------------------------------------------------------------------
     def decode_rounds_without_events(self) -> int:
@@ -196,10 +262,15 @@ class Scheduler:
         sequence slots only shrink while nothing finishes). 0 when the next iteration may do more."""
         if not self.running:
             return 0
-        rounds = min(s.output_tokens - s.generated for s in self.running) - 1
+        heap, counts = self._finish_rounds, self._num_finishing
+        while not counts.get(heap[0]):  # drop rounds whose requests all left (preempted)
+            r = heapq.heappop(heap)
+            counts.pop(r, None)
+            self._finishing.pop(r, None)
+        rounds = heap[0] - self.round - 1
         if rounds <= 0:
             return 0
-        if self.beam_model.replace_prob > 0 and any(s.beam and len(s.branches) > 1 for s in self.running):
+        if self._num_running_beams and self.beam_model.replace_prob > 0:
             return 0
         if self.waiting:
             head = self.waiting[0]
@@ -214,14 +285,44 @@ class Scheduler:
         return [b for s in self.running for b in s.branches]
 
     def advance_decode(self, rounds: int) -> None:
-        """Account `rounds` fast-forwarded decode iterations (the allocator was advanced by apply_decode)."""
-        for seq in self.running:
-            seq.generated += rounds
+        """Account `rounds` fast-forwarded decode iterations (the allocator was advanced by apply_decode); no request
+        finishes in them (decode_rounds_without_events)."""
+        self.round += rounds
+
+    def _start_running(self, seq: Sequence) -> None:
+        """Put an admitted request into the running set: it emits its next token at the end of this iteration."""
+        self.running[seq] = None
+        self.num_running_seqs += len(seq.branches)
+        seq.admit_no = self._num_admitted
+        self._num_admitted += 1
+        seq.gen_base = seq.generated - self.round
+        r = seq.finish_round = self.round + seq.output_tokens - seq.generated
+        bucket = self._finishing.get(r)
+        if bucket is None:
+            self._finishing[r] = [seq]
+            self._num_finishing[r] = 1
+            heapq.heappush(self._finish_rounds, r)
+        else:
+            bucket.append(seq)
+            self._num_finishing[r] = self._num_finishing.get(r, 0) + 1
+        if seq.beam and len(seq.branches) > 1:
+            self._num_running_beams += 1
+
+    def _stop_running(self, seq: Sequence) -> None:
+        """Take a request out of the running set (it is already out of self.running): materialize its progress."""
+        seq.generated = seq.gen_base + self.round
+        r = seq.finish_round
+        if r in self._num_finishing:
+            self._num_finishing[r] -= 1
+        seq.finish_round = -1
+        self.num_running_seqs -= len(seq.branches)
+        if seq.beam and len(seq.branches) > 1:
+            self._num_running_beams -= 1
 
     def _preempt(self, seq: Sequence, batch: Batch) -> None:
+        self._stop_running(seq)
         for branch in seq.branches:
             self.allocator.free(branch)
-        self.num_running_seqs -= len(seq.branches)
         seq.branches = []
         seq.preemptions += 1
         if seq.num_branches > 1:
@@ -269,8 +370,7 @@ class Scheduler:
             self.waiting.popleft()
             if seq.admitted_s is None:
                 seq.admitted_s = now
-            self.running.append(seq)
-            self.num_running_seqs += len(seq.branches)
+            self._start_running(seq)
             batch.prefill.append(seq)
             new = n - seq.cached_tokens
             self.prefill_tokens_requested += n
@@ -281,30 +381,28 @@ class Scheduler:
             batch.prefill_attention_pairs += new * (new + 1) // 2 + new * seq.cached_tokens
 
     def finish(self, batch: Batch, now: float) -> list[Sequence]:
-        """Emit one token for every branch of the batch; returns the requests that finished (memory freed)."""
-        finished: list[Sequence] = []
+        """Emit one token for every branch of the batch (every running request); returns the requests that finished
+        (memory freed), those admitted in this iteration first, each group in admission order."""
+        self.round += 1
+        r = self.round
         for seq in batch.prefill:
-            seq.generated += 1
             if seq.first_token_s is None:
                 seq.first_token_s = now
-            if seq.generated >= seq.output_tokens:
-                finished.append(seq)
-            elif seq.beam:
-                self._beam_step(seq)
-        for seq in batch.decode:
-            seq.generated += 1
-            if seq.generated >= seq.output_tokens:
-                finished.append(seq)
-            elif seq.beam:
-                self._beam_step(seq)
-        if finished:
-            done = {id(s) for s in finished}
-            self.running = [s for s in self.running if id(s) not in done]
-            for seq in finished:
-                for branch in seq.branches:
-                    self.allocator.free(branch)
-                self.num_running_seqs -= len(seq.branches)
-                seq.branches = []
+        self._num_finishing.pop(r, None)
+        finished = [s for s in self._finishing.pop(r, ()) if s.finish_round == r]
+        if len(finished) > 1:
+            newest = batch.prefill[0].admit_no if batch.prefill else self._num_admitted
+            finished.sort(key=lambda s: (s.admit_no < newest, s.admit_no))
+        if self._num_running_beams:
+            for seq in batch.prefill + batch.decode:
+                if seq.beam and seq.finish_round != r:
+                    self._beam_step(seq)
+        for seq in finished:
+            del self.running[seq]
+            self._stop_running(seq)
+            for branch in seq.branches:
+                self.allocator.free(branch)
+            seq.branches = []
         return finished
 
     def _beam_step(self, seq: Sequence) -> None:

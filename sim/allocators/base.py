@@ -207,6 +207,17 @@ class KVAllocator(ABC):
         one)."""
         return None
 
+    def append_round(self) -> int | None:
+        """Append one token to every live sequence, in live order (the order they were admitted or forked), if every
+        append can succeed without copying a block; otherwise change nothing and return None. Returns the total tokens
+        the live sequences then hold. The default declines (the scheduler then uses append_each)."""
+        return None
+
+    def round_crossers(self) -> list[int] | None:
+        """Ids of the live sequences that need a new block in the next round, in live order, when that is all a
+        round needs (no copies); None when the allocator cannot tell (the default)."""
+        return None
+
     def plan_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
         """Plan up to max_rounds rounds of appending one token to each of seq_ids (every live sequence, in the
         scheduler's order), stopping before the first round in which any append would fail or copy a block. Returns

@@ -108,17 +108,36 @@ class BlockPool:
             self.unregister(block)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Seq:
+    """A live sequence. It holds `base + round` tokens, where round is its allocator's count of decode rounds (see
+    PagedAllocator: lazy rounds)."""
+
+    seq_id: int
     block_table: list[int]
-    tokens: int
+    base: int
     final_len: int
-    runs: list[tuple[Hashable, int, int]] = field(default_factory=list)  # (tag, first offset, length) over positions
+    order: int  # live order: sequences admitted or forked earlier are appended to first in a round
+    runs: list[tuple[Hashable, int, int]] = field(default_factory=list)  # (tag, first offset, length) over [0, run_end)
+    run_end: int = 0  # tokens the runs cover; the sequence's own tokens after it are implied (see _sync_runs)
     hashes: list[Hashable] = field(default_factory=list)  # chained hash of each full block, in order
     indexed: bool = False  # its full blocks go into the hash index (only where another sequence could match them)
+    forked: bool = False  # it took part in a fork, so it may share a partly filled last block
 
 
 class PagedAllocator(KVAllocator):
+    """Paged KV cache; see the module docstring.
+
+    Lazy rounds: a decode round appends one token to every live sequence (`append_round`). Instead of touching every
+    sequence, the allocator counts rounds and keeps each sequence's token count as an offset from that count
+    (`_Seq.base`), so that a round costs only what changes in it: the sequences that cross a block boundary (found in
+    a ring of block_size buckets keyed by -base mod block_size, each in live order) and, with the prefix cache, the
+    blocks that become full. The reserved slots of sequences that never forked are a running sum that falls by one per
+    round for each sequence still reserving, with a count of the rounds at which each stops (`_res_zero`). A live
+    sequence's last block therefore has a stale `fill`; `_tail_fill` gives it, and it is written back whenever the
+    block stops being a last block or something reads it.
+    """
+
     name = "paged"
     description = "fixed-size blocks on demand through a per-sequence block table, with copy-on-write sharing"
     grows_on_demand = True
@@ -129,13 +148,22 @@ class PagedAllocator(KVAllocator):
         super().__init__(num_blocks, block_size, max_model_len)
         self.sharing = sharing
         self.pool = BlockPool(num_blocks, retain_cached=self.retain_cached and sharing)
-        self.fill = [0] * num_blocks  # tokens written in each physical block
-        self._seqs: dict[int, _Seq] = {}
+        self.fill = [0] * num_blocks  # tokens written in each physical block (stale for last blocks: _tail_fill)
+        self._seqs: dict[int, _Seq] = {}  # in live order
+        self._round = 0  # decode rounds so far
+        self._ring: list[dict[int, _Seq]] = [{} for _ in range(block_size)]  # by (-base) % block_size
+        self._ring_unordered = [False] * block_size  # a bucket whose insertion order is not live order
+        self._next_order = 0
+        self._forked: dict[int, _Seq] = {}
+        self._num_indexed = 0
         self._held_blocks = 0  # blocks with reference count > 0
         self._tokens = 0  # sum of fill over held blocks: token_states
+        self._seq_tokens = 0  # sum of the live sequences' token counts
         self._logical_blocks = 0  # sum of block-table lengths: what the live sequences would hold unshared
+        self._res_sum = 0  # reserved slots of the live sequences that never forked
+        self._res_pos = 0  # how many of them reserve at least one slot
+        self._res_zero: dict[int, int] = {}  # round -> how many of them stop reserving at that round
         self._copies: list[tuple[int, int]] = []
-        self._reserved_cache: int | None = None  # reserved slots, valid only right after append_each (+ admits)
         self.num_cow_copies = 0
         self.hit_tokens = 0
 
@@ -189,21 +217,97 @@ class PagedAllocator(KVAllocator):
             hits.append(block)
         return hits
 
-    def _extend_runs(self, s: _Seq, seq_id: int, num_tokens: int) -> None:
-        tag = ("seq", seq_id)
+    def _sync_runs(self, s: _Seq, tokens: int) -> None:
+        """Extend s's runs to its `tokens` tokens: tokens it wrote itself are its own (tag ("seq", id))."""
+        n = tokens - s.run_end
+        if n <= 0:
+            return
+        tag = ("seq", s.seq_id)
         if s.runs and s.runs[-1][0] == tag:
             t, first, length = s.runs[-1]
-            s.runs[-1] = (t, first, length + num_tokens)
+            s.runs[-1] = (t, first, length + n)
         else:
-            s.runs.append((tag, s.tokens, num_tokens))
+            s.runs.append((tag, s.run_end, n))
+        s.run_end = tokens
 
-    def _register_full_blocks(self, s: _Seq) -> None:
-        full = s.tokens // self.block_size
+    def _register_full_blocks(self, s: _Seq, tokens: int) -> None:
+        full = tokens // self.block_size
+        if len(s.hashes) >= full:
+            return
+        self._sync_runs(s, tokens)
         while len(s.hashes) < full:
             index = len(s.hashes)
             h = self._chain(s.hashes[-1] if s.hashes else None, s.runs, index)
             s.hashes.append(h)
-            self.pool.register(s.block_table[index], h)
+            block = s.block_table[index]
+            self.fill[block] = self.block_size  # it may have been a last block, whose fill is stale
+            self.pool.register(block, h)
+
+    # --- lazy-round bookkeeping -----------------------------------------------------------------------------------
+    def _tail_fill(self, s: _Seq, tokens: int) -> int:
+        """Tokens in s's last block when s holds `tokens` tokens (s must hold at least one block)."""
+        return tokens - (len(s.block_table) - 1) * self.block_size
+
+    def _reserving(self, s: _Seq, tokens: int) -> int:
+        """Empty slots of s's (private) last block that s will still fill before it finishes."""
+        partial = tokens % self.block_size
+        if partial and s.final_len > tokens:
+            return min(self.block_size - partial, s.final_len - tokens)
+        return 0
+
+    def _res_add(self, s: _Seq, tokens: int) -> None:
+        c = self._reserving(s, tokens)
+        if c:
+            self._res_sum += c
+            self._res_pos += 1
+            z = self._round + c  # its reservation falls by one per round and reaches 0 at round z
+            self._res_zero[z] = self._res_zero.get(z, 0) + 1
+
+    def _res_remove(self, s: _Seq, tokens: int) -> None:
+        c = self._reserving(s, tokens)
+        if c:
+            self._res_sum -= c
+            self._res_pos -= 1
+            z = self._round + c
+            left = self._res_zero[z] - 1
+            if left:
+                self._res_zero[z] = left
+            else:
+                del self._res_zero[z]
+
+    def _ring_add(self, seq_id: int, s: _Seq) -> None:
+        k = (-s.base) % self.block_size
+        bucket = self._ring[k]
+        if bucket and not self._ring_unordered[k] and next(reversed(bucket.values())).order > s.order:
+            self._ring_unordered[k] = True
+        bucket[seq_id] = s
+
+    def _ring_bucket(self, k: int) -> dict[int, _Seq]:
+        """Bucket k of the ring, in live order."""
+        bucket = self._ring[k]
+        if self._ring_unordered[k]:
+            bucket = dict(sorted(bucket.items(), key=lambda item: item[1].order))
+            self._ring[k] = bucket
+            self._ring_unordered[k] = False
+        return bucket
+
+    def _detach(self, seq_id: int, s: _Seq, tokens: int) -> None:
+        """Take s out of the lazy-round bookkeeping before its token count changes other than by a round."""
+        del self._ring[(-s.base) % self.block_size][seq_id]
+        if not s.forked:
+            self._res_remove(s, tokens)
+
+    def _attach(self, seq_id: int, s: _Seq, tokens: int) -> None:
+        s.base = tokens - self._round
+        self._ring_add(seq_id, s)
+        if not s.forked:
+            self._res_add(s, tokens)
+
+    def _mark_forked(self, seq_id: int, s: _Seq, tokens: int) -> None:
+        if not s.forked:
+            self._res_remove(s, tokens)
+            s.forked = True
+            self._forked[seq_id] = s
 
     # --- block movement -------------------------------------------------------------------------------------------
     def _take_block(self) -> int:
@@ -263,23 +367,27 @@ class PagedAllocator(KVAllocator):
         # A sequence's own tokens can match only its own later recompute, through a cache; shared content matters
         # whenever sharing is on.
         indexed = self.sharing and (self.pool.retain_cached or bool(content and content.runs))
-        s = _Seq(table, num_tokens, final_len, self._runs_from(content, seq_id, num_tokens) if indexed else [],
-                 indexed=indexed)
+        s = _Seq(seq_id, table, 0, final_len, self._next_order, indexed=indexed)
+        self._next_order += 1
+        if indexed:
+            s.runs, s.run_end = self._runs_from(content, seq_id, num_tokens), num_tokens
+            self._num_indexed += 1
         self._seqs[seq_id] = s
         self._logical_blocks += len(table)
+        self._seq_tokens += num_tokens
+        self._attach(seq_id, s, num_tokens)
         if indexed:
-            self._register_full_blocks(s)
-        if self._reserved_cache is not None:  # the new tail block is private (at least one token is computed)
-            self._reserved_cache += self._tail_reserved(s)
+            self._register_full_blocks(s, num_tokens)
         hit = len(hits) * self.block_size
         self.hit_tokens += hit
         return hit
 
     def _append_need(self, s: _Seq, num_tokens: int) -> tuple[bool, int]:
         """(copy-on-write needed, blocks needed) to grow s by num_tokens."""
-        cow = (num_tokens > 0 and s.tokens % self.block_size != 0
+        tokens = s.base + self._round
+        cow = (num_tokens > 0 and tokens % self.block_size != 0
                and self.pool.ref_counts[s.block_table[-1]] > 1)
-        new = max(0, ceil_div(s.tokens + num_tokens, self.block_size) - len(s.block_table))
+        new = max(0, ceil_div(tokens + num_tokens, self.block_size) - len(s.block_table))
         return cow, new + cow
 
     def blocks_needed_to_append(self, seq_id: int, num_tokens: int = 1) -> int:
@@ -296,8 +404,11 @@ class PagedAllocator(KVAllocator):
         cow, need = self._append_need(s, num_tokens)
         if need > self.pool.num_free_blocks:
             raise AllocationError(f"no free block for sequence {seq_id} to grow by {num_tokens}")
-        self._reserved_cache = None
         bs = self.block_size
+        pos = s.base + self._round
+        self._detach(seq_id, s, pos)
+        if s.block_table:
+            self.fill[s.block_table[-1]] = self._tail_fill(s, pos)
         if cow:  # the last block is shared and partly filled: write into a private copy
             src = s.block_table[-1]
             dst = self._take_block()
@@ -307,7 +418,7 @@ class PagedAllocator(KVAllocator):
             s.block_table[-1] = dst
             self._copies.append((src, dst))
             self.num_cow_copies += 1
-        left, pos = num_tokens, s.tokens
+        left = num_tokens
         while left:
             if pos % bs == 0 and pos // bs == len(s.block_table):
                 s.block_table.append(self._take_block())
@@ -318,50 +429,95 @@ class PagedAllocator(KVAllocator):
             self._tokens += n
             pos += n
             left -= n
-        if s.indexed:
-            self._extend_runs(s, seq_id, num_tokens)
-        s.tokens = pos
+        self._seq_tokens += num_tokens
+        self._attach(seq_id, s, pos)
         if s.indexed and pos // bs > len(s.hashes):
-            self._register_full_blocks(s)
+            self._register_full_blocks(s, pos)
+
+    def _shared_partial_tail(self) -> bool:
+        """Whether some live sequence's last block is shared and partly filled (its next append copies it)."""
+        bs, refs, r = self.block_size, self.pool.ref_counts, self._round
+        return any((s.base + r) % bs and refs[s.block_table[-1]] > 1 for s in self._forked.values())
+
+    def append_round(self) -> int | None:
+        """One token for every live sequence, in live order (the order they were admitted or forked), unless some
+        append would copy a block or the free blocks do not suffice: then None, and nothing changes. Returns the
+        tokens the live sequences then hold. Costs O(sequences crossing a block boundary)."""
+        if self._forked and self._shared_partial_tail():
+            return None
+        if len(self._ring[self._round % self.block_size]) > self.pool.num_free_blocks:
+            return None
+        self._advance_round()
+        return self._seq_tokens
+
+    def round_crossers(self) -> list[int] | None:
+        """Ids of the live sequences that the next round gives a new block, in live order; None while any sequence
+        has forked (then a round may also copy blocks)."""
+        if self._forked:
+            return None
+        return list(self._ring_bucket(self._round % self.block_size))
+
+    def _advance_round(self) -> None:
+        """The round itself (append_round has checked that it can be carried out)."""
+        bs = self.block_size
+        r = self._round
+        crossers = self._ring_bucket(r % bs)
+        if self._num_indexed:
+            fillers = [s for s in self._ring_bucket((r + 1) % bs).values() if s.indexed]
+        else:
+            fillers = []
+        self._res_sum -= self._res_pos  # every reserving sequence fills one of its reserved slots
+        r += 1
+        self._round = r
+        self._res_pos -= self._res_zero.pop(r, 0)
+        n = len(self._seqs)
+        self._tokens += n
+        self._seq_tokens += n
+        if not crossers and not fillers:
+            return
+        fill, allocate = self.fill, self.pool.allocate
+        if fillers:  # appends in live order; within one append the new block is taken before a full one is indexed
+            events = sorted([(s.order, 0, s) for s in crossers.values()] + [(s.order, 1, s) for s in fillers],
+                            key=lambda e: (e[0], e[1]))
+        else:
+            events = [(0, 0, s) for s in crossers.values()]
+        for _, kind, s in events:
+            if kind:
+                self._register_full_blocks(s, s.base + r)
+                continue
+            table = s.block_table
+            if table:
+                fill[table[-1]] = bs
+            block = allocate()
+            fill[block] = 1
+            table.append(block)
+            if not s.forked:
+                self._res_add(s, s.base + r)
+        self._held_blocks += len(crossers)
+        self._logical_blocks += len(crossers)
 
     def append_each(self, seq_ids: list[int]) -> int | None:
-        bs, refs, seqs = self.block_size, self.pool.ref_counts, self._seqs
+        seqs = self._seqs
+        if len(seq_ids) == len(seqs) and seq_ids == list(seqs):
+            return self.append_round()
         try:
             listed = [seqs[i] for i in seq_ids]
         except KeyError:
             return None
+        if len(set(seq_ids)) != len(seq_ids):
+            return None
+        bs, refs, r = self.block_size, self.pool.ref_counts, self._round
         need = 0
         for s in listed:
-            if s.tokens % bs == 0:
+            if (s.base + r) % bs == 0:
                 need += 1
             elif refs[s.block_table[-1]] > 1:
                 return None  # copy-on-write: the one-by-one path handles it
-        if need > len(self.pool._free):
+        if need > self.pool.num_free_blocks:
             return None
-        fill, allocate = self.fill, self.pool.allocate
-        total = reserved = 0
-        for seq_id, s in zip(seq_ids, listed):
-            t = s.tokens
-            left = s.final_len - t - 1
-            if left > 0 and (t + 1) % bs:  # afterwards every tail is private: its empty slots it may still fill
-                reserved += min(bs - (t + 1) % bs, left)
-            if t % bs == 0:
-                block = allocate()
-                fill[block] = 1
-                s.block_table.append(block)
-            else:
-                fill[s.block_table[-1]] += 1
-            if s.indexed:
-                self._extend_runs(s, seq_id, 1)
-            s.tokens = t + 1
-            total += t + 1
-            if s.indexed and (t + 1) % bs == 0:
-                self._register_full_blocks(s)
-        self._held_blocks += need
-        self._logical_blocks += need
-        self._tokens += len(listed)
-        self._reserved_cache = reserved if len(listed) == len(seqs) else None
-        return total
+        for seq_id in seq_ids:
+            self.append(seq_id, 1)
+        return sum(s.base for s in listed) + len(listed) * self._round
 
     def can_fork(self, parent_id: int, child_id: int) -> bool:
         parent = self._seqs.get(parent_id)
@@ -373,7 +529,12 @@ class PagedAllocator(KVAllocator):
         if not self.can_fork(parent_id, child_id):
             raise AllocationError(f"cannot fork sequence {parent_id} into {child_id}")
         p = self._seqs[parent_id]
-        self._reserved_cache = None
+        tokens = p.base + self._round
+        self._mark_forked(parent_id, p, tokens)
+        if p.block_table:
+            self.fill[p.block_table[-1]] = self._tail_fill(p, tokens)
+        if p.indexed:
+            self._sync_runs(p, tokens)
         if self.sharing:
             for block in p.block_table:
                 self._ref(block)
@@ -386,16 +547,30 @@ class PagedAllocator(KVAllocator):
                 self._tokens += self.fill[dst]
                 self._copies.append((src, dst))
                 table.append(dst)
-        self._seqs[child_id] = _Seq(table, p.tokens, p.final_len, list(p.runs), list(p.hashes), p.indexed)
+        child = _Seq(child_id, table, p.base, p.final_len, self._next_order, list(p.runs), p.run_end,
+                     list(p.hashes), p.indexed, forked=True)
+        self._next_order += 1
+        self._seqs[child_id] = child
+        self._forked[child_id] = child
+        self._num_indexed += child.indexed
         self._logical_blocks += len(table)
+        self._seq_tokens += tokens
+        self._ring_add(child_id, child)
 
     def free(self, seq_id: int) -> None:
         s = self._seqs.pop(seq_id, None)
         if s is None:
             raise AllocationError(f"sequence {seq_id} is not live")
-        self._reserved_cache = None
+        tokens = s.base + self._round
+        self._detach(seq_id, s, tokens)
+        if s.forked:
+            del self._forked[seq_id]
+        self._num_indexed -= s.indexed
+        self._seq_tokens -= tokens
         # Reverse order, as vLLM: the tail is the least likely to be reused, so it is evicted first.
         pool, refs, fill = self.pool, self.pool.ref_counts, self.fill
+        if s.block_table:
+            fill[s.block_table[-1]] = self._tail_fill(s, tokens)
         for block in reversed(s.block_table):
             if refs[block] > 1:
                 refs[block] -= 1
@@ -419,11 +594,10 @@ class PagedAllocator(KVAllocator):
         if any(s is None for s in seqs):
             return None
         bs = self.block_size
-        for s in seqs:  # a shared, partly filled tail would be copied on the first write: not plannable
-            if s.tokens % bs and self.pool.ref_counts[s.block_table[-1]] > 1:
-                return None
+        if self._forked and self._shared_partial_tail():  # copied on the first write: not plannable
+            return None
         n = len(seqs)
-        t = np.fromiter((s.tokens for s in seqs), np.int64, n)
+        t = np.fromiter((s.base for s in seqs), np.int64, n) + self._round
         final = np.fromiter((s.final_len for s in seqs), np.int64, n)
         tr = t[:, None] + np.arange(1, max_rounds + 1, dtype=np.int64)[None, :]
         blocks = -(-tr // bs)
@@ -442,35 +616,13 @@ class PagedAllocator(KVAllocator):
     def apply_decode(self, plan: DecodePlan, rounds: int) -> None:
         if not 0 <= rounds <= plan.rounds:
             raise AllocationError(f"cannot apply {rounds} rounds of a {plan.rounds}-round plan")
-        bs = self.block_size
-        seqs = [self._seqs[i] for i in plan.seq_ids]
-        self._reserved_cache = None
-        # Events in the order the appends one by one would meet them: round, then sequence; within one append the
-        # new block is taken before a filled block is indexed (both matter for prefix-cache eviction order).
-        events: list[tuple[int, int, int]] = []
-        for idx, s in enumerate(seqs):
-            events.extend((r, idx, 0) for r in range((-s.tokens) % bs + 1, rounds + 1, bs))
-            if s.indexed:
-                events.extend((r, idx, 1) for r in range((-s.tokens - 1) % bs + 1, rounds + 1, bs))
-                self._extend_runs(s, plan.seq_ids[idx], rounds)
-        events.sort()
-        for r, idx, kind in events:
-            s = seqs[idx]
-            if kind == 0:
-                s.block_table.append(self._take_block())
-                self._logical_blocks += 1
-            else:
-                index = (s.tokens + r) // bs - 1
-                h = self._chain(s.hashes[-1] if s.hashes else None, s.runs, index)
-                s.hashes.append(h)
-                self.pool.register(s.block_table[index], h)
-        fill = self.fill
-        for s in seqs:
-            end = s.tokens + rounds
-            for index in range(s.tokens // bs, -(-end // bs)):
-                fill[s.block_table[index]] = min(bs, end - index * bs)
-            s.tokens = end
-        self._tokens += len(seqs) * rounds
+        if plan.seq_ids == list(self._seqs):  # live order: lazy rounds
+            for _ in range(rounds):
+                self._advance_round()
+            return
+        for _ in range(rounds):
+            for seq_id in plan.seq_ids:
+                self.append(seq_id, 1)
 
     def drop_cache(self) -> None:
         """Forget cached content of free blocks (prefix cache)."""
@@ -480,7 +632,11 @@ class PagedAllocator(KVAllocator):
 
     # --- inspection -----------------------------------------------------------------------------------------------
     def num_tokens(self, seq_id: int) -> int:
-        return self._seqs[seq_id].tokens
+        return self._seqs[seq_id].base + self._round
+
+    def live_sequences(self) -> list[int]:
+        """Ids of live sequences, in live order."""
+        return list(self._seqs)
 
     def placement(self, seq_id: int) -> BlockTablePlacement:
         return BlockTablePlacement(self.block_size, tuple(self._seqs[seq_id].block_table))
@@ -493,30 +649,29 @@ class PagedAllocator(KVAllocator):
         """Token slots the live sequences would hold if no block were shared."""
         return self._logical_blocks * self.block_size
 
-    def _tail_reserved(self, s: _Seq) -> int:
-        partial = s.tokens % self.block_size
-        return min(self.block_size - partial, s.final_len - s.tokens) if partial and s.final_len > s.tokens else 0
-
-    def _reserved(self) -> int:
+    def _reserved_scan(self, seqs) -> int:
         """Empty slots of partly filled last blocks that a sequence holding them will still fill (for a block shared
-        by several sequences, the most that any one of them still needs)."""
-        bs, refs = self.block_size, self.pool.ref_counts
+        by several sequences, the most that any one of them still needs), over `seqs`, by looking at each."""
+        bs, refs, r = self.block_size, self.pool.ref_counts, self._round
         total = 0
-        shared: dict[int, int] = {}
-        for s in self._seqs.values():
-            t = s.tokens
+        shared: dict[int, tuple[int, int]] = {}
+        for s in seqs:
+            t = s.base + r
             partial = t % bs
             if partial and s.final_len > t:
                 block = s.block_table[-1]
-                if refs[block] > 1:
-                    shared[block] = max(shared.get(block, 0), s.final_len - t)
-                else:  # a private tail holds exactly `partial` tokens
+                if refs[block] > 1:  # every holder of a shared, partly filled block holds the same tokens
+                    shared[block] = (partial, max(shared.get(block, (0, 0))[1], s.final_len - t))
+                else:
                     total += min(bs - partial, s.final_len - t)
-        return total + sum(min(bs - self.fill[b], n) for b, n in shared.items())
+        return total + sum(min(bs - partial, n) for partial, n in shared.values())
+
+    def _reserved(self) -> int:
+        return self._res_sum + (self._reserved_scan(self._forked.values()) if self._forked else 0)
 
     def memory(self, next_final_len: int | None = None) -> MemoryBreakdown:
         held = self._held_blocks * self.block_size
-        reserved = self._reserved() if self._reserved_cache is None else self._reserved_cache
+        reserved = self._reserved()
         return MemoryBreakdown(
             token_states=self._tokens,
             reserved=reserved,
@@ -526,27 +681,45 @@ class PagedAllocator(KVAllocator):
         )
 
     def check(self) -> None:
-        bs = self.block_size
+        bs, r = self.block_size, self._round
+        for s in self._seqs.values():  # write back the stale fills of last blocks
+            if s.block_table:
+                self.fill[s.block_table[-1]] = self._tail_fill(s, s.base + r)
         refs = [0] * self.num_blocks
         for seq_id, s in self._seqs.items():
-            assert len(s.block_table) == ceil_div(s.tokens, bs), (
-                f"sequence {seq_id} holds {s.tokens} tokens in {len(s.block_table)} blocks")
+            tokens = s.base + r
+            assert tokens >= 0, f"sequence {seq_id} holds {tokens} tokens"
+            assert len(s.block_table) == ceil_div(tokens, bs), (
+                f"sequence {seq_id} holds {tokens} tokens in {len(s.block_table)} blocks")
             for i, block in enumerate(s.block_table):
                 refs[block] += 1
-                expected = min(bs, s.tokens - i * bs)
+                expected = min(bs, tokens - i * bs)
                 assert self.fill[block] == expected, (
                     f"block {block} (logical {i} of sequence {seq_id}) has {self.fill[block]} tokens, expected "
                     f"{expected}")
+            assert self._ring[(-s.base) % bs].get(seq_id) is s, f"sequence {seq_id} is not in its ring bucket"
+            assert s.forked == (seq_id in self._forked), f"forked set wrong for sequence {seq_id}"
+        assert sum(map(len, self._ring)) == len(self._seqs), "ring holds sequences that are not live"
+        orders = [s.order for s in self._seqs.values()]
+        assert orders == sorted(orders), "live order is not admission/fork order"
         assert refs == self.pool.ref_counts, "reference counts differ from block-table entries"
         free = self.pool.free_block_ids()
-        assert sorted(free) == [b for b, r in enumerate(refs) if r == 0], "free queue differs from unreferenced blocks"
+        assert sorted(free) == [b for b, r_ in enumerate(refs) if r_ == 0], "free queue differs from unreferenced blocks"
         assert self._held_blocks == self.num_blocks - len(free), "held-block counter is wrong"
-        assert self._tokens == sum(self.fill[b] for b, r in enumerate(refs) if r), "token counter is wrong"
+        assert self._tokens == sum(self.fill[b] for b, r_ in enumerate(refs) if r_), "token counter is wrong"
+        assert self._seq_tokens == sum(s.base + r for s in self._seqs.values()), "sequence-token counter is wrong"
         assert self._logical_blocks == sum(len(s.block_table) for s in self._seqs.values()), "logical counter wrong"
-        if self._reserved_cache is not None:
-            cache, self._reserved_cache = self._reserved_cache, None
-            assert cache == self._reserved(), "cached reserved slots are stale"
-            self._reserved_cache = cache
+        assert self._num_indexed == sum(s.indexed for s in self._seqs.values()), "indexed counter is wrong"
+        plain = [s for s in self._seqs.values() if not s.forked]
+        reserving = [self._reserving(s, s.base + r) for s in plain]
+        assert self._res_sum == sum(reserving), "running sum of reserved slots is stale"
+        assert self._res_pos == sum(1 for c in reserving if c), "count of reserving sequences is stale"
+        zero: dict[int, int] = {}
+        for c in reserving:
+            if c:
+                zero[r + c] = zero.get(r + c, 0) + 1
+        assert self._res_zero == zero, "rounds at which reservations end are stale"
+        assert self._reserved() == self._reserved_scan(self._seqs.values()), "reserved slots are stale"
         for block, h in self.pool.block_hash.items():
             assert self.pool.hash_block[h] == block, f"hash index of block {block} is inconsistent"
             assert self.fill[block] == bs, f"registered block {block} is not full"

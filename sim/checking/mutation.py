@@ -120,11 +120,9 @@ MUTANTS: list[Mutant] = [
            "fast-forward plans one decode round more than the free blocks allow"),
     # --- scheduler ---------------------------------------------------------------------------------------------------
     Mutant("scheduler-emits-one-token-too-many", "sim/scheduler.py",
-           "        for seq in batch.decode:\n            seq.generated += 1\n"
-           "            if seq.generated >= seq.output_tokens:\n",
-           "        for seq in batch.decode:\n            seq.generated += 1\n"
-           "            if seq.generated > seq.output_tokens:\n",
-           "a decoding request finishes one token late"),
+           "        r = seq.finish_round = self.round + seq.output_tokens - seq.generated\n",
+           "        r = seq.finish_round = self.round + seq.output_tokens - seq.generated + 1\n",
+           "a running request finishes one token late"),
     Mutant("scheduler-ignores-max-num-seqs", "sim/scheduler.py",
            "            if self.num_running_seqs + seq.num_branches > self.limits.max_num_seqs:\n",
            "            if self.num_running_seqs > self.limits.max_num_seqs:\n",
