@@ -411,6 +411,50 @@ class AllocatorMachine(RuleBasedStateMachine):
             s.grow(m.interner, 1)
             self._write(sid, old, old + 1)
 
+    @precondition(lambda self: self.alloc is not None and bool(self.model.live)
+                  and type(self.alloc).append_round is not KVAllocator.append_round)
+    @rule()
+    def append_round(self) -> None:
+        """The lazy round: one token to every live sequence in live order, exactly as append(i, 1) one by one in that
+        order, or nothing; round_crossers names exactly the sequences that take a block in it."""
+        a, m, ck = self.alloc, self.model, self.ck
+        order = call(a.live_sequences)
+        if sorted(order) != sorted(m.live):
+            ck.fail("accounting", f"live_sequences() = {order}; the live sequences are {sorted(m.live)}")
+            return
+        ref = copy.deepcopy(a)
+        crossers = call(a.round_crossers)
+        before = _state(a, sorted(m.live))
+        total = call(a.append_round)
+        if crossers is not None:
+            want = [sid for sid in order if ref.blocks_needed_to_append(sid, 1)]
+            if crossers != want:
+                ck.fail("accounting", f"round_crossers() = {crossers}; the sequences at a block boundary, in live "
+                                      f"order, are {want}")
+        if total is None:
+            if _state(a, sorted(m.live)) != before:
+                ck.fail("honesty", "append_round() declined but changed the allocator")
+            return
+        for sid in order:
+            if not ref.can_append(sid, 1):
+                ck.fail("honesty", f"append_round() succeeded though append({sid}, 1) in live order cannot")
+                return
+            ref.append(sid, 1)
+        copies = ref.take_copy_ops()
+        if copies:
+            ck.fail("honesty", f"append_round() succeeded though one by one it copies blocks {copies}")
+        if _state(a, sorted(m.live)) != _state(ref, sorted(m.live)):
+            ck.fail("accounting", f"append_round() left {_state(a, sorted(m.live))}; appends one by one in live "
+                                  f"order leave {_state(ref, sorted(m.live))}")
+        want_total = sum(m.live[sid].tokens + 1 for sid in order)
+        if total != want_total:
+            ck.fail("accounting", f"append_round() returned {total}; the sequences hold {want_total} tokens")
+        for sid in order:
+            s = m.live[sid]
+            old = s.tokens
+            s.grow(m.interner, 1)
+            self._write(sid, old, old + 1)
+
     @rule()
     def free_unknown(self) -> None:
         """Operations on an id that is not live are refused and change nothing."""

@@ -118,6 +118,10 @@ MUTANTS: list[Mutant] = [
            '        rounds = min(max_rounds, int(np.searchsorted(new_blocks, self.pool.num_free_blocks, '
            'side="right")) + 1)\n',
            "fast-forward plans one decode round more than the free blocks allow"),
+    Mutant("lazy-round-reserved-not-falling", "sim/allocators/paged.py",
+           "        self._res_sum -= self._res_pos  # every reserving sequence fills one of its reserved slots\n",
+           "        pass\n",
+           "a lazy decode round forgets that every reserving sequence fills one reserved slot"),
     # --- scheduler ---------------------------------------------------------------------------------------------------
     Mutant("scheduler-emits-one-token-too-many", "sim/scheduler.py",
            "        r = seq.finish_round = self.round + seq.output_tokens - seq.generated\n",
