@@ -153,7 +153,7 @@ class Engine:
             return
         seq_ids = sched.running_seq_ids()
         n = len(seq_ids)
-        context = sum(alloc.num_tokens(b) for b in seq_ids) + n * np.arange(1, rounds + 1, dtype=np.int64)
+        context = alloc.total_tokens(seq_ids) + n * np.arange(1, rounds + 1, dtype=np.int64)
         durations = self.cost_model.decode_times(n, context)
         ends = np.cumsum(np.concatenate(([env.now], durations)))  # sequential sums, as simpy adds them
         starts = ends[:-1]
@@ -169,12 +169,18 @@ class Engine:
         sched.advance_decode(rounds)
         bpt = self.bytes_per_token
         waiting = len(sched.waiting)
-        ones = np.ones(rounds)
-        self.steps.extend(np.column_stack((
-            starts[:rounds], durations[:rounds], n * ones, waiting * ones, 0 * ones, n * ones, n * ones, 0 * ones,
-            plan.token_states[:rounds] * bpt, plan.reserved[:rounds] * bpt,
-            plan.internal_fragmentation[:rounds] * bpt, plan.external_fragmentation[:rounds] * bpt,
-            plan.free[:rounds] * bpt, plan.unshared[:rounds] * bpt)))
+        rows = np.empty((rounds, 14))  # STEP_COLUMNS
+        rows[:, 0] = starts[:rounds]
+        rows[:, 1] = durations[:rounds]
+        rows[:, 2:8] = (n, waiting, 0, n, n, 0)
+        rows[:, 8] = plan.token_states[:rounds]
+        rows[:, 9] = plan.reserved[:rounds]
+        rows[:, 10] = plan.internal_fragmentation[:rounds]
+        rows[:, 11] = plan.external_fragmentation[:rounds]
+        rows[:, 12] = plan.free[:rounds]
+        rows[:, 13] = plan.unshared[:rounds]
+        rows[:, 8:] *= bpt
+        self.steps.extend(rows)
         self.num_fast_forwarded += rounds
         end = float(ends[rounds])
         delay = end - env.now

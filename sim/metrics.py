@@ -27,25 +27,46 @@ class StepLog:
     categories in bytes while the iteration runs, and the bytes the live sequences would hold if nothing were
     shared (unshared_bytes)."""
 
+    COMPACT_ROWS = 8192  # pending rows gathered into one array at a time (bounds memory, amortizes conversions)
+
     def __init__(self) -> None:
         self._rows: list[tuple] = []  # rows not yet gathered into a chunk
+        self._pending: list[list[tuple] | np.ndarray] = []  # row lists and stretches, in order, not yet compacted
+        self._pending_rows = 0
         self._chunks: list[np.ndarray] = []
         self._length = 0
 
     def append(self, row: tuple) -> None:
         self._rows.append(row)
         self._length += 1
+        self._pending_rows += 1
+        if self._pending_rows >= self.COMPACT_ROWS:
+            self._compact()
 
     def extend(self, block: np.ndarray) -> None:
         """Many rows at once (a fast-forwarded stretch), as a 2-D array in STEP_COLUMNS order."""
-        self._flush()
-        self._chunks.append(np.asarray(block, dtype=np.float64))
+        if self._rows:
+            self._pending.append(self._rows)
+            self._rows = []
+        self._pending.append(block)
         self._length += len(block)
+        self._pending_rows += len(block)
+        if self._pending_rows >= self.COMPACT_ROWS:
+            self._compact()
+
+    def _compact(self) -> None:
+        if self._rows:
+            self._pending.append(self._rows)
+            self._rows = []
+        if self._pending:
+            width = len(STEP_COLUMNS)
+            parts = [np.asarray(p, dtype=np.float64).reshape(-1, width) for p in self._pending]
+            self._chunks.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+            self._pending = []
+        self._pending_rows = 0
 
     def _flush(self) -> None:
-        if self._rows:
-            self._chunks.append(np.array(self._rows, dtype=np.float64).reshape(len(self._rows), len(STEP_COLUMNS)))
-            self._rows = []
+        self._compact()
 
     def __len__(self) -> int:
         return self._length

@@ -207,6 +207,10 @@ class KVAllocator(ABC):
         one)."""
         return None
 
+    def total_tokens(self, seq_ids: list[int]) -> int:
+        """Tokens the listed (distinct, live) sequences hold together."""
+        return sum(self.num_tokens(i) for i in seq_ids)
+
     def append_round(self) -> int | None:
         """Append one token to every live sequence, in live order (the order they were admitted or forked), if every
         append can succeed without copying a block; otherwise change nothing and return None. Returns the total tokens

@@ -205,8 +205,8 @@ class PagedAllocator(KVAllocator):
 
     def _prefix_hits(self, seq_id: int, num_tokens: int, content: TokenContent | None) -> list[int]:
         """Blocks already holding this sequence's leading full blocks (at least one token is left to compute)."""
-        if not self.sharing:
-            return []
+        if not self.sharing or not (self.pool.retain_cached or (content and content.runs)):
+            return []  # a sequence's own tokens are indexed only in a cache (see admit: indexed)
         runs = self._runs_from(content, seq_id, num_tokens)
         hits, prev = [], None
         for index in range((num_tokens - 1) // self.block_size):
@@ -348,18 +348,28 @@ class PagedAllocator(KVAllocator):
         return need <= self.pool.num_free_blocks
 
     def admit(self, seq_id: int, num_tokens: int, final_len: int, content: TokenContent | None = None) -> int:
-        if not self.can_admit(seq_id, num_tokens, final_len, content):
+        if seq_id in self._seqs or num_tokens < 0:
             raise AllocationError(f"cannot admit sequence {seq_id} ({num_tokens} tokens)")
-        hits, _ = self._admit_need(seq_id, num_tokens, content)
+        hits, need = self._admit_need(seq_id, num_tokens, content)  # can_admit, without computing the hits twice
+        if need > self.pool.num_free_blocks:
+            raise AllocationError(f"cannot admit sequence {seq_id} ({num_tokens} tokens): {need} blocks needed")
         for block in hits:
             self._ref(block)
         table = list(hits)
         bs, fill, allocate = self.block_size, self.fill, self.pool.allocate
         new = ceil_div(num_tokens, bs) - len(hits)
-        for _ in range(new):
-            block = allocate()
-            fill[block] = bs
-            table.append(block)
+        if self.pool.retain_cached:
+            for _ in range(new):
+                block = allocate()
+                fill[block] = bs
+                table.append(block)
+        else:  # BlockPool.allocate, inlined: the front of the free queue, reference count 1
+            popleft, refs = self.pool._free.popleft, self.pool.ref_counts
+            for _ in range(new):
+                block = popleft()
+                refs[block] = 1
+                fill[block] = bs
+                table.append(block)
         if new:
             fill[table[-1]] = num_tokens - (len(table) - 1) * bs
         self._held_blocks += new
@@ -462,10 +472,7 @@ class PagedAllocator(KVAllocator):
         bs = self.block_size
         r = self._round
         crossers = self._ring_bucket(r % bs)
-        if self._num_indexed:
-            fillers = [s for s in self._ring_bucket((r + 1) % bs).values() if s.indexed]
-        else:
-            fillers = []
+        fillers = ([s for s in self._ring_bucket((r + 1) % bs).values() if s.indexed] if self._num_indexed else None)
         self._res_sum -= self._res_pos  # every reserving sequence fills one of its reserved slots
         r += 1
         self._round = r
@@ -475,26 +482,52 @@ class PagedAllocator(KVAllocator):
         self._seq_tokens += n
         if not crossers and not fillers:
             return
-        fill, allocate = self.fill, self.pool.allocate
         if fillers:  # appends in live order; within one append the new block is taken before a full one is indexed
             events = sorted([(s.order, 0, s) for s in crossers.values()] + [(s.order, 1, s) for s in fillers],
                             key=lambda e: (e[0], e[1]))
-        else:
-            events = [(0, 0, s) for s in crossers.values()]
-        for _, kind, s in events:
-            if kind:
-                self._register_full_blocks(s, s.base + r)
-                continue
-            table = s.block_table
-            if table:
-                fill[table[-1]] = bs
-            block = allocate()
-            fill[block] = 1
-            table.append(block)
-            if not s.forked:
-                self._res_add(s, s.base + r)
+            for _, kind, s in events:
+                if kind:
+                    self._register_full_blocks(s, s.base + r)
+                else:
+                    self._cross(s, r)
+        elif self.pool.retain_cached or self._forked:
+            for s in crossers.values():
+                self._cross(s, r)
+        else:  # _cross and BlockPool.allocate, inlined: nothing is cached or forked
+            fill, refs, popleft, zero = self.fill, self.pool.ref_counts, self.pool._free.popleft, self._res_zero
+            added = reserving = 0
+            last = bs - 1
+            for s in crossers.values():
+                table = s.block_table
+                if table:
+                    fill[table[-1]] = bs
+                block = popleft()
+                refs[block] = 1
+                fill[block] = 1
+                table.append(block)
+                c = s.final_len - s.base - r
+                if c > 0:
+                    if c > last:
+                        c = last
+                    if c:
+                        added += c
+                        reserving += 1
+                        zero[r + c] = zero.get(r + c, 0) + 1
+            self._res_sum += added
+            self._res_pos += reserving
         self._held_blocks += len(crossers)
         self._logical_blocks += len(crossers)
+
+    def _cross(self, s: _Seq, r: int) -> None:
+        """s's round-r token starts a new block (held-block and logical counters are the caller's)."""
+        table = s.block_table
+        if table:
+            self.fill[table[-1]] = self.block_size
+        block = self.pool.allocate()
+        self.fill[block] = 1
+        table.append(block)
+        if not s.forked:
+            self._res_add(s, s.base + r)
 
     def append_each(self, seq_ids: list[int]) -> int | None:
         seqs = self._seqs
@@ -571,6 +604,16 @@ class PagedAllocator(KVAllocator):
         pool, refs, fill = self.pool, self.pool.ref_counts, self.fill
         if s.block_table:
             fill[s.block_table[-1]] = self._tail_fill(s, tokens)
+        if not pool.retain_cached and not pool.block_hash and not s.forked:  # nothing shared or indexed: inlined
+            table = s.block_table
+            for block in table:
+                refs[block] = 0
+                fill[block] = 0
+            pool._free.extend(reversed(table))
+            self._held_blocks -= len(table)
+            self._tokens -= tokens
+            self._logical_blocks -= len(table)
+            return
         for block in reversed(s.block_table):
             if refs[block] > 1:
                 refs[block] -= 1
@@ -599,15 +642,19 @@ class PagedAllocator(KVAllocator):
         n = len(seqs)
         t = np.fromiter((s.base for s in seqs), np.int64, n) + self._round
         final = np.fromiter((s.final_len for s in seqs), np.int64, n)
-        tr = t[:, None] + np.arange(1, max_rounds + 1, dtype=np.int64)[None, :]
-        blocks = -(-tr // bs)
-        new_blocks = (blocks - (-(-t // bs))[:, None]).sum(axis=0)
+        steps = np.arange(1, max_rounds + 1, dtype=np.int64)
+        if seq_ids == list(self._seqs):  # live order: crossings per round from the ring (-base mod bs buckets)
+            sizes = np.fromiter((len(b) for b in self._ring), np.int64, bs)
+            new_blocks = np.cumsum(sizes[(self._round + steps - 1) % bs])
+        else:
+            new_blocks = (-(-(t[:, None] + steps) // bs) + (t // -bs)[:, None]).sum(axis=0)
         rounds = int(np.searchsorted(new_blocks, self.pool.num_free_blocks, side="right"))
-        tr, blocks, new_blocks = tr[:, :rounds], blocks[:, :rounds], new_blocks[:rounds]
-        slack = blocks * bs - tr
-        reserved = np.where(slack > 0, np.minimum(slack, np.maximum(final[:, None] - tr, 0)), 0).sum(axis=0)
+        new_blocks, steps = new_blocks[:rounds], steps[:rounds]
+        tr = t[:, None] + steps
+        # a sequence's last block has (-tokens) mod bs empty slots; it will fill at most final - tokens of them
+        reserved = np.minimum((-tr) % bs, np.maximum(final[:, None] - tr, 0)).sum(axis=0)
         held = (self._held_blocks + new_blocks) * bs
-        tokens = self._tokens + n * np.arange(1, rounds + 1, dtype=np.int64)
+        tokens = self._tokens + n * steps
         return DecodePlan(
             seq_ids=list(seq_ids), rounds=rounds, token_states=tokens, reserved=reserved,
             internal_fragmentation=held - tokens - reserved, external_fragmentation=np.zeros(rounds, np.int64),
@@ -616,13 +663,55 @@ class PagedAllocator(KVAllocator):
     def apply_decode(self, plan: DecodePlan, rounds: int) -> None:
         if not 0 <= rounds <= plan.rounds:
             raise AllocationError(f"cannot apply {rounds} rounds of a {plan.rounds}-round plan")
-        if plan.seq_ids == list(self._seqs):  # live order: lazy rounds
+        if plan.seq_ids != list(self._seqs):
+            for _ in range(rounds):
+                for seq_id in plan.seq_ids:
+                    self.append(seq_id, 1)
+        elif self._num_indexed or self._forked or self.pool.retain_cached:
             for _ in range(rounds):
                 self._advance_round()
-            return
+        else:
+            self._advance_plain_rounds(rounds)
+
+    def _advance_plain_rounds(self, rounds: int) -> None:
+        """`rounds` lazy rounds when nothing is indexed, cached or forked: _advance_round, inlined and looped."""
+        bs = self.block_size
+        fill, refs, popleft, zero = self.fill, self.pool.ref_counts, self.pool._free.popleft, self._res_zero
+        res_sum, res_pos = self._res_sum, self._res_pos
+        last = bs - 1
+        crossed = 0
+        r = self._round
         for _ in range(rounds):
-            for seq_id in plan.seq_ids:
-                self.append(seq_id, 1)
+            crossers = self._ring_bucket(r % bs) if self._ring[r % bs] else None
+            res_sum -= res_pos
+            r += 1
+            res_pos -= zero.pop(r, 0)
+            if not crossers:
+                continue
+            crossed += len(crossers)
+            for s in crossers.values():
+                table = s.block_table
+                if table:
+                    fill[table[-1]] = bs
+                block = popleft()
+                refs[block] = 1
+                fill[block] = 1
+                table.append(block)
+                c = s.final_len - s.base - r
+                if c > 0:
+                    if c > last:
+                        c = last
+                    if c:
+                        res_sum += c
+                        res_pos += 1
+                        zero[r + c] = zero.get(r + c, 0) + 1
+        n = len(self._seqs) * rounds
+        self._round = r
+        self._res_sum, self._res_pos = res_sum, res_pos
+        self._tokens += n
+        self._seq_tokens += n
+        self._held_blocks += crossed
+        self._logical_blocks += crossed
 
     def drop_cache(self) -> None:
         """Forget cached content of free blocks (prefix cache)."""
@@ -633,6 +722,11 @@ class PagedAllocator(KVAllocator):
     # --- inspection -----------------------------------------------------------------------------------------------
     def num_tokens(self, seq_id: int) -> int:
         return self._seqs[seq_id].base + self._round
+
+    def total_tokens(self, seq_ids: list[int]) -> int:
+        if len(seq_ids) == len(self._seqs):  # every live sequence (the ids are distinct and live)
+            return self._seq_tokens
+        return super().total_tokens(seq_ids)
 
     def live_sequences(self) -> list[int]:
         """Ids of live sequences, in live order."""
