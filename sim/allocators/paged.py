@@ -61,14 +61,50 @@ class BlockPool:
             raise AllocationError("no free KV block")
         if not self.retain_cached:
             block = self._free.popleft()
+            self.ref_counts[block] = 1
+            return block
+        return self.allocate_many(1)[0]
+
+    def allocate_many(self, count: int) -> list[int]:
+        """`count` blocks from the front of the free queue, each at reference count 1 (as many allocate calls)."""
+        if count > len(self._free):
+            raise AllocationError(f"{count} KV blocks wanted, {len(self._free)} free")
+        refs = self.ref_counts
+        if not self.retain_cached:
+            popleft = self._free.popleft
+            blocks = [popleft() for _ in range(count)]
         else:
-            block, _ = self._free.popitem(last=False)
-            h = self.block_hash.pop(block, None)
-            if h is not None:  # evict the cached content
-                del self.hash_block[h]
-                self.num_evictions += 1
-        self.ref_counts[block] = 1
-        return block
+            popitem, block_hash = self._free.popitem, self.block_hash
+            blocks = []
+            for _ in range(count):
+                block, _ = popitem(last=False)
+                h = block_hash.pop(block, None)
+                if h is not None:  # evict the cached content
+                    del self.hash_block[h]
+                    self.num_evictions += 1
+                blocks.append(block)
+        for block in blocks:
+            refs[block] = 1
+        return blocks
+
+    def release_many(self, blocks) -> list[int]:
+        """Drop one reference to each block, in order; returns the blocks that became free (as many decref calls)."""
+        refs, freed = self.ref_counts, []
+        for block in blocks:
+            left = refs[block] - 1
+            assert left >= 0, f"decref of free block {block}"
+            refs[block] = left
+            if not left:
+                freed.append(block)
+        if freed:
+            if self.retain_cached:
+                self._free.update(dict.fromkeys(freed))
+            else:
+                if self.block_hash:
+                    for block in freed:
+                        self.unregister(block)
+                self._free.extend(freed)
+        return freed
 
     def incref(self, block: int) -> None:
         """Another reference; a cached free block leaves the free queue (a cache hit)."""
@@ -235,13 +271,16 @@ class PagedAllocator(KVAllocator):
         if len(s.hashes) >= full:
             return
         self._sync_runs(s, tokens)
+        hash_block, block_hash = self.pool.hash_block, self.pool.block_hash
         while len(s.hashes) < full:
             index = len(s.hashes)
             h = self._chain(s.hashes[-1] if s.hashes else None, s.runs, index)
             s.hashes.append(h)
             block = s.block_table[index]
             self.fill[block] = self.block_size  # it may have been a last block, whose fill is stale
-            self.pool.register(block, h)
+            if h not in hash_block and block not in block_hash:  # BlockPool.register, inlined
+                hash_block[h] = block
+                block_hash[block] = h
 
     # --- lazy-round bookkeeping -----------------------------------------------------------------------------------
     def _tail_fill(self, s: _Seq, tokens: int) -> int:
@@ -356,20 +395,13 @@ class PagedAllocator(KVAllocator):
         for block in hits:
             self._ref(block)
         table = list(hits)
-        bs, fill, allocate = self.block_size, self.fill, self.pool.allocate
+        bs, fill = self.block_size, self.fill
         new = ceil_div(num_tokens, bs) - len(hits)
-        if self.pool.retain_cached:
-            for _ in range(new):
-                block = allocate()
+        if new:
+            blocks = self.pool.allocate_many(new)
+            for block in blocks:
                 fill[block] = bs
-                table.append(block)
-        else:  # BlockPool.allocate, inlined: the front of the free queue, reference count 1
-            popleft, refs = self.pool._free.popleft, self.pool.ref_counts
-            for _ in range(new):
-                block = popleft()
-                refs[block] = 1
-                fill[block] = bs
-                table.append(block)
+            table += blocks
         if new:
             fill[table[-1]] = num_tokens - (len(table) - 1) * bs
         self._held_blocks += new
@@ -482,7 +514,8 @@ class PagedAllocator(KVAllocator):
         self._seq_tokens += n
         if not crossers and not fillers:
             return
-        if fillers:  # appends in live order; within one append the new block is taken before a full one is indexed
+        if fillers and crossers:  # appends in live order; within one append a new block is taken before a full one
+            # is indexed (allocation may evict a cached block whose content a later registration would then index)
             events = sorted([(s.order, 0, s) for s in crossers.values()] + [(s.order, 1, s) for s in fillers],
                             key=lambda e: (e[0], e[1]))
             for _, kind, s in events:
@@ -490,31 +523,32 @@ class PagedAllocator(KVAllocator):
                     self._register_full_blocks(s, s.base + r)
                 else:
                     self._cross(s, r)
-        elif self.pool.retain_cached or self._forked:
-            for s in crossers.values():
-                self._cross(s, r)
-        else:  # _cross and BlockPool.allocate, inlined: nothing is cached or forked
-            fill, refs, popleft, zero = self.fill, self.pool.ref_counts, self.pool._free.popleft, self._res_zero
-            added = reserving = 0
-            last = bs - 1
-            for s in crossers.values():
-                table = s.block_table
-                if table:
-                    fill[table[-1]] = bs
-                block = popleft()
-                refs[block] = 1
-                fill[block] = 1
-                table.append(block)
-                c = s.final_len - s.base - r
-                if c > 0:
-                    if c > last:
-                        c = last
-                    if c:
-                        added += c
-                        reserving += 1
-                        zero[r + c] = zero.get(r + c, 0) + 1
-            self._res_sum += added
-            self._res_pos += reserving
+            self._held_blocks += len(crossers)
+            self._logical_blocks += len(crossers)
+            return
+        if fillers:
+            for s in fillers:
+                self._register_full_blocks(s, s.base + r)
+            return
+        fill, zero = self.fill, self._res_zero
+        added = reserving = 0
+        last = bs - 1
+        for s, block in zip(crossers.values(), self.pool.allocate_many(len(crossers))):
+            table = s.block_table
+            if table:
+                fill[table[-1]] = bs
+            fill[block] = 1
+            table.append(block)
+            c = s.final_len - s.base - r  # _res_add, inlined: one token in a fresh block
+            if c > 0 and not s.forked:
+                if c > last:
+                    c = last
+                if c:
+                    added += c
+                    reserving += 1
+                    zero[r + c] = zero.get(r + c, 0) + 1
+        self._res_sum += added
+        self._res_pos += reserving
         self._held_blocks += len(crossers)
         self._logical_blocks += len(crossers)
 
@@ -614,14 +648,12 @@ class PagedAllocator(KVAllocator):
             self._tokens -= tokens
             self._logical_blocks -= len(table)
             return
-        for block in reversed(s.block_table):
-            if refs[block] > 1:
-                refs[block] -= 1
-                continue
-            pool.decref(block)
-            self._held_blocks -= 1
+        freed = pool.release_many(reversed(s.block_table))
+        self._held_blocks -= len(freed)
+        block_hash = pool.block_hash
+        for block in freed:
             self._tokens -= fill[block]
-            if block not in pool.block_hash:
+            if block not in block_hash:
                 fill[block] = 0
         self._logical_blocks -= len(s.block_table)
 
@@ -640,25 +672,61 @@ class PagedAllocator(KVAllocator):
         if self._forked and self._shared_partial_tail():  # copied on the first write: not plannable
             return None
         n = len(seqs)
-        t = np.fromiter((s.base for s in seqs), np.int64, n) + self._round
-        final = np.fromiter((s.final_len for s in seqs), np.int64, n)
-        steps = np.arange(1, max_rounds + 1, dtype=np.int64)
-        if seq_ids == list(self._seqs):  # live order: crossings per round from the ring (-base mod bs buckets)
-            sizes = np.fromiter((len(b) for b in self._ring), np.int64, bs)
-            new_blocks = np.cumsum(sizes[(self._round + steps - 1) % bs])
+        if not self._forked and seq_ids == list(self._seqs):
+            reserved, new_blocks = self._plan_rounds(max_rounds)
+            rounds = len(reserved)
+            steps = np.arange(1, rounds + 1, dtype=np.int64)
         else:
+            t = np.fromiter((s.base for s in seqs), np.int64, n) + self._round
+            final = np.fromiter((s.final_len for s in seqs), np.int64, n)
+            steps = np.arange(1, max_rounds + 1, dtype=np.int64)
             new_blocks = (-(-(t[:, None] + steps) // bs) + (t // -bs)[:, None]).sum(axis=0)
-        rounds = int(np.searchsorted(new_blocks, self.pool.num_free_blocks, side="right"))
-        new_blocks, steps = new_blocks[:rounds], steps[:rounds]
-        tr = t[:, None] + steps
-        # a sequence's last block has (-tokens) mod bs empty slots; it will fill at most final - tokens of them
-        reserved = np.minimum((-tr) % bs, np.maximum(final[:, None] - tr, 0)).sum(axis=0)
+            rounds = int(np.searchsorted(new_blocks, self.pool.num_free_blocks, side="right"))
+            new_blocks, steps = new_blocks[:rounds], steps[:rounds]
+            tr = t[:, None] + steps
+            # a sequence's last block has (-tokens) mod bs empty slots; it will fill at most final - tokens of them
+            reserved = np.minimum((-tr) % bs, np.maximum(final[:, None] - tr, 0)).sum(axis=0)
         held = (self._held_blocks + new_blocks) * bs
         tokens = self._tokens + n * steps
         return DecodePlan(
             seq_ids=list(seq_ids), rounds=rounds, token_states=tokens, reserved=reserved,
             internal_fragmentation=held - tokens - reserved, external_fragmentation=np.zeros(rounds, np.int64),
             free=(self.pool.num_free_blocks - new_blocks) * bs, unshared=(self._logical_blocks + new_blocks) * bs)
+
+    def _plan_rounds(self, max_rounds: int) -> tuple[np.ndarray, np.ndarray]:
+        """Reserved slots and new blocks (cumulative) after each of up to max_rounds lazy rounds, stopping before the
+        first round the free blocks cannot cover: the bookkeeping of _advance_round on local copies (nothing
+        changes). Needs no forked sequence (their reservations are not in the running sum)."""
+        bs, ring, zero = self.block_size, self._ring, self._res_zero
+        free = self.pool.num_free_blocks
+        res_sum, res_pos = self._res_sum, self._res_pos
+        extra: dict[int, int] = {}  # rounds at which reservations started in these rounds end
+        crossed = 0
+        last = bs - 1
+        reserved: list[int] = []
+        new_blocks: list[int] = []
+        r = self._round
+        for _ in range(max_rounds):
+            bucket = ring[r % bs]
+            if crossed + len(bucket) > free:
+                break
+            res_sum -= res_pos
+            r += 1
+            res_pos -= zero.get(r, 0) + extra.pop(r, 0)
+            if bucket:
+                crossed += len(bucket)
+                for s in bucket.values():
+                    c = s.final_len - s.base - r
+                    if c > 0:
+                        if c > last:
+                            c = last
+                        if c:
+                            res_sum += c
+                            res_pos += 1
+                            extra[r + c] = extra.get(r + c, 0) + 1
+            reserved.append(res_sum)
+            new_blocks.append(crossed)
+        return np.array(reserved, dtype=np.int64), np.array(new_blocks, dtype=np.int64)
 
     def apply_decode(self, plan: DecodePlan, rounds: int) -> None:
         if not 0 <= rounds <= plan.rounds:
