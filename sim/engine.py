@@ -66,6 +66,7 @@ class Engine:
         self.num_branches, self.beam = branches_of(trace)
         self.requests = RequestLog.empty(trace.arrival_s, trace.prompt_tokens, trace.output_tokens, self.num_branches)
         self._next = 0  # index of the next request not yet handed to the scheduler
+        self._arrival: list[float] = trace.arrival_s.tolist()  # Python floats: cheap to index one at a time
         self._wake: simpy.Event | None = None
         self._done = 0
         self.num_fast_forwarded = 0  # iterations computed in stretches
@@ -93,6 +94,8 @@ class Engine:
                 self._wake.succeed()
 
     def _take_arrivals(self, now: float) -> None:
+        if self._next >= len(self._arrival) or self._arrival[self._next] > now:
+            return
         trace, n = self.trace, len(self.trace)
         arrival, prompt, output = trace.arrival_s, trace.prompt_tokens, trace.output_tokens
         while self._next < n and arrival[self._next] <= now:
@@ -142,15 +145,14 @@ class Engine:
             if finished:
                 self._count_done(len(finished))
             if self.fast_forward:
-                yield from self._stretch()
+                self._take_arrivals(env.now)
+                rounds = sched.decode_rounds_without_events()
+                if rounds >= 2:
+                    yield from self._stretch(rounds)
 
-    def _stretch(self):
-        """Fast-forward the pure-decode iterations that follow, if any (see the class docstring)."""
+    def _stretch(self, rounds: int):
+        """Fast-forward up to `rounds` pure-decode iterations that follow (see the class docstring)."""
         env, sched, alloc = self.env, self.scheduler, self.allocator
-        self._take_arrivals(env.now)
-        rounds = sched.decode_rounds_without_events()
-        if rounds < 2:
-            return
         seq_ids = sched.running_seq_ids()
         n = len(seq_ids)
         context = alloc.total_tokens(seq_ids) + n * np.arange(1, rounds + 1, dtype=np.int64)

@@ -28,7 +28,7 @@ from sim.allocators.base import KVAllocator, TokenContent
 CHILD_ID_BASE = 1 << 40  # allocator ids of forked branches start here (a request's first branch uses its index)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Sequence:
     """A request inside the engine (waiting or running). seq_id is the request's index in the trace and the
     allocator id of its first branch."""
@@ -63,7 +63,7 @@ class Sequence:
         return self.prompt_tokens + self.generated
 
 
-@dataclass
+@dataclass(slots=True)
 class Batch:
     """What one iteration executes.
 
