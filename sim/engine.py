@@ -1,8 +1,10 @@
-"""The simulator's clock: simpy processes that replay a trace through a scheduler.
+"""The simulator's clock: a simpy process that replays a trace through a scheduler.
 
-One arrival process hands requests to the scheduler at their arrival times; one engine process runs iterations,
-yielding one timeout per iteration whose length comes from the cost model. Nothing here knows about memory: that is
-the allocator's business, reached through the scheduler.
+The engine process runs iterations, yielding one timeout per iteration whose length comes from the cost model (or one
+per fast-forwarded stretch); before each iteration it hands the scheduler every request that has arrived, and when
+there is nothing to run it waits until the next arrival. (An arrival process with one event per request used to wake
+it; a million requests cost a million events that way.) Nothing here knows about memory: that is the allocator's
+business, reached through the scheduler.
 """
 
 from __future__ import annotations
@@ -67,12 +69,10 @@ class Engine:
         self.requests = RequestLog.empty(trace.arrival_s, trace.prompt_tokens, trace.output_tokens, self.num_branches)
         self._next = 0  # index of the next request not yet handed to the scheduler
         self._arrival: list[float] = trace.arrival_s.tolist()  # Python floats: cheap to index one at a time
-        self._wake: simpy.Event | None = None
         self._done = 0
         self.num_fast_forwarded = 0  # iterations computed in stretches
 
     def run(self) -> tuple[StepLog, RequestLog]:
-        self.env.process(self._arrivals())
         self.env.process(self._engine())
         self.env.run()
         return self.steps, self.requests
@@ -82,16 +82,6 @@ class Engine:
             return (f"prompt + output = {prompt + output:,} tokens exceeds the max model length of "
                     f"{self.max_model_len:,}")
         return self.allocator.never_fits(prompt + output - 1)
-
-    def _arrivals(self):
-        """Wakes the idle engine at each arrival time; the engine itself takes the arrived requests."""
-        env, arrival = self.env, self.trace.arrival_s
-        for i in range(len(self.trace)):
-            delay = float(arrival[i]) - env.now
-            if delay > 0:
-                yield env.timeout(delay)
-            if self._wake is not None and not self._wake.triggered:
-                self._wake.succeed()
 
     def _take_arrivals(self, now: float) -> None:
         if self._next >= len(self._arrival) or self._arrival[self._next] > now:
@@ -123,8 +113,7 @@ class Engine:
             if not sched.has_work():
                 if self._next >= len(self.trace):
                     return
-                self._wake = env.event()
-                yield self._wake
+                yield env.timeout(self._arrival[self._next] - env.now)  # idle until the next arrival
                 continue
             start = env.now
             batch = sched.schedule(start)
