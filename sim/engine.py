@@ -71,6 +71,7 @@ class Engine:
         self._arrival: list[float] = trace.arrival_s.tolist()  # Python floats: cheap to index one at a time
         self._done = 0
         self.num_fast_forwarded = 0  # iterations computed in stretches
+        self._pending: list[float] = []  # durations of iterations simpy's clock has not yet been advanced by
 
     def run(self) -> tuple[StepLog, RequestLog]:
         self.env.process(self._engine())
@@ -105,17 +106,38 @@ class Engine:
         if self.progress is not None:
             self.progress(self._done, len(self.trace))
 
+    SYNC_EVERY = 256  # iterations between simpy timeouts while busy
+
+    def _sync(self, now: float):
+        """Bring simpy's clock to `now`, the engine's clock after the iterations in self._pending: one timeout for
+        them all, or one per iteration where that single sum would not land exactly on `now` (it is computed the
+        way simpy adds the timeouts, one after the other)."""
+        env, pending = self.env, self._pending
+        if not pending:
+            return
+        delay = now - env.now
+        if env.now + delay == now:
+            yield env.timeout(delay)
+        else:
+            for d in pending:
+                yield env.timeout(d)
+        pending.clear()
+
     def _engine(self):
         env, sched, alloc = self.env, self.scheduler, self.allocator
         req, bpt = self.requests, self.bytes_per_token
+        pending = self._pending
+        now = env.now  # the engine's clock; simpy's catches up every SYNC_EVERY iterations and before it waits
         while True:
-            self._take_arrivals(env.now)
+            self._take_arrivals(now)
             if not sched.has_work():
+                yield from self._sync(now)
                 if self._next >= len(self.trace):
                     return
                 yield env.timeout(self._arrival[self._next] - env.now)  # idle until the next arrival
+                now = env.now
                 continue
-            start = env.now
+            start = now
             batch = sched.schedule(start)
             if not batch:
                 # Nothing runs and the head of the queue still cannot be placed: it never will be.
@@ -127,17 +149,21 @@ class Engine:
             mem = alloc.memory(sched.next_waiting_final_len())
             unshared = alloc.held_without_sharing()
             duration = self.cost_model.step_time(batch)
-            yield env.timeout(duration)
-            now = env.now
+            now = start + duration  # as simpy's timeout would add it
+            pending.append(duration)
+            if len(pending) >= self.SYNC_EVERY:
+                yield from self._sync(now)
             finished = sched.finish(batch, now)
             record_iteration(self.steps, req, start, duration, now, batch, len(sched.waiting), mem, unshared, bpt, finished)
             if finished:
                 self._count_done(len(finished))
             if self.fast_forward:
-                self._take_arrivals(env.now)
+                self._take_arrivals(now)
                 rounds = sched.decode_rounds_without_events()
                 if rounds >= 2:
+                    yield from self._sync(now)
                     yield from self._stretch(rounds)
+                    now = env.now
 
     def _stretch(self, rounds: int):
         """Fast-forward up to `rounds` pure-decode iterations that follow (see the class docstring)."""
