@@ -116,3 +116,29 @@ def test_append_each_equals_appending_one_by_one(allocator, data):
         assert twins[0].held_without_sharing() == twins[1].held_without_sharing()
         for seq in live:
             assert twins[0].placement(seq) == twins[1].placement(seq)
+
+
+@pytest.mark.parametrize("sync_every", [1, 3])
+@settings(max_examples=10)
+@given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 40), sharing=st.booleans(),
+       kv_tokens=st.sampled_from([400, 5000]))
+def test_engine_clock_batching_changes_nothing(sync_every, seed, count, sharing, kv_tokens):
+    """The engine advances simpy's clock once per Engine.SYNC_EVERY busy iterations; with SYNC_EVERY = 1 (a timeout
+    per iteration, as a plain simpy loop) every record is the same."""
+    from sim.engine import Engine
+
+    trace = random_trace(seed, count, sharing)
+    # Durations that are not short binary fractions, so that sums round.
+    options = ReplayOptions(MODEL, GPUS["a100-80gb"], "paged", kv_memory=kv_tokens * MODEL.kv_bytes_per_token(),
+                            max_num_seqs=8, step_overhead_s=0.0123456789)
+    default = replay(trace, options)
+    saved = Engine.SYNC_EVERY
+    Engine.SYNC_EVERY = sync_every
+    try:
+        batched = replay(trace, options)
+    finally:
+        Engine.SYNC_EVERY = saved
+    for name in default.steps:
+        assert np.array_equal(default.steps[name], batched.steps[name]), name
+    for name in ("admitted_s", "first_token_s", "finish_s"):
+        assert np.array_equal(getattr(default.requests, name), getattr(batched.requests, name), equal_nan=True)
