@@ -501,56 +501,73 @@ class PagedAllocator(KVAllocator):
 
     def _advance_round(self) -> None:
         """The round itself (append_round has checked that it can be carried out)."""
+        self._advance_rounds(1)
+
+    def _advance_rounds(self, rounds: int) -> None:
+        """`rounds` lazy rounds, each as one token appended to every live sequence in live order (the caller has
+        checked that the free blocks suffice and that nothing is copied). Per round: the reserving sequences each
+        fill a reserved slot, the sequences at a block boundary take a block, and (with indexing) the blocks that
+        become full are indexed; within one append a new block is taken before a full one is indexed, since
+        allocation may evict a cached block whose content a later registration would then index."""
         bs = self.block_size
+        ring, unordered, fill, zero = self._ring, self._ring_unordered, self.fill, self._res_zero
+        allocate_many = self.pool.allocate_many
+        indexing = self._num_indexed > 0
+        res_sum, res_pos = self._res_sum, self._res_pos
+        last = bs - 1
+        crossed = 0
         r = self._round
-        crossers = self._ring_bucket(r % bs)
-        fillers = ([s for s in self._ring_bucket((r + 1) % bs).values() if s.indexed] if self._num_indexed else None)
-        self._res_sum -= self._res_pos  # every reserving sequence fills one of its reserved slots
-        r += 1
-        self._round = r
-        self._res_pos -= self._res_zero.pop(r, 0)
-        n = len(self._seqs)
+        for _ in range(rounds):
+            k = r % bs
+            crossers = ring[k]
+            if crossers and unordered[k]:
+                crossers = self._ring_bucket(k)
+            fillers = None
+            if indexing and ring[(r + 1) % bs]:
+                fillers = [s for s in self._ring_bucket((r + 1) % bs).values() if s.indexed] or None
+                crossers = ring[k]  # (k + 1) % bs may be k itself (one-token blocks): the bucket was re-sorted
+            res_sum -= res_pos  # every reserving sequence fills one of its reserved slots
+            r += 1
+            res_pos -= zero.pop(r, 0)
+            if not crossers and not fillers:
+                continue
+            if fillers and crossers:
+                self._round, self._res_sum, self._res_pos = r, res_sum, res_pos  # _cross reads and updates them
+                events = sorted([(s.order, 0, s) for s in crossers.values()] + [(s.order, 1, s) for s in fillers],
+                                key=lambda e: (e[0], e[1]))
+                for _, kind, s in events:
+                    if kind:
+                        self._register_full_blocks(s, s.base + r)
+                    else:
+                        self._cross(s, r)
+                res_sum, res_pos = self._res_sum, self._res_pos
+                crossed += len(crossers)
+                continue
+            if fillers:
+                for s in fillers:
+                    self._register_full_blocks(s, s.base + r)
+                continue
+            crossed += len(crossers)
+            for s, block in zip(crossers.values(), allocate_many(len(crossers))):
+                table = s.block_table
+                if table:
+                    fill[table[-1]] = bs
+                fill[block] = 1
+                table.append(block)
+                c = s.final_len - s.base - r  # _res_add, inlined: one token in a fresh block
+                if c > 0 and not s.forked:
+                    if c > last:
+                        c = last
+                    if c:
+                        res_sum += c
+                        res_pos += 1
+                        zero[r + c] = zero.get(r + c, 0) + 1
+        self._round, self._res_sum, self._res_pos = r, res_sum, res_pos
+        n = len(self._seqs) * rounds
         self._tokens += n
         self._seq_tokens += n
-        if not crossers and not fillers:
-            return
-        if fillers and crossers:  # appends in live order; within one append a new block is taken before a full one
-            # is indexed (allocation may evict a cached block whose content a later registration would then index)
-            events = sorted([(s.order, 0, s) for s in crossers.values()] + [(s.order, 1, s) for s in fillers],
-                            key=lambda e: (e[0], e[1]))
-            for _, kind, s in events:
-                if kind:
-                    self._register_full_blocks(s, s.base + r)
-                else:
-                    self._cross(s, r)
-            self._held_blocks += len(crossers)
-            self._logical_blocks += len(crossers)
-            return
-        if fillers:
-            for s in fillers:
-                self._register_full_blocks(s, s.base + r)
-            return
-        fill, zero = self.fill, self._res_zero
-        added = reserving = 0
-        last = bs - 1
-        for s, block in zip(crossers.values(), self.pool.allocate_many(len(crossers))):
-            table = s.block_table
-            if table:
-                fill[table[-1]] = bs
-            fill[block] = 1
-            table.append(block)
-            c = s.final_len - s.base - r  # _res_add, inlined: one token in a fresh block
-            if c > 0 and not s.forked:
-                if c > last:
-                    c = last
-                if c:
-                    added += c
-                    reserving += 1
-                    zero[r + c] = zero.get(r + c, 0) + 1
-        self._res_sum += added
-        self._res_pos += reserving
-        self._held_blocks += len(crossers)
-        self._logical_blocks += len(crossers)
+        self._held_blocks += crossed
+        self._logical_blocks += crossed
 
     def _cross(self, s: _Seq, r: int) -> None:
         """s's round-r token starts a new block (held-block and logical counters are the caller's)."""
@@ -735,51 +752,8 @@ class PagedAllocator(KVAllocator):
             for _ in range(rounds):
                 for seq_id in plan.seq_ids:
                     self.append(seq_id, 1)
-        elif self._num_indexed or self._forked or self.pool.retain_cached:
-            for _ in range(rounds):
-                self._advance_round()
         else:
-            self._advance_plain_rounds(rounds)
-
-    def _advance_plain_rounds(self, rounds: int) -> None:
-        """`rounds` lazy rounds when nothing is indexed, cached or forked: _advance_round, inlined and looped."""
-        bs = self.block_size
-        fill, refs, popleft, zero = self.fill, self.pool.ref_counts, self.pool._free.popleft, self._res_zero
-        res_sum, res_pos = self._res_sum, self._res_pos
-        last = bs - 1
-        crossed = 0
-        r = self._round
-        for _ in range(rounds):
-            crossers = self._ring_bucket(r % bs) if self._ring[r % bs] else None
-            res_sum -= res_pos
-            r += 1
-            res_pos -= zero.pop(r, 0)
-            if not crossers:
-                continue
-            crossed += len(crossers)
-            for s in crossers.values():
-                table = s.block_table
-                if table:
-                    fill[table[-1]] = bs
-                block = popleft()
-                refs[block] = 1
-                fill[block] = 1
-                table.append(block)
-                c = s.final_len - s.base - r
-                if c > 0:
-                    if c > last:
-                        c = last
-                    if c:
-                        res_sum += c
-                        res_pos += 1
-                        zero[r + c] = zero.get(r + c, 0) + 1
-        n = len(self._seqs) * rounds
-        self._round = r
-        self._res_sum, self._res_pos = res_sum, res_pos
-        self._tokens += n
-        self._seq_tokens += n
-        self._held_blocks += crossed
-        self._logical_blocks += crossed
+            self._advance_rounds(rounds)
 
     def drop_cache(self) -> None:
         """Forget cached content of free blocks (prefix cache)."""
