@@ -512,6 +512,8 @@ class PagedAllocator(KVAllocator):
         bs = self.block_size
         ring, unordered, fill, zero = self._ring, self._ring_unordered, self.fill, self._res_zero
         allocate_many = self.pool.allocate_many
+        plain_pool = not self.pool.retain_cached
+        popleft, refs = (self.pool._free.popleft if plain_pool else None), self.pool.ref_counts
         indexing = self._num_indexed > 0
         res_sum, res_pos = self._res_sum, self._res_pos
         last = bs - 1
@@ -548,7 +550,13 @@ class PagedAllocator(KVAllocator):
                     self._register_full_blocks(s, s.base + r)
                 continue
             crossed += len(crossers)
-            for s, block in zip(crossers.values(), allocate_many(len(crossers))):
+            if plain_pool:  # BlockPool.allocate_many, inlined: the front of the free queue, reference count 1
+                blocks = [popleft() for _ in crossers]
+                for block in blocks:
+                    refs[block] = 1
+            else:
+                blocks = allocate_many(len(crossers))
+            for s, block in zip(crossers.values(), blocks):
                 table = s.block_table
                 if table:
                     fill[table[-1]] = bs
