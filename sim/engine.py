@@ -140,10 +140,15 @@ class Engine:
             start = now
             batch = sched.schedule(start)
             if not batch:
-                # Nothing runs and the head of the queue still cannot be placed: it never will be.
+                # Nothing runs: either the head of the queue cannot be placed even in an empty cache, or every running
+                # request was preempted and the head is the one preempted last, while it ran alone: it cannot get the
+                # memory it needs even alone. Either way it never will be served.
+                for seq in batch.preempted:
+                    req.preemptions[seq.seq_id] += 1
                 seq = sched.waiting.popleft()
-                req.rejection[seq.seq_id] = (f"cannot be placed even in an empty KV cache ({seq.num_branches} "
-                                             f"sequences of up to {seq.final_len:,} tokens)")
+                how = "completed even alone in" if batch.preempted else "placed even in an empty"
+                req.rejection[seq.seq_id] = (f"cannot be {how} KV cache ({seq.num_branches} sequences of up to "
+                                             f"{seq.final_len:,} tokens)")
                 self._count_done(1)
                 continue
             mem = alloc.memory(sched.next_waiting_final_len())
@@ -178,11 +183,10 @@ class Engine:
             rounds = min(rounds, int(np.searchsorted(starts, self.trace.arrival_s[self._next], side="left")))
         if rounds < 2:
             return
-        plan = alloc.plan_decode(seq_ids, rounds, sched.next_waiting_final_len())
-        if plan is None or plan.rounds < 2:
+        plan = alloc.run_decode(seq_ids, rounds, sched.next_waiting_final_len())
+        if plan is None or plan.rounds == 0:
             return
         rounds = plan.rounds
-        alloc.apply_decode(plan, rounds)
         sched.advance_decode(rounds)
         bpt = self.bytes_per_token
         waiting = len(sched.waiting)

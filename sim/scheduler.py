@@ -159,7 +159,9 @@ class Scheduler:
         self.prefill_tokens_requested = 0  # tokens of every admission's prefill, before prefix-cache hits
         self.prefill_tokens_cached = 0  # of those, tokens found in the prefix cache
         self.round = 0  # iterations finished so far
-        self._finishing: dict[int, list[Sequence]] = {}  # round -> requests finishing at it (may hold stale entries)
+        # round -> (admission number, request) of the requests finishing at it; entries of requests preempted since
+        # are stale (another admission number), also when a request is re-admitted to finish at the same round
+        self._finishing: dict[int, list[tuple[int, Sequence]]] = {}
         self._num_finishing: dict[int, int] = {}  # round -> how many of those are still running
         self._finish_rounds: list[int] = []  # heap of the keys of _finishing
         self._num_running_beams = 0  # running beam requests with more than one branch
@@ -299,11 +301,11 @@ class Scheduler:
         r = seq.finish_round = self.round + seq.output_tokens - seq.generated
         bucket = self._finishing.get(r)
         if bucket is None:
-            self._finishing[r] = [seq]
+            self._finishing[r] = [(seq.admit_no, seq)]
             self._num_finishing[r] = 1
             heapq.heappush(self._finish_rounds, r)
         else:
-            bucket.append(seq)
+            bucket.append((seq.admit_no, seq))
             self._num_finishing[r] = self._num_finishing.get(r, 0) + 1
         if seq.beam and len(seq.branches) > 1:
             self._num_running_beams += 1
@@ -389,7 +391,7 @@ class Scheduler:
             if seq.first_token_s is None:
                 seq.first_token_s = now
         self._num_finishing.pop(r, None)
-        finished = [s for s in self._finishing.pop(r, ()) if s.finish_round == r]
+        finished = [s for no, s in self._finishing.pop(r, ()) if s.admit_no == no and s.finish_round == r]
         if len(finished) > 1:
             newest = batch.prefill[0].admit_no if batch.prefill else self._num_admitted
             finished.sort(key=lambda s: (s.admit_no < newest, s.admit_no))

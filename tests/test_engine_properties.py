@@ -183,3 +183,18 @@ def test_fast_forward_equals_step_by_step(allocator, extra, trace, num_blocks, b
             assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), f"request column {f.name} differs"
         else:
             assert a == b, f"request column {f.name} differs"
+
+
+def test_readmitted_in_the_round_it_was_preempted_finishes_once() -> None:
+    """Every running request preempted in one iteration (so no token is emitted) and one re-admitted in the next,
+    to finish at the very round it was to finish at before: it must finish once, with the right token count.
+    (Found by the property test above: the scheduler's finish buckets then held the request twice.)"""
+    trace = Trace(path="<example>", format="native", arrival_s=np.zeros(9),
+                  prompt_tokens=np.array([1, 1, 1, 9, 1, 1, 1, 1, 1]), output_tokens=np.array([1, 1, 1, 9, 9, 1, 1, 1, 1]),
+                  columns={"n": np.array([1, 1, 1, 3, 1, 1, 1, 1, 1]), "beam_width": np.ones(9, dtype=np.int64)})
+    result, sched = run(trace, "paged", {"sharing": False}, num_blocks=7, block_size=8, max_num_seqs=4,
+                        fast_forward=False)
+    check_run(trace, result, sched, max_num_seqs=4)
+    assert result.requests.preemptions[4] == 1 and sched.emitted_at_finish[4] == 9
+    # request 3 (3 samples of 17 tokens, no sharing: 9 blocks of 8 at the end; the cache has 7) cannot complete
+    assert "cannot be completed even alone" in result.requests.rejection[3]

@@ -230,6 +230,14 @@ class KVAllocator(ABC):
         and held_without_sharing() would report after each round."""
         return None
 
+    def run_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
+        """plan_decode, then apply_decode of all the planned rounds: returns the plan carried out (its rounds may be
+        0), or None when the allocator cannot plan (nothing changes). Allocators may do both in one pass."""
+        plan = self.plan_decode(seq_ids, max_rounds, next_final_len)
+        if plan is not None and plan.rounds:
+            self.apply_decode(plan, plan.rounds)
+        return plan
+
     def apply_decode(self, plan: DecodePlan, rounds: int) -> None:
         """Carry out the first `rounds` rounds of a plan made by plan_decode (no other operation in between)."""
         raise NotImplementedError

@@ -503,12 +503,15 @@ class PagedAllocator(KVAllocator):
         """The round itself (append_round has checked that it can be carried out)."""
         self._advance_rounds(1)
 
-    def _advance_rounds(self, rounds: int) -> None:
+    def _advance_rounds(self, rounds: int, record: tuple[list[int], list[int]] | None = None) -> int:
         """`rounds` lazy rounds, each as one token appended to every live sequence in live order (the caller has
         checked that the free blocks suffice and that nothing is copied). Per round: the reserving sequences each
         fill a reserved slot, the sequences at a block boundary take a block, and (with indexing) the blocks that
         become full are indexed; within one append a new block is taken before a full one is indexed, since
-        allocation may evict a cached block whose content a later registration would then index."""
+        allocation may evict a cached block whose content a later registration would then index.
+
+        With `record` (two lists), it stops before the first round the free blocks cannot cover and appends, after
+        each round, the reserved slots and the blocks taken so far. Returns the rounds carried out."""
         bs = self.block_size
         ring, unordered, fill, zero = self._ring, self._ring_unordered, self.fill, self._res_zero
         allocate_many = self.pool.allocate_many
@@ -518,10 +521,17 @@ class PagedAllocator(KVAllocator):
         res_sum, res_pos = self._res_sum, self._res_pos
         last = bs - 1
         crossed = 0
-        r = self._round
+        r = start = self._round
+        free = self.pool.num_free_blocks
         for _ in range(rounds):
             k = r % bs
             crossers = ring[k]
+            if record is not None:
+                if crossed + len(crossers) > free:
+                    break
+                if r > start:
+                    record[0].append(res_sum)
+                    record[1].append(crossed)
             if crossers and unordered[k]:
                 crossers = self._ring_bucket(k)
             fillers = None
@@ -570,12 +580,17 @@ class PagedAllocator(KVAllocator):
                         res_sum += c
                         res_pos += 1
                         zero[r + c] = zero.get(r + c, 0) + 1
+        done = r - start
+        if record is not None and done:
+            record[0].append(res_sum)
+            record[1].append(crossed)
         self._round, self._res_sum, self._res_pos = r, res_sum, res_pos
-        n = len(self._seqs) * rounds
+        n = len(self._seqs) * done
         self._tokens += n
         self._seq_tokens += n
         self._held_blocks += crossed
         self._logical_blocks += crossed
+        return done
 
     def _cross(self, s: _Seq, r: int) -> None:
         """s's round-r token starts a new block (held-block and logical counters are the caller's)."""
@@ -752,6 +767,24 @@ class PagedAllocator(KVAllocator):
             reserved.append(res_sum)
             new_blocks.append(crossed)
         return np.array(reserved, dtype=np.int64), np.array(new_blocks, dtype=np.int64)
+
+    def run_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
+        """plan_decode and apply_decode in one pass over the rounds (live order, no forked sequence), else both."""
+        if max_rounds <= 0 or self._forked or seq_ids != list(self._seqs):
+            return super().run_decode(seq_ids, max_rounds, next_final_len)
+        bs, n = self.block_size, len(seq_ids)
+        held0, tokens0, free0, logical0 = self._held_blocks, self._tokens, self.pool.num_free_blocks, self._logical_blocks
+        record: tuple[list[int], list[int]] = ([], [])
+        rounds = self._advance_rounds(max_rounds, record)
+        reserved = np.array(record[0], dtype=np.int64)
+        new_blocks = np.array(record[1], dtype=np.int64)
+        steps = np.arange(1, rounds + 1, dtype=np.int64)
+        held = (held0 + new_blocks) * bs
+        tokens = tokens0 + n * steps
+        return DecodePlan(
+            seq_ids=list(seq_ids), rounds=rounds, token_states=tokens, reserved=reserved,
+            internal_fragmentation=held - tokens - reserved, external_fragmentation=np.zeros(rounds, np.int64),
+            free=(free0 - new_blocks) * bs, unshared=(logical0 + new_blocks) * bs)
 
     def apply_decode(self, plan: DecodePlan, rounds: int) -> None:
         if not 0 <= rounds <= plan.rounds:

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
+
 from hypothesis import strategies as st
 from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple,
                                  precondition, rule)
@@ -410,6 +412,41 @@ class AllocatorMachine(RuleBasedStateMachine):
             old = s.tokens
             s.grow(m.interner, 1)
             self._write(sid, old, old + 1)
+
+    @precondition(lambda self: self.alloc is not None and bool(self.model.live)
+                  and type(self.alloc).run_decode is not KVAllocator.run_decode)
+    @rule(max_rounds=st.integers(1, 12), live_order=st.booleans())
+    def run_decode(self, max_rounds: int, live_order: bool) -> None:
+        """run_decode (plan and apply in one pass) equals plan_decode then apply_decode of every planned round, on
+        a copy: the same plan figures and the same allocator afterwards."""
+        a, m, ck = self.alloc, self.model, self.ck
+        ids = call(a.live_sequences) if live_order else sorted(m.live)
+        ref = copy.deepcopy(a)
+        want = call(ref.plan_decode, ids, max_rounds, None)
+        if want is not None and want.rounds:
+            call(ref.apply_decode, want, want.rounds)
+        got = call(a.run_decode, ids, max_rounds, None)
+        if (got is None) != (want is None):
+            ck.fail("decode-plan", f"run_decode({ids}, {max_rounds}) returned {got}; plan_decode returned {want}")
+            return
+        if got is None:
+            return
+        fields = ("rounds", "token_states", "reserved", "internal_fragmentation", "external_fragmentation", "free",
+                  "unshared")
+        for f in fields:
+            if not np.array_equal(np.asarray(getattr(got, f)), np.asarray(getattr(want, f))):
+                ck.fail("decode-plan", f"run_decode({ids}, {max_rounds}).{f} = {getattr(got, f)}; plan_decode says "
+                                       f"{getattr(want, f)}")
+                return
+        if _state(a, sorted(m.live)) != _state(ref, sorted(m.live)):
+            ck.fail("decode-plan", f"run_decode({ids}, {max_rounds}) left {_state(a, sorted(m.live))}; plan and "
+                                   f"apply leave {_state(ref, sorted(m.live))}")
+            return
+        for sid in ids:
+            s = m.live[sid]
+            old = s.tokens
+            s.grow(m.interner, got.rounds)
+            self._write(sid, old, old + got.rounds)
 
     @precondition(lambda self: self.alloc is not None and bool(self.model.live)
                   and type(self.alloc).append_round is not KVAllocator.append_round)
