@@ -17,7 +17,6 @@ import time
 import numpy as np
 import torch
 
-from kernels.harness.executor import Executor
 from kernels.harness.kv_source import LineageTracker
 from sim.allocators.paged import PagedAllocator
 from sim.cost_profile import MIN_SAMPLES, batch_features, fit_profile
@@ -31,7 +30,7 @@ class SyntheticState:
         self.run = run
         b = run.budget
         self.alloc = LineageTracker(allocator_cls(b.num_blocks, b.block_size, 1 << 30))
-        self.executor = Executor(run.model, run.pool, self.alloc, run.source, seed=seed)
+        self.executor = run.executor(self.alloc, seed=seed)  # the replay's execution path (graphs included)
         self.next_id = 1
         self.rng = np.random.default_rng(seed)
         self.paged = allocator_cls is PagedAllocator
@@ -167,7 +166,7 @@ def measure(state: SyntheticState, points, repeats: int = 2, passes: int = 3, de
                 for _ in range(repeats):
                     t0 = time.perf_counter()
                     r = ex.execute(batch)
-                    walls.setdefault(int(i), []).append(time.perf_counter() - t0)
+                    walls.setdefault(int(i), []).append(time.perf_counter() - t0 - r.capture_s)
                     gpus.setdefault(int(i), []).append(r.gpu_s if r.gpu_s is not None else float("nan"))
                 feats[int(i)] = batch_features(batch)
                 state.release(batch)

@@ -16,7 +16,12 @@ Order of one iteration:
 5. final norm, LM head and argmax for one row per sequence, then a device synchronisation (the host needs the
    sampled tokens before the next iteration, as a serving engine does).
 
-CUDA events bracket steps 1-5 on the device (`gpu_s`); the caller measures wall time around `execute`.
+Decode-only iterations go through `decode_graphs.DecodeRunner` when the executor has one: the same steps on static
+buffers padded to a batch bucket, replayed as one CUDA graph (steps 3 and 5; the copies of step 2 are issued on the
+same stream just before the replay). Iterations with prefill tokens stay eager.
+
+CUDA events bracket steps 1-5 on the device (`gpu_s`); the caller measures wall time around `execute`, less
+`ExecResult.capture_s` (the first use of a graph bucket captures it, which a serving engine does at start-up).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from kernels.harness.decode_graphs import DecodeInputs, DecodeRunner
 from kernels.harness.kv_pool import KVPool
 from kernels.harness.kv_source import KVSource, LineageTracker, mix, _OWNER_SALT
 from kernels.harness.model import RandomTransformer
@@ -73,6 +79,8 @@ class ExecResult:
     gpu_s: float | None  # CUDA-event time of the iteration's device work (None on CPU)
     tokens: int
     capture: Capture | None = None
+    capture_s: float = 0.0  # wall time spent capturing a CUDA graph in this call (not part of the iteration)
+    static: bool = False  # ran through the static-buffer decode path (a graph replay on CUDA)
 
 
 @dataclass
@@ -110,17 +118,26 @@ class Executor:
         allocator: the allocator the scheduler drives, wrapped in a LineageTracker (needed for check mode and for a
             contiguous allocator's fork copies).
         source: the deterministic K/V table (check mode), or None to write the model's own K/V projections.
+        runner: the static-buffer/CUDA-graph path for decode-only iterations (shared by every executor of a run),
+            or None to run them eagerly like the others.
     """
 
     def __init__(self, model: RandomTransformer, pool: KVPool, allocator: LineageTracker,
-                 source: KVSource | None = None, check_layers: list[int] | None = None, seed: int = 0):
+                 source: KVSource | None = None, check_layers: list[int] | None = None, seed: int = 0,
+                 runner: DecodeRunner | None = None):
         self.model, self.pool, self.alloc, self.source = model, pool, allocator, source
+        self.runner = runner
         self.device = model.device
         self.cuda = self.device.type == "cuda"
         self.block_size = pool.block_size
         self.vocab = model.shapes.vocab
         n = model.shapes.layers
-        self.check_layers = sorted(set(check_layers if check_layers is not None else [0, n - 1]))
+        if check_layers is None:
+            check_layers = runner.check_layers if runner is not None else [0, n - 1]
+        self.check_layers = sorted(set(check_layers))
+        if runner is not None and not set(self.check_layers) <= set(runner.check_layers):
+            raise ValueError(f"check layers {self.check_layers} are not kept by the decode runner "
+                             f"({runner.check_layers})")
         self.rng = np.random.default_rng(seed)
         if source is not None:
             self._layer_offsets = source.layer_offsets[:n, None].to(self.device)
@@ -196,8 +213,73 @@ class Executor:
 
     # --- one iteration -------------------------------------------------------------------------------------------------
     def execute(self, batch: Batch, check: bool = False) -> ExecResult:
-        model, pool, s = self.model, self.pool, self.model.shapes
         dec_branches = [b for seq in batch.decode for b in seq.branches]
+        if self.runner is not None and dec_branches and not batch.prefill:
+            res = self._execute_static(batch, dec_branches, check)
+            if res is not None:
+                return res
+        return self._execute_eager(batch, dec_branches, check)
+
+    def _extent_copies(self, prefilling: set) -> tuple[list, list]:
+        """A contiguous allocator's fork copies since the last iteration: (before the writes, after the forward)."""
+        ext_before, ext_after = [], []
+        if isinstance(self.alloc, LineageTracker):
+            live = self.alloc.lineages
+            for parent, child, src, dst, n in self.alloc.take_extent_copies():
+                if child in live:
+                    (ext_after if parent in prefilling else ext_before).append((src, dst, n))
+        return ext_before, ext_after
+
+    def _execute_static(self, batch: Batch, dec_branches: list[int], check: bool) -> ExecResult | None:
+        """A decode-only iteration on the runner's static buffers (a CUDA-graph replay on CUDA). None: no bucket
+        fits (the caller runs it eagerly)."""
+        alloc, bs, runner = self.alloc, self.block_size, self.runner
+        nd = len(dec_branches)
+        lens = np.fromiter((alloc.num_tokens(b) for b in dec_branches), dtype=np.int64, count=nd)
+        placements = [alloc.placement(b) for b in dec_branches]
+        paged = isinstance(placements[0], BlockTablePlacement)
+        key = runner.key_for(nd, int(lens.max()), paged)
+        if key is None:
+            return None
+        pos = lens - 1
+        if paged:
+            tables = [p.block_table for p in placements]
+            blk = np.fromiter((t[q // bs] for t, q in zip(tables, pos.tolist())), dtype=np.int64, count=nd)
+            inp = DecodeInputs(lens, blk * bs + pos % bs, pos, tables, None, None)
+        else:
+            starts = np.fromiter((p.start for p in placements), dtype=np.int64, count=nd)
+            inp = DecodeInputs(lens, starts + pos, pos, None, starts, None)
+        if self.source is not None:
+            inp.src_rows = self._source_rows(dec_branches, pos, [], [], [])
+        ext_before, _ = self._extent_copies(set())
+        copies = list(batch.copies)
+        capture = self._plan_capture(dec_branches, lens, [], [], [], np.zeros(1, np.int64), nd) if check else None
+
+        capture_s = runner.ensure(key)  # first use of this bucket: capture (outside the measured window)
+        n32, n64 = runner.stage(key, inp, self.vocab)
+        if self.cuda:
+            self._ev0.record()
+        runner.upload(n32, n64)
+        if copies:  # copy-on-write copies precede the cache writes of the graph (same stream)
+            self.pool.copy_blocks(torch.from_numpy(np.array(copies, dtype=np.int64).reshape(-1, 2)).to(self.device))
+        for src, dst, n in ext_before:
+            self.pool.copy_slots(src, dst, n)
+        out = runner.run(key)
+        if capture is not None:
+            for layer in capture.layers:
+                capture.q[layer] = out.q[layer][capture.rows].clone()
+                capture.out[layer] = out.attn[layer][capture.rows].clone()
+        gpu_s = None
+        if self.cuda:
+            self._ev1.record()
+            self._ev1.synchronize()
+            gpu_s = self._ev0.elapsed_time(self._ev1) / 1e3
+        else:
+            out.tokens.cpu()
+        return ExecResult(gpu_s, nd, capture, capture_s, True)
+
+    def _execute_eager(self, batch: Batch, dec_branches: list[int], check: bool) -> ExecResult:
+        model, pool, s = self.model, self.pool, self.model.shapes
         nd = len(dec_branches)
         dec_lens, dec_slots, dec_bt, dec_starts = self._decode_meta(dec_branches)
         dec_paged = dec_starts is None
@@ -221,12 +303,7 @@ class Executor:
             written = set((np.concatenate(pf_slots) // self.block_size).tolist())
             copies_after = [c for c in copies_before if c[0] in written]
             copies_before = [c for c in copies_before if c[0] not in written]
-        ext_before, ext_after = [], []
-        if isinstance(self.alloc, LineageTracker):
-            live, prefilling = self.alloc.lineages, set(pf_firsts)
-            for parent, child, src, dst, n in self.alloc.take_extent_copies():
-                if child in live:
-                    (ext_after if parent in prefilling else ext_before).append((src, dst, n))
+        ext_before, ext_after = self._extent_copies(set(pf_firsts))
 
         # one int32 and one int64 host-to-device copy
         i32 = [all_slots.astype(np.int32), (positions % self.vocab).astype(np.int32), dec_lens.astype(np.int32),

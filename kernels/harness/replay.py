@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from kernels.harness.decode_graphs import DecodeRunner
 from kernels.harness.executor import CheckResult, Executor
 from kernels.harness.kv_pool import KVPool
 from kernels.harness.kv_source import KVSource, LineageTracker
@@ -47,6 +48,9 @@ class HarnessOptions:
     time_limit_s: float | None = None  # stop the replay (marked truncated) after this much wall time
     seed: int = 0
     warmup: bool = True
+    # Decode-only iterations through static buffers replayed as CUDA graphs (kernels.harness.decode_graphs); on a CPU
+    # device the same static-buffer path runs eagerly. False: every iteration eager, as before run 4.
+    cuda_graphs: bool = True
 
 
 @dataclass
@@ -59,6 +63,7 @@ class GpuRun:
     model: RandomTransformer
     pool: KVPool
     source: KVSource | None
+    decode_runner: DecodeRunner | None = None  # shared by every executor of the run (its graphs bake in the pool)
 
     @classmethod
     def build(cls, options: ReplayOptions, harness: HarnessOptions) -> "GpuRun":
@@ -73,7 +78,15 @@ class GpuRun:
                       harness.device)
         source = KVSource(harness.source_rows, shapes.kv_heads, shapes.head_size, dtype, harness.device,
                           harness.seed + 1) if harness.check else None
-        return cls(options, harness, budget, model, pool, source)
+        runner = None
+        if harness.cuda_graphs:
+            runner = DecodeRunner(model, pool, source, [0, shapes.layers - 1], options.max_num_seqs,
+                                  options.model.max_model_len, use_graphs=model.device.type == "cuda")
+        return cls(options, harness, budget, model, pool, source, runner)
+
+    def executor(self, allocator: LineageTracker, seed: int = 0) -> Executor:
+        """An executor over this run's model, pool, K/V table and decode runner."""
+        return Executor(self.model, self.pool, allocator, self.source, seed=seed, runner=self.decode_runner)
 
     def memory(self) -> dict:
         """Sizes of what the harness holds, beside the simulator's budget (bytes)."""
@@ -103,6 +116,7 @@ class HarnessResult:
     checks: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
     truncated: bool = False
+    static: np.ndarray | None = None  # bool per iteration: decode-only through the static/graph path
 
 
 def warm_up(run: GpuRun, force: bool = False) -> float:
@@ -142,7 +156,7 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
     if not 0 <= options.beam_replace_prob <= 1:
         raise UserError(f"--beam-replace-prob must be in [0, 1], got {options.beam_replace_prob}")
     sched = Scheduler(allocator, limits, BeamModel(options.beam_replace_prob, options.seed))
-    executor = Executor(run.model, run.pool, allocator, run.source, seed=h.seed)
+    executor = run.executor(allocator, seed=h.seed)
     run.pool.kv.fill_(float("nan"))  # a slot nothing wrote reads as NaN, which the checks report
     bpt = budget.bytes_per_token
     max_len = options.model.max_model_len
@@ -186,6 +200,10 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
                                content=content_of(trace, i)))
 
     iteration = 0
+    static_iters = 0
+    static_flags: list[bool] = []
+    graphs_before = len(run.decode_runner.graphs) if run.decode_runner is not None else 0
+    capture_before = run.decode_runner.capture_s_total if run.decode_runner is not None else 0.0
     gc.collect()
     gc.disable()  # no collector pauses inside measured iterations; re-enabled after the loop
     try:
@@ -215,8 +233,11 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
             excluded += time.perf_counter() - m0
             e0 = time.perf_counter()
             result = executor.execute(batch, check=do_check)
+            excluded += result.capture_s  # a graph captured on first use: start-up work, not this iteration's
             end = clock()
-            host_s.append(time.perf_counter() - e0)
+            host_s.append(time.perf_counter() - e0 - result.capture_s)
+            static_iters += result.static
+            static_flags.append(result.static)
             if do_check:
                 c0 = time.perf_counter()
                 checks.merge(executor.check(result.capture))
@@ -248,7 +269,11 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
             "layers": run.model.shapes.layers, "dtype": h.dtype, "check": h.check, "check_every": h.check_every,
             "truncated": truncated, "excluded_measurement_s": excluded,
             "gpu_s_total": float(np.nansum(gpu_s)), "execute_s_total": float(np.sum(host_s)),
+            "cuda_graphs": bool(run.decode_runner is not None and run.decode_runner.use_graphs),
+            "static_decode_iterations": int(static_iters), "iterations": int(iteration),
+            "graphs_captured": (len(run.decode_runner.graphs) - graphs_before) if run.decode_runner else 0,
+            "graph_capture_s": (run.decode_runner.capture_s_total - capture_before) if run.decode_runner else 0.0,
         },
     }
     return HarnessResult(summary, arrays, req, budget, np.asarray(gpu_s), np.asarray(host_s),
-                         checks.as_dict(DTYPES[h.dtype]), memory, truncated)
+                         checks.as_dict(DTYPES[h.dtype]), memory, truncated, np.asarray(static_flags, dtype=bool))

@@ -32,11 +32,12 @@ def _trace(tmp_path, rows, header="arrival_s,prompt_tokens,output_tokens"):
     return read_trace(str(path))
 
 
-def _run(trace, allocator, blocks=24, **kw):
+def _run(trace, allocator, blocks=24, graphs=True, **kw):
     model = resolve_model(TINY)
     opts = ReplayOptions(model=model, gpu=GPUS["h100-80gb"], allocator=allocator, block_size=BLOCK,
                          kv_memory=blocks * BLOCK * model.kv_bytes_per_token(), **kw)
-    run = GpuRun.build(opts, HarnessOptions(dtype=DTYPE, device=DEVICE, check_every=1, warmup=False))
+    run = GpuRun.build(opts, HarnessOptions(dtype=DTYPE, device=DEVICE, check_every=1, warmup=False,
+                                            cuda_graphs=graphs))
     return run, gpu_replay(trace, run), replay(trace, opts)
 
 
@@ -103,10 +104,13 @@ class SharesBlockZero(PagedAllocator):
         return BlockTablePlacement(p.block_size, (0,) + p.block_table[1:])
 
 
+@pytest.mark.parametrize("graphs", [True, False], ids=["static-decode", "eager"])
 @pytest.mark.parametrize("broken", [DropsCopies, SharesBlockZero])
-def test_checks_catch_broken_placements(tmp_path, monkeypatch, broken):
+def test_checks_catch_broken_placements(tmp_path, monkeypatch, broken, graphs):
     monkeypatch.setitem(REGISTRY, broken.name, broken)
     trace = _trace(tmp_path, [(0, 12, 3, 3), (0, 11, 3, 1)], "arrival_s,prompt_tokens,output_tokens,n")
-    run, meas, pred = _run(trace, broken.name)
+    run, meas, pred = _run(trace, broken.name, graphs=graphs)
+    assert meas.summary["harness"]["static_decode_iterations"] > 0 if graphs else \
+        meas.summary["harness"]["static_decode_iterations"] == 0
     assert not meas.checks["within_tolerance"]
     assert meas.checks["failures"]
