@@ -368,6 +368,9 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
     splits, part = pa._choose_partition(batch, hkv, max_len, pa._decode_config(HEAD, hq // hkv, DTYPE, BLOCK)["block_n"],
                                         pa._num_sms(q.device), None)
     rec["auto_splits"], rec["auto_partition"] = splits, part
+    hint_splits, hint_part = pa._choose_partition(batch, hkv, max_len, pa._decode_config(HEAD, hq // hkv, DTYPE,
+                                                  BLOCK)["block_n"], pa._num_sms(q.device), None, min(lens))
+    rec["hint_splits"], rec["hint_partition"] = hint_splits, hint_part
     out = torch.empty_like(q)
 
     def ours(table=bt, **kw):
@@ -378,6 +381,12 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
     times, eager = {}, {}
     times["ours_scattered"] = _bench_graph(ours())
     times["ours_inorder"] = _bench_graph(ours(bt_in))
+    if splits > 1:  # A/B in the same process: the split-KV reduce fused (forced) and in a second launch (forced)
+        times["ours_two_kernel"] = _bench_graph(ours(fused_reduce=False))
+        times["ours_fused"] = _bench_graph(ours(fused_reduce=True))
+    rec["default_fused"] = splits > 1 and pa._auto_fused(batch, hkv, splits, q.device)
+    if (hint_splits, hint_part) != (splits, part):  # the host hint min_seq_len changes the split choice
+        times["ours_hint"] = _bench_graph(ours(min_seq_len=min(lens)))
     eager["ours_scattered"] = _bench(ours())
     rec["cpu_us_per_call"] = {"ours": _cpu_us(ours())}
     res = {}
@@ -398,12 +407,20 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
                     times[f"sdpa_{bname}"] = eager[f"sdpa_{bname}"]
             except Exception as e:  # noqa: BLE001
                 rec[f"sdpa_{bname}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    # correctness against SDPA on the same data
+    # correctness against SDPA on the same data; the output is poisoned first so unwritten rows show as NaN
+    out.fill_(float("nan"))
     ours_out = ours()().float()
     if res:
         ref = next(iter(res.values())).float().view(batch, hq, HEAD)
         rec["max_abs_diff_vs_sdpa"] = (ours_out - ref).abs().max().item()
     rec["ours_nan"] = bool(torch.isnan(ours_out).any().item())
+    for label, kw in (("ours_two_kernel", dict(fused_reduce=False)), ("ours_fused", dict(fused_reduce=True)),
+                      ("ours_hint", dict(min_seq_len=min(lens)))):
+        if label in times:
+            out.fill_(float("nan"))
+            o2 = ours(**kw)().float()
+            rec.setdefault("variant_max_abs_diff_vs_default", {})[label] = (o2 - ours_out).abs().max().item()
+            rec["ours_nan"] = rec["ours_nan"] or bool(torch.isnan(o2).any().item())
     if with_flex:
         # FlexAttention over the same paged cache; both outputs checked against kernels.reference
         from kernels.reference import ref_paged_decode
@@ -443,6 +460,11 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
         rec["ours_speed_vs_fastest_sdpa"] = sd[best] / times["ours_scattered"]
     if "flex_paged" in times:
         rec["ours_speed_vs_flex"] = times["flex_paged"] / times["ours_scattered"]
+    for label in ("ours_two_kernel", "ours_fused", "ours_hint"):
+        if label in times and sd:
+            rec[f"{label}_speed_vs_fastest_sdpa"] = sd[best] / times[label]
+    if "ours_two_kernel" in times:
+        rec["fused_speedup_vs_two_kernel"] = times["ours_two_kernel"] / times["ours_fused"]
     rec["paging_overhead"] = times["ours_scattered"] / times["ours_inorder"] - 1.0
     rec["repeat_spread"] = abs(times["ours_scattered_repeat"] / times["ours_scattered"] - 1.0)
     del c, res, out
@@ -451,12 +473,16 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
 
 
 def decode_sweep_configs(hq, hkv, batch, max_len):
-    cfgs = [("run2_default(seq_major,s2)", {"config": dict(head_major=False, num_stages=2)})]
-    for bn, nw, ns in [(32, 4, 3), (128, 4, 3)]:
+    cfgs = []
+    for bn, nw, ns in [(32, 4, 3), (128, 4, 3), (64, 4, 2), (64, 8, 3)]:
         cfgs.append((f"bn{bn}_w{nw}_s{ns}", {"config": dict(block_n=bn, num_warps=nw, num_stages=ns)}))
-    for sp in (1, 2, 4, 8, 16, 32):
+    for sp in (1, 2, 3, 4, 6, 8, 16, 32):
         if sp * 128 <= max_len:
-            cfgs.append((f"splits{sp}", {"num_splits": sp}))
+            if sp == 1:
+                cfgs.append(("splits1", {"num_splits": 1}))
+            else:
+                cfgs.append((f"splits{sp}_fused", {"num_splits": sp, "fused_reduce": True}))
+                cfgs.append((f"splits{sp}_two_kernel", {"num_splits": sp, "fused_reduce": False}))
     return cfgs
 
 
@@ -492,6 +518,19 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
     # contiguous copies for SDPA: [B, H, L, D]
     kc = k_cache[bt.long()].view(batch, nblk * BLOCK, hkv, HEAD)[:, :total_len].transpose(1, 2).contiguous()
     vc = v_cache[bt.long()].view(batch, nblk * BLOCK, hkv, HEAD)[:, :total_len].transpose(1, 2).contiguous()
+    # the new tokens' K/V as a serving step has them just computed: [B * new, Hkv, D], rows aligned with q
+    kn = kc[:, :, ctx:].transpose(1, 2).reshape(batch * new, hkv, HEAD).contiguous()
+    vn = vc[:, :, ctx:].transpose(1, 2).reshape(batch * new, hkv, HEAD).contiguous()
+
+    def ours_newkv(**kw):
+        return lambda: pa.paged_prefill_attention(q, k_cache, v_cache, bt, cu, ctx_t, scale, max_query_len=new,
+                                                  out=out, new_key=kn, new_value=vn, max_context_len=ctx, **kw)
+
+    try:
+        times["ours_newkv"] = _bench_graph_or_eager(ours_newkv(), rec, "ours_newkv")
+    except Exception as e:  # noqa: BLE001
+        traceback.print_exc()
+        rec["ours_newkv_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
     q4 = q.view(batch, new, hq, HEAD).transpose(1, 2).contiguous()
     gqa = hq != hkv
     if ctx == 0:
@@ -512,17 +551,28 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
     rec["ours_nan"] = bool(torch.isnan(o).any().item())
     if ref is not None:
         rec["max_abs_diff_vs_sdpa"] = (o.view(batch, new, hq, HEAD).transpose(1, 2) - ref.float()).abs().max().item()
+    if "ours_newkv" in times:
+        o = ours_newkv()().float()
+        rec["ours_newkv_nan"] = bool(torch.isnan(o).any().item())
+        if ref is not None:
+            rec["newkv_max_abs_diff_vs_sdpa"] = (o.view(batch, new, hq, HEAD).transpose(1, 2)
+                                                 - ref.float()).abs().max().item()
     if sweep:
         sw = {}
-        for bm, bn, nw, ns in [(128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (128, 32, 4, 3), (64, 32, 4, 2),
-                               (128, 64, 8, 2)]:
+        # the contiguous-new-K/V path: tile shapes, TMA or pointer loads, warp specialisation, tile order
+        for bm, bn, nw, ns, tma, ws, rev in [(64, 64, 4, 3, True, False, False), (64, 64, 4, 4, True, False, True),
+                                             (64, 64, 4, 2, True, False, True), (128, 64, 8, 3, True, True, True),
+                                             (64, 64, 4, 3, True, True, True), (128, 128, 8, 3, True, True, True),
+                                             (128, 128, 8, 3, True, False, True), (64, 32, 4, 3, True, False, True),
+                                             (64, 64, 4, 3, False, False, True)]:
             if budget.left() < 30:
                 break
-            label = f"m{bm}_n{bn}_w{nw}_s{ns}"
+            label = f"newkv_m{bm}_n{bn}_w{nw}_s{ns}{'_tma' if tma else '_ptr'}{'_ws' if ws else ''}{'' if rev else '_fwd'}"
             try:
-                sw[label] = _bench(ours(config=dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns)))
+                sw[label] = _bench_graph(ours_newkv(config=dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns,
+                                                                tma=tma, warp_specialize=ws, reverse_m=rev)))
             except Exception as e:  # noqa: BLE001
-                sw[label] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                sw[label] = f"error: {type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
         rec["sweep_ms"] = sw
     rec["ms"] = times
     rec["tflop_s"] = {k: flops / (t * 1e-3) / 1e12 for k, t in times.items()}
@@ -531,7 +581,9 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
         best = min(sd, key=sd.get)
         rec["fastest_sdpa"] = best
         rec["ours_speed_vs_fastest_sdpa"] = sd[best] / times["ours_paged"]
-    del k_cache, v_cache, kc, vc, q4, out
+        if "ours_newkv" in times:
+            rec["ours_newkv_speed_vs_fastest_sdpa"] = sd[best] / times["ours_newkv"]
+    del k_cache, v_cache, kc, vc, kn, vn, q4, out
     torch.cuda.empty_cache()
     return rec
 
@@ -626,6 +678,11 @@ def evaluate_targets(result) -> list[dict]:
             v = r["ours_speed_vs_fastest_sdpa"]
             add(">=1GB: speed vs fastest SDPA >= 0.97", r["case"], v, 0.97, v >= 0.97, "x")
     for r in dec:
+        if "ours_hint_speed_vs_fastest_sdpa" in r and r["kv_bytes"] >= 1 * GB and not r["case"].startswith("mixed"):
+            v = r["ours_hint_speed_vs_fastest_sdpa"]
+            add(">=1GB: speed vs fastest SDPA >= 0.97, with the min_seq_len host hint", r["case"], v, 0.97, v >= 0.97,
+                "x")
+    for r in dec:
         if r["case"].startswith("mixed") and r["batch"] >= 16:
             v = r["frac_of_copy"]["ours_scattered"]
             add("mixed, batch>=16: >= 90% of copy ceiling", r["case"], v, 0.90, v >= 0.90, "frac")
@@ -641,6 +698,10 @@ def evaluate_targets(result) -> list[dict]:
         if "ours_speed_vs_fastest_sdpa" in r:
             v = r["ours_speed_vs_fastest_sdpa"]
             add("prefill: >= 90% of fastest SDPA FLOP rate", r["case"], v, 0.90, v >= 0.90, "x")
+        if "ours_newkv_speed_vs_fastest_sdpa" in r:
+            v = r["ours_newkv_speed_vs_fastest_sdpa"]
+            add("prefill, new K/V contiguous (new_key/new_value): >= 90% of fastest SDPA FLOP rate", r["case"], v,
+                0.90, v >= 0.90, "x")
     for r in result.get("write_kv", []):
         v = r["ours_vs_torch_index_copy"]
         add("write_kv: >= 90% of torch index_copy bandwidth", r["case"], v, 0.90, v >= 0.90, "x")
@@ -701,6 +762,29 @@ def write_markdown(result, path):
             f"{_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} | {_f(r['tb_s']['ours_scattered'], 2)} | "
             f"{100 * fr['ours_scattered']:.1f}% | {('-' if best is None else f'{100 * fr[best]:.1f}% ({best[5:]})')} |"
             f" {_eager_cell(r)} |")
+    var = [r for r in result["decode"] if "ms" in r and ("ours_two_kernel" in r["ms"] or "ours_hint" in r["ms"])]
+    if var:
+        L.append("\n### Decode variants, same process (graph-replay medians)\n")
+        L.append("- default = `fused_reduce=None` (fused only when the grid is one wave of resident programs); fused = "
+                 "`fused_reduce=True` (the last program of each (sequence, KV head) combines the partials); "
+                 "two-kernel = the old path with a second reduce launch (`fused_reduce=False`); "
+                 "hint = default plus `min_seq_len=min(lengths)` (lifts the 2,048-token partition cap for "
+                 "near-uniform batches that fill a wave)\n")
+        L.append("| case | splits (default / hint) | default fuses? | default ms | fused ms | two-kernel ms | "
+                 "fused speed-up | hint ms | best SDPA ms | default / fused / two-kernel / hint speed vs best SDPA |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|")
+        for r in var:
+            m = r["ms"]
+            sd = r.get("fastest_sdpa")
+            L.append(f"| {r['case']} | {r['auto_splits']} / {r.get('hint_splits', '-')} | "
+                     f"{'yes' if r.get('default_fused') else 'no'} | {_f(m['ours_scattered'], 4)} | "
+                     f"{_f(m.get('ours_fused'), 4)} | "
+                     f"{_f(m.get('ours_two_kernel'), 4)} | {_f(r.get('fused_speedup_vs_two_kernel'), 3)} | "
+                     f"{_f(m.get('ours_hint'), 4)} | {_f(m.get(sd) if sd else None, 4)} | "
+                     f"{_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} / "
+                     f"{_f(r.get('ours_fused_speed_vs_fastest_sdpa'), 3)} / "
+                     f"{_f(r.get('ours_two_kernel_speed_vs_fastest_sdpa'), 3)} / "
+                     f"{_f(r.get('ours_hint_speed_vs_fastest_sdpa'), 3)} |")
     errs = {k: v for r in result["decode"] for k, v in r.items() if k.endswith("_error")}
     if errs:
         L.append("\nBackends that refused a case (first message of each kind):\n")
@@ -740,18 +824,24 @@ def write_markdown(result, path):
                      f"{_f(r.get('flex_first_call_s'), 1)} | {r.get('timing', {}).get('flex_paged', '-')} |")
     if result.get("prefill"):
         L.append("\n## Prefill with cached context\n")
-        L.append("| case | ours ms | flash ms | efficient ms | cudnn ms | ours TFLOP/s | best SDPA TFLOP/s |"
-                 " ours/best speed |")
-        L.append("|---|---|---|---|---|---|---|---|")
+        L.append("- ours (paged) reads every key through the block table; ours (new K/V) reads the new tokens' K/V "
+                 "from the contiguous tensors a serving step has just computed (`new_key`/`new_value`, TMA tiles) "
+                 "and only the context through the table\n")
+        L.append("| case | ours (paged) ms | ours (new K/V) ms | flash ms | efficient ms | cudnn ms | ours (paged) "
+                 "TFLOP/s | ours (new K/V) TFLOP/s | best SDPA TFLOP/s | paged / new-K/V speed vs best |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in result["prefill"]:
             if "ms" not in r:
-                L.append(f"| {r['case']} | error: {r.get('error', '')} |" + " |" * 6)
+                L.append(f"| {r['case']} | error: {r.get('error', '')} |" + " |" * 8)
                 continue
             m, tf = r["ms"], r["tflop_s"]
             best = r.get("fastest_sdpa")
-            L.append(f"| {r['case']} | {_f(m['ours_paged'], 4)} | {_f(m.get('sdpa_flash'), 4)} | "
+            L.append(f"| {r['case']} | {_f(m['ours_paged'], 4)} | {_f(m.get('ours_newkv'), 4)} | "
+                     f"{_f(m.get('sdpa_flash'), 4)} | "
                      f"{_f(m.get('sdpa_efficient'), 4)} | {_f(m.get('sdpa_cudnn'), 4)} | {_f(tf['ours_paged'], 1)} | "
-                     f"{_f(tf.get(best) if best else None, 1)} | {_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} |")
+                     f"{_f(tf.get('ours_newkv'), 1)} | "
+                     f"{_f(tf.get(best) if best else None, 1)} | {_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} / "
+                     f"{_f(r.get('ours_newkv_speed_vs_fastest_sdpa'), 3)} |")
     if result.get("write_kv") or result.get("copy_blocks"):
         L.append("\n## Cache write and block copy\n")
         L.append("| case | ours ms | baseline ms | ours TB/s | baseline TB/s | ours/baseline speed | ours % copy |")
@@ -905,6 +995,11 @@ def main(argv=None):
                   f"best sdpa {r.get('fastest_sdpa')} speed x{r.get('ours_speed_vs_fastest_sdpa', float('nan')):.3f} "
                   f"diff {r.get('max_abs_diff_vs_sdpa', float('nan')):.3g} eager x"
                   f"{r.get('eager_ours_speed_vs_fastest_sdpa', float('nan')):.3f}"
+                  + (f" | fused {r['ms']['ours_fused']:.4f} two-kernel {r['ms']['ours_two_kernel']:.4f} "
+                     f"(fused x{r['fused_speedup_vs_two_kernel']:.3f}, default fused={r['default_fused']})"
+                     if "ours_two_kernel" in r["ms"] else "")
+                  + (f" | hint splits={r['hint_splits']} {r['ms']['ours_hint']:.4f} "
+                     f"x{r.get('ours_hint_speed_vs_fastest_sdpa', float('nan')):.3f}" if "ours_hint" in r["ms"] else "")
                   + (f" | flex {r['ms']['flex_paged']:.4f} ms (ours x{r['ours_speed_vs_flex']:.2f}) err flex "
                      f"{r['flex_max_abs_err_vs_ref']:.3g} ours {r['ours_max_abs_err_vs_ref']:.3g} first call "
                      f"{r['flex_first_call_s']:.1f}s" if "flex_paged" in r["ms"] else "")
@@ -915,8 +1010,8 @@ def main(argv=None):
         save()
 
     if "prefill" not in skip:
-        pcases = [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, False),
-                  ("prefill mha 4x1024 ctx3072", 4, 32, 32, 3072, 1024, False),
+        pcases = [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, True),
+                  ("prefill mha 4x1024 ctx3072", 4, 32, 32, 3072, 1024, True),
                   ("prefill gqa 4x1024 ctx3072", 4, 32, 8, 3072, 1024, False),
                   ("chunked mha 16x256 ctx1792", 16, 32, 32, 1792, 256, False)]
         if SMOKE:
@@ -927,10 +1022,14 @@ def main(argv=None):
                 continue
             t0 = time.time()
             try:
-                r = measure_prefill(name, b, hq, hkv, ctx, new, budget, sweep=sw)
+                r = measure_prefill(name, b, hq, hkv, ctx, new, budget, sweep=sw and args.sweep)
                 print(f"{name:28s} ours {r['ms']['ours_paged']:.4f} ms {r['tflop_s']['ours_paged']:.1f} TFLOP/s "
                       f"best {r.get('fastest_sdpa')} x{r.get('ours_speed_vs_fastest_sdpa', float('nan')):.3f} "
-                      f"diff {r.get('max_abs_diff_vs_sdpa', float('nan')):.3g} [{time.time() - t0:.1f}s]", flush=True)
+                      f"diff {r.get('max_abs_diff_vs_sdpa', float('nan')):.3g} | newkv "
+                      f"{r['ms'].get('ours_newkv', float('nan')):.4f} ms "
+                      f"x{r.get('ours_newkv_speed_vs_fastest_sdpa', float('nan')):.3f} "
+                      f"diff {r.get('newkv_max_abs_diff_vs_sdpa', float('nan')):.3g} {r.get('ours_newkv_error', '')}"
+                      f" [{time.time() - t0:.1f}s]", flush=True)
             except Exception as e:  # noqa: BLE001
                 traceback.print_exc()
                 r = {"case": name, "error": f"{type(e).__name__}: {e}"[:300]}

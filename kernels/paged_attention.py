@@ -32,7 +32,18 @@ PROGRAM_OVERHEAD_TOKENS = 128  # fixed cost of a program (start, q load, partial
 MIN_PARTITION = 256
 MAX_PARTITION = 2048
 
+# Uniform-length hint (``min_seq_len``): when every sequence is at least this fraction of the longest,
+# the MAX_PARTITION cap (which exists to balance mixed lengths) is lifted.
+UNIFORM_FRACTION = 0.9
+
 _SM_COUNT: dict = {}
+
+# Split-KV completion counters for the fused reduce, one int32 per (sequence, KV head), cached per
+# device. Every counter is 0 between launches: the program that combines a (sequence, head)'s
+# partials resets its counter, so no zeroing launch is needed and the call stays graph-capturable.
+# Buffers are never freed (a captured graph may hold an older, smaller one).
+_COUNTERS: dict = {}
+_MIN_COUNTERS = 1 << 16  # 256 KiB: enough for 2,048 sequences x 32 KV heads without growing
 
 
 def _num_sms(device: torch.device) -> int:
@@ -42,6 +53,21 @@ def _num_sms(device: torch.device) -> int:
     if idx not in _SM_COUNT:
         _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
     return _SM_COUNT[idx]
+
+
+def _counters(device: torch.device, n: int) -> torch.Tensor | None:
+    """An int32 buffer of at least ``n`` zeroed counters for ``device``, or None while a CUDA graph is
+    being captured and the cached buffer is too small (allocating and zeroing then would be captured)."""
+    key = (device.type, device.index)
+    bufs = _COUNTERS.setdefault(key, [])
+    if bufs and bufs[-1].numel() >= n:
+        return bufs[-1]
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    size = max(_MIN_COUNTERS, triton.next_power_of_2(n))
+    buf = torch.zeros(size, dtype=torch.int32, device=device)
+    bufs.append(buf)
+    return buf
 
 
 def _interpreting() -> bool:
@@ -60,7 +86,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 @triton.jit
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, starts_ptr,
-    out_ptr, po_ptr, plse_ptr,
+    out_ptr, po_ptr, plse_ptr, cnt_ptr,
     scale_log2, partition_size,
     stride_qs, stride_qh,
     stride_kb, stride_kt, stride_kh,
@@ -69,11 +95,13 @@ def _decode_kernel(
     stride_os, stride_oh,
     stride_pos, stride_poh, stride_pop,
     stride_pls, stride_plh,
+    stride_cnt,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGED: tl.constexpr, SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
     DOT_PREC: tl.constexpr, HEAD_MAJOR: tl.constexpr, EVICT: tl.constexpr,
+    FUSED: tl.constexpr, GROUP_R: tl.constexpr, CHUNK: tl.constexpr,
 ):
     if HEAD_MAJOR:  # consecutive programs read the same blocks (all KV heads of one token range)
         kvh = tl.program_id(0)
@@ -86,12 +114,6 @@ def _decode_kernel(
 
     seq_len = tl.load(lens_ptr + seq)
     start = part * partition_size
-    if SPLIT:
-        if start >= seq_len:
-            return
-        end = tl.minimum(start + partition_size, seq_len)
-    else:
-        end = seq_len
 
     offs_g = tl.arange(0, GROUP_PAD)
     offs_d = tl.arange(0, HEAD_PAD)
@@ -102,6 +124,18 @@ def _decode_kernel(
         q_mask = g_mask[:, None]
     else:
         q_mask = g_mask[:, None] & (offs_d < HEAD)[None, :]
+
+    if SPLIT:
+        if start >= seq_len:
+            if FUSED:
+                # no reduce kernel writes this row: an empty sequence gets zeros from its first program
+                if part == 0:
+                    tl.store(out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + offs_d[None, :],
+                             tl.zeros([GROUP_PAD, HEAD_PAD], dtype=out_ptr.dtype.element_ty), mask=q_mask)
+            return
+        end = tl.minimum(start + partition_size, seq_len)
+    else:
+        end = seq_len
     q = tl.load(q_ptr + seq64 * stride_qs + qh[:, None] * stride_qh + offs_d[None, :],
                 mask=q_mask, other=0.0)
 
@@ -157,14 +191,77 @@ def _decode_kernel(
         o_mask = g_mask[:, None]
     else:
         o_mask = g_mask[:, None] & (offs_d < HEAD)[None, :]
+    optr = out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + offs_d[None, :]
     if SPLIT:
-        lse = tl.where(l_i > 0.0, m_i + tl.log2(l_safe), float("-inf"))
+        n_parts = tl.cdiv(seq_len, partition_size)
         po = po_ptr + seq64 * stride_pos + qh[:, None] * stride_poh + part * stride_pop + offs_d[None, :]
-        tl.store(po, o, mask=o_mask)
-        tl.store(plse_ptr + seq64 * stride_pls + qh * stride_plh + part, lse, mask=g_mask)
+        lse_ptr = plse_ptr + seq64 * stride_pls + qh * stride_plh + part
+        if FUSED:
+            if n_parts == 1:
+                # a short sequence of a mixed batch: its only program writes the output directly
+                tl.store(optr, o.to(out_ptr.dtype.element_ty), mask=o_mask)
+            else:
+                tl.store(po, o, mask=o_mask)
+                tl.store(lse_ptr, tl.where(l_i > 0.0, m_i + tl.log2(l_safe), float("-inf")), mask=g_mask)
+                # The last of this (sequence, KV head)'s programs to finish combines the partials, so no
+                # second launch is needed. The barrier puts every thread's partial stores before the
+                # (single-thread) release of the counter increment; acq_rel makes the other programs'
+                # partials visible to the one that sees the count reach n_parts - 1.
+                tl.debug_barrier()
+                cnt = cnt_ptr + seq64 * stride_cnt + kvh
+                done = tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu")
+                if done == n_parts - 1:
+                    # every other program of this (sequence, head) has incremented: reset for the next call
+                    tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")
+                    _combine_partials(po_ptr, plse_ptr, out_ptr, seq64, kvh, n_parts,
+                                      stride_pos, stride_poh, stride_pop, stride_pls, stride_plh,
+                                      stride_os, stride_oh,
+                                      GROUP=GROUP, GROUP_R=GROUP_R, HEAD=HEAD, HEAD_PAD=HEAD_PAD, CHUNK=CHUNK)
+        else:
+            tl.store(po, o, mask=o_mask)
+            tl.store(lse_ptr, tl.where(l_i > 0.0, m_i + tl.log2(l_safe), float("-inf")), mask=g_mask)
     else:
-        optr = out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + offs_d[None, :]
         tl.store(optr, o.to(out_ptr.dtype.element_ty), mask=o_mask)
+
+
+@triton.jit
+def _combine_partials(po_ptr, plse_ptr, out_ptr, seq64, kvh, n_parts,
+                      stride_pos, stride_poh, stride_pop, stride_pls, stride_plh,
+                      stride_os, stride_oh,
+                      GROUP: tl.constexpr, GROUP_R: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
+                      CHUNK: tl.constexpr):
+    """Log-sum-exp combine of ``n_parts`` partial outputs for the ``GROUP`` q heads of KV head ``kvh``.
+
+    ``GROUP_R`` is ``GROUP`` rounded up to a power of two (no tensor-core padding here). Chunks of
+    ``CHUNK`` partitions are loaded at once (independent loads in flight) and folded in with running
+    rescaling. Loads bypass L1 (``.cg``): the partials were written by other SMs.
+    """
+    offs_g = tl.arange(0, GROUP_R)
+    offs_c = tl.arange(0, CHUNK)
+    offs_d = tl.arange(0, HEAD_PAD)
+    qh = kvh * GROUP + offs_g
+    g_mask = offs_g < GROUP
+    d_mask = offs_d < HEAD
+    m = tl.full([GROUP_R], -1.0e30, dtype=tl.float32)
+    den = tl.zeros([GROUP_R], dtype=tl.float32)
+    acc = tl.zeros([GROUP_R, HEAD_PAD], dtype=tl.float32)
+    lse_base = plse_ptr + seq64 * stride_pls + qh[:, None] * stride_plh
+    po_base = po_ptr + seq64 * stride_pos + qh[:, None, None] * stride_poh + offs_d[None, None, :]
+    for c0 in range(0, n_parts, CHUNK):
+        c = c0 + offs_c
+        gc_mask = g_mask[:, None] & (c < n_parts)[None, :]
+        lse = tl.load(lse_base + c[None, :], mask=gc_mask, other=float("-inf"), cache_modifier=".cg")
+        o = tl.load(po_base + c[None, :, None] * stride_pop, mask=gc_mask[:, :, None] & d_mask[None, None, :],
+                    other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m, tl.max(lse, axis=1))
+        alpha = tl.exp2(m - m_new)
+        w = tl.exp2(lse - m_new[:, None])
+        den = den * alpha + tl.sum(w, axis=1)
+        acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o, axis=1)
+        m = m_new
+    res = acc / tl.where(den > 0.0, den, 1.0)[:, None]
+    tl.store(out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + offs_d[None, :],
+             res.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
 
 
 @triton.jit
@@ -212,7 +309,7 @@ def _partition_for(max_len: int, splits: int, block_n: int) -> tuple[int, int]:
 
 
 def _choose_partition(num_seqs: int, num_kv_heads: int, max_len: int, block_n: int, num_sms: int,
-                      num_splits: int | None) -> tuple[int, int]:
+                      num_splits: int | None, min_len: int | None = None) -> tuple[int, int]:
     """Return ``(num_splits, partition_size)``; ``num_splits == 1`` means no split-KV.
 
     Automatic choice (``max_len`` is an upper bound on the context, e.g. the
@@ -229,6 +326,12 @@ def _choose_partition(num_seqs: int, num_kv_heads: int, max_len: int, block_n: i
       programs, 2.4 waves) and 0.199 ms with 4 (512 programs, 1.9 waves);
     * ties go to about two waves of programs (enough in flight, few partials).
 
+    * ``min_len`` (a lower bound on the lengths, a host hint): when it is at least
+      ``UNIFORM_FRACTION`` of ``max_len`` the lengths are near-uniform, and if the
+      (sequence, KV head) pairs alone fill a wave, nothing needs balancing and the
+      ``MAX_PARTITION`` cap is lifted (on the H100, gqa batch 64 x 8,192 took 0.7243 ms
+      with 1 split against 0.7348 ms with the cap's 4).
+
     Partitions are multiples of ``block_n``.
     """
     max_len = max(int(max_len), 1)
@@ -239,7 +342,11 @@ def _choose_partition(num_seqs: int, num_kv_heads: int, max_len: int, block_n: i
         return _partition_for(max_len, splits, block_n)
     units = max(num_seqs * num_kv_heads, 1)
     slots = RESIDENT_PROGRAMS_PER_SM * num_sms
-    s_min = -(-max_len // MAX_PARTITION) if max_len > MAX_PARTITION else 1
+    # near-uniform lengths and a batch that fills a wave of programs by itself: splitting would only
+    # balance, and there is nothing to balance (with fewer programs than slots the cap still helps:
+    # gqa b16 x 8,192 took 0.1986 ms with 4 splits, 0.2040 ms with 2)
+    uniform = min_len is not None and int(min_len) >= UNIFORM_FRACTION * max_len and units >= slots
+    s_min = -(-max_len // MAX_PARTITION) if max_len > MAX_PARTITION and not uniform else 1
     s_max = max(s_min, -(-max_len // MIN_PARTITION))
     best = None
     for s in range(s_min, min(s_max, 256) + 1):
@@ -256,6 +363,12 @@ def _choose_partition(num_seqs: int, num_kv_heads: int, max_len: int, block_n: i
     return best[1], best[2]
 
 
+def _auto_fused(num_seqs: int, num_kv_heads: int, splits: int, device: torch.device) -> bool:
+    """The default of ``fused_reduce``: True when all ``num_seqs x num_kv_heads x splits`` programs
+    are resident at once (one wave; see ``_decode_launch``)."""
+    return num_seqs * num_kv_heads * splits <= RESIDENT_PROGRAMS_PER_SM * _num_sms(device)
+
+
 def _decode_config(head_pad: int, group: int, dtype: torch.dtype, block_size: int) -> dict:
     block_n = 64 if head_pad <= 128 else 32
     if _interpreting():
@@ -268,7 +381,7 @@ def _decode_config(head_pad: int, group: int, dtype: torch.dtype, block_size: in
 
 
 def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: bool, block_size: int,
-                   max_seq_len, num_splits, out, config):
+                   max_seq_len, num_splits, out, config, min_seq_len=None, fused_reduce=None):
     assert q.dim() == 3 and k.shape == v.shape
     num_seqs, num_q_heads, head = q.shape
     num_kv_heads = k.shape[-2]
@@ -300,7 +413,7 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         else:
             max_seq_len = int(seq_lens.max().item())  # one sync; pass max_seq_len to avoid it
     splits, part = _choose_partition(num_seqs, num_kv_heads, max_seq_len, block_n, _num_sms(q.device),
-                                     num_splits)
+                                     num_splits, min_seq_len)
     if paged:
         assert block_tables.dtype == torch.int32 and block_tables.stride(-1) == 1
         bt, stride_bts = block_tables, block_tables.stride(0)
@@ -323,24 +436,43 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         po, plse = out, out  # unused
         po_st, pl_st = (0, 0, 0), (0, 0)
 
+    if fused_reduce is None:
+        # Auto: fuse only when the whole grid is one wave of resident programs. There the reduce
+        # launch after the wave is pure overhead, and fusing was faster on every such H100 case
+        # (e.g. gqa b1 x 8,192: 0.0268 vs 0.0277 ms). On multi-wave grids of equal partitions it was
+        # slower, unexplained (gqa b16 x 8,192, 4 splits: 0.234 vs 0.199 ms; reports/kernels/README.md).
+        fused_reduce = _auto_fused(num_seqs, num_kv_heads, splits, q.device)
+    fused = splits > 1 and bool(fused_reduce)
+    cnt = None
+    if fused:
+        cnt = _counters(q.device, num_seqs * num_kv_heads)
+        fused = cnt is not None  # capture with too small a cached buffer: the two-kernel path
+    if cnt is None:
+        cnt = seq_lens  # unused
+    group_r = triton.next_power_of_2(group)
+    # partitions combined per step: about 32 (q head, partition) rows of HEAD floats at once
+    chunk = max(1, min(triton.next_power_of_2(splits), 32 // group_r))
+
     head_major = bool(cfg["head_major"])
     grid = (num_kv_heads, num_seqs, splits) if head_major else (num_seqs, num_kv_heads, splits)
     _decode_kernel[grid](
         q, k, v, bt, seq_lens, starts_arg,
-        out, po, plse,
+        out, po, plse, cnt,
         scale_log2, part,
         q.stride(0), q.stride(1),
         *kst, *vst,
         stride_bts,
         out.stride(0), out.stride(1),
         *po_st, *pl_st,
+        num_kv_heads,
         GROUP=group, GROUP_PAD=group_pad, HEAD=head, HEAD_PAD=head_pad,
         BLOCK_SIZE=block_size, BLOCK_N=block_n,
         PAGED=paged, SPLIT=splits > 1, USE_DOT=use_dot, DOT_PREC=_dot_precision(q.dtype),
         HEAD_MAJOR=head_major, EVICT=str(cfg["evict"]),
+        FUSED=fused, GROUP_R=group_r, CHUNK=chunk,
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]),
     )
-    if splits > 1:
+    if splits > 1 and not fused:
         chunk = min(16, triton.next_power_of_2(splits))
         _reduce_kernel[(num_seqs, num_q_heads)](
             po, plse, seq_lens, out, part,
@@ -354,7 +486,8 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
 
 def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, *,
                            max_seq_len: int | None = None, num_splits: int | None = None,
-                           out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+                           out: torch.Tensor | None = None, config: dict | None = None,
+                           min_seq_len: int | None = None, fused_reduce: bool | None = None) -> torch.Tensor:
     """Decode attention through block tables.
 
     Args:
@@ -372,6 +505,16 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, *
         num_splits: force the number of KV splits (``1`` = no split-KV); default
             automatic (see ``_choose_partition``).
         out: optional output tensor (same shape as ``q``).
+        min_seq_len: optional host hint, a lower bound on ``seq_lens`` in tokens. When it
+            is within ``UNIFORM_FRACTION`` of ``max_seq_len`` and the batch fills a wave of
+            programs, the 2,048-token partition cap (there to balance mixed lengths) is lifted.
+            A wrong hint costs speed, never correctness.
+        fused_reduce: ``True``: combine split-KV partials in the last-finishing program of
+            each (sequence, KV head), found with an atomic counter, instead of in a second
+            kernel launch (``False``). ``None`` (default): fused when the whole grid fits in
+            one wave of resident programs, where it measured faster on the H100. The
+            counters are a per-device buffer, so two fused calls on one device must not run
+            concurrently on different streams.
         config: tuning overrides: ``block_n`` (tokens per loop step), ``num_warps``,
             ``num_stages``, ``use_dot`` (tensor-core dots, default; ``False`` = CUDA-core
             reductions), ``head_major`` (launch the KV heads of one token range next to
@@ -383,12 +526,13 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, *
     assert k_cache.dim() == 4, "k_cache must be [num_blocks, block_size, num_kv_heads, head_size]"
     return _decode_launch(q, k_cache, v_cache, block_tables, None, seq_lens, scale, paged=True,
                           block_size=k_cache.shape[1], max_seq_len=max_seq_len, num_splits=num_splits,
-                          out=out, config=config)
+                          out=out, config=config, min_seq_len=min_seq_len, fused_reduce=fused_reduce)
 
 
 def contiguous_decode_attention(q, k_pool, v_pool, seq_starts, seq_lens, scale, *,
                                 max_seq_len: int | None = None, num_splits: int | None = None,
-                                out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+                                out: torch.Tensor | None = None, config: dict | None = None,
+                                min_seq_len: int | None = None, fused_reduce: bool | None = None) -> torch.Tensor:
     """Decode attention over per-sequence contiguous ranges of one flat pool.
 
     Args:
@@ -398,6 +542,7 @@ def contiguous_decode_attention(q, k_pool, v_pool, seq_starts, seq_lens, scale, 
             ``seq_starts[s] .. seq_starts[s] + seq_lens[s] - 1``.
         max_seq_len: upper bound on ``seq_lens``; if omitted it is read from
             the device (one synchronisation).
+        min_seq_len, fused_reduce: as for :func:`paged_decode_attention`.
 
     Other arguments as :func:`paged_decode_attention`.
     """
@@ -405,7 +550,7 @@ def contiguous_decode_attention(q, k_pool, v_pool, seq_starts, seq_lens, scale, 
     assert seq_starts.dtype == torch.int64
     return _decode_launch(q, k_pool, v_pool, None, seq_starts.contiguous(), seq_lens, scale, paged=False,
                           block_size=1, max_seq_len=max_seq_len, num_splits=num_splits, out=out,
-                          config=config)
+                          config=config, min_seq_len=min_seq_len, fused_reduce=fused_reduce)
 
 
 # --------------------------------------------------------------------------------------
@@ -505,6 +650,178 @@ def _prefill_kernel(
              o.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
 
+@triton.jit
+def _prefill_newkv_kernel(
+    q_ptr, k_ptr, v_ptr, bt_ptr, cu_q_ptr, ctx_ptr, out_ptr,
+    kn_ptr, vn_ptr, q_desc, kn_desc, vn_desc,
+    scale_log2,
+    stride_qt, stride_qh,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    stride_bts,
+    stride_ot, stride_oh,
+    stride_knt, stride_knh, stride_vnt, stride_vnh,
+    GROUP: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PREC: tl.constexpr, HAS_CTX: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
+    REVERSE_M: tl.constexpr,
+):
+    """Prefill whose new tokens' K/V come from contiguous ``[T, Hkv, D]`` tensors (rows aligned with q).
+
+    Context keys (positions ``< ctx``) are read through the block table and are visible to every
+    row; new key ``j`` is visible to new row ``i`` when ``j <= i``. With ``USE_TMA`` the q, new-K
+    and new-V tiles are loaded by the bulk tensor copy engine through host descriptors over the
+    2-D views ``[T, heads * D]``; rows past a sequence's end (the next sequence's, or zero fill
+    past ``T``) only ever meet masked keys or rows that are not stored.
+    """
+    if REVERSE_M:  # the longest (last) tiles of the causal triangle start first: a shorter tail
+        mt = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        mt = tl.program_id(0)
+    qh = tl.program_id(1)
+    seq = tl.program_id(2)
+    seq64 = seq.to(tl.int64)
+    q_start = tl.load(cu_q_ptr + seq)
+    q_len = tl.load(cu_q_ptr + seq + 1) - q_start
+    m0 = mt * BLOCK_M
+    if m0 >= q_len:
+        return
+    kvh = qh // GROUP
+
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_PAD)
+    m_mask = offs_m < q_len
+    if HEAD == HEAD_PAD:
+        d_mask = offs_d < HEAD_PAD  # all true; folded away
+    else:
+        d_mask = offs_d < HEAD
+    rows = (q_start + offs_m).to(tl.int64)
+    if USE_TMA:
+        q = q_desc.load([q_start + m0, qh * HEAD])
+    else:
+        q = tl.load(q_ptr + rows[:, None] * stride_qt + qh * stride_qh + offs_d[None, :],
+                    mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+
+    if HAS_CTX:
+        ctx = tl.load(ctx_ptr + seq)
+        k_base = k_ptr + kvh.to(tl.int64) * stride_kh
+        v_base = v_ptr + kvh.to(tl.int64) * stride_vh
+        bt_row = bt_ptr + seq64 * stride_bts
+        full_end = (ctx // BLOCK_N) * BLOCK_N
+        for n0 in range(0, full_end, BLOCK_N):  # whole context tiles: no masks
+            offs = n0 + offs_n
+            blk = tl.load(bt_row + offs // BLOCK_SIZE).to(tl.int64)
+            in_blk = (offs % BLOCK_SIZE).to(tl.int64)
+            k = tl.load(k_base + (blk * stride_kb + in_blk * stride_kt)[:, None] + offs_d[None, :],
+                        mask=d_mask[None, :], other=0.0)
+            v = tl.load(v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :],
+                        mask=d_mask[None, :], other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PREC)
+            m_i = m_new
+        for n0 in range(full_end, ctx, BLOCK_N):  # the last, partial context tile
+            offs = n0 + offs_n
+            n_mask = offs < ctx
+            blk = tl.load(bt_row + offs // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
+            in_blk = (offs % BLOCK_SIZE).to(tl.int64)
+            kv_mask = n_mask[:, None] & d_mask[None, :]
+            k = tl.load(k_base + (blk * stride_kb + in_blk * stride_kt)[:, None] + offs_d[None, :],
+                        mask=kv_mask, other=0.0)
+            v = tl.load(v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :],
+                        mask=kv_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2
+            s = tl.where(n_mask[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PREC)
+            m_i = m_new
+
+    kn_base = kn_ptr + (q_start.to(tl.int64) * stride_knt + kvh.to(tl.int64) * stride_knh)
+    vn_base = vn_ptr + (q_start.to(tl.int64) * stride_vnt + kvh.to(tl.int64) * stride_vnh)
+    # new keys below the diagonal tile: visible to every row of the tile, no masks
+    for n0 in tl.range(0, m0, BLOCK_N, warp_specialize=WARP_SPEC):
+        if USE_TMA:
+            k = kn_desc.load([q_start + n0, kvh * HEAD])
+            v = vn_desc.load([q_start + n0, kvh * HEAD])
+        else:
+            offs = (n0 + offs_n).to(tl.int64)
+            k = tl.load(kn_base + offs[:, None] * stride_knt + offs_d[None, :], mask=d_mask[None, :], other=0.0)
+            v = tl.load(vn_base + offs[:, None] * stride_vnt + offs_d[None, :], mask=d_mask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PREC)
+        m_i = m_new
+    # the diagonal tile: causal (and, for the pointer loads, length) masks
+    diag_end = tl.minimum(q_len, m0 + BLOCK_M)
+    for n0 in range(m0, diag_end, BLOCK_N):
+        offs = n0 + offs_n
+        n_mask = offs < q_len
+        if USE_TMA:
+            k = kn_desc.load([q_start + n0, kvh * HEAD])
+            v = vn_desc.load([q_start + n0, kvh * HEAD])
+        else:
+            kv_mask = n_mask[:, None] & d_mask[None, :]
+            k = tl.load(kn_base + offs.to(tl.int64)[:, None] * stride_knt + offs_d[None, :], mask=kv_mask,
+                        other=0.0)
+            v = tl.load(vn_base + offs.to(tl.int64)[:, None] * stride_vnt + offs_d[None, :], mask=kv_mask,
+                        other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2
+        visible = (offs[None, :] <= offs_m[:, None]) & n_mask[None, :]
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PREC)
+        m_i = m_new
+
+    o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    tl.store(out_ptr + rows[:, None] * stride_ot + qh * stride_oh + offs_d[None, :],
+             o.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+
+
+def _prefill_newkv_config(head_pad: int, dtype: torch.dtype) -> dict:
+    """Defaults of the contiguous-new-K/V prefill path (``paged_prefill_attention(new_key=...)``)."""
+    if _interpreting():
+        return dict(block_m=32, block_n=32, num_warps=4, num_stages=1, tma=False, warp_specialize=False,
+                    reverse_m=True)
+    if head_pad <= 128:
+        # best of the H100 sweep (reports/kernels/bench_run7.md), pure prefill 4 x 2,048: 64 x 64 tiles,
+        # 4 warps, 3 stages, TMA 0.324 ms; 128 x 128 / 8 warps 0.340; 128 x 64 / 8 warps 0.372;
+        # pointer loads instead of TMA 0.409 (64 x 64) and 0.390 (128 x 64)
+        return dict(block_m=64, block_n=64, num_warps=4, num_stages=3, tma=True, warp_specialize=False,
+                    reverse_m=True)
+    return dict(block_m=64, block_n=32, num_warps=4, num_stages=2, tma=False, warp_specialize=False,
+                reverse_m=True)
+
+
+def _tma_ok(t: torch.Tensor, head: int, head_pad: int) -> bool:
+    """Whether ``[T, H, D]`` can be described as the 2-D TMA view ``[T, H * D]`` (16-byte rules)."""
+    es = t.element_size()
+    return (head == head_pad and t.stride(-1) == 1 and t.stride(-2) == head
+            and (t.stride(0) * es) % 16 == 0 and t.data_ptr() % 16 == 0 and head * es >= 16)
+
+
+def _tma_desc(t: torch.Tensor, block_rows: int, head: int):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor(t, [t.shape[0], t.shape[1] * head], [t.stride(0), 1], [block_rows, head])
+
+
 def _prefill_config(head_pad: int, dtype: torch.dtype) -> dict:
     if _interpreting():
         return dict(block_m=32, block_n=32, num_warps=4, num_stages=1)
@@ -516,7 +833,9 @@ def _prefill_config(head_pad: int, dtype: torch.dtype) -> dict:
 
 def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, *,
                             max_query_len: int | None = None, out: torch.Tensor | None = None,
-                            config: dict | None = None) -> torch.Tensor:
+                            config: dict | None = None, new_key: torch.Tensor | None = None,
+                            new_value: torch.Tensor | None = None,
+                            max_context_len: int | None = None) -> torch.Tensor:
     """Causal attention of new tokens over their cached context and themselves.
 
     Contract: the new tokens' K/V are already in the paged cache (write them
@@ -536,6 +855,13 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
         scale: softmax scale.
         max_query_len: upper bound on new tokens per sequence; if omitted it is
             read from the device (one synchronisation).
+        new_key, new_value: optional ``[total_new_tokens, num_kv_heads, head_size]``, the
+            new tokens' K/V as just computed (rows aligned with ``q``). When given, keys at
+            positions ``>= context_lens[s]`` are read from them (contiguous tiles, TMA on the
+            GPU) instead of through the block table, and the cache needs to hold only the
+            context. The cache is not written here.
+        max_context_len: optional host hint, an upper bound on ``context_lens`` (with
+            ``new_key``); ``0`` compiles the context loop away (pure prefill).
 
     Returns:
         ``[total_new_tokens, num_q_heads, head_size]`` in ``q``'s dtype.
@@ -559,6 +885,10 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
     if max_query_len <= 0:
         return out
     head_pad = max(16, triton.next_power_of_2(head))
+    if new_key is not None:
+        _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, out,
+                              new_key, new_value, max_query_len, max_context_len, head_pad, config)
+        return out
     cfg = _prefill_config(head_pad, q.dtype)
     if config:
         cfg.update(config)
@@ -577,6 +907,45 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
+
+
+def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, out,
+                          new_key, new_value, max_query_len, max_context_len, head_pad, config) -> None:
+    total, num_q_heads, head = q.shape
+    num_kv_heads = k_cache.shape[2]
+    num_seqs = context_lens.shape[0]
+    assert new_value is not None and new_key.shape == new_value.shape == (total, num_kv_heads, head), \
+        "new_key/new_value must be [total_new_tokens, num_kv_heads, head_size]"
+    assert new_key.stride(-1) == 1 and new_value.stride(-1) == 1
+    cfg = _prefill_newkv_config(head_pad, q.dtype)
+    if config:
+        cfg.update(config)
+    block_m, block_n = int(cfg["block_m"]), int(cfg["block_n"])
+    assert block_m % block_n == 0, "block_m must be a multiple of block_n"
+    use_tma = bool(cfg["tma"]) and q.dtype != torch.float32 and all(
+        _tma_ok(t, head, head_pad) for t in (q, new_key, new_value))
+    if use_tma:
+        q_desc = _tma_desc(q, block_m, head)
+        kn_desc, vn_desc = _tma_desc(new_key, block_n, head), _tma_desc(new_value, block_n, head)
+    else:
+        q_desc, kn_desc, vn_desc = q, new_key, new_value  # unused
+    grid = (triton.cdiv(max_query_len, block_m), num_q_heads, num_seqs)
+    _prefill_newkv_kernel[grid](
+        q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out,
+        new_key, new_value, q_desc, kn_desc, vn_desc,
+        float(scale) * _LOG2E,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        block_tables.stride(0),
+        out.stride(0), out.stride(1),
+        new_key.stride(0), new_key.stride(1), new_value.stride(0), new_value.stride(1),
+        GROUP=num_q_heads // num_kv_heads, HEAD=head, HEAD_PAD=head_pad,
+        BLOCK_SIZE=k_cache.shape[1], BLOCK_M=block_m, BLOCK_N=block_n,
+        DOT_PREC=_dot_precision(q.dtype), HAS_CTX=max_context_len is None or int(max_context_len) > 0,
+        USE_TMA=use_tma, WARP_SPEC=bool(cfg["warp_specialize"]), REVERSE_M=bool(cfg["reverse_m"]),
+        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]),
+    )
 
 
 __all__ = [

@@ -250,3 +250,118 @@ def test_block_size_one_and_explicit_max_seq_len(dtype):
         out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, max_seq_len=max(lens), num_splits=splits,
                                         out=poisoned_like(q))
         assert_close(out, expect, dtype, f"block_size 1, splits {splits}")
+
+
+# --------------------------------------------------------------------------------------
+# fused split-KV reduce (atomic completion counters) and the host hints
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.float32], ids=dtype_id)
+@pytest.mark.parametrize("group", [1, 4, 8])
+def test_fused_reduce_matches_two_kernel_path(group, dtype):
+    # several splits, a zero-length row, a one-partition row (written directly) and rows of 2-7 partitions;
+    # each path is called twice so a counter not reset by the first call shows up in the second
+    gen = torch.Generator().manual_seed(31 + group)
+    lens = [0, 5, 64, 65, 200, 447]
+    k, v, bt = make_paged(lens, 2, 64, 16, dtype, gen=gen)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    for call in range(2):
+        q = torch.randn((len(lens), 2 * group, 64), generator=gen).to(dtype).to(DEVICE)
+        expect = ref.ref_paged_decode(q, k, v, bt, sl, 0.125)
+        for splits in (2, 7):
+            for fused in (True, False):
+                out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, num_splits=splits, fused_reduce=fused,
+                                                out=poisoned_like(q))
+                assert_close(out, expect, dtype, f"call {call} splits {splits} fused {fused}")
+                assert torch.all(out[0] == 0)
+    # every counter is back to 0 (the combining program resets it)
+    bufs = pa._COUNTERS[(q.device.type, q.device.index)]
+    assert int(bufs[-1].abs().sum()) == 0
+
+
+def test_fused_reduce_counter_reuse_across_shapes():
+    # the same counter slots serve calls of different batch and head counts, one after another
+    dtype = DTYPES[0]
+    gen = torch.Generator().manual_seed(41)
+    for lens, hkv in (([300, 129, 1], 2), ([77, 500], 1), ([300, 129, 1, 33], 2)):
+        k, v, bt = make_paged(lens, hkv, 64, 16, dtype, gen=gen)
+        q = torch.randn((len(lens), 4, 64), generator=gen).to(dtype).to(DEVICE)
+        sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, num_splits=5, out=poisoned_like(q))
+        assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, 0.125), dtype, f"lens {lens}")
+
+
+def test_fused_reduce_contiguous_decode():
+    dtype = DTYPES[0]
+    gen = torch.Generator().manual_seed(43)
+    lens, starts = [250, 3, 0, 90], [0, 260, 270, 270]
+    pool_k = torch.randn((400, 2, 64), generator=gen).to(dtype).to(DEVICE)
+    pool_v = torch.randn_like(pool_k)
+    q = torch.randn((4, 8, 64), generator=gen).to(dtype).to(DEVICE)
+    st_ = torch.tensor(starts, dtype=torch.int64, device=DEVICE)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    expect = ref.ref_contiguous_decode(q, pool_k, pool_v, st_, sl, 0.125)
+    for _ in range(2):
+        out = pa.contiguous_decode_attention(q, pool_k, pool_v, st_, sl, 0.125, num_splits=4, max_seq_len=250,
+                                             out=poisoned_like(q))
+        assert_close(out, expect, dtype, "contiguous fused")
+
+
+def test_min_seq_len_hint():
+    # the hint lifts the partition cap only for near-uniform lengths and a batch that fills a wave
+    assert pa._choose_partition(64, 8, 8192, 64, 132, None)[0] == 4  # capped at 2,048 tokens
+    assert pa._choose_partition(64, 8, 8192, 64, 132, None, min_len=8192)[0] == 1
+    assert pa._choose_partition(64, 8, 8192, 64, 132, None, min_len=100)[0] == 4  # mixed: cap kept
+    assert pa._choose_partition(16, 8, 8192, 64, 132, None, min_len=8192) == (4, 2048)  # small batch: kept
+    # a wrong hint (lengths far below it) costs speed only
+    dtype = DTYPES[0]
+    gen = torch.Generator().manual_seed(47)
+    lens = [1, 300, 2]
+    k, v, bt = make_paged(lens, 2, 64, 16, dtype, gen=gen)
+    q = torch.randn((3, 4, 64), generator=gen).to(dtype).to(DEVICE)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    for hint in (300, 290):
+        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, max_seq_len=300, min_seq_len=hint,
+                                        out=poisoned_like(q))
+        assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, 0.125), dtype, f"hint {hint}")
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA graphs")
+def test_fused_reduce_in_cuda_graph():
+    # captured once, replayed with new q values and new lengths: the counters must reset on the device
+    dtype = torch.bfloat16
+    gen = torch.Generator().manual_seed(53)
+    lens = [1000, 17, 513, 2048]
+    k, v, bt = make_paged(lens, 8, 128, 16, dtype, gen=gen)
+    q = torch.randn((4, 32, 128), generator=gen).to(dtype).to(DEVICE)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    out = torch.empty_like(q)
+
+    def call():
+        pa.paged_decode_attention(q, k, v, bt, sl, 0.088, num_splits=8, max_seq_len=2048, out=out,
+                                  fused_reduce=True)
+
+    call()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        call()
+    for rep in range(3):
+        q.copy_(torch.randn((4, 32, 128), generator=gen).to(dtype))
+        # only shorter than the cached data (slots past it are NaN); 513 -> 313 -> 113 goes from 3 partitions
+        # to 2 to 1 (the direct-write path)
+        sl.copy_(torch.tensor([lens[0] - 7 * rep, lens[1] - 5 * rep, lens[2] - 200 * rep, lens[3] - 300 * rep],
+                              dtype=torch.int32))
+        out.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, 0.088), dtype, f"replay {rep}")
+
+
+def test_fused_auto_rule():
+    # default (fused_reduce=None): fused only when the grid is one wave of resident programs
+    slots = pa.RESIDENT_PROGRAMS_PER_SM * 132
+    assert pa._auto_fused(1, 8, 32, torch.device("cpu"))  # 256 programs
+    assert not pa._auto_fused(16, 8, 4, torch.device("cpu"))  # 512 programs
+    assert pa._auto_fused(1, 1, slots, torch.device("cpu")) and not pa._auto_fused(1, 1, slots + 1, torch.device("cpu"))

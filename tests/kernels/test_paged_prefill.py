@@ -96,3 +96,61 @@ except ImportError:  # pragma: no cover
 def test_prefill_one_token_blocks(dtype):
     # the harness reads contiguous extents through [num_slots, 1, heads, d] views and a block table of slots
     _run_prefill([0, 21, 5], [13, 4, 40], 4, 2, 64, 1, dtype, seed=3)
+
+
+# --------------------------------------------------------------------------------------
+# new tokens' K/V from contiguous tensors (new_key / new_value)
+# --------------------------------------------------------------------------------------
+
+
+def _run_prefill_newkv(context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed,
+                       config=None, max_context_len=None):
+    gen = torch.Generator().manual_seed(seed)
+    seq_lens = [c + n for c, n in zip(context_lens, new_lens)]
+    k, v, bt = make_paged(seq_lens, num_kv_heads, head_size, block_size, dtype, gen=gen)
+    cu = [0]
+    for n in new_lens:
+        cu.append(cu[-1] + n)
+    q = torch.randn((cu[-1], num_q_heads, head_size), generator=gen).to(dtype).to(DEVICE)
+    cu_t = torch.tensor(cu, dtype=torch.int32, device=DEVICE)
+    ctx_t = torch.tensor(context_lens, dtype=torch.int32, device=DEVICE)
+    scale = head_size ** -0.5
+    expect = ref.ref_paged_prefill(q, k, v, bt, cu_t, ctx_t, scale)
+    # the new tokens' K/V as contiguous tensors, then poisoned in the cache: they must not be read from there
+    kn = torch.cat([ref.gather_kv(k, bt[s], seq_lens[s])[context_lens[s]:] for s in range(len(seq_lens))])
+    vn = torch.cat([ref.gather_kv(v, bt[s], seq_lens[s])[context_lens[s]:] for s in range(len(seq_lens))])
+    kn, vn = kn.contiguous(), vn.contiguous()
+    for s, (c, n) in enumerate(zip(context_lens, new_lens)):
+        for pos in range(c, c + n):
+            blk = int(bt[s, pos // block_size])
+            k[blk, pos % block_size] = float("nan")
+            v[blk, pos % block_size] = float("nan")
+    out = poisoned_like(q)
+    pa.paged_prefill_attention(q, k, v, bt, cu_t, ctx_t, scale, out=out, max_query_len=max(new_lens),
+                               new_key=kn, new_value=vn, config=config, max_context_len=max_context_len)
+    assert_close(out, expect, dtype, f"newkv ctx={context_lens} new={new_lens} config={config}")
+
+
+NEWKV_CONFIGS = [dict(tma=False), dict(tma=True), dict(tma=True, block_m=32, block_n=16, reverse_m=False)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("config", NEWKV_CONFIGS, ids=["pointers", "tma", "tma_m32_n16"])
+def test_prefill_newkv_with_context(config, dtype):
+    # context through the table (tail tiles masked), new tokens contiguous; a sequence with no new tokens
+    _run_prefill_newkv([0, 17, 40, 5], [40, 9, 0, 70], 4, 2, 64, 16, dtype, seed=5, config=config)
+
+
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.float32], ids=dtype_id)
+@pytest.mark.parametrize("group", [1, 4])
+def test_prefill_newkv_pure_prefill_hint(group, dtype):
+    # context 0 everywhere with the max_context_len=0 hint (context loop compiled away), and the last
+    # sequence's diagonal tile reaching past the end of the new K/V tensors (TMA zero fill)
+    for config in NEWKV_CONFIGS[:2]:
+        _run_prefill_newkv([0, 0, 0], [33, 1, 50], 2 * group, 2, 128, 16, dtype, seed=7 + group, config=config,
+                           max_context_len=0)
+
+
+def test_prefill_newkv_padded_head():
+    # head size 80 (padded to 128): pointer loads even when TMA is asked for
+    _run_prefill_newkv([3, 0], [20, 35], 4, 2, 80, 8, DTYPES[0], seed=9, config=dict(tma=True))
