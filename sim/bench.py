@@ -162,6 +162,10 @@ def markdown(record: dict) -> str:
         worst = max(walls, key=walls.get)
         lines.append(f"| {case} {allocator or 'every allocator'} <= {limit:g} s | {walls[worst]:.2f} s ({worst}) | "
                      f"{'yes' if walls[worst] <= limit else f'no, {walls[worst] / limit:.1f}x over'} |")
+    rss = {r["case"]: r["median"]["peak_rss_mib"] for r in record["results"] if r["allocator"] == "paged"}
+    if "1000000" in rss:
+        lines.append(f"| 1000000 paged peak memory <= 2 GiB | {rss['1000000']:.0f} MiB | "
+                     f"{'yes' if rss['1000000'] <= 2048 else 'no'} |")
     if ("100000", "paged") in by and ("1000000", "paged") in by:
         ratio = by[("1000000", "paged")] / by[("100000", "paged")]
         lines.append(f"| 10x the requests costs <= 11x the time (paged) | {ratio:.1f}x | {'yes' if ratio <= 11 else 'no'} |")

@@ -377,6 +377,8 @@ class PagedAllocator(KVAllocator):
 
     def _admit_need(self, seq_id: int, num_tokens: int, content: TokenContent | None) -> tuple[list[int], int]:
         hits = self._prefix_hits(seq_id, num_tokens, content)
+        if not hits:
+            return hits, ceil_div(num_tokens, self.block_size)
         from_free = sum(1 for b in hits if self.pool.ref_counts[b] == 0)
         return hits, ceil_div(num_tokens, self.block_size) - len(hits) + from_free
 
@@ -566,20 +568,24 @@ class PagedAllocator(KVAllocator):
                     refs[block] = 1
             else:
                 blocks = allocate_many(len(crossers))
+            full_reservations = 0  # crossers that reserve all `last` empty slots of their new block
             for s, block in zip(crossers.values(), blocks):
                 table = s.block_table
                 if table:
-                    fill[table[-1]] = bs
-                fill[block] = 1
-                table.append(block)
+                    fill[table[-1]] = bs  # no longer a last block: its fill must be exact
+                table.append(block)  # a last block: its fill is computed when needed (_tail_fill)
                 c = s.final_len - s.base - r  # _res_add, inlined: one token in a fresh block
                 if c > 0 and not s.forked:
-                    if c > last:
-                        c = last
-                    if c:
+                    if c >= last:
+                        full_reservations += 1
+                    else:
                         res_sum += c
                         res_pos += 1
                         zero[r + c] = zero.get(r + c, 0) + 1
+            if full_reservations and last:
+                res_sum += last * full_reservations
+                res_pos += full_reservations
+                zero[r + last] = zero.get(r + last, 0) + full_reservations
         done = r - start
         if record is not None and done:
             record[0].append(res_sum)
