@@ -383,35 +383,13 @@ class AllocatorMachine(RuleBasedStateMachine):
     @rule(reverse=st.booleans(), skip=st.integers(0, 3))
     def append_each(self, reverse: bool, skip: int) -> None:
         """The batched append: one token to each listed sequence, exactly as append(i, 1) one by one, or nothing."""
-        a, m, ck = self.alloc, self.model, self.ck
+        a, m = self.alloc, self.model
         ids = sorted(m.live, reverse=reverse)
         ids = [sid for i, sid in enumerate(ids) if skip == 0 or i % (skip + 1)] or ids
         ref = copy.deepcopy(a)
         before = _state(a, sorted(m.live))
         total = call(a.append_each, ids)
-        if total is None:
-            if _state(a, sorted(m.live)) != before:
-                ck.fail("honesty", f"append_each({ids}) declined but changed the allocator")
-            return
-        for sid in ids:
-            if not ref.can_append(sid, 1):
-                ck.fail("honesty", f"append_each({ids}) succeeded though append({sid}, 1) one by one cannot")
-                return
-            ref.append(sid, 1)
-        copies = ref.take_copy_ops()
-        if copies:
-            ck.fail("honesty", f"append_each({ids}) succeeded though one by one it copies blocks {copies}")
-        if _state(a, sorted(m.live)) != _state(ref, sorted(m.live)):
-            ck.fail("accounting", f"append_each({ids}) left {_state(a, sorted(m.live))}; appends one by one leave "
-                                  f"{_state(ref, sorted(m.live))}")
-        want_total = sum(m.live[sid].tokens + 1 for sid in ids)
-        if total != want_total:
-            ck.fail("accounting", f"append_each({ids}) returned {total}; the sequences hold {want_total} tokens")
-        for sid in ids:
-            s = m.live[sid]
-            old = s.tokens
-            s.grow(m.interner, 1)
-            self._write(sid, old, old + 1)
+        self._check_batched_append(f"append_each({ids})", total, ids, ref, before)
 
     @precondition(lambda self: self.alloc is not None and bool(self.model.live)
                   and type(self.alloc).run_decode is not KVAllocator.run_decode)
@@ -468,25 +446,31 @@ class AllocatorMachine(RuleBasedStateMachine):
             if crossers != want:
                 ck.fail("accounting", f"round_crossers() = {crossers}; the sequences at a block boundary, in live "
                                       f"order, are {want}")
+        self._check_batched_append(f"append_round() (live order {order})", total, order, ref, before)
+
+    def _check_batched_append(self, what: str, total: int | None, ids: list[int], ref, before: tuple) -> None:
+        """A batched append (`what`, which returned `total`) against append(i, 1) for each of ids in order on `ref`,
+        a copy of the allocator taken before it (state `before`); then the model grows the same way."""
+        a, m, ck = self.alloc, self.model, self.ck
         if total is None:
             if _state(a, sorted(m.live)) != before:
-                ck.fail("honesty", "append_round() declined but changed the allocator")
+                ck.fail("honesty", f"{what} declined but changed the allocator")
             return
-        for sid in order:
+        for sid in ids:
             if not ref.can_append(sid, 1):
-                ck.fail("honesty", f"append_round() succeeded though append({sid}, 1) in live order cannot")
+                ck.fail("honesty", f"{what} succeeded though append({sid}, 1) one by one cannot")
                 return
             ref.append(sid, 1)
         copies = ref.take_copy_ops()
         if copies:
-            ck.fail("honesty", f"append_round() succeeded though one by one it copies blocks {copies}")
+            ck.fail("honesty", f"{what} succeeded though one by one it copies blocks {copies}")
         if _state(a, sorted(m.live)) != _state(ref, sorted(m.live)):
-            ck.fail("accounting", f"append_round() left {_state(a, sorted(m.live))}; appends one by one in live "
-                                  f"order leave {_state(ref, sorted(m.live))}")
-        want_total = sum(m.live[sid].tokens + 1 for sid in order)
+            ck.fail("accounting", f"{what} left {_state(a, sorted(m.live))}; appends one by one leave "
+                                  f"{_state(ref, sorted(m.live))}")
+        want_total = sum(m.live[sid].tokens + 1 for sid in ids)
         if total != want_total:
-            ck.fail("accounting", f"append_round() returned {total}; the sequences hold {want_total} tokens")
-        for sid in order:
+            ck.fail("accounting", f"{what} returned {total}; the sequences hold {want_total} tokens")
+        for sid in ids:
             s = m.live[sid]
             old = s.tokens
             s.grow(m.interner, 1)
