@@ -718,61 +718,21 @@ class PagedAllocator(KVAllocator):
         if self._forked and self._shared_partial_tail():  # copied on the first write: not plannable
             return None
         n = len(seqs)
-        if not self._forked and seq_ids == list(self._seqs):
-            reserved, new_blocks = self._plan_rounds(max_rounds)
-            rounds = len(reserved)
-            steps = np.arange(1, rounds + 1, dtype=np.int64)
-        else:
-            t = np.fromiter((s.base for s in seqs), np.int64, n) + self._round
-            final = np.fromiter((s.final_len for s in seqs), np.int64, n)
-            steps = np.arange(1, max_rounds + 1, dtype=np.int64)
-            new_blocks = (-(-(t[:, None] + steps) // bs) + (t // -bs)[:, None]).sum(axis=0)
-            rounds = int(np.searchsorted(new_blocks, self.pool.num_free_blocks, side="right"))
-            new_blocks, steps = new_blocks[:rounds], steps[:rounds]
-            tr = t[:, None] + steps
-            # a sequence's last block has (-tokens) mod bs empty slots; it will fill at most final - tokens of them
-            reserved = np.minimum((-tr) % bs, np.maximum(final[:, None] - tr, 0)).sum(axis=0)
+        t = np.fromiter((s.base for s in seqs), np.int64, n) + self._round
+        final = np.fromiter((s.final_len for s in seqs), np.int64, n)
+        steps = np.arange(1, max_rounds + 1, dtype=np.int64)
+        new_blocks = (-(-(t[:, None] + steps) // bs) + (t // -bs)[:, None]).sum(axis=0)
+        rounds = int(np.searchsorted(new_blocks, self.pool.num_free_blocks, side="right"))
+        new_blocks, steps = new_blocks[:rounds], steps[:rounds]
+        tr = t[:, None] + steps
+        # a sequence's last block has (-tokens) mod bs empty slots; it will fill at most final - tokens of them
+        reserved = np.minimum((-tr) % bs, np.maximum(final[:, None] - tr, 0)).sum(axis=0)
         held = (self._held_blocks + new_blocks) * bs
         tokens = self._tokens + n * steps
         return DecodePlan(
             seq_ids=list(seq_ids), rounds=rounds, token_states=tokens, reserved=reserved,
             internal_fragmentation=held - tokens - reserved, external_fragmentation=np.zeros(rounds, np.int64),
             free=(self.pool.num_free_blocks - new_blocks) * bs, unshared=(self._logical_blocks + new_blocks) * bs)
-
-    def _plan_rounds(self, max_rounds: int) -> tuple[np.ndarray, np.ndarray]:
-        """Reserved slots and new blocks (cumulative) after each of up to max_rounds lazy rounds, stopping before the
-        first round the free blocks cannot cover: the bookkeeping of _advance_round on local copies (nothing
-        changes). Needs no forked sequence (their reservations are not in the running sum)."""
-        bs, ring, zero = self.block_size, self._ring, self._res_zero
-        free = self.pool.num_free_blocks
-        res_sum, res_pos = self._res_sum, self._res_pos
-        extra: dict[int, int] = {}  # rounds at which reservations started in these rounds end
-        crossed = 0
-        last = bs - 1
-        reserved: list[int] = []
-        new_blocks: list[int] = []
-        r = self._round
-        for _ in range(max_rounds):
-            bucket = ring[r % bs]
-            if crossed + len(bucket) > free:
-                break
-            res_sum -= res_pos
-            r += 1
-            res_pos -= zero.get(r, 0) + extra.pop(r, 0)
-            if bucket:
-                crossed += len(bucket)
-                for s in bucket.values():
-                    c = s.final_len - s.base - r
-                    if c > 0:
-                        if c > last:
-                            c = last
-                        if c:
-                            res_sum += c
-                            res_pos += 1
-                            extra[r + c] = extra.get(r + c, 0) + 1
-            reserved.append(res_sum)
-            new_blocks.append(crossed)
-        return np.array(reserved, dtype=np.int64), np.array(new_blocks, dtype=np.int64)
 
     def run_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
         """plan_decode and apply_decode in one pass over the rounds (live order, no forked sequence), else both."""

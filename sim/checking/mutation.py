@@ -114,8 +114,9 @@ MUTANTS: list[Mutant] = [
            "                if h is not None:  # evict the cached content\n                    pass\n",
            "evicting a cached block leaves its hash pointing at the block, which is rewritten"),
     Mutant("paged-plan-one-round-too-many", "sim/allocators/paged.py",
-           "            if crossed + len(bucket) > free:\n",
-           "            if crossed > free:\n",
+           '        rounds = int(np.searchsorted(new_blocks, self.pool.num_free_blocks, side="right"))\n',
+           '        rounds = min(max_rounds, int(np.searchsorted(new_blocks, self.pool.num_free_blocks, '
+           'side="right")) + 1)\n',
            "fast-forward plans one decode round more than the free blocks allow"),
     Mutant("paged-run-decode-one-round-too-many", "sim/allocators/paged.py",
            "                if crossed + len(crossers) > free:\n",
