@@ -26,6 +26,7 @@ CUDA events bracket steps 1-5 on the device (`gpu_s`); the caller measures wall 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,6 +82,8 @@ class ExecResult:
     capture: Capture | None = None
     capture_s: float = 0.0  # wall time spent capturing a CUDA graph in this call (not part of the iteration)
     static: bool = False  # ran through the static-buffer decode path (a graph replay on CUDA)
+    issue_s: float | None = None  # host time from the start event to the last launch (CUDA only): close to gpu_s
+    # when the host, not the GPU, bounds the iteration
 
 
 @dataclass
@@ -257,6 +260,7 @@ class Executor:
 
         capture_s = runner.ensure(key)  # first use of this bucket: capture (outside the measured window)
         n32, n64 = runner.stage(key, inp, self.vocab)
+        t_issue = time.perf_counter()
         if self.cuda:
             self._ev0.record()
         runner.upload(n32, n64)
@@ -269,14 +273,15 @@ class Executor:
             for layer in capture.layers:
                 capture.q[layer] = out.q[layer][capture.rows].clone()
                 capture.out[layer] = out.attn[layer][capture.rows].clone()
-        gpu_s = None
+        gpu_s = issue_s = None
         if self.cuda:
+            issue_s = time.perf_counter() - t_issue
             self._ev1.record()
             self._ev1.synchronize()
             gpu_s = self._ev0.elapsed_time(self._ev1) / 1e3
         else:
             out.tokens.cpu()
-        return ExecResult(gpu_s, nd, capture, capture_s, True)
+        return ExecResult(gpu_s, nd, capture, capture_s, True, issue_s)
 
     def _execute_eager(self, batch: Batch, dec_branches: list[int], check: bool) -> ExecResult:
         model, pool, s = self.model, self.pool, self.model.shapes
@@ -325,6 +330,7 @@ class Executor:
         capture = self._plan_capture(dec_branches, dec_lens, pf_firsts, pf_cached, pf_totals, cu, nd) \
             if check else None
 
+        t_issue = time.perf_counter()
         if self.cuda:
             self._ev0.record()
         # Every piece starts on a 16-byte boundary: Triton specialises kernels on pointer alignment, so unaligned
@@ -395,14 +401,15 @@ class Executor:
             next_tokens = model.sample(x.index_select(0, last_t))
         else:
             next_tokens = None
-        gpu_s = None
+        gpu_s = issue_s = None
         if self.cuda:
+            issue_s = time.perf_counter() - t_issue
             self._ev1.record()
             self._ev1.synchronize()
             gpu_s = self._ev0.elapsed_time(self._ev1) / 1e3
         elif next_tokens is not None:
             next_tokens.cpu()
-        return ExecResult(gpu_s, total, capture)
+        return ExecResult(gpu_s, total, capture, issue_s=issue_s)
 
     # --- checking against the reference -------------------------------------------------------------------------------
     def _plan_capture(self, dec_branches, dec_lens, pf_firsts, pf_cached, pf_totals, cu, nd,

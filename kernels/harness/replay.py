@@ -117,6 +117,7 @@ class HarnessResult:
     memory: dict = field(default_factory=dict)
     truncated: bool = False
     static: np.ndarray | None = None  # bool per iteration: decode-only through the static/graph path
+    issue_s: np.ndarray | None = None  # host time from an iteration's start event to its last launch (CUDA)
 
 
 def warm_up(run: GpuRun, force: bool = False) -> float:
@@ -167,6 +168,7 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
     steps = StepLog()
     gpu_s: list[float] = []
     host_s: list[float] = []
+    issue_s: list[float] = []
     checks = CheckResult()
     trace_start = float(arrival[0]) if n else 0.0
     nxt = 0
@@ -243,6 +245,7 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
                 checks.merge(executor.check(result.capture))
                 excluded += time.perf_counter() - c0
             gpu_s.append(result.gpu_s if result.gpu_s is not None else float("nan"))
+            issue_s.append(result.issue_s if result.issue_s is not None else float("nan"))
             finished = sched.finish(batch, end)
             record_iteration(steps, req, start, end - start, end, batch, len(sched.waiting), mem, unshared, bpt,
                              finished)
@@ -276,4 +279,5 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
         },
     }
     return HarnessResult(summary, arrays, req, budget, np.asarray(gpu_s), np.asarray(host_s),
-                         checks.as_dict(DTYPES[h.dtype]), memory, truncated, np.asarray(static_flags, dtype=bool))
+                         checks.as_dict(DTYPES[h.dtype]), memory, truncated, np.asarray(static_flags, dtype=bool),
+                         np.asarray(issue_s))

@@ -222,12 +222,16 @@ def write_record(out_dir: str, rec: dict, meas, pred) -> None:
     atomic_write(os.path.join(out_dir, "measured_steps.csv"), steps_csv(meas.steps))
     atomic_write(os.path.join(out_dir, "predicted_steps.csv"), steps_csv(pred.steps))
     atomic_write(os.path.join(out_dir, "measured_requests.csv"), requests_csv(meas.requests, None))
-    # Where an iteration's time went (diagnosis): wall time of execute() alone and its CUDA-event time, per iteration
-    # in the order of measured_steps.csv; `static` marks decode-only iterations replayed from a CUDA graph.
-    static = meas.static if getattr(meas, "static", None) is not None and len(meas.static) == len(meas.host_s) \
-        else np.zeros(len(meas.host_s), dtype=bool)
-    lines = ["execute_s,gpu_s,static"] + [f"{h:.6g},{g:.6g},{int(s)}" for h, g, s in zip(meas.host_s, meas.gpu_s,
-                                                                                       static)]
+    # Where an iteration's time went (diagnosis): wall time of execute() alone, its CUDA-event time, and the host time
+    # from the start event to the last launch (`issue_s`: near gpu_s when the host bounds the iteration), per
+    # iteration in the order of measured_steps.csv; `static` marks decode-only iterations replayed from a CUDA graph.
+    k = len(meas.host_s)
+    static = meas.static if getattr(meas, "static", None) is not None and len(meas.static) == k \
+        else np.zeros(k, dtype=bool)
+    issue = meas.issue_s if getattr(meas, "issue_s", None) is not None and len(meas.issue_s) == k \
+        else np.full(k, np.nan)
+    lines = ["execute_s,gpu_s,issue_s,static"] + [f"{h:.6g},{g:.6g},{i:.6g},{int(s)}" for h, g, i, s in
+                                                  zip(meas.host_s, meas.gpu_s, issue, static)]
     atomic_write(os.path.join(out_dir, "measured_timing.csv"), "\n".join(lines) + "\n")
     atomic_write(os.path.join(out_dir, "measured_summary.json"), to_json(meas.summary))
     atomic_write(os.path.join(out_dir, "predicted_summary.json"), to_json(pred.summary))

@@ -54,7 +54,7 @@ def test_calibrate_then_validate(tmp_path, capsys):
         assert os.path.exists(out / alloc / "measured_steps.csv")
         timing = (out / alloc / "measured_timing.csv").read_text().splitlines()
         steps = (out / alloc / "measured_steps.csv").read_text().splitlines()
-        assert timing[0] == "execute_s,gpu_s,static" and len(timing) == len(steps)
+        assert timing[0] == "execute_s,gpu_s,issue_s,static" and len(timing) == len(steps)
         assert any(line.endswith(",1") for line in timing[1:])  # decode-only iterations ran the static path
     head = json.loads((out / "headline.json").read_text())
     assert "paged/contiguous-oracle" in head["ratios"]
