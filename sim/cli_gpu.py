@@ -39,8 +39,11 @@ def _harness_args(p: argparse.ArgumentParser) -> None:
                    help="write the model's own K/V and skip the attention checks against the reference")
     p.add_argument("--check-every", type=int, default=50, help="iterations between attention checks (default: 50)")
     p.add_argument("--no-cuda-graphs", action="store_true",
-                   help="run decode-only iterations eagerly instead of replaying CUDA graphs (for comparison; a "
-                        "profile holds only for the path it was calibrated with)")
+                   help="run every iteration eagerly instead of replaying CUDA graphs (for comparison; a profile "
+                        "holds only for the path it was calibrated with)")
+    p.add_argument("--no-prefill-graphs", action="store_true",
+                   help="replay CUDA graphs for decode-only iterations only; iterations with prefill tokens run "
+                        "eagerly (the path of runs 4-6)")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help=argparse.SUPPRESS)
 
 
@@ -49,7 +52,8 @@ def _harness_options(args):
 
     return HarnessOptions(layers=args.layers, dtype=args.dtype, device=args.device, check=not args.no_check,
                           check_every=args.check_every, seed=args.seed,
-                          time_limit_s=getattr(args, "time_limit", None), cuda_graphs=not args.no_cuda_graphs)
+                          time_limit_s=getattr(args, "time_limit", None), cuda_graphs=not args.no_cuda_graphs,
+                          prefill_graphs=not args.no_prefill_graphs)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -71,7 +75,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     env = environment()
     meta = {"model": options.model.name, "gpu": options.gpu.name, "layers": run.model.shapes.layers,
             "block_size": options.block_size, "dtype": args.dtype, "kv_source": harness.check,
-            "cuda_graphs": harness.cuda_graphs, **env}
+            "cuda_graphs": harness.cuda_graphs,
+            "prefill_graphs": harness.cuda_graphs and harness.prefill_graphs, **env}
     print(f"calibrate: {options.model.name} ({run.model.shapes.layers} layers) on {env.get('device')}, pool "
           f"{format_bytes(run.pool.nbytes)} ({run.budget.num_blocks:,} blocks)")
     profile = calibrate(run, meta, repeats=args.repeats, passes=args.passes, budget_s=args.budget_s)
@@ -119,10 +124,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         import json
 
         with open(args.cost_model) as f:
-            cal = json.load(f).get("meta", {}).get("cuda_graphs")
-        if cal is not None and bool(cal) != (not args.no_cuda_graphs):
-            print(f"validate: warning: the profile was calibrated with cuda_graphs={cal}, this replay runs with "
-                  f"cuda_graphs={not args.no_cuda_graphs}", file=sys.stderr)
+            meta = json.load(f).get("meta", {})
+        for name, on in (("cuda_graphs", not args.no_cuda_graphs),
+                         ("prefill_graphs", not args.no_cuda_graphs and not args.no_prefill_graphs)):
+            cal = meta.get(name, False if name == "prefill_graphs" else None)
+            if cal is not None and bool(cal) != on:
+                print(f"validate: warning: the profile was calibrated with {name}={cal}, this replay runs with "
+                      f"{name}={on}", file=sys.stderr)
     out = args.out or os.path.join("reports", "validation", trace.name)
     os.makedirs(out, exist_ok=True)
     harness = _harness_options(args)

@@ -34,6 +34,7 @@ import torch
 
 from kernels.harness.decode_graphs import DecodeInputs, DecodeRunner
 from kernels.harness.kv_pool import KVPool
+from kernels.harness.mixed_graphs import MixedInputs, MixedRunner
 from kernels.harness.kv_source import KVSource, LineageTracker, mix, _OWNER_SALT
 from kernels.harness.model import RandomTransformer
 from kernels.paged_attention import (contiguous_decode_attention, paged_decode_attention,
@@ -73,6 +74,7 @@ class Capture:
     q: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [rows, Hq, D]
     out: dict[int, torch.Tensor] = field(default_factory=dict)
     rows: torch.Tensor | None = None
+    row_list: list[int] = field(default_factory=list)  # the same rows, on the host
 
 
 @dataclass
@@ -84,6 +86,35 @@ class ExecResult:
     static: bool = False  # ran through the static-buffer decode path (a graph replay on CUDA)
     issue_s: float | None = None  # host time from the start event to the last launch (CUDA only): close to gpu_s
     # when the host, not the GPU, bounds the iteration
+    mixed_static: bool = False  # an iteration with prefill tokens through the static-buffer (graph) path
+
+
+@dataclass
+class _Prep:
+    """Host-side inputs of one iteration, rows in order: decode rows, then each prefill's new tokens."""
+
+    nd: int
+    dec_lens: np.ndarray
+    dec_slots: np.ndarray
+    dec_bt: np.ndarray | None
+    dec_starts: np.ndarray | None
+    pf_firsts: list
+    pf_cached: np.ndarray
+    pf_totals: np.ndarray
+    pf_bt: np.ndarray | None
+    pf_paged: bool
+    new: np.ndarray
+    npf: int
+    total: int
+    cu: np.ndarray
+    all_slots: np.ndarray
+    positions: np.ndarray
+    copies_before: list
+    copies_after: list
+    ext_before: list
+    ext_after: list
+    src_rows: np.ndarray | None
+    capture: "Capture | None"
 
 
 @dataclass
@@ -127,9 +158,10 @@ class Executor:
 
     def __init__(self, model: RandomTransformer, pool: KVPool, allocator: LineageTracker,
                  source: KVSource | None = None, check_layers: list[int] | None = None, seed: int = 0,
-                 runner: DecodeRunner | None = None):
+                 runner: DecodeRunner | None = None, mixed_runner: MixedRunner | None = None):
         self.model, self.pool, self.alloc, self.source = model, pool, allocator, source
         self.runner = runner
+        self.mixed_runner = mixed_runner
         self.device = model.device
         self.cuda = self.device.type == "cuda"
         self.block_size = pool.block_size
@@ -138,9 +170,10 @@ class Executor:
         if check_layers is None:
             check_layers = runner.check_layers if runner is not None else [0, n - 1]
         self.check_layers = sorted(set(check_layers))
-        if runner is not None and not set(self.check_layers) <= set(runner.check_layers):
-            raise ValueError(f"check layers {self.check_layers} are not kept by the decode runner "
-                             f"({runner.check_layers})")
+        for r in (runner, mixed_runner):
+            if r is not None and not set(self.check_layers) <= set(r.check_layers):
+                raise ValueError(f"check layers {self.check_layers} are not kept by the static-buffer runner "
+                                 f"({r.check_layers})")
         self.rng = np.random.default_rng(seed)
         if source is not None:
             self._layer_offsets = source.layer_offsets[:n, None].to(self.device)
@@ -221,7 +254,12 @@ class Executor:
             res = self._execute_static(batch, dec_branches, check)
             if res is not None:
                 return res
-        return self._execute_eager(batch, dec_branches, check)
+        pr = self._prepare(batch, dec_branches, check)
+        if self.mixed_runner is not None and pr.npf:
+            res = self._execute_static_mixed(pr)
+            if res is not None:
+                return res
+        return self._execute_eager(pr)
 
     def _extent_copies(self, prefilling: set) -> tuple[list, list]:
         """A contiguous allocator's fork copies since the last iteration: (before the writes, after the forward)."""
@@ -283,11 +321,10 @@ class Executor:
             out.tokens.cpu()
         return ExecResult(gpu_s, nd, capture, capture_s, True, issue_s)
 
-    def _execute_eager(self, batch: Batch, dec_branches: list[int], check: bool) -> ExecResult:
-        model, pool, s = self.model, self.pool, self.model.shapes
+    def _prepare(self, batch: Batch, dec_branches: list[int], check: bool) -> "_Prep":
+        """Host-side inputs of an iteration (both the eager and the static mixed path)."""
         nd = len(dec_branches)
         dec_lens, dec_slots, dec_bt, dec_starts = self._decode_meta(dec_branches)
-        dec_paged = dec_starts is None
         if batch.prefill:
             pf_firsts, pf_cached, pf_totals, pf_slots, pf_bt, pf_paged = self._prefill_meta(batch.prefill)
         else:
@@ -300,7 +337,6 @@ class Executor:
         all_slots = np.concatenate([dec_slots] + pf_slots) if total else np.zeros(0, np.int64)
         positions = np.concatenate([dec_lens - 1] + [np.arange(c, n) for c, n in zip(pf_cached, pf_totals)]) \
             if total else np.zeros(0, np.int64)
-        last_rows = np.concatenate((np.arange(nd), nd + cu[1:] - 1)).astype(np.int64)
 
         # copies: before the writes, or after the forward pass when the source is written in this iteration
         copies_before, copies_after = list(batch.copies), []
@@ -309,6 +345,75 @@ class Executor:
             copies_after = [c for c in copies_before if c[0] in written]
             copies_before = [c for c in copies_before if c[0] not in written]
         ext_before, ext_after = self._extent_copies(set(pf_firsts))
+        src_rows = None
+        if self.source is not None and total:
+            src_rows = self._source_rows(dec_branches, dec_lens - 1, pf_firsts, pf_cached, pf_totals)
+        capture = self._plan_capture(dec_branches, dec_lens, pf_firsts, pf_cached, pf_totals, cu, nd) \
+            if check else None
+        return _Prep(nd, dec_lens, dec_slots, dec_bt, dec_starts, pf_firsts, pf_cached, pf_totals, pf_bt, pf_paged,
+                     new, npf, total, cu, all_slots, positions, copies_before, copies_after, ext_before, ext_after,
+                     src_rows, capture)
+
+    def _execute_static_mixed(self, pr: "_Prep") -> ExecResult | None:
+        """An iteration with prefill tokens on the mixed runner's static buffers (a CUDA-graph replay on CUDA).
+        None: no bucket fits (the caller runs it eagerly)."""
+        runner = self.mixed_runner
+        paged = pr.dec_starts is None and pr.pf_paged
+        if pr.nd and (pr.dec_starts is None) != pr.pf_paged:
+            return None  # block tables for one part, extents for the other: never happens with one allocator
+        max_ctx = int(pr.pf_totals.max()) if len(pr.pf_totals) else 0
+        if pr.nd:
+            max_ctx = max(max_ctx, int(pr.dec_lens.max()))
+        key = runner.key_for(pr.nd, pr.npf, len(pr.pf_firsts), paged, max_ctx)
+        if key is None:
+            return None
+        inp = MixedInputs(pr.dec_lens, pr.dec_bt, pr.dec_starts, pr.all_slots, pr.positions, pr.cu, pr.pf_cached,
+                          pr.pf_bt, pr.src_rows, pr.capture.row_list if pr.capture is not None else [])
+        capture_s = runner.ensure(key)  # first use of this bucket: capture (outside the measured window)
+        n32, n64 = runner.stage(key, inp, self.vocab)
+        t_issue = time.perf_counter()
+        if self.cuda:
+            self._ev0.record()
+        runner.upload(n32, n64)
+        if pr.copies_before:
+            self.pool.copy_blocks(self._pairs(pr.copies_before))
+        for src, dst, n in pr.ext_before:
+            self.pool.copy_slots(src, dst, n)
+        out = runner.run(key)
+        if pr.copies_after:
+            self.pool.copy_blocks(self._pairs(pr.copies_after))
+        for src, dst, n in pr.ext_after:
+            self.pool.copy_slots(src, dst, n)
+        capture = pr.capture
+        if capture is not None:
+            k = len(capture.row_list)
+            for layer in capture.layers:
+                capture.q[layer] = out.q[layer][:k].clone()
+                capture.out[layer] = out.attn[layer][:k].clone()
+        gpu_s = issue_s = None
+        if self.cuda:
+            issue_s = time.perf_counter() - t_issue
+            self._ev1.record()
+            self._ev1.synchronize()
+            gpu_s = self._ev0.elapsed_time(self._ev1) / 1e3
+        else:
+            out.tokens.cpu()
+        return ExecResult(gpu_s, pr.total, capture, capture_s, False, issue_s, mixed_static=True)
+
+    def _pairs(self, copies: list) -> torch.Tensor:
+        return torch.from_numpy(np.array(copies, dtype=np.int64).reshape(-1, 2)).to(self.device, non_blocking=True)
+
+    def _execute_eager(self, pr: "_Prep") -> ExecResult:
+        model, pool, s = self.model, self.pool, self.model.shapes
+        nd, dec_lens, dec_bt, dec_starts = pr.nd, pr.dec_lens, pr.dec_bt, pr.dec_starts
+        dec_paged = dec_starts is None
+        pf_cached, pf_bt, pf_paged = pr.pf_cached, pr.pf_bt, pr.pf_paged
+        new, npf, total, cu = pr.new, pr.npf, pr.total, pr.cu
+        all_slots, positions = pr.all_slots, pr.positions
+        last_rows = np.concatenate((np.arange(nd), nd + cu[1:] - 1)).astype(np.int64)
+        copies_before, copies_after, ext_before, ext_after = pr.copies_before, pr.copies_after, pr.ext_before, \
+            pr.ext_after
+        src_rows, capture = pr.src_rows, pr.capture
 
         # one int32 and one int64 host-to-device copy
         i32 = [all_slots.astype(np.int32), (positions % self.vocab).astype(np.int32), dec_lens.astype(np.int32),
@@ -320,15 +425,10 @@ class Executor:
         i64 = [last_rows]
         if not dec_paged:
             i64.append(dec_starts)
-        src_rows = None
-        if self.source is not None and total:
-            src_rows = self._source_rows(dec_branches, dec_lens - 1, pf_firsts, pf_cached, pf_totals)
+        if src_rows is not None:
             i64.append(src_rows)
         cp = np.array(copies_before + copies_after, dtype=np.int64).reshape(-1)
         i64.append(cp)
-
-        capture = self._plan_capture(dec_branches, dec_lens, pf_firsts, pf_cached, pf_totals, cu, nd) \
-            if check else None
 
         t_issue = time.perf_counter()
         if self.cuda:
@@ -436,6 +536,7 @@ class Executor:
             return None
         cap = Capture(self.check_layers, decode, prefill)
         cap.rows = torch.tensor(rows, dtype=torch.int64, device=self.device)
+        cap.row_list = rows
         return cap
 
     def check(self, capture: Capture | None) -> CheckResult:

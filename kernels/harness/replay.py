@@ -25,6 +25,7 @@ from kernels.harness.decode_graphs import DecodeRunner
 from kernels.harness.executor import CheckResult, Executor
 from kernels.harness.kv_pool import KVPool
 from kernels.harness.kv_source import KVSource, LineageTracker
+from kernels.harness.mixed_graphs import MixedRunner
 from kernels.harness.model import RandomTransformer, Shapes
 from sim.config import KVBudget, activation_reserve_bytes
 from sim.engine import branches_of, content_of
@@ -51,6 +52,9 @@ class HarnessOptions:
     # Decode-only iterations through static buffers replayed as CUDA graphs (kernels.harness.decode_graphs); on a CPU
     # device the same static-buffer path runs eagerly. False: every iteration eager, as before run 4.
     cuda_graphs: bool = True
+    # Iterations with prefill tokens through static buffers and CUDA graphs too (kernels.harness.mixed_graphs);
+    # needs cuda_graphs. False: they run eagerly, as before run 7.
+    prefill_graphs: bool = True
 
 
 @dataclass
@@ -64,6 +68,7 @@ class GpuRun:
     pool: KVPool
     source: KVSource | None
     decode_runner: DecodeRunner | None = None  # shared by every executor of the run (its graphs bake in the pool)
+    mixed_runner: MixedRunner | None = None  # the same for iterations with prefill tokens
 
     @classmethod
     def build(cls, options: ReplayOptions, harness: HarnessOptions) -> "GpuRun":
@@ -78,15 +83,21 @@ class GpuRun:
                       harness.device)
         source = KVSource(harness.source_rows, shapes.kv_heads, shapes.head_size, dtype, harness.device,
                           harness.seed + 1) if harness.check else None
-        runner = None
+        runner = mixed = None
         if harness.cuda_graphs:
+            graphs = model.device.type == "cuda"
             runner = DecodeRunner(model, pool, source, [0, shapes.layers - 1], options.max_num_seqs,
-                                  options.model.max_model_len, use_graphs=model.device.type == "cuda")
-        return cls(options, harness, budget, model, pool, source, runner)
+                                  options.model.max_model_len, use_graphs=graphs)
+            if harness.prefill_graphs:
+                mixed = MixedRunner(model, pool, source, [0, shapes.layers - 1], options.max_num_seqs,
+                                    options.engine_config.batched_tokens_limit(options.model),
+                                    options.model.max_model_len, use_graphs=graphs, mempool=runner._mempool)
+        return cls(options, harness, budget, model, pool, source, runner, mixed)
 
     def executor(self, allocator: LineageTracker, seed: int = 0) -> Executor:
         """An executor over this run's model, pool, K/V table and decode runner."""
-        return Executor(self.model, self.pool, allocator, self.source, seed=seed, runner=self.decode_runner)
+        return Executor(self.model, self.pool, allocator, self.source, seed=seed, runner=self.decode_runner,
+                        mixed_runner=self.mixed_runner)
 
     def memory(self) -> dict:
         """Sizes of what the harness holds, beside the simulator's budget (bytes)."""
@@ -116,7 +127,7 @@ class HarnessResult:
     checks: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
     truncated: bool = False
-    static: np.ndarray | None = None  # bool per iteration: decode-only through the static/graph path
+    static: np.ndarray | None = None  # per iteration: 0 eager, 1 decode-only graph, 2 graph with prefill tokens
     issue_s: np.ndarray | None = None  # host time from an iteration's start event to its last launch (CUDA)
 
 
@@ -202,10 +213,11 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
                                content=content_of(trace, i)))
 
     iteration = 0
-    static_iters = 0
-    static_flags: list[bool] = []
-    graphs_before = len(run.decode_runner.graphs) if run.decode_runner is not None else 0
-    capture_before = run.decode_runner.capture_s_total if run.decode_runner is not None else 0.0
+    static_iters = mixed_iters = 0
+    static_flags: list[int] = []
+    runners = [r for r in (run.decode_runner, run.mixed_runner) if r is not None]
+    graphs_before = sum(len(r.graphs) for r in runners)
+    capture_before = sum(r.capture_s_total for r in runners)
     gc.collect()
     gc.disable()  # no collector pauses inside measured iterations; re-enabled after the loop
     try:
@@ -239,7 +251,8 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
             end = clock()
             host_s.append(time.perf_counter() - e0 - result.capture_s)
             static_iters += result.static
-            static_flags.append(result.static)
+            mixed_iters += result.mixed_static
+            static_flags.append(1 if result.static else 2 if result.mixed_static else 0)
             if do_check:
                 c0 = time.perf_counter()
                 checks.merge(executor.check(result.capture))
@@ -273,11 +286,13 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
             "truncated": truncated, "excluded_measurement_s": excluded,
             "gpu_s_total": float(np.nansum(gpu_s)), "execute_s_total": float(np.sum(host_s)),
             "cuda_graphs": bool(run.decode_runner is not None and run.decode_runner.use_graphs),
-            "static_decode_iterations": int(static_iters), "iterations": int(iteration),
-            "graphs_captured": (len(run.decode_runner.graphs) - graphs_before) if run.decode_runner else 0,
-            "graph_capture_s": (run.decode_runner.capture_s_total - capture_before) if run.decode_runner else 0.0,
+            "prefill_graphs": bool(run.mixed_runner is not None and run.mixed_runner.use_graphs),
+            "static_decode_iterations": int(static_iters), "static_prefill_iterations": int(mixed_iters),
+            "iterations": int(iteration),
+            "graphs_captured": sum(len(r.graphs) for r in runners) - graphs_before,
+            "graph_capture_s": sum(r.capture_s_total for r in runners) - capture_before,
         },
     }
     return HarnessResult(summary, arrays, req, budget, np.asarray(gpu_s), np.asarray(host_s),
-                         checks.as_dict(DTYPES[h.dtype]), memory, truncated, np.asarray(static_flags, dtype=bool),
+                         checks.as_dict(DTYPES[h.dtype]), memory, truncated, np.asarray(static_flags, dtype=np.int8),
                          np.asarray(issue_s))

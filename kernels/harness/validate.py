@@ -224,7 +224,7 @@ def write_record(out_dir: str, rec: dict, meas, pred) -> None:
     atomic_write(os.path.join(out_dir, "measured_requests.csv"), requests_csv(meas.requests, None))
     # Where an iteration's time went (diagnosis): wall time of execute() alone, its CUDA-event time, and the host time
     # from the start event to the last launch (`issue_s`: near gpu_s when the host bounds the iteration), per
-    # iteration in the order of measured_steps.csv; `static` marks decode-only iterations replayed from a CUDA graph.
+    # iteration in the order of measured_steps.csv; `static`: 0 eager, 1 decode-only graph, 2 graph with prefill tokens.
     k = len(meas.host_s)
     static = meas.static if getattr(meas, "static", None) is not None and len(meas.static) == k \
         else np.zeros(k, dtype=bool)
