@@ -18,7 +18,9 @@ Order of one iteration:
 
 Decode-only iterations go through `decode_graphs.DecodeRunner` when the executor has one: the same steps on static
 buffers padded to a batch bucket, replayed as one CUDA graph (steps 3 and 5; the copies of step 2 are issued on the
-same stream just before the replay). Iterations with prefill tokens stay eager.
+same stream just before the replay). Iterations with prefill tokens go through `mixed_graphs.MixedRunner` the same
+way (decode rows, prefill tokens and prefill sequences each padded to a bucket; the copies of step 4 are issued just
+after the replay). Without runners (`--no-cuda-graphs`), or for a batch no bucket fits, the iteration runs eagerly.
 
 CUDA events bracket steps 1-5 on the device (`gpu_s`); the caller measures wall time around `execute`, less
 `ExecResult.capture_s` (the first use of a graph bucket captures it, which a serving engine does at start-up).
