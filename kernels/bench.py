@@ -365,11 +365,12 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
     scale = HEAD ** -0.5
     q, kc, vc, bt, bt_in, sl = c["q"], c["k_cache"], c["v_cache"], c["bt"], c["bt_in"], c["sl"]
     max_len = c["max_len"]
-    splits, part = pa._choose_partition(batch, hkv, max_len, pa._decode_config(HEAD, hq // hkv, DTYPE, BLOCK)["block_n"],
-                                        pa._num_sms(q.device), None)
+    dcfg = pa._decode_config(HEAD, hq // hkv, DTYPE, BLOCK, batch * hkv, pa._num_sms(q.device))
+    rec["default_config"] = {k: dcfg[k] for k in ("block_n", "num_stages", "fuse_always")}
+    splits, part = pa._choose_partition(batch, hkv, max_len, dcfg["block_n"], pa._num_sms(q.device), None)
     rec["auto_splits"], rec["auto_partition"] = splits, part
-    hint_splits, hint_part = pa._choose_partition(batch, hkv, max_len, pa._decode_config(HEAD, hq // hkv, DTYPE,
-                                                  BLOCK)["block_n"], pa._num_sms(q.device), None, min(lens))
+    hint_splits, hint_part = pa._choose_partition(batch, hkv, max_len, dcfg["block_n"], pa._num_sms(q.device), None,
+                                                  min(lens))
     rec["hint_splits"], rec["hint_partition"] = hint_splits, hint_part
     out = torch.empty_like(q)
 
@@ -384,7 +385,7 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
     if splits > 1:  # A/B in the same process: the split-KV reduce fused (forced) and in a second launch (forced)
         times["ours_two_kernel"] = _bench_graph(ours(fused_reduce=False))
         times["ours_fused"] = _bench_graph(ours(fused_reduce=True))
-    rec["default_fused"] = splits > 1 and pa._auto_fused(batch, hkv, splits, q.device)
+    rec["default_fused"] = splits > 1 and (dcfg["fuse_always"] or pa._auto_fused(batch, hkv, splits, q.device))
     if (hint_splits, hint_part) != (splits, part):  # the host hint min_seq_len changes the split choice
         times["ours_hint"] = _bench_graph(ours(min_seq_len=min(lens)))
     eager["ours_scattered"] = _bench(ours())
@@ -765,7 +766,8 @@ def write_markdown(result, path):
     var = [r for r in result["decode"] if "ms" in r and ("ours_two_kernel" in r["ms"] or "ours_hint" in r["ms"])]
     if var:
         L.append("\n### Decode variants, same process (graph-replay medians)\n")
-        L.append("- default = `fused_reduce=None` (fused only when the grid is one wave of resident programs); fused = "
+        L.append("- default = `fused_reduce=None` (fused when the grid is one wave of resident programs, and on every "
+                 "split grid of the small-grid config: fewer (sequence, KV head) pairs than SMs); fused = "
                  "`fused_reduce=True` (the last program of each (sequence, KV head) combines the partials); "
                  "two-kernel = the old path with a second reduce launch (`fused_reduce=False`); "
                  "hint = default plus `min_seq_len=min(lengths)` (lifts the 2,048-token partition cap for "

@@ -32,6 +32,18 @@ PROGRAM_OVERHEAD_TOKENS = 128  # fixed cost of a program (start, q load, partial
 MIN_PARTITION = 256
 MAX_PARTITION = 2048
 
+# Alternatives measured on the H100 in round 3 and rejected (kept for kernels/tune_perf3.py; see
+# reports/kernels/README.md):
+# * SPLIT_MODEL "per_sm": count programs per SM instead of waves when the (sequence, KV head) pairs
+#   are fewer than the SMs (slower on every batch-1 case with the default tiles);
+# * FUSED_DEFAULT "always": the fused reduce on every split grid (slower on the large grids);
+# * FUSED_MAXNREG 128: cap the fused kernel at 128 registers per thread (its combine code takes it
+#   from 128 to 138, so 3 programs are resident per SM instead of 4; the cap fixed that, 0.235 ->
+#   0.200 ms on gqa b16 x 8,192, but the cap's spills cost 0.6-1.6% on the large grids).
+SPLIT_MODEL = "waves"
+FUSED_DEFAULT = "one_wave"
+FUSED_MAXNREG = None
+
 # Uniform-length hint (``min_seq_len``): when every sequence is at least this fraction of the longest,
 # the MAX_PARTITION cap (which exists to balance mixed lengths) is lifted.
 UNIFORM_FRACTION = 0.9
@@ -101,7 +113,7 @@ def _decode_kernel(
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGED: tl.constexpr, SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
     DOT_PREC: tl.constexpr, HEAD_MAJOR: tl.constexpr, EVICT: tl.constexpr,
-    FUSED: tl.constexpr, GROUP_R: tl.constexpr, CHUNK: tl.constexpr,
+    FUSED: tl.constexpr, GROUP_R: tl.constexpr, CHUNK: tl.constexpr, REV_PARTS: tl.constexpr,
 ):
     if HEAD_MAJOR:  # consecutive programs read the same blocks (all KV heads of one token range)
         kvh = tl.program_id(0)
@@ -109,7 +121,10 @@ def _decode_kernel(
     else:
         seq = tl.program_id(0)
         kvh = tl.program_id(1)
-    part = tl.program_id(2)
+    if REV_PARTS:  # the last partitions (only long sequences of a mixed batch have them) start first
+        part = tl.num_programs(2) - 1 - tl.program_id(2)
+    else:
+        part = tl.program_id(2)
     seq64 = seq.to(tl.int64)
 
     seq_len = tl.load(lens_ptr + seq)
@@ -346,6 +361,9 @@ def _choose_partition(num_seqs: int, num_kv_heads: int, max_len: int, block_n: i
     # balance, and there is nothing to balance (with fewer programs than slots the cap still helps:
     # gqa b16 x 8,192 took 0.1986 ms with 4 splits, 0.2040 ms with 2)
     uniform = min_len is not None and int(min_len) >= UNIFORM_FRACTION * max_len and units >= slots
+    # fewer (sequence, KV head) pairs than SMs: count programs per SM, so that every SM gets the same
+    # number (on the H100, gqa b1 x 8,192: 16 splits = 128 programs took 0.0261 ms, 32 splits 0.0273)
+    per_sm = SPLIT_MODEL == "per_sm" and units < num_sms
     s_min = -(-max_len // MAX_PARTITION) if max_len > MAX_PARTITION and not uniform else 1
     s_max = max(s_min, -(-max_len // MIN_PARTITION))
     best = None
@@ -354,8 +372,12 @@ def _choose_partition(num_seqs: int, num_kv_heads: int, max_len: int, block_n: i
         if s_eff != s:
             continue
         progs = units * s
-        waves = -(-progs // slots)
-        key = (waves * (part + PROGRAM_OVERHEAD_TOKENS), abs(progs - 2 * slots), s)
+        if per_sm:
+            waves = -(-progs // num_sms)
+            key = (waves * (part + PROGRAM_OVERHEAD_TOKENS), abs(progs - 2 * num_sms), s)
+        else:
+            waves = -(-progs // slots)
+            key = (waves * (part + PROGRAM_OVERHEAD_TOKENS), abs(progs - 2 * slots), s)
         if best is None or key < best[0]:
             best = (key, s, part)
     if best is None:
@@ -364,20 +386,36 @@ def _choose_partition(num_seqs: int, num_kv_heads: int, max_len: int, block_n: i
 
 
 def _auto_fused(num_seqs: int, num_kv_heads: int, splits: int, device: torch.device) -> bool:
-    """The default of ``fused_reduce``: True when all ``num_seqs x num_kv_heads x splits`` programs
-    are resident at once (one wave; see ``_decode_launch``)."""
+    """The default of ``fused_reduce`` (with ``FUSED_DEFAULT == "one_wave"``: True only when all
+    ``num_seqs x num_kv_heads x splits`` programs are resident at once; see ``_decode_launch``)."""
+    if FUSED_DEFAULT == "always":
+        return splits > 1
     return num_seqs * num_kv_heads * splits <= RESIDENT_PROGRAMS_PER_SM * _num_sms(device)
 
 
-def _decode_config(head_pad: int, group: int, dtype: torch.dtype, block_size: int) -> dict:
+def _decode_config(head_pad: int, group: int, dtype: torch.dtype, block_size: int, units: int | None = None,
+                   num_sms: int = 132) -> dict:
+    """Default decode config; ``units`` is the number of (sequence, KV head) pairs."""
     block_n = 64 if head_pad <= 128 else 32
     if _interpreting():
         block_n = 32
     # From the H100 sweeps (reports/kernels/bench_run1.md, bench_run2.md): tensor-core dots
     # (q rows padded to 16) beat the CUDA-core path even for MHA (1.5x at batch 64 x 2,048);
-    # launching the KV heads of one token range next to each other gains 0.5-1.3%; three
-    # pipeline stages gain ~0.3%.
-    return dict(block_n=block_n, num_warps=4, num_stages=3, use_dot=True, head_major=True, evict="")
+    # launching the KV heads of one token range next to each other gains 0.5-1.3%.
+    # num_stages=3 gives the K/V loads a single shared-memory buffer (the block-table load takes a
+    # pipeline stage): each program waits for every tile. That is enough when several programs
+    # share an SM, i.e. on large grids.
+    cfg = dict(block_n=block_n, num_warps=4, num_stages=3, use_dot=True, head_major=True, evict="",
+               fuse_always=False)
+    if units is not None and units < num_sms and head_pad <= 128 and not _interpreting():
+        # Small grids (fewer (sequence, KV head) pairs than SMs: batch 1, GQA batch 16): few programs
+        # per SM, so each must keep loads in flight. 32-token tiles with 5 stages get two K/V buffers
+        # (a tile in flight while one is used) in 38 KB of shared memory and ~100 registers; on the
+        # H100 (round 3): mha b1 x 8,192 0.0637 vs 0.0653 ms, gqa b1 x 8,192 0.0258 vs 0.0268 ms,
+        # gqa b1 x 2,048 0.0164 vs 0.0177 ms. The fused kernel of this shape has fewer registers
+        # than the unfused one (96 vs 106), so it is fused on every split grid.
+        cfg.update(block_n=32, num_stages=5, fuse_always=True)
+    return cfg
 
 
 def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: bool, block_size: int,
@@ -393,7 +431,7 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         q = q.contiguous()
     group = num_q_heads // num_kv_heads
     head_pad = max(16, triton.next_power_of_2(head))
-    cfg = _decode_config(head_pad, group, q.dtype, block_size)
+    cfg = _decode_config(head_pad, group, q.dtype, block_size, num_seqs * num_kv_heads, _num_sms(q.device))
     if config:
         cfg.update(config)
     use_dot = bool(cfg["use_dot"])
@@ -441,7 +479,7 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         # launch after the wave is pure overhead, and fusing was faster on every such H100 case
         # (e.g. gqa b1 x 8,192: 0.0268 vs 0.0277 ms). On multi-wave grids of equal partitions it was
         # slower, unexplained (gqa b16 x 8,192, 4 splits: 0.234 vs 0.199 ms; reports/kernels/README.md).
-        fused_reduce = _auto_fused(num_seqs, num_kv_heads, splits, q.device)
+        fused_reduce = bool(cfg["fuse_always"]) or _auto_fused(num_seqs, num_kv_heads, splits, q.device)
     fused = splits > 1 and bool(fused_reduce)
     cnt = None
     if fused:
@@ -452,6 +490,11 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
     group_r = triton.next_power_of_2(group)
     # partitions combined per step: about 32 (q head, partition) rows of HEAD floats at once
     chunk = max(1, min(triton.next_power_of_2(splits), 32 // group_r))
+
+    launch_opts = {}
+    maxnreg = cfg.get("maxnreg", FUSED_MAXNREG if fused else None)
+    if maxnreg and not _interpreting():
+        launch_opts["maxnreg"] = int(maxnreg)
 
     head_major = bool(cfg["head_major"])
     grid = (num_kv_heads, num_seqs, splits) if head_major else (num_seqs, num_kv_heads, splits)
@@ -469,8 +512,8 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         BLOCK_SIZE=block_size, BLOCK_N=block_n,
         PAGED=paged, SPLIT=splits > 1, USE_DOT=use_dot, DOT_PREC=_dot_precision(q.dtype),
         HEAD_MAJOR=head_major, EVICT=str(cfg["evict"]),
-        FUSED=fused, GROUP_R=group_r, CHUNK=chunk,
-        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]),
+        FUSED=fused, GROUP_R=group_r, CHUNK=chunk, REV_PARTS=bool(cfg.get("reverse_parts", False)),
+        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **launch_opts,
     )
     if splits > 1 and not fused:
         chunk = min(16, triton.next_power_of_2(splits))
@@ -559,6 +602,33 @@ def contiguous_decode_attention(q, k_pool, v_pool, seq_starts, seq_lens, scale, 
 
 
 @triton.jit
+def _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, visible,
+                 MASKED: tl.constexpr, POS_SCALE: tl.constexpr, DOT_PREC: tl.constexpr):
+    """One online-softmax step of a prefill tile: ``q [M, D]`` against ``k, v [N, D]``.
+
+    ``m_i`` is the running row maximum in log2 units (scaled), ``l_i`` the running sum and ``acc``
+    the unnormalised output. ``visible [M, N]`` masks keys when ``MASKED``. With ``POS_SCALE``
+    (scale > 0, the usual case) the row maximum is taken on the unscaled scores and the scale is
+    folded into one multiply-add per score, ``exp2(s * scale_log2 - m)``, instead of a multiply
+    and a subtract.
+    """
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+    if MASKED:
+        s = tl.where(visible, s, float("-inf"))
+    if POS_SCALE:
+        m_new = tl.maximum(m_i, tl.max(s, axis=1) * scale_log2)
+        p = tl.exp2(s * scale_log2 - m_new[:, None])
+    else:
+        s = s * scale_log2
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PREC)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, cu_q_ptr, ctx_ptr, out_ptr,
     scale_log2,
@@ -569,7 +639,7 @@ def _prefill_kernel(
     stride_ot, stride_oh,
     GROUP: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    DOT_PREC: tl.constexpr, POS_SCALE: tl.constexpr,
 ):
     mt = tl.program_id(0)
     qh = tl.program_id(1)
@@ -615,13 +685,8 @@ def _prefill_kernel(
                     mask=d_mask[None, :], other=0.0)
         v = tl.load(v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :],
                     mask=d_mask[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-        m_i = m_new
+        m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, None,
+                                     MASKED=False, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC)
 
     # the diagonal: causal and length masks
     diag_end = tl.minimum(seq_len, ctx + m0 + BLOCK_M)
@@ -635,15 +700,9 @@ def _prefill_kernel(
                     mask=kv_mask, other=0.0)
         v = tl.load(v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :],
                     mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2
         visible = (offs[None, :] <= q_pos[:, None]) & n_mask[None, :]
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-        m_i = m_new
+        m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, visible,
+                                     MASKED=True, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC)
 
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(out_ptr + rows[:, None] * stride_ot + qh * stride_oh + offs_d[None, :],
@@ -664,7 +723,7 @@ def _prefill_newkv_kernel(
     GROUP: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_PREC: tl.constexpr, HAS_CTX: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
-    REVERSE_M: tl.constexpr,
+    REVERSE_M: tl.constexpr, POS_SCALE: tl.constexpr,
 ):
     """Prefill whose new tokens' K/V come from contiguous ``[T, Hkv, D]`` tensors (rows aligned with q).
 
@@ -721,13 +780,8 @@ def _prefill_newkv_kernel(
                         mask=d_mask[None, :], other=0.0)
             v = tl.load(v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :],
                         mask=d_mask[None, :], other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PREC)
-            m_i = m_new
+            m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, None,
+                                         MASKED=False, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC)
         for n0 in range(full_end, ctx, BLOCK_N):  # the last, partial context tile
             offs = n0 + offs_n
             n_mask = offs < ctx
@@ -738,14 +792,8 @@ def _prefill_newkv_kernel(
                         mask=kv_mask, other=0.0)
             v = tl.load(v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :],
                         mask=kv_mask, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2
-            s = tl.where(n_mask[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PREC)
-            m_i = m_new
+            m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, n_mask[None, :],
+                                         MASKED=True, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC)
 
     kn_base = kn_ptr + (q_start.to(tl.int64) * stride_knt + kvh.to(tl.int64) * stride_knh)
     vn_base = vn_ptr + (q_start.to(tl.int64) * stride_vnt + kvh.to(tl.int64) * stride_vnh)
@@ -758,13 +806,8 @@ def _prefill_newkv_kernel(
             offs = (n0 + offs_n).to(tl.int64)
             k = tl.load(kn_base + offs[:, None] * stride_knt + offs_d[None, :], mask=d_mask[None, :], other=0.0)
             v = tl.load(vn_base + offs[:, None] * stride_vnt + offs_d[None, :], mask=d_mask[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PREC)
-        m_i = m_new
+        m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, None,
+                                     MASKED=False, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC)
     # the diagonal tile: causal (and, for the pointer loads, length) masks
     diag_end = tl.minimum(q_len, m0 + BLOCK_M)
     for n0 in range(m0, diag_end, BLOCK_N):
@@ -779,15 +822,9 @@ def _prefill_newkv_kernel(
                         other=0.0)
             v = tl.load(vn_base + offs.to(tl.int64)[:, None] * stride_vnt + offs_d[None, :], mask=kv_mask,
                         other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2
         visible = (offs[None, :] <= offs_m[:, None]) & n_mask[None, :]
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PREC)
-        m_i = m_new
+        m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, visible,
+                                     MASKED=True, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC)
 
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(out_ptr + rows[:, None] * stride_ot + qh * stride_oh + offs_d[None, :],
@@ -903,7 +940,7 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
         out.stride(0), out.stride(1),
         GROUP=num_q_heads // num_kv_heads, HEAD=head, HEAD_PAD=head_pad,
         BLOCK_SIZE=k_cache.shape[1], BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
-        DOT_PREC=_dot_precision(q.dtype),
+        DOT_PREC=_dot_precision(q.dtype), POS_SCALE=float(scale) > 0 and bool(cfg.get("fold_scale", True)),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
@@ -944,6 +981,7 @@ def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, conte
         BLOCK_SIZE=k_cache.shape[1], BLOCK_M=block_m, BLOCK_N=block_n,
         DOT_PREC=_dot_precision(q.dtype), HAS_CTX=max_context_len is None or int(max_context_len) > 0,
         USE_TMA=use_tma, WARP_SPEC=bool(cfg["warp_specialize"]), REVERSE_M=bool(cfg["reverse_m"]),
+        POS_SCALE=float(scale) > 0 and bool(cfg.get("fold_scale", True)),
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]),
     )
 

@@ -365,3 +365,15 @@ def test_fused_auto_rule():
     assert pa._auto_fused(1, 8, 32, torch.device("cpu"))  # 256 programs
     assert not pa._auto_fused(16, 8, 4, torch.device("cpu"))  # 512 programs
     assert pa._auto_fused(1, 1, slots, torch.device("cpu")) and not pa._auto_fused(1, 1, slots + 1, torch.device("cpu"))
+
+
+def test_small_grid_config(monkeypatch):
+    # fewer (sequence, KV head) pairs than SMs: 32-token tiles, 5 stages, fused reduce on every split grid;
+    # otherwise the large-grid defaults (64-token tiles, 3 stages, fused only on one-wave grids)
+    monkeypatch.setattr(pa, "_interpreting", lambda: False)
+    small = pa._decode_config(128, 4, torch.bfloat16, 16, units=8, num_sms=132)
+    assert (small["block_n"], small["num_stages"], small["fuse_always"]) == (32, 5, True)
+    large = pa._decode_config(128, 1, torch.bfloat16, 16, units=512, num_sms=132)
+    assert (large["block_n"], large["num_stages"], large["fuse_always"]) == (64, 3, False)
+    assert pa._decode_config(128, 4, torch.bfloat16, 16, units=132, num_sms=132)["block_n"] == 64
+    assert pa._decode_config(256, 4, torch.bfloat16, 16, units=8, num_sms=132)["num_stages"] == 3  # head 256: unchanged

@@ -1,0 +1,303 @@
+"""A/B sweeps for the third tuning round (issue #6's missed targets), one process, same data.
+
+    python -m kernels.tune_perf3 --out DIR [--part decode,prefill,read] [--budget-s 400]
+
+Times are medians of ``triton.testing.do_bench`` over CUDA-graph replays, as in ``kernels.bench``
+(L2 cleared before each replay). Every variant's output is checked against the default's (NaN-poisoned
+first). Writes ``DIR/tune.json``; prints one line per measurement. Not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+import traceback
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import bench as B
+from kernels import paged_attention as pa
+
+REP = 40
+
+
+def t_graph(fn, rep=REP):
+    return B._bench(B._graph(fn), rep=rep)
+
+
+@triton.jit
+def _read_kernel(x_ptr, out_ptr, n_per_prog, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    base = x_ptr + pid.to(tl.int64) * n_per_prog
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in tl.range(0, n_per_prog, BLOCK, num_stages=4):
+        acc += tl.load(base + i + tl.arange(0, BLOCK)).to(tl.float32)
+    tl.store(out_ptr + pid, tl.sum(acc))
+
+
+def read_diag(res, ceil):
+    """A streaming read of the same byte counts as the decode cases, timed the same way: what fraction
+    of the copy ceiling a plain contiguous read reaches at that size under this timing method."""
+    out = []
+    for gb in (0.0336, 0.134, 0.32, 0.537, 1.05, 2.15):
+        progs = 132 * 4
+        block = 4096
+        n = int(gb * 1e9 / 2) // (progs * block) * (progs * block)
+        x = torch.randn(n, dtype=torch.bfloat16, device="cuda")
+        o = torch.empty(progs, dtype=torch.float32, device="cuda")
+        fn = lambda: _read_kernel[(progs,)](x, o, n // progs, BLOCK=block, num_warps=8)  # noqa: E731
+        t = t_graph(fn, rep=100)
+        ok = abs(o.double().sum().item() - x.double().sum().item()) < 1e-2 * math.sqrt(n)
+        r = {"gb": 2 * n / 1e9, "ms": t, "tb_s": 2 * n / t / 1e9, "frac_of_copy": 2 * n / t / 1e9 / ceil, "sum_ok": ok}
+        print(f"read {r['gb']:.4f} GB {t:.4f} ms {r['tb_s']:.3f} TB/s {100 * r['frac_of_copy']:.1f}% of copy ok={ok}",
+              flush=True)
+        out.append(r)
+        del x, o
+    res["read_diag"] = out
+
+
+def decode_cases():
+    """(name, batch, hq, hkv, lens, sweep): the whole decode grid of kernels.bench, b1 cases swept."""
+    cases = []
+    for hq, hkv in ((32, 32), (32, 8)):
+        lay = "mha" if hq == hkv else "gqa"
+        for b in (1, 16, 64, 256):
+            for L in (512, 2048, 8192):
+                if b * L * hkv * 512 > 20e9:
+                    continue
+                cases.append((f"{lay} b{b} ctx{L}", b, hq, hkv, [L] * b, b == 1 and L == 8192))
+        for b in (16, 64, 256):
+            cases.append((f"mixed {lay} b{b}", b, hq, hkv, None, False))
+    return cases
+
+
+def mixed_lens(b):
+    rng = random.Random(1000 + b)
+    return [rng.randint(1, 8192) for _ in range(b)]
+
+
+OLD = dict(SPLIT_MODEL="waves", FUSED_DEFAULT="one_wave", FUSED_MAXNREG=None)
+NEW = dict(SPLIT_MODEL="per_sm", FUSED_DEFAULT="always", FUSED_MAXNREG=128)
+
+
+def decode_variants(sweep_splits, max_len, batch):
+    # (label, module knobs, kwargs)
+    v = [("new", NEW, {}), ("old", OLD, {}),
+         ("new_waves", dict(NEW, SPLIT_MODEL="waves"), {}),
+         ("new_twok", NEW, {"fused_reduce": False})]
+    if batch <= 16 or sweep_splits:
+        v.append(("new_bn32_s5", NEW, {"config": dict(block_n=32, num_stages=5)}))
+        v.append(("new_bn32_s3", NEW, {"config": dict(block_n=32, num_stages=3)}))
+        v.append(("new_fused_nocap", dict(NEW, FUSED_MAXNREG=None), {}))
+    if sweep_splits:
+        for sp in (4, 6, 8, 12, 16, 24, 32):
+            for tag, cfg in (("bn64s3", {}), ("bn32s5", dict(block_n=32, num_stages=5)),
+                             ("bn32s3", dict(block_n=32, num_stages=3))):
+                v.append((f"sp{sp}_{tag}", NEW, {"config": cfg, "num_splits": sp}))
+    return v
+
+
+def run_decode(res, ceil, budget):
+    from torch.nn.attention import SDPBackend
+    out_all = []
+    for name, b, hq, hkv, lens, sw in decode_cases():
+        if budget.left() < 30:
+            print("budget: stop decode", flush=True)
+            break
+        t0 = time.time()
+        lens = lens or mixed_lens(b)
+        kv_bytes = B.decode_bytes(lens, hkv)
+        lmax = math.ceil(max(lens) / B.BLOCK) * B.BLOCK
+        need_contig = b * lmax * hkv * B.HEAD * 4 <= 12e9
+        c = B.build_decode_case(b, hq, hkv, lens, need_contig=need_contig)
+        q, kc, vc, bt, sl, max_len = c["q"], c["k_cache"], c["v_cache"], c["bt"], c["sl"], c["max_len"]
+        scale = B.HEAD ** -0.5
+        rec = {"case": name, "kv_gb": kv_bytes / 1e9, "ms": {}, "diff": {}, "splits": {}}
+        if need_contig:
+            q4 = q.view(b, hq, 1, B.HEAD)
+            f = lambda: B._run_sdpa(SDPBackend.CUDNN_ATTENTION, q4, c["k_contig"], c["v_contig"], c.get("mask"),  # noqa
+                                    gqa=hq != hkv)
+            try:
+                rec["ms"]["sdpa_cudnn"] = t_graph(f)
+            except Exception as e:  # noqa: BLE001
+                rec["sdpa_error"] = str(e)[:200]
+            del c["k_contig"], c["v_contig"]
+        out = torch.empty_like(q)
+        ref = None
+        variants = decode_variants(sw, max_len, b)
+        for label, knobs, kw in variants + [("new_repeat", NEW, {}), ("old_repeat", OLD, {})]:
+            if budget.left() < 20:
+                break
+            for k_, v_ in knobs.items():
+                setattr(pa, k_, v_)
+            cfg = kw.get("config", {})
+            rec["splits"][label] = pa._choose_partition(b, hkv, max_len, cfg.get("block_n", 64), pa._num_sms(q.device),
+                                                        kw.get("num_splits"))[0]
+            fn = lambda kw=kw: pa.paged_decode_attention(q, kc, vc, bt, sl, scale, max_seq_len=max_len, out=out, **kw)  # noqa
+            try:
+                out.fill_(float("nan"))
+                o = fn().float().clone()
+                if ref is None:
+                    ref = o
+                rec["diff"][label] = float("nan") if torch.isnan(o).any() else (o - ref).abs().max().item()
+                rec["ms"][label] = t_graph(fn)
+            except Exception as e:  # noqa: BLE001
+                rec["ms"][label] = f"error: {type(e).__name__}: {str(e)[:160]}"
+        for k_, v_ in NEW.items():
+            setattr(pa, k_, v_)
+        sd = rec["ms"].get("sdpa_cudnn")
+        line = [f"{name} {kv_bytes / 1e9:.3f} GB [{time.time() - t0:.0f}s] cudnn {sd}"]
+        for k, t in rec["ms"].items():
+            if isinstance(t, float):
+                extra = f" x{sd / t:.3f}" if sd else ""
+                line.append(f"  {k:18s} sp={rec['splits'].get(k, '-')!s:3s} {t:.4f} ms "
+                            f"{100 * kv_bytes / t / 1e9 / ceil:.1f}%{extra} d={rec['diff'].get(k, 0):.2g}")
+            else:
+                line.append(f"  {k:18s} {t}")
+        print("\n".join(line), flush=True)
+        out_all.append(rec)
+        res["decode"] = out_all
+        del c, q, kc, vc, bt, out
+        torch.cuda.empty_cache()
+
+
+PREFILL_CFGS = [
+    # block_m, block_n, warps, stages, tma, fold
+    (64, 64, 4, 3, True, False),
+    (64, 64, 4, 3, True, True),
+    (64, 32, 4, 4, True, True),
+    (64, 32, 4, 5, True, True),
+    (128, 128, 8, 3, True, True),
+]
+
+
+def run_prefill(res, budget):
+    from torch.nn.attention import SDPBackend
+    out_all = []
+    for name, batch, hq, hkv, ctx, new, sweep in [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, True)]:
+        torch.manual_seed(1)
+        total_len = ctx + new
+        nblk = math.ceil(total_len / B.BLOCK)
+        nb = batch * nblk
+        k_cache = torch.randn((nb, B.BLOCK, hkv, B.HEAD), dtype=B.DTYPE, device="cuda")
+        v_cache = torch.randn_like(k_cache)
+        bt = torch.randperm(nb, device="cuda").to(torch.int32).view(batch, nblk)
+        q = torch.randn((batch * new, hq, B.HEAD), dtype=B.DTYPE, device="cuda")
+        cu = torch.arange(0, batch + 1, dtype=torch.int32, device="cuda") * new
+        ctx_t = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
+        scale = B.HEAD ** -0.5
+        out = torch.empty_like(q)
+        kc = k_cache[bt.long()].view(batch, nblk * B.BLOCK, hkv, B.HEAD)[:, :total_len].transpose(1, 2).contiguous()
+        vc = v_cache[bt.long()].view(batch, nblk * B.BLOCK, hkv, B.HEAD)[:, :total_len].transpose(1, 2).contiguous()
+        kn = kc[:, :, ctx:].transpose(1, 2).reshape(batch * new, hkv, B.HEAD).contiguous()
+        vn = vc[:, :, ctx:].transpose(1, 2).reshape(batch * new, hkv, B.HEAD).contiguous()
+        keys_seen = batch * (new * ctx + new * (new + 1) // 2)
+        flops = 4 * B.HEAD * hq * keys_seen
+        q4 = q.view(batch, new, hq, B.HEAD).transpose(1, 2).contiguous()
+        if ctx == 0:
+            mask, causal = None, True
+        else:
+            from torch.nn.attention.bias import causal_lower_right
+            mask, causal = causal_lower_right(new, total_len), False
+        rec = {"case": name, "flops": flops, "ms": {}, "diff": {}}
+        ref = B._run_sdpa(SDPBackend.CUDNN_ATTENTION, q4, kc, vc, mask, is_causal=causal).float()
+        rec["ms"]["sdpa_cudnn"] = t_graph(lambda: B._run_sdpa(SDPBackend.CUDNN_ATTENTION, q4, kc, vc, mask,
+                                                              is_causal=causal))
+        rec["ms"]["sdpa_flash"] = t_graph(lambda: B._run_sdpa(SDPBackend.FLASH_ATTENTION, q4, kc, vc, mask,
+                                                              is_causal=causal))
+
+        variants = [("paged_default", {}), ("paged_nofold", {"config": {"fold_scale": False}}),
+                    ("newkv_default", {"nk": True})]
+        if sweep:
+            for bm, bn, nw, ns, tma, fold in PREFILL_CFGS:
+                variants.append((f"newkv_m{bm}_n{bn}_w{nw}_s{ns}{'_tma' if tma else '_ptr'}{'_fold' if fold else ''}",
+                                 {"nk": True, "config": dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns,
+                                                             tma=tma, fold_scale=fold)}))
+        else:
+            variants.append(("newkv_nofold", {"nk": True, "config": {"fold_scale": False}}))
+        for label, kw in variants:
+            if budget.left() < 20:
+                break
+            kw = dict(kw)
+            nk = kw.pop("nk", False)
+            extra = dict(new_key=kn, new_value=vn, max_context_len=ctx) if nk else {}
+            fn = lambda kw=kw, extra=extra: pa.paged_prefill_attention(q, k_cache, v_cache, bt, cu, ctx_t, scale,  # noqa
+                                                                       max_query_len=new, out=out, **kw, **extra)
+            try:
+                out.fill_(float("nan"))
+                o = fn().float().view(batch, new, hq, B.HEAD).transpose(1, 2)
+                rec["diff"][label] = float("nan") if torch.isnan(o).any() else (o - ref).abs().max().item()
+                rec["ms"][label] = t_graph(fn)
+            except Exception as e:  # noqa: BLE001
+                rec["ms"][label] = f"error: {type(e).__name__}: {str(e).strip()[:200]}"
+        sd = rec["ms"]["sdpa_cudnn"]
+        lines = [name]
+        for k, t in rec["ms"].items():
+            if isinstance(t, float):
+                lines.append(f"  {k:36s} {t:.4f} ms {flops / t / 1e9:.1f} TFLOP/s x{sd / t:.3f} d={rec['diff'].get(k, 0):.3g}")
+            else:
+                lines.append(f"  {k:36s} {t}")
+        print("\n".join(lines), flush=True)
+        out_all.append(rec)
+        res["prefill"] = out_all
+        del k_cache, v_cache, kc, vc, kn, vn, q4, out, q
+        torch.cuda.empty_cache()
+
+
+def kernel_info(res):
+    info = []
+    for fn in (pa._decode_kernel, pa._prefill_newkv_kernel, pa._prefill_kernel):
+        try:
+            for dev, caches in fn.device_caches.items():
+                for key, k in caches[0].items():
+                    md = k.metadata
+                    info.append({"fn": fn.__name__, "num_warps": md.num_warps, "num_stages": md.num_stages,
+                                 "shared": md.shared, "n_regs": getattr(k, "n_regs", None),
+                                 "n_spills": getattr(k, "n_spills", None), "key": str(key)[:600]})
+        except Exception as e:  # noqa: BLE001
+            info.append({"fn": fn.__name__, "error": str(e)[:200]})
+    res["kernels"] = info
+    for i in info:
+        print(i.get("fn"), i.get("num_warps"), i.get("num_stages"), i.get("shared"), i.get("n_regs"), i.get("n_spills"),
+              str(i.get("key", i.get("error")))[:300])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--part", default="read,decode,prefill")
+    ap.add_argument("--budget-s", type=float, default=400)
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    budget = B.Budget(a.budget_s)
+    res = {"env": B.env_info([])}
+    res["copy_ceiling"] = B.copy_ceiling()
+    ceil = res["copy_ceiling"]["tb_s"]
+    print(f"copy ceiling {ceil:.3f} TB/s", flush=True)
+    parts = a.part.split(",")
+
+    def save():
+        with open(os.path.join(a.out, "tune.json"), "w") as fh:
+            json.dump(res, fh, indent=1)
+
+    for part, f in (("read", lambda: read_diag(res, ceil)), ("prefill", lambda: run_prefill(res, budget)),
+                    ("decode", lambda: run_decode(res, ceil, budget))):
+        if part in parts:
+            try:
+                f()
+            except Exception:  # noqa: BLE001
+                traceback.print_exc()
+            save()
+    kernel_info(res)
+    res["elapsed_s"] = time.time() - budget.t0
+    save()
+
+
+if __name__ == "__main__":
+    main()
