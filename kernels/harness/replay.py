@@ -86,8 +86,14 @@ class GpuRun:
         runner = mixed = None
         if harness.cuda_graphs:
             graphs = model.device.type == "cuda"
+            # One context bucket, the model's max length, as the split-KV bound of every decode graph: the kernel
+            # picks its split count from that bound, and with finer buckets a calibration batch of uniform lengths
+            # (bound = its length: often no split) and a replay batch of the same total context but one long
+            # sequence (bound 4,096: the split path and its reduce) ran different kernels; run 7's first call
+            # measured replay decode iterations 5% slower than calibration said for the same tokens.
             runner = DecodeRunner(model, pool, source, [0, shapes.layers - 1], options.max_num_seqs,
-                                  options.model.max_model_len, use_graphs=graphs)
+                                  options.model.max_model_len, use_graphs=graphs,
+                                  min_ctx_bucket=options.model.max_model_len)
             if harness.prefill_graphs:
                 mixed = MixedRunner(model, pool, source, [0, shapes.layers - 1], options.max_num_seqs,
                                     options.engine_config.batched_tokens_limit(options.model),
