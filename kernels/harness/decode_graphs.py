@@ -16,7 +16,9 @@ How (the vLLM recipe):
   longest context is correct (partitions past a sequence's length return at once, the reduction counts only the
   partitions the length covers), but the grid is baked into a graph. So each graph is captured with a context bucket
   `C` (powers of two from `min_ctx_bucket` up to the model's max length, which is the last bucket) and a batch runs in
-  the graph of the smallest `C >= its longest context`. Key: (paged or contiguous, B, C).
+  the graph of the smallest `C >= its longest context`. Key: (paged or contiguous, B, C). The replay
+  (`replay.GpuRun.build`) uses a single bucket, the model's max length: with finer buckets, calibration batches of
+  uniform lengths ran the non-split kernel where replay batches of the same tokens ran the split path (run 7).
 * A graph is captured on first use, from neutral inputs (every slot -1, every length 0), so neither its warm-up runs
   nor its capture touches the KV pool; the caller reports the capture time so that the replay clock excludes it.
   Graphs share one memory pool (they replay one at a time).
