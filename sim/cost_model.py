@@ -68,6 +68,29 @@ class RooflineCostModel:
         flops = self.flops_per_token * num_seqs + self.flops_per_pair * context_tokens
         return np.maximum(bytes_moved / self.bandwidth, flops / self.flop_rate) + self.step_overhead_s
 
+    def decode_time_list(self, num_seqs: int, first_context: int, rounds: int) -> list[float]:
+        """`decode_times(num_seqs, first_context + num_seqs * arange(rounds))` as a list, computed in Python: on the
+        short stretches the engine fast-forwards (~10 rounds) numpy's per-call cost outweighs the arithmetic. The
+        operations are the same, in the same order, on the same values (integers below 2**53 convert to float64
+        exactly, and Python and numpy both round int -> float and each float operation to nearest), so the results
+        are bit-identical (tests/test_cost_model.py compares them)."""
+        if rounds <= 0:
+            return []
+        weight, kv, bw, rate, overhead = (self.weight_bytes, self.kv_bytes_per_token, self.bandwidth, self.flop_rate,
+                                          self.step_overhead_s)
+        seq_flops, pair_flops = self.flops_per_token * num_seqs, self.flops_per_pair
+        last = first_context + num_seqs * (rounds - 1)
+        margin = 1 + 1e-9
+        if all((weight + (c + num_seqs) * kv) / bw > (seq_flops + pair_flops * c) / rate * margin
+               for c in (first_context, last)):
+            # Memory-bound at both ends by far more than rounding error: before rounding both terms are affine in
+            # the context, so the memory term is the larger at every context in between too, and max() would pick
+            # it. Only it is computed (the same integer, divided the same way).
+            first_bytes, step = weight + (first_context + num_seqs) * kv, num_seqs * kv
+            return [b / bw + overhead for b in range(first_bytes, first_bytes + step * rounds, step)]
+        return [max((weight + (c + num_seqs) * kv) / bw, (seq_flops + pair_flops * c) / rate) + overhead
+                for c in range(first_context, last + 1, num_seqs)]
+
     def step_time(self, batch: Batch) -> float:
         return self.time(batch.num_batched_tokens, batch.decode_context_tokens + batch.prefill_context_tokens,
                          batch.decode_context_tokens + batch.prefill_attention_pairs)

@@ -1,8 +1,8 @@
 """The simulator's clock: a simpy process that replays a trace through a scheduler.
 
-The engine process runs iterations, yielding one timeout per iteration whose length comes from the cost model (or one
-per fast-forwarded stretch); before each iteration it hands the scheduler every request that has arrived, and when
-there is nothing to run it waits until the next arrival. (An arrival process with one event per request used to wake
+The engine process runs iterations whose lengths come from the cost model, keeping its own clock and advancing simpy's
+by their sum every few hundred iterations and before it waits (see _sync); before each iteration it hands the
+scheduler every request that has arrived, and when there is nothing to run it waits until the next arrival. (An arrival process with one event per request used to wake
 it; a million requests cost a million events that way.) Nothing here knows about memory: that is the allocator's
 business, reached through the scheduler.
 """
@@ -10,12 +10,14 @@ business, reached through the scheduler.
 from __future__ import annotations
 
 import gc
+from bisect import bisect_left
+from itertools import accumulate
 from typing import Callable
 
 import numpy as np
 import simpy
 
-from sim.allocators.base import KVAllocator, TokenContent
+from sim.allocators.base import BlockDecodePlan, KVAllocator, TokenContent
 from sim.cost_model import CostModel
 from sim.metrics import RequestLog, StepLog, record_iteration
 from sim.scheduler import Scheduler, Sequence
@@ -49,9 +51,10 @@ class Engine:
     """Replays one trace. `run()` returns the per-iteration and per-request records.
 
     An iteration starting at time t sees every request that arrived at or before t. With fast_forward, stretches of
-    iterations in which nothing happens but token counts growing (no arrival, completion, admission, preemption,
-    copy-on-write or beam change; blocks may be taken while they last) are computed in one arithmetic step; every
-    record is exactly what the step-by-step run (fast_forward=False) writes.
+    iterations in which nothing happens but token counts growing (no arrival, admission, preemption, copy-on-write or
+    beam change; blocks may be taken while they last) are computed in one pass; a stretch may end with the iteration
+    at whose end requests finish (it is pure decode too), and the next stretch then follows without an iteration run
+    on its own. Every record is exactly what the step-by-step run (fast_forward=False) writes.
     """
 
     def __init__(self, trace: Trace, scheduler: Scheduler, cost_model: CostModel, bytes_per_token: int,
@@ -172,51 +175,91 @@ class Engine:
             record_iteration(self.steps, req, start, duration, now, batch, len(sched.waiting), mem, unshared, bpt, finished)
             if finished:
                 self._count_done(len(finished))
-            if self.fast_forward:
+            while self.fast_forward:  # stretches, one after the other while they end in completions only
                 self._take_arrivals(now)
-                rounds = sched.decode_rounds_without_events()
-                if rounds >= 2:
+                rounds = sched.decode_rounds_without_events(through_finish=True)
+                if rounds < 2:
+                    break
+                done, now = self._stretch(rounds, now)
+                if len(pending) >= self.SYNC_EVERY:
                     yield from self._sync(now)
-                    yield from self._stretch(rounds)
-                    now = env.now
+                if not done:
+                    break
 
-    def _stretch(self, rounds: int):
-        """Fast-forward up to `rounds` pure-decode iterations that follow (see the class docstring)."""
-        env, sched, alloc = self.env, self.scheduler, self.allocator
+    def _decode_times(self, num_seqs: int, first_context: int, rounds: int) -> list[float]:
+        """Durations of `rounds` pure-decode iterations of num_seqs sequences, the first reading first_context tokens
+        (each later one num_seqs more), exactly as step_time would give them."""
+        cost = self.cost_model
+        if hasattr(cost, "decode_time_list"):
+            return cost.decode_time_list(num_seqs, first_context, rounds)
+        context = first_context + num_seqs * np.arange(rounds, dtype=np.int64)
+        return np.asarray(cost.decode_times(num_seqs, context), dtype=np.float64).tolist()
+
+    STRETCH_CHUNK = 16  # iterations whose times are computed before looking for the next arrival among them
+
+    def _stretch_times(self, num_seqs: int, first_context: int, rounds: int, now: float) -> tuple[list[float], list[float]]:
+        """(durations, ends) of the next `rounds` pure-decode iterations from `now`, cut before the first one that
+        would start at or after the next arrival (it must see that arrival). ends[0] is `now` and ends[i + 1] =
+        ends[i] + durations[i], summed one after the other as simpy adds timeouts. Times are computed in chunks that
+        double, since most stretches end at an arrival well before `rounds`."""
+        limit = self._arrival[self._next] if self._next < len(self._arrival) else None
+        durations: list[float] = []
+        ends = [now]
+        chunk = self.STRETCH_CHUNK
+        while len(durations) < rounds:
+            k = len(durations)
+            more = self._decode_times(num_seqs, first_context + num_seqs * k, min(chunk, rounds - k))
+            durations += more
+            sums = accumulate(more, initial=ends[-1])
+            next(sums)  # the initial value, already in ends
+            ends += sums
+            if limit is not None and ends[len(durations) - 1] >= limit:  # the last start: the arrival is in there
+                cut = bisect_left(ends, limit, 0, len(durations))  # iterations starting before the arrival
+                del durations[cut:], ends[cut + 1:]
+                break
+            chunk *= 2
+        return durations, ends
+
+    def _stretch(self, rounds: int, now: float) -> tuple[int, float]:
+        """Fast-forward up to `rounds` pure-decode iterations that follow, from the engine's time `now` (see the
+        class docstring). Returns the iterations carried out and the engine's time after them; their durations join
+        those simpy's clock has not been advanced by yet (see _sync)."""
+        sched, alloc = self.scheduler, self.allocator
         seq_ids = sched.running_seq_ids()
         n = len(seq_ids)
-        context = alloc.total_tokens(seq_ids) + n * np.arange(1, rounds + 1, dtype=np.int64)
-        durations = self.cost_model.decode_times(n, context)
-        ends = np.cumsum(np.concatenate(([env.now], durations)))  # sequential sums, as simpy adds them
-        starts = ends[:-1]
-        if self._next < len(self.trace):  # stop before the first iteration that would see the next arrival
-            rounds = min(rounds, int(np.searchsorted(starts, self.trace.arrival_s[self._next], side="left")))
-        if rounds < 2:
-            return
-        plan = alloc.run_decode(seq_ids, rounds, sched.next_waiting_final_len())
+        durations, ends = self._stretch_times(n, alloc.total_tokens(seq_ids) + n, rounds, now)
+        if len(durations) < 2:
+            return 0, now
+        plan = alloc.run_decode(seq_ids, len(durations), sched.next_waiting_final_len())
         if plan is None or plan.rounds == 0:
-            return
+            return 0, now
         rounds = plan.rounds
-        sched.advance_decode(rounds)
-        bpt = self.bytes_per_token
         waiting = len(sched.waiting)
-        rows = np.empty((rounds, 14))  # STEP_COLUMNS
-        rows[:, 0] = starts[:rounds]
-        rows[:, 1] = durations[:rounds]
-        rows[:, 2:8] = (n, waiting, 0, n, n, 0)
-        rows[:, 8] = plan.token_states[:rounds]
-        rows[:, 9] = plan.reserved[:rounds]
-        rows[:, 10] = plan.internal_fragmentation[:rounds]
-        rows[:, 11] = plan.external_fragmentation[:rounds]
-        rows[:, 12] = plan.free[:rounds]
-        rows[:, 13] = plan.unshared[:rounds]
-        rows[:, 8:] *= bpt
-        self.steps.extend(rows)
+        if sched.finishes_after(rounds):  # the last round is the one at whose end requests finish
+            sched.advance_decode(rounds - 1)
+            finished = sched.finish_decode(ends[rounds])
+            finish_s = self.requests.finish_s
+            for seq in finished:
+                finish_s[seq.seq_id] = ends[rounds]
+            if finished:
+                self._count_done(len(finished))
+        else:
+            sched.advance_decode(rounds)
+        if isinstance(plan, BlockDecodePlan):  # gathered with other stretches into rows later (StepLog)
+            self.steps.extend_decode(ends, durations, n, waiting, self.bytes_per_token, plan)
+        else:
+            rows = np.empty((rounds, 14))  # STEP_COLUMNS
+            rows[:, 0] = ends[:rounds]
+            rows[:, 1] = durations[:rounds]
+            rows[:, 2:8] = (n, waiting, 0, n, n, 0)
+            rows[:, 8] = plan.token_states[:rounds]
+            rows[:, 9] = plan.reserved[:rounds]
+            rows[:, 10] = plan.internal_fragmentation[:rounds]
+            rows[:, 11] = plan.external_fragmentation[:rounds]
+            rows[:, 12] = plan.free[:rounds]
+            rows[:, 13] = plan.unshared[:rounds]
+            rows[:, 8:] *= self.bytes_per_token
+            self.steps.extend(rows)
         self.num_fast_forwarded += rounds
-        end = float(ends[rounds])
-        delay = end - env.now
-        if env.now + delay == end:
-            yield env.timeout(delay)
-        else:  # the difference is not exact in floating point: take the same steps simpy would
-            for d in durations[:rounds]:
-                yield env.timeout(float(d))
+        self._pending += durations[:rounds]
+        return rounds, ends[rounds]

@@ -31,10 +31,20 @@ class StepLog:
 
     def __init__(self) -> None:
         self._rows: list[tuple] = []  # rows not yet gathered into a chunk
-        self._pending: list[list[tuple] | np.ndarray] = []  # row lists and stretches, in order, not yet compacted
+        # row lists, stretches (arrays) and decode segments (an int: that many rows of the decode columns below), in
+        # order, not yet compacted
+        self._pending: list[list[tuple] | np.ndarray | int] = []
         self._pending_rows = 0
         self._chunks: list[np.ndarray] = []
         self._length = 0
+        # Decode segments (extend_decode): per row the start, duration, reserved slots and blocks taken since the
+        # segment began; per segment (rows, sequences, waiting, bytes per token, block size, tokens, held blocks, free
+        # blocks and unshared blocks before its first row).
+        self._d_starts: list[float] = []
+        self._d_durations: list[float] = []
+        self._d_reserved: list[int] = []
+        self._d_blocks: list[int] = []
+        self._d_segments: list[tuple[int, ...]] = []
 
     def append(self, row: tuple) -> None:
         self._rows.append(row)
@@ -54,14 +64,96 @@ class StepLog:
         if self._pending_rows >= self.COMPACT_ROWS:
             self._compact()
 
+    def extend_decode(self, ends: list[float], durations: list[float], num_seqs: int, waiting: int,
+                      bytes_per_token: int, plan) -> None:
+        """The rows of a fast-forwarded stretch of plan.rounds pure-decode iterations of a block allocator
+        (`BlockDecodePlan`): iteration i starts at ends[i] and lasts durations[i]. Kept in Python lists and turned
+        into rows together with every other pending segment (_decode_rows): one set of numpy operations for many
+        stretches instead of one per stretch. The rows are those `extend` would get from the plan's arrays."""
+        rounds = plan.rounds
+        if self._rows:
+            self._pending.append(self._rows)
+            self._rows = []
+        self._pending.append(rounds)
+        self._d_starts += ends[:rounds]
+        self._d_durations += durations[:rounds]
+        self._d_reserved += plan.reserved_list
+        self._d_blocks += plan.new_blocks
+        self._d_segments.append((rounds, num_seqs, waiting, bytes_per_token, plan.block_size, plan.tokens0,
+                                 plan.held0, plan.free0, plan.logical0))
+        self._length += rounds
+        self._pending_rows += rounds
+        if self._pending_rows >= self.COMPACT_ROWS:
+            self._compact()
+
+    def _decode_rows(self) -> np.ndarray:
+        """The rows of every pending decode segment, in order (see BlockDecodePlan for the formulas; the integer
+        arithmetic is int64 and the byte columns are converted to float64 before multiplying by bytes per token, as
+        the engine's per-stretch rows are)."""
+        seg = np.array(self._d_segments, dtype=np.int64).reshape(-1, 9)
+        lengths = seg[:, 0]
+        total = int(lengths.sum())
+        per_row = np.repeat(seg, lengths, axis=0)
+        step = np.arange(1, total + 1, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        n, waiting, bpt, bs = per_row[:, 1], per_row[:, 2], per_row[:, 3], per_row[:, 4]
+        tokens0, held0, free0, logical0 = per_row[:, 5], per_row[:, 6], per_row[:, 7], per_row[:, 8]
+        blocks = np.array(self._d_blocks, dtype=np.int64).reshape(-1)
+        reserved = np.array(self._d_reserved, dtype=np.int64).reshape(-1)
+        tokens = tokens0 + n * step
+        rows = np.empty((total, len(STEP_COLUMNS)))
+        rows[:, 0] = self._d_starts
+        rows[:, 1] = self._d_durations
+        rows[:, 2] = n
+        rows[:, 3] = waiting
+        rows[:, 4] = 0
+        rows[:, 5] = n
+        rows[:, 6] = n
+        rows[:, 7] = 0
+        rows[:, 8] = tokens
+        rows[:, 9] = reserved
+        rows[:, 10] = (held0 + blocks) * bs - tokens - reserved
+        rows[:, 11] = 0
+        rows[:, 12] = (free0 - blocks) * bs
+        rows[:, 13] = (logical0 + blocks) * bs
+        rows[:, 8:] *= bpt[:, None].astype(np.float64)
+        self._d_starts, self._d_durations, self._d_reserved, self._d_blocks, self._d_segments = [], [], [], [], []
+        return rows
+
     def _compact(self) -> None:
         if self._rows:
             self._pending.append(self._rows)
             self._rows = []
         if self._pending:
             width = len(STEP_COLUMNS)
-            parts = [np.asarray(p, dtype=np.float64).reshape(-1, width) for p in self._pending]
-            self._chunks.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+            if len(self._pending) == 1 and not isinstance(self._pending[0], int):
+                chunk = np.asarray(self._pending[0], dtype=np.float64).reshape(-1, width)
+            else:
+                # Scatter: the row tuples of every list in one conversion, the decode segments in one block.
+                kinds: list[int] = []  # per part: 0 row tuples, 1 decode segment, 2 array
+                lengths: list[int] = []
+                tuples: list[tuple] = []
+                arrays: list[np.ndarray] = []
+                for part in self._pending:
+                    if isinstance(part, int):
+                        kinds.append(1)
+                        lengths.append(part)
+                    elif isinstance(part, list):
+                        kinds.append(0)
+                        lengths.append(len(part))
+                        tuples += part
+                    else:
+                        kinds.append(2)
+                        lengths.append(len(part))
+                        arrays.append(part)
+                kind = np.repeat(np.array(kinds, dtype=np.int8), lengths)
+                chunk = np.empty((len(kind), width))
+                if tuples:
+                    chunk[kind == 0] = np.asarray(tuples, dtype=np.float64).reshape(-1, width)
+                if self._d_segments:
+                    chunk[kind == 1] = self._decode_rows()
+                if arrays:
+                    chunk[kind == 2] = np.concatenate(arrays)
+            self._chunks.append(chunk)
             self._pending = []
         self._pending_rows = 0
 
@@ -73,7 +165,18 @@ class StepLog:
 
     def arrays(self) -> dict[str, np.ndarray]:
         self._flush()
-        table = np.concatenate(self._chunks) if self._chunks else np.empty((0, len(STEP_COLUMNS)))
+        # One table, filled chunk by chunk while each chunk is let go: the table's pages are touched as the chunks'
+        # are returned, so the log is not held twice (np.concatenate would peak at twice its size).
+        chunks = self._chunks
+        table = np.empty((sum(len(c) for c in chunks), len(STEP_COLUMNS)))
+        pos = 0
+        chunks.reverse()
+        while chunks:
+            chunk = chunks.pop()
+            table[pos:pos + len(chunk)] = chunk
+            pos += len(chunk)
+            del chunk
+        self._chunks = [table]
         return {name: table[:, i] for i, name in enumerate(STEP_COLUMNS)}
 
 

@@ -258,10 +258,13 @@ class Scheduler:
         return sum(alloc.num_tokens(b) for s in running for b in s.branches)
 
     # --- fast-forward support ---------------------------------------------------------------------------------------
-    def decode_rounds_without_events(self) -> int:
+    def decode_rounds_without_events(self, through_finish: bool = False) -> int:
         """How many iterations from now would be pure decode with nothing else happening, as far as the scheduler
         can tell: no request finishes, no beam changes, and the head of the queue cannot be admitted (memory and
-        sequence slots only shrink while nothing finishes). 0 when the next iteration may do more."""
+        sequence slots only shrink while nothing finishes). 0 when the next iteration may do more.
+
+        through_finish: also count the iteration in which the next requests finish (it is pure decode as well: they
+        finish at its end, see `finish_decode`)."""
         if not self.running:
             return 0
         heap, counts = self._finish_rounds, self._num_finishing
@@ -269,7 +272,7 @@ class Scheduler:
             r = heapq.heappop(heap)
             counts.pop(r, None)
             self._finishing.pop(r, None)
-        rounds = heap[0] - self.round - 1
+        rounds = heap[0] - self.round - (0 if through_finish else 1)
         if rounds <= 0:
             return 0
         if self._num_running_beams and self.beam_model.replace_prob > 0:
@@ -282,6 +285,10 @@ class Scheduler:
                 return 0
         return rounds
 
+    def finishes_after(self, rounds: int) -> bool:
+        """Whether requests finish at the end of the rounds-th iteration from now (while none finish before)."""
+        return self._num_finishing.get(self.round + rounds, 0) > 0
+
     def running_seq_ids(self) -> list[int]:
         """Allocator ids of every running branch, in the order schedule() appends to them."""
         return [b for s in self.running for b in s.branches]
@@ -290,6 +297,11 @@ class Scheduler:
         """Account `rounds` fast-forwarded decode iterations (the allocator was advanced by apply_decode); no request
         finishes in them (decode_rounds_without_events)."""
         self.round += rounds
+
+    def finish_decode(self, now: float) -> list[Sequence]:
+        """Account one fast-forwarded decode iteration at whose end (time `now`) requests may finish: `finish` of
+        the batch that iteration ran (every running request, none admitted). Returns the finished requests."""
+        return self.finish(Batch(decode=list(self.running), num_decode_seqs=self.num_running_seqs), now)
 
     def _start_running(self, seq: Sequence) -> None:
         """Put an admitted request into the running set: it emits its next token at the end of this iteration."""

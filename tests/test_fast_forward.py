@@ -142,3 +142,60 @@ def test_engine_clock_batching_changes_nothing(sync_every, seed, count, sharing,
         assert np.array_equal(default.steps[name], batched.steps[name]), name
     for name in ("admitted_s", "first_token_s", "finish_s"):
         assert np.array_equal(getattr(default.requests, name), getattr(batched.requests, name), equal_nan=True)
+
+
+def test_stretches_run_through_completions():
+    """Two requests admitted together, finishing after 5 and 20 tokens: after the admission iteration everything is
+    fast-forwarded, the iteration at whose end request 0 finishes included, and the stretch after it follows at
+    once (no iteration run one by one in between); the records are those of the step-by-step replay."""
+    trace = Trace("two.csv", "native", np.zeros(2), np.array([30, 40]), np.array([5, 20]))
+    options = ReplayOptions(MODEL, GPUS["a100-80gb"], "paged")
+    fast = replay(trace, options)
+    assert fast.summary["iterations"] == 20  # the admission emits token 1 of both; request 1 emits token 20 last
+    assert fast.summary["iterations_fast_forwarded"] == 19
+    ends = fast.steps["time_s"] + fast.steps["duration_s"]
+    assert fast.requests.finish_s[0] == ends[4] and fast.requests.finish_s[1] == ends[19]
+    assert list(fast.steps["running"]) == [2] * 5 + [1] * 15
+    assert assert_same(trace, options) == 19
+
+
+@pytest.mark.parametrize("compact_rows", [1, 5, 8192])
+@settings(max_examples=40)
+@given(data=st.data())
+def test_steplog_decode_segments_equal_their_rows(compact_rows, data):
+    """StepLog.extend_decode (stretches kept as lists, turned into rows many at a time) gives the rows of the
+    formulas in BlockDecodePlan, computed here one row at a time in Python, between ordinary rows, across
+    compactions."""
+    from sim.allocators.base import BlockDecodePlan
+    from sim.metrics import StepLog
+
+    log, want = StepLog(), []
+    log.COMPACT_ROWS = compact_rows
+    ints = st.integers(0, 10**6)
+    for _ in range(data.draw(st.integers(1, 6))):
+        if data.draw(st.booleans()):
+            row = (data.draw(st.floats(0, 1e4)), data.draw(st.floats(1e-4, 1)), *data.draw(
+                st.lists(ints, min_size=12, max_size=12)))
+            log.append(row)
+            want.append([float(v) for v in row])
+            continue
+        rounds, n, waiting = data.draw(st.integers(1, 9)), data.draw(st.integers(1, 300)), data.draw(ints)
+        bs, bpt = data.draw(st.sampled_from([1, 16])), data.draw(st.sampled_from([1, 3, 524288]))
+        tokens0, held0, free0, logical0 = (data.draw(ints) for _ in range(4))
+        blocks = sorted(data.draw(st.lists(st.integers(0, 50), min_size=rounds, max_size=rounds)))
+        reserved = data.draw(st.lists(ints, min_size=rounds, max_size=rounds))
+        durations = data.draw(st.lists(st.floats(1e-4, 1), min_size=rounds, max_size=rounds))
+        ends = [data.draw(st.floats(0, 1e4))]
+        for d in durations:
+            ends.append(ends[-1] + d)
+        plan = BlockDecodePlan(list(range(n)), rounds, bs, n, tokens0, held0, free0, logical0, reserved, blocks)
+        log.extend_decode(ends, durations, n, waiting, bpt, plan)
+        for r in range(1, rounds + 1):
+            tokens, b = tokens0 + n * r, blocks[r - 1]
+            memory = (tokens, reserved[r - 1], (held0 + b) * bs - tokens - reserved[r - 1], 0, (free0 - b) * bs,
+                      (logical0 + b) * bs)
+            want.append([ends[r - 1], durations[r - 1], n, waiting, 0, n, n, 0] + [float(m) * bpt for m in memory])
+    got = log.arrays()
+    assert len(log) == len(want)
+    table = np.column_stack([got[name] for name in got])
+    assert np.array_equal(table, np.array(want, dtype=np.float64).reshape(-1, 14))

@@ -22,8 +22,8 @@ from typing import Hashable
 
 import numpy as np
 
-from sim.allocators.base import (AllocationError, BlockTablePlacement, DecodePlan, KVAllocator, MemoryBreakdown,
-                                 TokenContent)
+from sim.allocators.base import (AllocationError, BlockDecodePlan, BlockTablePlacement, DecodePlan, KVAllocator,
+                                 MemoryBreakdown, TokenContent)
 from sim.config import ceil_div
 
 
@@ -61,9 +61,14 @@ class BlockPool:
             raise AllocationError("no free KV block")
         if not self.retain_cached:
             block = self._free.popleft()
-            self.ref_counts[block] = 1
-            return block
-        return self.allocate_many(1)[0]
+        else:  # allocate_many(1), without building lists: rounds take one block per crossing sequence
+            block, _ = self._free.popitem(last=False)
+            h = self.block_hash.pop(block, None)
+            if h is not None:  # evict the cached content
+                del self.hash_block[h]
+                self.num_evictions += 1
+        self.ref_counts[block] = 1
+        return block
 
     def allocate_many(self, count: int) -> list[int]:
         """`count` blocks from the front of the free queue, each at reference count 1 (as many allocate calls)."""
@@ -74,15 +79,17 @@ class BlockPool:
             popleft = self._free.popleft
             blocks = [popleft() for _ in range(count)]
         else:
-            popitem, block_hash = self._free.popitem, self.block_hash
-            blocks = []
-            for _ in range(count):
-                block, _ = popitem(last=False)
-                h = block_hash.pop(block, None)
-                if h is not None:  # evict the cached content
-                    del self.hash_block[h]
-                    self.num_evictions += 1
-                blocks.append(block)
+            popitem = self._free.popitem
+            blocks = [popitem(False)[0] for _ in range(count)]
+            if self.block_hash:
+                pop, hash_block = self.block_hash.pop, self.hash_block
+                evicted = 0
+                for block in blocks:
+                    h = pop(block, None)
+                    if h is not None:  # evict the cached content
+                        del hash_block[h]
+                        evicted += 1
+                self.num_evictions += evicted
         for block in blocks:
             refs[block] = 1
         return blocks
@@ -272,6 +279,18 @@ class PagedAllocator(KVAllocator):
             return
         self._sync_runs(s, tokens)
         hash_block, block_hash = self.pool.hash_block, self.pool.block_hash
+        bs, fill, table, hashes = self.block_size, self.fill, s.block_table, s.hashes
+        tag, first, length = s.runs[0]
+        if first == 0 and length >= (len(hashes) + 1) * bs:
+            # The blocks whose tokens all lie in the first run: keys (tag, index), as _chain gives them, in one loop.
+            for index in range(len(hashes), min(full, length // bs)):
+                h = (tag, index)
+                hashes.append(h)
+                block = table[index]
+                fill[block] = bs  # it may have been a last block, whose fill is stale
+                if h not in hash_block and block not in block_hash:  # BlockPool.register, inlined
+                    hash_block[h] = block
+                    block_hash[block] = h
         while len(s.hashes) < full:
             index = len(s.hashes)
             h = self._chain(s.hashes[-1] if s.hashes else None, s.runs, index)
@@ -598,6 +617,65 @@ class PagedAllocator(KVAllocator):
         self._logical_blocks += crossed
         return done
 
+    def _recorded_plain_rounds(self, rounds: int, record: tuple[list[int], list[int]]) -> int:
+        """_advance_rounds with `record` while no live sequence is indexed (no block to register when it fills) and
+        freed blocks are not cached (a plain free queue): the same steps in the same order, without the tests that
+        cannot apply. The engine's fast-forwarded stretches spend most of their time in this loop (one turn per
+        round)."""
+        bs, ring, unordered, zero, fill = self.block_size, self._ring, self._ring_unordered, self._res_zero, self.fill
+        popleft, refs = self.pool._free.popleft, self.pool.ref_counts
+        last = bs - 1
+        res_sum, res_pos = self._res_sum, self._res_pos
+        add_reserved, add_blocks = record[0].append, record[1].append
+        crossed = 0
+        r = start = self._round
+        stop = start + rounds
+        free = self.pool.num_free_blocks
+        while r < stop:
+            k = r % bs
+            crossers = ring[k]
+            if crossers:
+                if crossed + len(crossers) > free:  # the free blocks do not cover this round: stop before it
+                    break
+                if unordered[k]:
+                    crossers = self._ring_bucket(k)
+            res_sum -= res_pos  # each reserving sequence fills a reserved slot
+            r += 1
+            if zero:
+                res_pos -= zero.pop(r, 0)
+            if crossers:  # each takes a block from the front of the free queue, in live order (as _cross)
+                crossed += len(crossers)
+                full_reservations = 0  # crossers that reserve all `last` empty slots of their new block
+                for s in crossers.values():
+                    block = popleft()  # the front of the free queue, reference count 1
+                    refs[block] = 1
+                    table = s.block_table
+                    if table:
+                        fill[table[-1]] = bs  # no longer a last block: its fill must be exact
+                    table.append(block)  # a last block: its fill is computed when needed (_tail_fill)
+                    c = s.final_len - s.base - r  # _res_add, inlined: one token in a fresh block
+                    if c > 0:  # (no live sequence has forked: run_decode's precondition)
+                        if c >= last:
+                            full_reservations += 1
+                        else:
+                            res_sum += c
+                            res_pos += 1
+                            zero[r + c] = zero.get(r + c, 0) + 1
+                if full_reservations and last:
+                    res_sum += last * full_reservations
+                    res_pos += full_reservations
+                    zero[r + last] = zero.get(r + last, 0) + full_reservations
+            add_reserved(res_sum)
+            add_blocks(crossed)
+        done = r - start
+        self._round, self._res_sum, self._res_pos = r, res_sum, res_pos
+        n = len(self._seqs) * done
+        self._tokens += n
+        self._seq_tokens += n
+        self._held_blocks += crossed
+        self._logical_blocks += crossed
+        return done
+
     def _cross(self, s: _Seq, r: int) -> None:
         """s's round-r token starts a new block (held-block and logical counters are the caller's)."""
         table = s.block_table
@@ -741,16 +819,11 @@ class PagedAllocator(KVAllocator):
         bs, n = self.block_size, len(seq_ids)
         held0, tokens0, free0, logical0 = self._held_blocks, self._tokens, self.pool.num_free_blocks, self._logical_blocks
         record: tuple[list[int], list[int]] = ([], [])
-        rounds = self._advance_rounds(max_rounds, record)
-        reserved = np.array(record[0], dtype=np.int64)
-        new_blocks = np.array(record[1], dtype=np.int64)
-        steps = np.arange(1, rounds + 1, dtype=np.int64)
-        held = (held0 + new_blocks) * bs
-        tokens = tokens0 + n * steps
-        return DecodePlan(
-            seq_ids=list(seq_ids), rounds=rounds, token_states=tokens, reserved=reserved,
-            internal_fragmentation=held - tokens - reserved, external_fragmentation=np.zeros(rounds, np.int64),
-            free=(free0 - new_blocks) * bs, unshared=(logical0 + new_blocks) * bs)
+        if self._num_indexed or self.pool.retain_cached:
+            rounds = self._advance_rounds(max_rounds, record)
+        else:
+            rounds = self._recorded_plain_rounds(max_rounds, record)
+        return BlockDecodePlan(list(seq_ids), rounds, bs, n, tokens0, held0, free0, logical0, record[0], record[1])
 
     def apply_decode(self, plan: DecodePlan, rounds: int) -> None:
         if not 0 <= rounds <= plan.rounds:
