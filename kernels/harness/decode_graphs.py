@@ -106,7 +106,67 @@ class DecodeOutput:
     attn: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
-class DecodeRunner:
+class GraphCache:
+    """One CUDA graph per key, captured on first use and replayed after; without graphs, `forward` runs eagerly.
+    Subclasses give `forward(key)` (the work a graph captures, on static buffers) and `_neutral(key)` (inputs that
+    touch nothing, so warm-up and capture leave the KV pool alone)."""
+
+    warmup_runs = 2  # forward runs before a capture: Triton compiles, cuBLAS picks its kernels
+
+    def _init_graphs(self, use_graphs: bool, mempool=None) -> None:
+        if use_graphs and self.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        self.use_graphs = use_graphs
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, object]] = {}
+        self._mempool = (mempool if mempool is not None else torch.cuda.graph_pool_handle()) if use_graphs else None
+        self.capture_s_total = 0.0
+        self.replays = 0
+        self.eager_runs = 0
+
+    def forward(self, key: tuple):
+        raise NotImplementedError
+
+    def _neutral(self, key: tuple) -> None:
+        raise NotImplementedError
+
+    def capture(self, key: tuple) -> float:
+        """Capture the graph of `key` after `warmup_runs` runs on a side stream; seconds."""
+        t0 = time.perf_counter()
+        torch.cuda.synchronize()
+        self._neutral(key)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup_runs):
+                self.forward(key)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._mempool):
+            out = self.forward(key)
+        torch.cuda.synchronize()
+        self.graphs[key] = (graph, out)
+        dt = time.perf_counter() - t0
+        self.capture_s_total += dt
+        return dt
+
+    def ensure(self, key: tuple) -> float:
+        """Capture `key`'s graph if it is missing (CUDA graphs only); returns the seconds spent capturing."""
+        if not self.use_graphs or key in self.graphs:
+            return 0.0
+        return self.capture(key)
+
+    def run(self, key: tuple):
+        """Execute the staged and uploaded inputs: replay the graph (captured by `ensure`) or run eagerly."""
+        if self.use_graphs:
+            graph, out = self.graphs[key]
+            graph.replay()
+            self.replays += 1
+            return out
+        self.eager_runs += 1
+        return self.forward(key)
+
+
+class DecodeRunner(GraphCache):
     """Static-buffer decode forward; on CUDA replayed from captured graphs (see the module docstring).
 
     Args:
@@ -122,9 +182,7 @@ class DecodeRunner:
                  max_batch: int, max_len: int, use_graphs: bool, min_ctx_bucket: int = 256):
         self.model, self.pool, self.source = model, pool, source
         self.device = model.device
-        if use_graphs and self.device.type != "cuda":
-            raise ValueError("CUDA graphs need a CUDA device")
-        self.use_graphs = use_graphs
+        self._init_graphs(use_graphs)
         self.check_layers = sorted(check_layers)
         self.block_size = pool.block_size
         self.max_len = int(max_len)
@@ -143,11 +201,6 @@ class DecodeRunner:
         if source is not None:
             self._layer_offsets = source.layer_offsets[:model.shapes.layers, None].to(self.device)
         self._views: dict[int, _Views] = {}
-        self.graphs: dict[tuple[bool, int, int], tuple[torch.cuda.CUDAGraph, DecodeOutput]] = {}
-        self._mempool = torch.cuda.graph_pool_handle() if use_graphs else None
-        self.capture_s_total = 0.0
-        self.replays = 0
-        self.eager_runs = 0
 
     # --- layout ---------------------------------------------------------------------------------------------------------
     def views(self, b: int) -> _Views:
@@ -228,48 +281,12 @@ class DecodeRunner:
         out.tokens = model.sample(x)
         return out
 
-    def _neutral(self, b: int) -> None:
+    def _neutral(self, key: tuple[bool, int, int]) -> None:
         """Inputs that touch nothing: every slot -1, every length 0 (so warm-up and capture leave the pool alone)."""
-        v = self.views(b)
+        v = self.views(key[1])
         v.ids.zero_()
         v.slots.fill_(-1)
         v.lens.zero_()
         v.bt.zero_()
         v.starts.zero_()
         v.src.zero_()
-
-    def capture(self, key: tuple[bool, int, int]) -> float:
-        """Capture the graph of `key` (warm-up runs first: Triton compiles, cuBLAS picks its kernels); seconds."""
-        t0 = time.perf_counter()
-        torch.cuda.synchronize()
-        self._neutral(key[1])
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self.forward(key)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._mempool):
-            out = self.forward(key)
-        torch.cuda.synchronize()
-        self.graphs[key] = (graph, out)
-        dt = time.perf_counter() - t0
-        self.capture_s_total += dt
-        return dt
-
-    def ensure(self, key: tuple[bool, int, int]) -> float:
-        """Capture `key`'s graph if it is missing (CUDA graphs only); returns the seconds spent capturing."""
-        if not self.use_graphs or key in self.graphs:
-            return 0.0
-        return self.capture(key)
-
-    def run(self, key: tuple[bool, int, int]) -> DecodeOutput:
-        """Execute the staged and uploaded inputs: replay the graph (captured by `ensure`) or run eagerly."""
-        if self.use_graphs:
-            graph, out = self.graphs[key]
-            graph.replay()
-            self.replays += 1
-            return out
-        self.eager_runs += 1
-        return self.forward(key)

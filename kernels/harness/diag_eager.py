@@ -21,7 +21,6 @@ import os
 import time
 
 import numpy as np
-import torch
 
 from kernels.harness import executor as ex_mod
 from kernels.harness.calibrate import SyntheticState, _decode_batch, _prefill_batch

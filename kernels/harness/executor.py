@@ -298,29 +298,13 @@ class Executor:
         copies = list(batch.copies)
         capture = self._plan_capture(dec_branches, lens, [], [], [], np.zeros(1, np.int64), nd) if check else None
 
-        capture_s = runner.ensure(key)  # first use of this bucket: capture (outside the measured window)
-        n32, n64 = runner.stage(key, inp, self.vocab)
-        t_issue = time.perf_counter()
-        if self.cuda:
-            self._ev0.record()
-        runner.upload(n32, n64)
-        if copies:  # copy-on-write copies precede the cache writes of the graph (same stream)
-            self.pool.copy_blocks(torch.from_numpy(np.array(copies, dtype=np.int64).reshape(-1, 2)).to(self.device))
-        for src, dst, n in ext_before:
-            self.pool.copy_slots(src, dst, n)
+        capture_s, t_issue = self._start(runner, key, inp, copies, ext_before)
         out = runner.run(key)
         if capture is not None:
             for layer in capture.layers:
                 capture.q[layer] = out.q[layer][capture.rows].clone()
                 capture.out[layer] = out.attn[layer][capture.rows].clone()
-        gpu_s = issue_s = None
-        if self.cuda:
-            issue_s = time.perf_counter() - t_issue
-            self._ev1.record()
-            self._ev1.synchronize()
-            gpu_s = self._ev0.elapsed_time(self._ev1) / 1e3
-        else:
-            out.tokens.cpu()
+        gpu_s, issue_s = self._end(out.tokens, t_issue)
         return ExecResult(gpu_s, nd, capture, capture_s, True, issue_s)
 
     def _prepare(self, batch: Batch, dec_branches: list[int], check: bool) -> "_Prep":
@@ -371,16 +355,7 @@ class Executor:
             return None
         inp = MixedInputs(pr.dec_lens, pr.dec_bt, pr.dec_starts, pr.all_slots, pr.positions, pr.cu, pr.pf_cached,
                           pr.pf_bt, pr.src_rows, pr.capture.row_list if pr.capture is not None else [])
-        capture_s = runner.ensure(key)  # first use of this bucket: capture (outside the measured window)
-        n32, n64 = runner.stage(key, inp, self.vocab)
-        t_issue = time.perf_counter()
-        if self.cuda:
-            self._ev0.record()
-        runner.upload(n32, n64)
-        if pr.copies_before:
-            self.pool.copy_blocks(self._pairs(pr.copies_before))
-        for src, dst, n in pr.ext_before:
-            self.pool.copy_slots(src, dst, n)
+        capture_s, t_issue = self._start(runner, key, inp, pr.copies_before, pr.ext_before)
         out = runner.run(key)
         if pr.copies_after:
             self.pool.copy_blocks(self._pairs(pr.copies_after))
@@ -392,15 +367,36 @@ class Executor:
             for layer in capture.layers:
                 capture.q[layer] = out.q[layer][:k].clone()
                 capture.out[layer] = out.attn[layer][:k].clone()
-        gpu_s = issue_s = None
+        gpu_s, issue_s = self._end(out.tokens, t_issue)
+        return ExecResult(gpu_s, pr.total, capture, capture_s, False, issue_s, mixed_static=True)
+
+    def _start(self, runner, key: tuple, inp, copies: list, ext_copies: list) -> tuple[float, float]:
+        """Open a static-buffer iteration: capture the key's graph on its first use (outside the measured window),
+        stage and upload the inputs, then the copies that precede the graph's cache writes (same stream). Returns
+        (capture seconds, host time at the start event)."""
+        capture_s = runner.ensure(key)
+        n32, n64 = runner.stage(key, inp, self.vocab)
+        t_issue = time.perf_counter()
+        if self.cuda:
+            self._ev0.record()
+        runner.upload(n32, n64)
+        if copies:
+            self.pool.copy_blocks(self._pairs(copies))
+        for src, dst, n in ext_copies:
+            self.pool.copy_slots(src, dst, n)
+        return capture_s, t_issue
+
+    def _end(self, tokens: torch.Tensor | None, t_issue: float) -> tuple[float | None, float | None]:
+        """Close the iteration: (CUDA-event time, host issue time) on CUDA after synchronising; on the CPU, wait for
+        the sampled tokens and return (None, None)."""
         if self.cuda:
             issue_s = time.perf_counter() - t_issue
             self._ev1.record()
             self._ev1.synchronize()
-            gpu_s = self._ev0.elapsed_time(self._ev1) / 1e3
-        else:
-            out.tokens.cpu()
-        return ExecResult(gpu_s, pr.total, capture, capture_s, False, issue_s, mixed_static=True)
+            return self._ev0.elapsed_time(self._ev1) / 1e3, issue_s
+        if tokens is not None:
+            tokens.cpu()
+        return None, None
 
     def _pairs(self, copies: list) -> torch.Tensor:
         return torch.from_numpy(np.array(copies, dtype=np.int64).reshape(-1, 2)).to(self.device, non_blocking=True)
@@ -503,14 +499,7 @@ class Executor:
             next_tokens = model.sample(x.index_select(0, last_t))
         else:
             next_tokens = None
-        gpu_s = issue_s = None
-        if self.cuda:
-            issue_s = time.perf_counter() - t_issue
-            self._ev1.record()
-            self._ev1.synchronize()
-            gpu_s = self._ev0.elapsed_time(self._ev1) / 1e3
-        elif next_tokens is not None:
-            next_tokens.cpu()
+        gpu_s, issue_s = self._end(next_tokens, t_issue)
         return ExecResult(gpu_s, total, capture, issue_s=issue_s)
 
     # --- checking against the reference -------------------------------------------------------------------------------

@@ -29,14 +29,13 @@ Without CUDA the same static-buffer forward runs eagerly (tests compare it with 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from kernels.cache_ops import write_kv
-from kernels.harness.decode_graphs import _bucket, _up4, batch_buckets
+from kernels.harness.decode_graphs import GraphCache, _bucket, _up4, batch_buckets
 from kernels.harness.kv_pool import KVPool
 from kernels.harness.kv_source import KVSource
 from kernels.harness.model import RandomTransformer
@@ -98,7 +97,7 @@ class _Layout:
     views: dict[str, torch.Tensor]
 
 
-class MixedRunner:
+class MixedRunner(GraphCache):
     """Static-buffer forward of iterations with prefill tokens; on CUDA replayed from captured graphs.
 
     Args:
@@ -111,13 +110,13 @@ class MixedRunner:
         mempool: a graph memory pool to share (the decode runner's), or None for a new one.
     """
 
+    warmup_runs = 1  # (the first capture compiles; later keys only need cuBLAS to pick its kernels)
+
     def __init__(self, model: RandomTransformer, pool: KVPool, source: KVSource | None, check_layers: list[int],
                  max_batch: int, max_tokens: int, max_len: int, use_graphs: bool, mempool=None):
         self.model, self.pool, self.source = model, pool, source
         self.device = model.device
-        if use_graphs and self.device.type != "cuda":
-            raise ValueError("CUDA graphs need a CUDA device")
-        self.use_graphs = use_graphs
+        self._init_graphs(use_graphs, mempool)
         self.check_layers = sorted(check_layers)
         self.block_size = pool.block_size
         self.max_len = int(max_len)
@@ -137,11 +136,6 @@ class MixedRunner:
         if source is not None:
             self._layer_offsets = source.layer_offsets[:model.shapes.layers, None].to(self.device)
         self._layouts: dict[tuple, _Layout] = {}
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, MixedOutput]] = {}
-        self._mempool = (mempool if mempool is not None else torch.cuda.graph_pool_handle()) if use_graphs else None
-        self.capture_s_total = 0.0
-        self.replays = 0
-        self.eager_runs = 0
 
     # --- layout ---------------------------------------------------------------------------------------------------------
     def _offsets(self, b: int, p: int, s: int, paged: bool):
@@ -278,36 +272,3 @@ class MixedRunner:
         for name in ("ids", "dlens", "cu", "ctx", "dbt", "pbt", "dstarts", "src", "last", "check"):
             v[name].zero_()
         v["slots"].fill_(-1)
-
-    def capture(self, key: tuple[bool, int, int, int]) -> float:
-        """Capture the graph of `key` after one warm-up run; seconds."""
-        t0 = time.perf_counter()
-        torch.cuda.synchronize()
-        self._neutral(key)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self.forward(key)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._mempool):
-            out = self.forward(key)
-        torch.cuda.synchronize()
-        self.graphs[key] = (graph, out)
-        dt = time.perf_counter() - t0
-        self.capture_s_total += dt
-        return dt
-
-    def ensure(self, key: tuple[bool, int, int, int]) -> float:
-        if not self.use_graphs or key in self.graphs:
-            return 0.0
-        return self.capture(key)
-
-    def run(self, key: tuple[bool, int, int, int]) -> MixedOutput:
-        if self.use_graphs:
-            graph, out = self.graphs[key]
-            graph.replay()
-            self.replays += 1
-            return out
-        self.eager_runs += 1
-        return self.forward(key)

@@ -10,7 +10,7 @@ pytest.importorskip("triton")
 
 from sim.cli import main  # noqa: E402
 
-TINY = "layers=2,kv_heads=2,heads=4,head_size=16,hidden=64,intermediate=128,vocab=128,params=1e5,max_len=128,name=tiny"
+from tests.harness._harness_testutil import TINY  # noqa: E402
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")

@@ -22,12 +22,8 @@ from sim.allocators.base import BlockTablePlacement  # noqa: E402
 from sim.config import GPUS, resolve_model  # noqa: E402
 from sim.run import ReplayOptions, replay  # noqa: E402
 from sim.scheduler import Batch  # noqa: E402
-from sim.trace import read_trace  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPE = "bf16" if DEVICE == "cuda" else "fp32"
-TINY = "layers=2,kv_heads=2,heads=4,head_size=16,hidden=64,intermediate=128,vocab=128,params=1e5,max_len=128,name=tiny"
-BLOCK = 8
+from tests.harness._harness_testutil import BLOCK, DEVICE, DTYPE, TINY, trace_file as _trace  # noqa: E402
 
 
 def test_buckets():
@@ -118,11 +114,6 @@ def test_static_path_matches_dynamic_path(alloc_cls, case):
         torch.testing.assert_close(a.capture.q[layer], b.capture.q[layer], rtol=0, atol=atol)
         torch.testing.assert_close(a.capture.out[layer], b.capture.out[layer], rtol=0, atol=atol)
 
-
-def _trace(tmp_path, rows, header):
-    path = tmp_path / "t.csv"
-    path.write_text(header + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
-    return read_trace(str(path))
 
 
 @pytest.mark.parametrize("allocator", ["paged", "contiguous-pow2", "paged-prefix-cache"])

@@ -1,0 +1,18 @@
+"""Shared set-up of the harness tests: a tiny model preset, the device and dtype the kernels run in (the Triton
+interpreter on a machine without a GPU, which mishandles bf16), and trace files written on the spot."""
+
+import torch
+
+from sim.trace import Trace, read_trace
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = "bf16" if DEVICE == "cuda" else "fp32"
+TINY = "layers=2,kv_heads=2,heads=4,head_size=16,hidden=64,intermediate=128,vocab=128,params=1e5,max_len=128,name=tiny"
+BLOCK = 8
+
+
+def trace_file(tmp_path, rows, header: str = "arrival_s,prompt_tokens,output_tokens") -> Trace:
+    """Write `rows` under `header` as a CSV in `tmp_path` and read it back as a Trace."""
+    path = tmp_path / "t.csv"
+    path.write_text(header + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    return read_trace(str(path))
