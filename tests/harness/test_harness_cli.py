@@ -56,8 +56,24 @@ def test_calibrate_then_validate(tmp_path, capsys):
         steps = (out / alloc / "measured_steps.csv").read_text().splitlines()
         assert timing[0] == "execute_s,gpu_s,issue_s,static" and len(timing) == len(steps)
         assert any(line.endswith(",1") for line in timing[1:])  # decode-only iterations ran the static path
+        assert any(line.endswith(",2") for line in timing[1:])  # and so did the prefills (mixed graphs)
+        assert all(line.endswith((",1", ",2")) for line in timing[1:])
     head = json.loads((out / "headline.json").read_text())
     assert "paged/contiguous-oracle" in head["ratios"]
+
+    # --no-prefill-graphs: the prefills run eagerly again (static 0), decode-only iterations still from graphs
+    out2 = tmp_path / "val2"
+    assert main(["validate", str(trace), "--model", TINY, "--gpu", "h100-80gb", "--device", "cpu", "--dtype", "fp32",
+                 "--kv-memory", "64KiB", "--block-size", "8", "--allocators", "paged", "--no-prefill-graphs",
+                 "--cost-model", str(prof), "--out", str(out2), "-q"]) == 0
+    warn = capsys.readouterr().err
+    assert "prefill_graphs=True, this replay runs with prefill_graphs=False" in warn
+    timing = (out2 / "measured_timing.csv").read_text().splitlines()[1:]
+    steps = (out2 / "measured_steps.csv").read_text().splitlines()
+    cols = steps[0].split(",")
+    prefill = [int(r.split(",")[cols.index("prefill_tokens")]) > 0 for r in steps[1:]]
+    assert [line[-1] for line in timing] == ["0" if p else "1" for p in prefill] and any(prefill)
+    assert json.loads((out2 / "measured_summary.json").read_text())["harness"]["prefill_graphs"] is False
     # the simulator itself loads the profile
     assert main(["replay", str(trace), "--model", TINY, "--kv-memory", "64KiB", "--block-size", "8",
                  "--cost-model", str(prof), "--out", str(tmp_path / "r"), "-q"]) == 0
