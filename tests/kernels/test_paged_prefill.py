@@ -12,8 +12,9 @@ from kernels import paged_attention as pa  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 
 
-def _run_prefill(context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed=0,
-                 config=None, pass_max=True):
+def _prefill_inputs(context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed):
+    """A paged cache holding every sequence's context and new tokens, the new tokens' queries, cu_seqlens and
+    context lengths (device tensors), and the softmax scale."""
     gen = torch.Generator().manual_seed(seed)
     seq_lens = [c + n for c, n in zip(context_lens, new_lens)]
     k, v, bt = make_paged(seq_lens, num_kv_heads, head_size, block_size, dtype, gen=gen)
@@ -23,7 +24,13 @@ def _run_prefill(context_lens, new_lens, num_q_heads, num_kv_heads, head_size, b
     q = torch.randn((cu[-1], num_q_heads, head_size), generator=gen).to(dtype).to(DEVICE)
     cu_t = torch.tensor(cu, dtype=torch.int32, device=DEVICE)
     ctx_t = torch.tensor(context_lens, dtype=torch.int32, device=DEVICE)
-    scale = head_size ** -0.5
+    return seq_lens, k, v, bt, q, cu_t, ctx_t, head_size ** -0.5
+
+
+def _run_prefill(context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed=0,
+                 config=None, pass_max=True):
+    seq_lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs(context_lens, new_lens, num_q_heads, num_kv_heads,
+                                                                head_size, block_size, dtype, seed)
     out = poisoned_like(q)
     pa.paged_prefill_attention(q, k, v, bt, cu_t, ctx_t, scale, out=out, config=config,
                                max_query_len=max(new_lens) if pass_max else None)
@@ -105,16 +112,8 @@ def test_prefill_one_token_blocks(dtype):
 
 def _run_prefill_newkv(context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed,
                        config=None, max_context_len=None):
-    gen = torch.Generator().manual_seed(seed)
-    seq_lens = [c + n for c, n in zip(context_lens, new_lens)]
-    k, v, bt = make_paged(seq_lens, num_kv_heads, head_size, block_size, dtype, gen=gen)
-    cu = [0]
-    for n in new_lens:
-        cu.append(cu[-1] + n)
-    q = torch.randn((cu[-1], num_q_heads, head_size), generator=gen).to(dtype).to(DEVICE)
-    cu_t = torch.tensor(cu, dtype=torch.int32, device=DEVICE)
-    ctx_t = torch.tensor(context_lens, dtype=torch.int32, device=DEVICE)
-    scale = head_size ** -0.5
+    seq_lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs(context_lens, new_lens, num_q_heads, num_kv_heads,
+                                                                head_size, block_size, dtype, seed)
     expect = ref.ref_paged_prefill(q, k, v, bt, cu_t, ctx_t, scale)
     # the new tokens' K/V as contiguous tensors, then poisoned in the cache: they must not be read from there
     kn = torch.cat([ref.gather_kv(k, bt[s], seq_lens[s])[context_lens[s]:] for s in range(len(seq_lens))])
