@@ -76,23 +76,6 @@ def _decode_batch(state: SyntheticState, batch: Batch, num: int, context: int) -
     return True
 
 
-def _spread_batch(state: SyntheticState, batch: Batch, num: int, mean: int) -> bool:
-    """`num` decode sequences whose contexts spread evenly from about mean / num to 2 x mean (mean `mean` tokens), as
-    a running batch's do: the longest sets the decode kernel's tail."""
-    for j in range(num):
-        context = max(1, round(mean * (2 * j + 1) / num))
-        seq = state.new_seq(context - 1)
-        if seq is None or not state.alloc.can_append(seq.seq_id, 1):
-            if seq is not None:
-                batch.decode.append(seq)
-            return False
-        state.alloc.append(seq.seq_id, 1)
-        batch.decode.append(seq)
-        batch.num_decode_seqs += 1
-        batch.decode_context_tokens += context
-    return True
-
-
 def _prefill_batch(state: SyntheticState, batch: Batch, num: int, new: int, context: int) -> bool:
     for _ in range(num):
         seq = state.new_seq(new + context)
@@ -110,13 +93,10 @@ def _prefill_batch(state: SyntheticState, batch: Batch, num: int, new: int, cont
 def synthetic_batches(state: SyntheticState, kind: str, a: int, b: int, prefill_seqs: int = 1):
     """Yield one Batch of a grid point (none if it does not fit the pool). Kinds: ("decode", batch size, context),
     ("prefill", new tokens, context), ("multi", sequences, new tokens each), ("mixed", prefill tokens, decode batch
-    size at context 512), ("spread", batch size, mean context) -- decode contexts spread from short to twice the mean,
-    ("copy", block copies, 0) -- a decode batch of 8 at context 64 with that many CoW copies."""
+    size at context 512), ("copy", block copies, 0) -- a decode batch of 8 at context 64 with that many CoW copies."""
     batch = Batch()
     if kind == "decode":
         ok = _decode_batch(state, batch, a, b)
-    elif kind == "spread":
-        ok = _spread_batch(state, batch, a, b)
     elif kind == "prefill":
         ok = _prefill_batch(state, batch, 1, a, b)
     elif kind == "multi":
@@ -148,10 +128,6 @@ def grid(max_len: int, max_seqs: int, max_batched: int) -> list[tuple[str, int, 
         for c in (16, 128, 512, 1024, 2048, 4096):
             if c <= max_len:
                 points.append(("decode", n, c))
-    for n in (4, 8, 16, 32, 64):
-        for c in (256, 512, 1024, 1536):
-            if n <= max_seqs and 2 * c < max_len:
-                points.append(("spread", n, c))
     for n in (16, 64, 128, 256, 512, 1024, 2048, 4096):
         for c in (0, 256, 1024):
             if n <= max_batched and n + c <= max_len:

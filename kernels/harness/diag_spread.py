@@ -10,7 +10,8 @@ the paged and the contiguous kernels and a few launch options.
 
     python -m kernels.harness.diag_spread --batches reports/validation/h100-run8/diagnosis/replay_batches.json --out D
 
-Writes D/spread.json (times in ms, medians of triton.testing.do_bench) and prints a table.
+Writes D/spread.json (times in ms, medians of triton.testing.do_bench) and prints a table. Run 8's result and what
+came of it: reports/validation/README.md ("Run 8").
 """
 
 from __future__ import annotations

@@ -66,8 +66,8 @@ def test_multi_query_long_auto_split(dtype):
 
 
 @pytest.mark.parametrize("config", [dict(use_dot=False), dict(head_major=True, evict="evict_first"),
-                                    dict(block_n=16, use_dot=False, head_major=True)],
-                         ids=["cuda_cores", "head_major_evict", "bn16"])
+                                    dict(block_n=16, use_dot=False, head_major=True), dict(reverse_parts=True)],
+                         ids=["cuda_cores", "head_major_evict", "bn16", "reverse_parts"])
 @pytest.mark.parametrize("group", [1, 4])
 def test_decode_configs(group, config):
     dtype = DTYPES[0]
