@@ -16,3 +16,15 @@ def trace_file(tmp_path, rows, header: str = "arrival_s,prompt_tokens,output_tok
     path = tmp_path / "t.csv"
     path.write_text(header + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
     return read_trace(str(path))
+
+
+def assert_replay_matches_simulation(meas, pred) -> None:
+    """A GPU replay (`gpu_replay`) beside the simulation of the same trace: every attention check within tolerance and
+    without NaN, every iteration checked, and the same batches and free memory, iteration by iteration."""
+    import numpy as np
+
+    h = meas.summary["harness"]
+    assert meas.checks["within_tolerance"] and not meas.checks["nan"], meas.checks
+    assert meas.checks["iterations_checked"] == h["iterations"]
+    for col in ("running", "prefill_tokens", "decode_tokens", "preempted", "free_bytes"):
+        np.testing.assert_array_equal(meas.steps[col], pred.steps[col], err_msg=col)
