@@ -28,3 +28,21 @@ def assert_replay_matches_simulation(meas, pred) -> None:
     assert meas.checks["iterations_checked"] == h["iterations"]
     for col in ("running", "prefill_tokens", "decode_tokens", "preempted", "free_bytes"):
         np.testing.assert_array_equal(meas.steps[col], pred.steps[col], err_msg=col)
+
+
+def execute_static_and_dynamic(run, static, dynamic, batch, new_slots):
+    """Execute `batch` through the static-buffer executor, restore the pool, then through the dynamic one. Both must
+    change exactly the slots in `new_slots` and write the same values there. Returns both execution results."""
+    import torch
+
+    before = run.pool.kv.clone()
+    a = static.execute(batch, check=True)
+    after_static = run.pool.kv.clone()
+    run.pool.kv.copy_(before)
+    b = dynamic.execute(batch, check=True)
+    # Only the new tokens' slots changed, identically in both paths (padded rows and sequences wrote nothing).
+    flat = lambda kv: kv.view(kv.shape[0], 2, -1, *kv.shape[-2:])  # noqa: E731
+    changed = (flat(after_static) != flat(before)).flatten(3).any(-1).any(1).any(0).nonzero().flatten().tolist()
+    assert sorted(changed) == sorted(new_slots)
+    torch.testing.assert_close(after_static, run.pool.kv, rtol=0, atol=0, equal_nan=True)
+    return a, b
