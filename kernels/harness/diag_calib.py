@@ -11,6 +11,11 @@ the replay's executor (graphs included), the same decode batches in three ways:
 * ``evolve``: a batch decoded for several consecutive iterations, one token appended to every sequence after each
   (what the replay does between scheduler changes), each iteration timed;
 
+* ``evolve-gapX``: as ``evolve``, with X ms of host idle time (busy-waiting) before every iteration, as the replay's
+  scheduler leaves the GPU idle between iterations;
+* ``evolve-prefill``: as ``evolve``, with a 128-token prefill iteration between decode iterations, as the replay
+  interleaves admissions (only the decode iterations are timed);
+
 and, in every mode, each batch of spread lengths beside a batch of uniform lengths with the same size and total.
 
     python -m kernels.harness.diag_calib --batches reports/validation/h100-run8/diagnosis/replay_batches.json --out D
@@ -50,6 +55,16 @@ def place(state: SyntheticState, lens: list[int]) -> Batch | None:
     return batch
 
 
+def place_prefill(state: SyntheticState, tokens: int) -> Batch | None:
+    """A prefill-only batch of one new sequence of `tokens` tokens."""
+    seq = state.new_seq(tokens)
+    if seq is None:
+        return None
+    batch = Batch(prefill=[seq], num_prefill_seqs=1, num_prefill_tokens=tokens)
+    batch.prefill_attention_pairs = tokens * (tokens + 1) // 2
+    return batch
+
+
 def timed(ex, batch: Batch) -> tuple[float, float]:
     t0 = time.perf_counter()
     r = ex.execute(batch)
@@ -86,6 +101,7 @@ def main() -> None:
     ap.add_argument("--evolve-steps", type=int, default=12)
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--modes", default="repeat,stream,evolve,evolve-gap0.5,evolve-gap2,evolve-prefill")
     ap.add_argument("--limit", type=int, default=None, help="only the first N batches (smoke tests)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -116,11 +132,12 @@ def main() -> None:
             replay = json.load(f)
     max_len = min(options.model.max_model_len, 4096)
     items = batches_to_time(rng, replay, max_len)[: a.limit]
-    res = {i: {"repeat": ([], []), "stream": ([], []), "evolve": ([], [])} for i in range(len(items))}
+    modes = a.modes.split(",")
+    res = {i: {m: ([], []) for m in modes} for i in range(len(items))}
     gc.collect()
     gc.disable()
     try:
-        for mode in ("repeat", "stream", "evolve"):
+        for mode in modes:
             t0 = time.perf_counter()
             for _ in range(a.passes):
                 for i in rng.permutation(len(items)):
@@ -139,7 +156,15 @@ def main() -> None:
                         walls.append(w)
                         gpus.append(g)
                     else:
+                        gap = float(mode[len("evolve-gap"):]) / 1e3 if mode.startswith("evolve-gap") else 0.0
+                        pre = place_prefill(state, 128) if mode == "evolve-prefill" else None
                         for _ in range(a.evolve_steps):
+                            if pre is not None:
+                                ex.execute(pre)
+                            if gap:
+                                t_end = time.perf_counter() + gap
+                                while time.perf_counter() < t_end:
+                                    pass
                             w, g = timed(ex, batch)
                             walls.append(w)
                             gpus.append(g)
@@ -151,6 +176,8 @@ def main() -> None:
                                 batch.decode_context_tokens += batch.num_decode_seqs
                                 continue
                             break
+                        if pre is not None:
+                            state.release(pre)
                     state.release(batch)
             print(f"{mode}: {time.perf_counter() - t0:.1f} s", flush=True)
     finally:
@@ -163,11 +190,11 @@ def main() -> None:
             row[mode] = {"wall_s": float(np.median(walls)) if walls else None,
                          "gpu_s": float(np.nanmedian(gpus)) if gpus else None, "runs": len(walls)}
         rows.append(row)
-        r, s, e = (row[m]["wall_s"] or float("nan") for m in ("repeat", "stream", "evolve"))
-        print(f"{item['name']:<34} n={row['n']:>3} total={row['total']:>6}  repeat {1e3 * r:7.3f}  "
-              f"stream/repeat {s / r:.3f}  evolve/repeat {e / r:.3f}")
+        base = row[modes[0]]["wall_s"] or float("nan")
+        print(f"{item['name']:<34} n={row['n']:>3} total={row['total']:>6}  {modes[0]} {1e3 * base:7.3f}  " +
+              "  ".join(f"{m} {(row[m]['wall_s'] or float('nan')) / base:.3f}" for m in modes[1:]))
     with open(os.path.join(a.out, "diag_calib.json"), "w") as f:
-        json.dump({"rows": rows, "passes": a.passes, "evolve_steps": a.evolve_steps}, f, indent=1)
+        json.dump({"rows": rows, "modes": modes, "passes": a.passes, "evolve_steps": a.evolve_steps}, f, indent=1)
 
 
 if __name__ == "__main__":
