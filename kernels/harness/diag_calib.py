@@ -20,8 +20,9 @@ and, in every mode, each batch of spread lengths beside a batch of uniform lengt
 
     python -m kernels.harness.diag_calib --batches reports/validation/h100-run8/diagnosis/replay_batches.json --out D
 
-Writes D/diag_calib.json (per batch and mode: median wall and GPU seconds). Without CUDA (`--layers 1 --device cpu`)
-it runs a tiny smoke version.
+Writes D/diag_calib.json (per batch and mode: median wall and GPU seconds); `--summarize D/diag_calib.json` prints
+the medians per mode and of spread against uniform. Without CUDA (`--layers 1 --device cpu`) it runs a tiny smoke
+version. Run 9's diagnosis (reports/validation/README.md) is what came of it.
 """
 
 from __future__ import annotations
@@ -93,6 +94,28 @@ def batches_to_time(rng: np.random.Generator, replay: list[dict], max_len: int) 
     return out
 
 
+def summarize(path: str) -> None:
+    """Print medians over batches, per kind, of each mode's time against ``repeat`` (calibration's method), and of
+    each spread batch's time against its uniform twin's."""
+    with open(path) as f:
+        data = json.load(f)
+    rows, modes = data["rows"], data.get("modes", ["repeat", "stream", "evolve"])
+    print(f"wall time against {modes[0]} (median over batches; GPU time in brackets):")
+    for kind in ("uniform", "spread", "twin"):
+        sel = [r for r in rows if r["kind"] == kind and all(r[m]["wall_s"] for m in modes)]
+        print(f"  {kind:<8} ({len(sel):>2} batches) " + "  ".join(
+            f"{m} {np.median([r[m]['wall_s'] / r[modes[0]]['wall_s'] for r in sel]):.3f} "
+            f"({np.median([r[m]['gpu_s'] / r[modes[0]]['gpu_s'] for r in sel]):.3f})" for m in modes[1:]))
+    twins = {r["name"][: -len(" (uniform twin)")]: r for r in rows if r["kind"] == "twin"}
+    pairs = [(r, twins[r["name"]]) for r in rows if r["kind"] == "spread" and r["name"] in twins
+             and all(r[m]["wall_s"] and twins[r["name"]][m]["wall_s"] for m in modes)]
+    for label, keep in (("all", lambda r: True), ("synthetic", lambda r: r["name"].startswith(("synthetic",
+                                                                                                 "one-long")))):
+        sel = [(s, t) for s, t in pairs if keep(s)]
+        print(f"spread / uniform twin, {label} ({len(sel)} pairs): " + "  ".join(
+            f"{m} {np.median([s[m]['wall_s'] / t[m]['wall_s'] for s, t in sel]):.3f}" for m in modes))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", default=None, help="JSON list of {'run', 'iteration', 'lens'} (replay_batches.json)")
@@ -103,7 +126,11 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--modes", default="repeat,stream,evolve,evolve-gap0.5,evolve-gap2,evolve-prefill")
     ap.add_argument("--limit", type=int, default=None, help="only the first N batches (smoke tests)")
+    ap.add_argument("--summarize", metavar="JSON", help="print the summary of an earlier run's diag_calib.json")
     a = ap.parse_args()
+    if a.summarize:
+        summarize(a.summarize)
+        return
     os.makedirs(a.out, exist_ok=True)
 
     from kernels.harness.replay import GpuRun, warm_up

@@ -85,10 +85,14 @@ def main() -> None:
     profile = ProfileCostModel.load(a.profile)
     mismatches = 0
     res_b, res_spread = collections.defaultdict(list), collections.defaultdict(list)
+    res_since = collections.defaultdict(list)
     exe_sum = pred_sum = 0.0
+    since_prefill = 10
     for batch, lens, row, tm in rebuild(a.run_dir, trace, options):
         if batch.num_seqs != int(row["running"]) or batch.num_prefill_tokens != int(row["prefill_tokens"]):
             mismatches += 1
+        if batch.num_prefill_tokens or batch.num_prefill_seqs:
+            since_prefill = 0
         if batch.num_prefill_tokens or not lens:
             continue
         pred, exe = profile.step_time(batch), float(tm["execute_s"])
@@ -96,9 +100,12 @@ def main() -> None:
         pred_sum += pred
         res_b[len(lens)].append(exe / pred - 1)
         res_spread[round(max(lens) / np.mean(lens))].append(exe / pred - 1)
+        res_since[min(since_prefill, 10)].append(exe / pred - 1)  # 10: ten or more
+        since_prefill += 1
     print(f"batches that differ from the measured record: {mismatches}")
     print(f"decode-only iterations: measured execute / predicted, summed: {exe_sum / pred_sum:.4f}")
-    for name, groups in (("decode batch size", res_b), ("longest / mean context", res_spread)):
+    for name, groups in (("decode batch size", res_b), ("longest / mean context", res_spread),
+                         ("iterations since the last one with prefill (10: ten or more)", res_since)):
         print(f"by {name} (median measured / predicted - 1, iterations):")
         print("  " + " ".join(f"{k}:{np.median(v):+.3f}({len(v)})" for k, v in sorted(groups.items()) if len(v) >= 30))
 
