@@ -35,35 +35,26 @@ import time
 
 import numpy as np
 
-from kernels.harness.calibrate import SyntheticState
+from kernels.harness.calibrate import SyntheticState, _decode_batch, _prefill_batch
 from sim.scheduler import Batch
 
 
 def place(state: SyntheticState, lens: list[int]) -> Batch | None:
     """A decode batch whose sequences read `lens` tokens each (the new token included), freshly placed."""
     batch = Batch()
-    for length in lens:
-        seq = state.new_seq(int(length) - 1)
-        if seq is None or not state.alloc.can_append(seq.seq_id, 1):
-            if seq is not None:
-                batch.decode.append(seq)
-            state.release(batch)
-            return None
-        state.alloc.append(seq.seq_id, 1)
-        batch.decode.append(seq)
-        batch.num_decode_seqs += 1
-        batch.decode_context_tokens += int(length)
-    return batch
+    if all(_decode_batch(state, batch, 1, int(length)) for length in lens):
+        return batch
+    state.release(batch)
+    return None
 
 
 def place_prefill(state: SyntheticState, tokens: int) -> Batch | None:
     """A prefill-only batch of one new sequence of `tokens` tokens."""
-    seq = state.new_seq(tokens)
-    if seq is None:
-        return None
-    batch = Batch(prefill=[seq], num_prefill_seqs=1, num_prefill_tokens=tokens)
-    batch.prefill_attention_pairs = tokens * (tokens + 1) // 2
-    return batch
+    batch = Batch()
+    if _prefill_batch(state, batch, 1, tokens, 0):
+        return batch
+    state.release(batch)
+    return None
 
 
 def timed(ex, batch: Batch) -> tuple[float, float]:
