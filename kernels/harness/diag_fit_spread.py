@@ -23,7 +23,7 @@ import numpy as np
 
 from kernels.harness.residuals import rebuild
 from sim.config import resolve_gpu, resolve_model
-from sim.cost_profile import FEATURES, batch_features, default_knots, nnls
+from sim.cost_profile import _design, batch_features, default_knots, nnls
 from sim.run import ReplayOptions
 from sim.trace import read_trace
 from sim.trace_tools import scale_trace, slice_trace
@@ -42,12 +42,11 @@ def extra(row: dict, kind: str) -> float:
 
 
 def design(rows: list[dict], kind: str, knots: list[int]) -> np.ndarray:
-    t = np.array([r["tokens"] for r in rows], dtype=np.float64)
-    cols = [np.ones_like(t), t] + [np.maximum(t - k, 0.0) for k in knots]
-    cols += [np.array([r[f] for r in rows], dtype=np.float64) for f in FEATURES]
-    if kind != "none":
-        cols.append(np.array([extra(r, kind) for r in rows]))
-    return np.column_stack(cols)
+    """The profile's design matrix (`sim.cost_profile._design`), with the extra feature as a last column."""
+    base = _design(rows, knots)
+    if kind == "none":
+        return base
+    return np.column_stack([base, np.array([extra(r, kind) for r in rows])])
 
 
 def main() -> None:
