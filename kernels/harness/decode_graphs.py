@@ -16,7 +16,8 @@ How (the vLLM recipe):
   longest context is correct (partitions past a sequence's length return at once, the reduction counts only the
   partitions the length covers), but the grid is baked into a graph. So each graph is captured with a context bucket
   `C` (powers of two from `min_ctx_bucket` up to the model's max length, which is the last bucket) and a batch runs in
-  the graph of the smallest `C >= its longest context`. Key: (paged or contiguous, B, C). The replay
+  the graph of the smallest `C >= its longest context`. The bound is cut into 512-token partitions
+  (`static_decode_attention`, which says why). Key: (paged or contiguous, B, C). The replay
   (`replay.GpuRun.build`) uses a single bucket, the model's max length: with finer buckets, calibration batches of
   uniform lengths ran the non-split kernel where replay batches of the same tokens ran the split path (run 7).
 * A graph is captured on first use, from neutral inputs (every slot -1, every length 0), so neither its warm-up runs
@@ -44,6 +45,31 @@ from kernels.harness.kv_pool import KVPool
 from kernels.harness.kv_source import KVSource
 from kernels.harness.model import RandomTransformer
 from kernels.paged_attention import contiguous_decode_attention, paged_decode_attention
+
+
+#: Tokens per split-KV partition of the decode kernel inside static iterations (decode graphs and mixed graphs).
+#: The split bound there is the model's max length, loose for most batches, and the kernel's automatic choice for it
+#: (2 partitions of 2,048 tokens from batch 4 up) starts the second partitions, which only the long sequences of a
+#: batch have, after every first one: a batch of spread lengths left a tail of long programs. On the H100
+#: (`kernels.harness.diag_spread`, run 8), one layer's paged decode on 39 batches of spread lengths (16 from run 7's
+#: replays) took 5.5% longer than on uniform batches of the same size and total context with the automatic choice,
+#: and run 7's paged decode iterations ran 1-4% over a profile calibrated on uniform batches. Partitions of 512
+#: tokens, the last ones started first (paged), took 0.89x the automatic choice's time on the spread batches and 0.98x
+#: on the uniform ones, and spread/uniform fell to 0.985; the contiguous kernel with 512-token partitions 1.000.
+STATIC_DECODE_PARTITION = 512
+
+
+def static_decode_attention(q, pool: KVPool, layer: int, paged: bool, block_tables, starts, lens, scale: float,
+                            bound: int, out) -> None:
+    """One layer's decode attention as static iterations launch it: split bound `bound` tokens, partitions of
+    `STATIC_DECODE_PARTITION` tokens (the paged kernel starts the last partitions first). Writes `out`."""
+    splits = max(1, -(-int(bound) // STATIC_DECODE_PARTITION))
+    if paged:
+        paged_decode_attention(q, pool.k(layer), pool.v(layer), block_tables, lens, scale, max_seq_len=bound,
+                               num_splits=splits, config={"reverse_parts": True}, out=out)
+    else:
+        contiguous_decode_attention(q, pool.k_slots(layer), pool.v_slots(layer), starts, lens, scale,
+                                    max_seq_len=bound, num_splits=splits, out=out)
 
 
 def batch_buckets(max_batch: int) -> list[int]:
@@ -269,12 +295,7 @@ class DecodeRunner(GraphCache):
                 k, val = kv[:, 0], kv[:, 1]
             write_kv(k, val, pool.k(layer), pool.v(layer), v.slots)
             attn = torch.empty((b, s.q_heads, s.head_size), dtype=q.dtype, device=self.device)
-            if paged:
-                paged_decode_attention(q, pool.k(layer), pool.v(layer), v.bt, v.lens, model.scale, max_seq_len=c,
-                                       out=attn)
-            else:
-                contiguous_decode_attention(q, pool.k_slots(layer), pool.v_slots(layer), v.starts, v.lens,
-                                            model.scale, max_seq_len=c, out=attn)
+            static_decode_attention(q, pool, layer, paged, v.bt, v.starts, v.lens, model.scale, c, attn)
             if self.source is not None and layer in self.check_layers:
                 out.q[layer], out.attn[layer] = q, attn
             x = model.attn_out_and_mlp(layer, x, attn)

@@ -35,11 +35,11 @@ import numpy as np
 import torch
 
 from kernels.cache_ops import write_kv
-from kernels.harness.decode_graphs import GraphCache, _bucket, _up4, batch_buckets
+from kernels.harness.decode_graphs import GraphCache, _bucket, _up4, batch_buckets, static_decode_attention
 from kernels.harness.kv_pool import KVPool
 from kernels.harness.kv_source import KVSource
 from kernels.harness.model import RandomTransformer
-from kernels.paged_attention import contiguous_decode_attention, paged_decode_attention, paged_prefill_attention
+from kernels.paged_attention import paged_prefill_attention
 
 CHECK_ROWS = 32  # most rows a check iteration samples (executor._plan_capture: 3 decode + up to 18 prefill)
 
@@ -249,12 +249,8 @@ class MixedRunner(GraphCache):
             write_kv(k, val, pool.k(layer), pool.v(layer), v["slots"])
             attn = torch.empty((b + p, sh.q_heads, sh.head_size), dtype=q.dtype, device=self.device)
             if b:
-                if paged:
-                    paged_decode_attention(q[:b], pool.k(layer), pool.v(layer), v["dbt"], v["dlens"], model.scale,
-                                           max_seq_len=self.max_len, out=attn[:b])
-                else:
-                    contiguous_decode_attention(q[:b], pool.k_slots(layer), pool.v_slots(layer), v["dstarts"],
-                                                v["dlens"], model.scale, max_seq_len=self.max_len, out=attn[:b])
+                static_decode_attention(q[:b], pool, layer, paged, v["dbt"], v["dstarts"], v["dlens"], model.scale,
+                                        self.max_len, attn[:b])
             kc, vc = (pool.k(layer), pool.v(layer)) if paged else (pool.k_unit_blocks(layer),
                                                                     pool.v_unit_blocks(layer))
             paged_prefill_attention(q[b:], kc, vc, v["pbt"], v["cu"], v["ctx"], model.scale, max_query_len=p,

@@ -144,3 +144,40 @@ def test_graphs_are_captured_once_per_key_and_replayed():
         state.release(batch)
     assert set(runner.graphs) == {(True, 2, 16), (True, 4, 64)}
     assert runner.replays == 3 and runner.eager_runs == 0
+
+
+@pytest.mark.parametrize("paged", [True, False], ids=["paged", "contiguous"])
+def test_static_decode_attention_splits_a_loose_bound_into_512_token_partitions(paged):
+    """Static iterations launch the decode kernel with a loose bound (the model's max length) cut into 512-token
+    partitions; spread lengths, a zero-length padded row and a bound of 1,100 (3 partitions, the last partial) must
+    still give the reference's output."""
+    from kernels import reference as ref
+    from kernels.harness.decode_graphs import STATIC_DECODE_PARTITION, static_decode_attention
+    from kernels.harness.kv_pool import KVPool
+
+    assert STATIC_DECODE_PARTITION == 512
+    gen = torch.Generator().manual_seed(5)
+    lens = [1, 511, 513, 1100, 0]
+    pool = KVPool(1, 160, 16, 2, 64, torch.float32, DEVICE)
+    pool.kv.copy_(torch.randn(pool.kv.shape, generator=gen))
+    q = torch.randn((len(lens), 4, 64), generator=gen).to(DEVICE)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    perm = torch.randperm(160, generator=gen)
+    bt = torch.zeros((len(lens), 70), dtype=torch.int32)
+    starts = torch.zeros(len(lens), dtype=torch.int64)
+    used = slot = 0
+    for s, n in enumerate(lens):
+        need = -(-n // 16)
+        bt[s, :need] = perm[used:used + need].to(torch.int32)
+        used += need
+        starts[s] = slot
+        slot += n
+    bt, starts = bt.to(DEVICE), starts.to(DEVICE)
+    out = torch.full_like(q, float("nan"))
+    static_decode_attention(q, pool, 0, paged, bt, starts, sl, 0.125, 1100, out)
+    if paged:
+        expect = ref.ref_paged_decode(q, pool.k(0), pool.v(0), bt, sl, 0.125)
+    else:
+        expect = ref.ref_contiguous_decode(q, pool.k_slots(0), pool.v_slots(0), starts, sl, 0.125)
+    torch.testing.assert_close(out, expect, atol=2e-5, rtol=2e-5)
+    assert torch.all(out[-1] == 0)
