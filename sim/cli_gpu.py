@@ -67,7 +67,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     args.trace = None
     options = _options(args, "paged")
-    if args.kv_memory is None:  # the pool size barely matters for timing; keep it modest
+    if args.kv_memory is None:  # big enough for the grid's larger decode points, well inside the GPU
         derived = options.budget().requested_bytes
         options.kv_memory = min(derived, parse_size(args.calibration_kv))
     harness = _harness_options(args)
@@ -86,7 +86,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     atomic_write(out, to_json(profile.to_dict()))
     f = profile.fit
     print(f"fit over {f['samples']} points: R^2 {f['r2']:.4f}, median |error| {100 * f['median_abs_rel_error']:.1f}%, "
-          f"max |error| {100 * f['max_abs_rel_error']:.1f}%")
+          f"max |error| {100 * f['max_abs_rel_error']:.1f}% (formula alone {100 * f['formula_median_abs_rel_error']:.1f}% "
+          f"and {100 * f['formula_max_abs_rel_error']:.1f}%; decode correction from {f['decode_points_corrected']} "
+          f"uniform decode points)")
     print(f"wrote {out}")
     return 0
 
@@ -183,7 +185,7 @@ def register(sub) -> None:
     p.add_argument("--block-size", type=positive_int, default=16)
     p.add_argument("--kv-memory", help="KV pool for the synthetic batches (default: the derived budget, at most "
                                        "--calibration-kv)")
-    p.add_argument("--calibration-kv", default="16GiB", help=argparse.SUPPRESS)
+    p.add_argument("--calibration-kv", default="32GiB", help=argparse.SUPPRESS)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--tp", type=positive_int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--max-model-len", type=positive_int)

@@ -15,6 +15,12 @@ The knots make the token term a convex piecewise-linear curve: flat-ish while th
 reading the weights (or by the host launching kernels), steeper once they are bound by arithmetic. The indicator
 terms carry the fixed cost of launching the prefill and decode attention kernels in every layer.
 
+Decode-only iterations (no prefill tokens) are then multiplied by a correction measured on the calibration grid's
+uniform decode points (`DecodeCorrection`): measured / formula time at each (batch size, context per sequence) point,
+interpolated between them. The additive formula cannot hold how the decode kernel's programs fill the GPU (a batch
+of 8 at 2,048 tokens ran 6% over it on the H100 while a batch of 1 ran 3-5% under), and decode-only iterations are
+most of a replay's time: run 9's replays ran 5-6% over the formula alone (reports/validation/README.md).
+
 The profile is JSON (see `ProfileCostModel.to_dict`): the coefficients, the knots, the measured samples they were
 fitted to, the fit's quality and where it was measured. It needs no torch: `sim` loads it anywhere.
 """
@@ -91,6 +97,75 @@ def nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarra
 
 
 @dataclass
+class DecodeCorrection:
+    """Measured / formula time of decode-only iterations, from the calibration grid's uniform decode points.
+
+    For each measured decode batch size, the ratios at the measured contexts per sequence (tokens). A batch of `n`
+    sequences reading `C` context tokens in all gets the ratio at `C / n` tokens per sequence: interpolated linearly
+    along each measured batch size's contexts, then linearly between the two measured batch sizes around `n`; flat
+    beyond the first and last measured context or batch size. At a grid point it is that point's own ratio, so the
+    profile reproduces its uniform decode measurements exactly.
+    """
+
+    batch_sizes: list[int]  # ascending
+    contexts: list[list[float]]  # per batch size: ascending context per sequence (tokens)
+    ratios: list[list[float]]  # per batch size and context: measured / formula
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or len(self.contexts) != len(self.batch_sizes) \
+                or len(self.ratios) != len(self.batch_sizes):
+            raise ValueError("decode correction: one row of contexts and ratios per batch size")
+        if any(b <= a for a, b in zip(self.batch_sizes, self.batch_sizes[1:])):
+            raise ValueError("decode correction: batch sizes must ascend")
+        for xs, ys in zip(self.contexts, self.ratios):
+            if not xs or len(xs) != len(ys) or any(b <= a for a, b in zip(xs, xs[1:])):
+                raise ValueError("decode correction: each row needs ascending contexts, one ratio each")
+            if not all(math.isfinite(r) and r > 0 for r in ys):
+                raise ValueError("decode correction: ratios must be finite and positive")
+        self._sizes = np.array(self.batch_sizes, dtype=np.float64)
+        self._rows = [(np.array(xs, dtype=np.float64), np.array(ys, dtype=np.float64))
+                      for xs, ys in zip(self.contexts, self.ratios)]
+
+    def ratios_at(self, num_seqs: np.ndarray, context_tokens: np.ndarray) -> np.ndarray:
+        """The ratio for batches of num_seqs sequences reading context_tokens in all (arrays of one shape). Element by
+        element the same operations whatever the arrays' length, so one batch at a time and many at once agree bit for
+        bit (the engine's fast-forward relies on it)."""
+        n = np.asarray(num_seqs, dtype=np.float64)
+        per_seq = np.asarray(context_tokens, dtype=np.float64) / n
+        along = np.stack([np.interp(per_seq, xs, ys) for xs, ys in self._rows])  # (batch sizes, batches)
+        pos = np.interp(n, self._sizes, np.arange(len(self._sizes), dtype=np.float64))
+        lo = np.floor(pos).astype(np.intp)
+        hi = np.minimum(lo + 1, len(self._sizes) - 1)
+        frac = pos - lo
+        cols = np.arange(n.shape[0])
+        return along[lo, cols] * (1.0 - frac) + along[hi, cols] * frac
+
+    @classmethod
+    def from_samples(cls, samples: list[dict], formula_s: np.ndarray) -> "DecodeCorrection | None":
+        """From the samples of kind "decode" (calibration's uniform decode points; `point` = [batch size, context per
+        sequence]) and the formula's time for every sample; None without any such sample."""
+        rows: dict[int, dict[float, float]] = {}
+        for s, f in zip(samples, formula_s):
+            if s.get("kind") != "decode" or s["has_prefill"] or s["decode_seqs"] <= 0 or not f > 0:
+                continue
+            n = int(s["decode_seqs"])
+            rows.setdefault(n, {})[s["decode_context"] / n] = float(s["time_s"]) / float(f)
+        if not rows:
+            return None
+        sizes = sorted(rows)
+        return cls(sizes, [sorted(rows[n]) for n in sizes], [[rows[n][c] for c in sorted(rows[n])] for n in sizes])
+
+    def to_dict(self) -> dict:
+        return {"batch_sizes": list(self.batch_sizes), "contexts": [list(r) for r in self.contexts],
+                "ratios": [list(r) for r in self.ratios]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DecodeCorrection":
+        return cls([int(b) for b in data["batch_sizes"]], [[float(c) for c in r] for r in data["contexts"]],
+                   [[float(v) for v in r] for r in data["ratios"]])
+
+
+@dataclass
 class ProfileCostModel:
     """Iteration time from a calibration profile (the formula in the module docstring)."""
 
@@ -103,6 +178,8 @@ class ProfileCostModel:
     fit: dict = field(default_factory=dict)  # quality of the fit
     samples: list[dict] = field(default_factory=list)  # what it was fitted to (features + time_s)
     path: str | None = None
+
+    decode_correction: "DecodeCorrection | None" = None  # decode-only iterations: measured / formula (see there)
 
     def __post_init__(self) -> None:
         if len(self.knots) != len(self.c_knots):
@@ -130,11 +207,22 @@ class ProfileCostModel:
         x = x + c_hd * has_decode
         return x
 
-    def time_of(self, features: dict) -> float:
-        """Seconds for an iteration with these features (keys as `batch_features` returns)."""
+    def formula_time_of(self, features: dict) -> float:
+        """Seconds for an iteration with these features (keys as `batch_features` returns), by the formula alone."""
         return float(self._eval(features["tokens"], features["prefill_pairs"], features["decode_context"],
                                 features["decode_seqs"], features["prefill_seqs"], features["has_prefill"],
                                 features["has_decode"]))
+
+    def time_of(self, features: dict) -> float:
+        """Seconds for an iteration with these features: the formula, times the decode correction on decode-only
+        iterations."""
+        t = self.formula_time_of(features)
+        n = features["decode_seqs"]
+        if self.decode_correction is None or features["has_prefill"] or n <= 0:
+            return t
+        ratio = self.decode_correction.ratios_at(np.array([n], dtype=np.int64),
+                                                  np.array([features["decode_context"]], dtype=np.int64))
+        return t * float(ratio[0])
 
     def step_time(self, batch: Batch) -> float:
         return self.time_of(batch_features(batch))
@@ -146,17 +234,23 @@ class ProfileCostModel:
         n = np.full(ctx.shape, num_seqs, dtype=np.int64)
         zero = np.zeros(ctx.shape, dtype=np.int64)
         one = np.ones(ctx.shape, dtype=np.int64)
-        return np.asarray(self._eval(n, zero, ctx, n, zero, zero, one), dtype=np.float64)
+        t = np.asarray(self._eval(n, zero, ctx, n, zero, zero, one), dtype=np.float64)
+        if self.decode_correction is None or num_seqs <= 0:
+            return t
+        return t * self.decode_correction.ratios_at(n, ctx)
 
     def describe(self) -> dict:
         return {"kind": "profile", "file": self.path, "formula": "see sim.cost_profile", "c0_s": self.c0,
                 "c_tokens_s": self.c_tokens, "knots": list(self.knots), "c_knots_s": list(self.c_knots),
-                "coefficients_s": dict(self.coefficients), "fit": dict(self.fit), "meta": dict(self.meta)}
+                "coefficients_s": dict(self.coefficients),
+                "decode_correction": self.decode_correction.to_dict() if self.decode_correction else None,
+                "fit": dict(self.fit), "meta": dict(self.meta)}
 
     # --- files ---------------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"kind": PROFILE_KIND, "version": PROFILE_VERSION, "c0": self.c0, "c_tokens": self.c_tokens,
                 "knots": list(self.knots), "c_knots": list(self.c_knots), "coefficients": dict(self.coefficients),
+                "decode_correction": self.decode_correction.to_dict() if self.decode_correction else None,
                 "meta": self.meta, "fit": self.fit, "samples": self.samples}
 
     @classmethod
@@ -171,9 +265,11 @@ class ProfileCostModel:
             numbers = [data["c0"], data["c_tokens"], *data["c_knots"], *data["coefficients"].values()]
             if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in numbers):
                 raise ValueError("coefficients must be finite non-negative numbers")
+            correction = data.get("decode_correction")  # absent from profiles written before it existed
             return cls(float(data["c0"]), float(data["c_tokens"]), [int(k) for k in data["knots"]],
                        [float(c) for c in data["c_knots"]], {k: float(v) for k, v in data["coefficients"].items()},
-                       dict(data.get("meta", {})), dict(data.get("fit", {})), list(data.get("samples", [])), path)
+                       dict(data.get("meta", {})), dict(data.get("fit", {})), list(data.get("samples", [])), path,
+                       DecodeCorrection.from_dict(correction) if correction is not None else None)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UserError(f"{where}: malformed cost profile: {exc}") from None
 
@@ -211,11 +307,18 @@ def fit_profile(samples: list[dict], knots: list[int] | None = None, meta: dict 
     c0, c_tokens, c_knots, rest = float(x[0]), float(x[1]), [float(v) for v in x[2:2 + len(knots)]], x[2 + len(knots):]
     model = ProfileCostModel(c0, c_tokens, list(knots), c_knots, {f: float(v) for f, v in zip(FEATURES, rest)},
                              meta or {}, {}, list(samples))
+    formula = np.array([model.formula_time_of(s) for s in samples])
+    model.decode_correction = DecodeCorrection.from_samples(samples, formula)
     pred = np.array([model.time_of(s) for s in samples])
     rel = (pred - y) / y
     ss_res = float(((pred - y) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
+    formula_rel = np.abs((formula - y) / y)
     model.fit = {"samples": len(samples), "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0,
                  "median_abs_rel_error": float(np.median(np.abs(rel))), "max_abs_rel_error": float(np.abs(rel).max()),
+                 "formula_median_abs_rel_error": float(np.median(formula_rel)),
+                 "formula_max_abs_rel_error": float(formula_rel.max()),
+                 "decode_points_corrected": 0 if model.decode_correction is None else
+                 sum(len(c) for c in model.decode_correction.contexts),
                  "weighting": "relative (rows weighted by 1 / measured time)"}
     return model

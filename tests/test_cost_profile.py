@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from sim.cost_profile import FEATURES, ProfileCostModel, batch_features, fit_profile, nnls
+from sim.cost_profile import FEATURES, DecodeCorrection, ProfileCostModel, batch_features, fit_profile, nnls
 from sim.errors import UserError
 from sim.scheduler import Batch, Sequence
 
@@ -119,7 +119,8 @@ def test_round_trip_and_errors(tmp_path):
         ProfileCostModel.load(str(tmp_path / "missing.json"))
 
 
-def test_replay_with_profile_fast_forward_identical(tmp_path):
+@pytest.mark.parametrize("corrected", [False, True], ids=["formula", "decode-correction"])
+def test_replay_with_profile_fast_forward_identical(tmp_path, corrected):
     """The engine's exact fast-forward with the profile model writes the same records as step by step."""
     from sim.config import MODELS, GPUS
     from sim.run import ReplayOptions, replay
@@ -127,6 +128,8 @@ def test_replay_with_profile_fast_forward_identical(tmp_path):
 
     path = tmp_path / "p.json"
     m = _model()
+    if corrected:
+        m.decode_correction = _correction()
     m.meta = {"model": "llama-2-7b"}
     path.write_text(json.dumps(m.to_dict()))
     trace = read_trace("traces/sharegpt-2k.csv")
@@ -152,3 +155,90 @@ def test_replay_rejects_profile_of_another_model(tmp_path):
     with pytest.raises(UserError, match="opt-13b"):
         replay(read_trace("traces/alpaca-2k.csv"),
                ReplayOptions(model=MODELS["llama-2-7b"], gpu=GPUS["h100-80gb"], cost_model=str(path)))
+
+
+def _correction() -> DecodeCorrection:
+    return DecodeCorrection(batch_sizes=[1, 4, 16], contexts=[[100.0, 300.0], [100.0], [64.0, 512.0, 4096.0]],
+                            ratios=[[0.9, 1.1], [1.2], [1.0, 1.08, 0.96]])
+
+
+def test_decode_correction_interpolates_by_hand():
+    c = _correction()
+    n = np.array([1, 1, 1, 2, 4, 10, 16, 16, 300, 16])
+    ctx = np.array([100, 200, 1000, 2 * 200, 4 * 7, 10 * 300, 16 * 288, 16 * 9000, 300 * 64, 16 * 64])
+    got = c.ratios_at(n, ctx)
+    # batch 1: along its contexts, flat past 300; batch 2 sits a third of the way from batch 1 to batch 4 (ratio
+    # 1.0 at 200 tokens there, 1.2 flat for batch 4); batch 10 halfway between batch 4 (1.2) and batch 16 at 300
+    # tokens (1.0 + 0.08 x 236 / 448); batch 16 at 288 (1.0 + 0.08 x 224 / 448 = 1.04), flat past 4096 and
+    # beyond the largest batch size
+    expect = [0.9, 1.0, 1.1, 1.0 + (1.2 - 1.0) / 3, 1.2, (1.2 + 1.0 + 0.08 * 236 / 448) / 2, 1.04, 0.96, 1.0, 1.0]
+    np.testing.assert_allclose(got, expect, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 9, 16, 40])
+def test_decode_times_with_correction_bit_identical_to_step_time(n):
+    m = _model()
+    m.decode_correction = _correction()
+    context = np.cumsum(np.random.default_rng(n).integers(n, 40 * n, size=150)) + 5
+    vec = m.decode_times(n, context)
+    for c, v in zip(context, vec):
+        assert m.step_time(_decode_batch(n, int(c))) == v
+    assert not np.array_equal(vec, _model().decode_times(n, context))  # the correction did apply
+
+
+def test_decode_correction_applies_to_decode_only_iterations():
+    m = _model()
+    plain = _model()
+    m.decode_correction = _correction()
+    b = _decode_batch(4, 400)
+    assert m.step_time(b) == pytest.approx(plain.step_time(b) * 1.2, rel=1e-15)
+    b.prefill = [Sequence(0, 100, 5, 0.0)]
+    b.num_prefill_tokens, b.num_prefill_seqs, b.prefill_attention_pairs = 100, 1, 5050
+    assert m.step_time(b) == plain.step_time(b)  # a batch with prefill: the formula alone
+
+
+def test_fit_builds_correction_from_uniform_decode_points():
+    """Measured decode points the formula cannot express: the profile reproduces them exactly, and other
+    batches get the formula times the interpolated ratio."""
+    truth = _model()
+    samples = _synthetic_samples(truth)
+    bumps = {1: 0.95, 4: 1.03, 16: 1.06, 64: 1.0, 256: 0.98}
+    for s in samples:
+        if not s["has_prefill"]:
+            s["kind"], s["point"] = "decode", [s["decode_seqs"], s["decode_context"] // s["decode_seqs"]]
+            s["time_s"] *= bumps[s["decode_seqs"]] * (1 + s["decode_context"] / s["decode_seqs"] / 1e5)
+    fitted = fit_profile(samples, knots=[32, 128])
+    assert fitted.fit["decode_points_corrected"] == 15
+    for s in samples:
+        if s.get("kind") == "decode":
+            assert fitted.time_of(s) == pytest.approx(s["time_s"], rel=1e-12)
+    # between batch sizes 4 and 16 at 1,024 tokens each: the two ratios, weighted 3/4 and 1/4 at batch 7
+    b = _decode_batch(7, 7 * 1024)
+    r4 = 1.03 * (1 + 1024 / 1e5) * truth.step_time(_decode_batch(4, 4 * 1024)) / fitted.formula_time_of(
+        batch_features(_decode_batch(4, 4 * 1024)))
+    r16 = 1.06 * (1 + 1024 / 1e5) * truth.step_time(_decode_batch(16, 16 * 1024)) / fitted.formula_time_of(
+        batch_features(_decode_batch(16, 16 * 1024)))
+    assert fitted.step_time(b) == pytest.approx(fitted.formula_time_of(batch_features(b)) * (0.75 * r4 + 0.25 * r16),
+                                                rel=1e-12)
+
+
+def test_correction_round_trip_and_old_profiles(tmp_path):
+    m = _model()
+    m.decode_correction = _correction()
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(m.to_dict()))
+    loaded = ProfileCostModel.load(str(path))
+    for n, c in ((2, 600), (16, 16 * 3000), (4, 40)):
+        assert loaded.step_time(_decode_batch(n, c)) == m.step_time(_decode_batch(n, c))
+    d = m.to_dict()
+    del d["decode_correction"]  # a profile written before the correction existed: the formula alone
+    path.write_text(json.dumps(d))
+    assert ProfileCostModel.load(str(path)).step_time(_decode_batch(4, 400)) == _model().step_time(_decode_batch(4, 400))
+    d["decode_correction"] = {"batch_sizes": [4, 1], "contexts": [[1.0], [1.0]], "ratios": [[1.0], [1.0]]}
+    path.write_text(json.dumps(d))
+    with pytest.raises(UserError, match="malformed.*ascend"):
+        ProfileCostModel.load(str(path))
+    d["decode_correction"] = {"batch_sizes": [1], "contexts": [[1.0]], "ratios": [[-1.0]]}
+    path.write_text(json.dumps(d))
+    with pytest.raises(UserError, match="positive"):
+        ProfileCostModel.load(str(path))

@@ -5,7 +5,8 @@ with and without cached context, and mixed prefill + decode iterations. Each poi
 real paged allocator, run through the same executor (and so the same host work, kernels and synchronisation) as the
 GPU replay; its time is the median wall time of its timed runs, gathered over several passes in shuffled order
 (see `measure`). The fit is
-`sim.cost_profile.fit_profile` (documented there).
+`sim.cost_profile.fit_profile` (documented there); the uniform decode points also give the profile its decode
+correction (`sim.cost_profile.DecodeCorrection`).
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def synthetic_batches(state: SyntheticState, kind: str, a: int, b: int, prefill_
 
 def grid(max_len: int, max_seqs: int, max_batched: int) -> list[tuple[str, int, int]]:
     points = []
-    for n in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+    # 24 and 48: batch sizes of the replay's graph buckets between powers of two, where overloaded replays run
+    for n in (1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256):
         if n > max_seqs:
             continue
         for c in (16, 128, 512, 1024, 2048, 4096):
