@@ -295,7 +295,11 @@ def default_knots(max_tokens: int) -> list[int]:
 
 
 def fit_profile(samples: list[dict], knots: list[int] | None = None, meta: dict | None = None) -> ProfileCostModel:
-    """Fit the formula to measured samples: dicts with the `batch_features` keys and `time_s`."""
+    """Fit the formula to measured samples: dicts with the `batch_features` keys and `time_s` (and, for the decode
+    correction, `kind` "decode" on uniform decode points). The profile's `fit` records: `r2`, `median_abs_rel_error`
+    and `max_abs_rel_error` of the profile (formula and correction) over the samples; `formula_median_abs_rel_error`
+    and `formula_max_abs_rel_error` of the formula alone; `decode_points_corrected`, the uniform decode points the
+    correction was built from."""
     if len(samples) < MIN_SAMPLES:
         raise UserError(f"a cost profile needs at least {MIN_SAMPLES} measured samples")
     if knots is None:
