@@ -142,8 +142,8 @@ class DecodeCorrection:
 
     @classmethod
     def from_samples(cls, samples: list[dict], formula_s: np.ndarray) -> "DecodeCorrection | None":
-        """From the samples of kind "decode" (calibration's uniform decode points; `point` = [batch size, context per
-        sequence]) and the formula's time for every sample; None without any such sample."""
+        """From the samples of kind "decode" (calibration's uniform decode points: `decode_seqs` sequences reading
+        `decode_context` tokens in all) and the formula's time for every sample; None without any such sample."""
         rows: dict[int, dict[float, float]] = {}
         for s, f in zip(samples, formula_s):
             if s.get("kind") != "decode" or s["has_prefill"] or s["decode_seqs"] <= 0 or not f > 0:
