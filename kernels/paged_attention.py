@@ -114,44 +114,58 @@ def _decode_kernel(
     PAGED: tl.constexpr, SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
     DOT_PREC: tl.constexpr, HEAD_MAJOR: tl.constexpr, EVICT: tl.constexpr,
     FUSED: tl.constexpr, GROUP_R: tl.constexpr, CHUNK: tl.constexpr, REV_PARTS: tl.constexpr,
+    HP: tl.constexpr,
 ):
+    # A program serves HP adjacent KV heads (kvg = head group). With HP > 1 the q rows of all HP heads
+    # share one tensor-core tile: q is block-diagonal over [HP * HEAD_PAD] columns (row r holds q head
+    # kvh0 * GROUP + r in the columns of its KV head r // GROUP, zeros elsewhere), so one dot scores a
+    # token against all HP heads, and each token's HP heads are read as one contiguous run.
     if HEAD_MAJOR:  # consecutive programs read the same blocks (all KV heads of one token range)
-        kvh = tl.program_id(0)
+        kvg = tl.program_id(0)
         seq = tl.program_id(1)
     else:
         seq = tl.program_id(0)
-        kvh = tl.program_id(1)
+        kvg = tl.program_id(1)
     if REV_PARTS:  # the last partitions (only long sequences of a mixed batch have them) start first
         part = tl.num_programs(2) - 1 - tl.program_id(2)
     else:
         part = tl.program_id(2)
+    kvh = kvg * HP
     seq64 = seq.to(tl.int64)
 
     seq_len = tl.load(lens_ptr + seq)
     start = part * partition_size
 
     offs_g = tl.arange(0, GROUP_PAD)
-    offs_d = tl.arange(0, HEAD_PAD)
+    offs_d = tl.arange(0, HP * HEAD_PAD)
     offs_n = tl.arange(0, BLOCK_N)
     qh = kvh * GROUP + offs_g
-    g_mask = offs_g < GROUP
-    if HEAD == HEAD_PAD:
+    g_mask = offs_g < GROUP * HP
+    if HP == 1:
+        dim = offs_d
+        col_k = offs_d  # column offsets within a token's K and V rows, from KV head kvh
+        col_v = offs_d
         q_mask = g_mask[:, None]
     else:
-        q_mask = g_mask[:, None] & (offs_d < HEAD)[None, :]
+        dim = offs_d % HEAD_PAD
+        col_k = (offs_d // HEAD_PAD).to(tl.int64) * stride_kh + dim
+        col_v = (offs_d // HEAD_PAD).to(tl.int64) * stride_vh + dim
+        q_mask = g_mask[:, None] & ((offs_d // HEAD_PAD)[None, :] == (offs_g // GROUP)[:, None])
+    if HEAD != HEAD_PAD:
+        q_mask = q_mask & (dim < HEAD)[None, :]
 
     if SPLIT:
         if start >= seq_len:
             if FUSED:
                 # no reduce kernel writes this row: an empty sequence gets zeros from its first program
                 if part == 0:
-                    tl.store(out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + offs_d[None, :],
-                             tl.zeros([GROUP_PAD, HEAD_PAD], dtype=out_ptr.dtype.element_ty), mask=q_mask)
+                    tl.store(out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + dim[None, :],
+                             tl.zeros([GROUP_PAD, HP * HEAD_PAD], dtype=out_ptr.dtype.element_ty), mask=q_mask)
             return
         end = tl.minimum(start + partition_size, seq_len)
     else:
         end = seq_len
-    q = tl.load(q_ptr + seq64 * stride_qs + qh[:, None] * stride_qh + offs_d[None, :],
+    q = tl.load(q_ptr + seq64 * stride_qs + qh[:, None] * stride_qh + dim[None, :],
                 mask=q_mask, other=0.0)
 
     k_base = k_ptr + kvh.to(tl.int64) * stride_kh
@@ -161,7 +175,7 @@ def _decode_kernel(
 
     m_i = tl.full([GROUP_PAD], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
-    acc = tl.zeros([GROUP_PAD, HEAD_PAD], dtype=tl.float32)
+    acc = tl.zeros([GROUP_PAD, HP * HEAD_PAD], dtype=tl.float32)
 
     for n0 in range(start, end, BLOCK_N):
         offs = n0 + offs_n
@@ -179,9 +193,9 @@ def _decode_kernel(
         if HEAD == HEAD_PAD:
             kv_mask = n_mask[:, None]
         else:
-            kv_mask = n_mask[:, None] & (offs_d < HEAD)[None, :]
-        k = tl.load(k_base + k_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0, eviction_policy=EVICT)
-        v = tl.load(v_base + v_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0, eviction_policy=EVICT)
+            kv_mask = n_mask[:, None] & (dim < HEAD)[None, :]
+        k = tl.load(k_base + k_off[:, None] + col_k[None, :], mask=kv_mask, other=0.0, eviction_policy=EVICT)
+        v = tl.load(v_base + v_off[:, None] + col_v[None, :], mask=kv_mask, other=0.0, eviction_policy=EVICT)
 
         if USE_DOT:
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
@@ -202,14 +216,11 @@ def _decode_kernel(
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_safe[:, None]
-    if HEAD == HEAD_PAD:
-        o_mask = g_mask[:, None]
-    else:
-        o_mask = g_mask[:, None] & (offs_d < HEAD)[None, :]
-    optr = out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + offs_d[None, :]
+    o_mask = q_mask  # with HP > 1 only the block-diagonal part of acc is this program's output
+    optr = out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + dim[None, :]
     if SPLIT:
         n_parts = tl.cdiv(seq_len, partition_size)
-        po = po_ptr + seq64 * stride_pos + qh[:, None] * stride_poh + part * stride_pop + offs_d[None, :]
+        po = po_ptr + seq64 * stride_pos + qh[:, None] * stride_poh + part * stride_pop + dim[None, :]
         lse_ptr = plse_ptr + seq64 * stride_pls + qh * stride_plh + part
         if FUSED:
             if n_parts == 1:
@@ -223,15 +234,17 @@ def _decode_kernel(
                 # (single-thread) release of the counter increment; acq_rel makes the other programs'
                 # partials visible to the one that sees the count reach n_parts - 1.
                 tl.debug_barrier()
-                cnt = cnt_ptr + seq64 * stride_cnt + kvh
+                cnt = cnt_ptr + seq64 * stride_cnt + kvg
                 done = tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu")
                 if done == n_parts - 1:
-                    # every other program of this (sequence, head) has incremented: reset for the next call
+                    # every other program of this (sequence, head group) has incremented: reset for the
+                    # next call; the group's GROUP * HP q heads are adjacent, so combine them as one group
                     tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")
-                    _combine_partials(po_ptr, plse_ptr, out_ptr, seq64, kvh, n_parts,
+                    _combine_partials(po_ptr, plse_ptr, out_ptr, seq64, kvg, n_parts,
                                       stride_pos, stride_poh, stride_pop, stride_pls, stride_plh,
                                       stride_os, stride_oh,
-                                      GROUP=GROUP, GROUP_R=GROUP_R, HEAD=HEAD, HEAD_PAD=HEAD_PAD, CHUNK=CHUNK)
+                                      GROUP=GROUP * HP, GROUP_R=GROUP_R, HEAD=HEAD, HEAD_PAD=HEAD_PAD,
+                                      CHUNK=CHUNK)
         else:
             tl.store(po, o, mask=o_mask)
             tl.store(lse_ptr, tl.where(l_i > 0.0, m_i + tl.log2(l_safe), float("-inf")), mask=g_mask)
@@ -406,7 +419,7 @@ def _decode_config(head_pad: int, group: int, dtype: torch.dtype, block_size: in
     # pipeline stage): each program waits for every tile. That is enough when several programs
     # share an SM, i.e. on large grids.
     cfg = dict(block_n=block_n, num_warps=4, num_stages=3, use_dot=True, head_major=True, evict="",
-               fuse_always=False)
+               fuse_always=False, heads_per_program=1)
     if units is not None and units < num_sms and head_pad <= 128 and not _interpreting():
         # Small grids (fewer (sequence, KV head) pairs than SMs: batch 1, GQA batch 16): few programs
         # per SM, so each must keep loads in flight. 32-token tiles with 5 stages get two K/V buffers
@@ -435,7 +448,12 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
     if config:
         cfg.update(config)
     use_dot = bool(cfg["use_dot"])
-    group_pad = max(16, triton.next_power_of_2(group)) if use_dot else triton.next_power_of_2(group)
+    hp = int(cfg["heads_per_program"])
+    assert hp >= 1 and hp & (hp - 1) == 0 and num_kv_heads % hp == 0, \
+        "heads_per_program must be a power of two dividing num_kv_heads"
+    num_groups = num_kv_heads // hp  # programs per (sequence, partition)
+    rows = group * hp
+    group_pad = max(16, triton.next_power_of_2(rows)) if use_dot else triton.next_power_of_2(rows)
     block_n = int(cfg["block_n"])
 
     if out is None:
@@ -450,7 +468,7 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
             max_seq_len = block_tables.shape[1] * block_size
         else:
             max_seq_len = int(seq_lens.max().item())  # one sync; pass max_seq_len to avoid it
-    splits, part = _choose_partition(num_seqs, num_kv_heads, max_seq_len, block_n, _num_sms(q.device),
+    splits, part = _choose_partition(num_seqs, num_groups, max_seq_len, block_n, _num_sms(q.device),
                                      num_splits, min_seq_len)
     if paged:
         assert block_tables.dtype == torch.int32 and block_tables.stride(-1) == 1
@@ -479,15 +497,15 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         # launch after the wave is pure overhead, and fusing was faster on every such H100 case
         # (e.g. gqa b1 x 8,192: 0.0268 vs 0.0277 ms). On multi-wave grids of equal partitions it was
         # slower, unexplained (gqa b16 x 8,192, 4 splits: 0.234 vs 0.199 ms; reports/kernels/README.md).
-        fused_reduce = bool(cfg["fuse_always"]) or _auto_fused(num_seqs, num_kv_heads, splits, q.device)
+        fused_reduce = bool(cfg["fuse_always"]) or _auto_fused(num_seqs, num_groups, splits, q.device)
     fused = splits > 1 and bool(fused_reduce)
     cnt = None
     if fused:
-        cnt = _counters(q.device, num_seqs * num_kv_heads)
+        cnt = _counters(q.device, num_seqs * num_groups)
         fused = cnt is not None  # capture with too small a cached buffer: the two-kernel path
     if cnt is None:
         cnt = seq_lens  # unused
-    group_r = triton.next_power_of_2(group)
+    group_r = triton.next_power_of_2(rows)
     # partitions combined per step: about 32 (q head, partition) rows of HEAD floats at once
     chunk = max(1, min(triton.next_power_of_2(splits), 32 // group_r))
 
@@ -497,7 +515,7 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         launch_opts["maxnreg"] = int(maxnreg)
 
     head_major = bool(cfg["head_major"])
-    grid = (num_kv_heads, num_seqs, splits) if head_major else (num_seqs, num_kv_heads, splits)
+    grid = (num_groups, num_seqs, splits) if head_major else (num_seqs, num_groups, splits)
     _decode_kernel[grid](
         q, k, v, bt, seq_lens, starts_arg,
         out, po, plse, cnt,
@@ -507,13 +525,13 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         stride_bts,
         out.stride(0), out.stride(1),
         *po_st, *pl_st,
-        num_kv_heads,
+        num_groups,
         GROUP=group, GROUP_PAD=group_pad, HEAD=head, HEAD_PAD=head_pad,
         BLOCK_SIZE=block_size, BLOCK_N=block_n,
         PAGED=paged, SPLIT=splits > 1, USE_DOT=use_dot, DOT_PREC=_dot_precision(q.dtype),
         HEAD_MAJOR=head_major, EVICT=str(cfg["evict"]),
         FUSED=fused, GROUP_R=group_r, CHUNK=chunk, REV_PARTS=bool(cfg.get("reverse_parts", False)),
-        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **launch_opts,
+        HP=hp, num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **launch_opts,
     )
     if splits > 1 and not fused:
         chunk = min(16, triton.next_power_of_2(splits))

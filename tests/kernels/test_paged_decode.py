@@ -377,3 +377,48 @@ def test_small_grid_config(monkeypatch):
     assert (large["block_n"], large["num_stages"], large["fuse_always"]) == (64, 3, False)
     assert pa._decode_config(128, 4, torch.bfloat16, 16, units=132, num_sms=132)["block_n"] == 64
     assert pa._decode_config(256, 4, torch.bfloat16, 16, units=8, num_sms=132)["num_stages"] == 3  # head 256: unchanged
+
+
+# --------------------------------------------------------------------------------------
+# several KV heads per program (block-diagonal q tile)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [DTYPES[0]], ids=dtype_id)
+@pytest.mark.parametrize("group,hp", [(1, 2), (1, 4), (4, 2), (4, 4), (8, 2)])
+@pytest.mark.parametrize("head_size", [64, 80])
+def test_heads_per_program(group, hp, head_size, dtype):
+    # hp KV heads share one program: each token's hp heads are one contiguous run, q is block-diagonal;
+    # every path that stores output (single pass, two-kernel split, fused split, empty rows) is checked
+    num_kv_heads = 4
+    gen = torch.Generator().manual_seed(100 * group + 10 * hp + head_size)
+    lens = [0, 1, 16, 17, 95]
+    k, v, bt = make_paged(lens, num_kv_heads, head_size, 16, dtype, gen=gen)
+    q = torch.randn((len(lens), num_kv_heads * group, head_size), generator=gen).to(dtype).to(DEVICE)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    expect = ref.ref_paged_decode(q, k, v, bt, sl, 0.1)
+    for splits, fused in ((1, None), (3, False), (3, True)):
+        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.1, num_splits=splits, fused_reduce=fused,
+                                        out=poisoned_like(q), config=dict(heads_per_program=hp))
+        assert_close(out, expect, dtype, f"hp {hp} splits {splits} fused {fused}")
+        assert torch.all(out[0] == 0)
+
+
+def test_heads_per_program_contiguous_and_strided_v():
+    # contiguous pools, and a V cache whose head stride differs from K's (a view into a wider buffer)
+    dtype = DTYPES[0]
+    gen = torch.Generator().manual_seed(5)
+    lens, starts = [40, 0, 130], [0, 45, 45]
+    pool_k = torch.randn((180, 4, 64), generator=gen).to(dtype).to(DEVICE)
+    wide_v = torch.randn((180, 4, 96), generator=gen).to(dtype).to(DEVICE)
+    pool_v = wide_v[:, :, :64]
+    q = torch.randn((3, 8, 64), generator=gen).to(dtype).to(DEVICE)
+    st = torch.tensor(starts, dtype=torch.int64, device=DEVICE)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    expect = ref.ref_contiguous_decode(q, pool_k, pool_v, st, sl, 0.125)
+    for splits in (1, 2):
+        out = pa.contiguous_decode_attention(q, pool_k, pool_v, st, sl, 0.125, num_splits=splits,
+                                             out=poisoned_like(q), config=dict(heads_per_program=4))
+        assert_close(out, expect, dtype, f"splits {splits}")
+    with pytest.raises(AssertionError, match="heads_per_program"):
+        pa.contiguous_decode_attention(q, pool_k, pool_v, st, sl, 0.125, config=dict(heads_per_program=3))
