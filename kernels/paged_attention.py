@@ -96,6 +96,62 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 @triton.jit
+def _tile_blocks(bt_row, offs, end, BLOCK_SIZE: tl.constexpr, PAGED: tl.constexpr):
+    """Physical block of each token position ``offs`` (int64), read from the block-table row ``bt_row``;
+    positions at or past ``end`` read nothing. Unused (returns ``offs``) for the contiguous layout."""
+    if PAGED:
+        return tl.load(bt_row + offs // BLOCK_SIZE, mask=offs < end, other=0).to(tl.int64)
+    else:
+        return offs
+
+
+@triton.jit
+def _load_kv_tile(k_base, v_base, blk, offs, end, seq_start,
+                  stride_kb, stride_kt, stride_vb, stride_vt, col_k, col_v, dim,
+                  BLOCK_SIZE: tl.constexpr, PAGED: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
+                  EVICT: tl.constexpr):
+    """K and V rows of the token positions ``offs`` (zeros at or past ``end``): through the blocks ``blk``
+    when paged, else from slot ``seq_start + offs``. ``col_k``/``col_v`` are the column offsets."""
+    n_mask = offs < end
+    if PAGED:
+        in_blk = (offs % BLOCK_SIZE).to(tl.int64)
+        k_off = blk * stride_kb + in_blk * stride_kt
+        v_off = blk * stride_vb + in_blk * stride_vt
+    else:
+        slot = seq_start + offs.to(tl.int64)
+        k_off = slot * stride_kb
+        v_off = slot * stride_vb
+    if HEAD == HEAD_PAD:
+        kv_mask = n_mask[:, None]
+    else:
+        kv_mask = n_mask[:, None] & (dim < HEAD)[None, :]
+    k = tl.load(k_base + k_off[:, None] + col_k[None, :], mask=kv_mask, other=0.0, eviction_policy=EVICT)
+    v = tl.load(v_base + v_off[:, None] + col_v[None, :], mask=kv_mask, other=0.0, eviction_policy=EVICT)
+    return k, v
+
+
+@triton.jit
+def _decode_step(q, k, v, n_mask, m_i, l_i, acc, scale_log2, USE_DOT: tl.constexpr, DOT_PREC: tl.constexpr):
+    """One online-softmax step of decode: the q rows against one tile of keys ``k``/``v`` (``n_mask``:
+    keys that exist). Returns the new running maximum (log2 units), sum and unnormalised output."""
+    if USE_DOT:
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+    else:
+        s = tl.sum(q[:, None, :].to(tl.float32) * k[None, :, :].to(tl.float32), axis=2)
+    s = s * scale_log2
+    s = tl.where(n_mask[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if USE_DOT:
+        pv = tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    else:
+        pv = tl.sum(p[:, :, None] * v[None, :, :].to(tl.float32), axis=1)
+    return m_new, l_i, acc * alpha[:, None] + pv
+
+
+@triton.jit
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, starts_ptr,
     out_ptr, po_ptr, plse_ptr, cnt_ptr,
@@ -114,7 +170,7 @@ def _decode_kernel(
     PAGED: tl.constexpr, SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
     DOT_PREC: tl.constexpr, HEAD_MAJOR: tl.constexpr, EVICT: tl.constexpr,
     FUSED: tl.constexpr, GROUP_R: tl.constexpr, CHUNK: tl.constexpr, REV_PARTS: tl.constexpr,
-    HP: tl.constexpr,
+    HP: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     # A program serves HP adjacent KV heads (kvg = head group). With HP > 1 the q rows of all HP heads
     # share one tensor-core tile: q is block-diagonal over [HP * HEAD_PAD] columns (row r holds q head
@@ -170,49 +226,43 @@ def _decode_kernel(
 
     k_base = k_ptr + kvh.to(tl.int64) * stride_kh
     v_base = v_ptr + kvh.to(tl.int64) * stride_vh
-    if not PAGED:
+    if PAGED:
+        seq_start = 0
+    else:
         seq_start = tl.load(starts_ptr + seq).to(tl.int64)
 
     m_i = tl.full([GROUP_PAD], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
     acc = tl.zeros([GROUP_PAD, HP * HEAD_PAD], dtype=tl.float32)
 
-    for n0 in range(start, end, BLOCK_N):
-        offs = n0 + offs_n
-        n_mask = offs < end
-        if PAGED:
-            blk = tl.load(bt_ptr + seq64 * stride_bts + offs // BLOCK_SIZE, mask=n_mask, other=0)
-            blk = blk.to(tl.int64)
-            in_blk = (offs % BLOCK_SIZE).to(tl.int64)
-            k_off = blk * stride_kb + in_blk * stride_kt
-            v_off = blk * stride_vb + in_blk * stride_vt
-        else:
-            slot = seq_start + offs.to(tl.int64)
-            k_off = slot * stride_kb
-            v_off = slot * stride_vb
-        if HEAD == HEAD_PAD:
-            kv_mask = n_mask[:, None]
-        else:
-            kv_mask = n_mask[:, None] & (dim < HEAD)[None, :]
-        k = tl.load(k_base + k_off[:, None] + col_k[None, :], mask=kv_mask, other=0.0, eviction_policy=EVICT)
-        v = tl.load(v_base + v_off[:, None] + col_v[None, :], mask=kv_mask, other=0.0, eviction_policy=EVICT)
-
-        if USE_DOT:
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-        else:
-            s = tl.sum(q[:, None, :].to(tl.float32) * k[None, :, :].to(tl.float32), axis=2)
-        s = s * scale_log2
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if USE_DOT:
-            pv = tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-        else:
-            pv = tl.sum(p[:, :, None] * v[None, :, :].to(tl.float32), axis=1)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+    bt_row = bt_ptr + seq64 * stride_bts
+    if PREFETCH:
+        # Explicit register prefetch (no Triton pipelining needed): a tile's K/V loads are issued one
+        # iteration before the tile is used, and its block-table load one iteration before that, so no
+        # load address waits on a load issued in the same iteration.
+        blk = _tile_blocks(bt_row, start + offs_n, end, BLOCK_SIZE, PAGED)
+        k_nx, v_nx = _load_kv_tile(k_base, v_base, blk, start + offs_n, end, seq_start,
+                                   stride_kb, stride_kt, stride_vb, stride_vt, col_k, col_v, dim,
+                                   BLOCK_SIZE, PAGED, HEAD, HEAD_PAD, EVICT)
+        blk = _tile_blocks(bt_row, start + BLOCK_N + offs_n, end, BLOCK_SIZE, PAGED)
+        for n0 in range(start, end, BLOCK_N):
+            k = k_nx
+            v = v_nx
+            nxt = n0 + BLOCK_N + offs_n
+            k_nx, v_nx = _load_kv_tile(k_base, v_base, blk, nxt, end, seq_start,
+                                       stride_kb, stride_kt, stride_vb, stride_vt, col_k, col_v, dim,
+                                       BLOCK_SIZE, PAGED, HEAD, HEAD_PAD, EVICT)
+            blk = _tile_blocks(bt_row, nxt + BLOCK_N, end, BLOCK_SIZE, PAGED)
+            m_i, l_i, acc = _decode_step(q, k, v, (n0 + offs_n) < end, m_i, l_i, acc, scale_log2,
+                                         USE_DOT, DOT_PREC)
+    else:
+        for n0 in range(start, end, BLOCK_N):
+            offs = n0 + offs_n
+            blk = _tile_blocks(bt_row, offs, end, BLOCK_SIZE, PAGED)
+            k, v = _load_kv_tile(k_base, v_base, blk, offs, end, seq_start,
+                                 stride_kb, stride_kt, stride_vb, stride_vt, col_k, col_v, dim,
+                                 BLOCK_SIZE, PAGED, HEAD, HEAD_PAD, EVICT)
+            m_i, l_i, acc = _decode_step(q, k, v, offs < end, m_i, l_i, acc, scale_log2, USE_DOT, DOT_PREC)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_safe[:, None]
@@ -531,7 +581,8 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         PAGED=paged, SPLIT=splits > 1, USE_DOT=use_dot, DOT_PREC=_dot_precision(q.dtype),
         HEAD_MAJOR=head_major, EVICT=str(cfg["evict"]),
         FUSED=fused, GROUP_R=group_r, CHUNK=chunk, REV_PARTS=bool(cfg.get("reverse_parts", False)),
-        HP=hp, num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **launch_opts,
+        HP=hp, PREFETCH=bool(cfg.get("prefetch", False)),
+        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **launch_opts,
     )
     if splits > 1 and not fused:
         chunk = min(16, triton.next_power_of_2(splits))

@@ -1,4 +1,5 @@
-"""A/B sweep for the fourth tuning round: several KV heads per decode program (``heads_per_program``).
+"""A/B sweeps for the fourth tuning round: explicit register prefetch in decode (``prefetch``), and several KV
+heads per decode program (``heads_per_program``).
 
     python -m kernels.tune_perf4 --out DIR [--budget-s 400] [--cases all|NAME,NAME]
 
@@ -44,33 +45,25 @@ CASES = [
 
 
 def variants(group: int, batch: int) -> list[tuple[str, dict]]:
-    """(label, kwargs of paged_decode_attention); hp only where group x hp <= 16 (one 16-row tile)."""
+    """(label, kwargs of paged_decode_attention): explicit register prefetch (``prefetch``) by tile size,
+    warps and pipelining stages, a split sweep at batch >= 16, and two several-heads-per-program shapes."""
     v = [("default", {})]
-    for hp in (2, 4):
-        if group * hp > 16:
-            continue
-        for bn, st in ((16, 3), (16, 4), (32, 3), (32, 4), (64, 3)):
-            if hp == 4 and bn == 64:
-                continue  # 64 KB per K tile
-            v.append((f"hp{hp}_bn{bn}_s{st}", {"config": dict(heads_per_program=hp, block_n=bn, num_stages=st)}))
-        v.append((f"hp{hp}_bn32_s3_w8", {"config": dict(heads_per_program=hp, block_n=32, num_stages=3,
-                                                          num_warps=8)}))
-        v.append((f"hp{hp}_bn32_s3_twok", {"config": dict(heads_per_program=hp, block_n=32, num_stages=3),
-                                           "fused_reduce": False}))
-    if batch == 1:  # few (sequence, head group) pairs: more, shorter partitions than MIN_PARTITION allows
-        for hp in (2, 4):
-            if group * hp > 16:
-                continue
-            for sp in (32, 64, 128):
-                v.append((f"hp{hp}_bn16_s4_sp{sp}", {"config": dict(heads_per_program=hp, block_n=16, num_stages=4),
-                                                     "num_splits": sp}))
+    for bn, nw, st in ((32, 4, 1), (64, 4, 1), (64, 8, 1), (128, 8, 1), (16, 4, 1), (32, 4, 2), (64, 8, 2)):
+        v.append((f"pf_bn{bn}_w{nw}_s{st}", {"config": dict(prefetch=True, block_n=bn, num_warps=nw, num_stages=st)}))
     if batch >= 16:
-        for hp in (2, 4):
-            if group * hp > 16:
-                continue
-            for sp in (2, 4, 8):
-                v.append((f"hp{hp}_bn32_s3_sp{sp}", {"config": dict(heads_per_program=hp, block_n=32, num_stages=3),
-                                                     "num_splits": sp}))
+        for sp in (2, 3, 4, 8):
+            v.append((f"pf_bn64_w8_s1_sp{sp}", {"config": dict(prefetch=True, block_n=64, num_warps=8, num_stages=1),
+                                                "num_splits": sp}))
+    if batch == 1:
+        for sp in (16, 64):
+            v.append((f"pf_bn32_w4_s1_sp{sp}", {"config": dict(prefetch=True, block_n=32, num_warps=4, num_stages=1),
+                                                "num_splits": sp}))
+    hp = 16 // group if group <= 8 else 1
+    if hp > 1:  # round-4 first call's best several-heads shapes, again beside the prefetch
+        hp = min(hp, 4)
+        v.append((f"hp{hp}_bn32_s3", {"config": dict(heads_per_program=hp, block_n=32, num_stages=3)}))
+        v.append((f"hp{hp}_pf_bn32_w4_s1", {"config": dict(heads_per_program=hp, prefetch=True, block_n=32,
+                                                             num_warps=4, num_stages=1)}))
     return v
 
 

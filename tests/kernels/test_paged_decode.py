@@ -66,8 +66,9 @@ def test_multi_query_long_auto_split(dtype):
 
 
 @pytest.mark.parametrize("config", [dict(use_dot=False), dict(head_major=True, evict="evict_first"),
-                                    dict(block_n=16, use_dot=False, head_major=True), dict(reverse_parts=True)],
-                         ids=["cuda_cores", "head_major_evict", "bn16", "reverse_parts"])
+                                    dict(block_n=16, use_dot=False, head_major=True), dict(reverse_parts=True),
+                                    dict(prefetch=True, num_stages=1), dict(prefetch=True, block_n=16)],
+                         ids=["cuda_cores", "head_major_evict", "bn16", "reverse_parts", "prefetch", "prefetch_bn16"])
 @pytest.mark.parametrize("group", [1, 4])
 def test_decode_configs(group, config):
     dtype = DTYPES[0]
@@ -417,8 +418,9 @@ def test_heads_per_program_contiguous_and_strided_v():
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     expect = ref.ref_contiguous_decode(q, pool_k, pool_v, st, sl, 0.125)
     for splits in (1, 2):
-        out = pa.contiguous_decode_attention(q, pool_k, pool_v, st, sl, 0.125, num_splits=splits,
-                                             out=poisoned_like(q), config=dict(heads_per_program=4))
-        assert_close(out, expect, dtype, f"splits {splits}")
+        for cfg in (dict(heads_per_program=4), dict(heads_per_program=4, prefetch=True, block_n=16)):
+            out = pa.contiguous_decode_attention(q, pool_k, pool_v, st, sl, 0.125, num_splits=splits,
+                                                 out=poisoned_like(q), config=cfg)
+            assert_close(out, expect, dtype, f"splits {splits} {cfg}")
     with pytest.raises(AssertionError, match="heads_per_program"):
         pa.contiguous_decode_attention(q, pool_k, pool_v, st, sl, 0.125, config=dict(heads_per_program=3))
