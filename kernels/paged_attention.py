@@ -630,7 +630,11 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, *
         config: tuning overrides: ``block_n`` (tokens per loop step), ``num_warps``,
             ``num_stages``, ``use_dot`` (tensor-core dots, default; ``False`` = CUDA-core
             reductions), ``head_major`` (launch the KV heads of one token range next to
-            each other), ``evict`` (``""`` or ``"evict_first"`` for the K/V loads).
+            each other), ``evict`` (``""`` or ``"evict_first"`` for the K/V loads),
+            ``heads_per_program`` (KV heads per program, a power of two dividing
+            ``num_kv_heads``; default 1), ``prefetch`` (explicit register prefetch of the
+            next K/V tile; default off). The last two measured no faster on the H100
+            (``reports/kernels/README.md``, round 4).
 
     Returns:
         ``out`` ``[num_seqs, num_q_heads, head_size]`` in ``q``'s dtype.
