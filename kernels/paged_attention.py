@@ -47,6 +47,9 @@ FUSED_MAXNREG = None
 # Uniform-length hint (``min_seq_len``): when every sequence is at least this fraction of the longest,
 # the MAX_PARTITION cap (which exists to balance mixed lengths) is lifted.
 UNIFORM_FRACTION = 0.9
+# Without the hint the decode kernel makes the same test on the device (each program reads every length), for
+# batches of up to this many sequences.
+AUTO_UNIFORM_MAX_SEQS = 1024
 
 _SM_COUNT: dict = {}
 
@@ -155,7 +158,7 @@ def _decode_step(q, k, v, n_mask, m_i, l_i, acc, scale_log2, USE_DOT: tl.constex
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, starts_ptr,
     out_ptr, po_ptr, plse_ptr, cnt_ptr,
-    scale_log2, partition_size,
+    scale_log2, partition_size, uniform_partition, uniform_frac, num_seqs,
     stride_qs, stride_qh,
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
@@ -170,7 +173,7 @@ def _decode_kernel(
     PAGED: tl.constexpr, SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
     DOT_PREC: tl.constexpr, HEAD_MAJOR: tl.constexpr, EVICT: tl.constexpr,
     FUSED: tl.constexpr, GROUP_R: tl.constexpr, CHUNK: tl.constexpr, REV_PARTS: tl.constexpr,
-    HP: tl.constexpr, PREFETCH: tl.constexpr,
+    HP: tl.constexpr, PREFETCH: tl.constexpr, AUTO_UNIFORM: tl.constexpr, NSEQ_PAD: tl.constexpr,
 ):
     # A program serves HP adjacent KV heads (kvg = head group). With HP > 1 the q rows of all HP heads
     # share one tensor-core tile: q is block-diagonal over [HP * HEAD_PAD] columns (row r holds q head
@@ -190,6 +193,9 @@ def _decode_kernel(
     seq64 = seq.to(tl.int64)
 
     seq_len = tl.load(lens_ptr + seq)
+    if AUTO_UNIFORM:
+        partition_size = _partition_on_device(lens_ptr, num_seqs, partition_size, uniform_partition, uniform_frac,
+                                              NSEQ_PAD)
     start = part * partition_size
 
     offs_g = tl.arange(0, GROUP_PAD)
@@ -295,6 +301,8 @@ def _decode_kernel(
                                       stride_os, stride_oh,
                                       GROUP=GROUP * HP, GROUP_R=GROUP_R, HEAD=HEAD, HEAD_PAD=HEAD_PAD,
                                       CHUNK=CHUNK)
+        elif n_parts == 1:  # the reduce kernel skips a sequence of one partition: write its output here
+            tl.store(optr, o.to(out_ptr.dtype.element_ty), mask=o_mask)
         else:
             tl.store(po, o, mask=o_mask)
             tl.store(lse_ptr, tl.where(l_i > 0.0, m_i + tl.log2(l_safe), float("-inf")), mask=g_mask)
@@ -343,18 +351,39 @@ def _combine_partials(po_ptr, plse_ptr, out_ptr, seq64, kvh, n_parts,
 
 
 @triton.jit
+def _partition_on_device(lens_ptr, num_seqs, partition_size, uniform_partition, uniform_frac,
+                         NSEQ_PAD: tl.constexpr):
+    """The partition size (tokens) chosen from the lengths themselves: ``uniform_partition`` when every length is
+    at least ``uniform_frac`` of the longest (the device-side form of the ``min_seq_len`` hint), else
+    ``partition_size``. Every program of a launch reads the same ``num_seqs`` lengths, so all agree."""
+    offs = tl.arange(0, NSEQ_PAD)
+    valid = offs < num_seqs
+    lens = tl.load(lens_ptr + offs, mask=valid, other=0)
+    longest = tl.max(tl.where(valid, lens, 0), axis=0)
+    shortest = tl.min(tl.where(valid, lens, 2147483647), axis=0)
+    uniform = shortest.to(tl.float32) >= uniform_frac * longest.to(tl.float32)
+    return tl.where(uniform, uniform_partition, partition_size)
+
+
+@triton.jit
 def _reduce_kernel(
-    po_ptr, plse_ptr, lens_ptr, out_ptr, partition_size,
+    po_ptr, plse_ptr, lens_ptr, out_ptr, partition_size, uniform_partition, uniform_frac, num_seqs,
     stride_pos, stride_poh, stride_pop,
     stride_pls, stride_plh,
     stride_os, stride_oh,
     HEAD: tl.constexpr, HEAD_PAD: tl.constexpr, CHUNK: tl.constexpr,
+    AUTO_UNIFORM: tl.constexpr, NSEQ_PAD: tl.constexpr,
 ):
     seq = tl.program_id(0)
     h = tl.program_id(1)
     seq64 = seq.to(tl.int64)
     seq_len = tl.load(lens_ptr + seq)
+    if AUTO_UNIFORM:
+        partition_size = _partition_on_device(lens_ptr, num_seqs, partition_size, uniform_partition, uniform_frac,
+                                              NSEQ_PAD)
     n_parts = tl.cdiv(tl.maximum(seq_len, 0), partition_size)
+    if n_parts == 1:  # written by the decode kernel
+        return
     offs_c = tl.arange(0, CHUNK)
     offs_d = tl.arange(0, HEAD_PAD)
     lse_base = plse_ptr + seq64 * stride_pls + h * stride_plh
@@ -448,6 +477,25 @@ def _choose_partition(num_seqs: int, num_kv_heads: int, max_len: int, block_n: i
     return best[1], best[2]
 
 
+def _split_plan(num_seqs: int, num_groups: int, max_len: int, block_n: int, num_sms: int,
+                num_splits: int | None, min_len: int | None, allow_auto_uniform: bool = True
+                ) -> tuple[int, int, bool, int]:
+    """``(num_splits, partition_size, auto_uniform, uniform_partition)`` of a decode launch.
+
+    Without a ``min_len`` hint the kernel makes the hint's test on the device: the grid is sized for the capped
+    split count of ``_choose_partition``, and when every length is at least ``UNIFORM_FRACTION`` of the longest
+    the sequences use ``uniform_partition``, the partition the hint would have given (the programs this leaves
+    without work exit at once). ``auto_uniform`` is False where the hint would change nothing (automatic split
+    choice only, batches of at most ``AUTO_UNIFORM_MAX_SEQS``)."""
+    splits, part = _choose_partition(num_seqs, num_groups, max_len, block_n, num_sms, num_splits, min_len)
+    if (allow_auto_uniform and num_splits is None and min_len is None and splits > 1
+            and num_seqs <= AUTO_UNIFORM_MAX_SEQS):
+        u_splits, u_part = _choose_partition(num_seqs, num_groups, max_len, block_n, num_sms, None, max_len)
+        if u_splits < splits:
+            return splits, part, True, u_part
+    return splits, part, False, part
+
+
 def _auto_fused(num_seqs: int, num_kv_heads: int, splits: int, device: torch.device) -> bool:
     """The default of ``fused_reduce`` (with ``FUSED_DEFAULT == "one_wave"``: True only when all
     ``num_seqs x num_kv_heads x splits`` programs are resident at once; see ``_decode_launch``)."""
@@ -518,8 +566,9 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
             max_seq_len = block_tables.shape[1] * block_size
         else:
             max_seq_len = int(seq_lens.max().item())  # one sync; pass max_seq_len to avoid it
-    splits, part = _choose_partition(num_seqs, num_groups, max_seq_len, block_n, _num_sms(q.device),
-                                     num_splits, min_seq_len)
+    splits, part, auto_uniform, uniform_part = _split_plan(num_seqs, num_groups, max_seq_len, block_n,
+                                                           _num_sms(q.device), num_splits, min_seq_len,
+                                                           bool(cfg.get("auto_uniform", True)))
     if paged:
         assert block_tables.dtype == torch.int32 and block_tables.stride(-1) == 1
         bt, stride_bts = block_tables, block_tables.stride(0)
@@ -569,7 +618,7 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
     _decode_kernel[grid](
         q, k, v, bt, seq_lens, starts_arg,
         out, po, plse, cnt,
-        scale_log2, part,
+        scale_log2, part, uniform_part, UNIFORM_FRACTION, num_seqs,
         q.stride(0), q.stride(1),
         *kst, *vst,
         stride_bts,
@@ -582,15 +631,17 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         HEAD_MAJOR=head_major, EVICT=str(cfg["evict"]),
         FUSED=fused, GROUP_R=group_r, CHUNK=chunk, REV_PARTS=bool(cfg.get("reverse_parts", False)),
         HP=hp, PREFETCH=bool(cfg.get("prefetch", False)),
+        AUTO_UNIFORM=auto_uniform, NSEQ_PAD=triton.next_power_of_2(num_seqs) if auto_uniform else 1,
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **launch_opts,
     )
     if splits > 1 and not fused:
         chunk = min(16, triton.next_power_of_2(splits))
         _reduce_kernel[(num_seqs, num_q_heads)](
-            po, plse, seq_lens, out, part,
+            po, plse, seq_lens, out, part, uniform_part, UNIFORM_FRACTION, num_seqs,
             *po_st, *pl_st,
             out.stride(0), out.stride(1),
             HEAD=head, HEAD_PAD=triton.next_power_of_2(head), CHUNK=chunk,
+            AUTO_UNIFORM=auto_uniform, NSEQ_PAD=triton.next_power_of_2(num_seqs) if auto_uniform else 1,
             num_warps=4,
         )
     return out

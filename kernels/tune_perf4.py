@@ -1,7 +1,7 @@
 """A/B sweeps for the fourth tuning round: explicit register prefetch in decode (``prefetch``), and several KV
 heads per decode program (``heads_per_program``).
 
-    python -m kernels.tune_perf4 --out DIR [--budget-s 400] [--cases all|NAME,NAME]
+    python -m kernels.tune_perf4 --out DIR [--mode heads|uniform] [--budget-s 400] [--cases all|NAME,NAME]
 
 With ``heads_per_program = hp`` one program serves hp adjacent KV heads: each token's hp heads are read as one
 contiguous run of ``hp x 256`` bytes (instead of ``hp`` separate 256-byte pieces by ``hp`` programs), and the q rows
@@ -9,7 +9,7 @@ of all hp heads share one block-diagonal tensor-core tile (no extra multiply-add
 
 Times are medians of ``triton.testing.do_bench`` over CUDA-graph replays, as in ``kernels.bench`` (L2 cleared before
 each replay); SDPA cuDNN on the contiguous copy is timed in the same process on the same data. Every variant's
-output is NaN-poisoned first and compared with the default's. Writes ``DIR/tune4.json``; prints one line per
+output is NaN-poisoned first and compared with the default's. Writes ``DIR/tune4_MODE.json``; prints one line per
 measurement. Not a test: it asserts nothing.
 """
 
@@ -66,10 +66,30 @@ def variants(group: int, batch: int) -> list[tuple[str, dict]]:
     return v
 
 
-def run(res, ceil, budget, names):
+# round 4, call c: the device-side uniform test (``auto_uniform``, default on) against the same kernel without it
+# and with the host hint, on the cases it can change (a batch that fills a wave, contexts past the cap)
+UNIFORM_CASES = [
+    ("gqa b64 ctx8192", 64, 32, 8, 8192),
+    ("gqa b256 ctx8192", 256, 32, 8, 8192),
+    ("mha b16 ctx8192", 16, 32, 32, 8192),
+    ("mha b64 ctx8192", 64, 32, 32, 8192),
+    ("mixed gqa b64", 64, 32, 8, None),
+    ("mixed gqa b256", 256, 32, 8, None),
+    ("mixed mha b16", 16, 32, 32, None),
+    ("mixed mha b64", 64, 32, 32, None),
+    ("gqa b64 ctx2048", 64, 32, 8, 2048),
+]
+
+
+def uniform_variants(lens: list[int]) -> list[tuple[str, dict]]:
+    return [("default", {}), ("no_auto_uniform", {"config": {"auto_uniform": False}}),
+            ("hint", {"min_seq_len": min(lens)})]
+
+
+def run(res, ceil, budget, names, mode="heads"):
     from torch.nn.attention import SDPBackend
     out_all = []
-    for name, b, hq, hkv, ctx in CASES:
+    for name, b, hq, hkv, ctx in (UNIFORM_CASES if mode == "uniform" else CASES):
         if names and name not in names:
             continue
         if budget.left() < 30:
@@ -92,15 +112,16 @@ def run(res, ceil, budget, names):
         del c["k_contig"], c["v_contig"]
         out = torch.empty_like(q)
         ref = None
-        vs = variants(hq // hkv, b)
-        for label, kw in vs + [("default_repeat", {})]:
+        vs = uniform_variants(lens) if mode == "uniform" else variants(hq // hkv, b)
+        for label, kw in vs + [("default_repeat", {}), ("no_auto_uniform_repeat", {"config": {"auto_uniform": False}})]:
             if budget.left() < 20:
                 break
             cfg = kw.get("config", {})
             hp = cfg.get("heads_per_program", 1)
             bn = cfg.get("block_n", 32 if b * hkv < 132 else 64)
-            rec["splits"][label] = pa._choose_partition(b, hkv // hp, max_len, bn, pa._num_sms(q.device),
-                                                        kw.get("num_splits"))[0]
+            plan = pa._split_plan(b, hkv // hp, max_len, bn, pa._num_sms(q.device), kw.get("num_splits"),
+                                  kw.get("min_seq_len"), cfg.get("auto_uniform", True))
+            rec["splits"][label] = f"{plan[0]}u" if plan[2] else plan[0]
             fn = lambda kw=kw: pa.paged_decode_attention(q, kc, vc, bt, sl, scale, max_seq_len=max_len, out=out, **kw)  # noqa
             try:
                 out.fill_(float("nan"))
@@ -132,6 +153,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=400)
     ap.add_argument("--cases", default="all", help="'all' or a comma list of case names")
+    ap.add_argument("--mode", default="heads", choices=["heads", "uniform"],
+                    help="heads: calls a and b (heads per program, prefetch); uniform: call c (auto_uniform)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     budget = B.Budget(a.budget_s)
@@ -141,12 +164,12 @@ def main():
     print(f"copy ceiling {ceil:.3f} TB/s", flush=True)
     names = set() if a.cases == "all" else set(a.cases.split(","))
     try:
-        run(res, ceil, budget, names)
+        run(res, ceil, budget, names, a.mode)
     except Exception:  # noqa: BLE001
         traceback.print_exc()
     kernel_info(res)
     res["elapsed_s"] = time.time() - budget.t0
-    with open(os.path.join(a.out, "tune4.json"), "w") as fh:
+    with open(os.path.join(a.out, f"tune4_{a.mode}.json"), "w") as fh:
         json.dump(res, fh, indent=1)
 
 

@@ -6,7 +6,8 @@ import random
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
+import triton.language as tl  # noqa: E402
 
 from _kernel_testutil import (CUDA, DEVICE, DTYPES, assert_close, boundary_lengths, dtype_id,  # noqa: E402
                               make_paged, poisoned_like)
@@ -424,3 +425,57 @@ def test_heads_per_program_contiguous_and_strided_v():
             assert_close(out, expect, dtype, f"splits {splits} {cfg}")
     with pytest.raises(AssertionError, match="heads_per_program"):
         pa.contiguous_decode_attention(q, pool_k, pool_v, st, sl, 0.125, config=dict(heads_per_program=3))
+
+
+# --------------------------------------------------------------------------------------
+# the min_seq_len test made on the device (no host hint)
+# --------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _partition_probe(lens_ptr, out_ptr, num_seqs, NSEQ_PAD: tl.constexpr):
+    tl.store(out_ptr, pa._partition_on_device(lens_ptr, num_seqs, 64, 500, 0.9, NSEQ_PAD))
+
+
+@pytest.mark.parametrize("lens,num_seqs,expect", [
+    ([200, 190, 181], 3, 500),       # shortest 181 >= 0.9 x 200 = 180: uniform partition
+    ([200, 190, 179], 3, 64),        # 179 < 180: the capped partition
+    ([200, 190, 5, 7], 2, 500),      # entries past num_seqs are not read
+    ([0, 0], 2, 500),                # all empty: uniform (no partition is used)
+    ([1000, 0], 2, 64),
+])
+def test_partition_on_device(lens, num_seqs, expect):
+    t = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    out = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    _partition_probe[(1,)](t, out, num_seqs, NSEQ_PAD=triton.next_power_of_2(len(lens)))
+    assert int(out.item()) == expect
+
+
+def test_split_plan_auto_uniform():
+    # a batch that fills a wave (8 x 33 = 264 = 2 x 132 units) with an 8,192-token bound: the cap's 4 splits on
+    # the grid, one partition of 8,192 when uniform; off with a hint, forced splits, or a batch under a wave
+    assert pa._split_plan(33, 8, 8192, 64, 132, None, None) == (4, 2048, True, 8192)
+    assert pa._split_plan(33, 8, 8192, 64, 132, None, 8192) == (1, 8192, False, 8192)
+    assert pa._split_plan(33, 8, 8192, 64, 132, 4, None) == (4, 2048, False, 2048)
+    assert pa._split_plan(16, 8, 8192, 64, 132, None, None)[2] is False
+    assert pa._split_plan(33, 8, 8192, 64, 132, None, None, allow_auto_uniform=False)[2] is False
+
+
+@pytest.mark.parametrize("fused", [None, True, False], ids=["auto", "fused", "two_kernel"])
+@pytest.mark.parametrize("lens", [[200, 190, 195, 181], [200, 19, 195, 0]], ids=["uniform", "mixed"])
+def test_decode_auto_uniform(monkeypatch, lens, fused):
+    # shrink the machine and the cap so that a small batch fills a wave and is split by the cap; the kernel then
+    # chooses between the capped and the uniform partition from the lengths, and both must give the reference
+    monkeypatch.setattr(pa, "_num_sms", lambda device: 2)
+    monkeypatch.setattr(pa, "MAX_PARTITION", 64)
+    monkeypatch.setattr(pa, "MIN_PARTITION", 32)
+    dtype = DTYPES[0]
+    gen = torch.Generator().manual_seed(sum(lens))
+    k, v, bt = make_paged(lens, 2, 64, 16, dtype, gen=gen)
+    q = torch.randn((len(lens), 4, 64), generator=gen).to(dtype).to(DEVICE)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    splits, part, auto, upart = pa._split_plan(len(lens), 2, bt.shape[1] * 16, 32, 2, None, None)
+    assert auto and splits > 1 and upart > part
+    for call in range(2):  # twice: the fused path's counters must be back to 0 after the first
+        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, out=poisoned_like(q), fused_reduce=fused)
+        assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, 0.125), dtype, f"lens {lens} call {call}")
