@@ -17,7 +17,6 @@ All offsets into the caches are computed in 64-bit, so caches of more than
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -671,7 +670,8 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, *
         min_seq_len: optional host hint, a lower bound on ``seq_lens`` in tokens. When it
             is within ``UNIFORM_FRACTION`` of ``max_seq_len`` and the batch fills a wave of
             programs, the 2,048-token partition cap (there to balance mixed lengths) is lifted.
-            A wrong hint costs speed, never correctness.
+            A wrong hint costs speed, never correctness. Without it the kernel makes the same
+            test on the device where it would change the split choice (see ``_split_plan``).
         fused_reduce: ``True``: combine split-KV partials in the last-finishing program of
             each (sequence, KV head), found with an atomic counter, instead of in a second
             kernel launch (``False``). ``None`` (default): fused when the whole grid fits in
@@ -685,7 +685,8 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, *
             ``heads_per_program`` (KV heads per program, a power of two dividing
             ``num_kv_heads``; default 1), ``prefetch`` (explicit register prefetch of the
             next K/V tile; default off). The last two measured no faster on the H100
-            (``reports/kernels/README.md``, round 4).
+            (``reports/kernels/README.md``, round 4). ``auto_uniform`` (default True): the
+            device-side form of the ``min_seq_len`` test when no hint is given.
 
     Returns:
         ``out`` ``[num_seqs, num_q_heads, head_size]`` in ``q``'s dtype.
