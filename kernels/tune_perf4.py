@@ -86,10 +86,29 @@ def uniform_variants(lens: list[int]) -> list[tuple[str, dict]]:
             ("hint", {"min_seq_len": min(lens)})]
 
 
+# round 4, call d: fewer warps per program (more programs per SM) on the batch-1 and batch-16 cases
+WARPS_CASES = [
+    ("gqa b16 ctx8192", 16, 32, 8, 8192),
+    ("mha b16 ctx8192", 16, 32, 32, 8192),
+    ("gqa b1 ctx8192", 1, 32, 8, 8192),
+    ("mha b1 ctx8192", 1, 32, 32, 8192),
+    ("mixed gqa b16", 16, 32, 8, None),
+]
+
+
+def warps_variants(batch: int) -> list[tuple[str, dict]]:
+    v = [("default", {})]
+    for nw, bn, st in ((2, 32, 5), (2, 32, 3), (2, 64, 3), (2, 16, 5), (1, 32, 3), (1, 16, 4)):
+        v.append((f"w{nw}_bn{bn}_s{st}", {"config": dict(num_warps=nw, block_n=bn, num_stages=st)}))
+    for sp in ((4, 8) if batch > 1 else (16, 64)):
+        v.append((f"w2_bn32_s5_sp{sp}", {"config": dict(num_warps=2, block_n=32, num_stages=5), "num_splits": sp}))
+    return v
+
+
 def run(res, ceil, budget, names, mode="heads"):
     from torch.nn.attention import SDPBackend
     out_all = []
-    for name, b, hq, hkv, ctx in (UNIFORM_CASES if mode == "uniform" else CASES):
+    for name, b, hq, hkv, ctx in {"uniform": UNIFORM_CASES, "warps": WARPS_CASES}.get(mode, CASES):
         if names and name not in names:
             continue
         if budget.left() < 30:
@@ -112,7 +131,8 @@ def run(res, ceil, budget, names, mode="heads"):
         del c["k_contig"], c["v_contig"]
         out = torch.empty_like(q)
         ref = None
-        vs = uniform_variants(lens) if mode == "uniform" else variants(hq // hkv, b)
+        vs = {"uniform": lambda: uniform_variants(lens), "warps": lambda: warps_variants(b)}.get(
+            mode, lambda: variants(hq // hkv, b))()
         for label, kw in vs + [("default_repeat", {}), ("no_auto_uniform_repeat", {"config": {"auto_uniform": False}})]:
             if budget.left() < 20:
                 break
@@ -153,8 +173,9 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=400)
     ap.add_argument("--cases", default="all", help="'all' or a comma list of case names")
-    ap.add_argument("--mode", default="heads", choices=["heads", "uniform"],
-                    help="heads: calls a and b (heads per program, prefetch); uniform: call c (auto_uniform)")
+    ap.add_argument("--mode", default="heads", choices=["heads", "uniform", "warps"],
+                    help="heads: calls a and b (heads per program, prefetch); uniform: call c (auto_uniform); "
+                         "warps: call d (1 or 2 warps per program)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     budget = B.Budget(a.budget_s)
