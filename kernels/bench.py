@@ -369,6 +369,9 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
     rec["default_config"] = {k: dcfg[k] for k in ("block_n", "num_stages", "fuse_always")}
     splits, part = pa._choose_partition(batch, hkv, max_len, dcfg["block_n"], pa._num_sms(q.device), None)
     rec["auto_splits"], rec["auto_partition"] = splits, part
+    plan = pa._split_plan(batch, hkv, max_len, dcfg["block_n"], pa._num_sms(q.device), None, None)
+    # with the device-side uniform test the grid has `splits` partitions, but near-uniform lengths use the hint's
+    rec["auto_uniform_partition"] = plan[3] if plan[2] else None
     hint_splits, hint_part = pa._choose_partition(batch, hkv, max_len, dcfg["block_n"], pa._num_sms(q.device), None,
                                                   min(lens))
     rec["hint_splits"], rec["hint_partition"] = hint_splits, hint_part
@@ -717,6 +720,11 @@ def _f(x, nd=3):
     return f"{x:.{nd}f}"
 
 
+def _splits_cell(r):
+    """The default's split count; "u" marks a grid whose near-uniform lengths take the hint's partition on the device."""
+    return f"{r['auto_splits']}u" if r.get("auto_uniform_partition") else f"{r['auto_splits']}"
+
+
 def _eager_cell(r):
     e = r.get("eager_ms", {})
     sd = [v for k, v in e.items() if k.startswith("sdpa_")]
@@ -743,7 +751,9 @@ def write_markdown(result, path):
              "of each method (ours and every SDPA backend alike; for prefill, write and copy too, with an eager "
              "fallback noted in the JSON's `timing` if capture fails), so host launch overhead is excluded; eager "
              "(no graph) times are in the JSON (`eager_ms`, `cpu_us_per_call`) and in the last decode columns; "
-             "bf16, head size 128, 16-token blocks; bandwidth = KV bytes read / time\n")
+             "bf16, head size 128, 16-token blocks; bandwidth = KV bytes read / time")
+    L.append("- splits: the default's split count; `u` marks a grid on which near-uniform lengths take the "
+             "`min_seq_len` hint's partition instead (the kernel tests the lengths on the device)\n")
     L.append("## Decode\n")
     L.append("| case | KV GB | splits | ours scattered ms | ours in-order ms | paging ovh | flash ms | efficient ms |"
              " cudnn ms | ours/best SDPA speed | ours TB/s | ours % copy | best SDPA % copy |"
@@ -757,7 +767,7 @@ def write_markdown(result, path):
         m, fr = r["ms"], r["frac_of_copy"]
         best = r.get("fastest_sdpa")
         L.append(
-            f"| {r['case']} | {_f(r['kv_gb'], 2)} | {r['auto_splits']} | {_f(m['ours_scattered'], 4)} | "
+            f"| {r['case']} | {_f(r['kv_gb'], 2)} | {_splits_cell(r)} | {_f(m['ours_scattered'], 4)} | "
             f"{_f(m['ours_inorder'], 4)} | {100 * r['paging_overhead']:+.1f}% | {_f(m.get('sdpa_flash'), 4)} | "
             f"{_f(m.get('sdpa_efficient'), 4)} | {_f(m.get('sdpa_cudnn'), 4)} | "
             f"{_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} | {_f(r['tb_s']['ours_scattered'], 2)} | "
@@ -778,7 +788,7 @@ def write_markdown(result, path):
         for r in var:
             m = r["ms"]
             sd = r.get("fastest_sdpa")
-            L.append(f"| {r['case']} | {r['auto_splits']} / {r.get('hint_splits', '-')} | "
+            L.append(f"| {r['case']} | {_splits_cell(r)} / {r.get('hint_splits', '-')} | "
                      f"{'yes' if r.get('default_fused') else 'no'} | {_f(m['ours_scattered'], 4)} | "
                      f"{_f(m.get('ours_fused'), 4)} | "
                      f"{_f(m.get('ours_two_kernel'), 4)} | {_f(r.get('fused_speedup_vs_two_kernel'), 3)} | "
