@@ -103,6 +103,36 @@ def decode_variants(sweep_splits, max_len, batch):
     return v
 
 
+def measure_variant(rec, label, fn, out, ref):
+    """Run ``fn`` once into a NaN-poisoned ``out``, record its max difference from ``ref`` (the first variant's
+    output when ``ref`` is None) and its graph-replay time under ``label``; errors are recorded, not raised.
+    Returns the reference output."""
+    try:
+        out.fill_(float("nan"))
+        o = fn().float().clone()
+        if ref is None:
+            ref = o
+        rec["diff"][label] = float("nan") if torch.isnan(o).any() else (o - ref).abs().max().item()
+        rec["ms"][label] = t_graph(fn)
+    except Exception as e:  # noqa: BLE001
+        rec["ms"][label] = f"error: {type(e).__name__}: {str(e)[:160]}"
+    return ref
+
+
+def print_case(name, kv_bytes, t0, rec, ceil, width):
+    """One line per variant: split count, time, fraction of the copy ceiling, speed vs cuDNN, max difference."""
+    sd = rec["ms"].get("sdpa_cudnn")
+    line = [f"{name} {kv_bytes / 1e9:.3f} GB [{time.time() - t0:.0f}s] cudnn {sd}"]
+    for k, t in rec["ms"].items():
+        if isinstance(t, float):
+            extra = f" x{sd / t:.3f}" if sd else ""
+            line.append(f"  {k:{width}s} sp={rec['splits'].get(k, '-')!s:3s} {t:.4f} ms "
+                        f"{100 * kv_bytes / t / 1e9 / ceil:.1f}%{extra} d={rec['diff'].get(k, 0):.2g}")
+        else:
+            line.append(f"  {k:{width}s} {t}")
+    print("\n".join(line), flush=True)
+
+
 def run_decode(res, ceil, budget):
     from torch.nn.attention import SDPBackend
     out_all = []
@@ -140,27 +170,10 @@ def run_decode(res, ceil, budget):
             rec["splits"][label] = pa._choose_partition(b, hkv, max_len, cfg.get("block_n", 64), pa._num_sms(q.device),
                                                         kw.get("num_splits"))[0]
             fn = lambda kw=kw: pa.paged_decode_attention(q, kc, vc, bt, sl, scale, max_seq_len=max_len, out=out, **kw)  # noqa
-            try:
-                out.fill_(float("nan"))
-                o = fn().float().clone()
-                if ref is None:
-                    ref = o
-                rec["diff"][label] = float("nan") if torch.isnan(o).any() else (o - ref).abs().max().item()
-                rec["ms"][label] = t_graph(fn)
-            except Exception as e:  # noqa: BLE001
-                rec["ms"][label] = f"error: {type(e).__name__}: {str(e)[:160]}"
+            ref = measure_variant(rec, label, fn, out, ref)
         for k_, v_ in NEW.items():
             setattr(pa, k_, v_)
-        sd = rec["ms"].get("sdpa_cudnn")
-        line = [f"{name} {kv_bytes / 1e9:.3f} GB [{time.time() - t0:.0f}s] cudnn {sd}"]
-        for k, t in rec["ms"].items():
-            if isinstance(t, float):
-                extra = f" x{sd / t:.3f}" if sd else ""
-                line.append(f"  {k:18s} sp={rec['splits'].get(k, '-')!s:3s} {t:.4f} ms "
-                            f"{100 * kv_bytes / t / 1e9 / ceil:.1f}%{extra} d={rec['diff'].get(k, 0):.2g}")
-            else:
-                line.append(f"  {k:18s} {t}")
-        print("\n".join(line), flush=True)
+        print_case(name, kv_bytes, t0, rec, ceil, width=18)
         out_all.append(rec)
         res["decode"] = out_all
         del c, q, kc, vc, bt, out

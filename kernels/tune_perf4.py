@@ -25,7 +25,7 @@ import torch
 
 from kernels import bench as B
 from kernels import paged_attention as pa
-from kernels.tune_perf3 import kernel_info, mixed_lens, t_graph
+from kernels.tune_perf3 import kernel_info, measure_variant, mixed_lens, print_case, t_graph
 
 # (name, batch, q heads, KV heads, context or None for mixed lengths 1-8,192); the cases with missed
 # targets first, then cases that guard against regressions
@@ -143,25 +143,8 @@ def run(res, ceil, budget, names, mode="heads"):
                                   kw.get("min_seq_len"), cfg.get("auto_uniform", True))
             rec["splits"][label] = f"{plan[0]}u" if plan[2] else plan[0]
             fn = lambda kw=kw: pa.paged_decode_attention(q, kc, vc, bt, sl, scale, max_seq_len=max_len, out=out, **kw)  # noqa
-            try:
-                out.fill_(float("nan"))
-                o = fn().float().clone()
-                if ref is None:
-                    ref = o
-                rec["diff"][label] = float("nan") if torch.isnan(o).any() else (o - ref).abs().max().item()
-                rec["ms"][label] = t_graph(fn)
-            except Exception as e:  # noqa: BLE001
-                rec["ms"][label] = f"error: {type(e).__name__}: {str(e)[:160]}"
-        sd = rec["ms"].get("sdpa_cudnn")
-        line = [f"{name} {kv_bytes / 1e9:.3f} GB [{time.time() - t0:.0f}s] cudnn {sd}"]
-        for k, t in rec["ms"].items():
-            if isinstance(t, float):
-                extra = f" x{sd / t:.3f}" if sd else ""
-                line.append(f"  {k:22s} sp={rec['splits'].get(k, '-')!s:3s} {t:.4f} ms "
-                            f"{100 * kv_bytes / t / 1e9 / ceil:.1f}%{extra} d={rec['diff'].get(k, 0):.2g}")
-            else:
-                line.append(f"  {k:22s} {t}")
-        print("\n".join(line), flush=True)
+            ref = measure_variant(rec, label, fn, out, ref)
+        print_case(name, kv_bytes, t0, rec, ceil, width=22)
         out_all.append(rec)
         res["decode"] = out_all
         del c, q, kc, vc, bt, out
