@@ -103,6 +103,20 @@ def decode_variants(sweep_splits, max_len, batch):
     return v
 
 
+def time_cudnn(rec, c, b, hq, hkv):
+    """SDPA cuDNN on the case's contiguous copy, timed like the variants (``rec['ms']['sdpa_cudnn']``); the copy is
+    freed afterwards."""
+    from torch.nn.attention import SDPBackend
+    q4 = c["q"].view(b, hq, 1, B.HEAD)
+    f = lambda: B._run_sdpa(SDPBackend.CUDNN_ATTENTION, q4, c["k_contig"], c["v_contig"], c.get("mask"),  # noqa
+                            gqa=hq != hkv)
+    try:
+        rec["ms"]["sdpa_cudnn"] = t_graph(f)
+    except Exception as e:  # noqa: BLE001
+        rec["sdpa_error"] = str(e)[:200]
+    del c["k_contig"], c["v_contig"]
+
+
 def measure_variant(rec, label, fn, out, ref):
     """Run ``fn`` once into a NaN-poisoned ``out``, record its max difference from ``ref`` (the first variant's
     output when ``ref`` is None) and its graph-replay time under ``label``; errors are recorded, not raised.
@@ -134,7 +148,6 @@ def print_case(name, kv_bytes, t0, rec, ceil, width):
 
 
 def run_decode(res, ceil, budget):
-    from torch.nn.attention import SDPBackend
     out_all = []
     for name, b, hq, hkv, lens, sw in decode_cases():
         if budget.left() < 30:
@@ -150,14 +163,7 @@ def run_decode(res, ceil, budget):
         scale = B.HEAD ** -0.5
         rec = {"case": name, "kv_gb": kv_bytes / 1e9, "ms": {}, "diff": {}, "splits": {}}
         if need_contig:
-            q4 = q.view(b, hq, 1, B.HEAD)
-            f = lambda: B._run_sdpa(SDPBackend.CUDNN_ATTENTION, q4, c["k_contig"], c["v_contig"], c.get("mask"),  # noqa
-                                    gqa=hq != hkv)
-            try:
-                rec["ms"]["sdpa_cudnn"] = t_graph(f)
-            except Exception as e:  # noqa: BLE001
-                rec["sdpa_error"] = str(e)[:200]
-            del c["k_contig"], c["v_contig"]
+            time_cudnn(rec, c, b, hq, hkv)
         out = torch.empty_like(q)
         ref = None
         variants = decode_variants(sw, max_len, b)

@@ -25,7 +25,7 @@ import torch
 
 from kernels import bench as B
 from kernels import paged_attention as pa
-from kernels.tune_perf3 import kernel_info, measure_variant, mixed_lens, print_case, t_graph
+from kernels.tune_perf3 import kernel_info, measure_variant, mixed_lens, print_case, time_cudnn
 
 # (name, batch, q heads, KV heads, context or None for mixed lengths 1-8,192); the cases with missed
 # targets first, then cases that guard against regressions
@@ -106,7 +106,6 @@ def warps_variants(batch: int) -> list[tuple[str, dict]]:
 
 
 def run(res, ceil, budget, names, mode="heads"):
-    from torch.nn.attention import SDPBackend
     out_all = []
     for name, b, hq, hkv, ctx in {"uniform": UNIFORM_CASES, "warps": WARPS_CASES}.get(mode, CASES):
         if names and name not in names:
@@ -121,14 +120,7 @@ def run(res, ceil, budget, names, mode="heads"):
         q, kc, vc, bt, sl, max_len = c["q"], c["k_cache"], c["v_cache"], c["bt"], c["sl"], c["max_len"]
         scale = B.HEAD ** -0.5
         rec = {"case": name, "kv_gb": kv_bytes / 1e9, "ms": {}, "diff": {}, "splits": {}}
-        q4 = q.view(b, hq, 1, B.HEAD)
-        f = lambda: B._run_sdpa(SDPBackend.CUDNN_ATTENTION, q4, c["k_contig"], c["v_contig"], c.get("mask"),  # noqa
-                                gqa=hq != hkv)
-        try:
-            rec["ms"]["sdpa_cudnn"] = t_graph(f)
-        except Exception as e:  # noqa: BLE001
-            rec["sdpa_error"] = str(e)[:200]
-        del c["k_contig"], c["v_contig"]
+        time_cudnn(rec, c, b, hq, hkv)
         out = torch.empty_like(q)
         ref = None
         vs = {"uniform": lambda: uniform_variants(lens), "warps": lambda: warps_variants(b)}.get(
