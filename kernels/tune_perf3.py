@@ -287,18 +287,25 @@ def kernel_info(res):
               str(i.get("key", i.get("error")))[:300])
 
 
+def start(out_dir, budget_s):
+    """Make ``out_dir``; return the time budget, the result record (environment, copy ceiling) and the ceiling
+    (TB/s)."""
+    os.makedirs(out_dir, exist_ok=True)
+    budget = B.Budget(budget_s)
+    res = {"env": B.env_info([])}
+    res["copy_ceiling"] = B.copy_ceiling()
+    ceil = res["copy_ceiling"]["tb_s"]
+    print(f"copy ceiling {ceil:.3f} TB/s", flush=True)
+    return budget, res, ceil
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--part", default="read,decode,prefill")
     ap.add_argument("--budget-s", type=float, default=400)
     a = ap.parse_args()
-    os.makedirs(a.out, exist_ok=True)
-    budget = B.Budget(a.budget_s)
-    res = {"env": B.env_info([])}
-    res["copy_ceiling"] = B.copy_ceiling()
-    ceil = res["copy_ceiling"]["tb_s"]
-    print(f"copy ceiling {ceil:.3f} TB/s", flush=True)
+    budget, res, ceil = start(a.out, a.budget_s)
     parts = a.part.split(",")
 
     def save():

@@ -25,7 +25,7 @@ import torch
 
 from kernels import bench as B
 from kernels import paged_attention as pa
-from kernels.tune_perf3 import kernel_info, measure_variant, mixed_lens, print_case, time_cudnn
+from kernels.tune_perf3 import kernel_info, measure_variant, mixed_lens, print_case, start, time_cudnn
 
 # (name, batch, q heads, KV heads, context or None for mixed lengths 1-8,192); the cases with missed
 # targets first, then cases that guard against regressions
@@ -152,12 +152,7 @@ def main():
                     help="heads: calls a and b (heads per program, prefetch); uniform: call c (auto_uniform); "
                          "warps: call d (1 or 2 warps per program)")
     a = ap.parse_args()
-    os.makedirs(a.out, exist_ok=True)
-    budget = B.Budget(a.budget_s)
-    res = {"env": B.env_info([])}
-    res["copy_ceiling"] = B.copy_ceiling()
-    ceil = res["copy_ceiling"]["tb_s"]
-    print(f"copy ceiling {ceil:.3f} TB/s", flush=True)
+    budget, res, ceil = start(a.out, a.budget_s)
     names = set() if a.cases == "all" else set(a.cases.split(","))
     try:
         run(res, ceil, budget, names, a.mode)
