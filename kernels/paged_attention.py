@@ -157,7 +157,7 @@ def _decode_step(q, k, v, n_mask, m_i, l_i, acc, scale_log2, USE_DOT: tl.constex
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, starts_ptr,
     out_ptr, po_ptr, plse_ptr, cnt_ptr,
-    scale_log2, partition_size, uniform_partition, uniform_frac, num_seqs,
+    scale_log2, partition_size, uniform_partition, uniform_frac, num_seqs, bt_tokens,
     stride_qs, stride_qh,
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
@@ -173,6 +173,7 @@ def _decode_kernel(
     DOT_PREC: tl.constexpr, HEAD_MAJOR: tl.constexpr, EVICT: tl.constexpr,
     FUSED: tl.constexpr, GROUP_R: tl.constexpr, CHUNK: tl.constexpr, REV_PARTS: tl.constexpr,
     HP: tl.constexpr, PREFETCH: tl.constexpr, AUTO_UNIFORM: tl.constexpr, NSEQ_PAD: tl.constexpr,
+    EARLY_BT: tl.constexpr,
 ):
     # A program serves HP adjacent KV heads (kvg = head group). With HP > 1 the q rows of all HP heads
     # share one tensor-core tile: q is block-diagonal over [HP * HEAD_PAD] columns (row r holds q head
@@ -214,6 +215,11 @@ def _decode_kernel(
         q_mask = g_mask[:, None] & ((offs_d // HEAD_PAD)[None, :] == (offs_g // GROUP)[:, None])
     if HEAD != HEAD_PAD:
         q_mask = q_mask & (dim < HEAD)[None, :]
+    bt_row = bt_ptr + seq64 * stride_bts
+    if PREFETCH and PAGED and EARLY_BT:
+        # The first tile's block ids, bounded by the table's width rather than the length: issued before the
+        # length arrives (entries past the sequence's end are read but only ever address masked-off loads)
+        blk_first = _tile_blocks(bt_row, start + offs_n, bt_tokens, BLOCK_SIZE, PAGED)
 
     if SPLIT:
         if start >= seq_len:
@@ -240,12 +246,14 @@ def _decode_kernel(
     l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
     acc = tl.zeros([GROUP_PAD, HP * HEAD_PAD], dtype=tl.float32)
 
-    bt_row = bt_ptr + seq64 * stride_bts
     if PREFETCH:
         # Explicit register prefetch (no Triton pipelining needed): a tile's K/V loads are issued one
         # iteration before the tile is used, and its block-table load one iteration before that, so no
         # load address waits on a load issued in the same iteration.
-        blk = _tile_blocks(bt_row, start + offs_n, end, BLOCK_SIZE, PAGED)
+        if PAGED and EARLY_BT:
+            blk = blk_first
+        else:
+            blk = _tile_blocks(bt_row, start + offs_n, end, BLOCK_SIZE, PAGED)
         k_nx, v_nx = _load_kv_tile(k_base, v_base, blk, start + offs_n, end, seq_start,
                                    stride_kb, stride_kt, stride_vb, stride_vt, col_k, col_v, dim,
                                    BLOCK_SIZE, PAGED, HEAD, HEAD_PAD, EVICT)
@@ -571,11 +579,13 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
     if paged:
         assert block_tables.dtype == torch.int32 and block_tables.stride(-1) == 1
         bt, stride_bts = block_tables, block_tables.stride(0)
+        bt_tokens = block_tables.shape[1] * block_size  # token positions the table's rows cover
         kst = (k.stride(0), k.stride(1), k.stride(2))
         vst = (v.stride(0), v.stride(1), v.stride(2))
         starts_arg = seq_lens  # unused
     else:
         bt, stride_bts = seq_lens, 0  # unused
+        bt_tokens = 0
         kst = (k.stride(0), 0, k.stride(1))
         vst = (v.stride(0), 0, v.stride(1))
         starts_arg = starts
@@ -617,7 +627,7 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
     _decode_kernel[grid](
         q, k, v, bt, seq_lens, starts_arg,
         out, po, plse, cnt,
-        scale_log2, part, uniform_part, UNIFORM_FRACTION, num_seqs,
+        scale_log2, part, uniform_part, UNIFORM_FRACTION, num_seqs, bt_tokens,
         q.stride(0), q.stride(1),
         *kst, *vst,
         stride_bts,
@@ -629,7 +639,7 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         PAGED=paged, SPLIT=splits > 1, USE_DOT=use_dot, DOT_PREC=_dot_precision(q.dtype),
         HEAD_MAJOR=head_major, EVICT=str(cfg["evict"]),
         FUSED=fused, GROUP_R=group_r, CHUNK=chunk, REV_PARTS=bool(cfg.get("reverse_parts", False)),
-        HP=hp, PREFETCH=bool(cfg.get("prefetch", False)),
+        HP=hp, PREFETCH=bool(cfg.get("prefetch", False)), EARLY_BT=bool(cfg.get("early_bt", True)),
         AUTO_UNIFORM=auto_uniform, NSEQ_PAD=triton.next_power_of_2(num_seqs) if auto_uniform else 1,
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **launch_opts,
     )
@@ -658,7 +668,8 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, *
             same dtype as ``q``; the head_size axis must be contiguous (other
             strides are free).
         block_tables: int32 ``[num_seqs, max_blocks_per_seq]``, last axis contiguous.
-            Entries past a sequence's last block are never read.
+            Entries past a sequence's last block are never used (the ``prefetch`` option may
+            read them, but never addresses the cache with them).
         seq_lens: int32 ``[num_seqs]``, tokens of context per sequence
             (``0`` gives a zero output row).
         scale: softmax scale, usually ``head_size ** -0.5``.

@@ -105,9 +105,32 @@ def warps_variants(batch: int) -> list[tuple[str, dict]]:
     return v
 
 
+# round 4, call e: the prefetch path with the first tile's block ids loaded before the length arrives
+# (``early_bt``, on by default with ``prefetch``), on the short-program grids where start-up latency counts most
+EARLY_CASES = [
+    ("gqa b1 ctx8192", 1, 32, 8, 8192),
+    ("gqa b1 ctx2048", 1, 32, 8, 2048),
+    ("gqa b1 ctx512", 1, 32, 8, 512),
+    ("mha b1 ctx8192", 1, 32, 32, 8192),
+    ("mha b1 ctx2048", 1, 32, 32, 2048),
+    ("gqa b16 ctx8192", 16, 32, 8, 8192),
+    ("gqa b16 ctx2048", 16, 32, 8, 2048),
+    ("mha b16 ctx8192", 16, 32, 32, 8192),
+]
+
+
+def early_variants(batch: int) -> list[tuple[str, dict]]:
+    v = [("default", {})]
+    for bn, st in ((32, 1), (64, 1), (32, 3)):
+        for early in (True, False):
+            v.append((f"pf_bn{bn}_s{st}{'' if early else '_late'}",
+                      {"config": dict(prefetch=True, block_n=bn, num_warps=4, num_stages=st, early_bt=early)}))
+    return v + [(f"{label}_r", kw) for label, kw in v]  # every variant twice: the spread between repeats
+
+
 def run(res, ceil, budget, names, mode="heads"):
     out_all = []
-    for name, b, hq, hkv, ctx in {"uniform": UNIFORM_CASES, "warps": WARPS_CASES}.get(mode, CASES):
+    for name, b, hq, hkv, ctx in {"uniform": UNIFORM_CASES, "warps": WARPS_CASES, "early": EARLY_CASES}.get(mode, CASES):
         if names and name not in names:
             continue
         if budget.left() < 30:
@@ -123,7 +146,8 @@ def run(res, ceil, budget, names, mode="heads"):
         time_cudnn(rec, c, b, hq, hkv)
         out = torch.empty_like(q)
         ref = None
-        vs = {"uniform": lambda: uniform_variants(lens), "warps": lambda: warps_variants(b)}.get(
+        vs = {"uniform": lambda: uniform_variants(lens), "warps": lambda: warps_variants(b),
+              "early": lambda: early_variants(b)}.get(
             mode, lambda: variants(hq // hkv, b))()
         for label, kw in vs + [("default_repeat", {}), ("no_auto_uniform_repeat", {"config": {"auto_uniform": False}})]:
             if budget.left() < 20:
@@ -148,9 +172,9 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=400)
     ap.add_argument("--cases", default="all", help="'all' or a comma list of case names")
-    ap.add_argument("--mode", default="heads", choices=["heads", "uniform", "warps"],
+    ap.add_argument("--mode", default="heads", choices=["heads", "uniform", "warps", "early"],
                     help="heads: calls a and b (heads per program, prefetch); uniform: call c (auto_uniform); "
-                         "warps: call d (1 or 2 warps per program)")
+                         "warps: call d (1 or 2 warps per program); early: call e (prefetch, early block ids)")
     a = ap.parse_args()
     budget, res, ceil = start(a.out, a.budget_s)
     names = set() if a.cases == "all" else set(a.cases.split(","))

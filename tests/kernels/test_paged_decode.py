@@ -68,8 +68,10 @@ def test_multi_query_long_auto_split(dtype):
 
 @pytest.mark.parametrize("config", [dict(use_dot=False), dict(head_major=True, evict="evict_first"),
                                     dict(block_n=16, use_dot=False, head_major=True), dict(reverse_parts=True),
-                                    dict(prefetch=True, num_stages=1), dict(prefetch=True, block_n=16)],
-                         ids=["cuda_cores", "head_major_evict", "bn16", "reverse_parts", "prefetch", "prefetch_bn16"])
+                                    dict(prefetch=True, num_stages=1), dict(prefetch=True, block_n=16),
+                                    dict(prefetch=True, early_bt=False)],
+                         ids=["cuda_cores", "head_major_evict", "bn16", "reverse_parts", "prefetch", "prefetch_bn16",
+                              "prefetch_late_bt"])
 @pytest.mark.parametrize("group", [1, 4])
 def test_decode_configs(group, config):
     dtype = DTYPES[0]
