@@ -375,8 +375,14 @@ def test_small_grid_config(monkeypatch):
     # fewer (sequence, KV head) pairs than SMs: 32-token tiles, 5 stages, fused reduce on every split grid;
     # otherwise the large-grid defaults (64-token tiles, 3 stages, fused only on one-wave grids)
     monkeypatch.setattr(pa, "_interpreting", lambda: False)
-    small = pa._decode_config(128, 4, torch.bfloat16, 16, units=8, num_sms=132)
+    small = pa._decode_config(128, 4, torch.bfloat16, 16, units=32, num_sms=132)
     assert (small["block_n"], small["num_stages"], small["fuse_always"]) == (32, 5, True)
+    assert not small.get("prefetch", False)
+    # tiny grouped-query grids (at most 132 / 8 = 16 pairs): register prefetch with 64-token tiles, fused
+    tiny = pa._decode_config(128, 4, torch.bfloat16, 16, units=16, num_sms=132)
+    assert (tiny["block_n"], tiny["num_stages"], tiny["fuse_always"], tiny["prefetch"]) == (64, 1, True, True)
+    assert pa._decode_config(128, 4, torch.bfloat16, 16, units=17, num_sms=132)["block_n"] == 32
+    assert not pa._decode_config(128, 1, torch.bfloat16, 16, units=8, num_sms=132).get("prefetch", False)  # MHA
     large = pa._decode_config(128, 1, torch.bfloat16, 16, units=512, num_sms=132)
     assert (large["block_n"], large["num_stages"], large["fuse_always"]) == (64, 3, False)
     assert pa._decode_config(128, 4, torch.bfloat16, 16, units=132, num_sms=132)["block_n"] == 64
