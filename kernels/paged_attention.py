@@ -499,8 +499,11 @@ def _split_plan(num_seqs: int, num_groups: int, max_len: int, block_n: int, num_
     without work exit at once). ``auto_uniform`` is False where the hint would change nothing (automatic split
     choice only, batches of at most ``AUTO_UNIFORM_MAX_SEQS``)."""
     splits, part = _choose_partition(num_seqs, num_groups, max_len, block_n, num_sms, num_splits, min_len)
+    # the hint changes nothing unless the cap split the batch and the pairs fill a wave (_choose_partition's
+    # uniform rule); checked first so that other calls search the split counts once
     if (allow_auto_uniform and num_splits is None and min_len is None and splits > 1
-            and num_seqs <= AUTO_UNIFORM_MAX_SEQS):
+            and num_seqs <= AUTO_UNIFORM_MAX_SEQS and max_len > MAX_PARTITION
+            and num_seqs * num_groups >= RESIDENT_PROGRAMS_PER_SM * num_sms):
         u_splits, u_part = _choose_partition(num_seqs, num_groups, max_len, block_n, num_sms, None, max_len)
         if u_splits < splits:
             return splits, part, True, u_part
