@@ -710,8 +710,10 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, *
             each other), ``evict`` (``""`` or ``"evict_first"`` for the K/V loads),
             ``heads_per_program`` (KV heads per program, a power of two dividing
             ``num_kv_heads``; default 1), ``prefetch`` (explicit register prefetch of the
-            next K/V tile; default off). The last two measured no faster on the H100
-            (``reports/kernels/README.md``, round 4). ``auto_uniform`` (default True): the
+            next K/V tile; default on only for tiny grouped-query grids, see
+            ``_decode_config``), ``early_bt`` (with ``prefetch``: the first tile's block ids
+            loaded before the length arrives; default True). See ``reports/kernels/README.md``,
+            round 4. ``auto_uniform`` (default True): the
             device-side form of the ``min_seq_len`` test when no hint is given.
 
     Returns:
