@@ -638,6 +638,7 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         launch_opts["maxnreg"] = int(maxnreg)
 
     head_major = bool(cfg["head_major"])
+    nseq_pad = triton.next_power_of_2(num_seqs) if auto_uniform else 1  # lengths each program reads
     grid = (num_groups, num_seqs, splits) if head_major else (num_seqs, num_groups, splits)
     _decode_kernel[grid](
         q, k, v, bt, seq_lens, starts_arg,
@@ -655,7 +656,7 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         HEAD_MAJOR=head_major, EVICT=str(cfg["evict"]),
         FUSED=fused, GROUP_R=group_r, CHUNK=chunk, REV_PARTS=bool(cfg.get("reverse_parts", False)),
         HP=hp, PREFETCH=bool(cfg.get("prefetch", False)), EARLY_BT=bool(cfg.get("early_bt", True)),
-        AUTO_UNIFORM=auto_uniform, NSEQ_PAD=triton.next_power_of_2(num_seqs) if auto_uniform else 1,
+        AUTO_UNIFORM=auto_uniform, NSEQ_PAD=nseq_pad,
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **launch_opts,
     )
     if splits > 1 and not fused:
@@ -665,7 +666,7 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
             *po_st, *pl_st,
             out.stride(0), out.stride(1),
             HEAD=head, HEAD_PAD=triton.next_power_of_2(head), CHUNK=chunk,
-            AUTO_UNIFORM=auto_uniform, NSEQ_PAD=triton.next_power_of_2(num_seqs) if auto_uniform else 1,
+            AUTO_UNIFORM=auto_uniform, NSEQ_PAD=nseq_pad,
             num_warps=4,
         )
     return out
