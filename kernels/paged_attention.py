@@ -606,6 +606,13 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         starts_arg = starts
     scale_log2 = float(scale) * _LOG2E
 
+    if cfg.get("balanced") and hp == 1:
+        from kernels.decode_balanced import MAX_SEQS, balanced_decode_launch
+        if num_seqs <= MAX_SEQS:
+            return balanced_decode_launch(q, k, v, bt, starts, seq_lens, scale_log2, paged=paged,
+                                          block_size=block_size, max_seq_len=max_seq_len, out=out, cfg=cfg,
+                                          kst=kst, vst=vst, stride_bts=stride_bts)
+
     if splits > 1:
         po = torch.empty((num_seqs, num_q_heads, splits, head), dtype=torch.float32, device=q.device)
         plse = torch.empty((num_seqs, num_q_heads, splits), dtype=torch.float32, device=q.device)

@@ -271,7 +271,9 @@ def run_prefill(res, budget):
 
 def kernel_info(res):
     info = []
-    for fn in (pa._decode_kernel, pa._prefill_newkv_kernel, pa._prefill_kernel):
+    from kernels import decode_balanced as db
+    for fn in (pa._decode_kernel, pa._prefill_newkv_kernel, pa._prefill_kernel, db._balanced_decode_kernel,
+               db._balanced_reduce_kernel):
         try:
             for dev, caches in fn.device_caches.items():
                 for key, k in caches[0].items():

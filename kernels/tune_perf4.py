@@ -1,7 +1,8 @@
-"""A/B sweeps for the fourth tuning round: explicit register prefetch in decode (``prefetch``), and several KV
-heads per decode program (``heads_per_program``).
+"""A/B sweeps for the fourth and fifth tuning rounds: explicit register prefetch in decode (``prefetch``), several
+KV heads per decode program (``heads_per_program``), and (round 5, ``--mode balanced``) the balanced stream-K decode.
 
-    python -m kernels.tune_perf4 --out DIR [--mode heads|uniform] [--budget-s 400] [--cases all|NAME,NAME]
+    python -m kernels.tune_perf4 --out DIR [--mode heads|uniform|warps|early|balanced] [--budget-s 400]
+                                 [--cases all|NAME,NAME]
 
 With ``heads_per_program = hp`` one program serves hp adjacent KV heads: each token's hp heads are read as one
 contiguous run of ``hp x 256`` bytes (instead of ``hp`` separate 256-byte pieces by ``hp`` programs), and the q rows
@@ -128,9 +129,40 @@ def early_variants(batch: int) -> list[tuple[str, dict]]:
     return v + [(f"{label}_r", kw) for label, kw in v]  # every variant twice: the spread between repeats
 
 
+# round 5: the balanced (stream-K) decode, one program per resident slot with equal shares of the tiles
+# (``config={"balanced": True}``), against the default grid; the batch-16 and mixed cases first
+BALANCED_CASES = [
+    ("gqa b16 ctx8192", 16, 32, 8, 8192),
+    ("mha b16 ctx8192", 16, 32, 32, 8192),
+    ("mixed gqa b16", 16, 32, 8, None),
+    ("mixed mha b16", 16, 32, 32, None),
+    ("gqa b64 ctx8192", 64, 32, 8, 8192),
+    ("mixed gqa b64", 64, 32, 8, None),
+    ("mixed mha b64", 64, 32, 32, None),
+    ("gqa b16 ctx2048", 16, 32, 8, 2048),
+    ("mha b64 ctx2048", 64, 32, 32, 2048),
+    ("mha b64 ctx8192", 64, 32, 32, 8192),
+    ("mixed gqa b256", 256, 32, 8, None),
+    ("gqa b1 ctx8192", 1, 32, 8, 8192),
+    ("mha b1 ctx8192", 1, 32, 32, 8192),
+    ("mha b16 ctx512", 16, 32, 32, 512),
+]
+
+
+def balanced_variants() -> list[tuple[str, dict]]:
+    v = [("default", {}), ("bal", {"config": {"balanced": True}})]
+    for pps in (2, 3, 4, 5):
+        v.append((f"bal_pps{pps}", {"config": {"balanced": True, "programs_per_sm": pps}}))
+    for bn, st, nw in ((32, 5, 4), (64, 4, 4), (128, 3, 8), (64, 3, 8)):
+        v.append((f"bal_bn{bn}_s{st}_w{nw}", {"config": {"balanced": True, "block_n": bn, "num_stages": st,
+                                                         "num_warps": nw}}))
+    return v + [("bal_r", {"config": {"balanced": True}})]
+
+
 def run(res, ceil, budget, names, mode="heads"):
     out_all = []
-    for name, b, hq, hkv, ctx in {"uniform": UNIFORM_CASES, "warps": WARPS_CASES, "early": EARLY_CASES}.get(mode, CASES):
+    for name, b, hq, hkv, ctx in {"uniform": UNIFORM_CASES, "warps": WARPS_CASES, "early": EARLY_CASES,
+                                  "balanced": BALANCED_CASES}.get(mode, CASES):
         if names and name not in names:
             continue
         if budget.left() < 30:
@@ -147,7 +179,7 @@ def run(res, ceil, budget, names, mode="heads"):
         out = torch.empty_like(q)
         ref = None
         vs = {"uniform": lambda: uniform_variants(lens), "warps": lambda: warps_variants(b),
-              "early": lambda: early_variants(b)}.get(
+              "early": lambda: early_variants(b), "balanced": balanced_variants}.get(
             mode, lambda: variants(hq // hkv, b))()
         for label, kw in vs + [("default_repeat", {}), ("no_auto_uniform_repeat", {"config": {"auto_uniform": False}})]:
             if budget.left() < 20:
@@ -157,7 +189,7 @@ def run(res, ceil, budget, names, mode="heads"):
             bn = cfg.get("block_n", 32 if b * hkv < 132 else 64)
             plan = pa._split_plan(b, hkv // hp, max_len, bn, pa._num_sms(q.device), kw.get("num_splits"),
                                   kw.get("min_seq_len"), cfg.get("auto_uniform", True))
-            rec["splits"][label] = f"{plan[0]}u" if plan[2] else plan[0]
+            rec["splits"][label] = "bal" if cfg.get("balanced") else f"{plan[0]}u" if plan[2] else plan[0]
             fn = lambda kw=kw: pa.paged_decode_attention(q, kc, vc, bt, sl, scale, max_seq_len=max_len, out=out, **kw)  # noqa
             ref = measure_variant(rec, label, fn, out, ref)
         print_case(name, kv_bytes, t0, rec, ceil, width=22)
@@ -172,9 +204,10 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=400)
     ap.add_argument("--cases", default="all", help="'all' or a comma list of case names")
-    ap.add_argument("--mode", default="heads", choices=["heads", "uniform", "warps", "early"],
+    ap.add_argument("--mode", default="heads", choices=["heads", "uniform", "warps", "early", "balanced"],
                     help="heads: calls a and b (heads per program, prefetch); uniform: call c (auto_uniform); "
-                         "warps: call d (1 or 2 warps per program); early: call e (prefetch, early block ids)")
+                         "warps: call d (1 or 2 warps per program); early: call e (prefetch, early block ids); "
+                         "balanced: round 5 (the balanced stream-K decode)")
     a = ap.parse_args()
     budget, res, ceil = start(a.out, a.budget_s)
     names = set() if a.cases == "all" else set(a.cases.split(","))
@@ -183,6 +216,10 @@ def main():
     except Exception:  # noqa: BLE001
         traceback.print_exc()
     kernel_info(res)
+    from kernels import decode_balanced as db
+    res["balanced_resident_per_sm"] = {str(k): v for k, v in db._RESIDENT.items()}
+    for k, v in db._RESIDENT.items():
+        print("balanced resident programs per SM", v, str(k)[:200])
     res["elapsed_s"] = time.time() - budget.t0
     with open(os.path.join(a.out, f"tune4_{a.mode}.json"), "w") as fh:
         json.dump(res, fh, indent=1)
