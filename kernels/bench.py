@@ -389,8 +389,12 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
         times["ours_two_kernel"] = _bench_graph(ours(fused_reduce=False))
         times["ours_fused"] = _bench_graph(ours(fused_reduce=True))
     rec["default_fused"] = splits > 1 and (dcfg["fuse_always"] or pa._auto_fused(batch, hkv, splits, q.device))
-    if (hint_splits, hint_part) != (splits, part):  # the host hint min_seq_len changes the split choice
+    # the host hint min_seq_len changes the split choice, or marks the batch as mixed (the balanced path)
+    rec["hint_balanced"] = pa._balanced_default(batch, hkv, max_len, min(lens), None)
+    if (hint_splits, hint_part) != (splits, part) or rec["hint_balanced"]:
         times["ours_hint"] = _bench_graph(ours(min_seq_len=min(lens)))
+    if batch >= 16:  # the balanced (stream-K) path forced on
+        times["ours_balanced"] = _bench_graph(ours(config={"balanced": True}))
     eager["ours_scattered"] = _bench(ours())
     rec["cpu_us_per_call"] = {"ours": _cpu_us(ours())}
     res = {}
@@ -419,7 +423,7 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
         rec["max_abs_diff_vs_sdpa"] = (ours_out - ref).abs().max().item()
     rec["ours_nan"] = bool(torch.isnan(ours_out).any().item())
     for label, kw in (("ours_two_kernel", dict(fused_reduce=False)), ("ours_fused", dict(fused_reduce=True)),
-                      ("ours_hint", dict(min_seq_len=min(lens)))):
+                      ("ours_hint", dict(min_seq_len=min(lens))), ("ours_balanced", dict(config={"balanced": True}))):
         if label in times:
             out.fill_(float("nan"))
             o2 = ours(**kw)().float()
@@ -464,7 +468,7 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
         rec["ours_speed_vs_fastest_sdpa"] = sd[best] / times["ours_scattered"]
     if "flex_paged" in times:
         rec["ours_speed_vs_flex"] = times["flex_paged"] / times["ours_scattered"]
-    for label in ("ours_two_kernel", "ours_fused", "ours_hint"):
+    for label in ("ours_two_kernel", "ours_fused", "ours_hint", "ours_balanced"):
         if label in times and sd:
             rec[f"{label}_speed_vs_fastest_sdpa"] = sd[best] / times[label]
     if "ours_two_kernel" in times:
@@ -773,7 +777,8 @@ def write_markdown(result, path):
             f"{_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} | {_f(r['tb_s']['ours_scattered'], 2)} | "
             f"{100 * fr['ours_scattered']:.1f}% | {('-' if best is None else f'{100 * fr[best]:.1f}% ({best[5:]})')} |"
             f" {_eager_cell(r)} |")
-    var = [r for r in result["decode"] if "ms" in r and ("ours_two_kernel" in r["ms"] or "ours_hint" in r["ms"])]
+    var = [r for r in result["decode"] if "ms" in r and any(k in r["ms"] for k in ("ours_two_kernel", "ours_hint",
+                                                                                   "ours_balanced"))]
     if var:
         L.append("\n### Decode variants, same process (graph-replay medians)\n")
         L.append("- default = `fused_reduce=None` (fused when the grid is one wave of resident programs, and on every "
@@ -781,22 +786,28 @@ def write_markdown(result, path):
                  "`fused_reduce=True` (the last program of each (sequence, KV head) combines the partials); "
                  "two-kernel = the old path with a second reduce launch (`fused_reduce=False`); "
                  "hint = default plus `min_seq_len=min(lengths)` (lifts the 2,048-token partition cap for "
-                 "near-uniform batches that fill a wave)\n")
+                 "near-uniform batches that fill a wave, and takes the balanced path on batches it marks as mixed, "
+                 "`bal` in the splits column); balanced = `config={'balanced': True}` (one program per resident "
+                 "slot, equal shares of the tiles; batch >= 16)\n")
         L.append("| case | splits (default / hint) | default fuses? | default ms | fused ms | two-kernel ms | "
-                 "fused speed-up | hint ms | best SDPA ms | default / fused / two-kernel / hint speed vs best SDPA |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|")
+                 "fused speed-up | hint ms | balanced ms | best SDPA ms | balanced % copy | "
+                 "default / fused / two-kernel / hint / balanced speed vs best SDPA |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in var:
             m = r["ms"]
             sd = r.get("fastest_sdpa")
-            L.append(f"| {r['case']} | {_splits_cell(r)} / {r.get('hint_splits', '-')} | "
+            bfr = r["frac_of_copy"].get("ours_balanced")
+            L.append(f"| {r['case']} | {_splits_cell(r)} / {'bal' if r.get('hint_balanced') else r.get('hint_splits', '-')} | "
                      f"{'yes' if r.get('default_fused') else 'no'} | {_f(m['ours_scattered'], 4)} | "
                      f"{_f(m.get('ours_fused'), 4)} | "
                      f"{_f(m.get('ours_two_kernel'), 4)} | {_f(r.get('fused_speedup_vs_two_kernel'), 3)} | "
-                     f"{_f(m.get('ours_hint'), 4)} | {_f(m.get(sd) if sd else None, 4)} | "
+                     f"{_f(m.get('ours_hint'), 4)} | {_f(m.get('ours_balanced'), 4)} | "
+                     f"{_f(m.get(sd) if sd else None, 4)} | {'-' if bfr is None else f'{100 * bfr:.1f}%'} | "
                      f"{_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} / "
                      f"{_f(r.get('ours_fused_speed_vs_fastest_sdpa'), 3)} / "
                      f"{_f(r.get('ours_two_kernel_speed_vs_fastest_sdpa'), 3)} / "
-                     f"{_f(r.get('ours_hint_speed_vs_fastest_sdpa'), 3)} |")
+                     f"{_f(r.get('ours_hint_speed_vs_fastest_sdpa'), 3)} / "
+                     f"{_f(r.get('ours_balanced_speed_vs_fastest_sdpa'), 3)} |")
     errs = {k: v for r in result["decode"] for k, v in r.items() if k.endswith("_error")}
     if errs:
         L.append("\nBackends that refused a case (first message of each kind):\n")
@@ -1012,6 +1023,8 @@ def main(argv=None):
                      if "ours_two_kernel" in r["ms"] else "")
                   + (f" | hint splits={r['hint_splits']} {r['ms']['ours_hint']:.4f} "
                      f"x{r.get('ours_hint_speed_vs_fastest_sdpa', float('nan')):.3f}" if "ours_hint" in r["ms"] else "")
+                  + (f" | balanced {r['ms']['ours_balanced']:.4f} "
+                     f"({100 * r['frac_of_copy']['ours_balanced']:.1f}% copy)" if "ours_balanced" in r["ms"] else "")
                   + (f" | flex {r['ms']['flex_paged']:.4f} ms (ours x{r['ours_speed_vs_flex']:.2f}) err flex "
                      f"{r['flex_max_abs_err_vs_ref']:.3g} ours {r['ours_max_abs_err_vs_ref']:.3g} first call "
                      f"{r['flex_first_call_s']:.1f}s" if "flex_paged" in r["ms"] else "")

@@ -216,14 +216,16 @@ def _resident_per_sm(compiled, num_warps: int, device: torch.device) -> int:
 
 
 def balanced_programs(kernel_args: tuple, constexprs: dict, num_warps: int, num_stages: int,
-                      device: torch.device) -> int:
+                      device: torch.device, launch_opts: dict | None = None) -> int:
     """Resident programs per SM of the balanced decode kernel compiled for ``constexprs`` (cached)."""
     if device.type != "cuda" or _interpreting():
         return FALLBACK_PROGRAMS_PER_SM
-    key = (device.index, tuple(sorted(constexprs.items())), num_warps, num_stages)
+    launch_opts = launch_opts or {}
+    key = (device.index, tuple(sorted(constexprs.items())), num_warps, num_stages,
+           tuple(sorted(launch_opts.items())))
     if key not in _RESIDENT:
         compiled = _balanced_decode_kernel.warmup(*kernel_args, grid=(1,), num_warps=num_warps,
-                                                  num_stages=num_stages, **constexprs)
+                                                  num_stages=num_stages, **launch_opts, **constexprs)
         _RESIDENT[key] = _resident_per_sm(compiled, num_warps, device)
     return _RESIDENT[key]
 
@@ -232,8 +234,8 @@ def balanced_decode_launch(q, k, v, bt, starts, seq_lens, scale_log2: float, *, 
                            max_seq_len: int, out: torch.Tensor, cfg: dict, kst: tuple, vst: tuple,
                            stride_bts: int) -> torch.Tensor:
     """Launch the balanced decode and its reduce (arguments as prepared by ``_decode_launch``). ``cfg`` keys:
-    ``block_n``, ``num_warps``, ``num_stages``, ``use_dot``, ``evict``; ``programs`` (grid size) or
-    ``programs_per_sm`` override the resident-slot count."""
+    ``block_n``, ``num_warps``, ``num_stages``, ``use_dot``, ``evict``, ``maxnreg`` (register cap per thread);
+    ``programs`` (grid size) or ``programs_per_sm`` override the resident-slot count."""
     num_seqs, num_q_heads, head = q.shape
     num_kv_heads = k.shape[-2]
     group = num_q_heads // num_kv_heads
@@ -255,20 +257,23 @@ def balanced_decode_launch(q, k, v, bt, starts, seq_lens, scale_log2: float, *, 
                 scale_log2, num_seqs, num_kv_heads, n_slots,
                 q.stride(0), q.stride(1), *kst, *vst, stride_bts, out.stride(0), out.stride(1))
 
+    launch_opts = {}
+    if cfg.get("maxnreg") and not _interpreting():
+        launch_opts["maxnreg"] = int(cfg["maxnreg"])
     if "programs" in cfg:
         nprog = max(1, int(cfg["programs"]))
     else:
         if "programs_per_sm" in cfg:
             per_sm = int(cfg["programs_per_sm"])
         else:
-            per_sm = balanced_programs(args(out, out, 1), constexprs, num_warps, num_stages, q.device)
+            per_sm = balanced_programs(args(out, out, 1), constexprs, num_warps, num_stages, q.device, launch_opts)
         max_tiles = pairs * -(-max(int(max_seq_len), 1) // block_n)
         nprog = max(1, min(per_sm * _num_sms(q.device), -(-max_tiles // MIN_TILES_PER_PROGRAM)))
     n_slots = nprog + pairs
     po = torch.empty((n_slots, group, head), dtype=torch.float32, device=q.device)
     plse = torch.empty((group, n_slots), dtype=torch.float32, device=q.device)
     _balanced_decode_kernel[(nprog,)](*args(po, plse, n_slots), num_warps=num_warps, num_stages=num_stages,
-                                      **constexprs)
+                                      **launch_opts, **constexprs)
     group_r = triton.next_power_of_2(group)
     _balanced_reduce_kernel[(num_seqs, num_kv_heads)](
         po, plse, seq_lens, out, num_seqs, num_kv_heads, n_slots, nprog,

@@ -54,6 +54,11 @@ UNIFORM_FRACTION = 0.9
 # batches of up to this many sequences.
 AUTO_UNIFORM_MAX_SEQS = 1024
 
+# Balanced (stream-K) decode by default for batches the ``min_seq_len`` hint marks as mixed, of at least this many
+# sequences and at most this many (sequence, KV head) pairs (see _balanced_default).
+BALANCED_MIN_SEQS = 16
+BALANCED_MAX_PAIRS = 1024
+
 _SM_COUNT: dict = {}
 
 # Split-KV completion counters for the fused reduce, one int32 per (sequence, KV head), cached per
@@ -510,6 +515,18 @@ def _split_plan(num_seqs: int, num_groups: int, max_len: int, block_n: int, num_
     return splits, part, False, part
 
 
+def _balanced_default(num_seqs: int, num_kv_heads: int, max_len: int, min_len: int | None, num_splits: int | None,
+                      heads_per_program: int = 1) -> bool:
+    """Whether a decode call without ``config["balanced"]`` takes the balanced (stream-K) path
+    (``kernels/decode_balanced.py``): only when the caller's ``min_seq_len`` hint marks the batch as mixed (below
+    ``UNIFORM_FRACTION`` of ``max_len``), the split count is automatic, and the batch has ``BALANCED_MIN_SEQS`` to
+    ``BALANCED_MAX_PAIRS / num_kv_heads`` sequences. Without a hint the host cannot tell a mixed batch from a uniform
+    one, and on uniform batches the balanced path measured slower (reports/kernels/README.md, round 5)."""
+    return (min_len is not None and num_splits is None and heads_per_program == 1
+            and int(min_len) < UNIFORM_FRACTION * max_len
+            and BALANCED_MIN_SEQS <= num_seqs and num_seqs * num_kv_heads <= BALANCED_MAX_PAIRS)
+
+
 def _auto_fused(num_seqs: int, num_kv_heads: int, splits: int, device: torch.device) -> bool:
     """The default of ``fused_reduce`` (with ``FUSED_DEFAULT == "one_wave"``: True only when all
     ``num_seqs x num_kv_heads x splits`` programs are resident at once; see ``_decode_launch``)."""
@@ -606,7 +623,11 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         starts_arg = starts
     scale_log2 = float(scale) * _LOG2E
 
-    if cfg.get("balanced") and hp == 1:
+    balanced = cfg.get("balanced")
+    if balanced is None:
+        balanced = fused_reduce is None and _balanced_default(num_seqs, num_kv_heads, max_seq_len, min_seq_len,
+                                                              num_splits, hp)
+    if balanced and hp == 1:
         from kernels.decode_balanced import MAX_SEQS, balanced_decode_launch
         if num_seqs <= MAX_SEQS:
             return balanced_decode_launch(q, k, v, bt, starts, seq_lens, scale_log2, paged=paged,

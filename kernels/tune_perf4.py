@@ -1,7 +1,7 @@
 """A/B sweeps for the fourth and fifth tuning rounds: explicit register prefetch in decode (``prefetch``), several
 KV heads per decode program (``heads_per_program``), and (round 5, ``--mode balanced``) the balanced stream-K decode.
 
-    python -m kernels.tune_perf4 --out DIR [--mode heads|uniform|warps|early|balanced] [--budget-s 400]
+    python -m kernels.tune_perf4 --out DIR [--mode heads|uniform|warps|early|balanced|balanced2] [--budget-s 400]
                                  [--cases all|NAME,NAME]
 
 With ``heads_per_program = hp`` one program serves hp adjacent KV heads: each token's hp heads are read as one
@@ -159,10 +159,32 @@ def balanced_variants() -> list[tuple[str, dict]]:
     return v + [("bal_r", {"config": {"balanced": True}})]
 
 
+# round 5, call b: the register cap that gives the balanced kernel 4 resident programs per SM at batch 16, and the
+# ``min_seq_len`` hint's default (balanced on batches the hint marks as mixed, see pa._balanced_default)
+BALANCED2_CASES = [
+    ("mixed gqa b16", 16, 32, 8, None),
+    ("mixed mha b16", 16, 32, 32, None),
+    ("mixed gqa b64", 64, 32, 8, None),
+    ("mixed mha b64", 64, 32, 32, None),
+    ("mixed gqa b256", 256, 32, 8, None),
+    ("mixed mha b256", 256, 32, 32, None),
+    ("gqa b16 ctx8192", 16, 32, 8, 8192),
+    ("mha b16 ctx8192", 16, 32, 32, 8192),
+]
+
+
+def balanced2_variants(lens: list[int]) -> list[tuple[str, dict]]:
+    v = [("default", {}), ("hint", {"min_seq_len": min(lens)}), ("bal", {"config": {"balanced": True}}),
+         ("bal_nreg128", {"config": {"balanced": True, "maxnreg": 128}}),
+         ("bal_nreg128_bn32_s5", {"config": {"balanced": True, "maxnreg": 128, "block_n": 32, "num_stages": 5}}),
+         ("bal_nreg120", {"config": {"balanced": True, "maxnreg": 120}})]
+    return v + [(f"{label}_r", kw) for label, kw in v[:3]]
+
+
 def run(res, ceil, budget, names, mode="heads"):
     out_all = []
     for name, b, hq, hkv, ctx in {"uniform": UNIFORM_CASES, "warps": WARPS_CASES, "early": EARLY_CASES,
-                                  "balanced": BALANCED_CASES}.get(mode, CASES):
+                                  "balanced": BALANCED_CASES, "balanced2": BALANCED2_CASES}.get(mode, CASES):
         if names and name not in names:
             continue
         if budget.left() < 30:
@@ -179,7 +201,8 @@ def run(res, ceil, budget, names, mode="heads"):
         out = torch.empty_like(q)
         ref = None
         vs = {"uniform": lambda: uniform_variants(lens), "warps": lambda: warps_variants(b),
-              "early": lambda: early_variants(b), "balanced": balanced_variants}.get(
+              "early": lambda: early_variants(b), "balanced": balanced_variants,
+              "balanced2": lambda: balanced2_variants(lens)}.get(
             mode, lambda: variants(hq // hkv, b))()
         for label, kw in vs + [("default_repeat", {}), ("no_auto_uniform_repeat", {"config": {"auto_uniform": False}})]:
             if budget.left() < 20:
@@ -189,7 +212,9 @@ def run(res, ceil, budget, names, mode="heads"):
             bn = cfg.get("block_n", 32 if b * hkv < 132 else 64)
             plan = pa._split_plan(b, hkv // hp, max_len, bn, pa._num_sms(q.device), kw.get("num_splits"),
                                   kw.get("min_seq_len"), cfg.get("auto_uniform", True))
-            rec["splits"][label] = "bal" if cfg.get("balanced") else f"{plan[0]}u" if plan[2] else plan[0]
+            bal = cfg.get("balanced", "min_seq_len" in kw and "fused_reduce" not in kw and pa._balanced_default(
+                b, hkv, max_len, kw["min_seq_len"], kw.get("num_splits"), hp))
+            rec["splits"][label] = "bal" if bal else f"{plan[0]}u" if plan[2] else plan[0]
             fn = lambda kw=kw: pa.paged_decode_attention(q, kc, vc, bt, sl, scale, max_seq_len=max_len, out=out, **kw)  # noqa
             ref = measure_variant(rec, label, fn, out, ref)
         print_case(name, kv_bytes, t0, rec, ceil, width=22)
@@ -204,10 +229,11 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=400)
     ap.add_argument("--cases", default="all", help="'all' or a comma list of case names")
-    ap.add_argument("--mode", default="heads", choices=["heads", "uniform", "warps", "early", "balanced"],
+    ap.add_argument("--mode", default="heads", choices=["heads", "uniform", "warps", "early", "balanced",
+                                                              "balanced2"],
                     help="heads: calls a and b (heads per program, prefetch); uniform: call c (auto_uniform); "
                          "warps: call d (1 or 2 warps per program); early: call e (prefetch, early block ids); "
-                         "balanced: round 5 (the balanced stream-K decode)")
+                         "balanced: round 5 (the balanced stream-K decode); balanced2: its register cap and hint default")
     a = ap.parse_args()
     budget, res, ceil = start(a.out, a.budget_s)
     names = set() if a.cases == "all" else set(a.cases.split(","))

@@ -145,6 +145,45 @@ def test_balanced_long_context_gpu_sized_grid(poisoned_empty):
     _run(lens, 2, 2, 64, 16, DTYPES[0], dict(programs=264))
 
 
+def test_balanced_default_rule():
+    # taken by default only when the min_seq_len hint marks the batch as mixed (below 0.9 of the bound), with 16 to
+    # 1,024 / KV heads sequences, automatic splits and one KV head per program
+    assert pa._balanced_default(16, 8, 8192, 1, None)
+    assert pa._balanced_default(16, 8, 8192, 7372, None)        # 7,372 < 0.9 x 8,192 = 7,372.8
+    assert not pa._balanced_default(16, 8, 8192, 7373, None)    # near-uniform
+    assert not pa._balanced_default(16, 8, 8192, None, None)    # no hint: the host cannot tell
+    assert not pa._balanced_default(15, 8, 8192, 1, None)
+    assert pa._balanced_default(128, 8, 8192, 1, None)          # 1,024 pairs
+    assert not pa._balanced_default(129, 8, 8192, 1, None)
+    assert not pa._balanced_default(16, 8, 8192, 1, 4)          # forced split count
+    assert not pa._balanced_default(16, 8, 8192, 1, None, heads_per_program=2)
+
+
+def test_mixed_hint_takes_balanced_path(monkeypatch, poisoned_empty):
+    calls = []
+    real = db.balanced_decode_launch
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["cfg"].get("balanced"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(db, "balanced_decode_launch", spy)
+    dtype = DTYPES[0]
+    lens = [random.Random(3).randint(0, 90) for _ in range(16)]
+    gen = torch.Generator().manual_seed(4)
+    k, v, bt = make_paged(lens, 1, 64, 16, dtype, gen=gen, table_width=6)  # bound 96 tokens
+    q = torch.randn((16, 4, 64), generator=gen).to(dtype).to(DEVICE)
+    sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    expect = ref.ref_paged_decode(q, k, v, bt, sl, 0.125)
+    for kwargs, balanced in ((dict(min_seq_len=min(lens)), True), (dict(min_seq_len=90), False), ({}, False),
+                             (dict(min_seq_len=min(lens), fused_reduce=False), False),
+                             (dict(config={"balanced": True}), True)):
+        calls.clear()
+        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, out=poisoned_like(q), **kwargs)
+        assert bool(calls) == balanced, kwargs
+        assert_close(out, expect, dtype, str(kwargs))
+
+
 try:
     from hypothesis import given, settings, strategies as st
 
