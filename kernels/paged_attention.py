@@ -727,6 +727,8 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, *
             programs, the 2,048-token partition cap (there to balance mixed lengths) is lifted.
             A wrong hint costs speed, never correctness. Without it the kernel makes the same
             test on the device where it would change the split choice (see ``_split_plan``).
+            When the hint marks the batch as mixed (below that fraction) and the batch has 16 to
+            ``1024 / num_kv_heads`` sequences, the balanced path is taken (``config["balanced"]``).
         fused_reduce: ``True``: combine split-KV partials in the last-finishing program of
             each (sequence, KV head), found with an atomic counter, instead of in a second
             kernel launch (``False``). ``None`` (default): fused when the whole grid fits in
@@ -743,7 +745,11 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, *
             ``_decode_config``), ``early_bt`` (with ``prefetch``: the first tile's block ids
             loaded before the length arrives; default True). See ``reports/kernels/README.md``,
             round 4. ``auto_uniform`` (default True): the
-            device-side form of the ``min_seq_len`` test when no hint is given.
+            device-side form of the ``min_seq_len`` test when no hint is given. ``balanced``
+            (default: see ``min_seq_len``): the stream-K kernel of ``kernels/decode_balanced.py``,
+            one program per resident slot with equal shares of the KV tiles, which ignores
+            ``num_splits`` and ``fused_reduce``; with it ``programs`` / ``programs_per_sm`` (grid size)
+            and ``maxnreg`` (register cap). See ``reports/kernels/README.md``, round 5.
 
     Returns:
         ``out`` ``[num_seqs, num_q_heads, head_size]`` in ``q``'s dtype.
