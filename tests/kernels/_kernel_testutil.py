@@ -78,6 +78,23 @@ def make_paged(seq_lens, num_kv_heads, head_size, block_size, dtype, *, extra_bl
     return k.to(DEVICE), v.to(DEVICE), bt.to(DEVICE)
 
 
+def make_contiguous(seq_lens, gaps, num_kv_heads, head_size, dtype, gen: torch.Generator):
+    """Random K/V pools ``[slots, num_kv_heads, head_size]`` holding each sequence's tokens contiguously, after
+    ``gaps[s]`` unused slots; unused slots (and 4 past the end) are NaN. Returns ``(k_pool, v_pool, starts)``
+    with ``starts`` an int64 tensor of first slots."""
+    starts, pos = [], 0
+    for n, g in zip(seq_lens, gaps):
+        pos += g
+        starts.append(pos)
+        pos += n
+    k = torch.full((pos + 4, num_kv_heads, head_size), float("nan"), dtype=dtype)
+    v = torch.full_like(k, float("nan"))
+    for a, n in zip(starts, seq_lens):
+        k[a:a + n] = torch.randn((n, num_kv_heads, head_size), generator=gen).to(dtype)
+        v[a:a + n] = torch.randn((n, num_kv_heads, head_size), generator=gen).to(dtype)
+    return k.to(DEVICE), v.to(DEVICE), torch.tensor(starts, dtype=torch.int64, device=DEVICE)
+
+
 def boundary_lengths(block_size: int) -> list[int]:
     return [1, block_size - 1, block_size, block_size + 1, 2 * block_size - 1, 2 * block_size,
             2 * block_size + 1, 3 * block_size + 5]

@@ -10,7 +10,7 @@ triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
 from _kernel_testutil import (CUDA, DEVICE, DTYPES, assert_close, boundary_lengths, dtype_id,  # noqa: E402
-                              make_paged, poisoned_like)
+                              make_contiguous, make_paged, poisoned_like)
 from kernels import paged_attention as pa  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 
@@ -143,19 +143,8 @@ def test_contiguous_decode(group, num_splits, dtype):
     num_kv_heads, head_size = 2, 96
     lens = [1, 15, 16, 17, 120, 333]
     gaps = [3, 0, 5, 1, 0, 2]
-    starts, pos = [], 0
-    for n, g in zip(lens, gaps):
-        pos += g
-        starts.append(pos)
-        pos += n
-    pool_k = torch.full((pos + 4, num_kv_heads, head_size), float("nan"), dtype=dtype)
-    pool_v = torch.full_like(pool_k, float("nan"))
-    for a, n in zip(starts, lens):
-        pool_k[a:a + n] = torch.randn((n, num_kv_heads, head_size), generator=gen).to(dtype)
-        pool_v[a:a + n] = torch.randn((n, num_kv_heads, head_size), generator=gen).to(dtype)
-    pool_k, pool_v = pool_k.to(DEVICE), pool_v.to(DEVICE)
+    pool_k, pool_v, st = make_contiguous(lens, gaps, num_kv_heads, head_size, dtype, gen)
     q = torch.randn((len(lens), num_kv_heads * group, head_size), generator=gen).to(dtype).to(DEVICE)
-    st = torch.tensor(starts, dtype=torch.int64, device=DEVICE)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     out = poisoned_like(q)
     pa.contiguous_decode_attention(q, pool_k, pool_v, st, sl, head_size ** -0.5, num_splits=num_splits, out=out)
