@@ -748,7 +748,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, *
             device-side form of the ``min_seq_len`` test when no hint is given. ``balanced``
             (default: see ``min_seq_len``): the stream-K kernel of ``kernels/decode_balanced.py``,
             one program per resident slot with equal shares of the KV tiles, which ignores
-            ``num_splits`` and ``fused_reduce``; with it ``programs`` / ``programs_per_sm`` (grid size)
+            ``num_splits`` and ``fused_reduce`` (batches of more than 1,024 sequences keep the split path); with it ``programs`` / ``programs_per_sm`` (grid size)
             and ``maxnreg`` (register cap). See ``reports/kernels/README.md``, round 5.
 
     Returns:
