@@ -798,12 +798,27 @@ def _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, visible,
     the unnormalised output. ``visible [M, N]`` masks keys when ``MASKED``. With ``POS_SCALE``
     (scale > 0, the usual case) the row maximum is taken on the unscaled scores and the scale is
     folded into one multiply-add per score, ``exp2(s * scale_log2 - m)``, instead of a multiply
-    and a subtract.
+    and a subtract. ``POS_SCALE == 2`` (config ``exp16``, 16-bit ``v`` only, GPU only) also rounds the exponent
+    to ``v``'s dtype and takes exp2 of two scores per instruction (``ex2.approx`` on packed bf16x2/f16x2), so the
+    special-function unit does half the work; P is rounded to that dtype for the P.V product anyway.
     """
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
     if MASKED:
         s = tl.where(visible, s, float("-inf"))
-    if POS_SCALE:
+    if POS_SCALE == 2:
+        m_new = tl.maximum(m_i, tl.max(s, axis=1) * scale_log2)
+        x = (s * scale_log2 - m_new[:, None]).to(v.dtype)
+        if v.dtype == tl.bfloat16:
+            p16 = tl.inline_asm_elementwise("ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x], dtype=tl.bfloat16,
+                                            is_pure=True, pack=2)
+        else:
+            p16 = tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x], dtype=tl.float16,
+                                            is_pure=True, pack=2)
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p16.to(tl.float32), axis=1)
+        acc = tl.dot(p16, v, acc * alpha[:, None], input_precision=DOT_PREC)
+        return m_new, l_i, acc
+    elif POS_SCALE:
         m_new = tl.maximum(m_i, tl.max(s, axis=1) * scale_log2)
         p = tl.exp2(s * scale_log2 - m_new[:, None])
     else:
@@ -1019,6 +1034,17 @@ def _prefill_newkv_kernel(
              o.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
 
+def _pos_scale(scale: float, cfg: dict, dtype: torch.dtype) -> int:
+    """``_attend_tile``'s POS_SCALE: 0 = scale applied before the row maximum; 1 = scale folded into the exponent's
+    multiply-add (``fold_scale``, default, needs scale > 0); 2 = folded, with packed 16-bit exp2 (``exp16``, fp16/bf16
+    on the GPU only: the interpreter cannot run inline PTX)."""
+    if not (float(scale) > 0 and bool(cfg.get("fold_scale", True))):
+        return 0
+    if cfg.get("exp16") and dtype in (torch.float16, torch.bfloat16) and not _interpreting():
+        return 2
+    return 1
+
+
 def _prefill_newkv_config(head_pad: int, dtype: torch.dtype) -> dict:
     """Defaults of the contiguous-new-K/V prefill path (``paged_prefill_attention(new_key=...)``)."""
     if _interpreting():
@@ -1128,7 +1154,7 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
         out.stride(0), out.stride(1),
         GROUP=num_q_heads // num_kv_heads, HEAD=head, HEAD_PAD=head_pad,
         BLOCK_SIZE=k_cache.shape[1], BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
-        DOT_PREC=_dot_precision(q.dtype), POS_SCALE=float(scale) > 0 and bool(cfg.get("fold_scale", True)),
+        DOT_PREC=_dot_precision(q.dtype), POS_SCALE=_pos_scale(scale, cfg, q.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
@@ -1169,7 +1195,7 @@ def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, conte
         BLOCK_SIZE=k_cache.shape[1], BLOCK_M=block_m, BLOCK_N=block_n,
         DOT_PREC=_dot_precision(q.dtype), HAS_CTX=max_context_len is None or int(max_context_len) > 0,
         USE_TMA=use_tma, WARP_SPEC=bool(cfg["warp_specialize"]), REVERSE_M=bool(cfg["reverse_m"]),
-        POS_SCALE=float(scale) > 0 and bool(cfg.get("fold_scale", True)),
+        POS_SCALE=_pos_scale(scale, cfg, q.dtype),
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]),
     )
 

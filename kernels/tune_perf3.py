@@ -199,7 +199,8 @@ PREFILL_CFGS = [
 def run_prefill(res, budget):
     from torch.nn.attention import SDPBackend
     out_all = []
-    for name, batch, hq, hkv, ctx, new, sweep in [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, True)]:
+    for name, batch, hq, hkv, ctx, new, sweep in [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, True),
+                                                  ("prefill mha 4x1024 ctx3072", 4, 32, 32, 3072, 1024, False)]:
         torch.manual_seed(1)
         total_len = ctx + new
         nblk = math.ceil(total_len / B.BLOCK)
@@ -240,6 +241,13 @@ def run_prefill(res, budget):
                                                              tma=tma, fold_scale=fold)}))
         else:
             variants.append(("newkv_nofold", {"nk": True, "config": {"fold_scale": False}}))
+        # round 5: packed 16-bit exp2 (config exp16), each twice beside the defaults
+        variants += [("newkv_exp16", {"nk": True, "config": {"exp16": True}}),
+                     ("paged_exp16", {"config": {"exp16": True}}),
+                     ("newkv_m128_n128_w8_s3_exp16", {"nk": True, "config": dict(block_m=128, block_n=128, num_warps=8,
+                                                                                 num_stages=3, exp16=True)}),
+                     ("newkv_default_r", {"nk": True}), ("newkv_exp16_r", {"nk": True, "config": {"exp16": True}}),
+                     ("paged_default_r", {}), ("paged_exp16_r", {"config": {"exp16": True}})]
         for label, kw in variants:
             if budget.left() < 20:
                 break

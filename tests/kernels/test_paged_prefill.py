@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-from _kernel_testutil import DEVICE, DTYPES, assert_close, dtype_id, make_paged, poisoned_like  # noqa: E402
+from _kernel_testutil import CUDA, DEVICE, DTYPES, assert_close, dtype_id, make_paged, poisoned_like  # noqa: E402
 from kernels import paged_attention as pa  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 
@@ -153,3 +153,16 @@ def test_prefill_newkv_pure_prefill_hint(group, dtype):
 def test_prefill_newkv_padded_head():
     # head size 80 (padded to 128): pointer loads even when TMA is asked for
     _run_prefill_newkv([3, 0], [20, 35], 4, 2, 80, 8, DTYPES[0], seed=9, config=dict(tma=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="packed 16-bit exp2 is inline PTX: the interpreter cannot run it")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+def test_prefill_exp16(dtype):
+    # config exp16: exp2 of two scores per instruction on packed 16-bit values, both prefill paths, with and
+    # without context, held to the same tolerances as the default
+    _run_prefill([0, 17, 300], [40, 9, 70], 8, 2, 128, 16, dtype, seed=11, config=dict(exp16=True))
+    for config in NEWKV_CONFIGS[:2]:
+        cfg = dict(config, exp16=True)
+        _run_prefill_newkv([0, 17, 40, 5], [40, 9, 0, 70], 4, 2, 64, 16, dtype, seed=5, config=cfg)
+        _run_prefill_newkv([0, 0], [300, 129], 4, 4, 128, 16, dtype, seed=6, config=cfg, max_context_len=0)
