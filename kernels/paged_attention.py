@@ -807,28 +807,32 @@ def _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, visible,
         s = tl.where(visible, s, float("-inf"))
     if POS_SCALE == 2:
         m_new = tl.maximum(m_i, tl.max(s, axis=1) * scale_log2)
-        x = (s * scale_log2 - m_new[:, None]).to(v.dtype)
-        if v.dtype == tl.bfloat16:
-            p16 = tl.inline_asm_elementwise("ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x], dtype=tl.bfloat16,
-                                            is_pure=True, pack=2)
-        else:
-            p16 = tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x], dtype=tl.float16,
-                                            is_pure=True, pack=2)
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p16.to(tl.float32), axis=1)
-        acc = tl.dot(p16, v, acc * alpha[:, None], input_precision=DOT_PREC)
-        return m_new, l_i, acc
+        p = _exp2_packed((s * scale_log2 - m_new[:, None]).to(v.dtype))
+        p_sum = tl.sum(p.to(tl.float32), axis=1)
     elif POS_SCALE:
         m_new = tl.maximum(m_i, tl.max(s, axis=1) * scale_log2)
         p = tl.exp2(s * scale_log2 - m_new[:, None])
+        p_sum = tl.sum(p, axis=1)
     else:
         s = s * scale_log2
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         p = tl.exp2(s - m_new[:, None])
+        p_sum = tl.sum(p, axis=1)
     alpha = tl.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, axis=1)
+    l_i = l_i * alpha + p_sum
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PREC)
     return m_new, l_i, acc
+
+
+@triton.jit
+def _exp2_packed(x):
+    """exp2 of a bf16 or fp16 tensor, two elements per ``ex2.approx`` instruction (inline PTX: GPU only)."""
+    if x.dtype == tl.bfloat16:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x], dtype=tl.bfloat16,
+                                         is_pure=True, pack=2)
+    else:
+        return tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x], dtype=tl.float16,
+                                         is_pure=True, pack=2)
 
 
 @triton.jit

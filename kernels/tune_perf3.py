@@ -262,7 +262,7 @@ def run_prefill(res, budget):
                 rec["diff"][label] = float("nan") if torch.isnan(o).any() else (o - ref).abs().max().item()
                 rec["ms"][label] = t_graph(fn)
             except Exception as e:  # noqa: BLE001
-                rec["ms"][label] = f"error: {type(e).__name__}: {str(e).strip()[:200]}"
+                rec["ms"][label] = f"error: {type(e).__name__}: {str(e).strip()[-600:]}"
         sd = rec["ms"]["sdpa_cudnn"]
         lines = [name]
         for k, t in rec["ms"].items():
