@@ -605,9 +605,6 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
             max_seq_len = block_tables.shape[1] * block_size
         else:
             max_seq_len = int(seq_lens.max().item())  # one sync; pass max_seq_len to avoid it
-    splits, part, auto_uniform, uniform_part = _split_plan(num_seqs, num_groups, max_seq_len, block_n,
-                                                           _num_sms(q.device), num_splits, min_seq_len,
-                                                           bool(cfg.get("auto_uniform", True)))
     if paged:
         assert block_tables.dtype == torch.int32 and block_tables.stride(-1) == 1
         bt, stride_bts = block_tables, block_tables.stride(0)
@@ -634,6 +631,9 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
                                           block_size=block_size, max_seq_len=max_seq_len, out=out, cfg=cfg,
                                           kst=kst, vst=vst, stride_bts=stride_bts)
 
+    splits, part, auto_uniform, uniform_part = _split_plan(num_seqs, num_groups, max_seq_len, block_n,
+                                                           _num_sms(q.device), num_splits, min_seq_len,
+                                                           bool(cfg.get("auto_uniform", True)))
     if splits > 1:
         po = torch.empty((num_seqs, num_q_heads, splits, head), dtype=torch.float32, device=q.device)
         plse = torch.empty((num_seqs, num_q_heads, splits), dtype=torch.float32, device=q.device)
