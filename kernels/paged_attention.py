@@ -791,7 +791,7 @@ def contiguous_decode_attention(q, k_pool, v_pool, seq_starts, seq_lens, scale, 
 
 @triton.jit
 def _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, visible,
-                 MASKED: tl.constexpr, POS_SCALE: tl.constexpr, DOT_PREC: tl.constexpr):
+                 MASKED: tl.constexpr, POS_SCALE: tl.constexpr, DOT_PREC: tl.constexpr, LAZY_TAU: tl.constexpr = 0.0):
     """One online-softmax step of a prefill tile: ``q [M, D]`` against ``k, v [N, D]``.
 
     ``m_i`` is the running row maximum in log2 units (scaled), ``l_i`` the running sum and ``acc``
@@ -803,6 +803,17 @@ def _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, visible,
     special-function unit does half the work; P is rounded to that dtype for the P.V product anyway.
     """
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+    if LAZY_TAU > 0.0 and not MASKED and POS_SCALE == 1:
+        m_i, l_i, acc = _attend_tile_lazy(s, v, m_i, l_i, acc, scale_log2, LAZY_TAU, DOT_PREC)
+    else:
+        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, scale_log2, visible, MASKED, POS_SCALE, DOT_PREC)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _softmax_step(s, v, m_i, l_i, acc, scale_log2, visible,
+                  MASKED: tl.constexpr, POS_SCALE: tl.constexpr, DOT_PREC: tl.constexpr):
+    """``_attend_tile`` after the score dot ``s [M, N]``: the row maximum, exp2, rescale and the P.V dot."""
     if MASKED:
         s = tl.where(visible, s, float("-inf"))
     if POS_SCALE == 2:
@@ -822,6 +833,28 @@ def _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, visible,
     l_i = l_i * alpha + p_sum
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PREC)
     return m_new, l_i, acc
+
+
+@triton.jit
+def _attend_tile_lazy(s, v, m_i, l_i, acc, scale_log2, LAZY_TAU: tl.constexpr, DOT_PREC: tl.constexpr):
+    """``_attend_tile``'s unmasked step with a lazy rescale (config ``lazy_rescale``): the running maximum
+    ``m_i``, and with it ``acc`` and ``l_i``, is moved only when some row's tile maximum exceeds it by more than
+    ``LAZY_TAU`` (log2 units); otherwise the stale maximum is kept, so ``p <= 2**LAZY_TAU`` (no overflow in fp32,
+    and bf16/fp16 hold it) and the ``[M, D]`` multiply of ``acc`` is skipped. ``acc / l_i`` is the same either
+    way, because ``acc`` and ``l_i`` always share one reference maximum. Once the maximum has settled (most tiles
+    of a long row) a step is the two dots, one exp2 per score and the row sums.
+    """
+    m_tile = tl.max(s, axis=1) * scale_log2
+    if tl.max(m_tile - m_i, axis=0) > LAZY_TAU:
+        m_new = tl.maximum(m_i, m_tile)
+        alpha = tl.exp2(m_i - m_new)
+        acc = acc * alpha[:, None]
+        l_i = l_i * alpha
+        m_i = m_new
+    p = tl.exp2(s * scale_log2 - m_i[:, None])
+    l_i = l_i + tl.sum(p, axis=1)
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+    return m_i, l_i, acc
 
 
 @triton.jit
@@ -846,7 +879,7 @@ def _prefill_kernel(
     stride_ot, stride_oh,
     GROUP: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PREC: tl.constexpr, POS_SCALE: tl.constexpr,
+    DOT_PREC: tl.constexpr, POS_SCALE: tl.constexpr, LAZY_TAU: tl.constexpr,
 ):
     mt = tl.program_id(0)
     qh = tl.program_id(1)
@@ -893,7 +926,7 @@ def _prefill_kernel(
         v = tl.load(v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :],
                     mask=d_mask[None, :], other=0.0)
         m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, None,
-                                     MASKED=False, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC)
+                                     MASKED=False, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC, LAZY_TAU=LAZY_TAU)
 
     # the diagonal: causal and length masks
     diag_end = tl.minimum(seq_len, ctx + m0 + BLOCK_M)
@@ -909,7 +942,7 @@ def _prefill_kernel(
                     mask=kv_mask, other=0.0)
         visible = (offs[None, :] <= q_pos[:, None]) & n_mask[None, :]
         m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, visible,
-                                     MASKED=True, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC)
+                                     MASKED=True, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC, LAZY_TAU=LAZY_TAU)
 
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(out_ptr + rows[:, None] * stride_ot + qh * stride_oh + offs_d[None, :],
@@ -930,7 +963,7 @@ def _prefill_newkv_kernel(
     GROUP: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_PREC: tl.constexpr, HAS_CTX: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
-    REVERSE_M: tl.constexpr, POS_SCALE: tl.constexpr,
+    REVERSE_M: tl.constexpr, POS_SCALE: tl.constexpr, LAZY_TAU: tl.constexpr,
 ):
     """Prefill whose new tokens' K/V come from contiguous ``[T, Hkv, D]`` tensors (rows aligned with q).
 
@@ -988,7 +1021,7 @@ def _prefill_newkv_kernel(
             v = tl.load(v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :],
                         mask=d_mask[None, :], other=0.0)
             m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, None,
-                                         MASKED=False, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC)
+                                         MASKED=False, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC, LAZY_TAU=LAZY_TAU)
         for n0 in range(full_end, ctx, BLOCK_N):  # the last, partial context tile
             offs = n0 + offs_n
             n_mask = offs < ctx
@@ -1000,7 +1033,7 @@ def _prefill_newkv_kernel(
             v = tl.load(v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :],
                         mask=kv_mask, other=0.0)
             m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, n_mask[None, :],
-                                         MASKED=True, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC)
+                                         MASKED=True, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC, LAZY_TAU=LAZY_TAU)
 
     kn_base = kn_ptr + (q_start.to(tl.int64) * stride_knt + kvh.to(tl.int64) * stride_knh)
     vn_base = vn_ptr + (q_start.to(tl.int64) * stride_vnt + kvh.to(tl.int64) * stride_vnh)
@@ -1014,7 +1047,7 @@ def _prefill_newkv_kernel(
             k = tl.load(kn_base + offs[:, None] * stride_knt + offs_d[None, :], mask=d_mask[None, :], other=0.0)
             v = tl.load(vn_base + offs[:, None] * stride_vnt + offs_d[None, :], mask=d_mask[None, :], other=0.0)
         m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, None,
-                                     MASKED=False, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC)
+                                     MASKED=False, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC, LAZY_TAU=LAZY_TAU)
     # the diagonal tile: causal (and, for the pointer loads, length) masks
     diag_end = tl.minimum(q_len, m0 + BLOCK_M)
     for n0 in range(m0, diag_end, BLOCK_N):
@@ -1031,7 +1064,7 @@ def _prefill_newkv_kernel(
                         other=0.0)
         visible = (offs[None, :] <= offs_m[:, None]) & n_mask[None, :]
         m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, visible,
-                                     MASKED=True, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC)
+                                     MASKED=True, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC, LAZY_TAU=LAZY_TAU)
 
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(out_ptr + rows[:, None] * stride_ot + qh * stride_oh + offs_d[None, :],
@@ -1047,6 +1080,19 @@ def _pos_scale(scale: float, cfg: dict, dtype: torch.dtype) -> int:
     if cfg.get("exp16") and dtype in (torch.float16, torch.bfloat16) and not _interpreting():
         return 2
     return 1
+
+
+def _lazy_tau(scale: float, cfg: dict, dtype: torch.dtype) -> float:
+    """``_attend_tile``'s LAZY_TAU (config ``lazy_rescale``: ``True`` for 8, or a threshold in log2 units; off by
+    default). 0.0 = rescale on every tile. Only the folded-scale form (``_pos_scale`` 1) has the lazy step, and
+    the threshold is capped at 8 in 16-bit dtypes and 32 in fp32, so that ``p <= 2**tau`` fits the dot's input."""
+    tau = cfg.get("lazy_rescale", False)
+    if tau is True:
+        tau = 8.0
+    tau = float(tau or 0.0)
+    if tau <= 0.0 or _pos_scale(scale, cfg, dtype) != 1:
+        return 0.0
+    return min(tau, 8.0 if dtype in (torch.float16, torch.bfloat16) else 32.0)
 
 
 def _prefill_newkv_config(head_pad: int, dtype: torch.dtype) -> dict:
@@ -1159,6 +1205,7 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
         GROUP=num_q_heads // num_kv_heads, HEAD=head, HEAD_PAD=head_pad,
         BLOCK_SIZE=k_cache.shape[1], BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
         DOT_PREC=_dot_precision(q.dtype), POS_SCALE=_pos_scale(scale, cfg, q.dtype),
+        LAZY_TAU=_lazy_tau(scale, cfg, q.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
@@ -1199,7 +1246,7 @@ def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, conte
         BLOCK_SIZE=k_cache.shape[1], BLOCK_M=block_m, BLOCK_N=block_n,
         DOT_PREC=_dot_precision(q.dtype), HAS_CTX=max_context_len is None or int(max_context_len) > 0,
         USE_TMA=use_tma, WARP_SPEC=bool(cfg["warp_specialize"]), REVERSE_M=bool(cfg["reverse_m"]),
-        POS_SCALE=_pos_scale(scale, cfg, q.dtype),
+        POS_SCALE=_pos_scale(scale, cfg, q.dtype), LAZY_TAU=_lazy_tau(scale, cfg, q.dtype),
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]),
     )
 

@@ -196,7 +196,27 @@ PREFILL_CFGS = [
 ]
 
 
-def run_prefill(res, budget):
+def _prefill_extra(extra_set: str) -> list:
+    """Variants of a round's idea, each timed twice beside the defaults (``--prefill-extra``)."""
+    if extra_set == "exp16":  # round 5: packed 16-bit exp2
+        x = {"exp16": True}
+    else:  # round 6: lazy rescale of the running maximum (threshold 8, log2 units)
+        x = {"lazy_rescale": True}
+    tag = extra_set
+    big = dict(block_m=128, block_n=128, num_warps=8, num_stages=3)
+    out = [(f"newkv_{tag}", {"nk": True, "config": dict(x)}),
+           (f"paged_{tag}", {"config": dict(x)}),
+           (f"newkv_m128_n128_w8_s3_{tag}", {"nk": True, "config": dict(big, **x)})]
+    if extra_set == "lazy":
+        out += [(f"newkv_m128_n128_w8_s3_ws_{tag}", {"nk": True, "config": dict(big, warp_specialize=True, **x)}),
+                (f"newkv_s2_{tag}", {"nk": True, "config": dict(num_stages=2, **x)}),
+                (f"newkv_s4_{tag}", {"nk": True, "config": dict(num_stages=4, **x)})]
+    out += [("newkv_default_r", {"nk": True}), (f"newkv_{tag}_r", {"nk": True, "config": dict(x)}),
+            ("paged_default_r", {}), (f"paged_{tag}_r", {"config": dict(x)})]
+    return out
+
+
+def run_prefill(res, budget, extra_set="lazy"):
     from torch.nn.attention import SDPBackend
     out_all = []
     for name, batch, hq, hkv, ctx, new, sweep in [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, True),
@@ -241,13 +261,7 @@ def run_prefill(res, budget):
                                                              tma=tma, fold_scale=fold)}))
         else:
             variants.append(("newkv_nofold", {"nk": True, "config": {"fold_scale": False}}))
-        # round 5: packed 16-bit exp2 (config exp16), each twice beside the defaults
-        variants += [("newkv_exp16", {"nk": True, "config": {"exp16": True}}),
-                     ("paged_exp16", {"config": {"exp16": True}}),
-                     ("newkv_m128_n128_w8_s3_exp16", {"nk": True, "config": dict(block_m=128, block_n=128, num_warps=8,
-                                                                                 num_stages=3, exp16=True)}),
-                     ("newkv_default_r", {"nk": True}), ("newkv_exp16_r", {"nk": True, "config": {"exp16": True}}),
-                     ("paged_default_r", {}), ("paged_exp16_r", {"config": {"exp16": True}})]
+        variants += _prefill_extra(extra_set)
         for label, kw in variants:
             if budget.left() < 20:
                 break
@@ -314,6 +328,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--part", default="read,decode,prefill")
     ap.add_argument("--budget-s", type=float, default=400)
+    ap.add_argument("--prefill-extra", choices=("lazy", "exp16"), default="lazy",
+                    help="the round's prefill variants: lazy rescale (round 6) or packed exp2 (round 5)")
     a = ap.parse_args()
     budget, res, ceil = start(a.out, a.budget_s)
     parts = a.part.split(",")
@@ -322,7 +338,7 @@ def main():
         with open(os.path.join(a.out, "tune.json"), "w") as fh:
             json.dump(res, fh, indent=1)
 
-    for part, f in (("read", lambda: read_diag(res, ceil)), ("prefill", lambda: run_prefill(res, budget)),
+    for part, f in (("read", lambda: read_diag(res, ceil)), ("prefill", lambda: run_prefill(res, budget, a.prefill_extra)),
                     ("decode", lambda: run_decode(res, ceil, budget))):
         if part in parts:
             try:

@@ -12,30 +12,46 @@ from kernels import paged_attention as pa  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 
 
-def _prefill_inputs(context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed):
+def _prefill_inputs(context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed,
+                    grow_keys=0.0):
     """A paged cache holding every sequence's context and new tokens, the new tokens' queries, cu_seqlens and
-    context lengths (device tensors), and the softmax scale."""
+    context lengths (device tensors), and the softmax scale.
+
+    ``grow_keys > 0`` adds ``grow_keys * (1 + pos // 32)`` times one unit vector to the key at position ``pos``
+    and the same vector times ``sqrt(head_size)`` to every query, so each row's score maximum rises by about
+    ``grow_keys * log2(e)`` (log2 units) from one 32-key tile to the next."""
     gen = torch.Generator().manual_seed(seed)
     seq_lens = [c + n for c, n in zip(context_lens, new_lens)]
     k, v, bt = make_paged(seq_lens, num_kv_heads, head_size, block_size, dtype, gen=gen)
+    if grow_keys:
+        unit = torch.zeros(head_size)
+        unit[0] = 1.0
+        for s, n in enumerate(seq_lens):
+            for pos in range(n):
+                blk, off = int(bt[s, pos // block_size]), pos % block_size
+                k[blk, off] += (grow_keys * (1 + pos // 32) * unit).to(dtype).to(k.device)
     cu = [0]
     for n in new_lens:
         cu.append(cu[-1] + n)
-    q = torch.randn((cu[-1], num_q_heads, head_size), generator=gen).to(dtype).to(DEVICE)
+    q = torch.randn((cu[-1], num_q_heads, head_size), generator=gen)
+    if grow_keys:
+        q[..., 0] += head_size ** 0.5
+    q = q.to(dtype).to(DEVICE)
     cu_t = torch.tensor(cu, dtype=torch.int32, device=DEVICE)
     ctx_t = torch.tensor(context_lens, dtype=torch.int32, device=DEVICE)
     return seq_lens, k, v, bt, q, cu_t, ctx_t, head_size ** -0.5
 
 
 def _run_prefill(context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed=0,
-                 config=None, pass_max=True):
+                 config=None, pass_max=True, grow_keys=0.0):
     seq_lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs(context_lens, new_lens, num_q_heads, num_kv_heads,
-                                                                head_size, block_size, dtype, seed)
+                                                                head_size, block_size, dtype, seed, grow_keys)
     out = poisoned_like(q)
     pa.paged_prefill_attention(q, k, v, bt, cu_t, ctx_t, scale, out=out, config=config,
                                max_query_len=max(new_lens) if pass_max else None)
     expect = ref.ref_paged_prefill(q, k, v, bt, cu_t, ctx_t, scale)
     assert_close(out, expect, dtype, f"prefill ctx={context_lens} new={new_lens}")
+    return out
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -111,9 +127,9 @@ def test_prefill_one_token_blocks(dtype):
 
 
 def _run_prefill_newkv(context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed,
-                       config=None, max_context_len=None):
+                       config=None, max_context_len=None, grow_keys=0.0):
     seq_lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs(context_lens, new_lens, num_q_heads, num_kv_heads,
-                                                                head_size, block_size, dtype, seed)
+                                                                head_size, block_size, dtype, seed, grow_keys)
     expect = ref.ref_paged_prefill(q, k, v, bt, cu_t, ctx_t, scale)
     # the new tokens' K/V as contiguous tensors, then poisoned in the cache: they must not be read from there
     kn = torch.cat([ref.gather_kv(k, bt[s], seq_lens[s])[context_lens[s]:] for s in range(len(seq_lens))])
@@ -128,6 +144,7 @@ def _run_prefill_newkv(context_lens, new_lens, num_q_heads, num_kv_heads, head_s
     pa.paged_prefill_attention(q, k, v, bt, cu_t, ctx_t, scale, out=out, max_query_len=max(new_lens),
                                new_key=kn, new_value=vn, config=config, max_context_len=max_context_len)
     assert_close(out, expect, dtype, f"newkv ctx={context_lens} new={new_lens} config={config}")
+    return out
 
 
 NEWKV_CONFIGS = [dict(tma=False), dict(tma=True), dict(tma=True, block_m=32, block_n=16, reverse_m=False)]
@@ -166,3 +183,57 @@ def test_prefill_exp16(dtype):
         cfg = dict(config, exp16=True)
         _run_prefill_newkv([0, 17, 40, 5], [40, 9, 0, 70], 4, 2, 64, 16, dtype, seed=5, config=cfg)
         _run_prefill_newkv([0, 0], [300, 129], 4, 4, 128, 16, dtype, seed=6, config=cfg, max_context_len=0)
+
+
+# --------------------------------------------------------------------------------------
+# lazy rescale (config lazy_rescale): the running maximum moves only when it grows by more than tau
+# --------------------------------------------------------------------------------------
+
+LAZY_CASES = [([0, 17, 100], [40, 9, 120], None), ([0, 0], [150, 97], 0)]  # (context, new, max_context_len)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("newkv", [False, True], ids=["paged", "newkv"])
+def test_prefill_lazy_rescale_settled_max(newkv, dtype):
+    # Random scores: after the first tiles no row's maximum grows by more than 8 (log2 units), so most tiles keep
+    # the stale maximum. Held to the default's tolerances against the reference, and not bit-identical to the
+    # eager step (the stale maximum changes the rounding), which shows that the lazy step ran.
+    for ctx, new, max_ctx in LAZY_CASES:
+        outs = []
+        for cfg in ({}, {"lazy_rescale": True}):
+            if newkv:
+                outs.append(_run_prefill_newkv(ctx, new, 4, 2, 64, 16, dtype, seed=21, config=dict(cfg, tma=False),
+                                               max_context_len=max_ctx))
+            else:
+                outs.append(_run_prefill(ctx, new, 4, 2, 64, 16, dtype, seed=21, config=cfg))
+        assert not torch.equal(outs[0], outs[1]), "lazy_rescale gave the eager step's bits: not taken?"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("newkv", [False, True], ids=["paged", "newkv"])
+def test_prefill_lazy_rescale_growing_max(newkv, dtype):
+    # Scores rise by about 12 * log2(e) = 17 (log2 units) per 32-key tile, past the threshold of 8 at every
+    # tile, so every unmasked step must rescale: in 16-bit dtypes a step that kept the stale maximum would let P
+    # grow by exp2(17) per tile and overflow within a few tiles (NaN), which assert_close catches (checked by
+    # breaking the branch; fp32 holds the 2**85 these lengths reach, so there only the values are checked).
+    # tau 1 in the second run also mixes rescaled and kept steps.
+    for tau in (True, 1.0):
+        cfg = {"lazy_rescale": tau}
+        for ctx, new, max_ctx in LAZY_CASES:
+            if newkv:
+                _run_prefill_newkv(ctx, new, 4, 2, 64, 16, dtype, seed=22, config=dict(cfg, tma=False),
+                                   max_context_len=max_ctx, grow_keys=12.0)
+            else:
+                _run_prefill(ctx, new, 4, 2, 64, 16, dtype, seed=22, config=cfg, grow_keys=12.0)
+
+
+def test_lazy_tau_rule():
+    # True means 8; capped at 8 for 16-bit dtypes (P is rounded to them) and 32 for fp32; off without a positive
+    # scale or with the unfolded scale (those steps have no lazy form)
+    assert pa._lazy_tau(0.1, {"lazy_rescale": True}, torch.float16) == 8.0
+    assert pa._lazy_tau(0.1, {"lazy_rescale": 20}, torch.bfloat16) == 8.0
+    assert pa._lazy_tau(0.1, {"lazy_rescale": 20}, torch.float32) == 20.0
+    assert pa._lazy_tau(0.1, {"lazy_rescale": 99}, torch.float32) == 32.0
+    assert pa._lazy_tau(0.1, {}, torch.float16) == 0.0
+    assert pa._lazy_tau(-0.1, {"lazy_rescale": True}, torch.float16) == 0.0
+    assert pa._lazy_tau(0.1, {"lazy_rescale": True, "fold_scale": False}, torch.float16) == 0.0
