@@ -34,25 +34,28 @@ from kernels import paged_attention as pa
 
 @triton.jit
 def _head_gather_kernel(k_ptr, v_ptr, bt_ptr, out_ptr, part_tokens, stride_kb, stride_kt, stride_kh, stride_bts,
-                        BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD: tl.constexpr, STAGES: tl.constexpr):
-    """Program (KV head, sequence, part): the decode kernel's loads of ``part_tokens`` tokens, summed."""
-    h = tl.program_id(0)
+                        BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD: tl.constexpr, HP: tl.constexpr,
+                        STAGES: tl.constexpr):
+    """Program (head group, sequence, part): the decode kernel's loads of ``part_tokens`` tokens for ``HP``
+    adjacent KV heads (one contiguous run of ``HP * HEAD`` elements per token), accumulated elementwise (no
+    reduction inside the loop), summed at the end."""
+    hg = tl.program_id(0)
     seq = tl.program_id(1)
     part = tl.program_id(2)
     start = part * part_tokens
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD)
+    offs_d = tl.arange(0, HP * HEAD)
     bt_row = bt_ptr + seq.to(tl.int64) * stride_bts
-    acc = tl.zeros([HEAD], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_N, HP * HEAD], dtype=tl.float32)
     for n0 in tl.range(start, start + part_tokens, BLOCK_N, num_stages=STAGES):
         offs = n0 + offs_n
         blk = tl.load(bt_row + offs // BLOCK_SIZE).to(tl.int64)
-        addr = blk * stride_kb + (offs % BLOCK_SIZE).to(tl.int64) * stride_kt + h.to(tl.int64) * stride_kh
+        addr = blk * stride_kb + (offs % BLOCK_SIZE).to(tl.int64) * stride_kt + (hg * HP).to(tl.int64) * stride_kh
         k = tl.load(k_ptr + addr[:, None] + offs_d[None, :])
         v = tl.load(v_ptr + addr[:, None] + offs_d[None, :])
-        acc += tl.sum(k.to(tl.float32) + v.to(tl.float32), axis=0)
-    pid = (seq * tl.num_programs(0) + h) * tl.num_programs(2) + part
-    tl.store(out_ptr + pid, tl.sum(acc))
+        acc += k.to(tl.float32) + v.to(tl.float32)
+    pid = (seq * tl.num_programs(0) + hg) * tl.num_programs(2) + part
+    tl.store(out_ptr + pid, tl.sum(tl.sum(acc, axis=1), axis=0))
 
 
 @triton.jit
@@ -108,10 +111,10 @@ def layout_case(name: str, batch: int, hkv: int, ctx: int, hq: int, t_graph, blo
     o_h = torch.empty(batch * hkv * parts_head, dtype=torch.float32, device=dev)
     part_tok = ctx // parts_head
 
-    def head_gather(table):
-        return lambda: _head_gather_kernel[(hkv, batch, parts_head)](
+    def head_gather(table, hp=1, stages=3, warps=4):
+        return lambda: _head_gather_kernel[(hkv // hp, batch, parts_head)](
             k, v, table, o_h, part_tok, k.stride(0), k.stride(1), k.stride(2), table.stride(0),
-            BLOCK_SIZE=block, BLOCK_N=64, HEAD=head, STAGES=3, num_warps=4)
+            BLOCK_SIZE=block, BLOCK_N=64 // hp, HEAD=head, HP=hp, STAGES=stages, num_warps=warps)
 
     o_r = torch.empty(batch * parts_row, dtype=torch.float32, device=dev)
     block_elems = block * hkv * head
@@ -123,11 +126,12 @@ def layout_case(name: str, batch: int, hkv: int, ctx: int, hq: int, t_graph, blo
 
     flat = torch.cat([k.view(-1), v.view(-1)])
     progs = 132 * 4 if dev == "cuda" else 4
-    per = flat.numel() // progs // 16 * 16
+    chunk = 4096 if dev == "cuda" else 64
+    per = flat.numel() // progs // chunk * chunk
     o_f = torch.empty(progs, dtype=torch.float32, device=dev)
 
     def flat_read():
-        return _flat_read_kernel[(progs,)](flat, o_f, per, BLOCK=min(4096, per), num_warps=8)
+        return _flat_read_kernel[(progs,)](flat, o_f, per, BLOCK=chunk, num_warps=8)
 
     q = torch.randn((batch, hq, head), dtype=dtype, device=dev)
     lens = torch.full((batch,), ctx, dtype=torch.int32, device=dev)
@@ -136,16 +140,25 @@ def layout_case(name: str, batch: int, hkv: int, ctx: int, hq: int, t_graph, blo
     def decode():
         return pa.paged_decode_attention(q, k, v, bt, lens, head ** -0.5, out=out)
 
-    variants = [("contiguous", flat_read, o_f, flat[:per * progs].double().sum().item(), per * progs),
+    flat_want = flat[:per * progs].double().sum().item()
+    variants = [("contiguous", flat_read, o_f, flat_want, per * progs),
                 ("head_gather", head_gather(bt), o_h, want, n),
                 ("head_gather_inorder", head_gather(bt_in), o_h, want, n),
+                ("head_gather_s5", head_gather(bt, stages=5), o_h, want, n),
+                ("head_gather_w8", head_gather(bt, warps=8), o_h, want, n),
+                ("head2_gather", head_gather(bt, hp=2), o_h[:o_h.numel() // 2], want, n),
+                ("head4_gather", head_gather(bt, hp=4), o_h[:o_h.numel() // 4], want, n),
+                ("head8_gather", head_gather(bt, hp=8), o_h[:o_h.numel() // 8], want, n),
                 ("row_read", row_read, o_r, want, n),
                 ("decode_default", decode, None, None, None),
-                ("contiguous_r", flat_read, o_f, flat[:per * progs].double().sum().item(), per * progs),
+                ("contiguous_r", flat_read, o_f, flat_want, per * progs),
                 ("head_gather_r", head_gather(bt), o_h, want, n),
                 ("row_read_r", row_read, o_r, want, n),
                 ("decode_default_r", decode, None, None, None)]
     for label, fn, o, w, cnt in variants:
+        if o is not None:
+            o_h.fill_(float("nan"))  # every read's output, so an unwritten slot shows
+            o.fill_(float("nan"))
         fn()
         if o is not None:
             rec["ok"][label] = _check(label, o, w, cnt)
