@@ -13,7 +13,7 @@ cases. This script times, in one process on the same cache, four reads of the sa
 * ``row_read``: one program per (sequence, token range) reading whole blocks (all heads, contiguous) through the
   table;
 
-plus the default decode kernel on that cache. Times are medians of graph replays after an L2 clear
+plus the default decode kernel on that cache and cuDNN SDPA on a contiguous copy of it. Times are medians of graph replays after an L2 clear
 (``kernels.bench``), as everywhere in reports/kernels. Each read's sum is checked against torch's. Not a test.
 """
 
@@ -140,6 +140,19 @@ def layout_case(name: str, batch: int, hkv: int, ctx: int, hq: int, t_graph, blo
     def decode():
         return pa.paged_decode_attention(q, k, v, bt, lens, head ** -0.5, out=out)
 
+    sdpa = []
+    if dev == "cuda":  # cuDNN SDPA on a contiguous [batch, kv heads, context, head] copy, as in kernels.bench
+        from torch.nn.attention import SDPBackend
+        kc = k[bt.long()].view(batch, ctx, hkv, head).transpose(1, 2).contiguous()
+        vc = v[bt.long()].view(batch, ctx, hkv, head).transpose(1, 2).contiguous()
+        q4 = q.view(batch, hq, 1, head)
+
+        def cudnn():
+            return B._run_sdpa(SDPBackend.CUDNN_ATTENTION, q4, kc, vc, gqa=hq != hkv)
+        ref = cudnn().view(batch, hq, head).float()
+        rec["decode_vs_cudnn_max_diff"] = (decode().float() - ref).abs().max().item()
+        sdpa = [("sdpa_cudnn", cudnn, None, None, None)]
+
     flat_want = flat[:per * progs].double().sum().item()
     variants = [("contiguous", flat_read, o_f, flat_want, per * progs),
                 ("head_gather", head_gather(bt), o_h, want, n),
@@ -150,11 +163,11 @@ def layout_case(name: str, batch: int, hkv: int, ctx: int, hq: int, t_graph, blo
                 ("head4_gather", head_gather(bt, hp=4), o_h[:o_h.numel() // 4], want, n),
                 ("head8_gather", head_gather(bt, hp=8), o_h[:o_h.numel() // 8], want, n),
                 ("row_read", row_read, o_r, want, n),
-                ("decode_default", decode, None, None, None),
+                ("decode_default", decode, None, None, None)] + sdpa + [
                 ("contiguous_r", flat_read, o_f, flat_want, per * progs),
                 ("head_gather_r", head_gather(bt), o_h, want, n),
                 ("row_read_r", row_read, o_r, want, n),
-                ("decode_default_r", decode, None, None, None)]
+                ("decode_default_r", decode, None, None, None)] + [(f"{n}_r", *rest) for n, *rest in sdpa]
     for label, fn, o, w, cnt in variants:
         if o is not None:
             o_h.fill_(float("nan"))  # every read's output, so an unwritten slot shows
