@@ -30,6 +30,7 @@ import triton.language as tl
 
 from kernels import bench as B
 from kernels import paged_attention as pa
+from kernels.tune_perf3 import _read_kernel  # the flat streaming read of round 3's read_diag
 
 
 @triton.jit
@@ -77,16 +78,6 @@ def _row_read_kernel(k_ptr, v_ptr, bt_ptr, out_ptr, part_blocks, block_elems, st
     tl.store(out_ptr + seq * tl.num_programs(1) + part, tl.sum(acc))
 
 
-@triton.jit
-def _flat_read_kernel(x_ptr, out_ptr, n_per_prog, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    base = x_ptr + pid.to(tl.int64) * n_per_prog
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for i in tl.range(0, n_per_prog, BLOCK, num_stages=4):
-        acc += tl.load(base + i + tl.arange(0, BLOCK)).to(tl.float32)
-    tl.store(out_ptr + pid, tl.sum(acc))
-
-
 def _check(name: str, got: torch.Tensor, want: float, n: int) -> bool:
     ok = abs(got.double().sum().item() - want) < 1e-2 * math.sqrt(n) + 1e-3 * abs(want)
     if not ok:
@@ -131,7 +122,7 @@ def layout_case(name: str, batch: int, hkv: int, ctx: int, hq: int, t_graph, blo
     o_f = torch.empty(progs, dtype=torch.float32, device=dev)
 
     def flat_read():
-        return _flat_read_kernel[(progs,)](flat, o_f, per, BLOCK=chunk, num_warps=8)
+        return _read_kernel[(progs,)](flat, o_f, per, BLOCK=chunk, num_warps=8)
 
     q = torch.randn((batch, hq, head), dtype=dtype, device=dev)
     lens = torch.full((batch,), ctx, dtype=torch.int32, device=dev)
