@@ -950,6 +950,19 @@ def _prefill_kernel(
 
 
 @triton.jit
+def _new_rows(desc, base, stride_t, q_start, n0, offs_n, offs_d, d_mask, kvh, HEAD: tl.constexpr,
+              USE_TMA: tl.constexpr):
+    """Rows ``n0 .. n0 + BLOCK_N - 1`` of one sequence's new K (or V) for KV head ``kvh``: a TMA tile of the 2-D view
+    ``[T, heads * D]``, or pointer loads from ``base`` (that head's column of the sequence's first row)."""
+    if USE_TMA:
+        rows = desc.load([q_start + n0, kvh * HEAD])
+    else:
+        offs = (n0 + offs_n).to(tl.int64)
+        rows = tl.load(base + offs[:, None] * stride_t + offs_d[None, :], mask=d_mask[None, :], other=0.0)
+    return rows
+
+
+@triton.jit
 def _prefill_newkv_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, cu_q_ptr, ctx_ptr, out_ptr,
     kn_ptr, vn_ptr, q_desc, kn_desc, vn_desc,
@@ -963,7 +976,7 @@ def _prefill_newkv_kernel(
     GROUP: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_PREC: tl.constexpr, HAS_CTX: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
-    REVERSE_M: tl.constexpr, POS_SCALE: tl.constexpr, LAZY_TAU: tl.constexpr,
+    REVERSE_M: tl.constexpr, POS_SCALE: tl.constexpr, LAZY_TAU: tl.constexpr, PIPE_QK: tl.constexpr,
 ):
     """Prefill whose new tokens' K/V come from contiguous ``[T, Hkv, D]`` tensors (rows aligned with q).
 
@@ -1038,16 +1051,30 @@ def _prefill_newkv_kernel(
     kn_base = kn_ptr + (q_start.to(tl.int64) * stride_knt + kvh.to(tl.int64) * stride_knh)
     vn_base = vn_ptr + (q_start.to(tl.int64) * stride_vnt + kvh.to(tl.int64) * stride_vnh)
     # new keys below the diagonal tile: visible to every row of the tile, no masks
-    for n0 in tl.range(0, m0, BLOCK_N, warp_specialize=WARP_SPEC):
-        if USE_TMA:
-            k = kn_desc.load([q_start + n0, kvh * HEAD])
-            v = vn_desc.load([q_start + n0, kvh * HEAD])
-        else:
-            offs = (n0 + offs_n).to(tl.int64)
-            k = tl.load(kn_base + offs[:, None] * stride_knt + offs_d[None, :], mask=d_mask[None, :], other=0.0)
-            v = tl.load(vn_base + offs[:, None] * stride_vnt + offs_d[None, :], mask=d_mask[None, :], other=0.0)
-        m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, None,
-                                     MASKED=False, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC, LAZY_TAU=LAZY_TAU)
+    if PIPE_QK:
+        # Software-pipelined scores: tile j's score dot is issued before tile j - 1's softmax and P.V dot, so
+        # the tensor cores work on it while the softmax runs (FlashAttention-3's intra-warpgroup overlap).
+        if m0 > 0:
+            k = _new_rows(kn_desc, kn_base, stride_knt, q_start, 0, offs_n, offs_d, d_mask, kvh, HEAD, USE_TMA)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+            for n0 in tl.range(BLOCK_N, m0, BLOCK_N):
+                k = _new_rows(kn_desc, kn_base, stride_knt, q_start, n0, offs_n, offs_d, d_mask, kvh, HEAD, USE_TMA)
+                v = _new_rows(vn_desc, vn_base, stride_vnt, q_start, n0 - BLOCK_N, offs_n, offs_d, d_mask, kvh, HEAD,
+                              USE_TMA)
+                s_next = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+                m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, scale_log2, None, MASKED=False,
+                                              POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC)
+                s = s_next
+            v = _new_rows(vn_desc, vn_base, stride_vnt, q_start, m0 - BLOCK_N, offs_n, offs_d, d_mask, kvh, HEAD,
+                          USE_TMA)
+            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, scale_log2, None, MASKED=False,
+                                          POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC)
+    else:
+        for n0 in tl.range(0, m0, BLOCK_N, warp_specialize=WARP_SPEC):
+            k = _new_rows(kn_desc, kn_base, stride_knt, q_start, n0, offs_n, offs_d, d_mask, kvh, HEAD, USE_TMA)
+            v = _new_rows(vn_desc, vn_base, stride_vnt, q_start, n0, offs_n, offs_d, d_mask, kvh, HEAD, USE_TMA)
+            m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, None,
+                                         MASKED=False, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC, LAZY_TAU=LAZY_TAU)
     # the diagonal tile: causal (and, for the pointer loads, length) masks
     diag_end = tl.minimum(q_len, m0 + BLOCK_M)
     for n0 in range(m0, diag_end, BLOCK_N):
@@ -1247,6 +1274,7 @@ def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, conte
         DOT_PREC=_dot_precision(q.dtype), HAS_CTX=max_context_len is None or int(max_context_len) > 0,
         USE_TMA=use_tma, WARP_SPEC=bool(cfg["warp_specialize"]), REVERSE_M=bool(cfg["reverse_m"]),
         POS_SCALE=_pos_scale(scale, cfg, q.dtype), LAZY_TAU=_lazy_tau(scale, cfg, q.dtype),
+        PIPE_QK=bool(cfg.get("pipeline_qk", False)),
         num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]),
     )
 

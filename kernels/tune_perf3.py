@@ -200,23 +200,32 @@ def _prefill_extra(extra_set: str) -> list:
     """Variants of a round's idea, each timed twice beside the defaults (``--prefill-extra``)."""
     if extra_set == "exp16":  # round 5: packed 16-bit exp2
         x = {"exp16": True}
-    else:  # round 6: lazy rescale of the running maximum (threshold 8, log2 units)
+    elif extra_set == "lazy":  # round 6: lazy rescale of the running maximum (threshold 8, log2 units)
         x = {"lazy_rescale": True}
+    else:  # round 6: software-pipelined score dots (new-K/V path only)
+        x = {"pipeline_qk": True}
     tag = extra_set
     big = dict(block_m=128, block_n=128, num_warps=8, num_stages=3)
-    out = [(f"newkv_{tag}", {"nk": True, "config": dict(x)}),
-           (f"paged_{tag}", {"config": dict(x)}),
-           (f"newkv_m128_n128_w8_s3_{tag}", {"nk": True, "config": dict(big, **x)})]
-    if extra_set == "lazy":
-        out += [(f"newkv_m128_n128_w8_s3_ws_{tag}", {"nk": True, "config": dict(big, warp_specialize=True, **x)}),
-                (f"newkv_s2_{tag}", {"nk": True, "config": dict(num_stages=2, **x)}),
+    out = [(f"newkv_{tag}", {"nk": True, "config": dict(x)})]
+    if extra_set != "pipe":
+        out.append((f"paged_{tag}", {"config": dict(x)}))
+    out.append((f"newkv_m128_n128_w8_s3_{tag}", {"nk": True, "config": dict(big, **x)}))
+    if extra_set in ("lazy", "pipe"):
+        out += [(f"newkv_s2_{tag}", {"nk": True, "config": dict(num_stages=2, **x)}),
                 (f"newkv_s4_{tag}", {"nk": True, "config": dict(num_stages=4, **x)})]
-    out += [("newkv_default_r", {"nk": True}), (f"newkv_{tag}_r", {"nk": True, "config": dict(x)}),
-            ("paged_default_r", {}), (f"paged_{tag}_r", {"config": dict(x)})]
+    if extra_set == "lazy":
+        out.append((f"newkv_m128_n128_w8_s3_ws_{tag}", {"nk": True, "config": dict(big, warp_specialize=True, **x)}))
+    if extra_set == "pipe":
+        out += [(f"newkv_m128_n64_w8_s2_{tag}", {"nk": True, "config": dict(block_m=128, block_n=64, num_warps=8,
+                                                                            num_stages=2, **x)}),
+                (f"newkv_m64_n32_w4_s4_{tag}", {"nk": True, "config": dict(block_n=32, num_stages=4, **x)})]
+    out += [("newkv_default_r", {"nk": True}), (f"newkv_{tag}_r", {"nk": True, "config": dict(x)})]
+    if extra_set != "pipe":
+        out += [("paged_default_r", {}), (f"paged_{tag}_r", {"config": dict(x)})]
     return out
 
 
-def run_prefill(res, budget, extra_set="lazy"):
+def run_prefill(res, budget, extra_set="pipe"):
     from torch.nn.attention import SDPBackend
     out_all = []
     for name, batch, hq, hkv, ctx, new, sweep in [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, True),
@@ -328,8 +337,9 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--part", default="read,decode,prefill")
     ap.add_argument("--budget-s", type=float, default=400)
-    ap.add_argument("--prefill-extra", choices=("lazy", "exp16"), default="lazy",
-                    help="the round's prefill variants: lazy rescale (round 6) or packed exp2 (round 5)")
+    ap.add_argument("--prefill-extra", choices=("pipe", "lazy", "exp16"), default="pipe",
+                    help="a round's prefill variants: pipelined score dots or lazy rescale (round 6), packed exp2 "
+                         "(round 5)")
     a = ap.parse_args()
     budget, res, ceil = start(a.out, a.budget_s)
     parts = a.part.split(",")

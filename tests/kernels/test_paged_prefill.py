@@ -237,3 +237,21 @@ def test_lazy_tau_rule():
     assert pa._lazy_tau(0.1, {}, torch.float16) == 0.0
     assert pa._lazy_tau(-0.1, {"lazy_rescale": True}, torch.float16) == 0.0
     assert pa._lazy_tau(0.1, {"lazy_rescale": True, "fold_scale": False}, torch.float16) == 0.0
+
+
+# --------------------------------------------------------------------------------------
+# software-pipelined scores in the new-K/V path (config pipeline_qk)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("config", NEWKV_CONFIGS, ids=["pointers", "tma", "tma_m32_n16"])
+def test_prefill_newkv_pipeline_qk(config, dtype):
+    # Query tiles with no unmasked key tile before the diagonal (the first), with one, and with several (the
+    # prologue, loop and epilogue of the pipelined loop), with and without context, and with score maxima that
+    # rise from tile to tile (every step rescales): all against the reference.
+    cfg = dict(config, pipeline_qk=True)
+    _run_prefill_newkv([0, 17, 40, 5], [40, 9, 0, 70], 4, 2, 64, 16, dtype, seed=5, config=cfg)
+    _run_prefill_newkv([0, 0, 0], [33, 1, 130], 4, 2, 64, 16, dtype, seed=8, config=cfg, max_context_len=0)
+    _run_prefill_newkv([0, 0], [150, 97], 4, 2, 64, 16, dtype, seed=22, config=cfg, max_context_len=0,
+                       grow_keys=12.0)
