@@ -225,11 +225,38 @@ def _prefill_extra(extra_set: str) -> list:
     return out
 
 
+PREFILL_CASES = [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, True),
+                 ("prefill mha 4x1024 ctx3072", 4, 32, 32, 3072, 1024, False)]
+# round 6, --prefill-extra shapes: how the context/new-token ratio decides between 64- and 128-row tiles
+SHAPE_CASES = [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, False),
+               ("prefill mha 4x1024 ctx1024", 4, 32, 32, 1024, 1024, False),
+               ("prefill mha 4x1024 ctx3072", 4, 32, 32, 3072, 1024, False),
+               ("prefill gqa 4x1024 ctx3072", 4, 32, 8, 3072, 1024, False),
+               ("prefill mha 4x512 ctx3584", 4, 32, 32, 3584, 512, False),
+               ("chunked mha 16x256 ctx1792", 16, 32, 32, 1792, 256, False)]
+
+
+def _shape_variants() -> list:
+    """64- against 128-row tiles on both prefill paths, the defaults and the 128 x 128 shapes timed twice."""
+    out = []
+    for tag, nk in (("paged", False), ("newkv", True)):
+        base = {"nk": True} if nk else {}
+        out += [(f"{tag}_default", dict(base)),
+                (f"{tag}_m128_n128_w8_s3", dict(base, config=dict(block_m=128, block_n=128, num_warps=8, num_stages=3))),
+                (f"{tag}_m128_n64_w8_s3", dict(base, config=dict(block_m=128, block_n=64, num_warps=8, num_stages=3))),
+                (f"{tag}_m128_n128_w8_s2", dict(base, config=dict(block_m=128, block_n=128, num_warps=8, num_stages=2)))]
+    out += [("paged_default_r", {}),
+            ("paged_m128_n128_w8_s3_r", {"config": dict(block_m=128, block_n=128, num_warps=8, num_stages=3)}),
+            ("newkv_default_r", {"nk": True}),
+            ("newkv_m128_n128_w8_s3_r", {"nk": True, "config": dict(block_m=128, block_n=128, num_warps=8,
+                                                                       num_stages=3)})]
+    return out
+
+
 def run_prefill(res, budget, extra_set="pipe"):
     from torch.nn.attention import SDPBackend
     out_all = []
-    for name, batch, hq, hkv, ctx, new, sweep in [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, True),
-                                                  ("prefill mha 4x1024 ctx3072", 4, 32, 32, 3072, 1024, False)]:
+    for name, batch, hq, hkv, ctx, new, sweep in (SHAPE_CASES if extra_set == "shapes" else PREFILL_CASES):
         torch.manual_seed(1)
         total_len = ctx + new
         nblk = math.ceil(total_len / B.BLOCK)
@@ -263,14 +290,17 @@ def run_prefill(res, budget, extra_set="pipe"):
 
         variants = [("paged_default", {}), ("paged_nofold", {"config": {"fold_scale": False}}),
                     ("newkv_default", {"nk": True})]
-        if sweep:
+        if extra_set == "shapes":
+            variants = _shape_variants()
+        elif sweep:
             for bm, bn, nw, ns, tma, fold in PREFILL_CFGS:
                 variants.append((f"newkv_m{bm}_n{bn}_w{nw}_s{ns}{'_tma' if tma else '_ptr'}{'_fold' if fold else ''}",
                                  {"nk": True, "config": dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns,
                                                              tma=tma, fold_scale=fold)}))
         else:
             variants.append(("newkv_nofold", {"nk": True, "config": {"fold_scale": False}}))
-        variants += _prefill_extra(extra_set)
+        if extra_set != "shapes":
+            variants += _prefill_extra(extra_set)
         for label, kw in variants:
             if budget.left() < 20:
                 break
@@ -337,9 +367,9 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--part", default="read,decode,prefill")
     ap.add_argument("--budget-s", type=float, default=400)
-    ap.add_argument("--prefill-extra", choices=("pipe", "lazy", "exp16"), default="pipe",
-                    help="a round's prefill variants: pipelined score dots or lazy rescale (round 6), packed exp2 "
-                         "(round 5)")
+    ap.add_argument("--prefill-extra", choices=("shapes", "pipe", "lazy", "exp16"), default="pipe",
+                    help="a round's prefill variants: 64- vs 128-row tiles over context/new ratios, pipelined "
+                         "score dots or lazy rescale (round 6), packed exp2 (round 5)")
     a = ap.parse_args()
     budget, res, ceil = start(a.out, a.budget_s)
     parts = a.part.split(",")
