@@ -59,6 +59,10 @@ AUTO_UNIFORM_MAX_SEQS = 1024
 BALANCED_MIN_SEQS = 16
 BALANCED_MAX_PAIRS = 1024
 
+# Prefill: 128 x 128 tiles with 8 warps once a sequence has this many new tokens (one full 128-row tile), see
+# _prefill_config and _prefill_newkv_config.
+WIDE_PREFILL_MIN_QUERY = 128
+
 _SM_COUNT: dict = {}
 
 # Split-KV completion counters for the fused reduce, one int32 per (sequence, KV head), cached per
@@ -1122,15 +1126,26 @@ def _lazy_tau(scale: float, cfg: dict, dtype: torch.dtype) -> float:
     return min(tau, 8.0 if dtype in (torch.float16, torch.bfloat16) else 32.0)
 
 
-def _prefill_newkv_config(head_pad: int, dtype: torch.dtype) -> dict:
-    """Defaults of the contiguous-new-K/V prefill path (``paged_prefill_attention(new_key=...)``)."""
+def _prefill_newkv_config(head_pad: int, dtype: torch.dtype, max_query_len: int = 0,
+                          max_context_len: int | None = None) -> dict:
+    """Defaults of the contiguous-new-K/V prefill path (``paged_prefill_attention(new_key=...)``).
+
+    For head sizes padded to 128, with a positive ``max_context_len`` hint and at least ``WIDE_PREFILL_MIN_QUERY``
+    new tokens, 128 x 128 tiles with 8 warps; otherwise (pure prefill, or no hint) 64 x 64 with 4 warps."""
     if _interpreting():
         return dict(block_m=32, block_n=32, num_warps=4, num_stages=1, tma=False, warp_specialize=False,
                     reverse_m=True)
     if head_pad <= 128:
-        # best of the H100 sweep (reports/kernels/bench_run7.md), pure prefill 4 x 2,048: 64 x 64 tiles,
-        # 4 warps, 3 stages, TMA 0.324 ms; 128 x 128 / 8 warps 0.340; 128 x 64 / 8 warps 0.372;
-        # pointer loads instead of TMA 0.409 (64 x 64) and 0.390 (128 x 64)
+        if (head_pad == 128 and max_context_len is not None and max_context_len > 0
+                and max_query_len >= WIDE_PREFILL_MIN_QUERY):
+            # with cached context, 128-row tiles read each context tile once per 128 queries instead of 64: on the
+            # H100 (round 6, calls f and g) 1-6% faster on every context case (e.g. 3,072 + 1,024: 0.6543 vs
+            # 0.6874 ms; gqa 0.6402 vs 0.6800; 16 x 256 on 1,792: 0.4195 vs 0.4355)
+            return dict(block_m=128, block_n=128, num_warps=8, num_stages=3, tma=True, warp_specialize=False,
+                        reverse_m=True)
+        # pure prefill: best of the H100 sweeps (reports/kernels/bench_run7.md; round 6 call f), 4 x 2,048: 64 x 64
+        # tiles, 4 warps, 3 stages, TMA 0.3076 ms; 128 x 128 / 8 warps 0.3364 (one program per SM: 230 KB of
+        # shared memory); 128 x 64 / 8 warps 0.3501; pointer loads instead of TMA 0.409 (run 7)
         return dict(block_m=64, block_n=64, num_warps=4, num_stages=3, tma=True, warp_specialize=False,
                     reverse_m=True)
     return dict(block_m=64, block_n=32, num_warps=4, num_stages=2, tma=False, warp_specialize=False,
@@ -1150,11 +1165,19 @@ def _tma_desc(t: torch.Tensor, block_rows: int, head: int):
     return TensorDescriptor(t, [t.shape[0], t.shape[1] * head], [t.stride(0), 1], [block_rows, head])
 
 
-def _prefill_config(head_pad: int, dtype: torch.dtype) -> dict:
+def _prefill_config(head_pad: int, dtype: torch.dtype, max_query_len: int = 0) -> dict:
+    """Defaults of the paged prefill kernel: for head sizes padded to 128 (the measured ones), 128 x 128 tiles with
+    8 warps once a sequence has at least ``WIDE_PREFILL_MIN_QUERY`` new tokens, else 64 x 64 with 4 warps."""
     if _interpreting():
         return dict(block_m=32, block_n=32, num_warps=4, num_stages=1)
     if head_pad <= 128:
-        # best of the H100 sweep in reports/kernels/bench_run1.md (bf16, head size 128)
+        if head_pad == 128 and max_query_len >= WIDE_PREFILL_MIN_QUERY:
+            # H100, round 6 (calls f and g, each timed twice): faster than 64 x 64 on all six cases, by 1% on pure
+            # prefill 4 x 2,048 (0.4792 / 0.4721 vs 0.4830 / 0.4777 ms) and 3-7% with context (3,072 + 1,024:
+            # 0.7004 / 0.7041 vs 0.7417 / 0.7380; gqa 0.6605 / 0.6602 vs 0.7102 / 0.7038; 16 x 256 on 1,792:
+            # 0.4297 / 0.4300 vs 0.4450 / 0.4424). Each program reads its K/V tiles once per 128 queries.
+            return dict(block_m=128, block_n=128, num_warps=8, num_stages=3)
+        # short prompts: a 128-row tile would be mostly padding (bench_run1.md's sweep chose 64 x 64)
         return dict(block_m=64, block_n=64, num_warps=4, num_stages=3)
     return dict(block_m=64, block_n=32, num_warps=4, num_stages=2)
 
@@ -1217,7 +1240,7 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
         _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, out,
                               new_key, new_value, max_query_len, max_context_len, head_pad, config)
         return out
-    cfg = _prefill_config(head_pad, q.dtype)
+    cfg = _prefill_config(head_pad, q.dtype, int(max_query_len))
     if config:
         cfg.update(config)
     grid = (triton.cdiv(max_query_len, cfg["block_m"]), num_q_heads, num_seqs)
@@ -1246,7 +1269,8 @@ def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, conte
     assert new_value is not None and new_key.shape == new_value.shape == (total, num_kv_heads, head), \
         "new_key/new_value must be [total_new_tokens, num_kv_heads, head_size]"
     assert new_key.stride(-1) == 1 and new_value.stride(-1) == 1
-    cfg = _prefill_newkv_config(head_pad, q.dtype)
+    cfg = _prefill_newkv_config(head_pad, q.dtype, int(max_query_len),
+                                None if max_context_len is None else int(max_context_len))
     if config:
         cfg.update(config)
     block_m, block_n = int(cfg["block_m"]), int(cfg["block_n"])

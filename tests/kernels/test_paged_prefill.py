@@ -255,3 +255,40 @@ def test_prefill_newkv_pipeline_qk(config, dtype):
     _run_prefill_newkv([0, 0, 0], [33, 1, 130], 4, 2, 64, 16, dtype, seed=8, config=cfg, max_context_len=0)
     _run_prefill_newkv([0, 0], [150, 97], 4, 2, 64, 16, dtype, seed=22, config=cfg, max_context_len=0,
                        grow_keys=12.0)
+
+
+# --------------------------------------------------------------------------------------
+# default tile shapes (round 6): 128 x 128 / 8 warps for long prompts, 64 x 64 / 4 warps otherwise
+# --------------------------------------------------------------------------------------
+
+WIDE = dict(block_m=128, block_n=128, num_warps=8, num_stages=3)
+
+
+def test_prefill_default_shapes(monkeypatch):
+    # The GPU rule (the interpreter always takes its small tiles), from the H100 A/B of round 6: the paged kernel
+    # goes wide from 128 new tokens; the new-K/V path only with a positive context hint as well; head sizes
+    # padded to 256 or 64 keep their old shapes.
+    monkeypatch.setattr(pa, "_interpreting", lambda: False)
+    bf16 = torch.bfloat16
+    assert pa._prefill_config(128, bf16, 128) == WIDE
+    assert pa._prefill_config(128, bf16, 4096) == WIDE
+    assert pa._prefill_config(128, bf16, 127) == dict(block_m=64, block_n=64, num_warps=4, num_stages=3)
+    assert pa._prefill_config(64, bf16, 4096)["block_m"] == 64
+    assert pa._prefill_config(256, bf16, 4096) == dict(block_m=64, block_n=32, num_warps=4, num_stages=2)
+    nk = pa._prefill_newkv_config
+    assert {k: nk(128, bf16, 1024, 3072)[k] for k in WIDE} == WIDE
+    assert nk(128, bf16, 128, 1)["block_m"] == 128
+    assert nk(128, bf16, 2048, 0)["block_m"] == 64  # pure prefill
+    assert nk(128, bf16, 2048, None)["block_m"] == 64  # no hint
+    assert nk(128, bf16, 127, 3072)["block_m"] == 64  # short prompt
+    assert nk(128, bf16, 1024, 3072)["tma"] is True
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_prefill_wide_tiles(dtype):
+    # The 128 x 128 / 8-warp shape on both paths: tiles that straddle the context end, several sequences with
+    # fewer new tokens than one tile, and a grouped-query batch
+    _run_prefill([0, 17, 300], [140, 9, 70], 4, 2, 128, 16, dtype, seed=31, config=WIDE)
+    _run_prefill_newkv([0, 17, 300, 5], [140, 9, 70, 0], 4, 2, 128, 16, dtype, seed=32, config=dict(WIDE, tma=False))
+    if dtype != torch.float32:
+        _run_prefill_newkv([3000, 0], [130, 257], 8, 2, 128, 16, dtype, seed=33, config=dict(WIDE, tma=True))
