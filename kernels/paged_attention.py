@@ -60,8 +60,10 @@ BALANCED_MIN_SEQS = 16
 BALANCED_MAX_PAIRS = 1024
 
 # Prefill: 128 x 128 tiles with 8 warps once a sequence has this many new tokens (one full 128-row tile), see
-# _prefill_config and _prefill_newkv_config.
+# _prefill_config and _prefill_newkv_config. 16-bit dtypes only: in fp32 the 3-stage tiles need 262 KB of shared
+# memory, past the H100's 227 KB.
 WIDE_PREFILL_MIN_QUERY = 128
+_WIDE_DTYPES = (torch.float16, torch.bfloat16)
 
 _SM_COUNT: dict = {}
 
@@ -1130,13 +1132,14 @@ def _prefill_newkv_config(head_pad: int, dtype: torch.dtype, max_query_len: int 
                           max_context_len: int | None = None) -> dict:
     """Defaults of the contiguous-new-K/V prefill path (``paged_prefill_attention(new_key=...)``).
 
-    For head sizes padded to 128, with a positive ``max_context_len`` hint and at least ``WIDE_PREFILL_MIN_QUERY``
-    new tokens, 128 x 128 tiles with 8 warps; otherwise (pure prefill, or no hint) 64 x 64 with 4 warps."""
+    For fp16/bf16 and head sizes padded to 128, with a positive ``max_context_len`` hint and at least
+    ``WIDE_PREFILL_MIN_QUERY`` new tokens, 128 x 128 tiles with 8 warps; otherwise (pure prefill, no hint, fp32)
+    64 x 64 with 4 warps."""
     if _interpreting():
         return dict(block_m=32, block_n=32, num_warps=4, num_stages=1, tma=False, warp_specialize=False,
                     reverse_m=True)
     if head_pad <= 128:
-        if (head_pad == 128 and max_context_len is not None and max_context_len > 0
+        if (head_pad == 128 and dtype in _WIDE_DTYPES and max_context_len is not None and max_context_len > 0
                 and max_query_len >= WIDE_PREFILL_MIN_QUERY):
             # with cached context, 128-row tiles read each context tile once per 128 queries instead of 64: on the
             # H100 (round 6, calls f and g) 1-6% faster on every context case (e.g. 3,072 + 1,024: 0.6543 vs
@@ -1166,12 +1169,13 @@ def _tma_desc(t: torch.Tensor, block_rows: int, head: int):
 
 
 def _prefill_config(head_pad: int, dtype: torch.dtype, max_query_len: int = 0) -> dict:
-    """Defaults of the paged prefill kernel: for head sizes padded to 128 (the measured ones), 128 x 128 tiles with
-    8 warps once a sequence has at least ``WIDE_PREFILL_MIN_QUERY`` new tokens, else 64 x 64 with 4 warps."""
+    """Defaults of the paged prefill kernel: for fp16/bf16 and head sizes padded to 128 (the measured ones),
+    128 x 128 tiles with 8 warps once a sequence has at least ``WIDE_PREFILL_MIN_QUERY`` new tokens, else 64 x 64
+    with 4 warps."""
     if _interpreting():
         return dict(block_m=32, block_n=32, num_warps=4, num_stages=1)
     if head_pad <= 128:
-        if head_pad == 128 and max_query_len >= WIDE_PREFILL_MIN_QUERY:
+        if head_pad == 128 and dtype in _WIDE_DTYPES and max_query_len >= WIDE_PREFILL_MIN_QUERY:
             # H100, round 6 (calls f and g, each timed twice): faster than 64 x 64 on all six cases, by 1% on pure
             # prefill 4 x 2,048 (0.4792 / 0.4721 vs 0.4830 / 0.4777 ms) and 3-7% with context (3,072 + 1,024:
             # 0.7004 / 0.7041 vs 0.7417 / 0.7380; gqa 0.6605 / 0.6602 vs 0.7102 / 0.7038; 16 x 256 on 1,792:

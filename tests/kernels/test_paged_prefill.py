@@ -275,6 +275,10 @@ def test_prefill_default_shapes(monkeypatch):
     assert pa._prefill_config(128, bf16, 127) == dict(block_m=64, block_n=64, num_warps=4, num_stages=3)
     assert pa._prefill_config(64, bf16, 4096)["block_m"] == 64
     assert pa._prefill_config(256, bf16, 4096) == dict(block_m=64, block_n=32, num_warps=4, num_stages=2)
+    assert pa._prefill_config(128, torch.float16, 4096) == WIDE
+    # fp32 keeps 64-row tiles: 128 x 128 fp32 tiles in 3 stages need 262 KB of shared memory (the H100 has 227 KB)
+    assert pa._prefill_config(128, torch.float32, 4096)["block_m"] == 64
+    assert pa._prefill_newkv_config(128, torch.float32, 1024, 3072)["block_m"] == 64
     nk = pa._prefill_newkv_config
     assert {k: nk(128, bf16, 1024, 3072)[k] for k in WIDE} == WIDE
     assert nk(128, bf16, 128, 1)["block_m"] == 128
@@ -284,10 +288,11 @@ def test_prefill_default_shapes(monkeypatch):
     assert nk(128, bf16, 1024, 3072)["tma"] is True
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if not (CUDA and d == torch.float32)], ids=dtype_id)
 def test_prefill_wide_tiles(dtype):
     # The 128 x 128 / 8-warp shape on both paths: tiles that straddle the context end, several sequences with
-    # fewer new tokens than one tile, and a grouped-query batch
+    # fewer new tokens than one tile, and a grouped-query batch. Not fp32 on the GPU: too much shared memory there
+    # (the default never picks it; see test_prefill_default_shapes).
     _run_prefill([0, 17, 300], [140, 9, 70], 4, 2, 128, 16, dtype, seed=31, config=WIDE)
     _run_prefill_newkv([0, 17, 300, 5], [140, 9, 70, 0], 4, 2, 128, 16, dtype, seed=32, config=dict(WIDE, tma=False))
     if dtype != torch.float32:
