@@ -1168,6 +1168,11 @@ def _tma_desc(t: torch.Tensor, block_rows: int, head: int):
     return TensorDescriptor(t, [t.shape[0], t.shape[1] * head], [t.stride(0), 1], [block_rows, head])
 
 
+def _shape_override(config: dict | None) -> bool:
+    """Whether a prefill ``config`` sets any part of the tile shape (then the wide default is not used)."""
+    return bool(config) and any(k in config for k in ("block_m", "block_n", "num_warps", "num_stages"))
+
+
 def _prefill_config(head_pad: int, dtype: torch.dtype, max_query_len: int = 0) -> dict:
     """Defaults of the paged prefill kernel: for fp16/bf16 and head sizes padded to 128 (the measured ones),
     128 x 128 tiles with 8 warps once a sequence has at least ``WIDE_PREFILL_MIN_QUERY`` new tokens, else 64 x 64
@@ -1244,7 +1249,9 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
         _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, out,
                               new_key, new_value, max_query_len, max_context_len, head_pad, config)
         return out
-    cfg = _prefill_config(head_pad, q.dtype, int(max_query_len))
+    # an override of the tile shape applies on top of the 64 x 64 base, as before the wide default existed
+    wide_q = 0 if _shape_override(config) else int(max_query_len)
+    cfg = _prefill_config(head_pad, q.dtype, wide_q)
     if config:
         cfg.update(config)
     grid = (triton.cdiv(max_query_len, cfg["block_m"]), num_q_heads, num_seqs)
@@ -1273,8 +1280,8 @@ def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, conte
     assert new_value is not None and new_key.shape == new_value.shape == (total, num_kv_heads, head), \
         "new_key/new_value must be [total_new_tokens, num_kv_heads, head_size]"
     assert new_key.stride(-1) == 1 and new_value.stride(-1) == 1
-    cfg = _prefill_newkv_config(head_pad, q.dtype, int(max_query_len),
-                                None if max_context_len is None else int(max_context_len))
+    wide_q = 0 if _shape_override(config) else int(max_query_len)  # as in paged_prefill_attention
+    cfg = _prefill_newkv_config(head_pad, q.dtype, wide_q, None if max_context_len is None else int(max_context_len))
     if config:
         cfg.update(config)
     block_m, block_n = int(cfg["block_m"]), int(cfg["block_n"])

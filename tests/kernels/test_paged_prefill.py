@@ -297,3 +297,16 @@ def test_prefill_wide_tiles(dtype):
     _run_prefill_newkv([0, 17, 300, 5], [140, 9, 70, 0], 4, 2, 128, 16, dtype, seed=32, config=dict(WIDE, tma=False))
     if dtype != torch.float32:
         _run_prefill_newkv([3000, 0], [130, 257], 8, 2, 128, 16, dtype, seed=33, config=dict(WIDE, tma=True))
+
+
+def test_prefill_shape_override_starts_from_base(monkeypatch):
+    # A config that sets only part of the tile shape applies on top of the 64 x 64 base, as before the wide default.
+    # With the GPU defaults (forced here), block_m 64 alone on a context batch of long prompts would otherwise meet
+    # the wide default's block_n 128 and fail the new-K/V path's block_m % block_n check.
+    assert pa._shape_override({"block_m": 32}) and pa._shape_override({"num_warps": 8})
+    assert not pa._shape_override({"tma": False}) and not pa._shape_override(None)
+    monkeypatch.setattr(pa, "_interpreting", lambda: False)
+    dtype = torch.float16
+    _run_prefill_newkv([0, 300], [200, 129], 4, 2, 128, 16, dtype, seed=34, config={"block_m": 64, "tma": False},
+                       max_context_len=300)
+    _run_prefill([0, 300], [200, 129], 4, 2, 128, 16, dtype, seed=35, config={"num_warps": 4})
