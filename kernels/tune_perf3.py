@@ -238,18 +238,15 @@ SHAPE_CASES = [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, False),
 
 def _shape_variants() -> list:
     """64- against 128-row tiles on both prefill paths, the defaults and the 128 x 128 shapes timed twice."""
+    wide = dict(block_m=128, block_n=128, num_warps=8, num_stages=3)
+    shapes = [("m128_n128_w8_s3", wide), ("m128_n64_w8_s3", dict(wide, block_n=64)),
+              ("m128_n128_w8_s2", dict(wide, num_stages=2))]
     out = []
     for tag, nk in (("paged", False), ("newkv", True)):
         base = {"nk": True} if nk else {}
-        out += [(f"{tag}_default", dict(base)),
-                (f"{tag}_m128_n128_w8_s3", dict(base, config=dict(block_m=128, block_n=128, num_warps=8, num_stages=3))),
-                (f"{tag}_m128_n64_w8_s3", dict(base, config=dict(block_m=128, block_n=64, num_warps=8, num_stages=3))),
-                (f"{tag}_m128_n128_w8_s2", dict(base, config=dict(block_m=128, block_n=128, num_warps=8, num_stages=2)))]
-    out += [("paged_default_r", {}),
-            ("paged_m128_n128_w8_s3_r", {"config": dict(block_m=128, block_n=128, num_warps=8, num_stages=3)}),
-            ("newkv_default_r", {"nk": True}),
-            ("newkv_m128_n128_w8_s3_r", {"nk": True, "config": dict(block_m=128, block_n=128, num_warps=8,
-                                                                       num_stages=3)})]
+        out += [(f"{tag}_default", dict(base))] + [(f"{tag}_{name}", dict(base, config=cfg)) for name, cfg in shapes]
+    out += [("paged_default_r", {}), ("paged_m128_n128_w8_s3_r", {"config": wide}),
+            ("newkv_default_r", {"nk": True}), ("newkv_m128_n128_w8_s3_r", {"nk": True, "config": wide})]
     return out
 
 
