@@ -1221,7 +1221,10 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
             GPU) instead of through the block table, and the cache needs to hold only the
             context. The cache is not written here.
         max_context_len: optional host hint, an upper bound on ``context_lens`` (with
-            ``new_key``); ``0`` compiles the context loop away (pure prefill).
+            ``new_key``); ``0`` compiles the context loop away (pure prefill). With ``0`` on a
+            compute-capability-9 GPU, ``config={"wgmma": True}`` (or a dict of its options) runs the
+            Gluon warp-group-MMA kernel of :mod:`kernels.prefill_wgmma` instead (default
+            ``WGMMA_PREFILL_DEFAULT``); calls it does not support fall back to the Triton kernel.
 
     Returns:
         ``[total_new_tokens, num_q_heads, head_size]`` in ``q``'s dtype.
@@ -1272,6 +1275,18 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
     return out
 
 
+WGMMA_PREFILL_DEFAULT = False
+
+
+def _use_wgmma(config: dict | None) -> bool:
+    """Whether pure prefill with new K/V goes to the Gluon warp-group-MMA kernel (:mod:`kernels.prefill_wgmma`)
+    when the GPU supports it: ``config={"wgmma": True}`` or a dict of that kernel's options, ``False`` for the
+    Triton kernel; otherwise ``WGMMA_PREFILL_DEFAULT``."""
+    if config and "wgmma" in config:
+        return bool(config["wgmma"])
+    return WGMMA_PREFILL_DEFAULT
+
+
 def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, out,
                           new_key, new_value, max_query_len, max_context_len, head_pad, config) -> None:
     total, num_q_heads, head = q.shape
@@ -1280,6 +1295,15 @@ def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, conte
     assert new_value is not None and new_key.shape == new_value.shape == (total, num_kv_heads, head), \
         "new_key/new_value must be [total_new_tokens, num_kv_heads, head_size]"
     assert new_key.stride(-1) == 1 and new_value.stride(-1) == 1
+    if max_context_len is not None and int(max_context_len) == 0 and _use_wgmma(config):
+        from kernels import prefill_wgmma
+
+        ok, _why = prefill_wgmma.supported(q, new_key, new_value, scale)
+        if ok:  # otherwise the Triton kernel below runs the call
+            wg = config.get("wgmma") if config else None
+            prefill_wgmma.prefill_wgmma_attention(q, new_key, new_value, cu_seqlens_q, scale, int(max_query_len),
+                                                  out=out, config=wg if isinstance(wg, dict) else None)
+            return
     wide_q = 0 if _shape_override(config) else int(max_query_len)  # as in paged_prefill_attention
     cfg = _prefill_newkv_config(head_pad, q.dtype, wide_q, None if max_context_len is None else int(max_context_len))
     if config:

@@ -236,6 +236,24 @@ SHAPE_CASES = [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, False),
                ("chunked mha 16x256 ctx1792", 16, 32, 32, 1792, 256, False)]
 
 
+# round 7, --prefill-extra wgmma: the Gluon warp-group-MMA kernel on pure prefill
+WGMMA_CASES = [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, False),
+               ("prefill gqa 4x2048 ctx0", 4, 32, 8, 0, 2048, False),
+               ("prefill mha 1x8192 ctx0", 1, 32, 32, 0, 8192, False),
+               ("prefill mha 16x512 ctx0", 16, 32, 32, 0, 512, False)]
+
+
+def _wgmma_variants() -> list:
+    """The Triton new-K/V default against the Gluon kernel's shapes and its unpipelined form, defaults twice."""
+    wg = [("wgmma", True), ("wgmma_nopipe", {"pipeline": False}), ("wgmma_n64", {"block_n": 64}),
+          ("wgmma_m64_w4", {"block_m": 64, "block_n": 64, "num_warps": 4}),
+          ("wgmma_n64_nopipe", {"block_n": 64, "pipeline": False})]
+    out = [("newkv_default", {"nk": True})]
+    out += [(f"newkv_{name}", {"nk": True, "config": {"wgmma": cfg}}) for name, cfg in wg]
+    out += [("newkv_default_r", {"nk": True}), ("newkv_wgmma_r", {"nk": True, "config": {"wgmma": True}})]
+    return out
+
+
 def _shape_variants() -> list:
     """64- against 128-row tiles on both prefill paths, the defaults and the 128 x 128 shapes timed twice."""
     wide = dict(block_m=128, block_n=128, num_warps=8, num_stages=3)
@@ -253,7 +271,7 @@ def _shape_variants() -> list:
 def run_prefill(res, budget, extra_set="pipe"):
     from torch.nn.attention import SDPBackend
     out_all = []
-    cases = SHAPE_CASES if extra_set == "shapes" else PREFILL_CASES
+    cases = {"shapes": SHAPE_CASES, "wgmma": WGMMA_CASES}.get(extra_set, PREFILL_CASES)
     only = os.environ.get("PREFILL_CASES")  # e.g. "gqa,chunked": a subset by name
     if only:
         cases = [c for c in cases if any(w in c[0] for w in only.split(","))]
@@ -297,6 +315,8 @@ def run_prefill(res, budget, extra_set="pipe"):
                     ("newkv_default", {"nk": True})]
         if extra_set == "shapes":
             variants = _shape_variants()
+        elif extra_set == "wgmma":
+            variants = _wgmma_variants()
         elif sweep:
             for bm, bn, nw, ns, tma, fold in PREFILL_CFGS:
                 variants.append((f"newkv_m{bm}_n{bn}_w{nw}_s{ns}{'_tma' if tma else '_ptr'}{'_fold' if fold else ''}",
@@ -304,7 +324,7 @@ def run_prefill(res, budget, extra_set="pipe"):
                                                              tma=tma, fold_scale=fold)}))
         else:
             variants.append(("newkv_nofold", {"nk": True, "config": {"fold_scale": False}}))
-        if extra_set != "shapes":
+        if extra_set not in ("shapes", "wgmma"):
             variants += _prefill_extra(extra_set)
         for label, kw in variants:
             if budget.left() < 20:
@@ -372,9 +392,9 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--part", default="read,decode,prefill")
     ap.add_argument("--budget-s", type=float, default=400)
-    ap.add_argument("--prefill-extra", choices=("shapes", "pipe", "lazy", "exp16"), default="pipe",
+    ap.add_argument("--prefill-extra", choices=("shapes", "pipe", "lazy", "exp16", "wgmma"), default="pipe",
                     help="a round's prefill variants: 64- vs 128-row tiles over context/new ratios, pipelined "
-                         "score dots or lazy rescale (round 6), packed exp2 (round 5)")
+                         "score dots or lazy rescale (round 6), packed exp2 (round 5), the Gluon kernel (round 7)")
     a = ap.parse_args()
     budget, res, ceil = start(a.out, a.budget_s)
     parts = a.part.split(",")

@@ -1,0 +1,247 @@
+"""Causal prefill attention for Hopper GPUs, written in Gluon with warp-group MMA.
+
+The Triton prefill kernels in :mod:`kernels.paged_attention` leave the softmax and the two matrix products of
+each key tile in sequence: Triton 3.6 does not overlap them, whatever form the source takes (see
+``reports/kernels/README.md``, rounds 5 and 6). This kernel issues the tensor-core work itself. It follows
+FlashAttention-3's intra-warp-group pipeline: the score product ``S_j = Q K_j^T`` of tile ``j`` is issued
+asynchronously together with ``O += P_{j-1} V_{j-1}``, and the softmax of tile ``j`` runs while ``P_{j-1} V_{j-1}``
+is still on the tensor cores. K and V tiles stream through two shared-memory stages by TMA.
+
+Scope: pure prefill (no cached context) of several sequences packed as ``cu_seqlens``, new K/V contiguous
+``[T, num_kv_heads, head_size]`` with rows aligned with ``q``; fp16/bf16; head sizes 64 and 128; compute
+capability 9.x. :func:`supported` says whether a call qualifies; :func:`kernels.paged_attention.paged_prefill_attention`
+routes to it (``config={"wgmma": ...}``). Gluon has no CPU interpreter, so this kernel is checked on the GPU only
+(``tests/kernels/test_prefill_wgmma.py``); on the CPU the module imports and reports itself unsupported.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+try:  # Gluon is experimental: absent from older Triton releases, and its API moves between releases
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    _GLUON_ERROR: str | None = None
+except Exception as exc:  # pragma: no cover - depends on the installed triton
+    gluon = None
+    _GLUON_ERROR = f"{type(exc).__name__}: {exc}"
+
+_LOG2E = 1.4426950408889634
+DEFAULT_CONFIG = {"block_m": 128, "block_n": 128, "num_warps": 8, "pipeline": True}
+
+
+def supported(q: torch.Tensor, new_key: torch.Tensor, new_value: torch.Tensor, scale: float) -> tuple[bool, str]:
+    """Whether this kernel can run the call, and if not, why (one line)."""
+    if gluon is None:
+        return False, f"gluon unavailable ({_GLUON_ERROR})"
+    if not q.is_cuda:
+        return False, "not a CUDA tensor"
+    if torch.cuda.get_device_capability(q.device)[0] != 9:
+        return False, "needs compute capability 9.x (warp-group MMA)"
+    if q.dtype not in (torch.float16, torch.bfloat16) or new_key.dtype != q.dtype or new_value.dtype != q.dtype:
+        return False, "fp16/bf16 only"
+    if q.shape[-1] not in (64, 128):
+        return False, "head size 64 or 128 only"
+    if not scale > 0:
+        return False, "the scale is folded into exp2 and must be positive"
+    for t in (q, new_key, new_value):
+        if not _tma_ok(t):
+            return False, "q/new_key/new_value must be [T, heads, head] with the last two dims contiguous, 16-byte aligned"
+    return True, ""
+
+
+def _tma_ok(t: torch.Tensor) -> bool:
+    """TMA reads the 2-D view ``[T, heads * head]``: the last two dims contiguous, rows 16-byte aligned."""
+    heads, head = t.shape[1], t.shape[2]
+    return (t.stride(2) == 1 and t.stride(1) == head and (t.stride(0) * t.element_size()) % 16 == 0
+            and t.data_ptr() % 16 == 0 and t.stride(0) >= heads * head)
+
+
+def _gl_dtype(dtype: torch.dtype):
+    return gl.float16 if dtype == torch.float16 else gl.bfloat16
+
+
+def _descriptor(t: torch.Tensor, block_rows: int):
+    """A TMA descriptor over the 2-D view ``[T, heads * head]`` with ``[block_rows, head]`` tiles."""
+    total, heads, head = t.shape
+    layout = gl.NVMMASharedLayout.get_default_for([block_rows, head], _gl_dtype(t.dtype))
+    return TensorDescriptor(t, [total, heads * head], [t.stride(0), 1], [block_rows, head], layout)
+
+
+if gluon is not None:
+
+    @gluon.jit
+    def _load_tile(desc, smem, bar, row, col, pred):
+        """Start the TMA copy of one ``[rows, head]`` tile into ``smem``; ``bar`` completes when it lands."""
+        mbarrier.expect(bar, desc.block_type.nbytes, pred=pred)
+        tma.async_copy_global_to_shared(desc, [row, col], bar, smem, pred=pred)
+
+    @gluon.jit
+    def _softmax_tile(s, m_i, l_i, rows, cols, n0, scale_log2, masked):
+        """Online softmax of one score tile (raw ``q . k``): returns P (fp32), the new row maximum (log2
+        units), the new row sum and the factor that rescales what was accumulated before."""
+        if masked:  # diagonal tiles: key n0 + c is visible to row r when n0 + c <= r
+            s = gl.where((n0 + cols)[None, :] <= rows[:, None], s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, axis=1) * scale_log2)
+        alpha = gl.exp2(m_i - m_new)
+        p = gl.exp2(s * scale_log2 - m_new[:, None])
+        l_new = l_i * alpha + gl.sum(p, axis=1)
+        return p, m_new, l_new, alpha
+
+    @gluon.jit
+    def _prefill_wgmma_kernel(q_desc, k_desc, v_desc, out_ptr, cu_q_ptr, scale_log2, stride_ot, stride_oh,
+                              GROUP: gl.constexpr, HEAD: gl.constexpr, BLOCK_M: gl.constexpr,
+                              BLOCK_N: gl.constexpr, PIPELINE: gl.constexpr, num_warps: gl.constexpr):
+        """One program: ``BLOCK_M`` new rows of one sequence and one query head, causal over that sequence's
+        new keys. Programs along axis 0 run the longest rows first (a shorter tail)."""
+        STAGES: gl.constexpr = 2  # K/V stages: each load is issued a whole tile ahead, so two suffice
+        mt = gl.num_programs(0) - 1 - gl.program_id(0)
+        qh = gl.program_id(1)
+        seq = gl.program_id(2)
+        q_start = gl.load(cu_q_ptr + seq)
+        q_len = gl.load(cu_q_ptr + seq + 1) - q_start
+        m0 = mt * BLOCK_M
+        if m0 >= q_len:
+            return
+        col = (qh // GROUP) * HEAD  # this KV head's columns in the [T, heads * head] views
+        dtype: gl.constexpr = q_desc.dtype
+
+        # one layout for S and O, so their row vectors (max, sum, rescale) share a layout
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                      instr_shape=[16, BLOCK_N, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+        row_layout: gl.constexpr = gl.SliceLayout(1, mma)
+        col_layout: gl.constexpr = gl.SliceLayout(0, mma)
+
+        q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD], q_desc.layout)
+        k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], k_desc.layout)
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], v_desc.layout)
+        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_bar, count=1)
+        for i in gl.static_range(STAGES):
+            mbarrier.init(k_bars.index(i), count=1)
+            mbarrier.init(v_bars.index(i), count=1)
+
+        n_tiles = gl.cdiv(gl.minimum(q_len, m0 + BLOCK_M), BLOCK_N)
+        diag = m0 // BLOCK_N  # the first key tile that reaches past row m0 needs the causal mask
+        _load_tile(q_desc, q_smem, q_bar, q_start + m0, qh * HEAD, True)
+        for i in gl.static_range(STAGES):
+            _load_tile(k_desc, k_smem.index(i), k_bars.index(i), q_start + i * BLOCK_N, col, i < n_tiles)
+            _load_tile(v_desc, v_smem.index(i), v_bars.index(i), q_start + i * BLOCK_N, col, i < n_tiles)
+
+        rows = m0 + gl.arange(0, BLOCK_M, layout=row_layout)
+        cols = gl.arange(0, BLOCK_N, layout=col_layout)
+        m_i = gl.full([BLOCK_M], -1.0e30, gl.float32, row_layout)
+        l_i = gl.zeros([BLOCK_M], gl.float32, row_layout)
+        acc = gl.zeros([BLOCK_M, HEAD], gl.float32, mma)
+        s_init = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma)
+        mbarrier.wait(q_bar, 0)
+
+        if PIPELINE:
+            # tile 0: scores and softmax only; its P.V product is issued with tile 1's scores
+            mbarrier.wait(k_bars.index(0), 0)
+            s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_init, use_acc=False, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))
+            p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, rows, cols, 0, scale_log2, diag == 0)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            gl.thread_barrier()  # both warp groups are done with K_0 before TMA overwrites its stage
+            _load_tile(k_desc, k_smem.index(0), k_bars.index(0), q_start + STAGES * BLOCK_N, col, STAGES < n_tiles)
+            for j in range(1, n_tiles):
+                stage = j % STAGES
+                prev = (j - 1) % STAGES
+                mbarrier.wait(k_bars.index(stage), (j // STAGES) & 1)
+                s = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s_init, use_acc=False,
+                                  is_async=True)
+                mbarrier.wait(v_bars.index(prev), ((j - 1) // STAGES) & 1)
+                acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
+                s = warpgroup_mma_wait(num_outstanding=1, deps=(s, ))  # S_j is done; P_{j-1} V_{j-1} may run on
+                p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, rows, cols, j * BLOCK_N, scale_log2, j >= diag)
+                acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
+                acc = acc * alpha[:, None]
+                p_op = gl.convert_layout(p.to(dtype), p_layout)
+                gl.thread_barrier()  # K_j and V_{j-1} are consumed by both warp groups: refill their stages
+                _load_tile(k_desc, k_smem.index(stage), k_bars.index(stage), q_start + (j + STAGES) * BLOCK_N, col,
+                           j + STAGES < n_tiles)
+                _load_tile(v_desc, v_smem.index(prev), v_bars.index(prev), q_start + (j + 1) * BLOCK_N, col,
+                           j + 1 < n_tiles)
+            last = (n_tiles - 1) % STAGES
+            mbarrier.wait(v_bars.index(last), ((n_tiles - 1) // STAGES) & 1)
+            acc = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
+            acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
+        else:
+            for j in range(n_tiles):
+                stage = j % STAGES
+                phase = (j // STAGES) & 1
+                mbarrier.wait(k_bars.index(stage), phase)
+                s = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s_init, use_acc=False,
+                                  is_async=True)
+                s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))
+                p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, rows, cols, j * BLOCK_N, scale_log2, j >= diag)
+                acc = acc * alpha[:, None]
+                p_op = gl.convert_layout(p.to(dtype), p_layout)
+                mbarrier.wait(v_bars.index(stage), phase)
+                acc = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
+                acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
+                gl.thread_barrier()
+                _load_tile(k_desc, k_smem.index(stage), k_bars.index(stage), q_start + (j + STAGES) * BLOCK_N, col,
+                           j + STAGES < n_tiles)
+                _load_tile(v_desc, v_smem.index(stage), v_bars.index(stage), q_start + (j + STAGES) * BLOCK_N, col,
+                           j + STAGES < n_tiles)
+
+        o = acc / l_i[:, None]  # key 0 is visible to every row, so l_i > 0
+        offs_d = gl.arange(0, HEAD, layout=col_layout)
+        ptrs = (out_ptr + (q_start + rows).to(gl.int64)[:, None] * stride_ot + qh * stride_oh
+                + offs_d[None, :])
+        gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=(rows < q_len)[:, None])
+
+
+def prefill_wgmma_attention(q: torch.Tensor, new_key: torch.Tensor, new_value: torch.Tensor,
+                            cu_seqlens_q: torch.Tensor, scale: float, max_query_len: int,
+                            out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+    """Causal self-attention of the new tokens of each sequence (no cached context).
+
+    Args:
+        q: ``[T, num_q_heads, head_size]``; sequence ``s`` owns rows ``cu_seqlens_q[s] : cu_seqlens_q[s + 1]``.
+        new_key, new_value: ``[T, num_kv_heads, head_size]``, rows aligned with ``q``.
+        cu_seqlens_q: int32 ``[num_seqs + 1]``.
+        scale: softmax scale (> 0).
+        max_query_len: the longest sequence (tokens); sets the grid.
+        out: optional ``[T, num_q_heads, head_size]`` output.
+        config: overrides of :data:`DEFAULT_CONFIG` (``block_m``, ``block_n``, ``num_warps``, ``pipeline``).
+
+    Returns:
+        ``out``; rows of each sequence hold softmax(q k^T * scale, causal) v.
+    """
+    ok, why = supported(q, new_key, new_value, scale)
+    if not ok:
+        raise ValueError(f"prefill_wgmma_attention: {why}")
+    total, num_q_heads, head = q.shape
+    num_kv_heads = new_key.shape[1]
+    assert new_key.shape == new_value.shape == (total, num_kv_heads, head) and num_q_heads % num_kv_heads == 0
+    cfg = dict(DEFAULT_CONFIG)
+    cfg["block_n"] = min(cfg["block_n"], head)  # one MMA layout serves S and O: block_n must divide the head
+    cfg.update({k: v for k, v in (config or {}).items() if k in DEFAULT_CONFIG})
+    block_m, block_n, num_warps = int(cfg["block_m"]), int(cfg["block_n"]), int(cfg["num_warps"])
+    if block_m % block_n or head % block_n or block_m != 16 * num_warps:
+        raise ValueError(f"prefill_wgmma_attention: need block_m = 16 * num_warps and block_n dividing block_m and "
+                         f"the head size, got {cfg}")
+    if out is None:
+        out = torch.empty_like(q)
+    num_seqs = cu_seqlens_q.shape[0] - 1
+    if total == 0 or num_seqs == 0 or max_query_len <= 0:
+        return out
+    grid = (triton.cdiv(int(max_query_len), block_m), num_q_heads, num_seqs)
+    _prefill_wgmma_kernel[grid](
+        _descriptor(q, block_m), _descriptor(new_key, block_n), _descriptor(new_value, block_n),
+        out, cu_seqlens_q, float(scale) * _LOG2E, out.stride(0), out.stride(1),
+        GROUP=num_q_heads // num_kv_heads, HEAD=head, BLOCK_M=block_m, BLOCK_N=block_n,
+        PIPELINE=bool(cfg["pipeline"]), num_warps=num_warps,
+    )
+    return out
+
+
+__all__ = ["prefill_wgmma_attention", "supported", "DEFAULT_CONFIG"]

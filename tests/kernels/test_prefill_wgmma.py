@@ -1,0 +1,98 @@
+"""The Gluon warp-group-MMA prefill kernel (kernels/prefill_wgmma.py) against the torch reference.
+
+Gluon has no CPU interpreter, so the kernel itself is tested on a compute-capability-9 GPU only; on the CPU
+these tests check that asking for it falls back to the Triton kernel, and that direct calls say why they cannot run.
+"""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+from _kernel_testutil import CUDA, DEVICE, assert_close, dtype_id, poisoned_like  # noqa: E402
+from test_paged_prefill import _prefill_inputs, _run_prefill_newkv  # noqa: E402
+from kernels import prefill_wgmma as pw  # noqa: E402
+from kernels import reference as ref  # noqa: E402
+
+HOPPER = CUDA and torch.cuda.get_device_capability()[0] == 9 and pw.gluon is not None
+needs_hopper = pytest.mark.skipif(not HOPPER, reason="warp-group MMA needs a compute-capability-9 GPU and Gluon")
+
+CONFIGS = {
+    "default": {},
+    "no_pipeline": {"pipeline": False},
+    "n64": {"block_n": 64},
+    "m64_w4": {"block_m": 64, "block_n": 64, "num_warps": 4},
+}
+# lengths: 1, a tile boundary and +-1, odd ones; sequences that end inside a tile (TMA reads the next sequence's
+# rows there, which the causal mask must hide) and a last sequence whose tiles run past the end (zero fill)
+LENS = [1, 127, 128, 129, 300, 64, 700]
+
+
+def _direct(new_lens, num_q_heads, num_kv_heads, head_size, dtype, seed, config=None, grow_keys=0.0):
+    """Call prefill_wgmma_attention itself on contiguous K/V and compare with the reference."""
+    context = [0] * len(new_lens)
+    seq_lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs(context, new_lens, num_q_heads, num_kv_heads,
+                                                                head_size, 16, dtype, seed, grow_keys)
+    expect = ref.ref_paged_prefill(q, k, v, bt, cu_t, ctx_t, scale)
+    kn = torch.cat([ref.gather_kv(k, bt[s], n) for s, n in enumerate(seq_lens)]).contiguous()
+    vn = torch.cat([ref.gather_kv(v, bt[s], n) for s, n in enumerate(seq_lens)]).contiguous()
+    out = poisoned_like(q)
+    pw.prefill_wgmma_attention(q, kn, vn, cu_t, scale, max(new_lens), out=out, config=config)
+    assert_close(out, expect, dtype, f"wgmma new={new_lens} heads={num_q_heads}/{num_kv_heads} config={config}")
+
+
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("config", list(CONFIGS), ids=list(CONFIGS))
+@pytest.mark.parametrize("group", [1, 4, 8])
+def test_wgmma_prefill_matches_reference(group, config, dtype):
+    _direct(LENS, 8, 8 // group, 128, dtype, seed=20 + group, config=CONFIGS[config])
+
+
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("config", ["default", "m64_w4"])
+def test_wgmma_prefill_head64(config, dtype):
+    _direct([40, 200, 1], 4, 2, 64, dtype, seed=31, config=CONFIGS[config])
+
+
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize("config", ["default", "no_pipeline"])
+def test_wgmma_prefill_rising_maximum(config):
+    # each 32-key tile raises every row's score maximum, so every step must rescale the accumulator
+    _direct([300, 257], 4, 4, 128, torch.float16, seed=41, config=CONFIGS[config], grow_keys=3.0)
+
+
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+def test_wgmma_prefill_through_router(dtype):
+    # paged_prefill_attention(new_key=..., max_context_len=0, config={"wgmma": ...}) takes the Gluon kernel; the
+    # cache slots of the new tokens are NaN, so reading them instead of new_key/new_value would fail
+    for wg in (True, {"block_n": 64}):
+        _run_prefill_newkv([0, 0, 0], [33, 1, 500], 8, 2, 128, 16, dtype, seed=51, config={"wgmma": wg},
+                           max_context_len=0)
+
+
+@pytest.mark.gpu
+@needs_hopper
+def test_wgmma_prefill_long():
+    # 24 and 8 tiles of 128 rows: many pipeline steps and both K/V stages reused many times
+    _direct([3000, 1000], 8, 2, 128, torch.bfloat16, seed=61)
+
+
+def test_wgmma_request_falls_back_when_unsupported():
+    # on the CPU (and for head sizes or dtypes the kernel lacks) config wgmma=True runs the Triton kernel instead
+    dtype = torch.float32 if not CUDA else torch.float16
+    _run_prefill_newkv([0, 0], [20, 35], 4, 2, 80, 8, dtype, seed=9, config={"wgmma": True}, max_context_len=0)
+
+
+def test_wgmma_direct_call_says_why_not():
+    q = torch.zeros(8, 2, 80, dtype=torch.float32, device=DEVICE)
+    with pytest.raises(ValueError, match="prefill_wgmma_attention: "):
+        pw.prefill_wgmma_attention(q, q, q, torch.tensor([0, 8], dtype=torch.int32, device=DEVICE), 0.1, 8)
+    ok, why = pw.supported(q, q, q, 0.1)
+    assert not ok and why
