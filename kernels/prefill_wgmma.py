@@ -29,7 +29,10 @@ except Exception as exc:  # pragma: no cover - depends on the installed triton
     _GLUON_ERROR = f"{type(exc).__name__}: {exc}"
 
 _LOG2E = 1.4426950408889634
-DEFAULT_CONFIG = {"block_m": 128, "block_n": 128, "num_warps": 8, "pipeline": True}
+# warp_specialize: two consumer warp groups and a loader warp (block_m 128, 4 + 4 + 1 warps; num_warps and
+# pipeline are then unused); maxnreg caps the registers of the single-partition kernel (two programs per SM)
+DEFAULT_CONFIG = {"block_m": 128, "block_n": 128, "num_warps": 8, "pipeline": True, "warp_specialize": False,
+                  "consumer_regs": 232, "loader_regs": 40, "maxnreg": None}
 
 
 def supported(q: torch.Tensor, new_key: torch.Tensor, new_value: torch.Tensor, scale: float) -> tuple[bool, str]:
@@ -199,6 +202,124 @@ if gluon is not None:
         gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=(rows < q_len)[:, None])
 
 
+    @gluon.jit
+    def _ws_consumer(q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty, out_ptr, q_start, q_len,
+                     m0, n_tiles, diag, qh, scale_log2, stride_ot, stride_oh,
+                     HALF: gl.constexpr, HEAD: gl.constexpr, HALF_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                     STAGES: gl.constexpr):
+        """One warp group: rows ``m0 + HALF * HALF_M`` onwards. Scores of tile j run on the tensor cores with
+        P_{j-1} V_{j-1}; each K/V stage is released to the loader as soon as this group's product that reads it
+        is done."""
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                      instr_shape=[16, BLOCK_N, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+        row_layout: gl.constexpr = gl.SliceLayout(1, mma)
+        col_layout: gl.constexpr = gl.SliceLayout(0, mma)
+        dtype: gl.constexpr = q_smem.dtype
+        q = q_smem.index(HALF)
+        rows = m0 + HALF * HALF_M + gl.arange(0, HALF_M, layout=row_layout)
+        cols = gl.arange(0, BLOCK_N, layout=col_layout)
+        m_i = gl.full([HALF_M], -1.0e30, gl.float32, row_layout)
+        l_i = gl.zeros([HALF_M], gl.float32, row_layout)
+        acc = gl.zeros([HALF_M, HEAD], gl.float32, mma)
+        s_init = gl.zeros([HALF_M, BLOCK_N], gl.float32, mma)
+        mbarrier.wait(q_bar, 0)
+
+        mbarrier.wait(k_ready.index(0), 0)
+        s = warpgroup_mma(q, k_smem.index(0).permute((1, 0)), s_init, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))
+        mbarrier.arrive(k_empty.index(0), count=1)
+        p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, rows, cols, 0, scale_log2, diag == 0)
+        p_op = gl.convert_layout(p.to(dtype), p_layout)
+        for j in range(1, n_tiles):
+            stage = j % STAGES
+            prev = (j - 1) % STAGES
+            mbarrier.wait(k_ready.index(stage), (j // STAGES) & 1)
+            s = warpgroup_mma(q, k_smem.index(stage).permute((1, 0)), s_init, use_acc=False, is_async=True)
+            mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
+            acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=1, deps=(s, ))
+            mbarrier.arrive(k_empty.index(stage), count=1)
+            p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, rows, cols, j * BLOCK_N, scale_log2, j >= diag)
+            acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
+            mbarrier.arrive(v_empty.index(prev), count=1)
+            acc = acc * alpha[:, None]
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+        last = (n_tiles - 1) % STAGES
+        mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
+        acc = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
+        acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
+
+        o = acc / l_i[:, None]
+        offs_d = gl.arange(0, HEAD, layout=col_layout)
+        ptrs = (out_ptr + (q_start + rows).to(gl.int64)[:, None] * stride_ot + qh * stride_oh
+                + offs_d[None, :])
+        gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=(rows < q_len)[:, None])
+
+    @gluon.jit
+    def _ws_loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty,
+                   q_start, m0, qh, col, n_tiles, HEAD: gl.constexpr, HALF_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                   STAGES: gl.constexpr):
+        """One warp: Q's two halves, then K and V tiles into the stage ring as the consumers free it."""
+        mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [q_start + m0, qh * HEAD], q_bar, q_smem.index(0))
+        tma.async_copy_global_to_shared(q_desc, [q_start + m0 + HALF_M, qh * HEAD], q_bar, q_smem.index(1))
+        for j in range(n_tiles):
+            stage = j % STAGES
+            free_phase = ((j // STAGES) & 1) ^ 1  # the previous use of this stage, released by both groups
+            mbarrier.wait(k_empty.index(stage), free_phase, pred=j >= STAGES)
+            _load_tile(k_desc, k_smem.index(stage), k_ready.index(stage), q_start + j * BLOCK_N, col, True)
+            mbarrier.wait(v_empty.index(stage), free_phase, pred=j >= STAGES)
+            _load_tile(v_desc, v_smem.index(stage), v_ready.index(stage), q_start + j * BLOCK_N, col, True)
+
+    @gluon.jit
+    def _prefill_ws_kernel(q_desc, k_desc, v_desc, out_ptr, cu_q_ptr, scale_log2, stride_ot, stride_oh,
+                           GROUP: gl.constexpr, HEAD: gl.constexpr, BLOCK_N: gl.constexpr,
+                           CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr, num_warps: gl.constexpr):
+        """Warp-specialised form (FlashAttention-3's layout): two consumer warp groups of 64 rows each share the
+        K/V stages of a 128-row tile, and one loader warp issues the TMA copies."""
+        STAGES: gl.constexpr = 2
+        HALF_M: gl.constexpr = 64
+        mt = gl.num_programs(0) - 1 - gl.program_id(0)
+        qh = gl.program_id(1)
+        seq = gl.program_id(2)
+        q_start = gl.load(cu_q_ptr + seq)
+        q_len = gl.load(cu_q_ptr + seq + 1) - q_start
+        m0 = mt * (2 * HALF_M)
+        if m0 >= q_len:
+            return
+        col = (qh // GROUP) * HEAD
+        dtype: gl.constexpr = q_desc.dtype
+        q_smem = gl.allocate_shared_memory(dtype, [2, HALF_M, HEAD], q_desc.layout)
+        k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], k_desc.layout)
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], v_desc.layout)
+        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_bar, count=1)
+        for i in gl.static_range(STAGES):
+            mbarrier.init(k_ready.index(i), count=1)
+            mbarrier.init(v_ready.index(i), count=1)
+            mbarrier.init(k_empty.index(i), count=2)  # one arrival per consumer warp group
+            mbarrier.init(v_empty.index(i), count=2)
+        n_tiles = gl.cdiv(gl.minimum(q_len, m0 + 2 * HALF_M), BLOCK_N)
+        diag = m0 // BLOCK_N
+        FIRST: gl.constexpr = 0
+        SECOND: gl.constexpr = 1
+        gl.warp_specialize([
+            (_ws_consumer, (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty, out_ptr, q_start,
+                            q_len, m0, n_tiles, diag, qh, scale_log2, stride_ot, stride_oh,
+                            FIRST, HEAD, HALF_M, BLOCK_N, STAGES)),
+            (_ws_consumer, (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty, out_ptr, q_start,
+                            q_len, m0, n_tiles, diag, qh, scale_log2, stride_ot, stride_oh,
+                            SECOND, HEAD, HALF_M, BLOCK_N, STAGES)),
+            (_ws_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty,
+                          q_start, m0, qh, col, n_tiles, HEAD, HALF_M, BLOCK_N, STAGES)),
+        ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
+
+
 def prefill_wgmma_attention(q: torch.Tensor, new_key: torch.Tensor, new_value: torch.Tensor,
                             cu_seqlens_q: torch.Tensor, scale: float, max_query_len: int,
                             out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
@@ -211,7 +332,7 @@ def prefill_wgmma_attention(q: torch.Tensor, new_key: torch.Tensor, new_value: t
         scale: softmax scale (> 0).
         max_query_len: the longest sequence (tokens); sets the grid.
         out: optional ``[T, num_q_heads, head_size]`` output.
-        config: overrides of :data:`DEFAULT_CONFIG` (``block_m``, ``block_n``, ``num_warps``, ``pipeline``).
+        config: overrides of :data:`DEFAULT_CONFIG`.
 
     Returns:
         ``out``; rows of each sequence hold softmax(q k^T * scale, causal) v.
@@ -226,6 +347,8 @@ def prefill_wgmma_attention(q: torch.Tensor, new_key: torch.Tensor, new_value: t
     cfg["block_n"] = min(cfg["block_n"], head)  # one MMA layout serves S and O: block_n must divide the head
     cfg.update({k: v for k, v in (config or {}).items() if k in DEFAULT_CONFIG})
     block_m, block_n, num_warps = int(cfg["block_m"]), int(cfg["block_n"]), int(cfg["num_warps"])
+    if cfg["warp_specialize"]:
+        block_m, num_warps = 128, 8
     if block_m % block_n or head % block_n or block_m != 16 * num_warps:
         raise ValueError(f"prefill_wgmma_attention: need block_m = 16 * num_warps and block_n dividing block_m and "
                          f"the head size, got {cfg}")
@@ -235,11 +358,20 @@ def prefill_wgmma_attention(q: torch.Tensor, new_key: torch.Tensor, new_value: t
     if total == 0 or num_seqs == 0 or max_query_len <= 0:
         return out
     grid = (triton.cdiv(int(max_query_len), block_m), num_q_heads, num_seqs)
+    if cfg["warp_specialize"]:
+        _prefill_ws_kernel[grid](
+            _descriptor(q, block_m // 2), _descriptor(new_key, block_n), _descriptor(new_value, block_n),
+            out, cu_seqlens_q, float(scale) * _LOG2E, out.stride(0), out.stride(1),
+            GROUP=num_q_heads // num_kv_heads, HEAD=head, BLOCK_N=block_n,
+            CONSUMER_REGS=int(cfg["consumer_regs"]), LOADER_REGS=int(cfg["loader_regs"]), num_warps=4,
+        )
+        return out
+    extra = {"maxnreg": int(cfg["maxnreg"])} if cfg["maxnreg"] else {}
     _prefill_wgmma_kernel[grid](
         _descriptor(q, block_m), _descriptor(new_key, block_n), _descriptor(new_value, block_n),
         out, cu_seqlens_q, float(scale) * _LOG2E, out.stride(0), out.stride(1),
         GROUP=num_q_heads // num_kv_heads, HEAD=head, BLOCK_M=block_m, BLOCK_N=block_n,
-        PIPELINE=bool(cfg["pipeline"]), num_warps=num_warps,
+        PIPELINE=bool(cfg["pipeline"]), num_warps=num_warps, **extra,
     )
     return out
 

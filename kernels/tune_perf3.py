@@ -247,10 +247,14 @@ def _wgmma_variants() -> list:
     """The Triton new-K/V default against the Gluon kernel's shapes and its unpipelined form, defaults twice."""
     wg = [("wgmma", True), ("wgmma_nopipe", {"pipeline": False}), ("wgmma_n64", {"block_n": 64}),
           ("wgmma_m64_w4", {"block_m": 64, "block_n": 64, "num_warps": 4}),
-          ("wgmma_n64_nopipe", {"block_n": 64, "pipeline": False})]
+          ("wgmma_n64_nopipe", {"block_n": 64, "pipeline": False}),
+          ("wgmma_ws", {"warp_specialize": True}), ("wgmma_ws_n64", {"warp_specialize": True, "block_n": 64}),
+          ("wgmma_ws_r224", {"warp_specialize": True, "consumer_regs": 224, "loader_regs": 56}),
+          ("wgmma_n64_r128", {"block_n": 64, "maxnreg": 128}),
+          ("wgmma_n64_nopipe_r128", {"block_n": 64, "pipeline": False, "maxnreg": 128})]
     out = [("newkv_default", {"nk": True})]
     out += [(f"newkv_{name}", {"nk": True, "config": {"wgmma": cfg}}) for name, cfg in wg]
-    out += [("newkv_default_r", {"nk": True}), ("newkv_wgmma_r", {"nk": True, "config": {"wgmma": True}})]
+    out += [("newkv_default_r", {"nk": True}), ("newkv_wgmma_ws_r", {"nk": True, "config": {"wgmma": wg[5][1]}})]
     return out
 
 

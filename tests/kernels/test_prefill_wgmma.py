@@ -22,6 +22,9 @@ CONFIGS = {
     "no_pipeline": {"pipeline": False},
     "n64": {"block_n": 64},
     "m64_w4": {"block_m": 64, "block_n": 64, "num_warps": 4},
+    "ws": {"warp_specialize": True},
+    "ws_n64": {"warp_specialize": True, "block_n": 64},
+    "n64_maxnreg128": {"block_n": 64, "maxnreg": 128},
 }
 # lengths: 1, a tile boundary and +-1, odd ones; sequences that end inside a tile (TMA reads the next sequence's
 # rows there, which the causal mask must hide) and a last sequence whose tiles run past the end (zero fill)
@@ -53,14 +56,14 @@ def test_wgmma_prefill_matches_reference(group, config, dtype):
 @pytest.mark.gpu
 @needs_hopper
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
-@pytest.mark.parametrize("config", ["default", "m64_w4"])
+@pytest.mark.parametrize("config", ["default", "m64_w4", "ws"])
 def test_wgmma_prefill_head64(config, dtype):
     _direct([40, 200, 1], 4, 2, 64, dtype, seed=31, config=CONFIGS[config])
 
 
 @pytest.mark.gpu
 @needs_hopper
-@pytest.mark.parametrize("config", ["default", "no_pipeline"])
+@pytest.mark.parametrize("config", ["default", "no_pipeline", "ws"])
 def test_wgmma_prefill_rising_maximum(config):
     # each 32-key tile raises every row's score maximum, so every step must rescale the accumulator
     _direct([300, 257], 4, 4, 128, torch.float16, seed=41, config=CONFIGS[config], grow_keys=3.0)
@@ -72,7 +75,7 @@ def test_wgmma_prefill_rising_maximum(config):
 def test_wgmma_prefill_through_router(dtype):
     # paged_prefill_attention(new_key=..., max_context_len=0, config={"wgmma": ...}) takes the Gluon kernel; the
     # cache slots of the new tokens are NaN, so reading them instead of new_key/new_value would fail
-    for wg in (True, {"block_n": 64}):
+    for wg in (True, {"block_n": 64}, {"warp_specialize": True}):
         _run_prefill_newkv([0, 0, 0], [33, 1, 500], 8, 2, 128, 16, dtype, seed=51, config={"wgmma": wg},
                            max_context_len=0)
 
@@ -81,7 +84,8 @@ def test_wgmma_prefill_through_router(dtype):
 @needs_hopper
 def test_wgmma_prefill_long():
     # 24 and 8 tiles of 128 rows: many pipeline steps and both K/V stages reused many times
-    _direct([3000, 1000], 8, 2, 128, torch.bfloat16, seed=61)
+    for config in ("default", "ws"):
+        _direct([3000, 1000], 8, 2, 128, torch.bfloat16, seed=61, config=CONFIGS[config])
 
 
 def test_wgmma_request_falls_back_when_unsupported():
