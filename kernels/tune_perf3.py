@@ -245,16 +245,14 @@ WGMMA_CASES = [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, False),
 
 def _wgmma_variants() -> list:
     """The Triton new-K/V default against the Gluon kernel's shapes and its unpipelined form, defaults twice."""
-    wg = [("wgmma", True), ("wgmma_nopipe", {"pipeline": False}), ("wgmma_n64", {"block_n": 64}),
-          ("wgmma_m64_w4", {"block_m": 64, "block_n": 64, "num_warps": 4}),
-          ("wgmma_n64_nopipe", {"block_n": 64, "pipeline": False}),
-          ("wgmma_ws", {"warp_specialize": True}), ("wgmma_ws_n64", {"warp_specialize": True, "block_n": 64}),
-          ("wgmma_ws_r224", {"warp_specialize": True, "consumer_regs": 224, "loader_regs": 56}),
-          ("wgmma_n64_r128", {"block_n": 64, "maxnreg": 128}),
-          ("wgmma_n64_nopipe_r128", {"block_n": 64, "pipeline": False, "maxnreg": 128})]
+    ws = {"warp_specialize": True}
+    wg = [("wgmma", True), ("wgmma_m64_w4", {"block_m": 64, "block_n": 64, "num_warps": 4}),
+          ("wgmma_ws", ws), ("wgmma_ws_persistent", dict(ws, persistent=True)),
+          ("wgmma_ws_persistent_r240", dict(ws, persistent=True, consumer_regs=240, loader_regs=24))]
     out = [("newkv_default", {"nk": True})]
     out += [(f"newkv_{name}", {"nk": True, "config": {"wgmma": cfg}}) for name, cfg in wg]
-    out += [("newkv_default_r", {"nk": True}), ("newkv_wgmma_ws_r", {"nk": True, "config": {"wgmma": wg[5][1]}})]
+    out += [("newkv_default_r", {"nk": True}), ("newkv_wgmma_ws_r", {"nk": True, "config": {"wgmma": ws}}),
+            ("newkv_wgmma_ws_persistent_r", {"nk": True, "config": {"wgmma": dict(ws, persistent=True)}})]
     return out
 
 

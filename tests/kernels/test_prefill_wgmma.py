@@ -24,6 +24,7 @@ CONFIGS = {
     "m64_w4": {"block_m": 64, "block_n": 64, "num_warps": 4},
     "ws": {"warp_specialize": True},
     "ws_n64": {"warp_specialize": True, "block_n": 64},
+    "ws_persistent": {"warp_specialize": True, "persistent": True},
     "n64_maxnreg128": {"block_n": 64, "maxnreg": 128},
 }
 # lengths: 1, a tile boundary and +-1, odd ones; sequences that end inside a tile (TMA reads the next sequence's
@@ -63,7 +64,7 @@ def test_wgmma_prefill_head64(config, dtype):
 
 @pytest.mark.gpu
 @needs_hopper
-@pytest.mark.parametrize("config", ["default", "no_pipeline", "ws"])
+@pytest.mark.parametrize("config", ["default", "no_pipeline", "ws", "ws_persistent"])
 def test_wgmma_prefill_rising_maximum(config):
     # each 32-key tile raises every row's score maximum, so every step must rescale the accumulator
     _direct([300, 257], 4, 4, 128, torch.float16, seed=41, config=CONFIGS[config], grow_keys=3.0)
@@ -75,7 +76,7 @@ def test_wgmma_prefill_rising_maximum(config):
 def test_wgmma_prefill_through_router(dtype):
     # paged_prefill_attention(new_key=..., max_context_len=0, config={"wgmma": ...}) takes the Gluon kernel; the
     # cache slots of the new tokens are NaN, so reading them instead of new_key/new_value would fail
-    for wg in (True, {"block_n": 64}, {"warp_specialize": True}):
+    for wg in (True, {"block_n": 64}, {"warp_specialize": True}, {"warp_specialize": True, "persistent": True}):
         _run_prefill_newkv([0, 0, 0], [33, 1, 500], 8, 2, 128, 16, dtype, seed=51, config={"wgmma": wg},
                            max_context_len=0)
 
@@ -84,7 +85,7 @@ def test_wgmma_prefill_through_router(dtype):
 @needs_hopper
 def test_wgmma_prefill_long():
     # 24 and 8 tiles of 128 rows: many pipeline steps and both K/V stages reused many times
-    for config in ("default", "ws"):
+    for config in ("default", "ws", "ws_persistent"):
         _direct([3000, 1000], 8, 2, 128, torch.bfloat16, seed=61, config=CONFIGS[config])
 
 
