@@ -30,9 +30,11 @@ except Exception as exc:  # pragma: no cover - depends on the installed triton
 
 _LOG2E = 1.4426950408889634
 # warp_specialize: two consumer warp groups and a loader warp (block_m 128, 4 + 4 + 1 warps; num_warps and
-# pipeline are then unused), persistent: with it, one program per SM looping over the work items; maxnreg caps the registers of the single-partition kernel (two programs per SM)
+# pipeline are then unused), persistent: with it, one program per SM looping over the work items (q_buffers,
+# snake and pingpong: see _prefill_ws_kernel, _item and _take_turn); maxnreg caps the registers of the single-partition kernel (two programs per SM)
 DEFAULT_CONFIG = {"block_m": 128, "block_n": 128, "num_warps": 8, "pipeline": True, "warp_specialize": False,
-                  "persistent": False, "consumer_regs": 232, "loader_regs": 40, "maxnreg": None}
+                  "persistent": False, "q_buffers": 2, "snake": True, "pingpong": False,
+                  "consumer_regs": 240, "loader_regs": 24, "maxnreg": None}
 _SMS: dict[int, int] = {}
 
 
@@ -211,52 +213,85 @@ if gluon is not None:
 
 
     @gluon.jit
-    def _tile_coords(t, num_mt, num_q_heads, cu_q_ptr, BLOCK_M: gl.constexpr):
-        """Work item ``t`` -> (first row, query head, sequence start, sequence length). Items run the row tiles
-        of one (sequence, head) pair together, longest (last) rows first, so the causal triangle's tail is short
-        and the pair's K/V stay in L2."""
+    def _item(k, num_items, num_mt, num_q_heads, cu_q_ptr, SNAKE: gl.constexpr, BLOCK_M: gl.constexpr):
+        """This program's ``k``-th work item -> (valid, first row, query head, sequence start, sequence length).
+
+        Items list the row tiles of one (sequence, head) pair together, longest (last) rows first, so the causal
+        triangle's tail is short and the pair's K/V stay in L2. Program p takes item ``k * grid + p``, or with
+        ``SNAKE`` ``k * grid + grid - 1 - p`` on odd rounds: plain round-robin hands a program the same row tile of
+        every pair whenever the grid is a multiple of the tiles per pair, while the snake evens the work out (3%
+        above the mean on the benchmark shapes, against 8-47%)."""
+        g = gl.num_programs(0)
+        p = gl.program_id(0)
+        if SNAKE:
+            if k % 2 == 1:
+                p = g - 1 - p
+        t = k * g + p
+        valid = t < num_items
+        t = gl.minimum(t, num_items - 1)
         mt = num_mt - 1 - t % num_mt
         rest = t // num_mt
         qh = rest % num_q_heads
         seq = rest // num_q_heads
         q_start = gl.load(cu_q_ptr + seq)
         q_len = gl.load(cu_q_ptr + seq + 1) - q_start
-        return mt * BLOCK_M, qh, q_start, q_len
+        m0 = mt * BLOCK_M
+        return valid & (m0 < q_len), m0, qh, q_start, q_len
 
     @gluon.jit
-    def _ws_consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, out_ptr,
-                     cu_q_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads, total_tiles,
+    def _take_turn(turns, HALF: gl.constexpr, g, PINGPONG: gl.constexpr):
+        """Ping-pong: before its ``g``-th issue of tensor-core work, a warp group waits until the other group has
+        issued its own ``g - 1``-th (group 1: ``g``-th), so one group's softmax runs under the other's products."""
+        if PINGPONG:
+            if HALF == 0:
+                mbarrier.wait(turns.index(0), (g - 1) & 1, pred=g > 0)
+            else:
+                mbarrier.wait(turns.index(1), g & 1)
+
+    @gluon.jit
+    def _pass_turn(turns, HALF: gl.constexpr, PINGPONG: gl.constexpr):
+        if PINGPONG:
+            mbarrier.arrive(turns.index(1 - HALF), count=1)
+
+    @gluon.jit
+    def _ws_consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns, out_ptr,
+                     cu_q_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads, num_items, rounds,
                      HALF: gl.constexpr, HEAD: gl.constexpr, HALF_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                     STAGES: gl.constexpr):
+                     STAGES: gl.constexpr, Q_BUFFERS: gl.constexpr, SNAKE: gl.constexpr, PINGPONG: gl.constexpr):
         """One warp group: rows ``HALF * HALF_M ..`` of each work item. Scores of key tile j run on the tensor
         cores together with P_{j-1} V_{j-1}; each K/V stage goes back to the loader as soon as this group's
-        product that reads it is done, and Q once the item's last score product is."""
+        product that reads it is done, and the item's Q buffer once its last score product is."""
         mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                       instr_shape=[16, BLOCK_N, 16])
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
         row_layout: gl.constexpr = gl.SliceLayout(1, mma)
         col_layout: gl.constexpr = gl.SliceLayout(0, mma)
         dtype: gl.constexpr = q_smem.dtype
-        q = q_smem.index(HALF)
         cols = gl.arange(0, BLOCK_N, layout=col_layout)
         offs_d = gl.arange(0, HEAD, layout=col_layout)
         s_init = gl.zeros([HALF_M, BLOCK_N], gl.float32, mma)
         it = 0  # K/V tiles consumed so far: the position in the stage ring
-        tc = 0  # work items done so far: the parity of the Q barriers
-        for t in range(gl.program_id(0), total_tiles, gl.num_programs(0)):
-            m0, qh, q_start, q_len = _tile_coords(t, num_mt, num_q_heads, cu_q_ptr, 2 * HALF_M)
-            if m0 < q_len:
+        tc = 0  # work items done so far: the Q buffer and its parity
+        g = 0  # tensor-core issues so far (ping-pong parity)
+        for k in range(rounds):
+            valid, m0, qh, q_start, q_len = _item(k, num_items, num_mt, num_q_heads, cu_q_ptr, SNAKE, 2 * HALF_M)
+            if valid:
                 n_tiles = gl.cdiv(gl.minimum(q_len, m0 + 2 * HALF_M), BLOCK_N)
                 diag = m0 // BLOCK_N  # the first key tile that reaches past row m0 needs the causal mask
                 rows = m0 + HALF * HALF_M + gl.arange(0, HALF_M, layout=row_layout)
                 m_i = gl.full([HALF_M], -1.0e30, gl.float32, row_layout)
                 l_i = gl.zeros([HALF_M], gl.float32, row_layout)
                 acc = gl.zeros([HALF_M, HEAD], gl.float32, mma)
-                mbarrier.wait(q_ready, tc & 1)
+                qb = tc % Q_BUFFERS
+                q = q_smem.index(qb * 2 + HALF)
+                mbarrier.wait(q_ready.index(qb), (tc // Q_BUFFERS) & 1)
 
                 stage = it % STAGES
                 mbarrier.wait(k_ready.index(stage), (it // STAGES) & 1)
+                _take_turn(turns, HALF, g, PINGPONG)
                 s = warpgroup_mma(q, k_smem.index(stage).permute((1, 0)), s_init, use_acc=False, is_async=True)
+                _pass_turn(turns, HALF, PINGPONG)
+                g += 1
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))
                 mbarrier.arrive(k_empty.index(stage), count=1)
                 p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, rows, cols, 0, scale_log2, diag == 0)
@@ -266,10 +301,13 @@ if gluon is not None:
                     stage = cur % STAGES
                     prev = (cur - 1) % STAGES
                     mbarrier.wait(k_ready.index(stage), (cur // STAGES) & 1)
+                    mbarrier.wait(v_ready.index(prev), ((cur - 1) // STAGES) & 1)
+                    _take_turn(turns, HALF, g, PINGPONG)
                     s = warpgroup_mma(q, k_smem.index(stage).permute((1, 0)), s_init, use_acc=False,
                                       is_async=True)
-                    mbarrier.wait(v_ready.index(prev), ((cur - 1) // STAGES) & 1)
                     acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
+                    _pass_turn(turns, HALF, PINGPONG)
+                    g += 1
                     s = warpgroup_mma_wait(num_outstanding=1, deps=(s, ))
                     mbarrier.arrive(k_empty.index(stage), count=1)
                     p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, rows, cols, j * BLOCK_N, scale_log2, j >= diag)
@@ -277,10 +315,13 @@ if gluon is not None:
                     mbarrier.arrive(v_empty.index(prev), count=1)
                     acc = acc * alpha[:, None]
                     p_op = gl.convert_layout(p.to(dtype), p_layout)
-                mbarrier.arrive(q_empty, count=1)  # no score product of this item is left: the loader may refill Q
+                mbarrier.arrive(q_empty.index(qb), count=1)  # no score product of this item is left
                 last = it + n_tiles - 1
                 mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
+                _take_turn(turns, HALF, g, PINGPONG)
                 acc = warpgroup_mma(p_op, v_smem.index(last % STAGES), acc, is_async=True)
+                _pass_turn(turns, HALF, PINGPONG)
+                g += 1
                 acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
                 mbarrier.arrive(v_empty.index(last % STAGES), count=1)
                 it += n_tiles
@@ -293,22 +334,25 @@ if gluon is not None:
 
     @gluon.jit
     def _ws_loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty,
-                   v_empty, cu_q_ptr, num_mt, num_q_heads, total_tiles, GROUP: gl.constexpr, HEAD: gl.constexpr,
-                   HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-        """One warp: for each work item, Q's two halves once the consumers release Q, then the K and V tiles
-        into the stage ring as the consumers free it."""
+                   v_empty, cu_q_ptr, num_mt, num_q_heads, num_items, rounds, GROUP: gl.constexpr,
+                   HEAD: gl.constexpr, HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                   Q_BUFFERS: gl.constexpr, SNAKE: gl.constexpr):
+        """One warp: for each work item, Q's two halves into a free Q buffer, then the K and V tiles into the
+        stage ring as the consumers free it."""
         it = 0
         tc = 0
-        for t in range(gl.program_id(0), total_tiles, gl.num_programs(0)):
-            m0, qh, q_start, q_len = _tile_coords(t, num_mt, num_q_heads, cu_q_ptr, 2 * HALF_M)
-            if m0 < q_len:
+        for k in range(rounds):
+            valid, m0, qh, q_start, q_len = _item(k, num_items, num_mt, num_q_heads, cu_q_ptr, SNAKE, 2 * HALF_M)
+            if valid:
                 n_tiles = gl.cdiv(gl.minimum(q_len, m0 + 2 * HALF_M), BLOCK_N)
                 col = (qh // GROUP) * HEAD
-                mbarrier.wait(q_empty, (tc & 1) ^ 1, pred=tc > 0)
-                mbarrier.expect(q_ready, 2 * q_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(q_desc, [q_start + m0, qh * HEAD], q_ready, q_smem.index(0))
-                tma.async_copy_global_to_shared(q_desc, [q_start + m0 + HALF_M, qh * HEAD], q_ready,
-                                                q_smem.index(1))
+                qb = tc % Q_BUFFERS
+                mbarrier.wait(q_empty.index(qb), ((tc // Q_BUFFERS) & 1) ^ 1, pred=tc >= Q_BUFFERS)
+                bar = q_ready.index(qb)
+                mbarrier.expect(bar, 2 * q_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(q_desc, [q_start + m0, qh * HEAD], bar, q_smem.index(qb * 2))
+                tma.async_copy_global_to_shared(q_desc, [q_start + m0 + HALF_M, qh * HEAD], bar,
+                                                q_smem.index(qb * 2 + 1))
                 for j in range(n_tiles):
                     cur = it + j
                     stage = cur % STAGES
@@ -322,44 +366,49 @@ if gluon is not None:
 
     @gluon.jit
     def _prefill_ws_kernel(q_desc, k_desc, v_desc, out_ptr, cu_q_ptr, scale_log2, stride_ot, stride_oh,
-                           num_mt, num_q_heads, total_tiles,
-                           GROUP: gl.constexpr, HEAD: gl.constexpr, BLOCK_N: gl.constexpr,
-                           CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr, num_warps: gl.constexpr):
+                           num_mt, num_q_heads, num_items, rounds,
+                           GROUP: gl.constexpr, HEAD: gl.constexpr, BLOCK_N: gl.constexpr, Q_BUFFERS: gl.constexpr,
+                           SNAKE: gl.constexpr, PINGPONG: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                           LOADER_REGS: gl.constexpr, num_warps: gl.constexpr):
         """Warp-specialised form (FlashAttention-3's layout): two consumer warp groups of 64 rows each share the
-        K/V stages of a 128-row work item, and one loader warp issues the TMA copies. Program p takes items
-        p, p + grid, ...: one each with a grid of ``total_tiles``, or persistent with a grid of one per SM, where
-        the loader fetches the next item's Q and K/V while the consumers finish the last one."""
+        K/V stages of a 128-row work item, and one loader warp issues the TMA copies. A grid of one program per
+        item runs each once; a persistent grid (one program per SM, ``rounds`` items each) lets the loader fetch
+        the next item's Q (``Q_BUFFERS`` = 2) and K/V while the consumers finish the last one."""
         STAGES: gl.constexpr = 2
         HALF_M: gl.constexpr = 64
         dtype: gl.constexpr = q_desc.dtype
-        q_smem = gl.allocate_shared_memory(dtype, [2, HALF_M, HEAD], q_desc.layout)
+        q_smem = gl.allocate_shared_memory(dtype, [2 * Q_BUFFERS, HALF_M, HEAD], q_desc.layout)
         k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], k_desc.layout)
         v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], v_desc.layout)
-        q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        q_ready = gl.allocate_shared_memory(gl.int64, [Q_BUFFERS, 1], mbarrier.MBarrierLayout())
+        q_empty = gl.allocate_shared_memory(gl.int64, [Q_BUFFERS, 1], mbarrier.MBarrierLayout())
         k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        mbarrier.init(q_ready, count=1)
-        mbarrier.init(q_empty, count=2)  # one arrival per consumer warp group
+        turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(Q_BUFFERS):
+            mbarrier.init(q_ready.index(i), count=1)
+            mbarrier.init(q_empty.index(i), count=2)  # one arrival per consumer warp group
         for i in gl.static_range(STAGES):
             mbarrier.init(k_ready.index(i), count=1)
             mbarrier.init(v_ready.index(i), count=1)
             mbarrier.init(k_empty.index(i), count=2)
             mbarrier.init(v_empty.index(i), count=2)
+        for i in gl.static_range(2):
+            mbarrier.init(turns.index(i), count=1)
         FIRST: gl.constexpr = 0
         SECOND: gl.constexpr = 1
         gl.warp_specialize([
-            (_ws_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, out_ptr,
-                            cu_q_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads, total_tiles,
-                            FIRST, HEAD, HALF_M, BLOCK_N, STAGES)),
-            (_ws_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, out_ptr,
-                            cu_q_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads, total_tiles,
-                            SECOND, HEAD, HALF_M, BLOCK_N, STAGES)),
+            (_ws_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns,
+                            out_ptr, cu_q_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads, num_items,
+                            rounds, FIRST, HEAD, HALF_M, BLOCK_N, STAGES, Q_BUFFERS, SNAKE, PINGPONG)),
+            (_ws_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns,
+                            out_ptr, cu_q_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads, num_items,
+                            rounds, SECOND, HEAD, HALF_M, BLOCK_N, STAGES, Q_BUFFERS, SNAKE, PINGPONG)),
             (_ws_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready,
-                          k_empty, v_empty, cu_q_ptr, num_mt, num_q_heads, total_tiles, GROUP, HEAD, HALF_M,
-                          BLOCK_N, STAGES)),
+                          k_empty, v_empty, cu_q_ptr, num_mt, num_q_heads, num_items, rounds, GROUP, HEAD, HALF_M,
+                          BLOCK_N, STAGES, Q_BUFFERS, SNAKE)),
         ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -403,13 +452,14 @@ def prefill_wgmma_attention(q: torch.Tensor, new_key: torch.Tensor, new_value: t
     grid = (triton.cdiv(int(max_query_len), block_m), num_q_heads, num_seqs)
     if cfg["warp_specialize"]:
         num_mt = grid[0]
-        total_tiles = num_mt * num_q_heads * num_seqs
-        programs = min(total_tiles, _num_sms(q.device)) if cfg["persistent"] else total_tiles
+        num_items = num_mt * num_q_heads * num_seqs
+        programs = min(num_items, _num_sms(q.device)) if cfg["persistent"] else num_items
         _prefill_ws_kernel[(programs, )](
             _descriptor(q, block_m // 2), _descriptor(new_key, block_n), _descriptor(new_value, block_n),
             out, cu_seqlens_q, float(scale) * _LOG2E, out.stride(0), out.stride(1),
-            num_mt, num_q_heads, total_tiles,
+            num_mt, num_q_heads, num_items, triton.cdiv(num_items, programs),
             GROUP=num_q_heads // num_kv_heads, HEAD=head, BLOCK_N=block_n,
+            Q_BUFFERS=int(cfg["q_buffers"]), SNAKE=bool(cfg["snake"]), PINGPONG=bool(cfg["pingpong"]),
             CONSUMER_REGS=int(cfg["consumer_regs"]), LOADER_REGS=int(cfg["loader_regs"]), num_warps=4,
         )
         return out

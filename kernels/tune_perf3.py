@@ -246,13 +246,16 @@ WGMMA_CASES = [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, False),
 def _wgmma_variants() -> list:
     """The Triton new-K/V default against the Gluon kernel's shapes and its unpipelined form, defaults twice."""
     ws = {"warp_specialize": True}
-    wg = [("wgmma", True), ("wgmma_m64_w4", {"block_m": 64, "block_n": 64, "num_warps": 4}),
-          ("wgmma_ws", ws), ("wgmma_ws_persistent", dict(ws, persistent=True)),
-          ("wgmma_ws_persistent_r240", dict(ws, persistent=True, consumer_regs=240, loader_regs=24))]
+    pers = dict(ws, persistent=True)
+    wg = [("wgmma_ws", ws), ("wgmma_ws_persistent", pers),
+          ("wgmma_ws_persistent_rr_q1", dict(pers, snake=False, q_buffers=1)),
+          ("wgmma_ws_persistent_q1", dict(pers, q_buffers=1)),
+          ("wgmma_ws_persistent_pingpong", dict(pers, pingpong=True)),
+          ("wgmma_ws_pingpong", dict(ws, pingpong=True))]
     out = [("newkv_default", {"nk": True})]
     out += [(f"newkv_{name}", {"nk": True, "config": {"wgmma": cfg}}) for name, cfg in wg]
-    out += [("newkv_default_r", {"nk": True}), ("newkv_wgmma_ws_r", {"nk": True, "config": {"wgmma": ws}}),
-            ("newkv_wgmma_ws_persistent_r", {"nk": True, "config": {"wgmma": dict(ws, persistent=True)}})]
+    out += [("newkv_default_r", {"nk": True}), ("newkv_wgmma_ws_persistent_r", {"nk": True, "config": {"wgmma": pers}}),
+            ("newkv_wgmma_ws_persistent_pingpong_r", {"nk": True, "config": {"wgmma": dict(pers, pingpong=True)}})]
     return out
 
 

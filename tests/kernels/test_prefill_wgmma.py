@@ -25,6 +25,8 @@ CONFIGS = {
     "ws": {"warp_specialize": True},
     "ws_n64": {"warp_specialize": True, "block_n": 64},
     "ws_persistent": {"warp_specialize": True, "persistent": True},
+    "ws_persistent_rr_q1": {"warp_specialize": True, "persistent": True, "snake": False, "q_buffers": 1},
+    "ws_pingpong": {"warp_specialize": True, "persistent": True, "pingpong": True},
     "n64_maxnreg128": {"block_n": 64, "maxnreg": 128},
 }
 # lengths: 1, a tile boundary and +-1, odd ones; sequences that end inside a tile (TMA reads the next sequence's
@@ -64,7 +66,7 @@ def test_wgmma_prefill_head64(config, dtype):
 
 @pytest.mark.gpu
 @needs_hopper
-@pytest.mark.parametrize("config", ["default", "no_pipeline", "ws", "ws_persistent"])
+@pytest.mark.parametrize("config", ["default", "no_pipeline", "ws", "ws_persistent", "ws_pingpong"])
 def test_wgmma_prefill_rising_maximum(config):
     # each 32-key tile raises every row's score maximum, so every step must rescale the accumulator
     _direct([300, 257], 4, 4, 128, torch.float16, seed=41, config=CONFIGS[config], grow_keys=3.0)
@@ -85,7 +87,7 @@ def test_wgmma_prefill_through_router(dtype):
 @needs_hopper
 def test_wgmma_prefill_long():
     # 24 and 8 tiles of 128 rows: many pipeline steps and both K/V stages reused many times
-    for config in ("default", "ws", "ws_persistent"):
+    for config in ("default", "ws", "ws_persistent", "ws_pingpong"):
         _direct([3000, 1000], 8, 2, 128, torch.bfloat16, seed=61, config=CONFIGS[config])
 
 
