@@ -539,6 +539,17 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
     except Exception as e:  # noqa: BLE001
         traceback.print_exc()
         rec["ours_newkv_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+    if ctx == 0:
+        from kernels import prefill_wgmma
+
+        # pure prefill: the default runs the Gluon warp-group-MMA kernel where it can; the Triton kernel beside it
+        ok, why = prefill_wgmma.supported(q, kn, vn, scale)
+        rec["newkv_kernel"] = "gluon (kernels.prefill_wgmma)" if ok else f"triton ({why})"
+        try:
+            times["ours_newkv_triton"] = _bench_graph_or_eager(ours_newkv(config={"wgmma": False}), rec,
+                                                               "ours_newkv_triton")
+        except Exception as e:  # noqa: BLE001
+            rec["ours_newkv_triton_error"] = f"{type(e).__name__}: {str(e).strip()[:300]}"
     q4 = q.view(batch, new, hq, HEAD).transpose(1, 2).contiguous()
     gqa = hq != hkv
     if ctx == 0:
@@ -591,6 +602,8 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
         rec["ours_speed_vs_fastest_sdpa"] = sd[best] / times["ours_paged"]
         if "ours_newkv" in times:
             rec["ours_newkv_speed_vs_fastest_sdpa"] = sd[best] / times["ours_newkv"]
+        if "ours_newkv_triton" in times:
+            rec["ours_newkv_triton_speed_vs_fastest_sdpa"] = sd[best] / times["ours_newkv_triton"]
     del k_cache, v_cache, kc, vc, kn, vn, q4, out
     torch.cuda.empty_cache()
     return rec
@@ -865,6 +878,11 @@ def write_markdown(result, path):
                      f"{_f(tf.get('ours_newkv'), 1)} | "
                      f"{_f(tf.get(best) if best else None, 1)} | {_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} / "
                      f"{_f(r.get('ours_newkv_speed_vs_fastest_sdpa'), 3)} |")
+        for r in result["prefill"]:
+            if "newkv_kernel" in r:
+                L.append(f"\n{r['case']}: the new-K/V column ran {r['newkv_kernel']}; the Triton new-K/V kernel "
+                         f"beside it: {_f(r.get('ms', {}).get('ours_newkv_triton'), 4)} ms, "
+                         f"{_f(r.get('ours_newkv_triton_speed_vs_fastest_sdpa'), 3)}x of the best SDPA")
     if result.get("write_kv") or result.get("copy_blocks"):
         L.append("\n## Cache write and block copy\n")
         L.append("| case | ours ms | baseline ms | ours TB/s | baseline TB/s | ours/baseline speed | ours % copy |")

@@ -1223,8 +1223,8 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
         max_context_len: optional host hint, an upper bound on ``context_lens`` (with
             ``new_key``); ``0`` compiles the context loop away (pure prefill). With ``0`` on a
             compute-capability-9 GPU, ``config={"wgmma": True}`` (or a dict of its options) runs the
-            Gluon warp-group-MMA kernel of :mod:`kernels.prefill_wgmma` instead (default
-            ``WGMMA_PREFILL_DEFAULT``); calls it does not support fall back to the Triton kernel.
+            Gluon warp-group-MMA kernel of :mod:`kernels.prefill_wgmma` instead (with no config:
+            ``WGMMA_PREFILL_DEFAULT``, on); calls it does not support fall back to the Triton kernel.
 
     Returns:
         ``[total_new_tokens, num_q_heads, head_size]`` in ``q``'s dtype.
@@ -1275,15 +1275,18 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
     return out
 
 
-WGMMA_PREFILL_DEFAULT = False
+# Pure prefill with new K/V runs the Gluon kernel by default where it can: on the H100 (round 7) it took 0.2635 /
+# 0.2673 ms on 4 x 2,048 (MHA) against this module's Triton kernel's 0.3084 / 0.3164 and cuDNN's 0.2659
+WGMMA_PREFILL_DEFAULT = True
 
 
 def _use_wgmma(config: dict | None) -> bool:
     """Whether pure prefill with new K/V goes to the Gluon warp-group-MMA kernel (:mod:`kernels.prefill_wgmma`)
     when the GPU supports it: ``config={"wgmma": True}`` or a dict of that kernel's options, ``False`` for the
-    Triton kernel; otherwise ``WGMMA_PREFILL_DEFAULT``."""
-    if config and "wgmma" in config:
-        return bool(config["wgmma"])
+    Triton kernel. A config without the key is one of the Triton kernel's A/B options and keeps it; no config
+    means ``WGMMA_PREFILL_DEFAULT``."""
+    if config:
+        return bool(config.get("wgmma", False))
     return WGMMA_PREFILL_DEFAULT
 
 

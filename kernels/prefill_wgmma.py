@@ -32,8 +32,11 @@ _LOG2E = 1.4426950408889634
 # warp_specialize: two consumer warp groups and a loader warp (block_m 128, 4 + 4 + 1 warps; num_warps and
 # pipeline are then unused), persistent: with it, one program per SM looping over the work items (q_buffers,
 # snake and pingpong: see _prefill_ws_kernel, _item and _take_turn); maxnreg caps the registers of the single-partition kernel (two programs per SM)
-DEFAULT_CONFIG = {"block_m": 128, "block_n": 128, "num_warps": 8, "pipeline": True, "warp_specialize": False,
-                  "persistent": False, "q_buffers": 2, "snake": True, "pingpong": False,
+# The default is the fastest form on the H100 (round 7, reports/kernels/README.md): 4 x 2,048 tokens, 32 heads,
+# bf16: persistent + snake + ping-pong 0.2635 / 0.2673 ms (cuDNN 0.2659); without ping-pong 0.2723 / 0.2725;
+# round-robin items with one Q buffer 0.3008; one program per item 0.3024; the single-partition kernel 0.3790
+DEFAULT_CONFIG = {"block_m": 128, "block_n": 128, "num_warps": 8, "pipeline": True, "warp_specialize": True,
+                  "persistent": True, "q_buffers": 2, "snake": True, "pingpong": True,
                   "consumer_regs": 240, "loader_regs": 24, "maxnreg": None}
 _SMS: dict[int, int] = {}
 

@@ -17,17 +17,20 @@ from kernels import reference as ref  # noqa: E402
 HOPPER = CUDA and torch.cuda.get_device_capability()[0] == 9 and pw.gluon is not None
 needs_hopper = pytest.mark.skipif(not HOPPER, reason="warp-group MMA needs a compute-capability-9 GPU and Gluon")
 
+SINGLE = {"warp_specialize": False, "persistent": False, "pingpong": False}  # the single-partition kernel
+WS = {"warp_specialize": True, "persistent": False, "pingpong": False}
 CONFIGS = {
-    "default": {},
-    "no_pipeline": {"pipeline": False},
-    "n64": {"block_n": 64},
-    "m64_w4": {"block_m": 64, "block_n": 64, "num_warps": 4},
-    "ws": {"warp_specialize": True},
-    "ws_n64": {"warp_specialize": True, "block_n": 64},
-    "ws_persistent": {"warp_specialize": True, "persistent": True},
-    "ws_persistent_rr_q1": {"warp_specialize": True, "persistent": True, "snake": False, "q_buffers": 1},
-    "ws_pingpong": {"warp_specialize": True, "persistent": True, "pingpong": True},
-    "n64_maxnreg128": {"block_n": 64, "maxnreg": 128},
+    "default": {},  # warp-specialised, persistent, snake order, two Q buffers, ping-pong
+    "single": dict(SINGLE),
+    "no_pipeline": dict(SINGLE, pipeline=False),
+    "n64": dict(SINGLE, block_n=64),
+    "m64_w4": dict(SINGLE, block_m=64, block_n=64, num_warps=4),
+    "n64_maxnreg128": dict(SINGLE, block_n=64, maxnreg=128),
+    "ws": dict(WS),
+    "ws_n64": dict(WS, block_n=64),
+    "ws_persistent": dict(WS, persistent=True),
+    "ws_persistent_rr_q1": dict(WS, persistent=True, snake=False, q_buffers=1),
+    "ws_pingpong_q1": dict(WS, persistent=True, pingpong=True, q_buffers=1),
 }
 # lengths: 1, a tile boundary and +-1, odd ones; sequences that end inside a tile (TMA reads the next sequence's
 # rows there, which the causal mask must hide) and a last sequence whose tiles run past the end (zero fill)
@@ -59,14 +62,14 @@ def test_wgmma_prefill_matches_reference(group, config, dtype):
 @pytest.mark.gpu
 @needs_hopper
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
-@pytest.mark.parametrize("config", ["default", "m64_w4", "ws"])
+@pytest.mark.parametrize("config", ["default", "m64_w4", "ws", "single"])
 def test_wgmma_prefill_head64(config, dtype):
     _direct([40, 200, 1], 4, 2, 64, dtype, seed=31, config=CONFIGS[config])
 
 
 @pytest.mark.gpu
 @needs_hopper
-@pytest.mark.parametrize("config", ["default", "no_pipeline", "ws", "ws_persistent", "ws_pingpong"])
+@pytest.mark.parametrize("config", ["default", "single", "no_pipeline", "ws", "ws_persistent"])
 def test_wgmma_prefill_rising_maximum(config):
     # each 32-key tile raises every row's score maximum, so every step must rescale the accumulator
     _direct([300, 257], 4, 4, 128, torch.float16, seed=41, config=CONFIGS[config], grow_keys=3.0)
@@ -78,7 +81,7 @@ def test_wgmma_prefill_rising_maximum(config):
 def test_wgmma_prefill_through_router(dtype):
     # paged_prefill_attention(new_key=..., max_context_len=0, config={"wgmma": ...}) takes the Gluon kernel; the
     # cache slots of the new tokens are NaN, so reading them instead of new_key/new_value would fail
-    for wg in (True, {"block_n": 64}, {"warp_specialize": True}, {"warp_specialize": True, "persistent": True}):
+    for wg in (True, CONFIGS["single"], CONFIGS["ws"], CONFIGS["ws_n64"]):
         _run_prefill_newkv([0, 0, 0], [33, 1, 500], 8, 2, 128, 16, dtype, seed=51, config={"wgmma": wg},
                            max_context_len=0)
 
@@ -87,7 +90,7 @@ def test_wgmma_prefill_through_router(dtype):
 @needs_hopper
 def test_wgmma_prefill_long():
     # 24 and 8 tiles of 128 rows: many pipeline steps and both K/V stages reused many times
-    for config in ("default", "ws", "ws_persistent", "ws_pingpong"):
+    for config in ("default", "single", "ws", "ws_persistent"):
         _direct([3000, 1000], 8, 2, 128, torch.bfloat16, seed=61, config=CONFIGS[config])
 
 
@@ -103,3 +106,23 @@ def test_wgmma_direct_call_says_why_not():
         pw.prefill_wgmma_attention(q, q, q, torch.tensor([0, 8], dtype=torch.int32, device=DEVICE), 0.1, 8)
     ok, why = pw.supported(q, q, q, 0.1)
     assert not ok and why
+
+
+def test_default_routes_pure_prefill_to_wgmma(monkeypatch):
+    # with no config, pure prefill with new K/V (max_context_len=0) takes the Gluon kernel wherever it can run, and
+    # a Triton A/B config (no "wgmma" key), cached context or an unsupported GPU keeps the Triton kernel
+    calls = []
+    real = pw.prefill_wgmma_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pw, "prefill_wgmma_attention", counting)
+    dtype = torch.float16 if CUDA else torch.float32
+    _run_prefill_newkv([0, 0], [40, 70], 4, 2, 128, 16, dtype, seed=71, max_context_len=0)
+    assert len(calls) == (1 if HOPPER else 0)
+    _run_prefill_newkv([0, 0], [40, 70], 4, 2, 128, 16, dtype, seed=72, max_context_len=0,
+                       config={"fold_scale": False})
+    _run_prefill_newkv([5, 0], [40, 70], 4, 2, 128, 16, dtype, seed=73, max_context_len=5)
+    assert len(calls) == (1 if HOPPER else 0)
