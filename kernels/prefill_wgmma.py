@@ -435,6 +435,19 @@ def prefill_wgmma_attention(q: torch.Tensor, new_key: torch.Tensor, new_value: t
     ok, why = supported(q, new_key, new_value, scale)
     if not ok:
         raise ValueError(f"prefill_wgmma_attention: {why}")
+    if out is None:
+        out = torch.empty_like(q)
+    if q.shape[0] == 0 or cu_seqlens_q.shape[0] <= 1 or max_query_len <= 0:
+        return out
+    kernel, grid, args, kwargs = _launch_plan(q, new_key, new_value, cu_seqlens_q, scale, int(max_query_len), out,
+                                              config, _num_sms(q.device))
+    kernel[grid](*args, **kwargs)
+    return out
+
+
+def _launch_plan(q, new_key, new_value, cu_seqlens_q, scale, max_query_len, out, config, num_sms):
+    """(kernel, grid, positional args, keyword args) of one launch; shared by the call and by
+    :func:`kernels.gluon_compile.compile_prefill`, which compiles the same launch without a GPU."""
     total, num_q_heads, head = q.shape
     num_kv_heads = new_key.shape[1]
     assert new_key.shape == new_value.shape == (total, num_kv_heads, head) and num_q_heads % num_kv_heads == 0
@@ -447,33 +460,24 @@ def prefill_wgmma_attention(q: torch.Tensor, new_key: torch.Tensor, new_value: t
     if block_m % block_n or head % block_n or block_m != 16 * num_warps:
         raise ValueError(f"prefill_wgmma_attention: need block_m = 16 * num_warps and block_n dividing block_m and "
                          f"the head size, got {cfg}")
-    if out is None:
-        out = torch.empty_like(q)
     num_seqs = cu_seqlens_q.shape[0] - 1
-    if total == 0 or num_seqs == 0 or max_query_len <= 0:
-        return out
-    grid = (triton.cdiv(int(max_query_len), block_m), num_q_heads, num_seqs)
+    num_mt = triton.cdiv(max_query_len, block_m)
+    common = (out, cu_seqlens_q, float(scale) * _LOG2E, out.stride(0), out.stride(1))
     if cfg["warp_specialize"]:
-        num_mt = grid[0]
         num_items = num_mt * num_q_heads * num_seqs
-        programs = min(num_items, _num_sms(q.device)) if cfg["persistent"] else num_items
-        _prefill_ws_kernel[(programs, )](
-            _descriptor(q, block_m // 2), _descriptor(new_key, block_n), _descriptor(new_value, block_n),
-            out, cu_seqlens_q, float(scale) * _LOG2E, out.stride(0), out.stride(1),
-            num_mt, num_q_heads, num_items, triton.cdiv(num_items, programs),
-            GROUP=num_q_heads // num_kv_heads, HEAD=head, BLOCK_N=block_n,
-            Q_BUFFERS=int(cfg["q_buffers"]), SNAKE=bool(cfg["snake"]), PINGPONG=bool(cfg["pingpong"]),
-            CONSUMER_REGS=int(cfg["consumer_regs"]), LOADER_REGS=int(cfg["loader_regs"]), num_warps=4,
-        )
-        return out
-    extra = {"maxnreg": int(cfg["maxnreg"])} if cfg["maxnreg"] else {}
-    _prefill_wgmma_kernel[grid](
-        _descriptor(q, block_m), _descriptor(new_key, block_n), _descriptor(new_value, block_n),
-        out, cu_seqlens_q, float(scale) * _LOG2E, out.stride(0), out.stride(1),
-        GROUP=num_q_heads // num_kv_heads, HEAD=head, BLOCK_M=block_m, BLOCK_N=block_n,
-        PIPELINE=bool(cfg["pipeline"]), num_warps=num_warps, **extra,
-    )
-    return out
+        programs = min(num_items, num_sms) if cfg["persistent"] else num_items
+        args = (_descriptor(q, block_m // 2), _descriptor(new_key, block_n), _descriptor(new_value, block_n),
+                *common, num_mt, num_q_heads, num_items, triton.cdiv(num_items, programs))
+        kwargs = dict(GROUP=num_q_heads // num_kv_heads, HEAD=head, BLOCK_N=block_n, Q_BUFFERS=int(cfg["q_buffers"]),
+                      SNAKE=bool(cfg["snake"]), PINGPONG=bool(cfg["pingpong"]),
+                      CONSUMER_REGS=int(cfg["consumer_regs"]), LOADER_REGS=int(cfg["loader_regs"]), num_warps=4)
+        return _prefill_ws_kernel, (programs, ), args, kwargs
+    args = (_descriptor(q, block_m), _descriptor(new_key, block_n), _descriptor(new_value, block_n), *common)
+    kwargs = dict(GROUP=num_q_heads // num_kv_heads, HEAD=head, BLOCK_M=block_m, BLOCK_N=block_n,
+                  PIPELINE=bool(cfg["pipeline"]), num_warps=num_warps)
+    if cfg["maxnreg"]:
+        kwargs["maxnreg"] = int(cfg["maxnreg"])
+    return _prefill_wgmma_kernel, (num_mt, num_q_heads, num_seqs), args, kwargs
 
 
 __all__ = ["prefill_wgmma_attention", "supported", "DEFAULT_CONFIG"]

@@ -1,0 +1,116 @@
+"""Compile the Gluon prefill kernel for an H100 (sm_90) on a machine without a GPU, and report its resources.
+
+    python -m kernels.gluon_compile [--config '{"pingpong": false}'] [--dtype bf16] [--group 1] [--head 128]
+
+Gluon has no CPU interpreter, so this is how a change to ``kernels/prefill_wgmma.py`` is checked before a GPU
+call: it compiles the same launch ``prefill_wgmma_attention`` makes (through ``_launch_plan``) for compute
+capability 9.0 behind a compile-only driver, runs the bundled ``cuobjdump`` on the cubin and prints registers per
+thread, spill stack, local memory, shared memory and warps. The kernel is written against triton 3.6 (the lent
+H100's version); Gluon's API moves between releases, so other versions may not compile it.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.runtime import driver
+
+H100_SMS = 132
+H100_SHARED_BYTES = 232448  # the opt-in maximum per block on compute capability 9.0
+
+
+class _CompileOnlyCuda:
+    """Just enough of triton's CUDA driver for ``JITFunction.warmup`` to compile (nothing can be launched)."""
+
+    def __init__(self, arch: int):
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def is_active(self):
+        return True
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+    def get_device_interface(self):
+        return torch.cuda
+
+    def get_benchmarker(self):
+        raise RuntimeError("compile-only driver: nothing can run")
+
+
+@contextlib.contextmanager
+def compile_only(arch: int = 90):
+    """Make triton compile for ``sm_<arch>`` without a GPU inside the block."""
+    previous = getattr(driver, "_active", None)  # reset_active() would build the default driver, which needs a GPU
+    driver.set_active(_CompileOnlyCuda(arch))
+    try:
+        yield
+    finally:
+        driver._active = previous
+
+
+def resources(cubin: bytes) -> dict:
+    """Registers per thread, spill stack and local memory (bytes) of a cubin's kernel, from ``cuobjdump``."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    found = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", text)}
+    return {"registers": found["REG"], "stack_bytes": found["STACK"], "local_bytes": found["LOCAL"]}
+
+
+def compile_prefill(config: dict | None = None, dtype: torch.dtype = torch.bfloat16, group: int = 1,
+                    head: int = 128, num_q_heads: int = 8, tokens: int = 512) -> dict:
+    """Compile one launch of ``prefill_wgmma_attention`` for sm_90 and return its resources (see module doc)."""
+    from kernels import prefill_wgmma as pw
+
+    if pw.gluon is None:
+        raise RuntimeError(f"gluon unavailable: {pw._GLUON_ERROR}")
+    q = torch.zeros(tokens, num_q_heads, head, dtype=dtype)
+    kv = torch.zeros(tokens, num_q_heads // group, head, dtype=dtype)
+    cu = torch.tensor([0, tokens // 2, tokens], dtype=torch.int32)
+    with compile_only(90):
+        kernel, grid, args, kwargs = pw._launch_plan(q, kv, kv.clone(), cu, head ** -0.5, tokens // 2,
+                                                     torch.empty_like(q), config, H100_SMS)
+        compiled = kernel.warmup(*args, grid=grid, **kwargs)
+    info = resources(compiled.asm["cubin"])
+    # for the warp-specialised kernel "registers" is the count at launch; setmaxnreg then moves registers from the
+    # loader warp's group to the consumer warp groups (consumer_regs / loader_regs in the config)
+    info.update(shared_bytes=int(compiled.metadata.shared), warps=int(compiled.metadata.num_warps),
+                kernel=compiled.metadata.name)
+    return info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="{}", help="JSON overrides of prefill_wgmma.DEFAULT_CONFIG")
+    ap.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
+    ap.add_argument("--group", type=int, default=1, help="query heads per KV head")
+    ap.add_argument("--head", type=int, choices=(64, 128), default=128)
+    a = ap.parse_args()
+    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float16
+    info = compile_prefill(json.loads(a.config), dtype, a.group, a.head)
+    print(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()
