@@ -79,7 +79,7 @@ def resources(cubin: bytes) -> dict:
 
 
 def compile_prefill(config: dict | None = None, dtype: torch.dtype = torch.bfloat16, group: int = 1,
-                    head: int = 128, num_q_heads: int = 8, tokens: int = 512) -> dict:
+                    head: int = 128, num_q_heads: int = 8, tokens: int = 512, paged: bool = False) -> dict:
     """Compile one launch of ``prefill_wgmma_attention`` for sm_90 and return its resources (see module doc)."""
     from kernels import prefill_wgmma as pw
 
@@ -89,8 +89,17 @@ def compile_prefill(config: dict | None = None, dtype: torch.dtype = torch.bfloa
     kv = torch.zeros(tokens, num_q_heads // group, head, dtype=dtype)
     cu = torch.tensor([0, tokens // 2, tokens], dtype=torch.int32)
     with compile_only(90):
-        kernel, grid, args, kwargs = pw._launch_plan(q, kv, kv.clone(), cu, head ** -0.5, tokens // 2,
-                                                     torch.empty_like(q), config, H100_SMS)
+        if paged:
+            block_size = 16
+            nb = tokens // block_size + 2
+            cache = torch.zeros(nb, block_size, num_q_heads // group, head, dtype=dtype)
+            bt = torch.zeros(2, nb, dtype=torch.int32)
+            ctx = torch.zeros(2, dtype=torch.int32)
+            kernel, grid, args, kwargs = pw._launch_plan(q, cu, head ** -0.5, tokens // 2, torch.empty_like(q), config,
+                                                         H100_SMS, paged=(cache, cache.clone(), bt, ctx))
+        else:
+            kernel, grid, args, kwargs = pw._launch_plan(q, cu, head ** -0.5, tokens // 2, torch.empty_like(q), config,
+                                                         H100_SMS, new_kv=(kv, kv.clone()))
         compiled = kernel.warmup(*args, grid=grid, **kwargs)
     info = resources(compiled.asm["cubin"])
     # for the warp-specialised kernel "registers" is the count at launch; setmaxnreg then moves registers from the
@@ -106,9 +115,10 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
     ap.add_argument("--group", type=int, default=1, help="query heads per KV head")
     ap.add_argument("--head", type=int, choices=(64, 128), default=128)
+    ap.add_argument("--paged", action="store_true", help="K/V through a block table (16-token blocks)")
     a = ap.parse_args()
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float16
-    info = compile_prefill(json.loads(a.config), dtype, a.group, a.head)
+    info = compile_prefill(json.loads(a.config), dtype, a.group, a.head, paged=a.paged)
     print(json.dumps(info))
 
 

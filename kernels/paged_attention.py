@@ -1252,6 +1252,16 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
         _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, out,
                               new_key, new_value, max_query_len, max_context_len, head_pad, config)
         return out
+    if _use_wgmma(config, WGMMA_PAGED_PREFILL_DEFAULT):
+        from kernels import prefill_wgmma
+
+        wg = config.get("wgmma") if config else None
+        wg = wg if isinstance(wg, dict) else None
+        ok, _why = prefill_wgmma.supported_paged(q, k_cache, v_cache, scale, wg)
+        if ok:  # otherwise the Triton kernel below runs the call
+            prefill_wgmma.prefill_wgmma_paged_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q,
+                                                        context_lens, scale, int(max_query_len), out=out, config=wg)
+            return out
     # an override of the tile shape applies on top of the 64 x 64 base, as before the wide default existed
     wide_q = 0 if _shape_override(config) else int(max_query_len)
     cfg = _prefill_config(head_pad, q.dtype, wide_q)
@@ -1278,16 +1288,18 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
 # Pure prefill with new K/V runs the Gluon kernel by default where it can: on the H100 (round 7) it took 0.2635 /
 # 0.2673 ms on 4 x 2,048 (MHA) against this module's Triton kernel's 0.3084 / 0.3164 and cuDNN's 0.2659
 WGMMA_PREFILL_DEFAULT = True
+# The paged form (every key through the block table, with or without cached context) is opt-in until measured
+WGMMA_PAGED_PREFILL_DEFAULT = False
 
 
-def _use_wgmma(config: dict | None) -> bool:
+def _use_wgmma(config: dict | None, default: bool = WGMMA_PREFILL_DEFAULT) -> bool:
     """Whether pure prefill with new K/V goes to the Gluon warp-group-MMA kernel (:mod:`kernels.prefill_wgmma`)
     when the GPU supports it: ``config={"wgmma": True}`` or a dict of that kernel's options, ``False`` for the
     Triton kernel. A config without the key is one of the Triton kernel's A/B options and keeps it; no config
-    means ``WGMMA_PREFILL_DEFAULT``."""
+    means ``default`` (``WGMMA_PREFILL_DEFAULT``, or ``WGMMA_PAGED_PREFILL_DEFAULT`` for the paged kernel)."""
     if config:
         return bool(config.get("wgmma", False))
-    return WGMMA_PREFILL_DEFAULT
+    return default
 
 
 def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, out,

@@ -21,7 +21,8 @@ import triton
 try:  # Gluon is experimental: absent from older Triton releases, and its API moves between releases
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                                  warpgroup_mma_wait)
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     _GLUON_ERROR: str | None = None
 except Exception as exc:  # pragma: no cover - depends on the installed triton
@@ -217,7 +218,7 @@ if gluon is not None:
 
     @gluon.jit
     def _item(k, num_items, num_mt, num_q_heads, cu_q_ptr, SNAKE: gl.constexpr, BLOCK_M: gl.constexpr):
-        """This program's ``k``-th work item -> (valid, first row, query head, sequence start, sequence length).
+        """This program's ``k``-th work item -> (valid, first row, query head, sequence, its start, its new tokens).
 
         Items list the row tiles of one (sequence, head) pair together, longest (last) rows first, so the causal
         triangle's tail is short and the pair's K/V stay in L2. Program p takes item ``k * grid + p``, or with
@@ -239,7 +240,7 @@ if gluon is not None:
         q_start = gl.load(cu_q_ptr + seq)
         q_len = gl.load(cu_q_ptr + seq + 1) - q_start
         m0 = mt * BLOCK_M
-        return valid & (m0 < q_len), m0, qh, q_start, q_len
+        return valid & (m0 < q_len), m0, qh, seq, q_start, q_len
 
     @gluon.jit
     def _take_turn(turns, HALF: gl.constexpr, g, PINGPONG: gl.constexpr):
@@ -258,9 +259,10 @@ if gluon is not None:
 
     @gluon.jit
     def _ws_consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns, out_ptr,
-                     cu_q_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads, num_items, rounds,
+                     cu_q_ptr, ctx_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads, num_items, rounds,
                      HALF: gl.constexpr, HEAD: gl.constexpr, HALF_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                     STAGES: gl.constexpr, Q_BUFFERS: gl.constexpr, SNAKE: gl.constexpr, PINGPONG: gl.constexpr):
+                     STAGES: gl.constexpr, Q_BUFFERS: gl.constexpr, SNAKE: gl.constexpr, PINGPONG: gl.constexpr,
+                     PAGED: gl.constexpr):
         """One warp group: rows ``HALF * HALF_M ..`` of each work item. Scores of key tile j run on the tensor
         cores together with P_{j-1} V_{j-1}; each K/V stage goes back to the loader as soon as this group's
         product that reads it is done, and the item's Q buffer once its last score product is."""
@@ -277,11 +279,17 @@ if gluon is not None:
         tc = 0  # work items done so far: the Q buffer and its parity
         g = 0  # tensor-core issues so far (ping-pong parity)
         for k in range(rounds):
-            valid, m0, qh, q_start, q_len = _item(k, num_items, num_mt, num_q_heads, cu_q_ptr, SNAKE, 2 * HALF_M)
+            valid, m0, qh, seq, q_start, q_len = _item(k, num_items, num_mt, num_q_heads, cu_q_ptr, SNAKE,
+                                                       2 * HALF_M)
             if valid:
-                n_tiles = gl.cdiv(gl.minimum(q_len, m0 + 2 * HALF_M), BLOCK_N)
-                diag = m0 // BLOCK_N  # the first key tile that reaches past row m0 needs the causal mask
+                ctx = 0
+                if PAGED:
+                    ctx = gl.load(ctx_ptr + seq)
+                n_tiles = gl.cdiv(ctx + gl.minimum(q_len, m0 + 2 * HALF_M), BLOCK_N)
+                # the first key tile that reaches past the item's first row (position ctx + m0) needs the causal mask
+                diag = (ctx + m0 + 1) // BLOCK_N
                 rows = m0 + HALF * HALF_M + gl.arange(0, HALF_M, layout=row_layout)
+                pos = ctx + rows  # the rows' positions in their sequence: key n is visible to a row when n <= pos
                 m_i = gl.full([HALF_M], -1.0e30, gl.float32, row_layout)
                 l_i = gl.zeros([HALF_M], gl.float32, row_layout)
                 acc = gl.zeros([HALF_M, HEAD], gl.float32, mma)
@@ -297,7 +305,7 @@ if gluon is not None:
                 g += 1
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))
                 mbarrier.arrive(k_empty.index(stage), count=1)
-                p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, rows, cols, 0, scale_log2, diag == 0)
+                p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, pos, cols, 0, scale_log2, diag == 0)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
                 for j in range(1, n_tiles):
                     cur = it + j
@@ -313,7 +321,7 @@ if gluon is not None:
                     g += 1
                     s = warpgroup_mma_wait(num_outstanding=1, deps=(s, ))
                     mbarrier.arrive(k_empty.index(stage), count=1)
-                    p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, rows, cols, j * BLOCK_N, scale_log2, j >= diag)
+                    p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, pos, cols, j * BLOCK_N, scale_log2, j >= diag)
                     acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
                     mbarrier.arrive(v_empty.index(prev), count=1)
                     acc = acc * alpha[:, None]
@@ -336,18 +344,53 @@ if gluon is not None:
                 gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=(rows < q_len)[:, None])
 
     @gluon.jit
+    def _load_paged_tile(desc, smem, bar, bt_row, n0, seq_len, col, BLOCK_SIZE: gl.constexpr, BOX: gl.constexpr,
+                         BLOCK_N: gl.constexpr):
+        """Key positions ``n0 .. n0 + BLOCK_N - 1`` of one sequence through its block table: one TMA copy of ``BOX``
+        rows per block (or per ``BOX`` rows of a larger block). Positions past the sequence copy row 0 of the cache
+        instead of following table entries that are not the sequence's; callers mask or zero those rows."""
+        mbarrier.expect(bar, (BLOCK_N // BOX) * desc.block_type.nbytes)
+        for i in gl.static_range(BLOCK_N // BOX):
+            p = n0 + i * BOX
+            blk = gl.load(bt_row + p // BLOCK_SIZE, mask=p < seq_len, other=0)
+            tma.async_copy_global_to_shared(desc, [blk * BLOCK_SIZE + p % BLOCK_SIZE, col], bar,
+                                            smem.slice(i * BOX, BOX))
+
+    @gluon.jit
+    def _zero_rows_from(smem, first, BLOCK_N: gl.constexpr, HEAD: gl.constexpr):
+        """Zero rows ``first ..`` of a ``[BLOCK_N, HEAD]`` shared tile, 8 rows at a time (one warp). A cache slot
+        that no token uses may hold anything, NaN included, and P = 0 times NaN is NaN in the P.V product."""
+        layout: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [1, 1], [1, 0])
+        r = gl.arange(0, 8, layout=gl.SliceLayout(1, layout))
+        for c in gl.static_range(0, BLOCK_N, 8):
+            if c + 8 > first:
+                part = smem.slice(c, 8)
+                x = part.load(layout)
+                x = gl.where((c + r)[:, None] < first, x, gl.zeros_like(x))
+                part.store(x)
+
+    @gluon.jit
     def _ws_loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty,
-                   v_empty, cu_q_ptr, num_mt, num_q_heads, num_items, rounds, GROUP: gl.constexpr,
-                   HEAD: gl.constexpr, HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                   Q_BUFFERS: gl.constexpr, SNAKE: gl.constexpr):
+                   v_empty, v_landed, cu_q_ptr, ctx_ptr, bt_ptr, stride_bts, num_mt, num_q_heads, num_items, rounds,
+                   GROUP: gl.constexpr, HEAD: gl.constexpr, HALF_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                   STAGES: gl.constexpr, Q_BUFFERS: gl.constexpr, SNAKE: gl.constexpr, PAGED: gl.constexpr,
+                   BLOCK_SIZE: gl.constexpr, BOX: gl.constexpr):
         """One warp: for each work item, Q's two halves into a free Q buffer, then the K and V tiles into the
-        stage ring as the consumers free it."""
+        stage ring as the consumers free it. ``PAGED``: K/V through the block table, and the V tile holding the
+        sequence's end has its rows past the end zeroed before the consumers see it."""
         it = 0
         tc = 0
+        partial = 0  # paged V tiles that held a sequence's end (parity of v_landed)
         for k in range(rounds):
-            valid, m0, qh, q_start, q_len = _item(k, num_items, num_mt, num_q_heads, cu_q_ptr, SNAKE, 2 * HALF_M)
+            valid, m0, qh, seq, q_start, q_len = _item(k, num_items, num_mt, num_q_heads, cu_q_ptr, SNAKE,
+                                                       2 * HALF_M)
             if valid:
-                n_tiles = gl.cdiv(gl.minimum(q_len, m0 + 2 * HALF_M), BLOCK_N)
+                ctx = 0
+                if PAGED:
+                    ctx = gl.load(ctx_ptr + seq)
+                seq_len = ctx + q_len
+                bt_row = bt_ptr + seq.to(gl.int64) * stride_bts
+                n_tiles = gl.cdiv(ctx + gl.minimum(q_len, m0 + 2 * HALF_M), BLOCK_N)
                 col = (qh // GROUP) * HEAD
                 qb = tc % Q_BUFFERS
                 mbarrier.wait(q_empty.index(qb), ((tc // Q_BUFFERS) & 1) ^ 1, pred=tc >= Q_BUFFERS)
@@ -360,23 +403,44 @@ if gluon is not None:
                     cur = it + j
                     stage = cur % STAGES
                     free_phase = ((cur // STAGES) & 1) ^ 1  # the stage's previous use, released by both groups
+                    n0 = j * BLOCK_N
                     mbarrier.wait(k_empty.index(stage), free_phase, pred=cur >= STAGES)
-                    _load_tile(k_desc, k_smem.index(stage), k_ready.index(stage), q_start + j * BLOCK_N, col, True)
+                    if PAGED:
+                        _load_paged_tile(k_desc, k_smem.index(stage), k_ready.index(stage), bt_row, n0, seq_len, col,
+                                         BLOCK_SIZE, BOX, BLOCK_N)
+                    else:
+                        _load_tile(k_desc, k_smem.index(stage), k_ready.index(stage), q_start + n0, col, True)
                     mbarrier.wait(v_empty.index(stage), free_phase, pred=cur >= STAGES)
-                    _load_tile(v_desc, v_smem.index(stage), v_ready.index(stage), q_start + j * BLOCK_N, col, True)
+                    if PAGED:
+                        if n0 + BLOCK_N > seq_len:
+                            _load_paged_tile(v_desc, v_smem.index(stage), v_landed, bt_row, n0, seq_len, col,
+                                             BLOCK_SIZE, BOX, BLOCK_N)
+                            mbarrier.wait(v_landed, partial & 1)
+                            partial += 1
+                            _zero_rows_from(v_smem.index(stage), seq_len - n0, BLOCK_N, HEAD)
+                            fence_async_shared()  # the stores before the tensor cores' (async proxy) reads
+                            mbarrier.arrive(v_ready.index(stage), count=1)
+                        else:
+                            _load_paged_tile(v_desc, v_smem.index(stage), v_ready.index(stage), bt_row, n0, seq_len,
+                                             col, BLOCK_SIZE, BOX, BLOCK_N)
+                    else:
+                        _load_tile(v_desc, v_smem.index(stage), v_ready.index(stage), q_start + n0, col, True)
                 it += n_tiles
                 tc += 1
 
     @gluon.jit
-    def _prefill_ws_kernel(q_desc, k_desc, v_desc, out_ptr, cu_q_ptr, scale_log2, stride_ot, stride_oh,
-                           num_mt, num_q_heads, num_items, rounds,
+    def _prefill_ws_kernel(q_desc, k_desc, v_desc, out_ptr, cu_q_ptr, ctx_ptr, bt_ptr, stride_bts, scale_log2,
+                           stride_ot, stride_oh, num_mt, num_q_heads, num_items, rounds,
                            GROUP: gl.constexpr, HEAD: gl.constexpr, BLOCK_N: gl.constexpr, Q_BUFFERS: gl.constexpr,
-                           SNAKE: gl.constexpr, PINGPONG: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                           SNAKE: gl.constexpr, PINGPONG: gl.constexpr, PAGED: gl.constexpr,
+                           BLOCK_SIZE: gl.constexpr, BOX: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                            LOADER_REGS: gl.constexpr, num_warps: gl.constexpr):
         """Warp-specialised form (FlashAttention-3's layout): two consumer warp groups of 64 rows each share the
         K/V stages of a 128-row work item, and one loader warp issues the TMA copies. A grid of one program per
         item runs each once; a persistent grid (one program per SM, ``rounds`` items each) lets the loader fetch
-        the next item's Q (``Q_BUFFERS`` = 2) and K/V while the consumers finish the last one."""
+        the next item's Q (``Q_BUFFERS`` = 2) and K/V while the consumers finish the last one. ``PAGED``: keys at
+        positions ``0 .. context + new - 1`` come through the block table from the paged cache (``BOX``-row TMA
+        copies of ``BLOCK_SIZE``-token blocks), and new row i sits at position ``context + i``."""
         STAGES: gl.constexpr = 2
         HALF_M: gl.constexpr = 64
         dtype: gl.constexpr = q_desc.dtype
@@ -390,6 +454,8 @@ if gluon is not None:
         k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        v_landed = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        mbarrier.init(v_landed, count=1)
         for i in gl.static_range(Q_BUFFERS):
             mbarrier.init(q_ready.index(i), count=1)
             mbarrier.init(q_empty.index(i), count=2)  # one arrival per consumer warp group
@@ -404,15 +470,71 @@ if gluon is not None:
         SECOND: gl.constexpr = 1
         gl.warp_specialize([
             (_ws_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns,
-                            out_ptr, cu_q_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads, num_items,
-                            rounds, FIRST, HEAD, HALF_M, BLOCK_N, STAGES, Q_BUFFERS, SNAKE, PINGPONG)),
+                            out_ptr, cu_q_ptr, ctx_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads,
+                            num_items, rounds, FIRST, HEAD, HALF_M, BLOCK_N, STAGES, Q_BUFFERS, SNAKE, PINGPONG,
+                            PAGED)),
             (_ws_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns,
-                            out_ptr, cu_q_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads, num_items,
-                            rounds, SECOND, HEAD, HALF_M, BLOCK_N, STAGES, Q_BUFFERS, SNAKE, PINGPONG)),
+                            out_ptr, cu_q_ptr, ctx_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads,
+                            num_items, rounds, SECOND, HEAD, HALF_M, BLOCK_N, STAGES, Q_BUFFERS, SNAKE, PINGPONG,
+                            PAGED)),
             (_ws_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready,
-                          k_empty, v_empty, cu_q_ptr, num_mt, num_q_heads, num_items, rounds, GROUP, HEAD, HALF_M,
-                          BLOCK_N, STAGES, Q_BUFFERS, SNAKE)),
+                          k_empty, v_empty, v_landed, cu_q_ptr, ctx_ptr, bt_ptr, stride_bts, num_mt, num_q_heads,
+                          num_items, rounds, GROUP, HEAD, HALF_M, BLOCK_N, STAGES, Q_BUFFERS, SNAKE, PAGED,
+                          BLOCK_SIZE, BOX)),
         ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
+
+
+def supported_paged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float,
+                    config: dict | None = None) -> tuple[bool, str]:
+    """Whether :func:`prefill_wgmma_paged_attention` can run the call, and if not, why (one line)."""
+    if gluon is None:
+        return False, f"gluon unavailable ({_GLUON_ERROR})"
+    if not q.is_cuda:
+        return False, "not a CUDA tensor"
+    if torch.cuda.get_device_capability(q.device)[0] != 9:
+        return False, "needs compute capability 9.x (warp-group MMA)"
+    if q.dtype not in (torch.float16, torch.bfloat16) or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        return False, "fp16/bf16 only"
+    head = q.shape[-1]
+    if head not in (64, 128):
+        return False, "head size 64 or 128 only"
+    if not scale > 0:
+        return False, "the scale is folded into exp2 and must be positive"
+    if config and not {**DEFAULT_CONFIG, **config}["warp_specialize"]:
+        return False, "the paged form is warp-specialised only"
+    block_n = min(int({**DEFAULT_CONFIG, **(config or {})}["block_n"]), head)
+    block_size = k_cache.shape[1]
+    if block_size % 8 or (block_size < block_n and block_n % block_size) or (block_size > block_n
+                                                                             and block_size % block_n):
+        return False, f"block size {block_size}: TMA copies whole blocks (a multiple of 8 dividing {block_n}, or a " \
+                      f"multiple of {block_n})"
+    if not _tma_ok(q):
+        return False, "q must be [T, heads, head] with the last two dims contiguous, 16-byte aligned"
+    for cache in (k_cache, v_cache):
+        nb, bs, heads, hd = cache.shape
+        if cache.stride() != (bs * heads * hd, heads * hd, hd, 1) or cache.data_ptr() % 16:
+            return False, "the caches must be contiguous [num_blocks, block_size, kv_heads, head], 16-byte aligned"
+    return True, ""
+
+
+def prefill_wgmma_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                  block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor,
+                                  scale: float, max_query_len: int, out: torch.Tensor | None = None,
+                                  config: dict | None = None) -> torch.Tensor:
+    """:func:`kernels.paged_attention.paged_prefill_attention`'s contract (every key, the new tokens' included,
+    read through the block table at positions ``0 .. context_lens[s] + new_len - 1``) on the warp-specialised
+    kernel. Cache slots past a sequence's end may hold anything, NaN included."""
+    ok, why = supported_paged(q, k_cache, v_cache, scale, config)
+    if not ok:
+        raise ValueError(f"prefill_wgmma_paged_attention: {why}")
+    if out is None:
+        out = torch.empty_like(q)
+    if q.shape[0] == 0 or cu_seqlens_q.shape[0] <= 1 or max_query_len <= 0:
+        return out
+    kernel, grid, args, kwargs = _launch_plan(q, cu_seqlens_q, scale, int(max_query_len), out, config,
+                                              _num_sms(q.device), paged=(k_cache, v_cache, block_tables, context_lens))
+    kernel[grid](*args, **kwargs)
+    return out
 
 
 def prefill_wgmma_attention(q: torch.Tensor, new_key: torch.Tensor, new_value: torch.Tensor,
@@ -439,18 +561,29 @@ def prefill_wgmma_attention(q: torch.Tensor, new_key: torch.Tensor, new_value: t
         out = torch.empty_like(q)
     if q.shape[0] == 0 or cu_seqlens_q.shape[0] <= 1 or max_query_len <= 0:
         return out
-    kernel, grid, args, kwargs = _launch_plan(q, new_key, new_value, cu_seqlens_q, scale, int(max_query_len), out,
-                                              config, _num_sms(q.device))
+    kernel, grid, args, kwargs = _launch_plan(q, cu_seqlens_q, scale, int(max_query_len), out, config,
+                                              _num_sms(q.device), new_kv=(new_key, new_value))
     kernel[grid](*args, **kwargs)
     return out
 
 
-def _launch_plan(q, new_key, new_value, cu_seqlens_q, scale, max_query_len, out, config, num_sms):
-    """(kernel, grid, positional args, keyword args) of one launch; shared by the call and by
+def _cache_descriptor(cache: torch.Tensor, box_rows: int):
+    """A TMA descriptor over the cache as ``[num_blocks * block_size, kv_heads * head]`` with ``[box_rows, head]``
+    boxes."""
+    nb, bs, heads, head = cache.shape
+    layout = gl.NVMMASharedLayout.get_default_for([box_rows, head], _gl_dtype(cache.dtype))
+    return TensorDescriptor(cache, [nb * bs, heads * head], [heads * head, 1], [box_rows, head], layout)
+
+
+def _launch_plan(q, cu_seqlens_q, scale, max_query_len, out, config, num_sms, *, new_kv=None, paged=None):
+    """(kernel, grid, positional args, keyword args) of one launch, with K/V either ``new_kv = (new_key,
+    new_value)`` or ``paged = (k_cache, v_cache, block_tables, context_lens)``; shared by the calls and by
     :func:`kernels.gluon_compile.compile_prefill`, which compiles the same launch without a GPU."""
     total, num_q_heads, head = q.shape
-    num_kv_heads = new_key.shape[1]
-    assert new_key.shape == new_value.shape == (total, num_kv_heads, head) and num_q_heads % num_kv_heads == 0
+    num_kv_heads = (new_kv[0] if new_kv is not None else paged[0]).shape[-2]
+    if new_kv is not None:
+        assert new_kv[0].shape == new_kv[1].shape == (total, num_kv_heads, head)
+    assert num_q_heads % num_kv_heads == 0
     cfg = dict(DEFAULT_CONFIG)
     cfg["block_n"] = min(cfg["block_n"], head)  # one MMA layout serves S and O: block_n must divide the head
     cfg.update({k: v for k, v in (config or {}).items() if k in DEFAULT_CONFIG})
@@ -462,17 +595,31 @@ def _launch_plan(q, new_key, new_value, cu_seqlens_q, scale, max_query_len, out,
                          f"the head size, got {cfg}")
     num_seqs = cu_seqlens_q.shape[0] - 1
     num_mt = triton.cdiv(max_query_len, block_m)
-    common = (out, cu_seqlens_q, float(scale) * _LOG2E, out.stride(0), out.stride(1))
+    common = (out, cu_seqlens_q)
     if cfg["warp_specialize"]:
         num_items = num_mt * num_q_heads * num_seqs
         programs = min(num_items, num_sms) if cfg["persistent"] else num_items
-        args = (_descriptor(q, block_m // 2), _descriptor(new_key, block_n), _descriptor(new_value, block_n),
-                *common, num_mt, num_q_heads, num_items, triton.cdiv(num_items, programs))
+        if paged is not None:
+            k_cache, v_cache, block_tables, context_lens = paged
+            block_size = k_cache.shape[1]
+            box = min(block_size, block_n)
+            kv_descs = (_cache_descriptor(k_cache, box), _cache_descriptor(v_cache, box))
+            paged_args = (context_lens, block_tables, block_tables.stride(0))
+        else:
+            block_size = box = block_n
+            kv_descs = (_descriptor(new_kv[0], block_n), _descriptor(new_kv[1], block_n))
+            paged_args = (cu_seqlens_q, cu_seqlens_q, 0)  # unused
+        args = (_descriptor(q, block_m // 2), *kv_descs, *common, *paged_args, float(scale) * _LOG2E,
+                out.stride(0), out.stride(1), num_mt, num_q_heads, num_items, triton.cdiv(num_items, programs))
         kwargs = dict(GROUP=num_q_heads // num_kv_heads, HEAD=head, BLOCK_N=block_n, Q_BUFFERS=int(cfg["q_buffers"]),
-                      SNAKE=bool(cfg["snake"]), PINGPONG=bool(cfg["pingpong"]),
-                      CONSUMER_REGS=int(cfg["consumer_regs"]), LOADER_REGS=int(cfg["loader_regs"]), num_warps=4)
+                      SNAKE=bool(cfg["snake"]), PINGPONG=bool(cfg["pingpong"]), PAGED=paged is not None,
+                      BLOCK_SIZE=block_size, BOX=box, CONSUMER_REGS=int(cfg["consumer_regs"]),
+                      LOADER_REGS=int(cfg["loader_regs"]), num_warps=4)
         return _prefill_ws_kernel, (programs, ), args, kwargs
-    args = (_descriptor(q, block_m), _descriptor(new_key, block_n), _descriptor(new_value, block_n), *common)
+    if paged is not None:
+        raise ValueError("prefill_wgmma_paged_attention: the paged form is warp-specialised only")
+    args = (_descriptor(q, block_m), _descriptor(new_kv[0], block_n), _descriptor(new_kv[1], block_n), *common,
+            float(scale) * _LOG2E, out.stride(0), out.stride(1))
     kwargs = dict(GROUP=num_q_heads // num_kv_heads, HEAD=head, BLOCK_M=block_m, BLOCK_N=block_n,
                   PIPELINE=bool(cfg["pipeline"]), num_warps=num_warps)
     if cfg["maxnreg"]:
@@ -480,4 +627,5 @@ def _launch_plan(q, new_key, new_value, cu_seqlens_q, scale, max_query_len, out,
     return _prefill_wgmma_kernel, (num_mt, num_q_heads, num_seqs), args, kwargs
 
 
-__all__ = ["prefill_wgmma_attention", "supported", "DEFAULT_CONFIG"]
+__all__ = ["prefill_wgmma_attention", "prefill_wgmma_paged_attention", "supported", "supported_paged",
+           "DEFAULT_CONFIG"]

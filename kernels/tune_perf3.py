@@ -237,6 +237,23 @@ SHAPE_CASES = [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, False),
 
 
 # round 7, --prefill-extra wgmma: the Gluon warp-group-MMA kernel on pure prefill
+WGMMA_PAGED_CASES = [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, False),
+                     ("prefill mha 4x1024 ctx3072", 4, 32, 32, 3072, 1024, False),
+                     ("prefill gqa 4x1024 ctx3072", 4, 32, 8, 3072, 1024, False),
+                     ("chunked mha 16x256 ctx1792", 16, 32, 32, 1792, 256, False),
+                     ("prefill mha 16x512 ctx0", 16, 32, 32, 0, 512, False)]
+
+
+def _wgmma_paged_variants() -> list:
+    """The Triton paged kernel (default) against the Gluon kernel's paged form; new-K/V defaults beside them."""
+    out = [("paged_default", {}), ("paged_wgmma", {"config": {"wgmma": True}}),
+           ("paged_wgmma_r232", {"config": {"wgmma": {"consumer_regs": 232, "loader_regs": 40}}}),
+           ("paged_wgmma_nopingpong", {"config": {"wgmma": {"pingpong": False}}}),
+           ("newkv_default", {"nk": True}),
+           ("paged_default_r", {}), ("paged_wgmma_r", {"config": {"wgmma": True}})]
+    return out
+
+
 WGMMA_CASES = [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, False),
                ("prefill gqa 4x2048 ctx0", 4, 32, 8, 0, 2048, False),
                ("prefill mha 1x8192 ctx0", 1, 32, 32, 0, 8192, False),
@@ -276,7 +293,8 @@ def _shape_variants() -> list:
 def run_prefill(res, budget, extra_set="pipe"):
     from torch.nn.attention import SDPBackend
     out_all = []
-    cases = {"shapes": SHAPE_CASES, "wgmma": WGMMA_CASES}.get(extra_set, PREFILL_CASES)
+    cases = {"shapes": SHAPE_CASES, "wgmma": WGMMA_CASES, "wgmma_paged": WGMMA_PAGED_CASES}.get(extra_set,
+                                                                                                PREFILL_CASES)
     only = os.environ.get("PREFILL_CASES")  # e.g. "gqa,chunked": a subset by name
     if only:
         cases = [c for c in cases if any(w in c[0] for w in only.split(","))]
@@ -322,6 +340,8 @@ def run_prefill(res, budget, extra_set="pipe"):
             variants = _shape_variants()
         elif extra_set == "wgmma":
             variants = _wgmma_variants()
+        elif extra_set == "wgmma_paged":
+            variants = _wgmma_paged_variants()
         elif sweep:
             for bm, bn, nw, ns, tma, fold in PREFILL_CFGS:
                 variants.append((f"newkv_m{bm}_n{bn}_w{nw}_s{ns}{'_tma' if tma else '_ptr'}{'_fold' if fold else ''}",
@@ -329,7 +349,7 @@ def run_prefill(res, budget, extra_set="pipe"):
                                                              tma=tma, fold_scale=fold)}))
         else:
             variants.append(("newkv_nofold", {"nk": True, "config": {"fold_scale": False}}))
-        if extra_set not in ("shapes", "wgmma"):
+        if extra_set not in ("shapes", "wgmma", "wgmma_paged"):
             variants += _prefill_extra(extra_set)
         for label, kw in variants:
             if budget.left() < 20:
@@ -397,7 +417,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--part", default="read,decode,prefill")
     ap.add_argument("--budget-s", type=float, default=400)
-    ap.add_argument("--prefill-extra", choices=("shapes", "pipe", "lazy", "exp16", "wgmma"), default="pipe",
+    ap.add_argument("--prefill-extra", choices=("shapes", "pipe", "lazy", "exp16", "wgmma", "wgmma_paged"), default="pipe",
                     help="a round's prefill variants: 64- vs 128-row tiles over context/new ratios, pipelined "
                          "score dots or lazy rescale (round 6), packed exp2 (round 5), the Gluon kernel (round 7)")
     a = ap.parse_args()

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 from _kernel_testutil import CUDA, DEVICE, assert_close, dtype_id, poisoned_like  # noqa: E402
-from test_paged_prefill import _prefill_inputs, _run_prefill_newkv  # noqa: E402
+from test_paged_prefill import _prefill_inputs, _run_prefill, _run_prefill_newkv  # noqa: E402
 from kernels import prefill_wgmma as pw  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 
@@ -126,3 +126,46 @@ def test_default_routes_pure_prefill_to_wgmma(monkeypatch):
                        config={"fold_scale": False})
     _run_prefill_newkv([5, 0], [40, 70], 4, 2, 128, 16, dtype, seed=73, max_context_len=5)
     assert len(calls) == (1 if HOPPER else 0)
+
+
+# --------------------------------------------------------------------------------------
+# the paged form: every key through the block table (paged_prefill_attention's contract), with cached context
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("block_size", [8, 16, 32, 128, 256])
+def test_wgmma_paged_prefill_matches_reference(block_size, dtype):
+    # make_paged scatters the blocks, fills unused cache slots with NaN and table entries past a sequence's blocks
+    # with -1 / 2**31 - 7: the kernel must neither follow those entries nor let a NaN slot into P.V
+    _run_prefill([0, 17, 0, 3000, 129], [40, 9, 300, 128, 1], 8, 2, 128, block_size, dtype, seed=81,
+                 config={"wgmma": True})
+
+
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize("group", [1, 4, 8])
+@pytest.mark.parametrize("config", ["default", "ws", "ws_persistent_rr_q1", "ws_n64"])
+def test_wgmma_paged_prefill_configs(config, group):
+    _run_prefill([5, 0, 250, 64], [127, 129, 200, 700], 8, 8 // group, 128, 16, torch.bfloat16, seed=82 + group,
+                 config={"wgmma": CONFIGS[config]})
+
+
+@pytest.mark.gpu
+@needs_hopper
+def test_wgmma_paged_prefill_head64_and_rising_maximum():
+    _run_prefill([0, 33], [40, 200], 4, 2, 64, 16, torch.float16, seed=83, config={"wgmma": True})
+    _run_prefill([100, 0], [300, 257], 4, 4, 128, 16, torch.float16, seed=84, config={"wgmma": True}, grow_keys=3.0)
+
+
+def test_wgmma_paged_says_why_not():
+    dtype = torch.float16 if CUDA else torch.float32
+    seq_lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs([0], [20], 4, 2, 128, 1, dtype, seed=85)
+    ok, why = pw.supported_paged(q, k, v, scale)
+    assert not ok and why
+    with pytest.raises(ValueError, match="prefill_wgmma_paged_attention: "):
+        pw.prefill_wgmma_paged_attention(q, k, v, bt, cu_t, ctx_t, scale, 20)
+    # one-token blocks (the harness's contiguous extents) fall back to the Triton kernel
+    _run_prefill([3, 0], [20, 35], 4, 2, 128, 1, dtype, seed=86, config={"wgmma": True})
