@@ -41,6 +41,7 @@ from triton.testing import do_bench
 
 from kernels import cache_ops
 from kernels import paged_attention as pa
+from kernels import prefill_wgmma
 
 GB = 1e9
 DTYPE = torch.bfloat16
@@ -523,6 +524,13 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
                                                   out=out, **kw)
 
     times = {"ours_paged": _bench_graph_or_eager(ours(), rec, "ours_paged")}
+    # the paged column runs the Gluon kernel's paged form where it can; the Triton paged kernel beside it
+    ok, why = prefill_wgmma.supported_paged(q, k_cache, v_cache, scale)
+    rec["paged_kernel"] = "gluon (kernels.prefill_wgmma, paged)" if ok else f"triton ({why})"
+    try:
+        times["ours_paged_triton"] = _bench_graph_or_eager(ours(config={"wgmma": False}), rec, "ours_paged_triton")
+    except Exception as e:  # noqa: BLE001
+        rec["ours_paged_triton_error"] = f"{type(e).__name__}: {str(e).strip()[:300]}"
     # contiguous copies for SDPA: [B, H, L, D]
     kc = k_cache[bt.long()].view(batch, nblk * BLOCK, hkv, HEAD)[:, :total_len].transpose(1, 2).contiguous()
     vc = v_cache[bt.long()].view(batch, nblk * BLOCK, hkv, HEAD)[:, :total_len].transpose(1, 2).contiguous()
@@ -540,8 +548,6 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
         traceback.print_exc()
         rec["ours_newkv_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
     if ctx == 0:
-        from kernels import prefill_wgmma
-
         # pure prefill: the default runs the Gluon warp-group-MMA kernel where it can; the Triton kernel beside it
         ok, why = prefill_wgmma.supported(q, kn, vn, scale)
         rec["newkv_kernel"] = "gluon (kernels.prefill_wgmma)" if ok else f"triton ({why})"
@@ -604,6 +610,8 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
             rec["ours_newkv_speed_vs_fastest_sdpa"] = sd[best] / times["ours_newkv"]
         if "ours_newkv_triton" in times:
             rec["ours_newkv_triton_speed_vs_fastest_sdpa"] = sd[best] / times["ours_newkv_triton"]
+        if "ours_paged_triton" in times:
+            rec["ours_paged_triton_speed_vs_fastest_sdpa"] = sd[best] / times["ours_paged_triton"]
     del k_cache, v_cache, kc, vc, kn, vn, q4, out
     torch.cuda.empty_cache()
     return rec
@@ -879,6 +887,10 @@ def write_markdown(result, path):
                      f"{_f(tf.get(best) if best else None, 1)} | {_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} / "
                      f"{_f(r.get('ours_newkv_speed_vs_fastest_sdpa'), 3)} |")
         for r in result["prefill"]:
+            if "paged_kernel" in r:
+                L.append(f"\n{r['case']}: the paged column ran {r['paged_kernel']}; the Triton paged kernel beside "
+                         f"it: {_f(r.get('ms', {}).get('ours_paged_triton'), 4)} ms, "
+                         f"{_f(r.get('ours_paged_triton_speed_vs_fastest_sdpa'), 3)}x of the best SDPA")
             if "newkv_kernel" in r:
                 L.append(f"\n{r['case']}: the new-K/V column ran {r['newkv_kernel']}; the Triton new-K/V kernel "
                          f"beside it: {_f(r.get('ms', {}).get('ours_newkv_triton'), 4)} ms, "
