@@ -2,16 +2,23 @@
 
 The Triton prefill kernels in :mod:`kernels.paged_attention` leave the softmax and the two matrix products of
 each key tile in sequence: Triton 3.6 does not overlap them, whatever form the source takes (see
-``reports/kernels/README.md``, rounds 5 and 6). This kernel issues the tensor-core work itself. It follows
-FlashAttention-3's intra-warp-group pipeline: the score product ``S_j = Q K_j^T`` of tile ``j`` is issued
-asynchronously together with ``O += P_{j-1} V_{j-1}``, and the softmax of tile ``j`` runs while ``P_{j-1} V_{j-1}``
-is still on the tensor cores. K and V tiles stream through two shared-memory stages by TMA.
+``reports/kernels/README.md``, rounds 5 and 6). This kernel issues the tensor-core work itself, in
+FlashAttention-3's layout (``_prefill_ws_kernel``): a loader warp streams Q, K and V by TMA; two consumer warp
+groups issue the score product ``S_j = Q K_j^T`` together with ``O += P_{j-1} V_{j-1}`` and run tile j's softmax
+while the latter is still on the tensor cores, taking turns at the tensor cores; a persistent grid walks the work
+items in a balanced (snake) order. ``_prefill_wgmma_kernel`` is an earlier single-partition form, kept for A/Bs.
 
-Scope: pure prefill (no cached context) of several sequences packed as ``cu_seqlens``, new K/V contiguous
-``[T, num_kv_heads, head_size]`` with rows aligned with ``q``; fp16/bf16; head sizes 64 and 128; compute
-capability 9.x. :func:`supported` says whether a call qualifies; :func:`kernels.paged_attention.paged_prefill_attention`
-routes to it (``config={"wgmma": ...}``). Gluon has no CPU interpreter, so this kernel is checked on the GPU only
-(``tests/kernels/test_prefill_wgmma.py``); on the CPU the module imports and reports itself unsupported.
+Two forms of K/V:
+* contiguous (:func:`prefill_wgmma_attention`): pure prefill (no cached context) with the new tokens' K/V as
+  ``[T, num_kv_heads, head_size]`` tensors, rows aligned with ``q``;
+* paged (:func:`prefill_wgmma_paged_attention`): every key, cached context included, through the block table of a
+  ``[num_blocks, block_size, num_kv_heads, head_size]`` cache, one TMA copy per block.
+
+Both take fp16/bf16, head sizes 64 and 128, compute capability 9.x; :func:`supported` and :func:`supported_paged`
+say whether a call qualifies, and :func:`kernels.paged_attention.paged_prefill_attention` routes to them by
+default. Gluon has no CPU interpreter, so the kernel runs on the GPU only (``tests/kernels/test_prefill_wgmma.py``);
+on the CPU the module imports and reports itself unsupported, and :mod:`kernels.gluon_compile` compiles it for
+sm_90 without a GPU.
 """
 from __future__ import annotations
 
@@ -31,8 +38,9 @@ except Exception as exc:  # pragma: no cover - depends on the installed triton
 
 _LOG2E = 1.4426950408889634
 # warp_specialize: two consumer warp groups and a loader warp (block_m 128, 4 + 4 + 1 warps; num_warps and
-# pipeline are then unused), persistent: with it, one program per SM looping over the work items (q_buffers,
-# snake and pingpong: see _prefill_ws_kernel, _item and _take_turn); maxnreg caps the registers of the single-partition kernel (two programs per SM)
+# pipeline are then unused); persistent: with it, one program per SM looping over the work items (q_buffers,
+# snake and pingpong: see _prefill_ws_kernel, _item and _take_turn); maxnreg caps the registers of the
+# single-partition kernel (two programs per SM)
 # The default is the fastest form on the H100 (round 7, reports/kernels/README.md): 4 x 2,048 tokens, 32 heads,
 # bf16: persistent + snake + ping-pong 0.2635 / 0.2673 ms (cuDNN 0.2659); without ping-pong 0.2723 / 0.2725;
 # round-robin items with one Q buffer 0.3008; one program per item 0.3024; the single-partition kernel 0.3790
@@ -114,8 +122,9 @@ if gluon is not None:
     def _prefill_wgmma_kernel(q_desc, k_desc, v_desc, out_ptr, cu_q_ptr, scale_log2, stride_ot, stride_oh,
                               GROUP: gl.constexpr, HEAD: gl.constexpr, BLOCK_M: gl.constexpr,
                               BLOCK_N: gl.constexpr, PIPELINE: gl.constexpr, num_warps: gl.constexpr):
-        """One program: ``BLOCK_M`` new rows of one sequence and one query head, causal over that sequence's
-        new keys. Programs along axis 0 run the longest rows first (a shorter tail)."""
+        """Single-partition form (an A/B option, ``warp_specialize=False``; slower on the H100): one program runs
+        ``BLOCK_M`` new rows of one sequence and one query head, causal over that sequence's new keys, with every
+        warp issuing both loads and products. Programs along axis 0 run the longest rows first (a shorter tail)."""
         STAGES: gl.constexpr = 2  # K/V stages: each load is issued a whole tile ahead, so two suffice
         mt = gl.num_programs(0) - 1 - gl.program_id(0)
         qh = gl.program_id(1)
