@@ -60,20 +60,28 @@ def _num_sms(device: torch.device) -> int:
     return _SMS[index]
 
 
-def supported(q: torch.Tensor, new_key: torch.Tensor, new_value: torch.Tensor, scale: float) -> tuple[bool, str]:
-    """Whether this kernel can run the call, and if not, why (one line)."""
+def _device_dtype_scale(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> str:
+    """What rules out both forms for this call ('' if nothing): Gluon, the GPU, dtypes, head size, scale."""
     if gluon is None:
-        return False, f"gluon unavailable ({_GLUON_ERROR})"
+        return f"gluon unavailable ({_GLUON_ERROR})"
     if not q.is_cuda:
-        return False, "not a CUDA tensor"
+        return "not a CUDA tensor"
     if torch.cuda.get_device_capability(q.device)[0] != 9:
-        return False, "needs compute capability 9.x (warp-group MMA)"
-    if q.dtype not in (torch.float16, torch.bfloat16) or new_key.dtype != q.dtype or new_value.dtype != q.dtype:
-        return False, "fp16/bf16 only"
+        return "needs compute capability 9.x (warp-group MMA)"
+    if q.dtype not in (torch.float16, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        return "fp16/bf16 only"
     if q.shape[-1] not in (64, 128):
-        return False, "head size 64 or 128 only"
+        return "head size 64 or 128 only"
     if not scale > 0:
-        return False, "the scale is folded into exp2 and must be positive"
+        return "the scale is folded into exp2 and must be positive"
+    return ""
+
+
+def supported(q: torch.Tensor, new_key: torch.Tensor, new_value: torch.Tensor, scale: float) -> tuple[bool, str]:
+    """Whether :func:`prefill_wgmma_attention` can run the call, and if not, why (one line)."""
+    why = _device_dtype_scale(q, new_key, new_value, scale)
+    if why:
+        return False, why
     for t in (q, new_key, new_value):
         if not _tma_ok(t):
             return False, "q/new_key/new_value must be [T, heads, head] with the last two dims contiguous, 16-byte aligned"
@@ -499,19 +507,10 @@ if gluon is not None:
 def supported_paged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float,
                     config: dict | None = None) -> tuple[bool, str]:
     """Whether :func:`prefill_wgmma_paged_attention` can run the call, and if not, why (one line)."""
-    if gluon is None:
-        return False, f"gluon unavailable ({_GLUON_ERROR})"
-    if not q.is_cuda:
-        return False, "not a CUDA tensor"
-    if torch.cuda.get_device_capability(q.device)[0] != 9:
-        return False, "needs compute capability 9.x (warp-group MMA)"
-    if q.dtype not in (torch.float16, torch.bfloat16) or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
-        return False, "fp16/bf16 only"
+    why = _device_dtype_scale(q, k_cache, v_cache, scale)
+    if why:
+        return False, why
     head = q.shape[-1]
-    if head not in (64, 128):
-        return False, "head size 64 or 128 only"
-    if not scale > 0:
-        return False, "the scale is folded into exp2 and must be positive"
     if config and not {**DEFAULT_CONFIG, **config}["warp_specialize"]:
         return False, "the paged form is warp-specialised only"
     block_n = min(int({**DEFAULT_CONFIG, **(config or {})}["block_n"]), head)
