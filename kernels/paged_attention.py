@@ -1297,11 +1297,12 @@ WGMMA_PREFILL_DEFAULT = True
 WGMMA_PAGED_PREFILL_DEFAULT = True
 
 
-def _use_wgmma(config: dict | None, default: bool = WGMMA_PREFILL_DEFAULT) -> bool:
+def _use_wgmma(config: dict | None, default: bool) -> bool:
     """Whether pure prefill with new K/V goes to the Gluon warp-group-MMA kernel (:mod:`kernels.prefill_wgmma`)
     when the GPU supports it: ``config={"wgmma": True}`` or a dict of that kernel's options, ``False`` for the
     Triton kernel. A config without the key is one of the Triton kernel's A/B options and keeps it; no config
-    means ``default`` (``WGMMA_PREFILL_DEFAULT``, or ``WGMMA_PAGED_PREFILL_DEFAULT`` for the paged kernel)."""
+    means ``default`` (the caller passes ``WGMMA_PREFILL_DEFAULT`` or ``WGMMA_PAGED_PREFILL_DEFAULT``, read at call
+    time so that setting either module attribute takes effect)."""
     if config:
         return bool(config.get("wgmma", False))
     return default
@@ -1315,7 +1316,7 @@ def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, conte
     assert new_value is not None and new_key.shape == new_value.shape == (total, num_kv_heads, head), \
         "new_key/new_value must be [total_new_tokens, num_kv_heads, head_size]"
     assert new_key.stride(-1) == 1 and new_value.stride(-1) == 1
-    if max_context_len is not None and int(max_context_len) == 0 and _use_wgmma(config):
+    if max_context_len is not None and int(max_context_len) == 0 and _use_wgmma(config, WGMMA_PREFILL_DEFAULT):
         from kernels import prefill_wgmma
 
         ok, _why = prefill_wgmma.supported(q, new_key, new_value, scale)

@@ -11,6 +11,7 @@ pytest.importorskip("triton")
 
 from _kernel_testutil import CUDA, DEVICE, assert_close, dtype_id, poisoned_like  # noqa: E402
 from test_paged_prefill import _prefill_inputs, _run_prefill, _run_prefill_newkv  # noqa: E402
+from kernels import paged_attention as pa  # noqa: E402
 from kernels import prefill_wgmma as pw  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 
@@ -125,6 +126,30 @@ def test_default_routes_pure_prefill_to_wgmma(monkeypatch):
     _run_prefill_newkv([0, 0], [40, 70], 4, 2, 128, 16, dtype, seed=72, max_context_len=0,
                        config={"fold_scale": False})
     _run_prefill_newkv([5, 0], [40, 70], 4, 2, 128, 16, dtype, seed=73, max_context_len=5)
+    assert len(calls) == (1 if HOPPER else 0)
+    monkeypatch.setattr(pa, "WGMMA_PREFILL_DEFAULT", False)  # read at call time
+    _run_prefill_newkv([0, 0], [40, 70], 4, 2, 128, 16, dtype, seed=74, max_context_len=0)
+    assert len(calls) == (1 if HOPPER else 0)
+
+
+def test_default_routes_paged_prefill_to_wgmma(monkeypatch):
+    # with no config, paged_prefill_attention takes the Gluon kernel's paged form for block sizes TMA copies whole,
+    # and the Triton kernel for one-token blocks, a Triton A/B config, or with WGMMA_PAGED_PREFILL_DEFAULT off
+    calls = []
+    real = pw.prefill_wgmma_paged_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pw, "prefill_wgmma_paged_attention", counting)
+    dtype = torch.float16 if CUDA else torch.float32
+    _run_prefill([0, 30], [40, 70], 4, 2, 128, 16, dtype, seed=75)
+    assert len(calls) == (1 if HOPPER else 0)
+    _run_prefill([0, 30], [40, 70], 4, 2, 128, 1, dtype, seed=76)
+    _run_prefill([0, 30], [40, 70], 4, 2, 128, 16, dtype, seed=77, config={"fold_scale": False})
+    monkeypatch.setattr(pa, "WGMMA_PAGED_PREFILL_DEFAULT", False)
+    _run_prefill([0, 30], [40, 70], 4, 2, 128, 16, dtype, seed=78)
     assert len(calls) == (1 if HOPPER else 0)
 
 
