@@ -185,6 +185,24 @@ def test_wgmma_paged_prefill_head64_and_rising_maximum():
     _run_prefill([100, 0], [300, 257], 4, 4, 128, 16, torch.float16, seed=84, config={"wgmma": True}, grow_keys=3.0)
 
 
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize("seed", range(8))
+def test_wgmma_paged_prefill_random_batches(seed):
+    # random batches: 1-5 sequences, context 0-600, 0-400 new tokens (sequences with none among them), block sizes
+    # 8-128, one to eight query heads per KV head
+    import random
+
+    rng = random.Random(seed)
+    n = rng.randint(1, 5)
+    contexts = [rng.choice([0, rng.randint(0, 600)]) for _ in range(n)]
+    new = [rng.choice([0, rng.randint(1, 400)]) for _ in range(n)]
+    new[rng.randrange(n)] = rng.randint(1, 400)
+    group = rng.choice([1, 2, 4, 8])
+    _run_prefill(contexts, new, 8, 8 // group, 128, rng.choice([8, 16, 32, 64, 128]), torch.bfloat16,
+                 seed=90 + seed, config={"wgmma": True})
+
+
 def test_wgmma_paged_says_why_not():
     dtype = torch.float16 if CUDA else torch.float32
     seq_lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs([0], [20], 4, 2, 128, 1, dtype, seed=85)
