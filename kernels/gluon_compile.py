@@ -79,7 +79,8 @@ def resources(cubin: bytes) -> dict:
 
 
 def compile_prefill(config: dict | None = None, dtype: torch.dtype = torch.bfloat16, group: int = 1,
-                    head: int = 128, num_q_heads: int = 8, tokens: int = 512, paged: bool = False) -> dict:
+                    head: int = 128, num_q_heads: int = 8, tokens: int = 512, paged: bool = False,
+                    mixed: bool = False) -> dict:
     """Compile one launch of ``prefill_wgmma_attention`` for sm_90 and return its resources (see module doc)."""
     from kernels import prefill_wgmma as pw
 
@@ -89,14 +90,15 @@ def compile_prefill(config: dict | None = None, dtype: torch.dtype = torch.bfloa
     kv = torch.zeros(tokens, num_q_heads // group, head, dtype=dtype)
     cu = torch.tensor([0, tokens // 2, tokens], dtype=torch.int32)
     with compile_only(90):
-        if paged:
+        if paged or mixed:
             block_size = 16
             nb = tokens // block_size + 2
             cache = torch.zeros(nb, block_size, num_q_heads // group, head, dtype=dtype)
             bt = torch.zeros(2, nb, dtype=torch.int32)
             ctx = torch.zeros(2, dtype=torch.int32)
             kernel, grid, args, kwargs = pw._launch_plan(q, cu, head ** -0.5, tokens // 2, torch.empty_like(q), config,
-                                                         H100_SMS, paged=(cache, cache.clone(), bt, ctx))
+                                                         H100_SMS, paged=(cache, cache.clone(), bt, ctx),
+                                                         new_kv=(kv, kv.clone()) if mixed else None)
         else:
             kernel, grid, args, kwargs = pw._launch_plan(q, cu, head ** -0.5, tokens // 2, torch.empty_like(q), config,
                                                          H100_SMS, new_kv=(kv, kv.clone()))
@@ -116,9 +118,10 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=1, help="query heads per KV head")
     ap.add_argument("--head", type=int, choices=(64, 128), default=128)
     ap.add_argument("--paged", action="store_true", help="K/V through a block table (16-token blocks)")
+    ap.add_argument("--mixed", action="store_true", help="context through a block table, new tokens' K/V contiguous")
     a = ap.parse_args()
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float16
-    info = compile_prefill(json.loads(a.config), dtype, a.group, a.head, paged=a.paged)
+    info = compile_prefill(json.loads(a.config), dtype, a.group, a.head, paged=a.paged, mixed=a.mixed)
     print(json.dumps(info))
 
 

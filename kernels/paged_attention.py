@@ -1295,6 +1295,8 @@ WGMMA_PREFILL_DEFAULT = True
 # call e) 0.2897 vs 0.4769 ms on 4 x 2,048; 0.4167 vs 0.7118 with 1,024 new tokens on 3,072 cached; 0.2804 vs
 # 0.4332 on chunked 16 x 256 on 1,792. Block sizes it cannot copy whole (one-token blocks) keep the Triton kernel.
 WGMMA_PAGED_PREFILL_DEFAULT = True
+# New K/V with cached context (the mixed form: context through the table, new tokens contiguous): opt-in until measured
+WGMMA_MIXED_PREFILL_DEFAULT = False
 
 
 def _use_wgmma(config: dict | None, default: bool) -> bool:
@@ -1324,6 +1326,17 @@ def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, conte
             wg = config.get("wgmma") if config else None
             prefill_wgmma.prefill_wgmma_attention(q, new_key, new_value, cu_seqlens_q, scale, int(max_query_len),
                                                   out=out, config=wg if isinstance(wg, dict) else None)
+            return
+    if (max_context_len is None or int(max_context_len) > 0) and _use_wgmma(config, WGMMA_MIXED_PREFILL_DEFAULT):
+        from kernels import prefill_wgmma
+
+        wg = config.get("wgmma") if config else None
+        wg = wg if isinstance(wg, dict) else None
+        ok, _why = prefill_wgmma.supported_mixed(q, k_cache, v_cache, new_key, new_value, scale, wg)
+        if ok:  # otherwise the Triton kernel below runs the call
+            prefill_wgmma.prefill_wgmma_mixed_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q,
+                                                        context_lens, scale, new_key, new_value, int(max_query_len),
+                                                        out=out, config=wg)
             return
     wide_q = 0 if _shape_override(config) else int(max_query_len)  # as in paged_prefill_attention
     cfg = _prefill_newkv_config(head_pad, q.dtype, wide_q, None if max_context_len is None else int(max_context_len))

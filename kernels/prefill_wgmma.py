@@ -278,11 +278,30 @@ if gluon is not None:
             mbarrier.arrive(turns.index(1 - HALF), count=1)
 
     @gluon.jit
+    def _key_tile(j, ctx, ctx_tiles, rows, pos, diag, m0, BLOCK_N: gl.constexpr, MIXED: gl.constexpr):
+        """Key tile ``j`` of a work item -> (the index of its first key, each row's last visible key index, whether
+        the tile needs the mask). Keys are numbered by position in the sequence, except with ``MIXED``: there the
+        first ``ctx_tiles`` tiles hold the context (positions; the last one may run past it) and the rest hold the
+        new tokens, numbered from 0 like the rows."""
+        n0 = j * BLOCK_N
+        limit = pos
+        masked = j >= diag
+        if MIXED:
+            if j < ctx_tiles:
+                limit = rows * 0 + (ctx - 1)
+                masked = n0 + BLOCK_N > ctx
+            else:
+                n0 = (j - ctx_tiles) * BLOCK_N
+                limit = rows
+                masked = j - ctx_tiles >= m0 // BLOCK_N
+        return n0, limit, masked
+
+    @gluon.jit
     def _ws_consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns, out_ptr,
                      cu_q_ptr, ctx_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads, num_items, rounds,
                      HALF: gl.constexpr, HEAD: gl.constexpr, HALF_M: gl.constexpr, BLOCK_N: gl.constexpr,
                      STAGES: gl.constexpr, Q_BUFFERS: gl.constexpr, SNAKE: gl.constexpr, PINGPONG: gl.constexpr,
-                     PAGED: gl.constexpr):
+                     HAS_CTX: gl.constexpr, MIXED: gl.constexpr):
         """One warp group: rows ``HALF * HALF_M ..`` of each work item. Scores of key tile j run on the tensor
         cores together with P_{j-1} V_{j-1}; each K/V stage goes back to the loader as soon as this group's
         product that reads it is done, and the item's Q buffer once its last score product is."""
@@ -303,9 +322,13 @@ if gluon is not None:
                                                        2 * HALF_M)
             if valid:
                 ctx = 0
-                if PAGED:
+                if HAS_CTX:
                     ctx = gl.load(ctx_ptr + seq)
                 n_tiles = gl.cdiv(ctx + gl.minimum(q_len, m0 + 2 * HALF_M), BLOCK_N)
+                ctx_tiles = 0
+                if MIXED:
+                    ctx_tiles = gl.cdiv(ctx, BLOCK_N)
+                    n_tiles = ctx_tiles + gl.cdiv(gl.minimum(q_len, m0 + 2 * HALF_M), BLOCK_N)
                 # the first key tile that reaches past the item's first row (position ctx + m0) needs the causal mask
                 diag = (ctx + m0 + 1) // BLOCK_N
                 rows = m0 + HALF * HALF_M + gl.arange(0, HALF_M, layout=row_layout)
@@ -325,7 +348,8 @@ if gluon is not None:
                 g += 1
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))
                 mbarrier.arrive(k_empty.index(stage), count=1)
-                p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, pos, cols, 0, scale_log2, diag == 0)
+                n0, limit, masked = _key_tile(0, ctx, ctx_tiles, rows, pos, diag, m0, BLOCK_N, MIXED)
+                p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, limit, cols, n0, scale_log2, masked)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
                 for j in range(1, n_tiles):
                     cur = it + j
@@ -341,7 +365,8 @@ if gluon is not None:
                     g += 1
                     s = warpgroup_mma_wait(num_outstanding=1, deps=(s, ))
                     mbarrier.arrive(k_empty.index(stage), count=1)
-                    p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, pos, cols, j * BLOCK_N, scale_log2, j >= diag)
+                    n0, limit, masked = _key_tile(j, ctx, ctx_tiles, rows, pos, diag, m0, BLOCK_N, MIXED)
+                    p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, limit, cols, n0, scale_log2, masked)
                     acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
                     mbarrier.arrive(v_empty.index(prev), count=1)
                     acc = acc * alpha[:, None]
@@ -390,14 +415,32 @@ if gluon is not None:
                 part.store(x)
 
     @gluon.jit
-    def _ws_loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty,
-                   v_empty, v_landed, cu_q_ptr, ctx_ptr, bt_ptr, stride_bts, num_mt, num_q_heads, num_items, rounds,
-                   GROUP: gl.constexpr, HEAD: gl.constexpr, HALF_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                   STAGES: gl.constexpr, Q_BUFFERS: gl.constexpr, SNAKE: gl.constexpr, PAGED: gl.constexpr,
-                   BLOCK_SIZE: gl.constexpr, BOX: gl.constexpr):
+    def _paged_v(v_desc, v_smem, v_bar, v_landed, bt_row, n0, end, col, partial, BLOCK_SIZE: gl.constexpr,
+                 BOX: gl.constexpr, BLOCK_N: gl.constexpr, HEAD: gl.constexpr):
+        """A V tile through the block table, keys ``n0 ..``, of which those from ``end`` on are not the caller's:
+        a tile holding ``end`` lands on ``v_landed`` first and has those rows zeroed before ``v_bar`` releases it.
+        Returns the updated count of such tiles (the parity of ``v_landed``)."""
+        if n0 + BLOCK_N > end:
+            _load_paged_tile(v_desc, v_smem, v_landed, bt_row, n0, end, col, BLOCK_SIZE, BOX, BLOCK_N)
+            mbarrier.wait(v_landed, partial & 1)
+            _zero_rows_from(v_smem, end - n0, BLOCK_N, HEAD)
+            fence_async_shared()  # the stores before the tensor cores' (async proxy) reads
+            mbarrier.arrive(v_bar, count=1)
+            partial += 1
+        else:
+            _load_paged_tile(v_desc, v_smem, v_bar, bt_row, n0, end, col, BLOCK_SIZE, BOX, BLOCK_N)
+        return partial
+
+    @gluon.jit
+    def _ws_loader(q_desc, k_desc, v_desc, kn_desc, vn_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready,
+                   v_ready, k_empty, v_empty, v_landed, cu_q_ptr, ctx_ptr, bt_ptr, stride_bts, num_mt, num_q_heads,
+                   num_items, rounds, GROUP: gl.constexpr, HEAD: gl.constexpr, HALF_M: gl.constexpr,
+                   BLOCK_N: gl.constexpr, STAGES: gl.constexpr, Q_BUFFERS: gl.constexpr, SNAKE: gl.constexpr,
+                   PAGED: gl.constexpr, MIXED: gl.constexpr, BLOCK_SIZE: gl.constexpr, BOX: gl.constexpr):
         """One warp: for each work item, Q's two halves into a free Q buffer, then the K and V tiles into the
         stage ring as the consumers free it. ``PAGED``: K/V through the block table, and the V tile holding the
-        sequence's end has its rows past the end zeroed before the consumers see it."""
+        sequence's end has its rows past the end zeroed before the consumers see it. ``MIXED``: the context's
+        tiles so (zeroed past the context), then the new tokens' from ``kn_desc``/``vn_desc``."""
         it = 0
         tc = 0
         partial = 0  # paged V tiles that held a sequence's end (parity of v_landed)
@@ -406,11 +449,15 @@ if gluon is not None:
                                                        2 * HALF_M)
             if valid:
                 ctx = 0
-                if PAGED:
+                if PAGED or MIXED:
                     ctx = gl.load(ctx_ptr + seq)
                 seq_len = ctx + q_len
                 bt_row = bt_ptr + seq.to(gl.int64) * stride_bts
                 n_tiles = gl.cdiv(ctx + gl.minimum(q_len, m0 + 2 * HALF_M), BLOCK_N)
+                ctx_tiles = 0
+                if MIXED:
+                    ctx_tiles = gl.cdiv(ctx, BLOCK_N)
+                    n_tiles = ctx_tiles + gl.cdiv(gl.minimum(q_len, m0 + 2 * HALF_M), BLOCK_N)
                 col = (qh // GROUP) * HEAD
                 qb = tc % Q_BUFFERS
                 mbarrier.wait(q_empty.index(qb), ((tc // Q_BUFFERS) & 1) ^ 1, pred=tc >= Q_BUFFERS)
@@ -425,34 +472,37 @@ if gluon is not None:
                     free_phase = ((cur // STAGES) & 1) ^ 1  # the stage's previous use, released by both groups
                     n0 = j * BLOCK_N
                     mbarrier.wait(k_empty.index(stage), free_phase, pred=cur >= STAGES)
+                    k_buf, k_bar = k_smem.index(stage), k_ready.index(stage)
                     if PAGED:
-                        _load_paged_tile(k_desc, k_smem.index(stage), k_ready.index(stage), bt_row, n0, seq_len, col,
-                                         BLOCK_SIZE, BOX, BLOCK_N)
-                    else:
-                        _load_tile(k_desc, k_smem.index(stage), k_ready.index(stage), q_start + n0, col, True)
-                    mbarrier.wait(v_empty.index(stage), free_phase, pred=cur >= STAGES)
-                    if PAGED:
-                        if n0 + BLOCK_N > seq_len:
-                            _load_paged_tile(v_desc, v_smem.index(stage), v_landed, bt_row, n0, seq_len, col,
-                                             BLOCK_SIZE, BOX, BLOCK_N)
-                            mbarrier.wait(v_landed, partial & 1)
-                            partial += 1
-                            _zero_rows_from(v_smem.index(stage), seq_len - n0, BLOCK_N, HEAD)
-                            fence_async_shared()  # the stores before the tensor cores' (async proxy) reads
-                            mbarrier.arrive(v_ready.index(stage), count=1)
+                        _load_paged_tile(k_desc, k_buf, k_bar, bt_row, n0, seq_len, col, BLOCK_SIZE, BOX, BLOCK_N)
+                    elif MIXED:
+                        if j < ctx_tiles:
+                            _load_paged_tile(k_desc, k_buf, k_bar, bt_row, n0, ctx, col, BLOCK_SIZE, BOX, BLOCK_N)
                         else:
-                            _load_paged_tile(v_desc, v_smem.index(stage), v_ready.index(stage), bt_row, n0, seq_len,
-                                             col, BLOCK_SIZE, BOX, BLOCK_N)
+                            _load_tile(kn_desc, k_buf, k_bar, q_start + (j - ctx_tiles) * BLOCK_N, col, True)
                     else:
-                        _load_tile(v_desc, v_smem.index(stage), v_ready.index(stage), q_start + n0, col, True)
+                        _load_tile(k_desc, k_buf, k_bar, q_start + n0, col, True)
+                    mbarrier.wait(v_empty.index(stage), free_phase, pred=cur >= STAGES)
+                    v_buf, v_bar = v_smem.index(stage), v_ready.index(stage)
+                    if PAGED:
+                        partial = _paged_v(v_desc, v_buf, v_bar, v_landed, bt_row, n0, seq_len, col, partial,
+                                           BLOCK_SIZE, BOX, BLOCK_N, HEAD)
+                    elif MIXED:
+                        if j < ctx_tiles:
+                            partial = _paged_v(v_desc, v_buf, v_bar, v_landed, bt_row, n0, ctx, col, partial,
+                                               BLOCK_SIZE, BOX, BLOCK_N, HEAD)
+                        else:
+                            _load_tile(vn_desc, v_buf, v_bar, q_start + (j - ctx_tiles) * BLOCK_N, col, True)
+                    else:
+                        _load_tile(v_desc, v_buf, v_bar, q_start + n0, col, True)
                 it += n_tiles
                 tc += 1
 
     @gluon.jit
-    def _prefill_ws_kernel(q_desc, k_desc, v_desc, out_ptr, cu_q_ptr, ctx_ptr, bt_ptr, stride_bts, scale_log2,
-                           stride_ot, stride_oh, num_mt, num_q_heads, num_items, rounds,
+    def _prefill_ws_kernel(q_desc, k_desc, v_desc, kn_desc, vn_desc, out_ptr, cu_q_ptr, ctx_ptr, bt_ptr, stride_bts,
+                           scale_log2, stride_ot, stride_oh, num_mt, num_q_heads, num_items, rounds,
                            GROUP: gl.constexpr, HEAD: gl.constexpr, BLOCK_N: gl.constexpr, Q_BUFFERS: gl.constexpr,
-                           SNAKE: gl.constexpr, PINGPONG: gl.constexpr, PAGED: gl.constexpr,
+                           SNAKE: gl.constexpr, PINGPONG: gl.constexpr, PAGED: gl.constexpr, MIXED: gl.constexpr,
                            BLOCK_SIZE: gl.constexpr, BOX: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                            LOADER_REGS: gl.constexpr, num_warps: gl.constexpr):
         """Warp-specialised form (FlashAttention-3's layout): two consumer warp groups of 64 rows each share the
@@ -460,7 +510,9 @@ if gluon is not None:
         item runs each once; a persistent grid (one program per SM, ``rounds`` items each) lets the loader fetch
         the next item's Q (``Q_BUFFERS`` = 2) and K/V while the consumers finish the last one. ``PAGED``: keys at
         positions ``0 .. context + new - 1`` come through the block table from the paged cache (``BOX``-row TMA
-        copies of ``BLOCK_SIZE``-token blocks), and new row i sits at position ``context + i``."""
+        copies of ``BLOCK_SIZE``-token blocks), and new row i sits at position ``context + i``. ``MIXED``: the
+        context through the block table, the new tokens' K/V from ``kn_desc``/``vn_desc`` (``[T, kv_heads * head]``,
+        rows aligned with q)."""
         STAGES: gl.constexpr = 2
         HALF_M: gl.constexpr = 64
         dtype: gl.constexpr = q_desc.dtype
@@ -488,19 +540,20 @@ if gluon is not None:
             mbarrier.init(turns.index(i), count=1)
         FIRST: gl.constexpr = 0
         SECOND: gl.constexpr = 1
+        HAS_CTX: gl.constexpr = PAGED or MIXED
         gl.warp_specialize([
             (_ws_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns,
                             out_ptr, cu_q_ptr, ctx_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads,
                             num_items, rounds, FIRST, HEAD, HALF_M, BLOCK_N, STAGES, Q_BUFFERS, SNAKE, PINGPONG,
-                            PAGED)),
+                            HAS_CTX, MIXED)),
             (_ws_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns,
                             out_ptr, cu_q_ptr, ctx_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads,
                             num_items, rounds, SECOND, HEAD, HALF_M, BLOCK_N, STAGES, Q_BUFFERS, SNAKE, PINGPONG,
-                            PAGED)),
-            (_ws_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready,
-                          k_empty, v_empty, v_landed, cu_q_ptr, ctx_ptr, bt_ptr, stride_bts, num_mt, num_q_heads,
-                          num_items, rounds, GROUP, HEAD, HALF_M, BLOCK_N, STAGES, Q_BUFFERS, SNAKE, PAGED,
-                          BLOCK_SIZE, BOX)),
+                            HAS_CTX, MIXED)),
+            (_ws_loader, (q_desc, k_desc, v_desc, kn_desc, vn_desc, q_smem, k_smem, v_smem, q_ready, q_empty,
+                          k_ready, v_ready, k_empty, v_empty, v_landed, cu_q_ptr, ctx_ptr, bt_ptr, stride_bts, num_mt,
+                          num_q_heads, num_items, rounds, GROUP, HEAD, HALF_M, BLOCK_N, STAGES, Q_BUFFERS, SNAKE,
+                          PAGED, MIXED, BLOCK_SIZE, BOX)),
         ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -548,6 +601,39 @@ def prefill_wgmma_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cach
     return out
 
 
+def supported_mixed(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, new_key: torch.Tensor,
+                    new_value: torch.Tensor, scale: float, config: dict | None = None) -> tuple[bool, str]:
+    """Whether :func:`prefill_wgmma_mixed_attention` can run the call, and if not, why (one line)."""
+    ok, why = supported_paged(q, k_cache, v_cache, scale, config)
+    if not ok:
+        return ok, why
+    for t in (new_key, new_value):
+        if t.dtype != q.dtype or not _tma_ok(t):
+            return False, "new_key/new_value must be [T, kv_heads, head] in q's dtype, the last two dims contiguous"
+    return True, ""
+
+
+def prefill_wgmma_mixed_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                  block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor,
+                                  scale: float, new_key: torch.Tensor, new_value: torch.Tensor, max_query_len: int,
+                                  out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+    """:func:`kernels.paged_attention.paged_prefill_attention` with ``new_key``/``new_value`` and cached context:
+    keys at positions ``< context_lens[s]`` through the block table (the cache need not hold the new tokens), the
+    new tokens' from ``new_key``/``new_value`` (rows aligned with ``q``)."""
+    ok, why = supported_mixed(q, k_cache, v_cache, new_key, new_value, scale, config)
+    if not ok:
+        raise ValueError(f"prefill_wgmma_mixed_attention: {why}")
+    if out is None:
+        out = torch.empty_like(q)
+    if q.shape[0] == 0 or cu_seqlens_q.shape[0] <= 1 or max_query_len <= 0:
+        return out
+    kernel, grid, args, kwargs = _launch_plan(q, cu_seqlens_q, scale, int(max_query_len), out, config,
+                                              _num_sms(q.device), new_kv=(new_key, new_value),
+                                              paged=(k_cache, v_cache, block_tables, context_lens))
+    kernel[grid](*args, **kwargs)
+    return out
+
+
 def prefill_wgmma_attention(q: torch.Tensor, new_key: torch.Tensor, new_value: torch.Tensor,
                             cu_seqlens_q: torch.Tensor, scale: float, max_query_len: int,
                             out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
@@ -587,11 +673,13 @@ def _cache_descriptor(cache: torch.Tensor, box_rows: int):
 
 
 def _launch_plan(q, cu_seqlens_q, scale, max_query_len, out, config, num_sms, *, new_kv=None, paged=None):
-    """(kernel, grid, positional args, keyword args) of one launch, with K/V either ``new_kv = (new_key,
-    new_value)`` or ``paged = (k_cache, v_cache, block_tables, context_lens)``; shared by the calls and by
-    :func:`kernels.gluon_compile.compile_prefill`, which compiles the same launch without a GPU."""
+    """(kernel, grid, positional args, keyword args) of one launch, with K/V ``new_kv = (new_key, new_value)``,
+    ``paged = (k_cache, v_cache, block_tables, context_lens)``, or both (the mixed form: context through the
+    table, new tokens from ``new_kv``); shared by the calls and by :func:`kernels.gluon_compile.compile_prefill`,
+    which compiles the same launch without a GPU."""
     total, num_q_heads, head = q.shape
     num_kv_heads = (new_kv[0] if new_kv is not None else paged[0]).shape[-2]
+    mixed = new_kv is not None and paged is not None
     if new_kv is not None:
         assert new_kv[0].shape == new_kv[1].shape == (total, num_kv_heads, head)
     assert num_q_heads % num_kv_heads == 0
@@ -610,6 +698,9 @@ def _launch_plan(q, cu_seqlens_q, scale, max_query_len, out, config, num_sms, *,
     if cfg["warp_specialize"]:
         num_items = num_mt * num_q_heads * num_seqs
         programs = min(num_items, num_sms) if cfg["persistent"] else num_items
+        new_descs = kv_descs = None
+        if new_kv is not None:
+            new_descs = (_descriptor(new_kv[0], block_n), _descriptor(new_kv[1], block_n))
         if paged is not None:
             k_cache, v_cache, block_tables, context_lens = paged
             block_size = k_cache.shape[1]
@@ -618,12 +709,14 @@ def _launch_plan(q, cu_seqlens_q, scale, max_query_len, out, config, num_sms, *,
             paged_args = (context_lens, block_tables, block_tables.stride(0))
         else:
             block_size = box = block_n
-            kv_descs = (_descriptor(new_kv[0], block_n), _descriptor(new_kv[1], block_n))
             paged_args = (cu_seqlens_q, cu_seqlens_q, 0)  # unused
-        args = (_descriptor(q, block_m // 2), *kv_descs, *common, *paged_args, float(scale) * _LOG2E,
+        kv_descs = kv_descs or new_descs  # the unused pair of descriptors is a copy of the used one
+        new_descs = new_descs or kv_descs
+        args = (_descriptor(q, block_m // 2), *kv_descs, *new_descs, *common, *paged_args, float(scale) * _LOG2E,
                 out.stride(0), out.stride(1), num_mt, num_q_heads, num_items, triton.cdiv(num_items, programs))
         kwargs = dict(GROUP=num_q_heads // num_kv_heads, HEAD=head, BLOCK_N=block_n, Q_BUFFERS=int(cfg["q_buffers"]),
-                      SNAKE=bool(cfg["snake"]), PINGPONG=bool(cfg["pingpong"]), PAGED=paged is not None,
+                      SNAKE=bool(cfg["snake"]), PINGPONG=bool(cfg["pingpong"]), PAGED=paged is not None and not mixed,
+                      MIXED=mixed,
                       BLOCK_SIZE=block_size, BOX=box, CONSUMER_REGS=int(cfg["consumer_regs"]),
                       LOADER_REGS=int(cfg["loader_regs"]), num_warps=4)
         return _prefill_ws_kernel, (programs, ), args, kwargs
@@ -638,5 +731,5 @@ def _launch_plan(q, cu_seqlens_q, scale, max_query_len, out, config, num_sms, *,
     return _prefill_wgmma_kernel, (num_mt, num_q_heads, num_seqs), args, kwargs
 
 
-__all__ = ["prefill_wgmma_attention", "prefill_wgmma_paged_attention", "supported", "supported_paged",
-           "DEFAULT_CONFIG"]
+__all__ = ["prefill_wgmma_attention", "prefill_wgmma_paged_attention", "prefill_wgmma_mixed_attention", "supported",
+           "supported_paged", "supported_mixed", "DEFAULT_CONFIG"]

@@ -245,12 +245,14 @@ WGMMA_PAGED_CASES = [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, False),
 
 
 def _wgmma_paged_variants() -> list:
-    """The Triton paged kernel (default) against the Gluon kernel's paged form; new-K/V defaults beside them."""
+    """The Triton paged kernel against the Gluon kernel's paged form, and the new-K/V path's Triton default against
+    the Gluon kernel's mixed form (its contiguous form at context 0)."""
     out = [("paged_default", {}), ("paged_wgmma", {"config": {"wgmma": True}}),
            ("paged_wgmma_r232", {"config": {"wgmma": {"consumer_regs": 232, "loader_regs": 40}}}),
            ("paged_wgmma_nopingpong", {"config": {"wgmma": {"pingpong": False}}}),
-           ("newkv_default", {"nk": True}),
-           ("paged_default_r", {}), ("paged_wgmma_r", {"config": {"wgmma": True}})]
+           ("newkv_default", {"nk": True}), ("newkv_wgmma_mixed", {"nk": True, "config": {"wgmma": True}}),
+           ("paged_default_r", {}), ("paged_wgmma_r", {"config": {"wgmma": True}}),
+           ("newkv_wgmma_mixed_r", {"nk": True, "config": {"wgmma": True}})]
     return out
 
 

@@ -21,11 +21,11 @@ pytestmark = pytest.mark.skipif(not triton.__version__.startswith("3.6."),
                                 reason=f"the Gluon kernel targets triton 3.6 (installed: {triton.__version__})")
 
 
-def _compile(config, dtype=torch.bfloat16, group=1, head=128, paged=False):
+def _compile(config, dtype=torch.bfloat16, group=1, head=128, paged=False, mixed=False):
     # a fresh process: this one runs triton under the interpreter (TRITON_INTERPRET=1), which cannot compile Gluon
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", "kernels.gluon_compile", "--config", json.dumps(config), "--group", str(group),
-           "--head", str(head), "--dtype", "bf16" if dtype == torch.bfloat16 else "fp16"] + (["--paged"] if paged else [])
+           "--head", str(head), "--dtype", "bf16" if dtype == torch.bfloat16 else "fp16"] + (["--paged"] if paged else []) + (["--mixed"] if mixed else [])
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -60,3 +60,9 @@ def test_paged_form_compiles():
         assert info["kernel"] == "_prefill_ws_kernel" and info["local_bytes"] == 0, info
         # as the default form, plus one barrier (v_landed): the loader's small stack frame (40 B) is not the consumers'
         assert 65536 + 131072 <= info["shared_bytes"] <= 232448 and info["stack_bytes"] <= 64, info
+
+
+def test_mixed_form_compiles():
+    info = _compile({}, torch.bfloat16, group=2, mixed=True)
+    assert info["local_bytes"] == 0 and info["stack_bytes"] <= 64, info
+    assert 65536 + 131072 <= info["shared_bytes"] <= 232448, info

@@ -203,6 +203,59 @@ def test_wgmma_paged_prefill_random_batches(seed):
                  seed=90 + seed, config={"wgmma": True})
 
 
+# --------------------------------------------------------------------------------------
+# the mixed form: new K/V contiguous with cached context (context through the block table)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("block_size", [8, 16, 32, 128])
+def test_wgmma_mixed_prefill_matches_reference(block_size, dtype):
+    # _run_prefill_newkv fills the new tokens' cache slots with NaN (they must come from new_key/new_value) as well as
+    # every unused slot; contexts that end inside a block and inside a key tile, a sequence with no new tokens
+    for max_context_len in (None, 3000):
+        _run_prefill_newkv([0, 17, 40, 5, 3000, 129], [40, 9, 0, 70, 300, 128], 8, 2, 128, block_size, dtype,
+                           seed=101, config={"wgmma": True}, max_context_len=max_context_len)
+
+
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize("seed", range(6))
+def test_wgmma_mixed_prefill_random_batches(seed):
+    import random
+
+    rng = random.Random(seed)
+    n = rng.randint(1, 5)
+    contexts = [rng.choice([0, rng.randint(1, 600)]) for _ in range(n)]
+    new = [rng.choice([0, rng.randint(1, 400)]) for _ in range(n)]
+    new[rng.randrange(n)] = rng.randint(1, 400)
+    group = rng.choice([1, 2, 4, 8])
+    head = rng.choice([64, 128])
+    _run_prefill_newkv(contexts, new, 8, 8 // group, head, rng.choice([8, 16, 32, 64]), torch.bfloat16,
+                       seed=110 + seed, config={"wgmma": rng.choice([True, CONFIGS["ws"], CONFIGS["ws_n64"]])})
+
+
+def test_mixed_routing(monkeypatch):
+    # new K/V with cached context takes the mixed form only when asked (config) or with WGMMA_MIXED_PREFILL_DEFAULT on
+    calls = []
+    real = pw.prefill_wgmma_mixed_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pw, "prefill_wgmma_mixed_attention", counting)
+    dtype = torch.float16 if CUDA else torch.float32
+    expect = 0
+    for config, switch in ((None, False), ({"wgmma": True}, False), (None, True), ({"fold_scale": False}, True)):
+        monkeypatch.setattr(pa, "WGMMA_MIXED_PREFILL_DEFAULT", switch)
+        _run_prefill_newkv([30, 0], [40, 70], 4, 2, 128, 16, dtype, seed=120, config=config)
+        expect += HOPPER and (config == {"wgmma": True} or (config is None and switch))
+        assert len(calls) == expect
+
+
 def test_wgmma_paged_says_why_not():
     dtype = torch.float16 if CUDA else torch.float32
     seq_lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs([0], [20], 4, 2, 128, 1, dtype, seed=85)
