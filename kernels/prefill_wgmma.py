@@ -8,14 +8,16 @@ groups issue the score product ``S_j = Q K_j^T`` together with ``O += P_{j-1} V_
 while the latter is still on the tensor cores, taking turns at the tensor cores; a persistent grid walks the work
 items in a balanced (snake) order. ``_prefill_wgmma_kernel`` is an earlier single-partition form, kept for A/Bs.
 
-Two forms of K/V:
+Three forms of K/V:
 * contiguous (:func:`prefill_wgmma_attention`): pure prefill (no cached context) with the new tokens' K/V as
   ``[T, num_kv_heads, head_size]`` tensors, rows aligned with ``q``;
 * paged (:func:`prefill_wgmma_paged_attention`): every key, cached context included, through the block table of a
-  ``[num_blocks, block_size, num_kv_heads, head_size]`` cache, one TMA copy per block.
+  ``[num_blocks, block_size, num_kv_heads, head_size]`` cache, one TMA copy per block;
+* mixed (:func:`prefill_wgmma_mixed_attention`): the cached context through the block table, the new tokens' K/V
+  from contiguous tensors.
 
-Both take fp16/bf16, head sizes 64 and 128, compute capability 9.x; :func:`supported` and :func:`supported_paged`
-say whether a call qualifies, and :func:`kernels.paged_attention.paged_prefill_attention` routes to them by
+All take fp16/bf16, head sizes 64 and 128, compute capability 9.x; :func:`supported`, :func:`supported_paged` and
+:func:`supported_mixed` say whether a call qualifies, and :func:`kernels.paged_attention.paged_prefill_attention` routes to them by
 default. Gluon has no CPU interpreter, so the kernel runs on the GPU only (``tests/kernels/test_prefill_wgmma.py``);
 on the CPU the module imports and reports itself unsupported, and :mod:`kernels.gluon_compile` compiles it for
 sm_90 without a GPU.
