@@ -590,17 +590,8 @@ def prefill_wgmma_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cach
     """:func:`kernels.paged_attention.paged_prefill_attention`'s contract (every key, the new tokens' included,
     read through the block table at positions ``0 .. context_lens[s] + new_len - 1``) on the warp-specialised
     kernel. Cache slots past a sequence's end may hold anything, NaN included."""
-    ok, why = supported_paged(q, k_cache, v_cache, scale, config)
-    if not ok:
-        raise ValueError(f"prefill_wgmma_paged_attention: {why}")
-    if out is None:
-        out = torch.empty_like(q)
-    if q.shape[0] == 0 or cu_seqlens_q.shape[0] <= 1 or max_query_len <= 0:
-        return out
-    kernel, grid, args, kwargs = _launch_plan(q, cu_seqlens_q, scale, int(max_query_len), out, config,
-                                              _num_sms(q.device), paged=(k_cache, v_cache, block_tables, context_lens))
-    kernel[grid](*args, **kwargs)
-    return out
+    return _run("prefill_wgmma_paged_attention", supported_paged(q, k_cache, v_cache, scale, config), q,
+                cu_seqlens_q, scale, max_query_len, out, config, paged=(k_cache, v_cache, block_tables, context_lens))
 
 
 def supported_mixed(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, new_key: torch.Tensor,
@@ -622,18 +613,10 @@ def prefill_wgmma_mixed_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cach
     """:func:`kernels.paged_attention.paged_prefill_attention` with ``new_key``/``new_value`` and cached context:
     keys at positions ``< context_lens[s]`` through the block table (the cache need not hold the new tokens), the
     new tokens' from ``new_key``/``new_value`` (rows aligned with ``q``)."""
-    ok, why = supported_mixed(q, k_cache, v_cache, new_key, new_value, scale, config)
-    if not ok:
-        raise ValueError(f"prefill_wgmma_mixed_attention: {why}")
-    if out is None:
-        out = torch.empty_like(q)
-    if q.shape[0] == 0 or cu_seqlens_q.shape[0] <= 1 or max_query_len <= 0:
-        return out
-    kernel, grid, args, kwargs = _launch_plan(q, cu_seqlens_q, scale, int(max_query_len), out, config,
-                                              _num_sms(q.device), new_kv=(new_key, new_value),
-                                              paged=(k_cache, v_cache, block_tables, context_lens))
-    kernel[grid](*args, **kwargs)
-    return out
+    return _run("prefill_wgmma_mixed_attention",
+                supported_mixed(q, k_cache, v_cache, new_key, new_value, scale, config), q, cu_seqlens_q, scale,
+                max_query_len, out, config, new_kv=(new_key, new_value),
+                paged=(k_cache, v_cache, block_tables, context_lens))
 
 
 def prefill_wgmma_attention(q: torch.Tensor, new_key: torch.Tensor, new_value: torch.Tensor,
@@ -653,15 +636,21 @@ def prefill_wgmma_attention(q: torch.Tensor, new_key: torch.Tensor, new_value: t
     Returns:
         ``out``; rows of each sequence hold softmax(q k^T * scale, causal) v.
     """
-    ok, why = supported(q, new_key, new_value, scale)
+    return _run("prefill_wgmma_attention", supported(q, new_key, new_value, scale), q, cu_seqlens_q, scale,
+                max_query_len, out, config, new_kv=(new_key, new_value))
+
+
+def _run(name: str, check: tuple[bool, str], q, cu_seqlens_q, scale, max_query_len, out, config, **kv):
+    """The entry points' common part: refuse with ``check``'s reason, then one launch (none for an empty batch)."""
+    ok, why = check
     if not ok:
-        raise ValueError(f"prefill_wgmma_attention: {why}")
+        raise ValueError(f"{name}: {why}")
     if out is None:
         out = torch.empty_like(q)
     if q.shape[0] == 0 or cu_seqlens_q.shape[0] <= 1 or max_query_len <= 0:
         return out
     kernel, grid, args, kwargs = _launch_plan(q, cu_seqlens_q, scale, int(max_query_len), out, config,
-                                              _num_sms(q.device), new_kv=(new_key, new_value))
+                                              _num_sms(q.device), **kv)
     kernel[grid](*args, **kwargs)
     return out
 

@@ -189,18 +189,22 @@ def test_wgmma_paged_prefill_head64_and_rising_maximum():
 @needs_hopper
 @pytest.mark.parametrize("seed", range(8))
 def test_wgmma_paged_prefill_random_batches(seed):
-    # random batches: 1-5 sequences, context 0-600, 0-400 new tokens (sequences with none among them), block sizes
-    # 8-128, one to eight query heads per KV head
+    rng, contexts, new, group = _random_batch(seed)
+    _run_prefill(contexts, new, 8, 8 // group, 128, rng.choice([8, 16, 32, 64, 128]), torch.bfloat16,
+                 seed=90 + seed, config={"wgmma": True})
+
+
+def _random_batch(seed):
+    """A random batch: 1-5 sequences, context 0-600, 0-400 new tokens (sequences with none among them, at least one
+    with some), one to eight query heads per KV head. Returns the generator for the caller's further choices."""
     import random
 
     rng = random.Random(seed)
     n = rng.randint(1, 5)
-    contexts = [rng.choice([0, rng.randint(0, 600)]) for _ in range(n)]
+    contexts = [rng.choice([0, rng.randint(1, 600)]) for _ in range(n)]
     new = [rng.choice([0, rng.randint(1, 400)]) for _ in range(n)]
     new[rng.randrange(n)] = rng.randint(1, 400)
-    group = rng.choice([1, 2, 4, 8])
-    _run_prefill(contexts, new, 8, 8 // group, 128, rng.choice([8, 16, 32, 64, 128]), torch.bfloat16,
-                 seed=90 + seed, config={"wgmma": True})
+    return rng, contexts, new, rng.choice([1, 2, 4, 8])
 
 
 # --------------------------------------------------------------------------------------
@@ -224,14 +228,7 @@ def test_wgmma_mixed_prefill_matches_reference(block_size, dtype):
 @needs_hopper
 @pytest.mark.parametrize("seed", range(6))
 def test_wgmma_mixed_prefill_random_batches(seed):
-    import random
-
-    rng = random.Random(seed)
-    n = rng.randint(1, 5)
-    contexts = [rng.choice([0, rng.randint(1, 600)]) for _ in range(n)]
-    new = [rng.choice([0, rng.randint(1, 400)]) for _ in range(n)]
-    new[rng.randrange(n)] = rng.randint(1, 400)
-    group = rng.choice([1, 2, 4, 8])
+    rng, contexts, new, group = _random_batch(seed)
     head = rng.choice([64, 128])
     _run_prefill_newkv(contexts, new, 8, 8 // group, head, rng.choice([8, 16, 32, 64]), torch.bfloat16,
                        seed=110 + seed, config={"wgmma": rng.choice([True, CONFIGS["ws"], CONFIGS["ws_n64"]])})
