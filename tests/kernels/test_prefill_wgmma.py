@@ -109,17 +109,24 @@ def test_wgmma_direct_call_says_why_not():
     assert not ok and why
 
 
-def test_default_routes_pure_prefill_to_wgmma(monkeypatch):
-    # with no config, pure prefill with new K/V (max_context_len=0) takes the Gluon kernel wherever it can run, and
-    # a Triton A/B config (no "wgmma" key), cached context or an unsupported GPU keeps the Triton kernel
+def _count_calls(monkeypatch, name):
+    """Replace ``kernels.prefill_wgmma.<name>`` by a wrapper that records each call; returns the record."""
     calls = []
-    real = pw.prefill_wgmma_attention
+    real = getattr(pw, name)
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pw, "prefill_wgmma_attention", counting)
+    monkeypatch.setattr(pw, name, counting)
+    return calls
+
+
+def test_default_routes_pure_prefill_to_wgmma(monkeypatch):
+    # with no config, pure prefill with new K/V (max_context_len=0) takes the Gluon kernel's contiguous form wherever
+    # it can run; a Triton A/B config (no "wgmma" key) or an unsupported GPU keeps the Triton kernel, and cached
+    # context goes to the mixed form (test_mixed_routing)
+    calls = _count_calls(monkeypatch, "prefill_wgmma_attention")
     dtype = torch.float16 if CUDA else torch.float32
     _run_prefill_newkv([0, 0], [40, 70], 4, 2, 128, 16, dtype, seed=71, max_context_len=0)
     assert len(calls) == (1 if HOPPER else 0)
@@ -135,14 +142,7 @@ def test_default_routes_pure_prefill_to_wgmma(monkeypatch):
 def test_default_routes_paged_prefill_to_wgmma(monkeypatch):
     # with no config, paged_prefill_attention takes the Gluon kernel's paged form for block sizes TMA copies whole,
     # and the Triton kernel for one-token blocks, a Triton A/B config, or with WGMMA_PAGED_PREFILL_DEFAULT off
-    calls = []
-    real = pw.prefill_wgmma_paged_attention
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pw, "prefill_wgmma_paged_attention", counting)
+    calls = _count_calls(monkeypatch, "prefill_wgmma_paged_attention")
     dtype = torch.float16 if CUDA else torch.float32
     _run_prefill([0, 30], [40, 70], 4, 2, 128, 16, dtype, seed=75)
     assert len(calls) == (1 if HOPPER else 0)
@@ -236,14 +236,7 @@ def test_wgmma_mixed_prefill_random_batches(seed):
 
 def test_mixed_routing(monkeypatch):
     # new K/V with cached context takes the mixed form only when asked (config) or with WGMMA_MIXED_PREFILL_DEFAULT on
-    calls = []
-    real = pw.prefill_wgmma_mixed_attention
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pw, "prefill_wgmma_mixed_attention", counting)
+    calls = _count_calls(monkeypatch, "prefill_wgmma_mixed_attention")
     dtype = torch.float16 if CUDA else torch.float32
     expect = 0
     for config, switch in ((None, False), ({"wgmma": True}, False), (None, True), ({"fold_scale": False}, True)):
