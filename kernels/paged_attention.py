@@ -1259,8 +1259,7 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
     if _use_wgmma(config, WGMMA_PAGED_PREFILL_DEFAULT):
         from kernels import prefill_wgmma
 
-        wg = config.get("wgmma") if config else None
-        wg = wg if isinstance(wg, dict) else None
+        wg = _wgmma_options(config)
         ok, _why = prefill_wgmma.supported_paged(q, k_cache, v_cache, scale, wg)
         if ok:  # otherwise the Triton kernel below runs the call
             prefill_wgmma.prefill_wgmma_paged_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q,
@@ -1302,12 +1301,18 @@ WGMMA_PAGED_PREFILL_DEFAULT = True
 WGMMA_MIXED_PREFILL_DEFAULT = True
 
 
+def _wgmma_options(config: dict | None) -> dict | None:
+    """The Gluon kernel's options: ``config["wgmma"]`` when it is a dict, else None (its defaults)."""
+    wg = config.get("wgmma") if config else None
+    return wg if isinstance(wg, dict) else None
+
+
 def _use_wgmma(config: dict | None, default: bool) -> bool:
-    """Whether pure prefill with new K/V goes to the Gluon warp-group-MMA kernel (:mod:`kernels.prefill_wgmma`)
-    when the GPU supports it: ``config={"wgmma": True}`` or a dict of that kernel's options, ``False`` for the
+    """Whether a prefill call goes to the Gluon warp-group-MMA kernel (:mod:`kernels.prefill_wgmma`) when the GPU
+    supports it: ``config={"wgmma": True}`` or a dict of that kernel's options, ``False`` for the
     Triton kernel. A config without the key is one of the Triton kernel's A/B options and keeps it; no config
-    means ``default`` (the caller passes ``WGMMA_PREFILL_DEFAULT`` or ``WGMMA_PAGED_PREFILL_DEFAULT``, read at call
-    time so that setting either module attribute takes effect)."""
+    means ``default`` (the caller passes one of the ``WGMMA_*_PREFILL_DEFAULT`` switches, read at call time so that
+    setting the module attribute takes effect)."""
     if config:
         return bool(config.get("wgmma", False))
     return default
@@ -1326,15 +1331,13 @@ def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, conte
 
         ok, _why = prefill_wgmma.supported(q, new_key, new_value, scale)
         if ok:  # otherwise the Triton kernel below runs the call
-            wg = config.get("wgmma") if config else None
             prefill_wgmma.prefill_wgmma_attention(q, new_key, new_value, cu_seqlens_q, scale, int(max_query_len),
-                                                  out=out, config=wg if isinstance(wg, dict) else None)
+                                                  out=out, config=_wgmma_options(config))
             return
     if (max_context_len is None or int(max_context_len) > 0) and _use_wgmma(config, WGMMA_MIXED_PREFILL_DEFAULT):
         from kernels import prefill_wgmma
 
-        wg = config.get("wgmma") if config else None
-        wg = wg if isinstance(wg, dict) else None
+        wg = _wgmma_options(config)
         ok, _why = prefill_wgmma.supported_mixed(q, k_cache, v_cache, new_key, new_value, scale, wg)
         if ok:  # otherwise the Triton kernel below runs the call
             prefill_wgmma.prefill_wgmma_mixed_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q,

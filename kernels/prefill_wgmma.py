@@ -27,6 +27,9 @@ from __future__ import annotations
 import torch
 import triton
 
+from kernels import paged_attention as _pa  # shared host helpers (SM count, TMA view rule); it imports this lazily
+from kernels.paged_attention import _num_sms
+
 try:  # Gluon is experimental: absent from older Triton releases, and its API moves between releases
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -52,14 +55,6 @@ DEFAULT_CONFIG = {"block_m": 128, "block_n": 128, "num_warps": 8, "pipeline": Tr
 # the paged form's register split: 1-3% faster than 240 / 24 in 4 of 5 cases (round 7, call e), and its loader
 # (block-table reads, zeroing the V rows past a sequence's end) needs more than 24 registers
 PAGED_DEFAULTS = {"consumer_regs": 232, "loader_regs": 40}
-_SMS: dict[int, int] = {}
-
-
-def _num_sms(device: torch.device) -> int:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SMS:
-        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SMS[index]
 
 
 def _device_dtype_scale(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> str:
@@ -91,10 +86,9 @@ def supported(q: torch.Tensor, new_key: torch.Tensor, new_value: torch.Tensor, s
 
 
 def _tma_ok(t: torch.Tensor) -> bool:
-    """TMA reads the 2-D view ``[T, heads * head]``: the last two dims contiguous, rows 16-byte aligned."""
+    """TMA reads the 2-D view ``[T, heads * head]`` (the Triton path's rule) of rows that do not overlap."""
     heads, head = t.shape[1], t.shape[2]
-    return (t.stride(2) == 1 and t.stride(1) == head and (t.stride(0) * t.element_size()) % 16 == 0
-            and t.data_ptr() % 16 == 0 and t.stride(0) >= heads * head)
+    return _pa._tma_ok(t, head, head) and t.stride(0) >= heads * head
 
 
 def _gl_dtype(dtype: torch.dtype):
