@@ -39,9 +39,8 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
-from kernels import cache_ops
+from kernels import cache_ops, prefill_wgmma
 from kernels import paged_attention as pa
-from kernels import prefill_wgmma
 
 GB = 1e9
 DTYPE = torch.bfloat16
@@ -76,6 +75,7 @@ def _graph(fn):
     with torch.cuda.graph(g):
         fn()
     torch.cuda.synchronize()
+
     def replay():
         g.replay()
 
@@ -124,7 +124,7 @@ class Budget:
 
 def env_info(argv) -> dict:
     info = {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m kernels.bench " + " ".join(argv),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -134,12 +134,23 @@ def env_info(argv) -> dict:
     }
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        info.update(device=torch.cuda.get_device_name(0), sm_count=p.multi_processor_count,
-                    gpu_memory_gib=round(p.total_memory / 2**30, 1),
-                    l2_mib=round(getattr(p, "L2_cache_size", 0) / 2**20, 1))
+        info.update(
+            device=torch.cuda.get_device_name(0),
+            sm_count=p.multi_processor_count,
+            gpu_memory_gib=round(p.total_memory / 2**30, 1),
+            l2_mib=round(getattr(p, "L2_cache_size", 0) / 2**20, 1),
+        )
     try:
-        q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,"
-                            "power.limit", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        q = subprocess.run(
+            [
+                "nvidia-smi",
+                "--query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem,power.limit",
+                "--format=csv,noheader",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         info["nvidia_smi"] = q.stdout.strip()
     except Exception as e:  # noqa: BLE001
         info["nvidia_smi"] = f"unavailable: {e}"
@@ -153,8 +164,13 @@ def copy_ceiling() -> dict:
     t = _bench(lambda: dst.copy_(src), rep=200)
     t2 = _bench(lambda: dst.copy_(src), rep=200)
     del src, dst
-    return {"bytes_moved": 2 * n, "ms": t, "ms_repeat": t2, "tb_s": 2 * n / (t * 1e-3) / 1e12,
-            "tb_s_repeat": 2 * n / (t2 * 1e-3) / 1e12}
+    return {
+        "bytes_moved": 2 * n,
+        "ms": t,
+        "ms_repeat": t2,
+        "tb_s": 2 * n / (t * 1e-3) / 1e12,
+        "tb_s_repeat": 2 * n / (t2 * 1e-3) / 1e12,
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -164,12 +180,17 @@ def copy_ceiling() -> dict:
 
 def _sdpa_backends():
     from torch.nn.attention import SDPBackend
-    return [("flash", SDPBackend.FLASH_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION),
-            ("cudnn", SDPBackend.CUDNN_ATTENTION)]
+
+    return [
+        ("flash", SDPBackend.FLASH_ATTENTION),
+        ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+        ("cudnn", SDPBackend.CUDNN_ATTENTION),
+    ]
 
 
 def _run_sdpa(backend, q, k, v, mask=None, is_causal=False, gqa=False):
     from torch.nn.attention import sdpa_kernel
+
     with sdpa_kernel([backend]):
         kw = {"enable_gqa": True} if gqa else {}
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, **kw)
@@ -189,8 +210,8 @@ def build_decode_case(batch, hq, hkv, lens, gen_seed=0, need_contig=True):
     bt_in = torch.zeros_like(bt)
     pos = 0
     for s, n in enumerate(nblk):
-        bt[s, :n] = perm[pos:pos + n]
-        bt_in[s, :n] = inorder[pos:pos + n]
+        bt[s, :n] = perm[pos : pos + n]
+        bt_in[s, :n] = inorder[pos : pos + n]
         pos += n
     q = torch.randn((batch, hq, HEAD), dtype=DTYPE, device=DEV)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEV)
@@ -216,8 +237,16 @@ def decode_bytes(lens, hkv):
 
 # (layout, batch, context) of the uniform cases, and the names of the mixed cases, that also run FlexAttention.
 # Every new shape costs a torch.compile (tens of seconds), so only this subset of the grid is measured.
-FLEX_CASES = {("mha", 16, 2048), ("mha", 16, 8192), ("mha", 64, 2048), ("mha", 64, 8192),
-              ("gqa", 16, 2048), ("gqa", 16, 8192), ("gqa", 64, 2048), ("gqa", 64, 8192)}
+FLEX_CASES = {
+    ("mha", 16, 2048),
+    ("mha", 16, 8192),
+    ("mha", 64, 2048),
+    ("mha", 64, 8192),
+    ("gqa", 16, 2048),
+    ("gqa", 16, 8192),
+    ("gqa", 64, 2048),
+    ("gqa", 64, 8192),
+}
 FLEX_MIXED = {"mixed gqa b64 len1-8192"}
 FLEX_SMOKE = {("mha", 2, 40), ("gqa", 2, 300)}
 FLEX_SMOKE_MIXED = {"mixed gqa b16 len1-8192"}
@@ -228,11 +257,13 @@ def flex_available() -> dict:
     info = {}
     try:
         from torch.nn.attention import flex_attention as fa
+
         info["flex_attention"] = hasattr(fa, "flex_attention") and hasattr(fa, "BlockMask")
     except Exception as e:  # noqa: BLE001
         info["flex_attention"] = f"unavailable: {type(e).__name__}: {e}"[:200]
     try:
         from torch.nn.attention.experimental import _paged_attention as pg
+
         info["experimental_PagedAttention_helper"] = hasattr(pg, "PagedAttention")
     except Exception:  # noqa: BLE001
         info["experimental_PagedAttention_helper"] = False
@@ -244,6 +275,7 @@ def _flex_compiled():
     if "fn" not in _FLEX:
         import torch._dynamo
         from torch.nn.attention.flex_attention import flex_attention
+
         for name in ("recompile_limit", "cache_size_limit"):  # every case is a new shape: allow them all
             if hasattr(torch._dynamo.config, name):
                 setattr(torch._dynamo.config, name, 256)
@@ -267,8 +299,9 @@ def flex_paged_block_mask(bt, lens, num_blocks):
     The index tensors are ``num_blocks`` wide (as torch's experimental ``PagedAttention`` helper
     makes them), which inductor's CPU lowering needs.  Built from the host-side ``lens``: no sync.
     """
-    from torch.nn.attention.flex_attention import BlockMask
     import inspect
+
+    from torch.nn.attention.flex_attention import BlockMask
 
     dev = bt.device
     b, width = bt.shape
@@ -298,10 +331,16 @@ def flex_paged_block_mask(bt, lens, num_blocks):
     kw = {}
     if "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters:
         kw["compute_q_blocks"] = False  # forward only: no transposed (q-block) lists
-    return BlockMask.from_kv_blocks(has_part.view(b, 1, 1), part_idx.view(b, 1, 1, num_blocks),
-                                    n_full.view(b, 1, 1), full_idx.view(b, 1, 1, num_blocks),
-                                    BLOCK_SIZE=(128, BLOCK), mask_mod=mask_mod,
-                                    seq_lengths=(1, num_blocks * BLOCK), **kw)
+    return BlockMask.from_kv_blocks(
+        has_part.view(b, 1, 1),
+        part_idx.view(b, 1, 1, num_blocks),
+        n_full.view(b, 1, 1),
+        full_idx.view(b, 1, 1, num_blocks),
+        BLOCK_SIZE=(128, BLOCK),
+        mask_mod=mask_mod,
+        seq_lengths=(1, num_blocks * BLOCK),
+        **kw,
+    )
 
 
 def _flex_fn(c, lens, hq, hkv, scale):
@@ -331,8 +370,10 @@ def measure_flex(c, rec, times, eager, lens, hq, hkv, scale, ref_out):
         if not SMOKE:
             raise
         # CPU smoke only: inductor's CPU flex lowering may be unavailable; the eager path checks the mask
-        print(f"flex: CPU compile failed ({type(e).__name__}: {str(e)[:200]}); eager flex_attention from now on",
-              flush=True)
+        print(
+            f"flex: CPU compile failed ({type(e).__name__}: {str(e)[:200]}); eager flex_attention from now on",
+            flush=True,
+        )
         _FLEX["cpu_eager"] = f"eager flex_attention (CPU compile failed: {type(e).__name__})"
         fn = _flex_fn(c, lens, hq, hkv, scale)
         out = fn()
@@ -348,14 +389,24 @@ def measure_flex(c, rec, times, eager, lens, hq, hkv, scale, ref_out):
     rec.setdefault("cpu_us_per_call", {})["flex_paged"] = _cpu_us(fn)
 
 
-def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=True, extra_configs=None,
-                   with_flex=False):
+def measure_decode(
+    name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=True, extra_configs=None, with_flex=False
+):
     kv_bytes = decode_bytes(lens, hkv)
     lmax = math.ceil(max(lens) / BLOCK) * BLOCK
     padded = batch * lmax * hkv * HEAD * 2 * 2
-    rec = {"case": name, "batch": batch, "q_heads": hq, "kv_heads": hkv, "head_size": HEAD,
-           "block_size": BLOCK, "mean_len": sum(lens) / len(lens), "max_len": max(lens),
-           "kv_bytes": kv_bytes, "kv_gb": kv_bytes / GB}
+    rec = {
+        "case": name,
+        "batch": batch,
+        "q_heads": hq,
+        "kv_heads": hkv,
+        "head_size": HEAD,
+        "block_size": BLOCK,
+        "mean_len": sum(lens) / len(lens),
+        "max_len": max(lens),
+        "kv_bytes": kv_bytes,
+        "kv_gb": kv_bytes / GB,
+    }
     if kv_bytes > MAX_BYTES:
         rec["skipped"] = f"KV {kv_bytes / GB:.1f} GB > {MAX_BYTES / GB:.0f} GB"
         return rec
@@ -363,7 +414,7 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
     if with_sdpa and not sdpa_ok:
         rec["sdpa_skipped"] = f"padded contiguous copy {padded / GB:.1f} GB > {MAX_BYTES / GB:.0f} GB"
     c = build_decode_case(batch, hq, hkv, lens, need_contig=sdpa_ok)
-    scale = HEAD ** -0.5
+    scale = HEAD**-0.5
     q, kc, vc, bt, bt_in, sl = c["q"], c["k_cache"], c["v_cache"], c["bt"], c["bt_in"], c["sl"]
     max_len = c["max_len"]
     dcfg = pa._decode_config(HEAD, hq // hkv, DTYPE, BLOCK, batch * hkv, pa._num_sms(q.device))
@@ -373,8 +424,9 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
     plan = pa._split_plan(batch, hkv, max_len, dcfg["block_n"], pa._num_sms(q.device), None, None)
     # with the device-side uniform test the grid has `splits` partitions, but near-uniform lengths use the hint's
     rec["auto_uniform_partition"] = plan[3] if plan[2] else None
-    hint_splits, hint_part = pa._choose_partition(batch, hkv, max_len, dcfg["block_n"], pa._num_sms(q.device), None,
-                                                  min(lens))
+    hint_splits, hint_part = pa._choose_partition(
+        batch, hkv, max_len, dcfg["block_n"], pa._num_sms(q.device), None, min(lens)
+    )
     rec["hint_splits"], rec["hint_partition"] = hint_splits, hint_part
     out = torch.empty_like(q)
 
@@ -406,7 +458,7 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
         for bname, backend in _sdpa_backends():
             try:
                 res[bname] = _run_sdpa(backend, q4, c["k_contig"], c["v_contig"], mask, gqa=gqa)
-                fn = (lambda b=backend: _run_sdpa(b, q4, c["k_contig"], c["v_contig"], mask, gqa=gqa))
+                fn = lambda b=backend: _run_sdpa(b, q4, c["k_contig"], c["v_contig"], mask, gqa=gqa)
                 eager[f"sdpa_{bname}"] = _bench(fn)
                 rec["cpu_us_per_call"][f"sdpa_{bname}"] = _cpu_us(fn)
                 try:
@@ -423,8 +475,12 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
         ref = next(iter(res.values())).float().view(batch, hq, HEAD)
         rec["max_abs_diff_vs_sdpa"] = (ours_out - ref).abs().max().item()
     rec["ours_nan"] = bool(torch.isnan(ours_out).any().item())
-    for label, kw in (("ours_two_kernel", dict(fused_reduce=False)), ("ours_fused", dict(fused_reduce=True)),
-                      ("ours_hint", dict(min_seq_len=min(lens))), ("ours_balanced", dict(config={"balanced": True}))):
+    for label, kw in (
+        ("ours_two_kernel", dict(fused_reduce=False)),
+        ("ours_fused", dict(fused_reduce=True)),
+        ("ours_hint", dict(min_seq_len=min(lens))),
+        ("ours_balanced", dict(config={"balanced": True})),
+    ):
         if label in times:
             out.fill_(float("nan"))
             o2 = ours(**kw)().float()
@@ -433,6 +489,7 @@ def measure_decode(name, batch, hq, hkv, lens, ceiling_tb_s, budget, with_sdpa=T
     if with_flex:
         # FlexAttention over the same paged cache; both outputs checked against kernels.reference
         from kernels.reference import ref_paged_decode
+
         ref_out = ref_paged_decode(q.float(), kc, vc, bt, sl, scale).float()
         rec["ours_max_abs_err_vs_ref"] = (ours_out - ref_out).abs().max().item()
         try:
@@ -511,17 +568,17 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
     q = torch.randn((batch * new, hq, HEAD), dtype=DTYPE, device=DEV)
     cu = torch.arange(0, batch + 1, dtype=torch.int32, device=DEV) * new
     ctx_t = torch.full((batch,), ctx, dtype=torch.int32, device=DEV)
-    scale = HEAD ** -0.5
+    scale = HEAD**-0.5
     out = torch.empty_like(q)
     # FLOPs actually needed: query at position p sees p + 1 keys; QK^T and PV are 2 * D each
     keys_seen = batch * (new * ctx + new * (new + 1) // 2)
     flops = 4 * HEAD * hq * keys_seen
-    rec = {"case": name, "batch": batch, "q_heads": hq, "kv_heads": hkv, "context": ctx, "new": new,
-           "flops": flops}
+    rec = {"case": name, "batch": batch, "q_heads": hq, "kv_heads": hkv, "context": ctx, "new": new, "flops": flops}
 
     def ours(**kw):
-        return lambda: pa.paged_prefill_attention(q, k_cache, v_cache, bt, cu, ctx_t, scale, max_query_len=new,
-                                                  out=out, **kw)
+        return lambda: pa.paged_prefill_attention(
+            q, k_cache, v_cache, bt, cu, ctx_t, scale, max_query_len=new, out=out, **kw
+        )
 
     times = {"ours_paged": _bench_graph_or_eager(ours(), rec, "ours_paged")}
     # the paged column runs the Gluon kernel's paged form where it can; the Triton paged kernel beside it
@@ -539,21 +596,37 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
     vn = vc[:, :, ctx:].transpose(1, 2).reshape(batch * new, hkv, HEAD).contiguous()
 
     def ours_newkv(**kw):
-        return lambda: pa.paged_prefill_attention(q, k_cache, v_cache, bt, cu, ctx_t, scale, max_query_len=new,
-                                                  out=out, new_key=kn, new_value=vn, max_context_len=ctx, **kw)
+        return lambda: pa.paged_prefill_attention(
+            q,
+            k_cache,
+            v_cache,
+            bt,
+            cu,
+            ctx_t,
+            scale,
+            max_query_len=new,
+            out=out,
+            new_key=kn,
+            new_value=vn,
+            max_context_len=ctx,
+            **kw,
+        )
 
     try:
         times["ours_newkv"] = _bench_graph_or_eager(ours_newkv(), rec, "ours_newkv")
     except Exception as e:  # noqa: BLE001
         traceback.print_exc()
-        rec["ours_newkv_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+        rec["ours_newkv_error"] = (
+            f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+        )
     if ctx == 0:
         # pure prefill: the default runs the Gluon warp-group-MMA kernel where it can; the Triton kernel beside it
         ok, why = prefill_wgmma.supported(q, kn, vn, scale)
         rec["newkv_kernel"] = "gluon (kernels.prefill_wgmma)" if ok else f"triton ({why})"
         try:
-            times["ours_newkv_triton"] = _bench_graph_or_eager(ours_newkv(config={"wgmma": False}), rec,
-                                                               "ours_newkv_triton")
+            times["ours_newkv_triton"] = _bench_graph_or_eager(
+                ours_newkv(config={"wgmma": False}), rec, "ours_newkv_triton"
+            )
         except Exception as e:  # noqa: BLE001
             rec["ours_newkv_triton_error"] = f"{type(e).__name__}: {str(e).strip()[:300]}"
     q4 = q.view(batch, new, hq, HEAD).transpose(1, 2).contiguous()
@@ -562,6 +635,7 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
         mask, causal = None, True
     else:
         from torch.nn.attention.bias import causal_lower_right
+
         mask, causal = causal_lower_right(new, total_len), False
     ref = None
     for bname, backend in _sdpa_backends():
@@ -569,7 +643,8 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
             r = _run_sdpa(backend, q4, kc, vc, mask, is_causal=causal, gqa=gqa)
             ref = r if ref is None else ref
             times[f"sdpa_{bname}"] = _bench_graph_or_eager(
-                lambda b=backend: _run_sdpa(b, q4, kc, vc, mask, is_causal=causal, gqa=gqa), rec, f"sdpa_{bname}")
+                lambda b=backend: _run_sdpa(b, q4, kc, vc, mask, is_causal=causal, gqa=gqa), rec, f"sdpa_{bname}"
+            )
         except Exception as e:  # noqa: BLE001
             rec[f"sdpa_{bname}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     o = ours()().float()
@@ -580,24 +655,46 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
         o = ours_newkv()().float()
         rec["ours_newkv_nan"] = bool(torch.isnan(o).any().item())
         if ref is not None:
-            rec["newkv_max_abs_diff_vs_sdpa"] = (o.view(batch, new, hq, HEAD).transpose(1, 2)
-                                                 - ref.float()).abs().max().item()
+            rec["newkv_max_abs_diff_vs_sdpa"] = (
+                (o.view(batch, new, hq, HEAD).transpose(1, 2) - ref.float()).abs().max().item()
+            )
     if sweep:
         sw = {}
         # the contiguous-new-K/V path: tile shapes, TMA or pointer loads, warp specialisation, tile order
-        for bm, bn, nw, ns, tma, ws, rev in [(64, 64, 4, 3, True, False, False), (64, 64, 4, 4, True, False, True),
-                                             (64, 64, 4, 2, True, False, True), (128, 64, 8, 3, True, True, True),
-                                             (64, 64, 4, 3, True, True, True), (128, 128, 8, 3, True, True, True),
-                                             (128, 128, 8, 3, True, False, True), (64, 32, 4, 3, True, False, True),
-                                             (64, 64, 4, 3, False, False, True)]:
+        for bm, bn, nw, ns, tma, ws, rev in [
+            (64, 64, 4, 3, True, False, False),
+            (64, 64, 4, 4, True, False, True),
+            (64, 64, 4, 2, True, False, True),
+            (128, 64, 8, 3, True, True, True),
+            (64, 64, 4, 3, True, True, True),
+            (128, 128, 8, 3, True, True, True),
+            (128, 128, 8, 3, True, False, True),
+            (64, 32, 4, 3, True, False, True),
+            (64, 64, 4, 3, False, False, True),
+        ]:
             if budget.left() < 30:
                 break
-            label = f"newkv_m{bm}_n{bn}_w{nw}_s{ns}{'_tma' if tma else '_ptr'}{'_ws' if ws else ''}{'' if rev else '_fwd'}"
+            label = (
+                f"newkv_m{bm}_n{bn}_w{nw}_s{ns}{'_tma' if tma else '_ptr'}{'_ws' if ws else ''}{'' if rev else '_fwd'}"
+            )
             try:
-                sw[label] = _bench_graph(ours_newkv(config=dict(block_m=bm, block_n=bn, num_warps=nw, num_stages=ns,
-                                                                tma=tma, warp_specialize=ws, reverse_m=rev)))
+                sw[label] = _bench_graph(
+                    ours_newkv(
+                        config=dict(
+                            block_m=bm,
+                            block_n=bn,
+                            num_warps=nw,
+                            num_stages=ns,
+                            tma=tma,
+                            warp_specialize=ws,
+                            reverse_m=rev,
+                        )
+                    )
+                )
             except Exception as e:  # noqa: BLE001
-                sw[label] = f"error: {type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
+                sw[label] = (
+                    f"error: {type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
+                )
         rec["sweep_ms"] = sw
     rec["ms"] = times
     rec["tflop_s"] = {k: flops / (t * 1e-3) / 1e12 for k, t in times.items()}
@@ -651,9 +748,17 @@ def measure_write_kv(tokens, heads, ceiling_tb_s):
     # correctness
     cache_ops.write_kv(key, val, kc, vc, slots)
     ok = torch.equal(kflat[slots], key) and torch.equal(vflat[slots], val)
-    rec.update({"case": f"write_kv tokens={tokens} heads={heads}", "tokens": tokens, "kv_heads": heads,
-                "bytes_moved": moved, "ms": times, "correct": ok,
-                "tb_s": {k: moved / (t * 1e-3) / 1e12 for k, t in times.items()}})
+    rec.update(
+        {
+            "case": f"write_kv tokens={tokens} heads={heads}",
+            "tokens": tokens,
+            "kv_heads": heads,
+            "bytes_moved": moved,
+            "ms": times,
+            "correct": ok,
+            "tb_s": {k: moved / (t * 1e-3) / 1e12 for k, t in times.items()},
+        }
+    )
     rec["ours_vs_torch_index_copy"] = times["torch_index_copy"] / times["ours_write_kv"]
     rec["ours_frac_of_copy_ceiling"] = rec["tb_s"]["ours_write_kv"] / ceiling_tb_s
     del kc, vc
@@ -666,7 +771,7 @@ def measure_copy_blocks(layers, pairs, heads, ceiling_tb_s):
     num_blocks = 64 if SMOKE else 2048
     caches = [torch.randn((num_blocks, BLOCK, heads, HEAD), dtype=DTYPE, device=DEV) for _ in range(2 * layers)]
     perm = torch.randperm(num_blocks, device=DEV)
-    mapping = torch.stack([perm[:pairs], perm[pairs:2 * pairs]], dim=1).contiguous()
+    mapping = torch.stack([perm[:pairs], perm[pairs : 2 * pairs]], dim=1).contiguous()
     src, dst = mapping[:, 0].contiguous(), mapping[:, 1].contiguous()
     per_block = BLOCK * heads * HEAD * 2
     moved = 2 * pairs * per_block * len(caches)
@@ -676,12 +781,21 @@ def measure_copy_blocks(layers, pairs, heads, ceiling_tb_s):
             c.index_copy_(0, dst, c.index_select(0, src))
 
     rec = {}
-    times = {"ours_copy_blocks": _bench_graph_or_eager(lambda: cache_ops.copy_blocks(caches, mapping), rec, "ours"),
-             "torch_loop_index_copy": _bench_graph_or_eager(torch_loop, rec, "torch_loop")}
+    times = {
+        "ours_copy_blocks": _bench_graph_or_eager(lambda: cache_ops.copy_blocks(caches, mapping), rec, "ours"),
+        "torch_loop_index_copy": _bench_graph_or_eager(torch_loop, rec, "torch_loop"),
+    }
     cache_ops.copy_blocks(caches, mapping)
     ok = all(torch.equal(c[dst], c[src]) for c in caches)
-    rec.update({"case": f"copy_blocks layers={layers} pairs={pairs}", "bytes_moved": moved, "ms": times,
-                "correct": ok, "tb_s": {k: moved / (t * 1e-3) / 1e12 for k, t in times.items()}})
+    rec.update(
+        {
+            "case": f"copy_blocks layers={layers} pairs={pairs}",
+            "bytes_moved": moved,
+            "ms": times,
+            "correct": ok,
+            "tb_s": {k: moved / (t * 1e-3) / 1e12 for k, t in times.items()},
+        }
+    )
     rec["ours_vs_torch"] = times["torch_loop_index_copy"] / times["ours_copy_blocks"]
     rec["ours_frac_of_copy_ceiling"] = rec["tb_s"]["ours_copy_blocks"] / ceiling_tb_s
     del caches
@@ -699,8 +813,7 @@ def evaluate_targets(result) -> list[dict]:
     tg = []
 
     def add(name, case, value, threshold, ok, unit=""):
-        tg.append({"target": name, "case": case, "value": value, "threshold": threshold, "met": bool(ok),
-                   "unit": unit})
+        tg.append({"target": name, "case": case, "value": value, "threshold": threshold, "met": bool(ok), "unit": unit})
 
     for r in dec:
         if r["kv_bytes"] >= 1 * GB and not r["case"].startswith("mixed") and "ours_speed_vs_fastest_sdpa" in r:
@@ -709,8 +822,14 @@ def evaluate_targets(result) -> list[dict]:
     for r in dec:
         if "ours_hint_speed_vs_fastest_sdpa" in r and r["kv_bytes"] >= 1 * GB and not r["case"].startswith("mixed"):
             v = r["ours_hint_speed_vs_fastest_sdpa"]
-            add(">=1GB: speed vs fastest SDPA >= 0.97, with the min_seq_len host hint", r["case"], v, 0.97, v >= 0.97,
-                "x")
+            add(
+                ">=1GB: speed vs fastest SDPA >= 0.97, with the min_seq_len host hint",
+                r["case"],
+                v,
+                0.97,
+                v >= 0.97,
+                "x",
+            )
     for r in dec:
         if r["case"].startswith("mixed") and r["batch"] >= 16:
             v = r["frac_of_copy"]["ours_scattered"]
@@ -729,8 +848,14 @@ def evaluate_targets(result) -> list[dict]:
             add("prefill: >= 90% of fastest SDPA FLOP rate", r["case"], v, 0.90, v >= 0.90, "x")
         if "ours_newkv_speed_vs_fastest_sdpa" in r:
             v = r["ours_newkv_speed_vs_fastest_sdpa"]
-            add("prefill, new K/V contiguous (new_key/new_value): >= 90% of fastest SDPA FLOP rate", r["case"], v,
-                0.90, v >= 0.90, "x")
+            add(
+                "prefill, new K/V contiguous (new_key/new_value): >= 90% of fastest SDPA FLOP rate",
+                r["case"],
+                v,
+                0.90,
+                v >= 0.90,
+                "x",
+            )
     for r in result.get("write_kv", []):
         v = r["ours_vs_torch_index_copy"]
         add("write_kv: >= 90% of torch index_copy bandwidth", r["case"], v, 0.90, v >= 0.90, "x")
@@ -764,30 +889,43 @@ def write_markdown(result, path):
     e = result["env"]
     L = []
     L.append("# Kernel benchmark\n")
-    L.append(f"- device: {e.get('device')} ({e.get('sm_count')} SMs, {e.get('gpu_memory_gib')} GiB); "
-             f"nvidia-smi: {e.get('nvidia_smi')}")
-    L.append(f"- date (UTC): {e['date_utc']}; torch {e['torch']}, triton {e['triton']}, CUDA {e['cuda_runtime']}, "
-             f"python {e['python']}")
+    L.append(
+        f"- device: {e.get('device')} ({e.get('sm_count')} SMs, {e.get('gpu_memory_gib')} GiB); "
+        f"nvidia-smi: {e.get('nvidia_smi')}"
+    )
+    L.append(
+        f"- date (UTC): {e['date_utc']}; torch {e['torch']}, triton {e['triton']}, CUDA {e['cuda_runtime']}, "
+        f"python {e['python']}"
+    )
     L.append(f"- command: `{e['command']}`")
     c = result.get("copy_ceiling", {})
-    L.append(f"- copy ceiling (1 GiB device-to-device copy, read + write): {_f(c.get('tb_s'), 2)} TB/s "
-             f"(repeat {_f(c.get('tb_s_repeat'), 2)})")
-    L.append("- times: medians of triton.testing.do_bench (L2 cleared before each run) over CUDA-graph replays "
-             "of each method (ours and every SDPA backend alike; for prefill, write and copy too, with an eager "
-             "fallback noted in the JSON's `timing` if capture fails), so host launch overhead is excluded; eager "
-             "(no graph) times are in the JSON (`eager_ms`, `cpu_us_per_call`) and in the last decode columns; "
-             "bf16, head size 128, 16-token blocks; bandwidth = KV bytes read / time")
-    L.append("- splits: the default's split count; `u` marks a grid on which near-uniform lengths take the "
-             "`min_seq_len` hint's partition instead (the kernel tests the lengths on the device)\n")
+    L.append(
+        f"- copy ceiling (1 GiB device-to-device copy, read + write): {_f(c.get('tb_s'), 2)} TB/s "
+        f"(repeat {_f(c.get('tb_s_repeat'), 2)})"
+    )
+    L.append(
+        "- times: medians of triton.testing.do_bench (L2 cleared before each run) over CUDA-graph replays "
+        "of each method (ours and every SDPA backend alike; for prefill, write and copy too, with an eager "
+        "fallback noted in the JSON's `timing` if capture fails), so host launch overhead is excluded; eager "
+        "(no graph) times are in the JSON (`eager_ms`, `cpu_us_per_call`) and in the last decode columns; "
+        "bf16, head size 128, 16-token blocks; bandwidth = KV bytes read / time"
+    )
+    L.append(
+        "- splits: the default's split count; `u` marks a grid on which near-uniform lengths take the "
+        "`min_seq_len` hint's partition instead (the kernel tests the lengths on the device)\n"
+    )
     L.append("## Decode\n")
-    L.append("| case | KV GB | splits | ours scattered ms | ours in-order ms | paging ovh | flash ms | efficient ms |"
-             " cudnn ms | ours/best SDPA speed | ours TB/s | ours % copy | best SDPA % copy |"
-             " eager: ours ms / best SDPA ms / speed |")
+    L.append(
+        "| case | KV GB | splits | ours scattered ms | ours in-order ms | paging ovh | flash ms | efficient ms |"
+        " cudnn ms | ours/best SDPA speed | ours TB/s | ours % copy | best SDPA % copy |"
+        " eager: ours ms / best SDPA ms / speed |"
+    )
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in result["decode"]:
         if "ms" not in r:
-            L.append(f"| {r['case']} | {_f(r['kv_gb'], 2)} | skipped: {r.get('skipped', r.get('error', ''))} |"
-                     + " |" * 10)
+            L.append(
+                f"| {r['case']} | {_f(r['kv_gb'], 2)} | skipped: {r.get('skipped', r.get('error', ''))} |" + " |" * 10
+            )
             continue
         m, fr = r["ms"], r["frac_of_copy"]
         best = r.get("fastest_sdpa")
@@ -797,38 +935,48 @@ def write_markdown(result, path):
             f"{_f(m.get('sdpa_efficient'), 4)} | {_f(m.get('sdpa_cudnn'), 4)} | "
             f"{_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} | {_f(r['tb_s']['ours_scattered'], 2)} | "
             f"{100 * fr['ours_scattered']:.1f}% | {('-' if best is None else f'{100 * fr[best]:.1f}% ({best[5:]})')} |"
-            f" {_eager_cell(r)} |")
-    var = [r for r in result["decode"] if "ms" in r and any(k in r["ms"] for k in ("ours_two_kernel", "ours_hint",
-                                                                                   "ours_balanced"))]
+            f" {_eager_cell(r)} |"
+        )
+    var = [
+        r
+        for r in result["decode"]
+        if "ms" in r and any(k in r["ms"] for k in ("ours_two_kernel", "ours_hint", "ours_balanced"))
+    ]
     if var:
         L.append("\n### Decode variants, same process (graph-replay medians)\n")
-        L.append("- default = `fused_reduce=None` (fused when the grid is one wave of resident programs, and on every "
-                 "split grid of the small-grid config: fewer (sequence, KV head) pairs than SMs); fused = "
-                 "`fused_reduce=True` (the last program of each (sequence, KV head) combines the partials); "
-                 "two-kernel = the old path with a second reduce launch (`fused_reduce=False`); "
-                 "hint = default plus `min_seq_len=min(lengths)` (lifts the 2,048-token partition cap for "
-                 "near-uniform batches that fill a wave, and takes the balanced path on batches it marks as mixed, "
-                 "`bal` in the splits column); balanced = `config={'balanced': True}` (one program per resident "
-                 "slot, equal shares of the tiles; batch >= 16)\n")
-        L.append("| case | splits (default / hint) | default fuses? | default ms | fused ms | two-kernel ms | "
-                 "fused speed-up | hint ms | balanced ms | best SDPA ms | balanced % copy | "
-                 "default / fused / two-kernel / hint / balanced speed vs best SDPA |")
+        L.append(
+            "- default = `fused_reduce=None` (fused when the grid is one wave of resident programs, and on every "
+            "split grid of the small-grid config: fewer (sequence, KV head) pairs than SMs); fused = "
+            "`fused_reduce=True` (the last program of each (sequence, KV head) combines the partials); "
+            "two-kernel = the old path with a second reduce launch (`fused_reduce=False`); "
+            "hint = default plus `min_seq_len=min(lengths)` (lifts the 2,048-token partition cap for "
+            "near-uniform batches that fill a wave, and takes the balanced path on batches it marks as mixed, "
+            "`bal` in the splits column); balanced = `config={'balanced': True}` (one program per resident "
+            "slot, equal shares of the tiles; batch >= 16)\n"
+        )
+        L.append(
+            "| case | splits (default / hint) | default fuses? | default ms | fused ms | two-kernel ms | "
+            "fused speed-up | hint ms | balanced ms | best SDPA ms | balanced % copy | "
+            "default / fused / two-kernel / hint / balanced speed vs best SDPA |"
+        )
         L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in var:
             m = r["ms"]
             sd = r.get("fastest_sdpa")
             bfr = r["frac_of_copy"].get("ours_balanced")
-            L.append(f"| {r['case']} | {_splits_cell(r)} / {'bal' if r.get('hint_balanced') else r.get('hint_splits', '-')} | "
-                     f"{'yes' if r.get('default_fused') else 'no'} | {_f(m['ours_scattered'], 4)} | "
-                     f"{_f(m.get('ours_fused'), 4)} | "
-                     f"{_f(m.get('ours_two_kernel'), 4)} | {_f(r.get('fused_speedup_vs_two_kernel'), 3)} | "
-                     f"{_f(m.get('ours_hint'), 4)} | {_f(m.get('ours_balanced'), 4)} | "
-                     f"{_f(m.get(sd) if sd else None, 4)} | {'-' if bfr is None else f'{100 * bfr:.1f}%'} | "
-                     f"{_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} / "
-                     f"{_f(r.get('ours_fused_speed_vs_fastest_sdpa'), 3)} / "
-                     f"{_f(r.get('ours_two_kernel_speed_vs_fastest_sdpa'), 3)} / "
-                     f"{_f(r.get('ours_hint_speed_vs_fastest_sdpa'), 3)} / "
-                     f"{_f(r.get('ours_balanced_speed_vs_fastest_sdpa'), 3)} |")
+            L.append(
+                f"| {r['case']} | {_splits_cell(r)} / {'bal' if r.get('hint_balanced') else r.get('hint_splits', '-')} | "
+                f"{'yes' if r.get('default_fused') else 'no'} | {_f(m['ours_scattered'], 4)} | "
+                f"{_f(m.get('ours_fused'), 4)} | "
+                f"{_f(m.get('ours_two_kernel'), 4)} | {_f(r.get('fused_speedup_vs_two_kernel'), 3)} | "
+                f"{_f(m.get('ours_hint'), 4)} | {_f(m.get('ours_balanced'), 4)} | "
+                f"{_f(m.get(sd) if sd else None, 4)} | {'-' if bfr is None else f'{100 * bfr:.1f}%'} | "
+                f"{_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} / "
+                f"{_f(r.get('ours_fused_speed_vs_fastest_sdpa'), 3)} / "
+                f"{_f(r.get('ours_two_kernel_speed_vs_fastest_sdpa'), 3)} / "
+                f"{_f(r.get('ours_hint_speed_vs_fastest_sdpa'), 3)} / "
+                f"{_f(r.get('ours_balanced_speed_vs_fastest_sdpa'), 3)} |"
+            )
     errs = {k: v for r in result["decode"] for k, v in r.items() if k.endswith("_error")}
     if errs:
         L.append("\nBackends that refused a case (first message of each kind):\n")
@@ -842,37 +990,51 @@ def write_markdown(result, path):
     if flex:
         L.append("\n## FlexAttention with paged KV (subset of the decode grid)\n")
         fa = result["env"].get("flex", {})
-        L.append(f"- torch {result['env']['torch']}: flex_attention {fa.get('flex_attention')}; experimental "
-                 f"PagedAttention helper present: {fa.get('experimental_PagedAttention_helper')} (not used: the "
-                 f"BlockMask is built directly, as that helper would build it)")
+        L.append(
+            f"- torch {result['env']['torch']}: flex_attention {fa.get('flex_attention')}; experimental "
+            f"PagedAttention helper present: {fa.get('experimental_PagedAttention_helper')} (not used: the "
+            f"BlockMask is built directly, as that helper would build it)"
+        )
         L.append(f"- FlexAttention cases: {result.get('flex_cases', '-')}")
-        L.append("- flex: `torch.compile(flex_attention, dynamic=False)` on the physical pool viewed as one "
-                 "sequence `[1, Hkv, pages x 16, D]`, BlockMask with 16-token KV blocks = the pages of each "
-                 "sequence (full pages as full blocks, the last partial page masked by mask_mod); nothing "
-                 "gathered. Same q, cache and scattered block table as ours; graph-replay medians like the rest.")
+        L.append(
+            "- flex: `torch.compile(flex_attention, dynamic=False)` on the physical pool viewed as one "
+            "sequence `[1, Hkv, pages x 16, D]`, BlockMask with 16-token KV blocks = the pages of each "
+            "sequence (full pages as full blocks, the last partial page masked by mask_mod); nothing "
+            "gathered. Same q, cache and scattered block table as ours; graph-replay medians like the rest."
+        )
         L.append("- errors: max abs error of each output against `kernels.reference.ref_paged_decode` (fp32)\n")
-        L.append("| case | KV GB | ours ms | flex ms | flex/ours time (ours speed-up) | best SDPA ms | "
-                 "flex % copy | ours err | flex err | flex first call s (compile) | flex timing |")
+        L.append(
+            "| case | KV GB | ours ms | flex ms | flex/ours time (ours speed-up) | best SDPA ms | "
+            "flex % copy | ours err | flex err | flex first call s (compile) | flex timing |"
+        )
         L.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in flex:
             m = r.get("ms", {})
             sd = r.get("fastest_sdpa")
             if "flex_paged" not in m:
-                L.append(f"| {r['case']} | {_f(r.get('kv_gb'), 2)} | {_f(m.get('ours_scattered'), 4)} | "
-                         f"error: {r.get('flex_error', '')} |" + " |" * 7)
+                L.append(
+                    f"| {r['case']} | {_f(r.get('kv_gb'), 2)} | {_f(m.get('ours_scattered'), 4)} | "
+                    f"error: {r.get('flex_error', '')} |" + " |" * 7
+                )
                 continue
-            L.append(f"| {r['case']} | {_f(r['kv_gb'], 2)} | {_f(m['ours_scattered'], 4)} | "
-                     f"{_f(m['flex_paged'], 4)} | {_f(r.get('ours_speed_vs_flex'), 2)} | "
-                     f"{_f(m.get(sd) if sd else None, 4)} | {100 * r['frac_of_copy']['flex_paged']:.1f}% | "
-                     f"{_f(r.get('ours_max_abs_err_vs_ref'), 4)} | {_f(r.get('flex_max_abs_err_vs_ref'), 4)} | "
-                     f"{_f(r.get('flex_first_call_s'), 1)} | {r.get('timing', {}).get('flex_paged', '-')} |")
+            L.append(
+                f"| {r['case']} | {_f(r['kv_gb'], 2)} | {_f(m['ours_scattered'], 4)} | "
+                f"{_f(m['flex_paged'], 4)} | {_f(r.get('ours_speed_vs_flex'), 2)} | "
+                f"{_f(m.get(sd) if sd else None, 4)} | {100 * r['frac_of_copy']['flex_paged']:.1f}% | "
+                f"{_f(r.get('ours_max_abs_err_vs_ref'), 4)} | {_f(r.get('flex_max_abs_err_vs_ref'), 4)} | "
+                f"{_f(r.get('flex_first_call_s'), 1)} | {r.get('timing', {}).get('flex_paged', '-')} |"
+            )
     if result.get("prefill"):
         L.append("\n## Prefill with cached context\n")
-        L.append("- ours (paged) reads every key through the block table; ours (new K/V) reads the new tokens' K/V "
-                 "from the contiguous tensors a serving step has just computed (`new_key`/`new_value`, TMA tiles) "
-                 "and only the context through the table\n")
-        L.append("| case | ours (paged) ms | ours (new K/V) ms | flash ms | efficient ms | cudnn ms | ours (paged) "
-                 "TFLOP/s | ours (new K/V) TFLOP/s | best SDPA TFLOP/s | paged / new-K/V speed vs best |")
+        L.append(
+            "- ours (paged) reads every key through the block table; ours (new K/V) reads the new tokens' K/V "
+            "from the contiguous tensors a serving step has just computed (`new_key`/`new_value`, TMA tiles) "
+            "and only the context through the table\n"
+        )
+        L.append(
+            "| case | ours (paged) ms | ours (new K/V) ms | flash ms | efficient ms | cudnn ms | ours (paged) "
+            "TFLOP/s | ours (new K/V) TFLOP/s | best SDPA TFLOP/s | paged / new-K/V speed vs best |"
+        )
         L.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in result["prefill"]:
             if "ms" not in r:
@@ -880,21 +1042,27 @@ def write_markdown(result, path):
                 continue
             m, tf = r["ms"], r["tflop_s"]
             best = r.get("fastest_sdpa")
-            L.append(f"| {r['case']} | {_f(m['ours_paged'], 4)} | {_f(m.get('ours_newkv'), 4)} | "
-                     f"{_f(m.get('sdpa_flash'), 4)} | "
-                     f"{_f(m.get('sdpa_efficient'), 4)} | {_f(m.get('sdpa_cudnn'), 4)} | {_f(tf['ours_paged'], 1)} | "
-                     f"{_f(tf.get('ours_newkv'), 1)} | "
-                     f"{_f(tf.get(best) if best else None, 1)} | {_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} / "
-                     f"{_f(r.get('ours_newkv_speed_vs_fastest_sdpa'), 3)} |")
+            L.append(
+                f"| {r['case']} | {_f(m['ours_paged'], 4)} | {_f(m.get('ours_newkv'), 4)} | "
+                f"{_f(m.get('sdpa_flash'), 4)} | "
+                f"{_f(m.get('sdpa_efficient'), 4)} | {_f(m.get('sdpa_cudnn'), 4)} | {_f(tf['ours_paged'], 1)} | "
+                f"{_f(tf.get('ours_newkv'), 1)} | "
+                f"{_f(tf.get(best) if best else None, 1)} | {_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} / "
+                f"{_f(r.get('ours_newkv_speed_vs_fastest_sdpa'), 3)} |"
+            )
         for r in result["prefill"]:
             if "paged_kernel" in r:
-                L.append(f"\n{r['case']}: the paged column ran {r['paged_kernel']}; the Triton paged kernel beside "
-                         f"it: {_f(r.get('ms', {}).get('ours_paged_triton'), 4)} ms, "
-                         f"{_f(r.get('ours_paged_triton_speed_vs_fastest_sdpa'), 3)}x of the best SDPA")
+                L.append(
+                    f"\n{r['case']}: the paged column ran {r['paged_kernel']}; the Triton paged kernel beside "
+                    f"it: {_f(r.get('ms', {}).get('ours_paged_triton'), 4)} ms, "
+                    f"{_f(r.get('ours_paged_triton_speed_vs_fastest_sdpa'), 3)}x of the best SDPA"
+                )
             if "newkv_kernel" in r:
-                L.append(f"\n{r['case']}: the new-K/V column ran {r['newkv_kernel']}; the Triton new-K/V kernel "
-                         f"beside it: {_f(r.get('ms', {}).get('ours_newkv_triton'), 4)} ms, "
-                         f"{_f(r.get('ours_newkv_triton_speed_vs_fastest_sdpa'), 3)}x of the best SDPA")
+                L.append(
+                    f"\n{r['case']}: the new-K/V column ran {r['newkv_kernel']}; the Triton new-K/V kernel "
+                    f"beside it: {_f(r.get('ms', {}).get('ours_newkv_triton'), 4)} ms, "
+                    f"{_f(r.get('ours_newkv_triton_speed_vs_fastest_sdpa'), 3)}x of the best SDPA"
+                )
     if result.get("write_kv") or result.get("copy_blocks"):
         L.append("\n## Cache write and block copy\n")
         L.append("| case | ours ms | baseline ms | ours TB/s | baseline TB/s | ours/baseline speed | ours % copy |")
@@ -904,21 +1072,26 @@ def write_markdown(result, path):
                 L.append(f"| {r['case']} | error: {r['error']} |" + " |" * 5)
                 continue
             m, t = r["ms"], r["tb_s"]
-            L.append(f"| {r['case']} (baseline: torch index_copy_) | {_f(m['ours_write_kv'], 4)} | "
-                     f"{_f(m['torch_index_copy'], 4)} | {_f(t['ours_write_kv'], 2)} | {_f(t['torch_index_copy'], 2)} |"
-                     f" {_f(r['ours_vs_torch_index_copy'], 2)} | {100 * r['ours_frac_of_copy_ceiling']:.1f}% |")
+            L.append(
+                f"| {r['case']} (baseline: torch index_copy_) | {_f(m['ours_write_kv'], 4)} | "
+                f"{_f(m['torch_index_copy'], 4)} | {_f(t['ours_write_kv'], 2)} | {_f(t['torch_index_copy'], 2)} |"
+                f" {_f(r['ours_vs_torch_index_copy'], 2)} | {100 * r['ours_frac_of_copy_ceiling']:.1f}% |"
+            )
         for r in result.get("copy_blocks", []):
             m, t = r["ms"], r["tb_s"]
-            L.append(f"| {r['case']} (baseline: per-cache index_copy_ loop) | {_f(m['ours_copy_blocks'], 4)} | "
-                     f"{_f(m['torch_loop_index_copy'], 4)} | {_f(t['ours_copy_blocks'], 2)} | "
-                     f"{_f(t['torch_loop_index_copy'], 2)} | {_f(r['ours_vs_torch'], 2)} | "
-                     f"{100 * r['ours_frac_of_copy_ceiling']:.1f}% |")
+            L.append(
+                f"| {r['case']} (baseline: per-cache index_copy_ loop) | {_f(m['ours_copy_blocks'], 4)} | "
+                f"{_f(m['torch_loop_index_copy'], 4)} | {_f(t['ours_copy_blocks'], 2)} | "
+                f"{_f(t['torch_loop_index_copy'], 2)} | {_f(r['ours_vs_torch'], 2)} | "
+                f"{100 * r['ours_frac_of_copy_ceiling']:.1f}% |"
+            )
     L.append("\n## Targets\n")
     L.append("| target | case | value | threshold | met |")
     L.append("|---|---|---|---|---|")
     for t in result.get("targets", []):
-        L.append(f"| {t['target']} | {t['case']} | {_f(t['value'], 3)} | {t['threshold']} | "
-                 f"{'yes' if t['met'] else 'NO'} |")
+        L.append(
+            f"| {t['target']} | {t['case']} | {_f(t['value'], 3)} | {t['threshold']} | {'yes' if t['met'] else 'NO'} |"
+        )
     sweeps = [r for r in result["decode"] + result.get("prefill", []) if r.get("sweep_ms")]
     if sweeps:
         L.append("\n## Config sweep (ms, median)\n")
@@ -938,12 +1111,24 @@ def main(argv=None):
     ap.add_argument("--sweep", action="store_true", help="also time alternative kernel configs on a few cases")
     ap.add_argument("--quick", action="store_true", help="a few cases only")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: decode,mixed,prefill,cache")
-    ap.add_argument("--only", default="", help="comma list of sections to run (decode,mixed,prefill,cache,flex); "
-                    "'--only flex' runs just the FlexAttention subset of the decode grid (ours, SDPA and flex)")
-    ap.add_argument("--flex", action="store_true", help="also measure FlexAttention (paged KV) on its subset of "
-                    "the decode grid (one torch.compile per new shape, about 2 s each on the H100)")
-    ap.add_argument("--flex-cases", choices=("subset", "all"), default="subset",
-                    help="FlexAttention on FLEX_CASES/FLEX_MIXED only (default) or on every decode and mixed case")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma list of sections to run (decode,mixed,prefill,cache,flex); "
+        "'--only flex' runs just the FlexAttention subset of the decode grid (ours, SDPA and flex)",
+    )
+    ap.add_argument(
+        "--flex",
+        action="store_true",
+        help="also measure FlexAttention (paged KV) on its subset of "
+        "the decode grid (one torch.compile per new shape, about 2 s each on the H100)",
+    )
+    ap.add_argument(
+        "--flex-cases",
+        choices=("subset", "all"),
+        default="subset",
+        help="FlexAttention on FLEX_CASES/FLEX_MIXED only (default) or on every decode and mixed case",
+    )
     ap.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     global DEV, SMOKE, DTYPE
@@ -962,9 +1147,11 @@ def main(argv=None):
         skip.add("flex")
     flex_only = only == {"flex"}
     if not args.cpu_smoke and not torch.cuda.is_available():
-        raise SystemExit("kernels.bench needs a CUDA GPU (no CUDA device in this torch "
-                         f"{torch.__version__}); '--cpu-smoke' checks the script on tiny CPU shapes"
-                         + (", FlexAttention included" if "flex" not in skip else ""))
+        raise SystemExit(
+            "kernels.bench needs a CUDA GPU (no CUDA device in this torch "
+            f"{torch.__version__}); '--cpu-smoke' checks the script on tiny CPU shapes"
+            + (", FlexAttention included" if "flex" not in skip else "")
+        )
     os.makedirs(args.out, exist_ok=True)
     budget = Budget(args.budget_s)
     result = {"env": env_info(argv), "decode": [], "prefill": [], "write_kv": [], "copy_blocks": []}
@@ -972,8 +1159,9 @@ def main(argv=None):
         result["env"]["flex"] = flex_available()
         uni = ", ".join(f"{lay} b{b} ctx{L}" for lay, b, L in sorted(FLEX_SMOKE if SMOKE else FLEX_CASES))
         mix = ", ".join(sorted(FLEX_SMOKE_MIXED if SMOKE else FLEX_MIXED))
-        result["flex_cases"] = ("every decode and mixed case run" if args.flex_cases == "all"
-                                else f"uniform: {uni}; mixed: {mix}")
+        result["flex_cases"] = (
+            "every decode and mixed case run" if args.flex_cases == "all" else f"uniform: {uni}; mixed: {mix}"
+        )
     json_path = os.path.join(args.out, "bench.json")
     md_path = os.path.join(args.out, "bench.md")
 
@@ -995,8 +1183,15 @@ def main(argv=None):
         batches, ctxs = [1, 64], [2048, 8192]
     if SMOKE:
         layouts, batches, ctxs = [(4, 4), (4, 1)], [1, 2], [40, 300]
-    sweep_cases = {("mha", 64, 2048), ("gqa", 64, 8192), ("mha", 1, 8192), ("gqa", 1, 8192), ("mha", 16, 8192),
-                   ("gqa", 16, 8192), ("gqa", 256, 2048)}
+    sweep_cases = {
+        ("mha", 64, 2048),
+        ("gqa", 64, 8192),
+        ("mha", 1, 8192),
+        ("gqa", 1, 8192),
+        ("mha", 16, 8192),
+        ("gqa", 16, 8192),
+        ("gqa", 256, 2048),
+    }
     fcases, fmixed = (FLEX_SMOKE, FLEX_SMOKE_MIXED) if SMOKE else (FLEX_CASES, FLEX_MIXED)
     flex_all = args.flex_cases == "all"
     if flex_only and not flex_all:
@@ -1015,6 +1210,7 @@ def main(argv=None):
                     cases.append((f"{lay} b{b} ctx{L}", b, hq, hkv, [L] * b, (lay, b, L) in sweep_cases, fl))
     if "mixed" not in skip:
         import random
+
         for hq, hkv in layouts:
             lay = "mha" if hq == hkv else "gqa"
             for b in ([16, 64] if args.quick else [16, 64, 256]) if not SMOKE else [16]:
@@ -1024,8 +1220,7 @@ def main(argv=None):
                 fl = "flex" not in skip and (flex_all or name in fmixed)
                 if flex_only and not fl:
                     continue
-                cases.append((name, b, hq, hkv, lens, b in (16, 64) and lay == "gqa" or (b == 16 and lay == "mha"),
-                              fl))
+                cases.append((name, b, hq, hkv, lens, b in (16, 64) and lay == "gqa" or (b == 16 and lay == "mha"), fl))
     if flex_only:  # longest contexts first (mixed after the 8,192 ones): they matter most if the budget runs out
         cases.sort(key=lambda c: (-max(c[4]), c[1]))
     for name, b, hq, hkv, lens, sw, fl in cases:
@@ -1038,39 +1233,65 @@ def main(argv=None):
             r = measure_decode(name, b, hq, hkv, lens, ceil, budget, extra_configs=extra, with_flex=fl)
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
-            r = {"case": name, "kv_gb": decode_bytes(lens, hkv) / GB, "error": f"{type(e).__name__}: {e}"[:300],
-                 "skipped": "error"}
+            r = {
+                "case": name,
+                "kv_gb": decode_bytes(lens, hkv) / GB,
+                "error": f"{type(e).__name__}: {e}"[:300],
+                "skipped": "error",
+            }
             torch.cuda.empty_cache()
         result["decode"].append(r)
         if "ms" in r:
-            print(f"{name:28s} {r['kv_gb']:7.2f} GB splits={r['auto_splits']:3d} ours {r['ms']['ours_scattered']:.4f} ms "
-                  f"({100 * r['frac_of_copy']['ours_scattered']:.1f}% copy) inorder {r['ms']['ours_inorder']:.4f} "
-                  f"best sdpa {r.get('fastest_sdpa')} speed x{r.get('ours_speed_vs_fastest_sdpa', float('nan')):.3f} "
-                  f"diff {r.get('max_abs_diff_vs_sdpa', float('nan')):.3g} eager x"
-                  f"{r.get('eager_ours_speed_vs_fastest_sdpa', float('nan')):.3f}"
-                  + (f" | fused {r['ms']['ours_fused']:.4f} two-kernel {r['ms']['ours_two_kernel']:.4f} "
-                     f"(fused x{r['fused_speedup_vs_two_kernel']:.3f}, default fused={r['default_fused']})"
-                     if "ours_two_kernel" in r["ms"] else "")
-                  + (f" | hint splits={r['hint_splits']} {r['ms']['ours_hint']:.4f} "
-                     f"x{r.get('ours_hint_speed_vs_fastest_sdpa', float('nan')):.3f}" if "ours_hint" in r["ms"] else "")
-                  + (f" | balanced {r['ms']['ours_balanced']:.4f} "
-                     f"({100 * r['frac_of_copy']['ours_balanced']:.1f}% copy)" if "ours_balanced" in r["ms"] else "")
-                  + (f" | flex {r['ms']['flex_paged']:.4f} ms (ours x{r['ours_speed_vs_flex']:.2f}) err flex "
-                     f"{r['flex_max_abs_err_vs_ref']:.3g} ours {r['ours_max_abs_err_vs_ref']:.3g} first call "
-                     f"{r['flex_first_call_s']:.1f}s" if "flex_paged" in r["ms"] else "")
-                  + (f" | flex error: {r['flex_error']}" if "flex_error" in r else "")
-                  + f" [{time.time() - t0:.1f}s]", flush=True)
+            print(
+                f"{name:28s} {r['kv_gb']:7.2f} GB splits={r['auto_splits']:3d} ours {r['ms']['ours_scattered']:.4f} ms "
+                f"({100 * r['frac_of_copy']['ours_scattered']:.1f}% copy) inorder {r['ms']['ours_inorder']:.4f} "
+                f"best sdpa {r.get('fastest_sdpa')} speed x{r.get('ours_speed_vs_fastest_sdpa', float('nan')):.3f} "
+                f"diff {r.get('max_abs_diff_vs_sdpa', float('nan')):.3g} eager x"
+                f"{r.get('eager_ours_speed_vs_fastest_sdpa', float('nan')):.3f}"
+                + (
+                    f" | fused {r['ms']['ours_fused']:.4f} two-kernel {r['ms']['ours_two_kernel']:.4f} "
+                    f"(fused x{r['fused_speedup_vs_two_kernel']:.3f}, default fused={r['default_fused']})"
+                    if "ours_two_kernel" in r["ms"]
+                    else ""
+                )
+                + (
+                    f" | hint splits={r['hint_splits']} {r['ms']['ours_hint']:.4f} "
+                    f"x{r.get('ours_hint_speed_vs_fastest_sdpa', float('nan')):.3f}"
+                    if "ours_hint" in r["ms"]
+                    else ""
+                )
+                + (
+                    f" | balanced {r['ms']['ours_balanced']:.4f} ({100 * r['frac_of_copy']['ours_balanced']:.1f}% copy)"
+                    if "ours_balanced" in r["ms"]
+                    else ""
+                )
+                + (
+                    f" | flex {r['ms']['flex_paged']:.4f} ms (ours x{r['ours_speed_vs_flex']:.2f}) err flex "
+                    f"{r['flex_max_abs_err_vs_ref']:.3g} ours {r['ours_max_abs_err_vs_ref']:.3g} first call "
+                    f"{r['flex_first_call_s']:.1f}s"
+                    if "flex_paged" in r["ms"]
+                    else ""
+                )
+                + (f" | flex error: {r['flex_error']}" if "flex_error" in r else "")
+                + f" [{time.time() - t0:.1f}s]",
+                flush=True,
+            )
         else:
             print(f"{name:28s} skipped: {r.get('skipped')} {r.get('error', '')}", flush=True)
         save()
 
     if "prefill" not in skip:
-        pcases = [("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, True),
-                  ("prefill mha 4x1024 ctx3072", 4, 32, 32, 3072, 1024, True),
-                  ("prefill gqa 4x1024 ctx3072", 4, 32, 8, 3072, 1024, False),
-                  ("chunked mha 16x256 ctx1792", 16, 32, 32, 1792, 256, False)]
+        pcases = [
+            ("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, True),
+            ("prefill mha 4x1024 ctx3072", 4, 32, 32, 3072, 1024, True),
+            ("prefill gqa 4x1024 ctx3072", 4, 32, 8, 3072, 1024, False),
+            ("chunked mha 16x256 ctx1792", 16, 32, 32, 1792, 256, False),
+        ]
         if SMOKE:
-            pcases = [("prefill mha 2x40 ctx0", 2, 4, 4, 0, 40, True), ("prefill gqa 2x20 ctx33", 2, 4, 2, 33, 20, False)]
+            pcases = [
+                ("prefill mha 2x40 ctx0", 2, 4, 4, 0, 40, True),
+                ("prefill gqa 2x20 ctx33", 2, 4, 2, 33, 20, False),
+            ]
         for name, b, hq, hkv, ctx, new, sw in pcases:
             if budget.left() < 20:
                 result["prefill"].append({"case": name, "skipped": "budget"})
@@ -1078,13 +1299,16 @@ def main(argv=None):
             t0 = time.time()
             try:
                 r = measure_prefill(name, b, hq, hkv, ctx, new, budget, sweep=sw and args.sweep)
-                print(f"{name:28s} ours {r['ms']['ours_paged']:.4f} ms {r['tflop_s']['ours_paged']:.1f} TFLOP/s "
-                      f"best {r.get('fastest_sdpa')} x{r.get('ours_speed_vs_fastest_sdpa', float('nan')):.3f} "
-                      f"diff {r.get('max_abs_diff_vs_sdpa', float('nan')):.3g} | newkv "
-                      f"{r['ms'].get('ours_newkv', float('nan')):.4f} ms "
-                      f"x{r.get('ours_newkv_speed_vs_fastest_sdpa', float('nan')):.3f} "
-                      f"diff {r.get('newkv_max_abs_diff_vs_sdpa', float('nan')):.3g} {r.get('ours_newkv_error', '')}"
-                      f" [{time.time() - t0:.1f}s]", flush=True)
+                print(
+                    f"{name:28s} ours {r['ms']['ours_paged']:.4f} ms {r['tflop_s']['ours_paged']:.1f} TFLOP/s "
+                    f"best {r.get('fastest_sdpa')} x{r.get('ours_speed_vs_fastest_sdpa', float('nan')):.3f} "
+                    f"diff {r.get('max_abs_diff_vs_sdpa', float('nan')):.3g} | newkv "
+                    f"{r['ms'].get('ours_newkv', float('nan')):.4f} ms "
+                    f"x{r.get('ours_newkv_speed_vs_fastest_sdpa', float('nan')):.3f} "
+                    f"diff {r.get('newkv_max_abs_diff_vs_sdpa', float('nan')):.3g} {r.get('ours_newkv_error', '')}"
+                    f" [{time.time() - t0:.1f}s]",
+                    flush=True,
+                )
             except Exception as e:  # noqa: BLE001
                 traceback.print_exc()
                 r = {"case": name, "error": f"{type(e).__name__}: {e}"[:300]}
@@ -1098,12 +1322,21 @@ def main(argv=None):
                 break
             try:
                 r = measure_write_kv(tokens, heads, ceil)
-                print(f"{r['case']:28s} ours {r['tb_s']['ours_write_kv']:.2f} TB/s torch "
-                      f"{r['tb_s']['torch_index_copy']:.2f} TB/s correct={r['correct']}", flush=True)
+                print(
+                    f"{r['case']:28s} ours {r['tb_s']['ours_write_kv']:.2f} TB/s torch "
+                    f"{r['tb_s']['torch_index_copy']:.2f} TB/s correct={r['correct']}",
+                    flush=True,
+                )
             except Exception as e:  # noqa: BLE001
                 traceback.print_exc()
-                r = {"case": f"write_kv {tokens}x{heads}", "error": str(e)[:300], "ms": {}, "tb_s": {},
-                     "ours_vs_torch_index_copy": float("nan"), "ours_frac_of_copy_ceiling": float("nan")}
+                r = {
+                    "case": f"write_kv {tokens}x{heads}",
+                    "error": str(e)[:300],
+                    "ms": {},
+                    "tb_s": {},
+                    "ours_vs_torch_index_copy": float("nan"),
+                    "ours_frac_of_copy_ceiling": float("nan"),
+                }
             result["write_kv"].append(r)
             save()
         for layers, pairs in [(32, 256)] if not SMOKE else [(2, 4)]:
@@ -1111,10 +1344,13 @@ def main(argv=None):
                 break
             try:
                 r = measure_copy_blocks(layers, pairs, 8, ceil)
-                print(f"{r['case']:28s} ours {r['tb_s']['ours_copy_blocks']:.2f} TB/s torch "
-                      f"{r['tb_s']['torch_loop_index_copy']:.2f} TB/s correct={r['correct']}", flush=True)
+                print(
+                    f"{r['case']:28s} ours {r['tb_s']['ours_copy_blocks']:.2f} TB/s torch "
+                    f"{r['tb_s']['torch_loop_index_copy']:.2f} TB/s correct={r['correct']}",
+                    flush=True,
+                )
                 result["copy_blocks"].append(r)
-            except Exception as e:  # noqa: BLE001
+            except Exception:  # noqa: BLE001
                 traceback.print_exc()
             save()
     save()

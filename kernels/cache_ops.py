@@ -9,12 +9,11 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
-
 
 # --------------------------------------------------------------------------------------
 # write_kv
@@ -23,12 +22,26 @@ import triton.language as tl
 
 @triton.jit
 def _write_kv_kernel(
-    key_ptr, value_ptr, kc_ptr, vc_ptr, slot_ptr,
-    stride_kt, stride_kh, stride_vt, stride_vh,
-    stride_kcb, stride_kct, stride_kch,
-    stride_vcb, stride_vct, stride_vch,
-    NUM_HEADS: tl.constexpr, HEAD: tl.constexpr,
-    HEADS_PAD: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    key_ptr,
+    value_ptr,
+    kc_ptr,
+    vc_ptr,
+    slot_ptr,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_kcb,
+    stride_kct,
+    stride_kch,
+    stride_vcb,
+    stride_vct,
+    stride_vch,
+    NUM_HEADS: tl.constexpr,
+    HEAD: tl.constexpr,
+    HEADS_PAD: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
@@ -77,11 +90,25 @@ def write_kv(key, value, k_cache, v_cache, slot_mapping) -> None:
     nelem = heads_pad * head_pad
     num_warps = 1 if nelem <= 1024 else (2 if nelem <= 2048 else 4)
     _write_kv_kernel[(num_tokens,)](
-        key, value, k_cache, v_cache, slot_mapping,
-        key.stride(0), key.stride(1), value.stride(0), value.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        NUM_HEADS=num_heads, HEAD=head, HEADS_PAD=heads_pad, HEAD_PAD=head_pad,
+        key,
+        value,
+        k_cache,
+        v_cache,
+        slot_mapping,
+        key.stride(0),
+        key.stride(1),
+        value.stride(0),
+        value.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
+        NUM_HEADS=num_heads,
+        HEAD=head,
+        HEADS_PAD=heads_pad,
+        HEAD_PAD=head_pad,
         BLOCK_SIZE=k_cache.shape[1],
         num_warps=num_warps,
     )
@@ -94,8 +121,13 @@ def write_kv(key, value, k_cache, v_cache, slot_mapping) -> None:
 
 @triton.jit
 def _copy_blocks_kernel(
-    base_ptr, cache_off_ptr, map_ptr, stride_block, block_numel,
-    CHUNK: tl.constexpr, CHUNKS_PER_PROG: tl.constexpr,
+    base_ptr,
+    cache_off_ptr,
+    map_ptr,
+    stride_block,
+    block_numel,
+    CHUNK: tl.constexpr,
+    CHUNKS_PER_PROG: tl.constexpr,
 ):
     pair = tl.program_id(0)
     c = tl.program_id(1)
@@ -198,8 +230,14 @@ def copy_blocks(caches: torch.Tensor | Sequence, block_mapping: torch.Tensor, *,
     per_prog = 1 if n_chunks <= 4 else 4
     grid = (block_mapping.shape[0], n_caches, triton.cdiv(n_chunks, per_prog))
     _copy_blocks_kernel[grid](
-        base, offsets, block_mapping, per_cache.stride(0), block_numel,
-        CHUNK=chunk, CHUNKS_PER_PROG=per_prog, num_warps=4,
+        base,
+        offsets,
+        block_mapping,
+        per_cache.stride(0),
+        block_numel,
+        CHUNK=chunk,
+        CHUNKS_PER_PROG=per_prog,
+        num_warps=4,
     )
 
 

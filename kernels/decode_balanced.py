@@ -70,18 +70,40 @@ def _locate(x, offs, tiles, ends, num_kv_heads):
 
 @triton.jit
 def _balanced_decode_kernel(
-    q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, starts_ptr,
-    out_ptr, po_ptr, plse_ptr,
-    scale_log2, num_seqs, num_kv_heads, n_slots,
-    stride_qs, stride_qh,
-    stride_kb, stride_kt, stride_kh,
-    stride_vb, stride_vt, stride_vh,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    bt_ptr,
+    lens_ptr,
+    starts_ptr,
+    out_ptr,
+    po_ptr,
+    plse_ptr,
+    scale_log2,
+    num_seqs,
+    num_kv_heads,
+    n_slots,
+    stride_qs,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_vb,
+    stride_vt,
+    stride_vh,
     stride_bts,
-    stride_os, stride_oh,
-    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-    HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-    PAGED: tl.constexpr, USE_DOT: tl.constexpr, DOT_PREC: tl.constexpr, EVICT: tl.constexpr,
+    stride_os,
+    stride_oh,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    HEAD: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PAGED: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    EVICT: tl.constexpr,
     NSEQ_PAD: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -109,8 +131,11 @@ def _balanced_decode_kernel(
         # More programs than work items: this one has none, but the pair holding item ``a`` may count it among
         # its programs, so leave a neutral partial (weight zero) in the slot the reduce reads.
         slot = pid + seq * num_kv_heads + head
-        tl.store(po_ptr + slot.to(tl.int64) * (GROUP * HEAD) + po_rows,
-                 tl.zeros([GROUP_PAD, HEAD_PAD], dtype=tl.float32), mask=q_mask)
+        tl.store(
+            po_ptr + slot.to(tl.int64) * (GROUP * HEAD) + po_rows,
+            tl.zeros([GROUP_PAD, HEAD_PAD], dtype=tl.float32),
+            mask=q_mask,
+        )
         tl.store(plse_ptr + offs_g * n_slots + slot, tl.full([GROUP_PAD], float("-inf"), tl.float32), mask=g_mask)
         return
 
@@ -135,21 +160,44 @@ def _balanced_decode_kernel(
         for n0 in range((tile0 * BLOCK_N).to(tl.int32), end, BLOCK_N):
             offs = n0 + offs_n
             blk = _tile_blocks(bt_row, offs, end, BLOCK_SIZE, PAGED)
-            k, v = _load_kv_tile(k_base, v_base, blk, offs, end, seq_start,
-                                 stride_kb, stride_kt, stride_vb, stride_vt, offs_d, offs_d, offs_d,
-                                 BLOCK_SIZE, PAGED, HEAD, HEAD_PAD, EVICT)
+            k, v = _load_kv_tile(
+                k_base,
+                v_base,
+                blk,
+                offs,
+                end,
+                seq_start,
+                stride_kb,
+                stride_kt,
+                stride_vb,
+                stride_vt,
+                offs_d,
+                offs_d,
+                offs_d,
+                BLOCK_SIZE,
+                PAGED,
+                HEAD,
+                HEAD_PAD,
+                EVICT,
+            )
             m_i, l_i, acc = _decode_step(q, k, v, offs < end, m_i, l_i, acc, scale_log2, USE_DOT, DOT_PREC)
         if tile1 > tile0:  # a sequence of length 0 has no tiles: the reduce kernel writes its zeros
             l_safe = tl.where(l_i > 0.0, l_i, 1.0)
             o = acc / l_safe[:, None]
             if (tile0 == 0) & (tile1 == n_tiles):  # the whole pair: no other program touches it
-                tl.store(out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + offs_d[None, :],
-                         o.to(out_ptr.dtype.element_ty), mask=q_mask)
+                tl.store(
+                    out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + offs_d[None, :],
+                    o.to(out_ptr.dtype.element_ty),
+                    mask=q_mask,
+                )
             else:
                 slot = pid + seq * num_kv_heads + head
                 tl.store(po_ptr + slot.to(tl.int64) * (GROUP * HEAD) + po_rows, o, mask=q_mask)
-                tl.store(plse_ptr + offs_g * n_slots + slot,
-                         tl.where(l_i > 0.0, m_i + tl.log2(l_safe), float("-inf")), mask=g_mask)
+                tl.store(
+                    plse_ptr + offs_g * n_slots + slot,
+                    tl.where(l_i > 0.0, m_i + tl.log2(l_safe), float("-inf")),
+                    mask=g_mask,
+                )
         a += tile1 - tile0
         tile0 = tile1 * 0  # the next pair starts at its first tile
         head += 1
@@ -161,10 +209,23 @@ def _balanced_decode_kernel(
 
 @triton.jit
 def _balanced_reduce_kernel(
-    po_ptr, plse_ptr, lens_ptr, out_ptr, num_seqs, num_kv_heads, n_slots, nprog,
-    stride_os, stride_oh,
-    GROUP: tl.constexpr, GROUP_R: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, NSEQ_PAD: tl.constexpr, CHUNK: tl.constexpr,
+    po_ptr,
+    plse_ptr,
+    lens_ptr,
+    out_ptr,
+    num_seqs,
+    num_kv_heads,
+    n_slots,
+    nprog,
+    stride_os,
+    stride_oh,
+    GROUP: tl.constexpr,
+    GROUP_R: tl.constexpr,
+    HEAD: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NSEQ_PAD: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1)
@@ -177,9 +238,11 @@ def _balanced_reduce_kernel(
     if n_tiles == 0:
         offs_g = tl.arange(0, GROUP_R)
         offs_d = tl.arange(0, HEAD_PAD)
-        tl.store(out_base + offs_g[:, None] * stride_oh + offs_d[None, :],
-                 tl.zeros([GROUP_R, HEAD_PAD], dtype=out_ptr.dtype.element_ty),
-                 mask=(offs_g < GROUP)[:, None] & (offs_d < HEAD)[None, :])
+        tl.store(
+            out_base + offs_g[:, None] * stride_oh + offs_d[None, :],
+            tl.zeros([GROUP_R, HEAD_PAD], dtype=out_ptr.dtype.element_ty),
+            mask=(offs_g < GROUP)[:, None] & (offs_d < HEAD)[None, :],
+        )
         return
     # the programs whose ranges hold the pair's first and last items (largest p with p * total // nprog <= x)
     p_first = ((first + 1) * nprog - 1) // total
@@ -187,13 +250,36 @@ def _balanced_reduce_kernel(
     if p_first == p_last:  # written by the decode kernel
         return
     slot0 = p_first + seq * num_kv_heads + head
-    _combine_partials(po_ptr + slot0 * (GROUP * HEAD), plse_ptr + slot0, out_base, 0, 0, p_last - p_first + 1,
-                      0, HEAD, GROUP * HEAD, 0, n_slots, 0, stride_oh,
-                      GROUP=GROUP, GROUP_R=GROUP_R, HEAD=HEAD, HEAD_PAD=HEAD_PAD, CHUNK=CHUNK)
+    _combine_partials(
+        po_ptr + slot0 * (GROUP * HEAD),
+        plse_ptr + slot0,
+        out_base,
+        0,
+        0,
+        p_last - p_first + 1,
+        0,
+        HEAD,
+        GROUP * HEAD,
+        0,
+        n_slots,
+        0,
+        stride_oh,
+        GROUP=GROUP,
+        GROUP_R=GROUP_R,
+        HEAD=HEAD,
+        HEAD_PAD=HEAD_PAD,
+        CHUNK=CHUNK,
+    )
 
 
-def resident_programs(n_regs: int, shared_bytes: int, num_warps: int, regs_per_sm: int = 65536,
-                      threads_per_sm: int = 2048, smem_per_sm: int = 233472) -> int:
+def resident_programs(
+    n_regs: int,
+    shared_bytes: int,
+    num_warps: int,
+    regs_per_sm: int = 65536,
+    threads_per_sm: int = 2048,
+    smem_per_sm: int = 233472,
+) -> int:
     """Programs of a kernel that fit on one SM at once: registers are allocated per warp in units of 256, and each
     program's shared memory carries 1 KB reserved by the runtime (the defaults are an H100's limits)."""
     regs_per_warp = -(-max(int(n_regs), 1) * 32 // 256) * 256
@@ -209,30 +295,55 @@ def _resident_per_sm(compiled, num_warps: int, device: torch.device) -> int:
     init = getattr(compiled, "_init_handles", None)
     if init is not None:  # loads the binary, which fills in n_regs
         init()
-    return resident_programs(compiled.n_regs, compiled.metadata.shared, num_warps,
-                             getattr(props, "regs_per_multiprocessor", 65536),
-                             getattr(props, "max_threads_per_multi_processor", 2048),
-                             getattr(props, "shared_memory_per_multiprocessor", 233472))
+    return resident_programs(
+        compiled.n_regs,
+        compiled.metadata.shared,
+        num_warps,
+        getattr(props, "regs_per_multiprocessor", 65536),
+        getattr(props, "max_threads_per_multi_processor", 2048),
+        getattr(props, "shared_memory_per_multiprocessor", 233472),
+    )
 
 
-def balanced_programs(kernel_args: tuple, constexprs: dict, num_warps: int, num_stages: int,
-                      device: torch.device, launch_opts: dict | None = None) -> int:
+def balanced_programs(
+    kernel_args: tuple,
+    constexprs: dict,
+    num_warps: int,
+    num_stages: int,
+    device: torch.device,
+    launch_opts: dict | None = None,
+) -> int:
     """Resident programs per SM of the balanced decode kernel compiled for ``constexprs`` (cached)."""
     if device.type != "cuda" or _interpreting():
         return FALLBACK_PROGRAMS_PER_SM
     launch_opts = launch_opts or {}
-    key = (device.index, tuple(sorted(constexprs.items())), num_warps, num_stages,
-           tuple(sorted(launch_opts.items())))
+    key = (device.index, tuple(sorted(constexprs.items())), num_warps, num_stages, tuple(sorted(launch_opts.items())))
     if key not in _RESIDENT:
-        compiled = _balanced_decode_kernel.warmup(*kernel_args, grid=(1,), num_warps=num_warps,
-                                                  num_stages=num_stages, **launch_opts, **constexprs)
+        compiled = _balanced_decode_kernel.warmup(
+            *kernel_args, grid=(1,), num_warps=num_warps, num_stages=num_stages, **launch_opts, **constexprs
+        )
         _RESIDENT[key] = _resident_per_sm(compiled, num_warps, device)
     return _RESIDENT[key]
 
 
-def balanced_decode_launch(q, k, v, bt, starts, seq_lens, scale_log2: float, *, paged: bool, block_size: int,
-                           max_seq_len: int, out: torch.Tensor, cfg: dict, kst: tuple, vst: tuple,
-                           stride_bts: int) -> torch.Tensor:
+def balanced_decode_launch(
+    q,
+    k,
+    v,
+    bt,
+    starts,
+    seq_lens,
+    scale_log2: float,
+    *,
+    paged: bool,
+    block_size: int,
+    max_seq_len: int,
+    out: torch.Tensor,
+    cfg: dict,
+    kst: tuple,
+    vst: tuple,
+    stride_bts: int,
+) -> torch.Tensor:
     """Launch the balanced decode and its reduce (arguments as prepared by ``_decode_launch``). ``cfg`` keys:
     ``block_n``, ``num_warps``, ``num_stages``, ``use_dot``, ``evict``, ``maxnreg`` (register cap per thread);
     ``programs`` (grid size) or ``programs_per_sm`` override the resident-slot count."""
@@ -247,15 +358,43 @@ def balanced_decode_launch(q, k, v, bt, starts, seq_lens, scale_log2: float, *, 
     num_warps, num_stages = int(cfg["num_warps"]), int(cfg["num_stages"])
     nseq_pad = max(2, triton.next_power_of_2(num_seqs))
     pairs = num_seqs * num_kv_heads
-    constexprs = dict(GROUP=group, GROUP_PAD=group_pad, HEAD=head, HEAD_PAD=head_pad,
-                      BLOCK_SIZE=block_size, BLOCK_N=block_n, PAGED=paged, USE_DOT=use_dot,
-                      DOT_PREC=_dot_precision(q.dtype), EVICT=str(cfg["evict"]), NSEQ_PAD=nseq_pad)
+    constexprs = dict(
+        GROUP=group,
+        GROUP_PAD=group_pad,
+        HEAD=head,
+        HEAD_PAD=head_pad,
+        BLOCK_SIZE=block_size,
+        BLOCK_N=block_n,
+        PAGED=paged,
+        USE_DOT=use_dot,
+        DOT_PREC=_dot_precision(q.dtype),
+        EVICT=str(cfg["evict"]),
+        NSEQ_PAD=nseq_pad,
+    )
 
     def args(po, plse, n_slots):
-        return (q, k, v, bt, seq_lens, starts if starts is not None else seq_lens,
-                out, po, plse,
-                scale_log2, num_seqs, num_kv_heads, n_slots,
-                q.stride(0), q.stride(1), *kst, *vst, stride_bts, out.stride(0), out.stride(1))
+        return (
+            q,
+            k,
+            v,
+            bt,
+            seq_lens,
+            starts if starts is not None else seq_lens,
+            out,
+            po,
+            plse,
+            scale_log2,
+            num_seqs,
+            num_kv_heads,
+            n_slots,
+            q.stride(0),
+            q.stride(1),
+            *kst,
+            *vst,
+            stride_bts,
+            out.stride(0),
+            out.stride(1),
+        )
 
     launch_opts = {}
     if cfg.get("maxnreg") and not _interpreting():
@@ -272,13 +411,28 @@ def balanced_decode_launch(q, k, v, bt, starts, seq_lens, scale_log2: float, *, 
     n_slots = nprog + pairs
     po = torch.empty((n_slots, group, head), dtype=torch.float32, device=q.device)
     plse = torch.empty((group, n_slots), dtype=torch.float32, device=q.device)
-    _balanced_decode_kernel[(nprog,)](*args(po, plse, n_slots), num_warps=num_warps, num_stages=num_stages,
-                                      **launch_opts, **constexprs)
+    _balanced_decode_kernel[(nprog,)](
+        *args(po, plse, n_slots), num_warps=num_warps, num_stages=num_stages, **launch_opts, **constexprs
+    )
     group_r = triton.next_power_of_2(group)
     _balanced_reduce_kernel[(num_seqs, num_kv_heads)](
-        po, plse, seq_lens, out, num_seqs, num_kv_heads, n_slots, nprog,
-        out.stride(0), out.stride(1),
-        GROUP=group, GROUP_R=group_r, HEAD=head, HEAD_PAD=head_pad, BLOCK_N=block_n, NSEQ_PAD=nseq_pad,
-        CHUNK=max(1, 32 // group_r), num_warps=4,
+        po,
+        plse,
+        seq_lens,
+        out,
+        num_seqs,
+        num_kv_heads,
+        n_slots,
+        nprog,
+        out.stride(0),
+        out.stride(1),
+        GROUP=group,
+        GROUP_R=group_r,
+        HEAD=head,
+        HEAD_PAD=head_pad,
+        BLOCK_N=block_n,
+        NSEQ_PAD=nseq_pad,
+        CHUNK=max(1, 32 // group_r),
+        num_warps=4,
     )
     return out

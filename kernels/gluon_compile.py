@@ -8,6 +8,7 @@ capability 9.0 behind a compile-only driver, runs the bundled ``cuobjdump`` on t
 thread, spill stack, local memory, shared memory and warps. The kernel is written against triton 3.6 (the lent
 H100's version); Gluon's API moves between releases, so other versions may not compile it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,15 +73,23 @@ def resources(cubin: bytes) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
-                              check=True).stdout
+        text = subprocess.run(
+            [tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
     found = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", text)}
     return {"registers": found["REG"], "stack_bytes": found["STACK"], "local_bytes": found["LOCAL"]}
 
 
-def compile_prefill(config: dict | None = None, dtype: torch.dtype = torch.bfloat16, group: int = 1,
-                    head: int = 128, num_q_heads: int = 8, tokens: int = 512, paged: bool = False,
-                    mixed: bool = False) -> dict:
+def compile_prefill(
+    config: dict | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    group: int = 1,
+    head: int = 128,
+    num_q_heads: int = 8,
+    tokens: int = 512,
+    paged: bool = False,
+    mixed: bool = False,
+) -> dict:
     """Compile one launch of ``prefill_wgmma_attention`` for sm_90 and return its resources (see module doc)."""
     from kernels import prefill_wgmma as pw
 
@@ -96,18 +105,30 @@ def compile_prefill(config: dict | None = None, dtype: torch.dtype = torch.bfloa
             cache = torch.zeros(nb, block_size, num_q_heads // group, head, dtype=dtype)
             bt = torch.zeros(2, nb, dtype=torch.int32)
             ctx = torch.zeros(2, dtype=torch.int32)
-            kernel, grid, args, kwargs = pw._launch_plan(q, cu, head ** -0.5, tokens // 2, torch.empty_like(q), config,
-                                                         H100_SMS, paged=(cache, cache.clone(), bt, ctx),
-                                                         new_kv=(kv, kv.clone()) if mixed else None)
+            kernel, grid, args, kwargs = pw._launch_plan(
+                q,
+                cu,
+                head**-0.5,
+                tokens // 2,
+                torch.empty_like(q),
+                config,
+                H100_SMS,
+                paged=(cache, cache.clone(), bt, ctx),
+                new_kv=(kv, kv.clone()) if mixed else None,
+            )
         else:
-            kernel, grid, args, kwargs = pw._launch_plan(q, cu, head ** -0.5, tokens // 2, torch.empty_like(q), config,
-                                                         H100_SMS, new_kv=(kv, kv.clone()))
+            kernel, grid, args, kwargs = pw._launch_plan(
+                q, cu, head**-0.5, tokens // 2, torch.empty_like(q), config, H100_SMS, new_kv=(kv, kv.clone())
+            )
         compiled = kernel.warmup(*args, grid=grid, **kwargs)
     info = resources(compiled.asm["cubin"])
     # for the warp-specialised kernel "registers" is the count at launch; setmaxnreg then moves registers from the
     # loader warp's group to the consumer warp groups (consumer_regs / loader_regs in the config)
-    info.update(shared_bytes=int(compiled.metadata.shared), warps=int(compiled.metadata.num_warps),
-                kernel=compiled.metadata.name)
+    info.update(
+        shared_bytes=int(compiled.metadata.shared),
+        warps=int(compiled.metadata.num_warps),
+        kernel=compiled.metadata.name,
+    )
     return info
 
 

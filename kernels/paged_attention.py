@@ -123,10 +123,26 @@ def _tile_blocks(bt_row, offs, end, BLOCK_SIZE: tl.constexpr, PAGED: tl.constexp
 
 
 @triton.jit
-def _load_kv_tile(k_base, v_base, blk, offs, end, seq_start,
-                  stride_kb, stride_kt, stride_vb, stride_vt, col_k, col_v, dim,
-                  BLOCK_SIZE: tl.constexpr, PAGED: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
-                  EVICT: tl.constexpr):
+def _load_kv_tile(
+    k_base,
+    v_base,
+    blk,
+    offs,
+    end,
+    seq_start,
+    stride_kb,
+    stride_kt,
+    stride_vb,
+    stride_vt,
+    col_k,
+    col_v,
+    dim,
+    BLOCK_SIZE: tl.constexpr,
+    PAGED: tl.constexpr,
+    HEAD: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    EVICT: tl.constexpr,
+):
     """K and V rows of the token positions ``offs`` (zeros at or past ``end``): through the blocks ``blk``
     when paged, else from slot ``seq_start + offs``. ``col_k``/``col_v`` are the column offsets."""
     n_mask = offs < end
@@ -170,24 +186,59 @@ def _decode_step(q, k, v, n_mask, m_i, l_i, acc, scale_log2, USE_DOT: tl.constex
 
 @triton.jit
 def _decode_kernel(
-    q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, starts_ptr,
-    out_ptr, po_ptr, plse_ptr, cnt_ptr,
-    scale_log2, partition_size, uniform_partition, uniform_frac, num_seqs, bt_tokens,
-    stride_qs, stride_qh,
-    stride_kb, stride_kt, stride_kh,
-    stride_vb, stride_vt, stride_vh,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    bt_ptr,
+    lens_ptr,
+    starts_ptr,
+    out_ptr,
+    po_ptr,
+    plse_ptr,
+    cnt_ptr,
+    scale_log2,
+    partition_size,
+    uniform_partition,
+    uniform_frac,
+    num_seqs,
+    bt_tokens,
+    stride_qs,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_vb,
+    stride_vt,
+    stride_vh,
     stride_bts,
-    stride_os, stride_oh,
-    stride_pos, stride_poh, stride_pop,
-    stride_pls, stride_plh,
+    stride_os,
+    stride_oh,
+    stride_pos,
+    stride_poh,
+    stride_pop,
+    stride_pls,
+    stride_plh,
     stride_cnt,
-    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-    HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-    PAGED: tl.constexpr, SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
-    DOT_PREC: tl.constexpr, HEAD_MAJOR: tl.constexpr, EVICT: tl.constexpr,
-    FUSED: tl.constexpr, GROUP_R: tl.constexpr, CHUNK: tl.constexpr, REV_PARTS: tl.constexpr,
-    HP: tl.constexpr, PREFETCH: tl.constexpr, AUTO_UNIFORM: tl.constexpr, NSEQ_PAD: tl.constexpr,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    HEAD: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PAGED: tl.constexpr,
+    SPLIT: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    HEAD_MAJOR: tl.constexpr,
+    EVICT: tl.constexpr,
+    FUSED: tl.constexpr,
+    GROUP_R: tl.constexpr,
+    CHUNK: tl.constexpr,
+    REV_PARTS: tl.constexpr,
+    HP: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    AUTO_UNIFORM: tl.constexpr,
+    NSEQ_PAD: tl.constexpr,
     EARLY_BT: tl.constexpr,
 ):
     # A program serves HP adjacent KV heads (kvg = head group). With HP > 1 the q rows of all HP heads
@@ -209,8 +260,9 @@ def _decode_kernel(
 
     seq_len = tl.load(lens_ptr + seq)
     if AUTO_UNIFORM:
-        partition_size = _partition_on_device(lens_ptr, num_seqs, partition_size, uniform_partition, uniform_frac,
-                                              NSEQ_PAD)
+        partition_size = _partition_on_device(
+            lens_ptr, num_seqs, partition_size, uniform_partition, uniform_frac, NSEQ_PAD
+        )
     start = part * partition_size
 
     offs_g = tl.arange(0, GROUP_PAD)
@@ -241,14 +293,16 @@ def _decode_kernel(
             if FUSED:
                 # no reduce kernel writes this row: an empty sequence gets zeros from its first program
                 if part == 0:
-                    tl.store(out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + dim[None, :],
-                             tl.zeros([GROUP_PAD, HP * HEAD_PAD], dtype=out_ptr.dtype.element_ty), mask=q_mask)
+                    tl.store(
+                        out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + dim[None, :],
+                        tl.zeros([GROUP_PAD, HP * HEAD_PAD], dtype=out_ptr.dtype.element_ty),
+                        mask=q_mask,
+                    )
             return
         end = tl.minimum(start + partition_size, seq_len)
     else:
         end = seq_len
-    q = tl.load(q_ptr + seq64 * stride_qs + qh[:, None] * stride_qh + dim[None, :],
-                mask=q_mask, other=0.0)
+    q = tl.load(q_ptr + seq64 * stride_qs + qh[:, None] * stride_qh + dim[None, :], mask=q_mask, other=0.0)
 
     k_base = k_ptr + kvh.to(tl.int64) * stride_kh
     v_base = v_ptr + kvh.to(tl.int64) * stride_vh
@@ -269,27 +323,77 @@ def _decode_kernel(
             blk = blk_first
         else:
             blk = _tile_blocks(bt_row, start + offs_n, end, BLOCK_SIZE, PAGED)
-        k_nx, v_nx = _load_kv_tile(k_base, v_base, blk, start + offs_n, end, seq_start,
-                                   stride_kb, stride_kt, stride_vb, stride_vt, col_k, col_v, dim,
-                                   BLOCK_SIZE, PAGED, HEAD, HEAD_PAD, EVICT)
+        k_nx, v_nx = _load_kv_tile(
+            k_base,
+            v_base,
+            blk,
+            start + offs_n,
+            end,
+            seq_start,
+            stride_kb,
+            stride_kt,
+            stride_vb,
+            stride_vt,
+            col_k,
+            col_v,
+            dim,
+            BLOCK_SIZE,
+            PAGED,
+            HEAD,
+            HEAD_PAD,
+            EVICT,
+        )
         blk = _tile_blocks(bt_row, start + BLOCK_N + offs_n, end, BLOCK_SIZE, PAGED)
         for n0 in range(start, end, BLOCK_N):
             k = k_nx
             v = v_nx
             nxt = n0 + BLOCK_N + offs_n
-            k_nx, v_nx = _load_kv_tile(k_base, v_base, blk, nxt, end, seq_start,
-                                       stride_kb, stride_kt, stride_vb, stride_vt, col_k, col_v, dim,
-                                       BLOCK_SIZE, PAGED, HEAD, HEAD_PAD, EVICT)
+            k_nx, v_nx = _load_kv_tile(
+                k_base,
+                v_base,
+                blk,
+                nxt,
+                end,
+                seq_start,
+                stride_kb,
+                stride_kt,
+                stride_vb,
+                stride_vt,
+                col_k,
+                col_v,
+                dim,
+                BLOCK_SIZE,
+                PAGED,
+                HEAD,
+                HEAD_PAD,
+                EVICT,
+            )
             blk = _tile_blocks(bt_row, nxt + BLOCK_N, end, BLOCK_SIZE, PAGED)
-            m_i, l_i, acc = _decode_step(q, k, v, (n0 + offs_n) < end, m_i, l_i, acc, scale_log2,
-                                         USE_DOT, DOT_PREC)
+            m_i, l_i, acc = _decode_step(q, k, v, (n0 + offs_n) < end, m_i, l_i, acc, scale_log2, USE_DOT, DOT_PREC)
     else:
         for n0 in range(start, end, BLOCK_N):
             offs = n0 + offs_n
             blk = _tile_blocks(bt_row, offs, end, BLOCK_SIZE, PAGED)
-            k, v = _load_kv_tile(k_base, v_base, blk, offs, end, seq_start,
-                                 stride_kb, stride_kt, stride_vb, stride_vt, col_k, col_v, dim,
-                                 BLOCK_SIZE, PAGED, HEAD, HEAD_PAD, EVICT)
+            k, v = _load_kv_tile(
+                k_base,
+                v_base,
+                blk,
+                offs,
+                end,
+                seq_start,
+                stride_kb,
+                stride_kt,
+                stride_vb,
+                stride_vt,
+                col_k,
+                col_v,
+                dim,
+                BLOCK_SIZE,
+                PAGED,
+                HEAD,
+                HEAD_PAD,
+                EVICT,
+            )
             m_i, l_i, acc = _decode_step(q, k, v, offs < end, m_i, l_i, acc, scale_log2, USE_DOT, DOT_PREC)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
@@ -318,11 +422,26 @@ def _decode_kernel(
                     # every other program of this (sequence, head group) has incremented: reset for the
                     # next call; the group's GROUP * HP q heads are adjacent, so combine them as one group
                     tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")
-                    _combine_partials(po_ptr, plse_ptr, out_ptr, seq64, kvg, n_parts,
-                                      stride_pos, stride_poh, stride_pop, stride_pls, stride_plh,
-                                      stride_os, stride_oh,
-                                      GROUP=GROUP * HP, GROUP_R=GROUP_R, HEAD=HEAD, HEAD_PAD=HEAD_PAD,
-                                      CHUNK=CHUNK)
+                    _combine_partials(
+                        po_ptr,
+                        plse_ptr,
+                        out_ptr,
+                        seq64,
+                        kvg,
+                        n_parts,
+                        stride_pos,
+                        stride_poh,
+                        stride_pop,
+                        stride_pls,
+                        stride_plh,
+                        stride_os,
+                        stride_oh,
+                        GROUP=GROUP * HP,
+                        GROUP_R=GROUP_R,
+                        HEAD=HEAD,
+                        HEAD_PAD=HEAD_PAD,
+                        CHUNK=CHUNK,
+                    )
         elif n_parts == 1:  # the reduce kernel skips a sequence of one partition: write its output here
             tl.store(optr, o.to(out_ptr.dtype.element_ty), mask=o_mask)
         else:
@@ -333,11 +452,26 @@ def _decode_kernel(
 
 
 @triton.jit
-def _combine_partials(po_ptr, plse_ptr, out_ptr, seq64, kvh, n_parts,
-                      stride_pos, stride_poh, stride_pop, stride_pls, stride_plh,
-                      stride_os, stride_oh,
-                      GROUP: tl.constexpr, GROUP_R: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
-                      CHUNK: tl.constexpr):
+def _combine_partials(
+    po_ptr,
+    plse_ptr,
+    out_ptr,
+    seq64,
+    kvh,
+    n_parts,
+    stride_pos,
+    stride_poh,
+    stride_pop,
+    stride_pls,
+    stride_plh,
+    stride_os,
+    stride_oh,
+    GROUP: tl.constexpr,
+    GROUP_R: tl.constexpr,
+    HEAD: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
     """Log-sum-exp combine of ``n_parts`` partial outputs for the ``GROUP`` q heads of KV head ``kvh``.
 
     ``GROUP_R`` is ``GROUP`` rounded up to a power of two (no tensor-core padding here). Chunks of
@@ -359,8 +493,12 @@ def _combine_partials(po_ptr, plse_ptr, out_ptr, seq64, kvh, n_parts,
         c = c0 + offs_c
         gc_mask = g_mask[:, None] & (c < n_parts)[None, :]
         lse = tl.load(lse_base + c[None, :], mask=gc_mask, other=float("-inf"), cache_modifier=".cg")
-        o = tl.load(po_base + c[None, :, None] * stride_pop, mask=gc_mask[:, :, None] & d_mask[None, None, :],
-                    other=0.0, cache_modifier=".cg")
+        o = tl.load(
+            po_base + c[None, :, None] * stride_pop,
+            mask=gc_mask[:, :, None] & d_mask[None, None, :],
+            other=0.0,
+            cache_modifier=".cg",
+        )
         m_new = tl.maximum(m, tl.max(lse, axis=1))
         alpha = tl.exp2(m - m_new)
         w = tl.exp2(lse - m_new[:, None])
@@ -368,13 +506,15 @@ def _combine_partials(po_ptr, plse_ptr, out_ptr, seq64, kvh, n_parts,
         acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * o, axis=1)
         m = m_new
     res = acc / tl.where(den > 0.0, den, 1.0)[:, None]
-    tl.store(out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + offs_d[None, :],
-             res.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
+    tl.store(
+        out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + offs_d[None, :],
+        res.to(out_ptr.dtype.element_ty),
+        mask=g_mask[:, None] & d_mask[None, :],
+    )
 
 
 @triton.jit
-def _partition_on_device(lens_ptr, num_seqs, partition_size, uniform_partition, uniform_frac,
-                         NSEQ_PAD: tl.constexpr):
+def _partition_on_device(lens_ptr, num_seqs, partition_size, uniform_partition, uniform_frac, NSEQ_PAD: tl.constexpr):
     """The partition size (tokens) chosen from the lengths themselves: ``uniform_partition`` when every length is
     at least ``uniform_frac`` of the longest (the device-side form of the ``min_seq_len`` hint), else
     ``partition_size``. Every program of a launch reads the same ``num_seqs`` lengths, so all agree."""
@@ -389,20 +529,35 @@ def _partition_on_device(lens_ptr, num_seqs, partition_size, uniform_partition, 
 
 @triton.jit
 def _reduce_kernel(
-    po_ptr, plse_ptr, lens_ptr, out_ptr, partition_size, uniform_partition, uniform_frac, num_seqs,
-    stride_pos, stride_poh, stride_pop,
-    stride_pls, stride_plh,
-    stride_os, stride_oh,
-    HEAD: tl.constexpr, HEAD_PAD: tl.constexpr, CHUNK: tl.constexpr,
-    AUTO_UNIFORM: tl.constexpr, NSEQ_PAD: tl.constexpr,
+    po_ptr,
+    plse_ptr,
+    lens_ptr,
+    out_ptr,
+    partition_size,
+    uniform_partition,
+    uniform_frac,
+    num_seqs,
+    stride_pos,
+    stride_poh,
+    stride_pop,
+    stride_pls,
+    stride_plh,
+    stride_os,
+    stride_oh,
+    HEAD: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    CHUNK: tl.constexpr,
+    AUTO_UNIFORM: tl.constexpr,
+    NSEQ_PAD: tl.constexpr,
 ):
     seq = tl.program_id(0)
     h = tl.program_id(1)
     seq64 = seq.to(tl.int64)
     seq_len = tl.load(lens_ptr + seq)
     if AUTO_UNIFORM:
-        partition_size = _partition_on_device(lens_ptr, num_seqs, partition_size, uniform_partition, uniform_frac,
-                                              NSEQ_PAD)
+        partition_size = _partition_on_device(
+            lens_ptr, num_seqs, partition_size, uniform_partition, uniform_frac, NSEQ_PAD
+        )
     n_parts = tl.cdiv(tl.maximum(seq_len, 0), partition_size)
     if n_parts == 1:  # written by the decode kernel
         return
@@ -418,8 +573,11 @@ def _reduce_kernel(
     for c0 in range(0, n_parts, CHUNK):
         c_mask = (c0 + offs_c) < n_parts
         lse = tl.load(lse_base + c0 + offs_c, mask=c_mask, other=float("-inf"))
-        o = tl.load(po_base + (c0 + offs_c)[:, None] * stride_pop + offs_d[None, :],
-                    mask=c_mask[:, None] & (offs_d < HEAD)[None, :], other=0.0)
+        o = tl.load(
+            po_base + (c0 + offs_c)[:, None] * stride_pop + offs_d[None, :],
+            mask=c_mask[:, None] & (offs_d < HEAD)[None, :],
+            other=0.0,
+        )
         m_new = tl.maximum(m, tl.max(lse, axis=0))
         alpha = tl.exp2(m - m_new)
         w = tl.exp2(lse - m_new)
@@ -427,8 +585,7 @@ def _reduce_kernel(
         acc = acc * alpha + tl.sum(w[:, None] * o, axis=0)
         m = m_new
     out = acc / tl.where(den > 0.0, den, 1.0)
-    tl.store(out_ptr + seq64 * stride_os + h * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty),
-             mask=offs_d < HEAD)
+    tl.store(out_ptr + seq64 * stride_os + h * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD)
 
 
 def _partition_for(max_len: int, splits: int, block_n: int) -> tuple[int, int]:
@@ -437,8 +594,15 @@ def _partition_for(max_len: int, splits: int, block_n: int) -> tuple[int, int]:
     return -(-max_len // part), part
 
 
-def _choose_partition(num_seqs: int, num_kv_heads: int, max_len: int, block_n: int, num_sms: int,
-                      num_splits: int | None, min_len: int | None = None) -> tuple[int, int]:
+def _choose_partition(
+    num_seqs: int,
+    num_kv_heads: int,
+    max_len: int,
+    block_n: int,
+    num_sms: int,
+    num_splits: int | None,
+    min_len: int | None = None,
+) -> tuple[int, int]:
     """Return ``(num_splits, partition_size)``; ``num_splits == 1`` means no split-KV.
 
     Automatic choice (``max_len`` is an upper bound on the context, e.g. the
@@ -499,9 +663,16 @@ def _choose_partition(num_seqs: int, num_kv_heads: int, max_len: int, block_n: i
     return best[1], best[2]
 
 
-def _split_plan(num_seqs: int, num_groups: int, max_len: int, block_n: int, num_sms: int,
-                num_splits: int | None, min_len: int | None, allow_auto_uniform: bool = True
-                ) -> tuple[int, int, bool, int]:
+def _split_plan(
+    num_seqs: int,
+    num_groups: int,
+    max_len: int,
+    block_n: int,
+    num_sms: int,
+    num_splits: int | None,
+    min_len: int | None,
+    allow_auto_uniform: bool = True,
+) -> tuple[int, int, bool, int]:
     """``(num_splits, partition_size, auto_uniform, uniform_partition)`` of a decode launch.
 
     Without a ``min_len`` hint the kernel makes the hint's test on the device: the grid is sized for the capped
@@ -512,25 +683,42 @@ def _split_plan(num_seqs: int, num_groups: int, max_len: int, block_n: int, num_
     splits, part = _choose_partition(num_seqs, num_groups, max_len, block_n, num_sms, num_splits, min_len)
     # the hint changes nothing unless the cap split the batch and the pairs fill a wave (_choose_partition's
     # uniform rule); checked first so that other calls search the split counts once
-    if (allow_auto_uniform and num_splits is None and min_len is None and splits > 1
-            and num_seqs <= AUTO_UNIFORM_MAX_SEQS and max_len > MAX_PARTITION
-            and num_seqs * num_groups >= RESIDENT_PROGRAMS_PER_SM * num_sms):
+    if (
+        allow_auto_uniform
+        and num_splits is None
+        and min_len is None
+        and splits > 1
+        and num_seqs <= AUTO_UNIFORM_MAX_SEQS
+        and max_len > MAX_PARTITION
+        and num_seqs * num_groups >= RESIDENT_PROGRAMS_PER_SM * num_sms
+    ):
         u_splits, u_part = _choose_partition(num_seqs, num_groups, max_len, block_n, num_sms, None, max_len)
         if u_splits < splits:
             return splits, part, True, u_part
     return splits, part, False, part
 
 
-def _balanced_default(num_seqs: int, num_kv_heads: int, max_len: int, min_len: int | None, num_splits: int | None,
-                      heads_per_program: int = 1) -> bool:
+def _balanced_default(
+    num_seqs: int,
+    num_kv_heads: int,
+    max_len: int,
+    min_len: int | None,
+    num_splits: int | None,
+    heads_per_program: int = 1,
+) -> bool:
     """Whether a decode call without ``config["balanced"]`` takes the balanced (stream-K) path
     (``kernels/decode_balanced.py``): only when the caller's ``min_seq_len`` hint marks the batch as mixed (below
     ``UNIFORM_FRACTION`` of ``max_len``), the split count is automatic, and the batch has ``BALANCED_MIN_SEQS`` to
     ``BALANCED_MAX_PAIRS / num_kv_heads`` sequences. Without a hint the host cannot tell a mixed batch from a uniform
     one, and on uniform batches the balanced path measured slower (reports/kernels/README.md, round 5)."""
-    return (min_len is not None and num_splits is None and heads_per_program == 1
-            and int(min_len) < UNIFORM_FRACTION * max_len
-            and BALANCED_MIN_SEQS <= num_seqs and num_seqs * num_kv_heads <= BALANCED_MAX_PAIRS)
+    return (
+        min_len is not None
+        and num_splits is None
+        and heads_per_program == 1
+        and int(min_len) < UNIFORM_FRACTION * max_len
+        and BALANCED_MIN_SEQS <= num_seqs
+        and num_seqs * num_kv_heads <= BALANCED_MAX_PAIRS
+    )
 
 
 def _auto_fused(num_seqs: int, num_kv_heads: int, splits: int, device: torch.device) -> bool:
@@ -541,8 +729,9 @@ def _auto_fused(num_seqs: int, num_kv_heads: int, splits: int, device: torch.dev
     return num_seqs * num_kv_heads * splits <= RESIDENT_PROGRAMS_PER_SM * _num_sms(device)
 
 
-def _decode_config(head_pad: int, group: int, dtype: torch.dtype, block_size: int, units: int | None = None,
-                   num_sms: int = 132) -> dict:
+def _decode_config(
+    head_pad: int, group: int, dtype: torch.dtype, block_size: int, units: int | None = None, num_sms: int = 132
+) -> dict:
     """Default decode config; ``units`` is the number of (sequence, KV head) pairs."""
     block_n = 64 if head_pad <= 128 else 32
     if _interpreting():
@@ -553,8 +742,16 @@ def _decode_config(head_pad: int, group: int, dtype: torch.dtype, block_size: in
     # num_stages=3 gives the K/V loads a single shared-memory buffer (the block-table load takes a
     # pipeline stage): each program waits for every tile. That is enough when several programs
     # share an SM, i.e. on large grids.
-    cfg = dict(block_n=block_n, num_warps=4, num_stages=3, use_dot=True, head_major=True, evict="",
-               fuse_always=False, heads_per_program=1)
+    cfg = dict(
+        block_n=block_n,
+        num_warps=4,
+        num_stages=3,
+        use_dot=True,
+        head_major=True,
+        evict="",
+        fuse_always=False,
+        heads_per_program=1,
+    )
     if units is not None and units < num_sms and head_pad <= 128 and not _interpreting():
         # Small grids (fewer (sequence, KV head) pairs than SMs: batch 1, GQA batch 16): few programs
         # per SM, so each must keep loads in flight. 32-token tiles with 5 stages get two K/V buffers
@@ -574,8 +771,24 @@ def _decode_config(head_pad: int, group: int, dtype: torch.dtype, block_size: in
     return cfg
 
 
-def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: bool, block_size: int,
-                   max_seq_len, num_splits, out, config, min_seq_len=None, fused_reduce=None):
+def _decode_launch(
+    q,
+    k,
+    v,
+    block_tables,
+    starts,
+    seq_lens,
+    scale,
+    *,
+    paged: bool,
+    block_size: int,
+    max_seq_len,
+    num_splits,
+    out,
+    config,
+    min_seq_len=None,
+    fused_reduce=None,
+):
     assert q.dim() == 3 and k.shape == v.shape
     num_seqs, num_q_heads, head = q.shape
     num_kv_heads = k.shape[-2]
@@ -592,8 +805,9 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
         cfg.update(config)
     use_dot = bool(cfg["use_dot"])
     hp = int(cfg["heads_per_program"])
-    assert hp >= 1 and hp & (hp - 1) == 0 and num_kv_heads % hp == 0, \
+    assert hp >= 1 and hp & (hp - 1) == 0 and num_kv_heads % hp == 0, (
         "heads_per_program must be a power of two dividing num_kv_heads"
+    )
     num_groups = num_kv_heads // hp  # programs per (sequence, partition)
     rows = group * hp
     group_pad = max(16, triton.next_power_of_2(rows)) if use_dot else triton.next_power_of_2(rows)
@@ -628,18 +842,41 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
 
     balanced = cfg.get("balanced")
     if balanced is None:
-        balanced = fused_reduce is None and _balanced_default(num_seqs, num_kv_heads, max_seq_len, min_seq_len,
-                                                              num_splits, hp)
+        balanced = fused_reduce is None and _balanced_default(
+            num_seqs, num_kv_heads, max_seq_len, min_seq_len, num_splits, hp
+        )
     if balanced and hp == 1:
         from kernels.decode_balanced import MAX_SEQS, balanced_decode_launch
-        if num_seqs <= MAX_SEQS:
-            return balanced_decode_launch(q, k, v, bt, starts, seq_lens, scale_log2, paged=paged,
-                                          block_size=block_size, max_seq_len=max_seq_len, out=out, cfg=cfg,
-                                          kst=kst, vst=vst, stride_bts=stride_bts)
 
-    splits, part, auto_uniform, uniform_part = _split_plan(num_seqs, num_groups, max_seq_len, block_n,
-                                                           _num_sms(q.device), num_splits, min_seq_len,
-                                                           bool(cfg.get("auto_uniform", True)))
+        if num_seqs <= MAX_SEQS:
+            return balanced_decode_launch(
+                q,
+                k,
+                v,
+                bt,
+                starts,
+                seq_lens,
+                scale_log2,
+                paged=paged,
+                block_size=block_size,
+                max_seq_len=max_seq_len,
+                out=out,
+                cfg=cfg,
+                kst=kst,
+                vst=vst,
+                stride_bts=stride_bts,
+            )
+
+    splits, part, auto_uniform, uniform_part = _split_plan(
+        num_seqs,
+        num_groups,
+        max_seq_len,
+        block_n,
+        _num_sms(q.device),
+        num_splits,
+        min_seq_len,
+        bool(cfg.get("auto_uniform", True)),
+    )
     if splits > 1:
         po = torch.empty((num_seqs, num_q_heads, splits, head), dtype=torch.float32, device=q.device)
         plse = torch.empty((num_seqs, num_q_heads, splits), dtype=torch.float32, device=q.device)
@@ -675,41 +912,97 @@ def _decode_launch(q, k, v, block_tables, starts, seq_lens, scale, *, paged: boo
     nseq_pad = triton.next_power_of_2(num_seqs) if auto_uniform else 1  # lengths each program reads
     grid = (num_groups, num_seqs, splits) if head_major else (num_seqs, num_groups, splits)
     _decode_kernel[grid](
-        q, k, v, bt, seq_lens, starts_arg,
-        out, po, plse, cnt,
-        scale_log2, part, uniform_part, UNIFORM_FRACTION, num_seqs, bt_tokens,
-        q.stride(0), q.stride(1),
-        *kst, *vst,
+        q,
+        k,
+        v,
+        bt,
+        seq_lens,
+        starts_arg,
+        out,
+        po,
+        plse,
+        cnt,
+        scale_log2,
+        part,
+        uniform_part,
+        UNIFORM_FRACTION,
+        num_seqs,
+        bt_tokens,
+        q.stride(0),
+        q.stride(1),
+        *kst,
+        *vst,
         stride_bts,
-        out.stride(0), out.stride(1),
-        *po_st, *pl_st,
+        out.stride(0),
+        out.stride(1),
+        *po_st,
+        *pl_st,
         num_groups,
-        GROUP=group, GROUP_PAD=group_pad, HEAD=head, HEAD_PAD=head_pad,
-        BLOCK_SIZE=block_size, BLOCK_N=block_n,
-        PAGED=paged, SPLIT=splits > 1, USE_DOT=use_dot, DOT_PREC=_dot_precision(q.dtype),
-        HEAD_MAJOR=head_major, EVICT=str(cfg["evict"]),
-        FUSED=fused, GROUP_R=group_r, CHUNK=chunk, REV_PARTS=bool(cfg.get("reverse_parts", False)),
-        HP=hp, PREFETCH=bool(cfg.get("prefetch", False)), EARLY_BT=bool(cfg.get("early_bt", True)),
-        AUTO_UNIFORM=auto_uniform, NSEQ_PAD=nseq_pad,
-        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]), **launch_opts,
+        GROUP=group,
+        GROUP_PAD=group_pad,
+        HEAD=head,
+        HEAD_PAD=head_pad,
+        BLOCK_SIZE=block_size,
+        BLOCK_N=block_n,
+        PAGED=paged,
+        SPLIT=splits > 1,
+        USE_DOT=use_dot,
+        DOT_PREC=_dot_precision(q.dtype),
+        HEAD_MAJOR=head_major,
+        EVICT=str(cfg["evict"]),
+        FUSED=fused,
+        GROUP_R=group_r,
+        CHUNK=chunk,
+        REV_PARTS=bool(cfg.get("reverse_parts", False)),
+        HP=hp,
+        PREFETCH=bool(cfg.get("prefetch", False)),
+        EARLY_BT=bool(cfg.get("early_bt", True)),
+        AUTO_UNIFORM=auto_uniform,
+        NSEQ_PAD=nseq_pad,
+        num_warps=int(cfg["num_warps"]),
+        num_stages=int(cfg["num_stages"]),
+        **launch_opts,
     )
     if splits > 1 and not fused:
         chunk = min(16, triton.next_power_of_2(splits))
         _reduce_kernel[(num_seqs, num_q_heads)](
-            po, plse, seq_lens, out, part, uniform_part, UNIFORM_FRACTION, num_seqs,
-            *po_st, *pl_st,
-            out.stride(0), out.stride(1),
-            HEAD=head, HEAD_PAD=triton.next_power_of_2(head), CHUNK=chunk,
-            AUTO_UNIFORM=auto_uniform, NSEQ_PAD=nseq_pad,
+            po,
+            plse,
+            seq_lens,
+            out,
+            part,
+            uniform_part,
+            UNIFORM_FRACTION,
+            num_seqs,
+            *po_st,
+            *pl_st,
+            out.stride(0),
+            out.stride(1),
+            HEAD=head,
+            HEAD_PAD=triton.next_power_of_2(head),
+            CHUNK=chunk,
+            AUTO_UNIFORM=auto_uniform,
+            NSEQ_PAD=nseq_pad,
             num_warps=4,
         )
     return out
 
 
-def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, *,
-                           max_seq_len: int | None = None, num_splits: int | None = None,
-                           out: torch.Tensor | None = None, config: dict | None = None,
-                           min_seq_len: int | None = None, fused_reduce: bool | None = None) -> torch.Tensor:
+def paged_decode_attention(
+    q,
+    k_cache,
+    v_cache,
+    block_tables,
+    seq_lens,
+    scale,
+    *,
+    max_seq_len: int | None = None,
+    num_splits: int | None = None,
+    out: torch.Tensor | None = None,
+    config: dict | None = None,
+    min_seq_len: int | None = None,
+    fused_reduce: bool | None = None,
+) -> torch.Tensor:
     """Decode attention through block tables.
 
     Args:
@@ -761,15 +1054,40 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, *
         ``out`` ``[num_seqs, num_q_heads, head_size]`` in ``q``'s dtype.
     """
     assert k_cache.dim() == 4, "k_cache must be [num_blocks, block_size, num_kv_heads, head_size]"
-    return _decode_launch(q, k_cache, v_cache, block_tables, None, seq_lens, scale, paged=True,
-                          block_size=k_cache.shape[1], max_seq_len=max_seq_len, num_splits=num_splits,
-                          out=out, config=config, min_seq_len=min_seq_len, fused_reduce=fused_reduce)
+    return _decode_launch(
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        None,
+        seq_lens,
+        scale,
+        paged=True,
+        block_size=k_cache.shape[1],
+        max_seq_len=max_seq_len,
+        num_splits=num_splits,
+        out=out,
+        config=config,
+        min_seq_len=min_seq_len,
+        fused_reduce=fused_reduce,
+    )
 
 
-def contiguous_decode_attention(q, k_pool, v_pool, seq_starts, seq_lens, scale, *,
-                                max_seq_len: int | None = None, num_splits: int | None = None,
-                                out: torch.Tensor | None = None, config: dict | None = None,
-                                min_seq_len: int | None = None, fused_reduce: bool | None = None) -> torch.Tensor:
+def contiguous_decode_attention(
+    q,
+    k_pool,
+    v_pool,
+    seq_starts,
+    seq_lens,
+    scale,
+    *,
+    max_seq_len: int | None = None,
+    num_splits: int | None = None,
+    out: torch.Tensor | None = None,
+    config: dict | None = None,
+    min_seq_len: int | None = None,
+    fused_reduce: bool | None = None,
+) -> torch.Tensor:
     """Decode attention over per-sequence contiguous ranges of one flat pool.
 
     Args:
@@ -785,9 +1103,23 @@ def contiguous_decode_attention(q, k_pool, v_pool, seq_starts, seq_lens, scale, 
     """
     assert k_pool.dim() == 3, "k_pool must be [num_slots, num_kv_heads, head_size]"
     assert seq_starts.dtype == torch.int64
-    return _decode_launch(q, k_pool, v_pool, None, seq_starts.contiguous(), seq_lens, scale, paged=False,
-                          block_size=1, max_seq_len=max_seq_len, num_splits=num_splits, out=out,
-                          config=config, min_seq_len=min_seq_len, fused_reduce=fused_reduce)
+    return _decode_launch(
+        q,
+        k_pool,
+        v_pool,
+        None,
+        seq_starts.contiguous(),
+        seq_lens,
+        scale,
+        paged=False,
+        block_size=1,
+        max_seq_len=max_seq_len,
+        num_splits=num_splits,
+        out=out,
+        config=config,
+        min_seq_len=min_seq_len,
+        fused_reduce=fused_reduce,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -796,8 +1128,20 @@ def contiguous_decode_attention(q, k_pool, v_pool, seq_starts, seq_lens, scale, 
 
 
 @triton.jit
-def _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, visible,
-                 MASKED: tl.constexpr, POS_SCALE: tl.constexpr, DOT_PREC: tl.constexpr, LAZY_TAU: tl.constexpr = 0.0):
+def _attend_tile(
+    q,
+    k,
+    v,
+    m_i,
+    l_i,
+    acc,
+    scale_log2,
+    visible,
+    MASKED: tl.constexpr,
+    POS_SCALE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    LAZY_TAU: tl.constexpr = 0.0,
+):
     """One online-softmax step of a prefill tile: ``q [M, D]`` against ``k, v [N, D]``.
 
     ``m_i`` is the running row maximum in log2 units (scaled), ``l_i`` the running sum and ``acc``
@@ -817,8 +1161,9 @@ def _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, visible,
 
 
 @triton.jit
-def _softmax_step(s, v, m_i, l_i, acc, scale_log2, visible,
-                  MASKED: tl.constexpr, POS_SCALE: tl.constexpr, DOT_PREC: tl.constexpr):
+def _softmax_step(
+    s, v, m_i, l_i, acc, scale_log2, visible, MASKED: tl.constexpr, POS_SCALE: tl.constexpr, DOT_PREC: tl.constexpr
+):
     """``_attend_tile`` after the score dot ``s [M, N]``: the row maximum, exp2, rescale and the P.V dot."""
     if MASKED:
         s = tl.where(visible, s, float("-inf"))
@@ -867,25 +1212,45 @@ def _attend_tile_lazy(s, v, m_i, l_i, acc, scale_log2, LAZY_TAU: tl.constexpr, D
 def _exp2_packed(x):
     """exp2 of a bf16 or fp16 tensor, two elements per ``ex2.approx`` instruction (inline PTX: GPU only)."""
     if x.dtype == tl.bfloat16:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x], dtype=tl.bfloat16,
-                                         is_pure=True, pack=2)
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x], dtype=tl.bfloat16, is_pure=True, pack=2
+        )
     else:
-        return tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x], dtype=tl.float16,
-                                         is_pure=True, pack=2)
+        return tl.inline_asm_elementwise(
+            "ex2.approx.f16x2 $0, $1;", "=r,r", [x], dtype=tl.float16, is_pure=True, pack=2
+        )
 
 
 @triton.jit
 def _prefill_kernel(
-    q_ptr, k_ptr, v_ptr, bt_ptr, cu_q_ptr, ctx_ptr, out_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    bt_ptr,
+    cu_q_ptr,
+    ctx_ptr,
+    out_ptr,
     scale_log2,
-    stride_qt, stride_qh,
-    stride_kb, stride_kt, stride_kh,
-    stride_vb, stride_vt, stride_vh,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_vb,
+    stride_vt,
+    stride_vh,
     stride_bts,
-    stride_ot, stride_oh,
-    GROUP: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PREC: tl.constexpr, POS_SCALE: tl.constexpr, LAZY_TAU: tl.constexpr,
+    stride_ot,
+    stride_oh,
+    GROUP: tl.constexpr,
+    HEAD: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    POS_SCALE: tl.constexpr,
+    LAZY_TAU: tl.constexpr,
 ):
     mt = tl.program_id(0)
     qh = tl.program_id(1)
@@ -909,8 +1274,11 @@ def _prefill_kernel(
     else:
         d_mask = offs_d < HEAD
     rows = (q_start + offs_m).to(tl.int64)
-    q = tl.load(q_ptr + rows[:, None] * stride_qt + qh * stride_qh + offs_d[None, :],
-                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    q = tl.load(
+        q_ptr + rows[:, None] * stride_qt + qh * stride_qh + offs_d[None, :],
+        mask=m_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )
     q_pos = ctx + offs_m
 
     k_base = k_ptr + kvh.to(tl.int64) * stride_kh
@@ -927,12 +1295,26 @@ def _prefill_kernel(
         offs = n0 + offs_n
         blk = tl.load(bt_row + offs // BLOCK_SIZE).to(tl.int64)
         in_blk = (offs % BLOCK_SIZE).to(tl.int64)
-        k = tl.load(k_base + (blk * stride_kb + in_blk * stride_kt)[:, None] + offs_d[None, :],
-                    mask=d_mask[None, :], other=0.0)
-        v = tl.load(v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :],
-                    mask=d_mask[None, :], other=0.0)
-        m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, None,
-                                     MASKED=False, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC, LAZY_TAU=LAZY_TAU)
+        k = tl.load(
+            k_base + (blk * stride_kb + in_blk * stride_kt)[:, None] + offs_d[None, :], mask=d_mask[None, :], other=0.0
+        )
+        v = tl.load(
+            v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :], mask=d_mask[None, :], other=0.0
+        )
+        m_i, l_i, acc = _attend_tile(
+            q,
+            k,
+            v,
+            m_i,
+            l_i,
+            acc,
+            scale_log2,
+            None,
+            MASKED=False,
+            POS_SCALE=POS_SCALE,
+            DOT_PREC=DOT_PREC,
+            LAZY_TAU=LAZY_TAU,
+        )
 
     # the diagonal: causal and length masks
     diag_end = tl.minimum(seq_len, ctx + m0 + BLOCK_M)
@@ -942,22 +1324,36 @@ def _prefill_kernel(
         blk = tl.load(bt_row + offs // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
         in_blk = (offs % BLOCK_SIZE).to(tl.int64)
         kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_base + (blk * stride_kb + in_blk * stride_kt)[:, None] + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        v = tl.load(v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
+        k = tl.load(k_base + (blk * stride_kb + in_blk * stride_kt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         visible = (offs[None, :] <= q_pos[:, None]) & n_mask[None, :]
-        m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, visible,
-                                     MASKED=True, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC, LAZY_TAU=LAZY_TAU)
+        m_i, l_i, acc = _attend_tile(
+            q,
+            k,
+            v,
+            m_i,
+            l_i,
+            acc,
+            scale_log2,
+            visible,
+            MASKED=True,
+            POS_SCALE=POS_SCALE,
+            DOT_PREC=DOT_PREC,
+            LAZY_TAU=LAZY_TAU,
+        )
 
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    tl.store(out_ptr + rows[:, None] * stride_ot + qh * stride_oh + offs_d[None, :],
-             o.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+    tl.store(
+        out_ptr + rows[:, None] * stride_ot + qh * stride_oh + offs_d[None, :],
+        o.to(out_ptr.dtype.element_ty),
+        mask=m_mask[:, None] & d_mask[None, :],
+    )
 
 
 @triton.jit
-def _new_rows(desc, base, stride_t, q_start, n0, offs_n, offs_d, d_mask, kvh, HEAD: tl.constexpr,
-              USE_TMA: tl.constexpr):
+def _new_rows(
+    desc, base, stride_t, q_start, n0, offs_n, offs_d, d_mask, kvh, HEAD: tl.constexpr, USE_TMA: tl.constexpr
+):
     """Rows ``n0 .. n0 + BLOCK_N - 1`` of one sequence's new K (or V) for KV head ``kvh``: a TMA tile of the 2-D view
     ``[T, heads * D]``, or pointer loads from ``base`` (that head's column of the sequence's first row)."""
     if USE_TMA:
@@ -970,19 +1366,48 @@ def _new_rows(desc, base, stride_t, q_start, n0, offs_n, offs_d, d_mask, kvh, HE
 
 @triton.jit
 def _prefill_newkv_kernel(
-    q_ptr, k_ptr, v_ptr, bt_ptr, cu_q_ptr, ctx_ptr, out_ptr,
-    kn_ptr, vn_ptr, q_desc, kn_desc, vn_desc,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    bt_ptr,
+    cu_q_ptr,
+    ctx_ptr,
+    out_ptr,
+    kn_ptr,
+    vn_ptr,
+    q_desc,
+    kn_desc,
+    vn_desc,
     scale_log2,
-    stride_qt, stride_qh,
-    stride_kb, stride_kt, stride_kh,
-    stride_vb, stride_vt, stride_vh,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_vb,
+    stride_vt,
+    stride_vh,
     stride_bts,
-    stride_ot, stride_oh,
-    stride_knt, stride_knh, stride_vnt, stride_vnh,
-    GROUP: tl.constexpr, HEAD: tl.constexpr, HEAD_PAD: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PREC: tl.constexpr, HAS_CTX: tl.constexpr, USE_TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
-    REVERSE_M: tl.constexpr, POS_SCALE: tl.constexpr, LAZY_TAU: tl.constexpr, PIPE_QK: tl.constexpr,
+    stride_ot,
+    stride_oh,
+    stride_knt,
+    stride_knh,
+    stride_vnt,
+    stride_vnh,
+    GROUP: tl.constexpr,
+    HEAD: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    HAS_CTX: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    WARP_SPEC: tl.constexpr,
+    REVERSE_M: tl.constexpr,
+    POS_SCALE: tl.constexpr,
+    LAZY_TAU: tl.constexpr,
+    PIPE_QK: tl.constexpr,
 ):
     """Prefill whose new tokens' K/V come from contiguous ``[T, Hkv, D]`` tensors (rows aligned with q).
 
@@ -1018,8 +1443,11 @@ def _prefill_newkv_kernel(
     if USE_TMA:
         q = q_desc.load([q_start + m0, qh * HEAD])
     else:
-        q = tl.load(q_ptr + rows[:, None] * stride_qt + qh * stride_qh + offs_d[None, :],
-                    mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+        q = tl.load(
+            q_ptr + rows[:, None] * stride_qt + qh * stride_qh + offs_d[None, :],
+            mask=m_mask[:, None] & d_mask[None, :],
+            other=0.0,
+        )
 
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -1035,24 +1463,56 @@ def _prefill_newkv_kernel(
             offs = n0 + offs_n
             blk = tl.load(bt_row + offs // BLOCK_SIZE).to(tl.int64)
             in_blk = (offs % BLOCK_SIZE).to(tl.int64)
-            k = tl.load(k_base + (blk * stride_kb + in_blk * stride_kt)[:, None] + offs_d[None, :],
-                        mask=d_mask[None, :], other=0.0)
-            v = tl.load(v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :],
-                        mask=d_mask[None, :], other=0.0)
-            m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, None,
-                                         MASKED=False, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC, LAZY_TAU=LAZY_TAU)
+            k = tl.load(
+                k_base + (blk * stride_kb + in_blk * stride_kt)[:, None] + offs_d[None, :],
+                mask=d_mask[None, :],
+                other=0.0,
+            )
+            v = tl.load(
+                v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :],
+                mask=d_mask[None, :],
+                other=0.0,
+            )
+            m_i, l_i, acc = _attend_tile(
+                q,
+                k,
+                v,
+                m_i,
+                l_i,
+                acc,
+                scale_log2,
+                None,
+                MASKED=False,
+                POS_SCALE=POS_SCALE,
+                DOT_PREC=DOT_PREC,
+                LAZY_TAU=LAZY_TAU,
+            )
         for n0 in range(full_end, ctx, BLOCK_N):  # the last, partial context tile
             offs = n0 + offs_n
             n_mask = offs < ctx
             blk = tl.load(bt_row + offs // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
             in_blk = (offs % BLOCK_SIZE).to(tl.int64)
             kv_mask = n_mask[:, None] & d_mask[None, :]
-            k = tl.load(k_base + (blk * stride_kb + in_blk * stride_kt)[:, None] + offs_d[None, :],
-                        mask=kv_mask, other=0.0)
-            v = tl.load(v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :],
-                        mask=kv_mask, other=0.0)
-            m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, n_mask[None, :],
-                                         MASKED=True, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC, LAZY_TAU=LAZY_TAU)
+            k = tl.load(
+                k_base + (blk * stride_kb + in_blk * stride_kt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
+            )
+            v = tl.load(
+                v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
+            )
+            m_i, l_i, acc = _attend_tile(
+                q,
+                k,
+                v,
+                m_i,
+                l_i,
+                acc,
+                scale_log2,
+                n_mask[None, :],
+                MASKED=True,
+                POS_SCALE=POS_SCALE,
+                DOT_PREC=DOT_PREC,
+                LAZY_TAU=LAZY_TAU,
+            )
 
     kn_base = kn_ptr + (q_start.to(tl.int64) * stride_knt + kvh.to(tl.int64) * stride_knh)
     vn_base = vn_ptr + (q_start.to(tl.int64) * stride_vnt + kvh.to(tl.int64) * stride_vnh)
@@ -1065,22 +1525,38 @@ def _prefill_newkv_kernel(
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
             for n0 in tl.range(BLOCK_N, m0, BLOCK_N):
                 k = _new_rows(kn_desc, kn_base, stride_knt, q_start, n0, offs_n, offs_d, d_mask, kvh, HEAD, USE_TMA)
-                v = _new_rows(vn_desc, vn_base, stride_vnt, q_start, n0 - BLOCK_N, offs_n, offs_d, d_mask, kvh, HEAD,
-                              USE_TMA)
+                v = _new_rows(
+                    vn_desc, vn_base, stride_vnt, q_start, n0 - BLOCK_N, offs_n, offs_d, d_mask, kvh, HEAD, USE_TMA
+                )
                 s_next = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-                m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, scale_log2, None, MASKED=False,
-                                              POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC)
+                m_i, l_i, acc = _softmax_step(
+                    s, v, m_i, l_i, acc, scale_log2, None, MASKED=False, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC
+                )
                 s = s_next
-            v = _new_rows(vn_desc, vn_base, stride_vnt, q_start, m0 - BLOCK_N, offs_n, offs_d, d_mask, kvh, HEAD,
-                          USE_TMA)
-            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, scale_log2, None, MASKED=False,
-                                          POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC)
+            v = _new_rows(
+                vn_desc, vn_base, stride_vnt, q_start, m0 - BLOCK_N, offs_n, offs_d, d_mask, kvh, HEAD, USE_TMA
+            )
+            m_i, l_i, acc = _softmax_step(
+                s, v, m_i, l_i, acc, scale_log2, None, MASKED=False, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC
+            )
     else:
         for n0 in tl.range(0, m0, BLOCK_N, warp_specialize=WARP_SPEC):
             k = _new_rows(kn_desc, kn_base, stride_knt, q_start, n0, offs_n, offs_d, d_mask, kvh, HEAD, USE_TMA)
             v = _new_rows(vn_desc, vn_base, stride_vnt, q_start, n0, offs_n, offs_d, d_mask, kvh, HEAD, USE_TMA)
-            m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, None,
-                                         MASKED=False, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC, LAZY_TAU=LAZY_TAU)
+            m_i, l_i, acc = _attend_tile(
+                q,
+                k,
+                v,
+                m_i,
+                l_i,
+                acc,
+                scale_log2,
+                None,
+                MASKED=False,
+                POS_SCALE=POS_SCALE,
+                DOT_PREC=DOT_PREC,
+                LAZY_TAU=LAZY_TAU,
+            )
     # the diagonal tile: causal (and, for the pointer loads, length) masks
     diag_end = tl.minimum(q_len, m0 + BLOCK_M)
     for n0 in range(m0, diag_end, BLOCK_N):
@@ -1091,17 +1567,30 @@ def _prefill_newkv_kernel(
             v = vn_desc.load([q_start + n0, kvh * HEAD])
         else:
             kv_mask = n_mask[:, None] & d_mask[None, :]
-            k = tl.load(kn_base + offs.to(tl.int64)[:, None] * stride_knt + offs_d[None, :], mask=kv_mask,
-                        other=0.0)
-            v = tl.load(vn_base + offs.to(tl.int64)[:, None] * stride_vnt + offs_d[None, :], mask=kv_mask,
-                        other=0.0)
+            k = tl.load(kn_base + offs.to(tl.int64)[:, None] * stride_knt + offs_d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(vn_base + offs.to(tl.int64)[:, None] * stride_vnt + offs_d[None, :], mask=kv_mask, other=0.0)
         visible = (offs[None, :] <= offs_m[:, None]) & n_mask[None, :]
-        m_i, l_i, acc = _attend_tile(q, k, v, m_i, l_i, acc, scale_log2, visible,
-                                     MASKED=True, POS_SCALE=POS_SCALE, DOT_PREC=DOT_PREC, LAZY_TAU=LAZY_TAU)
+        m_i, l_i, acc = _attend_tile(
+            q,
+            k,
+            v,
+            m_i,
+            l_i,
+            acc,
+            scale_log2,
+            visible,
+            MASKED=True,
+            POS_SCALE=POS_SCALE,
+            DOT_PREC=DOT_PREC,
+            LAZY_TAU=LAZY_TAU,
+        )
 
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    tl.store(out_ptr + rows[:, None] * stride_ot + qh * stride_oh + offs_d[None, :],
-             o.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+    tl.store(
+        out_ptr + rows[:, None] * stride_ot + qh * stride_oh + offs_d[None, :],
+        o.to(out_ptr.dtype.element_ty),
+        mask=m_mask[:, None] & d_mask[None, :],
+    )
 
 
 def _pos_scale(scale: float, cfg: dict, dtype: torch.dtype) -> int:
@@ -1128,38 +1617,48 @@ def _lazy_tau(scale: float, cfg: dict, dtype: torch.dtype) -> float:
     return min(tau, 8.0 if dtype in (torch.float16, torch.bfloat16) else 32.0)
 
 
-def _prefill_newkv_config(head_pad: int, dtype: torch.dtype, max_query_len: int = 0,
-                          max_context_len: int | None = None) -> dict:
+def _prefill_newkv_config(
+    head_pad: int, dtype: torch.dtype, max_query_len: int = 0, max_context_len: int | None = None
+) -> dict:
     """Defaults of the contiguous-new-K/V prefill path (``paged_prefill_attention(new_key=...)``).
 
     For fp16/bf16 and head sizes padded to 128, with a positive ``max_context_len`` hint and at least
     ``WIDE_PREFILL_MIN_QUERY`` new tokens, 128 x 128 tiles with 8 warps; otherwise (pure prefill, no hint, fp32)
     64 x 64 with 4 warps."""
     if _interpreting():
-        return dict(block_m=32, block_n=32, num_warps=4, num_stages=1, tma=False, warp_specialize=False,
-                    reverse_m=True)
+        return dict(block_m=32, block_n=32, num_warps=4, num_stages=1, tma=False, warp_specialize=False, reverse_m=True)
     if head_pad <= 128:
-        if (head_pad == 128 and dtype in _WIDE_DTYPES and max_context_len is not None and max_context_len > 0
-                and max_query_len >= WIDE_PREFILL_MIN_QUERY):
+        if (
+            head_pad == 128
+            and dtype in _WIDE_DTYPES
+            and max_context_len is not None
+            and max_context_len > 0
+            and max_query_len >= WIDE_PREFILL_MIN_QUERY
+        ):
             # with cached context, 128-row tiles read each context tile once per 128 queries instead of 64: on the
             # H100 (round 6, calls f and g) 1-6% faster on every context case (e.g. 3,072 + 1,024: 0.6543 vs
             # 0.6874 ms; gqa 0.6402 vs 0.6800; 16 x 256 on 1,792: 0.4195 vs 0.4355)
-            return dict(block_m=128, block_n=128, num_warps=8, num_stages=3, tma=True, warp_specialize=False,
-                        reverse_m=True)
+            return dict(
+                block_m=128, block_n=128, num_warps=8, num_stages=3, tma=True, warp_specialize=False, reverse_m=True
+            )
         # pure prefill: best of the H100 sweeps (reports/kernels/bench_run7.md; round 6 call f), 4 x 2,048: 64 x 64
         # tiles, 4 warps, 3 stages, TMA 0.3076 ms; 128 x 128 / 8 warps 0.3364 (one program per SM: 230 KB of
         # shared memory); 128 x 64 / 8 warps 0.3501; pointer loads instead of TMA 0.409 (run 7)
-        return dict(block_m=64, block_n=64, num_warps=4, num_stages=3, tma=True, warp_specialize=False,
-                    reverse_m=True)
-    return dict(block_m=64, block_n=32, num_warps=4, num_stages=2, tma=False, warp_specialize=False,
-                reverse_m=True)
+        return dict(block_m=64, block_n=64, num_warps=4, num_stages=3, tma=True, warp_specialize=False, reverse_m=True)
+    return dict(block_m=64, block_n=32, num_warps=4, num_stages=2, tma=False, warp_specialize=False, reverse_m=True)
 
 
 def _tma_ok(t: torch.Tensor, head: int, head_pad: int) -> bool:
     """Whether ``[T, H, D]`` can be described as the 2-D TMA view ``[T, H * D]`` (16-byte rules)."""
     es = t.element_size()
-    return (head == head_pad and t.stride(-1) == 1 and t.stride(-2) == head
-            and (t.stride(0) * es) % 16 == 0 and t.data_ptr() % 16 == 0 and head * es >= 16)
+    return (
+        head == head_pad
+        and t.stride(-1) == 1
+        and t.stride(-2) == head
+        and (t.stride(0) * es) % 16 == 0
+        and t.data_ptr() % 16 == 0
+        and head * es >= 16
+    )
 
 
 def _tma_desc(t: torch.Tensor, block_rows: int, head: int):
@@ -1191,11 +1690,22 @@ def _prefill_config(head_pad: int, dtype: torch.dtype, max_query_len: int = 0) -
     return dict(block_m=64, block_n=32, num_warps=4, num_stages=2)
 
 
-def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, *,
-                            max_query_len: int | None = None, out: torch.Tensor | None = None,
-                            config: dict | None = None, new_key: torch.Tensor | None = None,
-                            new_value: torch.Tensor | None = None,
-                            max_context_len: int | None = None) -> torch.Tensor:
+def paged_prefill_attention(
+    q,
+    k_cache,
+    v_cache,
+    block_tables,
+    cu_seqlens_q,
+    context_lens,
+    scale,
+    *,
+    max_query_len: int | None = None,
+    out: torch.Tensor | None = None,
+    config: dict | None = None,
+    new_key: torch.Tensor | None = None,
+    new_value: torch.Tensor | None = None,
+    max_context_len: int | None = None,
+) -> torch.Tensor:
     """Causal attention of new tokens over their cached context and themselves.
 
     Contract: the new tokens' K/V are already in the paged cache (write them
@@ -1253,8 +1763,22 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
         return out
     head_pad = max(16, triton.next_power_of_2(head))
     if new_key is not None:
-        _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, out,
-                              new_key, new_value, max_query_len, max_context_len, head_pad, config)
+        _prefill_newkv_launch(
+            q,
+            k_cache,
+            v_cache,
+            block_tables,
+            cu_seqlens_q,
+            context_lens,
+            scale,
+            out,
+            new_key,
+            new_value,
+            max_query_len,
+            max_context_len,
+            head_pad,
+            config,
+        )
         return out
     if _use_wgmma(config, WGMMA_PAGED_PREFILL_DEFAULT):
         from kernels import prefill_wgmma
@@ -1262,8 +1786,18 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
         wg = _wgmma_options(config)
         ok, _why = prefill_wgmma.supported_paged(q, k_cache, v_cache, scale, wg)
         if ok:  # otherwise the Triton kernel below runs the call
-            prefill_wgmma.prefill_wgmma_paged_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q,
-                                                        context_lens, scale, int(max_query_len), out=out, config=wg)
+            prefill_wgmma.prefill_wgmma_paged_attention(
+                q,
+                k_cache,
+                v_cache,
+                block_tables,
+                cu_seqlens_q,
+                context_lens,
+                scale,
+                int(max_query_len),
+                out=out,
+                config=wg,
+            )
             return out
     # an override of the tile shape applies on top of the 64 x 64 base, as before the wide default existed
     wide_q = 0 if _shape_override(config) else int(max_query_len)
@@ -1272,18 +1806,36 @@ def paged_prefill_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
         cfg.update(config)
     grid = (triton.cdiv(max_query_len, cfg["block_m"]), num_q_heads, num_seqs)
     _prefill_kernel[grid](
-        q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out,
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        cu_seqlens_q,
+        context_lens,
+        out,
         float(scale) * _LOG2E,
-        q.stride(0), q.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
         block_tables.stride(0),
-        out.stride(0), out.stride(1),
-        GROUP=num_q_heads // num_kv_heads, HEAD=head, HEAD_PAD=head_pad,
-        BLOCK_SIZE=k_cache.shape[1], BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
-        DOT_PREC=_dot_precision(q.dtype), POS_SCALE=_pos_scale(scale, cfg, q.dtype),
+        out.stride(0),
+        out.stride(1),
+        GROUP=num_q_heads // num_kv_heads,
+        HEAD=head,
+        HEAD_PAD=head_pad,
+        BLOCK_SIZE=k_cache.shape[1],
+        BLOCK_M=cfg["block_m"],
+        BLOCK_N=cfg["block_n"],
+        DOT_PREC=_dot_precision(q.dtype),
+        POS_SCALE=_pos_scale(scale, cfg, q.dtype),
         LAZY_TAU=_lazy_tau(scale, cfg, q.dtype),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return out
 
@@ -1318,21 +1870,37 @@ def _use_wgmma(config: dict | None, default: bool) -> bool:
     return default
 
 
-def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, out,
-                          new_key, new_value, max_query_len, max_context_len, head_pad, config) -> None:
+def _prefill_newkv_launch(
+    q,
+    k_cache,
+    v_cache,
+    block_tables,
+    cu_seqlens_q,
+    context_lens,
+    scale,
+    out,
+    new_key,
+    new_value,
+    max_query_len,
+    max_context_len,
+    head_pad,
+    config,
+) -> None:
     total, num_q_heads, head = q.shape
     num_kv_heads = k_cache.shape[2]
     num_seqs = context_lens.shape[0]
-    assert new_value is not None and new_key.shape == new_value.shape == (total, num_kv_heads, head), \
+    assert new_value is not None and new_key.shape == new_value.shape == (total, num_kv_heads, head), (
         "new_key/new_value must be [total_new_tokens, num_kv_heads, head_size]"
+    )
     assert new_key.stride(-1) == 1 and new_value.stride(-1) == 1
     if max_context_len is not None and int(max_context_len) == 0 and _use_wgmma(config, WGMMA_PREFILL_DEFAULT):
         from kernels import prefill_wgmma
 
         ok, _why = prefill_wgmma.supported(q, new_key, new_value, scale)
         if ok:  # otherwise the Triton kernel below runs the call
-            prefill_wgmma.prefill_wgmma_attention(q, new_key, new_value, cu_seqlens_q, scale, int(max_query_len),
-                                                  out=out, config=_wgmma_options(config))
+            prefill_wgmma.prefill_wgmma_attention(
+                q, new_key, new_value, cu_seqlens_q, scale, int(max_query_len), out=out, config=_wgmma_options(config)
+            )
             return
     if (max_context_len is None or int(max_context_len) > 0) and _use_wgmma(config, WGMMA_MIXED_PREFILL_DEFAULT):
         from kernels import prefill_wgmma
@@ -1340,9 +1908,20 @@ def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, conte
         wg = _wgmma_options(config)
         ok, _why = prefill_wgmma.supported_mixed(q, k_cache, v_cache, new_key, new_value, scale, wg)
         if ok:  # otherwise the Triton kernel below runs the call
-            prefill_wgmma.prefill_wgmma_mixed_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q,
-                                                        context_lens, scale, new_key, new_value, int(max_query_len),
-                                                        out=out, config=wg)
+            prefill_wgmma.prefill_wgmma_mixed_attention(
+                q,
+                k_cache,
+                v_cache,
+                block_tables,
+                cu_seqlens_q,
+                context_lens,
+                scale,
+                new_key,
+                new_value,
+                int(max_query_len),
+                out=out,
+                config=wg,
+            )
             return
     wide_q = 0 if _shape_override(config) else int(max_query_len)  # as in paged_prefill_attention
     cfg = _prefill_newkv_config(head_pad, q.dtype, wide_q, None if max_context_len is None else int(max_context_len))
@@ -1350,8 +1929,11 @@ def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, conte
         cfg.update(config)
     block_m, block_n = int(cfg["block_m"]), int(cfg["block_n"])
     assert block_m % block_n == 0, "block_m must be a multiple of block_n"
-    use_tma = bool(cfg["tma"]) and q.dtype != torch.float32 and all(
-        _tma_ok(t, head, head_pad) for t in (q, new_key, new_value))
+    use_tma = (
+        bool(cfg["tma"])
+        and q.dtype != torch.float32
+        and all(_tma_ok(t, head, head_pad) for t in (q, new_key, new_value))
+    )
     if use_tma:
         q_desc = _tma_desc(q, block_m, head)
         kn_desc, vn_desc = _tma_desc(new_key, block_n, head), _tma_desc(new_value, block_n, head)
@@ -1359,22 +1941,50 @@ def _prefill_newkv_launch(q, k_cache, v_cache, block_tables, cu_seqlens_q, conte
         q_desc, kn_desc, vn_desc = q, new_key, new_value  # unused
     grid = (triton.cdiv(max_query_len, block_m), num_q_heads, num_seqs)
     _prefill_newkv_kernel[grid](
-        q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, out,
-        new_key, new_value, q_desc, kn_desc, vn_desc,
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        cu_seqlens_q,
+        context_lens,
+        out,
+        new_key,
+        new_value,
+        q_desc,
+        kn_desc,
+        vn_desc,
         float(scale) * _LOG2E,
-        q.stride(0), q.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
         block_tables.stride(0),
-        out.stride(0), out.stride(1),
-        new_key.stride(0), new_key.stride(1), new_value.stride(0), new_value.stride(1),
-        GROUP=num_q_heads // num_kv_heads, HEAD=head, HEAD_PAD=head_pad,
-        BLOCK_SIZE=k_cache.shape[1], BLOCK_M=block_m, BLOCK_N=block_n,
-        DOT_PREC=_dot_precision(q.dtype), HAS_CTX=max_context_len is None or int(max_context_len) > 0,
-        USE_TMA=use_tma, WARP_SPEC=bool(cfg["warp_specialize"]), REVERSE_M=bool(cfg["reverse_m"]),
-        POS_SCALE=_pos_scale(scale, cfg, q.dtype), LAZY_TAU=_lazy_tau(scale, cfg, q.dtype),
+        out.stride(0),
+        out.stride(1),
+        new_key.stride(0),
+        new_key.stride(1),
+        new_value.stride(0),
+        new_value.stride(1),
+        GROUP=num_q_heads // num_kv_heads,
+        HEAD=head,
+        HEAD_PAD=head_pad,
+        BLOCK_SIZE=k_cache.shape[1],
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        DOT_PREC=_dot_precision(q.dtype),
+        HAS_CTX=max_context_len is None or int(max_context_len) > 0,
+        USE_TMA=use_tma,
+        WARP_SPEC=bool(cfg["warp_specialize"]),
+        REVERSE_M=bool(cfg["reverse_m"]),
+        POS_SCALE=_pos_scale(scale, cfg, q.dtype),
+        LAZY_TAU=_lazy_tau(scale, cfg, q.dtype),
         PIPE_QK=bool(cfg.get("pipeline_qk", False)),
-        num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]),
+        num_warps=int(cfg["num_warps"]),
+        num_stages=int(cfg["num_stages"]),
     )
 
 

@@ -22,6 +22,7 @@ default. Gluon has no CPU interpreter, so the kernel runs on the GPU only (``tes
 on the CPU the module imports and reports itself unsupported, and :mod:`kernels.gluon_compile` compiles it for
 sm_90 without a GPU.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,9 +34,15 @@ from kernels.paged_attention import _num_sms
 try:  # Gluon is experimental: absent from older Triton releases, and its API moves between releases
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
-                                                                  warpgroup_mma_wait)
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
     _GLUON_ERROR: str | None = None
 except Exception as exc:  # pragma: no cover - depends on the installed triton
     gluon = None
@@ -49,9 +56,20 @@ _LOG2E = 1.4426950408889634
 # The default is the fastest form on the H100 (round 7, reports/kernels/README.md): 4 x 2,048 tokens, 32 heads,
 # bf16: persistent + snake + ping-pong 0.2635 / 0.2673 ms (cuDNN 0.2659); without ping-pong 0.2723 / 0.2725;
 # round-robin items with one Q buffer 0.3008; one program per item 0.3024; the single-partition kernel 0.3790
-DEFAULT_CONFIG = {"block_m": 128, "block_n": 128, "num_warps": 8, "pipeline": True, "warp_specialize": True,
-                  "persistent": True, "q_buffers": 2, "snake": True, "pingpong": True,
-                  "consumer_regs": 240, "loader_regs": 24, "maxnreg": None}
+DEFAULT_CONFIG = {
+    "block_m": 128,
+    "block_n": 128,
+    "num_warps": 8,
+    "pipeline": True,
+    "warp_specialize": True,
+    "persistent": True,
+    "q_buffers": 2,
+    "snake": True,
+    "pingpong": True,
+    "consumer_regs": 240,
+    "loader_regs": 24,
+    "maxnreg": None,
+}
 # the paged form's register split: 1-3% faster than 240 / 24 in 4 of 5 cases (round 7, call e), and its loader
 # (block-table reads, zeroing the V rows past a sequence's end) needs more than 24 registers
 PAGED_DEFAULTS = {"consumer_regs": 232, "loader_regs": 40}
@@ -81,7 +99,10 @@ def supported(q: torch.Tensor, new_key: torch.Tensor, new_value: torch.Tensor, s
         return False, why
     for t in (q, new_key, new_value):
         if not _tma_ok(t):
-            return False, "q/new_key/new_value must be [T, heads, head] with the last two dims contiguous, 16-byte aligned"
+            return (
+                False,
+                "q/new_key/new_value must be [T, heads, head] with the last two dims contiguous, 16-byte aligned",
+            )
     return True, ""
 
 
@@ -123,9 +144,22 @@ if gluon is not None:
         return p, m_new, l_new, alpha
 
     @gluon.jit
-    def _prefill_wgmma_kernel(q_desc, k_desc, v_desc, out_ptr, cu_q_ptr, scale_log2, stride_ot, stride_oh,
-                              GROUP: gl.constexpr, HEAD: gl.constexpr, BLOCK_M: gl.constexpr,
-                              BLOCK_N: gl.constexpr, PIPELINE: gl.constexpr, num_warps: gl.constexpr):
+    def _prefill_wgmma_kernel(
+        q_desc,
+        k_desc,
+        v_desc,
+        out_ptr,
+        cu_q_ptr,
+        scale_log2,
+        stride_ot,
+        stride_oh,
+        GROUP: gl.constexpr,
+        HEAD: gl.constexpr,
+        BLOCK_M: gl.constexpr,
+        BLOCK_N: gl.constexpr,
+        PIPELINE: gl.constexpr,
+        num_warps: gl.constexpr,
+    ):
         """Single-partition form (an A/B option, ``warp_specialize=False``; slower on the H100): one program runs
         ``BLOCK_M`` new rows of one sequence and one query head, causal over that sequence's new keys, with every
         warp issuing both loads and products. Programs along axis 0 run the longest rows first (a shorter tail)."""
@@ -142,8 +176,9 @@ if gluon is not None:
         dtype: gl.constexpr = q_desc.dtype
 
         # one layout for S and O, so their row vectors (max, sum, rescale) share a layout
-        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                      instr_shape=[16, BLOCK_N, 16])
+        mma: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BLOCK_N, 16]
+        )
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
         row_layout: gl.constexpr = gl.SliceLayout(1, mma)
         col_layout: gl.constexpr = gl.SliceLayout(0, mma)
@@ -178,7 +213,7 @@ if gluon is not None:
             # tile 0: scores and softmax only; its P.V product is issued with tile 1's scores
             mbarrier.wait(k_bars.index(0), 0)
             s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_init, use_acc=False, is_async=True)
-            s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))
+            s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, rows, cols, 0, scale_log2, diag == 0)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             gl.thread_barrier()  # both warp groups are done with K_0 before TMA overwrites its stage
@@ -187,20 +222,26 @@ if gluon is not None:
                 stage = j % STAGES
                 prev = (j - 1) % STAGES
                 mbarrier.wait(k_bars.index(stage), (j // STAGES) & 1)
-                s = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s_init, use_acc=False,
-                                  is_async=True)
+                s = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s_init, use_acc=False, is_async=True)
                 mbarrier.wait(v_bars.index(prev), ((j - 1) // STAGES) & 1)
                 acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
-                s = warpgroup_mma_wait(num_outstanding=1, deps=(s, ))  # S_j is done; P_{j-1} V_{j-1} may run on
+                s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # S_j is done; P_{j-1} V_{j-1} may run on
                 p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, rows, cols, j * BLOCK_N, scale_log2, j >= diag)
                 acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
                 acc = acc * alpha[:, None]
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
                 gl.thread_barrier()  # K_j and V_{j-1} are consumed by both warp groups: refill their stages
-                _load_tile(k_desc, k_smem.index(stage), k_bars.index(stage), q_start + (j + STAGES) * BLOCK_N, col,
-                           j + STAGES < n_tiles)
-                _load_tile(v_desc, v_smem.index(prev), v_bars.index(prev), q_start + (j + 1) * BLOCK_N, col,
-                           j + 1 < n_tiles)
+                _load_tile(
+                    k_desc,
+                    k_smem.index(stage),
+                    k_bars.index(stage),
+                    q_start + (j + STAGES) * BLOCK_N,
+                    col,
+                    j + STAGES < n_tiles,
+                )
+                _load_tile(
+                    v_desc, v_smem.index(prev), v_bars.index(prev), q_start + (j + 1) * BLOCK_N, col, j + 1 < n_tiles
+                )
             last = (n_tiles - 1) % STAGES
             mbarrier.wait(v_bars.index(last), ((n_tiles - 1) // STAGES) & 1)
             acc = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
@@ -210,9 +251,8 @@ if gluon is not None:
                 stage = j % STAGES
                 phase = (j // STAGES) & 1
                 mbarrier.wait(k_bars.index(stage), phase)
-                s = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s_init, use_acc=False,
-                                  is_async=True)
-                s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))
+                s = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s_init, use_acc=False, is_async=True)
+                s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
                 p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, rows, cols, j * BLOCK_N, scale_log2, j >= diag)
                 acc = acc * alpha[:, None]
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
@@ -220,17 +260,27 @@ if gluon is not None:
                 acc = warpgroup_mma(p_op, v_smem.index(stage), acc, is_async=True)
                 acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
                 gl.thread_barrier()
-                _load_tile(k_desc, k_smem.index(stage), k_bars.index(stage), q_start + (j + STAGES) * BLOCK_N, col,
-                           j + STAGES < n_tiles)
-                _load_tile(v_desc, v_smem.index(stage), v_bars.index(stage), q_start + (j + STAGES) * BLOCK_N, col,
-                           j + STAGES < n_tiles)
+                _load_tile(
+                    k_desc,
+                    k_smem.index(stage),
+                    k_bars.index(stage),
+                    q_start + (j + STAGES) * BLOCK_N,
+                    col,
+                    j + STAGES < n_tiles,
+                )
+                _load_tile(
+                    v_desc,
+                    v_smem.index(stage),
+                    v_bars.index(stage),
+                    q_start + (j + STAGES) * BLOCK_N,
+                    col,
+                    j + STAGES < n_tiles,
+                )
 
         o = acc / l_i[:, None]  # key 0 is visible to every row, so l_i > 0
         offs_d = gl.arange(0, HEAD, layout=col_layout)
-        ptrs = (out_ptr + (q_start + rows).to(gl.int64)[:, None] * stride_ot + qh * stride_oh
-                + offs_d[None, :])
+        ptrs = out_ptr + (q_start + rows).to(gl.int64)[:, None] * stride_ot + qh * stride_oh + offs_d[None, :]
         gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=(rows < q_len)[:, None])
-
 
     @gluon.jit
     def _item(k, num_items, num_mt, num_q_heads, cu_q_ptr, SNAKE: gl.constexpr, BLOCK_M: gl.constexpr):
@@ -293,16 +343,44 @@ if gluon is not None:
         return n0, limit, masked
 
     @gluon.jit
-    def _ws_consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns, out_ptr,
-                     cu_q_ptr, ctx_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads, num_items, rounds,
-                     HALF: gl.constexpr, HEAD: gl.constexpr, HALF_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                     STAGES: gl.constexpr, Q_BUFFERS: gl.constexpr, SNAKE: gl.constexpr, PINGPONG: gl.constexpr,
-                     HAS_CTX: gl.constexpr, MIXED: gl.constexpr):
+    def _ws_consumer(
+        q_smem,
+        k_smem,
+        v_smem,
+        q_ready,
+        q_empty,
+        k_ready,
+        v_ready,
+        k_empty,
+        v_empty,
+        turns,
+        out_ptr,
+        cu_q_ptr,
+        ctx_ptr,
+        scale_log2,
+        stride_ot,
+        stride_oh,
+        num_mt,
+        num_q_heads,
+        num_items,
+        rounds,
+        HALF: gl.constexpr,
+        HEAD: gl.constexpr,
+        HALF_M: gl.constexpr,
+        BLOCK_N: gl.constexpr,
+        STAGES: gl.constexpr,
+        Q_BUFFERS: gl.constexpr,
+        SNAKE: gl.constexpr,
+        PINGPONG: gl.constexpr,
+        HAS_CTX: gl.constexpr,
+        MIXED: gl.constexpr,
+    ):
         """One warp group: rows ``HALF * HALF_M ..`` of each work item. Scores of key tile j run on the tensor
         cores together with P_{j-1} V_{j-1}; each K/V stage goes back to the loader as soon as this group's
         product that reads it is done, and the item's Q buffer once its last score product is."""
-        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                      instr_shape=[16, BLOCK_N, 16])
+        mma: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16]
+        )
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
         row_layout: gl.constexpr = gl.SliceLayout(1, mma)
         col_layout: gl.constexpr = gl.SliceLayout(0, mma)
@@ -314,8 +392,7 @@ if gluon is not None:
         tc = 0  # work items done so far: the Q buffer and its parity
         g = 0  # tensor-core issues so far (ping-pong parity)
         for k in range(rounds):
-            valid, m0, qh, seq, q_start, q_len = _item(k, num_items, num_mt, num_q_heads, cu_q_ptr, SNAKE,
-                                                       2 * HALF_M)
+            valid, m0, qh, seq, q_start, q_len = _item(k, num_items, num_mt, num_q_heads, cu_q_ptr, SNAKE, 2 * HALF_M)
             if valid:
                 ctx = 0
                 if HAS_CTX:
@@ -342,7 +419,7 @@ if gluon is not None:
                 s = warpgroup_mma(q, k_smem.index(stage).permute((1, 0)), s_init, use_acc=False, is_async=True)
                 _pass_turn(turns, HALF, PINGPONG)
                 g += 1
-                s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))
+                s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
                 mbarrier.arrive(k_empty.index(stage), count=1)
                 n0, limit, masked = _key_tile(0, ctx, ctx_tiles, rows, pos, diag, m0, BLOCK_N, MIXED)
                 p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, limit, cols, n0, scale_log2, masked)
@@ -354,12 +431,11 @@ if gluon is not None:
                     mbarrier.wait(k_ready.index(stage), (cur // STAGES) & 1)
                     mbarrier.wait(v_ready.index(prev), ((cur - 1) // STAGES) & 1)
                     _take_turn(turns, HALF, g, PINGPONG)
-                    s = warpgroup_mma(q, k_smem.index(stage).permute((1, 0)), s_init, use_acc=False,
-                                      is_async=True)
+                    s = warpgroup_mma(q, k_smem.index(stage).permute((1, 0)), s_init, use_acc=False, is_async=True)
                     acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
                     _pass_turn(turns, HALF, PINGPONG)
                     g += 1
-                    s = warpgroup_mma_wait(num_outstanding=1, deps=(s, ))
+                    s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
                     mbarrier.arrive(k_empty.index(stage), count=1)
                     n0, limit, masked = _key_tile(j, ctx, ctx_tiles, rows, pos, diag, m0, BLOCK_N, MIXED)
                     p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, limit, cols, n0, scale_log2, masked)
@@ -380,13 +456,13 @@ if gluon is not None:
                 tc += 1
 
                 o = acc / l_i[:, None]  # key 0 is visible to every row, so l_i > 0
-                ptrs = (out_ptr + (q_start + rows).to(gl.int64)[:, None] * stride_ot + qh * stride_oh
-                        + offs_d[None, :])
+                ptrs = out_ptr + (q_start + rows).to(gl.int64)[:, None] * stride_ot + qh * stride_oh + offs_d[None, :]
                 gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=(rows < q_len)[:, None])
 
     @gluon.jit
-    def _load_paged_tile(desc, smem, bar, bt_row, n0, seq_len, col, BLOCK_SIZE: gl.constexpr, BOX: gl.constexpr,
-                         BLOCK_N: gl.constexpr):
+    def _load_paged_tile(
+        desc, smem, bar, bt_row, n0, seq_len, col, BLOCK_SIZE: gl.constexpr, BOX: gl.constexpr, BLOCK_N: gl.constexpr
+    ):
         """Key positions ``n0 .. n0 + BLOCK_N - 1`` of one sequence through its block table: one TMA copy of ``BOX``
         rows per block (or per ``BOX`` rows of a larger block). Positions past the sequence copy row 0 of the cache
         instead of following table entries that are not the sequence's; callers mask or zero those rows."""
@@ -394,8 +470,9 @@ if gluon is not None:
         for i in gl.static_range(BLOCK_N // BOX):
             p = n0 + i * BOX
             blk = gl.load(bt_row + p // BLOCK_SIZE, mask=p < seq_len, other=0)
-            tma.async_copy_global_to_shared(desc, [blk * BLOCK_SIZE + p % BLOCK_SIZE, col], bar,
-                                            smem.slice(i * BOX, BOX))
+            tma.async_copy_global_to_shared(
+                desc, [blk * BLOCK_SIZE + p % BLOCK_SIZE, col], bar, smem.slice(i * BOX, BOX)
+            )
 
     @gluon.jit
     def _zero_rows_from(smem, first, BLOCK_N: gl.constexpr, HEAD: gl.constexpr):
@@ -411,8 +488,21 @@ if gluon is not None:
                 part.store(x)
 
     @gluon.jit
-    def _paged_v(v_desc, v_smem, v_bar, v_landed, bt_row, n0, end, col, partial, BLOCK_SIZE: gl.constexpr,
-                 BOX: gl.constexpr, BLOCK_N: gl.constexpr, HEAD: gl.constexpr):
+    def _paged_v(
+        v_desc,
+        v_smem,
+        v_bar,
+        v_landed,
+        bt_row,
+        n0,
+        end,
+        col,
+        partial,
+        BLOCK_SIZE: gl.constexpr,
+        BOX: gl.constexpr,
+        BLOCK_N: gl.constexpr,
+        HEAD: gl.constexpr,
+    ):
         """A V tile through the block table, keys ``n0 ..``, of which those from ``end`` on are not the caller's:
         a tile holding ``end`` lands on ``v_landed`` first and has those rows zeroed before ``v_bar`` releases it.
         Returns the updated count of such tiles (the parity of ``v_landed``)."""
@@ -428,11 +518,42 @@ if gluon is not None:
         return partial
 
     @gluon.jit
-    def _ws_loader(q_desc, k_desc, v_desc, kn_desc, vn_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready,
-                   v_ready, k_empty, v_empty, v_landed, cu_q_ptr, ctx_ptr, bt_ptr, stride_bts, num_mt, num_q_heads,
-                   num_items, rounds, GROUP: gl.constexpr, HEAD: gl.constexpr, HALF_M: gl.constexpr,
-                   BLOCK_N: gl.constexpr, STAGES: gl.constexpr, Q_BUFFERS: gl.constexpr, SNAKE: gl.constexpr,
-                   PAGED: gl.constexpr, MIXED: gl.constexpr, BLOCK_SIZE: gl.constexpr, BOX: gl.constexpr):
+    def _ws_loader(
+        q_desc,
+        k_desc,
+        v_desc,
+        kn_desc,
+        vn_desc,
+        q_smem,
+        k_smem,
+        v_smem,
+        q_ready,
+        q_empty,
+        k_ready,
+        v_ready,
+        k_empty,
+        v_empty,
+        v_landed,
+        cu_q_ptr,
+        ctx_ptr,
+        bt_ptr,
+        stride_bts,
+        num_mt,
+        num_q_heads,
+        num_items,
+        rounds,
+        GROUP: gl.constexpr,
+        HEAD: gl.constexpr,
+        HALF_M: gl.constexpr,
+        BLOCK_N: gl.constexpr,
+        STAGES: gl.constexpr,
+        Q_BUFFERS: gl.constexpr,
+        SNAKE: gl.constexpr,
+        PAGED: gl.constexpr,
+        MIXED: gl.constexpr,
+        BLOCK_SIZE: gl.constexpr,
+        BOX: gl.constexpr,
+    ):
         """One warp: for each work item, Q's two halves into a free Q buffer, then the K and V tiles into the
         stage ring as the consumers free it. ``PAGED``: K/V through the block table, and the V tile holding the
         sequence's end has its rows past the end zeroed before the consumers see it. ``MIXED``: the context's
@@ -441,8 +562,7 @@ if gluon is not None:
         tc = 0
         partial = 0  # paged V tiles that held a sequence's end (parity of v_landed)
         for k in range(rounds):
-            valid, m0, qh, seq, q_start, q_len = _item(k, num_items, num_mt, num_q_heads, cu_q_ptr, SNAKE,
-                                                       2 * HALF_M)
+            valid, m0, qh, seq, q_start, q_len = _item(k, num_items, num_mt, num_q_heads, cu_q_ptr, SNAKE, 2 * HALF_M)
             if valid:
                 ctx = 0
                 if PAGED or MIXED:
@@ -460,8 +580,9 @@ if gluon is not None:
                 bar = q_ready.index(qb)
                 mbarrier.expect(bar, 2 * q_desc.block_type.nbytes)
                 tma.async_copy_global_to_shared(q_desc, [q_start + m0, qh * HEAD], bar, q_smem.index(qb * 2))
-                tma.async_copy_global_to_shared(q_desc, [q_start + m0 + HALF_M, qh * HEAD], bar,
-                                                q_smem.index(qb * 2 + 1))
+                tma.async_copy_global_to_shared(
+                    q_desc, [q_start + m0 + HALF_M, qh * HEAD], bar, q_smem.index(qb * 2 + 1)
+                )
                 for j in range(n_tiles):
                     cur = it + j
                     stage = cur % STAGES
@@ -481,12 +602,38 @@ if gluon is not None:
                     mbarrier.wait(v_empty.index(stage), free_phase, pred=cur >= STAGES)
                     v_buf, v_bar = v_smem.index(stage), v_ready.index(stage)
                     if PAGED:
-                        partial = _paged_v(v_desc, v_buf, v_bar, v_landed, bt_row, n0, seq_len, col, partial,
-                                           BLOCK_SIZE, BOX, BLOCK_N, HEAD)
+                        partial = _paged_v(
+                            v_desc,
+                            v_buf,
+                            v_bar,
+                            v_landed,
+                            bt_row,
+                            n0,
+                            seq_len,
+                            col,
+                            partial,
+                            BLOCK_SIZE,
+                            BOX,
+                            BLOCK_N,
+                            HEAD,
+                        )
                     elif MIXED:
                         if j < ctx_tiles:
-                            partial = _paged_v(v_desc, v_buf, v_bar, v_landed, bt_row, n0, ctx, col, partial,
-                                               BLOCK_SIZE, BOX, BLOCK_N, HEAD)
+                            partial = _paged_v(
+                                v_desc,
+                                v_buf,
+                                v_bar,
+                                v_landed,
+                                bt_row,
+                                n0,
+                                ctx,
+                                col,
+                                partial,
+                                BLOCK_SIZE,
+                                BOX,
+                                BLOCK_N,
+                                HEAD,
+                            )
                         else:
                             _load_tile(vn_desc, v_buf, v_bar, q_start + (j - ctx_tiles) * BLOCK_N, col, True)
                     else:
@@ -495,12 +642,38 @@ if gluon is not None:
                 tc += 1
 
     @gluon.jit
-    def _prefill_ws_kernel(q_desc, k_desc, v_desc, kn_desc, vn_desc, out_ptr, cu_q_ptr, ctx_ptr, bt_ptr, stride_bts,
-                           scale_log2, stride_ot, stride_oh, num_mt, num_q_heads, num_items, rounds,
-                           GROUP: gl.constexpr, HEAD: gl.constexpr, BLOCK_N: gl.constexpr, Q_BUFFERS: gl.constexpr,
-                           SNAKE: gl.constexpr, PINGPONG: gl.constexpr, PAGED: gl.constexpr, MIXED: gl.constexpr,
-                           BLOCK_SIZE: gl.constexpr, BOX: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                           LOADER_REGS: gl.constexpr, num_warps: gl.constexpr):
+    def _prefill_ws_kernel(
+        q_desc,
+        k_desc,
+        v_desc,
+        kn_desc,
+        vn_desc,
+        out_ptr,
+        cu_q_ptr,
+        ctx_ptr,
+        bt_ptr,
+        stride_bts,
+        scale_log2,
+        stride_ot,
+        stride_oh,
+        num_mt,
+        num_q_heads,
+        num_items,
+        rounds,
+        GROUP: gl.constexpr,
+        HEAD: gl.constexpr,
+        BLOCK_N: gl.constexpr,
+        Q_BUFFERS: gl.constexpr,
+        SNAKE: gl.constexpr,
+        PINGPONG: gl.constexpr,
+        PAGED: gl.constexpr,
+        MIXED: gl.constexpr,
+        BLOCK_SIZE: gl.constexpr,
+        BOX: gl.constexpr,
+        CONSUMER_REGS: gl.constexpr,
+        LOADER_REGS: gl.constexpr,
+        num_warps: gl.constexpr,
+    ):
         """Warp-specialised form (FlashAttention-3's layout): two consumer warp groups of 64 rows each share the
         K/V stages of a 128-row work item, and one loader warp issues the TMA copies. A grid of one program per
         item runs each once; a persistent grid (one program per SM, ``rounds`` items each) lets the loader fetch
@@ -537,24 +710,126 @@ if gluon is not None:
         FIRST: gl.constexpr = 0
         SECOND: gl.constexpr = 1
         HAS_CTX: gl.constexpr = PAGED or MIXED
-        gl.warp_specialize([
-            (_ws_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns,
-                            out_ptr, cu_q_ptr, ctx_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads,
-                            num_items, rounds, FIRST, HEAD, HALF_M, BLOCK_N, STAGES, Q_BUFFERS, SNAKE, PINGPONG,
-                            HAS_CTX, MIXED)),
-            (_ws_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turns,
-                            out_ptr, cu_q_ptr, ctx_ptr, scale_log2, stride_ot, stride_oh, num_mt, num_q_heads,
-                            num_items, rounds, SECOND, HEAD, HALF_M, BLOCK_N, STAGES, Q_BUFFERS, SNAKE, PINGPONG,
-                            HAS_CTX, MIXED)),
-            (_ws_loader, (q_desc, k_desc, v_desc, kn_desc, vn_desc, q_smem, k_smem, v_smem, q_ready, q_empty,
-                          k_ready, v_ready, k_empty, v_empty, v_landed, cu_q_ptr, ctx_ptr, bt_ptr, stride_bts, num_mt,
-                          num_q_heads, num_items, rounds, GROUP, HEAD, HALF_M, BLOCK_N, STAGES, Q_BUFFERS, SNAKE,
-                          PAGED, MIXED, BLOCK_SIZE, BOX)),
-        ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
+        gl.warp_specialize(
+            [
+                (
+                    _ws_consumer,
+                    (
+                        q_smem,
+                        k_smem,
+                        v_smem,
+                        q_ready,
+                        q_empty,
+                        k_ready,
+                        v_ready,
+                        k_empty,
+                        v_empty,
+                        turns,
+                        out_ptr,
+                        cu_q_ptr,
+                        ctx_ptr,
+                        scale_log2,
+                        stride_ot,
+                        stride_oh,
+                        num_mt,
+                        num_q_heads,
+                        num_items,
+                        rounds,
+                        FIRST,
+                        HEAD,
+                        HALF_M,
+                        BLOCK_N,
+                        STAGES,
+                        Q_BUFFERS,
+                        SNAKE,
+                        PINGPONG,
+                        HAS_CTX,
+                        MIXED,
+                    ),
+                ),
+                (
+                    _ws_consumer,
+                    (
+                        q_smem,
+                        k_smem,
+                        v_smem,
+                        q_ready,
+                        q_empty,
+                        k_ready,
+                        v_ready,
+                        k_empty,
+                        v_empty,
+                        turns,
+                        out_ptr,
+                        cu_q_ptr,
+                        ctx_ptr,
+                        scale_log2,
+                        stride_ot,
+                        stride_oh,
+                        num_mt,
+                        num_q_heads,
+                        num_items,
+                        rounds,
+                        SECOND,
+                        HEAD,
+                        HALF_M,
+                        BLOCK_N,
+                        STAGES,
+                        Q_BUFFERS,
+                        SNAKE,
+                        PINGPONG,
+                        HAS_CTX,
+                        MIXED,
+                    ),
+                ),
+                (
+                    _ws_loader,
+                    (
+                        q_desc,
+                        k_desc,
+                        v_desc,
+                        kn_desc,
+                        vn_desc,
+                        q_smem,
+                        k_smem,
+                        v_smem,
+                        q_ready,
+                        q_empty,
+                        k_ready,
+                        v_ready,
+                        k_empty,
+                        v_empty,
+                        v_landed,
+                        cu_q_ptr,
+                        ctx_ptr,
+                        bt_ptr,
+                        stride_bts,
+                        num_mt,
+                        num_q_heads,
+                        num_items,
+                        rounds,
+                        GROUP,
+                        HEAD,
+                        HALF_M,
+                        BLOCK_N,
+                        STAGES,
+                        Q_BUFFERS,
+                        SNAKE,
+                        PAGED,
+                        MIXED,
+                        BLOCK_SIZE,
+                        BOX,
+                    ),
+                ),
+            ],
+            [4, 1],
+            [CONSUMER_REGS, LOADER_REGS],
+        )
 
 
-def supported_paged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float,
-                    config: dict | None = None) -> tuple[bool, str]:
+def supported_paged(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float, config: dict | None = None
+) -> tuple[bool, str]:
     """Whether :func:`prefill_wgmma_paged_attention` can run the call, and if not, why (one line)."""
     why = _device_dtype_scale(q, k_cache, v_cache, scale)
     if why:
@@ -564,10 +839,16 @@ def supported_paged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         return False, "the paged form is warp-specialised only"
     block_n = min(int({**DEFAULT_CONFIG, **(config or {})}["block_n"]), head)
     block_size = k_cache.shape[1]
-    if block_size % 8 or (block_size < block_n and block_n % block_size) or (block_size > block_n
-                                                                             and block_size % block_n):
-        return False, f"block size {block_size}: TMA copies whole blocks (a multiple of 8 dividing {block_n}, or a " \
-                      f"multiple of {block_n})"
+    if (
+        block_size % 8
+        or (block_size < block_n and block_n % block_size)
+        or (block_size > block_n and block_size % block_n)
+    ):
+        return (
+            False,
+            f"block size {block_size}: TMA copies whole blocks (a multiple of 8 dividing {block_n}, or a "
+            f"multiple of {block_n})",
+        )
     if not _tma_ok(q):
         return False, "q must be [T, heads, head] with the last two dims contiguous, 16-byte aligned"
     for cache in (k_cache, v_cache):
@@ -577,19 +858,43 @@ def supported_paged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     return True, ""
 
 
-def prefill_wgmma_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                                  block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor,
-                                  scale: float, max_query_len: int, out: torch.Tensor | None = None,
-                                  config: dict | None = None) -> torch.Tensor:
+def prefill_wgmma_paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    max_query_len: int,
+    out: torch.Tensor | None = None,
+    config: dict | None = None,
+) -> torch.Tensor:
     """:func:`kernels.paged_attention.paged_prefill_attention`'s contract (every key, the new tokens' included,
     read through the block table at positions ``0 .. context_lens[s] + new_len - 1``) on the warp-specialised
     kernel. Cache slots past a sequence's end may hold anything, NaN included."""
-    return _run("prefill_wgmma_paged_attention", supported_paged(q, k_cache, v_cache, scale, config), q,
-                cu_seqlens_q, scale, max_query_len, out, config, paged=(k_cache, v_cache, block_tables, context_lens))
+    return _run(
+        "prefill_wgmma_paged_attention",
+        supported_paged(q, k_cache, v_cache, scale, config),
+        q,
+        cu_seqlens_q,
+        scale,
+        max_query_len,
+        out,
+        config,
+        paged=(k_cache, v_cache, block_tables, context_lens),
+    )
 
 
-def supported_mixed(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, new_key: torch.Tensor,
-                    new_value: torch.Tensor, scale: float, config: dict | None = None) -> tuple[bool, str]:
+def supported_mixed(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    new_key: torch.Tensor,
+    new_value: torch.Tensor,
+    scale: float,
+    config: dict | None = None,
+) -> tuple[bool, str]:
     """Whether :func:`prefill_wgmma_mixed_attention` can run the call, and if not, why (one line)."""
     ok, why = supported_paged(q, k_cache, v_cache, scale, config)
     if not ok:
@@ -600,22 +905,47 @@ def supported_mixed(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     return True, ""
 
 
-def prefill_wgmma_mixed_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                                  block_tables: torch.Tensor, cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor,
-                                  scale: float, new_key: torch.Tensor, new_value: torch.Tensor, max_query_len: int,
-                                  out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+def prefill_wgmma_mixed_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    new_key: torch.Tensor,
+    new_value: torch.Tensor,
+    max_query_len: int,
+    out: torch.Tensor | None = None,
+    config: dict | None = None,
+) -> torch.Tensor:
     """:func:`kernels.paged_attention.paged_prefill_attention` with ``new_key``/``new_value`` and cached context:
     keys at positions ``< context_lens[s]`` through the block table (the cache need not hold the new tokens), the
     new tokens' from ``new_key``/``new_value`` (rows aligned with ``q``)."""
-    return _run("prefill_wgmma_mixed_attention",
-                supported_mixed(q, k_cache, v_cache, new_key, new_value, scale, config), q, cu_seqlens_q, scale,
-                max_query_len, out, config, new_kv=(new_key, new_value),
-                paged=(k_cache, v_cache, block_tables, context_lens))
+    return _run(
+        "prefill_wgmma_mixed_attention",
+        supported_mixed(q, k_cache, v_cache, new_key, new_value, scale, config),
+        q,
+        cu_seqlens_q,
+        scale,
+        max_query_len,
+        out,
+        config,
+        new_kv=(new_key, new_value),
+        paged=(k_cache, v_cache, block_tables, context_lens),
+    )
 
 
-def prefill_wgmma_attention(q: torch.Tensor, new_key: torch.Tensor, new_value: torch.Tensor,
-                            cu_seqlens_q: torch.Tensor, scale: float, max_query_len: int,
-                            out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+def prefill_wgmma_attention(
+    q: torch.Tensor,
+    new_key: torch.Tensor,
+    new_value: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    scale: float,
+    max_query_len: int,
+    out: torch.Tensor | None = None,
+    config: dict | None = None,
+) -> torch.Tensor:
     """Causal self-attention of the new tokens of each sequence (no cached context).
 
     Args:
@@ -630,8 +960,17 @@ def prefill_wgmma_attention(q: torch.Tensor, new_key: torch.Tensor, new_value: t
     Returns:
         ``out``; rows of each sequence hold softmax(q k^T * scale, causal) v.
     """
-    return _run("prefill_wgmma_attention", supported(q, new_key, new_value, scale), q, cu_seqlens_q, scale,
-                max_query_len, out, config, new_kv=(new_key, new_value))
+    return _run(
+        "prefill_wgmma_attention",
+        supported(q, new_key, new_value, scale),
+        q,
+        cu_seqlens_q,
+        scale,
+        max_query_len,
+        out,
+        config,
+        new_kv=(new_key, new_value),
+    )
 
 
 def _run(name: str, check: tuple[bool, str], q, cu_seqlens_q, scale, max_query_len, out, config, **kv):
@@ -643,8 +982,9 @@ def _run(name: str, check: tuple[bool, str], q, cu_seqlens_q, scale, max_query_l
         out = torch.empty_like(q)
     if q.shape[0] == 0 or cu_seqlens_q.shape[0] <= 1 or max_query_len <= 0:
         return out
-    kernel, grid, args, kwargs = _launch_plan(q, cu_seqlens_q, scale, int(max_query_len), out, config,
-                                              _num_sms(q.device), **kv)
+    kernel, grid, args, kwargs = _launch_plan(
+        q, cu_seqlens_q, scale, int(max_query_len), out, config, _num_sms(q.device), **kv
+    )
     kernel[grid](*args, **kwargs)
     return out
 
@@ -675,8 +1015,10 @@ def _launch_plan(q, cu_seqlens_q, scale, max_query_len, out, config, num_sms, *,
     if cfg["warp_specialize"]:
         block_m, num_warps = 128, 8
     if block_m % block_n or head % block_n or block_m != 16 * num_warps:
-        raise ValueError(f"prefill_wgmma_attention: need block_m = 16 * num_warps and block_n dividing block_m and "
-                         f"the head size, got {cfg}")
+        raise ValueError(
+            f"prefill_wgmma_attention: need block_m = 16 * num_warps and block_n dividing block_m and "
+            f"the head size, got {cfg}"
+        )
     num_seqs = cu_seqlens_q.shape[0] - 1
     num_mt = triton.cdiv(max_query_len, block_m)
     common = (out, cu_seqlens_q)
@@ -697,24 +1039,66 @@ def _launch_plan(q, cu_seqlens_q, scale, max_query_len, out, config, num_sms, *,
             paged_args = (cu_seqlens_q, cu_seqlens_q, 0)  # unused
         kv_descs = kv_descs or new_descs  # the unused pair of descriptors is a copy of the used one
         new_descs = new_descs or kv_descs
-        args = (_descriptor(q, block_m // 2), *kv_descs, *new_descs, *common, *paged_args, float(scale) * _LOG2E,
-                out.stride(0), out.stride(1), num_mt, num_q_heads, num_items, triton.cdiv(num_items, programs))
-        kwargs = dict(GROUP=num_q_heads // num_kv_heads, HEAD=head, BLOCK_N=block_n, Q_BUFFERS=int(cfg["q_buffers"]),
-                      SNAKE=bool(cfg["snake"]), PINGPONG=bool(cfg["pingpong"]), PAGED=paged is not None and not mixed,
-                      MIXED=mixed,
-                      BLOCK_SIZE=block_size, BOX=box, CONSUMER_REGS=int(cfg["consumer_regs"]),
-                      LOADER_REGS=int(cfg["loader_regs"]), num_warps=4)
-        return _prefill_ws_kernel, (programs, ), args, kwargs
+        args = (
+            _descriptor(q, block_m // 2),
+            *kv_descs,
+            *new_descs,
+            *common,
+            *paged_args,
+            float(scale) * _LOG2E,
+            out.stride(0),
+            out.stride(1),
+            num_mt,
+            num_q_heads,
+            num_items,
+            triton.cdiv(num_items, programs),
+        )
+        kwargs = dict(
+            GROUP=num_q_heads // num_kv_heads,
+            HEAD=head,
+            BLOCK_N=block_n,
+            Q_BUFFERS=int(cfg["q_buffers"]),
+            SNAKE=bool(cfg["snake"]),
+            PINGPONG=bool(cfg["pingpong"]),
+            PAGED=paged is not None and not mixed,
+            MIXED=mixed,
+            BLOCK_SIZE=block_size,
+            BOX=box,
+            CONSUMER_REGS=int(cfg["consumer_regs"]),
+            LOADER_REGS=int(cfg["loader_regs"]),
+            num_warps=4,
+        )
+        return _prefill_ws_kernel, (programs,), args, kwargs
     if paged is not None:
         raise ValueError("prefill_wgmma_paged_attention: the paged form is warp-specialised only")
-    args = (_descriptor(q, block_m), _descriptor(new_kv[0], block_n), _descriptor(new_kv[1], block_n), *common,
-            float(scale) * _LOG2E, out.stride(0), out.stride(1))
-    kwargs = dict(GROUP=num_q_heads // num_kv_heads, HEAD=head, BLOCK_M=block_m, BLOCK_N=block_n,
-                  PIPELINE=bool(cfg["pipeline"]), num_warps=num_warps)
+    args = (
+        _descriptor(q, block_m),
+        _descriptor(new_kv[0], block_n),
+        _descriptor(new_kv[1], block_n),
+        *common,
+        float(scale) * _LOG2E,
+        out.stride(0),
+        out.stride(1),
+    )
+    kwargs = dict(
+        GROUP=num_q_heads // num_kv_heads,
+        HEAD=head,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        PIPELINE=bool(cfg["pipeline"]),
+        num_warps=num_warps,
+    )
     if cfg["maxnreg"]:
         kwargs["maxnreg"] = int(cfg["maxnreg"])
     return _prefill_wgmma_kernel, (num_mt, num_q_heads, num_seqs), args, kwargs
 
 
-__all__ = ["prefill_wgmma_attention", "prefill_wgmma_paged_attention", "prefill_wgmma_mixed_attention", "supported",
-           "supported_paged", "supported_mixed", "DEFAULT_CONFIG"]
+__all__ = [
+    "prefill_wgmma_attention",
+    "prefill_wgmma_paged_attention",
+    "prefill_wgmma_mixed_attention",
+    "supported",
+    "supported_paged",
+    "supported_mixed",
+    "DEFAULT_CONFIG",
+]

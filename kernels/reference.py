@@ -18,7 +18,7 @@ Layouts (the same as the kernels'):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -27,8 +27,9 @@ def _acc_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-            mask: torch.Tensor | None = None) -> torch.Tensor:
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """q [Lq, Hq, D], k/v [Lk, Hkv, D] -> [Lq, Hq, D] in the accumulation dtype.
 
     ``mask`` [Lq, Lk] bool, True = attend.  Rows that see no key give zeros.
@@ -38,10 +39,10 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     group = hq // hkv
     if k.shape[0] == 0:
         return torch.zeros(q.shape, dtype=acc, device=q.device)
-    qf = q.to(acc).transpose(0, 1)                                   # [Hq, Lq, D]
+    qf = q.to(acc).transpose(0, 1)  # [Hq, Lq, D]
     kf = k.to(acc).repeat_interleave(group, dim=1).transpose(0, 1)  # [Hq, Lk, D]
     vf = v.to(acc).repeat_interleave(group, dim=1).transpose(0, 1)
-    s = torch.matmul(qf, kf.transpose(1, 2)) * scale                 # [Hq, Lq, Lk]
+    s = torch.matmul(qf, kf.transpose(1, 2)) * scale  # [Hq, Lq, Lk]
     if mask is not None:
         s = s.masked_fill(~mask[None], float("-inf"))
     m = s.amax(dim=-1, keepdim=True)
@@ -67,7 +68,7 @@ def ref_paged_decode(q, k_cache, v_cache, block_tables, seq_lens, scale) -> torc
         n = int(seq_lens[s])
         k = gather_kv(k_cache, block_tables[s], n)
         v = gather_kv(v_cache, block_tables[s], n)
-        out[s] = _attend(q[s:s + 1], k, v, scale)[0].to(q.dtype)
+        out[s] = _attend(q[s : s + 1], k, v, scale)[0].to(q.dtype)
     return out
 
 
@@ -79,7 +80,7 @@ def ref_contiguous_decode(q, k_pool, v_pool, seq_starts, seq_lens, scale) -> tor
     out = torch.empty_like(q)
     for s in range(q.shape[0]):
         a, n = int(seq_starts[s]), int(seq_lens[s])
-        out[s] = _attend(q[s:s + 1], k_pool[a:a + n], v_pool[a:a + n], scale)[0].to(q.dtype)
+        out[s] = _attend(q[s : s + 1], k_pool[a : a + n], v_pool[a : a + n], scale)[0].to(q.dtype)
     return out
 
 

@@ -34,9 +34,22 @@ from kernels.tune_perf3 import _read_kernel  # the flat streaming read of round 
 
 
 @triton.jit
-def _head_gather_kernel(k_ptr, v_ptr, bt_ptr, out_ptr, part_tokens, stride_kb, stride_kt, stride_kh, stride_bts,
-                        BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD: tl.constexpr, HP: tl.constexpr,
-                        STAGES: tl.constexpr):
+def _head_gather_kernel(
+    k_ptr,
+    v_ptr,
+    bt_ptr,
+    out_ptr,
+    part_tokens,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_bts,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD: tl.constexpr,
+    HP: tl.constexpr,
+    STAGES: tl.constexpr,
+):
     """Program (head group, sequence, part): the decode kernel's loads of ``part_tokens`` tokens for ``HP``
     adjacent KV heads (one contiguous run of ``HP * HEAD`` elements per token), accumulated elementwise (no
     reduction inside the loop), summed at the end."""
@@ -60,8 +73,18 @@ def _head_gather_kernel(k_ptr, v_ptr, bt_ptr, out_ptr, part_tokens, stride_kb, s
 
 
 @triton.jit
-def _row_read_kernel(k_ptr, v_ptr, bt_ptr, out_ptr, part_blocks, block_elems, stride_kb, stride_bts,
-                     CHUNK: tl.constexpr, STAGES: tl.constexpr):
+def _row_read_kernel(
+    k_ptr,
+    v_ptr,
+    bt_ptr,
+    out_ptr,
+    part_blocks,
+    block_elems,
+    stride_kb,
+    stride_bts,
+    CHUNK: tl.constexpr,
+    STAGES: tl.constexpr,
+):
     """Program (sequence, part): ``part_blocks`` whole blocks (all heads, ``block_elems`` contiguous elements
     each) through the table, in chunks of ``CHUNK`` elements, summed."""
     seq = tl.program_id(0)
@@ -85,8 +108,19 @@ def _check(name: str, got: torch.Tensor, want: float, n: int) -> bool:
     return ok
 
 
-def layout_case(name: str, batch: int, hkv: int, ctx: int, hq: int, t_graph, block: int = 16,
-                head: int = 128, dtype=torch.bfloat16, parts_head: int = 1, parts_row: int = 32) -> dict:
+def layout_case(
+    name: str,
+    batch: int,
+    hkv: int,
+    ctx: int,
+    hq: int,
+    t_graph,
+    block: int = 16,
+    head: int = 128,
+    dtype=torch.bfloat16,
+    parts_head: int = 1,
+    parts_row: int = 32,
+) -> dict:
     """Time the four reads and the default decode on one cache; return the record (ms, TB/s of K+V bytes)."""
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     nblk = ctx // block
@@ -104,16 +138,40 @@ def layout_case(name: str, batch: int, hkv: int, ctx: int, hq: int, t_graph, blo
 
     def head_gather(table, hp=1, stages=3, warps=4):
         return lambda: _head_gather_kernel[(hkv // hp, batch, parts_head)](
-            k, v, table, o_h, part_tok, k.stride(0), k.stride(1), k.stride(2), table.stride(0),
-            BLOCK_SIZE=block, BLOCK_N=64 // hp, HEAD=head, HP=hp, STAGES=stages, num_warps=warps)
+            k,
+            v,
+            table,
+            o_h,
+            part_tok,
+            k.stride(0),
+            k.stride(1),
+            k.stride(2),
+            table.stride(0),
+            BLOCK_SIZE=block,
+            BLOCK_N=64 // hp,
+            HEAD=head,
+            HP=hp,
+            STAGES=stages,
+            num_warps=warps,
+        )
 
     o_r = torch.empty(batch * parts_row, dtype=torch.float32, device=dev)
     block_elems = block * hkv * head
 
     def row_read():
-        return _row_read_kernel[(batch, parts_row)](k, v, bt, o_r, nblk // parts_row, block_elems, k.stride(0),
-                                                    bt.stride(0), CHUNK=min(4096, block_elems), STAGES=4,
-                                                    num_warps=8)
+        return _row_read_kernel[(batch, parts_row)](
+            k,
+            v,
+            bt,
+            o_r,
+            nblk // parts_row,
+            block_elems,
+            k.stride(0),
+            bt.stride(0),
+            CHUNK=min(4096, block_elems),
+            STAGES=4,
+            num_warps=8,
+        )
 
     flat = torch.cat([k.view(-1), v.view(-1)])
     progs = 132 * 4 if dev == "cuda" else 4
@@ -129,36 +187,46 @@ def layout_case(name: str, batch: int, hkv: int, ctx: int, hq: int, t_graph, blo
     out = torch.empty_like(q)
 
     def decode():
-        return pa.paged_decode_attention(q, k, v, bt, lens, head ** -0.5, out=out)
+        return pa.paged_decode_attention(q, k, v, bt, lens, head**-0.5, out=out)
 
     sdpa = []
     if dev == "cuda":  # cuDNN SDPA on a contiguous [batch, kv heads, context, head] copy, as in kernels.bench
         from torch.nn.attention import SDPBackend
+
         kc = k[bt.long()].view(batch, ctx, hkv, head).transpose(1, 2).contiguous()
         vc = v[bt.long()].view(batch, ctx, hkv, head).transpose(1, 2).contiguous()
         q4 = q.view(batch, hq, 1, head)
 
         def cudnn():
             return B._run_sdpa(SDPBackend.CUDNN_ATTENTION, q4, kc, vc, gqa=hq != hkv)
+
         ref = cudnn().view(batch, hq, head).float()
         rec["decode_vs_cudnn_max_diff"] = (decode().float() - ref).abs().max().item()
         sdpa = [("sdpa_cudnn", cudnn, None, None, None)]
 
-    flat_want = flat[:per * progs].double().sum().item()
-    variants = [("contiguous", flat_read, o_f, flat_want, per * progs),
-                ("head_gather", head_gather(bt), o_h, want, n),
-                ("head_gather_inorder", head_gather(bt_in), o_h, want, n),
-                ("head_gather_s5", head_gather(bt, stages=5), o_h, want, n),
-                ("head_gather_w8", head_gather(bt, warps=8), o_h, want, n),
-                ("head2_gather", head_gather(bt, hp=2), o_h[:o_h.numel() // 2], want, n),
-                ("head4_gather", head_gather(bt, hp=4), o_h[:o_h.numel() // 4], want, n),
-                ("head8_gather", head_gather(bt, hp=8), o_h[:o_h.numel() // 8], want, n),
-                ("row_read", row_read, o_r, want, n),
-                ("decode_default", decode, None, None, None)] + sdpa + [
-                ("contiguous_r", flat_read, o_f, flat_want, per * progs),
-                ("head_gather_r", head_gather(bt), o_h, want, n),
-                ("row_read_r", row_read, o_r, want, n),
-                ("decode_default_r", decode, None, None, None)] + [(f"{n}_r", *rest) for n, *rest in sdpa]
+    flat_want = flat[: per * progs].double().sum().item()
+    variants = (
+        [
+            ("contiguous", flat_read, o_f, flat_want, per * progs),
+            ("head_gather", head_gather(bt), o_h, want, n),
+            ("head_gather_inorder", head_gather(bt_in), o_h, want, n),
+            ("head_gather_s5", head_gather(bt, stages=5), o_h, want, n),
+            ("head_gather_w8", head_gather(bt, warps=8), o_h, want, n),
+            ("head2_gather", head_gather(bt, hp=2), o_h[: o_h.numel() // 2], want, n),
+            ("head4_gather", head_gather(bt, hp=4), o_h[: o_h.numel() // 4], want, n),
+            ("head8_gather", head_gather(bt, hp=8), o_h[: o_h.numel() // 8], want, n),
+            ("row_read", row_read, o_r, want, n),
+            ("decode_default", decode, None, None, None),
+        ]
+        + sdpa
+        + [
+            ("contiguous_r", flat_read, o_f, flat_want, per * progs),
+            ("head_gather_r", head_gather(bt), o_h, want, n),
+            ("row_read_r", row_read, o_r, want, n),
+            ("decode_default_r", decode, None, None, None),
+        ]
+        + [(f"{n}_r", *rest) for n, *rest in sdpa]
+    )
     for label, fn, o, w, cnt in variants:
         if o is not None:
             o_h.fill_(float("nan"))  # every read's output, so an unwritten slot shows

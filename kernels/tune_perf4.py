@@ -52,18 +52,30 @@ def variants(group: int, batch: int) -> list[tuple[str, dict]]:
         v.append((f"pf_bn{bn}_w{nw}_s{st}", {"config": dict(prefetch=True, block_n=bn, num_warps=nw, num_stages=st)}))
     if batch >= 16:
         for sp in (2, 3, 4, 8):
-            v.append((f"pf_bn64_w8_s1_sp{sp}", {"config": dict(prefetch=True, block_n=64, num_warps=8, num_stages=1),
-                                                "num_splits": sp}))
+            v.append(
+                (
+                    f"pf_bn64_w8_s1_sp{sp}",
+                    {"config": dict(prefetch=True, block_n=64, num_warps=8, num_stages=1), "num_splits": sp},
+                )
+            )
     if batch == 1:
         for sp in (16, 64):
-            v.append((f"pf_bn32_w4_s1_sp{sp}", {"config": dict(prefetch=True, block_n=32, num_warps=4, num_stages=1),
-                                                "num_splits": sp}))
+            v.append(
+                (
+                    f"pf_bn32_w4_s1_sp{sp}",
+                    {"config": dict(prefetch=True, block_n=32, num_warps=4, num_stages=1), "num_splits": sp},
+                )
+            )
     hp = 16 // group if group <= 8 else 1
     if hp > 1:  # round-4 first call's best several-heads shapes, again beside the prefetch
         hp = min(hp, 4)
         v.append((f"hp{hp}_bn32_s3", {"config": dict(heads_per_program=hp, block_n=32, num_stages=3)}))
-        v.append((f"hp{hp}_pf_bn32_w4_s1", {"config": dict(heads_per_program=hp, prefetch=True, block_n=32,
-                                                             num_warps=4, num_stages=1)}))
+        v.append(
+            (
+                f"hp{hp}_pf_bn32_w4_s1",
+                {"config": dict(heads_per_program=hp, prefetch=True, block_n=32, num_warps=4, num_stages=1)},
+            )
+        )
     return v
 
 
@@ -83,8 +95,11 @@ UNIFORM_CASES = [
 
 
 def uniform_variants(lens: list[int]) -> list[tuple[str, dict]]:
-    return [("default", {}), ("no_auto_uniform", {"config": {"auto_uniform": False}}),
-            ("hint", {"min_seq_len": min(lens)})]
+    return [
+        ("default", {}),
+        ("no_auto_uniform", {"config": {"auto_uniform": False}}),
+        ("hint", {"min_seq_len": min(lens)}),
+    ]
 
 
 # round 4, call d: fewer warps per program (more programs per SM) on the batch-1 and batch-16 cases
@@ -101,7 +116,7 @@ def warps_variants(batch: int) -> list[tuple[str, dict]]:
     v = [("default", {})]
     for nw, bn, st in ((2, 32, 5), (2, 32, 3), (2, 64, 3), (2, 16, 5), (1, 32, 3), (1, 16, 4)):
         v.append((f"w{nw}_bn{bn}_s{st}", {"config": dict(num_warps=nw, block_n=bn, num_stages=st)}))
-    for sp in ((4, 8) if batch > 1 else (16, 64)):
+    for sp in (4, 8) if batch > 1 else (16, 64):
         v.append((f"w2_bn32_s5_sp{sp}", {"config": dict(num_warps=2, block_n=32, num_stages=5), "num_splits": sp}))
     return v
 
@@ -124,8 +139,12 @@ def early_variants(batch: int) -> list[tuple[str, dict]]:
     v = [("default", {})]
     for bn, st in ((32, 1), (64, 1), (32, 3)):
         for early in (True, False):
-            v.append((f"pf_bn{bn}_s{st}{'' if early else '_late'}",
-                      {"config": dict(prefetch=True, block_n=bn, num_warps=4, num_stages=st, early_bt=early)}))
+            v.append(
+                (
+                    f"pf_bn{bn}_s{st}{'' if early else '_late'}",
+                    {"config": dict(prefetch=True, block_n=bn, num_warps=4, num_stages=st, early_bt=early)},
+                )
+            )
     return v + [(f"{label}_r", kw) for label, kw in v]  # every variant twice: the spread between repeats
 
 
@@ -154,8 +173,12 @@ def balanced_variants() -> list[tuple[str, dict]]:
     for pps in (2, 3, 4, 5):
         v.append((f"bal_pps{pps}", {"config": {"balanced": True, "programs_per_sm": pps}}))
     for bn, st, nw in ((32, 5, 4), (64, 4, 4), (128, 3, 8), (64, 3, 8)):
-        v.append((f"bal_bn{bn}_s{st}_w{nw}", {"config": {"balanced": True, "block_n": bn, "num_stages": st,
-                                                         "num_warps": nw}}))
+        v.append(
+            (
+                f"bal_bn{bn}_s{st}_w{nw}",
+                {"config": {"balanced": True, "block_n": bn, "num_stages": st, "num_warps": nw}},
+            )
+        )
     return v + [("bal_r", {"config": {"balanced": True}})]
 
 
@@ -174,17 +197,26 @@ BALANCED2_CASES = [
 
 
 def balanced2_variants(lens: list[int]) -> list[tuple[str, dict]]:
-    v = [("default", {}), ("hint", {"min_seq_len": min(lens)}), ("bal", {"config": {"balanced": True}}),
-         ("bal_nreg128", {"config": {"balanced": True, "maxnreg": 128}}),
-         ("bal_nreg128_bn32_s5", {"config": {"balanced": True, "maxnreg": 128, "block_n": 32, "num_stages": 5}}),
-         ("bal_nreg120", {"config": {"balanced": True, "maxnreg": 120}})]
+    v = [
+        ("default", {}),
+        ("hint", {"min_seq_len": min(lens)}),
+        ("bal", {"config": {"balanced": True}}),
+        ("bal_nreg128", {"config": {"balanced": True, "maxnreg": 128}}),
+        ("bal_nreg128_bn32_s5", {"config": {"balanced": True, "maxnreg": 128, "block_n": 32, "num_stages": 5}}),
+        ("bal_nreg120", {"config": {"balanced": True, "maxnreg": 120}}),
+    ]
     return v + [(f"{label}_r", kw) for label, kw in v[:3]]
 
 
 def run(res, ceil, budget, names, mode="heads"):
     out_all = []
-    for name, b, hq, hkv, ctx in {"uniform": UNIFORM_CASES, "warps": WARPS_CASES, "early": EARLY_CASES,
-                                  "balanced": BALANCED_CASES, "balanced2": BALANCED2_CASES}.get(mode, CASES):
+    for name, b, hq, hkv, ctx in {
+        "uniform": UNIFORM_CASES,
+        "warps": WARPS_CASES,
+        "early": EARLY_CASES,
+        "balanced": BALANCED_CASES,
+        "balanced2": BALANCED2_CASES,
+    }.get(mode, CASES):
         if names and name not in names:
             continue
         if budget.left() < 30:
@@ -195,25 +227,40 @@ def run(res, ceil, budget, names, mode="heads"):
         kv_bytes = B.decode_bytes(lens, hkv)
         c = B.build_decode_case(b, hq, hkv, lens)
         q, kc, vc, bt, sl, max_len = c["q"], c["k_cache"], c["v_cache"], c["bt"], c["sl"], c["max_len"]
-        scale = B.HEAD ** -0.5
+        scale = B.HEAD**-0.5
         rec = {"case": name, "kv_gb": kv_bytes / 1e9, "ms": {}, "diff": {}, "splits": {}}
         time_cudnn(rec, c, b, hq, hkv)
         out = torch.empty_like(q)
         ref = None
-        vs = {"uniform": lambda: uniform_variants(lens), "warps": lambda: warps_variants(b),
-              "early": lambda: early_variants(b), "balanced": balanced_variants,
-              "balanced2": lambda: balanced2_variants(lens)}.get(
-            mode, lambda: variants(hq // hkv, b))()
+        vs = {
+            "uniform": lambda: uniform_variants(lens),
+            "warps": lambda: warps_variants(b),
+            "early": lambda: early_variants(b),
+            "balanced": balanced_variants,
+            "balanced2": lambda: balanced2_variants(lens),
+        }.get(mode, lambda: variants(hq // hkv, b))()
         for label, kw in vs + [("default_repeat", {}), ("no_auto_uniform_repeat", {"config": {"auto_uniform": False}})]:
             if budget.left() < 20:
                 break
             cfg = kw.get("config", {})
             hp = cfg.get("heads_per_program", 1)
             bn = cfg.get("block_n", 32 if b * hkv < 132 else 64)
-            plan = pa._split_plan(b, hkv // hp, max_len, bn, pa._num_sms(q.device), kw.get("num_splits"),
-                                  kw.get("min_seq_len"), cfg.get("auto_uniform", True))
-            bal = cfg.get("balanced", "min_seq_len" in kw and "fused_reduce" not in kw and pa._balanced_default(
-                b, hkv, max_len, kw["min_seq_len"], kw.get("num_splits"), hp))
+            plan = pa._split_plan(
+                b,
+                hkv // hp,
+                max_len,
+                bn,
+                pa._num_sms(q.device),
+                kw.get("num_splits"),
+                kw.get("min_seq_len"),
+                cfg.get("auto_uniform", True),
+            )
+            bal = cfg.get(
+                "balanced",
+                "min_seq_len" in kw
+                and "fused_reduce" not in kw
+                and pa._balanced_default(b, hkv, max_len, kw["min_seq_len"], kw.get("num_splits"), hp),
+            )
             rec["splits"][label] = "bal" if bal else f"{plan[0]}u" if plan[2] else plan[0]
             fn = lambda kw=kw: pa.paged_decode_attention(q, kc, vc, bt, sl, scale, max_seq_len=max_len, out=out, **kw)  # noqa
             ref = measure_variant(rec, label, fn, out, ref)
@@ -229,11 +276,14 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=400)
     ap.add_argument("--cases", default="all", help="'all' or a comma list of case names")
-    ap.add_argument("--mode", default="heads", choices=["heads", "uniform", "warps", "early", "balanced",
-                                                              "balanced2"],
-                    help="heads: calls a and b (heads per program, prefetch); uniform: call c (auto_uniform); "
-                         "warps: call d (1 or 2 warps per program); early: call e (prefetch, early block ids); "
-                         "balanced: round 5 (the balanced stream-K decode); balanced2: its register cap and hint default")
+    ap.add_argument(
+        "--mode",
+        default="heads",
+        choices=["heads", "uniform", "warps", "early", "balanced", "balanced2"],
+        help="heads: calls a and b (heads per program, prefetch); uniform: call c (auto_uniform); "
+        "warps: call d (1 or 2 warps per program); early: call e (prefetch, early block ids); "
+        "balanced: round 5 (the balanced stream-K decode); balanced2: its register cap and hint default",
+    )
     a = ap.parse_args()
     budget, res, ceil = start(a.out, a.budget_s)
     names = set() if a.cases == "all" else set(a.cases.split(","))
@@ -243,6 +293,7 @@ def main():
         traceback.print_exc()
     kernel_info(res)
     from kernels import decode_balanced as db
+
     res["balanced_resident_per_sm"] = {str(k): v for k, v in db._RESIDENT.items()}
     for k, v in db._RESIDENT.items():
         print("balanced resident programs per SM", v, str(k)[:200])

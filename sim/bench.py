@@ -37,14 +37,17 @@ def measure_one(trace_path: str, allocator: str, model: str, gpu: str, fast_forw
 
     start = time.perf_counter()
     trace = read_trace(trace_path)
-    result = replay(trace, ReplayOptions(resolve_model(model), resolve_gpu(gpu), allocator,
-                                         fast_forward=fast_forward))
+    result = replay(trace, ReplayOptions(resolve_model(model), resolve_gpu(gpu), allocator, fast_forward=fast_forward))
     wall = time.perf_counter() - start
     iterations = result.summary["iterations"]
     return {
-        "wall_s": wall, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "iterations": iterations, "iterations_fast_forwarded": result.summary["iterations_fast_forwarded"],
-        "requests": len(trace), "iterations_per_s": iterations / wall, "requests_per_s": len(trace) / wall,
+        "wall_s": wall,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "iterations": iterations,
+        "iterations_fast_forwarded": result.summary["iterations_fast_forwarded"],
+        "requests": len(trace),
+        "iterations_per_s": iterations / wall,
+        "requests_per_s": len(trace) / wall,
         "preemptions": result.summary["requests"]["preemptions"],
         "mean_batch": result.summary["batch_size"]["mean"],
     }
@@ -79,15 +82,22 @@ def machine() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sim.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m sim.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--one", nargs=4, metavar=("TRACE", "ALLOCATOR", "MODEL", "GPU"), help=argparse.SUPPRESS)
     p.add_argument("--no-fast-forward", action="store_true", help="measure the step-by-step engine")
-    p.add_argument("--cases", default="azure,100000,1000000",
-                   help="comma-separated: azure and/or generated trace sizes (default: azure,100000,1000000)")
+    p.add_argument(
+        "--cases",
+        default="azure,100000,1000000",
+        help="comma-separated: azure and/or generated trace sizes (default: azure,100000,1000000)",
+    )
     p.add_argument("--allocators", default=",".join(REGISTRY), help="allocators (default: all)")
-    p.add_argument("--large-allocators", default="paged",
-                   help="allocators for generated traces of 1,000,000+ requests (default: paged)")
+    p.add_argument(
+        "--large-allocators",
+        default="paged",
+        help="allocators for generated traces of 1,000,000+ requests (default: paged)",
+    )
     p.add_argument("--runs", type=int, default=3, help="runs per measurement (median reported; default 3)")
     p.add_argument("--out", default="reports/speed", help="directory for results.json and README.md")
     p.add_argument("--workdir", help="where generated traces are kept (default: a temporary directory)")
@@ -112,16 +122,34 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             for i in range(args.runs):
                 runs.append(_subprocess_measure(path, allocator, model, gpu, ff))
-                print(f"{case} {allocator} run {i + 1}: {runs[-1]['wall_s']:.2f} s, "
-                      f"{runs[-1]['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
-            med = {k: statistics.median(r[k] for r in runs) for k in ("wall_s", "peak_rss_mib", "iterations_per_s",
-                                                                     "requests_per_s")}
-            results.append({"case": case, "allocator": allocator, "model": model, "gpu": gpu,
-                             "fast_forward": ff, "runs": runs, "median": med,
-                             "iterations": runs[0]["iterations"],
-                             "iterations_fast_forwarded": runs[0]["iterations_fast_forwarded"]})
-    record = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "command": " ".join(["python -m sim.bench"] +
-              (argv if argv is not None else sys.argv[1:])), "results": results}
+                print(
+                    f"{case} {allocator} run {i + 1}: {runs[-1]['wall_s']:.2f} s, {runs[-1]['peak_rss_mib']:.0f} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            med = {
+                k: statistics.median(r[k] for r in runs)
+                for k in ("wall_s", "peak_rss_mib", "iterations_per_s", "requests_per_s")
+            }
+            results.append(
+                {
+                    "case": case,
+                    "allocator": allocator,
+                    "model": model,
+                    "gpu": gpu,
+                    "fast_forward": ff,
+                    "runs": runs,
+                    "median": med,
+                    "iterations": runs[0]["iterations"],
+                    "iterations_fast_forwarded": runs[0]["iterations_fast_forwarded"],
+                }
+            )
+    record = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "command": " ".join(["python -m sim.bench"] + (argv if argv is not None else sys.argv[1:])),
+        "results": results,
+    }
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(record, f, indent=2)
     with open(os.path.join(args.out, "README.md"), "w") as f:
@@ -131,17 +159,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 TARGETS = [  # (case, allocator or None for every allocator, wall-time target in s)
-    ("azure", "paged", 2.0), ("azure", None, 5.0), ("1000000", "paged", 60.0),
+    ("azure", "paged", 2.0),
+    ("azure", None, 5.0),
+    ("1000000", "paged", 60.0),
 ]
 
 
 def markdown(record: dict) -> str:
     m = record["machine"]
     lines = [
-        "# Replay speed", "",
+        "# Replay speed",
+        "",
         f"Measured {record['date']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}, {m['platform']}.",
         f"Command: `{record['command']}`. Each figure is the median of the runs listed in results.json, each run in "
-        f"its own process (wall = reading the trace + replaying it).", "",
+        f"its own process (wall = reading the trace + replaying it).",
+        "",
         "| case | allocator | requests | iterations | fast-forwarded | wall (s) | peak RSS (MiB) | iterations/s "
         "| requests/s |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -149,9 +181,11 @@ def markdown(record: dict) -> str:
     for r in record["results"]:
         med = r["median"]
         ff = r["iterations_fast_forwarded"] / r["iterations"] if r["iterations"] else 0
-        lines.append(f"| {r['case']} ({r['model']}, {r['gpu']}) | {r['allocator']} | {r['runs'][0]['requests']:,} "
-                     f"| {r['iterations']:,} | {ff:.0%} | {med['wall_s']:.2f} | {med['peak_rss_mib']:.0f} "
-                     f"| {med['iterations_per_s']:,.0f} | {med['requests_per_s']:,.0f} |")
+        lines.append(
+            f"| {r['case']} ({r['model']}, {r['gpu']}) | {r['allocator']} | {r['runs'][0]['requests']:,} "
+            f"| {r['iterations']:,} | {ff:.0%} | {med['wall_s']:.2f} | {med['peak_rss_mib']:.0f} "
+            f"| {med['iterations_per_s']:,.0f} | {med['requests_per_s']:,.0f} |"
+        )
     by = {(r["case"], r["allocator"]): r["median"]["wall_s"] for r in record["results"]}
     lines += ["", "| target | measured | met? |", "|---|---|---|"]
     for case, allocator, limit in TARGETS:
@@ -160,15 +194,21 @@ def markdown(record: dict) -> str:
             lines.append(f"| {case} {allocator or 'every allocator'} <= {limit:g} s | not measured | - |")
             continue
         worst = max(walls, key=walls.get)
-        lines.append(f"| {case} {allocator or 'every allocator'} <= {limit:g} s | {walls[worst]:.2f} s ({worst}) | "
-                     f"{'yes' if walls[worst] <= limit else f'no, {walls[worst] / limit:.1f}x over'} |")
+        lines.append(
+            f"| {case} {allocator or 'every allocator'} <= {limit:g} s | {walls[worst]:.2f} s ({worst}) | "
+            f"{'yes' if walls[worst] <= limit else f'no, {walls[worst] / limit:.1f}x over'} |"
+        )
     rss = {r["case"]: r["median"]["peak_rss_mib"] for r in record["results"] if r["allocator"] == "paged"}
     if "1000000" in rss:
-        lines.append(f"| 1000000 paged peak memory <= 2 GiB | {rss['1000000']:.0f} MiB | "
-                     f"{'yes' if rss['1000000'] <= 2048 else 'no'} |")
+        lines.append(
+            f"| 1000000 paged peak memory <= 2 GiB | {rss['1000000']:.0f} MiB | "
+            f"{'yes' if rss['1000000'] <= 2048 else 'no'} |"
+        )
     if ("100000", "paged") in by and ("1000000", "paged") in by:
         ratio = by[("1000000", "paged")] / by[("100000", "paged")]
-        lines.append(f"| 10x the requests costs <= 11x the time (paged) | {ratio:.1f}x | {'yes' if ratio <= 11 else 'no'} |")
+        lines.append(
+            f"| 10x the requests costs <= 11x the time (paged) | {ratio:.1f}x | {'yes' if ratio <= 11 else 'no'} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -8,9 +8,9 @@ import os
 import sys
 
 from sim.allocators import REGISTRY
+from sim.cli_args import positive_int
 from sim.config import GPUS, MODELS, resolve_gpu, resolve_model
 from sim.cost_model import DEFAULT_STEP_OVERHEAD_S
-from sim.cli_args import positive_int
 from sim.errors import UserError
 from sim.metrics import atomic_write, to_json
 from sim.output import prepare_dir, write_replay
@@ -20,7 +20,6 @@ from sim.tables import summary_table
 from sim.trace import READERS, read_trace
 from sim.units import format_bytes, parse_duration, parse_size
 
-
 # Modules that add subcommands: each defines register(subparsers).
 PLUGIN_COMMANDS: list[str] = ["sim.cli_trace", "sim.cli_check", "sim.cli_report", "sim.cli_gpu"]
 
@@ -28,42 +27,79 @@ PLUGIN_COMMANDS: list[str] = ["sim.cli_trace", "sim.cli_check", "sim.cli_report"
 def _add_replay_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("trace", help="trace file (format detected from its header or first JSON record)")
     p.add_argument("--format", choices=sorted(READERS), help="force the trace format")
-    p.add_argument("--rate", type=float, metavar="REQ_PER_S",
-                   help="length-only traces: requests/s of the Poisson arrivals to generate")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of every random choice: generated arrivals, the beam model (default: 0)")
-    p.add_argument("--model-filter", metavar="MODEL",
-                   help="BurstGPT traces: keep only this model's rows (e.g. ChatGPT, GPT-4)")
-    p.add_argument("--model", default="llama-2-7b",
-                   help="model preset (see `sim models`) or dimensions 'layers=..,kv_heads=..,head_size=..,"
-                        "params=..,max_len=..[,heads=..,hidden=..,intermediate=..,vocab=..,kv_dtype=..]' "
-                        "(default: llama-2-7b)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        metavar="REQ_PER_S",
+        help="length-only traces: requests/s of the Poisson arrivals to generate",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every random choice: generated arrivals, the beam model (default: 0)",
+    )
+    p.add_argument(
+        "--model-filter", metavar="MODEL", help="BurstGPT traces: keep only this model's rows (e.g. ChatGPT, GPT-4)"
+    )
+    p.add_argument(
+        "--model",
+        default="llama-2-7b",
+        help="model preset (see `sim models`) or dimensions 'layers=..,kv_heads=..,head_size=..,"
+        "params=..,max_len=..[,heads=..,hidden=..,intermediate=..,vocab=..,kv_dtype=..]' "
+        "(default: llama-2-7b)",
+    )
     p.add_argument("--gpu", default="a100-80gb", help="GPU preset (see `sim gpus`; default: a100-80gb)")
     p.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV block (default: 16)")
     p.add_argument("--kv-memory", help="KV cache size per GPU, e.g. 12GiB (default: derived from the GPU)")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
-                   help="fraction of GPU memory the engine may use when deriving the KV size (default: 0.9)")
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        help="fraction of GPU memory the engine may use when deriving the KV size (default: 0.9)",
+    )
     p.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel GPUs (default: 1)")
     p.add_argument("--max-model-len", type=positive_int, help="override the model's max length (tokens)")
-    p.add_argument("--max-num-seqs", type=positive_int, default=256,
-                   help="sequences per iteration (default: 256)")
-    p.add_argument("--max-num-batched-tokens", type=positive_int,
-                   help="prompt tokens prefilled per iteration (default: max(max model length, 2048))")
-    p.add_argument("--placement", choices=["buddy", "first-fit"],
-                   help="how contiguous allocators place reservations (default: buddy)")
-    p.add_argument("--step-overhead", default=f"{DEFAULT_STEP_OVERHEAD_S * 1000:g}ms",
-                   help="fixed time per iteration in the roofline cost model (default: %(default)s)")
-    p.add_argument("--cost-model", metavar="FILE",
-                   help="iteration times from a calibration profile written by `sim calibrate` on a GPU, instead "
-                        "of the roofline (--step-overhead does not apply then)")
-    p.add_argument("--no-sharing", action="store_true",
-                   help="paged allocators: share nothing (forks copy every block, prefixes are not shared) — the "
-                        "counterfactual that sharing.saved_fraction is measured against")
-    p.add_argument("--beam-replace-prob", type=float, default=0.3,
-                   help="beam search model: probability that a beam is dropped and replaced by a fork of a "
-                        "surviving beam at each step (default: 0.3)")
-    p.add_argument("--no-fast-forward", action="store_true",
-                   help="simulate every iteration one by one (the results are identical; this is slower)")
+    p.add_argument("--max-num-seqs", type=positive_int, default=256, help="sequences per iteration (default: 256)")
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=positive_int,
+        help="prompt tokens prefilled per iteration (default: max(max model length, 2048))",
+    )
+    p.add_argument(
+        "--placement",
+        choices=["buddy", "first-fit"],
+        help="how contiguous allocators place reservations (default: buddy)",
+    )
+    p.add_argument(
+        "--step-overhead",
+        default=f"{DEFAULT_STEP_OVERHEAD_S * 1000:g}ms",
+        help="fixed time per iteration in the roofline cost model (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cost-model",
+        metavar="FILE",
+        help="iteration times from a calibration profile written by `sim calibrate` on a GPU, instead "
+        "of the roofline (--step-overhead does not apply then)",
+    )
+    p.add_argument(
+        "--no-sharing",
+        action="store_true",
+        help="paged allocators: share nothing (forks copy every block, prefixes are not shared) — the "
+        "counterfactual that sharing.saved_fraction is measured against",
+    )
+    p.add_argument(
+        "--beam-replace-prob",
+        type=float,
+        default=0.3,
+        help="beam search model: probability that a beam is dropped and replaced by a fork of a "
+        "surviving beam at each step (default: 0.3)",
+    )
+    p.add_argument(
+        "--no-fast-forward",
+        action="store_true",
+        help="simulate every iteration one by one (the results are identical; this is slower)",
+    )
     p.add_argument("--out", help="output directory (default: a new directory under runs/)")
     p.add_argument("--force", action="store_true", help="write into an existing non-empty --out directory")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -72,13 +108,23 @@ def _add_replay_options(p: argparse.ArgumentParser) -> None:
 def _options(args: argparse.Namespace, allocator: str) -> ReplayOptions:
     model = resolve_model(args.model, args.max_model_len)
     return ReplayOptions(
-        model=model, gpu=resolve_gpu(args.gpu), allocator=allocator, block_size=args.block_size,
+        model=model,
+        gpu=resolve_gpu(args.gpu),
+        allocator=allocator,
+        block_size=args.block_size,
         kv_memory=parse_size(args.kv_memory) if args.kv_memory else None,
-        gpu_memory_utilization=args.gpu_memory_utilization, tp=args.tp, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, placement=args.placement,
-        step_overhead_s=parse_duration(args.step_overhead), sharing=not args.no_sharing,
-        beam_replace_prob=args.beam_replace_prob, seed=args.seed, fast_forward=not args.no_fast_forward,
-        cost_model=getattr(args, "cost_model", None))
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        tp=args.tp,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        placement=args.placement,
+        step_overhead_s=parse_duration(args.step_overhead),
+        sharing=not args.no_sharing,
+        beam_replace_prob=args.beam_replace_prob,
+        seed=args.seed,
+        fast_forward=not args.no_fast_forward,
+        cost_model=getattr(args, "cost_model", None),
+    )
 
 
 def _header(trace, options: ReplayOptions) -> None:
@@ -86,13 +132,17 @@ def _header(trace, options: ReplayOptions) -> None:
     print(f"trace: {trace.path} ({trace.format}, {len(trace):,} requests over {trace.duration_s:,.1f} s)")
     for note in trace.notes:
         print(f"trace note: {note}")
-    print(f"model: {options.model.name} ({options.model.kv_bytes_per_token(options.tp):,} KV bytes per token"
-          f"{f' per GPU, tp={options.tp}' if options.tp > 1 else ''}), GPU: {options.gpu.name}")
+    print(
+        f"model: {options.model.name} ({options.model.kv_bytes_per_token(options.tp):,} KV bytes per token"
+        f"{f' per GPU, tp={options.tp}' if options.tp > 1 else ''}), GPU: {options.gpu.name}"
+    )
     if budget.source == "derived":
         b = budget.breakdown
-        print(f"KV budget: {format_bytes(b['gpu_memory'])} x {options.gpu_memory_utilization:g} - weights "
-              f"{format_bytes(b['weights'])} - activations {format_bytes(b['activations'])} - runtime "
-              f"{format_bytes(b['runtime'])} = {format_bytes(b['kv'])}")
+        print(
+            f"KV budget: {format_bytes(b['gpu_memory'])} x {options.gpu_memory_utilization:g} - weights "
+            f"{format_bytes(b['weights'])} - activations {format_bytes(b['activations'])} - runtime "
+            f"{format_bytes(b['runtime'])} = {format_bytes(b['kv'])}"
+        )
     print(budget.describe(options.model))
 
 
@@ -143,19 +193,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    print(f"{'name':<12} {'layers':>6} {'q heads':>7} {'kv heads':>8} {'head':>5} {'kv dtype':>8} "
-          f"{'params':>8} {'max len':>8} {'KV B/token':>11}")
+    print(
+        f"{'name':<12} {'layers':>6} {'q heads':>7} {'kv heads':>8} {'head':>5} {'kv dtype':>8} "
+        f"{'params':>8} {'max len':>8} {'KV B/token':>11}"
+    )
     for m in MODELS.values():
-        print(f"{m.name:<12} {m.num_layers:>6} {m.num_q_heads:>7} {m.num_kv_heads:>8} {m.head_size:>5} "
-              f"{m.kv_dtype:>8} {m.num_params / 1e9:>7.2f}B {m.max_model_len:>8,} {m.kv_bytes_per_token():>11,}")
+        print(
+            f"{m.name:<12} {m.num_layers:>6} {m.num_q_heads:>7} {m.num_kv_heads:>8} {m.head_size:>5} "
+            f"{m.kv_dtype:>8} {m.num_params / 1e9:>7.2f}B {m.max_model_len:>8,} {m.kv_bytes_per_token():>11,}"
+        )
     return 0
 
 
 def cmd_gpus(args: argparse.Namespace) -> int:
     print(f"{'name':<10} {'memory':>10} {'HBM TB/s':>9} {'bf16 TFLOP/s':>13}  source")
     for g in GPUS.values():
-        print(f"{g.name:<10} {format_bytes(g.memory_bytes):>10} {g.hbm_bandwidth / 1e12:>9.3f} "
-              f"{g.bf16_flops / 1e12:>13.1f}  {g.source}")
+        print(
+            f"{g.name:<10} {format_bytes(g.memory_bytes):>10} {g.hbm_bandwidth / 1e12:>9.3f} "
+            f"{g.bf16_flops / 1e12:>13.1f}  {g.source}"
+        )
     return 0
 
 
@@ -172,13 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("replay", help="replay a trace through one KV allocator")
     _add_replay_options(p)
-    p.add_argument("--allocator", default="paged",
-                   help=f"allocator: {', '.join(REGISTRY)} or package.module:ClassName (default: paged)")
+    p.add_argument(
+        "--allocator",
+        default="paged",
+        help=f"allocator: {', '.join(REGISTRY)} or package.module:ClassName (default: paged)",
+    )
     p.set_defaults(func=cmd_replay)
     p = sub.add_parser("compare", help="replay a trace through several allocators, side by side")
     _add_replay_options(p)
-    p.add_argument("--allocators", default=",".join(REGISTRY),
-                   help="comma-separated allocators (default: all registered)")
+    p.add_argument(
+        "--allocators", default=",".join(REGISTRY), help="comma-separated allocators (default: all registered)"
+    )
     p.set_defaults(func=cmd_compare)
     sub.add_parser("models", help="list model presets").set_defaults(func=cmd_models)
     sub.add_parser("gpus", help="list GPU presets").set_defaults(func=cmd_gpus)

@@ -14,21 +14,34 @@ import time
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "check", help="check an allocator against the invariants (random operation sequences, shrunk failures)",
+        "check",
+        help="check an allocator against the invariants (random operation sequences, shrunk failures)",
         description="Drive random sequences of admit / append / fork / free / preempt / re-admit / drain against an "
-                    "allocator and check every invariant after every step (see sim.checking.INVARIANTS). Each "
-                    "violated invariant is printed with hypothesis's shrunk sequence of operations. Exit status: 0 "
-                    "all invariants hold, 1 some invariant is violated, 2 usage error.")
+        "allocator and check every invariant after every step (see sim.checking.INVARIANTS). Each "
+        "violated invariant is printed with hypothesis's shrunk sequence of operations. Exit status: 0 "
+        "all invariants hold, 1 some invariant is violated, 2 usage error.",
+    )
     p.add_argument("allocator", help="a registered allocator (see `sim allocators`) or package.module:ClassName")
-    p.add_argument("--placement", choices=["buddy", "first-fit"],
-                   help="contiguous allocators: check only this placement policy (default: each)")
-    p.add_argument("--examples", type=int, default=300,
-                   help="random operation sequences per configuration (default: %(default)s)")
+    p.add_argument(
+        "--placement",
+        choices=["buddy", "first-fit"],
+        help="contiguous allocators: check only this placement policy (default: each)",
+    )
+    p.add_argument(
+        "--examples", type=int, default=300, help="random operation sequences per configuration (default: %(default)s)"
+    )
     p.add_argument("--steps", type=int, default=50, help="operations per sequence, at most (default: %(default)s)")
-    p.add_argument("--max-violations", type=int, default=5,
-                   help="stop after this many violated invariants per configuration (default: %(default)s)")
-    p.add_argument("--derandomize", action="store_true",
-                   help="a deterministic search: the same sequences every run (default: random)")
+    p.add_argument(
+        "--max-violations",
+        type=int,
+        default=5,
+        help="stop after this many violated invariants per configuration (default: %(default)s)",
+    )
+    p.add_argument(
+        "--derandomize",
+        action="store_true",
+        help="a deterministic search: the same sequences every run (default: random)",
+    )
     p.set_defaults(func=cmd_check)
 
 
@@ -36,8 +49,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         import hypothesis  # noqa: F401
     except ImportError:
-        print("sim: error: `sim check` needs hypothesis, which is not installed: pip install 'kvsim[test]'",
-              file=sys.stderr)
+        print(
+            "sim: error: `sim check` needs hypothesis, which is not installed: pip install 'kvsim[test]'",
+            file=sys.stderr,
+        )
         return 2
     from hypothesis import settings as Settings
 
@@ -53,10 +68,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     cls = resolve_allocator(args.allocator)
     if args.placement is not None and not hasattr(cls, "placement_policy"):
         raise UserError(f"--placement applies to contiguous allocators, not {args.allocator}")
-    settings = Settings(max_examples=args.examples, stateful_step_count=args.steps, deadline=None, database=None,
-                        derandomize=args.derandomize)
-    print(f"checking {args.allocator}: {len(INVARIANTS)} invariants after every step, {args.examples} sequences of up "
-          f"to {args.steps} operations per configuration")
+    settings = Settings(
+        max_examples=args.examples,
+        stateful_step_count=args.steps,
+        deadline=None,
+        database=None,
+        derandomize=args.derandomize,
+    )
+    print(
+        f"checking {args.allocator}: {len(INVARIANTS)} invariants after every step, {args.examples} sequences of up "
+        f"to {args.steps} operations per configuration"
+    )
     failed = 0
     for spec in specs_for(cls, args.placement):
         label = spec.name if spec.kwargs else args.allocator

@@ -20,8 +20,10 @@ def _need_gpu(device: str) -> None:
         import torch  # noqa: F401
         import triton  # noqa: F401
     except ImportError as exc:
-        raise UserError(f"the GPU harness needs torch and triton ({exc.name} is not installed): "
-                        f"pip install -e '.[kernels]' on a machine with a CUDA GPU") from None
+        raise UserError(
+            f"the GPU harness needs torch and triton ({exc.name} is not installed): "
+            f"pip install -e '.[kernels]' on a machine with a CUDA GPU"
+        ) from None
     if device == "cpu":
         if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
             raise UserError("--device cpu needs TRITON_INTERPRET=1 (the Triton interpreter; tiny models only)")
@@ -31,29 +33,50 @@ def _need_gpu(device: str) -> None:
 
 
 def _harness_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layers", type=int, help="run only this many layers (quick checks; the KV budget stays the full "
-                                              "model's, results of record use all layers)")
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="weights, activations and KV "
-                                                                                     "(default: bf16)")
-    p.add_argument("--no-check", action="store_true",
-                   help="write the model's own K/V and skip the attention checks against the reference")
+    p.add_argument(
+        "--layers",
+        type=int,
+        help="run only this many layers (quick checks; the KV budget stays the full "
+        "model's, results of record use all layers)",
+    )
+    p.add_argument(
+        "--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="weights, activations and KV (default: bf16)"
+    )
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="write the model's own K/V and skip the attention checks against the reference",
+    )
     p.add_argument("--check-every", type=int, default=50, help="iterations between attention checks (default: 50)")
-    p.add_argument("--no-cuda-graphs", action="store_true",
-                   help="run every iteration eagerly instead of replaying CUDA graphs (for comparison; a profile "
-                        "holds only for the path it was calibrated with)")
-    p.add_argument("--no-prefill-graphs", action="store_true",
-                   help="replay CUDA graphs for decode-only iterations only; iterations with prefill tokens run "
-                        "eagerly (the path of runs 4-6)")
+    p.add_argument(
+        "--no-cuda-graphs",
+        action="store_true",
+        help="run every iteration eagerly instead of replaying CUDA graphs (for comparison; a profile "
+        "holds only for the path it was calibrated with)",
+    )
+    p.add_argument(
+        "--no-prefill-graphs",
+        action="store_true",
+        help="replay CUDA graphs for decode-only iterations only; iterations with prefill tokens run "
+        "eagerly (the path of runs 4-6)",
+    )
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help=argparse.SUPPRESS)
 
 
 def _harness_options(args):
     from kernels.harness.replay import HarnessOptions
 
-    return HarnessOptions(layers=args.layers, dtype=args.dtype, device=args.device, check=not args.no_check,
-                          check_every=args.check_every, seed=args.seed,
-                          time_limit_s=getattr(args, "time_limit", None), cuda_graphs=not args.no_cuda_graphs,
-                          prefill_graphs=not args.no_prefill_graphs)
+    return HarnessOptions(
+        layers=args.layers,
+        dtype=args.dtype,
+        device=args.device,
+        check=not args.no_check,
+        check_every=args.check_every,
+        seed=args.seed,
+        time_limit_s=getattr(args, "time_limit", None),
+        cuda_graphs=not args.no_cuda_graphs,
+        prefill_graphs=not args.no_prefill_graphs,
+    )
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -73,22 +96,33 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     harness = _harness_options(args)
     run = GpuRun.build(options, harness)
     env = environment()
-    meta = {"model": options.model.name, "gpu": options.gpu.name, "layers": run.model.shapes.layers,
-            "block_size": options.block_size, "dtype": args.dtype, "kv_source": harness.check,
-            "cuda_graphs": harness.cuda_graphs,
-            "prefill_graphs": harness.cuda_graphs and harness.prefill_graphs, **env}
-    print(f"calibrate: {options.model.name} ({run.model.shapes.layers} layers) on {env.get('device')}, pool "
-          f"{format_bytes(run.pool.nbytes)} ({run.budget.num_blocks:,} blocks)")
+    meta = {
+        "model": options.model.name,
+        "gpu": options.gpu.name,
+        "layers": run.model.shapes.layers,
+        "block_size": options.block_size,
+        "dtype": args.dtype,
+        "kv_source": harness.check,
+        "cuda_graphs": harness.cuda_graphs,
+        "prefill_graphs": harness.cuda_graphs and harness.prefill_graphs,
+        **env,
+    }
+    print(
+        f"calibrate: {options.model.name} ({run.model.shapes.layers} layers) on {env.get('device')}, pool "
+        f"{format_bytes(run.pool.nbytes)} ({run.budget.num_blocks:,} blocks)"
+    )
     profile = calibrate(run, meta, repeats=args.repeats, passes=args.passes, budget_s=args.budget_s)
     out = args.out or f"profile-{options.model.name}-{options.gpu.name}.json"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     profile.path = out
     atomic_write(out, to_json(profile.to_dict()))
     f = profile.fit
-    print(f"fit over {f['samples']} points: R^2 {f['r2']:.4f}, median |error| {100 * f['median_abs_rel_error']:.1f}%, "
-          f"max |error| {100 * f['max_abs_rel_error']:.1f}% (formula alone {100 * f['formula_median_abs_rel_error']:.1f}% "
-          f"and {100 * f['formula_max_abs_rel_error']:.1f}%; decode correction from {f['decode_points_corrected']} "
-          f"uniform decode points)")
+    print(
+        f"fit over {f['samples']} points: R^2 {f['r2']:.4f}, median |error| {100 * f['median_abs_rel_error']:.1f}%, "
+        f"max |error| {100 * f['max_abs_rel_error']:.1f}% (formula alone {100 * f['formula_median_abs_rel_error']:.1f}% "
+        f"and {100 * f['formula_max_abs_rel_error']:.1f}%; decode correction from {f['decode_points_corrected']} "
+        f"uniform decode points)"
+    )
     print(f"wrote {out}")
     return 0
 
@@ -120,19 +154,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not allocators:
         raise UserError("--allocators needs at least one allocator")
     if args.cost_model is None:
-        print("validate: no --cost-model given: the prediction uses the roofline (run `sim calibrate` first)",
-              file=sys.stderr)
+        print(
+            "validate: no --cost-model given: the prediction uses the roofline (run `sim calibrate` first)",
+            file=sys.stderr,
+        )
     if args.cost_model is not None:
         import json
 
         with open(args.cost_model) as f:
             meta = json.load(f).get("meta", {})
-        for name, on in (("cuda_graphs", not args.no_cuda_graphs),
-                         ("prefill_graphs", not args.no_cuda_graphs and not args.no_prefill_graphs)):
+        for name, on in (
+            ("cuda_graphs", not args.no_cuda_graphs),
+            ("prefill_graphs", not args.no_cuda_graphs and not args.no_prefill_graphs),
+        ):
             cal = meta.get(name, False if name == "prefill_graphs" else None)
             if cal is not None and bool(cal) != on:
-                print(f"validate: warning: the profile was calibrated with {name}={cal}, this replay runs with "
-                      f"{name}={on}", file=sys.stderr)
+                print(
+                    f"validate: warning: the profile was calibrated with {name}={cal}, this replay runs with "
+                    f"{name}={on}",
+                    file=sys.stderr,
+                )
     out = args.out or os.path.join("reports", "validation", trace.name)
     os.makedirs(out, exist_ok=True)
     harness = _harness_options(args)
@@ -165,8 +206,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for pair, entry in head["ratios"].items():
             for fig, e in entry.items():
                 fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-                print(f"{pair} {fig}: predicted {fmt(e['predicted'])}, measured {fmt(e['measured'])}"
-                      + ("" if e["rel_error"] is None else f" ({100 * e['rel_error']:+.1f}%)"))
+                print(
+                    f"{pair} {fig}: predicted {fmt(e['predicted'])}, measured {fmt(e['measured'])}"
+                    + ("" if e["rel_error"] is None else f" ({100 * e['rel_error']:+.1f}%)")
+                )
     del run
     gc.collect()
     if torch.cuda.is_available():
@@ -178,36 +221,49 @@ def register(sub) -> None:
     from sim.cli import _add_replay_options
     from sim.cli_args import positive_int
 
-    p = sub.add_parser("calibrate", help="GPU: time a synthetic grid of iterations and write a cost profile "
-                                         "(for --cost-model)")
+    p = sub.add_parser(
+        "calibrate", help="GPU: time a synthetic grid of iterations and write a cost profile (for --cost-model)"
+    )
     p.add_argument("--model", default="llama-2-7b", help="model preset or dimensions (see `sim replay --help`)")
     p.add_argument("--gpu", default="h100-80gb", help="GPU preset the profile is recorded under (default: h100-80gb)")
     p.add_argument("--block-size", type=positive_int, default=16)
-    p.add_argument("--kv-memory", help="KV pool for the synthetic batches (default: the derived budget, at most "
-                                       "--calibration-kv)")
+    p.add_argument(
+        "--kv-memory", help="KV pool for the synthetic batches (default: the derived budget, at most --calibration-kv)"
+    )
     p.add_argument("--calibration-kv", default="32GiB", help=argparse.SUPPRESS)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--tp", type=positive_int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--max-model-len", type=positive_int)
     p.add_argument("--max-num-seqs", type=positive_int, default=256)
     p.add_argument("--max-num-batched-tokens", type=positive_int)
-    p.add_argument("--repeats", type=positive_int, default=2,
-                   help="timed runs per visit of a grid point (default: 2)")
-    p.add_argument("--passes", type=positive_int, default=3,
-                   help="visits of the whole grid, in shuffled order (default: 3)")
+    p.add_argument("--repeats", type=positive_int, default=2, help="timed runs per visit of a grid point (default: 2)")
+    p.add_argument(
+        "--passes", type=positive_int, default=3, help="visits of the whole grid, in shuffled order (default: 3)"
+    )
     p.add_argument("--budget-s", type=float, help="stop measuring new grid points after this many seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="profile file to write (default: profile-<model>-<gpu>.json)")
     _harness_args(p)
-    p.set_defaults(func=cmd_calibrate, placement=None, step_overhead="2ms", no_sharing=False, beam_replace_prob=0.3,
-                   no_fast_forward=False, cost_model=None)
+    p.set_defaults(
+        func=cmd_calibrate,
+        placement=None,
+        step_overhead="2ms",
+        no_sharing=False,
+        beam_replace_prob=0.3,
+        no_fast_forward=False,
+        cost_model=None,
+    )
 
-    p = sub.add_parser("validate", help="GPU: replay a trace on the GPU and beside the calibrated simulation; "
-                                        "write validation.json")
+    p = sub.add_parser(
+        "validate", help="GPU: replay a trace on the GPU and beside the calibrated simulation; write validation.json"
+    )
     _add_replay_options(p)
-    p.add_argument("--allocators", default="paged",
-                   help="comma-separated allocators, each replayed on the GPU with the same pool (default: paged); "
-                        "several also write headline.json (ratios to paged)")
+    p.add_argument(
+        "--allocators",
+        default="paged",
+        help="comma-separated allocators, each replayed on the GPU with the same pool (default: paged); "
+        "several also write headline.json (ratios to paged)",
+    )
     p.add_argument("--first", type=positive_int, help="only the first N requests of the trace")
     p.add_argument("--scale", type=float, help="multiply the arrival rate by this factor (after --first)")
     p.add_argument("--time-limit", type=float, help="stop a GPU replay after this many seconds (marked truncated)")

@@ -63,23 +63,42 @@ def cmd_report(args: argparse.Namespace) -> int:
             note.append(f"requests arriving in the first {end:g} s")
         if args.first is not None:
             note.append(f"the first {args.first:,}")
-        note = [f"{' and '.join(note)} of the trace's {full:,} requests ({len(trace):,} requests over "
-                f"{trace.duration_s:,.1f} s)"]
+        note = [
+            f"{' and '.join(note)} of the trace's {full:,} requests ({len(trace):,} requests over "
+            f"{trace.duration_s:,.1f} s)"
+        ]
     base = _options(args, allocators[0])
     for b in block_sizes:  # fail early on an impossible budget, before any process starts
         from dataclasses import replace
+
         replace(base, block_size=b).budget()
     native = trace_rate(trace)
     target = args.target_rate if args.target_rate is not None else native
-    inputs = ReportInputs(trace, base, allocators, block_sizes, slos, target, args.precision, args.start_rate,
-                          note[0] if note else "", args.title or "")
+    inputs = ReportInputs(
+        trace,
+        base,
+        allocators,
+        block_sizes,
+        slos,
+        target,
+        args.precision,
+        args.start_rate,
+        note[0] if note else "",
+        args.title or "",
+    )
     jobs = args.jobs or default_jobs()
-    print(f"trace: {trace.path} ({len(trace):,} requests over {trace.duration_s:,.1f} s, {native:.4g} req/s)"
-          + (f"; {note[0]}" if note else ""))
-    print(f"model: {base.model.name}, GPU: {base.gpu.name}, tp={base.tp}; SLOs: "
-          f"{', '.join(s.describe() for s in slos)}; target {target:g} req/s")
-    print(f"searching {len(allocators) * len(block_sizes)} configuration(s) to {100 * args.precision:g}% on "
-          f"{min(jobs, len(allocators) * len(block_sizes))} process(es)...")
+    print(
+        f"trace: {trace.path} ({len(trace):,} requests over {trace.duration_s:,.1f} s, {native:.4g} req/s)"
+        + (f"; {note[0]}" if note else "")
+    )
+    print(
+        f"model: {base.model.name}, GPU: {base.gpu.name}, tp={base.tp}; SLOs: "
+        f"{', '.join(s.describe() for s in slos)}; target {target:g} req/s"
+    )
+    print(
+        f"searching {len(allocators) * len(block_sizes)} configuration(s) to {100 * args.precision:g}% on "
+        f"{min(jobs, len(allocators) * len(block_sizes))} process(es)..."
+    )
     status = StatusLine(enabled=False if args.quiet else None)
     data = build_report(inputs, jobs=jobs, status=status, validation_root=args.validation_dir)
     page_html, files = build_page(data, _command_line())
@@ -89,8 +108,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"{'configuration':<28} {'capacity (req/s)':>16} {'replicas':>9} {'GPUs':>6} {'probes':>7}")
     for r in data.results:
         cap = f"{r.capacity_rps:.4g}" + ("+" if r.unbounded else "")
-        print(f"{r.label:<28} {cap:>16} {r.replicas if r.replicas is not None else 'n/a':>9} "
-              f"{r.gpus if r.gpus is not None else 'n/a':>6} {len(r.probes):>7}")
+        print(
+            f"{r.label:<28} {cap:>16} {r.replicas if r.replicas is not None else 'n/a':>9} "
+            f"{r.gpus if r.gpus is not None else 'n/a':>6} {len(r.probes):>7}"
+        )
     rec = data.recommendation
     if rec is not None:
         print(f"\nrecommendation: {rec.gpus} x {gpu} ({rec.replicas} replica(s) of {rec.label}) for {target:g} req/s")
@@ -98,8 +119,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         print("\nno configuration meets the SLOs at any rate probed")
     print(f"{data.probes_run} replays in {data.wall_s:,.1f} s")
     size = os.path.getsize(output)
-    print(f"wrote {output} ({size / 1e6:.1f} MB) and {os.path.join(os.path.dirname(output), os.path.basename(directory))}/"
-          " (CSV and JSON of every chart)")
+    print(
+        f"wrote {output} ({size / 1e6:.1f} MB) and {os.path.join(os.path.dirname(output), os.path.basename(directory))}/"
+        " (CSV and JSON of every chart)"
+    )
     if args.screenshot:
         if find_chromium() is None:
             raise UserError("--screenshot needs Chromium (Debian: apt-get install chromium)")
@@ -120,13 +143,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     use_ray = args.ray is not None
     address = args.ray if args.ray not in (None, "") else None
     status = StatusLine(enabled=False if args.quiet else None)
-    run = run_sweep(spec, out, jobs=args.jobs, use_ray=use_ray, ray_address=address, status=status,
-                    fresh=args.fresh)
+    run = run_sweep(spec, out, jobs=args.jobs, use_ray=use_ray, ray_address=address, status=status, fresh=args.fresh)
     table_path = write_table(run)
     report_path = os.path.join(out, "report.html")
     write_outputs(report_path, build_sweep_page(run, table_path), {})
-    print(f"{len(run.cells)} cells: {run.computed} computed on {run.engine}, {run.resumed} resumed, "
-          f"in {run.wall_s:,.1f} s")
+    print(
+        f"{len(run.cells)} cells: {run.computed} computed on {run.engine}, {run.resumed} resumed, "
+        f"in {run.wall_s:,.1f} s"
+    )
     print(f"wrote {table_path} and {report_path}")
     return 0
 
@@ -136,51 +160,91 @@ def register(sub) -> None:
     from sim.cli import _add_replay_options
     from sim.report.capacity import DEFAULT_PRECISION
 
-    p = sub.add_parser("report", help="capacity-planning report: capacity within SLOs, GPUs for a target rate, "
-                                      "KV memory, latency (one HTML file)",
-                       description="For each allocator x block size: the highest arrival rate (the trace's arrivals "
-                                   "scaled) at which every SLO holds, found by bracketing and bisection; the "
-                                   "replicas and GPUs the target rate needs; charts; one self-contained HTML file "
-                                   "with its data beside it (<name>-data/).")
+    p = sub.add_parser(
+        "report",
+        help="capacity-planning report: capacity within SLOs, GPUs for a target rate, "
+        "KV memory, latency (one HTML file)",
+        description="For each allocator x block size: the highest arrival rate (the trace's arrivals "
+        "scaled) at which every SLO holds, found by bracketing and bisection; the "
+        "replicas and GPUs the target rate needs; charts; one self-contained HTML file "
+        "with its data beside it (<name>-data/).",
+    )
     _add_replay_options(p)
-    p.add_argument("--allocators", default="paged,contiguous-max",
-                   help=f"comma-separated allocators to compare (registered: {', '.join(REGISTRY)}; "
-                        "default: paged,contiguous-max)")
-    p.add_argument("--block-sizes", type=_int_list, metavar="N,N,...",
-                   help="block sizes to compare (block-size sensitivity); default: --block-size")
-    p.add_argument("--slo", default="ttft_p99=2s,tpot_p99=100ms",
-                   help="latency targets METRIC_pXX=DURATION, comma-separated; METRIC: ttft, tpot, e2e "
-                        "(default: %(default)s)")
-    p.add_argument("--target-rate", type=positive_float, metavar="REQ_PER_S",
-                   help="requests/s to serve in all; sets the replicas and GPUs needed (default: the trace's own "
-                        "rate)")
-    p.add_argument("--precision", type=positive_float, default=DEFAULT_PRECISION,
-                   help="relative precision of the capacity search: stop when the lowest failing rate is within "
-                        "this fraction of the highest passing one (default: %(default)g)")
-    p.add_argument("--start-rate", type=positive_float, metavar="REQ_PER_S",
-                   help="first rate the search probes (default: the trace's own rate)")
+    p.add_argument(
+        "--allocators",
+        default="paged,contiguous-max",
+        help=f"comma-separated allocators to compare (registered: {', '.join(REGISTRY)}; "
+        "default: paged,contiguous-max)",
+    )
+    p.add_argument(
+        "--block-sizes",
+        type=_int_list,
+        metavar="N,N,...",
+        help="block sizes to compare (block-size sensitivity); default: --block-size",
+    )
+    p.add_argument(
+        "--slo",
+        default="ttft_p99=2s,tpot_p99=100ms",
+        help="latency targets METRIC_pXX=DURATION, comma-separated; METRIC: ttft, tpot, e2e (default: %(default)s)",
+    )
+    p.add_argument(
+        "--target-rate",
+        type=positive_float,
+        metavar="REQ_PER_S",
+        help="requests/s to serve in all; sets the replicas and GPUs needed (default: the trace's own rate)",
+    )
+    p.add_argument(
+        "--precision",
+        type=positive_float,
+        default=DEFAULT_PRECISION,
+        help="relative precision of the capacity search: stop when the lowest failing rate is within "
+        "this fraction of the highest passing one (default: %(default)g)",
+    )
+    p.add_argument(
+        "--start-rate",
+        type=positive_float,
+        metavar="REQ_PER_S",
+        help="first rate the search probes (default: the trace's own rate)",
+    )
     p.add_argument("--first", type=positive_int, metavar="N", help="use only the trace's first N requests")
     p.add_argument("--duration", metavar="T", help="use only requests arriving in the trace's first T (e.g. 600s)")
     p.add_argument("--jobs", "-j", type=positive_int, help="local processes (default: one per core)")
-    p.add_argument("-o", "--output", metavar="HTML", help="report file (default: report.html; or --out DIR/report.html)")
+    p.add_argument(
+        "-o", "--output", metavar="HTML", help="report file (default: report.html; or --out DIR/report.html)"
+    )
     p.add_argument("--title", help="the report's title")
-    p.add_argument("--validation-dir", default=os.path.join("reports", "validation"),
-                   help="where to look for GPU validation results (validation.json; default: %(default)s)")
+    p.add_argument(
+        "--validation-dir",
+        default=os.path.join("reports", "validation"),
+        help="where to look for GPU validation results (validation.json; default: %(default)s)",
+    )
     p.add_argument("--screenshot", metavar="PNG", help="also save a PNG of the report (needs Chromium)")
     p.add_argument("--screenshot-height", type=positive_int, default=4200, help="screenshot height in pixels")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("sweep", help="a grid of replays (traces x models x GPUs x allocators x block sizes x rates) "
-                                     "-> one table and a report; resumable; local processes or Ray",
-                       description="Run the grid a TOML spec describes (see the README, 'Capacity planning'). "
-                                   "Finished cells are kept under OUT/cells/ and not recomputed by a rerun.")
+    p = sub.add_parser(
+        "sweep",
+        help="a grid of replays (traces x models x GPUs x allocators x block sizes x rates) "
+        "-> one table and a report; resumable; local processes or Ray",
+        description="Run the grid a TOML spec describes (see the README, 'Capacity planning'). "
+        "Finished cells are kept under OUT/cells/ and not recomputed by a rerun.",
+    )
     p.add_argument("spec", help="the sweep's TOML spec")
     p.add_argument("--out", help="output directory (default: runs/sweep-<name>); a rerun resumes there")
-    p.add_argument("--jobs", "-j", type=positive_int, help="local processes, or CPUs of a local Ray instance "
-                                                            "(default: one per core)")
-    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="run the cells as Ray tasks: on a new local Ray instance, or the cluster at ADDRESS "
-                        "(needs the ray extra: pip install 'kvsim[ray]')")
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=positive_int,
+        help="local processes, or CPUs of a local Ray instance (default: one per core)",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the cells as Ray tasks: on a new local Ray instance, or the cluster at ADDRESS "
+        "(needs the ray extra: pip install 'kvsim[ray]')",
+    )
     p.add_argument("--fresh", action="store_true", help="recompute every cell, ignoring finished ones")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)

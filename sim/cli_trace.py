@@ -20,11 +20,17 @@ def add_read_options(p: argparse.ArgumentParser, rate_flag: str = "--rate") -> N
     """Options that say how to read a trace file (shared by the trace subcommands)."""
     p.add_argument("trace", help="trace file (format detected from its header or first JSON record)")
     p.add_argument("--format", choices=sorted(READERS), help="force the trace format")
-    p.add_argument(rate_flag, dest="rate", type=positive_float, metavar="REQ_PER_S",
-                   help="length-only traces: requests/s of the Poisson arrivals to generate")
+    p.add_argument(
+        rate_flag,
+        dest="rate",
+        type=positive_float,
+        metavar="REQ_PER_S",
+        help="length-only traces: requests/s of the Poisson arrivals to generate",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of those arrivals (default: 0)")
-    p.add_argument("--model-filter", metavar="MODEL", help="BurstGPT traces: keep only this model's rows "
-                                                           "(e.g. ChatGPT, GPT-4)")
+    p.add_argument(
+        "--model-filter", metavar="MODEL", help="BurstGPT traces: keep only this model's rows (e.g. ChatGPT, GPT-4)"
+    )
 
 
 def load(args: argparse.Namespace) -> Trace:
@@ -32,8 +38,12 @@ def load(args: argparse.Namespace) -> Trace:
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", required=True,
-                   help="file to write: native CSV, or Mooncake JSONL when it ends in .jsonl; '-' for stdout")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="file to write: native CSV, or Mooncake JSONL when it ends in .jsonl; '-' for stdout",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
 
@@ -44,8 +54,10 @@ def _write(trace: Trace, args: argparse.Namespace) -> None:
     if path != "-" and os.path.isdir(path):
         raise UserError(f"{path} is a directory; give a file name")
     written = write_trace(trace, path)
-    message = (f"wrote {path}: {len(trace):,} requests over {trace.duration_s:,.1f} s "
-               f"({'Mooncake JSONL' if written == 'mooncake' else 'native CSV'})")
+    message = (
+        f"wrote {path}: {len(trace):,} requests over {trace.duration_s:,.1f} s "
+        f"({'Mooncake JSONL' if written == 'mooncake' else 'native CSV'})"
+    )
     print(message, file=sys.stderr if path == "-" else sys.stdout)
 
 
@@ -59,10 +71,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.count is not None and args.duration is not None:
         raise UserError("give --count or --duration, not both")
     duration = _seconds(args.duration) if args.duration is not None else None
-    trace = generate(args.lengths, rate=args.rate, count=args.count, duration_s=duration,
-                     arrival_process=args.arrivals, cv=args.cv, seed=args.seed, prefix_groups=args.prefix_groups,
-                     prefix_tokens=args.prefix_tokens, prefix_fraction=args.prefix_fraction, n=args.n,
-                     beam_width=args.beam_width, path=args.output)
+    trace = generate(
+        args.lengths,
+        rate=args.rate,
+        count=args.count,
+        duration_s=duration,
+        arrival_process=args.arrivals,
+        cv=args.cv,
+        seed=args.seed,
+        prefix_groups=args.prefix_groups,
+        prefix_tokens=args.prefix_tokens,
+        prefix_fraction=args.prefix_fraction,
+        n=args.n,
+        beam_width=args.beam_width,
+        path=args.output,
+    )
     if len(trace) == 0:
         raise UserError("no request arrives within --duration; raise --rate or --duration")
     _write(trace, args)
@@ -82,9 +105,14 @@ def cmd_slice(args: argparse.Namespace) -> int:
     if args.start is None and args.end is None and args.first is None and not args.skip:
         raise UserError("say what to keep: --start/--end (a time window), --first N and/or --skip N")
     trace = load(args)
-    out = slice_trace(trace, start_s=_seconds(args.start) if args.start is not None else None,
-                      end_s=_seconds(args.end) if args.end is not None else None, first=args.first, skip=args.skip,
-                      rebase=not args.keep_times)
+    out = slice_trace(
+        trace,
+        start_s=_seconds(args.start) if args.start is not None else None,
+        end_s=_seconds(args.end) if args.end is not None else None,
+        first=args.first,
+        skip=args.skip,
+        rebase=not args.keep_times,
+    )
     _write(out, args)
     return 0
 
@@ -99,25 +127,44 @@ def register(sub) -> None:
     trace = sub.add_parser("trace", help="generate, inspect, slice and scale traces")
     tsub = trace.add_subparsers(dest="trace_command", required=True, metavar="TRACE_COMMAND")
 
-    p = tsub.add_parser("generate", help="a seeded synthetic trace (native CSV)",
-                        description="Write a seeded synthetic trace. Arrivals: Poisson, or gamma with --cv; lengths: "
-                                    "a named distribution or resampled from a trace. Example: sim trace generate "
-                                    "--lengths sharegpt --rate 2 --count 1000 --seed 0 -o sharegpt-1k.csv")
+    p = tsub.add_parser(
+        "generate",
+        help="a seeded synthetic trace (native CSV)",
+        description="Write a seeded synthetic trace. Arrivals: Poisson, or gamma with --cv; lengths: "
+        "a named distribution or resampled from a trace. Example: sim trace generate "
+        "--lengths sharegpt --rate 2 --count 1000 --seed 0 -o sharegpt-1k.csv",
+    )
     p.add_argument("--lengths", default="sharegpt", help=f"length distribution: {LENGTHS_HELP} (default: sharegpt)")
-    p.add_argument("--arrivals", choices=["poisson", "gamma"], default="poisson",
-                   help="arrival process (default: poisson)")
-    p.add_argument("--cv", type=positive_float,
-                   help="gamma arrivals: coefficient of variation of the gaps (burstiness; 1 = Poisson)")
+    p.add_argument(
+        "--arrivals", choices=["poisson", "gamma"], default="poisson", help="arrival process (default: poisson)"
+    )
+    p.add_argument(
+        "--cv",
+        type=positive_float,
+        help="gamma arrivals: coefficient of variation of the gaps (burstiness; 1 = Poisson)",
+    )
     p.add_argument("--rate", type=positive_float, default=1.0, help="mean requests/s (default: 1)")
     p.add_argument("--count", type=positive_int, help="number of requests")
     p.add_argument("--duration", help="generate arrivals for this long instead, e.g. 600 or 10min")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--prefix-groups", type=non_negative_int, default=0,
-                   help="number of shared-prefix groups (with --prefix-tokens)")
-    p.add_argument("--prefix-tokens", type=non_negative_int, default=0,
-                   help="tokens of each group's shared prefix, put in front of the sampled prompt")
-    p.add_argument("--prefix-fraction", type=positive_float, default=1.0,
-                   help="fraction of requests that join a group (default: 1)")
+    p.add_argument(
+        "--prefix-groups",
+        type=non_negative_int,
+        default=0,
+        help="number of shared-prefix groups (with --prefix-tokens)",
+    )
+    p.add_argument(
+        "--prefix-tokens",
+        type=non_negative_int,
+        default=0,
+        help="tokens of each group's shared prefix, put in front of the sampled prompt",
+    )
+    p.add_argument(
+        "--prefix-fraction",
+        type=positive_float,
+        default=1.0,
+        help="fraction of requests that join a group (default: 1)",
+    )
     p.add_argument("--n", type=positive_int, help="add an n column (parallel samples per request)")
     p.add_argument("--beam-width", type=positive_int, help="add a beam_width column")
     _add_output(p)
@@ -128,10 +175,13 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=cmd_stats)
 
-    p = tsub.add_parser("slice", help="a time window and/or the first N requests of a trace",
-                        description="Keep the requests arriving in [--start, --end) (seconds after the first arrival), "
-                                    "then drop --skip of them and keep --first. Times are shifted so the window starts "
-                                    "at 0 unless --keep-times.")
+    p = tsub.add_parser(
+        "slice",
+        help="a time window and/or the first N requests of a trace",
+        description="Keep the requests arriving in [--start, --end) (seconds after the first arrival), "
+        "then drop --skip of them and keep --first. Times are shifted so the window starts "
+        "at 0 unless --keep-times.",
+    )
     add_read_options(p)
     p.add_argument("--start", help="window start after the first arrival, e.g. 600 or 10min")
     p.add_argument("--end", help="window end (exclusive) after the first arrival")
@@ -145,7 +195,8 @@ def register(sub) -> None:
     add_read_options(p)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--factor", type=positive_float, help="arrival-rate multiplier, e.g. 2 = twice as fast")
-    group.add_argument("--to-rate", type=positive_float, metavar="REQ_PER_S",
-                       help="target mean arrival rate, (rows - 1) / duration")
+    group.add_argument(
+        "--to-rate", type=positive_float, metavar="REQ_PER_S", help="target mean arrival rate, (rows - 1) / duration"
+    )
     _add_output(p)
     p.set_defaults(func=cmd_scale)

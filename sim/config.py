@@ -65,31 +65,65 @@ def _model(name, layers, hidden, heads, kv_heads, head, inter, vocab, params, ma
 
 
 # Shapes from each model's published config.json; parameter counts as published by the model authors.
-MODELS: dict[str, ModelSpec] = {m.name: m for m in (
-    _model("opt-13b", 40, 5120, 40, 40, 128, 20480, 50272, 12_853_473_280, 2048, src="facebook/opt-13b"),
-    _model("llama-2-7b", 32, 4096, 32, 32, 128, 11008, 32000, 6_738_415_616, 4096, src="meta-llama/Llama-2-7b-hf"),
-    _model("llama-2-13b", 40, 5120, 40, 40, 128, 13824, 32000, 13_015_864_320, 4096, src="meta-llama/Llama-2-13b-hf"),
-    _model("llama-2-70b", 80, 8192, 64, 8, 128, 28672, 32000, 68_976_648_192, 4096, src="meta-llama/Llama-2-70b-hf"),
-    _model("llama-3-8b", 32, 4096, 32, 8, 128, 14336, 128256, 8_030_261_248, 8192, "bf16", "meta-llama/Meta-Llama-3-8B"),
-    _model("llama-3-70b", 80, 8192, 64, 8, 128, 28672, 128256, 70_553_706_496, 8192, "bf16",
-           "meta-llama/Meta-Llama-3-70B"),
-    _model("mistral-7b", 32, 4096, 32, 8, 128, 14336, 32000, 7_241_732_096, 32768, "bf16",
-           "mistralai/Mistral-7B-v0.3"),
-)}
+MODELS: dict[str, ModelSpec] = {
+    m.name: m
+    for m in (
+        _model("opt-13b", 40, 5120, 40, 40, 128, 20480, 50272, 12_853_473_280, 2048, src="facebook/opt-13b"),
+        _model("llama-2-7b", 32, 4096, 32, 32, 128, 11008, 32000, 6_738_415_616, 4096, src="meta-llama/Llama-2-7b-hf"),
+        _model(
+            "llama-2-13b", 40, 5120, 40, 40, 128, 13824, 32000, 13_015_864_320, 4096, src="meta-llama/Llama-2-13b-hf"
+        ),
+        _model(
+            "llama-2-70b", 80, 8192, 64, 8, 128, 28672, 32000, 68_976_648_192, 4096, src="meta-llama/Llama-2-70b-hf"
+        ),
+        _model(
+            "llama-3-8b", 32, 4096, 32, 8, 128, 14336, 128256, 8_030_261_248, 8192, "bf16", "meta-llama/Meta-Llama-3-8B"
+        ),
+        _model(
+            "llama-3-70b",
+            80,
+            8192,
+            64,
+            8,
+            128,
+            28672,
+            128256,
+            70_553_706_496,
+            8192,
+            "bf16",
+            "meta-llama/Meta-Llama-3-70B",
+        ),
+        _model(
+            "mistral-7b", 32, 4096, 32, 8, 128, 14336, 32000, 7_241_732_096, 32768, "bf16", "mistralai/Mistral-7B-v0.3"
+        ),
+    )
+}
 
 GiB = 2**30
 # Vendor datasheets: memory as the driver reports it, peak HBM bandwidth, dense (no sparsity) bf16 tensor throughput.
-GPUS: dict[str, GpuSpec] = {g.name: g for g in (
-    GpuSpec("a100-40gb", 40 * GiB, 1.555e12, 312e12, "NVIDIA A100 datasheet (SXM4 40GB)"),
-    GpuSpec("a100-80gb", 80 * GiB, 2.039e12, 312e12, "NVIDIA A100 datasheet (SXM4 80GB)"),
-    GpuSpec("h100-80gb", 80 * GiB, 3.35e12, 989.4e12, "NVIDIA H100 datasheet (SXM5)"),
-    GpuSpec("h200", 141 * 10**9, 4.8e12, 989.4e12, "NVIDIA H200 datasheet (SXM)"),
-    GpuSpec("l40s", 48 * 10**9, 0.864e12, 362.05e12, "NVIDIA L40S datasheet"),
-)}
+GPUS: dict[str, GpuSpec] = {
+    g.name: g
+    for g in (
+        GpuSpec("a100-40gb", 40 * GiB, 1.555e12, 312e12, "NVIDIA A100 datasheet (SXM4 40GB)"),
+        GpuSpec("a100-80gb", 80 * GiB, 2.039e12, 312e12, "NVIDIA A100 datasheet (SXM4 80GB)"),
+        GpuSpec("h100-80gb", 80 * GiB, 3.35e12, 989.4e12, "NVIDIA H100 datasheet (SXM5)"),
+        GpuSpec("h200", 141 * 10**9, 4.8e12, 989.4e12, "NVIDIA H200 datasheet (SXM)"),
+        GpuSpec("l40s", 48 * 10**9, 0.864e12, 362.05e12, "NVIDIA L40S datasheet"),
+    )
+}
 
 _MODEL_KEYS = {
-    "layers": int, "hidden": int, "heads": int, "kv_heads": int, "head_size": int, "intermediate": int,
-    "vocab": int, "params": float, "max_len": int, "kv_dtype": str, "name": str,
+    "layers": int,
+    "hidden": int,
+    "heads": int,
+    "kv_heads": int,
+    "head_size": int,
+    "intermediate": int,
+    "vocab": int,
+    "params": float,
+    "max_len": int,
+    "kv_dtype": str,
+    "name": str,
 }
 
 
@@ -100,8 +134,10 @@ def resolve_model(text: str, max_model_len: int | None = None) -> ModelSpec:
     elif text in MODELS:
         spec = MODELS[text]
     else:
-        raise UserError(f"unknown model {text!r}; presets: {', '.join(MODELS)} "
-                        f"(or give dimensions: layers=..,kv_heads=..,head_size=..,params=..,max_len=..)")
+        raise UserError(
+            f"unknown model {text!r}; presets: {', '.join(MODELS)} "
+            f"(or give dimensions: layers=..,kv_heads=..,head_size=..,params=..,max_len=..)"
+        )
     if max_model_len is not None:
         if max_model_len < 2:
             raise UserError(f"--max-model-len must be at least 2, got {max_model_len}")
@@ -135,11 +171,20 @@ def _model_from_dims(text: str) -> ModelSpec:
     if heads % int(values["kv_heads"]):
         raise UserError("heads must be a multiple of kv_heads")
     return ModelSpec(
-        name=str(values.get("name", "custom")), num_layers=int(values["layers"]), hidden_size=hidden,
-        num_q_heads=heads, num_kv_heads=int(values["kv_heads"]), head_size=head_size,
-        intermediate_size=int(values.get("intermediate", 4 * hidden)), vocab_size=int(values.get("vocab", 32000)),
-        num_params=int(float(values["params"])), max_model_len=int(values["max_len"]), kv_dtype=kv_dtype,
-        weight_dtype="bf16", source="command line")
+        name=str(values.get("name", "custom")),
+        num_layers=int(values["layers"]),
+        hidden_size=hidden,
+        num_q_heads=heads,
+        num_kv_heads=int(values["kv_heads"]),
+        head_size=head_size,
+        intermediate_size=int(values.get("intermediate", 4 * hidden)),
+        vocab_size=int(values.get("vocab", 32000)),
+        num_params=int(float(values["params"])),
+        max_model_len=int(values["max_len"]),
+        kv_dtype=kv_dtype,
+        weight_dtype="bf16",
+        source="command line",
+    )
 
 
 def resolve_gpu(name: str) -> GpuSpec:
@@ -175,11 +220,12 @@ def activation_reserve_bytes(model: ModelSpec, engine: EngineConfig, tp: int = 1
     max_num_seqs sequences. This is the figure vLLM measures by profiling a dummy batch; we compute it.
     """
     tokens = engine.batched_tokens_limit(model)
-    per_token = (2 * model.hidden_size
-                 + (model.num_q_heads + 2 * model.num_kv_heads) * model.head_size // tp
-                 + 3 * model.intermediate_size // tp)
-    return (tokens * per_token * ACTIVATION_DTYPE_BYTES
-            + engine.max_num_seqs * model.vocab_size * LOGITS_DTYPE_BYTES)
+    per_token = (
+        2 * model.hidden_size
+        + (model.num_q_heads + 2 * model.num_kv_heads) * model.head_size // tp
+        + 3 * model.intermediate_size // tp
+    )
+    return tokens * per_token * ACTIVATION_DTYPE_BYTES + engine.max_num_seqs * model.vocab_size * LOGITS_DTYPE_BYTES
 
 
 @dataclass(frozen=True)
@@ -208,13 +254,22 @@ class KVBudget:
     def describe(self, model: ModelSpec) -> str:
         """'KV cache: 983 blocks x 16 tokens = 15,728 tokens (12.00 GiB); max concurrency at 2,048 tokens ...'"""
         concurrency = self.capacity_tokens / model.max_model_len
-        return (f"KV cache: {self.num_blocks:,} blocks x {self.block_size} tokens = {self.capacity_tokens:,} tokens "
-                f"({format_bytes(self.capacity_bytes)}); max concurrency at {model.max_model_len:,} tokens per "
-                f"request: {concurrency:.2f}x")
+        return (
+            f"KV cache: {self.num_blocks:,} blocks x {self.block_size} tokens = {self.capacity_tokens:,} tokens "
+            f"({format_bytes(self.capacity_bytes)}); max concurrency at {model.max_model_len:,} tokens per "
+            f"request: {concurrency:.2f}x"
+        )
 
 
-def kv_budget(model: ModelSpec, gpu: GpuSpec | None, block_size: int = 16, kv_memory: int | None = None,
-              gpu_memory_utilization: float = 0.9, tp: int = 1, engine: EngineConfig = EngineConfig()) -> KVBudget:
+def kv_budget(
+    model: ModelSpec,
+    gpu: GpuSpec | None,
+    block_size: int = 16,
+    kv_memory: int | None = None,
+    gpu_memory_utilization: float = 0.9,
+    tp: int = 1,
+    engine: EngineConfig = EngineConfig(),
+) -> KVBudget:
     """KV blocks per GPU, from --kv-memory or derived the way vLLM does it."""
     if block_size <= 0:
         raise UserError(f"--block-size must be a positive number of tokens, got {block_size}")
@@ -233,8 +288,11 @@ def kv_budget(model: ModelSpec, gpu: GpuSpec | None, block_size: int = 16, kv_me
             raise UserError(f"--gpu-memory-utilization must be in (0, 1], got {gpu_memory_utilization}")
         usable = int(gpu.memory_bytes * gpu_memory_utilization)
         breakdown = {
-            "gpu_memory": gpu.memory_bytes, "usable": usable, "weights": model.weight_bytes(tp),
-            "activations": activation_reserve_bytes(model, engine, tp), "runtime": RUNTIME_OVERHEAD_BYTES,
+            "gpu_memory": gpu.memory_bytes,
+            "usable": usable,
+            "weights": model.weight_bytes(tp),
+            "activations": activation_reserve_bytes(model, engine, tp),
+            "runtime": RUNTIME_OVERHEAD_BYTES,
         }
         requested = usable - breakdown["weights"] - breakdown["activations"] - breakdown["runtime"]
         breakdown["kv"] = requested
@@ -243,11 +301,14 @@ def kv_budget(model: ModelSpec, gpu: GpuSpec | None, block_size: int = 16, kv_me
             raise UserError(
                 f"{model.name} does not fit on {gpu.name} with tp={tp}: usable {format_bytes(usable)} - weights "
                 f"{format_bytes(breakdown['weights'])} - activations {format_bytes(breakdown['activations'])} - "
-                f"runtime {format_bytes(RUNTIME_OVERHEAD_BYTES)} leaves no KV cache; try a larger --tp")
+                f"runtime {format_bytes(RUNTIME_OVERHEAD_BYTES)} leaves no KV cache; try a larger --tp"
+            )
     num_blocks = requested // (per_token * block_size)
     if num_blocks <= 0:
-        raise UserError(f"KV memory {format_bytes(requested)} holds no {block_size}-token block "
-                        f"({format_bytes(per_token * block_size)} each)")
+        raise UserError(
+            f"KV memory {format_bytes(requested)} holds no {block_size}-token block "
+            f"({format_bytes(per_token * block_size)} each)"
+        )
     return KVBudget(block_size, int(num_blocks), per_token, int(requested), source, breakdown)
 
 

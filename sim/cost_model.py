@@ -76,28 +76,45 @@ class RooflineCostModel:
         are bit-identical (tests/test_cost_model.py compares them)."""
         if rounds <= 0:
             return []
-        weight, kv, bw, rate, overhead = (self.weight_bytes, self.kv_bytes_per_token, self.bandwidth, self.flop_rate,
-                                          self.step_overhead_s)
+        weight, kv, bw, rate, overhead = (
+            self.weight_bytes,
+            self.kv_bytes_per_token,
+            self.bandwidth,
+            self.flop_rate,
+            self.step_overhead_s,
+        )
         seq_flops, pair_flops = self.flops_per_token * num_seqs, self.flops_per_pair
         last = first_context + num_seqs * (rounds - 1)
         margin = 1 + 1e-9
-        if all((weight + (c + num_seqs) * kv) / bw > (seq_flops + pair_flops * c) / rate * margin
-               for c in (first_context, last)):
+        if all(
+            (weight + (c + num_seqs) * kv) / bw > (seq_flops + pair_flops * c) / rate * margin
+            for c in (first_context, last)
+        ):
             # Memory-bound at both ends by far more than rounding error: before rounding both terms are affine in
             # the context, so the memory term is the larger at every context in between too, and max() would pick
             # it. Only it is computed (the same integer, divided the same way).
             first_bytes, step = weight + (first_context + num_seqs) * kv, num_seqs * kv
             return [b / bw + overhead for b in range(first_bytes, first_bytes + step * rounds, step)]
-        return [max((weight + (c + num_seqs) * kv) / bw, (seq_flops + pair_flops * c) / rate) + overhead
-                for c in range(first_context, last + 1, num_seqs)]
+        return [
+            max((weight + (c + num_seqs) * kv) / bw, (seq_flops + pair_flops * c) / rate) + overhead
+            for c in range(first_context, last + 1, num_seqs)
+        ]
 
     def step_time(self, batch: Batch) -> float:
-        return self.time(batch.num_batched_tokens, batch.decode_context_tokens + batch.prefill_context_tokens,
-                         batch.decode_context_tokens + batch.prefill_attention_pairs)
+        return self.time(
+            batch.num_batched_tokens,
+            batch.decode_context_tokens + batch.prefill_context_tokens,
+            batch.decode_context_tokens + batch.prefill_attention_pairs,
+        )
 
     def describe(self) -> dict:
         return {
-            "kind": "roofline", "gpu": self.gpu.name, "hbm_bandwidth_bytes_per_s": self.gpu.hbm_bandwidth,
-            "bf16_flops_per_s": self.gpu.bf16_flops, "bandwidth_efficiency": self.bandwidth_efficiency,
-            "flops_efficiency": self.flops_efficiency, "step_overhead_s": self.step_overhead_s, "tp": self.tp,
+            "kind": "roofline",
+            "gpu": self.gpu.name,
+            "hbm_bandwidth_bytes_per_s": self.gpu.hbm_bandwidth,
+            "bf16_flops_per_s": self.gpu.bf16_flops,
+            "bandwidth_efficiency": self.bandwidth_efficiency,
+            "flops_efficiency": self.flops_efficiency,
+            "step_overhead_s": self.step_overhead_s,
+            "tp": self.tp,
         }

@@ -112,8 +112,11 @@ class DecodeCorrection:
     ratios: list[list[float]]  # per batch size and context: measured / formula
 
     def __post_init__(self) -> None:
-        if not self.batch_sizes or len(self.contexts) != len(self.batch_sizes) \
-                or len(self.ratios) != len(self.batch_sizes):
+        if (
+            not self.batch_sizes
+            or len(self.contexts) != len(self.batch_sizes)
+            or len(self.ratios) != len(self.batch_sizes)
+        ):
             raise ValueError("decode correction: one row of contexts and ratios per batch size")
         if any(b <= a for a, b in zip(self.batch_sizes, self.batch_sizes[1:])):
             raise ValueError("decode correction: batch sizes must ascend")
@@ -123,8 +126,10 @@ class DecodeCorrection:
             if not all(math.isfinite(r) and r > 0 for r in ys):
                 raise ValueError("decode correction: ratios must be finite and positive")
         self._sizes = np.array(self.batch_sizes, dtype=np.float64)
-        self._rows = [(np.array(xs, dtype=np.float64), np.array(ys, dtype=np.float64))
-                      for xs, ys in zip(self.contexts, self.ratios)]
+        self._rows = [
+            (np.array(xs, dtype=np.float64), np.array(ys, dtype=np.float64))
+            for xs, ys in zip(self.contexts, self.ratios)
+        ]
 
     def ratios_at(self, num_seqs: np.ndarray, context_tokens: np.ndarray) -> np.ndarray:
         """The ratio for batches of num_seqs sequences reading context_tokens in all (arrays of one shape). Element by
@@ -141,7 +146,7 @@ class DecodeCorrection:
         return along[lo, cols] * (1.0 - frac) + along[hi, cols] * frac
 
     @classmethod
-    def from_samples(cls, samples: list[dict], formula_s: np.ndarray) -> "DecodeCorrection | None":
+    def from_samples(cls, samples: list[dict], formula_s: np.ndarray) -> DecodeCorrection | None:
         """From the samples of kind "decode" (calibration's uniform decode points: `decode_seqs` sequences reading
         `decode_context` tokens in all) and the formula's time for every sample; None without any such sample."""
         rows: dict[int, dict[float, float]] = {}
@@ -156,13 +161,19 @@ class DecodeCorrection:
         return cls(sizes, [sorted(rows[n]) for n in sizes], [[rows[n][c] for c in sorted(rows[n])] for n in sizes])
 
     def to_dict(self) -> dict:
-        return {"batch_sizes": list(self.batch_sizes), "contexts": [list(r) for r in self.contexts],
-                "ratios": [list(r) for r in self.ratios]}
+        return {
+            "batch_sizes": list(self.batch_sizes),
+            "contexts": [list(r) for r in self.contexts],
+            "ratios": [list(r) for r in self.ratios],
+        }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DecodeCorrection":
-        return cls([int(b) for b in data["batch_sizes"]], [[float(c) for c in r] for r in data["contexts"]],
-                   [[float(v) for v in r] for r in data["ratios"]])
+    def from_dict(cls, data: dict) -> DecodeCorrection:
+        return cls(
+            [int(b) for b in data["batch_sizes"]],
+            [[float(c) for c in r] for r in data["contexts"]],
+            [[float(v) for v in r] for r in data["ratios"]],
+        )
 
 
 @dataclass
@@ -179,7 +190,7 @@ class ProfileCostModel:
     samples: list[dict] = field(default_factory=list)  # what it was fitted to (features + time_s)
     path: str | None = None
 
-    decode_correction: "DecodeCorrection | None" = None  # decode-only iterations: measured / formula (see there)
+    decode_correction: DecodeCorrection | None = None  # decode-only iterations: measured / formula (see there)
 
     def __post_init__(self) -> None:
         if len(self.knots) != len(self.c_knots):
@@ -209,9 +220,17 @@ class ProfileCostModel:
 
     def formula_time_of(self, features: dict) -> float:
         """Seconds for an iteration with these features (keys as `batch_features` returns), by the formula alone."""
-        return float(self._eval(features["tokens"], features["prefill_pairs"], features["decode_context"],
-                                features["decode_seqs"], features["prefill_seqs"], features["has_prefill"],
-                                features["has_decode"]))
+        return float(
+            self._eval(
+                features["tokens"],
+                features["prefill_pairs"],
+                features["decode_context"],
+                features["decode_seqs"],
+                features["prefill_seqs"],
+                features["has_prefill"],
+                features["has_decode"],
+            )
+        )
 
     def time_of(self, features: dict) -> float:
         """Seconds for an iteration with these features: the formula, times the decode correction on decode-only
@@ -220,8 +239,9 @@ class ProfileCostModel:
         n = features["decode_seqs"]
         if self.decode_correction is None or features["has_prefill"] or n <= 0:
             return t
-        ratio = self.decode_correction.ratios_at(np.array([n], dtype=np.int64),
-                                                  np.array([features["decode_context"]], dtype=np.int64))
+        ratio = self.decode_correction.ratios_at(
+            np.array([n], dtype=np.int64), np.array([features["decode_context"]], dtype=np.int64)
+        )
         return t * float(ratio[0])
 
     def step_time(self, batch: Batch) -> float:
@@ -240,25 +260,43 @@ class ProfileCostModel:
         return t * self.decode_correction.ratios_at(n, ctx)
 
     def describe(self) -> dict:
-        return {"kind": "profile", "file": self.path, "formula": "see sim.cost_profile", "c0_s": self.c0,
-                "c_tokens_s": self.c_tokens, "knots": list(self.knots), "c_knots_s": list(self.c_knots),
-                "coefficients_s": dict(self.coefficients),
-                "decode_correction": self.decode_correction.to_dict() if self.decode_correction else None,
-                "fit": dict(self.fit), "meta": dict(self.meta)}
+        return {
+            "kind": "profile",
+            "file": self.path,
+            "formula": "see sim.cost_profile",
+            "c0_s": self.c0,
+            "c_tokens_s": self.c_tokens,
+            "knots": list(self.knots),
+            "c_knots_s": list(self.c_knots),
+            "coefficients_s": dict(self.coefficients),
+            "decode_correction": self.decode_correction.to_dict() if self.decode_correction else None,
+            "fit": dict(self.fit),
+            "meta": dict(self.meta),
+        }
 
     # --- files ---------------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"kind": PROFILE_KIND, "version": PROFILE_VERSION, "c0": self.c0, "c_tokens": self.c_tokens,
-                "knots": list(self.knots), "c_knots": list(self.c_knots), "coefficients": dict(self.coefficients),
-                "decode_correction": self.decode_correction.to_dict() if self.decode_correction else None,
-                "meta": self.meta, "fit": self.fit, "samples": self.samples}
+        return {
+            "kind": PROFILE_KIND,
+            "version": PROFILE_VERSION,
+            "c0": self.c0,
+            "c_tokens": self.c_tokens,
+            "knots": list(self.knots),
+            "c_knots": list(self.c_knots),
+            "coefficients": dict(self.coefficients),
+            "decode_correction": self.decode_correction.to_dict() if self.decode_correction else None,
+            "meta": self.meta,
+            "fit": self.fit,
+            "samples": self.samples,
+        }
 
     @classmethod
-    def from_dict(cls, data: dict, path: str | None = None) -> "ProfileCostModel":
+    def from_dict(cls, data: dict, path: str | None = None) -> ProfileCostModel:
         where = path or "cost profile"
         if not isinstance(data, dict) or data.get("kind") != PROFILE_KIND:
-            raise UserError(f"{where}: not a cost profile (expected \"kind\": \"{PROFILE_KIND}\"; write one with "
-                            f"`sim calibrate`)")
+            raise UserError(
+                f'{where}: not a cost profile (expected "kind": "{PROFILE_KIND}"; write one with `sim calibrate`)'
+            )
         if data.get("version") != PROFILE_VERSION:
             raise UserError(f"{where}: profile version {data.get('version')!r}, this sim reads {PROFILE_VERSION}")
         try:
@@ -266,15 +304,23 @@ class ProfileCostModel:
             if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in numbers):
                 raise ValueError("coefficients must be finite non-negative numbers")
             correction = data.get("decode_correction")  # absent from profiles written before it existed
-            return cls(float(data["c0"]), float(data["c_tokens"]), [int(k) for k in data["knots"]],
-                       [float(c) for c in data["c_knots"]], {k: float(v) for k, v in data["coefficients"].items()},
-                       dict(data.get("meta", {})), dict(data.get("fit", {})), list(data.get("samples", [])), path,
-                       DecodeCorrection.from_dict(correction) if correction is not None else None)
+            return cls(
+                float(data["c0"]),
+                float(data["c_tokens"]),
+                [int(k) for k in data["knots"]],
+                [float(c) for c in data["c_knots"]],
+                {k: float(v) for k, v in data["coefficients"].items()},
+                dict(data.get("meta", {})),
+                dict(data.get("fit", {})),
+                list(data.get("samples", [])),
+                path,
+                DecodeCorrection.from_dict(correction) if correction is not None else None,
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UserError(f"{where}: malformed cost profile: {exc}") from None
 
     @classmethod
-    def load(cls, path: str) -> "ProfileCostModel":
+    def load(cls, path: str) -> ProfileCostModel:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -308,9 +354,15 @@ def fit_profile(samples: list[dict], knots: list[int] | None = None, meta: dict 
     y = np.array([float(s["time_s"]) for s in samples])
     w = 1.0 / y
     x = nnls(a * w[:, None], y * w)
-    c0, c_tokens, c_knots, rest = float(x[0]), float(x[1]), [float(v) for v in x[2:2 + len(knots)]], x[2 + len(knots):]
-    model = ProfileCostModel(c0, c_tokens, list(knots), c_knots, {f: float(v) for f, v in zip(FEATURES, rest)},
-                             meta or {}, {}, list(samples))
+    c0, c_tokens, c_knots, rest = (
+        float(x[0]),
+        float(x[1]),
+        [float(v) for v in x[2 : 2 + len(knots)]],
+        x[2 + len(knots) :],
+    )
+    model = ProfileCostModel(
+        c0, c_tokens, list(knots), c_knots, {f: float(v) for f, v in zip(FEATURES, rest)}, meta or {}, {}, list(samples)
+    )
     formula = np.array([model.formula_time_of(s) for s in samples])
     model.decode_correction = DecodeCorrection.from_samples(samples, formula)
     pred = np.array([model.time_of(s) for s in samples])
@@ -318,11 +370,16 @@ def fit_profile(samples: list[dict], knots: list[int] | None = None, meta: dict 
     ss_res = float(((pred - y) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
     formula_rel = np.abs((formula - y) / y)
-    model.fit = {"samples": len(samples), "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0,
-                 "median_abs_rel_error": float(np.median(np.abs(rel))), "max_abs_rel_error": float(np.abs(rel).max()),
-                 "formula_median_abs_rel_error": float(np.median(formula_rel)),
-                 "formula_max_abs_rel_error": float(formula_rel.max()),
-                 "decode_points_corrected": 0 if model.decode_correction is None else
-                 sum(len(c) for c in model.decode_correction.contexts),
-                 "weighting": "relative (rows weighted by 1 / measured time)"}
+    model.fit = {
+        "samples": len(samples),
+        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0,
+        "median_abs_rel_error": float(np.median(np.abs(rel))),
+        "max_abs_rel_error": float(np.abs(rel).max()),
+        "formula_median_abs_rel_error": float(np.median(formula_rel)),
+        "formula_max_abs_rel_error": float(formula_rel.max()),
+        "decode_points_corrected": 0
+        if model.decode_correction is None
+        else sum(len(c) for c in model.decode_correction.contexts),
+        "weighting": "relative (rows weighted by 1 / measured time)",
+    }
     return model

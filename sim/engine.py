@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import gc
 from bisect import bisect_left
+from collections.abc import Callable
 from itertools import accumulate
-from typing import Callable
 
 import numpy as np
 import simpy
@@ -57,8 +57,16 @@ class Engine:
     on its own. Every record is exactly what the step-by-step run (fast_forward=False) writes.
     """
 
-    def __init__(self, trace: Trace, scheduler: Scheduler, cost_model: CostModel, bytes_per_token: int,
-                 max_model_len: int, progress: ProgressCallback | None = None, fast_forward: bool = True):
+    def __init__(
+        self,
+        trace: Trace,
+        scheduler: Scheduler,
+        cost_model: CostModel,
+        bytes_per_token: int,
+        max_model_len: int,
+        progress: ProgressCallback | None = None,
+        fast_forward: bool = True,
+    ):
         self.trace = trace
         self.scheduler = scheduler
         self.allocator: KVAllocator = scheduler.allocator
@@ -93,8 +101,9 @@ class Engine:
 
     def _reject_reason(self, prompt: int, output: int) -> str | None:
         if prompt + output > self.max_model_len:
-            return (f"prompt + output = {prompt + output:,} tokens exceeds the max model length of "
-                    f"{self.max_model_len:,}")
+            return (
+                f"prompt + output = {prompt + output:,} tokens exceeds the max model length of {self.max_model_len:,}"
+            )
         return self.allocator.never_fits(prompt + output - 1)
 
     def _take_arrivals(self, now: float) -> None:
@@ -111,8 +120,17 @@ class Engine:
                 self.requests.rejection[i] = reason
                 self._count_done(1)
                 continue
-            self.scheduler.add(Sequence(i, p, o, float(arrival[i]), num_branches=int(self.num_branches[i]),
-                                        beam=bool(self.beam[i]), content=content_of(trace, i)))
+            self.scheduler.add(
+                Sequence(
+                    i,
+                    p,
+                    o,
+                    float(arrival[i]),
+                    num_branches=int(self.num_branches[i]),
+                    beam=bool(self.beam[i]),
+                    content=content_of(trace, i),
+                )
+            )
 
     def _count_done(self, n: int) -> None:
         self._done += n
@@ -160,8 +178,9 @@ class Engine:
                     req.preemptions[seq.seq_id] += 1
                 seq = sched.waiting.popleft()
                 how = "completed even alone in" if batch.preempted else "placed even in an empty"
-                req.rejection[seq.seq_id] = (f"cannot be {how} KV cache ({seq.num_branches} sequences of up to "
-                                             f"{seq.final_len:,} tokens)")
+                req.rejection[seq.seq_id] = (
+                    f"cannot be {how} KV cache ({seq.num_branches} sequences of up to {seq.final_len:,} tokens)"
+                )
                 self._count_done(1)
                 continue
             mem = alloc.memory(sched.next_waiting_final_len())
@@ -172,7 +191,9 @@ class Engine:
             if len(pending) >= self.SYNC_EVERY:
                 yield from self._sync(now)
             finished = sched.finish(batch, now)
-            record_iteration(self.steps, req, start, duration, now, batch, len(sched.waiting), mem, unshared, bpt, finished)
+            record_iteration(
+                self.steps, req, start, duration, now, batch, len(sched.waiting), mem, unshared, bpt, finished
+            )
             if finished:
                 self._count_done(len(finished))
             while self.fast_forward:  # stretches, one after the other while they end in completions only
@@ -197,7 +218,9 @@ class Engine:
 
     STRETCH_CHUNK = 16  # iterations whose times are computed before looking for the next arrival among them
 
-    def _stretch_times(self, num_seqs: int, first_context: int, rounds: int, now: float) -> tuple[list[float], list[float]]:
+    def _stretch_times(
+        self, num_seqs: int, first_context: int, rounds: int, now: float
+    ) -> tuple[list[float], list[float]]:
         """(durations, ends) of the next `rounds` pure-decode iterations from `now`, cut before the first one that
         would start at or after the next arrival (it must see that arrival). ends[0] is `now` and ends[i + 1] =
         ends[i] + durations[i], summed one after the other as simpy adds timeouts. Times are computed in chunks that
@@ -215,7 +238,7 @@ class Engine:
             ends += sums
             if limit is not None and ends[len(durations) - 1] >= limit:  # the last start: the arrival is in there
                 cut = bisect_left(ends, limit, 0, len(durations))  # iterations starting before the arrival
-                del durations[cut:], ends[cut + 1:]
+                del durations[cut:], ends[cut + 1 :]
                 break
             chunk *= 2
         return durations, ends

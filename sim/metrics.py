@@ -17,8 +17,11 @@ import numpy as np
 
 from sim.allocators.base import MEMORY_CATEGORIES
 
-STEP_COLUMNS = ("time_s", "duration_s", "running", "waiting", "prefill_tokens", "decode_tokens", "batched_tokens",
-                "preempted") + tuple(f"{c}_bytes" for c in MEMORY_CATEGORIES) + ("unshared_bytes",)
+STEP_COLUMNS = (
+    ("time_s", "duration_s", "running", "waiting", "prefill_tokens", "decode_tokens", "batched_tokens", "preempted")
+    + tuple(f"{c}_bytes" for c in MEMORY_CATEGORIES)
+    + ("unshared_bytes",)
+)
 
 
 class StepLog:
@@ -64,8 +67,9 @@ class StepLog:
         if self._pending_rows >= self.COMPACT_ROWS:
             self._compact()
 
-    def extend_decode(self, ends: list[float], durations: list[float], num_seqs: int, waiting: int,
-                      bytes_per_token: int, plan) -> None:
+    def extend_decode(
+        self, ends: list[float], durations: list[float], num_seqs: int, waiting: int, bytes_per_token: int, plan
+    ) -> None:
         """The rows of a fast-forwarded stretch of plan.rounds pure-decode iterations of a block allocator
         (`BlockDecodePlan`): iteration i starts at ends[i] and lasts durations[i]. Kept in Python lists and turned
         into rows together with every other pending segment (_decode_rows): one set of numpy operations for many
@@ -79,8 +83,19 @@ class StepLog:
         self._d_durations += durations[:rounds]
         self._d_reserved += plan.reserved_list
         self._d_blocks += plan.new_blocks
-        self._d_segments.append((rounds, num_seqs, waiting, bytes_per_token, plan.block_size, plan.tokens0,
-                                 plan.held0, plan.free0, plan.logical0))
+        self._d_segments.append(
+            (
+                rounds,
+                num_seqs,
+                waiting,
+                bytes_per_token,
+                plan.block_size,
+                plan.tokens0,
+                plan.held0,
+                plan.free0,
+                plan.logical0,
+            )
+        )
         self._length += rounds
         self._pending_rows += rounds
         if self._pending_rows >= self.COMPACT_ROWS:
@@ -173,7 +188,7 @@ class StepLog:
         chunks.reverse()
         while chunks:
             chunk = chunks.pop()
-            table[pos:pos + len(chunk)] = chunk
+            table[pos : pos + len(chunk)] = chunk
             pos += len(chunk)
             del chunk
         self._chunks = [table]
@@ -195,24 +210,55 @@ class RequestLog:
     num_seqs: np.ndarray  # sequences per request: parallel samples or beams (1 for most requests)
 
     @classmethod
-    def empty(cls, arrival_s: np.ndarray, prompt_tokens: np.ndarray, output_tokens: np.ndarray,
-              num_seqs: np.ndarray | None = None) -> "RequestLog":
+    def empty(
+        cls,
+        arrival_s: np.ndarray,
+        prompt_tokens: np.ndarray,
+        output_tokens: np.ndarray,
+        num_seqs: np.ndarray | None = None,
+    ) -> RequestLog:
         n = len(arrival_s)
         nan = lambda: np.full(n, np.nan)  # noqa: E731
         seqs = np.ones(n, dtype=np.int64) if num_seqs is None else num_seqs
-        return cls(arrival_s, prompt_tokens, output_tokens, nan(), nan(), nan(), np.zeros(n, dtype=np.int64),
-                   [None] * n, seqs)
+        return cls(
+            arrival_s, prompt_tokens, output_tokens, nan(), nan(), nan(), np.zeros(n, dtype=np.int64), [None] * n, seqs
+        )
 
 
-def record_iteration(steps: StepLog, requests: "RequestLog", start: float, duration: float, end: float, batch,
-                     waiting: int, memory, unshared: int, bytes_per_token: int, finished) -> None:
+def record_iteration(
+    steps: StepLog,
+    requests: RequestLog,
+    start: float,
+    duration: float,
+    end: float,
+    batch,
+    waiting: int,
+    memory,
+    unshared: int,
+    bytes_per_token: int,
+    finished,
+) -> None:
     """Append one executed iteration to the records: its step row, and the admission, first-token and finish times
     of the requests it touched. Shared by the simulator and the GPU harness, so both write the same records."""
     bpt = bytes_per_token
-    steps.append((start, duration, batch.num_seqs, waiting, batch.num_prefill_tokens, batch.num_decode_seqs,
-                  batch.num_batched_tokens, len(batch.preempted), memory.token_states * bpt, memory.reserved * bpt,
-                  memory.internal_fragmentation * bpt, memory.external_fragmentation * bpt, memory.free * bpt,
-                  unshared * bpt))
+    steps.append(
+        (
+            start,
+            duration,
+            batch.num_seqs,
+            waiting,
+            batch.num_prefill_tokens,
+            batch.num_decode_seqs,
+            batch.num_batched_tokens,
+            len(batch.preempted),
+            memory.token_states * bpt,
+            memory.reserved * bpt,
+            memory.internal_fragmentation * bpt,
+            memory.external_fragmentation * bpt,
+            memory.free * bpt,
+            unshared * bpt,
+        )
+    )
     for seq in batch.preempted:
         requests.preemptions[seq.seq_id] += 1
     for seq in batch.prefill:
@@ -227,12 +273,17 @@ def record_iteration(steps: StepLog, requests: "RequestLog", start: float, durat
 def _stats(values: np.ndarray) -> dict[str, float | None]:
     if len(values) == 0:
         return {"mean": None, "p50": None, "p90": None, "p99": None}
-    return {"mean": float(np.mean(values)), "p50": float(np.percentile(values, 50)),
-            "p90": float(np.percentile(values, 90)), "p99": float(np.percentile(values, 99))}
+    return {
+        "mean": float(np.mean(values)),
+        "p50": float(np.percentile(values, 50)),
+        "p90": float(np.percentile(values, 90)),
+        "p99": float(np.percentile(values, 99)),
+    }
 
 
-def sharing_summary(steps: dict[str, np.ndarray], cow_copies: int, prefill_tokens_requested: int,
-                    prefill_tokens_cached: int) -> dict:
+def sharing_summary(
+    steps: dict[str, np.ndarray], cow_copies: int, prefill_tokens_requested: int, prefill_tokens_cached: int
+) -> dict:
     """The `sharing` figures.
 
     saved_fraction: 1 - (KV bytes held, summed over iterations) / (KV bytes the same live sequences would hold with
@@ -280,12 +331,18 @@ def summarize(steps: dict[str, np.ndarray], requests: RequestLog, capacity_bytes
     multi = completed & (requests.output_tokens > 1)
     tpot = (requests.finish_s[multi] - requests.first_token_s[multi]) / (requests.output_tokens[multi] - 1)
     return {
-        "requests": {"total": len(requests.arrival_s), "completed": int(completed.sum()), "rejected": rejected,
-                     "preemptions": int(requests.preemptions.sum())},
+        "requests": {
+            "total": len(requests.arrival_s),
+            "completed": int(completed.sum()),
+            "rejected": rejected,
+            "preemptions": int(requests.preemptions.sum()),
+        },
         "iterations": n_steps,
         "duration_s": duration,
-        "throughput": {"requests_per_s": float(completed.sum()) / duration if duration > 0 else 0.0,
-                       "output_tokens_per_s": out_tokens / duration if duration > 0 else 0.0},
+        "throughput": {
+            "requests_per_s": float(completed.sum()) / duration if duration > 0 else 0.0,
+            "output_tokens_per_s": out_tokens / duration if duration > 0 else 0.0,
+        },
         "batch_size": batch,
         "kv_memory": kv,
         "latency_s": {"ttft": _stats(ttft), "tpot": _stats(tpot), "e2e": _stats(e2e)},
@@ -327,6 +384,7 @@ def to_json(data) -> str:
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
         return v
+
     return json.dumps(clean(data), indent=2, default=_json_default) + "\n"
 
 
@@ -341,8 +399,17 @@ def steps_csv(steps: dict[str, np.ndarray]) -> str:
     return buf.getvalue()
 
 
-REQUEST_COLUMNS = ("request", "arrival_s", "prompt_tokens", "output_tokens", "admitted_s", "first_token_s",
-                   "finish_s", "preemptions", "rejection")
+REQUEST_COLUMNS = (
+    "request",
+    "arrival_s",
+    "prompt_tokens",
+    "output_tokens",
+    "admitted_s",
+    "first_token_s",
+    "finish_s",
+    "preemptions",
+    "rejection",
+)
 
 
 def requests_csv(requests: RequestLog, request_ids: list[str] | None) -> str:
@@ -351,7 +418,17 @@ def requests_csv(requests: RequestLog, request_ids: list[str] | None) -> str:
     w.writerow(REQUEST_COLUMNS)
     fmt = lambda x: "" if math.isnan(x) else f"{x:.9g}"  # noqa: E731
     for i in range(len(requests.arrival_s)):
-        w.writerow((request_ids[i] if request_ids else i, fmt(requests.arrival_s[i]), int(requests.prompt_tokens[i]),
-                    int(requests.output_tokens[i]), fmt(requests.admitted_s[i]), fmt(requests.first_token_s[i]),
-                    fmt(requests.finish_s[i]), int(requests.preemptions[i]), requests.rejection[i] or ""))
+        w.writerow(
+            (
+                request_ids[i] if request_ids else i,
+                fmt(requests.arrival_s[i]),
+                int(requests.prompt_tokens[i]),
+                int(requests.output_tokens[i]),
+                fmt(requests.admitted_s[i]),
+                fmt(requests.first_token_s[i]),
+                fmt(requests.finish_s[i]),
+                int(requests.preemptions[i]),
+                requests.rejection[i] or "",
+            )
+        )
     return buf.getvalue()

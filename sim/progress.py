@@ -26,8 +26,9 @@ class ProgressBar:
         frac = done / total if total else 1.0
         width = 30
         bar = "#" * int(frac * width)
-        self.stream.write(f"\r{self.label} [{bar:<{width}}] {frac:6.1%} {done:,}/{total:,} requests "
-                          f"{now - self._start:6.1f}s")
+        self.stream.write(
+            f"\r{self.label} [{bar:<{width}}] {frac:6.1%} {done:,}/{total:,} requests {now - self._start:6.1f}s"
+        )
         self.stream.flush()
         self._shown = True
 

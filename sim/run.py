@@ -43,8 +43,15 @@ class ReplayOptions:
         return EngineConfig(self.max_num_seqs, self.max_num_batched_tokens)
 
     def budget(self) -> KVBudget:
-        return kv_budget(self.model, self.gpu, self.block_size, self.kv_memory, self.gpu_memory_utilization,
-                         self.tp, self.engine_config)
+        return kv_budget(
+            self.model,
+            self.gpu,
+            self.block_size,
+            self.kv_memory,
+            self.gpu_memory_utilization,
+            self.tp,
+            self.engine_config,
+        )
 
 
 @dataclass
@@ -118,8 +125,9 @@ def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | No
         raise UserError(f"--beam-replace-prob must be in [0, 1], got {options.beam_replace_prob}")
     scheduler = Scheduler(allocator, limits, BeamModel(options.beam_replace_prob, options.seed))
     cost = make_cost_model(options)
-    engine = Engine(trace, scheduler, cost, budget.bytes_per_token, options.model.max_model_len, progress,
-                    options.fast_forward)
+    engine = Engine(
+        trace, scheduler, cost, budget.bytes_per_token, options.model.max_model_len, progress, options.fast_forward
+    )
     step_log, requests = engine.run()
     steps = step_log.arrays()
     start = float(trace.arrival_s[0]) if len(trace) else 0.0
@@ -127,15 +135,24 @@ def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | No
         **summary_header(allocator, budget, options, trace),
         **summarize(steps, requests, budget.capacity_bytes, start),
         "iterations_fast_forwarded": engine.num_fast_forwarded,
-        "sharing": sharing_summary(steps, getattr(allocator, "num_cow_copies", 0), scheduler.prefill_tokens_requested,
-                                   scheduler.prefill_tokens_cached),
+        "sharing": sharing_summary(
+            steps,
+            getattr(allocator, "num_cow_copies", 0),
+            scheduler.prefill_tokens_requested,
+            scheduler.prefill_tokens_cached,
+        ),
         "config": {
-            "tp": options.tp, "max_num_seqs": limits.max_num_seqs,
-            "max_num_batched_tokens": limits.max_num_batched_tokens, "max_model_len": options.model.max_model_len,
-            "kv_bytes_per_token": budget.bytes_per_token, "kv_budget_source": budget.source,
+            "tp": options.tp,
+            "max_num_seqs": limits.max_num_seqs,
+            "max_num_batched_tokens": limits.max_num_batched_tokens,
+            "max_model_len": options.model.max_model_len,
+            "kv_bytes_per_token": budget.bytes_per_token,
+            "kv_budget_source": budget.source,
             "kv_budget_breakdown_bytes": budget.breakdown,
             "placement": getattr(allocator, "placement_name", None),
-            "sharing": options.sharing, "beam_replace_prob": options.beam_replace_prob, "seed": options.seed,
+            "sharing": options.sharing,
+            "beam_replace_prob": options.beam_replace_prob,
+            "seed": options.seed,
             "cost_model": cost.describe(),
         },
     }

@@ -280,8 +280,10 @@ class Scheduler:
         if self.waiting:
             head = self.waiting[0]
             fits_slots = self.num_running_seqs + head.num_branches <= self.limits.max_num_seqs
-            if fits_slots and (head.num_branches > 1 or self.allocator.can_admit(
-                    head.seq_id, head.prefill_tokens, head.final_len, head.content)):
+            if fits_slots and (
+                head.num_branches > 1
+                or self.allocator.can_admit(head.seq_id, head.prefill_tokens, head.final_len, head.content)
+            ):
                 return 0
         return rounds
 

@@ -35,10 +35,10 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from itertools import compress
 from operator import methodcaller
-from typing import Callable
 
 import numpy as np
 
@@ -100,7 +100,7 @@ class Trace:
         if self.block_hashes is None:
             return np.empty(0, dtype=np.int64)
         flat, offsets = self.block_hashes
-        return flat[offsets[i]:offsets[i + 1]]
+        return flat[offsets[i] : offsets[i + 1]]
 
     def kv_block_keys(self, i: int, block_size: int) -> np.ndarray:
         """Content keys of request i's full KV blocks of `block_size` tokens that hash ids cover, in prompt order.
@@ -111,15 +111,17 @@ class Trace:
         prefixes). Needs block_size to divide block_hash_tokens.
         """
         if block_size <= 0 or self.block_hash_tokens % block_size:
-            raise ValueError(f"block size {block_size} does not divide the {self.block_hash_tokens}-token hashed "
-                             f"blocks of this trace")
+            raise ValueError(
+                f"block size {block_size} does not divide the {self.block_hash_tokens}-token hashed "
+                f"blocks of this trace"
+            )
         ids = self.hash_ids(i)
         per = self.block_hash_tokens // block_size
         covered = min(int(self.prompt_tokens[i]), len(ids) * self.block_hash_tokens)
         j = np.arange(covered // block_size, dtype=np.int64)
         return ids[j // per] * per + j % per
 
-    def select(self, index: np.ndarray | slice) -> "Trace":
+    def select(self, index: np.ndarray | slice) -> Trace:
         """A new trace with the requests at `index` (a slice, an index array or a boolean mask), in that order."""
         idx = np.arange(len(self))[index]
         hashes = None
@@ -129,16 +131,24 @@ class Trace:
             new_offsets = np.zeros(len(idx) + 1, dtype=np.int64)
             np.cumsum(lengths, out=new_offsets[1:])
             if len(idx) and np.all(np.diff(idx) == 1):
-                new_flat = flat[offsets[idx[0]]:offsets[idx[-1] + 1]].copy()
+                new_flat = flat[offsets[idx[0]] : offsets[idx[-1] + 1]].copy()
             else:
-                new_flat = np.concatenate([flat[offsets[k]:offsets[k + 1]] for k in idx]) if len(idx) else \
-                    np.empty(0, dtype=np.int64)
+                new_flat = (
+                    np.concatenate([flat[offsets[k] : offsets[k + 1]] for k in idx])
+                    if len(idx)
+                    else np.empty(0, dtype=np.int64)
+                )
             hashes = (new_flat, new_offsets)
         return replace(
-            self, arrival_s=self.arrival_s[idx].copy(), prompt_tokens=self.prompt_tokens[idx].copy(),
+            self,
+            arrival_s=self.arrival_s[idx].copy(),
+            prompt_tokens=self.prompt_tokens[idx].copy(),
             output_tokens=self.output_tokens[idx].copy(),
             request_id=[self.request_id[k] for k in idx] if self.request_id is not None else None,
-            columns={k: v[idx].copy() for k, v in self.columns.items()}, notes=list(self.notes), block_hashes=hashes)
+            columns={k: v[idx].copy() for k, v in self.columns.items()},
+            notes=list(self.notes),
+            block_hashes=hashes,
+        )
 
 
 @dataclass(frozen=True)
@@ -155,7 +165,9 @@ class Reader:
     name: str
     description: str
     detect: Callable[[list[str]], bool]  # CSV header fields (or the first JSON record's keys) -> is it this format?
-    read: Callable[..., Trace]  # (path, header, rows: Rows, options: ReadOptions) or, for JSONL, (path, keys, records, options)
+    read: Callable[
+        ..., Trace
+    ]  # (path, header, rows: Rows, options: ReadOptions) or, for JSONL, (path, keys, records, options)
     kind: str = "csv"  # "csv" or "jsonl"
     accepts: frozenset = frozenset()  # ReadOptions fields it uses besides seed: "rate", "model_filter"
 
@@ -223,7 +235,7 @@ def _split_csv(path: str, text: str) -> tuple[list[str], Rows]:
         raise TraceError(path, 0, "the file is empty")
     header = [h.strip() for h in lines[start].split(",")]
     header_line = start + 1
-    body = lines[start + 1:]
+    body = lines[start + 1 :]
     # map() with C methods keeps these per-line passes out of the interpreter loop (a million lines in ~0.1 s each).
     kept_len = np.fromiter(map(len, map(methodcaller("strip", ", \t\r"), body)), dtype=np.int64, count=len(body))
     numbers = np.arange(header_line + 1, header_line + 1 + len(body), dtype=np.int64)
@@ -291,14 +303,18 @@ def _int_or_none(text: str) -> int | None:
         return int(value) if value.is_integer() else None
 
 
-def int_column(rows: Rows, j: int, name: str, minimum: int = 1, default: str | None = None,
-               maximum: int | None = None) -> np.ndarray:
+def int_column(
+    rows: Rows, j: int, name: str, minimum: int = 1, default: str | None = None, maximum: int | None = None
+) -> np.ndarray:
     """Column j as int64 >= minimum ('12' and '12.0' both read as 12). Empty cells read as `default` when given."""
     col = rows.column(j)
     if default is not None:
         col = [c if c.strip() else default for c in col]
-    what = ("a positive integer" if minimum == 1 else f"an integer >= {minimum}") if maximum is None else \
-        f"an integer from {minimum} to {maximum}"
+    what = (
+        ("a positive integer" if minimum == 1 else f"an integer >= {minimum}")
+        if maximum is None
+        else f"an integer from {minimum} to {maximum}"
+    )
     try:
         values = np.array(col, dtype=np.int64)
     except (ValueError, OverflowError):
@@ -306,15 +322,19 @@ def int_column(rows: Rows, j: int, name: str, minimum: int = 1, default: str | N
             as_float = np.array(col, dtype=np.float64)
         except ValueError:
             as_float = None
-        if as_float is not None and np.all(np.isfinite(as_float)) and np.all(as_float == np.floor(as_float)) \
-                and np.all(np.abs(as_float) < 2.0**62):
+        if (
+            as_float is not None
+            and np.all(np.isfinite(as_float))
+            and np.all(as_float == np.floor(as_float))
+            and np.all(np.abs(as_float) < 2.0**62)
+        ):
             values = as_float.astype(np.int64)
         else:
             for i, text in enumerate(col):
                 value = _int_or_none(text.strip())
                 if value is None:
                     raise TraceError(rows.path, rows.line(i), f"{name} must be {what}, got {text.strip()!r}")
-                if not -2**62 < value < 2**62:
+                if not -(2**62) < value < 2**62:
                     raise TraceError(rows.path, rows.line(i), f"{name} is too large, got {text.strip()!r}")
             raise TraceError(rows.path, 0, f"{name}: a value is out of range")  # pragma: no cover
     bad = values < minimum
@@ -381,7 +401,8 @@ NATIVE_OPTIONAL = ("request_id", "n", "beam_width", "prefix_group", "prefix_toke
 def _read_native(path: str, header: list[str], rows: Rows, options: ReadOptions) -> Trace:
     idx = {name: column_index(path, header, name) for name in NATIVE_REQUIRED}
     trace = Trace(
-        path=path, format="native",
+        path=path,
+        format="native",
         arrival_s=arrival_column(rows, idx["arrival_s"], "arrival_s"),
         prompt_tokens=positive_int_column(rows, idx["prompt_tokens"], "prompt_tokens"),
         output_tokens=positive_int_column(rows, idx["output_tokens"], "output_tokens"),
@@ -396,26 +417,39 @@ def _read_native(path: str, header: list[str], rows: Rows, options: ReadOptions)
         hit = np.nonzero((beam > 1) & (n > beam))[0]
         if len(hit):
             i = int(hit[0])
-            raise TraceError(path, rows.line(i), f"n ({n[i]}) must not exceed beam_width ({beam[i]}): beam search "
-                                                 f"returns n of its beam_width beams")
+            raise TraceError(
+                path,
+                rows.line(i),
+                f"n ({n[i]}) must not exceed beam_width ({beam[i]}): beam search returns n of its beam_width beams",
+            )
     has_group, has_tokens = "prefix_group" in header, "prefix_tokens" in header
     if has_group != has_tokens:
         present, missing = ("prefix_group", "prefix_tokens") if has_group else ("prefix_tokens", "prefix_group")
-        raise TraceError(path, 1, f"column '{present}' needs a '{missing}' column too (requests of a prefix group "
-                                  f"share their first prefix_tokens tokens)")
+        raise TraceError(
+            path,
+            1,
+            f"column '{present}' needs a '{missing}' column too (requests of a prefix group "
+            f"share their first prefix_tokens tokens)",
+        )
     if has_group:
         group = int_column(rows, header.index("prefix_group"), "prefix_group", minimum=-1, default="-1")
         tokens = int_column(rows, header.index("prefix_tokens"), "prefix_tokens", minimum=0, default="0")
         hit = np.nonzero(tokens > trace.prompt_tokens)[0]
         if len(hit):
             i = int(hit[0])
-            raise TraceError(path, rows.line(i), f"prefix_tokens ({tokens[i]}) must not exceed prompt_tokens "
-                                                 f"({trace.prompt_tokens[i]})")
+            raise TraceError(
+                path,
+                rows.line(i),
+                f"prefix_tokens ({tokens[i]}) must not exceed prompt_tokens ({trace.prompt_tokens[i]})",
+            )
         hit = np.nonzero((group < 0) & (tokens > 0))[0]
         if len(hit):
             i = int(hit[0])
-            raise TraceError(path, rows.line(i), f"prefix_tokens is {tokens[i]} but prefix_group is empty: a prefix "
-                                                 f"is shared within a group")
+            raise TraceError(
+                path,
+                rows.line(i),
+                f"prefix_tokens is {tokens[i]} but prefix_group is empty: a prefix is shared within a group",
+            )
         trace.columns["prefix_group"] = group
         trace.columns["prefix_tokens"] = tokens
     trace.notes += _ignored_columns_note(header, set(NATIVE_REQUIRED) | set(NATIVE_OPTIONAL))
@@ -472,7 +506,9 @@ def _read_azure(path: str, header: list[str], rows: Rows, options: ReadOptions) 
     nanoseconds = (times - times[0]).astype(np.int64)
     ensure_non_decreasing(rows, nanoseconds, idx["TIMESTAMP"], "TIMESTAMP", quote=True)
     return Trace(
-        path=path, format="azure", arrival_s=nanoseconds / 1e9,
+        path=path,
+        format="azure",
+        arrival_s=nanoseconds / 1e9,
         prompt_tokens=positive_int_column(rows, idx["ContextTokens"], "ContextTokens"),
         output_tokens=positive_int_column(rows, idx["GeneratedTokens"], "GeneratedTokens"),
         notes=_ignored_columns_note(header, set(AZURE_COLUMNS)),
@@ -487,7 +523,8 @@ LENGTH_COLUMNS = ("num_prefill_tokens", "num_decode_tokens")
 def _read_vidur(path: str, header: list[str], rows: Rows, options: ReadOptions) -> Trace:
     idx = {name: column_index(path, header, name) for name in VIDUR_COLUMNS}
     return Trace(
-        path=path, format="vidur",
+        path=path,
+        format="vidur",
         arrival_s=arrival_column(rows, idx["arrived_at"], "arrived_at"),
         prompt_tokens=positive_int_column(rows, idx["num_prefill_tokens"], "num_prefill_tokens"),
         output_tokens=positive_int_column(rows, idx["num_decode_tokens"], "num_decode_tokens"),
@@ -506,14 +543,26 @@ def poisson_arrivals(count: int, rate: float, rng: np.random.Generator) -> np.nd
 def _read_lengths(path: str, header: list[str], rows: Rows, options: ReadOptions) -> Trace:
     idx = {name: column_index(path, header, name) for name in LENGTH_COLUMNS}
     if options.rate is None:
-        raise TraceError(path, 1, "this trace has lengths but no arrival times (columns num_prefill_tokens, "
-                                  "num_decode_tokens): give --rate REQUESTS_PER_S to generate Poisson arrivals")
+        raise TraceError(
+            path,
+            1,
+            "this trace has lengths but no arrival times (columns num_prefill_tokens, "
+            "num_decode_tokens): give --rate REQUESTS_PER_S to generate Poisson arrivals",
+        )
     prompt = positive_int_column(rows, idx["num_prefill_tokens"], "num_prefill_tokens")
     output = positive_int_column(rows, idx["num_decode_tokens"], "num_decode_tokens")
     arrivals = poisson_arrivals(len(prompt), options.rate, np.random.Generator(np.random.PCG64(options.seed)))
-    return Trace(path=path, format="lengths", arrival_s=arrivals, prompt_tokens=prompt, output_tokens=output,
-                 notes=[f"arrivals generated: Poisson at {options.rate:g} requests/s, seed {options.seed}",
-                        *_ignored_columns_note(header, set(LENGTH_COLUMNS))])
+    return Trace(
+        path=path,
+        format="lengths",
+        arrival_s=arrivals,
+        prompt_tokens=prompt,
+        output_tokens=output,
+        notes=[
+            f"arrivals generated: Poisson at {options.rate:g} requests/s, seed {options.seed}",
+            *_ignored_columns_note(header, set(LENGTH_COLUMNS)),
+        ],
+    )
 
 
 # --- BurstGPT ----------------------------------------------------------------------------------------------------
@@ -532,8 +581,12 @@ def _read_burstgpt(path: str, header: list[str], rows: Rows, options: ReadOption
         models = np.array([m.strip() for m in rows.column(idx["Model"])])
         keep = np.char.lower(models) == options.model_filter.strip().lower()
         if not keep.any():
-            raise TraceError(path, 0, f"no rows for model {options.model_filter!r} (models in this trace: "
-                                      f"{', '.join(sorted(set(models.tolist())))})")
+            raise TraceError(
+                path,
+                0,
+                f"no rows for model {options.model_filter!r} (models in this trace: "
+                f"{', '.join(sorted(set(models.tolist())))})",
+            )
         if (~keep).sum():
             notes.append(f"model filter {options.model_filter!r}: kept {int(keep.sum()):,} of {len(keep):,} rows")
     failed = keep & (response == 0)
@@ -544,10 +597,18 @@ def _read_burstgpt(path: str, header: list[str], rows: Rows, options: ReadOption
     if empty.sum():
         notes.append(f"skipped {int(empty.sum()):,} requests with 0 request tokens")
     if not keep.any():
-        raise TraceError(path, 0, "no usable requests: every row is a failed request (0 response tokens) or has 0 "
-                                  "request tokens")
-    return Trace(path=path, format="burstgpt", arrival_s=arrivals[keep], prompt_tokens=request[keep],
-                 output_tokens=response[keep], skipped_rows=int(failed.sum() + empty.sum()), notes=notes)
+        raise TraceError(
+            path, 0, "no usable requests: every row is a failed request (0 response tokens) or has 0 request tokens"
+        )
+    return Trace(
+        path=path,
+        format="burstgpt",
+        arrival_s=arrivals[keep],
+        prompt_tokens=request[keep],
+        output_tokens=response[keep],
+        skipped_rows=int(failed.sum() + empty.sum()),
+        notes=notes,
+    )
 
 
 # --- Mooncake JSONL ----------------------------------------------------------------------------------------------
@@ -595,49 +656,85 @@ def _read_mooncake(path: str, keys: list[str], records: list[tuple[int, object]]
                 raise TraceError(path, line, f"missing key '{key}'")
         stamp = record["timestamp"]
         if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) or not math.isfinite(stamp) or stamp < 0:
-            raise TraceError(path, line, f"timestamp must be a finite number of milliseconds >= 0, got "
-                                         f"{json.dumps(stamp)}")
+            raise TraceError(
+                path, line, f"timestamp must be a finite number of milliseconds >= 0, got {json.dumps(stamp)}"
+            )
         if stamp < previous:
-            raise TraceError(path, line, f"timestamp must not decrease: {json.dumps(stamp)} comes after "
-                                         f"{previous:g}")
+            raise TraceError(path, line, f"timestamp must not decrease: {json.dumps(stamp)} comes after {previous:g}")
         previous = stamp
         arrivals[i] = stamp / 1000.0
         prompt[i] = p = _json_int(path, line, record, "input_length", 1)
         output[i] = _json_int(path, line, record, "output_length", 1)
         ids = record.get("hash_ids", [])
-        if not isinstance(ids, list) or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 0
-                                                for h in ids):
+        if not isinstance(ids, list) or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 0 for h in ids):
             raise TraceError(path, line, "hash_ids must be a list of integers >= 0")
         blocks = -(-p // per)
         if len(ids) > blocks:
-            raise TraceError(path, line, f"{len(ids)} hash_ids for input_length {p}: at most {blocks} blocks of "
-                                         f"{per} tokens")
+            raise TraceError(
+                path, line, f"{len(ids)} hash_ids for input_length {p}: at most {blocks} blocks of {per} tokens"
+            )
         flat.extend(ids)
         offsets[i + 1] = len(flat)
     try:
         flat_array = np.array(flat, dtype=np.int64)
     except OverflowError:
         raise TraceError(path, 0, "a hash id does not fit in 64 bits") from None
-    return Trace(path=path, format="mooncake", arrival_s=arrivals, prompt_tokens=prompt, output_tokens=output,
-                 block_hashes=(flat_array, offsets), block_hash_tokens=per)
+    return Trace(
+        path=path,
+        format="mooncake",
+        arrival_s=arrivals,
+        prompt_tokens=prompt,
+        output_tokens=output,
+        block_hashes=(flat_array, offsets),
+        block_hash_tokens=per,
+    )
 
 
 # --- registry and entry point ------------------------------------------------------------------------------------
-READERS: dict[str, Reader] = {r.name: r for r in (
-    Reader("native", "arrival_s,prompt_tokens,output_tokens[,request_id,n,beam_width,prefix_group,prefix_tokens]",
-           lambda h: all(c in h for c in NATIVE_REQUIRED), _read_native),
-    Reader("azure", "Azure LLM inference trace: TIMESTAMP,ContextTokens,GeneratedTokens",
-           lambda h: all(c in h for c in AZURE_COLUMNS), _read_azure),
-    Reader("vidur", "Vidur/Splitwise trace: arrived_at,num_prefill_tokens,num_decode_tokens",
-           lambda h: all(c in h for c in VIDUR_COLUMNS), _read_vidur),
-    Reader("burstgpt", "BurstGPT: Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type",
-           lambda h: all(c in h for c in BURSTGPT_COLUMNS), _read_burstgpt, accepts=frozenset({"model_filter"})),
-    Reader("lengths", "length-only: num_prefill_tokens,num_decode_tokens (arrivals from --rate)",
-           lambda h: all(c in h for c in LENGTH_COLUMNS) and "arrived_at" not in h, _read_lengths,
-           accepts=frozenset({"rate"})),
-    Reader("mooncake", 'Mooncake JSONL: {"timestamp", "input_length", "output_length", "hash_ids"}',
-           lambda keys: all(k in keys for k in MOONCAKE_KEYS), _read_mooncake, kind="jsonl"),
-)}
+READERS: dict[str, Reader] = {
+    r.name: r
+    for r in (
+        Reader(
+            "native",
+            "arrival_s,prompt_tokens,output_tokens[,request_id,n,beam_width,prefix_group,prefix_tokens]",
+            lambda h: all(c in h for c in NATIVE_REQUIRED),
+            _read_native,
+        ),
+        Reader(
+            "azure",
+            "Azure LLM inference trace: TIMESTAMP,ContextTokens,GeneratedTokens",
+            lambda h: all(c in h for c in AZURE_COLUMNS),
+            _read_azure,
+        ),
+        Reader(
+            "vidur",
+            "Vidur/Splitwise trace: arrived_at,num_prefill_tokens,num_decode_tokens",
+            lambda h: all(c in h for c in VIDUR_COLUMNS),
+            _read_vidur,
+        ),
+        Reader(
+            "burstgpt",
+            "BurstGPT: Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type",
+            lambda h: all(c in h for c in BURSTGPT_COLUMNS),
+            _read_burstgpt,
+            accepts=frozenset({"model_filter"}),
+        ),
+        Reader(
+            "lengths",
+            "length-only: num_prefill_tokens,num_decode_tokens (arrivals from --rate)",
+            lambda h: all(c in h for c in LENGTH_COLUMNS) and "arrived_at" not in h,
+            _read_lengths,
+            accepts=frozenset({"rate"}),
+        ),
+        Reader(
+            "mooncake",
+            'Mooncake JSONL: {"timestamp", "input_length", "output_length", "hash_ids"}',
+            lambda keys: all(k in keys for k in MOONCAKE_KEYS),
+            _read_mooncake,
+            kind="jsonl",
+        ),
+    )
+}
 
 
 def _looks_like_jsonl(text: str) -> bool:
@@ -665,9 +762,11 @@ def _choose_reader(path: str, text: str, format: str | None) -> tuple[Reader, li
         if not matches:
             what = "keys of the first record" if kind == "jsonl" else "header"
             expected = "; or ".join(r.description for r in READERS.values() if r.kind == kind)
-            raise TraceError(path, 1 if kind == "csv" else records[0][0],
-                             f"unrecognised {what} ({', '.join(header)}): expected {expected} "
-                             f"(or force one with --format)")
+            raise TraceError(
+                path,
+                1 if kind == "csv" else records[0][0],
+                f"unrecognised {what} ({', '.join(header)}): expected {expected} (or force one with --format)",
+            )
         reader = matches[0]
     return reader, header, data
 
@@ -677,8 +776,9 @@ def detect_format(path: str) -> str:
     return _choose_reader(path, _open_text(path), None)[0].name
 
 
-def read_trace(path: str, format: str | None = None, *, rate: float | None = None, seed: int = 0,
-               model_filter: str | None = None) -> Trace:
+def read_trace(
+    path: str, format: str | None = None, *, rate: float | None = None, seed: int = 0, model_filter: str | None = None
+) -> Trace:
     """Read and validate a trace.
 
     Args:
@@ -695,8 +795,10 @@ def read_trace(path: str, format: str | None = None, *, rate: float | None = Non
         raise UserError(f"--rate must be a positive number of requests/s, got {rate:g}")
     reader, header, data = _choose_reader(path, _open_text(path), format)
     if rate is not None and "rate" not in reader.accepts:
-        raise UserError(f"--rate generates arrivals for length-only traces, but {path} is a {reader.name} trace "
-                        f"with its own arrival times (to change its rate, use `sim trace scale`)")
+        raise UserError(
+            f"--rate generates arrivals for length-only traces, but {path} is a {reader.name} trace "
+            f"with its own arrival times (to change its rate, use `sim trace scale`)"
+        )
     if model_filter is not None and "model_filter" not in reader.accepts:
         raise UserError(f"--model-filter applies to BurstGPT traces, but {path} is a {reader.name} trace")
     return reader.read(path, header, data, ReadOptions(rate=rate, seed=seed, model_filter=model_filter))
@@ -719,8 +821,10 @@ def trace_to_native_csv(trace: Trace) -> str:
     """The native CSV of a trace: arrival_s, prompt_tokens, output_tokens, then request_id and the optional columns
     it has (prefix_group is written empty for 'none')."""
     if trace.block_hashes is not None:
-        raise UserError("this trace carries Mooncake hash ids, which the native CSV cannot hold: write it to a .jsonl "
-                        "file (Mooncake format) instead")
+        raise UserError(
+            "this trace carries Mooncake hash ids, which the native CSV cannot hold: write it to a .jsonl "
+            "file (Mooncake format) instead"
+        )
     names = ["arrival_s", "prompt_tokens", "output_tokens"]
     cols = [format_seconds(trace.arrival_s), _int_cells(trace.prompt_tokens), _int_cells(trace.output_tokens)]
     if trace.request_id is not None:
@@ -746,8 +850,12 @@ def trace_to_mooncake_jsonl(trace: Trace) -> str:
     out = []
     for i in range(len(trace)):
         ms = round(float(trace.arrival_s[i]) * 1000.0, 4)
-        record = {"timestamp": int(ms) if ms.is_integer() else ms, "input_length": int(trace.prompt_tokens[i]),
-                  "output_length": int(trace.output_tokens[i]), "hash_ids": trace.hash_ids(i).tolist()}
+        record = {
+            "timestamp": int(ms) if ms.is_integer() else ms,
+            "input_length": int(trace.prompt_tokens[i]),
+            "output_length": int(trace.output_tokens[i]),
+            "hash_ids": trace.hash_ids(i).tolist(),
+        }
         out.append(json.dumps(record))
     return "\n".join(out) + "\n"
 

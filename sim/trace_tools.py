@@ -86,8 +86,13 @@ def trace_stats(trace: Trace) -> dict:
     shared, source = shareable_prefix_tokens(trace)
     prompt_sum = int(trace.prompt_tokens.sum())
     out = {
-        "trace": trace.path, "format": trace.format, "rows": rows, "skipped_rows": trace.skipped_rows,
-        "first_arrival_s": float(trace.arrival_s[0]), "duration_s": duration, "arrival_rate_rps": rate,
+        "trace": trace.path,
+        "format": trace.format,
+        "rows": rows,
+        "skipped_rows": trace.skipped_rows,
+        "first_arrival_s": float(trace.arrival_s[0]),
+        "duration_s": duration,
+        "arrival_rate_rps": rate,
         "burstiness_cv": cv,
         "prompt_tokens": length_summary(trace.prompt_tokens),
         "output_tokens": length_summary(trace.output_tokens),
@@ -140,16 +145,26 @@ def format_stats(s: dict) -> str:
         lines.append(f"prefix groups: {s['prefix_groups']:,} ({s['requests_in_prefix_groups']:,} requests in a group)")
     source = s["shareable_prefix_source"]
     if source == "none":
-        lines.append("shareable prefix tokens: 0 (the trace has no prefix groups or hash ids, so nothing is known "
-                     "about shared prompt content)")
+        lines.append(
+            "shareable prefix tokens: 0 (the trace has no prefix groups or hash ids, so nothing is known "
+            "about shared prompt content)"
+        )
     else:
-        lines.append(f"shareable prefix tokens: {s['shareable_prefix_tokens']:,} of {s['prompt_tokens_sum']:,} prompt "
-                     f"tokens ({100 * s['shareable_prefix_fraction']:.1f}%, from {source})")
+        lines.append(
+            f"shareable prefix tokens: {s['shareable_prefix_tokens']:,} of {s['prompt_tokens_sum']:,} prompt "
+            f"tokens ({100 * s['shareable_prefix_fraction']:.1f}%, from {source})"
+        )
     return "\n".join(lines)
 
 
-def slice_trace(trace: Trace, start_s: float | None = None, end_s: float | None = None, first: int | None = None,
-                skip: int = 0, rebase: bool = True) -> Trace:
+def slice_trace(
+    trace: Trace,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    first: int | None = None,
+    skip: int = 0,
+    rebase: bool = True,
+) -> Trace:
     """The requests arriving in [start_s, end_s) -- seconds after the trace's first arrival -- then, of those,
     `skip` dropped and the next `first` kept. With `rebase`, times are shifted so that the window's start (start_s,
     or the first kept arrival when start_s is None) is 0; otherwise they are kept."""
@@ -172,8 +187,10 @@ def slice_trace(trace: Trace, start_s: float | None = None, end_s: float | None 
     if first is not None:
         hi = min(hi, lo + first)
     if hi <= lo:
-        raise UserError(f"{trace.path}: no requests in the selection (the trace spans {trace.duration_s:,.3f} s "
-                        f"and has {len(trace):,} requests)")
+        raise UserError(
+            f"{trace.path}: no requests in the selection (the trace spans {trace.duration_s:,.3f} s "
+            f"and has {len(trace):,} requests)"
+        )
     out = trace.select(slice(lo, hi))
     if rebase:
         origin = t0 + start_s if start_s is not None else float(out.arrival_s[0])

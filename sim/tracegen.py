@@ -40,8 +40,13 @@ def _gaps(rng: np.random.Generator, size: int, rate: float, cv: float | None) ->
     return rng.gamma(shape, 1.0 / (rate * shape), size=size)
 
 
-def arrivals(rng: np.random.Generator, rate: float, count: int | None = None, duration_s: float | None = None,
-             cv: float | None = None) -> np.ndarray:
+def arrivals(
+    rng: np.random.Generator,
+    rate: float,
+    count: int | None = None,
+    duration_s: float | None = None,
+    cv: float | None = None,
+) -> np.ndarray:
     """Arrival times from 0: `count` of them, or all those before `duration_s`. cv None: Poisson; else gamma gaps
     with this coefficient of variation."""
     if not (math.isfinite(rate) and rate > 0):
@@ -92,8 +97,12 @@ class LognormalLengths:
     def _draw(self, z_prompt: np.ndarray, z_output: np.ndarray, prompt_mu: float, output_mu: float):
         prompt = np.rint(np.exp(prompt_mu + self.prompt_sigma * z_prompt)).astype(np.int64)
         output = np.rint(np.exp(output_mu + self.output_sigma * z_output)).astype(np.int64)
-        ok = (prompt >= self.min_tokens) & (output >= self.min_tokens) & (prompt <= self.max_prompt) & \
-             (prompt + output <= self.max_total)
+        ok = (
+            (prompt >= self.min_tokens)
+            & (output >= self.min_tokens)
+            & (prompt <= self.max_prompt)
+            & (prompt + output <= self.max_total)
+        )
         return prompt[ok], output[ok]
 
     def sample(self, rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,8 +116,9 @@ class LognormalLengths:
         return np.concatenate(prompts)[:count], np.concatenate(outputs)[:count]
 
 
-def fit_lognormal_mus(model: LognormalLengths, draws: int = 2_000_000, seed: int = 0,
-                      iterations: int = 30) -> tuple[float, float]:
+def fit_lognormal_mus(
+    model: LognormalLengths, draws: int = 2_000_000, seed: int = 0, iterations: int = 30
+) -> tuple[float, float]:
     """The (prompt_mu, output_mu) that make the filtered means hit the targets, by fixed-point iteration on common
     random numbers. This is how the constants in LENGTH_MODELS were obtained."""
     rng = make_rng(seed)
@@ -121,12 +131,29 @@ def fit_lognormal_mus(model: LognormalLengths, draws: int = 2_000_000, seed: int
     return mp, mo
 
 
-LENGTH_MODELS: dict[str, LognormalLengths] = {m.name: m for m in (
-    LognormalLengths("sharegpt", prompt_mu=4.5561, prompt_sigma=1.3, output_mu=5.5456, output_sigma=0.8,
-                     target_prompt_mean=161, target_output_mean=338),
-    LognormalLengths("alpaca", prompt_mu=2.8183, prompt_sigma=0.5, output_mu=3.6530, output_sigma=0.9,
-                     target_prompt_mean=19, target_output_mean=58),
-)}
+LENGTH_MODELS: dict[str, LognormalLengths] = {
+    m.name: m
+    for m in (
+        LognormalLengths(
+            "sharegpt",
+            prompt_mu=4.5561,
+            prompt_sigma=1.3,
+            output_mu=5.5456,
+            output_sigma=0.8,
+            target_prompt_mean=161,
+            target_output_mean=338,
+        ),
+        LognormalLengths(
+            "alpaca",
+            prompt_mu=2.8183,
+            prompt_sigma=0.5,
+            output_mu=3.6530,
+            output_sigma=0.9,
+            target_prompt_mean=19,
+            target_output_mean=58,
+        ),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -152,7 +179,7 @@ class FixedLengths:
         return np.full(count, self.prompt_tokens, dtype=np.int64), np.full(count, self.output_tokens, dtype=np.int64)
 
 
-LENGTHS_HELP = ("sharegpt, alpaca, resample:TRACE (pairs drawn from a trace's rows), or fixed:PROMPT,OUTPUT")
+LENGTHS_HELP = "sharegpt, alpaca, resample:TRACE (pairs drawn from a trace's rows), or fixed:PROMPT,OUTPUT"
 
 
 def parse_lengths(spec: str):
@@ -178,10 +205,22 @@ def parse_lengths(spec: str):
 
 
 # --- whole traces ------------------------------------------------------------------------------------------------
-def generate(lengths: str = "sharegpt", *, rate: float = 1.0, count: int | None = None,
-             duration_s: float | None = None, arrival_process: str = "poisson", cv: float | None = None,
-             seed: int = 0, prefix_groups: int = 0, prefix_tokens: int = 0, prefix_fraction: float = 1.0,
-             n: int | None = None, beam_width: int | None = None, path: str = "<generated>") -> Trace:
+def generate(
+    lengths: str = "sharegpt",
+    *,
+    rate: float = 1.0,
+    count: int | None = None,
+    duration_s: float | None = None,
+    arrival_process: str = "poisson",
+    cv: float | None = None,
+    seed: int = 0,
+    prefix_groups: int = 0,
+    prefix_tokens: int = 0,
+    prefix_fraction: float = 1.0,
+    n: int | None = None,
+    beam_width: int | None = None,
+    path: str = "<generated>",
+) -> Trace:
     """A synthetic trace.
 
     Args:
@@ -230,5 +269,6 @@ def generate(lengths: str = "sharegpt", *, rate: float = 1.0, count: int | None 
         prompt = prompt + tokens
         columns["prefix_group"] = group
         columns["prefix_tokens"] = tokens
-    return Trace(path=path, format="native", arrival_s=times, prompt_tokens=prompt, output_tokens=output,
-                 columns=columns)
+    return Trace(
+        path=path, format="native", arrival_s=times, prompt_tokens=prompt, output_tokens=output, columns=columns
+    )

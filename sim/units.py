@@ -7,9 +7,16 @@ import re
 from sim.errors import UserError
 
 _SIZE_UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
 }
 _TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "min": 60.0}
 _NUMBER_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
@@ -20,8 +27,10 @@ def parse_size(text: str) -> int:
     m = _NUMBER_UNIT.match(str(text))
     unit = m.group(2).lower() if m else None
     if not m or unit not in _SIZE_UNITS:
-        raise UserError(f"cannot read size {text!r}: expected a number with an optional unit "
-                        f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 12GiB")
+        raise UserError(
+            f"cannot read size {text!r}: expected a number with an optional unit "
+            f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 12GiB"
+        )
     return int(round(float(m.group(1)) * _SIZE_UNITS[unit]))
 
 
@@ -30,8 +39,9 @@ def parse_duration(text: str) -> float:
     m = _NUMBER_UNIT.match(str(text))
     unit = m.group(2).lower() if m else None
     if not m or unit not in _TIME_UNITS:
-        raise UserError(f"cannot read duration {text!r}: expected a number with an optional unit "
-                        f"(s, ms, us, min), e.g. 100ms")
+        raise UserError(
+            f"cannot read duration {text!r}: expected a number with an optional unit (s, ms, us, min), e.g. 100ms"
+        )
     return float(m.group(1)) * _TIME_UNITS[unit]
 
 

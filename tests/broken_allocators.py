@@ -31,8 +31,10 @@ class ToyPaged(KVAllocator):
     def admit(self, seq_id, num_tokens, final_len, content=None) -> int:
         if not self.can_admit(seq_id, num_tokens, final_len):
             raise AllocationError("no room")
-        self._seqs[seq_id] = ([self.free_list.pop() for _ in range(self.blocks_for(num_tokens))],
-                              [num_tokens, final_len])
+        self._seqs[seq_id] = (
+            [self.free_list.pop() for _ in range(self.blocks_for(num_tokens))],
+            [num_tokens, final_len],
+        )
         return 0
 
     def can_append(self, seq_id, num_tokens=1) -> bool:

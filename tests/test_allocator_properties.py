@@ -13,7 +13,7 @@ from sim.allocators import REGISTRY, ContiguousOracle, TokenContent
 from sim.allocators.placement import BuddySpace, FirstFitSpace
 from sim.checking import INVARIANTS
 from sim.checking.invariants import VIOLATIONS
-from sim.checking.model import (Model, buddy_free_blocks, buddy_regions, free_runs, next_pow2, token_identity)
+from sim.checking.model import Model, buddy_free_blocks, buddy_regions, free_runs, next_pow2, token_identity
 from sim.checking.runner import AllocatorSpec, run_machine, specs_for, suite_settings
 
 # Every registered allocator, contiguous ones with each placement policy, and the paged --no-sharing counterfactual.
@@ -50,6 +50,7 @@ def test_every_registered_allocator_is_covered() -> None:
 
 # --- regressions: shrunk examples of real bugs the suite found ----------------------------------------------------
 
+
 @pytest.mark.parametrize("placement", ["buddy", "first-fit"])
 def test_contiguous_fork_of_a_parent_grown_past_its_final_length(placement: str) -> None:
     """Found by the suite (honesty): can_fork said yes, then fork raised, because fork admitted the child with the
@@ -68,6 +69,7 @@ def test_contiguous_fork_of_a_parent_grown_past_its_final_length(placement: str)
 
 
 # --- the model's own pieces, by hand ------------------------------------------------------------------------------
+
 
 def test_next_pow2() -> None:
     assert [next_pow2(n) for n in (0, 1, 2, 3, 4, 5, 8, 9)] == [1, 1, 2, 4, 4, 8, 8, 16]
@@ -108,8 +110,13 @@ def test_free_runs_by_hand() -> None:
 def test_token_identity_follows_token_content() -> None:
     content = TokenContent(((("g", 1), 3), (("h", 2), 2)))
     assert [token_identity(content, 9, p) for p in range(6)] == [
-        ("run", ("g", 1), 0), ("run", ("g", 1), 1), ("run", ("g", 1), 2), ("run", ("h", 2), 0),
-        ("run", ("h", 2), 1), ("unique", 9, 5)]
+        ("run", ("g", 1), 0),
+        ("run", ("g", 1), 1),
+        ("run", ("g", 1), 2),
+        ("run", ("h", 2), 0),
+        ("run", ("h", 2), 1),
+        ("unique", 9, 5),
+    ]
 
 
 def test_tags_name_whole_prefixes() -> None:

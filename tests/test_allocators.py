@@ -2,8 +2,14 @@
 
 import pytest
 
-from sim.allocators import (AllocationError, ContiguousMax, ContiguousOracle, ContiguousPow2, MemoryBreakdown,
-                            PagedAllocator)
+from sim.allocators import (
+    AllocationError,
+    ContiguousMax,
+    ContiguousOracle,
+    ContiguousPow2,
+    MemoryBreakdown,
+    PagedAllocator,
+)
 
 
 def test_issue_example_500_tokens_at_max_length_2048():

@@ -16,18 +16,35 @@ def write(tmp_path, text, name="trace.csv"):
     return str(path)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "{p}: the file is empty"),
-    ("arrival_s,prompt_tokens,output_tokens\n", "{p}:1: no requests after the header"),
-    ("arrival_s,prompt_tokens,output_tokens\n0,10,5\n1,10,-3\n", "{p}:3: output_tokens must be a positive integer, "
-                                                                 "got '-3'"),
-    ("arrival_s,prompt_tokens,output_tokens\n0,ten,5\n", "{p}:2: prompt_tokens must be a positive integer, got 'ten'"),
-    ("arrival_s,prompt_tokens,output_tokens\nsoon,10,5\n", "{p}:2: arrival_s must be a number of seconds, got 'soon'"),
-    ("arrival_s,prompt_tokens,output_tokens\n0,10,5\n2,10,5\n1,10,5\n", "{p}:4: arrival_s must not decrease: 1 after 2"),
-    ("arrival_s,prompt_tokens,output_tokens\n0,10\n", "{p}:2: expected 3 fields, got 2"),
-    ("arrival_s,prompt_tokens,output_tokens\n0,0,5\n", "{p}:2: prompt_tokens must be a positive integer, got '0'"),
-    ("arrival_s,prompt_tokens,output_tokens\n0,2.5,5\n", "{p}:2: prompt_tokens must be a positive integer, got '2.5'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "{p}: the file is empty"),
+        ("arrival_s,prompt_tokens,output_tokens\n", "{p}:1: no requests after the header"),
+        (
+            "arrival_s,prompt_tokens,output_tokens\n0,10,5\n1,10,-3\n",
+            "{p}:3: output_tokens must be a positive integer, got '-3'",
+        ),
+        (
+            "arrival_s,prompt_tokens,output_tokens\n0,ten,5\n",
+            "{p}:2: prompt_tokens must be a positive integer, got 'ten'",
+        ),
+        (
+            "arrival_s,prompt_tokens,output_tokens\nsoon,10,5\n",
+            "{p}:2: arrival_s must be a number of seconds, got 'soon'",
+        ),
+        (
+            "arrival_s,prompt_tokens,output_tokens\n0,10,5\n2,10,5\n1,10,5\n",
+            "{p}:4: arrival_s must not decrease: 1 after 2",
+        ),
+        ("arrival_s,prompt_tokens,output_tokens\n0,10\n", "{p}:2: expected 3 fields, got 2"),
+        ("arrival_s,prompt_tokens,output_tokens\n0,0,5\n", "{p}:2: prompt_tokens must be a positive integer, got '0'"),
+        (
+            "arrival_s,prompt_tokens,output_tokens\n0,2.5,5\n",
+            "{p}:2: prompt_tokens must be a positive integer, got '2.5'",
+        ),
+    ],
+)
 def test_bad_traces_exit_2_with_file_and_line(tmp_path, capsys, text, message):
     path = write(tmp_path, text)
     assert main(["replay", path, "--quiet", "--out", str(tmp_path / "out")]) == 2
@@ -50,8 +67,9 @@ def test_unrecognised_header(tmp_path, capsys):
 def test_missing_column_named(tmp_path, capsys):
     path = write(tmp_path, "TIMESTAMP,ContextTokens\n2023-11-16 18:17:03.9799600,5\n")
     assert main(["replay", path, "--format", "azure", "-q"]) == 2
-    assert capsys.readouterr().err.strip() == (f"sim: error: {path}:1: missing column 'GeneratedTokens' "
-                                               f"(found: TIMESTAMP, ContextTokens)")
+    assert capsys.readouterr().err.strip() == (
+        f"sim: error: {path}:1: missing column 'GeneratedTokens' (found: TIMESTAMP, ContextTokens)"
+    )
 
 
 def test_bad_options_exit_2(tmp_path, capsys):
@@ -74,11 +92,25 @@ def test_replay_writes_summary_steps_requests(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["replay", path, "--model", "opt-13b", "--kv-memory", "12GiB", "--out", str(out), "-q"]) == 0
     printed = capsys.readouterr().out
-    assert ("KV cache: 983 blocks x 16 tokens = 15,728 tokens (12.00 GiB); max concurrency at 2,048 tokens per "
-            "request: 7.68x") in printed
+    assert (
+        "KV cache: 983 blocks x 16 tokens = 15,728 tokens (12.00 GiB); max concurrency at 2,048 tokens per "
+        "request: 7.68x"
+    ) in printed
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("allocator", "block_size", "model", "gpu", "kv_capacity_bytes", "kv_capacity_tokens", "requests",
-                "duration_s", "throughput", "batch_size", "kv_memory", "latency_s"):
+    for key in (
+        "allocator",
+        "block_size",
+        "model",
+        "gpu",
+        "kv_capacity_bytes",
+        "kv_capacity_tokens",
+        "requests",
+        "duration_s",
+        "throughput",
+        "batch_size",
+        "kv_memory",
+        "latency_s",
+    ):
         assert key in summary
     assert summary["kv_capacity_tokens"] == 15_728
     assert summary["kv_capacity_bytes"] == 15_728 * 819_200
@@ -122,7 +154,7 @@ def test_user_allocator_class_plugs_in(tmp_path, capsys, repo_root):
     summary = json.loads((out / "summary.json").read_text())
     expected = json.loads((ref / "summary.json").read_text())
     assert summary["allocator"] == "my-paged"
-    assert summary["requests"]["preemptions"] > 0  
+    assert summary["requests"]["preemptions"] > 0
     for key in ("requests", "iterations", "batch_size", "kv_memory", "latency_s"):
         assert summary[key] == expected[key]
 

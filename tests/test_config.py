@@ -8,15 +8,18 @@ from sim.errors import UserError
 GiB = 2**30
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("opt-13b", 2 * 40 * 5120 * 2),  # 819,200: hidden 5120 = 40 heads x 128
-    ("llama-2-7b", 2 * 32 * 32 * 128 * 2),  # 524,288
-    ("llama-2-13b", 2 * 40 * 40 * 128 * 2),
-    ("llama-2-70b", 2 * 80 * 8 * 128 * 2),  # GQA: 8 KV heads
-    ("llama-3-8b", 2 * 32 * 8 * 128 * 2),  # 131,072
-    ("llama-3-70b", 2 * 80 * 8 * 128 * 2),
-    ("mistral-7b", 2 * 32 * 8 * 128 * 2),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("opt-13b", 2 * 40 * 5120 * 2),  # 819,200: hidden 5120 = 40 heads x 128
+        ("llama-2-7b", 2 * 32 * 32 * 128 * 2),  # 524,288
+        ("llama-2-13b", 2 * 40 * 40 * 128 * 2),
+        ("llama-2-70b", 2 * 80 * 8 * 128 * 2),  # GQA: 8 KV heads
+        ("llama-3-8b", 2 * 32 * 8 * 128 * 2),  # 131,072
+        ("llama-3-70b", 2 * 80 * 8 * 128 * 2),
+        ("mistral-7b", 2 * 32 * 8 * 128 * 2),
+    ],
+)
 def test_kv_bytes_per_token(name, expected):
     assert MODELS[name].kv_bytes_per_token() == expected
 
@@ -33,8 +36,10 @@ def test_opt13b_with_12gib():
     # 12 GiB / (16 x 819,200 B) = 983.04 -> 983 whole blocks
     assert budget.num_blocks == 983
     assert budget.capacity_tokens == 15_728
-    assert budget.describe(model) == ("KV cache: 983 blocks x 16 tokens = 15,728 tokens (12.00 GiB); "
-                                      "max concurrency at 2,048 tokens per request: 7.68x")
+    assert budget.describe(model) == (
+        "KV cache: 983 blocks x 16 tokens = 15,728 tokens (12.00 GiB); "
+        "max concurrency at 2,048 tokens per request: 7.68x"
+    )
 
 
 def test_derived_budget_llama2_7b_a100_80gb():

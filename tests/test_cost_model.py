@@ -11,15 +11,21 @@ from sim.scheduler import Batch
 
 
 def model(gpu: str, flops_efficiency: float, overhead: float) -> RooflineCostModel:
-    return RooflineCostModel(MODELS["llama-2-7b"], GPUS[gpu], step_overhead_s=overhead,
-                             flops_efficiency=flops_efficiency)
+    return RooflineCostModel(
+        MODELS["llama-2-7b"], GPUS[gpu], step_overhead_s=overhead, flops_efficiency=flops_efficiency
+    )
 
 
 @settings(max_examples=300)
-@given(gpu=st.sampled_from(sorted(GPUS)), num_seqs=st.integers(1, 512), first=st.integers(0, 3_000_000),
-       rounds=st.integers(0, 70), overhead=st.sampled_from([0.0, 0.002, 0.0123456789]),
-       # tiny FLOP rates make decode compute-bound, and ~0.003 puts the crossover inside the range
-       flops_efficiency=st.sampled_from([1.0, 0.01, 0.003, 0.001, 1e-5]))
+@given(
+    gpu=st.sampled_from(sorted(GPUS)),
+    num_seqs=st.integers(1, 512),
+    first=st.integers(0, 3_000_000),
+    rounds=st.integers(0, 70),
+    overhead=st.sampled_from([0.0, 0.002, 0.0123456789]),
+    # tiny FLOP rates make decode compute-bound, and ~0.003 puts the crossover inside the range
+    flops_efficiency=st.sampled_from([1.0, 0.01, 0.003, 0.001, 1e-5]),
+)
 def test_decode_time_list_is_decode_times(gpu, num_seqs, first, rounds, overhead, flops_efficiency):
     m = model(gpu, flops_efficiency, overhead)
     got = m.decode_time_list(num_seqs, first, rounds)

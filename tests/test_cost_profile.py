@@ -11,8 +11,14 @@ from sim.scheduler import Batch, Sequence
 
 
 def _model(**over) -> ProfileCostModel:
-    coeffs = {"prefill_pairs": 1e-10, "decode_context": 3e-9, "decode_seqs": 2e-6, "prefill_seqs": 5e-6,
-              "has_prefill": 1e-3, "has_decode": 4e-4}
+    coeffs = {
+        "prefill_pairs": 1e-10,
+        "decode_context": 3e-9,
+        "decode_seqs": 2e-6,
+        "prefill_seqs": 5e-6,
+        "has_prefill": 1e-3,
+        "has_decode": 4e-4,
+    }
     coeffs.update(over)
     return ProfileCostModel(c0=5e-3, c_tokens=1e-6, knots=[32, 128], c_knots=[2e-6, 7e-6], coefficients=coeffs)
 
@@ -31,8 +37,18 @@ def test_formula_by_hand():
     b.num_prefill_tokens, b.num_prefill_seqs, b.prefill_attention_pairs = 200, 4, 20_100
     b.num_decode_seqs, b.decode_context_tokens = 10, 5_000
     t = 210
-    expect = (5e-3 + 1e-6 * t + 2e-6 * (t - 32) + 7e-6 * (t - 128) + 1e-10 * 20_100 + 3e-9 * 5_000 + 2e-6 * 10
-              + 5e-6 * 2 + 1e-3 + 4e-4)
+    expect = (
+        5e-3
+        + 1e-6 * t
+        + 2e-6 * (t - 32)
+        + 7e-6 * (t - 128)
+        + 1e-10 * 20_100
+        + 3e-9 * 5_000
+        + 2e-6 * 10
+        + 5e-6 * 2
+        + 1e-3
+        + 4e-4
+    )
     assert m.step_time(b) == pytest.approx(expect, rel=1e-12)
     # below the first knot, the knot terms vanish
     assert m.step_time(_decode_batch(8, 800)) == pytest.approx(5e-3 + 8e-6 + 3e-9 * 800 + 16e-6 + 4e-4, rel=1e-12)
@@ -50,8 +66,13 @@ def test_decode_times_bit_identical_to_step_time(n):
 
 
 def test_decode_times_bit_identical_on_awkward_coefficients():
-    m = ProfileCostModel(c0=0.1 + 0.2, c_tokens=1 / 3, knots=[3, 11], c_knots=[1 / 7, 1 / 9],
-                         coefficients={f: 1 / (i + 13) for i, f in enumerate(FEATURES)})
+    m = ProfileCostModel(
+        c0=0.1 + 0.2,
+        c_tokens=1 / 3,
+        knots=[3, 11],
+        c_knots=[1 / 7, 1 / 9],
+        coefficients={f: 1 / (i + 13) for i, f in enumerate(FEATURES)},
+    )
     context = np.arange(1, 5000, 7, dtype=np.int64)
     vec = m.decode_times(19, context)
     assert all(m.step_time(_decode_batch(19, int(c))) == v for c, v in zip(context, vec))
@@ -122,7 +143,7 @@ def test_round_trip_and_errors(tmp_path):
 @pytest.mark.parametrize("corrected", [False, True], ids=["formula", "decode-correction"])
 def test_replay_with_profile_fast_forward_identical(tmp_path, corrected):
     """The engine's exact fast-forward with the profile model writes the same records as step by step."""
-    from sim.config import MODELS, GPUS
+    from sim.config import GPUS, MODELS
     from sim.run import ReplayOptions, replay
     from sim.trace import read_trace
 
@@ -144,7 +165,7 @@ def test_replay_with_profile_fast_forward_identical(tmp_path, corrected):
 
 
 def test_replay_rejects_profile_of_another_model(tmp_path):
-    from sim.config import MODELS, GPUS
+    from sim.config import GPUS, MODELS
     from sim.run import ReplayOptions, replay
     from sim.trace import read_trace
 
@@ -153,13 +174,18 @@ def test_replay_rejects_profile_of_another_model(tmp_path):
     path = tmp_path / "p.json"
     path.write_text(json.dumps(m.to_dict()))
     with pytest.raises(UserError, match="opt-13b"):
-        replay(read_trace("traces/alpaca-2k.csv"),
-               ReplayOptions(model=MODELS["llama-2-7b"], gpu=GPUS["h100-80gb"], cost_model=str(path)))
+        replay(
+            read_trace("traces/alpaca-2k.csv"),
+            ReplayOptions(model=MODELS["llama-2-7b"], gpu=GPUS["h100-80gb"], cost_model=str(path)),
+        )
 
 
 def _correction() -> DecodeCorrection:
-    return DecodeCorrection(batch_sizes=[1, 4, 16], contexts=[[100.0, 300.0], [100.0], [64.0, 512.0, 4096.0]],
-                            ratios=[[0.9, 1.1], [1.2], [1.0, 1.08, 0.96]])
+    return DecodeCorrection(
+        batch_sizes=[1, 4, 16],
+        contexts=[[100.0, 300.0], [100.0], [64.0, 512.0, 4096.0]],
+        ratios=[[0.9, 1.1], [1.2], [1.0, 1.08, 0.96]],
+    )
 
 
 def test_decode_correction_interpolates_by_hand():
@@ -214,12 +240,21 @@ def test_fit_builds_correction_from_uniform_decode_points():
             assert fitted.time_of(s) == pytest.approx(s["time_s"], rel=1e-12)
     # between batch sizes 4 and 16 at 1,024 tokens each: the two ratios, weighted 3/4 and 1/4 at batch 7
     b = _decode_batch(7, 7 * 1024)
-    r4 = 1.03 * (1 + 1024 / 1e5) * truth.step_time(_decode_batch(4, 4 * 1024)) / fitted.formula_time_of(
-        batch_features(_decode_batch(4, 4 * 1024)))
-    r16 = 1.06 * (1 + 1024 / 1e5) * truth.step_time(_decode_batch(16, 16 * 1024)) / fitted.formula_time_of(
-        batch_features(_decode_batch(16, 16 * 1024)))
-    assert fitted.step_time(b) == pytest.approx(fitted.formula_time_of(batch_features(b)) * (0.75 * r4 + 0.25 * r16),
-                                                rel=1e-12)
+    r4 = (
+        1.03
+        * (1 + 1024 / 1e5)
+        * truth.step_time(_decode_batch(4, 4 * 1024))
+        / fitted.formula_time_of(batch_features(_decode_batch(4, 4 * 1024)))
+    )
+    r16 = (
+        1.06
+        * (1 + 1024 / 1e5)
+        * truth.step_time(_decode_batch(16, 16 * 1024))
+        / fitted.formula_time_of(batch_features(_decode_batch(16, 16 * 1024)))
+    )
+    assert fitted.step_time(b) == pytest.approx(
+        fitted.formula_time_of(batch_features(b)) * (0.75 * r4 + 0.25 * r16), rel=1e-12
+    )
 
 
 def test_correction_round_trip_and_old_profiles(tmp_path):
@@ -233,7 +268,9 @@ def test_correction_round_trip_and_old_profiles(tmp_path):
     d = m.to_dict()
     del d["decode_correction"]  # a profile written before the correction existed: the formula alone
     path.write_text(json.dumps(d))
-    assert ProfileCostModel.load(str(path)).step_time(_decode_batch(4, 400)) == _model().step_time(_decode_batch(4, 400))
+    assert ProfileCostModel.load(str(path)).step_time(_decode_batch(4, 400)) == _model().step_time(
+        _decode_batch(4, 400)
+    )
     d["decode_correction"] = {"batch_sizes": [4, 1], "contexts": [[1.0], [1.0]], "ratios": [[1.0], [1.0]]}
     path.write_text(json.dumps(d))
     with pytest.raises(UserError, match="malformed.*ascend"):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from sim.allocators import ContiguousMax, PagedAllocator
-from sim.cost_model import RooflineCostModel
 from sim.config import GPUS, MODELS
+from sim.cost_model import RooflineCostModel
 from sim.engine import Engine
 from sim.metrics import summarize
 from sim.scheduler import Batch, Scheduler, SchedulerLimits
@@ -95,8 +95,13 @@ def test_contiguous_max_waits_for_a_reservation():
     assert steps["free_bytes"].tolist() == [0, 0, 8, 8, 8]
     assert req.admitted_s.tolist() == [0, 0, 1]
     assert req.finish_s.tolist() == [2, 1, 5]
-    total = steps["token_states_bytes"] + steps["reserved_bytes"] + steps["internal_fragmentation_bytes"] + \
-        steps["external_fragmentation_bytes"] + steps["free_bytes"]
+    total = (
+        steps["token_states_bytes"]
+        + steps["reserved_bytes"]
+        + steps["internal_fragmentation_bytes"]
+        + steps["external_fragmentation_bytes"]
+        + steps["free_bytes"]
+    )
     assert (total == 16).all()
 
 

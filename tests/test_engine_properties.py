@@ -13,7 +13,8 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sim.run
 from sim.allocators import REGISTRY
@@ -30,8 +31,10 @@ CATEGORIES = ("token_states", "reserved", "internal_fragmentation", "external_fr
 # KVSIM_DISABLED_INVARIANTS=self-check: do not call the allocators' own check() (see the mutation check).
 SELF_CHECK = "self-check" not in os.environ.get("KVSIM_DISABLED_INVARIANTS", "").split(",")
 
-CONFIGS = [(name, {}) for name in REGISTRY] + [("contiguous-pow2", {"placement": "first-fit"}),
-                                               ("paged", {"sharing": False})]
+CONFIGS = [(name, {}) for name in REGISTRY] + [
+    ("contiguous-pow2", {"placement": "first-fit"}),
+    ("paged", {"sharing": False}),
+]
 
 
 @st.composite
@@ -44,8 +47,9 @@ def traces(draw) -> Trace:
     columns = {}
     if draw(st.booleans()):  # parallel samples and beams
         columns["n"] = np.array(draw(st.lists(st.sampled_from([1, 1, 2, 3]), min_size=n, max_size=n)), np.int64)
-        columns["beam_width"] = np.array(draw(st.lists(st.sampled_from([1, 1, 1, 2]), min_size=n, max_size=n)),
-                                         np.int64)
+        columns["beam_width"] = np.array(
+            draw(st.lists(st.sampled_from([1, 1, 1, 2]), min_size=n, max_size=n)), np.int64
+        )
     if draw(st.booleans()):  # shared prefixes
         columns["prefix_group"] = np.array(draw(st.lists(st.integers(-1, 1), min_size=n, max_size=n)), np.int64)
         columns["prefix_tokens"] = np.minimum(prompt, draw(st.integers(1, 24)))
@@ -95,17 +99,26 @@ class RecordingScheduler(Scheduler):
         return finished
 
 
-def run(trace: Trace, allocator: str, extra: dict, num_blocks: int, block_size: int, max_num_seqs: int,
-        fast_forward: bool):
+def run(
+    trace: Trace, allocator: str, extra: dict, num_blocks: int, block_size: int, max_num_seqs: int, fast_forward: bool
+):
     schedulers: list[RecordingScheduler] = []
 
     def make(*args, **kwargs):
         schedulers.append(RecordingScheduler(*args, **kwargs))
         return schedulers[-1]
 
-    options = ReplayOptions(MODEL, GPU, allocator=allocator, block_size=block_size,
-                            kv_memory=num_blocks * block_size * BPT, max_num_seqs=max_num_seqs,
-                            max_num_batched_tokens=128, fast_forward=fast_forward, **extra)
+    options = ReplayOptions(
+        MODEL,
+        GPU,
+        allocator=allocator,
+        block_size=block_size,
+        kv_memory=num_blocks * block_size * BPT,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=128,
+        fast_forward=fast_forward,
+        **extra,
+    )
     with mock.patch.object(sim.run, "Scheduler", make):
         result = replay(trace, options)
     return result, schedulers[0]
@@ -123,7 +136,8 @@ def check_run(trace: Trace, result, sched: RecordingScheduler, max_num_seqs: int
             assert isinstance(reason, str) and reason.strip()
             continue
         assert sched.emitted_at_finish.get(i) == trace.output_tokens[i], (
-            f"request {i} emitted {sched.emitted_at_finish.get(i)} tokens, wants {trace.output_tokens[i]}")
+            f"request {i} emitted {sched.emitted_at_finish.get(i)} tokens, wants {trace.output_tokens[i]}"
+        )
         assert trace.arrival_s[i] <= req.admitted_s[i] <= req.first_token_s[i] <= req.finish_s[i]
     assert set(sched.emitted_at_finish) == {i for i in range(len(trace)) if not math.isnan(req.finish_s[i])}
     t, d = steps["time_s"], steps["duration_s"]
@@ -140,14 +154,16 @@ def check_run(trace: Trace, result, sched: RecordingScheduler, max_num_seqs: int
 
 
 def _configs():
-    return pytest.mark.parametrize("allocator, extra", CONFIGS,
-                                   ids=[n + "".join(f"[{k}={v}]" for k, v in e.items()) for n, e in CONFIGS])
+    return pytest.mark.parametrize(
+        "allocator, extra", CONFIGS, ids=[n + "".join(f"[{k}={v}]" for k, v in e.items()) for n, e in CONFIGS]
+    )
 
 
 @_configs()
 @settings(max_examples=settings().max_examples)
-@given(trace=traces(), num_blocks=st.integers(4, 40), block_size=st.sampled_from([2, 4, 8]),
-       max_num_seqs=st.integers(1, 6))
+@given(
+    trace=traces(), num_blocks=st.integers(4, 40), block_size=st.sampled_from([2, 4, 8]), max_num_seqs=st.integers(1, 6)
+)
 def test_engine_properties(allocator, extra, trace, num_blocks, block_size, max_num_seqs) -> None:
     result, sched = run(trace, allocator, extra, num_blocks, block_size, max_num_seqs, fast_forward=False)
     check_run(trace, result, sched, max_num_seqs)
@@ -161,12 +177,15 @@ def _equal(a, b) -> bool:
     return a == b
 
 
-@pytest.mark.skipif(not any(f.name == "fast_forward" for f in dataclasses.fields(ReplayOptions)),
-                    reason="ReplayOptions has no fast_forward field: nothing to compare yet")
+@pytest.mark.skipif(
+    not any(f.name == "fast_forward" for f in dataclasses.fields(ReplayOptions)),
+    reason="ReplayOptions has no fast_forward field: nothing to compare yet",
+)
 @_configs()
 @settings(max_examples=settings().max_examples)
-@given(trace=traces(), num_blocks=st.integers(4, 40), block_size=st.sampled_from([2, 4, 8]),
-       max_num_seqs=st.integers(1, 6))
+@given(
+    trace=traces(), num_blocks=st.integers(4, 40), block_size=st.sampled_from([2, 4, 8]), max_num_seqs=st.integers(1, 6)
+)
 def test_fast_forward_equals_step_by_step(allocator, extra, trace, num_blocks, block_size, max_num_seqs) -> None:
     slow, slow_sched = run(trace, allocator, extra, num_blocks, block_size, max_num_seqs, fast_forward=False)
     fast, fast_sched = run(trace, allocator, extra, num_blocks, block_size, max_num_seqs, fast_forward=True)
@@ -189,11 +208,17 @@ def test_readmitted_in_the_round_it_was_preempted_finishes_once() -> None:
     """Every running request preempted in one iteration (so no token is emitted) and one re-admitted in the next,
     to finish at the very round it was to finish at before: it must finish once, with the right token count.
     (Found by the property test above: the scheduler's finish buckets then held the request twice.)"""
-    trace = Trace(path="<example>", format="native", arrival_s=np.zeros(9),
-                  prompt_tokens=np.array([1, 1, 1, 9, 1, 1, 1, 1, 1]), output_tokens=np.array([1, 1, 1, 9, 9, 1, 1, 1, 1]),
-                  columns={"n": np.array([1, 1, 1, 3, 1, 1, 1, 1, 1]), "beam_width": np.ones(9, dtype=np.int64)})
-    result, sched = run(trace, "paged", {"sharing": False}, num_blocks=7, block_size=8, max_num_seqs=4,
-                        fast_forward=False)
+    trace = Trace(
+        path="<example>",
+        format="native",
+        arrival_s=np.zeros(9),
+        prompt_tokens=np.array([1, 1, 1, 9, 1, 1, 1, 1, 1]),
+        output_tokens=np.array([1, 1, 1, 9, 9, 1, 1, 1, 1]),
+        columns={"n": np.array([1, 1, 1, 3, 1, 1, 1, 1, 1]), "beam_width": np.ones(9, dtype=np.int64)},
+    )
+    result, sched = run(
+        trace, "paged", {"sharing": False}, num_blocks=7, block_size=8, max_num_seqs=4, fast_forward=False
+    )
     check_run(trace, result, sched, max_num_seqs=4)
     assert result.requests.preemptions[4] == 1 and sched.emitted_at_finish[4] == 9
     # request 3 (3 samples of 17 tokens, no sharing: 9 blocks of 8 at the end; the cache has 7) cannot complete

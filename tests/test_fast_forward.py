@@ -28,8 +28,14 @@ def random_trace(seed: int, count: int, sharing: bool) -> Trace:
         group = rng.integers(-1, 3, count)
         columns["prefix_group"] = group
         columns["prefix_tokens"] = np.where(group >= 0, np.minimum(prompt, 64), 0)
-    return Trace("random.csv", "native", arrivals.astype(np.float64), prompt.astype(np.int64),
-                 output.astype(np.int64), columns=columns)
+    return Trace(
+        "random.csv",
+        "native",
+        arrivals.astype(np.float64),
+        prompt.astype(np.int64),
+        output.astype(np.int64),
+        columns=columns,
+    )
 
 
 def assert_same(trace: Trace, options: ReplayOptions) -> int:
@@ -51,18 +57,30 @@ def assert_same(trace: Trace, options: ReplayOptions) -> int:
 
 @pytest.mark.parametrize("allocator", sorted(REGISTRY))
 @settings(max_examples=8)
-@given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 40), sharing=st.booleans(),
-       kv_tokens=st.sampled_from([400, 1200, 5000]), block_size=st.sampled_from([1, 4, 16]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    count=st.integers(1, 40),
+    sharing=st.booleans(),
+    kv_tokens=st.sampled_from([400, 1200, 5000]),
+    block_size=st.sampled_from([1, 4, 16]),
+)
 def test_fast_forward_equals_step_by_step(allocator, seed, count, sharing, kv_tokens, block_size):
     trace = random_trace(seed, count, sharing)
-    options = ReplayOptions(MODEL, GPUS["a100-80gb"], allocator, block_size=block_size,
-                            kv_memory=kv_tokens * MODEL.kv_bytes_per_token(), max_num_seqs=8)
+    options = ReplayOptions(
+        MODEL,
+        GPUS["a100-80gb"],
+        allocator,
+        block_size=block_size,
+        kv_memory=kv_tokens * MODEL.kv_bytes_per_token(),
+        max_num_seqs=8,
+    )
     assert_same(trace, options)
 
 
 @pytest.mark.parametrize("allocator", sorted(REGISTRY))
 def test_fast_forward_happens_and_is_exact_on_a_real_trace_slice(allocator, repo_root):
     from sim.trace import read_trace
+
     trace = read_trace(f"{repo_root}/traces/azure-llm-2023-conv.csv")
     trace = trace.select(slice(0, 300))
     options = ReplayOptions(MODEL, GPUS["h100-80gb"], allocator, kv_memory=3 * 2**30)
@@ -120,8 +138,12 @@ def test_append_each_equals_appending_one_by_one(allocator, data):
 
 @pytest.mark.parametrize("sync_every", [1, 3])
 @settings(max_examples=10)
-@given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 40), sharing=st.booleans(),
-       kv_tokens=st.sampled_from([400, 5000]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    count=st.integers(1, 40),
+    sharing=st.booleans(),
+    kv_tokens=st.sampled_from([400, 5000]),
+)
 def test_engine_clock_batching_changes_nothing(sync_every, seed, count, sharing, kv_tokens):
     """The engine advances simpy's clock once per Engine.SYNC_EVERY busy iterations; with SYNC_EVERY = 1 (a timeout
     per iteration, as a plain simpy loop) every record is the same."""
@@ -129,8 +151,14 @@ def test_engine_clock_batching_changes_nothing(sync_every, seed, count, sharing,
 
     trace = random_trace(seed, count, sharing)
     # Durations that are not short binary fractions, so that sums round.
-    options = ReplayOptions(MODEL, GPUS["a100-80gb"], "paged", kv_memory=kv_tokens * MODEL.kv_bytes_per_token(),
-                            max_num_seqs=8, step_overhead_s=0.0123456789)
+    options = ReplayOptions(
+        MODEL,
+        GPUS["a100-80gb"],
+        "paged",
+        kv_memory=kv_tokens * MODEL.kv_bytes_per_token(),
+        max_num_seqs=8,
+        step_overhead_s=0.0123456789,
+    )
     default = replay(trace, options)
     saved = Engine.SYNC_EVERY
     Engine.SYNC_EVERY = sync_every
@@ -174,8 +202,11 @@ def test_steplog_decode_segments_equal_their_rows(compact_rows, data):
     ints = st.integers(0, 10**6)
     for _ in range(data.draw(st.integers(1, 6))):
         if data.draw(st.booleans()):
-            row = (data.draw(st.floats(0, 1e4)), data.draw(st.floats(1e-4, 1)), *data.draw(
-                st.lists(ints, min_size=12, max_size=12)))
+            row = (
+                data.draw(st.floats(0, 1e4)),
+                data.draw(st.floats(1e-4, 1)),
+                *data.draw(st.lists(ints, min_size=12, max_size=12)),
+            )
             log.append(row)
             want.append([float(v) for v in row])
             continue
@@ -192,8 +223,14 @@ def test_steplog_decode_segments_equal_their_rows(compact_rows, data):
         log.extend_decode(ends, durations, n, waiting, bpt, plan)
         for r in range(1, rounds + 1):
             tokens, b = tokens0 + n * r, blocks[r - 1]
-            memory = (tokens, reserved[r - 1], (held0 + b) * bs - tokens - reserved[r - 1], 0, (free0 - b) * bs,
-                      (logical0 + b) * bs)
+            memory = (
+                tokens,
+                reserved[r - 1],
+                (held0 + b) * bs - tokens - reserved[r - 1],
+                0,
+                (free0 - b) * bs,
+                (logical0 + b) * bs,
+            )
             want.append([ends[r - 1], durations[r - 1], n, waiting, 0, n, n, 0] + [float(m) * bpt for m in memory])
     got = log.arrays()
     assert len(log) == len(want)

@@ -5,8 +5,16 @@ from sim.allocators.placement import BuddySpace, FirstFitSpace
 
 def test_buddy_regions_of_a_non_power_of_two_capacity():
     space = BuddySpace(15_728)  # 8192 + 4096 + 2048 + 1024 + 256 + 64 + 32 + 16
-    assert space.free_extents() == [(0, 8192), (8192, 4096), (12288, 2048), (14336, 1024), (15360, 256),
-                                    (15616, 64), (15680, 32), (15712, 16)]
+    assert space.free_extents() == [
+        (0, 8192),
+        (8192, 4096),
+        (12288, 2048),
+        (14336, 1024),
+        (15360, 256),
+        (15616, 64),
+        (15680, 32),
+        (15712, 16),
+    ]
     assert space.largest_placeable() == 8192
     # 2048 slots: the smallest free block that holds it is the 2048 region itself
     assert space.alloc(2048) == 12288

@@ -28,9 +28,32 @@ def chromium():
 
 def test_report_draws_every_chart_without_errors(chromium, tmp_path):
     out = str(tmp_path / "report.html")
-    assert main(["report", os.path.join(ROOT, "traces", "sharegpt-2k.csv"), "--model", "llama-2-7b", "--gpu",
-                 "a100-40gb", "--first", "150", "--slo", "ttft_p99=500ms,tpot_p99=60ms", "--precision", "0.1",
-                 "--allocators", "paged,contiguous-max", "--jobs", "1", "-q", "-o", out]) == 0
+    assert (
+        main(
+            [
+                "report",
+                os.path.join(ROOT, "traces", "sharegpt-2k.csv"),
+                "--model",
+                "llama-2-7b",
+                "--gpu",
+                "a100-40gb",
+                "--first",
+                "150",
+                "--slo",
+                "ttft_p99=500ms,tpot_p99=60ms",
+                "--precision",
+                "0.1",
+                "--allocators",
+                "paged,contiguous-max",
+                "--jobs",
+                "1",
+                "-q",
+                "-o",
+                out,
+            ]
+        )
+        == 0
+    )
     check = check_page(out)
     assert check.errors == 0, check.status_text
     assert check.console_errors == []
@@ -46,9 +69,11 @@ def test_report_draws_every_chart_without_errors(chromium, tmp_path):
 
 def test_sweep_report_draws(chromium, tmp_path):
     spec = tmp_path / "s.toml"
-    spec.write_text(f'traces = ["{os.path.join(ROOT, "traces", "sharegpt-2k.csv")}"]\nmodels = ["llama-2-7b"]\n'
-                    'gpus = ["a100-40gb"]\nallocators = ["paged", "contiguous-max"]\nrates = [2, 8]\nfirst = 60\n'
-                    'slo = "ttft_p99=1s"\n')
+    spec.write_text(
+        f'traces = ["{os.path.join(ROOT, "traces", "sharegpt-2k.csv")}"]\nmodels = ["llama-2-7b"]\n'
+        'gpus = ["a100-40gb"]\nallocators = ["paged", "contiguous-max"]\nrates = [2, 8]\nfirst = 60\n'
+        'slo = "ttft_p99=1s"\n'
+    )
     assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--jobs", "1", "-q"]) == 0
     check = check_page(str(tmp_path / "out" / "report.html"))
     assert check.errors == 0 and check.console_errors == [], check.status_text
@@ -64,7 +89,9 @@ def test_the_check_sees_errors_and_undrawn_charts(chromium, tmp_path):
     page = Page("broken")
     page.figure("fig-ok", go.Figure(go.Bar(x=[1, 2], y=[3, 4])))
     page.add("<script>throw new Error('deliberate');</script>")
-    html = page.render().replace('{"id":"fig-ok"', '{"id":"fig-missing","figure":{"data":[],"layout":{}}},{"id":"fig-ok"', 1)
+    html = page.render().replace(
+        '{"id":"fig-ok"', '{"id":"fig-missing","figure":{"data":[],"layout":{}}},{"id":"fig-ok"', 1
+    )
     path = tmp_path / "broken.html"
     path.write_text(html)
     check = check_page(str(path))

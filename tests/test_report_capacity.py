@@ -50,8 +50,15 @@ def queue_trace() -> Trace:
 
 def queue_options() -> ReplayOptions:
     model = resolve_model("layers=1,kv_heads=1,head_size=16,params=1000,max_len=64")
-    return ReplayOptions(model=model, gpu=resolve_gpu(GPU), allocator="paged", block_size=16, kv_memory=1 << 20,
-                         max_num_seqs=1, step_overhead_s=OVERHEAD)
+    return ReplayOptions(
+        model=model,
+        gpu=resolve_gpu(GPU),
+        allocator="paged",
+        block_size=16,
+        kv_memory=1 << 20,
+        max_num_seqs=1,
+        step_overhead_s=OVERHEAD,
+    )
 
 
 def test_queue_ttft_matches_the_hand_formula():
@@ -146,10 +153,22 @@ def test_bad_search_parameters():
 def test_parse_slos():
     slos = parse_slos("ttft_p99=2s, tpot_p99=100ms,e2e_p50=1min,ttft_p99.9=3")
     assert [(s.metric, s.percentile, s.threshold_s) for s in slos] == [
-        ("ttft", 99, 2.0), ("tpot", 99, 0.1), ("e2e", 50, 60.0), ("ttft", 99.9, 3.0)]
+        ("ttft", 99, 2.0),
+        ("tpot", 99, 0.1),
+        ("e2e", 50, 60.0),
+        ("ttft", 99.9, 3.0),
+    ]
     assert slos[3].name == "ttft_p99.9"
-    for bad in ("", "ttft=2s", "latency_p99=2s", "ttft_p0=1s", "ttft_p101=1s", "ttft_p99=-1s", "ttft_p99=2s,ttft_p99=3s",
-                "ttft_p99=fast"):
+    for bad in (
+        "",
+        "ttft=2s",
+        "latency_p99=2s",
+        "ttft_p0=1s",
+        "ttft_p101=1s",
+        "ttft_p99=-1s",
+        "ttft_p99=2s,ttft_p99=3s",
+        "ttft_p99=fast",
+    ):
         with pytest.raises(UserError):
             parse_slos(bad)
 
@@ -198,8 +217,14 @@ def test_progress_line_shows_each_search():
     s = step_time_by_hand()
     stream = io.StringIO()
     configs = make_configs(queue_options(), ["paged", "contiguous-max"], [16])
-    out = run_searches(queue_trace(), configs, [SLO("ttft", 99, s + 99 * s / 2)], precision=0.05, jobs=1,
-                       status=StatusLine(enabled=True, stream=stream, interval_s=0))
+    out = run_searches(
+        queue_trace(),
+        configs,
+        [SLO("ttft", 99, s + 99 * s / 2)],
+        precision=0.05,
+        jobs=1,
+        status=StatusLine(enabled=True, stream=stream, interval_s=0),
+    )
     text = stream.getvalue()
     assert "searches [" in text and "2/2 done" in text
     for label, (search, probes) in out.items():
@@ -207,6 +232,12 @@ def test_progress_line_shows_each_search():
         assert len(probes) == len(search.history)
     assert text.endswith("\n")
     quiet = io.StringIO()
-    run_searches(queue_trace(), configs[:1], [SLO("ttft", 99, 1.0)], precision=0.5, jobs=1,
-                 status=StatusLine(enabled=False, stream=quiet))
+    run_searches(
+        queue_trace(),
+        configs[:1],
+        [SLO("ttft", 99, 1.0)],
+        precision=0.5,
+        jobs=1,
+        status=StatusLine(enabled=False, stream=quiet),
+    )
     assert quiet.getvalue() == ""

@@ -19,11 +19,30 @@ FIGURE_CSVS = ("capacity.csv", "memory.csv", "timeline.csv", "rates.csv", "laten
 
 def run_report(tmp_path, *extra: str, name: str = "report.html") -> tuple[str, str]:
     out = str(tmp_path / name)
-    argv = ["report", TRACE, "--model", "llama-2-7b", "--gpu", "a100-40gb", "--first", "150",
-            "--slo", "ttft_p99=500ms,tpot_p99=60ms", "--target-rate", "25", "--precision", "0.1", "-q",
-            "--validation-dir", str(tmp_path / "validation"), "-o", out, *extra]
+    argv = [
+        "report",
+        TRACE,
+        "--model",
+        "llama-2-7b",
+        "--gpu",
+        "a100-40gb",
+        "--first",
+        "150",
+        "--slo",
+        "ttft_p99=500ms,tpot_p99=60ms",
+        "--target-rate",
+        "25",
+        "--precision",
+        "0.1",
+        "-q",
+        "--validation-dir",
+        str(tmp_path / "validation"),
+        "-o",
+        out,
+        *extra,
+    ]
     assert main(argv) == 0
-    return out, out[:-len(".html")] + "-data"
+    return out, out[: -len(".html")] + "-data"
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +61,17 @@ def test_files_and_self_contained_page(report):
     assert not re.search(r"<script[^>]*\bsrc=", page)
     assert not re.search(r"<link[^>]*\bhref=", page)
     # one drawing call per figure, from one JSON block
-    figures = json.loads(re.search(r'<script type="application/json" id="report-figures">(.*?)</script>', page,
-                                   re.S).group(1))
-    assert [f["id"] for f in figures] == ["fig-capacity", "fig-memory", "fig-timeline", "fig-rates", "fig-latency",
-                                          "fig-block-size"]
+    figures = json.loads(
+        re.search(r'<script type="application/json" id="report-figures">(.*?)</script>', page, re.S).group(1)
+    )
+    assert [f["id"] for f in figures] == [
+        "fig-capacity",
+        "fig-memory",
+        "fig-timeline",
+        "fig-rates",
+        "fig-latency",
+        "fig-block-size",
+    ]
     for f in figures:
         assert f'<div class="figure" id="{f["id"]}"></div>' in page
     assert "No GPU validation results exist for llama-2-7b on a100-40gb" in page
@@ -57,7 +83,11 @@ def test_replicas_follow_from_capacity(report):
     data = json.load(open(os.path.join(data_dir, "report.json")))
     results = data["results"]
     assert {(r["allocator"], r["block_size"]) for r in results} == {
-        ("paged", 16), ("contiguous-max", 16), ("paged", 32), ("contiguous-max", 32)}
+        ("paged", 16),
+        ("contiguous-max", 16),
+        ("paged", 32),
+        ("contiguous-max", 32),
+    }
     for r in results:
         assert r["capacity_rps"] > 0 and not r["unbounded"]
         assert r["replicas"] == math.ceil(25 / r["capacity_rps"])
@@ -74,8 +104,10 @@ def test_replicas_follow_from_capacity(report):
     # the memory CSV's five fractions sum to 1 per configuration
     with open(os.path.join(data_dir, "memory.csv")) as f:
         for row in csv.DictReader(f):
-            total = sum(float(row[c]) for c in ("token_states", "reserved", "internal_fragmentation",
-                                                "external_fragmentation", "free"))
+            total = sum(
+                float(row[c])
+                for c in ("token_states", "reserved", "internal_fragmentation", "external_fragmentation", "free")
+            )
             assert total == pytest.approx(1.0, abs=1e-6)
 
 
@@ -83,12 +115,29 @@ def test_validation_results_are_shown_when_they_match(tmp_path):
     vdir = tmp_path / "validation"
     (vdir / "run-1").mkdir(parents=True)
     (vdir / "run-2").mkdir()
-    (vdir / "run-1" / "validation.json").write_text(json.dumps({
-        "gpu": "a100-40gb", "model": "llama-2-7b", "allocator": "paged", "device": "NVIDIA A100-SXM4-40GB",
-        "metrics": {"throughput_rps": {"predicted": 5.5, "measured": 5.0},
-                    "ttft_p99_s": {"predicted": 1.0, "measured": 1.25, "rel_error": -0.2}}}))
-    (vdir / "run-2" / "validation.json").write_text(json.dumps({  # another GPU: not shown
-        "gpu": "h100-80gb", "model": "llama-2-7b", "metrics": {"throughput_rps": {"predicted": 1, "measured": 1}}}))
+    (vdir / "run-1" / "validation.json").write_text(
+        json.dumps(
+            {
+                "gpu": "a100-40gb",
+                "model": "llama-2-7b",
+                "allocator": "paged",
+                "device": "NVIDIA A100-SXM4-40GB",
+                "metrics": {
+                    "throughput_rps": {"predicted": 5.5, "measured": 5.0},
+                    "ttft_p99_s": {"predicted": 1.0, "measured": 1.25, "rel_error": -0.2},
+                },
+            }
+        )
+    )
+    (vdir / "run-2" / "validation.json").write_text(
+        json.dumps(
+            {  # another GPU: not shown
+                "gpu": "h100-80gb",
+                "model": "llama-2-7b",
+                "metrics": {"throughput_rps": {"predicted": 1, "measured": 1}},
+            }
+        )
+    )
     html_path, data_dir = run_report(tmp_path, "--allocators", "paged")
     page = open(html_path, encoding="utf-8").read()
     assert "NVIDIA A100-SXM4-40GB" in page

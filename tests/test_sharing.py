@@ -121,8 +121,14 @@ def test_contiguous_fork_copies_into_its_own_reservation():
 
 def make_trace(rows, **columns):
     arr = np.array(rows, dtype=np.float64)
-    return Trace("t.csv", "native", arr[:, 0], arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64),
-                 columns={k: np.array(v, dtype=np.int64) for k, v in columns.items()})
+    return Trace(
+        "t.csv",
+        "native",
+        arr[:, 0],
+        arr[:, 1].astype(np.int64),
+        arr[:, 2].astype(np.int64),
+        columns={k: np.array(v, dtype=np.int64) for k, v in columns.items()},
+    )
 
 
 class OneSecond:
@@ -138,8 +144,9 @@ def replay(trace, allocator, beam=BeamModel()):
     log, req = Engine(trace, sched, OneSecond(), 1, 100).run()
     steps = log.arrays()
     s = summarize(steps, req, allocator.capacity_tokens, 0.0)
-    s["sharing"] = sharing_summary(steps, getattr(allocator, "num_cow_copies", 0), sched.prefill_tokens_requested,
-                                   sched.prefill_tokens_cached)
+    s["sharing"] = sharing_summary(
+        steps, getattr(allocator, "num_cow_copies", 0), sched.prefill_tokens_requested, sched.prefill_tokens_cached
+    )
     return steps, s
 
 
@@ -162,8 +169,11 @@ def test_parallel_sampling_in_the_engine():
     assert s["throughput"]["output_tokens_per_s"] == pytest.approx(2 * 3 / 3)
     # the counterfactual holds 4 blocks from the start
     steps, s = replay(make_trace([(0, 20, 3)], n=[2]), PagedAllocator(8, 16, 100, sharing=False))
-    assert (steps["token_states_bytes"] + steps["reserved_bytes"] + steps["internal_fragmentation_bytes"]).tolist() \
-        == [64, 64, 64]
+    assert (steps["token_states_bytes"] + steps["reserved_bytes"] + steps["internal_fragmentation_bytes"]).tolist() == [
+        64,
+        64,
+        64,
+    ]
     assert s["sharing"]["saved_fraction"] == 0
 
 

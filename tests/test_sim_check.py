@@ -26,15 +26,19 @@ def test_a_correct_user_allocator_passes(capsys) -> None:
     assert "OK" in out and "VIOLATED" not in out
 
 
-@pytest.mark.parametrize("cls, invariant, operation", [
-    ("LeakyToy", "no-leaks", "state.drain("),
-    ("PartialBlockToy", "block-table", "state.admit("),
-    ("WrongBlockFreeToy", "ownership", "state.admit("),
-    ("OptimisticToy", "honesty", "state.append_"),
-])
+@pytest.mark.parametrize(
+    "cls, invariant, operation",
+    [
+        ("LeakyToy", "no-leaks", "state.drain("),
+        ("PartialBlockToy", "block-table", "state.admit("),
+        ("WrongBlockFreeToy", "ownership", "state.admit("),
+        ("OptimisticToy", "honesty", "state.append_"),
+    ],
+)
 def test_a_broken_allocator_is_reported_with_its_invariant_and_shrunk_steps(capsys, cls, invariant, operation) -> None:
-    code, out = run_check(capsys, f"tests.broken_allocators:{cls}", "--examples", "200", "--max-violations", "1",
-                          "--derandomize")
+    code, out = run_check(
+        capsys, f"tests.broken_allocators:{cls}", "--examples", "200", "--max-violations", "1", "--derandomize"
+    )
     assert code == 1, out
     assert f"VIOLATED {invariant}:" in out, out
     assert "shrunk sequence of operations:" in out and "state.setup(" in out and operation in out, out
@@ -52,11 +56,13 @@ def test_unknown_allocator_is_a_usage_error(capsys) -> None:
 
 
 def test_without_hypothesis_sim_check_says_how_to_install_it_and_replay_still_imports() -> None:
-    code = ("import sys; sys.modules['hypothesis'] = None\n"  # any `import hypothesis` now raises ImportError
-            "import sim, sim.checking, sim.run\n"
-            "from sim.cli import main\n"
-            "assert main(['allocators']) == 0\n"
-            "sys.exit(main(['check', 'paged']))\n")
+    code = (
+        "import sys; sys.modules['hypothesis'] = None\n"  # any `import hypothesis` now raises ImportError
+        "import sim, sim.checking, sim.run\n"
+        "from sim.cli import main\n"
+        "assert main(['allocators']) == 0\n"
+        "sys.exit(main(['check', 'paged']))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "pip install 'kvsim[test]'" in proc.stderr

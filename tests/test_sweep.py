@@ -50,8 +50,11 @@ def test_grid_order_and_table(tmp_path):
     assert len(cells) == 1 * 1 * 2 * 2 * 2 * 3
     # product order: gpus, then allocators, then block sizes, then rates
     assert [(c.gpu, c.allocator, c.block_size, c.rate) for c in cells[:4]] == [
-        ("a100-40gb", "paged", 16, 2.0), ("a100-40gb", "paged", 16, 6.0), ("a100-40gb", "paged", 16, "native"),
-        ("a100-40gb", "paged", 32, 2.0)]
+        ("a100-40gb", "paged", 16, 2.0),
+        ("a100-40gb", "paged", 16, 6.0),
+        ("a100-40gb", "paged", 16, "native"),
+        ("a100-40gb", "paged", 32, 2.0),
+    ]
     assert len({c.key for c in cells}) == len(cells)
     out = str(tmp_path / "out")
     assert main(["sweep", spec.path, "--out", out, "--jobs", "2", "-q"]) == 0
@@ -64,8 +67,10 @@ def test_grid_order_and_table(tmp_path):
         # native: the first 80 requests' own rate, (80 - 1) / their span
         if c.rate != "native":
             assert float(r["rate_rps"]) == c.rate
-        total = sum(float(r[f"kv_{k}"]) for k in ("token_states", "reserved", "internal_fragmentation",
-                                                   "external_fragmentation", "free"))
+        total = sum(
+            float(r[f"kv_{k}"])
+            for k in ("token_states", "reserved", "internal_fragmentation", "external_fragmentation", "free")
+        )
         assert total == pytest.approx(1.0, abs=1e-6)
     assert os.path.getsize(os.path.join(out, "report.html")) > 1_000_000  # plotly.js inlined
 
@@ -106,16 +111,19 @@ def test_a_changed_cell_is_recomputed(tmp_path):
     assert keys.isdisjoint({c.key for c in cells_of(changed)})
 
 
-@pytest.mark.parametrize("text,message", [
-    ("traces = ['nope.csv']", "does not exist"),
-    (f"traces = ['{TRACE}']\nrates = [0]", "positive numbers"),
-    (f"traces = ['{TRACE}']\nblock_sizes = [16, 16]", "twice"),
-    (f"traces = ['{TRACE}']\ncolour = 'red'", "unknown key"),
-    (f"traces = ['{TRACE}']\n[options]\nwarp = 9", "unknown option"),
-    (f"traces = ['{TRACE}']\nmodels = ['gpt-17']", "unknown model"),
-    (f"traces = ['{TRACE}']\nslo = 'fast'", "cannot read SLO"),
-    ("traces = [", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("traces = ['nope.csv']", "does not exist"),
+        (f"traces = ['{TRACE}']\nrates = [0]", "positive numbers"),
+        (f"traces = ['{TRACE}']\nblock_sizes = [16, 16]", "twice"),
+        (f"traces = ['{TRACE}']\ncolour = 'red'", "unknown key"),
+        (f"traces = ['{TRACE}']\n[options]\nwarp = 9", "unknown option"),
+        (f"traces = ['{TRACE}']\nmodels = ['gpt-17']", "unknown model"),
+        (f"traces = ['{TRACE}']\nslo = 'fast'", "cannot read SLO"),
+        ("traces = [", "not valid TOML"),
+    ],
+)
 def test_bad_specs(tmp_path, text, message):
     with pytest.raises(UserError, match=message):
         load_spec(write_spec(tmp_path, text))

@@ -56,43 +56,68 @@ def test_native_quoted_csv_goes_through_csv_module(tmp_path):
 
 
 def test_native_optional_columns(tmp_path):
-    path = write(tmp_path, "arrival_s,prompt_tokens,output_tokens,n,beam_width,prefix_group,prefix_tokens\n"
-                           "0,300,20,4,,0,200\n"
-                           "1,250,20,,4,0,200\n"
-                           "2,100,20,1,1,,\n"
-                           "3,100,20,2,3,-1,0\n")
+    path = write(
+        tmp_path,
+        "arrival_s,prompt_tokens,output_tokens,n,beam_width,prefix_group,prefix_tokens\n"
+        "0,300,20,4,,0,200\n"
+        "1,250,20,,4,0,200\n"
+        "2,100,20,1,1,,\n"
+        "3,100,20,2,3,-1,0\n",
+    )
     t = read_trace(path)
-    assert t.columns["n"].tolist() == [4, 1, 1, 2]            # empty -> 1
-    assert t.columns["beam_width"].tolist() == [1, 4, 1, 3]   # empty -> 1
+    assert t.columns["n"].tolist() == [4, 1, 1, 2]  # empty -> 1
+    assert t.columns["beam_width"].tolist() == [1, 4, 1, 3]  # empty -> 1
     assert t.columns["prefix_group"].tolist() == [0, 0, -1, -1]  # empty -> -1 (none)
     assert t.columns["prefix_tokens"].tolist() == [200, 200, 0, 0]
     assert all(v.dtype == np.int64 for v in t.columns.values())
 
 
-@pytest.mark.parametrize("body, message", [
-    ("arrival_s,prompt_tokens,output_tokens,n\n0,10,5,0\n", "{p}:2: n must be a positive integer, got '0'"),
-    ("arrival_s,prompt_tokens,output_tokens,beam_width\n0,10,5,2\n1,10,5,two\n",
-     "{p}:3: beam_width must be a positive integer, got 'two'"),
-    ("arrival_s,prompt_tokens,output_tokens,n,beam_width\n0,10,5,4,2\n",
-     "{p}:2: n (4) must not exceed beam_width (2): beam search returns n of its beam_width beams"),
-    ("arrival_s,prompt_tokens,output_tokens,prefix_group,prefix_tokens\n0,10,5,0,8\n1,10,5,0,11\n",
-     "{p}:3: prefix_tokens (11) must not exceed prompt_tokens (10)"),
-    ("arrival_s,prompt_tokens,output_tokens,prefix_group,prefix_tokens\n0,10,5,-2,0\n",
-     "{p}:2: prefix_group must be an integer >= -1, got '-2'"),
-    ("arrival_s,prompt_tokens,output_tokens,prefix_group,prefix_tokens\n0,10,5,,4\n",
-     "{p}:2: prefix_tokens is 4 but prefix_group is empty: a prefix is shared within a group"),
-    ("arrival_s,prompt_tokens,output_tokens,prefix_group,prefix_tokens\n0,10,5,1,-1\n",
-     "{p}:2: prefix_tokens must be an integer >= 0, got '-1'"),
-    ("arrival_s,prompt_tokens,output_tokens,prefix_group\n0,10,5,1\n",
-     "{p}:1: column 'prefix_group' needs a 'prefix_tokens' column too (requests of a prefix group share their "
-     "first prefix_tokens tokens)"),
-    ("arrival_s,prompt_tokens,output_tokens\n0,10,5\n1,10\n", "{p}:3: expected 3 fields, got 2"),
-    ("arrival_s,prompt_tokens,output_tokens\n0,10,5,7\n", "{p}:2: expected 3 fields, got 4"),
-    ("arrival_s,prompt_tokens,output_tokens\n-1,10,5\n", "{p}:2: arrival_s must be a finite number >= 0, got '-1'"),
-    ("arrival_s,prompt_tokens,output_tokens\nnan,10,5\n", "{p}:2: arrival_s must be a finite number >= 0, got 'nan'"),
-    ("arrival_s,prompt_tokens,output_tokens\n0,99999999999999999999999,5\n",
-     "{p}:2: prompt_tokens is too large, got '99999999999999999999999'"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("arrival_s,prompt_tokens,output_tokens,n\n0,10,5,0\n", "{p}:2: n must be a positive integer, got '0'"),
+        (
+            "arrival_s,prompt_tokens,output_tokens,beam_width\n0,10,5,2\n1,10,5,two\n",
+            "{p}:3: beam_width must be a positive integer, got 'two'",
+        ),
+        (
+            "arrival_s,prompt_tokens,output_tokens,n,beam_width\n0,10,5,4,2\n",
+            "{p}:2: n (4) must not exceed beam_width (2): beam search returns n of its beam_width beams",
+        ),
+        (
+            "arrival_s,prompt_tokens,output_tokens,prefix_group,prefix_tokens\n0,10,5,0,8\n1,10,5,0,11\n",
+            "{p}:3: prefix_tokens (11) must not exceed prompt_tokens (10)",
+        ),
+        (
+            "arrival_s,prompt_tokens,output_tokens,prefix_group,prefix_tokens\n0,10,5,-2,0\n",
+            "{p}:2: prefix_group must be an integer >= -1, got '-2'",
+        ),
+        (
+            "arrival_s,prompt_tokens,output_tokens,prefix_group,prefix_tokens\n0,10,5,,4\n",
+            "{p}:2: prefix_tokens is 4 but prefix_group is empty: a prefix is shared within a group",
+        ),
+        (
+            "arrival_s,prompt_tokens,output_tokens,prefix_group,prefix_tokens\n0,10,5,1,-1\n",
+            "{p}:2: prefix_tokens must be an integer >= 0, got '-1'",
+        ),
+        (
+            "arrival_s,prompt_tokens,output_tokens,prefix_group\n0,10,5,1\n",
+            "{p}:1: column 'prefix_group' needs a 'prefix_tokens' column too (requests of a prefix group share their "
+            "first prefix_tokens tokens)",
+        ),
+        ("arrival_s,prompt_tokens,output_tokens\n0,10,5\n1,10\n", "{p}:3: expected 3 fields, got 2"),
+        ("arrival_s,prompt_tokens,output_tokens\n0,10,5,7\n", "{p}:2: expected 3 fields, got 4"),
+        ("arrival_s,prompt_tokens,output_tokens\n-1,10,5\n", "{p}:2: arrival_s must be a finite number >= 0, got '-1'"),
+        (
+            "arrival_s,prompt_tokens,output_tokens\nnan,10,5\n",
+            "{p}:2: arrival_s must be a finite number >= 0, got 'nan'",
+        ),
+        (
+            "arrival_s,prompt_tokens,output_tokens\n0,99999999999999999999999,5\n",
+            "{p}:2: prompt_tokens is too large, got '99999999999999999999999'",
+        ),
+    ],
+)
 def test_native_malformed(tmp_path, body, message):
     path = write(tmp_path, body)
     assert error_of(path) == message.format(p=path)
@@ -118,10 +143,12 @@ def test_file_level_errors(tmp_path):
 
 
 # --- Azure -------------------------------------------------------------------------------------------------------
-AZURE = ("TIMESTAMP,ContextTokens,GeneratedTokens\n"
-         "2023-11-16 18:17:03.9799600,4808,10\n"
-         "2023-11-16 18:17:04.0319600,3180,8\n"
-         "2023-11-16 18:18:03.9799601,10,1\n")
+AZURE = (
+    "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+    "2023-11-16 18:17:03.9799600,4808,10\n"
+    "2023-11-16 18:17:04.0319600,3180,8\n"
+    "2023-11-16 18:18:03.9799601,10,1\n"
+)
 
 
 def test_azure_2023_relative_arrivals(tmp_path):
@@ -137,10 +164,13 @@ def test_azure_2023_relative_arrivals(tmp_path):
 
 def test_azure_2024_release(tmp_path):
     # The 2024 release: same columns, 6 fractional digits (or none) and a UTC offset.
-    path = write(tmp_path, "TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00.009930+00:00,100,3\n"
-                           "2024-05-10 00:00:01+00:00,200,4\n"
-                           "2024-05-10 01:00:02.009930+01:00,300,5\n"
-                           "2024-05-10T00:00:03.009930Z,400,6\n")
+    path = write(
+        tmp_path,
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00.009930+00:00,100,3\n"
+        "2024-05-10 00:00:01+00:00,200,4\n"
+        "2024-05-10 01:00:02.009930+01:00,300,5\n"
+        "2024-05-10T00:00:03.009930Z,400,6\n",
+    )
     t = read_trace(path)
     assert t.format == "azure"
     # 01:00:02.00993+01:00 is 00:00:02.00993 UTC
@@ -148,16 +178,26 @@ def test_azure_2024_release(tmp_path):
     assert t.prompt_tokens.tolist() == [100, 200, 300, 400]
 
 
-@pytest.mark.parametrize("row, message", [
-    ("yesterday,10,1", "{p}:3: TIMESTAMP must be a date and time like '2023-11-16 18:17:03.9799600' or "
-                       "'2024-05-10 00:00:00.009930+00:00', got 'yesterday'"),
-    ("2023-11-16 18:17:02.0000000,10,1",
-     "{p}:3: TIMESTAMP must not decrease: '2023-11-16 18:17:02.0000000' after '2023-11-16 18:17:03.9799600'"),
-    ("2023-11-16 18:17:05.0000000,10,0", "{p}:3: GeneratedTokens must be a positive integer, got '0'"),
-    ("2023-11-16 18:17:05.0000000,,1", "{p}:3: ContextTokens must be a positive integer, got ''"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (
+            "yesterday,10,1",
+            "{p}:3: TIMESTAMP must be a date and time like '2023-11-16 18:17:03.9799600' or "
+            "'2024-05-10 00:00:00.009930+00:00', got 'yesterday'",
+        ),
+        (
+            "2023-11-16 18:17:02.0000000,10,1",
+            "{p}:3: TIMESTAMP must not decrease: '2023-11-16 18:17:02.0000000' after '2023-11-16 18:17:03.9799600'",
+        ),
+        ("2023-11-16 18:17:05.0000000,10,0", "{p}:3: GeneratedTokens must be a positive integer, got '0'"),
+        ("2023-11-16 18:17:05.0000000,,1", "{p}:3: ContextTokens must be a positive integer, got ''"),
+    ],
+)
 def test_azure_malformed(tmp_path, row, message):
-    path = write(tmp_path, "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,4808,10\n" + row + "\n")
+    path = write(
+        tmp_path, "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,4808,10\n" + row + "\n"
+    )
     assert error_of(path) == message.format(p=path)
 
 
@@ -181,8 +221,10 @@ LENGTHS = "num_prefill_tokens,num_decode_tokens,num_total_tokens\n10,5,15\n20,6,
 def test_lengths_need_rate(tmp_path):
     path = write(tmp_path, LENGTHS)
     assert detect_format(path) == "lengths"
-    assert error_of(path) == (f"{path}:1: this trace has lengths but no arrival times (columns num_prefill_tokens, "
-                              f"num_decode_tokens): give --rate REQUESTS_PER_S to generate Poisson arrivals")
+    assert error_of(path) == (
+        f"{path}:1: this trace has lengths but no arrival times (columns num_prefill_tokens, "
+        f"num_decode_tokens): give --rate REQUESTS_PER_S to generate Poisson arrivals"
+    )
 
 
 def test_lengths_poisson_arrivals_seeded(tmp_path):
@@ -217,13 +259,15 @@ def test_rate_refused_for_timed_traces_and_must_be_positive(tmp_path):
 
 
 # --- BurstGPT ----------------------------------------------------------------------------------------------------
-BURST = ("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
-         "5,ChatGPT,472,18,490,Conversation log\n"
-         "45,ChatGPT,1087,0,1087,Conversation log\n"
-         "118,GPT-4,417,96,513,API log\n"
-         "124,ChatGPT,0,12,12,API log\n"
-         "130,GPT-4,20,0,20,API log\n"
-         "131,ChatGPT,30,40,70,Conversation log\n")
+BURST = (
+    "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+    "5,ChatGPT,472,18,490,Conversation log\n"
+    "45,ChatGPT,1087,0,1087,Conversation log\n"
+    "118,GPT-4,417,96,513,API log\n"
+    "124,ChatGPT,0,12,12,API log\n"
+    "130,GPT-4,20,0,20,API log\n"
+    "131,ChatGPT,30,40,70,Conversation log\n"
+)
 
 
 def test_burstgpt_skips_failed_requests(tmp_path):
@@ -242,22 +286,27 @@ def test_burstgpt_model_filter(tmp_path):
     assert t.prompt_tokens.tolist() == [417]
     assert t.skipped_rows == 1
     assert t.notes[0] == "model filter 'gpt-4': kept 2 of 6 rows"
-    assert error_of(path, model_filter="llama") == f"{path}: no rows for model 'llama' (models in this trace: " \
-                                                   f"ChatGPT, GPT-4)"
+    assert (
+        error_of(path, model_filter="llama") == f"{path}: no rows for model 'llama' (models in this trace: "
+        f"ChatGPT, GPT-4)"
+    )
     native = write(tmp_path, "arrival_s,prompt_tokens,output_tokens\n0,10,5\n", "n.csv")
     with pytest.raises(UserError, match="--model-filter applies to BurstGPT traces"):
         read_trace(native, model_filter="ChatGPT")
 
 
 def test_burstgpt_malformed(tmp_path):
-    head = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n5,ChatGPT,472,18,490,Conversation log\n"
+    head = (
+        "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n5,ChatGPT,472,18,490,Conversation log\n"
+    )
     path = write(tmp_path, head + "6,ChatGPT,12,-3,9,Conversation log\n")
     assert error_of(path) == f"{path}:3: Response tokens must be an integer >= 0, got '-3'"
     path = write(tmp_path, head + "4,ChatGPT,12,3,15,Conversation log\n", "b.csv")
     assert error_of(path) == f"{path}:3: Timestamp must not decrease: 4 after 5"
     path = write(tmp_path, head.split("\n")[0] + "\n1,ChatGPT,5,0,5,API log\n", "c.csv")
-    assert error_of(path) == (f"{path}: no usable requests: every row is a failed request (0 response tokens) or has 0 "
-                              f"request tokens")
+    assert error_of(path) == (
+        f"{path}: no usable requests: every row is a failed request (0 response tokens) or has 0 request tokens"
+    )
 
 
 # --- Mooncake ----------------------------------------------------------------------------------------------------
@@ -304,23 +353,38 @@ def test_mooncake_without_hash_ids_and_detection(tmp_path):
     assert t.hash_ids(0).tolist() == []
 
 
-@pytest.mark.parametrize("records, message", [
-    ([MOON[0], "{not json"], "{p}:2: not valid JSON: Expecting property name enclosed in double quotes (column 2)"),
-    ([MOON[0], "[1, 2]"], "{p}:2: expected a JSON object, got list"),
-    ([MOON[0], {"timestamp": 5, "input_length": 3}], "{p}:2: missing key 'output_length'"),
-    ([MOON[0], {"timestamp": 5, "input_length": 0, "output_length": 1}],
-     "{p}:2: input_length must be a positive integer, got 0"),
-    ([MOON[0], {"timestamp": 5, "input_length": 2.5, "output_length": 1}],
-     "{p}:2: input_length must be a positive integer, got 2.5"),
-    ([MOON[0], {"timestamp": "soon", "input_length": 2, "output_length": 1}],
-     "{p}:2: timestamp must be a finite number of milliseconds >= 0, got \"soon\""),
-    ([MOON[1], {"timestamp": 100, "input_length": 2, "output_length": 1}],
-     "{p}:2: timestamp must not decrease: 100 comes after 250"),
-    ([MOON[0], {"timestamp": 5, "input_length": 513, "output_length": 1, "hash_ids": [1, 2, 3]}],
-     "{p}:2: 3 hash_ids for input_length 513: at most 2 blocks of 512 tokens"),
-    ([MOON[0], {"timestamp": 5, "input_length": 513, "output_length": 1, "hash_ids": [1, "x"]}],
-     "{p}:2: hash_ids must be a list of integers >= 0"),
-])
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        ([MOON[0], "{not json"], "{p}:2: not valid JSON: Expecting property name enclosed in double quotes (column 2)"),
+        ([MOON[0], "[1, 2]"], "{p}:2: expected a JSON object, got list"),
+        ([MOON[0], {"timestamp": 5, "input_length": 3}], "{p}:2: missing key 'output_length'"),
+        (
+            [MOON[0], {"timestamp": 5, "input_length": 0, "output_length": 1}],
+            "{p}:2: input_length must be a positive integer, got 0",
+        ),
+        (
+            [MOON[0], {"timestamp": 5, "input_length": 2.5, "output_length": 1}],
+            "{p}:2: input_length must be a positive integer, got 2.5",
+        ),
+        (
+            [MOON[0], {"timestamp": "soon", "input_length": 2, "output_length": 1}],
+            '{p}:2: timestamp must be a finite number of milliseconds >= 0, got "soon"',
+        ),
+        (
+            [MOON[1], {"timestamp": 100, "input_length": 2, "output_length": 1}],
+            "{p}:2: timestamp must not decrease: 100 comes after 250",
+        ),
+        (
+            [MOON[0], {"timestamp": 5, "input_length": 513, "output_length": 1, "hash_ids": [1, 2, 3]}],
+            "{p}:2: 3 hash_ids for input_length 513: at most 2 blocks of 512 tokens",
+        ),
+        (
+            [MOON[0], {"timestamp": 5, "input_length": 513, "output_length": 1, "hash_ids": [1, "x"]}],
+            "{p}:2: hash_ids must be a list of integers >= 0",
+        ),
+    ],
+)
 def test_mooncake_malformed(tmp_path, records, message):
     path = mooncake(tmp_path, records)
     assert error_of(path) == message.format(p=path)
@@ -330,9 +394,11 @@ def test_mooncake_forced_on_csv_and_unknown_jsonl(tmp_path):
     csv_path = write(tmp_path, "arrival_s,prompt_tokens,output_tokens\n0,10,5\n")
     assert error_of(csv_path, format="mooncake").startswith(f"{csv_path}:1: not valid JSON")
     other = mooncake(tmp_path, [{"t": 1}], "o.jsonl")
-    assert error_of(other) == (f"{other}:1: unrecognised keys of the first record (t): expected Mooncake JSONL: "
-                               f'{{"timestamp", "input_length", "output_length", "hash_ids"}} (or force one with '
-                               f"--format)")
+    assert error_of(other) == (
+        f"{other}:1: unrecognised keys of the first record (t): expected Mooncake JSONL: "
+        f'{{"timestamp", "input_length", "output_length", "hash_ids"}} (or force one with '
+        f"--format)"
+    )
 
 
 # --- registry, selection, writing --------------------------------------------------------------------------------
@@ -343,8 +409,9 @@ def test_registry_names():
 def test_forced_format_overrides_detection(tmp_path):
     # A native header also satisfies nothing else; forcing azure names the missing column.
     path = write(tmp_path, "arrival_s,prompt_tokens,output_tokens\n0,10,5\n")
-    assert error_of(path, format="azure") == (f"{path}:1: missing column 'TIMESTAMP' (found: arrival_s, "
-                                              f"prompt_tokens, output_tokens)")
+    assert error_of(path, format="azure") == (
+        f"{path}:1: missing column 'TIMESTAMP' (found: arrival_s, prompt_tokens, output_tokens)"
+    )
 
 
 def test_select_keeps_hash_ids(tmp_path):
@@ -357,14 +424,17 @@ def test_select_keeps_hash_ids(tmp_path):
 
 
 def test_native_round_trip_with_optional_columns(tmp_path):
-    src = write(tmp_path, "arrival_s,prompt_tokens,output_tokens,n,prefix_group,prefix_tokens\n"
-                          "0,300,20,2,0,200\n0.1234567,250,20,1,,0\n")
+    src = write(
+        tmp_path,
+        "arrival_s,prompt_tokens,output_tokens,n,prefix_group,prefix_tokens\n0,300,20,2,0,200\n0.1234567,250,20,1,,0\n",
+    )
     t = read_trace(src)
     out = str(tmp_path / "out.csv")
     assert write_trace(t, out) == "native"
     text = open(out).read()
-    assert text == ("arrival_s,prompt_tokens,output_tokens,n,prefix_group,prefix_tokens\n"
-                    "0,300,20,2,0,200\n0.1234567,250,20,1,,0\n")
+    assert text == (
+        "arrival_s,prompt_tokens,output_tokens,n,prefix_group,prefix_tokens\n0,300,20,2,0,200\n0.1234567,250,20,1,,0\n"
+    )
 
 
 def test_mooncake_round_trip_and_native_refusal(tmp_path):
@@ -378,17 +448,38 @@ def test_mooncake_round_trip_and_native_refusal(tmp_path):
         write_trace(t, str(tmp_path / "out.csv"))
 
 
-@given(st.lists(st.tuples(st.floats(0, 1e6, allow_nan=False), st.integers(1, 10**6), st.integers(1, 10**6),
-                          st.integers(1, 8), st.integers(-1, 5)), min_size=1, max_size=40))
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0, 1e6, allow_nan=False),
+            st.integers(1, 10**6),
+            st.integers(1, 10**6),
+            st.integers(1, 8),
+            st.integers(-1, 5),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
 def test_native_write_read_round_trip(tmp_path_factory, rows):
     """Whatever the writer writes, the reader reads back (times to the written 100 ns resolution)."""
     from sim.trace import Trace
+
     rows.sort(key=lambda r: r[0])
     arrivals, prompt, output, n, group = (np.array(c) for c in zip(*rows))
     tokens = np.where(group >= 0, np.minimum(prompt, 7), 0)
-    t = Trace("x", "native", arrivals.astype(float), prompt.astype(np.int64), output.astype(np.int64),
-              columns={"n": n.astype(np.int64), "prefix_group": group.astype(np.int64),
-                       "prefix_tokens": tokens.astype(np.int64)})
+    t = Trace(
+        "x",
+        "native",
+        arrivals.astype(float),
+        prompt.astype(np.int64),
+        output.astype(np.int64),
+        columns={
+            "n": n.astype(np.int64),
+            "prefix_group": group.astype(np.int64),
+            "prefix_tokens": tokens.astype(np.int64),
+        },
+    )
     path = str(tmp_path_factory.mktemp("rt") / "t.csv")
     write_trace(t, path)
     back = read_trace(path)

@@ -11,15 +11,21 @@ from sim.trace_tools import format_stats, scale_trace, shareable_prefix_tokens, 
 
 
 def make(arrivals, prompt, output, **kw):
-    return Trace("t.csv", "native", np.array(arrivals, dtype=float), np.array(prompt, dtype=np.int64),
-                 np.array(output, dtype=np.int64), **kw)
+    return Trace(
+        "t.csv",
+        "native",
+        np.array(arrivals, dtype=float),
+        np.array(prompt, dtype=np.int64),
+        np.array(output, dtype=np.int64),
+        **kw,
+    )
 
 
 def test_stats_by_hand():
     s = trace_stats(make([0, 1, 3, 6], [10, 20, 30, 40], [1, 2, 3, 4]))
     assert s["rows"] == 4
     assert s["duration_s"] == 6.0
-    assert s["arrival_rate_rps"] == pytest.approx(3 / 6)          # (rows - 1) / duration
+    assert s["arrival_rate_rps"] == pytest.approx(3 / 6)  # (rows - 1) / duration
     # gaps 1, 2, 3: mean 2, population std sqrt((1 + 0 + 1) / 3)
     assert s["burstiness_cv"] == pytest.approx(math.sqrt(2 / 3) / 2)
     # nearest rank on 10, 20, 30, 40: p50 -> rank ceil(2) = 2 -> 20; p90 -> rank ceil(3.6) = 4 -> 40
@@ -47,8 +53,12 @@ def test_stats_single_row_has_no_rate():
 
 
 def test_shareable_from_prefix_groups():
-    t = make([0, 1, 2, 3, 4, 5], [100, 100, 100, 100, 100, 100], [1] * 6,
-             columns={"prefix_group": np.array([0, 0, 1, 0, 1, -1]), "prefix_tokens": np.array([100, 50, 30, 80, 30, 0])})
+    t = make(
+        [0, 1, 2, 3, 4, 5],
+        [100, 100, 100, 100, 100, 100],
+        [1] * 6,
+        columns={"prefix_group": np.array([0, 0, 1, 0, 1, -1]), "prefix_tokens": np.array([100, 50, 30, 80, 30, 0])},
+    )
     # group 0: 100 (first), then min(50, 100) + min(80, 100) = 130; group 1: 30 (first), then 30; ungrouped: 0.
     assert shareable_prefix_tokens(t) == (160, "prefix groups")
     s = trace_stats(t)
@@ -68,9 +78,9 @@ def test_shareable_from_hash_ids():
 
 def test_slice_window_first_skip():
     t = make([10, 11, 13, 16, 20], [1, 2, 3, 4, 5], [1] * 5, request_id=list("abcde"))
-    w = slice_trace(t, start_s=1, end_s=6)           # relative 0, 1, 3, 6, 10 -> [1, 6) keeps b, c
+    w = slice_trace(t, start_s=1, end_s=6)  # relative 0, 1, 3, 6, 10 -> [1, 6) keeps b, c
     assert w.prompt_tokens.tolist() == [2, 3] and w.arrival_s.tolist() == [0.0, 2.0] and w.request_id == ["b", "c"]
-    w = slice_trace(t, start_s=0.5, end_s=6)         # window starts at 10.5: b arrives 0.5 s into it
+    w = slice_trace(t, start_s=0.5, end_s=6)  # window starts at 10.5: b arrives 0.5 s into it
     assert w.arrival_s.tolist() == [0.5, 2.5]
     assert slice_trace(t, first=2).prompt_tokens.tolist() == [1, 2]
     w = slice_trace(t, skip=1, first=2)

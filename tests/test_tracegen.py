@@ -77,8 +77,7 @@ def test_prefix_groups_prepend_a_shared_prefix():
     assert t.arrival_s.tolist() == base.arrival_s.tolist()  # groups are drawn after arrivals and lengths
     assert set(t.columns["prefix_group"].tolist()) == {0, 1, 2, 3}
     assert t.columns["prefix_tokens"].tolist() == [200] * 400
-    half = generate("fixed:50,10", rate=1, count=4000, seed=5, prefix_groups=4, prefix_tokens=200,
-                    prefix_fraction=0.5)
+    half = generate("fixed:50,10", rate=1, count=4000, seed=5, prefix_groups=4, prefix_tokens=200, prefix_fraction=0.5)
     grouped = half.columns["prefix_group"] >= 0
     assert 0.45 < grouped.mean() < 0.55
     assert half.prompt_tokens[~grouped].tolist() == [50] * int((~grouped).sum())
@@ -92,22 +91,27 @@ def test_n_and_beam_width_columns_round_trip(tmp_path):
     path = str(tmp_path / "g.csv")
     write_trace(t, path)
     back = read_trace(path)
-    assert open(path).readline().strip() == "arrival_s,prompt_tokens,output_tokens,n,beam_width,prefix_group,prefix_tokens"
+    assert (
+        open(path).readline().strip() == "arrival_s,prompt_tokens,output_tokens,n,beam_width,prefix_group,prefix_tokens"
+    )
     for name in ("n", "beam_width", "prefix_group", "prefix_tokens"):
         assert back.columns[name].tolist() == t.columns[name].tolist()
     assert back.prompt_tokens.tolist() == t.prompt_tokens.tolist()
     assert np.allclose(back.arrival_s, t.arrival_s, atol=1e-7)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(arrival_process="gamma"), "gamma arrivals need --cv"),
-    (dict(cv=2.0), "--cv applies to --arrivals gamma"),
-    (dict(prefix_groups=3), "--prefix-groups and --prefix-tokens go together"),
-    (dict(n=3, beam_width=2), r"--n \(3\) must not exceed --beam-width \(2\)"),
-    (dict(lengths="zipf"), "unknown --lengths 'zipf'"),
-    (dict(lengths="fixed:10"), "--lengths fixed:PROMPT,OUTPUT needs two positive integers"),
-    (dict(arrival_process="uniform"), "unknown arrival process 'uniform'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(arrival_process="gamma"), "gamma arrivals need --cv"),
+        (dict(cv=2.0), "--cv applies to --arrivals gamma"),
+        (dict(prefix_groups=3), "--prefix-groups and --prefix-tokens go together"),
+        (dict(n=3, beam_width=2), r"--n \(3\) must not exceed --beam-width \(2\)"),
+        (dict(lengths="zipf"), "unknown --lengths 'zipf'"),
+        (dict(lengths="fixed:10"), "--lengths fixed:PROMPT,OUTPUT needs two positive integers"),
+        (dict(arrival_process="uniform"), "unknown arrival process 'uniform'"),
+    ],
+)
 def test_generate_errors(kwargs, message):
     args = dict(lengths="sharegpt", rate=1.0, count=10)
     args.update(kwargs)

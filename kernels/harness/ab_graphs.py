@@ -43,8 +43,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bf16", help=argparse.SUPPRESS)
     ap.add_argument("--sizes", default="1,4,16,32,64,128,256:512,2048", help="batch sizes:contexts")
     args = ap.parse_args(argv)
-    opts = ReplayOptions(model=resolve_model(args.model), gpu=GPUS["h100-80gb"], allocator="paged",
-                         kv_memory=parse_size(args.kv_memory))
+    opts = ReplayOptions(
+        model=resolve_model(args.model), gpu=GPUS["h100-80gb"], allocator="paged", kv_memory=parse_size(args.kv_memory)
+    )
     run = GpuRun.build(opts, HarnessOptions(device=args.device, dtype=args.dtype))
     runner = run.decode_runner
     state = SyntheticState(run)
@@ -66,15 +67,30 @@ def main(argv=None) -> int:
                 ex.rng = np.random.default_rng(0)
                 e = ex.execute(batch, check=True).capture
                 diff = max(float((a.out[k].float() - e.out[k].float()).abs().max()) for k in a.layers)
-                rows.append({"batch": b, "context": c, "graph_wall_ms": 1e3 * gw, "graph_gpu_ms": 1e3 * gg,
-                             "eager_wall_ms": 1e3 * ew, "eager_gpu_ms": 1e3 * eg, "max_abs_attn_diff": diff})
-                print(f"decode {b:>4} x {c:>5}: static {1e3 * gw:7.2f} ms wall {1e3 * gg:7.2f} ms GPU | eager "
-                      f"{1e3 * ew:7.2f} ms wall {1e3 * eg:7.2f} ms GPU | x{ew / gw:4.2f} | attn diff {diff:.2g}",
-                      flush=True)
+                rows.append(
+                    {
+                        "batch": b,
+                        "context": c,
+                        "graph_wall_ms": 1e3 * gw,
+                        "graph_gpu_ms": 1e3 * gg,
+                        "eager_wall_ms": 1e3 * ew,
+                        "eager_gpu_ms": 1e3 * eg,
+                        "max_abs_attn_diff": diff,
+                    }
+                )
+                print(
+                    f"decode {b:>4} x {c:>5}: static {1e3 * gw:7.2f} ms wall {1e3 * gg:7.2f} ms GPU | eager "
+                    f"{1e3 * ew:7.2f} ms wall {1e3 * eg:7.2f} ms GPU | x{ew / gw:4.2f} | attn diff {diff:.2g}",
+                    flush=True,
+                )
                 state.release(batch)
     gc.enable()
-    res = {"rows": rows, "graphs_captured": len(runner.graphs), "capture_s_total": runner.capture_s_total,
-           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+    res = {
+        "rows": rows,
+        "graphs_captured": len(runner.graphs),
+        "capture_s_total": runner.capture_s_total,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
     print(f"{len(runner.graphs)} graphs captured in {runner.capture_s_total:.1f} s")
     if args.out:
         with open(args.out, "w") as f:

@@ -144,8 +144,15 @@ def grid(max_len: int, max_seqs: int, max_batched: int) -> list[tuple[str, int, 
     return points
 
 
-def measure(state: SyntheticState, points, repeats: int = 2, passes: int = 3, deadline: float | None = None,
-            log=print, seed: int = 0) -> list[dict]:
+def measure(
+    state: SyntheticState,
+    points,
+    repeats: int = 2,
+    passes: int = 3,
+    deadline: float | None = None,
+    log=print,
+    seed: int = 0,
+) -> list[dict]:
     """Time every grid point: `passes` visits in a shuffled order (so that slow drifts of the host, which launches
     every kernel and is the bottleneck at these sizes, spread over all points instead of biasing a few), each visit
     one warm-up run and `repeats` timed runs of a freshly placed batch; a point's time is the median of its timed
@@ -179,10 +186,21 @@ def measure(state: SyntheticState, points, repeats: int = 2, passes: int = 3, de
     for i in sorted(walls):
         kind, a, b = points[i]
         w = np.array(walls[i])
-        samples.append({**feats[i], "time_s": float(np.median(w)), "gpu_s": float(np.median(gpus[i])),
-                        "kind": kind, "point": [a, b], "runs": len(w), "spread": float(w.max() / w.min() - 1)})
-        log(f"  {kind:<7} {a:>5} {b:>5}: {samples[-1]['time_s'] * 1e3:8.3f} ms wall, "
-            f"{samples[-1]['gpu_s'] * 1e3:8.3f} ms GPU ({len(w)} runs, spread {100 * samples[-1]['spread']:.0f}%)")
+        samples.append(
+            {
+                **feats[i],
+                "time_s": float(np.median(w)),
+                "gpu_s": float(np.median(gpus[i])),
+                "kind": kind,
+                "point": [a, b],
+                "runs": len(w),
+                "spread": float(w.max() / w.min() - 1),
+            }
+        )
+        log(
+            f"  {kind:<7} {a:>5} {b:>5}: {samples[-1]['time_s'] * 1e3:8.3f} ms wall, "
+            f"{samples[-1]['gpu_s'] * 1e3:8.3f} ms GPU ({len(w)} runs, spread {100 * samples[-1]['spread']:.0f}%)"
+        )
     return samples
 
 

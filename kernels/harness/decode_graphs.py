@@ -46,7 +46,6 @@ from kernels.harness.kv_source import KVSource
 from kernels.harness.model import RandomTransformer
 from kernels.paged_attention import contiguous_decode_attention, paged_decode_attention
 
-
 #: Tokens per split-KV partition of the decode kernel inside static iterations (decode graphs and mixed graphs).
 #: The split bound there is the model's max length, loose for most batches, and the kernel's automatic choice for it
 #: (2 partitions of 2,048 tokens from batch 4 up) starts the second partitions, which only the long sequences of a
@@ -59,17 +58,37 @@ from kernels.paged_attention import contiguous_decode_attention, paged_decode_at
 STATIC_DECODE_PARTITION = 512
 
 
-def static_decode_attention(q, pool: KVPool, layer: int, paged: bool, block_tables, starts, lens, scale: float,
-                            bound: int, out) -> None:
+def static_decode_attention(
+    q, pool: KVPool, layer: int, paged: bool, block_tables, starts, lens, scale: float, bound: int, out
+) -> None:
     """One layer's decode attention as static iterations launch it: split bound `bound` tokens, partitions of
     `STATIC_DECODE_PARTITION` tokens (the paged kernel starts the last partitions first). Writes `out`."""
     splits = max(1, -(-int(bound) // STATIC_DECODE_PARTITION))
     if paged:
-        paged_decode_attention(q, pool.k(layer), pool.v(layer), block_tables, lens, scale, max_seq_len=bound,
-                               num_splits=splits, config={"reverse_parts": True}, out=out)
+        paged_decode_attention(
+            q,
+            pool.k(layer),
+            pool.v(layer),
+            block_tables,
+            lens,
+            scale,
+            max_seq_len=bound,
+            num_splits=splits,
+            config={"reverse_parts": True},
+            out=out,
+        )
     else:
-        contiguous_decode_attention(q, pool.k_slots(layer), pool.v_slots(layer), starts, lens, scale,
-                                    max_seq_len=bound, num_splits=splits, out=out)
+        contiguous_decode_attention(
+            q,
+            pool.k_slots(layer),
+            pool.v_slots(layer),
+            starts,
+            lens,
+            scale,
+            max_seq_len=bound,
+            num_splits=splits,
+            out=out,
+        )
 
 
 def batch_buckets(max_batch: int) -> list[int]:
@@ -204,8 +223,17 @@ class DecodeRunner(GraphCache):
         min_ctx_bucket: smallest context bucket, tokens.
     """
 
-    def __init__(self, model: RandomTransformer, pool: KVPool, source: KVSource | None, check_layers: list[int],
-                 max_batch: int, max_len: int, use_graphs: bool, min_ctx_bucket: int = 256):
+    def __init__(
+        self,
+        model: RandomTransformer,
+        pool: KVPool,
+        source: KVSource | None,
+        check_layers: list[int],
+        max_batch: int,
+        max_len: int,
+        use_graphs: bool,
+        min_ctx_bucket: int = 256,
+    ):
         self.model, self.pool, self.source = model, pool, source
         self.device = model.device
         self._init_graphs(use_graphs)
@@ -225,7 +253,7 @@ class DecodeRunner(GraphCache):
         self.dev32 = torch.zeros(n32, dtype=torch.int32, device=self.device)
         self.dev64 = torch.zeros(n64, dtype=torch.int64, device=self.device)
         if source is not None:
-            self._layer_offsets = source.layer_offsets[:model.shapes.layers, None].to(self.device)
+            self._layer_offsets = source.layer_offsets[: model.shapes.layers, None].to(self.device)
         self._views: dict[int, _Views] = {}
 
     # --- layout ---------------------------------------------------------------------------------------------------------
@@ -236,8 +264,16 @@ class DecodeRunner(GraphCache):
         if v is None:
             w, o = self.width, _up4(b)
             d32, d64 = self.dev32, self.dev64
-            v = _Views(d32[0:b], d32[o:o + b], d32[2 * o:2 * o + b], d32[3 * o:3 * o + b * w].view(b, w),
-                       3 * o + b * w, d64[0:b], d64[b + b % 2:b + b % 2 + b], 2 * b + b % 2)
+            v = _Views(
+                d32[0:b],
+                d32[o : o + b],
+                d32[2 * o : 2 * o + b],
+                d32[3 * o : 3 * o + b * w].view(b, w),
+                3 * o + b * w,
+                d64[0:b],
+                d64[b + b % 2 : b + b % 2 + b],
+                2 * b + b % 2,
+            )
             self._views[b] = v
         return v
 
@@ -257,23 +293,23 @@ class DecodeRunner(GraphCache):
         h32, h64 = self.np32, self.np64
         h32[0:n] = inp.positions % vocab
         h32[n:b] = 0
-        h32[o:o + n] = inp.slots
-        h32[o + n:o + b] = -1  # padding: the cache write skips negative slots
-        h32[2 * o:2 * o + n] = inp.lens
-        h32[2 * o + n:2 * o + b] = 0  # padding: length 0 reads nothing and writes a zero row
+        h32[o : o + n] = inp.slots
+        h32[o + n : o + b] = -1  # padding: the cache write skips negative slots
+        h32[2 * o : 2 * o + n] = inp.lens
+        h32[2 * o + n : 2 * o + b] = 0  # padding: length 0 reads nothing and writes a zero row
         v = self.views(b)
         if paged:
-            bt = h32[3 * o:3 * o + b * w].reshape(b, w)
+            bt = h32[3 * o : 3 * o + b * w].reshape(b, w)
             bt[:] = 0
             for i, t in enumerate(inp.tables):
-                bt[i, :len(t)] = t
+                bt[i, : len(t)] = t
         else:
             h64[0:n] = inp.starts
             h64[n:b] = 0
         if inp.src_rows is not None:
             s0 = b + b % 2
-            h64[s0:s0 + n] = inp.src_rows
-            h64[s0 + n:s0 + b] = 0
+            h64[s0 : s0 + n] = inp.src_rows
+            h64[s0 + n : s0 + b] = 0
         return v.n32, v.n64
 
     def upload(self, n32: int, n64: int) -> None:

@@ -73,8 +73,12 @@ def batches_to_time(rng: np.random.Generator, replay: list[dict], max_len: int) 
     spread = []
     for n in (8, 16, 24, 32):
         for mean in (500, 1000):
-            spread.append({"name": f"synthetic {n}x~{mean}",
-                           "lens": np.clip(rng.uniform(16, 2 * mean, n), 2, max_len - 1).astype(int).tolist()})
+            spread.append(
+                {
+                    "name": f"synthetic {n}x~{mean}",
+                    "lens": np.clip(rng.uniform(16, 2 * mean, n), 2, max_len - 1).astype(int).tolist(),
+                }
+            )
         spread.append({"name": f"one-long {n}", "lens": [min(3500, max_len - 1)] + [600] * (n - 1)})
     spread += [{"name": f"{b['run']}@{b['iteration']}", "lens": b["lens"]} for b in replay]
     for b in spread:
@@ -94,17 +98,31 @@ def summarize(path: str) -> None:
     print(f"wall time against {modes[0]} (median over batches; GPU time in brackets):")
     for kind in ("uniform", "spread", "twin"):
         sel = [r for r in rows if r["kind"] == kind and all(r[m]["wall_s"] for m in modes)]
-        print(f"  {kind:<8} ({len(sel):>2} batches) " + "  ".join(
-            f"{m} {np.median([r[m]['wall_s'] / r[modes[0]]['wall_s'] for r in sel]):.3f} "
-            f"({np.median([r[m]['gpu_s'] / r[modes[0]]['gpu_s'] for r in sel]):.3f})" for m in modes[1:]))
+        print(
+            f"  {kind:<8} ({len(sel):>2} batches) "
+            + "  ".join(
+                f"{m} {np.median([r[m]['wall_s'] / r[modes[0]]['wall_s'] for r in sel]):.3f} "
+                f"({np.median([r[m]['gpu_s'] / r[modes[0]]['gpu_s'] for r in sel]):.3f})"
+                for m in modes[1:]
+            )
+        )
     twins = {r["name"][: -len(" (uniform twin)")]: r for r in rows if r["kind"] == "twin"}
-    pairs = [(r, twins[r["name"]]) for r in rows if r["kind"] == "spread" and r["name"] in twins
-             and all(r[m]["wall_s"] and twins[r["name"]][m]["wall_s"] for m in modes)]
-    for label, keep in (("all", lambda r: True), ("synthetic", lambda r: r["name"].startswith(("synthetic",
-                                                                                                 "one-long")))):
+    pairs = [
+        (r, twins[r["name"]])
+        for r in rows
+        if r["kind"] == "spread"
+        and r["name"] in twins
+        and all(r[m]["wall_s"] and twins[r["name"]][m]["wall_s"] for m in modes)
+    ]
+    for label, keep in (
+        ("all", lambda r: True),
+        ("synthetic", lambda r: r["name"].startswith(("synthetic", "one-long"))),
+    ):
         sel = [(s, t) for s, t in pairs if keep(s)]
-        print(f"spread / uniform twin, {label} ({len(sel)} pairs): " + "  ".join(
-            f"{m} {np.median([s[m]['wall_s'] / t[m]['wall_s'] for s, t in sel]):.3f}" for m in modes))
+        print(
+            f"spread / uniform twin, {label} ({len(sel)} pairs): "
+            + "  ".join(f"{m} {np.median([s[m]['wall_s'] / t[m]['wall_s'] for s, t in sel]):.3f}" for m in modes)
+        )
 
 
 def main() -> None:
@@ -125,9 +143,8 @@ def main() -> None:
     os.makedirs(a.out, exist_ok=True)
 
     from kernels.harness.replay import GpuRun, warm_up
-    from sim.cli import build_parser
+    from sim.cli import _options, build_parser
     from sim.cli_gpu import _harness_options
-    from sim.cli import _options
     from sim.units import parse_size
 
     argv = ["calibrate", "--model", "llama-2-7b", "--gpu", "h100-80gb", "--device", a.device]
@@ -174,7 +191,7 @@ def main() -> None:
                         walls.append(w)
                         gpus.append(g)
                     else:
-                        gap = float(mode[len("evolve-gap"):]) / 1e3 if mode.startswith("evolve-gap") else 0.0
+                        gap = float(mode[len("evolve-gap") :]) / 1e3 if mode.startswith("evolve-gap") else 0.0
                         pre = place_prefill(state, 128) if mode == "evolve-prefill" else None
                         for _ in range(a.evolve_steps):
                             if pre is not None:
@@ -202,15 +219,25 @@ def main() -> None:
         gc.enable()
     rows = []
     for i, item in enumerate(items):
-        row = {"name": item["name"], "kind": item.get("kind", "uniform"), "n": len(item["lens"]),
-               "total": int(sum(item["lens"])), "max": int(max(item["lens"]))}
+        row = {
+            "name": item["name"],
+            "kind": item.get("kind", "uniform"),
+            "n": len(item["lens"]),
+            "total": int(sum(item["lens"])),
+            "max": int(max(item["lens"])),
+        }
         for mode, (walls, gpus) in res[i].items():
-            row[mode] = {"wall_s": float(np.median(walls)) if walls else None,
-                         "gpu_s": float(np.nanmedian(gpus)) if gpus else None, "runs": len(walls)}
+            row[mode] = {
+                "wall_s": float(np.median(walls)) if walls else None,
+                "gpu_s": float(np.nanmedian(gpus)) if gpus else None,
+                "runs": len(walls),
+            }
         rows.append(row)
         base = row[modes[0]]["wall_s"] or float("nan")
-        print(f"{item['name']:<34} n={row['n']:>3} total={row['total']:>6}  {modes[0]} {1e3 * base:7.3f}  " +
-              "  ".join(f"{m} {(row[m]['wall_s'] or float('nan')) / base:.3f}" for m in modes[1:]))
+        print(
+            f"{item['name']:<34} n={row['n']:>3} total={row['total']:>6}  {modes[0]} {1e3 * base:7.3f}  "
+            + "  ".join(f"{m} {(row[m]['wall_s'] or float('nan')) / base:.3f}" for m in modes[1:])
+        )
     with open(os.path.join(a.out, "diag_calib.json"), "w") as f:
         json.dump({"rows": rows, "modes": modes, "passes": a.passes, "evolve_steps": a.evolve_steps}, f, indent=1)
 

@@ -58,18 +58,29 @@ def main() -> None:
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     trace = scale_trace(slice_trace(read_trace(a.trace), first=a.first), factor=a.scale)
-    options = ReplayOptions(resolve_model("llama-2-7b"), resolve_gpu("h100-80gb"), a.allocator,
-                            kv_memory=parse_size(a.kv_memory))
-    run = GpuRun.build(options, HarnessOptions(layers=a.layers, device=a.device,
-                                                  time_limit_s=a.seconds))
+    options = ReplayOptions(
+        resolve_model("llama-2-7b"), resolve_gpu("h100-80gb"), a.allocator, kv_memory=parse_size(a.kv_memory)
+    )
+    run = GpuRun.build(options, HarnessOptions(layers=a.layers, device=a.device, time_limit_s=a.seconds))
     print(f"warm-up {warm_up(run):.1f} s", flush=True)
     out: dict = {}
 
     # 2. mixed batches, calibration style
     state = SyntheticState(run)
     mixed = []
-    for p, d, c in [(128, 0, 0), (128, 8, 512), (128, 8, 1024), (128, 8, 2048), (128, 8, 4000), (128, 32, 512),
-                    (128, 32, 2048), (512, 8, 512), (512, 8, 2048), (0, 8, 512), (0, 8, 2048)]:
+    for p, d, c in [
+        (128, 0, 0),
+        (128, 8, 512),
+        (128, 8, 1024),
+        (128, 8, 2048),
+        (128, 8, 4000),
+        (128, 32, 512),
+        (128, 32, 2048),
+        (512, 8, 512),
+        (512, 8, 2048),
+        (0, 8, 512),
+        (0, 8, 2048),
+    ]:
         batch = Batch()
         ok = (p == 0 or _prefill_batch(state, batch, 1, p, 0)) and (d == 0 or _decode_batch(state, batch, d, c))
         if ok:
@@ -80,8 +91,10 @@ def main() -> None:
                 w, g, i = _time(ex, batch, 5)
                 g, i = g or 0.0, i or 0.0
                 row[name] = {"wall_ms": w * 1e3, "gpu_ms": g * 1e3, "issue_ms": i * 1e3}
-                print(f"mixed P={p} D={d} C={c} {name}: wall {w * 1e3:.2f} gpu {g * 1e3:.2f} issue {i * 1e3:.2f} ms",
-                      flush=True)
+                print(
+                    f"mixed P={p} D={d} C={c} {name}: wall {w * 1e3:.2f} gpu {g * 1e3:.2f} issue {i * 1e3:.2f} ms",
+                    flush=True,
+                )
             mixed.append(row)
         state.release(batch)
     out["mixed"] = mixed
@@ -101,14 +114,21 @@ def main() -> None:
         r2 = orig(self, batch, False)
         second_wall = time.perf_counter() - t1
         nd = sum(len(s.branches) for s in batch.decode)
-        rows.append({"prefill_tokens": int(batch.num_prefill_tokens), "prefill_seqs": len(batch.prefill),
-                     "prefill_context": int(batch.prefill_context_tokens), "decode": nd,
-                     "decode_context": int(batch.decode_context_tokens),
-                     "first": [first_wall, r.gpu_s or 0.0, r.issue_s or 0.0],
-                     "repeat": [second_wall, r2.gpu_s or 0.0, r2.issue_s or 0.0]})
+        rows.append(
+            {
+                "prefill_tokens": int(batch.num_prefill_tokens),
+                "prefill_seqs": len(batch.prefill),
+                "prefill_context": int(batch.prefill_context_tokens),
+                "decode": nd,
+                "decode_context": int(batch.decode_context_tokens),
+                "first": [first_wall, r.gpu_s or 0.0, r.issue_s or 0.0],
+                "repeat": [second_wall, r2.gpu_s or 0.0, r2.issue_s or 0.0],
+            }
+        )
         if not profiled["done"] and len(rows) >= 20 and nd >= 4:
             profiled["done"] = True
             from torch.profiler import ProfilerActivity, profile
+
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 orig(self, batch, False)
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
@@ -130,16 +150,23 @@ def main() -> None:
     fi = np.array([r["first"][2] for r in rows])
     si = np.array([r["repeat"][2] for r in rows])
     pt = np.array([r["prefill_tokens"] for r in rows])
-    summary = {"eager_iterations": len(rows), "first_wall_ms_median": float(np.median(f) * 1e3),
-               "repeat_wall_ms_median": float(np.median(s) * 1e3), "first_issue_ms_median": float(np.median(fi) * 1e3),
-               "repeat_issue_ms_median": float(np.median(si) * 1e3),
-               "first_over_repeat_median": float(np.median(f / s)),
-               "static_iterations": int(res.static.sum()) if res.static is not None else None,
-               "iterations": int(len(res.host_s))}
+    summary = {
+        "eager_iterations": len(rows),
+        "first_wall_ms_median": float(np.median(f) * 1e3),
+        "repeat_wall_ms_median": float(np.median(s) * 1e3),
+        "first_issue_ms_median": float(np.median(fi) * 1e3),
+        "repeat_issue_ms_median": float(np.median(si) * 1e3),
+        "first_over_repeat_median": float(np.median(f / s)),
+        "static_iterations": int(res.static.sum()) if res.static is not None else None,
+        "iterations": int(len(res.host_s)),
+    }
     small = pt < 512
     if small.any():
-        summary["small_prefill"] = {"n": int(small.sum()), "first_ms": float(np.median(f[small]) * 1e3),
-                                    "repeat_ms": float(np.median(s[small]) * 1e3)}
+        summary["small_prefill"] = {
+            "n": int(small.sum()),
+            "first_ms": float(np.median(f[small]) * 1e3),
+            "repeat_ms": float(np.median(s[small]) * 1e3),
+        }
     st = res.static if res.static is not None else np.zeros(0, bool)
     if st.any():
         summary["static_host_ms_median"] = float(np.median(res.host_s[st]) * 1e3)

@@ -65,13 +65,25 @@ def main() -> None:
         s["longest"] = s["point"][1] if s["kind"] == "decode" else 512 if s["kind"] == "mixed" else 0
     with open(os.path.join(a.call_dir, "diag", "diag_calib.json")) as f:
         diag = json.load(f)["rows"]
-    synthetic = [{"tokens": r["n"], "prefill_pairs": 0, "decode_context": r["total"], "decode_seqs": r["n"],
-                  "prefill_seqs": 0, "has_prefill": 0, "has_decode": 1, "longest": r["max"],
-                  "time_s": r["evolve"]["wall_s"]}
-                 for r in diag if r["evolve"]["wall_s"] and r["name"].startswith(("uniform", "synthetic", "one-long"))]
+    synthetic = [
+        {
+            "tokens": r["n"],
+            "prefill_pairs": 0,
+            "decode_context": r["total"],
+            "decode_seqs": r["n"],
+            "prefill_seqs": 0,
+            "has_prefill": 0,
+            "has_decode": 1,
+            "longest": r["max"],
+            "time_s": r["evolve"]["wall_s"],
+        }
+        for r in diag
+        if r["evolve"]["wall_s"] and r["name"].startswith(("uniform", "synthetic", "one-long"))
+    ]
     trace = scale_trace(slice_trace(read_trace(a.trace), first=a.first), factor=a.scale)
-    options = ReplayOptions(resolve_model("llama-2-7b"), resolve_gpu("h100-80gb"), "paged",
-                            kv_memory=parse_size(a.kv_memory))
+    options = ReplayOptions(
+        resolve_model("llama-2-7b"), resolve_gpu("h100-80gb"), "paged", kv_memory=parse_size(a.kv_memory)
+    )
     replay = []
     for batch, lens, _, tm in rebuild(os.path.join(a.call_dir, a.replay), trace, options):
         if lens and not batch.num_prefill_tokens:

@@ -89,8 +89,7 @@ def main() -> None:
         variants = {"spread": lens, "uniform": np.full(n, mean, dtype=np.int64)}
         q = torch.randn((b, HEADS, HEAD), dtype=dtype, device=dev)
         out = torch.empty_like(q)
-        row = {"run": item.get("run"), "n": n, "bucket": b, "mean": mean, "max": int(lens.max()),
-               "lens": lens.tolist()}
+        row = {"run": item.get("run"), "n": n, "bucket": b, "mean": mean, "max": int(lens.max()), "lens": lens.tolist()}
         for name, ls in variants.items():
             need = -(-ls // BLOCK)
             perm = rng.permutation(a.blocks)[: int(need.sum())]
@@ -98,7 +97,7 @@ def main() -> None:
             starts = torch.zeros(b, dtype=torch.int64)
             pos = 0
             for s in range(n):
-                bt[s, : need[s]] = torch.from_numpy(perm[pos: pos + need[s]].astype(np.int32))
+                bt[s, : need[s]] = torch.from_numpy(perm[pos : pos + need[s]].astype(np.int32))
                 pos += int(need[s])
             # contiguous: each sequence one range, ranges in a shuffled order with gaps
             order = rng.permutation(n)
@@ -112,29 +111,51 @@ def main() -> None:
             seq_lens[:n] = torch.from_numpy(ls.astype(np.int32))
             bt, starts, seq_lens = bt.to(dev), starts.to(dev), seq_lens.to(dev)
             for opt, kw in PAGED_OPTIONS.items():
-                row[f"paged/{opt}/{name}"] = bench(lambda kw=kw: paged_decode_attention(
-                    q, k, v, bt, seq_lens, HEAD ** -0.5, max_seq_len=BOUND, out=out, **kw))
+                row[f"paged/{opt}/{name}"] = bench(
+                    lambda kw=kw: paged_decode_attention(
+                        q, k, v, bt, seq_lens, HEAD**-0.5, max_seq_len=BOUND, out=out, **kw
+                    )
+                )
             for opt, kw in CONTIGUOUS_OPTIONS.items():
-                row[f"contiguous/{opt}/{name}"] = bench(lambda kw=kw: contiguous_decode_attention(
-                    q, k_slots, v_slots, starts, seq_lens, HEAD ** -0.5, max_seq_len=BOUND, out=out, **kw))
-            row[f"paged/tight-bound/{name}"] = bench(lambda: paged_decode_attention(
-                q, k, v, bt, seq_lens, HEAD ** -0.5, max_seq_len=int(ls.max()), out=out))
+                row[f"contiguous/{opt}/{name}"] = bench(
+                    lambda kw=kw: contiguous_decode_attention(
+                        q, k_slots, v_slots, starts, seq_lens, HEAD**-0.5, max_seq_len=BOUND, out=out, **kw
+                    )
+                )
+            row[f"paged/tight-bound/{name}"] = bench(
+                lambda: paged_decode_attention(q, k, v, bt, seq_lens, HEAD**-0.5, max_seq_len=int(ls.max()), out=out)
+            )
         rows.append(row)
         keys = [x[: -len("/spread")] for x in row if x.endswith("/spread")]
-        print(f"[{i}] {row['run']} n={n} B={b} mean={mean} max={row['max']} (max/mean {row['max'] / mean:.1f}): "
-              + " ".join(f"{kk}={row[kk + '/spread'] * 1e3:.1f}/{row[kk + '/uniform'] * 1e3:.1f}us" for kk in keys),
-              flush=True)
+        print(
+            f"[{i}] {row['run']} n={n} B={b} mean={mean} max={row['max']} (max/mean {row['max'] / mean:.1f}): "
+            + " ".join(f"{kk}={row[kk + '/spread'] * 1e3:.1f}/{row[kk + '/uniform'] * 1e3:.1f}us" for kk in keys),
+            flush=True,
+        )
     summary = {}
     for kk in [x[: -len("/spread")] for x in rows[0] if x.endswith("/spread")]:
         ratios = [r[kk + "/spread"] / r[kk + "/uniform"] for r in rows]
         base = [r[kk + "/spread"] / r["paged/default/spread"] for r in rows]
-        summary[kk] = {"median_spread_over_uniform": float(np.median(ratios)),
-                       "median_spread_vs_paged_default": float(np.median(base))}
-        print(f"{kk:28s} spread/uniform median {np.median(ratios):.3f}  spread time vs paged/default "
-              f"{np.median(base):.3f}")
+        summary[kk] = {
+            "median_spread_over_uniform": float(np.median(ratios)),
+            "median_spread_vs_paged_default": float(np.median(base)),
+        }
+        print(
+            f"{kk:28s} spread/uniform median {np.median(ratios):.3f}  spread time vs paged/default "
+            f"{np.median(base):.3f}"
+        )
     with open(os.path.join(a.out, "spread.json"), "w") as f:
-        json.dump({"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-                   "bound": BOUND, "rows": rows, "summary": summary}, f, indent=1)
+        json.dump(
+            {
+                "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
+                "torch": torch.__version__,
+                "bound": BOUND,
+                "rows": rows,
+                "summary": summary,
+            },
+            f,
+            indent=1,
+        )
 
 
 if __name__ == "__main__":

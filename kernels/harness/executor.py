@@ -34,15 +34,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from kernels import reference as ref
+from kernels.cache_ops import write_kv
 from kernels.harness.decode_graphs import DecodeInputs, DecodeRunner
 from kernels.harness.kv_pool import KVPool
+from kernels.harness.kv_source import _OWNER_SALT, KVSource, LineageTracker, mix
 from kernels.harness.mixed_graphs import MixedInputs, MixedRunner
-from kernels.harness.kv_source import KVSource, LineageTracker, mix, _OWNER_SALT
 from kernels.harness.model import RandomTransformer
-from kernels.paged_attention import (contiguous_decode_attention, paged_decode_attention,
-                                     paged_prefill_attention)
-from kernels.cache_ops import write_kv
-from kernels import reference as ref
+from kernels.paged_attention import contiguous_decode_attention, paged_decode_attention, paged_prefill_attention
 from sim.allocators.base import BlockTablePlacement
 from sim.scheduler import Batch
 
@@ -61,7 +60,7 @@ def _pack(pieces: list[np.ndarray], per16: int) -> np.ndarray:
     out = np.zeros(max(sum(sizes), per16), dtype=dtype)
     o = 0
     for p, n in zip(pieces, sizes):
-        out[o:o + p.size] = p.ravel()
+        out[o : o + p.size] = p.ravel()
         o += n
     return out
 
@@ -116,7 +115,7 @@ class _Prep:
     ext_before: list
     ext_after: list
     src_rows: np.ndarray | None
-    capture: "Capture | None"
+    capture: Capture | None
 
 
 @dataclass
@@ -128,7 +127,7 @@ class CheckResult:
     failures: list[str] = field(default_factory=list)
     nan: bool = False
 
-    def merge(self, other: "CheckResult") -> None:
+    def merge(self, other: CheckResult) -> None:
         self.max_abs_error = max(self.max_abs_error, other.max_abs_error)
         self.max_rel_error = max(self.max_rel_error, other.max_rel_error)
         self.rows_checked += other.rows_checked
@@ -138,11 +137,16 @@ class CheckResult:
 
     def as_dict(self, dtype: torch.dtype) -> dict:
         atol, rtol = TOLERANCE[dtype]
-        return {"max_abs_error": self.max_abs_error, "max_rel_error": self.max_rel_error,
-                "rows_checked": self.rows_checked, "iterations_checked": self.iterations_checked,
-                "nan": self.nan, "tolerance": {"max_abs": atol, "rel": rtol},
-                "within_tolerance": (not self.nan and self.max_abs_error <= atol and self.max_rel_error <= rtol),
-                "failures": self.failures}
+        return {
+            "max_abs_error": self.max_abs_error,
+            "max_rel_error": self.max_rel_error,
+            "rows_checked": self.rows_checked,
+            "iterations_checked": self.iterations_checked,
+            "nan": self.nan,
+            "tolerance": {"max_abs": atol, "rel": rtol},
+            "within_tolerance": (not self.nan and self.max_abs_error <= atol and self.max_rel_error <= rtol),
+            "failures": self.failures,
+        }
 
 
 class Executor:
@@ -158,9 +162,17 @@ class Executor:
             or None to run them eagerly like the others.
     """
 
-    def __init__(self, model: RandomTransformer, pool: KVPool, allocator: LineageTracker,
-                 source: KVSource | None = None, check_layers: list[int] | None = None, seed: int = 0,
-                 runner: DecodeRunner | None = None, mixed_runner: MixedRunner | None = None):
+    def __init__(
+        self,
+        model: RandomTransformer,
+        pool: KVPool,
+        allocator: LineageTracker,
+        source: KVSource | None = None,
+        check_layers: list[int] | None = None,
+        seed: int = 0,
+        runner: DecodeRunner | None = None,
+        mixed_runner: MixedRunner | None = None,
+    ):
         self.model, self.pool, self.alloc, self.source = model, pool, allocator, source
         self.runner = runner
         self.mixed_runner = mixed_runner
@@ -174,8 +186,9 @@ class Executor:
         self.check_layers = sorted(set(check_layers))
         for r in (runner, mixed_runner):
             if r is not None and not set(self.check_layers) <= set(r.check_layers):
-                raise ValueError(f"check layers {self.check_layers} are not kept by the static-buffer runner "
-                                 f"({r.check_layers})")
+                raise ValueError(
+                    f"check layers {self.check_layers} are not kept by the static-buffer runner ({r.check_layers})"
+                )
         self.rng = np.random.default_rng(seed)
         if source is not None:
             self._layer_offsets = source.layer_offsets[:n, None].to(self.device)
@@ -193,7 +206,7 @@ class Executor:
             width = _pad16(max((len(p.block_table) for p in placements), default=1))
             bt = np.zeros((len(branches), width), dtype=np.int32)
             for i, p in enumerate(placements):
-                bt[i, :len(p.block_table)] = p.block_table
+                bt[i, : len(p.block_table)] = p.block_table
             slots = bt[np.arange(len(branches)), pos // bs].astype(np.int64) * bs + pos % bs
             return lens, slots, bt, None
         starts = np.fromiter((p.start for p in placements), dtype=np.int64, count=len(branches))
@@ -222,7 +235,7 @@ class Executor:
         width = _pad16(max(len(t) for t in tables))
         bt = np.zeros((len(seqs), width), dtype=np.int32)
         for i, t in enumerate(tables):
-            bt[i, :len(t)] = t
+            bt[i, : len(t)] = t
         return firsts, np.array(cached, dtype=np.int64), np.array(totals, dtype=np.int64), slots, bt, paged
 
     def _source_rows(self, dec_branches, dec_pos, pf_firsts, pf_cached, pf_totals) -> np.ndarray:
@@ -242,7 +255,7 @@ class Executor:
                     plain = False
                     break
             if not plain:
-                keys = np.concatenate([lineages[b].keys(dec_pos[i:i + 1]) for i, b in enumerate(dec_branches)])
+                keys = np.concatenate([lineages[b].keys(dec_pos[i : i + 1]) for i, b in enumerate(dec_branches)])
             parts.append(keys)
         for b, c, n in zip(pf_firsts, pf_cached, pf_totals):
             parts.append(lineages[b].keys(np.arange(c, n, dtype=np.int64)))
@@ -307,22 +320,31 @@ class Executor:
         gpu_s, issue_s = self._end(out.tokens, t_issue)
         return ExecResult(gpu_s, nd, capture, capture_s, True, issue_s)
 
-    def _prepare(self, batch: Batch, dec_branches: list[int], check: bool) -> "_Prep":
+    def _prepare(self, batch: Batch, dec_branches: list[int], check: bool) -> _Prep:
         """Host-side inputs of an iteration (both the eager and the static mixed path)."""
         nd = len(dec_branches)
         dec_lens, dec_slots, dec_bt, dec_starts = self._decode_meta(dec_branches)
         if batch.prefill:
             pf_firsts, pf_cached, pf_totals, pf_slots, pf_bt, pf_paged = self._prefill_meta(batch.prefill)
         else:
-            pf_firsts, pf_cached, pf_totals, pf_slots, pf_bt, pf_paged = [], np.zeros(0, np.int64), \
-                np.zeros(0, np.int64), [], None, True
+            pf_firsts, pf_cached, pf_totals, pf_slots, pf_bt, pf_paged = (
+                [],
+                np.zeros(0, np.int64),
+                np.zeros(0, np.int64),
+                [],
+                None,
+                True,
+            )
         new = pf_totals - pf_cached
         npf = int(new.sum())
         total = nd + npf
         cu = np.concatenate(([0], np.cumsum(new))).astype(np.int64)
         all_slots = np.concatenate([dec_slots] + pf_slots) if total else np.zeros(0, np.int64)
-        positions = np.concatenate([dec_lens - 1] + [np.arange(c, n) for c, n in zip(pf_cached, pf_totals)]) \
-            if total else np.zeros(0, np.int64)
+        positions = (
+            np.concatenate([dec_lens - 1] + [np.arange(c, n) for c, n in zip(pf_cached, pf_totals)])
+            if total
+            else np.zeros(0, np.int64)
+        )
 
         # copies: before the writes, or after the forward pass when the source is written in this iteration
         copies_before, copies_after = list(batch.copies), []
@@ -334,13 +356,33 @@ class Executor:
         src_rows = None
         if self.source is not None and total:
             src_rows = self._source_rows(dec_branches, dec_lens - 1, pf_firsts, pf_cached, pf_totals)
-        capture = self._plan_capture(dec_branches, dec_lens, pf_firsts, pf_cached, pf_totals, cu, nd) \
-            if check else None
-        return _Prep(nd, dec_lens, dec_slots, dec_bt, dec_starts, pf_firsts, pf_cached, pf_totals, pf_bt, pf_paged,
-                     new, npf, total, cu, all_slots, positions, copies_before, copies_after, ext_before, ext_after,
-                     src_rows, capture)
+        capture = self._plan_capture(dec_branches, dec_lens, pf_firsts, pf_cached, pf_totals, cu, nd) if check else None
+        return _Prep(
+            nd,
+            dec_lens,
+            dec_slots,
+            dec_bt,
+            dec_starts,
+            pf_firsts,
+            pf_cached,
+            pf_totals,
+            pf_bt,
+            pf_paged,
+            new,
+            npf,
+            total,
+            cu,
+            all_slots,
+            positions,
+            copies_before,
+            copies_after,
+            ext_before,
+            ext_after,
+            src_rows,
+            capture,
+        )
 
-    def _execute_static_mixed(self, pr: "_Prep") -> ExecResult | None:
+    def _execute_static_mixed(self, pr: _Prep) -> ExecResult | None:
         """An iteration with prefill tokens on the mixed runner's static buffers (a CUDA-graph replay on CUDA).
         None: no bucket fits (the caller runs it eagerly)."""
         runner = self.mixed_runner
@@ -353,8 +395,18 @@ class Executor:
         key = runner.key_for(pr.nd, pr.npf, len(pr.pf_firsts), paged, max_ctx)
         if key is None:
             return None
-        inp = MixedInputs(pr.dec_lens, pr.dec_bt, pr.dec_starts, pr.all_slots, pr.positions, pr.cu, pr.pf_cached,
-                          pr.pf_bt, pr.src_rows, pr.capture.row_list if pr.capture is not None else [])
+        inp = MixedInputs(
+            pr.dec_lens,
+            pr.dec_bt,
+            pr.dec_starts,
+            pr.all_slots,
+            pr.positions,
+            pr.cu,
+            pr.pf_cached,
+            pr.pf_bt,
+            pr.src_rows,
+            pr.capture.row_list if pr.capture is not None else [],
+        )
         capture_s, t_issue = self._start(runner, key, inp, pr.copies_before, pr.ext_before)
         out = runner.run(key)
         if pr.copies_after:
@@ -401,7 +453,7 @@ class Executor:
     def _pairs(self, copies: list) -> torch.Tensor:
         return torch.from_numpy(np.array(copies, dtype=np.int64).reshape(-1, 2)).to(self.device, non_blocking=True)
 
-    def _execute_eager(self, pr: "_Prep") -> ExecResult:
+    def _execute_eager(self, pr: _Prep) -> ExecResult:
         model, pool, s = self.model, self.pool, self.model.shapes
         nd, dec_lens, dec_bt, dec_starts = pr.nd, pr.dec_lens, pr.dec_bt, pr.dec_starts
         dec_paged = dec_starts is None
@@ -409,13 +461,22 @@ class Executor:
         new, npf, total, cu = pr.new, pr.npf, pr.total, pr.cu
         all_slots, positions = pr.all_slots, pr.positions
         last_rows = np.concatenate((np.arange(nd), nd + cu[1:] - 1)).astype(np.int64)
-        copies_before, copies_after, ext_before, ext_after = pr.copies_before, pr.copies_after, pr.ext_before, \
-            pr.ext_after
+        copies_before, copies_after, ext_before, ext_after = (
+            pr.copies_before,
+            pr.copies_after,
+            pr.ext_before,
+            pr.ext_after,
+        )
         src_rows, capture = pr.src_rows, pr.capture
 
         # one int32 and one int64 host-to-device copy
-        i32 = [all_slots.astype(np.int32), (positions % self.vocab).astype(np.int32), dec_lens.astype(np.int32),
-               cu.astype(np.int32), pf_cached.astype(np.int32)]
+        i32 = [
+            all_slots.astype(np.int32),
+            (positions % self.vocab).astype(np.int32),
+            dec_lens.astype(np.int32),
+            cu.astype(np.int32),
+            pf_cached.astype(np.int32),
+        ]
         if dec_paged and nd:
             i32.append(dec_bt.ravel())
         if pf_bt is not None:
@@ -439,20 +500,27 @@ class Executor:
 
         def take32(n):
             nonlocal o
-            t = buf32[o:o + n]
+            t = buf32[o : o + n]
             o += -(-n // 4) * 4
             return t
-        slots_t, ids_t, dlens_t, cu_t, ctx_t = (take32(total), take32(total), take32(nd), take32(len(cu)),
-                                                take32(len(pf_cached)))
+
+        slots_t, ids_t, dlens_t, cu_t, ctx_t = (
+            take32(total),
+            take32(total),
+            take32(nd),
+            take32(len(cu)),
+            take32(len(pf_cached)),
+        )
         dbt_t = take32(dec_bt.size).view(dec_bt.shape) if dec_paged and nd else None
         pbt_t = take32(pf_bt.size).view(pf_bt.shape) if pf_bt is not None else None
         o64 = 0
 
         def take64(n):
             nonlocal o64
-            t = buf64[o64:o64 + n]
+            t = buf64[o64 : o64 + n]
             o64 += -(-n // 2) * 2
             return t
+
         last_t = take64(len(last_rows))
         dstarts_t = take64(nd) if not dec_paged else None
         if src_rows is not None:
@@ -461,7 +529,7 @@ class Executor:
         cp_t = take64(len(cp)).view(-1, 2)
 
         if copies_before:
-            pool.copy_blocks(cp_t[:len(copies_before)])
+            pool.copy_blocks(cp_t[: len(copies_before)])
         for src, dst, n in ext_before:
             pool.copy_slots(src, dst, n)
 
@@ -478,22 +546,42 @@ class Executor:
                 attn = torch.empty((total, s.q_heads, s.head_size), dtype=q.dtype, device=self.device)
                 if nd:
                     if dec_paged:
-                        paged_decode_attention(q[:nd], pool.k(layer), pool.v(layer), dbt_t, dlens_t, model.scale,
-                                               max_seq_len=max_dec, out=attn[:nd])
+                        paged_decode_attention(
+                            q[:nd],
+                            pool.k(layer),
+                            pool.v(layer),
+                            dbt_t,
+                            dlens_t,
+                            model.scale,
+                            max_seq_len=max_dec,
+                            out=attn[:nd],
+                        )
                     else:
-                        contiguous_decode_attention(q[:nd], pool.k_slots(layer), pool.v_slots(layer), dstarts_t,
-                                                    dlens_t, model.scale, max_seq_len=max_dec, out=attn[:nd])
+                        contiguous_decode_attention(
+                            q[:nd],
+                            pool.k_slots(layer),
+                            pool.v_slots(layer),
+                            dstarts_t,
+                            dlens_t,
+                            model.scale,
+                            max_seq_len=max_dec,
+                            out=attn[:nd],
+                        )
                 if npf:
-                    kc, vc = (pool.k(layer), pool.v(layer)) if pf_paged else \
-                        (pool.k_unit_blocks(layer), pool.v_unit_blocks(layer))
-                    paged_prefill_attention(q[nd:], kc, vc, pbt_t, cu_t, ctx_t, model.scale, max_query_len=max_q,
-                                            out=attn[nd:])
+                    kc, vc = (
+                        (pool.k(layer), pool.v(layer))
+                        if pf_paged
+                        else (pool.k_unit_blocks(layer), pool.v_unit_blocks(layer))
+                    )
+                    paged_prefill_attention(
+                        q[nd:], kc, vc, pbt_t, cu_t, ctx_t, model.scale, max_query_len=max_q, out=attn[nd:]
+                    )
                 if capture is not None and layer in capture.layers:
                     capture.q[layer] = q[capture.rows].clone()
                     capture.out[layer] = attn[capture.rows].clone()
                 x = model.attn_out_and_mlp(layer, x, attn)
             if copies_after:
-                pool.copy_blocks(cp_t[len(copies_before):])
+                pool.copy_blocks(cp_t[len(copies_before) :])
             for src, dst, n in ext_after:
                 pool.copy_slots(src, dst, n)
             next_tokens = model.sample(x.index_select(0, last_t))
@@ -503,8 +591,18 @@ class Executor:
         return ExecResult(gpu_s, total, capture, issue_s=issue_s)
 
     # --- checking against the reference -------------------------------------------------------------------------------
-    def _plan_capture(self, dec_branches, dec_lens, pf_firsts, pf_cached, pf_totals, cu, nd,
-                      max_decode: int = 3, max_prefill_rows: int = 16) -> Capture | None:
+    def _plan_capture(
+        self,
+        dec_branches,
+        dec_lens,
+        pf_firsts,
+        pf_cached,
+        pf_totals,
+        cu,
+        nd,
+        max_decode: int = 3,
+        max_prefill_rows: int = 16,
+    ) -> Capture | None:
         if self.source is None:
             return None
         rows: list[int] = []
@@ -519,8 +617,12 @@ class Executor:
             j = int(self.rng.integers(len(pf_firsts)))
             c, n = int(pf_cached[j]), int(pf_totals[j])
             new = n - c
-            offs = sorted(set([0, new - 1] + [int(x) for x in self.rng.choice(new, size=min(max_prefill_rows, new),
-                                                                               replace=False)]))
+            offs = sorted(
+                set(
+                    [0, new - 1]
+                    + [int(x) for x in self.rng.choice(new, size=min(max_prefill_rows, new), replace=False)]
+                )
+            )
             prefill.append((len(rows), pf_firsts[j], c, n, offs))
             rows.extend(nd + int(cu[j]) + o for o in offs)
         if not rows:
@@ -547,9 +649,9 @@ class Executor:
                 kv = src.table.index_select(0, rows_l).float()
                 qp = torch.tensor(qpos, device=self.device)
                 mask = torch.arange(n, device=self.device)[None, :] <= qp[:, None]
-                q = q_all[r0:r0 + len(qpos)]
+                q = q_all[r0 : r0 + len(qpos)]
                 expect = ref._attend(q, kv[:, 0], kv[:, 1], scale, mask).float()
-                got = out_all[r0:r0 + len(qpos)].float()
+                got = out_all[r0 : r0 + len(qpos)].float()
                 if not torch.isfinite(got).all():
                     res.nan = True
                     res.failures.append(f"layer {layer} branch {branch}: non-finite output")

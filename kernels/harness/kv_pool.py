@@ -14,8 +14,17 @@ from kernels.cache_ops import copy_blocks
 
 
 class KVPool:
-    def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_size: int,
-                 dtype: torch.dtype, device, poison: bool = True):
+    def __init__(
+        self,
+        num_layers: int,
+        num_blocks: int,
+        block_size: int,
+        kv_heads: int,
+        head_size: int,
+        dtype: torch.dtype,
+        device,
+        poison: bool = True,
+    ):
         self.num_layers, self.num_blocks, self.block_size = num_layers, num_blocks, block_size
         self.kv_heads, self.head_size = kv_heads, head_size
         self.num_slots = num_blocks * block_size
@@ -51,7 +60,7 @@ class KVPool:
 
     def copy_slots(self, src: int, dst: int, length: int) -> None:
         """Copy `length` token slots from `src` to `dst` in every layer's K and V (a contiguous allocator's fork)."""
-        self._slots[:, :, dst:dst + length].copy_(self._slots[:, :, src:src + length])
+        self._slots[:, :, dst : dst + length].copy_(self._slots[:, :, src : src + length])
 
     def read_slots(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V rows at token slots (for tests and debugging)."""

@@ -62,19 +62,26 @@ class Lineage:
     seg_owners: list[int] = field(default_factory=list)
 
     @classmethod
-    def root(cls, seq_id: int, content: TokenContent | None) -> "Lineage":
+    def root(cls, seq_id: int, content: TokenContent | None) -> Lineage:
         runs = content.runs if content is not None else ()
         lengths = np.array([n for _, n in runs], dtype=np.int64)
-        starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64) if len(runs) else \
-            np.zeros(0, dtype=np.int64)
-        return cls(np.array([tag_hash(t) for t, _ in runs], dtype=np.int64), starts, int(lengths.sum()),
-                   [0], [seq_id])
+        starts = (
+            np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+            if len(runs)
+            else np.zeros(0, dtype=np.int64)
+        )
+        return cls(np.array([tag_hash(t) for t, _ in runs], dtype=np.int64), starts, int(lengths.sum()), [0], [seq_id])
 
-    def fork(self, child_id: int, at: int) -> "Lineage":
+    def fork(self, child_id: int, at: int) -> Lineage:
         """The lineage of a branch forked from this one when it held `at` tokens."""
         keep = [i for i, s in enumerate(self.seg_starts) if s < at] or [0]
-        return Lineage(self.run_tags, self.run_starts, self.run_total,
-                       [self.seg_starts[i] for i in keep] + [at], [self.seg_owners[i] for i in keep] + [child_id])
+        return Lineage(
+            self.run_tags,
+            self.run_starts,
+            self.run_total,
+            [self.seg_starts[i] for i in keep] + [at],
+            [self.seg_owners[i] for i in keep] + [child_id],
+        )
 
     def keys(self, positions: np.ndarray) -> np.ndarray:
         """uint64 identity hash of each position."""

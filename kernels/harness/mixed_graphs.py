@@ -112,8 +112,18 @@ class MixedRunner(GraphCache):
 
     warmup_runs = 1  # (the first capture compiles; later keys only need cuBLAS to pick its kernels)
 
-    def __init__(self, model: RandomTransformer, pool: KVPool, source: KVSource | None, check_layers: list[int],
-                 max_batch: int, max_tokens: int, max_len: int, use_graphs: bool, mempool=None):
+    def __init__(
+        self,
+        model: RandomTransformer,
+        pool: KVPool,
+        source: KVSource | None,
+        check_layers: list[int],
+        max_batch: int,
+        max_tokens: int,
+        max_len: int,
+        use_graphs: bool,
+        mempool=None,
+    ):
         self.model, self.pool, self.source = model, pool, source
         self.device = model.device
         self._init_graphs(use_graphs, mempool)
@@ -134,14 +144,21 @@ class MixedRunner(GraphCache):
         self.dev32 = torch.zeros(big[2], dtype=torch.int32, device=self.device)
         self.dev64 = torch.zeros(big[3], dtype=torch.int64, device=self.device)
         if source is not None:
-            self._layer_offsets = source.layer_offsets[:model.shapes.layers, None].to(self.device)
+            self._layer_offsets = source.layer_offsets[: model.shapes.layers, None].to(self.device)
         self._layouts: dict[tuple, _Layout] = {}
 
     # --- layout ---------------------------------------------------------------------------------------------------------
     def _offsets(self, b: int, p: int, s: int, paged: bool):
         pw = self.width if paged else self.unit_width
-        sizes32 = {"ids": b + p, "slots": b + p, "dlens": b, "cu": s + 1, "ctx": s, "dbt": b * self.width,
-                   "pbt": s * pw}
+        sizes32 = {
+            "ids": b + p,
+            "slots": b + p,
+            "dlens": b,
+            "cu": s + 1,
+            "ctx": s,
+            "dbt": b * self.width,
+            "pbt": s * pw,
+        }
         sizes64 = {"dstarts": b, "src": b + p, "last": b + s, "check": CHECK_ROWS}
         off32, o = {}, 0
         for k, n in sizes32.items():
@@ -158,8 +175,8 @@ class MixedRunner(GraphCache):
         if lay is None:
             paged, b, p, s = key
             off32, off64, n32, n64, sz32, sz64, pw = self._offsets(b, p, s, paged)
-            v = {k: self.dev32[off32[k]:off32[k] + n] for k, n in sz32.items()}
-            v.update({k: self.dev64[off64[k]:off64[k] + n] for k, n in sz64.items()})
+            v = {k: self.dev32[off32[k] : off32[k] + n] for k, n in sz32.items()}
+            v.update({k: self.dev64[off64[k] : off64[k] + n] for k, n in sz64.items()})
             v["dbt"] = v["dbt"].view(b, self.width)
             v["pbt"] = v["pbt"].view(s, pw)
             lay = _Layout(off32, off64, n32, n64, v)
@@ -186,47 +203,47 @@ class MixedRunner(GraphCache):
         npf = int(inp.cu[-1])
 
         def rows(h: np.ndarray, arr: np.ndarray, base: int, pad: int) -> None:  # [decode | pad | prefill | pad]
-            h[base:base + nd] = arr[:nd]
-            h[base + nd:base + b] = pad
-            h[base + b:base + b + npf] = arr[nd:]
-            h[base + b + npf:base + b + p] = pad
+            h[base : base + nd] = arr[:nd]
+            h[base + nd : base + b] = pad
+            h[base + b : base + b + npf] = arr[nd:]
+            h[base + b + npf : base + b + p] = pad
 
         rows(h32, inp.positions % vocab, o32["ids"], 0)
         rows(h32, inp.slots, o32["slots"], -1)  # the cache write skips negative slots
         d = o32["dlens"]
-        h32[d:d + nd] = inp.dec_lens
-        h32[d + nd:d + b] = 0  # length 0: reads nothing, writes a zero row
+        h32[d : d + nd] = inp.dec_lens
+        h32[d + nd : d + b] = 0  # length 0: reads nothing, writes a zero row
         c = o32["cu"]
-        h32[c:c + ns + 1] = inp.cu
-        h32[c + ns + 1:c + s + 1] = npf  # padded sequences: no new tokens
+        h32[c : c + ns + 1] = inp.cu
+        h32[c + ns + 1 : c + s + 1] = npf  # padded sequences: no new tokens
         c = o32["ctx"]
-        h32[c:c + ns] = inp.ctx
-        h32[c + ns:c + s] = 0
+        h32[c : c + ns] = inp.ctx
+        h32[c + ns : c + s] = 0
         if paged and b:
-            bt = h32[o32["dbt"]:o32["dbt"] + b * self.width].reshape(b, self.width)
+            bt = h32[o32["dbt"] : o32["dbt"] + b * self.width].reshape(b, self.width)
             bt[:] = 0
             if nd:
-                bt[:nd, :inp.dec_table.shape[1]] = inp.dec_table
+                bt[:nd, : inp.dec_table.shape[1]] = inp.dec_table
         pw = lay.views["pbt"].shape[1]
-        pbt = h32[o32["pbt"]:o32["pbt"] + s * pw].reshape(s, pw)
+        pbt = h32[o32["pbt"] : o32["pbt"] + s * pw].reshape(s, pw)
         pbt[:] = 0
-        pbt[:ns, :inp.pf_table.shape[1]] = inp.pf_table
+        pbt[:ns, : inp.pf_table.shape[1]] = inp.pf_table
         if not paged:
             d = o64["dstarts"]
             if nd:
-                h64[d:d + nd] = inp.dec_starts
-            h64[d + nd:d + b] = 0
+                h64[d : d + nd] = inp.dec_starts
+            h64[d + nd : d + b] = 0
         if inp.src_rows is not None:
             rows(h64, inp.src_rows, o64["src"], 0)
         last = o64["last"]
-        h64[last:last + nd] = np.arange(nd)
-        h64[last + nd:last + b] = 0
-        h64[last + b:last + b + ns] = b + inp.cu[1:] - 1
-        h64[last + b + ns:last + b + s] = 0
+        h64[last : last + nd] = np.arange(nd)
+        h64[last + nd : last + b] = 0
+        h64[last + b : last + b + ns] = b + inp.cu[1:] - 1
+        h64[last + b + ns : last + b + s] = 0
         chk = o64["check"]
         moved = [r if r < nd else r - nd + b for r in inp.check_rows]
-        h64[chk:chk + len(moved)] = moved
-        h64[chk + len(moved):chk + CHECK_ROWS] = 0
+        h64[chk : chk + len(moved)] = moved
+        h64[chk + len(moved) : chk + CHECK_ROWS] = 0
         return lay.n32, lay.n64
 
     def upload(self, n32: int, n64: int) -> None:
@@ -249,12 +266,13 @@ class MixedRunner(GraphCache):
             write_kv(k, val, pool.k(layer), pool.v(layer), v["slots"])
             attn = torch.empty((b + p, sh.q_heads, sh.head_size), dtype=q.dtype, device=self.device)
             if b:
-                static_decode_attention(q[:b], pool, layer, paged, v["dbt"], v["dstarts"], v["dlens"], model.scale,
-                                        self.max_len, attn[:b])
-            kc, vc = (pool.k(layer), pool.v(layer)) if paged else (pool.k_unit_blocks(layer),
-                                                                    pool.v_unit_blocks(layer))
-            paged_prefill_attention(q[b:], kc, vc, v["pbt"], v["cu"], v["ctx"], model.scale, max_query_len=p,
-                                    out=attn[b:])
+                static_decode_attention(
+                    q[:b], pool, layer, paged, v["dbt"], v["dstarts"], v["dlens"], model.scale, self.max_len, attn[:b]
+                )
+            kc, vc = (pool.k(layer), pool.v(layer)) if paged else (pool.k_unit_blocks(layer), pool.v_unit_blocks(layer))
+            paged_prefill_attention(
+                q[b:], kc, vc, v["pbt"], v["cu"], v["ctx"], model.scale, max_query_len=p, out=attn[b:]
+            )
             if self.source is not None and layer in self.check_layers:
                 out.q[layer] = q.index_select(0, v["check"])
                 out.attn[layer] = attn.index_select(0, v["check"])

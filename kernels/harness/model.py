@@ -32,9 +32,17 @@ class Shapes:
     gated_mlp: bool = True
 
     @classmethod
-    def of(cls, spec: ModelSpec, layers: int | None = None) -> "Shapes":
-        return cls(layers or spec.num_layers, spec.hidden_size, spec.num_q_heads, spec.num_kv_heads, spec.head_size,
-                   spec.intermediate_size, spec.vocab_size, gated_mlp=not spec.name.lower().startswith("opt"))
+    def of(cls, spec: ModelSpec, layers: int | None = None) -> Shapes:
+        return cls(
+            layers or spec.num_layers,
+            spec.hidden_size,
+            spec.num_q_heads,
+            spec.num_kv_heads,
+            spec.head_size,
+            spec.intermediate_size,
+            spec.vocab_size,
+            gated_mlp=not spec.name.lower().startswith("opt"),
+        )
 
     @property
     def q_size(self) -> int:
@@ -58,23 +66,25 @@ class RandomTransformer:
 
         def w(rows: int, cols: int) -> torch.Tensor:  # F.linear weight [out, in]
             t = torch.empty((rows, cols), dtype=dtype, device=self.device)
-            return t.normal_(0.0, cols ** -0.5, generator=gen)
+            return t.normal_(0.0, cols**-0.5, generator=gen)
 
         self.embed = torch.empty((s.vocab, s.hidden), dtype=dtype, device=self.device).normal_(0.0, 1.0, generator=gen)
         self.layers = []
         for _ in range(s.layers):
             mlp_in = 2 * s.intermediate if s.gated_mlp else s.intermediate
-            self.layers.append({
-                "norm1": torch.ones(s.hidden, dtype=dtype, device=self.device),
-                "qkv": w(s.q_size + 2 * s.kv_size, s.hidden),
-                "o": w(s.hidden, s.q_size),
-                "norm2": torch.ones(s.hidden, dtype=dtype, device=self.device),
-                "up": w(mlp_in, s.hidden),
-                "down": w(s.hidden, s.intermediate),
-            })
+            self.layers.append(
+                {
+                    "norm1": torch.ones(s.hidden, dtype=dtype, device=self.device),
+                    "qkv": w(s.q_size + 2 * s.kv_size, s.hidden),
+                    "o": w(s.hidden, s.q_size),
+                    "norm2": torch.ones(s.hidden, dtype=dtype, device=self.device),
+                    "up": w(mlp_in, s.hidden),
+                    "down": w(s.hidden, s.intermediate),
+                }
+            )
         self.final_norm = torch.ones(s.hidden, dtype=dtype, device=self.device)
         self.lm_head = w(s.vocab, s.hidden)
-        self.scale = s.head_size ** -0.5
+        self.scale = s.head_size**-0.5
 
     def weight_bytes(self) -> int:
         tensors = [self.embed, self.final_norm, self.lm_head] + [t for layer in self.layers for t in layer.values()]
@@ -92,9 +102,9 @@ class RandomTransformer:
         s, p = self.shapes, self.layers[layer]
         qkv = F.linear(self.norm(x, p["norm1"]), p["qkv"])
         t = qkv.shape[0]
-        q = qkv[:, :s.q_size].view(t, s.q_heads, s.head_size)
-        k = qkv[:, s.q_size:s.q_size + s.kv_size].view(t, s.kv_heads, s.head_size)
-        v = qkv[:, s.q_size + s.kv_size:].view(t, s.kv_heads, s.head_size)
+        q = qkv[:, : s.q_size].view(t, s.q_heads, s.head_size)
+        k = qkv[:, s.q_size : s.q_size + s.kv_size].view(t, s.kv_heads, s.head_size)
+        v = qkv[:, s.q_size + s.kv_size :].view(t, s.kv_heads, s.head_size)
         return q, k, v
 
     def attn_out_and_mlp(self, layer: int, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
@@ -102,7 +112,7 @@ class RandomTransformer:
         x = x + F.linear(attn.view(attn.shape[0], s.q_size), p["o"])
         h = F.linear(self.norm(x, p["norm2"]), p["up"])
         if s.gated_mlp:
-            h = F.silu(h[:, :s.intermediate]) * h[:, s.intermediate:]
+            h = F.silu(h[:, : s.intermediate]) * h[:, s.intermediate :]
         else:
             h = F.relu(h)
         return x + F.linear(h, p["down"])

@@ -71,7 +71,7 @@ class GpuRun:
     mixed_runner: MixedRunner | None = None  # the same for iterations with prefill tokens
 
     @classmethod
-    def build(cls, options: ReplayOptions, harness: HarnessOptions) -> "GpuRun":
+    def build(cls, options: ReplayOptions, harness: HarnessOptions) -> GpuRun:
         validate_options(options)
         budget = options.budget()
         shapes = Shapes.of(options.model, harness.layers)
@@ -79,10 +79,20 @@ class GpuRun:
         if harness.device == "cuda" and not torch.cuda.is_available():
             raise UserError("the GPU harness needs a CUDA GPU (torch.cuda.is_available() is False)")
         model = RandomTransformer(shapes, dtype, harness.device, harness.seed)
-        pool = KVPool(shapes.layers, budget.num_blocks, budget.block_size, shapes.kv_heads, shapes.head_size, dtype,
-                      harness.device)
-        source = KVSource(harness.source_rows, shapes.kv_heads, shapes.head_size, dtype, harness.device,
-                          harness.seed + 1) if harness.check else None
+        pool = KVPool(
+            shapes.layers,
+            budget.num_blocks,
+            budget.block_size,
+            shapes.kv_heads,
+            shapes.head_size,
+            dtype,
+            harness.device,
+        )
+        source = (
+            KVSource(harness.source_rows, shapes.kv_heads, shapes.head_size, dtype, harness.device, harness.seed + 1)
+            if harness.check
+            else None
+        )
         runner = mixed = None
         if harness.cuda_graphs:
             graphs = model.device.type == "cuda"
@@ -91,19 +101,41 @@ class GpuRun:
             # (bound = its length: often no split) and a replay batch of the same total context but one long
             # sequence (bound 4,096: the split path and its reduce) ran different kernels; run 7's first call
             # measured replay decode iterations 5% slower than calibration said for the same tokens.
-            runner = DecodeRunner(model, pool, source, [0, shapes.layers - 1], options.max_num_seqs,
-                                  options.model.max_model_len, use_graphs=graphs,
-                                  min_ctx_bucket=options.model.max_model_len)
+            runner = DecodeRunner(
+                model,
+                pool,
+                source,
+                [0, shapes.layers - 1],
+                options.max_num_seqs,
+                options.model.max_model_len,
+                use_graphs=graphs,
+                min_ctx_bucket=options.model.max_model_len,
+            )
             if harness.prefill_graphs:
-                mixed = MixedRunner(model, pool, source, [0, shapes.layers - 1], options.max_num_seqs,
-                                    options.engine_config.batched_tokens_limit(options.model),
-                                    options.model.max_model_len, use_graphs=graphs, mempool=runner._mempool)
+                mixed = MixedRunner(
+                    model,
+                    pool,
+                    source,
+                    [0, shapes.layers - 1],
+                    options.max_num_seqs,
+                    options.engine_config.batched_tokens_limit(options.model),
+                    options.model.max_model_len,
+                    use_graphs=graphs,
+                    mempool=runner._mempool,
+                )
         return cls(options, harness, budget, model, pool, source, runner, mixed)
 
     def executor(self, allocator: LineageTracker, seed: int = 0) -> Executor:
         """An executor over this run's model, pool, K/V table and decode runner."""
-        return Executor(self.model, self.pool, allocator, self.source, seed=seed, runner=self.decode_runner,
-                        mixed_runner=self.mixed_runner)
+        return Executor(
+            self.model,
+            self.pool,
+            allocator,
+            self.source,
+            seed=seed,
+            runner=self.decode_runner,
+            mixed_runner=self.mixed_runner,
+        )
 
     def memory(self) -> dict:
         """Sizes of what the harness holds, beside the simulator's budget (bytes)."""
@@ -149,9 +181,11 @@ def warm_up(run: GpuRun, force: bool = False) -> float:
         return 0.0  # the interpreter compiles nothing; tests stay quick
     max_len = min(run.options.model.max_model_len, run.budget.capacity_tokens // 2)
     lens = sorted({x for x in (1, 2, 15, 16, 17, 33, 100, 300, 600, 1500, 2100, 5000) if x <= max_len})
-    shapes = [("decode", b, c) for b in (1, 3, 16, 17) for c in lens] + \
-             [("prefill", n, c) for n in (1, 16, 17, 300) for c in (0, 16, 17) if n + c <= max_len] + \
-             [("mixed", 64, 4), ("copy", 4, 0)]
+    shapes = (
+        [("decode", b, c) for b in (1, 3, 16, 17) for c in lens]
+        + [("prefill", n, c) for n in (1, 16, 17, 300) for c in (0, 16, 17) if n + c <= max_len]
+        + [("mixed", 64, 4), ("copy", 4, 0)]
+    )
     for cls in (PagedAllocator, ContiguousOracle):  # block tables and extents: different kernel variants
         state = SyntheticState(run, allocator_cls=cls)
         for kind, a, b in shapes:
@@ -215,8 +249,17 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
                 req.rejection[i] = reason
                 done += 1
                 continue
-            sched.add(Sequence(i, p, o, float(arrival[i]), num_branches=int(num_branches[i]), beam=bool(beam[i]),
-                               content=content_of(trace, i)))
+            sched.add(
+                Sequence(
+                    i,
+                    p,
+                    o,
+                    float(arrival[i]),
+                    num_branches=int(num_branches[i]),
+                    beam=bool(beam[i]),
+                    content=content_of(trace, i),
+                )
+            )
 
     iteration = 0
     static_iters = mixed_iters = 0
@@ -242,8 +285,10 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
             batch = sched.schedule(start)
             if not batch:
                 seq = sched.waiting.popleft()
-                req.rejection[seq.seq_id] = (f"cannot be placed even in an empty KV cache ({seq.num_branches} "
-                                             f"sequences of up to {seq.final_len:,} tokens)")
+                req.rejection[seq.seq_id] = (
+                    f"cannot be placed even in an empty KV cache ({seq.num_branches} "
+                    f"sequences of up to {seq.final_len:,} tokens)"
+                )
                 done += 1
                 continue
             m0 = time.perf_counter()
@@ -266,8 +311,9 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
             gpu_s.append(result.gpu_s if result.gpu_s is not None else float("nan"))
             issue_s.append(result.issue_s if result.issue_s is not None else float("nan"))
             finished = sched.finish(batch, end)
-            record_iteration(steps, req, start, end - start, end, batch, len(sched.waiting), mem, unshared, bpt,
-                             finished)
+            record_iteration(
+                steps, req, start, end - start, end, batch, len(sched.waiting), mem, unshared, bpt, finished
+            )
             done += len(finished)
             iteration += 1
             if progress is not None:
@@ -279,26 +325,50 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
     if run.pool.kv.is_cuda:
         memory["peak_allocated"] = torch.cuda.max_memory_allocated()
         memory["peak_reserved"] = torch.cuda.max_memory_reserved()
-        memory["activations_peak_measured"] = memory["peak_allocated"] - memory["harness_weights"] - \
-            memory["harness_pool"] - memory["harness_kv_source_table"]
+        memory["activations_peak_measured"] = (
+            memory["peak_allocated"]
+            - memory["harness_weights"]
+            - memory["harness_pool"]
+            - memory["harness_kv_source_table"]
+        )
         memory["device_total"] = torch.cuda.get_device_properties(0).total_memory
     summary = {
         **summary_header(allocator, budget, options, trace),
         **summarize(arrays, req, budget.capacity_bytes, trace_start),
-        "sharing": sharing_summary(arrays, getattr(allocator.wrapped, "num_cow_copies", 0),
-                                   sched.prefill_tokens_requested, sched.prefill_tokens_cached),
+        "sharing": sharing_summary(
+            arrays,
+            getattr(allocator.wrapped, "num_cow_copies", 0),
+            sched.prefill_tokens_requested,
+            sched.prefill_tokens_cached,
+        ),
         "harness": {
-            "layers": run.model.shapes.layers, "dtype": h.dtype, "check": h.check, "check_every": h.check_every,
-            "truncated": truncated, "excluded_measurement_s": excluded,
-            "gpu_s_total": float(np.nansum(gpu_s)), "execute_s_total": float(np.sum(host_s)),
+            "layers": run.model.shapes.layers,
+            "dtype": h.dtype,
+            "check": h.check,
+            "check_every": h.check_every,
+            "truncated": truncated,
+            "excluded_measurement_s": excluded,
+            "gpu_s_total": float(np.nansum(gpu_s)),
+            "execute_s_total": float(np.sum(host_s)),
             "cuda_graphs": bool(run.decode_runner is not None and run.decode_runner.use_graphs),
             "prefill_graphs": bool(run.mixed_runner is not None and run.mixed_runner.use_graphs),
-            "static_decode_iterations": int(static_iters), "static_prefill_iterations": int(mixed_iters),
+            "static_decode_iterations": int(static_iters),
+            "static_prefill_iterations": int(mixed_iters),
             "iterations": int(iteration),
             "graphs_captured": sum(len(r.graphs) for r in runners) - graphs_before,
             "graph_capture_s": sum(r.capture_s_total for r in runners) - capture_before,
         },
     }
-    return HarnessResult(summary, arrays, req, budget, np.asarray(gpu_s), np.asarray(host_s),
-                         checks.as_dict(DTYPES[h.dtype]), memory, truncated, np.asarray(static_flags, dtype=np.int8),
-                         np.asarray(issue_s))
+    return HarnessResult(
+        summary,
+        arrays,
+        req,
+        budget,
+        np.asarray(gpu_s),
+        np.asarray(host_s),
+        checks.as_dict(DTYPES[h.dtype]),
+        memory,
+        truncated,
+        np.asarray(static_flags, dtype=np.int8),
+        np.asarray(issue_s),
+    )

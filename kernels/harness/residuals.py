@@ -51,8 +51,9 @@ def rebuild(run_dir: str, trace, options: ReplayOptions):
     num_branches, beam = branches_of(trace)
     arrival, prompt, output = trace.arrival_s, trace.prompt_tokens, trace.output_tokens
     nxt = 0
-    for row, tm in zip(_rows(os.path.join(run_dir, "measured_steps.csv")),
-                       _rows(os.path.join(run_dir, "measured_timing.csv"))):
+    for row, tm in zip(
+        _rows(os.path.join(run_dir, "measured_steps.csv")), _rows(os.path.join(run_dir, "measured_timing.csv"))
+    ):
         start, dur = float(row["time_s"]), float(row["duration_s"])
         while nxt < len(trace) and arrival[nxt] <= start:
             i = nxt
@@ -60,8 +61,17 @@ def rebuild(run_dir: str, trace, options: ReplayOptions):
             p, o = int(prompt[i]), int(output[i])
             if p + o > max_len or alloc.never_fits(p + o - 1) is not None:
                 continue
-            sched.add(Sequence(i, p, o, float(arrival[i]), num_branches=int(num_branches[i]), beam=bool(beam[i]),
-                               content=content_of(trace, i)))
+            sched.add(
+                Sequence(
+                    i,
+                    p,
+                    o,
+                    float(arrival[i]),
+                    num_branches=int(num_branches[i]),
+                    beam=bool(beam[i]),
+                    content=content_of(trace, i),
+                )
+            )
         batch = sched.schedule(start)
         lens = [alloc.num_tokens(b) for s in batch.decode for b in s.branches]
         yield batch, lens, row, tm
@@ -104,8 +114,11 @@ def main() -> None:
         since_prefill += 1
     print(f"batches that differ from the measured record: {mismatches}")
     print(f"decode-only iterations: measured execute / predicted, summed: {exe_sum / pred_sum:.4f}")
-    for name, groups in (("decode batch size", res_b), ("longest / mean context", res_spread),
-                         ("iterations since the last one with prefill (10: ten or more)", res_since)):
+    for name, groups in (
+        ("decode batch size", res_b),
+        ("longest / mean context", res_spread),
+        ("iterations since the last one with prefill (10: ten or more)", res_since),
+    ):
         print(f"by {name} (median measured / predicted - 1, iterations):")
         print("  " + " ".join(f"{k}:{np.median(v):+.3f}({len(v)})" for k, v in sorted(groups.items()) if len(v) >= 30))
 

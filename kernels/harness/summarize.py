@@ -28,8 +28,10 @@ def results_table(root: str) -> str:
     for path in sorted(glob.glob(os.path.join(root, "**", "validation.json"), recursive=True)):
         with open(path, encoding="utf-8") as f:
             rows.append((os.path.relpath(os.path.dirname(path), root), json.load(f)))
-    head = ("| run | allocator | batch mean pred / meas | KV categories, worst | out tok/s pred / meas | TTFT p50 | "
-            "TTFT p99 | TPOT p50 | TPOT p99 | preemptions pred / meas | attention max abs (rel) |")
+    head = (
+        "| run | allocator | batch mean pred / meas | KV categories, worst | out tok/s pred / meas | TTFT p50 | "
+        "TTFT p99 | TPOT p50 | TPOT p99 | preemptions pred / meas | attention max abs (rel) |"
+    )
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in rows:
         m, t = r["metrics"], r["targets"]
@@ -43,10 +45,14 @@ def results_table(root: str) -> str:
             f"{_mark(all(t[f'kv_{k}']['met'] for k in MEMORY_CATEGORIES))} | "
             f"{_num(m['output_tokens_per_s']['predicted'])} / {_num(m['output_tokens_per_s']['measured'])} "
             f"({_pct(m['output_tokens_per_s']['rel_error'])}{_mark(t['output_tokens_per_s']['met'])}) | "
-            + " | ".join(f"{_num(m[k]['predicted'], 3)} / {_num(m[k]['measured'], 3)} s ({_pct(m[k]['rel_error'])}"
-                         f"{_mark(t[k]['met'])})" for k in ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99"))
+            + " | ".join(
+                f"{_num(m[k]['predicted'], 3)} / {_num(m[k]['measured'], 3)} s ({_pct(m[k]['rel_error'])}"
+                f"{_mark(t[k]['met'])})"
+                for k in ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99")
+            )
             + f" | {_num(m['preemptions']['predicted'])} / {_num(m['preemptions']['measured'])} | "
-            f"{_num(c.get('max_abs_error'), 3)} ({_num(c.get('max_rel_error'), 3)}){_mark(c.get('within_tolerance'))} |")
+            f"{_num(c.get('max_abs_error'), 3)} ({_num(c.get('max_rel_error'), 3)}){_mark(c.get('within_tolerance'))} |"
+        )
     return "\n".join(out)
 
 
@@ -58,16 +64,21 @@ def headline_table(root: str) -> str:
         name = os.path.relpath(os.path.dirname(path), root)
         for pair, e in h["ratios"].items():
             tp, bs = e["output_tokens_per_s"], e["batch_size_mean"]
-            out.append(f"| {name} | {pair} | {_num(tp['predicted'], 3)} / {_num(tp['measured'], 3)} "
-                       f"({_pct(tp['rel_error'])}{_mark(tp['met'])}) | {_num(bs['predicted'], 3)} / "
-                       f"{_num(bs['measured'], 3)} ({_pct(bs['rel_error'])}{_mark(bs['met'])}) |")
+            out.append(
+                f"| {name} | {pair} | {_num(tp['predicted'], 3)} / {_num(tp['measured'], 3)} "
+                f"({_pct(tp['rel_error'])}{_mark(tp['met'])}) | {_num(bs['predicted'], 3)} / "
+                f"{_num(bs['measured'], 3)} ({_pct(bs['rel_error'])}{_mark(bs['met'])}) |"
+            )
     return "\n".join(out)
 
 
 def memory_table(root: str) -> str:
-    gib = 2 ** 30
-    out = ["| run | allocator | peak allocated | peak reserved | weights (sim) | KV pool (sim) | activations measured "
-           "(sim reserve) |", "|---|---|---|---|---|---|---|"]
+    gib = 2**30
+    out = [
+        "| run | allocator | peak allocated | peak reserved | weights (sim) | KV pool (sim) | activations measured "
+        "(sim reserve) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for path in sorted(glob.glob(os.path.join(root, "**", "validation.json"), recursive=True)):
         with open(path, encoding="utf-8") as f:
             r = json.load(f)
@@ -75,11 +86,13 @@ def memory_table(root: str) -> str:
         if "peak_allocated" not in mem:
             continue
         name = os.path.relpath(os.path.dirname(path), root)
-        out.append(f"| {name} | {r['allocator']} | {mem['peak_allocated'] / gib:.2f} GiB | "
-                   f"{mem['peak_reserved'] / gib:.2f} GiB | {mem['harness_weights'] / gib:.2f} "
-                   f"({(mem['sim_weights'] or 0) / gib:.2f}) GiB | {mem['harness_pool'] / gib:.2f} "
-                   f"({mem['sim_kv_per_layer_pool'] / gib:.2f}) GiB | {mem['activations_peak_measured'] / gib:.2f} "
-                   f"({mem['sim_activations'] / gib:.2f}) GiB |")
+        out.append(
+            f"| {name} | {r['allocator']} | {mem['peak_allocated'] / gib:.2f} GiB | "
+            f"{mem['peak_reserved'] / gib:.2f} GiB | {mem['harness_weights'] / gib:.2f} "
+            f"({(mem['sim_weights'] or 0) / gib:.2f}) GiB | {mem['harness_pool'] / gib:.2f} "
+            f"({mem['sim_kv_per_layer_pool'] / gib:.2f}) GiB | {mem['activations_peak_measured'] / gib:.2f} "
+            f"({mem['sim_activations'] / gib:.2f}) GiB |"
+        )
     return "\n".join(out)
 
 

@@ -23,7 +23,11 @@ from sim.metrics import atomic_write, to_json
 
 # The issue's targets: relative error bounds (fractions) per figure, and percentage points for KV categories.
 TARGETS = {
-    "batch_size_mean": 0.02, "output_tokens_per_s": 0.05, "ttft_p50": 0.10, "tpot_p50": 0.10, "ttft_p99": 0.15,
+    "batch_size_mean": 0.02,
+    "output_tokens_per_s": 0.05,
+    "ttft_p50": 0.10,
+    "tpot_p50": 0.10,
+    "ttft_p99": 0.15,
     "tpot_p99": 0.15,
 }
 KV_TARGET_PP = 1.0
@@ -46,6 +50,7 @@ def _pair(p, m) -> dict:
 
 def batch_series_mae(pred_steps: dict, meas_steps: dict, points: int = 2000) -> dict:
     """MAE of the running batch size on a common time grid (see the module docstring)."""
+
     def at(steps, t):
         starts = steps["time_s"]
         idx = np.searchsorted(starts, t, side="right") - 1
@@ -56,16 +61,22 @@ def batch_series_mae(pred_steps: dict, meas_steps: dict, points: int = 2000) -> 
     if not len(pred_steps["time_s"]) or not len(meas_steps["time_s"]):
         return {"mae": None, "points": 0}
     t0 = max(pred_steps["time_s"][0], meas_steps["time_s"][0])
-    t1 = min(pred_steps["time_s"][-1] + pred_steps["duration_s"][-1],
-             meas_steps["time_s"][-1] + meas_steps["duration_s"][-1])
+    t1 = min(
+        pred_steps["time_s"][-1] + pred_steps["duration_s"][-1], meas_steps["time_s"][-1] + meas_steps["duration_s"][-1]
+    )
     if t1 <= t0:
         return {"mae": None, "points": 0}
     t = np.linspace(t0, t1, points, endpoint=False)
     a, b = at(pred_steps, t), at(meas_steps, t)
     mean = float(np.mean(b))
     mae = float(np.mean(np.abs(a - b)))
-    return {"mae": mae, "mean_measured": mean, "mae_relative_to_mean": mae / mean if mean else None,
-            "points": points, "window_s": [float(t0), float(t1)]}
+    return {
+        "mae": mae,
+        "mean_measured": mean,
+        "mae_relative_to_mean": mae / mean if mean else None,
+        "points": points,
+        "window_s": [float(t0), float(t1)],
+    }
 
 
 def peak_blocks(steps: dict, block_bytes: int) -> int:
@@ -113,14 +124,20 @@ def environment() -> dict:
     import torch
     import triton
 
-    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-           "command": " ".join(["sim"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith(("sim", "__main__.py"))
-           else " ".join(sys.argv)}
+    env = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "command": " ".join(["sim"] + sys.argv[1:])
+        if sys.argv and sys.argv[0].endswith(("sim", "__main__.py"))
+        else " ".join(sys.argv),
+    }
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        env.update(device=p.name, device_memory_bytes=p.total_memory, sms=p.multi_processor_count,
-                   cuda=torch.version.cuda)
+        env.update(
+            device=p.name, device_memory_bytes=p.total_memory, sms=p.multi_processor_count, cuda=torch.version.cuda
+        )
     else:
         env["device"] = "cpu"
     return env
@@ -137,13 +154,21 @@ def validation_record(trace_desc: dict, options, run, pred, meas, env: dict) -> 
         "date": env.get("date"),
         "versions": {k: env.get(k) for k in ("torch", "triton", "cuda", "python")},
         "command": env.get("command"),
-        "config": {"layers": run.model.shapes.layers, "model_layers": options.model.num_layers,
-                   "kv_blocks": run.budget.num_blocks, "block_size": run.budget.block_size,
-                   "kv_capacity_bytes": run.budget.capacity_bytes, "max_num_seqs": options.max_num_seqs,
-                   "max_num_batched_tokens": options.engine_config.batched_tokens_limit(options.model),
-                   "max_model_len": options.model.max_model_len, "cost_model": pred.summary["config"]["cost_model"],
-                   "check": run.harness.check, "check_every": run.harness.check_every,
-                   "placement": pred.summary["config"].get("placement"), "sharing": options.sharing},
+        "config": {
+            "layers": run.model.shapes.layers,
+            "model_layers": options.model.num_layers,
+            "kv_blocks": run.budget.num_blocks,
+            "block_size": run.budget.block_size,
+            "kv_capacity_bytes": run.budget.capacity_bytes,
+            "max_num_seqs": options.max_num_seqs,
+            "max_num_batched_tokens": options.engine_config.batched_tokens_limit(options.model),
+            "max_model_len": options.model.max_model_len,
+            "cost_model": pred.summary["config"]["cost_model"],
+            "check": run.harness.check,
+            "check_every": run.harness.check_every,
+            "placement": pred.summary["config"].get("placement"),
+            "sharing": options.sharing,
+        },
         "truncated": meas.truncated,
         "metrics": metrics,
         "series": series,
@@ -152,9 +177,11 @@ def validation_record(trace_desc: dict, options, run, pred, meas, env: dict) -> 
         "memory": meas.memory,
         "harness": meas.summary["harness"],
         "sharing": {"predicted": pred.summary["sharing"], "measured": meas.summary["sharing"]},
-        "host": {"execute_s_mean": float(np.mean(meas.host_s)) if len(meas.host_s) else None,
-                 "gpu_s_mean": float(np.nanmean(meas.gpu_s)) if np.isfinite(meas.gpu_s).any() else None,
-                 "iteration_s_mean": float(np.mean(meas.steps["duration_s"])) if len(meas.host_s) else None},
+        "host": {
+            "execute_s_mean": float(np.mean(meas.host_s)) if len(meas.host_s) else None,
+            "gpu_s_mean": float(np.nanmean(meas.gpu_s)) if np.isfinite(meas.gpu_s).any() else None,
+            "iteration_s_mean": float(np.mean(meas.steps["duration_s"])) if len(meas.host_s) else None,
+        },
     }
 
 
@@ -167,20 +194,32 @@ def headline(records: list[dict]) -> dict:
             continue
         entry = {}
         for name in ("output_tokens_per_s", "batch_size_mean"):
-            p = base["metrics"][name]["predicted"] / r["metrics"][name]["predicted"] \
-                if r["metrics"][name]["predicted"] else None
-            mm = base["metrics"][name]["measured"] / r["metrics"][name]["measured"] \
-                if r["metrics"][name]["measured"] else None
+            p = (
+                base["metrics"][name]["predicted"] / r["metrics"][name]["predicted"]
+                if r["metrics"][name]["predicted"]
+                else None
+            )
+            mm = (
+                base["metrics"][name]["measured"] / r["metrics"][name]["measured"]
+                if r["metrics"][name]["measured"]
+                else None
+            )
             rel = _rel(p, mm)
-            entry[name] = {"predicted": p, "measured": mm, "rel_error": rel,
-                           "met": None if rel is None else abs(rel) <= RATIO_TARGET}
+            entry[name] = {
+                "predicted": p,
+                "measured": mm,
+                "rel_error": rel,
+                "met": None if rel is None else abs(rel) <= RATIO_TARGET,
+            }
         out["ratios"][f"{base['allocator']}/{r['allocator']}"] = entry
     return out
 
 
 def format_record(rec: dict) -> str:
-    lines = [f"{rec['allocator']}: {rec['trace'].get('path')} on {rec['device']} ({rec['config']['layers']} layers)"
-             + ("  [TRUNCATED]" if rec["truncated"] else "")]
+    lines = [
+        f"{rec['allocator']}: {rec['trace'].get('path')} on {rec['device']} ({rec['config']['layers']} layers)"
+        + ("  [TRUNCATED]" if rec["truncated"] else "")
+    ]
     lines.append(f"  {'figure':<28} {'predicted':>12} {'measured':>12} {'error':>9}  target")
     for name, m in rec["metrics"].items():
         err = m.get("abs_error_pp")
@@ -196,22 +235,28 @@ def format_record(rec: dict) -> str:
         lines.append(f"  {name:<28} {fmt(m['predicted']):>12} {fmt(m['measured']):>12} {e:>9}  {mark}")
     s = rec["series"]["batch_size"]
     if s.get("mae") is not None:
-        lines.append(f"  batch size series MAE {s['mae']:.3f} ({100 * (s['mae_relative_to_mean'] or 0):.1f}% of "
-                     f"the measured mean)")
+        lines.append(
+            f"  batch size series MAE {s['mae']:.3f} ({100 * (s['mae_relative_to_mean'] or 0):.1f}% of "
+            f"the measured mean)"
+        )
     c = rec["attention_check"]
     if c:
-        lines.append(f"  attention check: {c['rows_checked']} rows in {c['iterations_checked']} iterations, max abs "
-                     f"{c['max_abs_error']:.3g}, max rel {c['max_rel_error']:.3g}: "
-                     f"{'within' if c['within_tolerance'] else 'OUTSIDE'} bf16 tolerance")
+        lines.append(
+            f"  attention check: {c['rows_checked']} rows in {c['iterations_checked']} iterations, max abs "
+            f"{c['max_abs_error']:.3g}, max rel {c['max_rel_error']:.3g}: "
+            f"{'within' if c['within_tolerance'] else 'OUTSIDE'} bf16 tolerance"
+        )
     mem = rec["memory"]
     if "peak_allocated" in mem:
-        gib = 2 ** 30
-        lines.append(f"  memory: peak allocated {mem['peak_allocated'] / gib:.2f} GiB, reserved "
-                     f"{mem['peak_reserved'] / gib:.2f} GiB; weights {mem['harness_weights'] / gib:.2f} GiB "
-                     f"(sim {(mem['sim_weights'] or 0) / gib:.2f}), pool {mem['harness_pool'] / gib:.2f} GiB "
-                     f"(sim KV {mem['sim_kv_per_layer_pool'] / gib:.2f}), activations measured "
-                     f"{mem['activations_peak_measured'] / gib:.2f} GiB (sim reserve "
-                     f"{mem['sim_activations'] / gib:.2f})")
+        gib = 2**30
+        lines.append(
+            f"  memory: peak allocated {mem['peak_allocated'] / gib:.2f} GiB, reserved "
+            f"{mem['peak_reserved'] / gib:.2f} GiB; weights {mem['harness_weights'] / gib:.2f} GiB "
+            f"(sim {(mem['sim_weights'] or 0) / gib:.2f}), pool {mem['harness_pool'] / gib:.2f} GiB "
+            f"(sim KV {mem['sim_kv_per_layer_pool'] / gib:.2f}), activations measured "
+            f"{mem['activations_peak_measured'] / gib:.2f} GiB (sim reserve "
+            f"{mem['sim_activations'] / gib:.2f})"
+        )
     return "\n".join(lines)
 
 
@@ -226,12 +271,15 @@ def write_record(out_dir: str, rec: dict, meas, pred) -> None:
     # from the start event to the last launch (`issue_s`: near gpu_s when the host bounds the iteration), per
     # iteration in the order of measured_steps.csv; `static`: 0 eager, 1 decode-only graph, 2 graph with prefill tokens.
     k = len(meas.host_s)
-    static = meas.static if getattr(meas, "static", None) is not None and len(meas.static) == k \
-        else np.zeros(k, dtype=bool)
-    issue = meas.issue_s if getattr(meas, "issue_s", None) is not None and len(meas.issue_s) == k \
-        else np.full(k, np.nan)
-    lines = ["execute_s,gpu_s,issue_s,static"] + [f"{h:.6g},{g:.6g},{i:.6g},{int(s)}" for h, g, i, s in
-                                                  zip(meas.host_s, meas.gpu_s, issue, static)]
+    static = (
+        meas.static if getattr(meas, "static", None) is not None and len(meas.static) == k else np.zeros(k, dtype=bool)
+    )
+    issue = (
+        meas.issue_s if getattr(meas, "issue_s", None) is not None and len(meas.issue_s) == k else np.full(k, np.nan)
+    )
+    lines = ["execute_s,gpu_s,issue_s,static"] + [
+        f"{h:.6g},{g:.6g},{i:.6g},{int(s)}" for h, g, i, s in zip(meas.host_s, meas.gpu_s, issue, static)
+    ]
     atomic_write(os.path.join(out_dir, "measured_timing.csv"), "\n".join(lines) + "\n")
     atomic_write(os.path.join(out_dir, "measured_summary.json"), to_json(meas.summary))
     atomic_write(os.path.join(out_dir, "predicted_summary.json"), to_json(pred.summary))

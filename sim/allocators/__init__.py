@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import importlib
 
-from sim.allocators.base import (MEMORY_CATEGORIES, AllocationError, BlockTablePlacement, ExtentPlacement, TokenContent,
-                                 KVAllocator, MemoryBreakdown)
+from sim.allocators.base import (
+    MEMORY_CATEGORIES,
+    AllocationError,
+    BlockTablePlacement,
+    ExtentPlacement,
+    KVAllocator,
+    MemoryBreakdown,
+    TokenContent,
+)
 from sim.allocators.contiguous import ContiguousAllocator, ContiguousMax, ContiguousOracle, ContiguousPow2
 from sim.allocators.paged import BlockPool, PagedAllocator, PagedPrefixCache
 from sim.errors import UserError
@@ -15,9 +22,22 @@ REGISTRY: dict[str, type[KVAllocator]] = {
 }
 
 __all__ = [
-    "MEMORY_CATEGORIES", "REGISTRY", "AllocationError", "BlockPool", "BlockTablePlacement", "ContiguousAllocator",
-    "ContiguousMax", "ContiguousOracle", "ContiguousPow2", "ExtentPlacement", "KVAllocator", "MemoryBreakdown",
-    "PagedAllocator", "PagedPrefixCache", "TokenContent", "resolve_allocator",
+    "MEMORY_CATEGORIES",
+    "REGISTRY",
+    "AllocationError",
+    "BlockPool",
+    "BlockTablePlacement",
+    "ContiguousAllocator",
+    "ContiguousMax",
+    "ContiguousOracle",
+    "ContiguousPow2",
+    "ExtentPlacement",
+    "KVAllocator",
+    "MemoryBreakdown",
+    "PagedAllocator",
+    "PagedPrefixCache",
+    "TokenContent",
+    "resolve_allocator",
 ]
 
 
@@ -26,8 +46,10 @@ def resolve_allocator(spec: str) -> type[KVAllocator]:
     if spec in REGISTRY:
         return REGISTRY[spec]
     if ":" not in spec:
-        raise UserError(f"unknown allocator {spec!r}; registered: {', '.join(REGISTRY)} "
-                        f"(or give your own class as package.module:ClassName)")
+        raise UserError(
+            f"unknown allocator {spec!r}; registered: {', '.join(REGISTRY)} "
+            f"(or give your own class as package.module:ClassName)"
+        )
     module_name, _, class_name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -36,8 +58,22 @@ def resolve_allocator(spec: str) -> type[KVAllocator]:
     cls = getattr(module, class_name, None)
     if not isinstance(cls, type):
         raise UserError(f"module {module_name!r} has no class {class_name!r}")
-    missing = [m for m in ("never_fits", "can_admit", "admit", "can_append", "append", "free", "num_tokens",
-                           "placement", "memory", "check") if not callable(getattr(cls, m, None))]
+    missing = [
+        m
+        for m in (
+            "never_fits",
+            "can_admit",
+            "admit",
+            "can_append",
+            "append",
+            "free",
+            "num_tokens",
+            "placement",
+            "memory",
+            "check",
+        )
+        if not callable(getattr(cls, m, None))
+    ]
     if missing:
         raise UserError(f"{spec} is not a KV allocator: it lacks {', '.join(missing)} (see sim.allocators.base)")
     if not getattr(cls, "name", ""):

@@ -13,8 +13,9 @@ one of five categories (see `MemoryBreakdown`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Hashable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, ClassVar, Hashable
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     import numpy as np
@@ -30,12 +31,12 @@ class DecodePlan:
 
     seq_ids: list[int]
     rounds: int
-    token_states: "np.ndarray"
-    reserved: "np.ndarray"
-    internal_fragmentation: "np.ndarray"
-    external_fragmentation: "np.ndarray"
-    free: "np.ndarray"
-    unshared: "np.ndarray"
+    token_states: np.ndarray
+    reserved: np.ndarray
+    internal_fragmentation: np.ndarray
+    external_fragmentation: np.ndarray
+    free: np.ndarray
+    unshared: np.ndarray
     detail: dict = field(default_factory=dict)  # allocator-private data for apply_decode
 
 
@@ -51,42 +52,57 @@ class BlockDecodePlan(DecodePlan):
     block_size; unshared = (logical0 + new_blocks) x block_size; no external fragmentation.
     """
 
-    def __init__(self, seq_ids: list[int], rounds: int, block_size: int, num_seqs: int, tokens0: int, held0: int,
-                 free0: int, logical0: int, reserved: list[int], new_blocks: list[int]):
+    def __init__(
+        self,
+        seq_ids: list[int],
+        rounds: int,
+        block_size: int,
+        num_seqs: int,
+        tokens0: int,
+        held0: int,
+        free0: int,
+        logical0: int,
+        reserved: list[int],
+        new_blocks: list[int],
+    ):
         self.seq_ids, self.rounds, self.block_size, self.num_seqs = seq_ids, rounds, block_size, num_seqs
         self.tokens0, self.held0, self.free0, self.logical0 = tokens0, held0, free0, logical0
         self.reserved_list, self.new_blocks = reserved, new_blocks
         self.detail = {}
 
-    def _blocks(self) -> "np.ndarray":
+    def _blocks(self) -> np.ndarray:
         import numpy as np
+
         return np.array(self.new_blocks, dtype=np.int64).reshape(-1)
 
     @property  # type: ignore[override]
-    def token_states(self) -> "np.ndarray":
+    def token_states(self) -> np.ndarray:
         import numpy as np
+
         return self.tokens0 + self.num_seqs * np.arange(1, self.rounds + 1, dtype=np.int64)
 
     @property  # type: ignore[override]
-    def reserved(self) -> "np.ndarray":
+    def reserved(self) -> np.ndarray:
         import numpy as np
+
         return np.array(self.reserved_list, dtype=np.int64).reshape(-1)
 
     @property  # type: ignore[override]
-    def internal_fragmentation(self) -> "np.ndarray":
+    def internal_fragmentation(self) -> np.ndarray:
         return (self.held0 + self._blocks()) * self.block_size - self.token_states - self.reserved
 
     @property  # type: ignore[override]
-    def external_fragmentation(self) -> "np.ndarray":
+    def external_fragmentation(self) -> np.ndarray:
         import numpy as np
+
         return np.zeros(self.rounds, np.int64)
 
     @property  # type: ignore[override]
-    def free(self) -> "np.ndarray":
+    def free(self) -> np.ndarray:
         return (self.free0 - self._blocks()) * self.block_size
 
     @property  # type: ignore[override]
-    def unshared(self) -> "np.ndarray":
+    def unshared(self) -> np.ndarray:
         return (self.logical0 + self._blocks()) * self.block_size
 
 
@@ -115,8 +131,7 @@ class MemoryBreakdown:
 
     @property
     def total(self) -> int:
-        return (self.token_states + self.reserved + self.internal_fragmentation + self.external_fragmentation
-                + self.free)
+        return self.token_states + self.reserved + self.internal_fragmentation + self.external_fragmentation + self.free
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

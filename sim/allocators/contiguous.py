@@ -53,14 +53,20 @@ class ContiguousAllocator(KVAllocator):
         need = self.space.placed_size(self.reservation(final_len))
         largest = self.space.largest_placeable()
         if need > largest:
-            return (f"needs a contiguous reservation of {need:,} token slots; the largest the KV cache can place "
-                    f"is {largest:,}")
+            return (
+                f"needs a contiguous reservation of {need:,} token slots; the largest the KV cache can place "
+                f"is {largest:,}"
+            )
         return None
 
     def can_admit(self, seq_id: int, num_tokens: int, final_len: int, content: TokenContent | None = None) -> bool:
         size = self.reservation(final_len)
-        return (seq_id not in self._seqs and 0 <= num_tokens <= final_len
-                and num_tokens <= self.space.placed_size(size) and self.space.can_alloc(size))
+        return (
+            seq_id not in self._seqs
+            and 0 <= num_tokens <= final_len
+            and num_tokens <= self.space.placed_size(size)
+            and self.space.can_alloc(size)
+        )
 
     def admit(self, seq_id: int, num_tokens: int, final_len: int, content: TokenContent | None = None) -> int:
         if not self.can_admit(seq_id, num_tokens, final_len):
@@ -162,7 +168,6 @@ class ContiguousAllocator(KVAllocator):
         assert self._unfilled == sum(max(0, e.final_len - e.tokens) for e in self._seqs.values())
         assert self._held + self.space.num_free() == self.capacity_tokens, "held + free != capacity"
 
-
     def plan_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
         """Reservations never change during decode: only token counts move (exact, see KVAllocator.plan_decode)."""
         if max_rounds <= 0 or len(seq_ids) != len(self._seqs):
@@ -181,9 +186,15 @@ class ContiguousAllocator(KVAllocator):
         base = self.memory(next_final_len)
         ones = np.ones(rounds, dtype=np.int64)
         return DecodePlan(
-            seq_ids=list(seq_ids), rounds=rounds, token_states=tokens, reserved=unfilled,
+            seq_ids=list(seq_ids),
+            rounds=rounds,
+            token_states=tokens,
+            reserved=unfilled,
             internal_fragmentation=self._held - tokens - unfilled,
-            external_fragmentation=base.external_fragmentation * ones, free=base.free * ones, unshared=self._held * ones)
+            external_fragmentation=base.external_fragmentation * ones,
+            free=base.free * ones,
+            unshared=self._held * ones,
+        )
 
     def apply_decode(self, plan: DecodePlan, rounds: int) -> None:
         if not 0 <= rounds <= plan.rounds:

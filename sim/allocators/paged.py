@@ -17,13 +17,20 @@ Sharing (on unless `sharing=False`, the `--no-sharing` counterfactual):
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Hashable
 
 import numpy as np
 
-from sim.allocators.base import (AllocationError, BlockDecodePlan, BlockTablePlacement, DecodePlan, KVAllocator,
-                                 MemoryBreakdown, TokenContent)
+from sim.allocators.base import (
+    AllocationError,
+    BlockDecodePlan,
+    BlockTablePlacement,
+    DecodePlan,
+    KVAllocator,
+    MemoryBreakdown,
+    TokenContent,
+)
 from sim.config import ceil_div
 
 
@@ -40,7 +47,8 @@ class BlockPool:
         self.retain_cached = retain_cached
         self.ref_counts = [0] * num_blocks
         self._free: OrderedDict[int, None] | deque[int] = (
-            OrderedDict((b, None) for b in range(num_blocks)) if retain_cached else deque(range(num_blocks)))
+            OrderedDict((b, None) for b in range(num_blocks)) if retain_cached else deque(range(num_blocks))
+        )
         self.block_hash: dict[int, Hashable] = {}  # registered block -> its content hash
         self.hash_block: dict[Hashable, int] = {}  # content hash -> block
         self.num_evictions = 0
@@ -214,7 +222,7 @@ class PagedAllocator(KVAllocator):
     @staticmethod
     def _runs_from(content: TokenContent | None, seq_id: int, num_tokens: int) -> list[tuple[Hashable, int, int]]:
         runs, pos = [], 0
-        for tag, length in (content.runs if content else ()):
+        for tag, length in content.runs if content else ():
             length = min(length, num_tokens - pos)
             if length <= 0:
                 break
@@ -448,8 +456,7 @@ class PagedAllocator(KVAllocator):
     def _append_need(self, s: _Seq, num_tokens: int) -> tuple[bool, int]:
         """(copy-on-write needed, blocks needed) to grow s by num_tokens."""
         tokens = s.base + self._round
-        cow = (num_tokens > 0 and tokens % self.block_size != 0
-               and self.pool.ref_counts[s.block_table[-1]] > 1)
+        cow = num_tokens > 0 and tokens % self.block_size != 0 and self.pool.ref_counts[s.block_table[-1]] > 1
         new = max(0, ceil_div(tokens + num_tokens, self.block_size) - len(s.block_table))
         return cow, new + cow
 
@@ -566,8 +573,10 @@ class PagedAllocator(KVAllocator):
                 continue
             if fillers and crossers:
                 self._round, self._res_sum, self._res_pos = r, res_sum, res_pos  # _cross reads and updates them
-                events = sorted([(s.order, 0, s) for s in crossers.values()] + [(s.order, 1, s) for s in fillers],
-                                key=lambda e: (e[0], e[1]))
+                events = sorted(
+                    [(s.order, 0, s) for s in crossers.values()] + [(s.order, 1, s) for s in fillers],
+                    key=lambda e: (e[0], e[1]),
+                )
                 for _, kind, s in events:
                     if kind:
                         self._register_full_blocks(s, s.base + r)
@@ -738,8 +747,18 @@ class PagedAllocator(KVAllocator):
                 self._tokens += self.fill[dst]
                 self._copies.append((src, dst))
                 table.append(dst)
-        child = _Seq(child_id, table, p.base, p.final_len, self._next_order, list(p.runs), p.run_end,
-                     list(p.hashes), p.indexed, forked=True)
+        child = _Seq(
+            child_id,
+            table,
+            p.base,
+            p.final_len,
+            self._next_order,
+            list(p.runs),
+            p.run_end,
+            list(p.hashes),
+            p.indexed,
+            forked=True,
+        )
         self._next_order += 1
         self._seqs[child_id] = child
         self._forked[child_id] = child
@@ -808,16 +827,27 @@ class PagedAllocator(KVAllocator):
         held = (self._held_blocks + new_blocks) * bs
         tokens = self._tokens + n * steps
         return DecodePlan(
-            seq_ids=list(seq_ids), rounds=rounds, token_states=tokens, reserved=reserved,
-            internal_fragmentation=held - tokens - reserved, external_fragmentation=np.zeros(rounds, np.int64),
-            free=(self.pool.num_free_blocks - new_blocks) * bs, unshared=(self._logical_blocks + new_blocks) * bs)
+            seq_ids=list(seq_ids),
+            rounds=rounds,
+            token_states=tokens,
+            reserved=reserved,
+            internal_fragmentation=held - tokens - reserved,
+            external_fragmentation=np.zeros(rounds, np.int64),
+            free=(self.pool.num_free_blocks - new_blocks) * bs,
+            unshared=(self._logical_blocks + new_blocks) * bs,
+        )
 
     def run_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
         """plan_decode and apply_decode in one pass over the rounds (live order, no forked sequence), else both."""
         if max_rounds <= 0 or self._forked or seq_ids != list(self._seqs):
             return super().run_decode(seq_ids, max_rounds, next_final_len)
         bs, n = self.block_size, len(seq_ids)
-        held0, tokens0, free0, logical0 = self._held_blocks, self._tokens, self.pool.num_free_blocks, self._logical_blocks
+        held0, tokens0, free0, logical0 = (
+            self._held_blocks,
+            self._tokens,
+            self.pool.num_free_blocks,
+            self._logical_blocks,
+        )
         record: tuple[list[int], list[int]] = ([], [])
         if self._num_indexed or self.pool.retain_cached:
             rounds = self._advance_rounds(max_rounds, record)
@@ -906,13 +936,15 @@ class PagedAllocator(KVAllocator):
             tokens = s.base + r
             assert tokens >= 0, f"sequence {seq_id} holds {tokens} tokens"
             assert len(s.block_table) == ceil_div(tokens, bs), (
-                f"sequence {seq_id} holds {tokens} tokens in {len(s.block_table)} blocks")
+                f"sequence {seq_id} holds {tokens} tokens in {len(s.block_table)} blocks"
+            )
             for i, block in enumerate(s.block_table):
                 refs[block] += 1
                 expected = min(bs, tokens - i * bs)
                 assert self.fill[block] == expected, (
                     f"block {block} (logical {i} of sequence {seq_id}) has {self.fill[block]} tokens, expected "
-                    f"{expected}")
+                    f"{expected}"
+                )
             assert self._ring[(-s.base) % bs].get(seq_id) is s, f"sequence {seq_id} is not in its ring bucket"
             assert s.forked == (seq_id in self._forked), f"forked set wrong for sequence {seq_id}"
         assert sum(map(len, self._ring)) == len(self._seqs), "ring holds sequences that are not live"
@@ -920,7 +952,9 @@ class PagedAllocator(KVAllocator):
         assert orders == sorted(orders), "live order is not admission/fork order"
         assert refs == self.pool.ref_counts, "reference counts differ from block-table entries"
         free = self.pool.free_block_ids()
-        assert sorted(free) == [b for b, r_ in enumerate(refs) if r_ == 0], "free queue differs from unreferenced blocks"
+        assert sorted(free) == [b for b, r_ in enumerate(refs) if r_ == 0], (
+            "free queue differs from unreferenced blocks"
+        )
         assert self._held_blocks == self.num_blocks - len(free), "held-block counter is wrong"
         assert self._tokens == sum(self.fill[b] for b, r_ in enumerate(refs) if r_), "token counter is wrong"
         assert self._seq_tokens == sum(s.base + r for s in self._seqs.values()), "sequence-token counter is wrong"

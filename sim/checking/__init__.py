@@ -20,22 +20,22 @@ from __future__ import annotations
 INVARIANTS: dict[str, str] = {
     "self-check": "the allocator's own check() passes",
     "conservation": "the five memory categories are non-negative and sum to capacity (in slots, blocks and bytes); "
-                    "free slots = capacity - slots held by live sequences",
+    "free slots = capacity - slots held by live sequences",
     "ownership": "no slot is owned twice: block reference counts equal the block-table entries pointing at them, "
-                 "free blocks are unreferenced, extents are disjoint and in bounds, free buddies are merged",
+    "free blocks are unreferenced, extents are disjoint and in bounds, free buddies are merged",
     "block-table": "a live sequence's block table has exactly ceil(tokens / block_size) entries (an extent holds at "
-                   "least its tokens)",
+    "least its tokens)",
     "content": "reading a sequence's tokens through its placement yields exactly the model's content tags; a write "
-               "never lands on another live sequence's token; a prefix-cache hit returns the request's own content",
+    "never lands on another live sequence's token; a prefix-cache hit returns the request's own content",
     "honesty": "can_admit / can_append / can_fork say yes exactly when the operation then succeeds; a refused "
-               "operation changes nothing; never_fits is None exactly when the request fits an empty cache",
+    "operation changes nothing; never_fits is None exactly when the request fits an empty cache",
     "capacity": "built-in families only: the allocator admits, grows and places exactly as its policy says "
-                "(independent model of free blocks / free extents)",
+    "(independent model of free blocks / free extents)",
     "no-leaks": "when every sequence is freed (and caches dropped) every slot is free again",
     "accounting": "token_states, reserved and internal fragmentation equal the model's count of slots; the live "
-                  "sequences and their token counts equal the model's",
+    "sequences and their token counts equal the model's",
     "decode-plan": "a fast-forward plan (plan_decode / apply_decode) leaves the allocator exactly as the same appends "
-                   "one by one, and its per-round arrays equal memory() and held_without_sharing() after each round",
+    "one by one, and its per-round arrays equal memory() and held_without_sharing() after each round",
     "crash": "no operation raises anything but AllocationError",
 }
 

@@ -75,8 +75,12 @@ class Observed:
 def snapshot(alloc, model: Model):
     """What a refused operation must leave unchanged."""
     live = sorted(model.live)
-    return (call(alloc.memory).as_dict(), tuple((s, call(alloc.num_tokens, s), call(alloc.placement, s)) for s in live),
-            getattr(alloc, "num_free_blocks", None), tuple(sorted(call(alloc.live_sequences))))
+    return (
+        call(alloc.memory).as_dict(),
+        tuple((s, call(alloc.num_tokens, s), call(alloc.placement, s)) for s in live),
+        getattr(alloc, "num_free_blocks", None),
+        tuple(sorted(call(alloc.live_sequences))),
+    )
 
 
 def held_slots(alloc, placement) -> list[int]:
@@ -123,8 +127,11 @@ def check_all(alloc, model: Model, memory: SimMemory, expectation, ck: Checker) 
             if p.block_size != bs:
                 ck.fail("block-table", f"sequence {sid}: placement block size {p.block_size} != {bs}")
             if len(p.block_table) != ceil_div(t, bs):
-                ck.fail("block-table", f"sequence {sid} holds {t} tokens in {len(p.block_table)} blocks of {bs} "
-                                       f"(expected {ceil_div(t, bs)}): {list(p.block_table)}")
+                ck.fail(
+                    "block-table",
+                    f"sequence {sid} holds {t} tokens in {len(p.block_table)} blocks of {bs} "
+                    f"(expected {ceil_div(t, bs)}): {list(p.block_table)}",
+                )
         elif isinstance(p, ExtentPlacement):
             if p.length < t:
                 ck.fail("block-table", f"sequence {sid} holds {t} tokens in an extent of {p.length} slots")
@@ -160,10 +167,12 @@ def check_all(alloc, model: Model, memory: SimMemory, expectation, ck: Checker) 
         expected = [refs.get(b, 0) + _cache_holds(alloc).get(b, 0) for b in range(alloc.num_blocks)]
         actual = list(pool.ref_counts)
         if actual != expected:
-            diff = {b: (actual[b], expected[b]) for b in range(len(expected)) if b >= len(actual)
-                    or actual[b] != expected[b]}
-            ck.fail("ownership", f"reference counts differ from block-table entries (block: (count, entries)): "
-                                 f"{diff}")
+            diff = {
+                b: (actual[b], expected[b])
+                for b in range(len(expected))
+                if b >= len(actual) or actual[b] != expected[b]
+            }
+            ck.fail("ownership", f"reference counts differ from block-table entries (block: (count, entries)): {diff}")
         if hasattr(pool, "free_block_ids"):
             free = list(pool.free_block_ids())
             if len(set(free)) != len(free):
@@ -179,8 +188,7 @@ def check_all(alloc, model: Model, memory: SimMemory, expectation, ck: Checker) 
             want = buddy_free_blocks(cap, held_extents)
             got = sorted(space.free_extents())
             if got != want:
-                ck.fail("ownership", f"buddy free blocks {got}; a merged buddy space holding {held_extents} has "
-                                     f"{want}")
+                ck.fail("ownership", f"buddy free blocks {got}; a merged buddy space holding {held_extents} has {want}")
         elif kind == "FirstFitSpace":
             want = free_runs(cap, held_extents)
             got = sorted(space.free_extents())
@@ -210,14 +218,20 @@ def check_all(alloc, model: Model, memory: SimMemory, expectation, ck: Checker) 
     if mem.external_fragmentation != 0:
         ck.fail("conservation", f"external fragmentation {mem.external_fragmentation} while nothing waits")
     if mem.free + mem.external_fragmentation != cap - len(held):
-        ck.fail("conservation", f"free slots {mem.free + mem.external_fragmentation}, but live sequences hold "
-                                f"{len(held)} of {cap} slots: {values}")
+        ck.fail(
+            "conservation",
+            f"free slots {mem.free + mem.external_fragmentation}, but live sequences hold "
+            f"{len(held)} of {cap} slots: {values}",
+        )
     nfb = getattr(alloc, "num_free_blocks", None)
     if isinstance(nfb, int):
         held_blocks = {a // bs for a in held}
         if nfb * bs != mem.free + mem.external_fragmentation or nfb + len(held_blocks) != alloc.num_blocks:
-            ck.fail("conservation", f"{nfb} free blocks + {len(held_blocks)} held blocks != {alloc.num_blocks} "
-                                    f"blocks, or free blocks x {bs} != free slots {mem.free}")
+            ck.fail(
+                "conservation",
+                f"{nfb} free blocks + {len(held_blocks)} held blocks != {alloc.num_blocks} "
+                f"blocks, or free blocks x {bs} != free slots {mem.free}",
+            )
     for probe in sorted({1, bs + 1, cap // 2 + 1, cap}):
         m = call(alloc.memory, probe)
         if m.total != cap or m.free + m.external_fragmentation != mem.free + mem.external_fragmentation:
@@ -225,17 +239,24 @@ def check_all(alloc, model: Model, memory: SimMemory, expectation, ck: Checker) 
         if expectation is not None and expectation.applies(model) and ck.on("capacity"):
             want = expectation.external(probe)
             if m.external_fragmentation != want:
-                ck.fail("capacity", f"external fragmentation for a next request of {probe} tokens is "
-                                    f"{m.external_fragmentation}; the free space can place all but {want} slots")
+                ck.fail(
+                    "capacity",
+                    f"external fragmentation for a next request of {probe} tokens is "
+                    f"{m.external_fragmentation}; the free space can place all but {want} slots",
+                )
     unshared_fn = getattr(alloc, "held_without_sharing", None)
     if callable(unshared_fn):
         unshared = call(unshared_fn)
         want_unshared = sum(positions_held(p) for p in placements.values())
         if unshared != want_unshared:
-            ck.fail("accounting", f"held_without_sharing() = {unshared}; the live placements span {want_unshared} "
-                                  f"slots")
-    expected = {"token_states": len(token_slots), "reserved": len(reserved_slots),
-                "internal_fragmentation": len(held) - len(token_slots) - len(reserved_slots)}
+            ck.fail(
+                "accounting", f"held_without_sharing() = {unshared}; the live placements span {want_unshared} slots"
+            )
+    expected = {
+        "token_states": len(token_slots),
+        "reserved": len(reserved_slots),
+        "internal_fragmentation": len(held) - len(token_slots) - len(reserved_slots),
+    }
     wrong = {k: (values[k], v) for k, v in expected.items() if values[k] != v}
     if wrong:
         ck.fail("accounting", f"memory() disagrees with the model (category: (reported, model)): {wrong}")
@@ -250,8 +271,11 @@ def check_all(alloc, model: Model, memory: SimMemory, expectation, ck: Checker) 
                     ck.fail("content", f"sequence {sid}: position {pos} has no slot")
                 got = memory.get(p.slot(pos))
                 if got != s.tags[pos]:
-                    ck.fail("content", f"sequence {sid}: position {pos} (slot {p.slot(pos)}) reads "
-                                       f"{_describe(got, memory, model)}; the model wrote {s.tags[pos]}")
+                    ck.fail(
+                        "content",
+                        f"sequence {sid}: position {pos} (slot {p.slot(pos)}) reads "
+                        f"{_describe(got, memory, model)}; the model wrote {s.tags[pos]}",
+                    )
 
 
 def _describe(tag, memory, model) -> str:

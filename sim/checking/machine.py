@@ -9,10 +9,17 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-
 from hypothesis import strategies as st
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple,
-                                 precondition, rule)
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+)
 
 from sim.allocators.base import AllocationError, ExtentPlacement, KVAllocator, TokenContent
 from sim.checking.invariants import Checker, CrashViolation, call, check_all, snapshot
@@ -75,8 +82,9 @@ class AllocatorMachine(RuleBasedStateMachine):
         self.next_id = 0
 
     # --- set-up -------------------------------------------------------------------------------------------------
-    @initialize(num_blocks=st.integers(1, 12), block_size=st.sampled_from([1, 2, 3, 4, 8]),
-                max_model_len=st.integers(1, 64))
+    @initialize(
+        num_blocks=st.integers(1, 12), block_size=st.sampled_from([1, 2, 3, 4, 8]), max_model_len=st.integers(1, 64)
+    )
     def setup(self, num_blocks: int, block_size: int, max_model_len: int) -> None:
         self.alloc = call(self.spec.make, num_blocks, block_size, max_model_len)
         self.expect = expectation_for(self.alloc, self.memory)
@@ -93,7 +101,9 @@ class AllocatorMachine(RuleBasedStateMachine):
         ops = call(self.alloc.take_copy_ops)
         for src, dst in ops or ():
             if not (0 <= src < self.alloc.num_blocks and 0 <= dst < self.alloc.num_blocks):
-                self.ck.fail("ownership", f"copy op ({src} -> {dst}) names a block outside [0, {self.alloc.num_blocks})")
+                self.ck.fail(
+                    "ownership", f"copy op ({src} -> {dst}) names a block outside [0, {self.alloc.num_blocks})"
+                )
             self.memory.copy_block(src, dst, self.alloc.block_size)
 
     def _write(self, seq_id: int, lo: int, hi: int) -> None:
@@ -120,8 +130,11 @@ class AllocatorMachine(RuleBasedStateMachine):
                 return
             owner = others.get(slot)
             if owner is not None and self.memory.get(slot) != s.tags[pos]:
-                self.ck.fail("content", f"sequence {seq_id} writes position {pos} into slot {slot}, which holds "
-                                        f"token {owner[1]} of live sequence {owner[0]}")
+                self.ck.fail(
+                    "content",
+                    f"sequence {seq_id} writes position {pos} into slot {slot}, which holds "
+                    f"token {owner[1]} of live sequence {owner[0]}",
+                )
             self.memory[slot] = s.tags[pos]
 
     # --- operations ---------------------------------------------------------------------------------------------
@@ -146,15 +159,22 @@ class AllocatorMachine(RuleBasedStateMachine):
         if not m.live and 0 <= num_tokens <= final_len:
             reason = call(a.never_fits, final_len)
             if self._expecting() and (reason is not None) != self.expect.never_fits(final_len):
-                ck.fail("capacity", f"never_fits({final_len}) = {reason!r}; the policy says it "
-                                    f"{'never fits' if self.expect.never_fits(final_len) else 'fits'}")
+                ck.fail(
+                    "capacity",
+                    f"never_fits({final_len}) = {reason!r}; the policy says it "
+                    f"{'never fits' if self.expect.never_fits(final_len) else 'fits'}",
+                )
             if reason is None and not ok:  # the engine relies on this: what never_fits accepts, an empty cache admits
-                ck.fail("honesty", f"in an empty cache never_fits({final_len}) = None (it fits) but "
-                                   f"can_admit({seq_id}, {num_tokens}, {final_len}) = False")
+                ck.fail(
+                    "honesty",
+                    f"in an empty cache never_fits({final_len}) = None (it fits) but "
+                    f"can_admit({seq_id}, {num_tokens}, {final_len}) = False",
+                )
         before = snapshot(a, m)
         try:
-            hits = self._attempt(ok, f"can_admit({seq_id}, {num_tokens}, {final_len})", a.admit, seq_id, num_tokens,
-                                 final_len, content)
+            hits = self._attempt(
+                ok, f"can_admit({seq_id}, {num_tokens}, {final_len})", a.admit, seq_id, num_tokens, final_len, content
+            )
         except AllocationError as exc:
             if ok:
                 ck.fail("honesty", f"can_admit({seq_id}, {num_tokens}, {final_len}) said yes but admit raised: {exc}")
@@ -167,9 +187,12 @@ class AllocatorMachine(RuleBasedStateMachine):
         p = call(a.placement, seq_id)
         if self.expect is not None and isinstance(p, ExtentPlacement):
             if want_extent is not None and (p.start, p.length) != want_extent:
-                ck.fail("capacity", f"sequence {seq_id} (final {final_len}) placed at [{p.start}, "
-                                    f"{p.start + p.length}); the policy places it at [{want_extent[0]}, "
-                                    f"{want_extent[0] + want_extent[1]})")
+                ck.fail(
+                    "capacity",
+                    f"sequence {seq_id} (final {final_len}) placed at [{p.start}, "
+                    f"{p.start + p.length}); the policy places it at [{want_extent[0]}, "
+                    f"{want_extent[0] + want_extent[1]})",
+                )
             self.expect.on_admit(seq_id, (p.start, p.length))
         if hits is None:
             hits = 0
@@ -179,8 +202,11 @@ class AllocatorMachine(RuleBasedStateMachine):
         for pos in range(hits):  # a prefix-cache hit must return exactly the request's content
             slot = p.slot(pos)
             if self.memory.get(slot) != s.tags[pos]:
-                ck.fail("content", f"admit({seq_id}) reported {hits} cache-hit tokens but position {pos} (slot "
-                                   f"{slot}) holds other content than the request's")
+                ck.fail(
+                    "content",
+                    f"admit({seq_id}) reported {hits} cache-hit tokens but position {pos} (slot "
+                    f"{slot}) holds other content than the request's",
+                )
         self._apply_copies()
         self._write(seq_id, hits, num_tokens)
         return seq_id
@@ -322,18 +348,30 @@ class AllocatorMachine(RuleBasedStateMachine):
         pp, cp = call(a.placement, parent), call(a.placement, child)
         if self.expect is not None and isinstance(cp, ExtentPlacement):
             if want_extent is not None and (cp.start, cp.length) != want_extent:
-                ck.fail("capacity", f"fork child {child} placed at [{cp.start}, {cp.start + cp.length}); the policy "
-                                    f"places it at [{want_extent[0]}, {want_extent[0] + want_extent[1]})")
+                ck.fail(
+                    "capacity",
+                    f"fork child {child} placed at [{cp.start}, {cp.start + cp.length}); the policy "
+                    f"places it at [{want_extent[0]}, {want_extent[0] + want_extent[1]})",
+                )
             self.expect.on_admit(child, (cp.start, cp.length))
         if isinstance(cp, ExtentPlacement):  # a contiguous fork copies into the child's own reservation
             for pos in range(s.tokens):
                 self.memory[cp.slot(pos)] = self.memory.get(pp.slot(pos))
         return child
 
-    @precondition(lambda self: self.alloc is not None and bool(self.model.live)
-                  and type(self.alloc).plan_decode is not KVAllocator.plan_decode)
-    @rule(max_rounds=st.integers(1, 12), apply=st.integers(0, 12), reverse=st.booleans(),
-          next_final_len=st.none() | st.integers(1, 40))
+    @precondition(
+        lambda self: (
+            self.alloc is not None
+            and bool(self.model.live)
+            and type(self.alloc).plan_decode is not KVAllocator.plan_decode
+        )
+    )
+    @rule(
+        max_rounds=st.integers(1, 12),
+        apply=st.integers(0, 12),
+        reverse=st.booleans(),
+        next_final_len=st.none() | st.integers(1, 40),
+    )
     def decode_rounds(self, max_rounds: int, apply: int, reverse: bool, next_final_len: int | None) -> None:
         """Fast-forward: plan up to max_rounds rounds of one token per live sequence, check the plan against the
         same appends made one by one on a copy, apply min(apply, planned) rounds, compare the two allocators."""
@@ -351,8 +389,10 @@ class AllocatorMachine(RuleBasedStateMachine):
         for r in range(plan.rounds):
             for sid in ids:
                 if not ref.can_append(sid, 1):
-                    ck.fail("decode-plan", f"round {r + 1} of the plan appends to sequence {sid}, which one by one "
-                                           f"cannot grow")
+                    ck.fail(
+                        "decode-plan",
+                        f"round {r + 1} of the plan appends to sequence {sid}, which one by one cannot grow",
+                    )
                     return
                 ref.append(sid, 1)
             if ref.take_copy_ops():
@@ -363,23 +403,33 @@ class AllocatorMachine(RuleBasedStateMachine):
                 ck.fail("decode-plan", f"after round {r + 1}, plan says {planned}; appends one by one give {mem}")
             unshared = ref.held_without_sharing() if hasattr(ref, "held_without_sharing") else None
             if unshared is not None and int(plan.unshared[r]) != unshared:
-                ck.fail("decode-plan", f"after round {r + 1}, plan says {int(plan.unshared[r])} slots unshared; one "
-                                       f"by one {unshared}")
+                ck.fail(
+                    "decode-plan",
+                    f"after round {r + 1}, plan says {int(plan.unshared[r])} slots unshared; one by one {unshared}",
+                )
             if r + 1 == k:
                 want_state = _state(ref, ids)
         call(a.apply_decode, plan, k)
         got = _state(a, ids)
         if got != want_state:
-            ck.fail("decode-plan", f"apply_decode of {k} of {plan.rounds} rounds left {got}; the same appends one by "
-                                   f"one leave {want_state}")
+            ck.fail(
+                "decode-plan",
+                f"apply_decode of {k} of {plan.rounds} rounds left {got}; the same appends one by "
+                f"one leave {want_state}",
+            )
         for sid in ids:
             s = m.live[sid]
             old = s.tokens
             s.grow(m.interner, k)
             self._write(sid, old, old + k)
 
-    @precondition(lambda self: self.alloc is not None and bool(self.model.live)
-                  and type(self.alloc).append_each is not KVAllocator.append_each)
+    @precondition(
+        lambda self: (
+            self.alloc is not None
+            and bool(self.model.live)
+            and type(self.alloc).append_each is not KVAllocator.append_each
+        )
+    )
     @rule(reverse=st.booleans(), skip=st.integers(0, 3))
     def append_each(self, reverse: bool, skip: int) -> None:
         """The batched append: one token to each listed sequence, exactly as append(i, 1) one by one, or nothing."""
@@ -391,8 +441,13 @@ class AllocatorMachine(RuleBasedStateMachine):
         total = call(a.append_each, ids)
         self._check_batched_append(f"append_each({ids})", total, ids, ref, before)
 
-    @precondition(lambda self: self.alloc is not None and bool(self.model.live)
-                  and type(self.alloc).run_decode is not KVAllocator.run_decode)
+    @precondition(
+        lambda self: (
+            self.alloc is not None
+            and bool(self.model.live)
+            and type(self.alloc).run_decode is not KVAllocator.run_decode
+        )
+    )
     @rule(max_rounds=st.integers(1, 12), live_order=st.booleans())
     def run_decode(self, max_rounds: int, live_order: bool) -> None:
         """run_decode (plan and apply in one pass) equals plan_decode then apply_decode of every planned round, on
@@ -409,16 +464,28 @@ class AllocatorMachine(RuleBasedStateMachine):
             return
         if got is None:
             return
-        fields = ("rounds", "token_states", "reserved", "internal_fragmentation", "external_fragmentation", "free",
-                  "unshared")
+        fields = (
+            "rounds",
+            "token_states",
+            "reserved",
+            "internal_fragmentation",
+            "external_fragmentation",
+            "free",
+            "unshared",
+        )
         for f in fields:
             if not np.array_equal(np.asarray(getattr(got, f)), np.asarray(getattr(want, f))):
-                ck.fail("decode-plan", f"run_decode({ids}, {max_rounds}).{f} = {getattr(got, f)}; plan_decode says "
-                                       f"{getattr(want, f)}")
+                ck.fail(
+                    "decode-plan",
+                    f"run_decode({ids}, {max_rounds}).{f} = {getattr(got, f)}; plan_decode says {getattr(want, f)}",
+                )
                 return
         if _state(a, sorted(m.live)) != _state(ref, sorted(m.live)):
-            ck.fail("decode-plan", f"run_decode({ids}, {max_rounds}) left {_state(a, sorted(m.live))}; plan and "
-                                   f"apply leave {_state(ref, sorted(m.live))}")
+            ck.fail(
+                "decode-plan",
+                f"run_decode({ids}, {max_rounds}) left {_state(a, sorted(m.live))}; plan and "
+                f"apply leave {_state(ref, sorted(m.live))}",
+            )
             return
         for sid in ids:
             s = m.live[sid]
@@ -426,8 +493,13 @@ class AllocatorMachine(RuleBasedStateMachine):
             s.grow(m.interner, got.rounds)
             self._write(sid, old, old + got.rounds)
 
-    @precondition(lambda self: self.alloc is not None and bool(self.model.live)
-                  and type(self.alloc).append_round is not KVAllocator.append_round)
+    @precondition(
+        lambda self: (
+            self.alloc is not None
+            and bool(self.model.live)
+            and type(self.alloc).append_round is not KVAllocator.append_round
+        )
+    )
     @rule()
     def append_round(self) -> None:
         """The lazy round: one token to every live sequence in live order, exactly as append(i, 1) one by one in that
@@ -444,8 +516,10 @@ class AllocatorMachine(RuleBasedStateMachine):
         if crossers is not None:
             want = [sid for sid in order if ref.blocks_needed_to_append(sid, 1)]
             if crossers != want:
-                ck.fail("accounting", f"round_crossers() = {crossers}; the sequences at a block boundary, in live "
-                                      f"order, are {want}")
+                ck.fail(
+                    "accounting",
+                    f"round_crossers() = {crossers}; the sequences at a block boundary, in live order, are {want}",
+                )
         self._check_batched_append(f"append_round() (live order {order})", total, order, ref, before)
 
     def _check_batched_append(self, what: str, total: int | None, ids: list[int], ref, before: tuple) -> None:
@@ -465,8 +539,10 @@ class AllocatorMachine(RuleBasedStateMachine):
         if copies:
             ck.fail("honesty", f"{what} succeeded though one by one it copies blocks {copies}")
         if _state(a, sorted(m.live)) != _state(ref, sorted(m.live)):
-            ck.fail("accounting", f"{what} left {_state(a, sorted(m.live))}; appends one by one leave "
-                                  f"{_state(ref, sorted(m.live))}")
+            ck.fail(
+                "accounting",
+                f"{what} left {_state(a, sorted(m.live))}; appends one by one leave {_state(ref, sorted(m.live))}",
+            )
         want_total = sum(m.live[sid].tokens + 1 for sid in ids)
         if total != want_total:
             ck.fail("accounting", f"{what} returned {total}; the sequences hold {want_total} tokens")
@@ -522,14 +598,18 @@ class AllocatorMachine(RuleBasedStateMachine):
 def _state(alloc, ids: list[int]) -> tuple:
     """Everything observable about an allocator, for comparing a fast-forwarded one with a step-by-step one."""
     pool = getattr(alloc, "pool", None)
-    return (alloc.memory().as_dict(), tuple((sid, alloc.num_tokens(sid), alloc.placement(sid)) for sid in ids),
-            getattr(alloc, "num_free_blocks", None),
-            tuple(pool.free_block_ids()) if pool is not None and hasattr(pool, "free_block_ids") else None,
-            tuple(pool.ref_counts) if pool is not None and hasattr(pool, "ref_counts") else None)
+    return (
+        alloc.memory().as_dict(),
+        tuple((sid, alloc.num_tokens(sid), alloc.placement(sid)) for sid in ids),
+        getattr(alloc, "num_free_blocks", None),
+        tuple(pool.free_block_ids()) if pool is not None and hasattr(pool, "free_block_ids") else None,
+        tuple(pool.ref_counts) if pool is not None and hasattr(pool, "ref_counts") else None,
+    )
 
 
 def make_machine(spec: AllocatorSpec, disabled: frozenset[str] = frozenset()) -> type[AllocatorMachine]:
     """A state machine class for one allocator (skipping the `disabled` invariants)."""
     name = re.sub(r"\W+", "_", spec.name).strip("_").title().replace("_", "") or "Allocator"
-    return type(f"{name}Machine", (AllocatorMachine,), {"spec": spec, "disabled": frozenset(disabled),
-                                                        "__module__": __name__})
+    return type(
+        f"{name}Machine", (AllocatorMachine,), {"spec": spec, "disabled": frozenset(disabled), "__module__": __name__}
+    )

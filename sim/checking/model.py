@@ -15,8 +15,8 @@ allocator's code: free space is derived from the slots the model's own sequences
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Hashable
 
 from sim.allocators.base import TokenContent
 
@@ -119,6 +119,7 @@ class SimMemory(dict):
 
 # --- free space of a linear address space ---------------------------------------------------------------------
 
+
 def free_runs(capacity: int, held: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Maximal runs (start, length) of slots not covered by any held (start, length) extent."""
     used = [False] * capacity
@@ -176,6 +177,7 @@ def buddy_free_blocks(capacity: int, held: list[tuple[int, int]]) -> list[tuple[
 
 # --- expectations of the built-in families ----------------------------------------------------------------------
 
+
 class PagedExpectation:
     """The built-in paged allocators. A sequence of t tokens maps ceil(t / block_size) blocks; a block is held while a
     live block table points at it, and every other block is free (a prefix cache's cached blocks included).
@@ -213,8 +215,9 @@ class PagedExpectation:
     def never_fits(self, final_len: int) -> bool:
         return ceil_div(final_len, self.block_size) > self.num_blocks
 
-    def admit_ok(self, model: Model, num_tokens: int, final_len: int, seq_id: int = 0,
-                 content: TokenContent | None = None) -> bool | None:
+    def admit_ok(
+        self, model: Model, num_tokens: int, final_len: int, seq_id: int = 0, content: TokenContent | None = None
+    ) -> bool | None:
         if num_tokens < 0:
             return False
         need, free = ceil_div(num_tokens, self.block_size), self.free_blocks(model)
@@ -320,11 +323,13 @@ class ContiguousExpectation:
             start = fits[0][0]
         return start, need
 
-    def admit_ok(self, model: Model, num_tokens: int, final_len: int, seq_id: int = 0,
-                 content: TokenContent | None = None) -> bool | None:
+    def admit_ok(
+        self, model: Model, num_tokens: int, final_len: int, seq_id: int = 0, content: TokenContent | None = None
+    ) -> bool | None:
         need = self.placed(self.reservation(final_len))
-        return (0 <= num_tokens <= final_len and num_tokens <= need
-                and self.expected_extent(model, final_len) is not None)
+        return (
+            0 <= num_tokens <= final_len and num_tokens <= need and self.expected_extent(model, final_len) is not None
+        )
 
     def append_ok(self, model: Model, seq: SeqModel, n: int) -> bool:
         return n >= 0 and seq.tokens + n <= self.extents[seq.seq_id][1]
@@ -349,12 +354,13 @@ class ContiguousExpectation:
 
 def expectation_for(alloc, memory: SimMemory):
     """The independent expectation for a built-in allocator family, or None for anything else."""
-    from sim.allocators.contiguous import ContiguousAllocator
     from sim.allocators import paged
+    from sim.allocators.contiguous import ContiguousAllocator
 
     if type(alloc) in (paged.PagedAllocator, getattr(paged, "PagedPrefixCache", None)):
         return PagedExpectation(alloc, memory)
     if isinstance(alloc, ContiguousAllocator) and getattr(alloc, "placement_name", None) in ("buddy", "first-fit"):
-        return ContiguousExpectation(type(alloc).name, alloc.placement_name, alloc.capacity_tokens,
-                                     alloc.max_model_len, alloc.reservation)
+        return ContiguousExpectation(
+            type(alloc).name, alloc.placement_name, alloc.capacity_tokens, alloc.max_model_len, alloc.reservation
+        )
     return None

@@ -6,7 +6,8 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, Phase, settings as Settings
+from hypothesis import HealthCheck, Phase
+from hypothesis import settings as Settings
 from hypothesis.errors import Flaky
 from hypothesis.reporting import with_reporter
 from hypothesis.stateful import run_state_machine_as_test
@@ -37,6 +38,7 @@ def specs_for(cls: type, placement: str | None = None) -> list[AllocatorSpec]:
         return [AllocatorSpec(cls, {"placement": placement})]
     if hasattr(cls, "placement_policy"):
         from sim.allocators.placement import PLACEMENTS
+
         return [AllocatorSpec(cls, {"placement": p}) for p in PLACEMENTS]
     return [AllocatorSpec(cls)]
 
@@ -44,9 +46,11 @@ def specs_for(cls: type, placement: str | None = None) -> list[AllocatorSpec]:
 def suite_settings(base: Settings | None = None, scale: int = 1, **overrides) -> Settings:
     """Settings for the machines: the loaded profile (ci / thorough) with max_examples scaled."""
     base = base or Settings()
-    kwargs = dict(max_examples=base.max_examples * scale, deadline=None,
-                  suppress_health_check=list(base.suppress_health_check) + [HealthCheck.too_slow,
-                                                                             HealthCheck.filter_too_much])
+    kwargs = dict(
+        max_examples=base.max_examples * scale,
+        deadline=None,
+        suppress_health_check=list(base.suppress_health_check) + [HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
     kwargs.update(overrides)
     return Settings(base, **kwargs)
 
@@ -57,17 +61,29 @@ def run_machine(spec: AllocatorSpec, settings: Settings, disabled: frozenset[str
     lines: list[str] = []
     try:
         with with_reporter(lines.append):
-            run_state_machine_as_test(machine, settings=Settings(
-                settings, report_multiple_bugs=False, print_blob=False,
-                phases=[p for p in settings.phases if p is not Phase.explain]))  # explaining costs as much as shrinking
+            run_state_machine_as_test(
+                machine,
+                settings=Settings(
+                    settings,
+                    report_multiple_bugs=False,
+                    print_blob=False,
+                    phases=[p for p in settings.phases if p is not Phase.explain],
+                ),
+            )  # explaining costs as much as shrinking
     except InvariantViolation as exc:
         return Violation(exc.invariant, exc.detail, _steps(lines + getattr(exc, "__notes__", [])))
     except Flaky as exc:
-        return Violation("error", f"the allocator behaves non-deterministically (flaky): {exc}",
-                         _steps(lines + getattr(exc, "__notes__", [])))
+        return Violation(
+            "error",
+            f"the allocator behaves non-deterministically (flaky): {exc}",
+            _steps(lines + getattr(exc, "__notes__", [])),
+        )
     except Exception as exc:  # noqa: BLE001 - an error inside the machine: report it with the steps
-        return Violation("error", "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[0],
-                         _steps(lines + getattr(exc, "__notes__", [])))
+        return Violation(
+            "error",
+            "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[0],
+            _steps(lines + getattr(exc, "__notes__", [])),
+        )
     return None
 
 
@@ -77,7 +93,8 @@ def _steps(lines: list[str]) -> list[str]:
         for line in str(text).splitlines():
             line = line.rstrip()
             if ("state." in line or line.startswith("state =")) and not line.endswith(
-                    ("state.invariants()", "state.teardown()")):
+                ("state.invariants()", "state.teardown()")
+            ):
                 out.append(line)
     return out
 

@@ -127,9 +127,15 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def run_searches(trace: Trace, configs: list[Config], slos: list[SLO], precision: float,
-                 start_rate: float | None = None, jobs: int = 1, status: StatusLine | None = None
-                 ) -> dict[str, tuple[CapacitySearch, list[Probe]]]:
+def run_searches(
+    trace: Trace,
+    configs: list[Config],
+    slos: list[SLO],
+    precision: float,
+    start_rate: float | None = None,
+    jobs: int = 1,
+    status: StatusLine | None = None,
+) -> dict[str, tuple[CapacitySearch, list[Probe]]]:
     """One capacity search per configuration. With jobs > 1 the probes run on that many local processes, one probe
     per configuration at a time (a search's next rate depends on its last answer)."""
     native = trace_rate(trace)
@@ -153,8 +159,9 @@ def run_searches(trace: Trace, configs: list[Config], slos: list[SLO], precision
             else:
                 parts.append(f"{short} ..")
         running = f", {count[1]} running" if count[1] else ""
-        status.bar("searches", finished, len(searches), f"done, {count[0]} probes{running} | " + " | ".join(parts),
-                   force)
+        status.bar(
+            "searches", finished, len(searches), f"done, {count[0]} probes{running} | " + " | ".join(parts), force
+        )
 
     def take(label: str, probe: Probe) -> None:
         searches[label].record(probe.rate, probe.passed)
@@ -173,8 +180,9 @@ def run_searches(trace: Trace, configs: list[Config], slos: list[SLO], precision
                 count[1] = 0
     else:
         workers = min(jobs, len(configs))
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_init_worker,
-                                 initargs=(trace,)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=_pool_context(), initializer=_init_worker, initargs=(trace,)
+        ) as pool:
             inflight: dict = {}
             try:
                 while True:
@@ -204,8 +212,9 @@ def run_searches(trace: Trace, configs: list[Config], slos: list[SLO], precision
 
 
 # --- the report's figures ------------------------------------------------------------------------------------------
-def build_report(inputs: ReportInputs, jobs: int = 1, status: StatusLine | None = None,
-                 validation_root: str | None = None) -> ReportData:
+def build_report(
+    inputs: ReportInputs, jobs: int = 1, status: StatusLine | None = None, validation_root: str | None = None
+) -> ReportData:
     from sim.report.validation import find_validation
 
     t0 = time.perf_counter()
@@ -216,11 +225,23 @@ def build_report(inputs: ReportInputs, jobs: int = 1, status: StatusLine | None 
         search, probes = outcome[c.label]
         budget = c.options.budget()
         replicas = replicas_needed(inputs.target_rate, search.capacity)
-        results.append(ConfigResult(
-            c.allocator, c.block_size, c.label, search.capacity, (search.lo, search.hi),
-            sorted(probes, key=lambda p: p.rate), search.unattainable, search.unbounded, search.non_monotone,
-            replicas, None if replicas is None else replicas * inputs.base.tp, budget.num_blocks,
-            budget.capacity_tokens))
+        results.append(
+            ConfigResult(
+                c.allocator,
+                c.block_size,
+                c.label,
+                search.capacity,
+                (search.lo, search.hi),
+                sorted(probes, key=lambda p: p.rate),
+                search.unattainable,
+                search.unbounded,
+                search.non_monotone,
+                replicas,
+                None if replicas is None else replicas * inputs.base.tp,
+                budget.num_blocks,
+                budget.capacity_tokens,
+            )
+        )
     feasible = [r for r in results if r.gpus is not None]
     recommendation = min(feasible, key=lambda r: (r.gpus, -r.capacity_rps)) if feasible else None
     cost_model = {}
@@ -228,18 +249,31 @@ def build_report(inputs: ReportInputs, jobs: int = 1, status: StatusLine | None 
         if r.probes:
             cost_model = r.probes[0].summary.get("config", {}).get("cost_model", {})
             break
-    validation = find_validation(validation_root, inputs.base.gpu.name, inputs.base.model.name) \
-        if validation_root else None
-    return ReportData(inputs, trace_rate(inputs.trace), results, recommendation, time.perf_counter() - t0,
-                      sum(len(r.probes) for r in results), jobs, cost_model, validation)
+    validation = (
+        find_validation(validation_root, inputs.base.gpu.name, inputs.base.model.name) if validation_root else None
+    )
+    return ReportData(
+        inputs,
+        trace_rate(inputs.trace),
+        results,
+        recommendation,
+        time.perf_counter() - t0,
+        sum(len(r.probes) for r in results),
+        jobs,
+        cost_model,
+        validation,
+    )
 
 
 def model_rows(model: ModelSpec, tp: int) -> list[tuple[str, str]]:
     return [
         ("model", f"{model.name} ({model.source or 'custom'})"),
-        ("layers / hidden / heads / KV heads / head size", f"{model.num_layers} / {model.hidden_size} / "
-                                                           f"{model.num_q_heads} / {model.num_kv_heads} / "
-                                                           f"{model.head_size}"),
+        (
+            "layers / hidden / heads / KV heads / head size",
+            f"{model.num_layers} / {model.hidden_size} / "
+            f"{model.num_q_heads} / {model.num_kv_heads} / "
+            f"{model.head_size}",
+        ),
         ("parameters", f"{model.num_params / 1e9:.2f} B ({model.weight_dtype} weights)"),
         ("KV dtype, bytes per token per GPU", f"{model.kv_dtype}, {model.kv_bytes_per_token(tp):,} B"),
         ("max model length", f"{model.max_model_len:,} tokens"),

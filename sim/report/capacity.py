@@ -138,7 +138,7 @@ def timeline(steps: dict[str, np.ndarray], capacity_bytes: int, points: int = TI
     t = steps["time_s"]
     if len(t) == 0:
         return {"time_s": [], "batch_size": [], "kv_used": [], "waiting": []}
-    held = (steps["token_states_bytes"] + steps["reserved_bytes"] + steps["internal_fragmentation_bytes"])
+    held = steps["token_states_bytes"] + steps["reserved_bytes"] + steps["internal_fragmentation_bytes"]
     used = held / capacity_bytes
     start, end = float(t[0]), float(t[-1] + steps["duration_s"][-1])
     n = min(points, len(t))
@@ -152,12 +152,22 @@ def timeline(steps: dict[str, np.ndarray], capacity_bytes: int, points: int = TI
         return [round(float(x), 6) for x in (sums[keep] / counts[keep])]
 
     centres = (edges[:-1] + edges[1:]) / 2
-    return {"time_s": [round(float(x), 4) for x in centres[keep]], "batch_size": mean(steps["running"]),
-            "kv_used": mean(used), "waiting": mean(steps["waiting"])}
+    return {
+        "time_s": [round(float(x), 4) for x in centres[keep]],
+        "batch_size": mean(steps["running"]),
+        "kv_used": mean(used),
+        "waiting": mean(steps["waiting"]),
+    }
 
 
-def evaluate_probe(trace: Trace, options: ReplayOptions, rate: float, slos: list[SLO], config: str = "",
-                   native_rate: float | None = None) -> Probe:
+def evaluate_probe(
+    trace: Trace,
+    options: ReplayOptions,
+    rate: float,
+    slos: list[SLO],
+    config: str = "",
+    native_rate: float | None = None,
+) -> Probe:
     """Replay `trace` scaled to `rate` requests/s and check the SLOs."""
     import time
 
@@ -179,10 +189,19 @@ def evaluate_probe(trace: Trace, options: ReplayOptions, rate: float, slos: list
         quantiles[metric] = [float(x) for x in np.percentile(v, QUANTILE_LEVELS)] if len(v) else []
     summary = dict(result.summary)
     summary["trace"] = trace.path
-    return Probe(config=config, rate=rate, factor=rate / native, passed=passed, slo_values=values,
-                 goodput_rps=float(good.sum()) / duration if duration > 0 else 0.0,
-                 good_fraction=float(good.sum()) / len(trace), summary=summary,
-                 timeline=timeline(result.steps, result.budget.capacity_bytes), quantiles=quantiles, wall_s=wall)
+    return Probe(
+        config=config,
+        rate=rate,
+        factor=rate / native,
+        passed=passed,
+        slo_values=values,
+        goodput_rps=float(good.sum()) / duration if duration > 0 else 0.0,
+        good_fraction=float(good.sum()) / len(trace),
+        summary=summary,
+        timeline=timeline(result.steps, result.budget.capacity_bytes),
+        quantiles=quantiles,
+        wall_s=wall,
+    )
 
 
 def memory_fractions(summary: dict) -> dict[str, float]:

@@ -85,8 +85,9 @@ def esc(value) -> str:
     return html.escape("" if value is None else str(value))
 
 
-def table(headers: list[str], rows: list[list], numeric: set[int] | None = None,
-          row_classes: list[str] | None = None) -> str:
+def table(
+    headers: list[str], rows: list[list], numeric: set[int] | None = None, row_classes: list[str] | None = None
+) -> str:
     """An HTML table; cells are escaped text, except values wrapped in Raw."""
     numeric = numeric or set()
     out = ["<table><thead><tr>", "".join(f"<th>{esc(h)}</th>" for h in headers), "</tr></thead><tbody>"]
@@ -126,23 +127,28 @@ class Page:
             self.parts.append(f'<p class="note">{caption}</p>')
 
     def render(self) -> str:
-        specs = [{"id": fid, "figure": _rounded(json.loads(pio.to_json(fig, validate=False)))}
-                 for fid, fig in self.figures]
+        specs = [
+            {"id": fid, "figure": _rounded(json.loads(pio.to_json(fig, validate=False)))} for fid, fig in self.figures
+        ]
         # '<' only occurs inside JSON strings, where \u003c means the same: the script element cannot be closed early
         figures_json = json.dumps(specs, separators=(",", ":")).replace("<", "\\u003c")
-        return "".join([
-            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
-            '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
-            f"<title>{esc(self.title)}</title>\n<style>{CSS}</style>\n",
-            f"<script>{ERROR_CAPTURE}</script>\n",
-            "<script>", plotly.offline.get_plotlyjs(), "</script>\n",  # plotly.js, once
-            "</head>\n<body>\n<main>\n",
-            "\n".join(self.parts),
-            '\n<footer><span id="report-status" data-rendered="0">charts not drawn (JavaScript off?)</span></footer>\n',
-            "</main>\n",
-            f'<script type="application/json" id="report-figures">{figures_json}</script>\n',
-            f"<script>{DRAW}</script>\n</body>\n</html>\n",
-        ])
+        return "".join(
+            [
+                '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',
+                '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
+                f"<title>{esc(self.title)}</title>\n<style>{CSS}</style>\n",
+                f"<script>{ERROR_CAPTURE}</script>\n",
+                "<script>",
+                plotly.offline.get_plotlyjs(),
+                "</script>\n",  # plotly.js, once
+                "</head>\n<body>\n<main>\n",
+                "\n".join(self.parts),
+                '\n<footer><span id="report-status" data-rendered="0">charts not drawn (JavaScript off?)</span></footer>\n',
+                "</main>\n",
+                f'<script type="application/json" id="report-figures">{figures_json}</script>\n',
+                f"<script>{DRAW}</script>\n</body>\n</html>\n",
+            ]
+        )
 
 
 def _rounded(value, digits: int = 6):

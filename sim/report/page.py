@@ -21,7 +21,8 @@ SEARCH_TEXT = (
     "monotone in the rate, the search doubles or halves the rate from {start} req/s until one rate passes and twice "
     "it fails, then bisects (geometric mean) until the bracket's ends are within {precision:g}% of each other. The "
     "capacity is the highest rate that passed: the true threshold lies between it and the lowest rate that failed, "
-    "so it is low by less than {precision:g}%.")
+    "so it is low by less than {precision:g}%."
+)
 
 
 def _num(x, digits: int = 4) -> str:
@@ -44,13 +45,17 @@ def answer_text(data: ReportData) -> str:
     rec = data.recommendation
     slos = ", ".join(s.describe() for s in inp.slos)
     if rec is None:
-        return (f"No configuration meets {esc(slos)} at any rate probed: the SLOs are not attainable on {esc(gpu)} "
-                f"for this traffic (see the probes below).")
+        return (
+            f"No configuration meets {esc(slos)} at any rate probed: the SLOs are not attainable on {esc(gpu)} "
+            f"for this traffic (see the probes below)."
+        )
     replica = f"{tp} GPUs" if tp > 1 else f"1 {esc(gpu)}"
-    parts = [f"<b>{rec.gpus} x {esc(gpu)}</b> serve <b>{inp.target_rate:g} req/s</b> within {esc(slos)}, with the "
-             f"<b>{esc(rec.allocator)}</b> allocator (block size {rec.block_size}): one replica ({replica}) sustains "
-             f"{rec.capacity_rps:.3g} req/s, so {inp.target_rate:g} req/s needs {rec.replicas} "
-             f"replica{'s' if rec.replicas != 1 else ''}."]
+    parts = [
+        f"<b>{rec.gpus} x {esc(gpu)}</b> serve <b>{inp.target_rate:g} req/s</b> within {esc(slos)}, with the "
+        f"<b>{esc(rec.allocator)}</b> allocator (block size {rec.block_size}): one replica ({replica}) sustains "
+        f"{rec.capacity_rps:.3g} req/s, so {inp.target_rate:g} req/s needs {rec.replicas} "
+        f"replica{'s' if rec.replicas != 1 else ''}."
+    ]
     others = [r for r in data.results if r is not rec]
     if others:
         bits = []
@@ -68,20 +73,34 @@ def result_rows(data: ReportData) -> list[dict]:
     for r in data.results:
         p = r.operating_point
         s = p.summary
-        rows.append({
-            "allocator": r.allocator, "block_size": r.block_size, "capacity_rps": r.capacity_rps,
-            "bracket_lo_rps": r.bracket[0], "bracket_hi_rps": r.bracket[1], "replicas": r.replicas, "gpus": r.gpus,
-            "operating_rate_rps": p.rate, "passed": p.passed, "goodput_rps": p.goodput_rps,
-            "throughput_rps": s["throughput"]["requests_per_s"],
-            "output_tokens_per_s": s["throughput"]["output_tokens_per_s"],
-            **{name: v for name, v in p.slo_values.items()},
-            "batch_mean": s["batch_size"]["mean"], "preemptions": s["requests"]["preemptions"],
-            "rejected": s["requests"]["rejected"], "kv_blocks": r.kv_blocks, "kv_capacity_tokens": r.kv_capacity_tokens,
-            **{f"kv_{k}": v for k, v in memory_fractions(s).items()},
-            "missed_first": ";".join(r.binding_slos(data.inputs.slos)),
-            "probes": len(r.probes), "unattainable": r.unattainable, "unbounded": r.unbounded,
-            "non_monotone": r.non_monotone,
-        })
+        rows.append(
+            {
+                "allocator": r.allocator,
+                "block_size": r.block_size,
+                "capacity_rps": r.capacity_rps,
+                "bracket_lo_rps": r.bracket[0],
+                "bracket_hi_rps": r.bracket[1],
+                "replicas": r.replicas,
+                "gpus": r.gpus,
+                "operating_rate_rps": p.rate,
+                "passed": p.passed,
+                "goodput_rps": p.goodput_rps,
+                "throughput_rps": s["throughput"]["requests_per_s"],
+                "output_tokens_per_s": s["throughput"]["output_tokens_per_s"],
+                **{name: v for name, v in p.slo_values.items()},
+                "batch_mean": s["batch_size"]["mean"],
+                "preemptions": s["requests"]["preemptions"],
+                "rejected": s["requests"]["rejected"],
+                "kv_blocks": r.kv_blocks,
+                "kv_capacity_tokens": r.kv_capacity_tokens,
+                **{f"kv_{k}": v for k, v in memory_fractions(s).items()},
+                "missed_first": ";".join(r.binding_slos(data.inputs.slos)),
+                "probes": len(r.probes),
+                "unattainable": r.unattainable,
+                "unbounded": r.unbounded,
+                "non_monotone": r.non_monotone,
+            }
+        )
     return rows
 
 
@@ -89,16 +108,26 @@ def inputs_rows(data: ReportData, command: str | None) -> list[tuple[str, str]]:
     inp = data.inputs
     base, trace = inp.base, inp.trace
     rows: list[tuple[str, str]] = []
-    rows.append(("trace", f"{trace.path} ({trace.format}): {len(trace):,} requests over {trace.duration_s:,.1f} s, "
-                          f"its own rate {data.native_rate:.4g} req/s"))
+    rows.append(
+        (
+            "trace",
+            f"{trace.path} ({trace.format}): {len(trace):,} requests over {trace.duration_s:,.1f} s, "
+            f"its own rate {data.native_rate:.4g} req/s",
+        )
+    )
     if inp.trace_note:
         rows.append(("trace selection", inp.trace_note))
     for note in trace.notes:
         rows.append(("trace note", note))
     rows += model_rows(base.model, base.tp)
     g = base.gpu
-    rows.append(("GPU", f"{g.name}: {format_bytes(g.memory_bytes)}, HBM {g.hbm_bandwidth / 1e12:.3f} TB/s, "
-                        f"{g.bf16_flops / 1e12:.1f} dense bf16 TFLOP/s ({g.source})"))
+    rows.append(
+        (
+            "GPU",
+            f"{g.name}: {format_bytes(g.memory_bytes)}, HBM {g.hbm_bandwidth / 1e12:.3f} TB/s, "
+            f"{g.bf16_flops / 1e12:.1f} dense bf16 TFLOP/s ({g.source})",
+        )
+    )
     rows.append(("tensor parallelism", f"{base.tp} GPU{'s' if base.tp > 1 else ''} per replica"))
     seen = set()
     for r in data.results:
@@ -109,26 +138,42 @@ def inputs_rows(data: ReportData, command: str | None) -> list[tuple[str, str]]:
         cfg = budget.get("config", {})
         b = cfg.get("kv_budget_breakdown_bytes") or {}
         if cfg.get("kv_budget_source") == "derived" and b:
-            how = (f"{format_bytes(b['gpu_memory'])} x {base.gpu_memory_utilization:g} - weights "
-                   f"{format_bytes(b['weights'])} - activations {format_bytes(b['activations'])} - runtime "
-                   f"{format_bytes(b['runtime'])} = {format_bytes(b['kv'])}")
+            how = (
+                f"{format_bytes(b['gpu_memory'])} x {base.gpu_memory_utilization:g} - weights "
+                f"{format_bytes(b['weights'])} - activations {format_bytes(b['activations'])} - runtime "
+                f"{format_bytes(b['runtime'])} = {format_bytes(b['kv'])}"
+            )
         else:
             how = f"given: {format_bytes(base.kv_memory or 0)}"
-        rows.append((f"KV budget per GPU (block size {r.block_size})",
-                     f"{how}; {r.kv_blocks:,} blocks x {r.block_size} tokens = {r.kv_capacity_tokens:,} tokens"))
+        rows.append(
+            (
+                f"KV budget per GPU (block size {r.block_size})",
+                f"{how}; {r.kv_blocks:,} blocks x {r.block_size} tokens = {r.kv_capacity_tokens:,} tokens",
+            )
+        )
     limits = data.results[0].operating_point.summary.get("config", {}) if data.results else {}
-    rows.append(("engine limits", f"max_num_seqs {limits.get('max_num_seqs', base.max_num_seqs)}, "
-                                  f"max_num_batched_tokens {limits.get('max_num_batched_tokens')}, "
-                                  f"placement (contiguous) {base.placement or 'buddy'}, "
-                                  f"sharing {'on' if base.sharing else 'off'}"))
+    rows.append(
+        (
+            "engine limits",
+            f"max_num_seqs {limits.get('max_num_seqs', base.max_num_seqs)}, "
+            f"max_num_batched_tokens {limits.get('max_num_batched_tokens')}, "
+            f"placement (contiguous) {base.placement or 'buddy'}, "
+            f"sharing {'on' if base.sharing else 'off'}",
+        )
+    )
     cm = data.cost_model or {}
     kind = cm.get("kind", "roofline")
     if kind == "roofline":
-        rows.append(("cost model", "roofline from the GPU datasheet: max(bytes moved / (HBM bandwidth x "
-                                   f"{cm.get('bandwidth_efficiency', 1):g}), FLOPs / (peak x "
-                                   f"{cm.get('flops_efficiency', 1):g})) + step overhead "
-                                   f"{format_seconds(cm.get('step_overhead_s'))} per iteration; tensor-parallel "
-                                   "communication not modelled"))
+        rows.append(
+            (
+                "cost model",
+                "roofline from the GPU datasheet: max(bytes moved / (HBM bandwidth x "
+                f"{cm.get('bandwidth_efficiency', 1):g}), FLOPs / (peak x "
+                f"{cm.get('flops_efficiency', 1):g})) + step overhead "
+                f"{format_seconds(cm.get('step_overhead_s'))} per iteration; tensor-parallel "
+                "communication not modelled",
+            )
+        )
     else:
         profile = cm.get("profile") or cm.get("file") or cm.get("path") or "(file not named)"
         rows.append(("cost model", f"{kind}: calibrated profile {profile}"))
@@ -136,23 +181,48 @@ def inputs_rows(data: ReportData, command: str | None) -> list[tuple[str, str]]:
         rows.append(("cost model parameters", ", ".join(f"{k}={v}" for k, v in cm.items())))
     rows.append(("SLOs", ", ".join(s.describe() for s in inp.slos) + " (percentiles over completed requests)"))
     thresholds = per_request_thresholds(inp.slos)
-    rows.append(("goodput", "requests that completed with " + ", ".join(
-        f"{m} <= {format_seconds(t)}" for m, t in thresholds.items()) + " (per request), per second of the replay"))
-    rows.append(("target rate", f"{inp.target_rate:g} req/s, split evenly over replicas, each seeing the trace's "
-                                f"arrival pattern at its share of the rate"))
+    rows.append(
+        (
+            "goodput",
+            "requests that completed with "
+            + ", ".join(f"{m} <= {format_seconds(t)}" for m, t in thresholds.items())
+            + " (per request), per second of the replay",
+        )
+    )
+    rows.append(
+        (
+            "target rate",
+            f"{inp.target_rate:g} req/s, split evenly over replicas, each seeing the trace's "
+            f"arrival pattern at its share of the rate",
+        )
+    )
     start = inp.start_rate if inp.start_rate is not None else data.native_rate
     rows.append(("capacity search", SEARCH_TEXT.format(start=f"{start:.4g}", precision=100 * inp.precision)))
     spans = [len(trace) / r.capacity_rps for r in data.results if r.capacity_rps > 0]
     if spans:
-        rows.append(("finite trace", f"a replay of a finite trace is optimistic just above the capacity: a queue that "
-                                     f"grows for the trace's span S only adds about (r - c) / c x S of waiting by its "
-                                     f"end, so the capacity can be overstated by roughly (largest SLO threshold) / S; "
-                                     f"here S is {min(spans):,.0f} s or more at the capacities found"))
-    rows.append(("rejected requests", "requests longer than the max model length (or never placeable) are rejected, "
-                                      "left out of the latency percentiles and never counted as goodput; their count "
-                                      "is in the probes table"))
-    rows.append(("run", f"{data.probes_run} replays on {data.jobs} process{'es' if data.jobs != 1 else ''} in "
-                        f"{data.wall_s:,.0f} s"))
+        rows.append(
+            (
+                "finite trace",
+                f"a replay of a finite trace is optimistic just above the capacity: a queue that "
+                f"grows for the trace's span S only adds about (r - c) / c x S of waiting by its "
+                f"end, so the capacity can be overstated by roughly (largest SLO threshold) / S; "
+                f"here S is {min(spans):,.0f} s or more at the capacities found",
+            )
+        )
+    rows.append(
+        (
+            "rejected requests",
+            "requests longer than the max model length (or never placeable) are rejected, "
+            "left out of the latency percentiles and never counted as goodput; their count "
+            "is in the probes table",
+        )
+    )
+    rows.append(
+        (
+            "run",
+            f"{data.probes_run} replays on {data.jobs} process{'es' if data.jobs != 1 else ''} in {data.wall_s:,.0f} s",
+        )
+    )
     if command:
         rows.append(("command", command))
     return rows
@@ -165,43 +235,71 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
     page = Page(title)
     slos_text = ", ".join(s.describe() for s in inp.slos)
     page.add(f"<h1>{esc(title)}</h1>")
-    page.add(f'<p class="lead">How many requests per second does one {esc(gpu)} replica of '
-             f"{esc(inp.base.model.name)} serve within {esc(slos_text)} on this traffic, how many GPUs serve "
-             f"{inp.target_rate:g} req/s, and what does the KV-cache design change?</p>")
+    page.add(
+        f'<p class="lead">How many requests per second does one {esc(gpu)} replica of '
+        f"{esc(inp.base.model.name)} serve within {esc(slos_text)} on this traffic, how many GPUs serve "
+        f"{inp.target_rate:g} req/s, and what does the KV-cache design change?</p>"
+    )
     page.add(f'<div class="answer">{answer_text(data)}</div>')
     for r in data.results:
         if r.non_monotone:
-            page.add(f'<div class="warn">{esc(r.label)}: a probe failed below a rate that passed; meeting the SLOs '
-                     f"was not monotone in the rate here, so the capacity is less certain (see the probes).</div>")
+            page.add(
+                f'<div class="warn">{esc(r.label)}: a probe failed below a rate that passed; meeting the SLOs '
+                f"was not monotone in the rate here, so the capacity is less certain (see the probes).</div>"
+            )
         if r.unbounded:
-            page.add(f'<div class="warn">{esc(r.label)}: every probe passed, up to {r.capacity_rps:.4g} req/s, where '
-                     f"the whole trace arrives almost at once: the trace is too short (or the SLOs too loose) to "
-                     f"overload one replica. Use a longer trace or tighter SLOs.</div>")
+            page.add(
+                f'<div class="warn">{esc(r.label)}: every probe passed, up to {r.capacity_rps:.4g} req/s, where '
+                f"the whole trace arrives almost at once: the trace is too short (or the SLOs too loose) to "
+                f"overload one replica. Use a longer trace or tighter SLOs.</div>"
+            )
     if inp.trace_note:
         page.add(f'<p class="note">Trace: {esc(inp.trace_note)}.</p>')
 
     # recommendation table
     page.add("<h2>Recommendation</h2>")
     slo_names = [s.name for s in inp.slos]
-    headers = (["allocator", "block size", "capacity (req/s)", "threshold below (req/s)", "missed first", "replicas",
-                "GPUs",
-                "goodput (req/s)", "throughput (req/s)"] + [f"{n} (s)" for n in slo_names]
-               + ["mean batch", "preemptions", "KV blocks"])
+    headers = (
+        [
+            "allocator",
+            "block size",
+            "capacity (req/s)",
+            "threshold below (req/s)",
+            "missed first",
+            "replicas",
+            "GPUs",
+            "goodput (req/s)",
+            "throughput (req/s)",
+        ]
+        + [f"{n} (s)" for n in slo_names]
+        + ["mean batch", "preemptions", "KV blocks"]
+    )
     rows, classes = [], []
     for r in data.results:
         p = r.operating_point
         s = p.summary
-        rows.append([r.allocator, r.block_size, _num(r.capacity_rps), _num(r.bracket[1]),
-                     ", ".join(r.binding_slos(inp.slos)) or "none",
-                     "n/a" if r.replicas is None else r.replicas, _gpus_text(r, gpu), _num(p.goodput_rps),
-                     _num(s["throughput"]["requests_per_s"])]
-                    + [_num(p.slo_values.get(n)) for n in slo_names]
-                    + [f"{s['batch_size']['mean']:.1f}", f"{s['requests']['preemptions']:,}", f"{r.kv_blocks:,}"])
+        rows.append(
+            [
+                r.allocator,
+                r.block_size,
+                _num(r.capacity_rps),
+                _num(r.bracket[1]),
+                ", ".join(r.binding_slos(inp.slos)) or "none",
+                "n/a" if r.replicas is None else r.replicas,
+                _gpus_text(r, gpu),
+                _num(p.goodput_rps),
+                _num(s["throughput"]["requests_per_s"]),
+            ]
+            + [_num(p.slo_values.get(n)) for n in slo_names]
+            + [f"{s['batch_size']['mean']:.1f}", f"{s['requests']['preemptions']:,}", f"{r.kv_blocks:,}"]
+        )
         classes.append("best" if r is data.recommendation else "")
     page.add(table(headers, rows, numeric=set(range(2, len(headers))) - {4, 6}, row_classes=classes))
-    page.add('<p class="note">Figures at each configuration\'s capacity (the highest rate that met every SLO). '
-             '"threshold below": the lowest rate that missed them; "missed first": the SLOs missed there. Goodput: '
-             'requests within the per-request targets per second.</p>')
+    page.add(
+        '<p class="note">Figures at each configuration\'s capacity (the highest rate that met every SLO). '
+        '"threshold below": the lowest rate that missed them; "missed first": the SLOs missed there. Goodput: '
+        "requests within the per-request targets per second.</p>"
+    )
 
     data_files: dict[str, str] = {}
 
@@ -213,10 +311,14 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
     page.add("<h2>Capacity and GPUs</h2>")
     figure("fig-capacity", charts.capacity_chart(data.results, inp.target_rate, gpu, inp.base.tp), "capacity.csv")
     page.add("<h2>Where the KV memory goes</h2>")
-    figure("fig-memory", charts.memory_chart(data.results), "memory.csv",
-           "Token states: KV of tokens computed so far. Reserved: held slots a live request will still fill. "
-           "Internal fragmentation: held slots that will never hold a token. External fragmentation: free slots the "
-           "head of the queue cannot use. Free: the rest. Means over iterations.")
+    figure(
+        "fig-memory",
+        charts.memory_chart(data.results),
+        "memory.csv",
+        "Token states: KV of tokens computed so far. Reserved: held slots a live request will still fill. "
+        "Internal fragmentation: held slots that will never hold a token. External fragmentation: free slots the "
+        "head of the queue cannot use. Free: the rest. Means over iterations.",
+    )
     figure("fig-timeline", charts.timeline_chart(data.results), "timeline.csv")
     page.add("<h2>Throughput and latency against the arrival rate</h2>")
     figure("fig-rates", charts.rate_chart(data.results, inp.slos), "rates.csv")
@@ -235,15 +337,24 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
     if v is None:
         page.add('<p class="note">Validation results were not looked for.</p>')
     elif not v.rows:
-        page.add(f"<p>No GPU validation results exist for {esc(inp.base.model.name)} on {esc(gpu)} "
-                 f"(looked for <code>{esc(v.root)}/**/validation.json</code>"
-                 f"{f'; {v.files_other} for other GPUs or models' if v.files_other else ''}). The figures above are "
-                 f"predictions of the cost model only.</p>")
+        page.add(
+            f"<p>No GPU validation results exist for {esc(inp.base.model.name)} on {esc(gpu)} "
+            f"(looked for <code>{esc(v.root)}/**/validation.json</code>"
+            f"{f'; {v.files_other} for other GPUs or models' if v.files_other else ''}). The figures above are "
+            f"predictions of the cost model only.</p>"
+        )
     else:
-        vrows = [[r.file, r.allocator, r.metric, _num(r.predicted), _num(r.measured), _pct(r.rel_error),
-                  r.device or r.date] for r in v.rows]
-        page.add(table(["file", "allocator", "metric", "predicted", "measured", "relative error", "device / date"],
-                       vrows, numeric={3, 4, 5}))
+        vrows = [
+            [r.file, r.allocator, r.metric, _num(r.predicted), _num(r.measured), _pct(r.rel_error), r.device or r.date]
+            for r in v.rows
+        ]
+        page.add(
+            table(
+                ["file", "allocator", "metric", "predicted", "measured", "relative error", "device / date"],
+                vrows,
+                numeric={3, 4, 5},
+            )
+        )
         data_files["validation.csv"] = rows_to_csv([r.__dict__ for r in v.rows])
     if v is not None and v.skipped:
         page.add('<p class="note">Skipped: ' + "; ".join(esc(s) for s in v.skipped) + "</p>")
@@ -254,18 +365,33 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
     for r in data.results:
         for p in r.probes:
             s = p.summary
-            prow.append([r.label, _num(p.rate), f"{p.factor:.4g}", "meets" if p.passed else "misses"]
-                        + [_num(p.slo_values.get(n)) for n in slo_names]
-                        + [_num(s["throughput"]["requests_per_s"]), _num(p.goodput_rps),
-                           f"{s['requests']['completed']:,}", f"{s['requests']['rejected']:,}",
-                           f"{s['requests']['preemptions']:,}", f"{p.wall_s:.1f}"])
-    page.add(table(["configuration", "rate (req/s)", "x trace rate", "SLOs"] + [f"{n} (s)" for n in slo_names]
-                   + ["throughput", "goodput", "completed", "rejected", "preemptions", "replay (s)"],
-                   prow, numeric=set(range(1, 11 + len(slo_names))) - {3}))
+            prow.append(
+                [r.label, _num(p.rate), f"{p.factor:.4g}", "meets" if p.passed else "misses"]
+                + [_num(p.slo_values.get(n)) for n in slo_names]
+                + [
+                    _num(s["throughput"]["requests_per_s"]),
+                    _num(p.goodput_rps),
+                    f"{s['requests']['completed']:,}",
+                    f"{s['requests']['rejected']:,}",
+                    f"{s['requests']['preemptions']:,}",
+                    f"{p.wall_s:.1f}",
+                ]
+            )
+    page.add(
+        table(
+            ["configuration", "rate (req/s)", "x trace rate", "SLOs"]
+            + [f"{n} (s)" for n in slo_names]
+            + ["throughput", "goodput", "completed", "rejected", "preemptions", "replay (s)"],
+            prow,
+            numeric=set(range(1, 11 + len(slo_names))) - {3},
+        )
+    )
     created = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    page.add(f'<p class="note">Made by kvsim <code>sim report</code> on {esc(created)} (Python '
-             f"{esc(platform.python_version())}). Data beside this file: <code>{esc('<name>-data/')}</code> "
-             "(one CSV per chart, report.json).</p>")
+    page.add(
+        f'<p class="note">Made by kvsim <code>sim report</code> on {esc(created)} (Python '
+        f"{esc(platform.python_version())}). Data beside this file: <code>{esc('<name>-data/')}</code> "
+        "(one CSV per chart, report.json).</p>"
+    )
 
     data_files["results.csv"] = rows_to_csv(result_rows(data))
     data_files["report.json"] = to_json(report_json(data, command))
@@ -275,20 +401,52 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
 def report_json(data: ReportData, command: str | None) -> dict:
     inp = data.inputs
     return {
-        "title": inp.title, "command": command, "argv": sys.argv,
-        "trace": {"path": inp.trace.path, "rows": len(inp.trace), "duration_s": inp.trace.duration_s,
-                  "rate_rps": data.native_rate, "selection": inp.trace_note, "notes": list(inp.trace.notes)},
-        "model": inp.base.model.name, "gpu": inp.base.gpu.name, "tp": inp.base.tp,
-        "slos": [{"name": s.name, "metric": s.metric, "percentile": s.percentile, "threshold_s": s.threshold_s}
-                 for s in inp.slos],
-        "target_rate_rps": inp.target_rate, "precision": inp.precision, "cost_model": data.cost_model,
-        "recommendation": None if data.recommendation is None else {
-            "allocator": data.recommendation.allocator, "block_size": data.recommendation.block_size,
-            "capacity_rps": data.recommendation.capacity_rps, "replicas": data.recommendation.replicas,
-            "gpus": data.recommendation.gpus},
+        "title": inp.title,
+        "command": command,
+        "argv": sys.argv,
+        "trace": {
+            "path": inp.trace.path,
+            "rows": len(inp.trace),
+            "duration_s": inp.trace.duration_s,
+            "rate_rps": data.native_rate,
+            "selection": inp.trace_note,
+            "notes": list(inp.trace.notes),
+        },
+        "model": inp.base.model.name,
+        "gpu": inp.base.gpu.name,
+        "tp": inp.base.tp,
+        "slos": [
+            {"name": s.name, "metric": s.metric, "percentile": s.percentile, "threshold_s": s.threshold_s}
+            for s in inp.slos
+        ],
+        "target_rate_rps": inp.target_rate,
+        "precision": inp.precision,
+        "cost_model": data.cost_model,
+        "recommendation": None
+        if data.recommendation is None
+        else {
+            "allocator": data.recommendation.allocator,
+            "block_size": data.recommendation.block_size,
+            "capacity_rps": data.recommendation.capacity_rps,
+            "replicas": data.recommendation.replicas,
+            "gpus": data.recommendation.gpus,
+        },
         "results": result_rows(data),
-        "probes": [{"config": p.config, "rate_rps": p.rate, "factor": p.factor, "passed": p.passed,
-                    "slo_values": p.slo_values, "goodput_rps": p.goodput_rps, "good_fraction": p.good_fraction,
-                    "wall_s": p.wall_s, "summary": p.summary} for r in data.results for p in r.probes],
-        "wall_s": data.wall_s, "jobs": data.jobs,
+        "probes": [
+            {
+                "config": p.config,
+                "rate_rps": p.rate,
+                "factor": p.factor,
+                "passed": p.passed,
+                "slo_values": p.slo_values,
+                "goodput_rps": p.goodput_rps,
+                "good_fraction": p.good_fraction,
+                "wall_s": p.wall_s,
+                "summary": p.summary,
+            }
+            for r in data.results
+            for p in r.probes
+        ],
+        "wall_s": data.wall_s,
+        "jobs": data.jobs,
     }

@@ -69,8 +69,10 @@ def parse_slos(text: str) -> list[SLO]:
         name, sep, value = item.partition("=")
         m = _NAME.match(name.strip().lower())
         if not sep or not m:
-            raise UserError(f"cannot read SLO {item!r}: expected METRIC_pXX=DURATION with METRIC one of "
-                            f"{', '.join(METRICS)}, e.g. ttft_p99=2s")
+            raise UserError(
+                f"cannot read SLO {item!r}: expected METRIC_pXX=DURATION with METRIC one of "
+                f"{', '.join(METRICS)}, e.g. ttft_p99=2s"
+            )
         pct = float(m.group(2))
         if not 0 < pct <= 100:
             raise UserError(f"SLO {item!r}: the percentile must be in (0, 100]")
@@ -96,11 +98,15 @@ def per_request_latency(requests: RequestLog) -> dict[str, np.ndarray]:
         ttft = requests.first_token_s - requests.arrival_s
         e2e = requests.finish_s - requests.arrival_s
         denom = (requests.output_tokens - 1).astype(np.float64)
-        tpot = np.where(denom > 0, (requests.finish_s - requests.first_token_s) / np.where(denom > 0, denom, 1.0),
-                        np.nan)
+        tpot = np.where(
+            denom > 0, (requests.finish_s - requests.first_token_s) / np.where(denom > 0, denom, 1.0), np.nan
+        )
     completed = ~np.isnan(requests.finish_s)
-    return {"ttft": np.where(completed, ttft, np.nan), "tpot": np.where(completed, tpot, np.nan),
-            "e2e": np.where(completed, e2e, np.nan)}
+    return {
+        "ttft": np.where(completed, ttft, np.nan),
+        "tpot": np.where(completed, tpot, np.nan),
+        "e2e": np.where(completed, e2e, np.nan),
+    }
 
 
 def slo_values(slos: list[SLO], latency: dict[str, np.ndarray]) -> dict[str, float | None]:

@@ -10,7 +10,7 @@ import time
 class StatusLine:
     def __init__(self, enabled: bool | None = None, stream=None, interval_s: float = 0.25):
         self.stream = stream or sys.stderr
-        self.enabled = (self.stream.isatty() if enabled is None else enabled)
+        self.enabled = self.stream.isatty() if enabled is None else enabled
         self.interval_s = interval_s
         self.start = time.monotonic()
         self._last = 0.0
@@ -31,7 +31,7 @@ class StatusLine:
         if self.stream.isatty():  # one terminal line: cut to its width, padded over the previous one
             width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
             if len(line) > width:
-                line = line[:width - 1] + "…"
+                line = line[: width - 1] + "…"
             line = line.ljust(width)
         self.stream.write("\r" + line)
         self.stream.flush()
@@ -40,8 +40,9 @@ class StatusLine:
     def bar(self, label: str, done: int, total: int, extra: str = "", force: bool = False) -> None:
         frac = done / total if total else 1.0
         width = 16
-        self.update(f"{label} [{'#' * int(frac * width):<{width}}] {done}/{total}{(' ' + extra) if extra else ''}",
-                    force)
+        self.update(
+            f"{label} [{'#' * int(frac * width):<{width}}] {done}/{total}{(' ' + extra) if extra else ''}", force
+        )
 
     def close(self) -> None:
         if self._shown:

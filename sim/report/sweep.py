@@ -67,10 +67,33 @@ from sim.trace import Trace, read_trace
 from sim.trace_tools import scale_trace, slice_trace
 from sim.units import parse_duration, parse_size
 
-SPEC_KEYS = {"name", "traces", "models", "gpus", "allocators", "block_sizes", "rates", "slo", "first", "duration",
-             "table", "options"}
-OPTION_KEYS = {"tp", "max_num_seqs", "max_num_batched_tokens", "kv_memory", "gpu_memory_utilization",
-               "max_model_len", "placement", "step_overhead", "sharing", "beam_replace_prob", "seed"}
+SPEC_KEYS = {
+    "name",
+    "traces",
+    "models",
+    "gpus",
+    "allocators",
+    "block_sizes",
+    "rates",
+    "slo",
+    "first",
+    "duration",
+    "table",
+    "options",
+}
+OPTION_KEYS = {
+    "tp",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "kv_memory",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "placement",
+    "step_overhead",
+    "sharing",
+    "beam_replace_prob",
+    "seed",
+}
 
 
 @dataclass
@@ -105,9 +128,10 @@ def _list(data: dict, key: str, kind, path: str, default=None) -> list:
             continue
         if kind is int and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
             raise UserError(f"{path}: `{key}` must hold positive integers, got {v!r}")
-        if kind is float and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                                  and v > 0):
-            raise UserError(f"{path}: `{key}` must hold positive numbers (req/s) or \"native\", got {v!r}")
+        if kind is float and not (
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        ):
+            raise UserError(f'{path}: `{key}` must hold positive numbers (req/s) or "native", got {v!r}')
         if kind is str and not isinstance(v, str):
             raise UserError(f"{path}: `{key}` must hold strings, got {v!r}")
         out.append(float(v) if kind is float else v)
@@ -147,11 +171,20 @@ def load_spec(path: str) -> SweepSpec:
     if not table.endswith((".csv", ".parquet")) or os.path.basename(table) != table:
         raise UserError(f"{path}: `table` must be a file name ending in .csv or .parquet, got {table!r}")
     spec = SweepSpec(
-        path=path, name=str(data.get("name", os.path.splitext(os.path.basename(path))[0])), traces=traces,
-        models=_list(data, "models", str, path, ["llama-2-7b"]), gpus=_list(data, "gpus", str, path, ["a100-80gb"]),
+        path=path,
+        name=str(data.get("name", os.path.splitext(os.path.basename(path))[0])),
+        traces=traces,
+        models=_list(data, "models", str, path, ["llama-2-7b"]),
+        gpus=_list(data, "gpus", str, path, ["a100-80gb"]),
         allocators=_list(data, "allocators", str, path, ["paged"]),
-        block_sizes=_list(data, "block_sizes", int, path, [16]), rates=_list(data, "rates", float, path, ["native"]),
-        slo=data.get("slo"), first=first, duration_s=duration_s, table=table, options=dict(options))
+        block_sizes=_list(data, "block_sizes", int, path, [16]),
+        rates=_list(data, "rates", float, path, ["native"]),
+        slo=data.get("slo"),
+        first=first,
+        duration_s=duration_s,
+        table=table,
+        options=dict(options),
+    )
     if spec.slo is not None:
         parse_slos(str(spec.slo))  # validate early
     for m in spec.models:
@@ -166,14 +199,19 @@ def _base_options(spec: SweepSpec, model: str, gpu: str) -> ReplayOptions:
     o = spec.options
     try:
         return ReplayOptions(
-            model=resolve_model(model, o.get("max_model_len")), gpu=resolve_gpu(gpu),
+            model=resolve_model(model, o.get("max_model_len")),
+            gpu=resolve_gpu(gpu),
             kv_memory=parse_size(o["kv_memory"]) if "kv_memory" in o else None,
-            gpu_memory_utilization=float(o.get("gpu_memory_utilization", 0.9)), tp=int(o.get("tp", 1)),
-            max_num_seqs=int(o.get("max_num_seqs", 256)), max_num_batched_tokens=o.get("max_num_batched_tokens"),
+            gpu_memory_utilization=float(o.get("gpu_memory_utilization", 0.9)),
+            tp=int(o.get("tp", 1)),
+            max_num_seqs=int(o.get("max_num_seqs", 256)),
+            max_num_batched_tokens=o.get("max_num_batched_tokens"),
             placement=o.get("placement"),
             step_overhead_s=parse_duration(str(o["step_overhead"])) if "step_overhead" in o else 0.002,
-            sharing=bool(o.get("sharing", True)), beam_replace_prob=float(o.get("beam_replace_prob", 0.3)),
-            seed=int(o.get("seed", 0)))
+            sharing=bool(o.get("sharing", True)),
+            beam_replace_prob=float(o.get("beam_replace_prob", 0.3)),
+            seed=int(o.get("seed", 0)),
+        )
     except (TypeError, ValueError) as exc:
         raise UserError(f"{spec.path}: bad [options] value: {exc}") from None
 
@@ -204,9 +242,18 @@ def cells_of(spec: SweepSpec) -> list[Cell]:
     grid = itertools.product(spec.traces, spec.models, spec.gpus, spec.allocators, spec.block_sizes, spec.rates)
     for i, (t, m, g, a, b, r) in enumerate(grid):
         options = _base_options(spec, m, g)
-        ident = {"trace_sha256": hashes[t], "first": spec.first, "duration_s": spec.duration_s,
-                 "model": dataclasses.asdict(options.model), "gpu": dataclasses.asdict(options.gpu), "allocator": a,
-                 "block_size": b, "rate": r, "options": spec.options, "slo": spec.slo}
+        ident = {
+            "trace_sha256": hashes[t],
+            "first": spec.first,
+            "duration_s": spec.duration_s,
+            "model": dataclasses.asdict(options.model),
+            "gpu": dataclasses.asdict(options.gpu),
+            "allocator": a,
+            "block_size": b,
+            "rate": r,
+            "options": spec.options,
+            "slo": spec.slo,
+        }
         key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
         cells.append(Cell(i, t, m, g, a, b, r, key))
     return cells
@@ -227,24 +274,40 @@ def run_cell(spec: SweepSpec, cell: Cell, trace: Trace) -> dict:
     """One replay; the table's row for it (plain JSON values; no timings, so rows are reproducible)."""
     import dataclasses as dc
 
-    options = dc.replace(_base_options(spec, cell.model, cell.gpu), allocator=cell.allocator,
-                         block_size=cell.block_size)
+    options = dc.replace(
+        _base_options(spec, cell.model, cell.gpu), allocator=cell.allocator, block_size=cell.block_size
+    )
     native = trace_rate(trace)
     rate = native if cell.rate == "native" else float(cell.rate)
     scaled = trace if cell.rate == "native" else scale_trace(trace, rate=rate)
     result = replay(scaled, options)
     s = result.summary
-    row = {"trace": cell.trace, "model": cell.model, "gpu": cell.gpu, "allocator": cell.allocator,
-           "block_size": cell.block_size, "rate_rps": rate, "factor": rate / native, "requests": s["requests"]["total"],
-           "completed": s["requests"]["completed"], "rejected": s["requests"]["rejected"],
-           "preemptions": s["requests"]["preemptions"], "iterations": s["iterations"], "duration_s": s["duration_s"],
-           "throughput_rps": s["throughput"]["requests_per_s"],
-           "output_tokens_per_s": s["throughput"]["output_tokens_per_s"],
-           "batch_mean": s["batch_size"]["mean"], "batch_max": s["batch_size"]["max"],
-           **{f"kv_{c}": s["kv_memory"][c] for c in MEMORY_CATEGORIES},
-           **_stat_columns("ttft", s["latency_s"]["ttft"]), **_stat_columns("tpot", s["latency_s"]["tpot"]),
-           **_stat_columns("e2e", s["latency_s"]["e2e"]),
-           "kv_blocks": s["kv_blocks"], "kv_capacity_tokens": s["kv_capacity_tokens"], "tp": options.tp}
+    row = {
+        "trace": cell.trace,
+        "model": cell.model,
+        "gpu": cell.gpu,
+        "allocator": cell.allocator,
+        "block_size": cell.block_size,
+        "rate_rps": rate,
+        "factor": rate / native,
+        "requests": s["requests"]["total"],
+        "completed": s["requests"]["completed"],
+        "rejected": s["requests"]["rejected"],
+        "preemptions": s["requests"]["preemptions"],
+        "iterations": s["iterations"],
+        "duration_s": s["duration_s"],
+        "throughput_rps": s["throughput"]["requests_per_s"],
+        "output_tokens_per_s": s["throughput"]["output_tokens_per_s"],
+        "batch_mean": s["batch_size"]["mean"],
+        "batch_max": s["batch_size"]["max"],
+        **{f"kv_{c}": s["kv_memory"][c] for c in MEMORY_CATEGORIES},
+        **_stat_columns("ttft", s["latency_s"]["ttft"]),
+        **_stat_columns("tpot", s["latency_s"]["tpot"]),
+        **_stat_columns("e2e", s["latency_s"]["e2e"]),
+        "kv_blocks": s["kv_blocks"],
+        "kv_capacity_tokens": s["kv_capacity_tokens"],
+        "tp": options.tp,
+    }
     if spec.slo:
         slos = parse_slos(spec.slo)
         latency = per_request_latency(result.requests)
@@ -255,8 +318,10 @@ def run_cell(spec: SweepSpec, cell: Cell, trace: Trace) -> dict:
         row["goodput_rps"] = float(good.sum()) / s["duration_s"] if s["duration_s"] > 0 else 0.0
         for name, v in values.items():
             row[f"slo_{name}_s"] = v
-    return {k: (float(v) if isinstance(v, np.floating) else int(v) if isinstance(v, np.integer) else v)
-            for k, v in row.items()}
+    return {
+        k: (float(v) if isinstance(v, np.floating) else int(v) if isinstance(v, np.integer) else v)
+        for k, v in row.items()
+    }
 
 
 # --- running -----------------------------------------------------------------------------------------------------
@@ -296,8 +361,10 @@ def load_finished(out: str, cells: list[Cell]) -> dict[int, dict]:
 
 
 def _save_cell(out: str, cell: Cell, row: dict, wall_s: float | None) -> None:
-    atomic_write(cell_path(out, cell), json.dumps({"key": cell.key, "index": cell.index, "row": row,
-                                                   "wall_s": wall_s}, indent=1) + "\n")
+    atomic_write(
+        cell_path(out, cell),
+        json.dumps({"key": cell.key, "index": cell.index, "row": row, "wall_s": wall_s}, indent=1) + "\n",
+    )
 
 
 @dataclass
@@ -312,8 +379,15 @@ class SweepRun:
     engine: str  # "local processes (N)" or "ray (address)"
 
 
-def run_sweep(spec: SweepSpec, out: str, jobs: int | None = None, use_ray: bool = False,
-              ray_address: str | None = None, status: StatusLine | None = None, fresh: bool = False) -> SweepRun:
+def run_sweep(
+    spec: SweepSpec,
+    out: str,
+    jobs: int | None = None,
+    use_ray: bool = False,
+    ray_address: str | None = None,
+    status: StatusLine | None = None,
+    fresh: bool = False,
+) -> SweepRun:
     t0 = time.perf_counter()
     cells = cells_of(spec)
     os.makedirs(os.path.join(out, "cells"), exist_ok=True)
@@ -344,8 +418,12 @@ def run_sweep(spec: SweepSpec, out: str, jobs: int | None = None, use_ray: bool 
             take(c, run_cell(spec, c, traces[c.trace]))
     else:
         engine = f"{min(jobs, len(todo))} local processes"
-        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=_pool_context(),
-                                 initializer=_init_worker, initargs=(spec, traces)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(jobs, len(todo)),
+            mp_context=_pool_context(),
+            initializer=_init_worker,
+            initargs=(spec, traces),
+        ) as pool:
             pending = {pool.submit(_cell_in_worker, c) for c in todo}
             try:
                 while pending:
@@ -362,8 +440,7 @@ def run_sweep(spec: SweepSpec, out: str, jobs: int | None = None, use_ray: bool 
     return SweepRun(spec, out, cells, rows, resumed, len(todo), time.perf_counter() - t0, engine)
 
 
-def _run_ray(spec: SweepSpec, todo: list[Cell], traces: dict[str, Trace], address: str | None, jobs: int,
-             take) -> str:
+def _run_ray(spec: SweepSpec, todo: list[Cell], traces: dict[str, Trace], address: str | None, jobs: int, take) -> str:
     try:
         import ray
     except ImportError:
@@ -393,6 +470,7 @@ def _run_ray(spec: SweepSpec, todo: list[Cell], traces: dict[str, Trace], addres
 # --- the table ---------------------------------------------------------------------------------------------------
 def table_text(rows: list[dict]) -> str:
     from sim.report.html import rows_to_csv
+
     return rows_to_csv(rows)
 
 
@@ -403,12 +481,14 @@ def write_table(run: SweepRun) -> str:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
-            raise UserError("a .parquet table needs pyarrow (pip install pyarrow); or use table = \"results.csv\"") \
-                from None
+            raise UserError(
+                'a .parquet table needs pyarrow (pip install pyarrow); or use table = "results.csv"'
+            ) from None
         tmp = path + ".tmp"
         pq.write_table(pa.Table.from_pylist(run.rows), tmp)
         os.replace(tmp, path)
     else:
         from sim.report.html import _write
+
         _write(path, table_text(run.rows))
     return path

@@ -64,8 +64,11 @@ def find_validation(root: str, gpu: str, model: str) -> ValidationFindings:
         except (OSError, ValueError) as exc:
             found.skipped.append(f"{rel}: {exc}")
             continue
-        if not isinstance(data, dict) or not all(k in data for k in ("gpu", "model", "metrics")) \
-                or not isinstance(data["metrics"], dict):
+        if (
+            not isinstance(data, dict)
+            or not all(k in data for k in ("gpu", "model", "metrics"))
+            or not isinstance(data["metrics"], dict)
+        ):
             found.skipped.append(f"{rel}: needs the fields gpu, model and metrics (a dict)")
             continue
         if str(data["gpu"]).lower() != gpu.lower() or str(data["model"]).lower() != model.lower():
@@ -79,6 +82,16 @@ def find_validation(root: str, gpu: str, model: str) -> ValidationFindings:
             rel_error = _number(m.get("rel_error"))
             if rel_error is None and predicted is not None and measured:
                 rel_error = (predicted - measured) / measured
-            found.rows.append(ValidationRow(rel, str(data.get("allocator", "")), str(name), predicted, measured,
-                                            rel_error, str(data.get("date", "")), str(data.get("device", ""))))
+            found.rows.append(
+                ValidationRow(
+                    rel,
+                    str(data.get("allocator", "")),
+                    str(name),
+                    predicted,
+                    measured,
+                    rel_error,
+                    str(data.get("date", "")),
+                    str(data.get("device", "")),
+                )
+            )
     return found

@@ -21,10 +21,17 @@ from sim.allocators.paged import PagedAllocator  # noqa: E402
 from sim.config import GPUS, resolve_model  # noqa: E402
 from sim.run import ReplayOptions, replay  # noqa: E402
 from sim.scheduler import Batch  # noqa: E402
-
-from tests.harness._harness_testutil import (BLOCK, DEVICE, DTYPE, TINY, assert_replay_matches_simulation,  # noqa: E402
-                                             execute_static_and_dynamic,
-                                             trace_file as _trace)
+from tests.harness._harness_testutil import (
+    BLOCK,
+    DEVICE,
+    DTYPE,
+    TINY,
+    assert_replay_matches_simulation,  # noqa: E402
+    execute_static_and_dynamic,
+)
+from tests.harness._harness_testutil import (
+    trace_file as _trace,
+)
 
 
 def test_buckets():
@@ -40,16 +47,29 @@ def test_buckets():
 
 def _run(blocks: int = 48, graphs: bool = True, check: bool = True) -> GpuRun:
     model = resolve_model(TINY)
-    opts = ReplayOptions(model=model, gpu=GPUS["h100-80gb"], allocator="paged", block_size=BLOCK,
-                         kv_memory=blocks * BLOCK * model.kv_bytes_per_token(), max_num_seqs=12)
-    return GpuRun.build(opts, HarnessOptions(dtype=DTYPE, device=DEVICE, check=check, warmup=False,
-                                             cuda_graphs=graphs))
+    opts = ReplayOptions(
+        model=model,
+        gpu=GPUS["h100-80gb"],
+        allocator="paged",
+        block_size=BLOCK,
+        kv_memory=blocks * BLOCK * model.kv_bytes_per_token(),
+        max_num_seqs=12,
+    )
+    return GpuRun.build(opts, HarnessOptions(dtype=DTYPE, device=DEVICE, check=check, warmup=False, cuda_graphs=graphs))
 
 
 def _runner(run: GpuRun, min_ctx: int = 16) -> DecodeRunner:
     """Small context buckets (16, 32, 64, 128), so one tiny batch spans several of them."""
-    return DecodeRunner(run.model, run.pool, run.source, [0, run.model.shapes.layers - 1], 12,
-                        run.options.model.max_model_len, use_graphs=DEVICE == "cuda", min_ctx_bucket=min_ctx)
+    return DecodeRunner(
+        run.model,
+        run.pool,
+        run.source,
+        [0, run.model.shapes.layers - 1],
+        12,
+        run.options.model.max_model_len,
+        use_graphs=DEVICE == "cuda",
+        min_ctx_bucket=min_ctx,
+    )
 
 
 def _decode_batch(state: SyntheticState, contexts: list[int]) -> Batch:
@@ -112,14 +132,18 @@ def test_keys_pick_the_smallest_buckets():
     assert runner.key_for(2, 129, True) is None  # longer than the model's max length
 
 
-
 @pytest.mark.parametrize("allocator", ["paged", "contiguous-pow2"])
 def test_replay_through_the_static_path_checks_and_schedules_like_the_simulator(tmp_path, allocator):
     """Parallel sampling (forks, copy-on-write before the graph's cache writes), every iteration checked."""
     trace = _trace(tmp_path, [(0, 13, 6, 3), (0, 9, 5, 2), (0, 20, 4, 1)], "arrival_s,prompt_tokens,output_tokens,n")
     model = resolve_model(TINY)
-    opts = ReplayOptions(model=model, gpu=GPUS["h100-80gb"], allocator=allocator, block_size=BLOCK,
-                         kv_memory=24 * BLOCK * model.kv_bytes_per_token())
+    opts = ReplayOptions(
+        model=model,
+        gpu=GPUS["h100-80gb"],
+        allocator=allocator,
+        block_size=BLOCK,
+        kv_memory=24 * BLOCK * model.kv_bytes_per_token(),
+    )
     run = GpuRun.build(opts, HarnessOptions(dtype=DTYPE, device=DEVICE, check_every=1, warmup=False))
     run.decode_runner = _runner(run)
     meas, pred = gpu_replay(trace, run), replay(trace, opts)
@@ -168,7 +192,7 @@ def test_static_decode_attention_splits_a_loose_bound_into_512_token_partitions(
     used = slot = 0
     for s, n in enumerate(lens):
         need = -(-n // 16)
-        bt[s, :need] = perm[used:used + need].to(torch.int32)
+        bt[s, :need] = perm[used : used + need].to(torch.int32)
         used += need
         starts[s] = slot
         slot += n

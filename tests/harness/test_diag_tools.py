@@ -41,10 +41,21 @@ def test_every_spread_batch_has_a_uniform_twin_of_the_same_size_and_total():
 
 def test_summary_compares_modes_and_pairs(tmp_path, capsys):
     def row(name, kind, repeat, evolve):
-        return {"name": name, "kind": kind, "n": 2, "total": 10, "max": 5,
-                "repeat": {"wall_s": repeat, "gpu_s": repeat}, "evolve": {"wall_s": evolve, "gpu_s": evolve}}
-    rows = [row("uniform 2x5", "uniform", 1.0, 1.1), row("synthetic a", "spread", 2.0, 2.2),
-            row("synthetic a (uniform twin)", "twin", 1.6, 2.0)]
+        return {
+            "name": name,
+            "kind": kind,
+            "n": 2,
+            "total": 10,
+            "max": 5,
+            "repeat": {"wall_s": repeat, "gpu_s": repeat},
+            "evolve": {"wall_s": evolve, "gpu_s": evolve},
+        }
+
+    rows = [
+        row("uniform 2x5", "uniform", 1.0, 1.1),
+        row("synthetic a", "spread", 2.0, 2.2),
+        row("synthetic a (uniform twin)", "twin", 1.6, 2.0),
+    ]
     path = tmp_path / "d.json"
     path.write_text(json.dumps({"rows": rows, "modes": ["repeat", "evolve"]}))
     summarize(str(path))

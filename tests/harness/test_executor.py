@@ -18,24 +18,40 @@ from sim.allocators.base import BlockTablePlacement  # noqa: E402
 from sim.allocators.paged import PagedAllocator  # noqa: E402
 from sim.config import GPUS, resolve_model  # noqa: E402
 from sim.run import ReplayOptions, replay  # noqa: E402
-
-from tests.harness._harness_testutil import BLOCK, DEVICE, DTYPE, TINY, trace_file as _trace  # noqa: E402
-
+from tests.harness._harness_testutil import BLOCK, DEVICE, DTYPE, TINY  # noqa: E402
+from tests.harness._harness_testutil import trace_file as _trace
 
 
 def _run(trace, allocator, blocks=24, graphs=True, **kw):
     model = resolve_model(TINY)
-    opts = ReplayOptions(model=model, gpu=GPUS["h100-80gb"], allocator=allocator, block_size=BLOCK,
-                         kv_memory=blocks * BLOCK * model.kv_bytes_per_token(), **kw)
-    run = GpuRun.build(opts, HarnessOptions(dtype=DTYPE, device=DEVICE, check_every=1, warmup=False,
-                                            cuda_graphs=graphs))
+    opts = ReplayOptions(
+        model=model,
+        gpu=GPUS["h100-80gb"],
+        allocator=allocator,
+        block_size=BLOCK,
+        kv_memory=blocks * BLOCK * model.kv_bytes_per_token(),
+        **kw,
+    )
+    run = GpuRun.build(
+        opts, HarnessOptions(dtype=DTYPE, device=DEVICE, check_every=1, warmup=False, cuda_graphs=graphs)
+    )
     return run, gpu_replay(trace, run), replay(trace, opts)
 
 
 def _same_schedule(meas, pred):
-    for col in ("running", "waiting", "prefill_tokens", "decode_tokens", "preempted", "token_states_bytes",
-                "reserved_bytes", "internal_fragmentation_bytes", "external_fragmentation_bytes", "free_bytes",
-                "unshared_bytes"):
+    for col in (
+        "running",
+        "waiting",
+        "prefill_tokens",
+        "decode_tokens",
+        "preempted",
+        "token_states_bytes",
+        "reserved_bytes",
+        "internal_fragmentation_bytes",
+        "external_fragmentation_bytes",
+        "free_bytes",
+        "unshared_bytes",
+    ):
         np.testing.assert_array_equal(meas.steps[col], pred.steps[col], err_msg=col)
     assert meas.summary["requests"] == pred.summary["requests"]
     assert meas.summary["batch_size"] == pred.summary["batch_size"]
@@ -101,7 +117,10 @@ def test_checks_catch_broken_placements(tmp_path, monkeypatch, broken, graphs):
     monkeypatch.setitem(REGISTRY, broken.name, broken)
     trace = _trace(tmp_path, [(0, 12, 3, 3), (0, 11, 3, 1)], "arrival_s,prompt_tokens,output_tokens,n")
     run, meas, pred = _run(trace, broken.name, graphs=graphs)
-    assert meas.summary["harness"]["static_decode_iterations"] > 0 if graphs else \
-        meas.summary["harness"]["static_decode_iterations"] == 0
+    assert (
+        meas.summary["harness"]["static_decode_iterations"] > 0
+        if graphs
+        else meas.summary["harness"]["static_decode_iterations"] == 0
+    )
     assert not meas.checks["within_tolerance"]
     assert meas.checks["failures"]

@@ -9,7 +9,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 from sim.cli import main  # noqa: E402
-
 from tests.harness._harness_testutil import TINY  # noqa: E402
 
 
@@ -30,24 +29,88 @@ def test_cpu_device_needs_the_interpreter(monkeypatch, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter path")
 def test_calibrate_then_validate(tmp_path, capsys):
     prof = tmp_path / "prof.json"
-    assert main(["calibrate", "--model", TINY, "--device", "cpu", "--dtype", "fp32", "--kv-memory", "256KiB",
-                 "--block-size", "8", "--max-num-seqs", "8", "--repeats", "1", "--passes", "1", "--budget-s", "4",
-                 "--out", str(prof)]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                TINY,
+                "--device",
+                "cpu",
+                "--dtype",
+                "fp32",
+                "--kv-memory",
+                "256KiB",
+                "--block-size",
+                "8",
+                "--max-num-seqs",
+                "8",
+                "--repeats",
+                "1",
+                "--passes",
+                "1",
+                "--budget-s",
+                "4",
+                "--out",
+                str(prof),
+            ]
+        )
+        == 0
+    )
     data = json.loads(prof.read_text())
     assert data["kind"] == "kvsim-cost-profile" and data["meta"]["model"] == "tiny" and len(data["samples"]) >= 3
     trace = tmp_path / "t.csv"
     trace.write_text("arrival_s,prompt_tokens,output_tokens,n\n0,12,3,2\n0,9,2,1\n")
     out = tmp_path / "val"
-    assert main(["validate", str(trace), "--model", TINY, "--gpu", "h100-80gb", "--device", "cpu", "--dtype", "fp32",
-                 "--kv-memory", "64KiB", "--block-size", "8", "--allocators", "paged,contiguous-oracle",
-                 "--cost-model", str(prof), "--check-every", "1", "--out", str(out), "-q"]) == 0
+    assert (
+        main(
+            [
+                "validate",
+                str(trace),
+                "--model",
+                TINY,
+                "--gpu",
+                "h100-80gb",
+                "--device",
+                "cpu",
+                "--dtype",
+                "fp32",
+                "--kv-memory",
+                "64KiB",
+                "--block-size",
+                "8",
+                "--allocators",
+                "paged,contiguous-oracle",
+                "--cost-model",
+                str(prof),
+                "--check-every",
+                "1",
+                "--out",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "within bf16 tolerance" in text
     for alloc in ("paged", "contiguous-oracle"):
         rec = json.loads((out / alloc / "validation.json").read_text())
         assert rec["gpu"] == "h100-80gb" and rec["model"] == "tiny" and rec["allocator"] == alloc
-        for name in ("batch_size_mean", "batch_size_max", "output_tokens_per_s", "ttft_p50", "ttft_p99", "tpot_p50",
-                     "tpot_p99", "preemptions", "duration_s", "peak_blocks_used", "kv_token_states", "kv_free"):
+        for name in (
+            "batch_size_mean",
+            "batch_size_max",
+            "output_tokens_per_s",
+            "ttft_p50",
+            "ttft_p99",
+            "tpot_p50",
+            "tpot_p99",
+            "preemptions",
+            "duration_s",
+            "peak_blocks_used",
+            "kv_token_states",
+            "kv_free",
+        ):
             assert set(rec["metrics"][name]) >= {"predicted", "measured", "rel_error"}
         assert rec["metrics"]["batch_size_mean"]["rel_error"] == 0.0  # same schedule (arrivals before any work)
         assert rec["attention_check"]["within_tolerance"]
@@ -63,9 +126,35 @@ def test_calibrate_then_validate(tmp_path, capsys):
 
     # --no-prefill-graphs: the prefills run eagerly again (static 0), decode-only iterations still from graphs
     out2 = tmp_path / "val2"
-    assert main(["validate", str(trace), "--model", TINY, "--gpu", "h100-80gb", "--device", "cpu", "--dtype", "fp32",
-                 "--kv-memory", "64KiB", "--block-size", "8", "--allocators", "paged", "--no-prefill-graphs",
-                 "--cost-model", str(prof), "--out", str(out2), "-q"]) == 0
+    assert (
+        main(
+            [
+                "validate",
+                str(trace),
+                "--model",
+                TINY,
+                "--gpu",
+                "h100-80gb",
+                "--device",
+                "cpu",
+                "--dtype",
+                "fp32",
+                "--kv-memory",
+                "64KiB",
+                "--block-size",
+                "8",
+                "--allocators",
+                "paged",
+                "--no-prefill-graphs",
+                "--cost-model",
+                str(prof),
+                "--out",
+                str(out2),
+                "-q",
+            ]
+        )
+        == 0
+    )
     warn = capsys.readouterr().err
     assert "prefill_graphs=True, this replay runs with prefill_graphs=False" in warn
     timing = (out2 / "measured_timing.csv").read_text().splitlines()[1:]
@@ -75,5 +164,23 @@ def test_calibrate_then_validate(tmp_path, capsys):
     assert [line[-1] for line in timing] == ["0" if p else "1" for p in prefill] and any(prefill)
     assert json.loads((out2 / "measured_summary.json").read_text())["harness"]["prefill_graphs"] is False
     # the simulator itself loads the profile
-    assert main(["replay", str(trace), "--model", TINY, "--kv-memory", "64KiB", "--block-size", "8",
-                 "--cost-model", str(prof), "--out", str(tmp_path / "r"), "-q"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                str(trace),
+                "--model",
+                TINY,
+                "--kv-memory",
+                "64KiB",
+                "--block-size",
+                "8",
+                "--cost-model",
+                str(prof),
+                "--out",
+                str(tmp_path / "r"),
+                "-q",
+            ]
+        )
+        == 0
+    )

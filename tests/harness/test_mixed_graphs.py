@@ -16,16 +16,23 @@ from kernels.harness.calibrate import SyntheticState, _decode_batch, _prefill_ba
 from kernels.harness.executor import TOLERANCE, Executor  # noqa: E402
 from kernels.harness.mixed_graphs import MixedRunner, seq_buckets, token_buckets  # noqa: E402
 from kernels.harness.replay import GpuRun, HarnessOptions, gpu_replay  # noqa: E402
+from sim.allocators.base import BlockTablePlacement  # noqa: E402
 from sim.allocators.contiguous import ContiguousOracle  # noqa: E402
 from sim.allocators.paged import PagedAllocator  # noqa: E402
-from sim.allocators.base import BlockTablePlacement  # noqa: E402
 from sim.config import GPUS, resolve_model  # noqa: E402
 from sim.run import ReplayOptions, replay  # noqa: E402
 from sim.scheduler import Batch  # noqa: E402
-
-from tests.harness._harness_testutil import (BLOCK, DEVICE, DTYPE, TINY, assert_replay_matches_simulation,  # noqa: E402
-                                             execute_static_and_dynamic,
-                                             trace_file as _trace)
+from tests.harness._harness_testutil import (
+    BLOCK,
+    DEVICE,
+    DTYPE,
+    TINY,
+    assert_replay_matches_simulation,  # noqa: E402
+    execute_static_and_dynamic,
+)
+from tests.harness._harness_testutil import (
+    trace_file as _trace,
+)
 
 
 def test_buckets():
@@ -41,8 +48,14 @@ def test_buckets():
 
 def _run(blocks: int = 64, max_seqs: int = 12) -> GpuRun:
     model = resolve_model(TINY)
-    opts = ReplayOptions(model=model, gpu=GPUS["h100-80gb"], allocator="paged", block_size=BLOCK,
-                         kv_memory=blocks * BLOCK * model.kv_bytes_per_token(), max_num_seqs=max_seqs)
+    opts = ReplayOptions(
+        model=model,
+        gpu=GPUS["h100-80gb"],
+        allocator="paged",
+        block_size=BLOCK,
+        kv_memory=blocks * BLOCK * model.kv_bytes_per_token(),
+        max_num_seqs=max_seqs,
+    )
     return GpuRun.build(opts, HarnessOptions(dtype=DTYPE, device=DEVICE, warmup=False))
 
 
@@ -65,8 +78,11 @@ def _expected_new_slots(ex: Executor, batch: Batch) -> list[int]:
         b = seq.branches[0]
         p = ex.alloc.placement(b)
         for pos in range(seq.cached_tokens, seq.prefill_tokens):
-            out.append(p.block_table[pos // BLOCK] * BLOCK + pos % BLOCK if isinstance(p, BlockTablePlacement)
-                       else p.start + pos)
+            out.append(
+                p.block_table[pos // BLOCK] * BLOCK + pos % BLOCK
+                if isinstance(p, BlockTablePlacement)
+                else p.start + pos
+            )
     return out
 
 
@@ -88,8 +104,9 @@ def test_static_path_matches_dynamic_path(alloc_cls, case):
         assert _prefill_batch(state, batch, num, new, ctx)
     for num, ctx in decodes:
         assert _decode_batch(state, batch, num, ctx)
-    static = Executor(run.model, run.pool, state.alloc, run.source, seed=5, runner=run.decode_runner,
-                      mixed_runner=run.mixed_runner)
+    static = Executor(
+        run.model, run.pool, state.alloc, run.source, seed=5, runner=run.decode_runner, mixed_runner=run.mixed_runner
+    )
     dynamic = Executor(run.model, run.pool, state.alloc, run.source, seed=5)
     new = _expected_new_slots(dynamic, batch)
     a, b = execute_static_and_dynamic(run, static, dynamic, batch, new)
@@ -106,7 +123,6 @@ def test_static_path_matches_dynamic_path(alloc_cls, case):
         torch.testing.assert_close(a.capture.out[layer], b.capture.out[layer], rtol=0, atol=atol)
 
 
-
 @pytest.mark.parametrize("allocator", ["paged", "contiguous-pow2", "paged-prefix-cache"])
 def test_replay_runs_every_iteration_from_static_buffers_and_checks(tmp_path, allocator):
     """Forks with copy-on-write (the children's copies of a prompt written in the same iteration go after the
@@ -115,8 +131,13 @@ def test_replay_runs_every_iteration_from_static_buffers_and_checks(tmp_path, al
     rows = [(0, 13, 6, 3, 1, 8), (0, 9, 5, 2, 2, 0), (0.0, 20, 4, 1, 1, 8), (0, 17, 3, 1, 1, 8)]
     trace = _trace(tmp_path, rows, "arrival_s,prompt_tokens,output_tokens,n,prefix_group,prefix_tokens")
     model = resolve_model(TINY)
-    opts = ReplayOptions(model=model, gpu=GPUS["h100-80gb"], allocator=allocator, block_size=BLOCK,
-                         kv_memory=32 * BLOCK * model.kv_bytes_per_token())
+    opts = ReplayOptions(
+        model=model,
+        gpu=GPUS["h100-80gb"],
+        allocator=allocator,
+        block_size=BLOCK,
+        kv_memory=32 * BLOCK * model.kv_bytes_per_token(),
+    )
     run = GpuRun.build(opts, HarnessOptions(dtype=DTYPE, device=DEVICE, check_every=1, warmup=False))
     meas, pred = gpu_replay(trace, run), replay(trace, opts)
     h = meas.summary["harness"]

@@ -8,8 +8,11 @@ from kernels.harness.validate import _pair, batch_series_mae, headline, peak_blo
 
 
 def _steps(times, durations, running):
-    return {"time_s": np.array(times, float), "duration_s": np.array(durations, float),
-            "running": np.array(running, float)}
+    return {
+        "time_s": np.array(times, float),
+        "duration_s": np.array(durations, float),
+        "running": np.array(running, float),
+    }
 
 
 def test_pair_relative_error():
@@ -34,13 +37,23 @@ def test_gaps_between_iterations_count_as_zero():
 
 
 def test_peak_blocks_and_targets():
-    steps = {"token_states_bytes": np.array([10.0, 30.0]), "reserved_bytes": np.array([5.0, 2.0]),
-             "internal_fragmentation_bytes": np.array([1.0, 0.0])}
+    steps = {
+        "token_states_bytes": np.array([10.0, 30.0]),
+        "reserved_bytes": np.array([5.0, 2.0]),
+        "internal_fragmentation_bytes": np.array([1.0, 0.0]),
+    }
     assert peak_blocks(steps, block_bytes=8) == 4
-    metrics = {"batch_size_mean": _pair(10.1, 10), "output_tokens_per_s": _pair(100, 90), "ttft_p50": _pair(1, 1),
-               "ttft_p99": _pair(1, 1), "tpot_p50": _pair(1, 1), "tpot_p99": _pair(1, 1)}
-    for c, pp in zip(("token_states", "reserved", "internal_fragmentation", "external_fragmentation", "free"),
-                     (0.5, -1.5, 0, 0, 1.0)):
+    metrics = {
+        "batch_size_mean": _pair(10.1, 10),
+        "output_tokens_per_s": _pair(100, 90),
+        "ttft_p50": _pair(1, 1),
+        "ttft_p99": _pair(1, 1),
+        "tpot_p50": _pair(1, 1),
+        "tpot_p99": _pair(1, 1),
+    }
+    for c, pp in zip(
+        ("token_states", "reserved", "internal_fragmentation", "external_fragmentation", "free"), (0.5, -1.5, 0, 0, 1.0)
+    ):
         metrics[f"kv_{c}"] = {"abs_error_pp": pp}
     t = targets(metrics)
     assert t["batch_size_mean"]["met"] and not t["output_tokens_per_s"]["met"]
@@ -49,8 +62,14 @@ def test_peak_blocks_and_targets():
 
 def test_headline_ratios_against_paged():
     def rec(name, tps, bs):
-        return {"allocator": name, "metrics": {"output_tokens_per_s": {"predicted": tps[0], "measured": tps[1]},
-                                               "batch_size_mean": {"predicted": bs[0], "measured": bs[1]}}}
+        return {
+            "allocator": name,
+            "metrics": {
+                "output_tokens_per_s": {"predicted": tps[0], "measured": tps[1]},
+                "batch_size_mean": {"predicted": bs[0], "measured": bs[1]},
+            },
+        }
+
     h = headline([rec("contiguous-max", (100, 100), (2, 2)), rec("paged", (250, 240), (5, 5))])
     r = h["ratios"]["paged/contiguous-max"]
     assert h["baseline"] == "paged"

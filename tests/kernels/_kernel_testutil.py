@@ -49,8 +49,17 @@ def poisoned_like(t: torch.Tensor) -> torch.Tensor:
     return torch.full_like(t, float("nan"))
 
 
-def make_paged(seq_lens, num_kv_heads, head_size, block_size, dtype, *, extra_blocks=3,
-               gen: torch.Generator | None = None, table_width: int | None = None):
+def make_paged(
+    seq_lens,
+    num_kv_heads,
+    head_size,
+    block_size,
+    dtype,
+    *,
+    extra_blocks=3,
+    gen: torch.Generator | None = None,
+    table_width: int | None = None,
+):
     """Random K/V caches and a block table built from a random permutation of physical blocks.
 
     Cache slots that no sequence uses are NaN, and block-table entries past a
@@ -68,9 +77,9 @@ def make_paged(seq_lens, num_kv_heads, head_size, block_size, dtype, *, extra_bl
     bt[:, 1::2] = 2**31 - 7
     pos = 0
     for s, n in enumerate(seq_lens):
-        blocks = perm[pos:pos + nblk[s]]
+        blocks = perm[pos : pos + nblk[s]]
         pos += nblk[s]
-        bt[s, :nblk[s]] = blocks.to(torch.int32)
+        bt[s, : nblk[s]] = blocks.to(torch.int32)
         for j, b in enumerate(blocks.tolist()):
             used = min(block_size, n - j * block_size)
             k[b, :used] = torch.randn((used, num_kv_heads, head_size), generator=gen).to(dtype)
@@ -90,11 +99,19 @@ def make_contiguous(seq_lens, gaps, num_kv_heads, head_size, dtype, gen: torch.G
     k = torch.full((pos + 4, num_kv_heads, head_size), float("nan"), dtype=dtype)
     v = torch.full_like(k, float("nan"))
     for a, n in zip(starts, seq_lens):
-        k[a:a + n] = torch.randn((n, num_kv_heads, head_size), generator=gen).to(dtype)
-        v[a:a + n] = torch.randn((n, num_kv_heads, head_size), generator=gen).to(dtype)
+        k[a : a + n] = torch.randn((n, num_kv_heads, head_size), generator=gen).to(dtype)
+        v[a : a + n] = torch.randn((n, num_kv_heads, head_size), generator=gen).to(dtype)
     return k.to(DEVICE), v.to(DEVICE), torch.tensor(starts, dtype=torch.int64, device=DEVICE)
 
 
 def boundary_lengths(block_size: int) -> list[int]:
-    return [1, block_size - 1, block_size, block_size + 1, 2 * block_size - 1, 2 * block_size,
-            2 * block_size + 1, 3 * block_size + 5]
+    return [
+        1,
+        block_size - 1,
+        block_size,
+        block_size + 1,
+        2 * block_size - 1,
+        2 * block_size,
+        2 * block_size + 1,
+        3 * block_size + 5,
+    ]

@@ -6,14 +6,17 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 from _kernel_testutil import DEVICE, DTYPES, dtype_id  # noqa: E402
+
 from kernels import cache_ops  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 
 
 def _same(a, b):
     # bitwise equality that also treats NaN == NaN (poisoned, untouched slots)
-    return torch.equal(a.view(torch.int16) if a.element_size() == 2 else a.view(torch.int32),
-                       b.view(torch.int16) if b.element_size() == 2 else b.view(torch.int32))
+    return torch.equal(
+        a.view(torch.int16) if a.element_size() == 2 else a.view(torch.int32),
+        b.view(torch.int16) if b.element_size() == 2 else b.view(torch.int32),
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -44,7 +47,7 @@ def test_write_kv_strided_inputs_and_views():
     gen = torch.Generator().manual_seed(5)
     n, heads, d, bs, nb = 12, 2, 64, 16, 4
     qkv = torch.randn((n, 3 * heads, d), generator=gen).to(dtype).to(DEVICE)
-    key, val = qkv[:, heads:2 * heads], qkv[:, 2 * heads:]
+    key, val = qkv[:, heads : 2 * heads], qkv[:, 2 * heads :]
     kv = torch.zeros((2, nb, bs, heads, d), dtype=dtype, device=DEVICE)
     slots = torch.tensor([3, -1, 17, 60, 0, 33, -7, 47, 48, 1, 2, 63], device=DEVICE)
     ref_kv = kv.clone()
@@ -55,8 +58,13 @@ def test_write_kv_strided_inputs_and_views():
 
 def test_write_kv_empty():
     kc = torch.zeros((2, 16, 1, 64), device=DEVICE)
-    cache_ops.write_kv(torch.zeros((0, 1, 64), device=DEVICE), torch.zeros((0, 1, 64), device=DEVICE),
-                       kc, kc.clone(), torch.zeros((0,), dtype=torch.int64, device=DEVICE))
+    cache_ops.write_kv(
+        torch.zeros((0, 1, 64), device=DEVICE),
+        torch.zeros((0, 1, 64), device=DEVICE),
+        kc,
+        kc.clone(),
+        torch.zeros((0,), dtype=torch.int64, device=DEVICE),
+    )
 
 
 def _rand_caches(n, shape, dtype, gen):
@@ -113,8 +121,9 @@ def test_copy_blocks_empty_mapping():
 
 def test_write_then_decode_end_to_end():
     """write_kv a whole context through a slot mapping, then decode reads it back through the table."""
-    from kernels import paged_attention as pa
     from _kernel_testutil import assert_close
+
+    from kernels import paged_attention as pa
 
     dtype = DTYPES[0]
     gen = torch.Generator().manual_seed(4)
@@ -122,10 +131,12 @@ def test_write_then_decode_end_to_end():
     lens = [20, 45]
     perm = torch.randperm(nb, generator=gen)
     bt = torch.stack([perm[:6], perm[6:]]).int().to(DEVICE)
-    slots = torch.cat([
-        bt[s, torch.arange(n, device=DEVICE) // bs].long() * bs + torch.arange(n, device=DEVICE) % bs
-        for s, n in enumerate(lens)
-    ])
+    slots = torch.cat(
+        [
+            bt[s, torch.arange(n, device=DEVICE) // bs].long() * bs + torch.arange(n, device=DEVICE) % bs
+            for s, n in enumerate(lens)
+        ]
+    )
     key = torch.randn((sum(lens), heads, d), generator=gen).to(dtype).to(DEVICE)
     val = torch.randn((sum(lens), heads, d), generator=gen).to(dtype).to(DEVICE)
     kc = torch.full((nb, bs, heads, d), float("nan"), dtype=dtype, device=DEVICE)
@@ -133,8 +144,8 @@ def test_write_then_decode_end_to_end():
     cache_ops.write_kv(key, val, kc, vc, slots)
     q = torch.randn((2, 8, d), generator=gen).to(dtype).to(DEVICE)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
-    out = pa.paged_decode_attention(q, kc, vc, bt, sl, d ** -0.5)
+    out = pa.paged_decode_attention(q, kc, vc, bt, sl, d**-0.5)
     # reference straight from the contiguous key/value
     starts = torch.tensor([0, lens[0]], dtype=torch.int64, device=DEVICE)
-    expect = ref.ref_contiguous_decode(q, key, val, starts, sl, d ** -0.5)
+    expect = ref.ref_contiguous_decode(q, key, val, starts, sl, d**-0.5)
     assert_close(out, expect, dtype)

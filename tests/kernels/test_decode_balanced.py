@@ -11,9 +11,18 @@ import pytest
 torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
+from _kernel_testutil import (
+    CUDA,
+    DEVICE,
+    DTYPES,
+    assert_close,
+    boundary_lengths,
+    dtype_id,  # noqa: E402
+    make_contiguous,
+    make_paged,
+    poisoned_like,
+)
 
-from _kernel_testutil import (CUDA, DEVICE, DTYPES, assert_close, boundary_lengths, dtype_id,  # noqa: E402
-                              make_contiguous, make_paged, poisoned_like)
 from kernels import decode_balanced as db  # noqa: E402
 from kernels import paged_attention as pa  # noqa: E402
 from kernels import reference as ref  # noqa: E402
@@ -37,7 +46,7 @@ def _run(lens, group, num_kv_heads, head_size, block_size, dtype, config, seed=0
     k, v, bt = make_paged(lens, num_kv_heads, head_size, block_size, dtype, gen=gen)
     q = torch.randn((len(lens), num_kv_heads * group, head_size), generator=gen).to(dtype).to(DEVICE)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
-    scale = head_size ** -0.5
+    scale = head_size**-0.5
     out = poisoned_like(q)
     res = pa.paged_decode_attention(q, k, v, bt, sl, scale, out=out, config=dict(balanced=True, **config))
     assert res is out
@@ -50,8 +59,9 @@ def _run(lens, group, num_kv_heads, head_size, block_size, dtype, config, seed=0
 
 
 @triton.jit
-def _locate_probe(lens_ptr, xs_ptr, out_ptr, num_seqs, num_kv_heads, n_x,
-                  BLOCK_N: tl.constexpr, NSEQ_PAD: tl.constexpr):
+def _locate_probe(
+    lens_ptr, xs_ptr, out_ptr, num_seqs, num_kv_heads, n_x, BLOCK_N: tl.constexpr, NSEQ_PAD: tl.constexpr
+):
     offs, tiles, ends = db._tile_layout(lens_ptr, num_seqs, BLOCK_N, NSEQ_PAD)
     tl.store(out_ptr, tl.sum(tiles.to(tl.int64), axis=0) * num_kv_heads)
     for i in range(0, n_x):
@@ -68,19 +78,20 @@ def test_locate_by_hand():
     xs = [0, 1, 3, 4, 5, 6, 8, 11]
     expect = [(0, 0, 0), (0, 0, 1), (0, 1, 1), (1, 0, 0), (1, 1, 0), (3, 0, 0), (3, 0, 2), (3, 1, 2)]
     out = torch.full((1 + 3 * len(xs),), -1, dtype=torch.int64, device=DEVICE)
-    _locate_probe[(1,)](lens, torch.tensor(xs, dtype=torch.int64, device=DEVICE), out, 4, 2, len(xs),
-                        BLOCK_N=32, NSEQ_PAD=4)
+    _locate_probe[(1,)](
+        lens, torch.tensor(xs, dtype=torch.int64, device=DEVICE), out, 4, 2, len(xs), BLOCK_N=32, NSEQ_PAD=4
+    )
     got = out.tolist()
     assert got[0] == 12
-    assert [tuple(got[1 + 3 * i:4 + 3 * i]) for i in range(len(xs))] == expect
+    assert [tuple(got[1 + 3 * i : 4 + 3 * i]) for i in range(len(xs))] == expect
 
 
 def test_resident_programs_by_hand():
     # H100 limits: 65,536 registers, 2,048 threads and 228 KB of shared memory per SM
-    assert db.resident_programs(128, 39 * 1024, 4) == 4   # 4 warps x 4,096 registers: 4 programs
-    assert db.resident_programs(138, 39 * 1024, 4) == 3   # 138 -> 144 per thread, 4,608 per warp: 14 warps
+    assert db.resident_programs(128, 39 * 1024, 4) == 4  # 4 warps x 4,096 registers: 4 programs
+    assert db.resident_programs(138, 39 * 1024, 4) == 3  # 138 -> 144 per thread, 4,608 per warp: 14 warps
     assert db.resident_programs(153, 113 * 1024, 4) == 2  # shared memory: 233,472 // (115,712 + 1,024)
-    assert db.resident_programs(32, 0, 4) == 16           # threads: 2,048 // 128
+    assert db.resident_programs(32, 0, 4) == 16  # threads: 2,048 // 128
     assert db.resident_programs(255, 0, 8) == 1
 
 
@@ -121,8 +132,9 @@ def test_balanced_contiguous(poisoned_empty):
     q = torch.randn((len(lens), num_kv_heads * group, head_size), generator=gen).to(dtype).to(DEVICE)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     out = poisoned_like(q)
-    pa.contiguous_decode_attention(q, pool_k, pool_v, st, sl, 0.1, out=out, max_seq_len=max(lens),
-                                   config=dict(balanced=True, programs=6))
+    pa.contiguous_decode_attention(
+        q, pool_k, pool_v, st, sl, 0.1, out=out, max_seq_len=max(lens), config=dict(balanced=True, programs=6)
+    )
     assert_close(out, ref.ref_contiguous_decode(q, pool_k, pool_v, st, sl, 0.1), dtype)
 
 
@@ -138,13 +150,13 @@ def test_balanced_default_rule():
     # taken by default only when the min_seq_len hint marks the batch as mixed (below 0.9 of the bound), with 16 to
     # 1,024 / KV heads sequences, automatic splits and one KV head per program
     assert pa._balanced_default(16, 8, 8192, 1, None)
-    assert pa._balanced_default(16, 8, 8192, 7372, None)        # 7,372 < 0.9 x 8,192 = 7,372.8
-    assert not pa._balanced_default(16, 8, 8192, 7373, None)    # near-uniform
-    assert not pa._balanced_default(16, 8, 8192, None, None)    # no hint: the host cannot tell
+    assert pa._balanced_default(16, 8, 8192, 7372, None)  # 7,372 < 0.9 x 8,192 = 7,372.8
+    assert not pa._balanced_default(16, 8, 8192, 7373, None)  # near-uniform
+    assert not pa._balanced_default(16, 8, 8192, None, None)  # no hint: the host cannot tell
     assert not pa._balanced_default(15, 8, 8192, 1, None)
-    assert pa._balanced_default(128, 8, 8192, 1, None)          # 1,024 pairs
+    assert pa._balanced_default(128, 8, 8192, 1, None)  # 1,024 pairs
     assert not pa._balanced_default(129, 8, 8192, 1, None)
-    assert not pa._balanced_default(16, 8, 8192, 1, 4)          # forced split count
+    assert not pa._balanced_default(16, 8, 8192, 1, 4)  # forced split count
     assert not pa._balanced_default(16, 8, 8192, 1, None, heads_per_program=2)
 
 
@@ -164,9 +176,13 @@ def test_mixed_hint_takes_balanced_path(monkeypatch, poisoned_empty):
     q = torch.randn((16, 4, 64), generator=gen).to(dtype).to(DEVICE)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     expect = ref.ref_paged_decode(q, k, v, bt, sl, 0.125)
-    for kwargs, balanced in ((dict(min_seq_len=min(lens)), True), (dict(min_seq_len=90), False), ({}, False),
-                             (dict(min_seq_len=min(lens), fused_reduce=False), False),
-                             (dict(config={"balanced": True}), True)):
+    for kwargs, balanced in (
+        (dict(min_seq_len=min(lens)), True),
+        (dict(min_seq_len=90), False),
+        ({}, False),
+        (dict(min_seq_len=min(lens), fused_reduce=False), False),
+        (dict(config={"balanced": True}), True),
+    ):
         calls.clear()
         out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, out=poisoned_like(q), **kwargs)
         assert bool(calls) == balanced, kwargs
@@ -174,7 +190,8 @@ def test_mixed_hint_takes_balanced_path(monkeypatch, poisoned_empty):
 
 
 try:
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 
     @settings(max_examples=10, deadline=None)
     @given(

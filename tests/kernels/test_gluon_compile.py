@@ -17,15 +17,32 @@ torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(not triton.__version__.startswith("3.6."),
-                                reason=f"the Gluon kernel targets triton 3.6 (installed: {triton.__version__})")
+pytestmark = pytest.mark.skipif(
+    not triton.__version__.startswith("3.6."),
+    reason=f"the Gluon kernel targets triton 3.6 (installed: {triton.__version__})",
+)
 
 
 def _compile(config, dtype=torch.bfloat16, group=1, head=128, paged=False, mixed=False):
     # a fresh process: this one runs triton under the interpreter (TRITON_INTERPRET=1), which cannot compile Gluon
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "kernels.gluon_compile", "--config", json.dumps(config), "--group", str(group),
-           "--head", str(head), "--dtype", "bf16" if dtype == torch.bfloat16 else "fp16"] + (["--paged"] if paged else []) + (["--mixed"] if mixed else [])
+    cmd = (
+        [
+            sys.executable,
+            "-m",
+            "kernels.gluon_compile",
+            "--config",
+            json.dumps(config),
+            "--group",
+            str(group),
+            "--head",
+            str(head),
+            "--dtype",
+            "bf16" if dtype == torch.bfloat16 else "fp16",
+        ]
+        + (["--paged"] if paged else [])
+        + (["--mixed"] if mixed else [])
+    )
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

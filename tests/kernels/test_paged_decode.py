@@ -8,9 +8,18 @@ import pytest
 torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
+from _kernel_testutil import (
+    CUDA,
+    DEVICE,
+    DTYPES,
+    assert_close,
+    boundary_lengths,
+    dtype_id,  # noqa: E402
+    make_contiguous,
+    make_paged,
+    poisoned_like,
+)
 
-from _kernel_testutil import (CUDA, DEVICE, DTYPES, assert_close, boundary_lengths, dtype_id,  # noqa: E402
-                              make_contiguous, make_paged, poisoned_like)
 from kernels import paged_attention as pa  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 
@@ -22,7 +31,7 @@ def _run_decode(seq_lens, num_q_heads, num_kv_heads, head_size, block_size, dtyp
     k, v, bt = make_paged(seq_lens, num_kv_heads, head_size, block_size, dtype, gen=gen)
     q = torch.randn((len(seq_lens), num_q_heads, head_size), generator=gen).to(dtype).to(DEVICE)
     sl = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
-    scale = head_size ** -0.5
+    scale = head_size**-0.5
     out = poisoned_like(q)
     res = pa.paged_decode_attention(q, k, v, bt, sl, scale, num_splits=num_splits, out=out)
     assert res is out
@@ -46,8 +55,7 @@ def test_heads_and_groups(head_size, group, dtype):
     rng = random.Random(head_size * 10 + group)
     lens = [1, 16, 17] + [rng.randint(1, 150) for _ in range(2)]
     for splits in (1, 2):
-        _run_decode(lens, num_kv_heads * group, num_kv_heads, head_size, 16, dtype, splits,
-                    seed=head_size + group)
+        _run_decode(lens, num_kv_heads * group, num_kv_heads, head_size, 16, dtype, splits, seed=head_size + group)
 
 
 @pytest.mark.parametrize("dtype", [DTYPES[0]], ids=dtype_id)
@@ -66,12 +74,19 @@ def test_multi_query_long_auto_split(dtype):
     _run_decode(lens, 8, 1, 128, 16, dtype, None)
 
 
-@pytest.mark.parametrize("config", [dict(use_dot=False), dict(head_major=True, evict="evict_first"),
-                                    dict(block_n=16, use_dot=False, head_major=True), dict(reverse_parts=True),
-                                    dict(prefetch=True, num_stages=1), dict(prefetch=True, block_n=16),
-                                    dict(prefetch=True, early_bt=False)],
-                         ids=["cuda_cores", "head_major_evict", "bn16", "reverse_parts", "prefetch", "prefetch_bn16",
-                              "prefetch_late_bt"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(use_dot=False),
+        dict(head_major=True, evict="evict_first"),
+        dict(block_n=16, use_dot=False, head_major=True),
+        dict(reverse_parts=True),
+        dict(prefetch=True, num_stages=1),
+        dict(prefetch=True, block_n=16),
+        dict(prefetch=True, early_bt=False),
+    ],
+    ids=["cuda_cores", "head_major_evict", "bn16", "reverse_parts", "prefetch", "prefetch_bn16", "prefetch_late_bt"],
+)
 @pytest.mark.parametrize("group", [1, 4])
 def test_decode_configs(group, config):
     dtype = DTYPES[0]
@@ -147,8 +162,8 @@ def test_contiguous_decode(group, num_splits, dtype):
     q = torch.randn((len(lens), num_kv_heads * group, head_size), generator=gen).to(dtype).to(DEVICE)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     out = poisoned_like(q)
-    pa.contiguous_decode_attention(q, pool_k, pool_v, st, sl, head_size ** -0.5, num_splits=num_splits, out=out)
-    assert_close(out, ref.ref_contiguous_decode(q, pool_k, pool_v, st, sl, head_size ** -0.5), dtype)
+    pa.contiguous_decode_attention(q, pool_k, pool_v, st, sl, head_size**-0.5, num_splits=num_splits, out=out)
+    assert_close(out, ref.ref_contiguous_decode(q, pool_k, pool_v, st, sl, head_size**-0.5), dtype)
 
 
 def test_decode_matches_prefill_of_one_token():
@@ -165,7 +180,8 @@ def test_decode_matches_prefill_of_one_token():
 
 
 try:
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 
     @settings(max_examples=12, deadline=None)
     @given(
@@ -178,8 +194,7 @@ try:
         seed=st.integers(0, 2**16),
     )
     def test_decode_hypothesis(lens, num_kv_heads, group, head_size, block_size, num_splits, seed):
-        _run_decode(lens, num_kv_heads * group, num_kv_heads, head_size, block_size, DTYPES[0], num_splits,
-                    seed=seed)
+        _run_decode(lens, num_kv_heads * group, num_kv_heads, head_size, block_size, DTYPES[0], num_splits, seed=seed)
 except ImportError:  # pragma: no cover
     pass
 
@@ -212,14 +227,15 @@ def test_int64_offsets_large_cache():
     q = torch.randn((2, 32, d), device="cuda").to(dtype)
     sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
     for splits in (1, 4):
-        out = pa.paged_decode_attention(q, k, v, bt, sl, d ** -0.5, num_splits=splits, out=poisoned_like(q))
-        assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, d ** -0.5), dtype, "int64 decode")
+        out = pa.paged_decode_attention(q, k, v, bt, sl, d**-0.5, num_splits=splits, out=poisoned_like(q))
+        assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, d**-0.5), dtype, "int64 decode")
     # write_kv / copy_blocks at the far end of the cache
     from kernels import cache_ops
 
     key = torch.randn((3, heads, d), device="cuda").to(dtype)
-    slots = torch.tensor([(num_blocks - 1) * block_size + 15, -1, (num_blocks - 2) * block_size],
-                         dtype=torch.int64, device="cuda")
+    slots = torch.tensor(
+        [(num_blocks - 1) * block_size + 15, -1, (num_blocks - 2) * block_size], dtype=torch.int64, device="cuda"
+    )
     cache_ops.write_kv(key, key, k, v, slots)
     assert torch.equal(k[num_blocks - 1, 15], key[0]) and torch.equal(v[num_blocks - 2, 0], key[2])
     cache_ops.copy_blocks([k, v], torch.tensor([[num_blocks - 1, 0]], device="cuda"))
@@ -240,8 +256,9 @@ def test_block_size_one_and_explicit_max_seq_len(dtype):
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     expect = ref.ref_paged_decode(q, k, v, bt, sl, 0.125)
     for splits in (None, 1, 2):
-        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, max_seq_len=max(lens), num_splits=splits,
-                                        out=poisoned_like(q))
+        out = pa.paged_decode_attention(
+            q, k, v, bt, sl, 0.125, max_seq_len=max(lens), num_splits=splits, out=poisoned_like(q)
+        )
         assert_close(out, expect, dtype, f"block_size 1, splits {splits}")
 
 
@@ -264,8 +281,9 @@ def test_fused_reduce_matches_two_kernel_path(group, dtype):
         expect = ref.ref_paged_decode(q, k, v, bt, sl, 0.125)
         for splits in (2, 7):
             for fused in (True, False):
-                out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, num_splits=splits, fused_reduce=fused,
-                                                out=poisoned_like(q))
+                out = pa.paged_decode_attention(
+                    q, k, v, bt, sl, 0.125, num_splits=splits, fused_reduce=fused, out=poisoned_like(q)
+                )
                 assert_close(out, expect, dtype, f"call {call} splits {splits} fused {fused}")
                 assert torch.all(out[0] == 0)
     # every counter is back to 0 (the combining program resets it)
@@ -296,8 +314,9 @@ def test_fused_reduce_contiguous_decode():
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     expect = ref.ref_contiguous_decode(q, pool_k, pool_v, st_, sl, 0.125)
     for _ in range(2):
-        out = pa.contiguous_decode_attention(q, pool_k, pool_v, st_, sl, 0.125, num_splits=4, max_seq_len=250,
-                                             out=poisoned_like(q))
+        out = pa.contiguous_decode_attention(
+            q, pool_k, pool_v, st_, sl, 0.125, num_splits=4, max_seq_len=250, out=poisoned_like(q)
+        )
         assert_close(out, expect, dtype, "contiguous fused")
 
 
@@ -315,8 +334,7 @@ def test_min_seq_len_hint():
     q = torch.randn((3, 4, 64), generator=gen).to(dtype).to(DEVICE)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     for hint in (300, 290):
-        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, max_seq_len=300, min_seq_len=hint,
-                                        out=poisoned_like(q))
+        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, max_seq_len=300, min_seq_len=hint, out=poisoned_like(q))
         assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, 0.125), dtype, f"hint {hint}")
 
 
@@ -332,8 +350,7 @@ def test_fused_reduce_in_cuda_graph():
     out = torch.empty_like(q)
 
     def call():
-        pa.paged_decode_attention(q, k, v, bt, sl, 0.088, num_splits=8, max_seq_len=2048, out=out,
-                                  fused_reduce=True)
+        pa.paged_decode_attention(q, k, v, bt, sl, 0.088, num_splits=8, max_seq_len=2048, out=out, fused_reduce=True)
 
     call()
     torch.cuda.synchronize()
@@ -344,8 +361,11 @@ def test_fused_reduce_in_cuda_graph():
         q.copy_(torch.randn((4, 32, 128), generator=gen).to(dtype))
         # only shorter than the cached data (slots past it are NaN); 513 -> 313 -> 113 goes from 3 partitions
         # to 2 to 1 (the direct-write path)
-        sl.copy_(torch.tensor([lens[0] - 7 * rep, lens[1] - 5 * rep, lens[2] - 200 * rep, lens[3] - 300 * rep],
-                              dtype=torch.int32))
+        sl.copy_(
+            torch.tensor(
+                [lens[0] - 7 * rep, lens[1] - 5 * rep, lens[2] - 200 * rep, lens[3] - 300 * rep], dtype=torch.int32
+            )
+        )
         out.fill_(float("nan"))
         g.replay()
         torch.cuda.synchronize()
@@ -397,8 +417,18 @@ def test_heads_per_program(group, hp, head_size, dtype):
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     expect = ref.ref_paged_decode(q, k, v, bt, sl, 0.1)
     for splits, fused in ((1, None), (3, False), (3, True)):
-        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.1, num_splits=splits, fused_reduce=fused,
-                                        out=poisoned_like(q), config=dict(heads_per_program=hp))
+        out = pa.paged_decode_attention(
+            q,
+            k,
+            v,
+            bt,
+            sl,
+            0.1,
+            num_splits=splits,
+            fused_reduce=fused,
+            out=poisoned_like(q),
+            config=dict(heads_per_program=hp),
+        )
         assert_close(out, expect, dtype, f"hp {hp} splits {splits} fused {fused}")
         assert torch.all(out[0] == 0)
 
@@ -417,8 +447,9 @@ def test_heads_per_program_contiguous_and_strided_v():
     expect = ref.ref_contiguous_decode(q, pool_k, pool_v, st, sl, 0.125)
     for splits in (1, 2):
         for cfg in (dict(heads_per_program=4), dict(heads_per_program=4, prefetch=True, block_n=16)):
-            out = pa.contiguous_decode_attention(q, pool_k, pool_v, st, sl, 0.125, num_splits=splits,
-                                                 out=poisoned_like(q), config=cfg)
+            out = pa.contiguous_decode_attention(
+                q, pool_k, pool_v, st, sl, 0.125, num_splits=splits, out=poisoned_like(q), config=cfg
+            )
             assert_close(out, expect, dtype, f"splits {splits} {cfg}")
     with pytest.raises(AssertionError, match="heads_per_program"):
         pa.contiguous_decode_attention(q, pool_k, pool_v, st, sl, 0.125, config=dict(heads_per_program=3))
@@ -434,13 +465,16 @@ def _partition_probe(lens_ptr, out_ptr, num_seqs, NSEQ_PAD: tl.constexpr):
     tl.store(out_ptr, pa._partition_on_device(lens_ptr, num_seqs, 64, 500, 0.9, NSEQ_PAD))
 
 
-@pytest.mark.parametrize("lens,num_seqs,expect", [
-    ([200, 190, 181], 3, 500),       # shortest 181 >= 0.9 x 200 = 180: uniform partition
-    ([200, 190, 179], 3, 64),        # 179 < 180: the capped partition
-    ([200, 190, 5, 7], 2, 500),      # entries past num_seqs are not read
-    ([0, 0], 2, 500),                # all empty: uniform (no partition is used)
-    ([1000, 0], 2, 64),
-])
+@pytest.mark.parametrize(
+    "lens,num_seqs,expect",
+    [
+        ([200, 190, 181], 3, 500),  # shortest 181 >= 0.9 x 200 = 180: uniform partition
+        ([200, 190, 179], 3, 64),  # 179 < 180: the capped partition
+        ([200, 190, 5, 7], 2, 500),  # entries past num_seqs are not read
+        ([0, 0], 2, 500),  # all empty: uniform (no partition is used)
+        ([1000, 0], 2, 64),
+    ],
+)
 def test_partition_on_device(lens, num_seqs, expect):
     t = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     out = torch.zeros(1, dtype=torch.int32, device=DEVICE)

@@ -8,12 +8,14 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 from _kernel_testutil import CUDA, DEVICE, DTYPES, assert_close, dtype_id, make_paged, poisoned_like  # noqa: E402
+
 from kernels import paged_attention as pa  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 
 
-def _prefill_inputs(context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed,
-                    grow_keys=0.0):
+def _prefill_inputs(
+    context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed, grow_keys=0.0
+):
     """A paged cache holding every sequence's context and new tokens, the new tokens' queries, cu_seqlens and
     context lengths (device tensors), and the softmax scale.
 
@@ -35,20 +37,33 @@ def _prefill_inputs(context_lens, new_lens, num_q_heads, num_kv_heads, head_size
         cu.append(cu[-1] + n)
     q = torch.randn((cu[-1], num_q_heads, head_size), generator=gen)
     if grow_keys:
-        q[..., 0] += head_size ** 0.5
+        q[..., 0] += head_size**0.5
     q = q.to(dtype).to(DEVICE)
     cu_t = torch.tensor(cu, dtype=torch.int32, device=DEVICE)
     ctx_t = torch.tensor(context_lens, dtype=torch.int32, device=DEVICE)
-    return seq_lens, k, v, bt, q, cu_t, ctx_t, head_size ** -0.5
+    return seq_lens, k, v, bt, q, cu_t, ctx_t, head_size**-0.5
 
 
-def _run_prefill(context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed=0,
-                 config=None, pass_max=True, grow_keys=0.0):
-    seq_lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs(context_lens, new_lens, num_q_heads, num_kv_heads,
-                                                                head_size, block_size, dtype, seed, grow_keys)
+def _run_prefill(
+    context_lens,
+    new_lens,
+    num_q_heads,
+    num_kv_heads,
+    head_size,
+    block_size,
+    dtype,
+    seed=0,
+    config=None,
+    pass_max=True,
+    grow_keys=0.0,
+):
+    seq_lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs(
+        context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed, grow_keys
+    )
     out = poisoned_like(q)
-    pa.paged_prefill_attention(q, k, v, bt, cu_t, ctx_t, scale, out=out, config=config,
-                               max_query_len=max(new_lens) if pass_max else None)
+    pa.paged_prefill_attention(
+        q, k, v, bt, cu_t, ctx_t, scale, out=out, config=config, max_query_len=max(new_lens) if pass_max else None
+    )
     expect = ref.ref_paged_prefill(q, k, v, bt, cu_t, ctx_t, scale)
     assert_close(out, expect, dtype, f"prefill ctx={context_lens} new={new_lens}")
     return out
@@ -85,18 +100,39 @@ def test_prefill_chunked_equals_whole():
     n, split = 90, 37
     k, v, bt = make_paged([n], 2, 64, 16, dtype, gen=gen)
     q = torch.randn((n, 4, 64), generator=gen).to(DEVICE)
-    whole = pa.paged_prefill_attention(q, k, v, bt, torch.tensor([0, n], dtype=torch.int32, device=DEVICE),
-                                       torch.tensor([0], dtype=torch.int32, device=DEVICE), 0.125)
-    a = pa.paged_prefill_attention(q[:split], k, v, bt, torch.tensor([0, split], dtype=torch.int32, device=DEVICE),
-                                   torch.tensor([0], dtype=torch.int32, device=DEVICE), 0.125)
-    b = pa.paged_prefill_attention(q[split:], k, v, bt,
-                                   torch.tensor([0, n - split], dtype=torch.int32, device=DEVICE),
-                                   torch.tensor([split], dtype=torch.int32, device=DEVICE), 0.125)
+    whole = pa.paged_prefill_attention(
+        q,
+        k,
+        v,
+        bt,
+        torch.tensor([0, n], dtype=torch.int32, device=DEVICE),
+        torch.tensor([0], dtype=torch.int32, device=DEVICE),
+        0.125,
+    )
+    a = pa.paged_prefill_attention(
+        q[:split],
+        k,
+        v,
+        bt,
+        torch.tensor([0, split], dtype=torch.int32, device=DEVICE),
+        torch.tensor([0], dtype=torch.int32, device=DEVICE),
+        0.125,
+    )
+    b = pa.paged_prefill_attention(
+        q[split:],
+        k,
+        v,
+        bt,
+        torch.tensor([0, n - split], dtype=torch.int32, device=DEVICE),
+        torch.tensor([split], dtype=torch.int32, device=DEVICE),
+        0.125,
+    )
     assert_close(torch.cat([a, b]), whole.double(), dtype)
 
 
 try:
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 
     @settings(max_examples=8, deadline=None)
     @given(
@@ -126,14 +162,26 @@ def test_prefill_one_token_blocks(dtype):
 # --------------------------------------------------------------------------------------
 
 
-def _run_prefill_newkv(context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed,
-                       config=None, max_context_len=None, grow_keys=0.0):
-    seq_lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs(context_lens, new_lens, num_q_heads, num_kv_heads,
-                                                                head_size, block_size, dtype, seed, grow_keys)
+def _run_prefill_newkv(
+    context_lens,
+    new_lens,
+    num_q_heads,
+    num_kv_heads,
+    head_size,
+    block_size,
+    dtype,
+    seed,
+    config=None,
+    max_context_len=None,
+    grow_keys=0.0,
+):
+    seq_lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs(
+        context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed, grow_keys
+    )
     expect = ref.ref_paged_prefill(q, k, v, bt, cu_t, ctx_t, scale)
     # the new tokens' K/V as contiguous tensors, then poisoned in the cache: they must not be read from there
-    kn = torch.cat([ref.gather_kv(k, bt[s], seq_lens[s])[context_lens[s]:] for s in range(len(seq_lens))])
-    vn = torch.cat([ref.gather_kv(v, bt[s], seq_lens[s])[context_lens[s]:] for s in range(len(seq_lens))])
+    kn = torch.cat([ref.gather_kv(k, bt[s], seq_lens[s])[context_lens[s] :] for s in range(len(seq_lens))])
+    vn = torch.cat([ref.gather_kv(v, bt[s], seq_lens[s])[context_lens[s] :] for s in range(len(seq_lens))])
     kn, vn = kn.contiguous(), vn.contiguous()
     for s, (c, n) in enumerate(zip(context_lens, new_lens)):
         for pos in range(c, c + n):
@@ -141,8 +189,21 @@ def _run_prefill_newkv(context_lens, new_lens, num_q_heads, num_kv_heads, head_s
             k[blk, pos % block_size] = float("nan")
             v[blk, pos % block_size] = float("nan")
     out = poisoned_like(q)
-    pa.paged_prefill_attention(q, k, v, bt, cu_t, ctx_t, scale, out=out, max_query_len=max(new_lens),
-                               new_key=kn, new_value=vn, config=config, max_context_len=max_context_len)
+    pa.paged_prefill_attention(
+        q,
+        k,
+        v,
+        bt,
+        cu_t,
+        ctx_t,
+        scale,
+        out=out,
+        max_query_len=max(new_lens),
+        new_key=kn,
+        new_value=vn,
+        config=config,
+        max_context_len=max_context_len,
+    )
     assert_close(out, expect, dtype, f"newkv ctx={context_lens} new={new_lens} config={config}")
     return out
 
@@ -163,8 +224,9 @@ def test_prefill_newkv_pure_prefill_hint(group, dtype):
     # context 0 everywhere with the max_context_len=0 hint (context loop compiled away), and the last
     # sequence's diagonal tile reaching past the end of the new K/V tensors (TMA zero fill)
     for config in NEWKV_CONFIGS[:2]:
-        _run_prefill_newkv([0, 0, 0], [33, 1, 50], 2 * group, 2, 128, 16, dtype, seed=7 + group, config=config,
-                           max_context_len=0)
+        _run_prefill_newkv(
+            [0, 0, 0], [33, 1, 50], 2 * group, 2, 128, 16, dtype, seed=7 + group, config=config, max_context_len=0
+        )
 
 
 def test_prefill_newkv_padded_head():
@@ -202,8 +264,11 @@ def test_prefill_lazy_rescale_settled_max(newkv, dtype):
         outs = []
         for cfg in ({}, {"lazy_rescale": True}):
             if newkv:
-                outs.append(_run_prefill_newkv(ctx, new, 4, 2, 64, 16, dtype, seed=21, config=dict(cfg, tma=False),
-                                               max_context_len=max_ctx))
+                outs.append(
+                    _run_prefill_newkv(
+                        ctx, new, 4, 2, 64, 16, dtype, seed=21, config=dict(cfg, tma=False), max_context_len=max_ctx
+                    )
+                )
             else:
                 outs.append(_run_prefill(ctx, new, 4, 2, 64, 16, dtype, seed=21, config=cfg))
         assert not torch.equal(outs[0], outs[1]), "lazy_rescale gave the eager step's bits: not taken?"
@@ -221,8 +286,19 @@ def test_prefill_lazy_rescale_growing_max(newkv, dtype):
         cfg = {"lazy_rescale": tau}
         for ctx, new, max_ctx in LAZY_CASES:
             if newkv:
-                _run_prefill_newkv(ctx, new, 4, 2, 64, 16, dtype, seed=22, config=dict(cfg, tma=False),
-                                   max_context_len=max_ctx, grow_keys=12.0)
+                _run_prefill_newkv(
+                    ctx,
+                    new,
+                    4,
+                    2,
+                    64,
+                    16,
+                    dtype,
+                    seed=22,
+                    config=dict(cfg, tma=False),
+                    max_context_len=max_ctx,
+                    grow_keys=12.0,
+                )
             else:
                 _run_prefill(ctx, new, 4, 2, 64, 16, dtype, seed=22, config=cfg, grow_keys=12.0)
 
@@ -253,8 +329,7 @@ def test_prefill_newkv_pipeline_qk(config, dtype):
     cfg = dict(config, pipeline_qk=True)
     _run_prefill_newkv([0, 17, 40, 5], [40, 9, 0, 70], 4, 2, 64, 16, dtype, seed=5, config=cfg)
     _run_prefill_newkv([0, 0, 0], [33, 1, 130], 4, 2, 64, 16, dtype, seed=8, config=cfg, max_context_len=0)
-    _run_prefill_newkv([0, 0], [150, 97], 4, 2, 64, 16, dtype, seed=22, config=cfg, max_context_len=0,
-                       grow_keys=12.0)
+    _run_prefill_newkv([0, 0], [150, 97], 4, 2, 64, 16, dtype, seed=22, config=cfg, max_context_len=0, grow_keys=12.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -307,6 +382,7 @@ def test_prefill_shape_override_starts_from_base(monkeypatch):
     assert not pa._shape_override({"tma": False}) and not pa._shape_override(None)
     monkeypatch.setattr(pa, "_interpreting", lambda: False)
     dtype = torch.float16
-    _run_prefill_newkv([0, 300], [200, 129], 4, 2, 128, 16, dtype, seed=34, config={"block_m": 64, "tma": False},
-                       max_context_len=300)
+    _run_prefill_newkv(
+        [0, 300], [200, 129], 4, 2, 128, 16, dtype, seed=34, config={"block_m": 64, "tma": False}, max_context_len=300
+    )
     _run_prefill([0, 300], [200, 129], 4, 2, 128, 16, dtype, seed=35, config={"num_warps": 4})

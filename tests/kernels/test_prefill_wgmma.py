@@ -11,6 +11,7 @@ pytest.importorskip("triton")
 
 from _kernel_testutil import CUDA, DEVICE, assert_close, dtype_id, poisoned_like  # noqa: E402
 from test_paged_prefill import _prefill_inputs, _run_prefill, _run_prefill_newkv  # noqa: E402
+
 from kernels import paged_attention as pa  # noqa: E402
 from kernels import prefill_wgmma as pw  # noqa: E402
 from kernels import reference as ref  # noqa: E402
@@ -41,8 +42,9 @@ LENS = [1, 127, 128, 129, 300, 64, 700]
 def _direct(new_lens, num_q_heads, num_kv_heads, head_size, dtype, seed, config=None, grow_keys=0.0):
     """Call prefill_wgmma_attention itself on contiguous K/V and compare with the reference."""
     context = [0] * len(new_lens)
-    seq_lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs(context, new_lens, num_q_heads, num_kv_heads,
-                                                                head_size, 16, dtype, seed, grow_keys)
+    seq_lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs(
+        context, new_lens, num_q_heads, num_kv_heads, head_size, 16, dtype, seed, grow_keys
+    )
     expect = ref.ref_paged_prefill(q, k, v, bt, cu_t, ctx_t, scale)
     kn = torch.cat([ref.gather_kv(k, bt[s], n) for s, n in enumerate(seq_lens)]).contiguous()
     vn = torch.cat([ref.gather_kv(v, bt[s], n) for s, n in enumerate(seq_lens)]).contiguous()
@@ -83,8 +85,9 @@ def test_wgmma_prefill_through_router(dtype):
     # paged_prefill_attention(new_key=..., max_context_len=0, config={"wgmma": ...}) takes the Gluon kernel; the
     # cache slots of the new tokens are NaN, so reading them instead of new_key/new_value would fail
     for wg in (True, CONFIGS["single"], CONFIGS["ws"], CONFIGS["ws_n64"]):
-        _run_prefill_newkv([0, 0, 0], [33, 1, 500], 8, 2, 128, 16, dtype, seed=51, config={"wgmma": wg},
-                           max_context_len=0)
+        _run_prefill_newkv(
+            [0, 0, 0], [33, 1, 500], 8, 2, 128, 16, dtype, seed=51, config={"wgmma": wg}, max_context_len=0
+        )
 
 
 @pytest.mark.gpu
@@ -130,8 +133,7 @@ def test_default_routes_pure_prefill_to_wgmma(monkeypatch):
     dtype = torch.float16 if CUDA else torch.float32
     _run_prefill_newkv([0, 0], [40, 70], 4, 2, 128, 16, dtype, seed=71, max_context_len=0)
     assert len(calls) == (1 if HOPPER else 0)
-    _run_prefill_newkv([0, 0], [40, 70], 4, 2, 128, 16, dtype, seed=72, max_context_len=0,
-                       config={"fold_scale": False})
+    _run_prefill_newkv([0, 0], [40, 70], 4, 2, 128, 16, dtype, seed=72, max_context_len=0, config={"fold_scale": False})
     _run_prefill_newkv([5, 0], [40, 70], 4, 2, 128, 16, dtype, seed=73, max_context_len=5)
     assert len(calls) == (1 if HOPPER else 0)
     monkeypatch.setattr(pa, "WGMMA_PREFILL_DEFAULT", False)  # read at call time
@@ -165,8 +167,9 @@ def test_default_routes_paged_prefill_to_wgmma(monkeypatch):
 def test_wgmma_paged_prefill_matches_reference(block_size, dtype):
     # make_paged scatters the blocks, fills unused cache slots with NaN and table entries past a sequence's blocks
     # with -1 / 2**31 - 7: the kernel must neither follow those entries nor let a NaN slot into P.V
-    _run_prefill([0, 17, 0, 3000, 129], [40, 9, 300, 128, 1], 8, 2, 128, block_size, dtype, seed=81,
-                 config={"wgmma": True})
+    _run_prefill(
+        [0, 17, 0, 3000, 129], [40, 9, 300, 128, 1], 8, 2, 128, block_size, dtype, seed=81, config={"wgmma": True}
+    )
 
 
 @pytest.mark.gpu
@@ -174,8 +177,17 @@ def test_wgmma_paged_prefill_matches_reference(block_size, dtype):
 @pytest.mark.parametrize("group", [1, 4, 8])
 @pytest.mark.parametrize("config", ["default", "ws", "ws_persistent_rr_q1", "ws_n64"])
 def test_wgmma_paged_prefill_configs(config, group):
-    _run_prefill([5, 0, 250, 64], [127, 129, 200, 700], 8, 8 // group, 128, 16, torch.bfloat16, seed=82 + group,
-                 config={"wgmma": CONFIGS[config]})
+    _run_prefill(
+        [5, 0, 250, 64],
+        [127, 129, 200, 700],
+        8,
+        8 // group,
+        128,
+        16,
+        torch.bfloat16,
+        seed=82 + group,
+        config={"wgmma": CONFIGS[config]},
+    )
 
 
 @pytest.mark.gpu
@@ -190,8 +202,17 @@ def test_wgmma_paged_prefill_head64_and_rising_maximum():
 @pytest.mark.parametrize("seed", range(8))
 def test_wgmma_paged_prefill_random_batches(seed):
     rng, contexts, new, group = _random_batch(seed)
-    _run_prefill(contexts, new, 8, 8 // group, 128, rng.choice([8, 16, 32, 64, 128]), torch.bfloat16,
-                 seed=90 + seed, config={"wgmma": True})
+    _run_prefill(
+        contexts,
+        new,
+        8,
+        8 // group,
+        128,
+        rng.choice([8, 16, 32, 64, 128]),
+        torch.bfloat16,
+        seed=90 + seed,
+        config={"wgmma": True},
+    )
 
 
 def _random_batch(seed):
@@ -220,8 +241,18 @@ def test_wgmma_mixed_prefill_matches_reference(block_size, dtype):
     # _run_prefill_newkv fills the new tokens' cache slots with NaN (they must come from new_key/new_value) as well as
     # every unused slot; contexts that end inside a block and inside a key tile, a sequence with no new tokens
     for max_context_len in (None, 3000):
-        _run_prefill_newkv([0, 17, 40, 5, 3000, 129], [40, 9, 0, 70, 300, 128], 8, 2, 128, block_size, dtype,
-                           seed=101, config={"wgmma": True}, max_context_len=max_context_len)
+        _run_prefill_newkv(
+            [0, 17, 40, 5, 3000, 129],
+            [40, 9, 0, 70, 300, 128],
+            8,
+            2,
+            128,
+            block_size,
+            dtype,
+            seed=101,
+            config={"wgmma": True},
+            max_context_len=max_context_len,
+        )
 
 
 @pytest.mark.gpu
@@ -230,8 +261,17 @@ def test_wgmma_mixed_prefill_matches_reference(block_size, dtype):
 def test_wgmma_mixed_prefill_random_batches(seed):
     rng, contexts, new, group = _random_batch(seed)
     head = rng.choice([64, 128])
-    _run_prefill_newkv(contexts, new, 8, 8 // group, head, rng.choice([8, 16, 32, 64]), torch.bfloat16,
-                       seed=110 + seed, config={"wgmma": rng.choice([True, CONFIGS["ws"], CONFIGS["ws_n64"]])})
+    _run_prefill_newkv(
+        contexts,
+        new,
+        8,
+        8 // group,
+        head,
+        rng.choice([8, 16, 32, 64]),
+        torch.bfloat16,
+        seed=110 + seed,
+        config={"wgmma": rng.choice([True, CONFIGS["ws"], CONFIGS["ws_n64"]])},
+    )
 
 
 def test_mixed_routing(monkeypatch):
