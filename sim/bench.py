@@ -31,9 +31,9 @@ SATURATING_RATE = 30.0  # req/s: llama-2-7b on a100-80gb serves ~19 ShareGPT req
 
 def measure_one(trace_path: str, allocator: str, model: str, gpu: str, fast_forward: bool) -> dict:
     """Read and replay once in this process; returns the figures of the module docstring."""
-    from sim.config import resolve_gpu, resolve_model
-    from sim.run import ReplayOptions, replay
-    from sim.trace import read_trace
+    from sim.hardware.config import resolve_gpu, resolve_model
+    from sim.serving.replay import ReplayOptions, replay
+    from sim.traces.model import read_trace
 
     start = time.perf_counter()
     trace = read_trace(trace_path)
@@ -62,8 +62,8 @@ def _subprocess_measure(trace_path: str, allocator: str, model: str, gpu: str, f
 
 
 def _generated(size: int, directory: str) -> str:
-    from sim.trace import write_trace
-    from sim.tracegen import generate
+    from sim.traces.generate import generate
+    from sim.traces.model import write_trace
 
     path = os.path.join(directory, f"sharegpt-{size}.csv")
     if not os.path.exists(path):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import settings
 
 from sim.allocators import REGISTRY, ContiguousOracle, TokenContent
-from sim.allocators.placement import BuddySpace, FirstFitSpace
+from sim.allocators.address_space import BuddySpace, FirstFitSpace
 from sim.checking import INVARIANTS
 from sim.checking.invariants import VIOLATIONS
 from sim.checking.model import Model, buddy_free_blocks, buddy_regions, free_runs, next_pow2, token_identity

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from sim.cli import main
+from sim.cli.main import main
 
 GOOD = "arrival_s,prompt_tokens,output_tokens\n0,100,20\n0.5,200,10\n1.0,50,5\n"
 

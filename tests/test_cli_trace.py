@@ -1,4 +1,4 @@
-"""`sim trace ...` and the trace options of `sim replay`, end to end through sim.cli.main."""
+"""`sim trace ...` and the trace options of `sim replay`, end to end through sim.cli.main.main."""
 
 import glob
 import json
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from sim.cli import main
+from sim.cli.main import main
 
 
 def write(tmp_path, text, name="trace.csv"):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from sim.config import GPUS, MODELS, EngineConfig, activation_reserve_bytes, kv_budget, resolve_model
 from sim.errors import UserError
+from sim.hardware.config import GPUS, MODELS, EngineConfig, activation_reserve_bytes, kv_budget, resolve_model
 
 GiB = 2**30
 

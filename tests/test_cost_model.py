@@ -5,9 +5,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.config import GPUS, MODELS
-from sim.cost_model import RooflineCostModel
-from sim.scheduler import Batch
+from sim.cost.roofline import RooflineCostModel
+from sim.hardware.config import GPUS, MODELS
+from sim.serving.schedulers.vllm_v0 import Batch
 
 
 def model(gpu: str, flops_efficiency: float, overhead: float) -> RooflineCostModel:

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from sim.cost_profile import FEATURES, DecodeCorrection, ProfileCostModel, batch_features, fit_profile, nnls
+from sim.cost.profile import FEATURES, DecodeCorrection, ProfileCostModel, batch_features, fit_profile, nnls
 from sim.errors import UserError
-from sim.scheduler import Batch, Sequence
+from sim.serving.schedulers.vllm_v0 import Batch, Sequence
 
 
 def _model(**over) -> ProfileCostModel:
@@ -143,9 +143,9 @@ def test_round_trip_and_errors(tmp_path):
 @pytest.mark.parametrize("corrected", [False, True], ids=["formula", "decode-correction"])
 def test_replay_with_profile_fast_forward_identical(tmp_path, corrected):
     """The engine's exact fast-forward with the profile model writes the same records as step by step."""
-    from sim.config import GPUS, MODELS
-    from sim.run import ReplayOptions, replay
-    from sim.trace import read_trace
+    from sim.hardware.config import GPUS, MODELS
+    from sim.serving.replay import ReplayOptions, replay
+    from sim.traces.model import read_trace
 
     path = tmp_path / "p.json"
     m = _model()
@@ -165,9 +165,9 @@ def test_replay_with_profile_fast_forward_identical(tmp_path, corrected):
 
 
 def test_replay_rejects_profile_of_another_model(tmp_path):
-    from sim.config import GPUS, MODELS
-    from sim.run import ReplayOptions, replay
-    from sim.trace import read_trace
+    from sim.hardware.config import GPUS, MODELS
+    from sim.serving.replay import ReplayOptions, replay
+    from sim.traces.model import read_trace
 
     m = _model()
     m.meta = {"model": "opt-13b"}

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from sim.allocators import ContiguousMax, PagedAllocator
-from sim.config import GPUS, MODELS
-from sim.cost_model import RooflineCostModel
-from sim.engine import Engine
-from sim.metrics import summarize
-from sim.scheduler import Batch, Scheduler, SchedulerLimits
-from sim.trace import Trace
+from sim.cost.roofline import RooflineCostModel
+from sim.hardware.config import GPUS, MODELS
+from sim.records.metrics import summarize
+from sim.serving.engine import Engine
+from sim.serving.schedulers.vllm_v0 import Batch, Scheduler, SchedulerLimits
+from sim.traces.model import Trace
 
 
 class OneSecond:
@@ -146,9 +146,9 @@ def test_replay_pauses_the_garbage_collector_and_restores_it():
     """The cyclic collector is paused during a replay only: afterwards it is as the caller left it."""
     import gc
 
-    import sim.engine as engine
-    from sim.run import ReplayOptions, replay
-    from sim.trace import Trace
+    import sim.serving.engine as engine
+    from sim.serving.replay import ReplayOptions, replay
+    from sim.traces.model import Trace
 
     trace = Trace("t.csv", "native", np.array([0.0, 0.1]), np.array([10, 20]), np.array([5, 5]))
     options = ReplayOptions(MODELS["llama-2-7b"], GPUS["a100-80gb"], "paged")

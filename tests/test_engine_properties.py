@@ -16,12 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sim.run
+import sim.serving.replay
 from sim.allocators import REGISTRY
-from sim.config import resolve_gpu, resolve_model
-from sim.run import ReplayOptions, replay
-from sim.scheduler import Scheduler
-from sim.trace import Trace
+from sim.hardware.config import resolve_gpu, resolve_model
+from sim.serving.replay import ReplayOptions, replay
+from sim.serving.schedulers.vllm_v0 import Scheduler
+from sim.traces.model import Trace
 
 MODEL = resolve_model("llama-2-7b", 96)  # a short max model length keeps contiguous-max reservations small
 GPU = resolve_gpu("a100-80gb")
@@ -119,7 +119,7 @@ def run(
         fast_forward=fast_forward,
         **extra,
     )
-    with mock.patch.object(sim.run, "Scheduler", make):
+    with mock.patch.object(sim.serving.replay, "Scheduler", make):
         result = replay(trace, options)
     return result, schedulers[0]
 

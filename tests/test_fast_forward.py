@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.allocators import REGISTRY, TokenContent
-from sim.config import GPUS, MODELS
-from sim.run import ReplayOptions, replay
-from sim.trace import Trace
+from sim.hardware.config import GPUS, MODELS
+from sim.serving.replay import ReplayOptions, replay
+from sim.traces.model import Trace
 
 MODEL = MODELS["llama-2-7b"]
 
@@ -79,7 +79,7 @@ def test_fast_forward_equals_step_by_step(allocator, seed, count, sharing, kv_to
 
 @pytest.mark.parametrize("allocator", sorted(REGISTRY))
 def test_fast_forward_happens_and_is_exact_on_a_real_trace_slice(allocator, repo_root):
-    from sim.trace import read_trace
+    from sim.traces.model import read_trace
 
     trace = read_trace(f"{repo_root}/traces/azure-llm-2023-conv.csv")
     trace = trace.select(slice(0, 300))
@@ -147,7 +147,7 @@ def test_append_each_equals_appending_one_by_one(allocator, data):
 def test_engine_clock_batching_changes_nothing(sync_every, seed, count, sharing, kv_tokens):
     """The engine advances simpy's clock once per Engine.SYNC_EVERY busy iterations; with SYNC_EVERY = 1 (a timeout
     per iteration, as a plain simpy loop) every record is the same."""
-    from sim.engine import Engine
+    from sim.serving.engine import Engine
 
     trace = random_trace(seed, count, sharing)
     # Durations that are not short binary fractions, so that sums round.
@@ -195,7 +195,7 @@ def test_steplog_decode_segments_equal_their_rows(compact_rows, data):
     formulas in BlockDecodePlan, computed here one row at a time in Python, between ordinary rows, across
     compactions."""
     from sim.allocators.base import BlockDecodePlan
-    from sim.metrics import StepLog
+    from sim.records.metrics import StepLog
 
     log, want = StepLog(), []
     log.COMPACT_ROWS = compact_rows

@@ -1,6 +1,6 @@
 """Buddy and first-fit placement, worked out by hand."""
 
-from sim.allocators.placement import BuddySpace, FirstFitSpace
+from sim.allocators.address_space import BuddySpace, FirstFitSpace
 
 
 def test_buddy_regions_of_a_non_power_of_two_capacity():

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from sim.cli import main
+from sim.cli.main import main
 from sim.report.browser import check_page, find_chromium, screenshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

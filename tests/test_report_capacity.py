@@ -21,13 +21,13 @@ import math
 import numpy as np
 import pytest
 
-from sim.config import resolve_gpu, resolve_model
 from sim.errors import UserError
-from sim.metrics import RequestLog
+from sim.hardware.config import resolve_gpu, resolve_model
+from sim.records.metrics import RequestLog
 from sim.report.capacity import CapacitySearch, evaluate_probe, replicas_needed
 from sim.report.slo import SLO, good_requests, meets, parse_slos, per_request_latency, slo_values
-from sim.run import ReplayOptions
-from sim.trace import Trace
+from sim.serving.replay import ReplayOptions
+from sim.traces.model import Trace
 
 N, P = 101, 10
 OVERHEAD = 0.1

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from sim.cli import main
+from sim.cli.main import main
 
 TRACE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "traces", "sharegpt-2k.csv")
 FIGURE_CSVS = ("capacity.csv", "memory.csv", "timeline.csv", "rates.csv", "latency.csv", "block_sizes.csv")

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from sim.allocators import ContiguousOracle, PagedAllocator, PagedPrefixCache, TokenContent
-from sim.engine import Engine
-from sim.metrics import sharing_summary, summarize
-from sim.scheduler import BeamModel, Scheduler, SchedulerLimits
-from sim.trace import Trace
+from sim.records.metrics import sharing_summary, summarize
+from sim.serving.engine import Engine
+from sim.serving.schedulers.vllm_v0 import BeamModel, Scheduler, SchedulerLimits
+from sim.traces.model import Trace
 
 
 def group(g, tokens):

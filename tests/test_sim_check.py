@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from sim.cli import main
+from sim.cli.main import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,8 +58,8 @@ def test_unknown_allocator_is_a_usage_error(capsys) -> None:
 def test_without_hypothesis_sim_check_says_how_to_install_it_and_replay_still_imports() -> None:
     code = (
         "import sys; sys.modules['hypothesis'] = None\n"  # any `import hypothesis` now raises ImportError
-        "import sim, sim.checking, sim.run\n"
-        "from sim.cli import main\n"
+        "import sim, sim.checking, sim.serving.replay\n"
+        "from sim.cli.main import main\n"
         "assert main(['allocators']) == 0\n"
         "sys.exit(main(['check', 'paged']))\n"
     )

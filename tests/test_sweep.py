@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from sim.cli import main
+from sim.cli.main import main
 from sim.errors import UserError
 from sim.report import sweep as sweep_mod
 from sim.report.sweep import cells_of, load_spec, run_sweep

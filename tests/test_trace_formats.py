@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sim.errors import TraceError, UserError
-from sim.trace import READERS, detect_format, read_trace, write_trace
+from sim.traces.model import READERS, detect_format, read_trace, write_trace
 
 
 def write(tmp_path, text, name="trace.csv"):
@@ -463,7 +463,7 @@ def test_mooncake_round_trip_and_native_refusal(tmp_path):
 )
 def test_native_write_read_round_trip(tmp_path_factory, rows):
     """Whatever the writer writes, the reader reads back (times to the written 100 ns resolution)."""
-    from sim.trace import Trace
+    from sim.traces.model import Trace
 
     rows.sort(key=lambda r: r[0])
     arrivals, prompt, output, n, group = (np.array(c) for c in zip(*rows))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from sim.errors import UserError
-from sim.trace import Trace
-from sim.trace_tools import format_stats, scale_trace, shareable_prefix_tokens, slice_trace, trace_stats
+from sim.traces.model import Trace
+from sim.traces.tools import format_stats, scale_trace, shareable_prefix_tokens, slice_trace, trace_stats
 
 
 def make(arrivals, prompt, output, **kw):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from sim.errors import UserError
-from sim.trace import read_trace, write_trace
-from sim.tracegen import LENGTH_MODELS, arrivals, fit_lognormal_mus, generate, make_rng, parse_lengths
+from sim.traces.generate import LENGTH_MODELS, arrivals, fit_lognormal_mus, generate, make_rng, parse_lengths
+from sim.traces.model import read_trace, write_trace
 
 
 @pytest.mark.parametrize("name, prompt_mean, output_mean", [("sharegpt", 161, 338), ("alpaca", 19, 58)])

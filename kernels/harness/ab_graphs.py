@@ -17,8 +17,8 @@ import torch
 
 from kernels.harness.calibrate import SyntheticState, synthetic_batches
 from kernels.harness.replay import GpuRun, HarnessOptions
-from sim.config import GPUS, resolve_model
-from sim.run import ReplayOptions
+from sim.hardware.config import GPUS, resolve_model
+from sim.serving.replay import ReplayOptions
 from sim.units import parse_size
 
 

@@ -5,8 +5,8 @@ with and without cached context, and mixed prefill + decode iterations. Each poi
 real paged allocator, run through the same executor (and so the same host work, kernels and synchronisation) as the
 GPU replay; its time is the median wall time of its timed runs, gathered over several passes in shuffled order
 (see `measure`). The fit is
-`sim.cost_profile.fit_profile` (documented there); the uniform decode points also give the profile its decode
-correction (`sim.cost_profile.DecodeCorrection`).
+`sim.cost.profile.fit_profile` (documented there); the uniform decode points also give the profile its decode
+correction (`sim.cost.profile.DecodeCorrection`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 
 from kernels.harness.kv_source import LineageTracker
 from sim.allocators.paged import PagedAllocator
-from sim.cost_profile import MIN_SAMPLES, batch_features, fit_profile
-from sim.scheduler import Batch, Sequence
+from sim.cost.profile import MIN_SAMPLES, batch_features, fit_profile
+from sim.serving.schedulers.vllm_v0 import Batch, Sequence
 
 
 class SyntheticState:

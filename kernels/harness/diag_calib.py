@@ -36,7 +36,7 @@ import time
 import numpy as np
 
 from kernels.harness.calibrate import SyntheticState, _decode_batch, _prefill_batch
-from sim.scheduler import Batch
+from sim.serving.schedulers.vllm_v0 import Batch
 
 
 def place(state: SyntheticState, lens: list[int]) -> Batch | None:
@@ -143,8 +143,8 @@ def main() -> None:
     os.makedirs(a.out, exist_ok=True)
 
     from kernels.harness.replay import GpuRun, warm_up
-    from sim.cli import _options, build_parser
-    from sim.cli_gpu import _harness_options
+    from sim.cli.gpu import _harness_options
+    from sim.cli.main import _options, build_parser
     from sim.units import parse_size
 
     argv = ["calibrate", "--model", "llama-2-7b", "--gpu", "h100-80gb", "--device", a.device]

@@ -25,11 +25,11 @@ import numpy as np
 from kernels.harness import executor as ex_mod
 from kernels.harness.calibrate import SyntheticState, _decode_batch, _prefill_batch
 from kernels.harness.replay import GpuRun, HarnessOptions, gpu_replay, warm_up
-from sim.config import resolve_gpu, resolve_model
-from sim.run import ReplayOptions
-from sim.scheduler import Batch
-from sim.trace import read_trace
-from sim.trace_tools import scale_trace, slice_trace
+from sim.hardware.config import resolve_gpu, resolve_model
+from sim.serving.replay import ReplayOptions
+from sim.serving.schedulers.vllm_v0 import Batch
+from sim.traces.model import read_trace
+from sim.traces.tools import scale_trace, slice_trace
 from sim.units import parse_size
 
 

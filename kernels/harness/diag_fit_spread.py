@@ -1,6 +1,6 @@
 """Diagnosis (no GPU): can the profile's additive formula learn the cost of spread lengths from synthetic points?
 
-Fits the formula of `sim.cost_profile` to a call's calibration samples plus the uniform and synthetic spread batches
+Fits the formula of `sim.cost.profile` to a call's calibration samples plus the uniform and synthetic spread batches
 of its `diag_calib` run (never the batches picked from replays), with and without one further non-negative feature
 of the decode lengths, and sets each fit beside the call's own replay (its decode-only iterations re-created from the
 measured clock by `kernels.harness.residuals.rebuild`):
@@ -22,11 +22,11 @@ import os
 import numpy as np
 
 from kernels.harness.residuals import rebuild
-from sim.config import resolve_gpu, resolve_model
-from sim.cost_profile import _design, batch_features, default_knots, nnls
-from sim.run import ReplayOptions
-from sim.trace import read_trace
-from sim.trace_tools import scale_trace, slice_trace
+from sim.cost.profile import _design, batch_features, default_knots, nnls
+from sim.hardware.config import resolve_gpu, resolve_model
+from sim.serving.replay import ReplayOptions
+from sim.traces.model import read_trace
+from sim.traces.tools import scale_trace, slice_trace
 from sim.units import parse_size
 
 PROGRAMS_IN_FLIGHT = 264 / 32  # sequences whose (sequence, KV head) programs fit the H100 at once
@@ -42,7 +42,7 @@ def extra(row: dict, kind: str) -> float:
 
 
 def design(rows: list[dict], kind: str, knots: list[int]) -> np.ndarray:
-    """The profile's design matrix (`sim.cost_profile._design`), with the extra feature as a last column."""
+    """The profile's design matrix (`sim.cost.profile._design`), with the extra feature as a last column."""
     base = _design(rows, knots)
     if kind == "none":
         return base

@@ -43,7 +43,7 @@ from kernels.harness.mixed_graphs import MixedInputs, MixedRunner
 from kernels.harness.model import RandomTransformer
 from kernels.paged_attention import contiguous_decode_attention, paged_decode_attention, paged_prefill_attention
 from sim.allocators.base import BlockTablePlacement
-from sim.scheduler import Batch
+from sim.serving.schedulers.vllm_v0 import Batch
 
 # bf16 tolerances of the kernel tests (tests/kernels/_kernel_testutil.py): max |out - ref|, ||out - ref|| / ||ref||
 TOLERANCE = {torch.bfloat16: (6e-2, 1.6e-2), torch.float16: (1e-2, 2e-3), torch.float32: (1e-4, 1e-5)}

@@ -1,6 +1,6 @@
 """The GPU replay: the simulator's scheduler and allocator objects, driven by real time on a real GPU.
 
-The loop mirrors `sim.engine.Engine` (without fast-forward, which only exists to save simulated work):
+The loop mirrors `sim.serving.engine.Engine` (without fast-forward, which only exists to save simulated work):
 
     take the requests that arrived by now (the trace's clock runs in real time; an idle loop sleeps until the next
     arrival); schedule(now) -> Batch; execute it on the GPU (kernels.harness.executor); finish(batch, end).
@@ -27,13 +27,13 @@ from kernels.harness.kv_pool import KVPool
 from kernels.harness.kv_source import KVSource, LineageTracker
 from kernels.harness.mixed_graphs import MixedRunner
 from kernels.harness.model import RandomTransformer, Shapes
-from sim.config import KVBudget, activation_reserve_bytes
-from sim.engine import branches_of, content_of
 from sim.errors import UserError
-from sim.metrics import RequestLog, StepLog, record_iteration, sharing_summary, summarize
-from sim.run import ReplayOptions, make_allocator, summary_header, validate_options
-from sim.scheduler import BeamModel, Scheduler, SchedulerLimits, Sequence
-from sim.trace import Trace
+from sim.hardware.config import KVBudget, activation_reserve_bytes
+from sim.records.metrics import RequestLog, StepLog, record_iteration, sharing_summary, summarize
+from sim.serving.engine import branches_of, content_of
+from sim.serving.replay import ReplayOptions, make_allocator, summary_header, validate_options
+from sim.serving.schedulers.vllm_v0 import BeamModel, Scheduler, SchedulerLimits, Sequence
+from sim.traces.model import Trace
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

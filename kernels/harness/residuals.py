@@ -23,13 +23,13 @@ import os
 
 import numpy as np
 
-from sim.config import resolve_gpu, resolve_model
-from sim.cost_profile import ProfileCostModel
-from sim.engine import branches_of, content_of
-from sim.run import ReplayOptions, make_allocator
-from sim.scheduler import BeamModel, Scheduler, SchedulerLimits, Sequence
-from sim.trace import read_trace
-from sim.trace_tools import scale_trace, slice_trace
+from sim.cost.profile import ProfileCostModel
+from sim.hardware.config import resolve_gpu, resolve_model
+from sim.serving.engine import branches_of, content_of
+from sim.serving.replay import ReplayOptions, make_allocator
+from sim.serving.schedulers.vllm_v0 import BeamModel, Scheduler, SchedulerLimits, Sequence
+from sim.traces.model import read_trace
+from sim.traces.tools import scale_trace, slice_trace
 from sim.units import parse_size
 
 

@@ -11,9 +11,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from sim.allocators.address_space import PLACEMENTS, AddressSpace
 from sim.allocators.base import AllocationError, DecodePlan, ExtentPlacement, KVAllocator, MemoryBreakdown, TokenContent
-from sim.allocators.placement import PLACEMENTS, AddressSpace
-from sim.config import next_power_of_two
+from sim.hardware.config import next_power_of_two
 
 
 @dataclass

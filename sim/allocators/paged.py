@@ -31,7 +31,7 @@ from sim.allocators.base import (
     MemoryBreakdown,
     TokenContent,
 )
-from sim.config import ceil_div
+from sim.hardware.config import ceil_div
 
 
 class BlockPool:

@@ -66,35 +66,35 @@ MUTANTS: list[Mutant] = [
     # --- buddy placement -----------------------------------------------------------------------------------------
     Mutant(
         "buddy-merge-wrong-neighbour",
-        "sim/allocators/placement.py",
+        "sim/allocators/address_space.py",
         "            buddy = start ^ (1 << order)\n",
         "            buddy = start + (1 << order)\n",
         "a freed block looks for its buddy above it, also when the buddy lies below",
     ),
     Mutant(
         "buddy-split-frees-kept-half",
-        "sim/allocators/placement.py",
+        "sim/allocators/address_space.py",
         "            self._free.setdefault(o, set()).add(start + (1 << o))\n",
         "            self._free.setdefault(o, set()).add(start)\n",
         "splitting frees the half it hands out instead of the upper buddy",
     ),
     Mutant(
         "buddy-can-alloc-too-strict",
-        "sim/allocators/placement.py",
+        "sim/allocators/address_space.py",
         "        return any(blocks for o, blocks in self._free.items() if o >= order)\n",
         "        return any(blocks for o, blocks in self._free.items() if o > order)\n",
         "can_alloc ignores free blocks of exactly the needed order",
     ),
     Mutant(
         "buddy-alloc-largest-block",
-        "sim/allocators/placement.py",
+        "sim/allocators/address_space.py",
         "        o = min(candidates)\n",
         "        o = max(candidates)\n",
         "alloc splits the largest free block instead of the smallest that fits (worst fit)",
     ),
     Mutant(
         "buddy-unusable-counts-fitting-blocks",
-        "sim/allocators/placement.py",
+        "sim/allocators/address_space.py",
         "        return sum(len(blocks) << o for o, blocks in self._free.items() if o < order)\n",
         "        return sum(len(blocks) << o for o, blocks in self._free.items() if o <= order)\n",
         "external fragmentation counts free blocks that exactly fit the waiting request as unusable",
@@ -102,14 +102,14 @@ MUTANTS: list[Mutant] = [
     # --- first-fit placement ---------------------------------------------------------------------------------------
     Mutant(
         "first-fit-no-merge-with-next",
-        "sim/allocators/placement.py",
+        "sim/allocators/address_space.py",
         "        if i < len(self._starts) and start + length == self._starts[i]:",
         "        if False and i < len(self._starts) and start + length == self._starts[i]:",
         "release never coalesces with the following free extent",
     ),
     Mutant(
         "first-fit-skips-exact-fit",
-        "sim/allocators/placement.py",
+        "sim/allocators/address_space.py",
         "            if n >= size:\n                start = self._starts[i]\n",
         "            if n > size:\n                start = self._starts[i]\n",
         "alloc skips an extent of exactly the needed size (can_alloc still counts it)",
@@ -210,14 +210,14 @@ MUTANTS: list[Mutant] = [
     # --- engine and records ----------------------------------------------------------------------------------------
     Mutant(
         "stretch-finish-one-iteration-early",
-        "sim/engine.py",
+        "sim/serving/engine.py",
         "                finish_s[seq.seq_id] = ends[rounds]\n",
         "                finish_s[seq.seq_id] = ends[rounds - 1]\n",
         "requests finishing at the end of a fast-forwarded stretch get the start of its last iteration as finish time",
     ),
     Mutant(
         "decode-rows-free-one-block-high",
-        "sim/metrics.py",
+        "sim/records/metrics.py",
         "        rows[:, 12] = (free0 - blocks) * bs\n",
         "        rows[:, 12] = (free0 - blocks + 1) * bs\n",
         "the rows of fast-forwarded stretches built many at a time count one block too many as free",
@@ -225,14 +225,14 @@ MUTANTS: list[Mutant] = [
     # --- scheduler ---------------------------------------------------------------------------------------------------
     Mutant(
         "scheduler-emits-one-token-too-many",
-        "sim/scheduler.py",
+        "sim/serving/schedulers/vllm_v0.py",
         "        r = seq.finish_round = self.round + seq.output_tokens - seq.generated\n",
         "        r = seq.finish_round = self.round + seq.output_tokens - seq.generated + 1\n",
         "a running request finishes one token late",
     ),
     Mutant(
         "scheduler-ignores-max-num-seqs",
-        "sim/scheduler.py",
+        "sim/serving/schedulers/vllm_v0.py",
         "            if self.num_running_seqs + seq.num_branches > self.limits.max_num_seqs:\n",
         "            if self.num_running_seqs > self.limits.max_num_seqs:\n",
         "admission forgets the new request's own sequences when checking max_num_seqs",

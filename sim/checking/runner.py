@@ -37,7 +37,7 @@ def specs_for(cls: type, placement: str | None = None) -> list[AllocatorSpec]:
     if placement is not None:
         return [AllocatorSpec(cls, {"placement": placement})]
     if hasattr(cls, "placement_policy"):
-        from sim.allocators.placement import PLACEMENTS
+        from sim.allocators.address_space import PLACEMENTS
 
         return [AllocatorSpec(cls, {"placement": p}) for p in PLACEMENTS]
     return [AllocatorSpec(cls)]

@@ -15,12 +15,12 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
-from sim.config import ModelSpec
+from sim.hardware.config import ModelSpec
 from sim.report.capacity import CapacitySearch, Probe, evaluate_probe, replicas_needed, trace_rate
 from sim.report.slo import SLO
 from sim.report.status import StatusLine
-from sim.run import ReplayOptions
-from sim.trace import Trace
+from sim.serving.replay import ReplayOptions
+from sim.traces.model import Trace
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Capacity search: the highest arrival rate at which one replica meets every SLO.
 
 The rate of a trace is (rows - 1) / (last arrival - first arrival), requests/s (as `sim trace stats` defines it).
-A *probe* at rate r replays the trace with its arrival times scaled to that rate (`sim.trace_tools.scale_trace`: gaps
+A *probe* at rate r replays the trace with its arrival times scaled to that rate (`sim.traces.tools.scale_trace`: gaps
 divided by r / native rate, lengths unchanged) and checks the SLOs (`sim.report.slo`).
 
 The search (`CapacitySearch`) assumes that meeting the SLOs is monotone in the rate: if a replica meets them at rate
@@ -30,9 +30,9 @@ import numpy as np
 from sim.allocators.base import MEMORY_CATEGORIES
 from sim.errors import UserError
 from sim.report.slo import SLO, good_requests, meets, per_request_latency, slo_values
-from sim.run import ReplayOptions, replay
-from sim.trace import Trace
-from sim.trace_tools import scale_trace
+from sim.serving.replay import ReplayOptions, replay
+from sim.traces.model import Trace
+from sim.traces.tools import scale_trace
 
 DEFAULT_PRECISION = 0.02
 MAX_STEPS = 20  # doublings or halvings while bracketing

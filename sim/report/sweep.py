@@ -55,16 +55,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.allocators.base import MEMORY_CATEGORIES
-from sim.config import resolve_gpu, resolve_model
 from sim.errors import UserError
-from sim.metrics import atomic_write
+from sim.hardware.config import resolve_gpu, resolve_model
+from sim.records.metrics import atomic_write
 from sim.report.build import _pool_context, default_jobs
 from sim.report.capacity import trace_rate
 from sim.report.slo import good_requests, meets, parse_slos, per_request_latency, slo_values
 from sim.report.status import StatusLine
-from sim.run import ReplayOptions, replay
-from sim.trace import Trace, read_trace
-from sim.trace_tools import scale_trace, slice_trace
+from sim.serving.replay import ReplayOptions, replay
+from sim.traces.model import Trace, read_trace
+from sim.traces.tools import scale_trace, slice_trace
 from sim.units import parse_duration, parse_size
 
 SPEC_KEYS = {

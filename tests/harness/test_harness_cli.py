@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-from sim.cli import main  # noqa: E402
+from sim.cli.main import main  # noqa: E402
 from tests.harness._harness_testutil import TINY  # noqa: E402
 
 

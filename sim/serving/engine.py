@@ -18,10 +18,10 @@ import numpy as np
 import simpy
 
 from sim.allocators.base import BlockDecodePlan, KVAllocator, TokenContent
-from sim.cost_model import CostModel
-from sim.metrics import RequestLog, StepLog, record_iteration
-from sim.scheduler import Scheduler, Sequence
-from sim.trace import Trace
+from sim.cost.roofline import CostModel
+from sim.records.metrics import RequestLog, StepLog, record_iteration
+from sim.serving.schedulers.vllm_v0 import Scheduler, Sequence
+from sim.traces.model import Trace
 
 ProgressCallback = Callable[[int, int], None]  # (requests done, requests total)
 

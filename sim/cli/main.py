@@ -8,20 +8,20 @@ import os
 import sys
 
 from sim.allocators import REGISTRY
-from sim.cli_args import positive_int
-from sim.config import GPUS, MODELS, resolve_gpu, resolve_model
-from sim.cost_model import DEFAULT_STEP_OVERHEAD_S
+from sim.cli.options import positive_int
+from sim.cli.progress import ProgressBar
+from sim.cli.tables import summary_table
+from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S
 from sim.errors import UserError
-from sim.metrics import atomic_write, to_json
-from sim.output import prepare_dir, write_replay
-from sim.progress import ProgressBar
-from sim.run import ReplayOptions, replay
-from sim.tables import summary_table
-from sim.trace import READERS, read_trace
+from sim.hardware.config import GPUS, MODELS, resolve_gpu, resolve_model
+from sim.records.metrics import atomic_write, to_json
+from sim.records.output import prepare_dir, write_replay
+from sim.serving.replay import ReplayOptions, replay
+from sim.traces.model import READERS, read_trace
 from sim.units import format_bytes, parse_duration, parse_size
 
 # Modules that add subcommands: each defines register(subparsers).
-PLUGIN_COMMANDS: list[str] = ["sim.cli_trace", "sim.cli_check", "sim.cli_report", "sim.cli_gpu"]
+PLUGIN_COMMANDS: list[str] = ["sim.cli.trace", "sim.cli.check", "sim.cli.report", "sim.cli.gpu"]
 
 
 def _add_replay_options(p: argparse.ArgumentParser) -> None:

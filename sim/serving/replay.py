@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.allocators import KVAllocator, resolve_allocator
-from sim.config import EngineConfig, GpuSpec, KVBudget, ModelSpec, kv_budget
-from sim.cost_model import DEFAULT_STEP_OVERHEAD_S, RooflineCostModel
-from sim.engine import Engine, ProgressCallback
+from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S, RooflineCostModel
 from sim.errors import UserError
-from sim.metrics import RequestLog, sharing_summary, summarize
-from sim.scheduler import BeamModel, Scheduler, SchedulerLimits
-from sim.trace import Trace
+from sim.hardware.config import EngineConfig, GpuSpec, KVBudget, ModelSpec, kv_budget
+from sim.records.metrics import RequestLog, sharing_summary, summarize
+from sim.serving.engine import Engine, ProgressCallback
+from sim.serving.schedulers.vllm_v0 import BeamModel, Scheduler, SchedulerLimits
+from sim.traces.model import Trace
 
 
 @dataclass
@@ -33,7 +33,9 @@ class ReplayOptions:
     placement: str | None = None  # contiguous allocators: "buddy" (default) or "first-fit"
     step_overhead_s: float = DEFAULT_STEP_OVERHEAD_S
     sharing: bool = True  # paged allocators: fork sharing, copy-on-write and shared prefixes (False: --no-sharing)
-    beam_replace_prob: float = 0.3  # the beam model's per-step drop probability (see sim.scheduler.BeamModel)
+    beam_replace_prob: float = (
+        0.3  # the beam model's per-step drop probability (see sim.serving.schedulers.vllm_v0.BeamModel)
+    )
     seed: int = 0  # seeds the beam model
     fast_forward: bool = True  # compute quiet stretches of decode iterations in one step (exactly the same records)
     cost_model: str | None = None  # a calibration profile (JSON from `sim calibrate`); None: the roofline
@@ -84,7 +86,7 @@ def make_cost_model(options: ReplayOptions):
     """The roofline from the GPU's datasheet, or the profile a calibration on a real GPU wrote (--cost-model)."""
     if options.cost_model is None:
         return RooflineCostModel(options.model, options.gpu, options.tp, options.step_overhead_s)
-    from sim.cost_profile import ProfileCostModel
+    from sim.cost.profile import ProfileCostModel
 
     profile = ProfileCostModel.load(options.cost_model)
     calibrated = profile.meta.get("model")

@@ -36,7 +36,7 @@ import numpy as np
 MIN_SAMPLES = 3  # grid points a fit needs at the least
 
 from sim.errors import UserError
-from sim.scheduler import Batch
+from sim.serving.schedulers.vllm_v0 import Batch
 
 PROFILE_KIND = "kvsim-cost-profile"
 PROFILE_VERSION = 1
@@ -263,7 +263,7 @@ class ProfileCostModel:
         return {
             "kind": "profile",
             "file": self.path,
-            "formula": "see sim.cost_profile",
+            "formula": "see sim.cost.profile",
             "c0_s": self.c0,
             "c_tokens_s": self.c_tokens,
             "knots": list(self.knots),

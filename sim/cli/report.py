@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 
-from sim.cli_args import positive_float, positive_int
+from sim.cli.options import positive_float, positive_int
 from sim.errors import UserError
 
 
@@ -29,7 +29,7 @@ def _command_line() -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sim.cli import _options
+    from sim.cli.main import _options
     from sim.report.browser import find_chromium, screenshot
     from sim.report.build import ReportInputs, build_report, default_jobs
     from sim.report.capacity import trace_rate
@@ -37,8 +37,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sim.report.page import build_page
     from sim.report.slo import parse_slos
     from sim.report.status import StatusLine
-    from sim.trace import read_trace
-    from sim.trace_tools import slice_trace
+    from sim.traces.model import read_trace
+    from sim.traces.tools import slice_trace
     from sim.units import parse_duration
 
     output = args.output or (os.path.join(args.out, "report.html") if args.out else "report.html")
@@ -157,7 +157,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     from sim.allocators import REGISTRY
-    from sim.cli import _add_replay_options
+    from sim.cli.main import _add_replay_options
     from sim.report.capacity import DEFAULT_PRECISION
 
     p = sub.add_parser(

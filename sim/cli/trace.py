@@ -1,5 +1,5 @@
-"""`sim trace generate|stats|slice|scale`: make, inspect and cut traces. Thin: the work is in sim.tracegen and
-sim.trace_tools."""
+"""`sim trace generate|stats|slice|scale`: make, inspect and cut traces. Thin: the work is in sim.traces.generate and
+sim.traces.tools."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import json
 import os
 import sys
 
-from sim.cli_args import non_negative_int, positive_float, positive_int
+from sim.cli.options import non_negative_int, positive_float, positive_int
 from sim.errors import UserError
-from sim.trace import READERS, Trace, read_trace, write_trace
-from sim.trace_tools import format_stats, scale_trace, slice_trace, trace_stats
-from sim.tracegen import LENGTHS_HELP, generate
+from sim.traces.generate import LENGTHS_HELP, generate
+from sim.traces.model import READERS, Trace, read_trace, write_trace
+from sim.traces.tools import format_stats, scale_trace, slice_trace, trace_stats
 from sim.units import parse_duration
 
 

@@ -22,8 +22,8 @@ from typing import Protocol
 
 import numpy as np
 
-from sim.config import GpuSpec, ModelSpec
-from sim.scheduler import Batch
+from sim.hardware.config import GpuSpec, ModelSpec
+from sim.serving.schedulers.vllm_v0 import Batch
 
 
 class CostModel(Protocol):

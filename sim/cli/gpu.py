@@ -84,8 +84,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from kernels.harness.calibrate import calibrate
     from kernels.harness.replay import GpuRun
     from kernels.harness.validate import environment
-    from sim.cli import _options
-    from sim.metrics import atomic_write, to_json
+    from sim.cli.main import _options
+    from sim.records.metrics import atomic_write, to_json
     from sim.units import format_bytes, parse_size
 
     args.trace = None
@@ -135,11 +135,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     from kernels.harness.replay import GpuRun, gpu_replay, warm_up
     from kernels.harness.validate import environment, format_record, headline, validation_record, write_record
-    from sim.cli import _header, _options
-    from sim.metrics import atomic_write, to_json
-    from sim.run import replay
-    from sim.trace import read_trace
-    from sim.trace_tools import scale_trace, slice_trace
+    from sim.cli.main import _header, _options
+    from sim.records.metrics import atomic_write, to_json
+    from sim.serving.replay import replay
+    from sim.traces.model import read_trace
+    from sim.traces.tools import scale_trace, slice_trace
 
     trace = read_trace(args.trace, args.format, rate=args.rate, seed=args.seed, model_filter=args.model_filter)
     desc = {"path": args.trace, "requests_in_file": len(trace)}
@@ -218,8 +218,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from sim.cli import _add_replay_options
-    from sim.cli_args import positive_int
+    from sim.cli.main import _add_replay_options
+    from sim.cli.options import positive_int
 
     p = sub.add_parser(
         "calibrate", help="GPU: time a synthetic grid of iterations and write a cost profile (for --cost-model)"

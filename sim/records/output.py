@@ -6,8 +6,8 @@ import os
 import time
 
 from sim.errors import UserError
-from sim.metrics import atomic_write, requests_csv, steps_csv, to_json
-from sim.run import ReplayResult
+from sim.records.metrics import atomic_write, requests_csv, steps_csv, to_json
+from sim.serving.replay import ReplayResult
 
 
 def prepare_dir(out: str | None, stem: str, force: bool, root: str = "runs") -> str:

@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from sim.errors import UserError
-from sim.trace import Trace
+from sim.traces.model import Trace
 
 PERCENTILES = (50, 90, 99)
 

@@ -43,7 +43,7 @@ from operator import methodcaller
 import numpy as np
 
 from sim.errors import TraceError, UserError
-from sim.metrics import atomic_write
+from sim.records.metrics import atomic_write
 
 MOONCAKE_BLOCK_TOKENS = 512  # tokens of prompt content named by one Mooncake hash id
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.errors import UserError
-from sim.trace import Trace, detect_format, poisson_arrivals, read_trace
+from sim.traces.model import Trace, detect_format, poisson_arrivals, read_trace
 
 
 def make_rng(seed: int) -> np.random.Generator:

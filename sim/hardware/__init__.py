@@ -1,0 +1,1 @@
+"""Hardware: model descriptions, GPU presets and the KV-cache budget they leave."""

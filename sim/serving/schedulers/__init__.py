@@ -1,0 +1,1 @@
+"""Scheduler models, one module per engine model."""

@@ -1,0 +1,1 @@
+"""Traces: the in-memory trace, readers per format, generators and tools."""
