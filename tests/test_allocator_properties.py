@@ -16,7 +16,7 @@ from sim.checking.invariants import VIOLATIONS
 from sim.checking.model import Model, buddy_free_blocks, buddy_regions, free_runs, next_pow2, token_identity
 from sim.checking.runner import AllocatorSpec, run_machine, specs_for, suite_settings
 
-# Every registered allocator, contiguous ones with each placement policy, and the paged --no-sharing counterfactual.
+# Every registered allocator, contiguous ones with each address-space policy, and the paged --no-sharing counterfactual.
 SPECS = [spec for cls in REGISTRY.values() for spec in specs_for(cls)]
 if "paged" in REGISTRY:
     SPECS.append(AllocatorSpec(REGISTRY["paged"], {"sharing": False}))
@@ -51,18 +51,18 @@ def test_every_registered_allocator_is_covered() -> None:
 # --- regressions: shrunk examples of real bugs the suite found ----------------------------------------------------
 
 
-@pytest.mark.parametrize("placement", ["buddy", "first-fit"])
-def test_contiguous_fork_of_a_parent_grown_past_its_final_length(placement: str) -> None:
+@pytest.mark.parametrize("address_space", ["buddy", "first-fit"])
+def test_contiguous_fork_of_a_parent_grown_past_its_final_length(address_space: str) -> None:
     """Found by the suite (honesty): can_fork said yes, then fork raised, because fork admitted the child with the
     parent's final length although the parent had appended beyond it (allowed, up to its reservation)."""
-    b = ContiguousOracle(num_blocks=1, block_size=2, max_model_len=1, placement=placement)  # 2 slots
+    b = ContiguousOracle(num_blocks=1, block_size=2, max_model_len=1, address_space=address_space)  # 2 slots
     b.admit(1, 0, 0)  # oracle reserves max(1, 0) = 1 slot
     b.append(1, 1)  # 1 token in that slot, beyond the final length 0
     assert b.can_fork(1, 2)  # one slot left: room for a copy of the 1 token
     b.fork(1, 2)  # raised AllocationError before the fix
     assert b.num_tokens(2) == 1 and b.placement(2).length == 1
     b.check()
-    a = ContiguousOracle(num_blocks=1, block_size=1, max_model_len=1, placement=placement)  # 1 slot
+    a = ContiguousOracle(num_blocks=1, block_size=1, max_model_len=1, address_space=address_space)  # 1 slot
     a.admit(1, 0, 0)
     a.append(1, 1)
     assert not a.can_fork(1, 2)  # no slot left for the child

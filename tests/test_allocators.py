@@ -58,7 +58,7 @@ def test_contiguous_reservations():
     # capacity 64 slots, max length 32
     cmax = ContiguousMax(16, 4, 32)
     cpow2 = ContiguousPow2(16, 4, 32)
-    oracle = ContiguousOracle(16, 4, 32, placement="first-fit")
+    oracle = ContiguousOracle(16, 4, 32, address_space="first-fit")
     for alloc in (cmax, cpow2, oracle):
         alloc.admit(1, 10, 13)
     assert cmax.placement(1).length == 32
@@ -68,7 +68,7 @@ def test_contiguous_reservations():
     assert cmax.memory() == MemoryBreakdown(10, 3, 19, 0, 32)
     assert cpow2.memory() == MemoryBreakdown(10, 3, 3, 0, 48)
     assert oracle.memory() == MemoryBreakdown(10, 3, 0, 0, 51)
-    # oracle under buddy placement is rounded to a power of two by the placement itself
+    # oracle under the buddy address space is rounded to a power of two by the address space itself
     buddy_oracle = ContiguousOracle(16, 4, 32)
     buddy_oracle.admit(1, 10, 13)
     assert buddy_oracle.placement(1).length == 16
@@ -77,7 +77,7 @@ def test_contiguous_reservations():
 
 
 def test_contiguous_external_fragmentation_depends_on_the_next_request():
-    a = ContiguousOracle(4, 4, 16, placement="first-fit")  # 16 slots
+    a = ContiguousOracle(4, 4, 16, address_space="first-fit")  # 16 slots
     a.admit(0, 4, 4)  # 0..4
     a.admit(1, 4, 4)  # 4..8
     a.admit(2, 4, 4)  # 8..12

@@ -32,7 +32,7 @@ CATEGORIES = ("token_states", "reserved", "internal_fragmentation", "external_fr
 SELF_CHECK = "self-check" not in os.environ.get("KVSIM_DISABLED_INVARIANTS", "").split(",")
 
 CONFIGS = [(name, {}) for name in REGISTRY] + [
-    ("contiguous-pow2", {"placement": "first-fit"}),
+    ("contiguous-pow2", {"address_space": "first-fit"}),
     ("paged", {"sharing": False}),
 ]
 

@@ -110,7 +110,7 @@ def test_prefix_cache_evicts_least_recently_used_tail_first():
 
 
 def test_contiguous_fork_copies_into_its_own_reservation():
-    a = ContiguousOracle(8, 4, 100, placement="first-fit")
+    a = ContiguousOracle(8, 4, 100, address_space="first-fit")
     a.admit(0, 5, 7)
     assert a.can_fork(0, 1)
     a.fork(0, 1)

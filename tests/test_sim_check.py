@@ -44,10 +44,10 @@ def test_a_broken_allocator_is_reported_with_its_invariant_and_shrunk_steps(caps
     assert "shrunk sequence of operations:" in out and "state.setup(" in out and operation in out, out
 
 
-def test_registered_contiguous_allocator_is_checked_with_each_placement(capsys) -> None:
+def test_registered_contiguous_allocator_is_checked_with_each_address_space(capsys) -> None:
     code, out = run_check(capsys, "contiguous-oracle", "--examples", "20")
     assert code == 0, out
-    assert "placement=buddy" in out and "placement=first-fit" in out
+    assert "address_space=buddy" in out and "address_space=first-fit" in out
 
 
 def test_unknown_allocator_is_a_usage_error(capsys) -> None:

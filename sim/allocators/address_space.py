@@ -209,4 +209,4 @@ class FirstFitSpace(AddressSpace):
         assert self._num_free == sum(self._lengths), "free-slot counter is wrong"
 
 
-PLACEMENTS = {"buddy": BuddySpace, "first-fit": FirstFitSpace}
+ADDRESS_SPACES = {"buddy": BuddySpace, "first-fit": FirstFitSpace}

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from sim.allocators.address_space import PLACEMENTS, AddressSpace
+from sim.allocators.address_space import ADDRESS_SPACES, AddressSpace
 from sim.allocators.base import AllocationError, DecodePlan, ExtentPlacement, KVAllocator, MemoryBreakdown, TokenContent
 from sim.hardware.config import next_power_of_two
 
@@ -19,7 +19,7 @@ from sim.hardware.config import next_power_of_two
 @dataclass
 class _Extent:
     start: int
-    held: int  # slots held (after the placement policy's rounding)
+    held: int  # slots held (after the address-space policy's rounding)
     tokens: int
     final_len: int
 
@@ -28,25 +28,25 @@ class ContiguousAllocator(KVAllocator):
     """Base for the contiguous allocators; subclasses say how much each sequence reserves.
 
     Args:
-        placement: "buddy" (default) or "first-fit": how extents are placed in the address space.
+        address_space: "buddy" (default) or "first-fit": the policy that places extents in the address space.
     """
 
-    placement_policy: ClassVar[str] = "buddy"
+    address_space_policy: ClassVar[str] = "buddy"
 
-    def __init__(self, num_blocks: int, block_size: int, max_model_len: int, placement: str | None = None):
+    def __init__(self, num_blocks: int, block_size: int, max_model_len: int, address_space: str | None = None):
         super().__init__(num_blocks, block_size, max_model_len)
-        policy = placement or self.placement_policy
-        if policy not in PLACEMENTS:
-            raise ValueError(f"unknown placement {policy!r}; choose from {', '.join(PLACEMENTS)}")
-        self.placement_name = policy
-        self.space: AddressSpace = PLACEMENTS[policy](self.capacity_tokens)
+        policy = address_space or self.address_space_policy
+        if policy not in ADDRESS_SPACES:
+            raise ValueError(f"unknown address space {policy!r}; choose from {', '.join(ADDRESS_SPACES)}")
+        self.address_space_name = policy
+        self.space: AddressSpace = ADDRESS_SPACES[policy](self.capacity_tokens)
         self._seqs: dict[int, _Extent] = {}
         self._tokens = 0  # token_states, summed over sequences
         self._held = 0
         self._unfilled = 0  # sum of (final_len - tokens): slots still to be filled
 
     def reservation(self, final_len: int) -> int:
-        """Slots a sequence of final_len tokens asks for (before placement rounding)."""
+        """Slots a sequence of final_len tokens asks for (before the address-space policy rounds it)."""
         raise NotImplementedError
 
     def never_fits(self, final_len: int) -> str | None:

@@ -277,9 +277,9 @@ class ContiguousExpectation:
     two and places at the lowest address of the smallest free block that fits; first-fit places at the lowest free
     run that fits. The expectation tracks its own extents, so free space is derived independently."""
 
-    def __init__(self, policy_name: str, placement: str, capacity: int, max_model_len: int, reservation):
+    def __init__(self, policy_name: str, address_space: str, capacity: int, max_model_len: int, reservation):
         self.policy_name = policy_name
-        self.placement = placement
+        self.address_space = address_space
         self.capacity = capacity
         self.max_model_len = max_model_len
         self._reservation = reservation  # the allocator's own, for families the model does not know
@@ -298,16 +298,16 @@ class ContiguousExpectation:
         return self._reservation(final_len)
 
     def placed(self, size: int) -> int:
-        return next_pow2(size) if self.placement == "buddy" else size
+        return next_pow2(size) if self.address_space == "buddy" else size
 
     def free_pieces(self) -> list[tuple[int, int]]:
         held = list(self.extents.values())
-        if self.placement == "buddy":
+        if self.address_space == "buddy":
             return buddy_free_blocks(self.capacity, held)
         return free_runs(self.capacity, held)
 
     def largest(self) -> int:
-        return buddy_regions(self.capacity)[0][1] if self.placement == "buddy" else self.capacity
+        return buddy_regions(self.capacity)[0][1] if self.address_space == "buddy" else self.capacity
 
     def never_fits(self, final_len: int) -> bool:
         return self.placed(self.reservation(final_len)) > self.largest()
@@ -317,7 +317,7 @@ class ContiguousExpectation:
         fits = [(start, n) for start, n in self.free_pieces() if n >= need]
         if not fits:
             return None
-        if self.placement == "buddy":
+        if self.address_space == "buddy":
             start = min(fits, key=lambda p: (p[1], p[0]))[0]
         else:
             start = fits[0][0]
@@ -359,8 +359,8 @@ def expectation_for(alloc, memory: SimMemory):
 
     if type(alloc) in (paged.PagedAllocator, getattr(paged, "PagedPrefixCache", None)):
         return PagedExpectation(alloc, memory)
-    if isinstance(alloc, ContiguousAllocator) and getattr(alloc, "placement_name", None) in ("buddy", "first-fit"):
+    if isinstance(alloc, ContiguousAllocator) and getattr(alloc, "address_space_name", None) in ("buddy", "first-fit"):
         return ContiguousExpectation(
-            type(alloc).name, alloc.placement_name, alloc.capacity_tokens, alloc.max_model_len, alloc.reservation
+            type(alloc).name, alloc.address_space_name, alloc.capacity_tokens, alloc.max_model_len, alloc.reservation
         )
     return None

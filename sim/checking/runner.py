@@ -32,14 +32,14 @@ class Violation:
         return head
 
 
-def specs_for(cls: type, placement: str | None = None) -> list[AllocatorSpec]:
-    """One spec per configuration worth checking: contiguous allocators with each placement policy."""
-    if placement is not None:
-        return [AllocatorSpec(cls, {"placement": placement})]
-    if hasattr(cls, "placement_policy"):
-        from sim.allocators.address_space import PLACEMENTS
+def specs_for(cls: type, address_space: str | None = None) -> list[AllocatorSpec]:
+    """One spec per configuration worth checking: contiguous allocators with each address-space policy."""
+    if address_space is not None:
+        return [AllocatorSpec(cls, {"address_space": address_space})]
+    if hasattr(cls, "address_space_policy"):
+        from sim.allocators.address_space import ADDRESS_SPACES
 
-        return [AllocatorSpec(cls, {"placement": p}) for p in PLACEMENTS]
+        return [AllocatorSpec(cls, {"address_space": p}) for p in ADDRESS_SPACES]
     return [AllocatorSpec(cls)]
 
 

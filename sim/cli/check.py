@@ -23,9 +23,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("allocator", help="a registered allocator (see `sim allocators`) or package.module:ClassName")
     p.add_argument(
-        "--placement",
+        "--address-space",
         choices=["buddy", "first-fit"],
-        help="contiguous allocators: check only this placement policy (default: each)",
+        help="contiguous allocators: check only this address-space policy (default: each)",
     )
     p.add_argument(
         "--examples", type=int, default=300, help="random operation sequences per configuration (default: %(default)s)"
@@ -66,8 +66,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if ":" in args.allocator and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # a user's module next to where they run the command
     cls = resolve_allocator(args.allocator)
-    if args.placement is not None and not hasattr(cls, "placement_policy"):
-        raise UserError(f"--placement applies to contiguous allocators, not {args.allocator}")
+    if args.address_space is not None and not hasattr(cls, "address_space_policy"):
+        raise UserError(f"--address-space applies to contiguous allocators, not {args.allocator}")
     settings = Settings(
         max_examples=args.examples,
         stateful_step_count=args.steps,
@@ -80,7 +80,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"to {args.steps} operations per configuration"
     )
     failed = 0
-    for spec in specs_for(cls, args.placement):
+    for spec in specs_for(cls, args.address_space):
         label = spec.name if spec.kwargs else args.allocator
         t0 = time.perf_counter()
         violations = check_allocator(spec, settings, args.max_violations)

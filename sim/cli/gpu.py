@@ -246,7 +246,7 @@ def register(sub) -> None:
     _harness_args(p)
     p.set_defaults(
         func=cmd_calibrate,
-        placement=None,
+        address_space=None,
         step_overhead="2ms",
         no_sharing=False,
         beam_replace_prob=0.3,

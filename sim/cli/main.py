@@ -67,9 +67,9 @@ def _add_replay_options(p: argparse.ArgumentParser) -> None:
         help="prompt tokens prefilled per iteration (default: max(max model length, 2048))",
     )
     p.add_argument(
-        "--placement",
+        "--address-space",
         choices=["buddy", "first-fit"],
-        help="how contiguous allocators place reservations (default: buddy)",
+        help="contiguous allocators: the address-space policy that places reservations, buddy or first-fit (default: buddy)",
     )
     p.add_argument(
         "--step-overhead",
@@ -117,7 +117,7 @@ def _options(args: argparse.Namespace, allocator: str) -> ReplayOptions:
         tp=args.tp,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
-        placement=args.placement,
+        address_space=args.address_space,
         step_overhead_s=parse_duration(args.step_overhead),
         sharing=not args.no_sharing,
         beam_replace_prob=args.beam_replace_prob,

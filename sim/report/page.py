@@ -157,7 +157,7 @@ def inputs_rows(data: ReportData, command: str | None) -> list[tuple[str, str]]:
             "engine limits",
             f"max_num_seqs {limits.get('max_num_seqs', base.max_num_seqs)}, "
             f"max_num_batched_tokens {limits.get('max_num_batched_tokens')}, "
-            f"placement (contiguous) {base.placement or 'buddy'}, "
+            f"address space (contiguous) {base.address_space or 'buddy'}, "
             f"sharing {'on' if base.sharing else 'off'}",
         )
     )

@@ -21,7 +21,7 @@ The spec (TOML; paths relative to the spec file's directory):
     kv_memory = "40GiB"
     gpu_memory_utilization = 0.9
     max_model_len = 4096
-    placement = "buddy"
+    address_space = "buddy"
     step_overhead = "2ms"
     sharing = true
     beam_replace_prob = 0.3
@@ -88,7 +88,7 @@ OPTION_KEYS = {
     "kv_memory",
     "gpu_memory_utilization",
     "max_model_len",
-    "placement",
+    "address_space",
     "step_overhead",
     "sharing",
     "beam_replace_prob",
@@ -206,7 +206,7 @@ def _base_options(spec: SweepSpec, model: str, gpu: str) -> ReplayOptions:
             tp=int(o.get("tp", 1)),
             max_num_seqs=int(o.get("max_num_seqs", 256)),
             max_num_batched_tokens=o.get("max_num_batched_tokens"),
-            placement=o.get("placement"),
+            address_space=o.get("address_space"),
             step_overhead_s=parse_duration(str(o["step_overhead"])) if "step_overhead" in o else 0.002,
             sharing=bool(o.get("sharing", True)),
             beam_replace_prob=float(o.get("beam_replace_prob", 0.3)),

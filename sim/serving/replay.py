@@ -30,7 +30,7 @@ class ReplayOptions:
     tp: int = 1
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None
-    placement: str | None = None  # contiguous allocators: "buddy" (default) or "first-fit"
+    address_space: str | None = None  # contiguous allocators: "buddy" (default) or "first-fit"
     step_overhead_s: float = DEFAULT_STEP_OVERHEAD_S
     sharing: bool = True  # paged allocators: fork sharing, copy-on-write and shared prefixes (False: --no-sharing)
     beam_replace_prob: float = (
@@ -72,10 +72,10 @@ def make_allocator(options: ReplayOptions, budget: KVBudget) -> KVAllocator:
         if not getattr(cls, "grows_on_demand", False) or not hasattr(cls, "retain_cached"):
             raise UserError(f"--no-sharing applies to the paged allocators, not {options.allocator}")
         kwargs["sharing"] = False
-    if options.placement is not None:
-        if not hasattr(cls, "placement_policy"):
-            raise UserError(f"--placement applies to contiguous allocators, not {options.allocator}")
-        kwargs["placement"] = options.placement
+    if options.address_space is not None:
+        if not hasattr(cls, "address_space_policy"):
+            raise UserError(f"--address-space applies to contiguous allocators, not {options.allocator}")
+        kwargs["address_space"] = options.address_space
     try:
         return cls(budget.num_blocks, budget.block_size, options.model.max_model_len, **kwargs)
     except (TypeError, ValueError) as exc:
@@ -151,7 +151,7 @@ def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | No
             "kv_bytes_per_token": budget.bytes_per_token,
             "kv_budget_source": budget.source,
             "kv_budget_breakdown_bytes": budget.breakdown,
-            "placement": getattr(allocator, "placement_name", None),
+            "address_space": getattr(allocator, "address_space_name", None),
             "sharing": options.sharing,
             "beam_replace_prob": options.beam_replace_prob,
             "seed": options.seed,

@@ -1,4 +1,4 @@
-"""Buddy and first-fit placement, worked out by hand."""
+"""Buddy and first-fit address spaces, worked out by hand."""
 
 from sim.allocators.address_space import BuddySpace, FirstFitSpace
 
