@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from sim.cost.roofline import RooflineCostModel
 from sim.hardware.config import GPUS, MODELS
-from sim.serving.schedulers.vllm_v0 import Batch
+from sim.serving.request import Batch
 
 
 def model(gpu: str, flops_efficiency: float, overhead: float) -> RooflineCostModel:

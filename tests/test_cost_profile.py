@@ -7,7 +7,7 @@ import pytest
 
 from sim.cost.profile import FEATURES, DecodeCorrection, ProfileCostModel, batch_features, fit_profile, nnls
 from sim.errors import UserError
-from sim.serving.schedulers.vllm_v0 import Batch, Sequence
+from sim.serving.request import Batch, Request
 
 
 def _model(**over) -> ProfileCostModel:
@@ -33,7 +33,7 @@ def _decode_batch(n: int, context: int) -> Batch:
 def test_formula_by_hand():
     m = _model()
     b = Batch()
-    b.prefill = [Sequence(0, 100, 5, 0.0, num_branches=3), Sequence(1, 100, 5, 0.0)]
+    b.prefill = [Request(0, 100, 5, 0.0, num_branches=3), Request(1, 100, 5, 0.0)]
     b.num_prefill_tokens, b.num_prefill_seqs, b.prefill_attention_pairs = 200, 4, 20_100
     b.num_decode_seqs, b.decode_context_tokens = 10, 5_000
     t = 210
@@ -98,7 +98,7 @@ def _synthetic_samples(model: ProfileCostModel) -> list[dict]:
     for p in (16, 128, 512, 2048):
         for c in (0, 512):
             b = Batch()
-            b.prefill = [Sequence(0, p + c, 2, 0.0)]
+            b.prefill = [Request(0, p + c, 2, 0.0)]
             b.num_prefill_tokens, b.num_prefill_seqs = p, 1
             b.prefill_attention_pairs = p * (p + 1) // 2 + p * c
             b.prefill_context_tokens = c
@@ -145,7 +145,7 @@ def test_replay_with_profile_fast_forward_identical(tmp_path, corrected):
     """The engine's exact fast-forward with the profile model writes the same records as step by step."""
     from sim.hardware.config import GPUS, MODELS
     from sim.serving.replay import ReplayOptions, replay
-    from sim.traces.model import read_trace
+    from sim.traces.readers import read_trace
 
     path = tmp_path / "p.json"
     m = _model()
@@ -167,7 +167,7 @@ def test_replay_with_profile_fast_forward_identical(tmp_path, corrected):
 def test_replay_rejects_profile_of_another_model(tmp_path):
     from sim.hardware.config import GPUS, MODELS
     from sim.serving.replay import ReplayOptions, replay
-    from sim.traces.model import read_trace
+    from sim.traces.readers import read_trace
 
     m = _model()
     m.meta = {"model": "opt-13b"}
@@ -218,7 +218,7 @@ def test_decode_correction_applies_to_decode_only_iterations():
     m.decode_correction = _correction()
     b = _decode_batch(4, 400)
     assert m.step_time(b) == pytest.approx(plain.step_time(b) * 1.2, rel=1e-15)
-    b.prefill = [Sequence(0, 100, 5, 0.0)]
+    b.prefill = [Request(0, 100, 5, 0.0)]
     b.num_prefill_tokens, b.num_prefill_seqs, b.prefill_attention_pairs = 100, 1, 5050
     assert m.step_time(b) == plain.step_time(b)  # a batch with prefill: the formula alone
 

@@ -7,15 +7,18 @@ import numpy as np
 import pytest
 
 from sim.allocators import ContiguousMax, PagedAllocator
+from sim.cost.base import CostModel
 from sim.cost.roofline import RooflineCostModel
 from sim.hardware.config import GPUS, MODELS
-from sim.records.metrics import summarize
+from sim.records.summary import summarize
 from sim.serving.engine import Engine
-from sim.serving.schedulers.vllm_v0 import Batch, Scheduler, SchedulerLimits
+from sim.serving.request import Batch
+from sim.serving.schedulers.base import SchedulerLimits
+from sim.serving.schedulers.vllm_v0 import VllmV0Scheduler
 from sim.traces.model import Trace
 
 
-class OneSecond:
+class OneSecond(CostModel):
     def step_time(self, batch: Batch) -> float:
         return 1.0
 
@@ -29,7 +32,7 @@ def make_trace(rows):
 
 
 def run(trace, allocator, max_len=100, limits=SchedulerLimits(256, 2048)):
-    engine = Engine(trace, Scheduler(allocator, limits), OneSecond(), bytes_per_token=1, max_model_len=max_len)
+    engine = Engine(trace, VllmV0Scheduler(allocator, limits), OneSecond(), bytes_per_token=1, max_model_len=max_len)
     log, requests = engine.run()
     steps = log.arrays()
     return steps, requests, summarize(steps, requests, allocator.capacity_tokens, 0.0)

@@ -20,7 +20,7 @@ import sim.serving.replay
 from sim.allocators import REGISTRY
 from sim.hardware.config import resolve_gpu, resolve_model
 from sim.serving.replay import ReplayOptions, replay
-from sim.serving.schedulers.vllm_v0 import Scheduler
+from sim.serving.schedulers.vllm_v0 import VllmV0Scheduler
 from sim.traces.model import Trace
 
 MODEL = resolve_model("llama-2-7b", 96)  # a short max model length keeps contiguous-max reservations small
@@ -56,7 +56,7 @@ def traces(draw) -> Trace:
     return Trace("<hypothesis>", "native", arrival, prompt, output, columns=columns)
 
 
-class RecordingScheduler(Scheduler):
+class RecordingScheduler(VllmV0Scheduler):
     """The real scheduler, recording what it emits and checking the allocator after every scheduling pass."""
 
     def __init__(self, *args, **kwargs):
@@ -79,21 +79,21 @@ class RecordingScheduler(Scheduler):
     def _preempt(self, seq, batch):
         super()._preempt(seq, batch)
         if seq.generated == 0:  # a request of several sequences restarts from scratch
-            self.emitted[seq.seq_id] = 0
+            self.emitted[seq.index] = 0
 
     def advance_decode(self, rounds):
         for seq in self.running:
-            self.emitted[seq.seq_id] += rounds
+            self.emitted[seq.index] += rounds
         super().advance_decode(rounds)
 
     def finish(self, batch, now):
         for seq in batch.prefill + batch.decode:
-            self.emitted[seq.seq_id] += 1
+            self.emitted[seq.index] += 1
         finished = super().finish(batch, now)
         for seq in finished:
-            if seq.seq_id in self.emitted_at_finish:
-                self.problems.append(f"request {seq.seq_id} finished twice")
-            self.emitted_at_finish[seq.seq_id] = self.emitted[seq.seq_id]
+            if seq.index in self.emitted_at_finish:
+                self.problems.append(f"request {seq.index} finished twice")
+            self.emitted_at_finish[seq.index] = self.emitted[seq.index]
         if SELF_CHECK:
             self.allocator.check()
         return finished
@@ -119,7 +119,7 @@ def run(
         fast_forward=fast_forward,
         **extra,
     )
-    with mock.patch.object(sim.serving.replay, "Scheduler", make):
+    with mock.patch.object(sim.serving.replay, "VllmV0Scheduler", make):
         result = replay(trace, options)
     return result, schedulers[0]
 

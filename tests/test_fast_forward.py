@@ -79,7 +79,7 @@ def test_fast_forward_equals_step_by_step(allocator, seed, count, sharing, kv_to
 
 @pytest.mark.parametrize("allocator", sorted(REGISTRY))
 def test_fast_forward_happens_and_is_exact_on_a_real_trace_slice(allocator, repo_root):
-    from sim.traces.model import read_trace
+    from sim.traces.readers import read_trace
 
     trace = read_trace(f"{repo_root}/traces/azure-llm-2023-conv.csv")
     trace = trace.select(slice(0, 300))
@@ -194,8 +194,8 @@ def test_steplog_decode_segments_equal_their_rows(compact_rows, data):
     """StepLog.extend_decode (stretches kept as lists, turned into rows many at a time) gives the rows of the
     formulas in BlockDecodePlan, computed here one row at a time in Python, between ordinary rows, across
     compactions."""
-    from sim.allocators.base import BlockDecodePlan
-    from sim.records.metrics import StepLog
+    from sim.allocators.fast_paths import BlockDecodePlan
+    from sim.records.steps import StepLog
 
     log, want = StepLog(), []
     log.COMPACT_ROWS = compact_rows

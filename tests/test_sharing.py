@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 
 from sim.allocators import ContiguousOracle, PagedAllocator, PagedPrefixCache, TokenContent
-from sim.records.metrics import sharing_summary, summarize
+from sim.cost.base import CostModel
+from sim.records.summary import sharing_summary, summarize
+from sim.serving.beam import BeamModel
 from sim.serving.engine import Engine
-from sim.serving.schedulers.vllm_v0 import BeamModel, Scheduler, SchedulerLimits
+from sim.serving.schedulers.base import SchedulerLimits
+from sim.serving.schedulers.vllm_v0 import VllmV0Scheduler
 from sim.traces.model import Trace
 
 
@@ -131,7 +134,7 @@ def make_trace(rows, **columns):
     )
 
 
-class OneSecond:
+class OneSecond(CostModel):
     def step_time(self, batch):
         return 1.0
 
@@ -140,7 +143,7 @@ class OneSecond:
 
 
 def replay(trace, allocator, beam=BeamModel()):
-    sched = Scheduler(allocator, SchedulerLimits(256, 4096), beam)
+    sched = VllmV0Scheduler(allocator, SchedulerLimits(256, 4096), beam)
     log, req = Engine(trace, sched, OneSecond(), 1, 100).run()
     steps = log.arrays()
     s = summarize(steps, req, allocator.capacity_tokens, 0.0)

@@ -1,9 +1,12 @@
 """The GPU replay: the simulator's scheduler and allocator objects, driven by real time on a real GPU.
 
-The loop mirrors `sim.serving.engine.Engine` (without fast-forward, which only exists to save simulated work):
+The loop is the simulator engine's (`sim.serving.engine.Engine`) on a real clock, without fast-forward (which only
+exists to save simulated work). Arrivals, rejections and the empty-batch path are the very same code,
+`sim.serving.intake.Intake`, and so are the scheduler (`make_scheduler`) and the records:
 
-    take the requests that arrived by now (the trace's clock runs in real time; an idle loop sleeps until the next
-    arrival); schedule(now) -> Batch; execute it on the GPU (kernels.harness.executor); finish(batch, end).
+    intake.take_arrivals(now) (the trace's clock runs in real time; an idle loop sleeps until the next arrival);
+    schedule(now) -> Batch (empty: intake.reject_head); execute it on the GPU (kernels.harness.executor);
+    finish(batch, end).
 
 It writes the same per-iteration (`StepLog`) and per-request (`RequestLog`) records and the same `summarize` figures as
 the simulator. An iteration's duration is the wall time from just before `schedule()` to the end of its device
@@ -29,10 +32,10 @@ from kernels.harness.mixed_graphs import MixedRunner
 from kernels.harness.model import RandomTransformer, Shapes
 from sim.errors import UserError
 from sim.hardware.config import KVBudget, activation_reserve_bytes
-from sim.records.metrics import RequestLog, StepLog, record_iteration, sharing_summary, summarize
-from sim.serving.engine import branches_of, content_of
-from sim.serving.replay import ReplayOptions, make_allocator, summary_header, validate_options
-from sim.serving.schedulers.vllm_v0 import BeamModel, Scheduler, SchedulerLimits, Sequence
+from sim.records.requests import RequestLog
+from sim.records.steps import StepLog, record_iteration
+from sim.serving.intake import Intake
+from sim.serving.replay import ReplayOptions, make_allocator, make_scheduler, replay_summary, validate_options
 from sim.traces.model import Trace
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -204,26 +207,18 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
     options, h = run.options, run.harness
     budget = run.budget
     allocator = LineageTracker(make_allocator(options, budget))
-    limits = SchedulerLimits(options.max_num_seqs, options.engine_config.batched_tokens_limit(options.model))
-    if not 0 <= options.beam_replace_prob <= 1:
-        raise UserError(f"--beam-replace-prob must be in [0, 1], got {options.beam_replace_prob}")
-    sched = Scheduler(allocator, limits, BeamModel(options.beam_replace_prob, options.seed))
+    sched = make_scheduler(options, allocator)
     executor = run.executor(allocator, seed=h.seed)
     run.pool.kv.fill_(float("nan"))  # a slot nothing wrote reads as NaN, which the checks report
     bpt = budget.bytes_per_token
-    max_len = options.model.max_model_len
-    n = len(trace)
-    num_branches, beam = branches_of(trace)
-    arrival, prompt, output = trace.arrival_s, trace.prompt_tokens, trace.output_tokens
-    req = RequestLog.empty(arrival, prompt, output, num_branches)
+    intake = Intake(trace, sched, options.model.max_model_len, progress)
+    req = intake.requests
     steps = StepLog()
     gpu_s: list[float] = []
     host_s: list[float] = []
     issue_s: list[float] = []
     checks = CheckResult()
-    trace_start = float(arrival[0]) if n else 0.0
-    nxt = 0
-    done = 0
+    trace_start = float(trace.arrival_s[0]) if len(trace) else 0.0
     excluded = 0.0
     truncated = False
     if run.pool.kv.is_cuda:
@@ -233,33 +228,6 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
 
     def clock() -> float:
         return time.perf_counter() - t0 - excluded + trace_start
-
-    def take_arrivals(now: float) -> None:
-        nonlocal nxt, done
-        while nxt < n and arrival[nxt] <= now:
-            i = nxt
-            nxt += 1
-            p, o = int(prompt[i]), int(output[i])
-            reason = None
-            if p + o > max_len:
-                reason = f"prompt + output = {p + o:,} tokens exceeds the max model length of {max_len:,}"
-            else:
-                reason = allocator.never_fits(p + o - 1)
-            if reason is not None:
-                req.rejection[i] = reason
-                done += 1
-                continue
-            sched.add(
-                Sequence(
-                    i,
-                    p,
-                    o,
-                    float(arrival[i]),
-                    num_branches=int(num_branches[i]),
-                    beam=bool(beam[i]),
-                    content=content_of(trace, i),
-                )
-            )
 
     iteration = 0
     static_iters = mixed_iters = 0
@@ -271,12 +239,11 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
     gc.disable()  # no collector pauses inside measured iterations; re-enabled after the loop
     try:
         while True:
-            now = clock()
-            take_arrivals(now)
+            intake.take_arrivals(clock())
             if not sched.has_work():
-                if nxt >= n:
+                if intake.exhausted:
                     break
-                time.sleep(max(0.0, float(arrival[nxt]) - clock()))
+                time.sleep(max(0.0, intake.arrival[intake.next_index] - clock()))
                 continue
             if h.time_limit_s is not None and time.perf_counter() - t0 > h.time_limit_s:
                 truncated = True
@@ -284,12 +251,7 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
             start = clock()
             batch = sched.schedule(start)
             if not batch:
-                seq = sched.waiting.popleft()
-                req.rejection[seq.seq_id] = (
-                    f"cannot be placed even in an empty KV cache ({seq.num_branches} "
-                    f"sequences of up to {seq.final_len:,} tokens)"
-                )
-                done += 1
+                intake.reject_head(batch)
                 continue
             m0 = time.perf_counter()
             mem = allocator.memory(sched.next_waiting_final_len())
@@ -314,10 +276,9 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
             record_iteration(
                 steps, req, start, end - start, end, batch, len(sched.waiting), mem, unshared, bpt, finished
             )
-            done += len(finished)
+            if finished:
+                intake.count_done(len(finished))
             iteration += 1
-            if progress is not None:
-                progress(done, n)
     finally:
         gc.enable()
     arrays = steps.arrays()
@@ -333,14 +294,7 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
         )
         memory["device_total"] = torch.cuda.get_device_properties(0).total_memory
     summary = {
-        **summary_header(allocator, budget, options, trace),
-        **summarize(arrays, req, budget.capacity_bytes, trace_start),
-        "sharing": sharing_summary(
-            arrays,
-            getattr(allocator.wrapped, "num_cow_copies", 0),
-            sched.prefill_tokens_requested,
-            sched.prefill_tokens_cached,
-        ),
+        **replay_summary(allocator.wrapped, sched, budget, options, trace, arrays, req),
         "harness": {
             "layers": run.model.shapes.layers,
             "dtype": h.dtype,

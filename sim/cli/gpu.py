@@ -85,7 +85,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from kernels.harness.replay import GpuRun
     from kernels.harness.validate import environment
     from sim.cli.main import _options
-    from sim.records.metrics import atomic_write, to_json
+    from sim.records.io import atomic_write, to_json
     from sim.units import format_bytes, parse_size
 
     args.trace = None
@@ -136,9 +136,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from kernels.harness.replay import GpuRun, gpu_replay, warm_up
     from kernels.harness.validate import environment, format_record, headline, validation_record, write_record
     from sim.cli.main import _header, _options
-    from sim.records.metrics import atomic_write, to_json
+    from sim.records.io import atomic_write, to_json
     from sim.serving.replay import replay
-    from sim.traces.model import read_trace
+    from sim.traces.readers import read_trace
     from sim.traces.tools import scale_trace, slice_trace
 
     trace = read_trace(args.trace, args.format, rate=args.rate, seed=args.seed, model_filter=args.model_filter)

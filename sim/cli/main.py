@@ -14,10 +14,9 @@ from sim.cli.tables import summary_table
 from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S
 from sim.errors import UserError
 from sim.hardware.config import GPUS, MODELS, resolve_gpu, resolve_model
-from sim.records.metrics import atomic_write, to_json
-from sim.records.output import prepare_dir, write_replay
+from sim.records.io import atomic_write, prepare_dir, to_json, write_replay
 from sim.serving.replay import ReplayOptions, replay
-from sim.traces.model import READERS, read_trace
+from sim.traces.readers import READERS, read_trace
 from sim.units import format_bytes, parse_duration, parse_size
 
 # Modules that add subcommands: each defines register(subparsers).

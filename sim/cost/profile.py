@@ -35,8 +35,9 @@ import numpy as np
 
 MIN_SAMPLES = 3  # grid points a fit needs at the least
 
+from sim.cost.base import CostModel
 from sim.errors import UserError
-from sim.serving.schedulers.vllm_v0 import Batch
+from sim.serving.request import Batch
 
 PROFILE_KIND = "kvsim-cost-profile"
 PROFILE_VERSION = 1
@@ -177,7 +178,7 @@ class DecodeCorrection:
 
 
 @dataclass
-class ProfileCostModel:
+class ProfileCostModel(CostModel):
     """Iteration time from a calibration profile (the formula in the module docstring)."""
 
     c0: float

@@ -18,27 +18,18 @@ Tensor-parallel communication is not modelled. A later calibration fits these te
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
+from sim.cost.base import CostModel
 from sim.hardware.config import GpuSpec, ModelSpec
-from sim.serving.schedulers.vllm_v0 import Batch
-
-
-class CostModel(Protocol):
-    def step_time(self, batch: Batch) -> float:
-        """Seconds one iteration running `batch` takes."""
-        ...
-
-    def describe(self) -> dict: ...
-
+from sim.serving.request import Batch
 
 DEFAULT_STEP_OVERHEAD_S = 0.002
 
 
 @dataclass
-class RooflineCostModel:
+class RooflineCostModel(CostModel):
     model: ModelSpec
     gpu: GpuSpec
     tp: int = 1

@@ -17,7 +17,7 @@ import os
 import plotly.io as pio
 import plotly.offline
 
-from sim.records.metrics import atomic_write
+from sim.records.io import atomic_write
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1a1a1a;

@@ -7,7 +7,7 @@ import datetime
 import platform
 import sys
 
-from sim.records.metrics import to_json
+from sim.records.io import to_json
 from sim.report import charts
 from sim.report.build import ConfigResult, ReportData, model_rows
 from sim.report.capacity import memory_fractions

@@ -3,7 +3,7 @@
 An SLO is written `METRIC_pXX=DURATION`, several separated by commas, e.g. `ttft_p99=2s,tpot_p99=100ms`:
 
 - METRIC is `ttft` (first token - arrival), `tpot` ((finish - first token) / (output tokens - 1), requests with at
-  least 2 output tokens) or `e2e` (finish - arrival), as defined in `sim.records.metrics.summarize`;
+  least 2 output tokens) or `e2e` (finish - arrival), as defined in `sim.records.summary.summarize`;
 - pXX is a percentile in (0, 100], e.g. p50, p90, p99, p99.9, taken over the completed requests with numpy's
   linear interpolation (the same as summary.json's p50/p90/p99);
 - DURATION is a number with an optional unit (s, ms, us, min).
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.errors import UserError
-from sim.records.metrics import RequestLog
+from sim.records.requests import RequestLog
 from sim.units import parse_duration
 
 METRICS = ("ttft", "tpot", "e2e")

@@ -57,13 +57,14 @@ import numpy as np
 from sim.allocators.base import MEMORY_CATEGORIES
 from sim.errors import UserError
 from sim.hardware.config import resolve_gpu, resolve_model
-from sim.records.metrics import atomic_write
+from sim.records.io import atomic_write
 from sim.report.build import _pool_context, default_jobs
 from sim.report.capacity import trace_rate
 from sim.report.slo import good_requests, meets, parse_slos, per_request_latency, slo_values
 from sim.report.status import StatusLine
 from sim.serving.replay import ReplayOptions, replay
-from sim.traces.model import Trace, read_trace
+from sim.traces.model import Trace
+from sim.traces.readers import read_trace
 from sim.traces.tools import scale_trace, slice_trace
 from sim.units import parse_duration, parse_size
 

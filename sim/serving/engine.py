@@ -1,50 +1,28 @@
 """The simulator's clock: a simpy process that replays a trace through a scheduler.
 
 The engine process runs iterations whose lengths come from the cost model, keeping its own clock and advancing simpy's
-by their sum every few hundred iterations and before it waits (see _sync); before each iteration it hands the
-scheduler every request that has arrived, and when there is nothing to run it waits until the next arrival. (An arrival process with one event per request used to wake
-it; a million requests cost a million events that way.) Nothing here knows about memory: that is the allocator's
-business, reached through the scheduler.
+by their sum every few hundred iterations and before it waits (see _sync); before each iteration the intake
+(`sim.serving.intake`, shared with the GPU replay) hands the scheduler every request that has arrived, and when there
+is nothing to run the engine waits until the next arrival: one simpy event per idle period, not one per request.
+Nothing here knows about memory: that is the allocator's business, reached through the scheduler.
 """
 
 from __future__ import annotations
 
 import gc
 from bisect import bisect_left
-from collections.abc import Callable
 from itertools import accumulate
 
-import numpy as np
 import simpy
 
-from sim.allocators.base import BlockDecodePlan, KVAllocator, TokenContent
-from sim.cost.roofline import CostModel
-from sim.records.metrics import RequestLog, StepLog, record_iteration
-from sim.serving.schedulers.vllm_v0 import Scheduler, Sequence
+from sim.allocators.base import KVAllocator
+from sim.allocators.fast_paths import BlockDecodePlan
+from sim.cost.base import CostModel
+from sim.records.requests import RequestLog
+from sim.records.steps import StepLog, record_iteration
+from sim.serving.intake import Intake, ProgressCallback
+from sim.serving.schedulers.base import Scheduler
 from sim.traces.model import Trace
-
-ProgressCallback = Callable[[int, int], None]  # (requests done, requests total)
-
-
-def branches_of(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
-    """Sequences per request and whether they are beams: beam_width when > 1, else n (parallel samples)."""
-    ones = np.ones(len(trace), dtype=np.int64)
-    n = trace.columns.get("n", ones)
-    beam_width = trace.columns.get("beam_width", ones)
-    beam = beam_width > 1
-    return np.where(beam, beam_width, n), beam
-
-
-def content_of(trace: Trace, i: int) -> TokenContent | None:
-    """What request i's prompt tokens are: a shared prefix of its prefix group, or Mooncake's 512-token hash ids."""
-    groups = trace.columns.get("prefix_group")
-    if groups is not None and groups[i] >= 0 and trace.columns["prefix_tokens"][i] > 0:
-        return TokenContent(((("group", int(groups[i])), int(trace.columns["prefix_tokens"][i])),))
-    if trace.block_hashes is not None:
-        ids = trace.hash_ids(i)
-        if len(ids):
-            return TokenContent(tuple((("hash", int(h)), trace.block_hash_tokens) for h in ids))
-    return None
 
 
 class Engine:
@@ -73,15 +51,11 @@ class Engine:
         self.cost_model = cost_model
         self.bytes_per_token = bytes_per_token
         self.max_model_len = max_model_len
-        self.progress = progress
-        self.fast_forward = fast_forward and hasattr(cost_model, "decode_times")
+        self.fast_forward = fast_forward and scheduler.fast_forward
         self.env = simpy.Environment(initial_time=float(trace.arrival_s[0]) if len(trace) else 0.0)
         self.steps = StepLog()
-        self.num_branches, self.beam = branches_of(trace)
-        self.requests = RequestLog.empty(trace.arrival_s, trace.prompt_tokens, trace.output_tokens, self.num_branches)
-        self._next = 0  # index of the next request not yet handed to the scheduler
-        self._arrival: list[float] = trace.arrival_s.tolist()  # Python floats: cheap to index one at a time
-        self._done = 0
+        self.intake = Intake(trace, scheduler, max_model_len, progress)
+        self.requests: RequestLog = self.intake.requests
         self.num_fast_forwarded = 0  # iterations computed in stretches
         self._pending: list[float] = []  # durations of iterations simpy's clock has not yet been advanced by
 
@@ -98,44 +72,6 @@ class Engine:
             if collecting:
                 gc.enable()
         return self.steps, self.requests
-
-    def _reject_reason(self, prompt: int, output: int) -> str | None:
-        if prompt + output > self.max_model_len:
-            return (
-                f"prompt + output = {prompt + output:,} tokens exceeds the max model length of {self.max_model_len:,}"
-            )
-        return self.allocator.never_fits(prompt + output - 1)
-
-    def _take_arrivals(self, now: float) -> None:
-        if self._next >= len(self._arrival) or self._arrival[self._next] > now:
-            return
-        trace, n = self.trace, len(self.trace)
-        arrival, prompt, output = trace.arrival_s, trace.prompt_tokens, trace.output_tokens
-        while self._next < n and arrival[self._next] <= now:
-            i = self._next
-            self._next += 1
-            p, o = int(prompt[i]), int(output[i])
-            reason = self._reject_reason(p, o)
-            if reason is not None:
-                self.requests.rejection[i] = reason
-                self._count_done(1)
-                continue
-            self.scheduler.add(
-                Sequence(
-                    i,
-                    p,
-                    o,
-                    float(arrival[i]),
-                    num_branches=int(self.num_branches[i]),
-                    beam=bool(self.beam[i]),
-                    content=content_of(trace, i),
-                )
-            )
-
-    def _count_done(self, n: int) -> None:
-        self._done += n
-        if self.progress is not None:
-            self.progress(self._done, len(self.trace))
 
     SYNC_EVERY = 256  # iterations between simpy timeouts while busy
 
@@ -155,33 +91,23 @@ class Engine:
         pending.clear()
 
     def _engine(self):
-        env, sched, alloc = self.env, self.scheduler, self.allocator
+        env, sched, alloc, intake = self.env, self.scheduler, self.allocator, self.intake
         req, bpt = self.requests, self.bytes_per_token
         pending = self._pending
         now = env.now  # the engine's clock; simpy's catches up every SYNC_EVERY iterations and before it waits
         while True:
-            self._take_arrivals(now)
+            intake.take_arrivals(now)
             if not sched.has_work():
                 yield from self._sync(now)
-                if self._next >= len(self.trace):
+                if intake.exhausted:
                     return
-                yield env.timeout(self._arrival[self._next] - env.now)  # idle until the next arrival
+                yield env.timeout(intake.arrival[intake.next_index] - env.now)  # idle until the next arrival
                 now = env.now
                 continue
             start = now
             batch = sched.schedule(start)
             if not batch:
-                # Nothing runs: either the head of the queue cannot be placed even in an empty cache, or every running
-                # request was preempted and the head is the one preempted last, while it ran alone: it cannot get the
-                # memory it needs even alone. Either way it never will be served.
-                for seq in batch.preempted:
-                    req.preemptions[seq.seq_id] += 1
-                seq = sched.waiting.popleft()
-                how = "completed even alone in" if batch.preempted else "placed even in an empty"
-                req.rejection[seq.seq_id] = (
-                    f"cannot be {how} KV cache ({seq.num_branches} sequences of up to {seq.final_len:,} tokens)"
-                )
-                self._count_done(1)
+                intake.reject_head(batch)
                 continue
             mem = alloc.memory(sched.next_waiting_final_len())
             unshared = alloc.held_without_sharing()
@@ -195,9 +121,9 @@ class Engine:
                 self.steps, req, start, duration, now, batch, len(sched.waiting), mem, unshared, bpt, finished
             )
             if finished:
-                self._count_done(len(finished))
+                intake.count_done(len(finished))
             while self.fast_forward:  # stretches, one after the other while they end in completions only
-                self._take_arrivals(now)
+                intake.take_arrivals(now)
                 rounds = sched.decode_rounds_without_events(through_finish=True)
                 if rounds < 2:
                     break
@@ -210,11 +136,7 @@ class Engine:
     def _decode_times(self, num_seqs: int, first_context: int, rounds: int) -> list[float]:
         """Durations of `rounds` pure-decode iterations of num_seqs sequences, the first reading first_context tokens
         (each later one num_seqs more), exactly as step_time would give them."""
-        cost = self.cost_model
-        if hasattr(cost, "decode_time_list"):
-            return cost.decode_time_list(num_seqs, first_context, rounds)
-        context = first_context + num_seqs * np.arange(rounds, dtype=np.int64)
-        return np.asarray(cost.decode_times(num_seqs, context), dtype=np.float64).tolist()
+        return self.cost_model.decode_time_list(num_seqs, first_context, rounds)
 
     STRETCH_CHUNK = 16  # iterations whose times are computed before looking for the next arrival among them
 
@@ -225,7 +147,7 @@ class Engine:
         would start at or after the next arrival (it must see that arrival). ends[0] is `now` and ends[i + 1] =
         ends[i] + durations[i], summed one after the other as simpy adds timeouts. Times are computed in chunks that
         double, since most stretches end at an arrival well before `rounds`."""
-        limit = self._arrival[self._next] if self._next < len(self._arrival) else None
+        limit = self.intake.next_arrival_s()
         durations: list[float] = []
         ends = [now]
         chunk = self.STRETCH_CHUNK
@@ -262,27 +184,16 @@ class Engine:
             sched.advance_decode(rounds - 1)
             finished = sched.finish_decode(ends[rounds])
             finish_s = self.requests.finish_s
-            for seq in finished:
-                finish_s[seq.seq_id] = ends[rounds]
+            for request in finished:
+                finish_s[request.index] = ends[rounds]
             if finished:
-                self._count_done(len(finished))
+                self.intake.count_done(len(finished))
         else:
             sched.advance_decode(rounds)
         if isinstance(plan, BlockDecodePlan):  # gathered with other stretches into rows later (StepLog)
             self.steps.extend_decode(ends, durations, n, waiting, self.bytes_per_token, plan)
         else:
-            rows = np.empty((rounds, 14))  # STEP_COLUMNS
-            rows[:, 0] = ends[:rounds]
-            rows[:, 1] = durations[:rounds]
-            rows[:, 2:8] = (n, waiting, 0, n, n, 0)
-            rows[:, 8] = plan.token_states[:rounds]
-            rows[:, 9] = plan.reserved[:rounds]
-            rows[:, 10] = plan.internal_fragmentation[:rounds]
-            rows[:, 11] = plan.external_fragmentation[:rounds]
-            rows[:, 12] = plan.free[:rounds]
-            rows[:, 13] = plan.unshared[:rounds]
-            rows[:, 8:] *= self.bytes_per_token
-            self.steps.extend(rows)
+            self.steps.extend_stretch(ends, durations, n, waiting, self.bytes_per_token, plan)
         self.num_fast_forwarded += rounds
         self._pending += durations[:rounds]
         return rounds, ends[rounds]

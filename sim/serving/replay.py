@@ -13,9 +13,13 @@ from sim.allocators import KVAllocator, resolve_allocator
 from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S, RooflineCostModel
 from sim.errors import UserError
 from sim.hardware.config import EngineConfig, GpuSpec, KVBudget, ModelSpec, kv_budget
-from sim.records.metrics import RequestLog, sharing_summary, summarize
-from sim.serving.engine import Engine, ProgressCallback
-from sim.serving.schedulers.vllm_v0 import BeamModel, Scheduler, SchedulerLimits
+from sim.records.requests import RequestLog
+from sim.records.summary import sharing_summary, summarize
+from sim.serving.beam import BeamModel
+from sim.serving.engine import Engine
+from sim.serving.intake import ProgressCallback
+from sim.serving.schedulers.base import SchedulerLimits
+from sim.serving.schedulers.vllm_v0 import VllmV0Scheduler
 from sim.traces.model import Trace
 
 
@@ -33,9 +37,7 @@ class ReplayOptions:
     address_space: str | None = None  # contiguous allocators: "buddy" (default) or "first-fit"
     step_overhead_s: float = DEFAULT_STEP_OVERHEAD_S
     sharing: bool = True  # paged allocators: fork sharing, copy-on-write and shared prefixes (False: --no-sharing)
-    beam_replace_prob: float = (
-        0.3  # the beam model's per-step drop probability (see sim.serving.schedulers.vllm_v0.BeamModel)
-    )
+    beam_replace_prob: float = 0.3  # the beam model's per-step drop probability (see sim.serving.beam.BeamModel)
     seed: int = 0  # seeds the beam model
     fast_forward: bool = True  # compute quiet stretches of decode iterations in one step (exactly the same records)
     cost_model: str | None = None  # a calibration profile (JSON from `sim calibrate`); None: the roofline
@@ -102,6 +104,14 @@ def validate_options(options: ReplayOptions) -> None:
         raise UserError(f"--max-num-batched-tokens must be positive, got {options.max_num_batched_tokens}")
     if options.step_overhead_s < 0:
         raise UserError("--step-overhead must not be negative")
+    if not 0 <= options.beam_replace_prob <= 1:
+        raise UserError(f"--beam-replace-prob must be in [0, 1], got {options.beam_replace_prob}")
+
+
+def make_scheduler(options: ReplayOptions, allocator: KVAllocator) -> VllmV0Scheduler:
+    """The scheduler both clocks drive, over `allocator`, with the options' limits and beam model."""
+    limits = SchedulerLimits(options.max_num_seqs, options.engine_config.batched_tokens_limit(options.model))
+    return VllmV0Scheduler(allocator, limits, BeamModel(options.beam_replace_prob, options.seed))
 
 
 def summary_header(allocator: KVAllocator, budget: KVBudget, options: ReplayOptions, trace: Trace) -> dict:
@@ -118,31 +128,44 @@ def summary_header(allocator: KVAllocator, budget: KVBudget, options: ReplayOpti
     }
 
 
-def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | None = None) -> ReplayResult:
-    validate_options(options)
-    budget = options.budget()
-    allocator = make_allocator(options, budget)
-    limits = SchedulerLimits(options.max_num_seqs, options.engine_config.batched_tokens_limit(options.model))
-    if not 0 <= options.beam_replace_prob <= 1:
-        raise UserError(f"--beam-replace-prob must be in [0, 1], got {options.beam_replace_prob}")
-    scheduler = Scheduler(allocator, limits, BeamModel(options.beam_replace_prob, options.seed))
-    cost = make_cost_model(options)
-    engine = Engine(
-        trace, scheduler, cost, budget.bytes_per_token, options.model.max_model_len, progress, options.fast_forward
-    )
-    step_log, requests = engine.run()
-    steps = step_log.arrays()
-    start = float(trace.arrival_s[0]) if len(trace) else 0.0
-    summary = {
+def replay_summary(
+    allocator: KVAllocator,
+    scheduler: VllmV0Scheduler,
+    budget: KVBudget,
+    options: ReplayOptions,
+    trace: Trace,
+    steps: dict[str, np.ndarray],
+    requests: RequestLog,
+) -> dict:
+    """The summary figures both clocks report for a finished replay: who ran, the figures of `summarize`, and the
+    sharing figures."""
+    return {
         **summary_header(allocator, budget, options, trace),
-        **summarize(steps, requests, budget.capacity_bytes, start),
-        "iterations_fast_forwarded": engine.num_fast_forwarded,
+        **summarize(steps, requests, budget.capacity_bytes, float(trace.arrival_s[0]) if len(trace) else 0.0),
         "sharing": sharing_summary(
             steps,
             getattr(allocator, "num_cow_copies", 0),
             scheduler.prefill_tokens_requested,
             scheduler.prefill_tokens_cached,
         ),
+    }
+
+
+def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | None = None) -> ReplayResult:
+    validate_options(options)
+    budget = options.budget()
+    allocator = make_allocator(options, budget)
+    scheduler = make_scheduler(options, allocator)
+    limits = scheduler.limits
+    cost = make_cost_model(options)
+    engine = Engine(
+        trace, scheduler, cost, budget.bytes_per_token, options.model.max_model_len, progress, options.fast_forward
+    )
+    step_log, requests = engine.run()
+    steps = step_log.arrays()
+    summary = {
+        **replay_summary(allocator, scheduler, budget, options, trace, steps, requests),
+        "iterations_fast_forwarded": engine.num_fast_forwarded,
         "config": {
             "tp": options.tp,
             "max_num_seqs": limits.max_num_seqs,

@@ -1,27 +1,22 @@
-"""Per-iteration and per-request records, the summary computed from them, and writing them to disk.
-
-Every figure of `summary.json` is defined here (and in the README's table) and computed in `summarize`.
-"""
+"""The per-iteration step log: it owns its columns (`STEP_COLUMNS`), gathers rows cheaply while a replay runs, and
+writes them as steps.csv. `record_iteration` is the one place both clocks (simulator and GPU harness) record an
+executed iteration."""
 
 from __future__ import annotations
 
-import csv
 import io
-import json
-import math
-import os
-import tempfile
-from dataclasses import dataclass
 
 import numpy as np
 
 from sim.allocators.base import MEMORY_CATEGORIES
+from sim.records.requests import RequestLog
 
 STEP_COLUMNS = (
     ("time_s", "duration_s", "running", "waiting", "prefill_tokens", "decode_tokens", "batched_tokens", "preempted")
     + tuple(f"{c}_bytes" for c in MEMORY_CATEGORIES)
     + ("unshared_bytes",)
 )
+COLUMN = {name: i for i, name in enumerate(STEP_COLUMNS)}  # column name -> index in a row
 
 
 class StepLog:
@@ -66,6 +61,28 @@ class StepLog:
         self._pending_rows += len(block)
         if self._pending_rows >= self.COMPACT_ROWS:
             self._compact()
+
+    def extend_stretch(
+        self, ends: list[float], durations: list[float], num_seqs: int, waiting: int, bytes_per_token: int, plan
+    ) -> None:
+        """The rows of a fast-forwarded stretch of plan.rounds pure-decode iterations of an allocator whose plan
+        (`DecodePlan`) gives each memory category per round in tokens: iteration i starts at ends[i] and lasts
+        durations[i]."""
+        rounds = plan.rounds
+        rows = np.empty((rounds, len(STEP_COLUMNS)))
+        rows[:, COLUMN["time_s"]] = ends[:rounds]
+        rows[:, COLUMN["duration_s"]] = durations[:rounds]
+        rows[:, COLUMN["running"]] = num_seqs
+        rows[:, COLUMN["waiting"]] = waiting
+        rows[:, COLUMN["prefill_tokens"]] = 0
+        rows[:, COLUMN["decode_tokens"]] = num_seqs
+        rows[:, COLUMN["batched_tokens"]] = num_seqs
+        rows[:, COLUMN["preempted"]] = 0
+        for category in MEMORY_CATEGORIES:
+            rows[:, COLUMN[f"{category}_bytes"]] = getattr(plan, category)[:rounds]
+        rows[:, COLUMN["unshared_bytes"]] = plan.unshared[:rounds]
+        rows[:, COLUMN[f"{MEMORY_CATEGORIES[0]}_bytes"] :] *= bytes_per_token
+        self.extend(rows)
 
     def extend_decode(
         self, ends: list[float], durations: list[float], num_seqs: int, waiting: int, bytes_per_token: int, plan
@@ -116,21 +133,21 @@ class StepLog:
         reserved = np.array(self._d_reserved, dtype=np.int64).reshape(-1)
         tokens = tokens0 + n * step
         rows = np.empty((total, len(STEP_COLUMNS)))
-        rows[:, 0] = self._d_starts
-        rows[:, 1] = self._d_durations
-        rows[:, 2] = n
-        rows[:, 3] = waiting
-        rows[:, 4] = 0
-        rows[:, 5] = n
-        rows[:, 6] = n
-        rows[:, 7] = 0
-        rows[:, 8] = tokens
-        rows[:, 9] = reserved
-        rows[:, 10] = (held0 + blocks) * bs - tokens - reserved
-        rows[:, 11] = 0
-        rows[:, 12] = (free0 - blocks) * bs
-        rows[:, 13] = (logical0 + blocks) * bs
-        rows[:, 8:] *= bpt[:, None].astype(np.float64)
+        rows[:, COLUMN["time_s"]] = self._d_starts
+        rows[:, COLUMN["duration_s"]] = self._d_durations
+        rows[:, COLUMN["running"]] = n
+        rows[:, COLUMN["waiting"]] = waiting
+        rows[:, COLUMN["prefill_tokens"]] = 0
+        rows[:, COLUMN["decode_tokens"]] = n
+        rows[:, COLUMN["batched_tokens"]] = n
+        rows[:, COLUMN["preempted"]] = 0
+        rows[:, COLUMN["token_states_bytes"]] = tokens
+        rows[:, COLUMN["reserved_bytes"]] = reserved
+        rows[:, COLUMN["internal_fragmentation_bytes"]] = (held0 + blocks) * bs - tokens - reserved
+        rows[:, COLUMN["external_fragmentation_bytes"]] = 0
+        rows[:, COLUMN["free_bytes"]] = (free0 - blocks) * bs
+        rows[:, COLUMN["unshared_bytes"]] = (logical0 + blocks) * bs
+        rows[:, COLUMN["token_states_bytes"] :] *= bpt[:, None].astype(np.float64)
         self._d_starts, self._d_durations, self._d_reserved, self._d_blocks, self._d_segments = [], [], [], [], []
         return rows
 
@@ -195,36 +212,6 @@ class StepLog:
         return {name: table[:, i] for i, name in enumerate(STEP_COLUMNS)}
 
 
-@dataclass
-class RequestLog:
-    """Per request (trace order): times in seconds from the trace's start (NaN when it never happened)."""
-
-    arrival_s: np.ndarray
-    prompt_tokens: np.ndarray
-    output_tokens: np.ndarray
-    admitted_s: np.ndarray
-    first_token_s: np.ndarray
-    finish_s: np.ndarray
-    preemptions: np.ndarray
-    rejection: list[str | None]
-    num_seqs: np.ndarray  # sequences per request: parallel samples or beams (1 for most requests)
-
-    @classmethod
-    def empty(
-        cls,
-        arrival_s: np.ndarray,
-        prompt_tokens: np.ndarray,
-        output_tokens: np.ndarray,
-        num_seqs: np.ndarray | None = None,
-    ) -> RequestLog:
-        n = len(arrival_s)
-        nan = lambda: np.full(n, np.nan)  # noqa: E731
-        seqs = np.ones(n, dtype=np.int64) if num_seqs is None else num_seqs
-        return cls(
-            arrival_s, prompt_tokens, output_tokens, nan(), nan(), nan(), np.zeros(n, dtype=np.int64), [None] * n, seqs
-        )
-
-
 def record_iteration(
     steps: StepLog,
     requests: RequestLog,
@@ -259,133 +246,15 @@ def record_iteration(
             unshared * bpt,
         )
     )
-    for seq in batch.preempted:
-        requests.preemptions[seq.seq_id] += 1
-    for seq in batch.prefill:
-        i = seq.seq_id
+    for request in batch.preempted:
+        requests.preemptions[request.index] += 1
+    for request in batch.prefill:
+        i = request.index
         if np.isnan(requests.admitted_s[i]):
-            requests.admitted_s[i] = seq.admitted_s
-            requests.first_token_s[i] = seq.first_token_s
-    for seq in finished:
-        requests.finish_s[seq.seq_id] = end
-
-
-def _stats(values: np.ndarray) -> dict[str, float | None]:
-    if len(values) == 0:
-        return {"mean": None, "p50": None, "p90": None, "p99": None}
-    return {
-        "mean": float(np.mean(values)),
-        "p50": float(np.percentile(values, 50)),
-        "p90": float(np.percentile(values, 90)),
-        "p99": float(np.percentile(values, 99)),
-    }
-
-
-def sharing_summary(
-    steps: dict[str, np.ndarray], cow_copies: int, prefill_tokens_requested: int, prefill_tokens_cached: int
-) -> dict:
-    """The `sharing` figures.
-
-    saved_fraction: 1 - (KV bytes held, summed over iterations) / (KV bytes the same live sequences would hold with
-        nothing shared, summed over iterations) — i.e. the share of memory that sharing saves against the
-        `--no-sharing` counterfactual of the same sequences at the same instants (0 when nothing is shared).
-    cow_copies: blocks copied because a shared, partly filled block was written (copy-on-write).
-    prefix_cache_hit_tokens: prompt tokens whose KV was found in memory at admission (not prefilled).
-    prefix_cache_hit_rate: hit tokens / tokens of every admission's prefill (recomputes included).
-    """
-    held = sum(float(steps[f"{c}_bytes"].sum()) for c in ("token_states", "reserved", "internal_fragmentation"))
-    unshared = float(steps["unshared_bytes"].sum())
-    return {
-        "saved_fraction": 1.0 - held / unshared if unshared > 0 else 0.0,
-        "cow_copies": int(cow_copies),
-        "prefix_cache_hit_tokens": int(prefill_tokens_cached),
-        "prefix_cache_hit_rate": prefill_tokens_cached / prefill_tokens_requested if prefill_tokens_requested else 0.0,
-    }
-
-
-def summarize(steps: dict[str, np.ndarray], requests: RequestLog, capacity_bytes: int, start_s: float) -> dict:
-    """The figures of summary.json (see README, 'Output figures').
-
-    duration_s: from the first arrival to the end of the last iteration.
-    throughput: completed requests, and the output tokens they generated (output tokens x sequences per request),
-        per second of duration.
-    batch_size: sequences per iteration (prefill + decode), mean over iterations and max.
-    kv_memory: each category's fraction of KV capacity, averaged over iterations (unweighted).
-    latency_s: over completed requests; ttft = first token - arrival; e2e = finish - arrival;
-        tpot = (finish - first token) / (output tokens - 1), over requests with at least 2 output tokens.
-    """
-    completed = ~np.isnan(requests.finish_s)
-    rejected = sum(r is not None for r in requests.rejection)
-    n_steps = len(steps["time_s"])
-    end = float(steps["time_s"][-1] + steps["duration_s"][-1]) if n_steps else start_s
-    duration = max(0.0, end - start_s)
-    out_tokens = int((requests.output_tokens[completed] * requests.num_seqs[completed]).sum())
-    if n_steps:
-        kv = {c: float(np.mean(steps[f"{c}_bytes"]) / capacity_bytes) for c in MEMORY_CATEGORIES}
-        batch = {"mean": float(np.mean(steps["running"])), "max": int(np.max(steps["running"]))}
-    else:
-        kv = {c: (1.0 if c == "free" else 0.0) for c in MEMORY_CATEGORIES}
-        batch = {"mean": 0.0, "max": 0}
-    ttft = requests.first_token_s[completed] - requests.arrival_s[completed]
-    e2e = requests.finish_s[completed] - requests.arrival_s[completed]
-    multi = completed & (requests.output_tokens > 1)
-    tpot = (requests.finish_s[multi] - requests.first_token_s[multi]) / (requests.output_tokens[multi] - 1)
-    return {
-        "requests": {
-            "total": len(requests.arrival_s),
-            "completed": int(completed.sum()),
-            "rejected": rejected,
-            "preemptions": int(requests.preemptions.sum()),
-        },
-        "iterations": n_steps,
-        "duration_s": duration,
-        "throughput": {
-            "requests_per_s": float(completed.sum()) / duration if duration > 0 else 0.0,
-            "output_tokens_per_s": out_tokens / duration if duration > 0 else 0.0,
-        },
-        "batch_size": batch,
-        "kv_memory": kv,
-        "latency_s": {"ttft": _stats(ttft), "tpot": _stats(tpot), "e2e": _stats(e2e)},
-    }
-
-
-# --- files -------------------------------------------------------------------------------------------------------
-def atomic_write(path: str, text: str) -> None:
-    """Write to a temporary file in the same directory, then rename: readers never see half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    raise TypeError(f"not JSON serialisable: {type(value)}")
-
-
-def to_json(data) -> str:
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(data), indent=2, default=_json_default) + "\n"
+            requests.admitted_s[i] = request.admitted_s
+            requests.first_token_s[i] = request.first_token_s
+    for request in finished:
+        requests.finish_s[request.index] = end
 
 
 def steps_csv(steps: dict[str, np.ndarray]) -> str:
@@ -396,39 +265,4 @@ def steps_csv(steps: dict[str, np.ndarray]) -> str:
     fmt = ",".join("%d" if i in int_cols else "%.9g" for i in range(len(cols)))
     if len(cols[0]):
         np.savetxt(buf, np.column_stack(cols), fmt=fmt)
-    return buf.getvalue()
-
-
-REQUEST_COLUMNS = (
-    "request",
-    "arrival_s",
-    "prompt_tokens",
-    "output_tokens",
-    "admitted_s",
-    "first_token_s",
-    "finish_s",
-    "preemptions",
-    "rejection",
-)
-
-
-def requests_csv(requests: RequestLog, request_ids: list[str] | None) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(REQUEST_COLUMNS)
-    fmt = lambda x: "" if math.isnan(x) else f"{x:.9g}"  # noqa: E731
-    for i in range(len(requests.arrival_s)):
-        w.writerow(
-            (
-                request_ids[i] if request_ids else i,
-                fmt(requests.arrival_s[i]),
-                int(requests.prompt_tokens[i]),
-                int(requests.output_tokens[i]),
-                fmt(requests.admitted_s[i]),
-                fmt(requests.first_token_s[i]),
-                fmt(requests.finish_s[i]),
-                int(requests.preemptions[i]),
-                requests.rejection[i] or "",
-            )
-        )
     return buf.getvalue()

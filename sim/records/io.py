@@ -1,0 +1,84 @@
+"""Files: atomic writes, JSON, run directories and the files a replay writes into them."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sim.errors import UserError
+from sim.records.requests import requests_csv
+from sim.records.steps import steps_csv
+
+if TYPE_CHECKING:
+    from sim.serving.replay import ReplayResult
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write to a temporary file in the same directory, then rename: readers never see half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def to_json(data) -> str:
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(data), indent=2, default=_json_default) + "\n"
+
+
+def prepare_dir(out: str | None, stem: str, force: bool, root: str = "runs") -> str:
+    """The directory to write into: `out`, or a new runs/<stem>-<timestamp> directory.
+
+    An existing non-empty directory is refused unless force is set.
+    """
+    if out is None:
+        base = os.path.join(root, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out, n = base, 1
+        while os.path.exists(out):
+            n += 1
+            out = f"{base}-{n}"
+    elif os.path.exists(out):
+        if not os.path.isdir(out):
+            raise UserError(f"--out {out} exists and is not a directory")
+        if os.listdir(out) and not force:
+            raise UserError(f"--out {out} already exists and is not empty; use --force to overwrite its files")
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def write_replay(directory: str, result: ReplayResult, request_ids: list[str] | None) -> None:
+    atomic_write(os.path.join(directory, "steps.csv"), steps_csv(result.steps))
+    atomic_write(os.path.join(directory, "requests.csv"), requests_csv(result.requests, request_ids))
+    # summary last: its presence means the run's files are complete
+    atomic_write(os.path.join(directory, "summary.json"), to_json(result.summary))

@@ -1,0 +1,78 @@
+"""The neutral types the scheduler, the engine and the GPU harness share: a `Request` and the `Batch` one iteration
+executes. Token counts are tokens; times are seconds on the clock of whoever drives the scheduler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sim.allocators.base import TokenContent
+
+
+@dataclass(eq=False, slots=True)
+class Request:
+    """A request inside the engine (waiting or running). It runs as one sequence, or as `num_branches` sequences
+    (branches) for parallel samples and beams; `branches` holds their allocator ids. `index` is the request's row in
+    the trace and the allocator id of its first branch."""
+
+    index: int
+    prompt_tokens: int
+    output_tokens: int
+    arrival_s: float
+    num_branches: int = 1  # parallel samples (n) or beams (beam_width)
+    beam: bool = False
+    content: TokenContent | None = None
+    generated: int = 0  # output tokens emitted so far, while not running (running: Scheduler.generated)
+    preemptions: int = 0
+    admitted_s: float | None = None  # first admission
+    first_token_s: float | None = None
+    branches: list[int] = field(default_factory=list)  # allocator ids of the live branches
+    cached_tokens: int = 0  # prefix-cache hit tokens of the latest admission
+    # While running (see Scheduler: lazy rounds): generated = gen_base + the scheduler's round; it finishes at
+    # finish_round; admit_no orders the running requests (admission order).
+    gen_base: int = 0
+    finish_round: int = -1
+    admit_no: int = -1
+
+    @property
+    def final_len(self) -> int:
+        """KV tokens held (by each branch) when the request finishes: prompt + output - 1."""
+        return self.prompt_tokens + self.output_tokens - 1
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Tokens the next admission must hold: the prompt plus every token emitted before a preemption."""
+        return self.prompt_tokens + self.generated
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one iteration executes.
+
+    prefill: requests admitted this iteration; each computes `prefill_tokens - cached_tokens` new tokens on top of
+        `cached_tokens` of context found in the prefix cache.
+    decode: running requests; each of their branches writes the KV of one token and emits one.
+    preempted: requests whose memory was taken back this iteration (they are not in the batch).
+    copies: (source block, destination block) copies the allocator recorded (copy-on-write), to run first.
+    """
+
+    prefill: list[Request] = field(default_factory=list)
+    decode: list[Request] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+    copies: list[tuple[int, int]] = field(default_factory=list)
+    num_prefill_tokens: int = 0  # prompt tokens computed (after prefix-cache hits)
+    prefill_context_tokens: int = 0  # cached tokens the prefills attend to
+    num_prefill_seqs: int = 0  # branches of the prefilled requests
+    num_decode_seqs: int = 0
+    decode_context_tokens: int = 0  # KV tokens the decode branches read (their lengths including the new token)
+    prefill_attention_pairs: int = 0  # (query, key) pairs of prefill attention: n (n + 1) / 2 + n x context
+
+    @property
+    def num_seqs(self) -> int:
+        return self.num_prefill_seqs + self.num_decode_seqs
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return self.num_prefill_tokens + self.num_decode_seqs
+
+    def __bool__(self) -> bool:
+        return self.num_seqs > 0
