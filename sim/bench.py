@@ -33,7 +33,7 @@ def measure_one(trace_path: str, allocator: str, model: str, gpu: str, fast_forw
     """Read and replay once in this process; returns the figures of the module docstring."""
     from sim.hardware.config import resolve_gpu, resolve_model
     from sim.serving.replay import ReplayOptions, replay
-    from sim.traces.model import read_trace
+    from sim.traces.readers import read_trace
 
     start = time.perf_counter()
     trace = read_trace(trace_path)
@@ -63,7 +63,7 @@ def _subprocess_measure(trace_path: str, allocator: str, model: str, gpu: str, f
 
 def _generated(size: int, directory: str) -> str:
     from sim.traces.generate import generate
-    from sim.traces.model import write_trace
+    from sim.traces.writers import write_trace
 
     path = os.path.join(directory, f"sharegpt-{size}.csv")
     if not os.path.exists(path):

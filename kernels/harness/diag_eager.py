@@ -28,7 +28,7 @@ from kernels.harness.replay import GpuRun, HarnessOptions, gpu_replay, warm_up
 from sim.hardware.config import resolve_gpu, resolve_model
 from sim.serving.replay import ReplayOptions
 from sim.serving.schedulers.vllm_v0 import Batch
-from sim.traces.model import read_trace
+from sim.traces.readers import read_trace
 from sim.traces.tools import scale_trace, slice_trace
 from sim.units import parse_size
 

@@ -25,7 +25,7 @@ from kernels.harness.residuals import rebuild
 from sim.cost.profile import _design, batch_features, default_knots, nnls
 from sim.hardware.config import resolve_gpu, resolve_model
 from sim.serving.replay import ReplayOptions
-from sim.traces.model import read_trace
+from sim.traces.readers import read_trace
 from sim.traces.tools import scale_trace, slice_trace
 from sim.units import parse_size
 

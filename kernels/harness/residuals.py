@@ -28,7 +28,7 @@ from sim.hardware.config import resolve_gpu, resolve_model
 from sim.serving.engine import branches_of, content_of
 from sim.serving.replay import ReplayOptions, make_allocator
 from sim.serving.schedulers.vllm_v0 import BeamModel, Scheduler, SchedulerLimits, Sequence
-from sim.traces.model import read_trace
+from sim.traces.readers import read_trace
 from sim.traces.tools import scale_trace, slice_trace
 from sim.units import parse_size
 

@@ -37,7 +37,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sim.report.page import build_page
     from sim.report.slo import parse_slos
     from sim.report.status import StatusLine
-    from sim.traces.model import read_trace
+    from sim.traces.readers import read_trace
     from sim.traces.tools import slice_trace
     from sim.units import parse_duration
 

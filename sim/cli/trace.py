@@ -11,8 +11,10 @@ import sys
 from sim.cli.options import non_negative_int, positive_float, positive_int
 from sim.errors import UserError
 from sim.traces.generate import LENGTHS_HELP, generate
-from sim.traces.model import READERS, Trace, read_trace, write_trace
+from sim.traces.model import Trace
+from sim.traces.readers import READERS, read_trace
 from sim.traces.tools import format_stats, scale_trace, slice_trace, trace_stats
+from sim.traces.writers import write_trace
 from sim.units import parse_duration
 
 

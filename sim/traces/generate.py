@@ -25,7 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.errors import UserError
-from sim.traces.model import Trace, detect_format, poisson_arrivals, read_trace
+from sim.traces.model import Trace
+from sim.traces.readers import detect_format, read_trace
+from sim.traces.readers.lengths import poisson_arrivals
 
 
 def make_rng(seed: int) -> np.random.Generator:

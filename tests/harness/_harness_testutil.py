@@ -3,7 +3,8 @@ interpreter on a machine without a GPU, which mishandles bf16), and trace files 
 
 import torch
 
-from sim.traces.model import Trace, read_trace
+from sim.traces.model import Trace
+from sim.traces.readers import read_trace
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = "bf16" if DEVICE == "cuda" else "fp32"

@@ -5,7 +5,8 @@ import pytest
 
 from sim.errors import UserError
 from sim.traces.generate import LENGTH_MODELS, arrivals, fit_lognormal_mus, generate, make_rng, parse_lengths
-from sim.traces.model import read_trace, write_trace
+from sim.traces.readers import read_trace
+from sim.traces.writers import write_trace
 
 
 @pytest.mark.parametrize("name, prompt_mean, output_mean", [("sharegpt", 161, 338), ("alpaca", 19, 58)])
