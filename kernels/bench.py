@@ -39,8 +39,9 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
-from kernels import cache_ops, prefill_wgmma
-from kernels import paged_attention as pa
+from kernels import cache_ops
+from kernels.attention import decode, decode_plan, dispatch, prefill_hopper
+from kernels.attention.common import num_sms
 
 GB = 1e9
 DTYPE = torch.bfloat16
@@ -417,21 +418,21 @@ def measure_decode(
     scale = HEAD**-0.5
     q, kc, vc, bt, bt_in, sl = c["q"], c["k_cache"], c["v_cache"], c["bt"], c["bt_in"], c["sl"]
     max_len = c["max_len"]
-    dcfg = pa._decode_config(HEAD, hq // hkv, DTYPE, BLOCK, batch * hkv, pa._num_sms(q.device))
+    dcfg = decode_plan.decode_config(HEAD, hq // hkv, DTYPE, BLOCK, batch * hkv, num_sms(q.device))
     rec["default_config"] = {k: dcfg[k] for k in ("block_n", "num_stages", "fuse_always")}
-    splits, part = pa._choose_partition(batch, hkv, max_len, dcfg["block_n"], pa._num_sms(q.device), None)
+    splits, part = decode_plan.choose_partition(batch, hkv, max_len, dcfg["block_n"], num_sms(q.device), None)
     rec["auto_splits"], rec["auto_partition"] = splits, part
-    plan = pa._split_plan(batch, hkv, max_len, dcfg["block_n"], pa._num_sms(q.device), None, None)
+    plan = decode_plan.split_plan(batch, hkv, max_len, dcfg["block_n"], num_sms(q.device), None, None)
     # with the device-side uniform test the grid has `splits` partitions, but near-uniform lengths use the hint's
     rec["auto_uniform_partition"] = plan[3] if plan[2] else None
-    hint_splits, hint_part = pa._choose_partition(
-        batch, hkv, max_len, dcfg["block_n"], pa._num_sms(q.device), None, min(lens)
+    hint_splits, hint_part = decode_plan.choose_partition(
+        batch, hkv, max_len, dcfg["block_n"], num_sms(q.device), None, min(lens)
     )
     rec["hint_splits"], rec["hint_partition"] = hint_splits, hint_part
     out = torch.empty_like(q)
 
     def ours(table=bt, **kw):
-        return lambda: pa.paged_decode_attention(q, kc, vc, table, sl, scale, max_seq_len=max_len, out=out, **kw)
+        return lambda: decode.paged_decode_attention(q, kc, vc, table, sl, scale, max_seq_len=max_len, out=out, **kw)
 
     # Primary times: do_bench medians of CUDA-graph replays, for our kernel and for SDPA alike.
     # Eager launches are also timed: below ~100 us both are bound by host launch overhead here.
@@ -441,9 +442,9 @@ def measure_decode(
     if splits > 1:  # A/B in the same process: the split-KV reduce fused (forced) and in a second launch (forced)
         times["ours_two_kernel"] = _bench_graph(ours(fused_reduce=False))
         times["ours_fused"] = _bench_graph(ours(fused_reduce=True))
-    rec["default_fused"] = splits > 1 and (dcfg["fuse_always"] or pa._auto_fused(batch, hkv, splits, q.device))
+    rec["default_fused"] = splits > 1 and (dcfg["fuse_always"] or decode_plan.auto_fused(batch, hkv, splits, q.device))
     # the host hint min_seq_len changes the split choice, or marks the batch as mixed (the balanced path)
-    rec["hint_balanced"] = pa._balanced_default(batch, hkv, max_len, min(lens), None)
+    rec["hint_balanced"] = decode_plan.balanced_default(batch, hkv, max_len, min(lens), None)
     if (hint_splits, hint_part) != (splits, part) or rec["hint_balanced"]:
         times["ours_hint"] = _bench_graph(ours(min_seq_len=min(lens)))
     if batch >= 16:  # the balanced (stream-K) path forced on
@@ -576,14 +577,14 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
     rec = {"case": name, "batch": batch, "q_heads": hq, "kv_heads": hkv, "context": ctx, "new": new, "flops": flops}
 
     def ours(**kw):
-        return lambda: pa.paged_prefill_attention(
+        return lambda: dispatch.paged_prefill_attention(
             q, k_cache, v_cache, bt, cu, ctx_t, scale, max_query_len=new, out=out, **kw
         )
 
     times = {"ours_paged": _bench_graph_or_eager(ours(), rec, "ours_paged")}
     # the paged column runs the Gluon kernel's paged form where it can; the Triton paged kernel beside it
-    ok, why = prefill_wgmma.supported_paged(q, k_cache, v_cache, scale)
-    rec["paged_kernel"] = "gluon (kernels.prefill_wgmma, paged)" if ok else f"triton ({why})"
+    ok, why = prefill_hopper.supported_paged(q, k_cache, v_cache, scale)
+    rec["paged_kernel"] = "gluon (kernels.attention.prefill_hopper, paged)" if ok else f"triton ({why})"
     try:
         times["ours_paged_triton"] = _bench_graph_or_eager(ours(config={"wgmma": False}), rec, "ours_paged_triton")
     except Exception as e:  # noqa: BLE001
@@ -596,7 +597,7 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
     vn = vc[:, :, ctx:].transpose(1, 2).reshape(batch * new, hkv, HEAD).contiguous()
 
     def ours_newkv(**kw):
-        return lambda: pa.paged_prefill_attention(
+        return lambda: dispatch.paged_prefill_attention(
             q,
             k_cache,
             v_cache,
@@ -621,8 +622,8 @@ def measure_prefill(name, batch, hq, hkv, ctx, new, budget, sweep=False):
         )
     if ctx == 0:
         # pure prefill: the default runs the Gluon warp-group-MMA kernel where it can; the Triton kernel beside it
-        ok, why = prefill_wgmma.supported(q, kn, vn, scale)
-        rec["newkv_kernel"] = "gluon (kernels.prefill_wgmma)" if ok else f"triton ({why})"
+        ok, why = prefill_hopper.supported(q, kn, vn, scale)
+        rec["newkv_kernel"] = "gluon (kernels.attention.prefill_hopper)" if ok else f"triton ({why})"
         try:
             times["ours_newkv_triton"] = _bench_graph_or_eager(
                 ours_newkv(config={"wgmma": False}), rec, "ours_newkv_triton"

@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from kernels.attention import contiguous_decode_attention, paged_decode_attention
 from kernels.cache_ops import write_kv
 from kernels.harness.kv_pool import KVPool
 from kernels.harness.kv_source import KVSource
 from kernels.harness.model import RandomTransformer
-from kernels.paged_attention import contiguous_decode_attention, paged_decode_attention
 
 #: Tokens per split-KV partition of the decode kernel inside static iterations (decode graphs and mixed graphs).
 #: The split bound there is the model's max length, loose for most batches, and the kernel's automatic choice for it

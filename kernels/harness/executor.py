@@ -35,15 +35,15 @@ import numpy as np
 import torch
 
 from kernels import reference as ref
+from kernels.attention import contiguous_decode_attention, paged_decode_attention, paged_prefill_attention
 from kernels.cache_ops import write_kv
 from kernels.harness.decode_graphs import DecodeInputs, DecodeRunner
 from kernels.harness.kv_pool import KVPool
 from kernels.harness.kv_source import _OWNER_SALT, KVSource, LineageTracker, mix
 from kernels.harness.mixed_graphs import MixedInputs, MixedRunner
 from kernels.harness.model import RandomTransformer
-from kernels.paged_attention import contiguous_decode_attention, paged_decode_attention, paged_prefill_attention
 from sim.allocators.base import BlockTablePlacement
-from sim.serving.schedulers.vllm_v0 import Batch
+from sim.serving.request import Batch
 
 # bf16 tolerances of the kernel tests (tests/kernels/_kernel_testutil.py): max |out - ref|, ||out - ref|| / ||ref||
 TOLERANCE = {torch.bfloat16: (6e-2, 1.6e-2), torch.float16: (1e-2, 2e-3), torch.float32: (1e-4, 1e-5)}

@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from kernels.attention import paged_prefill_attention
 from kernels.cache_ops import write_kv
 from kernels.harness.decode_graphs import GraphCache, _bucket, _up4, batch_buckets, static_decode_attention
 from kernels.harness.kv_pool import KVPool
 from kernels.harness.kv_source import KVSource
 from kernels.harness.model import RandomTransformer
-from kernels.paged_attention import paged_prefill_attention
 
 CHECK_ROWS = 32  # most rows a check iteration samples (executor._plan_capture: 3 decode + up to 18 prefill)
 

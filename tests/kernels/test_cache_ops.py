@@ -123,7 +123,7 @@ def test_write_then_decode_end_to_end():
     """write_kv a whole context through a slot mapping, then decode reads it back through the table."""
     from _kernel_testutil import assert_close
 
-    from kernels import paged_attention as pa
+    from kernels.attention import paged_decode_attention
 
     dtype = DTYPES[0]
     gen = torch.Generator().manual_seed(4)
@@ -144,7 +144,7 @@ def test_write_then_decode_end_to_end():
     cache_ops.write_kv(key, val, kc, vc, slots)
     q = torch.randn((2, 8, d), generator=gen).to(dtype).to(DEVICE)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
-    out = pa.paged_decode_attention(q, kc, vc, bt, sl, d**-0.5)
+    out = paged_decode_attention(q, kc, vc, bt, sl, d**-0.5)
     # reference straight from the contiguous key/value
     starts = torch.tensor([0, lens[0]], dtype=torch.int64, device=DEVICE)
     expect = ref.ref_contiguous_decode(q, key, val, starts, sl, d**-0.5)

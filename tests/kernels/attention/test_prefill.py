@@ -9,8 +9,8 @@ pytest.importorskip("triton")
 
 from _kernel_testutil import CUDA, DEVICE, DTYPES, assert_close, dtype_id, make_paged, poisoned_like  # noqa: E402
 
-from kernels import paged_attention as pa  # noqa: E402
 from kernels import reference as ref  # noqa: E402
+from kernels.attention import dispatch, prefill_plan  # noqa: E402
 
 
 def _prefill_inputs(
@@ -61,7 +61,7 @@ def _run_prefill(
         context_lens, new_lens, num_q_heads, num_kv_heads, head_size, block_size, dtype, seed, grow_keys
     )
     out = poisoned_like(q)
-    pa.paged_prefill_attention(
+    dispatch.paged_prefill_attention(
         q, k, v, bt, cu_t, ctx_t, scale, out=out, config=config, max_query_len=max(new_lens) if pass_max else None
     )
     expect = ref.ref_paged_prefill(q, k, v, bt, cu_t, ctx_t, scale)
@@ -100,7 +100,7 @@ def test_prefill_chunked_equals_whole():
     n, split = 90, 37
     k, v, bt = make_paged([n], 2, 64, 16, dtype, gen=gen)
     q = torch.randn((n, 4, 64), generator=gen).to(DEVICE)
-    whole = pa.paged_prefill_attention(
+    whole = dispatch.paged_prefill_attention(
         q,
         k,
         v,
@@ -109,7 +109,7 @@ def test_prefill_chunked_equals_whole():
         torch.tensor([0], dtype=torch.int32, device=DEVICE),
         0.125,
     )
-    a = pa.paged_prefill_attention(
+    a = dispatch.paged_prefill_attention(
         q[:split],
         k,
         v,
@@ -118,7 +118,7 @@ def test_prefill_chunked_equals_whole():
         torch.tensor([0], dtype=torch.int32, device=DEVICE),
         0.125,
     )
-    b = pa.paged_prefill_attention(
+    b = dispatch.paged_prefill_attention(
         q[split:],
         k,
         v,
@@ -189,7 +189,7 @@ def _run_prefill_newkv(
             k[blk, pos % block_size] = float("nan")
             v[blk, pos % block_size] = float("nan")
     out = poisoned_like(q)
-    pa.paged_prefill_attention(
+    dispatch.paged_prefill_attention(
         q,
         k,
         v,
@@ -303,18 +303,6 @@ def test_prefill_lazy_rescale_growing_max(newkv, dtype):
                 _run_prefill(ctx, new, 4, 2, 64, 16, dtype, seed=22, config=cfg, grow_keys=12.0)
 
 
-def test_lazy_tau_rule():
-    # True means 8; capped at 8 for 16-bit dtypes (P is rounded to them) and 32 for fp32; off without a positive
-    # scale or with the unfolded scale (those steps have no lazy form)
-    assert pa._lazy_tau(0.1, {"lazy_rescale": True}, torch.float16) == 8.0
-    assert pa._lazy_tau(0.1, {"lazy_rescale": 20}, torch.bfloat16) == 8.0
-    assert pa._lazy_tau(0.1, {"lazy_rescale": 20}, torch.float32) == 20.0
-    assert pa._lazy_tau(0.1, {"lazy_rescale": 99}, torch.float32) == 32.0
-    assert pa._lazy_tau(0.1, {}, torch.float16) == 0.0
-    assert pa._lazy_tau(-0.1, {"lazy_rescale": True}, torch.float16) == 0.0
-    assert pa._lazy_tau(0.1, {"lazy_rescale": True, "fold_scale": False}, torch.float16) == 0.0
-
-
 # --------------------------------------------------------------------------------------
 # software-pipelined scores in the new-K/V path (config pipeline_qk)
 # --------------------------------------------------------------------------------------
@@ -333,34 +321,10 @@ def test_prefill_newkv_pipeline_qk(config, dtype):
 
 
 # --------------------------------------------------------------------------------------
-# default tile shapes (round 6): 128 x 128 / 8 warps for long prompts, 64 x 64 / 4 warps otherwise
+# default tile shapes: 128 x 128 / 8 warps for long prompts, 64 x 64 / 4 warps otherwise
 # --------------------------------------------------------------------------------------
 
 WIDE = dict(block_m=128, block_n=128, num_warps=8, num_stages=3)
-
-
-def test_prefill_default_shapes(monkeypatch):
-    # The GPU rule (the interpreter always takes its small tiles), from the H100 A/B of round 6: the paged kernel
-    # goes wide from 128 new tokens; the new-K/V path only with a positive context hint as well; head sizes
-    # padded to 256 or 64 keep their old shapes.
-    monkeypatch.setattr(pa, "_interpreting", lambda: False)
-    bf16 = torch.bfloat16
-    assert pa._prefill_config(128, bf16, 128) == WIDE
-    assert pa._prefill_config(128, bf16, 4096) == WIDE
-    assert pa._prefill_config(128, bf16, 127) == dict(block_m=64, block_n=64, num_warps=4, num_stages=3)
-    assert pa._prefill_config(64, bf16, 4096)["block_m"] == 64
-    assert pa._prefill_config(256, bf16, 4096) == dict(block_m=64, block_n=32, num_warps=4, num_stages=2)
-    assert pa._prefill_config(128, torch.float16, 4096) == WIDE
-    # fp32 keeps 64-row tiles: 128 x 128 fp32 tiles in 3 stages need 262 KB of shared memory (the H100 has 227 KB)
-    assert pa._prefill_config(128, torch.float32, 4096)["block_m"] == 64
-    assert pa._prefill_newkv_config(128, torch.float32, 1024, 3072)["block_m"] == 64
-    nk = pa._prefill_newkv_config
-    assert {k: nk(128, bf16, 1024, 3072)[k] for k in WIDE} == WIDE
-    assert nk(128, bf16, 128, 1)["block_m"] == 128
-    assert nk(128, bf16, 2048, 0)["block_m"] == 64  # pure prefill
-    assert nk(128, bf16, 2048, None)["block_m"] == 64  # no hint
-    assert nk(128, bf16, 127, 3072)["block_m"] == 64  # short prompt
-    assert nk(128, bf16, 1024, 3072)["tma"] is True
 
 
 @pytest.mark.parametrize("dtype", [d for d in DTYPES if not (CUDA and d == torch.float32)], ids=dtype_id)
@@ -378,9 +342,9 @@ def test_prefill_shape_override_starts_from_base(monkeypatch):
     # A config that sets only part of the tile shape applies on top of the 64 x 64 base, as before the wide default.
     # With the GPU defaults (forced here), block_m 64 alone on a context batch of long prompts would otherwise meet
     # the wide default's block_n 128 and fail the new-K/V path's block_m % block_n check.
-    assert pa._shape_override({"block_m": 32}) and pa._shape_override({"num_warps": 8})
-    assert not pa._shape_override({"tma": False}) and not pa._shape_override(None)
-    monkeypatch.setattr(pa, "_interpreting", lambda: False)
+    assert prefill_plan.shape_override({"block_m": 32}) and prefill_plan.shape_override({"num_warps": 8})
+    assert not prefill_plan.shape_override({"tma": False}) and not prefill_plan.shape_override(None)
+    monkeypatch.setattr(prefill_plan, "interpreting", lambda: False)
     dtype = torch.float16
     _run_prefill_newkv(
         [0, 300], [200, 129], 4, 2, 128, 16, dtype, seed=34, config={"block_m": 64, "tma": False}, max_context_len=300

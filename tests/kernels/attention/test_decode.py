@@ -20,8 +20,8 @@ from _kernel_testutil import (
     poisoned_like,
 )
 
-from kernels import paged_attention as pa  # noqa: E402
 from kernels import reference as ref  # noqa: E402
+from kernels.attention import decode, decode_plan, dispatch  # noqa: E402
 
 SPLITS = [1, 3, None]  # forced single pass, forced split-KV, automatic
 
@@ -33,7 +33,7 @@ def _run_decode(seq_lens, num_q_heads, num_kv_heads, head_size, block_size, dtyp
     sl = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
     scale = head_size**-0.5
     out = poisoned_like(q)
-    res = pa.paged_decode_attention(q, k, v, bt, sl, scale, num_splits=num_splits, out=out)
+    res = decode.paged_decode_attention(q, k, v, bt, sl, scale, num_splits=num_splits, out=out)
     assert res is out
     expect = ref.ref_paged_decode(q, k, v, bt, sl, scale)
     assert_close(out, expect, dtype, f"decode lens={seq_lens} splits={num_splits}")
@@ -69,7 +69,7 @@ def test_block_size_multiple_of_8(block_size, dtype):
 def test_multi_query_long_auto_split(dtype):
     # 1 sequence x 1 KV head: the automatic choice splits the context
     lens = [700]
-    splits, part = pa._choose_partition(1, 1, 700, 32, 132, None)
+    splits, part = decode_plan.choose_partition(1, 1, 700, 32, 132, None)
     assert splits > 1
     _run_decode(lens, 8, 1, 128, 16, dtype, None)
 
@@ -97,7 +97,9 @@ def test_decode_configs(group, config):
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     expect = ref.ref_paged_decode(q, k, v, bt, sl, 0.1)
     for splits in (1, 3):
-        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.1, num_splits=splits, out=poisoned_like(q), config=config)
+        out = decode.paged_decode_attention(
+            q, k, v, bt, sl, 0.1, num_splits=splits, out=poisoned_like(q), config=config
+        )
         assert_close(out, expect, dtype, f"config {config} splits {splits}")
 
 
@@ -109,7 +111,7 @@ def test_zero_length_gives_zeros():
     q = torch.randn((3, 4, 64), generator=gen).to(DEVICE)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     for splits in (1, 2):
-        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, num_splits=splits, out=poisoned_like(q))
+        out = decode.paged_decode_attention(q, k, v, bt, sl, 0.125, num_splits=splits, out=poisoned_like(q))
         assert not torch.isnan(out).any()
         assert torch.all(out[0] == 0) and torch.all(out[2] == 0)
         assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, 0.125), dtype)
@@ -127,27 +129,8 @@ def test_non_contiguous_cache_strides():
     q = torch.randn((3, 8, 64), generator=gen).to(dtype).to(DEVICE)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     for splits in (1, 2):
-        out = pa.paged_decode_attention(q, kk, vv, bt, sl, 0.125, num_splits=splits, out=poisoned_like(q))
+        out = decode.paged_decode_attention(q, kk, vv, bt, sl, 0.125, num_splits=splits, out=poisoned_like(q))
         assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, 0.125), dtype)
-
-
-def test_choose_partition():
-    # big batch, short context: one pass
-    assert pa._choose_partition(256, 32, 512, 64, 132, None)[0] == 1
-    # batch 1, long context: split, partitions are multiples of block_n and cover max_len
-    s, p = pa._choose_partition(1, 8, 8192, 64, 132, None)
-    assert s > 1 and p % 64 == 0 and s * p >= 8192 and (s - 1) * p < 8192
-    # long contexts are always cut into partitions of at most MAX_PARTITION tokens (mixed lengths)
-    s, p = pa._choose_partition(64, 32, 8192, 64, 132, None)
-    assert p <= pa.MAX_PARTITION and s * p >= 8192
-    # no mostly-empty last wave: 16 seqs x 8 KV heads x 8192 -> 4 splits (512 programs), not 5 (640)
-    assert pa._choose_partition(16, 8, 8192, 64, 132, None) == (4, 2048)
-    # big batch, 2048 tokens: no split
-    assert pa._choose_partition(64, 32, 2048, 64, 132, None)[0] == 1
-    # forcing
-    assert pa._choose_partition(4, 4, 1000, 64, 132, 1) == (1, 1000)
-    s, p = pa._choose_partition(4, 4, 1000, 64, 132, 3)
-    assert s == 3 and p == 384
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -162,7 +145,7 @@ def test_contiguous_decode(group, num_splits, dtype):
     q = torch.randn((len(lens), num_kv_heads * group, head_size), generator=gen).to(dtype).to(DEVICE)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     out = poisoned_like(q)
-    pa.contiguous_decode_attention(q, pool_k, pool_v, st, sl, head_size**-0.5, num_splits=num_splits, out=out)
+    decode.contiguous_decode_attention(q, pool_k, pool_v, st, sl, head_size**-0.5, num_splits=num_splits, out=out)
     assert_close(out, ref.ref_contiguous_decode(q, pool_k, pool_v, st, sl, head_size**-0.5), dtype)
 
 
@@ -173,9 +156,9 @@ def test_decode_matches_prefill_of_one_token():
     k, v, bt = make_paged(lens, 2, 64, 16, dtype, gen=gen)
     q = torch.randn((3, 4, 64), generator=gen).to(dtype).to(DEVICE)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
-    d = pa.paged_decode_attention(q, k, v, bt, sl, 0.125)
+    d = decode.paged_decode_attention(q, k, v, bt, sl, 0.125)
     cu = torch.arange(4, dtype=torch.int32, device=DEVICE)
-    p = pa.paged_prefill_attention(q, k, v, bt, cu, sl - 1, 0.125)
+    p = dispatch.paged_prefill_attention(q, k, v, bt, cu, sl - 1, 0.125)
     assert_close(d, p.to(torch.float64), dtype)
 
 
@@ -227,7 +210,7 @@ def test_int64_offsets_large_cache():
     q = torch.randn((2, 32, d), device="cuda").to(dtype)
     sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
     for splits in (1, 4):
-        out = pa.paged_decode_attention(q, k, v, bt, sl, d**-0.5, num_splits=splits, out=poisoned_like(q))
+        out = decode.paged_decode_attention(q, k, v, bt, sl, d**-0.5, num_splits=splits, out=poisoned_like(q))
         assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, d**-0.5), dtype, "int64 decode")
     # write_kv / copy_blocks at the far end of the cache
     from kernels import cache_ops
@@ -256,7 +239,7 @@ def test_block_size_one_and_explicit_max_seq_len(dtype):
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     expect = ref.ref_paged_decode(q, k, v, bt, sl, 0.125)
     for splits in (None, 1, 2):
-        out = pa.paged_decode_attention(
+        out = decode.paged_decode_attention(
             q, k, v, bt, sl, 0.125, max_seq_len=max(lens), num_splits=splits, out=poisoned_like(q)
         )
         assert_close(out, expect, dtype, f"block_size 1, splits {splits}")
@@ -281,13 +264,13 @@ def test_fused_reduce_matches_two_kernel_path(group, dtype):
         expect = ref.ref_paged_decode(q, k, v, bt, sl, 0.125)
         for splits in (2, 7):
             for fused in (True, False):
-                out = pa.paged_decode_attention(
+                out = decode.paged_decode_attention(
                     q, k, v, bt, sl, 0.125, num_splits=splits, fused_reduce=fused, out=poisoned_like(q)
                 )
                 assert_close(out, expect, dtype, f"call {call} splits {splits} fused {fused}")
                 assert torch.all(out[0] == 0)
     # every counter is back to 0 (the combining program resets it)
-    bufs = pa._COUNTERS[(q.device.type, q.device.index)]
+    bufs = decode._COUNTERS[(q.device.type, q.device.index)]
     assert int(bufs[-1].abs().sum()) == 0
 
 
@@ -299,7 +282,7 @@ def test_fused_reduce_counter_reuse_across_shapes():
         k, v, bt = make_paged(lens, hkv, 64, 16, dtype, gen=gen)
         q = torch.randn((len(lens), 4, 64), generator=gen).to(dtype).to(DEVICE)
         sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
-        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, num_splits=5, out=poisoned_like(q))
+        out = decode.paged_decode_attention(q, k, v, bt, sl, 0.125, num_splits=5, out=poisoned_like(q))
         assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, 0.125), dtype, f"lens {lens}")
 
 
@@ -314,7 +297,7 @@ def test_fused_reduce_contiguous_decode():
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     expect = ref.ref_contiguous_decode(q, pool_k, pool_v, st_, sl, 0.125)
     for _ in range(2):
-        out = pa.contiguous_decode_attention(
+        out = decode.contiguous_decode_attention(
             q, pool_k, pool_v, st_, sl, 0.125, num_splits=4, max_seq_len=250, out=poisoned_like(q)
         )
         assert_close(out, expect, dtype, "contiguous fused")
@@ -322,10 +305,10 @@ def test_fused_reduce_contiguous_decode():
 
 def test_min_seq_len_hint():
     # the hint lifts the partition cap only for near-uniform lengths and a batch that fills a wave
-    assert pa._choose_partition(64, 8, 8192, 64, 132, None)[0] == 4  # capped at 2,048 tokens
-    assert pa._choose_partition(64, 8, 8192, 64, 132, None, min_len=8192)[0] == 1
-    assert pa._choose_partition(64, 8, 8192, 64, 132, None, min_len=100)[0] == 4  # mixed: cap kept
-    assert pa._choose_partition(16, 8, 8192, 64, 132, None, min_len=8192) == (4, 2048)  # small batch: kept
+    assert decode_plan.choose_partition(64, 8, 8192, 64, 132, None)[0] == 4  # capped at 2,048 tokens
+    assert decode_plan.choose_partition(64, 8, 8192, 64, 132, None, min_len=8192)[0] == 1
+    assert decode_plan.choose_partition(64, 8, 8192, 64, 132, None, min_len=100)[0] == 4  # mixed: cap kept
+    assert decode_plan.choose_partition(16, 8, 8192, 64, 132, None, min_len=8192) == (4, 2048)  # small batch: kept
     # a wrong hint (lengths far below it) costs speed only
     dtype = DTYPES[0]
     gen = torch.Generator().manual_seed(47)
@@ -334,7 +317,9 @@ def test_min_seq_len_hint():
     q = torch.randn((3, 4, 64), generator=gen).to(dtype).to(DEVICE)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     for hint in (300, 290):
-        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, max_seq_len=300, min_seq_len=hint, out=poisoned_like(q))
+        out = decode.paged_decode_attention(
+            q, k, v, bt, sl, 0.125, max_seq_len=300, min_seq_len=hint, out=poisoned_like(q)
+        )
         assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, 0.125), dtype, f"hint {hint}")
 
 
@@ -350,7 +335,9 @@ def test_fused_reduce_in_cuda_graph():
     out = torch.empty_like(q)
 
     def call():
-        pa.paged_decode_attention(q, k, v, bt, sl, 0.088, num_splits=8, max_seq_len=2048, out=out, fused_reduce=True)
+        decode.paged_decode_attention(
+            q, k, v, bt, sl, 0.088, num_splits=8, max_seq_len=2048, out=out, fused_reduce=True
+        )
 
     call()
     torch.cuda.synchronize()
@@ -372,32 +359,6 @@ def test_fused_reduce_in_cuda_graph():
         assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, 0.088), dtype, f"replay {rep}")
 
 
-def test_fused_auto_rule():
-    # default (fused_reduce=None): fused only when the grid is one wave of resident programs
-    slots = pa.RESIDENT_PROGRAMS_PER_SM * 132
-    assert pa._auto_fused(1, 8, 32, torch.device("cpu"))  # 256 programs
-    assert not pa._auto_fused(16, 8, 4, torch.device("cpu"))  # 512 programs
-    assert pa._auto_fused(1, 1, slots, torch.device("cpu")) and not pa._auto_fused(1, 1, slots + 1, torch.device("cpu"))
-
-
-def test_small_grid_config(monkeypatch):
-    # fewer (sequence, KV head) pairs than SMs: 32-token tiles, 5 stages, fused reduce on every split grid;
-    # otherwise the large-grid defaults (64-token tiles, 3 stages, fused only on one-wave grids)
-    monkeypatch.setattr(pa, "_interpreting", lambda: False)
-    small = pa._decode_config(128, 4, torch.bfloat16, 16, units=32, num_sms=132)
-    assert (small["block_n"], small["num_stages"], small["fuse_always"]) == (32, 5, True)
-    assert not small.get("prefetch", False)
-    # tiny grouped-query grids (at most 132 / 8 = 16 pairs): register prefetch with 64-token tiles, fused
-    tiny = pa._decode_config(128, 4, torch.bfloat16, 16, units=16, num_sms=132)
-    assert (tiny["block_n"], tiny["num_stages"], tiny["fuse_always"], tiny["prefetch"]) == (64, 1, True, True)
-    assert pa._decode_config(128, 4, torch.bfloat16, 16, units=17, num_sms=132)["block_n"] == 32
-    assert not pa._decode_config(128, 1, torch.bfloat16, 16, units=8, num_sms=132).get("prefetch", False)  # MHA
-    large = pa._decode_config(128, 1, torch.bfloat16, 16, units=512, num_sms=132)
-    assert (large["block_n"], large["num_stages"], large["fuse_always"]) == (64, 3, False)
-    assert pa._decode_config(128, 4, torch.bfloat16, 16, units=132, num_sms=132)["block_n"] == 64
-    assert pa._decode_config(256, 4, torch.bfloat16, 16, units=8, num_sms=132)["num_stages"] == 3  # head 256: unchanged
-
-
 # --------------------------------------------------------------------------------------
 # several KV heads per program (block-diagonal q tile)
 # --------------------------------------------------------------------------------------
@@ -417,7 +378,7 @@ def test_heads_per_program(group, hp, head_size, dtype):
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     expect = ref.ref_paged_decode(q, k, v, bt, sl, 0.1)
     for splits, fused in ((1, None), (3, False), (3, True)):
-        out = pa.paged_decode_attention(
+        out = decode.paged_decode_attention(
             q,
             k,
             v,
@@ -447,12 +408,12 @@ def test_heads_per_program_contiguous_and_strided_v():
     expect = ref.ref_contiguous_decode(q, pool_k, pool_v, st, sl, 0.125)
     for splits in (1, 2):
         for cfg in (dict(heads_per_program=4), dict(heads_per_program=4, prefetch=True, block_n=16)):
-            out = pa.contiguous_decode_attention(
+            out = decode.contiguous_decode_attention(
                 q, pool_k, pool_v, st, sl, 0.125, num_splits=splits, out=poisoned_like(q), config=cfg
             )
             assert_close(out, expect, dtype, f"splits {splits} {cfg}")
     with pytest.raises(AssertionError, match="heads_per_program"):
-        pa.contiguous_decode_attention(q, pool_k, pool_v, st, sl, 0.125, config=dict(heads_per_program=3))
+        decode.contiguous_decode_attention(q, pool_k, pool_v, st, sl, 0.125, config=dict(heads_per_program=3))
 
 
 # --------------------------------------------------------------------------------------
@@ -462,7 +423,7 @@ def test_heads_per_program_contiguous_and_strided_v():
 
 @triton.jit
 def _partition_probe(lens_ptr, out_ptr, num_seqs, NSEQ_PAD: tl.constexpr):
-    tl.store(out_ptr, pa._partition_on_device(lens_ptr, num_seqs, 64, 500, 0.9, NSEQ_PAD))
+    tl.store(out_ptr, decode._partition_on_device(lens_ptr, num_seqs, 64, 500, 0.9, NSEQ_PAD))
 
 
 @pytest.mark.parametrize(
@@ -482,31 +443,22 @@ def test_partition_on_device(lens, num_seqs, expect):
     assert int(out.item()) == expect
 
 
-def test_split_plan_auto_uniform():
-    # a batch that fills a wave (8 x 33 = 264 = 2 x 132 units) with an 8,192-token bound: the cap's 4 splits on
-    # the grid, one partition of 8,192 when uniform; off with a hint, forced splits, or a batch under a wave
-    assert pa._split_plan(33, 8, 8192, 64, 132, None, None) == (4, 2048, True, 8192)
-    assert pa._split_plan(33, 8, 8192, 64, 132, None, 8192) == (1, 8192, False, 8192)
-    assert pa._split_plan(33, 8, 8192, 64, 132, 4, None) == (4, 2048, False, 2048)
-    assert pa._split_plan(16, 8, 8192, 64, 132, None, None)[2] is False
-    assert pa._split_plan(33, 8, 8192, 64, 132, None, None, allow_auto_uniform=False)[2] is False
-
-
 @pytest.mark.parametrize("fused", [None, True, False], ids=["auto", "fused", "two_kernel"])
 @pytest.mark.parametrize("lens", [[200, 190, 195, 181], [200, 19, 195, 0]], ids=["uniform", "mixed"])
 def test_decode_auto_uniform(monkeypatch, lens, fused):
     # shrink the machine and the cap so that a small batch fills a wave and is split by the cap; the kernel then
     # chooses between the capped and the uniform partition from the lengths, and both must give the reference
-    monkeypatch.setattr(pa, "_num_sms", lambda device: 2)
-    monkeypatch.setattr(pa, "MAX_PARTITION", 64)
-    monkeypatch.setattr(pa, "MIN_PARTITION", 32)
+    monkeypatch.setattr(decode, "num_sms", lambda device: 2)
+    monkeypatch.setattr(decode_plan, "num_sms", lambda device: 2)
+    monkeypatch.setattr(decode_plan, "MAX_PARTITION", 64)
+    monkeypatch.setattr(decode_plan, "MIN_PARTITION", 32)
     dtype = DTYPES[0]
     gen = torch.Generator().manual_seed(sum(lens))
     k, v, bt = make_paged(lens, 2, 64, 16, dtype, gen=gen)
     q = torch.randn((len(lens), 4, 64), generator=gen).to(dtype).to(DEVICE)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
-    splits, part, auto, upart = pa._split_plan(len(lens), 2, bt.shape[1] * 16, 32, 2, None, None)
+    splits, part, auto, upart = decode_plan.split_plan(len(lens), 2, bt.shape[1] * 16, 32, 2, None, None)
     assert auto and splits > 1 and upart > part
     for call in range(2):  # twice: the fused path's counters must be back to 0 after the first
-        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, out=poisoned_like(q), fused_reduce=fused)
+        out = decode.paged_decode_attention(q, k, v, bt, sl, 0.125, out=poisoned_like(q), fused_reduce=fused)
         assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, 0.125), dtype, f"lens {lens} call {call}")

@@ -1,12 +1,13 @@
 """Causal prefill attention for Hopper GPUs, written in Gluon with warp-group MMA.
 
-The Triton prefill kernels in :mod:`kernels.paged_attention` leave the softmax and the two matrix products of
+The Triton prefill kernels in :mod:`kernels.attention.prefill` leave the softmax and the two matrix products of
 each key tile in sequence: Triton 3.6 does not overlap them, whatever form the source takes (see
-``reports/kernels/README.md``, rounds 5 and 6). This kernel issues the tensor-core work itself, in
+``reports/kernels/README.md``). This kernel issues the tensor-core work itself, in
 FlashAttention-3's layout (``_prefill_ws_kernel``): a loader warp streams Q, K and V by TMA; two consumer warp
 groups issue the score product ``S_j = Q K_j^T`` together with ``O += P_{j-1} V_{j-1}`` and run tile j's softmax
 while the latter is still on the tensor cores, taking turns at the tensor cores; a persistent grid walks the work
-items in a balanced (snake) order. ``_prefill_wgmma_kernel`` is an earlier single-partition form, kept for A/Bs.
+items in a balanced (snake) order. ``_prefill_wgmma_kernel`` is a simpler single-partition form, kept as the
+baseline the warp-specialised one is compared with (``config={"warp_specialize": False}``).
 
 Three forms of K/V:
 * contiguous (:func:`prefill_wgmma_attention`): pure prefill (no cached context) with the new tokens' K/V as
@@ -17,10 +18,14 @@ Three forms of K/V:
   from contiguous tensors.
 
 All take fp16/bf16, head sizes 64 and 128, compute capability 9.x; :func:`supported`, :func:`supported_paged` and
-:func:`supported_mixed` say whether a call qualifies, and :func:`kernels.paged_attention.paged_prefill_attention` routes to them by
-default. Gluon has no CPU interpreter, so the kernel runs on the GPU only (``tests/kernels/test_prefill_wgmma.py``);
-on the CPU the module imports and reports itself unsupported, and :mod:`kernels.gluon_compile` compiles it for
-sm_90 without a GPU.
+:func:`supported_mixed` say whether a call qualifies, and :func:`kernels.attention.paged_prefill_attention` routes
+to them by default. Gluon has no CPU interpreter, so the kernel runs on the GPU only
+(``tests/kernels/attention/test_prefill_hopper.py``); on the CPU the module imports and reports itself unsupported,
+and :mod:`kernels.tools.gluon_compile` compiles it for sm_90 without a GPU.
+
+This file is longer than the package's others because a warp-specialised Gluon kernel is one unit: the loader
+warp's and the consumer warp groups' functions share their barriers, buffers and turn-taking protocol, and the
+launch plan that sets their constexprs belongs beside them.
 """
 
 from __future__ import annotations
@@ -28,8 +33,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from kernels import paged_attention as _pa  # shared host helpers (SM count, TMA view rule); it imports this lazily
-from kernels.paged_attention import _num_sms
+from kernels.attention.common import LOG2E, num_sms, tma_view_ok
 
 try:  # Gluon is experimental: absent from older Triton releases, and its API moves between releases
     from triton.experimental import gluon
@@ -43,19 +47,18 @@ try:  # Gluon is experimental: absent from older Triton releases, and its API mo
     )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    _GLUON_ERROR: str | None = None
+    GLUON_ERROR: str | None = None
 except Exception as exc:  # pragma: no cover - depends on the installed triton
     gluon = None
-    _GLUON_ERROR = f"{type(exc).__name__}: {exc}"
+    GLUON_ERROR = f"{type(exc).__name__}: {exc}"
 
-_LOG2E = 1.4426950408889634
 # warp_specialize: two consumer warp groups and a loader warp (block_m 128, 4 + 4 + 1 warps; num_warps and
 # pipeline are then unused); persistent: with it, one program per SM looping over the work items (q_buffers,
 # snake and pingpong: see _prefill_ws_kernel, _item and _take_turn); maxnreg caps the registers of the
 # single-partition kernel (two programs per SM)
-# The default is the fastest form on the H100 (round 7, reports/kernels/README.md): 4 x 2,048 tokens, 32 heads,
-# bf16: persistent + snake + ping-pong 0.2635 / 0.2673 ms (cuDNN 0.2659); without ping-pong 0.2723 / 0.2725;
-# round-robin items with one Q buffer 0.3008; one program per item 0.3024; the single-partition kernel 0.3790
+# The default is the fastest form on the H100 (reports/kernels/README.md), on par with cuDNN on pure prefill:
+# persistent + snake + ping-pong; without ping-pong about 3% slower, round-robin items with one Q buffer or one
+# program per item about 13% slower, the single-partition kernel about 40% slower
 DEFAULT_CONFIG = {
     "block_m": 128,
     "block_n": 128,
@@ -70,7 +73,7 @@ DEFAULT_CONFIG = {
     "loader_regs": 24,
     "maxnreg": None,
 }
-# the paged form's register split: 1-3% faster than 240 / 24 in 4 of 5 cases (round 7, call e), and its loader
+# the paged form's register split: 1-3% faster than 240 / 24 in 4 of 5 measured cases, and its loader
 # (block-table reads, zeroing the V rows past a sequence's end) needs more than 24 registers
 PAGED_DEFAULTS = {"consumer_regs": 232, "loader_regs": 40}
 
@@ -78,7 +81,7 @@ PAGED_DEFAULTS = {"consumer_regs": 232, "loader_regs": 40}
 def _device_dtype_scale(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> str:
     """What rules out both forms for this call ('' if nothing): Gluon, the GPU, dtypes, head size, scale."""
     if gluon is None:
-        return f"gluon unavailable ({_GLUON_ERROR})"
+        return f"gluon unavailable ({GLUON_ERROR})"
     if not q.is_cuda:
         return "not a CUDA tensor"
     if torch.cuda.get_device_capability(q.device)[0] != 9:
@@ -109,7 +112,7 @@ def supported(q: torch.Tensor, new_key: torch.Tensor, new_value: torch.Tensor, s
 def _tma_ok(t: torch.Tensor) -> bool:
     """TMA reads the 2-D view ``[T, heads * head]`` (the Triton path's rule) of rows that do not overlap."""
     heads, head = t.shape[1], t.shape[2]
-    return _pa._tma_ok(t, head, head) and t.stride(0) >= heads * head
+    return tma_view_ok(t, head, head) and t.stride(0) >= heads * head
 
 
 def _gl_dtype(dtype: torch.dtype):
@@ -870,7 +873,7 @@ def prefill_wgmma_paged_attention(
     out: torch.Tensor | None = None,
     config: dict | None = None,
 ) -> torch.Tensor:
-    """:func:`kernels.paged_attention.paged_prefill_attention`'s contract (every key, the new tokens' included,
+    """:func:`kernels.attention.paged_prefill_attention`'s contract (every key, the new tokens' included,
     read through the block table at positions ``0 .. context_lens[s] + new_len - 1``) on the warp-specialised
     kernel. Cache slots past a sequence's end may hold anything, NaN included."""
     return _run(
@@ -919,7 +922,7 @@ def prefill_wgmma_mixed_attention(
     out: torch.Tensor | None = None,
     config: dict | None = None,
 ) -> torch.Tensor:
-    """:func:`kernels.paged_attention.paged_prefill_attention` with ``new_key``/``new_value`` and cached context:
+    """:func:`kernels.attention.paged_prefill_attention` with ``new_key``/``new_value`` and cached context:
     keys at positions ``< context_lens[s]`` through the block table (the cache need not hold the new tokens), the
     new tokens' from ``new_key``/``new_value`` (rows aligned with ``q``)."""
     return _run(
@@ -982,8 +985,8 @@ def _run(name: str, check: tuple[bool, str], q, cu_seqlens_q, scale, max_query_l
         out = torch.empty_like(q)
     if q.shape[0] == 0 or cu_seqlens_q.shape[0] <= 1 or max_query_len <= 0:
         return out
-    kernel, grid, args, kwargs = _launch_plan(
-        q, cu_seqlens_q, scale, int(max_query_len), out, config, _num_sms(q.device), **kv
+    kernel, grid, args, kwargs = launch_plan(
+        q, cu_seqlens_q, scale, int(max_query_len), out, config, num_sms(q.device), **kv
     )
     kernel[grid](*args, **kwargs)
     return out
@@ -997,11 +1000,11 @@ def _cache_descriptor(cache: torch.Tensor, box_rows: int):
     return TensorDescriptor(cache, [nb * bs, heads * head], [heads * head, 1], [box_rows, head], layout)
 
 
-def _launch_plan(q, cu_seqlens_q, scale, max_query_len, out, config, num_sms, *, new_kv=None, paged=None):
+def launch_plan(q, cu_seqlens_q, scale, max_query_len, out, config, num_sms, *, new_kv=None, paged=None):
     """(kernel, grid, positional args, keyword args) of one launch, with K/V ``new_kv = (new_key, new_value)``,
     ``paged = (k_cache, v_cache, block_tables, context_lens)``, or both (the mixed form: context through the
-    table, new tokens from ``new_kv``); shared by the calls and by :func:`kernels.gluon_compile.compile_prefill`,
-    which compiles the same launch without a GPU."""
+    table, new tokens from ``new_kv``); shared by the calls and by
+    :func:`kernels.tools.gluon_compile.compile_prefill`, which compiles the same launch without a GPU."""
     total, num_q_heads, head = q.shape
     num_kv_heads = (new_kv[0] if new_kv is not None else paged[0]).shape[-2]
     mixed = new_kv is not None and paged is not None
@@ -1045,7 +1048,7 @@ def _launch_plan(q, cu_seqlens_q, scale, max_query_len, out, config, num_sms, *,
             *new_descs,
             *common,
             *paged_args,
-            float(scale) * _LOG2E,
+            float(scale) * LOG2E,
             out.stride(0),
             out.stride(1),
             num_mt,
@@ -1076,7 +1079,7 @@ def _launch_plan(q, cu_seqlens_q, scale, max_query_len, out, config, num_sms, *,
         _descriptor(new_kv[0], block_n),
         _descriptor(new_kv[1], block_n),
         *common,
-        float(scale) * _LOG2E,
+        float(scale) * LOG2E,
         out.stride(0),
         out.stride(1),
     )

@@ -1,4 +1,5 @@
-"""The Gluon warp-group-MMA prefill kernel (kernels/prefill_wgmma.py) against the torch reference.
+"""The Gluon warp-group-MMA prefill kernel (kernels/attention/prefill_hopper.py) against the torch reference,
+and the routing to it (kernels/attention/dispatch.py).
 
 Gluon has no CPU interpreter, so the kernel itself is tested on a compute-capability-9 GPU only; on the CPU
 these tests check that asking for it falls back to the Triton kernel, and that direct calls say why they cannot run.
@@ -10,11 +11,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 from _kernel_testutil import CUDA, DEVICE, assert_close, dtype_id, poisoned_like  # noqa: E402
-from test_paged_prefill import _prefill_inputs, _run_prefill, _run_prefill_newkv  # noqa: E402
 
-from kernels import paged_attention as pa  # noqa: E402
-from kernels import prefill_wgmma as pw  # noqa: E402
 from kernels import reference as ref  # noqa: E402
+from kernels.attention import dispatch  # noqa: E402
+from kernels.attention import prefill_hopper as pw  # noqa: E402
+
+from .test_prefill import _prefill_inputs, _run_prefill, _run_prefill_newkv  # noqa: E402
 
 HOPPER = CUDA and torch.cuda.get_device_capability()[0] == 9 and pw.gluon is not None
 needs_hopper = pytest.mark.skipif(not HOPPER, reason="warp-group MMA needs a compute-capability-9 GPU and Gluon")
@@ -113,7 +115,7 @@ def test_wgmma_direct_call_says_why_not():
 
 
 def _count_calls(monkeypatch, name):
-    """Replace ``kernels.prefill_wgmma.<name>`` by a wrapper that records each call; returns the record."""
+    """Replace ``kernels.attention.prefill_hopper.<name>`` by a wrapper that records each call; returns the record."""
     calls = []
     real = getattr(pw, name)
 
@@ -136,7 +138,7 @@ def test_default_routes_pure_prefill_to_wgmma(monkeypatch):
     _run_prefill_newkv([0, 0], [40, 70], 4, 2, 128, 16, dtype, seed=72, max_context_len=0, config={"fold_scale": False})
     _run_prefill_newkv([5, 0], [40, 70], 4, 2, 128, 16, dtype, seed=73, max_context_len=5)
     assert len(calls) == (1 if HOPPER else 0)
-    monkeypatch.setattr(pa, "WGMMA_PREFILL_DEFAULT", False)  # read at call time
+    monkeypatch.setattr(dispatch, "WGMMA_PREFILL_DEFAULT", False)
     _run_prefill_newkv([0, 0], [40, 70], 4, 2, 128, 16, dtype, seed=74, max_context_len=0)
     assert len(calls) == (1 if HOPPER else 0)
 
@@ -150,7 +152,7 @@ def test_default_routes_paged_prefill_to_wgmma(monkeypatch):
     assert len(calls) == (1 if HOPPER else 0)
     _run_prefill([0, 30], [40, 70], 4, 2, 128, 1, dtype, seed=76)
     _run_prefill([0, 30], [40, 70], 4, 2, 128, 16, dtype, seed=77, config={"fold_scale": False})
-    monkeypatch.setattr(pa, "WGMMA_PAGED_PREFILL_DEFAULT", False)
+    monkeypatch.setattr(dispatch, "WGMMA_PAGED_PREFILL_DEFAULT", False)
     _run_prefill([0, 30], [40, 70], 4, 2, 128, 16, dtype, seed=78)
     assert len(calls) == (1 if HOPPER else 0)
 
@@ -280,7 +282,7 @@ def test_mixed_routing(monkeypatch):
     dtype = torch.float16 if CUDA else torch.float32
     expect = 0
     for config, switch in ((None, False), ({"wgmma": True}, False), (None, True), ({"fold_scale": False}, True)):
-        monkeypatch.setattr(pa, "WGMMA_MIXED_PREFILL_DEFAULT", switch)
+        monkeypatch.setattr(dispatch, "WGMMA_MIXED_PREFILL_DEFAULT", switch)
         _run_prefill_newkv([30, 0], [40, 70], 4, 2, 128, 16, dtype, seed=120, config=config)
         expect += HOPPER and (config == {"wgmma": True} or (config is None and switch))
         assert len(calls) == expect

@@ -1,4 +1,4 @@
-"""The Gluon prefill kernel compiles for sm_90 without a GPU (kernels/gluon_compile.py), spill-free and within the
+"""The Gluon prefill kernel compiles for sm_90 without a GPU (kernels/tools/gluon_compile.py), spill-free and within the
 H100's shared memory.
 
 The kernel is written against triton 3.6, the lent H100's version; Gluon's API changes between releases, so these
@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.skipif(
     not triton.__version__.startswith("3.6."),
     reason=f"the Gluon kernel targets triton 3.6 (installed: {triton.__version__})",
@@ -30,7 +30,7 @@ def _compile(config, dtype=torch.bfloat16, group=1, head=128, paged=False, mixed
         [
             sys.executable,
             "-m",
-            "kernels.gluon_compile",
+            "kernels.tools.gluon_compile",
             "--config",
             json.dumps(config),
             "--group",

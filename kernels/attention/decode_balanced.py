@@ -1,7 +1,7 @@
 """Balanced split-KV decode (stream-K): every program reads the same number of KV tiles.
 
-The default decode grid (``kernels.paged_attention._decode_kernel``) gives each (sequence, KV head, partition)
-one program. Its programs are equal only when the lengths are, and even then their number rarely divides evenly
+The split-KV decode grid (:mod:`kernels.attention.decode`) gives each (sequence, KV head, partition) one
+program. Its programs are equal only when the lengths are, and even then their number rarely divides evenly
 into the GPU's resident slots: 512 equal programs on an H100 (132 SMs x 4 resident) leave 16 slots empty, so
 116 SMs run 4 programs and 16 run 3. Here the grid has one program per resident slot, and the flattened list of
 work items - ``BLOCK_N``-token tiles of each (sequence, KV head) pair, pairs in (sequence, head) order - is cut
@@ -11,7 +11,7 @@ head, so mixed lengths balance as well as uniform ones, with no partition-size h
 A pair read wholly by one program is written straight to the output. Otherwise each program that read part of it
 stores a normalised partial output and its log-sum-exp in slot ``program + pair``: along the (program, pair)
 staircase of the work list each step raises the program or the pair index by one, so these slots never collide and
-``programs + pairs`` of them are enough. A second kernel combines each pair's partials (``_combine_partials``).
+``programs + pairs`` of them are enough. A second kernel combines each pair's partials (``combine_partials``).
 
 Every program reads all the lengths (one vector load and a prefix sum), so the work list is built on the device
 and the call can be captured in a CUDA graph.
@@ -23,14 +23,14 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.paged_attention import (
-    _combine_partials,
-    _decode_step,
-    _dot_precision,
-    _interpreting,
-    _load_kv_tile,
-    _num_sms,
-    _tile_blocks,
+from kernels.attention.common import (
+    combine_partials,
+    decode_step,
+    dot_precision,
+    interpreting,
+    load_kv_tile,
+    num_sms,
+    tile_blocks,
 )
 
 # Largest batch the balanced path takes: every program holds all the lengths in registers.
@@ -159,8 +159,8 @@ def _balanced_decode_kernel(
         acc = tl.zeros([GROUP_PAD, HEAD_PAD], dtype=tl.float32)
         for n0 in range((tile0 * BLOCK_N).to(tl.int32), end, BLOCK_N):
             offs = n0 + offs_n
-            blk = _tile_blocks(bt_row, offs, end, BLOCK_SIZE, PAGED)
-            k, v = _load_kv_tile(
+            blk = tile_blocks(bt_row, offs, end, BLOCK_SIZE, PAGED)
+            k, v = load_kv_tile(
                 k_base,
                 v_base,
                 blk,
@@ -180,7 +180,7 @@ def _balanced_decode_kernel(
                 HEAD_PAD,
                 EVICT,
             )
-            m_i, l_i, acc = _decode_step(q, k, v, offs < end, m_i, l_i, acc, scale_log2, USE_DOT, DOT_PREC)
+            m_i, l_i, acc = decode_step(q, k, v, offs < end, m_i, l_i, acc, scale_log2, USE_DOT, DOT_PREC)
         if tile1 > tile0:  # a sequence of length 0 has no tiles: the reduce kernel writes its zeros
             l_safe = tl.where(l_i > 0.0, l_i, 1.0)
             o = acc / l_safe[:, None]
@@ -250,7 +250,7 @@ def _balanced_reduce_kernel(
     if p_first == p_last:  # written by the decode kernel
         return
     slot0 = p_first + seq * num_kv_heads + head
-    _combine_partials(
+    combine_partials(
         po_ptr + slot0 * (GROUP * HEAD),
         plse_ptr + slot0,
         out_base,
@@ -314,7 +314,7 @@ def balanced_programs(
     launch_opts: dict | None = None,
 ) -> int:
     """Resident programs per SM of the balanced decode kernel compiled for ``constexprs`` (cached)."""
-    if device.type != "cuda" or _interpreting():
+    if device.type != "cuda" or interpreting():
         return FALLBACK_PROGRAMS_PER_SM
     launch_opts = launch_opts or {}
     key = (device.index, tuple(sorted(constexprs.items())), num_warps, num_stages, tuple(sorted(launch_opts.items())))
@@ -344,7 +344,8 @@ def balanced_decode_launch(
     vst: tuple,
     stride_bts: int,
 ) -> torch.Tensor:
-    """Launch the balanced decode and its reduce (arguments as prepared by ``_decode_launch``). ``cfg`` keys:
+    """Launch the balanced decode and its reduce (arguments as prepared by
+    :func:`kernels.attention.decode.decode_launch`). ``cfg`` keys:
     ``block_n``, ``num_warps``, ``num_stages``, ``use_dot``, ``evict``, ``maxnreg`` (register cap per thread);
     ``programs`` (grid size) or ``programs_per_sm`` override the resident-slot count."""
     num_seqs, num_q_heads, head = q.shape
@@ -367,7 +368,7 @@ def balanced_decode_launch(
         BLOCK_N=block_n,
         PAGED=paged,
         USE_DOT=use_dot,
-        DOT_PREC=_dot_precision(q.dtype),
+        DOT_PREC=dot_precision(q.dtype),
         EVICT=str(cfg["evict"]),
         NSEQ_PAD=nseq_pad,
     )
@@ -397,7 +398,7 @@ def balanced_decode_launch(
         )
 
     launch_opts = {}
-    if cfg.get("maxnreg") and not _interpreting():
+    if cfg.get("maxnreg") and not interpreting():
         launch_opts["maxnreg"] = int(cfg["maxnreg"])
     if "programs" in cfg:
         nprog = max(1, int(cfg["programs"]))
@@ -407,7 +408,7 @@ def balanced_decode_launch(
         else:
             per_sm = balanced_programs(args(out, out, 1), constexprs, num_warps, num_stages, q.device, launch_opts)
         max_tiles = pairs * -(-max(int(max_seq_len), 1) // block_n)
-        nprog = max(1, min(per_sm * _num_sms(q.device), -(-max_tiles // MIN_TILES_PER_PROGRAM)))
+        nprog = max(1, min(per_sm * num_sms(q.device), -(-max_tiles // MIN_TILES_PER_PROGRAM)))
     n_slots = nprog + pairs
     po = torch.empty((n_slots, group, head), dtype=torch.float32, device=q.device)
     plse = torch.empty((group, n_slots), dtype=torch.float32, device=q.device)

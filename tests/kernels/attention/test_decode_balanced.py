@@ -23,9 +23,9 @@ from _kernel_testutil import (
     poisoned_like,
 )
 
-from kernels import decode_balanced as db  # noqa: E402
-from kernels import paged_attention as pa  # noqa: E402
 from kernels import reference as ref  # noqa: E402
+from kernels.attention import decode, decode_plan  # noqa: E402
+from kernels.attention import decode_balanced as db  # noqa: E402
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def _run(lens, group, num_kv_heads, head_size, block_size, dtype, config, seed=0
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     scale = head_size**-0.5
     out = poisoned_like(q)
-    res = pa.paged_decode_attention(q, k, v, bt, sl, scale, out=out, config=dict(balanced=True, **config))
+    res = decode.paged_decode_attention(q, k, v, bt, sl, scale, out=out, config=dict(balanced=True, **config))
     assert res is out
     assert_close(out, ref.ref_paged_decode(q, k, v, bt, sl, scale), dtype, f"balanced lens={lens} {config}")
 
@@ -132,7 +132,7 @@ def test_balanced_contiguous(poisoned_empty):
     q = torch.randn((len(lens), num_kv_heads * group, head_size), generator=gen).to(dtype).to(DEVICE)
     sl = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     out = poisoned_like(q)
-    pa.contiguous_decode_attention(
+    decode.contiguous_decode_attention(
         q, pool_k, pool_v, st, sl, 0.1, out=out, max_seq_len=max(lens), config=dict(balanced=True, programs=6)
     )
     assert_close(out, ref.ref_contiguous_decode(q, pool_k, pool_v, st, sl, 0.1), dtype)
@@ -149,15 +149,15 @@ def test_balanced_long_context_gpu_sized_grid(poisoned_empty):
 def test_balanced_default_rule():
     # taken by default only when the min_seq_len hint marks the batch as mixed (below 0.9 of the bound), with 16 to
     # 1,024 / KV heads sequences, automatic splits and one KV head per program
-    assert pa._balanced_default(16, 8, 8192, 1, None)
-    assert pa._balanced_default(16, 8, 8192, 7372, None)  # 7,372 < 0.9 x 8,192 = 7,372.8
-    assert not pa._balanced_default(16, 8, 8192, 7373, None)  # near-uniform
-    assert not pa._balanced_default(16, 8, 8192, None, None)  # no hint: the host cannot tell
-    assert not pa._balanced_default(15, 8, 8192, 1, None)
-    assert pa._balanced_default(128, 8, 8192, 1, None)  # 1,024 pairs
-    assert not pa._balanced_default(129, 8, 8192, 1, None)
-    assert not pa._balanced_default(16, 8, 8192, 1, 4)  # forced split count
-    assert not pa._balanced_default(16, 8, 8192, 1, None, heads_per_program=2)
+    assert decode_plan.balanced_default(16, 8, 8192, 1, None)
+    assert decode_plan.balanced_default(16, 8, 8192, 7372, None)  # 7,372 < 0.9 x 8,192 = 7,372.8
+    assert not decode_plan.balanced_default(16, 8, 8192, 7373, None)  # near-uniform
+    assert not decode_plan.balanced_default(16, 8, 8192, None, None)  # no hint: the host cannot tell
+    assert not decode_plan.balanced_default(15, 8, 8192, 1, None)
+    assert decode_plan.balanced_default(128, 8, 8192, 1, None)  # 1,024 pairs
+    assert not decode_plan.balanced_default(129, 8, 8192, 1, None)
+    assert not decode_plan.balanced_default(16, 8, 8192, 1, 4)  # forced split count
+    assert not decode_plan.balanced_default(16, 8, 8192, 1, None, heads_per_program=2)
 
 
 def test_mixed_hint_takes_balanced_path(monkeypatch, poisoned_empty):
@@ -184,7 +184,7 @@ def test_mixed_hint_takes_balanced_path(monkeypatch, poisoned_empty):
         (dict(config={"balanced": True}), True),
     ):
         calls.clear()
-        out = pa.paged_decode_attention(q, k, v, bt, sl, 0.125, out=poisoned_like(q), **kwargs)
+        out = decode.paged_decode_attention(q, k, v, bt, sl, 0.125, out=poisoned_like(q), **kwargs)
         assert bool(calls) == balanced, kwargs
         assert_close(out, expect, dtype, str(kwargs))
 
@@ -220,10 +220,10 @@ def test_balanced_in_cuda_graph():
     sl = torch.tensor(lens_a, dtype=torch.int32, device=DEVICE)
     out = torch.empty_like(q)
     cfg = dict(balanced=True)
-    pa.paged_decode_attention(q, k, v, bt, sl, 0.1, out=out, config=cfg)  # compile outside the capture
+    decode.paged_decode_attention(q, k, v, bt, sl, 0.1, out=out, config=cfg)  # compile outside the capture
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        pa.paged_decode_attention(q, k, v, bt, sl, 0.1, out=out, config=cfg)
+        decode.paged_decode_attention(q, k, v, bt, sl, 0.1, out=out, config=cfg)
     for lens in (lens_a, lens_b):
         sl.copy_(torch.tensor(lens, dtype=torch.int32))
         out.fill_(float("nan"))

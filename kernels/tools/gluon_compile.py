@@ -1,9 +1,9 @@
 """Compile the Gluon prefill kernel for an H100 (sm_90) on a machine without a GPU, and report its resources.
 
-    python -m kernels.gluon_compile [--config '{"pingpong": false}'] [--dtype bf16] [--group 1] [--head 128]
+    python -m kernels.tools.gluon_compile [--config '{"pingpong": false}'] [--dtype bf16] [--group 1] [--head 128]
 
-Gluon has no CPU interpreter, so this is how a change to ``kernels/prefill_wgmma.py`` is checked before a GPU
-call: it compiles the same launch ``prefill_wgmma_attention`` makes (through ``_launch_plan``) for compute
+Gluon has no CPU interpreter, so this is how a change to ``kernels/attention/prefill_hopper.py`` is checked before a GPU
+call: it compiles the same launch ``prefill_wgmma_attention`` makes (through ``launch_plan``) for compute
 capability 9.0 behind a compile-only driver, runs the bundled ``cuobjdump`` on the cubin and prints registers per
 thread, spill stack, local memory, shared memory and warps. The kernel is written against triton 3.6 (the lent
 H100's version); Gluon's API moves between releases, so other versions may not compile it.
@@ -91,10 +91,10 @@ def compile_prefill(
     mixed: bool = False,
 ) -> dict:
     """Compile one launch of ``prefill_wgmma_attention`` for sm_90 and return its resources (see module doc)."""
-    from kernels import prefill_wgmma as pw
+    from kernels.attention import prefill_hopper as pw
 
     if pw.gluon is None:
-        raise RuntimeError(f"gluon unavailable: {pw._GLUON_ERROR}")
+        raise RuntimeError(f"gluon unavailable: {pw.GLUON_ERROR}")
     q = torch.zeros(tokens, num_q_heads, head, dtype=dtype)
     kv = torch.zeros(tokens, num_q_heads // group, head, dtype=dtype)
     cu = torch.tensor([0, tokens // 2, tokens], dtype=torch.int32)
@@ -105,7 +105,7 @@ def compile_prefill(
             cache = torch.zeros(nb, block_size, num_q_heads // group, head, dtype=dtype)
             bt = torch.zeros(2, nb, dtype=torch.int32)
             ctx = torch.zeros(2, dtype=torch.int32)
-            kernel, grid, args, kwargs = pw._launch_plan(
+            kernel, grid, args, kwargs = pw.launch_plan(
                 q,
                 cu,
                 head**-0.5,
@@ -117,7 +117,7 @@ def compile_prefill(
                 new_kv=(kv, kv.clone()) if mixed else None,
             )
         else:
-            kernel, grid, args, kwargs = pw._launch_plan(
+            kernel, grid, args, kwargs = pw.launch_plan(
                 q, cu, head**-0.5, tokens // 2, torch.empty_like(q), config, H100_SMS, new_kv=(kv, kv.clone())
             )
         compiled = kernel.warmup(*args, grid=grid, **kwargs)
@@ -134,7 +134,7 @@ def compile_prefill(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default="{}", help="JSON overrides of prefill_wgmma.DEFAULT_CONFIG")
+    ap.add_argument("--config", default="{}", help="JSON overrides of prefill_hopper.DEFAULT_CONFIG")
     ap.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
     ap.add_argument("--group", type=int, default=1, help="query heads per KV head")
     ap.add_argument("--head", type=int, choices=(64, 128), default=128)
