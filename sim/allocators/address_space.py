@@ -1,4 +1,4 @@
-"""Placement policies for contiguous reservations in one linear address space of token slots.
+"""Address-space policies for contiguous reservations: where extents go in one linear space of token slots.
 
 `BuddySpace` is a binary buddy allocator (what the vLLM paper's Orca baselines used): sizes are rounded up to a power
 of two and a freed block merges with its buddy. A capacity that is not a power of two is split into aligned
@@ -86,7 +86,7 @@ class BuddySpace(AddressSpace):
         if not candidates:
             raise MemoryError(f"no free buddy block of order {order}")
         o = min(candidates)
-        start = min(self._free[o])  # lowest address: deterministic placement
+        start = min(self._free[o])  # lowest address: deterministic addresses
         self._free[o].discard(start)
         while o > order:  # split, keeping the lower half and freeing the upper buddy
             o -= 1

@@ -1,4 +1,4 @@
-"""The interface every KV-cache allocator implements, and the memory breakdown it reports.
+"""The contract every KV-cache allocator implements, and the records it reports.
 
 An allocator manages `capacity_tokens` token slots of KV memory (num_blocks x block_size, the same for every
 allocator so comparisons are fair). Sequences are identified by integer ids chosen by the caller. Every operation has
@@ -8,102 +8,20 @@ i.e. the operation succeeds exactly when the query said yes, and an operation th
 
 Memory is accounted in token slots; multiply by bytes per token for bytes. At any instant every slot is in exactly
 one of five categories (see `MemoryBreakdown`).
+
+This module is the contract only. The optional speed-up hooks (batched appends, lazy decode rounds, fast-forward
+plans) are the `FastPaths` protocol in `sim.allocators.fast_paths`; `KVAllocator` inherits their declining defaults,
+so an allocator that implements only this contract is complete and exact, just slower to replay.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass, fields
+from typing import ClassVar
 
-if TYPE_CHECKING:
-    import numpy as np
-
-
-@dataclass
-class DecodePlan:
-    """What `rounds` rounds of pure decode would do, planned without changing the allocator (see plan_decode).
-
-    Round r (1-based) appends one token to every listed sequence, in order. Arrays have one entry per round: the
-    memory breakdown (token slots) after that round's appends, and `unshared` (held_without_sharing).
-    """
-
-    seq_ids: list[int]
-    rounds: int
-    token_states: np.ndarray
-    reserved: np.ndarray
-    internal_fragmentation: np.ndarray
-    external_fragmentation: np.ndarray
-    free: np.ndarray
-    unshared: np.ndarray
-    detail: dict = field(default_factory=dict)  # allocator-private data for apply_decode
-
-
-class BlockDecodePlan(DecodePlan):
-    """A DecodePlan of a block allocator in compact form: per round only the reserved slots and the blocks taken so
-    far (Python lists); the other figures follow from the counts before the first round. The engine hands it to
-    `StepLog.extend_decode`, which turns many stretches into rows with one set of numpy operations (on the ~10-round
-    stretches of a real trace, numpy's per-call cost would otherwise dominate). The array fields of DecodePlan are
-    computed on demand, with the same integer arithmetic.
-
-    After round r (1-based): token_states = tokens0 + num_seqs * r; held blocks = held0 + new_blocks[r - 1];
-    internal fragmentation = held blocks x block_size - token_states - reserved; free = (free0 - new_blocks) x
-    block_size; unshared = (logical0 + new_blocks) x block_size; no external fragmentation.
-    """
-
-    def __init__(
-        self,
-        seq_ids: list[int],
-        rounds: int,
-        block_size: int,
-        num_seqs: int,
-        tokens0: int,
-        held0: int,
-        free0: int,
-        logical0: int,
-        reserved: list[int],
-        new_blocks: list[int],
-    ):
-        self.seq_ids, self.rounds, self.block_size, self.num_seqs = seq_ids, rounds, block_size, num_seqs
-        self.tokens0, self.held0, self.free0, self.logical0 = tokens0, held0, free0, logical0
-        self.reserved_list, self.new_blocks = reserved, new_blocks
-        self.detail = {}
-
-    def _blocks(self) -> np.ndarray:
-        import numpy as np
-
-        return np.array(self.new_blocks, dtype=np.int64).reshape(-1)
-
-    @property  # type: ignore[override]
-    def token_states(self) -> np.ndarray:
-        import numpy as np
-
-        return self.tokens0 + self.num_seqs * np.arange(1, self.rounds + 1, dtype=np.int64)
-
-    @property  # type: ignore[override]
-    def reserved(self) -> np.ndarray:
-        import numpy as np
-
-        return np.array(self.reserved_list, dtype=np.int64).reshape(-1)
-
-    @property  # type: ignore[override]
-    def internal_fragmentation(self) -> np.ndarray:
-        return (self.held0 + self._blocks()) * self.block_size - self.token_states - self.reserved
-
-    @property  # type: ignore[override]
-    def external_fragmentation(self) -> np.ndarray:
-        import numpy as np
-
-        return np.zeros(self.rounds, np.int64)
-
-    @property  # type: ignore[override]
-    def free(self) -> np.ndarray:
-        return (self.free0 - self._blocks()) * self.block_size
-
-    @property  # type: ignore[override]
-    def unshared(self) -> np.ndarray:
-        return (self.logical0 + self._blocks()) * self.block_size
+from sim.allocators.fast_paths import FastPaths
 
 
 class AllocationError(RuntimeError):
@@ -176,7 +94,7 @@ class TokenContent:
     runs: tuple[tuple[Hashable, int], ...] = ()
 
 
-class KVAllocator(ABC):
+class KVAllocator(FastPaths, ABC):
     """A KV-cache allocator. Subclass this (or provide the same methods) to plug in your own via
     `--allocator package.module:ClassName`.
 
@@ -184,6 +102,19 @@ class KVAllocator(ABC):
         num_blocks: blocks of KV memory.
         block_size: tokens per block; capacity is num_blocks x block_size token slots.
         max_model_len: longest sequence the model allows (tokens).
+
+    Required: the ten abstract methods below (`sim.allocators.resolve_allocator` checks that a user's class has
+    them). With defaults here: `live_sequences`, sharing (`supports_fork`, `can_fork`, `fork`, `take_copy_ops`,
+    `num_cow_copies`), `held_without_sharing` and the summary attributes `name`, `description`, `grows_on_demand`,
+    `address_space_name`. Everything else an allocator may offer is either a fast path (`FastPaths`, inherited with
+    declining defaults) or optional inspection that `sim.checking` reads where present:
+
+    - `pool`: an object with `ref_counts` (a list, one entry per block) and `free_block_ids()` (free blocks in
+      eviction order); the checker compares them with the block tables.
+    - `num_free_blocks` (int): free blocks; the checker compares it with `memory()`.
+    - `cache_block_refs()` -> {block: count}: references a prefix cache holds outside any block table.
+    - `drop_cache()` (or `reset_prefix_cache()` / `clear_cache()`): forget cached content of free blocks.
+    - `sharing` (bool): whether forks and shared prefixes share memory (default: `supports_fork`).
     """
 
     name: ClassVar[str] = ""
@@ -247,11 +178,16 @@ class KVAllocator(ABC):
         """Assert internal invariants (raise AssertionError). Called after every operation by the property tests."""
 
     def live_sequences(self) -> list[int]:
-        """Ids of live sequences."""
+        """Ids of live sequences. The default reads `self._seqs` (a dict keyed by id); override it otherwise."""
         return list(self._seqs)  # type: ignore[attr-defined]
 
+    # --- sharing (optional: the defaults share nothing) -------------------------------------------------------------
     #: True when fork() is supported (sequences of one request share blocks).
     supports_fork: ClassVar[bool] = False
+    #: Copy-on-write block copies made so far (a summary figure; stays 0 where nothing is shared).
+    num_cow_copies: int = 0
+    #: The address-space policy placing extents ("buddy", "first-fit"), for allocators that have one; None otherwise.
+    address_space_name: str | None = None
 
     def fork(self, parent_id: int, child_id: int) -> None:
         """Make child_id a new sequence with the same tokens as parent_id (sharing memory where the allocator can;
@@ -259,55 +195,17 @@ class KVAllocator(ABC):
         raise NotImplementedError(f"{type(self).__name__} does not support fork")
 
     def can_fork(self, parent_id: int, child_id: int) -> bool:
+        """Whether `fork` would succeed now."""
         return False
 
+    def take_copy_ops(self) -> list[tuple[int, int]]:
+        """(source block, destination block) copies recorded since the last call (copy-on-write); none by default.
+        The executor must carry them out before the next step reads the destination blocks."""
+        return []
+
     def held_without_sharing(self) -> int:
-        """Token slots the live sequences would hold if nothing were shared (equal to what is held when nothing is)."""
+        """Token slots the live sequences would hold if nothing were shared (equal to what is held when nothing is).
+        The step log reports it; the default derives it from memory(), which is right for any allocator that does
+        not share."""
         m = self.memory()
         return m.token_states + m.reserved + m.internal_fragmentation
-
-    def append_each(self, seq_ids: list[int]) -> int | None:
-        """Append one token to each of seq_ids, in order, if every append can succeed without copying a block;
-        otherwise change nothing and return None. Returns the total tokens the listed sequences then hold.
-        Equivalent to `append(i, 1)` for each i in order; the default declines (the scheduler then appends one by
-        one)."""
-        return None
-
-    def total_tokens(self, seq_ids: list[int]) -> int:
-        """Tokens the listed (distinct, live) sequences hold together."""
-        return sum(self.num_tokens(i) for i in seq_ids)
-
-    def append_round(self) -> int | None:
-        """Append one token to every live sequence, in live order (the order they were admitted or forked), if every
-        append can succeed without copying a block; otherwise change nothing and return None. Returns the total tokens
-        the live sequences then hold. The default declines (the scheduler then uses append_each)."""
-        return None
-
-    def round_crossers(self) -> list[int] | None:
-        """Ids of the live sequences that need a new block in the next round, in live order, when that is all a
-        round needs (no copies); None when the allocator cannot tell (the default)."""
-        return None
-
-    def plan_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
-        """Plan up to max_rounds rounds of appending one token to each of seq_ids (every live sequence, in the
-        scheduler's order), stopping before the first round in which any append would fail or copy a block. Returns
-        None when the allocator cannot plan (the engine then runs step by step). Exactness contract: applying the plan
-        leaves the allocator exactly as the same appends made one by one would, and the arrays equal what memory()
-        and held_without_sharing() would report after each round."""
-        return None
-
-    def run_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
-        """plan_decode, then apply_decode of all the planned rounds: returns the plan carried out (its rounds may be
-        0), or None when the allocator cannot plan (nothing changes). Allocators may do both in one pass."""
-        plan = self.plan_decode(seq_ids, max_rounds, next_final_len)
-        if plan is not None and plan.rounds:
-            self.apply_decode(plan, plan.rounds)
-        return plan
-
-    def apply_decode(self, plan: DecodePlan, rounds: int) -> None:
-        """Carry out the first `rounds` rounds of a plan made by plan_decode (no other operation in between)."""
-        raise NotImplementedError
-
-    def take_copy_ops(self) -> list[tuple[int, int]]:
-        """(source block, destination block) copies recorded since the last call (copy-on-write); none by default."""
-        return []

@@ -12,8 +12,9 @@ from typing import ClassVar
 import numpy as np
 
 from sim.allocators.address_space import ADDRESS_SPACES, AddressSpace
-from sim.allocators.base import AllocationError, DecodePlan, ExtentPlacement, KVAllocator, MemoryBreakdown, TokenContent
-from sim.hardware.config import next_power_of_two
+from sim.allocators.base import AllocationError, ExtentPlacement, KVAllocator, MemoryBreakdown, TokenContent
+from sim.allocators.fast_paths import DecodePlan
+from sim.units import next_power_of_two
 
 
 @dataclass

@@ -22,16 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sim.allocators.base import (
-    AllocationError,
-    BlockDecodePlan,
-    BlockTablePlacement,
-    DecodePlan,
-    KVAllocator,
-    MemoryBreakdown,
-    TokenContent,
-)
-from sim.hardware.config import ceil_div
+from sim.allocators.base import AllocationError, BlockTablePlacement, KVAllocator, MemoryBreakdown, TokenContent
+from sim.allocators.fast_paths import BlockDecodePlan, DecodePlan
+from sim.units import ceil_div
 
 
 class BlockPool:

@@ -31,7 +31,7 @@ CACHE_DROP_METHODS = ("reset_prefix_cache", "drop_cache", "clear_cache")
 
 @dataclass(frozen=True)
 class AllocatorSpec:
-    """How to build the allocator under test: its class and extra constructor arguments (e.g. placement)."""
+    """How to build the allocator under test: its class and extra constructor arguments (e.g. address_space)."""
 
     cls: type
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -546,6 +546,9 @@ class AllocatorMachine(RuleBasedStateMachine):
         want_total = sum(m.live[sid].tokens + 1 for sid in ids)
         if total != want_total:
             ck.fail("accounting", f"{what} returned {total}; the sequences hold {want_total} tokens")
+        summed = call(a.total_tokens, ids) if hasattr(a, "total_tokens") else want_total
+        if summed != want_total:
+            ck.fail("accounting", f"total_tokens({ids}) = {summed} after {what}; the sequences hold {want_total}")
         for sid in ids:
             s = m.live[sid]
             old = s.tokens
