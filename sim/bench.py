@@ -31,7 +31,8 @@ SATURATING_RATE = 30.0  # req/s: llama-2-7b on a100-80gb serves ~19 ShareGPT req
 
 def measure_one(trace_path: str, allocator: str, model: str, gpu: str, fast_forward: bool) -> dict:
     """Read and replay once in this process; returns the figures of the module docstring."""
-    from sim.hardware.config import resolve_gpu, resolve_model
+    from sim.hardware.gpus import resolve_gpu
+    from sim.hardware.models import resolve_model
     from sim.serving.replay import ReplayOptions, replay
     from sim.traces.readers import read_trace
 

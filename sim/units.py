@@ -1,10 +1,13 @@
-"""Parsing and formatting of sizes (bytes) and durations (seconds) given on the command line."""
+"""Units and small integer arithmetic: sizes (bytes) and durations (seconds) given on the command line, parsed and
+formatted; `ceil_div` and `next_power_of_two`."""
 
 from __future__ import annotations
 
 import re
 
 from sim.errors import UserError
+
+GiB = 2**30
 
 _SIZE_UNITS = {
     "": 1,
@@ -51,3 +54,12 @@ def format_bytes(n: float) -> str:
         if abs(n) >= factor:
             return f"{n / factor:.2f} {unit}"
     return f"{int(n)} B"
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_power_of_two(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()

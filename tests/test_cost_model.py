@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.cost.roofline import RooflineCostModel
-from sim.hardware.config import GPUS, MODELS
+from sim.hardware.gpus import GPUS
+from sim.hardware.models import MODELS
 from sim.serving.request import Batch
 
 

@@ -143,7 +143,8 @@ def test_round_trip_and_errors(tmp_path):
 @pytest.mark.parametrize("corrected", [False, True], ids=["formula", "decode-correction"])
 def test_replay_with_profile_fast_forward_identical(tmp_path, corrected):
     """The engine's exact fast-forward with the profile model writes the same records as step by step."""
-    from sim.hardware.config import GPUS, MODELS
+    from sim.hardware.gpus import GPUS
+    from sim.hardware.models import MODELS
     from sim.serving.replay import ReplayOptions, replay
     from sim.traces.readers import read_trace
 
@@ -165,7 +166,8 @@ def test_replay_with_profile_fast_forward_identical(tmp_path, corrected):
 
 
 def test_replay_rejects_profile_of_another_model(tmp_path):
-    from sim.hardware.config import GPUS, MODELS
+    from sim.hardware.gpus import GPUS
+    from sim.hardware.models import MODELS
     from sim.serving.replay import ReplayOptions, replay
     from sim.traces.readers import read_trace
 

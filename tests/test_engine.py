@@ -9,7 +9,8 @@ import pytest
 from sim.allocators import ContiguousMax, PagedAllocator
 from sim.cost.base import CostModel
 from sim.cost.roofline import RooflineCostModel
-from sim.hardware.config import GPUS, MODELS
+from sim.hardware.gpus import GPUS
+from sim.hardware.models import MODELS
 from sim.records.summary import summarize
 from sim.serving.engine import Engine
 from sim.serving.request import Batch

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 import sim.serving.replay
 from sim.allocators import REGISTRY
-from sim.hardware.config import resolve_gpu, resolve_model
+from sim.hardware.gpus import resolve_gpu
+from sim.hardware.models import resolve_model
 from sim.serving.replay import ReplayOptions, replay
 from sim.serving.schedulers.vllm_v0 import VllmV0Scheduler
 from sim.traces.model import Trace

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.allocators import REGISTRY, TokenContent
-from sim.hardware.config import GPUS, MODELS
+from sim.hardware.gpus import GPUS
+from sim.hardware.models import MODELS
 from sim.serving.replay import ReplayOptions, replay
 from sim.traces.model import Trace
 

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from sim.errors import UserError
-from sim.hardware.config import resolve_gpu, resolve_model
+from sim.hardware.gpus import resolve_gpu
+from sim.hardware.models import resolve_model
 from sim.records.requests import RequestLog
 from sim.report.capacity import CapacitySearch, evaluate_probe, replicas_needed
 from sim.report.slo import SLO, good_requests, meets, parse_slos, per_request_latency, slo_values

@@ -17,7 +17,8 @@ import torch
 
 from kernels.harness.calibrate import SyntheticState, synthetic_batches
 from kernels.harness.replay import GpuRun, HarnessOptions
-from sim.hardware.config import GPUS, resolve_model
+from sim.hardware.gpus import GPUS
+from sim.hardware.models import resolve_model
 from sim.serving.replay import ReplayOptions
 from sim.units import parse_size
 

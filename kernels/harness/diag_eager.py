@@ -25,7 +25,8 @@ import numpy as np
 from kernels.harness import executor as ex_mod
 from kernels.harness.calibrate import SyntheticState, _decode_batch, _prefill_batch
 from kernels.harness.replay import GpuRun, HarnessOptions, gpu_replay, warm_up
-from sim.hardware.config import resolve_gpu, resolve_model
+from sim.hardware.gpus import resolve_gpu
+from sim.hardware.models import resolve_model
 from sim.serving.replay import ReplayOptions
 from sim.serving.schedulers.vllm_v0 import Batch
 from sim.traces.readers import read_trace

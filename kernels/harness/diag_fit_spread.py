@@ -23,7 +23,8 @@ import numpy as np
 
 from kernels.harness.residuals import rebuild
 from sim.cost.profile import _design, batch_features, default_knots, nnls
-from sim.hardware.config import resolve_gpu, resolve_model
+from sim.hardware.gpus import resolve_gpu
+from sim.hardware.models import resolve_model
 from sim.serving.replay import ReplayOptions
 from sim.traces.readers import read_trace
 from sim.traces.tools import scale_trace, slice_trace

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sim.hardware.config import ModelSpec
+from sim.hardware.models import ModelSpec
 
 
 @dataclass(frozen=True)

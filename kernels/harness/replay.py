@@ -31,7 +31,7 @@ from kernels.harness.kv_source import KVSource, LineageTracker
 from kernels.harness.mixed_graphs import MixedRunner
 from kernels.harness.model import RandomTransformer, Shapes
 from sim.errors import UserError
-from sim.hardware.config import KVBudget, activation_reserve_bytes
+from sim.hardware.budget import KVBudget, activation_reserve_bytes
 from sim.records.requests import RequestLog
 from sim.records.steps import StepLog, record_iteration
 from sim.serving.intake import Intake

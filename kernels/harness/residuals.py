@@ -24,7 +24,8 @@ import os
 import numpy as np
 
 from sim.cost.profile import ProfileCostModel
-from sim.hardware.config import resolve_gpu, resolve_model
+from sim.hardware.gpus import resolve_gpu
+from sim.hardware.models import resolve_model
 from sim.serving.engine import branches_of, content_of
 from sim.serving.replay import ReplayOptions, make_allocator
 from sim.serving.schedulers.vllm_v0 import BeamModel, Scheduler, SchedulerLimits, Sequence

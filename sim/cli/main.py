@@ -13,7 +13,8 @@ from sim.cli.progress import ProgressBar
 from sim.cli.tables import summary_table
 from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S
 from sim.errors import UserError
-from sim.hardware.config import GPUS, MODELS, resolve_gpu, resolve_model
+from sim.hardware.gpus import GPUS, resolve_gpu
+from sim.hardware.models import MODELS, resolve_model
 from sim.records.io import atomic_write, prepare_dir, to_json, write_replay
 from sim.serving.replay import ReplayOptions, replay
 from sim.traces.readers import READERS, read_trace

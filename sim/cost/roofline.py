@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.cost.base import CostModel
-from sim.hardware.config import GpuSpec, ModelSpec
+from sim.hardware.gpus import GpuSpec
+from sim.hardware.models import ModelSpec
 from sim.serving.request import Batch
 
 DEFAULT_STEP_OVERHEAD_S = 0.002

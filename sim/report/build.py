@@ -15,7 +15,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
-from sim.hardware.config import ModelSpec
+from sim.hardware.models import ModelSpec
 from sim.report.capacity import CapacitySearch, Probe, evaluate_probe, replicas_needed, trace_rate
 from sim.report.slo import SLO
 from sim.report.status import StatusLine

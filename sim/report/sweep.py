@@ -56,7 +56,8 @@ import numpy as np
 
 from sim.allocators.base import MEMORY_CATEGORIES
 from sim.errors import UserError
-from sim.hardware.config import resolve_gpu, resolve_model
+from sim.hardware.gpus import resolve_gpu
+from sim.hardware.models import resolve_model
 from sim.records.io import atomic_write
 from sim.report.build import _pool_context, default_jobs
 from sim.report.capacity import trace_rate

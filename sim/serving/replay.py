@@ -12,7 +12,9 @@ import numpy as np
 from sim.allocators import KVAllocator, resolve_allocator
 from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S, RooflineCostModel
 from sim.errors import UserError
-from sim.hardware.config import EngineConfig, GpuSpec, KVBudget, ModelSpec, kv_budget
+from sim.hardware.budget import EngineConfig, KVBudget, kv_budget
+from sim.hardware.gpus import GpuSpec
+from sim.hardware.models import ModelSpec
 from sim.records.requests import RequestLog
 from sim.records.summary import sharing_summary, summarize
 from sim.serving.beam import BeamModel

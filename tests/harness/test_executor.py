@@ -16,7 +16,8 @@ from kernels.harness.replay import GpuRun, HarnessOptions, gpu_replay  # noqa: E
 from sim.allocators import REGISTRY  # noqa: E402
 from sim.allocators.base import BlockTablePlacement  # noqa: E402
 from sim.allocators.paged import PagedAllocator  # noqa: E402
-from sim.hardware.config import GPUS, resolve_model  # noqa: E402
+from sim.hardware.gpus import GPUS  # noqa: E402
+from sim.hardware.models import resolve_model  # noqa: E402
 from sim.serving.replay import ReplayOptions, replay  # noqa: E402
 from tests.harness._harness_testutil import BLOCK, DEVICE, DTYPE, TINY  # noqa: E402
 from tests.harness._harness_testutil import trace_file as _trace

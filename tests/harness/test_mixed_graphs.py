@@ -19,7 +19,8 @@ from kernels.harness.replay import GpuRun, HarnessOptions, gpu_replay  # noqa: E
 from sim.allocators.base import BlockTablePlacement  # noqa: E402
 from sim.allocators.contiguous import ContiguousOracle  # noqa: E402
 from sim.allocators.paged import PagedAllocator  # noqa: E402
-from sim.hardware.config import GPUS, resolve_model  # noqa: E402
+from sim.hardware.gpus import GPUS  # noqa: E402
+from sim.hardware.models import resolve_model  # noqa: E402
 from sim.serving.replay import ReplayOptions, replay  # noqa: E402
 from sim.serving.schedulers.vllm_v0 import Batch  # noqa: E402
 from tests.harness._harness_testutil import (

@@ -19,7 +19,8 @@ pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 from kernels.harness.replay import GpuRun, HarnessOptions, gpu_replay  # noqa: E402
-from sim.hardware.config import GPUS, resolve_model  # noqa: E402
+from sim.hardware.gpus import GPUS  # noqa: E402
+from sim.hardware.models import resolve_model  # noqa: E402
 from sim.serving.replay import ReplayOptions, replay  # noqa: E402
 from tests.harness._harness_testutil import BLOCK, DEVICE, DTYPE, TINY, trace_file  # noqa: E402
 
