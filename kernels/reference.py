@@ -48,8 +48,8 @@ def _attend(
     m = s.amax(dim=-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     p = torch.exp(s - m)
-    l = p.sum(dim=-1, keepdim=True)
-    o = torch.matmul(p, vf) / torch.where(l > 0, l, torch.ones_like(l))
+    den = p.sum(dim=-1, keepdim=True)
+    o = torch.matmul(p, vf) / torch.where(den > 0, den, torch.ones_like(den))
     return o.transpose(0, 1)
 
 

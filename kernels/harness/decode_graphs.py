@@ -1,7 +1,7 @@
 """Decode-only iterations through static buffers, replayed as CUDA graphs (one per batch-size and context bucket).
 
 Why: eager, a decode iteration of Llama-2-7B launches ~15 kernels per layer x 32 layers from Python and takes 12-17 ms
-where reading the weights takes 4.5 ms (reports/validation/README.md, run 2): the GPU waits for the host, and the
+where reading the weights takes 4.5 ms (reports/validation/README.md): the GPU waits for the host, and the
 host's jitter becomes the iteration's jitter. A CUDA graph launches the whole forward at once.
 
 How (the vLLM recipe):
@@ -19,7 +19,7 @@ How (the vLLM recipe):
   the graph of the smallest `C >= its longest context`. The bound is cut into 512-token partitions
   (`static_decode_attention`, which says why). Key: (paged or contiguous, B, C). The replay
   (`replay.GpuRun.build`) uses a single bucket, the model's max length: with finer buckets, calibration batches of
-  uniform lengths ran the non-split kernel where replay batches of the same tokens ran the split path (run 7).
+  uniform lengths ran the non-split kernel where replay batches of the same tokens ran the split path.
 * A graph is captured on first use, from neutral inputs (every slot -1, every length 0), so neither its warm-up runs
   nor its capture touches the KV pool; the caller reports the capture time so that the replay clock excludes it.
   Graphs share one memory pool (they replay one at a time).
@@ -49,12 +49,10 @@ from kernels.harness.model import RandomTransformer
 #: Tokens per split-KV partition of the decode kernel inside static iterations (decode graphs and mixed graphs).
 #: The split bound there is the model's max length, loose for most batches, and the kernel's automatic choice for it
 #: (2 partitions of 2,048 tokens from batch 4 up) starts the second partitions, which only the long sequences of a
-#: batch have, after every first one: a batch of spread lengths left a tail of long programs. On the H100
-#: (`kernels.harness.diag_spread`, run 8), one layer's paged decode on 39 batches of spread lengths (16 from run 7's
-#: replays) took 5.5% longer than on uniform batches of the same size and total context with the automatic choice,
-#: and run 7's paged decode iterations ran 1-4% over a profile calibrated on uniform batches. Partitions of 512
-#: tokens, the last ones started first (paged), took 0.89x the automatic choice's time on the spread batches and 0.98x
-#: on the uniform ones, and spread/uniform fell to 0.985; the contiguous kernel with 512-token partitions 1.000.
+#: batch have, after every first one: a batch of spread lengths left a tail of long programs. On the H100, one layer's
+#: paged decode on batches of spread lengths took 5.5% longer than on uniform batches of the same size and total
+#: context with the automatic choice. Partitions of 512 tokens, the last ones started first (paged), took 0.89x the
+#: automatic choice's time on the spread batches and 0.98x on the uniform ones (reports/validation/README.md).
 STATIC_DECODE_PARTITION = 512
 
 
@@ -240,7 +238,8 @@ class DecodeRunner(GraphCache):
         self.check_layers = sorted(check_layers)
         self.block_size = pool.block_size
         self.max_len = int(max_len)
-        self.width = -(-(-(-self.max_len // self.block_size)) // 16) * 16  # block-table width, multiple of 16
+        blocks = -(-self.max_len // self.block_size)
+        self.width = -(-blocks // 16) * 16  # block-table width, multiple of 16
         self.batch_buckets = batch_buckets(int(max_batch))
         self.ctx_buckets = context_buckets(self.max_len, min_ctx_bucket)
         bmax = self.batch_buckets[-1]
@@ -256,7 +255,7 @@ class DecodeRunner(GraphCache):
             self._layer_offsets = source.layer_offsets[: model.shapes.layers, None].to(self.device)
         self._views: dict[int, _Views] = {}
 
-    # --- layout ---------------------------------------------------------------------------------------------------------
+    # --- layout -------------------------------------------------------------------------------------------------------
     def views(self, b: int) -> _Views:
         """int32: ids [B] | slots [B] | lens [B] | block tables [B, width]; int64: starts [B] | src rows [B].
         Every piece starts on a 16-byte boundary (Triton specialises on pointer alignment)."""
@@ -285,7 +284,7 @@ class DecodeRunner(GraphCache):
             return None
         return paged, b, c
 
-    # --- host side ------------------------------------------------------------------------------------------------------
+    # --- host side ----------------------------------------------------------------------------------------------------
     def stage(self, key: tuple[bool, int, int], inp: DecodeInputs, vocab: int) -> tuple[int, int]:
         """Write the inputs, padded to the bucket, into the pinned staging buffers; returns (int32, int64) counts."""
         paged, b, _c = key
@@ -316,7 +315,7 @@ class DecodeRunner(GraphCache):
         self.dev32[:n32].copy_(self.host32[:n32], non_blocking=True)
         self.dev64[:n64].copy_(self.host64[:n64], non_blocking=True)
 
-    # --- device side ----------------------------------------------------------------------------------------------------
+    # --- device side --------------------------------------------------------------------------------------------------
     def forward(self, key: tuple[bool, int, int]) -> DecodeOutput:
         """The decode forward of bucket `key` on the static buffers (what a graph captures)."""
         paged, b, c = key

@@ -196,7 +196,7 @@ class Executor:
             self._ev0 = torch.cuda.Event(enable_timing=True)
             self._ev1 = torch.cuda.Event(enable_timing=True)
 
-    # --- host side ------------------------------------------------------------------------------------------------------
+    # --- host side ----------------------------------------------------------------------------------------------------
     def _decode_meta(self, branches: list[int]):
         alloc, bs = self.alloc, self.block_size
         lens = np.fromiter((alloc.num_tokens(b) for b in branches), dtype=np.int64, count=len(branches))
@@ -262,7 +262,7 @@ class Executor:
         keys = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
         return self.source.base_rows(keys)
 
-    # --- one iteration -------------------------------------------------------------------------------------------------
+    # --- one iteration ------------------------------------------------------------------------------------------------
     def execute(self, batch: Batch, check: bool = False) -> ExecResult:
         dec_branches = [b for seq in batch.decode for b in seq.branches]
         if self.runner is not None and dec_branches and not batch.prefill:

@@ -3,7 +3,7 @@
 Why: eager, such an iteration launches ~16 kernels per layer from Python and is bound by the host, not the GPU: on
 the H100's lent machines a 128-token prefill took 11-25 ms depending on the machine (the GPU work is ~5 ms), and the
 replay's eager iterations ran ~6% slower than the same batch repeated back to back, as calibration times it
-(reports/validation/README.md, run 7's diagnosis). Decode-only iterations already replay graphs
+(reports/validation/README.md). Decode-only iterations already replay graphs
 (`decode_graphs`); this does the same for the rest, so that every iteration's time is the GPU's.
 
 How (decode_graphs' recipe, extended):
@@ -130,7 +130,8 @@ class MixedRunner(GraphCache):
         self.check_layers = sorted(check_layers)
         self.block_size = pool.block_size
         self.max_len = int(max_len)
-        self.width = -(-(-(-self.max_len // self.block_size)) // 16) * 16  # paged table width (blocks)
+        blocks = -(-self.max_len // self.block_size)
+        self.width = -(-blocks // 16) * 16  # paged table width (blocks)
         self.unit_width = -(-self.max_len // 16) * 16  # one-token-block table width (extents)
         self.batch_buckets = [0] + batch_buckets(int(max_batch))
         self.token_buckets = token_buckets(int(max_tokens))
@@ -147,7 +148,7 @@ class MixedRunner(GraphCache):
             self._layer_offsets = source.layer_offsets[: model.shapes.layers, None].to(self.device)
         self._layouts: dict[tuple, _Layout] = {}
 
-    # --- layout ---------------------------------------------------------------------------------------------------------
+    # --- layout -------------------------------------------------------------------------------------------------------
     def _offsets(self, b: int, p: int, s: int, paged: bool):
         pw = self.width if paged else self.unit_width
         sizes32 = {
@@ -192,7 +193,7 @@ class MixedRunner(GraphCache):
             return None
         return paged, b, p, s
 
-    # --- host side ------------------------------------------------------------------------------------------------------
+    # --- host side ----------------------------------------------------------------------------------------------------
     def stage(self, key: tuple[bool, int, int, int], inp: MixedInputs, vocab: int) -> tuple[int, int]:
         """Write the inputs, padded to the key's buckets, into the pinned staging buffers; (int32, int64) counts."""
         paged, b, p, s = key
@@ -250,7 +251,7 @@ class MixedRunner(GraphCache):
         self.dev32[:n32].copy_(self.host32[:n32], non_blocking=True)
         self.dev64[:n64].copy_(self.host64[:n64], non_blocking=True)
 
-    # --- device side ----------------------------------------------------------------------------------------------------
+    # --- device side --------------------------------------------------------------------------------------------------
     def forward(self, key: tuple[bool, int, int, int]) -> MixedOutput:
         """The forward of bucket `key` on the static buffers (what a graph captures)."""
         paged, b, p, s = key

@@ -90,7 +90,7 @@ class RandomTransformer:
         tensors = [self.embed, self.final_norm, self.lm_head] + [t for layer in self.layers for t in layer.values()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    # --- pieces the executor calls -------------------------------------------------------------------------------------
+    # --- pieces the executor calls ------------------------------------------------------------------------------------
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.embed)
 

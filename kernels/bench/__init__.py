@@ -1,0 +1,3 @@
+"""The benchmark of record: ``python -m kernels.bench --out DIR`` (options in ``kernels/bench/__main__.py`` and
+kernels/README.md). Modules by job: ``run`` (device and constants), ``timing``, ``cases``, ``decode``, ``prefill``,
+``cache``, ``sdpa`` and ``flex`` (the baselines), ``report`` (targets and ``bench.md``)."""

@@ -1,0 +1,100 @@
+"""The benchmark's cases: the decode grid (uniform and mixed lengths), its FlexAttention subset, the prefill cases
+and the cache-operation sizes. ``--cpu-smoke`` swaps in tiny shapes."""
+
+from __future__ import annotations
+
+import random
+
+from kernels.bench.run import RUN
+
+# (layout, batch, context) of the uniform cases, and the names of the mixed cases, that also run FlexAttention.
+# Every new shape costs a torch.compile (tens of seconds), so only this subset of the grid is measured.
+FLEX_CASES = {
+    ("mha", 16, 2048),
+    ("mha", 16, 8192),
+    ("mha", 64, 2048),
+    ("mha", 64, 8192),
+    ("gqa", 16, 2048),
+    ("gqa", 16, 8192),
+    ("gqa", 64, 2048),
+    ("gqa", 64, 8192),
+}
+FLEX_MIXED = {"mixed gqa b64 len1-8192"}
+FLEX_SMOKE = {("mha", 2, 40), ("gqa", 2, 300)}
+FLEX_SMOKE_MIXED = {"mixed gqa b16 len1-8192"}
+
+
+def decode_cases(quick: bool, skip: set, flex_only: bool, flex_all: bool) -> list[tuple]:
+    """(name, batch, q heads, KV heads, lengths, swept with --sweep, with FlexAttention) of every decode case to
+    run, uniform lengths first, then mixed ones."""
+    layouts = [(32, 32), (32, 8)]
+    batches = [1, 16, 64, 256]
+    ctxs = [512, 2048, 8192]
+    if quick:
+        batches, ctxs = [1, 64], [2048, 8192]
+    if RUN.smoke:
+        layouts, batches, ctxs = [(4, 4), (4, 1)], [1, 2], [40, 300]
+    sweep_cases = {
+        ("mha", 64, 2048),
+        ("gqa", 64, 8192),
+        ("mha", 1, 8192),
+        ("gqa", 1, 8192),
+        ("mha", 16, 8192),
+        ("gqa", 16, 8192),
+        ("gqa", 256, 2048),
+    }
+    fcases, fmixed = (FLEX_SMOKE, FLEX_SMOKE_MIXED) if RUN.smoke else (FLEX_CASES, FLEX_MIXED)
+    if flex_only and not flex_all:
+        # the flex subset at any grid size (it may lie outside --quick's grid)
+        batches = sorted({b for _, b, _ in fcases})
+        ctxs = sorted({L for _, _, L in fcases}, reverse=True)
+    cases = []
+    if "decode" not in skip:
+        for hq, hkv in layouts:
+            lay = "mha" if hq == hkv else "gqa"
+            for b in batches:
+                for L in ctxs:
+                    fl = "flex" not in skip and (flex_all or (lay, b, L) in fcases)
+                    if flex_only and not fl:
+                        continue
+                    cases.append((f"{lay} b{b} ctx{L}", b, hq, hkv, [L] * b, (lay, b, L) in sweep_cases, fl))
+    if "mixed" not in skip:
+        for hq, hkv in layouts:
+            lay = "mha" if hq == hkv else "gqa"
+            for b in ([16, 64] if quick else [16, 64, 256]) if not RUN.smoke else [16]:
+                rng = random.Random(1000 + b)
+                lens = [rng.randint(1, 100 if RUN.smoke else 8192) for _ in range(b)]
+                name = f"mixed {lay} b{b} len1-8192"
+                fl = "flex" not in skip and (flex_all or name in fmixed)
+                if flex_only and not fl:
+                    continue
+                cases.append((name, b, hq, hkv, lens, b in (16, 64) and lay == "gqa" or (b == 16 and lay == "mha"), fl))
+    if flex_only:  # longest contexts first (mixed after the 8,192 ones): they matter most if the budget runs out
+        cases.sort(key=lambda c: (-max(c[4]), c[1]))
+    return cases
+
+
+def prefill_cases() -> list[tuple]:
+    """(name, batch, q heads, KV heads, context, new tokens, swept with --sweep) of the prefill cases."""
+    cases = [
+        ("prefill mha 4x2048 ctx0", 4, 32, 32, 0, 2048, True),
+        ("prefill mha 4x1024 ctx3072", 4, 32, 32, 3072, 1024, True),
+        ("prefill gqa 4x1024 ctx3072", 4, 32, 8, 3072, 1024, False),
+        ("chunked mha 16x256 ctx1792", 16, 32, 32, 1792, 256, False),
+    ]
+    if RUN.smoke:
+        cases = [
+            ("prefill mha 2x40 ctx0", 2, 4, 4, 0, 40, True),
+            ("prefill gqa 2x20 ctx33", 2, 4, 2, 33, 20, False),
+        ]
+    return cases
+
+
+def write_kv_cases() -> list[tuple[int, int]]:
+    """(tokens, KV heads) of the ``write_kv`` cases."""
+    return [(256, 8), (8192, 8), (65536, 8), (8192, 32)] if not RUN.smoke else [(16, 2)]
+
+
+def copy_blocks_cases() -> list[tuple[int, int]]:
+    """(layers, block pairs) of the ``copy_blocks`` cases."""
+    return [(32, 256)] if not RUN.smoke else [(2, 4)]

@@ -1,0 +1,1 @@
+"""Tests of kernels.experiments (the arithmetic of the kept experiments, on tiny CPU shapes)."""
