@@ -213,7 +213,7 @@ def test_progress_line_shows_each_search():
     import io
 
     from sim.report.build import make_configs, run_searches
-    from sim.report.status import StatusLine
+    from sim.progress import StatusLine
 
     s = step_time_by_hand()
     stream = io.StringIO()

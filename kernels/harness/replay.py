@@ -53,10 +53,10 @@ class HarnessOptions:
     seed: int = 0
     warmup: bool = True
     # Decode-only iterations through static buffers replayed as CUDA graphs (kernels.harness.decode_graphs); on a CPU
-    # device the same static-buffer path runs eagerly. False: every iteration eager, as before run 4.
+    # device the same static-buffer path runs eagerly. False: every iteration eager.
     cuda_graphs: bool = True
     # Iterations with prefill tokens through static buffers and CUDA graphs too (kernels.harness.mixed_graphs);
-    # needs cuda_graphs. False: they run eagerly, as before run 7.
+    # needs cuda_graphs. False: they run eagerly.
     prefill_graphs: bool = True
 
 
@@ -102,8 +102,8 @@ class GpuRun:
             # One context bucket, the model's max length, as the split-KV bound of every decode graph: the kernel
             # picks its split count from that bound, and with finer buckets a calibration batch of uniform lengths
             # (bound = its length: often no split) and a replay batch of the same total context but one long
-            # sequence (bound 4,096: the split path and its reduce) ran different kernels; run 7's first call
-            # measured replay decode iterations 5% slower than calibration said for the same tokens.
+            # sequence (bound 4,096: the split path and its reduce) ran different kernels, and replay decode
+            # iterations measured 5% slower than calibration said for the same tokens.
             runner = DecodeRunner(
                 model,
                 pool,
@@ -170,37 +170,6 @@ class HarnessResult:
     truncated: bool = False
     static: np.ndarray | None = None  # per iteration: 0 eager, 1 decode-only graph, 2 graph with prefill tokens
     issue_s: np.ndarray | None = None  # host time from an iteration's start event to its last launch (CUDA)
-
-
-def warm_up(run: GpuRun, force: bool = False) -> float:
-    """Compile every kernel variant a replay can meet (Triton specialises on sizes: 1, multiples of 16, others),
-    outside the measured loop. Returns seconds spent."""
-    from kernels.harness.calibrate import SyntheticState, synthetic_batches
-    from sim.allocators.contiguous import ContiguousOracle
-    from sim.allocators.paged import PagedAllocator
-
-    t0 = time.perf_counter()
-    if not force and (not run.harness.warmup or run.model.device.type != "cuda"):
-        return 0.0  # the interpreter compiles nothing; tests stay quick
-    max_len = min(run.options.model.max_model_len, run.budget.capacity_tokens // 2)
-    lens = sorted({x for x in (1, 2, 15, 16, 17, 33, 100, 300, 600, 1500, 2100, 5000) if x <= max_len})
-    shapes = (
-        [("decode", b, c) for b in (1, 3, 16, 17) for c in lens]
-        + [("prefill", n, c) for n in (1, 16, 17, 300) for c in (0, 16, 17) if n + c <= max_len]
-        + [("mixed", 64, 4), ("copy", 4, 0)]
-    )
-    for cls in (PagedAllocator, ContiguousOracle):  # block tables and extents: different kernel variants
-        state = SyntheticState(run, allocator_cls=cls)
-        for kind, a, b in shapes:
-            for batch in synthetic_batches(state, kind, a, b):
-                state.executor.execute(batch)
-                state.release(batch)
-    state = SyntheticState(run)
-    if run.source is not None:  # the check path, once
-        for batch in synthetic_batches(state, "decode", 2, 40):
-            state.executor.check(state.executor.execute(batch, check=True).capture)
-            state.release(batch)
-    return time.perf_counter() - t0
 
 
 def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:

@@ -57,8 +57,7 @@ def _harness_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-prefill-graphs",
         action="store_true",
-        help="replay CUDA graphs for decode-only iterations only; iterations with prefill tokens run "
-        "eagerly (the path of runs 4-6)",
+        help="replay CUDA graphs for decode-only iterations only; iterations with prefill tokens run eagerly",
     )
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help=argparse.SUPPRESS)
 
@@ -84,12 +83,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from kernels.harness.calibrate import calibrate
     from kernels.harness.replay import GpuRun
     from kernels.harness.validate import environment
-    from sim.cli.main import _options
+    from sim.cli.options import hardware_kwargs
     from sim.records.io import atomic_write, to_json
+    from sim.serving.replay import ReplayOptions
     from sim.units import format_bytes, parse_size
 
-    args.trace = None
-    options = _options(args, "paged")
+    options = ReplayOptions(**hardware_kwargs(args), allocator="paged")
     if args.kv_memory is None:  # big enough for the grid's larger decode points, well inside the GPU
         derived = options.budget().requested_bytes
         options.kv_memory = min(derived, parse_size(args.calibration_kv))
@@ -118,8 +117,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     atomic_write(out, to_json(profile.to_dict()))
     f = profile.fit
     print(
-        f"fit over {f['samples']} points: R^2 {f['r2']:.4f}, median |error| {100 * f['median_abs_rel_error']:.1f}%, "
-        f"max |error| {100 * f['max_abs_rel_error']:.1f}% (formula alone {100 * f['formula_median_abs_rel_error']:.1f}% "
+        f"fit over {f['samples']} points: R^2 {f['r2']:.4f}, "
+        f"median |error| {100 * f['median_abs_rel_error']:.1f}%, max |error| {100 * f['max_abs_rel_error']:.1f}% "
+        f"(formula alone {100 * f['formula_median_abs_rel_error']:.1f}% "
         f"and {100 * f['formula_max_abs_rel_error']:.1f}%; decode correction from {f['decode_points_corrected']} "
         f"uniform decode points)"
     )
@@ -133,9 +133,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from kernels.harness.replay import GpuRun, gpu_replay, warm_up
+    from kernels.harness.calibrate import warm_up
+    from kernels.harness.replay import GpuRun, gpu_replay
     from kernels.harness.validate import environment, format_record, headline, validation_record, write_record
-    from sim.cli.main import _header, _options
+    from sim.cli.options import print_header, replay_options
     from sim.records.io import atomic_write, to_json
     from sim.serving.replay import replay
     from sim.traces.readers import read_trace
@@ -181,9 +182,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     records = []
     run = None
     for i, name in enumerate(allocators):
-        options = _options(args, name)
+        options = replay_options(args, name)
         if i == 0:
-            _header(trace, options)
+            print_header(trace, options)
             run = GpuRun.build(options, harness)
             print(f"validate: warm-up {warm_up(run):.1f} s" if harness.warmup else "")
         else:
@@ -218,24 +219,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from sim.cli.main import _add_replay_options
-    from sim.cli.options import positive_int
+    from sim.cli.options import add_hardware_options, add_replay_options, positive_int
 
     p = sub.add_parser(
         "calibrate", help="GPU: time a synthetic grid of iterations and write a cost profile (for --cost-model)"
     )
-    p.add_argument("--model", default="llama-2-7b", help="model preset or dimensions (see `sim replay --help`)")
-    p.add_argument("--gpu", default="h100-80gb", help="GPU preset the profile is recorded under (default: h100-80gb)")
-    p.add_argument("--block-size", type=positive_int, default=16)
-    p.add_argument(
-        "--kv-memory", help="KV pool for the synthetic batches (default: the derived budget, at most --calibration-kv)"
-    )
+    add_hardware_options(p, gpu_default="h100-80gb")
     p.add_argument("--calibration-kv", default="32GiB", help=argparse.SUPPRESS)
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--tp", type=positive_int, default=1, help=argparse.SUPPRESS)
-    p.add_argument("--max-model-len", type=positive_int)
-    p.add_argument("--max-num-seqs", type=positive_int, default=256)
-    p.add_argument("--max-num-batched-tokens", type=positive_int)
     p.add_argument("--repeats", type=positive_int, default=2, help="timed runs per visit of a grid point (default: 2)")
     p.add_argument(
         "--passes", type=positive_int, default=3, help="visits of the whole grid, in shuffled order (default: 3)"
@@ -244,20 +234,12 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="profile file to write (default: profile-<model>-<gpu>.json)")
     _harness_args(p)
-    p.set_defaults(
-        func=cmd_calibrate,
-        address_space=None,
-        step_overhead="2ms",
-        no_sharing=False,
-        beam_replace_prob=0.3,
-        no_fast_forward=False,
-        cost_model=None,
-    )
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser(
         "validate", help="GPU: replay a trace on the GPU and beside the calibrated simulation; write validation.json"
     )
-    _add_replay_options(p)
+    add_replay_options(p)
     p.add_argument(
         "--allocators",
         default="paged",

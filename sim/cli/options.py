@@ -1,9 +1,17 @@
-"""argparse types shared by the `sim` subcommands: each rejects bad values with a message naming the value."""
+"""Options shared by the `sim` subcommands, in one place: argparse types (each rejects a bad value with a message
+naming it), the option groups of the replaying commands, and the ReplayOptions built from them."""
 
 from __future__ import annotations
 
 import argparse
 import math
+
+from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S
+from sim.hardware.gpus import resolve_gpu
+from sim.hardware.models import resolve_model
+from sim.serving.replay import ReplayOptions
+from sim.traces.readers import READERS
+from sim.units import format_bytes, parse_duration, parse_size
 
 
 def positive_int(text: str) -> int:
@@ -32,3 +40,150 @@ def positive_float(text: str) -> float:
     if not value > 0 or math.isinf(value):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def add_trace_options(p: argparse.ArgumentParser) -> None:
+    """The trace argument and how it is read."""
+    p.add_argument("trace", help="trace file (format detected from its header or first JSON record)")
+    p.add_argument("--format", choices=sorted(READERS), help="force the trace format")
+    p.add_argument(
+        "--rate",
+        type=float,
+        metavar="REQ_PER_S",
+        help="length-only traces: requests/s of the Poisson arrivals to generate",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every random choice: generated arrivals, the beam model (default: 0)",
+    )
+    p.add_argument(
+        "--model-filter", metavar="MODEL", help="BurstGPT traces: keep only this model's rows (e.g. ChatGPT, GPT-4)"
+    )
+
+
+def add_hardware_options(p: argparse.ArgumentParser, gpu_default: str = "a100-80gb") -> None:
+    """Model, GPU, KV budget and engine limits: what `hardware_kwargs` reads."""
+    p.add_argument(
+        "--model",
+        default="llama-2-7b",
+        help="model preset (see `sim models`) or dimensions 'layers=..,kv_heads=..,head_size=..,"
+        "params=..,max_len=..[,heads=..,hidden=..,intermediate=..,vocab=..,kv_dtype=..]' "
+        "(default: llama-2-7b)",
+    )
+    p.add_argument("--gpu", default=gpu_default, help=f"GPU preset (see `sim gpus`; default: {gpu_default})")
+    p.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV block (default: 16)")
+    p.add_argument("--kv-memory", help="KV cache size per GPU, e.g. 12GiB (default: derived from the GPU)")
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        help="fraction of GPU memory the engine may use when deriving the KV size (default: 0.9)",
+    )
+    p.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel GPUs (default: 1)")
+    p.add_argument("--max-model-len", type=positive_int, help="override the model's max length (tokens)")
+    p.add_argument("--max-num-seqs", type=positive_int, default=256, help="sequences per iteration (default: 256)")
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=positive_int,
+        help="prompt tokens prefilled per iteration (default: max(max model length, 2048))",
+    )
+
+
+def add_policy_options(p: argparse.ArgumentParser) -> None:
+    """How the replay runs: allocator options, cost model, sharing, beams, fast-forward."""
+    p.add_argument(
+        "--address-space",
+        choices=["buddy", "first-fit"],
+        help="contiguous allocators: the address-space policy that places reservations, buddy or first-fit "
+        "(default: buddy)",
+    )
+    p.add_argument(
+        "--step-overhead",
+        default=f"{DEFAULT_STEP_OVERHEAD_S * 1000:g}ms",
+        help="fixed time per iteration in the roofline cost model (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cost-model",
+        metavar="FILE",
+        help="iteration times from a calibration profile written by `sim calibrate` on a GPU, instead "
+        "of the roofline (--step-overhead does not apply then)",
+    )
+    p.add_argument(
+        "--no-sharing",
+        action="store_true",
+        help="paged allocators: share nothing (forks copy every block, prefixes are not shared) — the "
+        "counterfactual that sharing.saved_fraction is measured against",
+    )
+    p.add_argument(
+        "--beam-replace-prob",
+        type=float,
+        default=0.3,
+        help="beam search model: probability that a beam is dropped and replaced by a fork of a "
+        "surviving beam at each step (default: 0.3)",
+    )
+    p.add_argument(
+        "--no-fast-forward",
+        action="store_true",
+        help="simulate every iteration one by one (the results are identical; this is slower)",
+    )
+
+
+def add_replay_options(p: argparse.ArgumentParser) -> None:
+    """Every option of `sim replay` and `sim compare` but the allocator choice (also used by report and validate)."""
+    add_trace_options(p)
+    add_hardware_options(p)
+    add_policy_options(p)
+    p.add_argument("--out", help="output directory (default: a new directory under runs/)")
+    p.add_argument("--force", action="store_true", help="write into an existing non-empty --out directory")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def hardware_kwargs(args: argparse.Namespace) -> dict:
+    """ReplayOptions fields from the options of `add_hardware_options`."""
+    return dict(
+        model=resolve_model(args.model, args.max_model_len),
+        gpu=resolve_gpu(args.gpu),
+        block_size=args.block_size,
+        kv_memory=parse_size(args.kv_memory) if args.kv_memory else None,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        tp=args.tp,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+    )
+
+
+def replay_options(args: argparse.Namespace, allocator: str) -> ReplayOptions:
+    """The ReplayOptions of one allocator from the options of `add_replay_options`."""
+    return ReplayOptions(
+        **hardware_kwargs(args),
+        allocator=allocator,
+        address_space=args.address_space,
+        step_overhead_s=parse_duration(args.step_overhead),
+        sharing=not args.no_sharing,
+        beam_replace_prob=args.beam_replace_prob,
+        seed=args.seed,
+        fast_forward=not args.no_fast_forward,
+        cost_model=args.cost_model,
+    )
+
+
+def print_header(trace, options: ReplayOptions) -> None:
+    """What every replaying command prints first: the trace, the model and the KV budget."""
+    budget = options.budget()
+    print(f"trace: {trace.path} ({trace.format}, {len(trace):,} requests over {trace.duration_s:,.1f} s)")
+    for note in trace.notes:
+        print(f"trace note: {note}")
+    print(
+        f"model: {options.model.name} ({options.model.kv_bytes_per_token(options.tp):,} KV bytes per token"
+        f"{f' per GPU, tp={options.tp}' if options.tp > 1 else ''}), GPU: {options.gpu.name}"
+    )
+    if budget.source == "derived":
+        b = budget.breakdown
+        print(
+            f"KV budget: {format_bytes(b['gpu_memory'])} x {options.gpu_memory_utilization:g} - weights "
+            f"{format_bytes(b['weights'])} - activations {format_bytes(b['activations'])} - runtime "
+            f"{format_bytes(b['runtime'])} = {format_bytes(b['kv'])}"
+        )
+    print(budget.describe(options.model))

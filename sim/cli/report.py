@@ -29,14 +29,14 @@ def _command_line() -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sim.cli.main import _options
+    from sim.cli.options import replay_options
+    from sim.progress import StatusLine
     from sim.report.browser import find_chromium, screenshot
     from sim.report.build import ReportInputs, build_report, default_jobs
     from sim.report.capacity import trace_rate
     from sim.report.html import data_dir_for, write_outputs
     from sim.report.page import build_page
     from sim.report.slo import parse_slos
-    from sim.report.status import StatusLine
     from sim.traces.readers import read_trace
     from sim.traces.tools import slice_trace
     from sim.units import parse_duration
@@ -67,7 +67,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"{' and '.join(note)} of the trace's {full:,} requests ({len(trace):,} requests over "
             f"{trace.duration_s:,.1f} s)"
         ]
-    base = _options(args, allocators[0])
+    base = replay_options(args, allocators[0])
     for b in block_sizes:  # fail early on an impossible budget, before any process starts
         from dataclasses import replace
 
@@ -119,10 +119,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print("\nno configuration meets the SLOs at any rate probed")
     print(f"{data.probes_run} replays in {data.wall_s:,.1f} s")
     size = os.path.getsize(output)
-    print(
-        f"wrote {output} ({size / 1e6:.1f} MB) and {os.path.join(os.path.dirname(output), os.path.basename(directory))}/"
-        " (CSV and JSON of every chart)"
-    )
+    data = os.path.join(os.path.dirname(output), os.path.basename(directory))
+    print(f"wrote {output} ({size / 1e6:.1f} MB) and {data}/ (CSV and JSON of every chart)")
     if args.screenshot:
         if find_chromium() is None:
             raise UserError("--screenshot needs Chromium (Debian: apt-get install chromium)")
@@ -133,8 +131,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from sim.progress import StatusLine
     from sim.report.html import write_outputs
-    from sim.report.status import StatusLine
     from sim.report.sweep import load_spec, run_sweep, write_table
     from sim.report.sweep_page import build_sweep_page
 
@@ -157,7 +155,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     from sim.allocators import REGISTRY
-    from sim.cli.main import _add_replay_options
+    from sim.cli.options import add_replay_options
     from sim.report.capacity import DEFAULT_PRECISION
 
     p = sub.add_parser(
@@ -169,7 +167,7 @@ def register(sub) -> None:
         "replicas and GPUs the target rate needs; charts; one self-contained HTML file "
         "with its data beside it (<name>-data/).",
     )
-    _add_replay_options(p)
+    add_replay_options(p)
     p.add_argument(
         "--allocators",
         default="paged,contiguous-max",

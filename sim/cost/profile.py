@@ -19,7 +19,8 @@ Decode-only iterations (no prefill tokens) are then multiplied by a correction m
 uniform decode points (`DecodeCorrection`): measured / formula time at each (batch size, context per sequence) point,
 interpolated between them. The additive formula cannot hold how the decode kernel's programs fill the GPU (a batch
 of 8 at 2,048 tokens ran 6% over it on the H100 while a batch of 1 ran 3-5% under), and decode-only iterations are
-most of a replay's time: run 9's replays ran 5-6% over the formula alone (reports/validation/README.md).
+most of a replay's time: without the correction, replays on the H100 ran 5-6% over the formula
+(reports/validation/README.md).
 
 The profile is JSON (see `ProfileCostModel.to_dict`): the coefficients, the knots, the measured samples they were
 fitted to, the fit's quality and where it was measured. It needs no torch: `sim` loads it anywhere.
@@ -33,11 +34,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MIN_SAMPLES = 3  # grid points a fit needs at the least
-
 from sim.cost.base import CostModel
 from sim.errors import UserError
 from sim.serving.request import Batch
+
+MIN_SAMPLES = 3  # grid points a fit needs at the least
 
 PROFILE_KIND = "kvsim-cost-profile"
 PROFILE_VERSION = 1
@@ -275,7 +276,7 @@ class ProfileCostModel(CostModel):
             "meta": dict(self.meta),
         }
 
-    # --- files ---------------------------------------------------------------------------------------------------------
+    # --- files -----------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
             "kind": PROFILE_KIND,

@@ -16,9 +16,9 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
 from sim.hardware.models import ModelSpec
+from sim.progress import StatusLine
 from sim.report.capacity import CapacitySearch, Probe, evaluate_probe, replicas_needed, trace_rate
 from sim.report.slo import SLO
-from sim.report.status import StatusLine
 from sim.serving.replay import ReplayOptions
 from sim.traces.model import Trace
 
@@ -115,7 +115,7 @@ def _probe_in_worker(options: ReplayOptions, rate: float, slos: list[SLO], label
     return evaluate_probe(_WORKER_TRACE, options, rate, slos, label, native)
 
 
-def _pool_context():
+def pool_context():
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
@@ -181,7 +181,7 @@ def run_searches(
     else:
         workers = min(jobs, len(configs))
         with ProcessPoolExecutor(
-            max_workers=workers, mp_context=_pool_context(), initializer=_init_worker, initargs=(trace,)
+            max_workers=workers, mp_context=pool_context(), initializer=_init_worker, initargs=(trace,)
         ) as pool:
             inflight: dict = {}
             try:

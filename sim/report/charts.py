@@ -38,7 +38,7 @@ def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
-def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
+def apply_layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
     fig.update_layout(
         template=TEMPLATE,
         title=dict(text=title, x=0.01, xanchor="left"),
@@ -74,7 +74,7 @@ def capacity_chart(results: list[ConfigResult], target_rate: float, gpu_name: st
     )
     fig.update_yaxes(title_text="capacity per replica (req/s)", rangemode="tozero")
     fig.update_xaxes(title_text="allocator / block size")
-    _layout(
+    apply_layout(
         fig,
         f"Capacity per replica within the SLOs, and {gpu_name} GPUs for {target_rate:g} req/s"
         f"{f' (tp={tp})' if tp > 1 else ''}",
@@ -118,7 +118,7 @@ def memory_chart(results: list[ConfigResult]):
         )
     fig.update_layout(barmode="stack")
     fig.update_yaxes(title_text="% of the KV cache", range=[0, 100])
-    _layout(fig, "KV memory breakdown at each configuration's capacity (mean over iterations)", 440)
+    apply_layout(fig, "KV memory breakdown at each configuration's capacity (mean over iterations)", 440)
     return fig, rows
 
 
@@ -174,7 +174,7 @@ def timeline_chart(results: list[ConfigResult]):
     fig.update_xaxes(title_text="time (s)", row=2, col=1)
     fig.update_yaxes(rangemode="tozero", row=1, col=1)
     fig.update_yaxes(range=[0, 100], row=2, col=1)
-    _layout(fig, "Batch size and KV use over time, at each configuration's capacity (bucket means)", 560)
+    apply_layout(fig, "Batch size and KV use over time, at each configuration's capacity (bucket means)", 560)
     return fig, rows
 
 
@@ -274,7 +274,7 @@ def rate_chart(results: list[ConfigResult], slos: list[SLO]):
             fig.update_yaxes(rangemode="tozero", row=pos[k][0], col=pos[k][1])
     for k in range(n):
         fig.update_xaxes(title_text="arrival rate (req/s)", type="log", row=pos[k][0], col=pos[k][1])
-    _layout(
+    apply_layout(
         fig,
         "Against the arrival rate: every probe of the capacity search (o meets the SLOs, x misses; dashed: "
         "the capacity found)",
@@ -320,7 +320,9 @@ def latency_chart(results: list[ConfigResult], slos: list[SLO]):
         fig.update_xaxes(type="log", title_text="seconds (log)", row=1, col=k)
         fig.update_yaxes(range=[0, 1.02], row=1, col=k)
     fig.update_yaxes(title_text="fraction of completed requests <= x", row=1, col=1)
-    _layout(fig, "Latency distributions (cumulative) at each configuration's capacity; dotted: SLO thresholds", 440)
+    apply_layout(
+        fig, "Latency distributions (cumulative) at each configuration's capacity; dotted: SLO thresholds", 440
+    )
     return fig, rows
 
 
@@ -355,5 +357,5 @@ def block_size_chart(results: list[ConfigResult]):
     fig.update_xaxes(title_text="block size (tokens)", type="log", tickvals=sizes, ticktext=[str(s) for s in sizes])
     fig.update_yaxes(title_text="capacity per replica (req/s)", rangemode="tozero")
     note = "" if len(sizes) > 1 else " (one block size given: use --block-sizes 8,16,32 to compare)"
-    _layout(fig, "Block-size sensitivity: capacity against tokens per KV block" + note, 400)
+    apply_layout(fig, "Block-size sensitivity: capacity against tokens per KV block" + note, 400)
     return fig, rows

@@ -143,7 +143,8 @@ class Page:
                 "</script>\n",  # plotly.js, once
                 "</head>\n<body>\n<main>\n",
                 "\n".join(self.parts),
-                '\n<footer><span id="report-status" data-rendered="0">charts not drawn (JavaScript off?)</span></footer>\n',
+                '\n<footer><span id="report-status" data-rendered="0">'
+                "charts not drawn (JavaScript off?)</span></footer>\n",
                 "</main>\n",
                 f'<script type="application/json" id="report-figures">{figures_json}</script>\n',
                 f"<script>{DRAW}</script>\n</body>\n</html>\n",
@@ -199,14 +200,6 @@ def write_outputs(html_path: str, page_html: str, data: dict[str, str]) -> str:
     if data:
         os.makedirs(directory, exist_ok=True)
     for name, text in data.items():
-        _write(os.path.join(directory, name), text)
-    _write(html_path, page_html)
+        atomic_write(os.path.join(directory, name), text)
+    atomic_write(html_path, page_html)
     return directory
-
-
-def _write(path: str, text: str) -> None:
-    """Atomically, with ordinary permissions (rw-r--r-- less the umask; the temporary file is private)."""
-    atomic_write(path, text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)

@@ -58,11 +58,11 @@ from sim.allocators.base import MEMORY_CATEGORIES
 from sim.errors import UserError
 from sim.hardware.gpus import resolve_gpu
 from sim.hardware.models import resolve_model
+from sim.progress import StatusLine
 from sim.records.io import atomic_write
-from sim.report.build import _pool_context, default_jobs
+from sim.report.build import default_jobs, pool_context
 from sim.report.capacity import trace_rate
 from sim.report.slo import good_requests, meets, parse_slos, per_request_latency, slo_values
-from sim.report.status import StatusLine
 from sim.serving.replay import ReplayOptions, replay
 from sim.traces.model import Trace
 from sim.traces.readers import read_trace
@@ -422,7 +422,7 @@ def run_sweep(
         engine = f"{min(jobs, len(todo))} local processes"
         with ProcessPoolExecutor(
             max_workers=min(jobs, len(todo)),
-            mp_context=_pool_context(),
+            mp_context=pool_context(),
             initializer=_init_worker,
             initargs=(spec, traces),
         ) as pool:
@@ -490,7 +490,5 @@ def write_table(run: SweepRun) -> str:
         pq.write_table(pa.Table.from_pylist(run.rows), tmp)
         os.replace(tmp, path)
     else:
-        from sim.report.html import _write
-
-        _write(path, table_text(run.rows))
+        atomic_write(path, table_text(run.rows))
     return path

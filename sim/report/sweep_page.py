@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from sim.allocators.base import MEMORY_CATEGORIES
-from sim.report.charts import MEMORY_COLORS, MEMORY_LABELS, _layout, color
+from sim.report.charts import MEMORY_COLORS, MEMORY_LABELS, apply_layout, color
 from sim.report.html import Page, esc, table
 from sim.report.slo import parse_slos
 from sim.report.sweep import SweepRun
@@ -58,7 +58,7 @@ def rate_figure(rows: list[dict], slos) -> go.Figure:
             for s in slos:
                 if s.metric == metric and s.percentile == 99:
                     fig.add_hline(y=s.threshold_s, line=dict(color="black", dash="dot"), row=1, col=k)
-    return _layout(fig, "Throughput and p99 latencies against the arrival rate", 430)
+    return apply_layout(fig, "Throughput and p99 latencies against the arrival rate", 430)
 
 
 def memory_figure(rows: list[dict]) -> go.Figure:
@@ -70,7 +70,7 @@ def memory_figure(rows: list[dict]) -> go.Figure:
         )
     fig.update_layout(barmode="stack")
     fig.update_yaxes(title_text="share of KV cache (%)", range=[0, 100])
-    return _layout(fig, "KV memory breakdown of every cell (allocator / block size @ req/s)", 440)
+    return apply_layout(fig, "KV memory breakdown of every cell (allocator / block size @ req/s)", 440)
 
 
 TABLE_COLUMNS = (

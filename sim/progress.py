@@ -1,4 +1,5 @@
-"""One status line on stderr for long searches and sweeps: shown only on a terminal, never with --quiet."""
+"""Progress on stderr, for every long command: one status line (searches, sweeps) and the replay progress bar drawn
+on it. Shown only on a terminal, never with --quiet."""
 
 from __future__ import annotations
 
@@ -49,3 +50,17 @@ class StatusLine:
             self.stream.write("\n")
             self.stream.flush()
             self._shown = False
+
+
+class ProgressBar:
+    """A replay's progress callback, (requests done, requests total), drawn as a bar on a StatusLine."""
+
+    def __init__(self, label: str, enabled: bool | None = None, stream=None, interval_s: float = 0.2):
+        self.label = label
+        self.status = StatusLine(enabled, stream, interval_s)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.status.bar(self.label, done, total, "requests", force=done >= total)
+
+    def close(self) -> None:
+        self.status.close()
