@@ -4,6 +4,9 @@ Replays, with every allocator, the shipped Azure conversation trace (llama-2-7b 
 ShareGPT-like traces (llama-2-7b on a100-80gb) at an arrival rate that keeps the KV cache full. Each measurement runs
 in a fresh subprocess (so peak resident memory is its own) and is repeated; the report gives medians. Figures:
 
+With `--baseline DIR` (another checkout of kvsim, e.g. a `git worktree` of an older commit), every measurement is
+taken in both, alternating run by run in the same session, and baseline-comparison.md gives the ratios.
+
     wall_s          wall-clock seconds of read + replay (not interpreter start-up)
     peak_rss_mib    peak resident memory of the process (MiB)
     iterations_per_s  simulated iterations / wall_s
@@ -24,6 +27,7 @@ import tempfile
 import time
 
 from sim.allocators import REGISTRY
+from sim.records.io import atomic_write
 
 AZURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "traces", "azure-llm-2023-conv.csv")
 SATURATING_RATE = 30.0  # req/s: llama-2-7b on a100-80gb serves ~19 ShareGPT req/s, so the queue and KV stay full
@@ -54,11 +58,18 @@ def measure_one(trace_path: str, allocator: str, model: str, gpu: str, fast_forw
     }
 
 
-def _subprocess_measure(trace_path: str, allocator: str, model: str, gpu: str, fast_forward: bool) -> dict:
-    cmd = [sys.executable, "-m", "sim.bench", "--one", trace_path, allocator, model, gpu]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _subprocess_measure(
+    trace_path: str, allocator: str, model: str, gpu: str, fast_forward: bool, checkout: str = ROOT
+) -> dict:
+    """measure_one in a fresh process of the kvsim checkout at `checkout` (its `sim` package first on the path)."""
+    cmd = [sys.executable, "-m", "sim.bench", "--one", os.path.abspath(trace_path), allocator, model, gpu]
     if not fast_forward:
         cmd.append("--no-fast-forward")
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    env = {**os.environ, "PYTHONPATH": checkout}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=checkout, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -102,7 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="runs per measurement (median reported; default 3)")
     p.add_argument("--out", default="reports/speed", help="directory for results.json and README.md")
     p.add_argument("--workdir", help="where generated traces are kept (default: a temporary directory)")
+    p.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="another kvsim checkout: measure it too, alternating with this one, and write baseline-comparison.md",
+    )
     args = p.parse_args(argv)
+    if args.baseline and not os.path.isfile(os.path.join(args.baseline, "sim", "bench.py")):
+        p.error(f"--baseline {args.baseline}: not a kvsim checkout (no sim/bench.py)")
     ff = not args.no_fast_forward
     if args.one:
         print(json.dumps(measure_one(*args.one, fast_forward=ff)))
@@ -120,11 +138,14 @@ def main(argv: list[str] | None = None) -> int:
             path, model, gpu = _generated(size, workdir), "llama-2-7b", "a100-80gb"
             allocators = (args.large_allocators if size >= 1_000_000 else args.allocators).split(",")
         for allocator in allocators:
-            runs = []
+            runs, baseline_runs = [], []
             for i in range(args.runs):
+                if args.baseline:
+                    baseline_runs.append(_subprocess_measure(path, allocator, model, gpu, ff, args.baseline))
                 runs.append(_subprocess_measure(path, allocator, model, gpu, ff))
                 print(
-                    f"{case} {allocator} run {i + 1}: {runs[-1]['wall_s']:.2f} s, {runs[-1]['peak_rss_mib']:.0f} MiB",
+                    f"{case} {allocator} run {i + 1}: {runs[-1]['wall_s']:.2f} s, {runs[-1]['peak_rss_mib']:.0f} MiB"
+                    + (f" (baseline {baseline_runs[-1]['wall_s']:.2f} s)" if baseline_runs else ""),
                     file=sys.stderr,
                     flush=True,
                 )
@@ -143,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                     "median": med,
                     "iterations": runs[0]["iterations"],
                     "iterations_fast_forwarded": runs[0]["iterations_fast_forwarded"],
+                    **({"baseline_runs": baseline_runs} if baseline_runs else {}),
                 }
             )
     record = {
@@ -151,12 +173,56 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m sim.bench"] + (argv if argv is not None else sys.argv[1:])),
         "results": results,
     }
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(record, f, indent=2)
-    with open(os.path.join(args.out, "README.md"), "w") as f:
-        f.write(markdown(record))
+    if args.baseline:
+        record["baseline"] = baseline_description(args.baseline)
+        text = comparison_markdown(record)
+        atomic_write(os.path.join(args.out, "baseline-comparison.json"), json.dumps(record, indent=2) + "\n")
+        atomic_write(os.path.join(args.out, "baseline-comparison.md"), text)
+        print(text)
+        return 0
+    atomic_write(os.path.join(args.out, "results.json"), json.dumps(record, indent=2) + "\n")
+    atomic_write(os.path.join(args.out, "README.md"), markdown(record))
     print(markdown(record))
     return 0
+
+
+def baseline_description(checkout: str) -> str:
+    """The baseline checkout's commit (or its path when git cannot tell)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", checkout, "log", "-1", "--format=%h %s"], check=True, capture_output=True, text=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return checkout
+
+
+def comparison_markdown(record: dict) -> str:
+    """This checkout against the baseline: medians of runs taken alternately in one session."""
+    m = record["machine"]
+    here = baseline_description(ROOT)
+    lines = [
+        "# Replay speed against a baseline checkout",
+        "",
+        f"Measured {record['date']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}.",
+        f"Command: `{record['command']}`. Baseline: {record['baseline']}; this checkout: {here} (with any uncommitted",
+        "changes). Each measurement ran in its own process, baseline and this checkout alternating run by run; the",
+        "figures are medians. ratio = this checkout's wall time / the baseline's (below 1: faster).",
+        "",
+        "| case | allocator | baseline wall (s) | wall (s) | ratio | baseline runs (s) | runs (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in record["results"]:
+        base = [x["wall_s"] for x in r["baseline_runs"]]
+        cur = [x["wall_s"] for x in r["runs"]]
+        b, c = statistics.median(base), statistics.median(cur)
+        same = all(x["iterations"] == y["iterations"] for x, y in zip(r["baseline_runs"], r["runs"]))
+        lines.append(
+            f"| {r['case']} ({r['model']}, {r['gpu']}) | {r['allocator']} | {b:.2f} | {c:.2f} | {c / b:.3f} "
+            f"| {', '.join(f'{x:.2f}' for x in base)} | {', '.join(f'{x:.2f}' for x in cur)} |"
+            + ("" if same else " iterations differ!")
+        )
+    return "\n".join(lines) + "\n"
 
 
 TARGETS = [  # (case, allocator or None for every allocator, wall-time target in s)
