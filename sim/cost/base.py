@@ -3,8 +3,8 @@
 Two implementations: `sim.cost.roofline.RooflineCostModel` (from the GPU's datasheet) and
 `sim.cost.profile.ProfileCostModel` (fitted to measurements by `sim calibrate`). A model needs only `step_time` and
 `describe`; the pure-decode methods the engine's fast-forward calls default to `step_time` of such batches, and a model
-overrides them only to compute many iterations at once (bit-identically: tests/test_cost_model.py and
-tests/test_cost_profile.py compare them).
+overrides them only to compute many iterations at once (bit-identically: tests/sim/cost/test_roofline.py and
+tests/sim/cost/test_profile.py compare them).
 """
 
 from __future__ import annotations

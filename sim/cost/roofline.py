@@ -65,7 +65,7 @@ class RooflineCostModel(CostModel):
         short stretches the engine fast-forwards (~10 rounds) numpy's per-call cost outweighs the arithmetic. The
         operations are the same, in the same order, on the same values (integers below 2**53 convert to float64
         exactly, and Python and numpy both round int -> float and each float operation to nearest), so the results
-        are bit-identical (tests/test_cost_model.py compares them)."""
+        are bit-identical (tests/sim/cost/test_roofline.py compares them)."""
         if rounds <= 0:
             return []
         weight, kv, bw, rate, overhead = (

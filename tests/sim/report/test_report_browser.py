@@ -13,7 +13,7 @@ import pytest
 from sim.cli.main import main
 from sim.report.browser import check_page, find_chromium, screenshot
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 @pytest.fixture(scope="module")

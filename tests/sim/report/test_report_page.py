@@ -13,7 +13,8 @@ import pytest
 
 from sim.cli.main import main
 
-TRACE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "traces", "sharegpt-2k.csv")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+TRACE = os.path.join(ROOT, "traces", "sharegpt-2k.csv")
 FIGURE_CSVS = ("capacity.csv", "memory.csv", "timeline.csv", "rates.csv", "latency.csv", "block_sizes.csv")
 
 

@@ -149,7 +149,7 @@ def test_user_allocator_class_plugs_in(tmp_path, capsys, repo_root):
     out = tmp_path / "run"
     ref = tmp_path / "ref"
     common = ["--out", str(out), "-q", "--kv-memory", "120MiB"]
-    assert main(["replay", path, "--allocator", "tests.user_allocator:MyPaged", *common]) == 0
+    assert main(["replay", path, "--allocator", "tests.sim.allocators.user_allocator:MyPaged", *common]) == 0
     assert main(["replay", path, "--allocator", "paged", *common[2:], "--out", str(ref)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     expected = json.loads((ref / "summary.json").read_text())

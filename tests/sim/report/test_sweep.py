@@ -14,7 +14,7 @@ from sim.errors import UserError
 from sim.report import sweep as sweep_mod
 from sim.report.sweep import cells_of, load_spec, run_sweep
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TRACE = os.path.join(ROOT, "traces", "sharegpt-2k.csv")
 
 SPEC = f"""
