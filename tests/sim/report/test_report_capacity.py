@@ -212,8 +212,8 @@ def test_progress_line_shows_each_search():
     """The status line (shown on a terminal) names every configuration's bracket and, at the end, its capacity."""
     import io
 
-    from sim.report.build import make_configs, run_searches
     from sim.progress import StatusLine
+    from sim.report.build import make_configs, run_searches
 
     s = step_time_by_hand()
     stream = io.StringIO()

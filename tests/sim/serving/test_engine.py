@@ -32,7 +32,10 @@ def make_trace(rows):
     return Trace("t.csv", "native", arr[:, 0], arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64))
 
 
-def run(trace, allocator, max_len=100, limits=SchedulerLimits(256, 2048)):
+DEFAULT_LIMITS = SchedulerLimits(256, 2048)
+
+
+def run(trace, allocator, max_len=100, limits=DEFAULT_LIMITS):
     engine = Engine(trace, VllmV0Scheduler(allocator, limits), OneSecond(), bytes_per_token=1, max_model_len=max_len)
     log, requests = engine.run()
     steps = log.arrays()

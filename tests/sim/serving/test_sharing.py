@@ -142,7 +142,10 @@ class OneSecond(CostModel):
         return {}
 
 
-def replay(trace, allocator, beam=BeamModel()):
+SHARED_BEAM = BeamModel()  # one model for every call that passes none: its random stream continues across them
+
+
+def replay(trace, allocator, beam=SHARED_BEAM):
     sched = VllmV0Scheduler(allocator, SchedulerLimits(256, 4096), beam)
     log, req = Engine(trace, sched, OneSecond(), 1, 100).run()
     steps = log.arrays()
