@@ -13,8 +13,9 @@ from sim.allocators.base import (
     MemoryBreakdown,
     TokenContent,
 )
+from sim.allocators.block_pool import BlockPool
 from sim.allocators.contiguous import ContiguousAllocator, ContiguousMax, ContiguousOracle, ContiguousPow2
-from sim.allocators.paged import BlockPool, PagedAllocator, PagedPrefixCache
+from sim.allocators.paged import PagedAllocator, PagedPrefixCache
 from sim.errors import UserError
 
 REGISTRY: dict[str, type[KVAllocator]] = {

@@ -7,10 +7,9 @@ engine call the hooks; when one declines they fall back to the contract, so a ho
 `KVAllocator` inherits this protocol, whose method bodies are the declining (or contract-derived) defaults, so an
 allocator implements only the hooks it can make faster. The allocator property machine (`sim.checking.machine`, run
 for every registered allocator by tests/sim/allocators/test_allocator_properties.py::test_allocator_invariants) has
-one rule per hook that compares it with the contract calls on a copy of the allocator after random operations; the
-engine tests tests/test_fast_forward.py::test_fast_forward_equals_step_by_step and
-tests/test_engine_properties.py::test_fast_forward_equals_step_by_step compare whole replays with and without the
-hooks (`fast_forward=False`).
+one rule per hook that compares it with the contract calls on a copy of the allocator after random operations. The
+engine tests test_fast_forward_equals_step_by_step in tests/sim/serving/test_fast_forward.py and
+tests/sim/serving/test_engine_properties.py compare whole replays with and without the hooks (`fast_forward=False`).
 """
 
 from __future__ import annotations
@@ -121,8 +120,8 @@ class FastPaths(Protocol):
         otherwise change nothing and return None. Returns the total tokens the listed sequences then hold.
 
         Must equal: `append(i, 1)` for each i in order, then `sum(num_tokens(i))`. Default: declines (the scheduler
-        then appends one by one). Proof: the `append_each` rule of the property machine
-        (test_allocator_invariants) and tests/test_fast_forward.py::test_append_each_equals_appending_one_by_one."""
+        then appends one by one). Proof: the `append_each` rule of the property machine (test_allocator_invariants)
+        and tests/sim/serving/test_fast_forward.py::test_append_each_equals_appending_one_by_one."""
         return None
 
     def total_tokens(self, seq_ids: list[int]) -> int:

@@ -12,144 +12,26 @@ Sharing (on unless `sharing=False`, the `--no-sharing` counterfactual):
   sequence whose leading full blocks match blocks held by live sequences maps them instead of computing them again.
 - `paged-prefix-cache` also keeps full blocks of finished sequences in the index at reference count 0: they sit in
   the free queue and are evicted least-recently-used first when a block is needed, or reused on a hit.
+
+Why this file is long (~800 lines): PagedAllocator keeps the contract methods, the lazy-round bookkeeping and the round
+steps (`_advance_rounds`, `_recorded_plain_rounds`, the inlined `_cross`) in one class, because the round steps are
+the replay's hot loop: they cache the allocator's state in locals and inline the per-block steps, and each deliberate
+copy sits next to the code it copies so that a change to one is seen in the other. The block pool
+(`sim.allocators.block_pool`) and the block keys (`sim.allocators.prefix_hash`) live apart.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from sim.allocators.base import AllocationError, BlockTablePlacement, KVAllocator, MemoryBreakdown, TokenContent
+from sim.allocators.block_pool import BlockPool
 from sim.allocators.fast_paths import BlockDecodePlan, DecodePlan
+from sim.allocators.prefix_hash import Run, chain_key, leading_hits, runs_from
 from sim.units import ceil_div
-
-
-class BlockPool:
-    """Physical blocks: reference counts, a free queue, and an index of full blocks by content hash.
-
-    The free queue holds every block at reference count 0, least recently freed first; `allocate` takes the front.
-    With `retain_cached`, a freed block keeps its hash (it is *cached*) until it is allocated again (evicted) or hit;
-    without it, a freed block leaves the index at once (and the queue is a plain deque, which is faster).
-    """
-
-    def __init__(self, num_blocks: int, retain_cached: bool = False):
-        self.num_blocks = num_blocks
-        self.retain_cached = retain_cached
-        self.ref_counts = [0] * num_blocks
-        self._free: OrderedDict[int, None] | deque[int] = (
-            OrderedDict((b, None) for b in range(num_blocks)) if retain_cached else deque(range(num_blocks))
-        )
-        self.block_hash: dict[int, Hashable] = {}  # registered block -> its content hash
-        self.hash_block: dict[Hashable, int] = {}  # content hash -> block
-        self.num_evictions = 0
-
-    @property
-    def num_free_blocks(self) -> int:
-        return len(self._free)
-
-    def free_block_ids(self) -> list[int]:
-        """Free blocks in eviction order (the next to be allocated first)."""
-        return list(self._free)
-
-    def cached_free_blocks(self) -> list[int]:
-        return [b for b in self._free if b in self.block_hash]
-
-    def allocate(self) -> int:
-        if not self._free:
-            raise AllocationError("no free KV block")
-        if not self.retain_cached:
-            block = self._free.popleft()
-        else:  # allocate_many(1), without building lists: rounds take one block per crossing sequence
-            block, _ = self._free.popitem(last=False)
-            h = self.block_hash.pop(block, None)
-            if h is not None:  # evict the cached content
-                del self.hash_block[h]
-                self.num_evictions += 1
-        self.ref_counts[block] = 1
-        return block
-
-    def allocate_many(self, count: int) -> list[int]:
-        """`count` blocks from the front of the free queue, each at reference count 1 (as many allocate calls)."""
-        if count > len(self._free):
-            raise AllocationError(f"{count} KV blocks wanted, {len(self._free)} free")
-        refs = self.ref_counts
-        if not self.retain_cached:
-            popleft = self._free.popleft
-            blocks = [popleft() for _ in range(count)]
-        else:
-            popitem = self._free.popitem
-            blocks = [popitem(False)[0] for _ in range(count)]
-            if self.block_hash:
-                pop, hash_block = self.block_hash.pop, self.hash_block
-                evicted = 0
-                for block in blocks:
-                    h = pop(block, None)
-                    if h is not None:  # evict the cached content
-                        del hash_block[h]
-                        evicted += 1
-                self.num_evictions += evicted
-        for block in blocks:
-            refs[block] = 1
-        return blocks
-
-    def release_many(self, blocks) -> list[int]:
-        """Drop one reference to each block, in order; returns the blocks that became free (as many decref calls)."""
-        refs, freed = self.ref_counts, []
-        for block in blocks:
-            left = refs[block] - 1
-            assert left >= 0, f"decref of free block {block}"
-            refs[block] = left
-            if not left:
-                freed.append(block)
-        if freed:
-            if self.retain_cached:
-                self._free.update(dict.fromkeys(freed))
-            else:
-                if self.block_hash:
-                    for block in freed:
-                        self.unregister(block)
-                self._free.extend(freed)
-        return freed
-
-    def incref(self, block: int) -> None:
-        """Another reference; a cached free block leaves the free queue (a cache hit)."""
-        if self.ref_counts[block] == 0:
-            assert self.retain_cached, f"reference to free block {block} without a prefix cache"
-            del self._free[block]
-        self.ref_counts[block] += 1
-
-    def decref(self, block: int) -> bool:
-        """Drop one reference; returns True when the block became free."""
-        assert self.ref_counts[block] > 0, f"decref of free block {block}"
-        self.ref_counts[block] -= 1
-        if self.ref_counts[block]:
-            return False
-        if self.retain_cached:
-            self._free[block] = None
-        else:
-            if self.block_hash:
-                self.unregister(block)
-            self._free.append(block)
-        return True
-
-    def register(self, block: int, h: Hashable) -> None:
-        """Index a full block by its content hash, unless that content is already indexed."""
-        if h not in self.hash_block and block not in self.block_hash:
-            self.hash_block[h] = block
-            self.block_hash[block] = h
-
-    def unregister(self, block: int) -> None:
-        h = self.block_hash.pop(block, None)
-        if h is not None:
-            del self.hash_block[h]
-
-    def drop_cache(self) -> None:
-        """Forget every cached (free) block's content."""
-        for block in self.cached_free_blocks():
-            self.unregister(block)
 
 
 @dataclass(eq=False)
@@ -162,7 +44,7 @@ class _Seq:
     base: int
     final_len: int
     order: int  # live order: sequences admitted or forked earlier are appended to first in a round
-    runs: list[tuple[Hashable, int, int]] = field(default_factory=list)  # (tag, first offset, length) over [0, run_end)
+    runs: list[Run] = field(default_factory=list)  # (tag, first offset, length) over [0, run_end)
     run_end: int = 0  # tokens the runs cover; the sequence's own tokens after it are implied (see _sync_runs)
     hashes: list[Hashable] = field(default_factory=list)  # chained hash of each full block, in order
     indexed: bool = False  # its full blocks go into the hash index (only where another sequence could match them)
@@ -211,55 +93,12 @@ class PagedAllocator(KVAllocator):
         self.num_cow_copies = 0
         self.hit_tokens = 0
 
-    # --- token identities and block hashes ------------------------------------------------------------------------
-    @staticmethod
-    def _runs_from(content: TokenContent | None, seq_id: int, num_tokens: int) -> list[tuple[Hashable, int, int]]:
-        runs, pos = [], 0
-        for tag, length in content.runs if content else ():
-            length = min(length, num_tokens - pos)
-            if length <= 0:
-                break
-            runs.append((tag, 0, length))
-            pos += length
-        if pos < num_tokens:
-            runs.append((("seq", seq_id), pos, num_tokens - pos))
-        return runs
-
-    def _block_pieces(self, runs: list[tuple[Hashable, int, int]], index: int) -> tuple:
-        """Identities of the tokens of logical block `index`, as (tag, first offset, length) pieces."""
-        lo, hi = index * self.block_size, (index + 1) * self.block_size
-        pieces, pos = [], 0
-        for tag, first, length in runs:
-            start, end = max(lo, pos), min(hi, pos + length)
-            if start < end:
-                pieces.append((tag, first + start - pos, end - start))
-            pos += length
-            if pos >= hi:
-                break
-        return tuple(pieces)
-
-    def _chain(self, prev: Hashable | None, runs, index: int) -> Hashable:
-        """The key of logical block `index`: a function of the content of blocks 0..index only. When all those
-        tokens belong to one run starting at its offset 0 (the common case), (tag, index) names that content
-        exactly and costs no hashing; otherwise a hash chained over the previous block's key."""
-        tag, first, length = runs[0]
-        if first == 0 and length >= (index + 1) * self.block_size:
-            return (tag, index)
-        return hash((prev, self._block_pieces(runs, index)))
-
+    # --- token identities and block keys (sim.allocators.prefix_hash) ----------------------------------------------
     def _prefix_hits(self, seq_id: int, num_tokens: int, content: TokenContent | None) -> list[int]:
         """Blocks already holding this sequence's leading full blocks (at least one token is left to compute)."""
         if not self.sharing or not (self.pool.retain_cached or (content and content.runs)):
             return []  # a sequence's own tokens are indexed only in a cache (see admit: indexed)
-        runs = self._runs_from(content, seq_id, num_tokens)
-        hits, prev = [], None
-        for index in range((num_tokens - 1) // self.block_size):
-            prev = self._chain(prev, runs, index)
-            block = self.pool.hash_block.get(prev)
-            if block is None:
-                break
-            hits.append(block)
-        return hits
+        return leading_hits(self.pool.hash_block, runs_from(content, seq_id, num_tokens), num_tokens, self.block_size)
 
     def _sync_runs(self, s: _Seq, tokens: int) -> None:
         """Extend s's runs to its `tokens` tokens: tokens it wrote itself are its own (tag ("seq", id))."""
@@ -283,22 +122,26 @@ class PagedAllocator(KVAllocator):
         bs, fill, table, hashes = self.block_size, self.fill, s.block_table, s.hashes
         tag, first, length = s.runs[0]
         if first == 0 and length >= (len(hashes) + 1) * bs:
-            # The blocks whose tokens all lie in the first run: keys (tag, index), as _chain gives them, in one loop.
+            # The blocks whose tokens all lie in the first run: keys (tag, index), as chain_key gives them, in one loop.
+            # Deliberate copy of chain_key and BlockPool.register for speed;
+            # tests/sim/allocators/test_allocator_properties.py::test_allocator_invariants proves it exact.
             for index in range(len(hashes), min(full, length // bs)):
                 h = (tag, index)
                 hashes.append(h)
                 block = table[index]
                 fill[block] = bs  # it may have been a last block, whose fill is stale
-                if h not in hash_block and block not in block_hash:  # BlockPool.register, inlined
+                if h not in hash_block and block not in block_hash:
                     hash_block[h] = block
                     block_hash[block] = h
         while len(s.hashes) < full:
             index = len(s.hashes)
-            h = self._chain(s.hashes[-1] if s.hashes else None, s.runs, index)
+            h = chain_key(s.hashes[-1] if s.hashes else None, s.runs, index, self.block_size)
             s.hashes.append(h)
             block = s.block_table[index]
             self.fill[block] = self.block_size  # it may have been a last block, whose fill is stale
-            if h not in hash_block and block not in block_hash:  # BlockPool.register, inlined
+            # Deliberate copy of BlockPool.register for speed;
+            # tests/sim/allocators/test_allocator_properties.py::test_allocator_invariants proves it exact.
+            if h not in hash_block and block not in block_hash:
                 hash_block[h] = block
                 block_hash[block] = h
 
@@ -434,7 +277,7 @@ class PagedAllocator(KVAllocator):
         s = _Seq(seq_id, table, 0, final_len, self._next_order, indexed=indexed)
         self._next_order += 1
         if indexed:
-            s.runs, s.run_end = self._runs_from(content, seq_id, num_tokens), num_tokens
+            s.runs, s.run_end = runs_from(content, seq_id, num_tokens), num_tokens
             self._num_indexed += 1
         self._seqs[seq_id] = s
         self._logical_blocks += len(table)
@@ -537,7 +380,7 @@ class PagedAllocator(KVAllocator):
         ring, unordered, fill, zero = self._ring, self._ring_unordered, self.fill, self._res_zero
         allocate_many = self.pool.allocate_many
         plain_pool = not self.pool.retain_cached
-        popleft, refs = (self.pool._free.popleft if plain_pool else None), self.pool.ref_counts
+        popleft, refs = (self.pool.front_popper() if plain_pool else None), self.pool.ref_counts
         indexing = self._num_indexed > 0
         res_sum, res_pos = self._res_sum, self._res_pos
         last = bs - 1
@@ -583,7 +426,9 @@ class PagedAllocator(KVAllocator):
                     self._register_full_blocks(s, s.base + r)
                 continue
             crossed += len(crossers)
-            if plain_pool:  # BlockPool.allocate_many, inlined: the front of the free queue, reference count 1
+            # Deliberate copy of BlockPool.allocate_many and _cross for speed;
+            # tests/sim/allocators/test_allocator_properties.py::test_allocator_invariants proves it exact.
+            if plain_pool:  # the front of the free queue, reference count 1
                 blocks = [popleft() for _ in crossers]
                 for block in blocks:
                     refs[block] = 1
@@ -624,8 +469,10 @@ class PagedAllocator(KVAllocator):
         freed blocks are not cached (a plain free queue): the same steps in the same order, without the tests that
         cannot apply. The engine's fast-forwarded stretches spend most of their time in this loop (one turn per
         round)."""
+        # Deliberate copy of _advance_rounds for speed;
+        # tests/sim/serving/test_fast_forward.py::test_fast_forward_equals_step_by_step proves it exact.
         bs, ring, unordered, zero, fill = self.block_size, self._ring, self._ring_unordered, self._res_zero, self.fill
-        popleft, refs = self.pool._free.popleft, self.pool.ref_counts
+        popleft, refs = self.pool.front_popper(), self.pool.ref_counts
         last = bs - 1
         res_sum, res_pos = self._res_sum, self._res_pos
         add_reserved, add_blocks = record[0].append, record[1].append
@@ -771,15 +618,16 @@ class PagedAllocator(KVAllocator):
         self._num_indexed -= s.indexed
         self._seq_tokens -= tokens
         # Reverse order, as vLLM: the tail is the least likely to be reused, so it is evicted first.
-        pool, refs, fill = self.pool, self.pool.ref_counts, self.fill
+        pool, fill = self.pool, self.fill
         if s.block_table:
             fill[s.block_table[-1]] = self._tail_fill(s, tokens)
-        if not pool.retain_cached and not pool.block_hash and not s.forked:  # nothing shared or indexed: inlined
+        if not pool.retain_cached and not pool.block_hash and not s.forked:
+            # Nothing shared or indexed. Deliberate copy of the release_many path below for speed;
+            # tests/sim/allocators/test_allocator_properties.py::test_allocator_invariants proves it exact.
             table = s.block_table
             for block in table:
-                refs[block] = 0
                 fill[block] = 0
-            pool._free.extend(reversed(table))
+            pool.release_exclusive(table[::-1])
             self._held_blocks -= len(table)
             self._tokens -= tokens
             self._logical_blocks -= len(table)
