@@ -1,10 +1,20 @@
 """The mutation check: proof that the property suite bites.
 
-Each mutant is a deliberate, realistic bug: (file, exact old snippet, new snippet, description). For each one, the
-`sim` package and the tests are copied to a temporary directory, the mutant is applied there (the working tree is never
-touched), and the property suite (tests/test_allocator_properties.py and tests/test_engine_properties.py) runs against
-the copy in a subprocess with PYTHONPATH pointing at it. A mutant is *caught* when the suite fails. A snippet that is
-not found exactly once fails the whole check loudly, so the list stays in sync with the code.
+Each mutant is a deliberate, realistic bug, located by syntax tree rather than by text, so that it survives
+reformatting, moved code and renamed local variables:
+
+- `function`: the qualified name of the function it lives in (`Class.method`, or a suffix of it such as `_stretch`),
+  looked up in every module of the `sim` package; it must name exactly one function.
+- `old`: an expression or a statement, matched against that function's syntax tree (formatting, comments and the
+  file do not matter); `...` in it matches any expression. It must match exactly one node of the function.
+- `new`: the source that replaces the matched node; `{0}`, `{1}`, ... stand for the source of what each `...`
+  matched, in order.
+
+For each mutant, the `sim` package and the tests are copied to a temporary directory, the mutant is applied there (the
+working tree is never touched), and the property suite (test_allocator_properties.py and test_engine_properties.py,
+found by name under tests/) runs against the copy in a subprocess with PYTHONPATH pointing at it. A mutant is *caught*
+when the suite fails. A mutant whose function or node is not found exactly once fails the whole check loudly (and so
+does tests/sim/checking/test_mutation.py), so the list stays in sync with the code.
 
     python -m sim.checking.mutation [--jobs 2] [--only ID,...] [--out reports]
 
@@ -14,6 +24,7 @@ writes reports/mutation-check.md and reports/mutation-check.json and exits 1 unl
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime as _dt
 import json
 import os
@@ -26,17 +37,19 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SUITE = ["tests/test_allocator_properties.py", "tests/test_engine_properties.py"]
+SUITE_FILES = ("test_allocator_properties.py", "test_engine_properties.py")
+IGNORED_FIELDS = ("ctx", "type_comment", "kind")  # AST fields that formatting or context decide, not the code
 
 
 @dataclass(frozen=True)
 class Mutant:
     id: str
-    file: str  # relative to the repository root
-    old: str
-    new: str
+    function: str  # qualified name, or a dotted suffix of it, of the function holding the node
+    old: str  # expression or statement to find (by syntax tree); `...` matches any expression
+    new: str  # replacement source; {0}, {1}, ... are the sources matched by the `...` of old, in order
     description: str
 
 
@@ -44,214 +57,360 @@ MUTANTS: list[Mutant] = [
     # --- contiguous allocators ---------------------------------------------------------------------------------
     Mutant(
         "contiguous-free-keeps-tokens",
-        "sim/allocators/contiguous.py",
-        "        self._tokens -= ext.tokens\n        self._held -= ext.held\n",
-        "        self._held -= ext.held\n",
+        "ContiguousAllocator.free",
+        "self._tokens -= ...",
+        "pass",
         "free() forgets to subtract the sequence's tokens from the token counter",
     ),
     Mutant(
         "contiguous-append-off-by-one",
-        "sim/allocators/contiguous.py",
-        "ext.tokens + num_tokens <= ext.held",
-        "ext.tokens + num_tokens <= ext.held + 1",
+        "ContiguousAllocator.can_append",
+        "... + ... <= ...",
+        "{0} + {1} <= {2} + 1",
         "can_append lets a sequence grow one token past its reservation",
     ),
     Mutant(
         "pow2-reservation-off-by-one",
-        "sim/allocators/contiguous.py",
-        "        return next_power_of_two(final_len)\n",
-        "        return next_power_of_two(final_len - 1)\n",
+        "ContiguousPow2.reservation",
+        "next_power_of_two(...)",
+        "next_power_of_two({0} - 1)",
         "Pow2 reserves the power of two of final_len - 1 (too small when final_len is 2^k + 1)",
     ),
-    # --- buddy placement -----------------------------------------------------------------------------------------
+    # --- buddy address space ---------------------------------------------------------------------------------------
     Mutant(
         "buddy-merge-wrong-neighbour",
-        "sim/allocators/address_space.py",
-        "            buddy = start ^ (1 << order)\n",
-        "            buddy = start + (1 << order)\n",
+        "BuddySpace.release",
+        "... ^ (1 << ...)",
+        "{0} + (1 << {1})",
         "a freed block looks for its buddy above it, also when the buddy lies below",
     ),
     Mutant(
         "buddy-split-frees-kept-half",
-        "sim/allocators/address_space.py",
-        "            self._free.setdefault(o, set()).add(start + (1 << o))\n",
-        "            self._free.setdefault(o, set()).add(start)\n",
+        "BuddySpace.alloc",
+        "(...).add(... + (1 << ...))",
+        "{0}.add({1})",
         "splitting frees the half it hands out instead of the upper buddy",
     ),
     Mutant(
         "buddy-can-alloc-too-strict",
-        "sim/allocators/address_space.py",
-        "        return any(blocks for o, blocks in self._free.items() if o >= order)\n",
-        "        return any(blocks for o, blocks in self._free.items() if o > order)\n",
+        "BuddySpace.can_alloc",
+        "... >= ...",
+        "{0} > {1}",
         "can_alloc ignores free blocks of exactly the needed order",
     ),
     Mutant(
         "buddy-alloc-largest-block",
-        "sim/allocators/address_space.py",
-        "        o = min(candidates)\n",
-        "        o = max(candidates)\n",
+        "BuddySpace.alloc",
+        "min(candidates)",
+        "max(candidates)",
         "alloc splits the largest free block instead of the smallest that fits (worst fit)",
     ),
     Mutant(
         "buddy-unusable-counts-fitting-blocks",
-        "sim/allocators/address_space.py",
-        "        return sum(len(blocks) << o for o, blocks in self._free.items() if o < order)\n",
-        "        return sum(len(blocks) << o for o, blocks in self._free.items() if o <= order)\n",
+        "BuddySpace.unusable_free",
+        "... < ...",
+        "{0} <= {1}",
         "external fragmentation counts free blocks that exactly fit the waiting request as unusable",
     ),
-    # --- first-fit placement ---------------------------------------------------------------------------------------
+    # --- first-fit address space -------------------------------------------------------------------------------------
     Mutant(
         "first-fit-no-merge-with-next",
-        "sim/allocators/address_space.py",
-        "        if i < len(self._starts) and start + length == self._starts[i]:",
-        "        if False and i < len(self._starts) and start + length == self._starts[i]:",
+        "FirstFitSpace.release",
+        "... < len(...) and ... == ...",
+        "False and {0} < len({1}) and {2} == {3}",
         "release never coalesces with the following free extent",
     ),
     Mutant(
         "first-fit-skips-exact-fit",
-        "sim/allocators/address_space.py",
-        "            if n >= size:\n                start = self._starts[i]\n",
-        "            if n > size:\n                start = self._starts[i]\n",
+        "FirstFitSpace.alloc",
+        "... >= ...",
+        "{0} > {1}",
         "alloc skips an extent of exactly the needed size (can_alloc still counts it)",
     ),
     # --- paged: blocks, reference counts, copy-on-write, prefix cache, fast-forward -------------------------------
     Mutant(
         "paged-admit-ignores-last-block",
-        "sim/allocators/paged.py",
-        "        return hits, ceil_div(num_tokens, self.block_size) - len(hits) + from_free\n",
-        "        return hits, num_tokens // self.block_size - len(hits) + from_free\n",
+        "PagedAllocator._admit_need",
+        "ceil_div(..., ...) - len(...) + ...",
+        "{0} // {1} - len({2}) + {3}",
         "the admission check counts whole blocks only, ignoring the partly filled last block",
     ),
     Mutant(
         "paged-free-missed-decref",
-        "sim/allocators/paged.py",
-        "            refs[block] = left\n",
-        "            refs[block] = left if left == 0 else left + 1\n",
+        "BlockPool.release_many",
+        "...[...] = ...",
+        "{0}[{1}] = {2} if {2} == 0 else {2} + 1",
         "free() of a sequence sharing a block forgets to drop its reference",
     ),
     Mutant(
         "paged-cow-without-copy",
-        "sim/allocators/paged.py",
-        "            self._copies.append((src, dst))\n            self.num_cow_copies += 1\n",
-        "            self.num_cow_copies += 1\n",
+        "PagedAllocator.append",
+        "self._copies.append(...)",
+        "pass",
         "copy-on-write takes a private block but records no copy (its KV is never copied)",
     ),
     Mutant(
         "paged-no-cow-on-shared-tail",
-        "sim/allocators/paged.py",
-        "               and self.pool.ref_counts[s.block_table[-1]] > 1)\n",
-        "               and self.pool.ref_counts[s.block_table[-1]] > 2)\n",
+        "PagedAllocator._append_need",
+        "(...).ref_counts[...] > 1",
+        "{0}.ref_counts[{1}] > 2",
         "a block shared by exactly two sequences is written in place (no copy-on-write)",
     ),
     Mutant(
         "pool-decref-frees-shared-block",
-        "sim/allocators/paged.py",
-        "        self.ref_counts[block] -= 1\n        if self.ref_counts[block]:\n",
-        "        self.ref_counts[block] = 0\n        if self.ref_counts[block]:\n",
+        "BlockPool.decref",
+        "...[...] -= 1",
+        "{0}[{1}] = 0",
         "dropping one reference frees a shared block",
     ),
     Mutant(
         "prefix-key-covers-partial-block",
-        "sim/allocators/paged.py",
-        "        if first == 0 and length >= (index + 1) * self.block_size:\n",
-        "        if first == 0 and length > index * self.block_size:\n",
+        "chain_key",
+        "... == 0 and ... >= (... + 1) * ...",
+        "{0} == 0 and {1} > {2} * {3}",
         "a block only partly inside the leading run is keyed by that run alone: its other tokens match anything",
     ),
     Mutant(
         "prefix-cache-eviction-keeps-index",
-        "sim/allocators/paged.py",
-        "            if h is not None:  # evict the cached content\n                del self.hash_block[h]\n",
-        "            if h is not None:  # evict the cached content\n                pass\n",
+        "BlockPool.allocate",
+        "del (...).hash_block[...]",
+        "pass",
         "evicting a cached block leaves its hash pointing at the block, which is rewritten",
     ),
     Mutant(
         "prefix-cache-bulk-eviction-keeps-index",
-        "sim/allocators/paged.py",
-        "                    if h is not None:  # evict the cached content\n                        del hash_block[h]\n",
-        "                    if h is not None:  # evict the cached content\n                        pass\n",
+        "BlockPool.allocate_many",
+        "del ...[...]",
+        "pass",
         "taking many blocks at once (an admission) leaves evicted blocks' hashes pointing at them",
     ),
     Mutant(
         "paged-plan-one-round-too-many",
-        "sim/allocators/paged.py",
-        '        rounds = int(np.searchsorted(new_blocks, self.pool.num_free_blocks, side="right"))\n',
-        "        rounds = min(max_rounds, int(np.searchsorted(new_blocks, self.pool.num_free_blocks, "
-        'side="right")) + 1)\n',
+        "PagedAllocator.plan_decode",
+        'int((...).searchsorted(..., ..., side="right"))',
+        'min(max_rounds, int({0}.searchsorted({1}, {2}, side="right")) + 1)',
         "fast-forward plans one decode round more than the free blocks allow",
     ),
     Mutant(
         "paged-run-decode-one-round-too-many",
-        "sim/allocators/paged.py",
-        "                if crossed + len(crossers) > free:\n",
-        "                if crossed > free:\n",
+        "PagedAllocator._advance_rounds",
+        "... + len(...) > ...",
+        "{0} > {2}",
         "plan-and-apply in one pass (run_decode, with the prefix cache) goes one round past the free blocks",
     ),
     Mutant(
         "paged-plain-rounds-one-round-too-many",
-        "sim/allocators/paged.py",
-        "                if crossed + len(crossers) > free:  # the free blocks do not cover this round: stop before it\n",
-        "                if crossed > free:\n",
+        "PagedAllocator._recorded_plain_rounds",
+        "... + len(...) > ...",
+        "{0} > {2}",
         "run_decode's own loop for plain rounds goes one round past the free blocks",
     ),
     Mutant(
         "lazy-round-reserved-not-falling",
-        "sim/allocators/paged.py",
-        "            res_sum -= res_pos  # every reserving sequence fills one of its reserved slots\n",
-        "            pass\n",
+        "PagedAllocator._advance_rounds",
+        "res_sum -= res_pos",
+        "pass",
         "a lazy decode round forgets that every reserving sequence fills one reserved slot",
     ),
     Mutant(
         "plain-rounds-reserved-not-falling",
-        "sim/allocators/paged.py",
-        "            res_sum -= res_pos  # each reserving sequence fills a reserved slot\n",
-        "            pass\n",
+        "PagedAllocator._recorded_plain_rounds",
+        "res_sum -= res_pos",
+        "pass",
         "in run_decode's own loop for plain rounds, reserving sequences do not fill their reserved slots",
     ),
     # --- engine and records ----------------------------------------------------------------------------------------
     Mutant(
         "stretch-finish-one-iteration-early",
-        "sim/serving/engine.py",
-        "                finish_s[seq.seq_id] = ends[rounds]\n",
-        "                finish_s[seq.seq_id] = ends[rounds - 1]\n",
+        "Engine._stretch",
+        "finish_s[...] = ends[...]",
+        "finish_s[{0}] = ends[{1} - 1]",
         "requests finishing at the end of a fast-forwarded stretch get the start of its last iteration as finish time",
     ),
     Mutant(
         "decode-rows-free-one-block-high",
-        "sim/records/metrics.py",
-        "        rows[:, 12] = (free0 - blocks) * bs\n",
-        "        rows[:, 12] = (free0 - blocks + 1) * bs\n",
+        "StepLog._decode_rows",
+        "(free0 - ...) * ...",
+        "(free0 - {0} + 1) * {1}",
         "the rows of fast-forwarded stretches built many at a time count one block too many as free",
     ),
     # --- scheduler ---------------------------------------------------------------------------------------------------
     Mutant(
         "scheduler-emits-one-token-too-many",
-        "sim/serving/schedulers/vllm_v0.py",
-        "        r = seq.finish_round = self.round + seq.output_tokens - seq.generated\n",
-        "        r = seq.finish_round = self.round + seq.output_tokens - seq.generated + 1\n",
+        "VllmV0Scheduler._start_running",
+        "self.round + (...).output_tokens - (...).generated",
+        "self.round + {0}.output_tokens - {1}.generated + 1",
         "a running request finishes one token late",
     ),
     Mutant(
         "scheduler-ignores-max-num-seqs",
-        "sim/serving/schedulers/vllm_v0.py",
-        "            if self.num_running_seqs + seq.num_branches > self.limits.max_num_seqs:\n",
-        "            if self.num_running_seqs > self.limits.max_num_seqs:\n",
+        "VllmV0Scheduler._admit",
+        "self.num_running_seqs + (...).num_branches > self.limits.max_num_seqs",
+        "self.num_running_seqs > self.limits.max_num_seqs",
         "admission forgets the new request's own sequences when checking max_num_seqs",
     ),
 ]
 
 
-def verify(mutants: list[Mutant], root: str = ROOT) -> None:
-    """Every old snippet occurs exactly once in its file (else the list is out of date with the code)."""
-    problems = []
+class MutantNotFound(LookupError):
+    """A mutant's function or node is not found exactly once (the list is out of date with the code)."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a mutant applies: the file (relative to the root), the matched node's byte span, the replacement."""
+
+    file: str
+    qualname: str
+    start: int
+    end: int
+    replacement: str
+
+
+def _functions(root: str) -> list[tuple[str, str, ast.AST]]:
+    """(file relative to root, qualified name, node) of every function in the sim package under root."""
+    found = []
+    for path in sorted(Path(root, "sim").rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        tree = ast.parse(path.read_bytes(), rel)
+
+        def walk(node: ast.AST, prefix: str, rel: str = rel) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    name = f"{prefix}{child.name}"
+                    if not isinstance(child, ast.ClassDef):
+                        found.append((rel, name, child))
+                    walk(child, name + ".")
+                else:
+                    walk(child, prefix)
+
+        walk(tree, "")
+    return found
+
+
+def _pattern(m: Mutant) -> ast.AST:
+    """The node to find: an expression where old and new both are one, else a statement."""
+    body = ast.parse(m.old.strip()).body
+    if len(body) != 1:
+        raise MutantNotFound(f"{m.id}: pattern {m.old!r} is not one expression or statement")
+    node = body[0]
+    if isinstance(node, ast.Expr) and _is_wildcard(node.value):
+        raise MutantNotFound(f"{m.id}: a pattern must be more than `...`")
+    try:
+        ast.parse(m.new.format(*["x"] * m.old.count("...")), mode="eval")
+    except SyntaxError:
+        return node  # new is a statement (e.g. pass): replace the whole statement
+    return node.value if isinstance(node, ast.Expr) else node
+
+
+def _is_wildcard(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and node.value is Ellipsis
+
+
+def _match(pattern, node, captures: list) -> bool:
+    """Whether `node` has the structure of `pattern` (`...` matches any expression; each match is captured)."""
+    if isinstance(pattern, ast.AST) and _is_wildcard(pattern):
+        if not isinstance(node, ast.expr):
+            return False
+        captures.append(node)
+        return True
+    if type(pattern) is not type(node):
+        return False
+    if isinstance(pattern, list):
+        return len(pattern) == len(node) and all(_match(p, n, captures) for p, n in zip(pattern, node))
+    if not isinstance(pattern, ast.AST):
+        return type(pattern) is type(node) and pattern == node
+    return all(
+        _match(getattr(pattern, f, None), getattr(node, f, None), captures)
+        for f in pattern._fields
+        if f not in IGNORED_FIELDS
+    )
+
+
+def _offset(line_starts: list[int], lineno: int, col: int) -> int:
+    return line_starts[lineno - 1] + col  # col_offset counts UTF-8 bytes, as the byte offsets here
+
+
+def locate(m: Mutant, root: str = ROOT, functions: list | None = None) -> Site:
+    """Where mutant m applies under root; raises MutantNotFound unless its function and node are each found once."""
+    functions = _functions(root) if functions is None else functions
+    hits = [(rel, q, f) for rel, q, f in functions if q == m.function or q.endswith("." + m.function)]
+    if len(hits) != 1:
+        where = ", ".join(f"{q} in {rel}" for rel, q, _ in hits) or "none"
+        raise MutantNotFound(f"{m.id}: function {m.function!r} must name exactly one function in sim/ (found: {where})")
+    rel, qualname, func = hits[0]
+    pattern = _pattern(m)
+    kind = ast.expr if isinstance(pattern, ast.expr) else ast.stmt
+    matches = []
+    for node in ast.walk(func):
+        captures: list = []
+        if isinstance(node, kind) and node is not func and _match(pattern, node, captures):
+            matches.append((node, captures))
+    if len(matches) != 1:
+        raise MutantNotFound(
+            f"{m.id}: {m.old!r} matches {len(matches)} nodes of {qualname} in {rel} (expected exactly one)"
+        )
+    node, captures = matches[0]
+    data = Path(root, rel).read_bytes()
+    line_starts = [0]
+    for line in data.splitlines(keepends=True):
+        line_starts.append(line_starts[-1] + len(line))
+
+    def span(n: ast.AST) -> tuple[int, int]:
+        return _offset(line_starts, n.lineno, n.col_offset), _offset(line_starts, n.end_lineno, n.end_col_offset)
+
+    sources = [data[slice(*span(c))].decode() for c in captures]
+    new = m.new.format(*(f"({s})" for s in sources))
+    if kind is ast.expr:
+        new = f"({new})"
+    else:
+        new = new.replace("\n", "\n" + " " * node.col_offset)
+    start, end = span(node)
+    return Site(rel, qualname, start, end, new)
+
+
+def apply(site: Site, root: str) -> None:
+    """Write the mutant of `site` into the file under root."""
+    path = Path(root, site.file)
+    data = path.read_bytes()
+    path.write_bytes(data[: site.start] + site.replacement.encode() + data[site.end :])
+
+
+def verify(mutants: list[Mutant], root: str = ROOT) -> dict[str, Site]:
+    """Every mutant's function and node are found exactly once and its mutated file still parses (else the list is
+    out of date with the code: exit loudly). Returns the sites by mutant id."""
+    problems, sites = [], {}
+    functions = _functions(root)
     for m in mutants:
-        with open(os.path.join(root, m.file), encoding="utf-8") as f:
-            n = f.read().count(m.old)
-        if n != 1:
-            problems.append(f"{m.id}: the old snippet occurs {n} times in {m.file} (expected exactly once)")
+        try:
+            site = sites[m.id] = locate(m, root, functions)
+        except MutantNotFound as exc:
+            problems.append(str(exc))
+            continue
+        data = Path(root, site.file).read_bytes()
+        mutated = data[: site.start] + site.replacement.encode() + data[site.end :]
+        try:
+            ast.parse(mutated, site.file)
+        except SyntaxError as exc:
+            problems.append(f"{m.id}: the mutated {site.file} does not parse: {exc}")
+        if mutated == data:
+            problems.append(f"{m.id}: the mutant changes nothing")
     if len({m.id for m in mutants}) != len(mutants):
         problems.append("two mutants share an id")
     if problems:
         raise SystemExit("mutation check: the mutant list is out of sync with the code:\n  " + "\n  ".join(problems))
+    return sites
+
+
+def suite(root: str = ROOT) -> list[str]:
+    """The property suite's test files, found by name under tests/ (relative to root)."""
+    paths = []
+    for name in SUITE_FILES:
+        found = sorted(p.relative_to(root).as_posix() for p in Path(root, "tests").rglob(name))
+        if len(found) != 1:
+            raise SystemExit(f"mutation check: {name} must exist exactly once under tests/ (found {found or 'none'})")
+        paths += found
+    return paths
 
 
 def _copy_tree(dst: str) -> None:
@@ -263,23 +422,17 @@ def _copy_tree(dst: str) -> None:
             shutil.copy(os.path.join(ROOT, name), dst)
 
 
-def run_suite(mutant: Mutant | None, timeout: float, disabled: str = "") -> dict:
-    """Apply one mutant (None: the unmutated baseline) to a copy and run the property suite against it, with the
-    `disabled` invariants (comma-separated) switched off."""
+def run_suite(site: Site | None, timeout: float, disabled: str = "") -> dict:
+    """Apply one mutant at `site` (None: the unmutated baseline) to a copy and run the property suite against it,
+    with the `disabled` invariants (comma-separated) switched off."""
     with tempfile.TemporaryDirectory(prefix="kvsim-mutant-") as tmp:
         _copy_tree(tmp)
-        if mutant is not None:
-            path = os.path.join(tmp, mutant.file)
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-            if text.count(mutant.old) != 1:
-                raise SystemExit(f"mutation check: snippet of {mutant.id} not found exactly once in {mutant.file}")
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text.replace(mutant.old, mutant.new))
+        if site is not None:
+            apply(site, tmp)
         env = dict(os.environ, PYTHONPATH=tmp, PYTHONDONTWRITEBYTECODE="1")
         env.setdefault("HYPOTHESIS_PROFILE", "ci")
         env["KVSIM_DISABLED_INVARIANTS"] = disabled
-        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *SUITE]
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *suite(tmp)]
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
@@ -311,15 +464,17 @@ def run_suite(mutant: Mutant | None, timeout: float, disabled: str = "") -> dict
     }
 
 
-def write_report(results: list[tuple[Mutant, dict]], baseline: dict, out_dir: str, total_s: float) -> tuple[str, str]:
+def write_report(
+    results: list[tuple[Mutant, Site, dict]], baseline: dict, out_dir: str, total_s: float
+) -> tuple[str, str]:
     os.makedirs(out_dir, exist_ok=True)
-    caught = sum(r["status"] == "caught" for _, r in results)
+    caught = sum(r["status"] == "caught" for _, _, r in results)
     meta = {
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "hypothesis_profile": os.environ.get("HYPOTHESIS_PROFILE", "ci"),
-        "suite": SUITE,
+        "suite": suite(),
         "command": "python -m sim.checking.mutation",
         "seconds": round(total_s, 1),
     }
@@ -328,7 +483,7 @@ def write_report(results: list[tuple[Mutant, dict]], baseline: dict, out_dir: st
         "baseline": baseline,
         "caught": caught,
         "total": len(results),
-        "mutants": [{**asdict(m), **r} for m, r in results],
+        "mutants": [{**asdict(m), "file": site.file, "qualname": site.qualname, **r} for m, site, r in results],
     }
     json_path = os.path.join(out_dir, "mutation-check.json")
     md_path = os.path.join(out_dir, "mutation-check.md")
@@ -342,16 +497,19 @@ def write_report(results: list[tuple[Mutant, dict]], baseline: dict, out_dir: st
         f"profile `{meta['hypothesis_profile']}`, by `{meta['command']}` ({meta['seconds']} s in all).",
         "",
         "Each mutant is one deliberate bug applied to a temporary copy of `sim/` (the working tree is never touched); "
-        f"the suite ({', '.join(f'`{s}`' for s in SUITE)}) then runs against the copy and must fail. The unmutated "
-        f"copy passes first (baseline: {baseline['status']} in {baseline['seconds']} s).",
+        f"the suite ({', '.join(f'`{s}`' for s in meta['suite'])}) then runs against the copy and must fail. The "
+        f"unmutated copy passes first (baseline: {baseline['status']} in {baseline['seconds']} s). Each mutant is "
+        "located by syntax tree (function, then node pattern; see `sim/checking/mutation.py`), so the list survives "
+        "reformatting and moved code, and fails loudly when the code it names is gone.",
         "",
-        "| # | mutant | file | bug | result | caught by | s | without the allocator's check() |",
-        "|---|--------|------|-----|--------|-----------|---|------|",
+        "| # | mutant | function (file) | bug | result | caught by | s | without the allocator's check() |",
+        "|---|--------|-----------------|-----|--------|-----------|---|------|",
     ]
-    for i, (m, r) in enumerate(results, 1):
+    for i, (m, site, r) in enumerate(results, 1):
         by = ", ".join(r["violated"]) or (r["failed_tests"][0].split("::")[-1] if r["failed_tests"] else "")
         lines.append(
-            f"| {i} | `{m.id}` | `{m.file}` | {m.description} | **{r['status']}** | {by} | {r['seconds']} "
+            f"| {i} | `{m.id}` | `{site.qualname}` (`{site.file}`) | {m.description} | **{r['status']}** | {by} "
+            f"| {r['seconds']} "
             f"| {_without(r)} |"
         )
     lines += [
@@ -384,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         "to show the model's invariants catch them too",
     )
     args = parser.parse_args(argv)
-    verify(MUTANTS)
+    sites = verify(MUTANTS)
     mutants = MUTANTS
     if args.only:
         wanted = set(args.only.split(","))
@@ -394,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
         mutants = [m for m in MUTANTS if m.id in wanted]
     if args.list:
         for m in mutants:
-            print(f"{m.id:<38} {m.file:<30} {m.description}")
+            site = sites[m.id]
+            print(f"{m.id:<38} {site.qualname:<40} {site.file:<32} {m.description}")
         return 0
     t0 = time.perf_counter()
     print("baseline: the unmutated suite ...", flush=True)
@@ -406,23 +565,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     baseline = {"status": "passed", "seconds": baseline["seconds"]}
 
-    def one(m: Mutant) -> tuple[Mutant, dict]:
-        r = run_suite(m, args.timeout)
+    def one(m: Mutant) -> tuple[Mutant, Site, dict]:
+        r = run_suite(sites[m.id], args.timeout)
         print(f"  {r['status']:<7} {m.id} ({r['seconds']} s) {', '.join(r['violated'])}", flush=True)
         if args.without_self_check and "self-check" in r["violated"]:
-            w = run_suite(m, args.timeout, "self-check")
+            w = run_suite(sites[m.id], args.timeout, "self-check")
             r["without_self_check"] = {k: w[k] for k in ("status", "seconds", "violated", "failed_tests")}
             print(
                 f"  {w['status']:<7} {m.id} without the allocator's check() ({w['seconds']} s) "
                 f"{', '.join(w['violated'])}",
                 flush=True,
             )
-        return m, r
+        return m, sites[m.id], r
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(one, mutants))
     md, js = write_report(results, baseline, args.out, time.perf_counter() - t0)
-    caught = sum(r["status"] == "caught" for _, r in results)
+    caught = sum(r["status"] == "caught" for _, _, r in results)
     print(f"{caught} of {len(results)} mutants caught; wrote {md} and {js}")
     return 0 if caught == len(results) else 1
 
