@@ -11,7 +11,7 @@ import pytest
 
 from sim.cli.main import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
 
 
 def run_check(capsys, *argv: str) -> tuple[int, str]:
@@ -21,7 +21,7 @@ def run_check(capsys, *argv: str) -> tuple[int, str]:
 
 
 def test_a_correct_user_allocator_passes(capsys) -> None:
-    code, out = run_check(capsys, "tests.broken_allocators:ToyPaged", "--examples", "100")
+    code, out = run_check(capsys, "tests.sim.checking.broken_allocators:ToyPaged", "--examples", "100")
     assert code == 0, out
     assert "OK" in out and "VIOLATED" not in out
 
@@ -37,7 +37,13 @@ def test_a_correct_user_allocator_passes(capsys) -> None:
 )
 def test_a_broken_allocator_is_reported_with_its_invariant_and_shrunk_steps(capsys, cls, invariant, operation) -> None:
     code, out = run_check(
-        capsys, f"tests.broken_allocators:{cls}", "--examples", "200", "--max-violations", "1", "--derandomize"
+        capsys,
+        f"tests.sim.checking.broken_allocators:{cls}",
+        "--examples",
+        "200",
+        "--max-violations",
+        "1",
+        "--derandomize",
     )
     assert code == 1, out
     assert f"VIOLATED {invariant}:" in out, out
