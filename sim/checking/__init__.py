@@ -1,9 +1,9 @@
 """Property-based checking of KV allocators: state machines that drive random sequences of operations against any
 `KVAllocator` and compare it, after every step, with a model that is obviously right.
 
-Used by the test suite (tests/test_allocator_properties.py) and by `sim check ALLOCATOR`, so a researcher's own
-allocator gets the same invariants for free. The state machines need hypothesis (the `test` extra); importing this
-package does not, only `sim.checking.machine` and `sim.checking.runner` do.
+Used by the test suite (tests/sim/allocators/test_allocator_properties.py) and by `sim check ALLOCATOR`, so a
+researcher's own allocator gets the same invariants for free. The state machines need hypothesis (the `test` extra);
+importing this package does not, only `sim.checking.machine` and `sim.checking.runner` do.
 
 Modules:
     invariants: the invariant names, the exception raised for each, and the checks themselves (plain Python).

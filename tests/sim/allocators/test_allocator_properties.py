@@ -53,13 +53,13 @@ def test_every_registered_allocator_is_covered() -> None:
 
 @pytest.mark.parametrize("address_space", ["buddy", "first-fit"])
 def test_contiguous_fork_of_a_parent_grown_past_its_final_length(address_space: str) -> None:
-    """Found by the suite (honesty): can_fork said yes, then fork raised, because fork admitted the child with the
-    parent's final length although the parent had appended beyond it (allowed, up to its reservation)."""
+    """A shrunk example from the suite (honesty): a parent may append beyond its final length (up to its reservation),
+    so fork must size the child for all the parent's tokens, not for the parent's final length."""
     b = ContiguousOracle(num_blocks=1, block_size=2, max_model_len=1, address_space=address_space)  # 2 slots
     b.admit(1, 0, 0)  # oracle reserves max(1, 0) = 1 slot
     b.append(1, 1)  # 1 token in that slot, beyond the final length 0
     assert b.can_fork(1, 2)  # one slot left: room for a copy of the 1 token
-    b.fork(1, 2)  # raised AllocationError before the fix
+    b.fork(1, 2)  # the child's reservation holds the parent's 1 token
     assert b.num_tokens(2) == 1 and b.placement(2).length == 1
     b.check()
     a = ContiguousOracle(num_blocks=1, block_size=1, max_model_len=1, address_space=address_space)  # 1 slot
