@@ -105,14 +105,16 @@ def context_buckets(max_len: int, smallest: int = 256) -> list[int]:
     return out + [max_len]
 
 
-def _bucket(buckets: list[int], n: int) -> int | None:
+def smallest_bucket(buckets: list[int], n: int) -> int | None:
+    """The smallest bucket that holds n (buckets ascending), None when none does."""
     for b in buckets:
         if b >= n:
             return b
     return None
 
 
-def _up4(n: int) -> int:
+def round_up_to_4(n: int) -> int:
+    """n rounded up to a multiple of 4 (int32 rows of a static buffer start 16-byte aligned)."""
     return -(-n // 4) * 4
 
 
@@ -243,7 +245,7 @@ class DecodeRunner(GraphCache):
         self.batch_buckets = batch_buckets(int(max_batch))
         self.ctx_buckets = context_buckets(self.max_len, min_ctx_bucket)
         bmax = self.batch_buckets[-1]
-        n32 = 3 * _up4(bmax) + bmax * self.width
+        n32 = 3 * round_up_to_4(bmax) + bmax * self.width
         n64 = 2 * bmax
         pin = self.device.type == "cuda"
         self.host32 = torch.zeros(n32, dtype=torch.int32, pin_memory=pin)
@@ -261,7 +263,7 @@ class DecodeRunner(GraphCache):
         Every piece starts on a 16-byte boundary (Triton specialises on pointer alignment)."""
         v = self._views.get(b)
         if v is None:
-            w, o = self.width, _up4(b)
+            w, o = self.width, round_up_to_4(b)
             d32, d64 = self.dev32, self.dev64
             v = _Views(
                 d32[0:b],
@@ -278,8 +280,8 @@ class DecodeRunner(GraphCache):
 
     def key_for(self, n: int, max_ctx: int, paged: bool) -> tuple[bool, int, int] | None:
         """(paged, batch bucket, context bucket), or None when the batch does not fit any bucket."""
-        b = _bucket(self.batch_buckets, n)
-        c = _bucket(self.ctx_buckets, max_ctx)
+        b = smallest_bucket(self.batch_buckets, n)
+        c = smallest_bucket(self.ctx_buckets, max_ctx)
         if b is None or c is None or (paged and -(-max_ctx // self.block_size) > self.width):
             return None
         return paged, b, c
@@ -288,7 +290,7 @@ class DecodeRunner(GraphCache):
     def stage(self, key: tuple[bool, int, int], inp: DecodeInputs, vocab: int) -> tuple[int, int]:
         """Write the inputs, padded to the bucket, into the pinned staging buffers; returns (int32, int64) counts."""
         paged, b, _c = key
-        n, w, o = len(inp.lens), self.width, _up4(b)
+        n, w, o = len(inp.lens), self.width, round_up_to_4(b)
         h32, h64 = self.np32, self.np64
         h32[0:n] = inp.positions % vocab
         h32[n:b] = 0

@@ -39,7 +39,7 @@ from kernels.attention import contiguous_decode_attention, paged_decode_attentio
 from kernels.cache_ops import write_kv
 from kernels.harness.decode_graphs import DecodeInputs, DecodeRunner
 from kernels.harness.kv_pool import KVPool
-from kernels.harness.kv_source import _OWNER_SALT, KVSource, LineageTracker, mix
+from kernels.harness.kv_source import OWNER_SALT, KVSource, LineageTracker, mix
 from kernels.harness.mixed_graphs import MixedInputs, MixedRunner
 from kernels.harness.model import RandomTransformer
 from sim.allocators.base import BlockTablePlacement
@@ -247,7 +247,7 @@ class Executor:
                 lin = lineages[b]
                 owners.append(lin.seg_owners[-1])
             owners = np.asarray(owners, dtype=np.int64)
-            keys = mix(owners ^ _OWNER_SALT, dec_pos)
+            keys = mix(owners ^ OWNER_SALT, dec_pos)
             # a decode position always lies in the branch's own last segment, past its content runs; check cheaply
             for i, b in enumerate(dec_branches):
                 lin = lineages[b]

@@ -31,7 +31,7 @@ from sim.allocators.base import ExtentPlacement, TokenContent
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
-_OWNER_SALT = 0x5EED_0F_0A11
+OWNER_SALT = 0x5EED_0F_0A11
 LAYER_STRIDE = 7919  # row offset between layers (prime)
 
 
@@ -88,7 +88,7 @@ class Lineage:
         p = np.asarray(positions, dtype=np.int64)
         seg = np.searchsorted(np.asarray(self.seg_starts, dtype=np.int64), p, side="right") - 1
         owners = np.asarray(self.seg_owners, dtype=np.int64)[seg]
-        out = mix(owners ^ _OWNER_SALT, p)
+        out = mix(owners ^ OWNER_SALT, p)
         if self.run_total:
             inside = p < self.run_total
             if inside.any():

@@ -36,7 +36,13 @@ import torch
 
 from kernels.attention import paged_prefill_attention
 from kernels.cache_ops import write_kv
-from kernels.harness.decode_graphs import GraphCache, _bucket, _up4, batch_buckets, static_decode_attention
+from kernels.harness.decode_graphs import (
+    GraphCache,
+    batch_buckets,
+    round_up_to_4,
+    smallest_bucket,
+    static_decode_attention,
+)
 from kernels.harness.kv_pool import KVPool
 from kernels.harness.kv_source import KVSource
 from kernels.harness.model import RandomTransformer
@@ -164,7 +170,7 @@ class MixedRunner(GraphCache):
         off32, o = {}, 0
         for k, n in sizes32.items():
             off32[k] = o
-            o += _up4(n)
+            o += round_up_to_4(n)
         off64, o64 = {}, 0
         for k, n in sizes64.items():
             off64[k] = o64
@@ -186,9 +192,9 @@ class MixedRunner(GraphCache):
 
     def key_for(self, nd: int, npf: int, nseqs: int, paged: bool, max_ctx: int) -> tuple[bool, int, int, int] | None:
         """(paged, B, P, S), or None when the iteration fits no bucket (the executor runs it eagerly)."""
-        b = _bucket(self.batch_buckets, nd)
-        p = _bucket(self.token_buckets, npf)
-        s = _bucket(self.seq_buckets, nseqs)
+        b = smallest_bucket(self.batch_buckets, nd)
+        p = smallest_bucket(self.token_buckets, npf)
+        s = smallest_bucket(self.seq_buckets, nseqs)
         if b is None or p is None or s is None or max_ctx > self.max_len:
             return None
         return paged, b, p, s

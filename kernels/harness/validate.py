@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from sim.allocators.base import MEMORY_CATEGORIES
-from sim.records.metrics import atomic_write, to_json
+from sim.records.io import atomic_write, to_json
 
 # The targets: relative error bounds (fractions) per figure, and percentage points for KV categories.
 TARGETS = {
@@ -261,7 +261,8 @@ def format_record(rec: dict) -> str:
 
 
 def write_record(out_dir: str, rec: dict, meas, pred) -> None:
-    from sim.records.metrics import requests_csv, steps_csv
+    from sim.records.requests import requests_csv
+    from sim.records.steps import steps_csv
 
     os.makedirs(out_dir, exist_ok=True)
     atomic_write(os.path.join(out_dir, "measured_steps.csv"), steps_csv(meas.steps))
