@@ -21,7 +21,7 @@ from sim.allocators.paged import PagedAllocator  # noqa: E402
 from sim.hardware.gpus import GPUS  # noqa: E402
 from sim.hardware.models import resolve_model  # noqa: E402
 from sim.serving.replay import ReplayOptions, replay  # noqa: E402
-from sim.serving.schedulers.vllm_v0 import Batch  # noqa: E402
+from sim.serving.request import Batch  # noqa: E402
 from tests.harness._harness_testutil import (
     BLOCK,
     DEVICE,
