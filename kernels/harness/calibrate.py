@@ -12,7 +12,6 @@ correction (`sim.cost.profile.DecodeCorrection`).
 from __future__ import annotations
 
 import gc
-import itertools
 import time
 
 import numpy as np
@@ -36,11 +35,10 @@ class SyntheticState:
         self.rng = np.random.default_rng(seed)
         self.paged = allocator_cls is PagedAllocator
         if self.paged:  # scattered blocks, as a pool looks after a while: allocate in a shuffled order
-            free = self.alloc.wrapped.pool._free
-            order = list(free)
+            pool = self.alloc.wrapped.pool
+            order = pool.free_block_ids()
             self.rng.shuffle(order)
-            free.clear()
-            free.extend(order)
+            pool.reorder_free(order)
         with torch.no_grad():
             run.pool.kv.normal_()  # never time on NaN or zeros
 
@@ -107,11 +105,11 @@ def synthetic_batches(state: SyntheticState, kind: str, a: int, b: int, prefill_
     elif kind == "copy":
         ok = state.paged and _decode_batch(state, batch, 8, 64)
         if ok:
-            free = state.alloc.wrapped.pool._free
+            free = state.alloc.wrapped.pool.free_block_ids()
             if len(free) < 2 * a:
                 ok = False
             else:
-                blocks = list(itertools.islice(free, 2 * a))
+                blocks = free[: 2 * a]
                 batch.copies = list(zip(blocks[:a], blocks[a:]))
     else:
         raise ValueError(kind)
