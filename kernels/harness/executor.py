@@ -24,6 +24,10 @@ after the replay). Without runners (`--no-cuda-graphs`), or for a batch no bucke
 
 CUDA events bracket steps 1-5 on the device (`gpu_s`); the caller measures wall time around `execute`, less
 `ExecResult.capture_s` (the first use of a graph bucket captures it, which a serving engine does at start-up).
+
+This file is long because it is the GPU replay's hot loop: one `Executor` keeps the host-side preparation, the
+static (graph) and eager paths and the reference check together, since they share the same packed buffers and the
+same per-iteration bookkeeping (tests/harness/test_executor.py replays every path against the simulator).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The hypothesis state machine: random interleavings of every public allocator operation, checked against the model
-after every step. `make_machine(spec)` builds one for any allocator class (a registered one or a user's own)."""
+after every step. `make_machine(spec)` builds one for any allocator class (a registered one or a user's own).
+
+One module because it is one state machine: its rules share the model, the bundles and the checks run after each of
+them, and hypothesis needs them on one class."""
 
 from __future__ import annotations
 

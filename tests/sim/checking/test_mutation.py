@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sim.checking.mutation import MUTANTS, Mutant, MutantNotFound, apply, locate, suite, verify
+from sim.checking.mutants import MUTANTS, Mutant
+from sim.checking.mutation import MutantNotFound, apply, locate, suite, verify
 
 
 def test_every_mutant_is_found_exactly_once_and_its_mutant_parses(repo_root) -> None:
