@@ -9,7 +9,7 @@ import numpy as np
 from sim.errors import TraceError
 from sim.traces.model import Trace
 from sim.traces.readers.base import Reader, ReadOptions
-from sim.traces.readers.rows import Rows, arrival_column, column_index, int_column
+from sim.traces.readers.rows import MAX_TOKENS, Rows, arrival_column, column_index, int_column
 
 BURSTGPT_COLUMNS = ("Timestamp", "Model", "Request tokens", "Response tokens", "Total tokens", "Log Type")
 
@@ -17,8 +17,8 @@ BURSTGPT_COLUMNS = ("Timestamp", "Model", "Request tokens", "Response tokens", "
 def _read_burstgpt(path: str, header: list[str], rows: Rows, options: ReadOptions) -> Trace:
     idx = {name: column_index(path, header, name) for name in BURSTGPT_COLUMNS}
     arrivals = arrival_column(rows, idx["Timestamp"], "Timestamp")
-    request = int_column(rows, idx["Request tokens"], "Request tokens", minimum=0)
-    response = int_column(rows, idx["Response tokens"], "Response tokens", minimum=0)
+    request = int_column(rows, idx["Request tokens"], "Request tokens", minimum=0, limit=MAX_TOKENS)
+    response = int_column(rows, idx["Response tokens"], "Response tokens", minimum=0, limit=MAX_TOKENS)
     int_column(rows, idx["Total tokens"], "Total tokens", minimum=0)
     keep = np.ones(len(rows), dtype=bool)
     notes: list[str] = []

@@ -8,6 +8,7 @@ from sim.errors import TraceError
 from sim.traces.model import Trace
 from sim.traces.readers.base import Reader, ReadOptions
 from sim.traces.readers.rows import (
+    MAX_TOKENS,
     Rows,
     arrival_column,
     column_index,
@@ -33,7 +34,7 @@ def _read_native(path: str, header: list[str], rows: Rows, options: ReadOptions)
         trace.request_id = [x.strip() for x in rows.column(header.index("request_id"))]
     for name in ("n", "beam_width"):
         if name in header:
-            trace.columns[name] = int_column(rows, header.index(name), name, minimum=1, default="1")
+            trace.columns[name] = int_column(rows, header.index(name), name, minimum=1, default="1", limit=MAX_TOKENS)
     if "n" in trace.columns and "beam_width" in trace.columns:
         n, beam = trace.columns["n"], trace.columns["beam_width"]
         hit = np.nonzero((beam > 1) & (n > beam))[0]

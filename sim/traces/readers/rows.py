@@ -62,6 +62,7 @@ def split_csv(path: str, text: str) -> tuple[list[str], Rows]:
         raise TraceError(path, 0, "the file is empty")
     header = [h.strip() for h in lines[start].split(",")]
     header_line = start + 1
+    check_header(path, header, header_line)
     body = lines[start + 1 :]
     # map() with C methods keeps these per-line passes out of the interpreter loop (a million lines in ~0.1 s each).
     kept_len = np.fromiter(map(len, map(methodcaller("strip", ", \t\r"), body)), dtype=np.int64, count=len(body))
@@ -84,24 +85,36 @@ def split_csv(path: str, text: str) -> tuple[list[str], Rows]:
 
 
 def _split_csv_quoted(path: str, text: str) -> tuple[list[str], Rows]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: a quote that is never closed is an error (not a field that swallows the rest of the file), and so is
+    # text after a closing quote ('"ab"c'). No column of a trace holds a line break, so a quoted field may not span
+    # lines either: that is almost always an unclosed quote, which would silently merge the rows that follow.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header: list[str] | None = None
     header_line = 0
     records: list[list[str]] = []
     numbers: list[int] = []
+    start = 1
     try:
         for fields_ in reader:
+            if reader.line_num != start:
+                raise TraceError(path, start, _UNCLOSED_ON_LINE)
+            start = reader.line_num + 1
             if not fields_ or all(not x.strip() for x in fields_):
                 continue
             if header is None:
                 header = [h.strip() for h in fields_]
                 header_line = reader.line_num
+                check_header(path, header, header_line)
                 continue
             if len(fields_) != len(header):
                 raise TraceError(path, reader.line_num, f"expected {len(header)} fields, got {len(fields_)}")
             records.append(fields_)
             numbers.append(reader.line_num)
     except csv.Error as exc:
+        if reader.line_num != start:  # the record began on an earlier line: a quote opened there never closed
+            raise TraceError(path, start, _UNCLOSED_ON_LINE) from None
+        if str(exc) == "unexpected end of data":
+            raise TraceError(path, start, "a quote opened on this line is never closed") from None
         raise TraceError(path, reader.line_num, f"malformed CSV: {exc}") from None
     if header is None:
         raise TraceError(path, 0, "the file is empty")
@@ -111,16 +124,57 @@ def _split_csv_quoted(path: str, text: str) -> tuple[list[str], Rows]:
     return header, Rows(path, header, columns, np.array(numbers, dtype=np.int64))
 
 
+_UNCLOSED_ON_LINE = (
+    "a quote opened on this line is not closed on it (an unclosed quote would swallow the rows after it; "
+    "fields must not span lines)"
+)
+
+
+def check_header(path: str, header: list[str], line: int) -> None:
+    """Refuse a header that names a column twice: which of the two would be read is a guess."""
+    seen: set[str] = set()
+    for name in header:
+        if name and name in seen:
+            raise TraceError(path, line, f"column '{name}' appears twice in the header")
+        seen.add(name)
+
+
 # --- JSONL
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _object_without_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return record
+
+
+# json.loads keeps the last of two equal keys without a word; this decoder refuses them (at the same speed).
+_JSON = json.JSONDecoder(object_pairs_hook=_object_without_duplicates)
+
+
 def read_jsonl(path: str, text: str) -> list[tuple[int, object]]:
     records = []
     for number, line in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            records.append((number, json.loads(line)))
+            records.append((number, _JSON.decode(line)))
         except json.JSONDecodeError as exc:
             raise TraceError(path, number, f"not valid JSON: {exc.msg} (column {exc.colno})") from None
+        except _DuplicateKey as exc:
+            raise TraceError(path, number, f"key {json.dumps(exc.key)} appears twice in one object") from None
+        except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+            raise TraceError(path, number, f"not usable JSON: {exc}") from None
+        except RecursionError:
+            raise TraceError(path, number, "not usable JSON: nested too deeply") from None
     if not records:
         raise TraceError(path, 0, "the file is empty")
     return records
@@ -145,10 +199,24 @@ def _int_or_none(text: str) -> int | None:
         return int(value) if value.is_integer() else None
 
 
+# Token counts above this are refused as "too large": no model reads 4 billion tokens, and sums of such counts (e.g.
+# prompt + output, or a trace's total) would overflow int64 silently.
+MAX_TOKENS = 2**32 - 1
+MAX_INT = 2**62 - 1  # any other integer column
+
+
 def int_column(
-    rows: Rows, j: int, name: str, minimum: int = 1, default: str | None = None, maximum: int | None = None
+    rows: Rows,
+    j: int,
+    name: str,
+    minimum: int = 1,
+    default: str | None = None,
+    maximum: int | None = None,
+    limit: int = MAX_INT,
 ) -> np.ndarray:
-    """Column j as int64 >= minimum ('12' and '12.0' both read as 12). Empty cells read as `default` when given."""
+    """Column j as int64 >= minimum ('12' and '12.0' both read as 12). Empty cells read as `default` when given.
+
+    A value above `limit` is reported as too large; one below `minimum` or above `maximum` as out of range."""
     col = rows.column(j)
     if default is not None:
         col = [c if c.strip() else default for c in col]
@@ -174,23 +242,27 @@ def int_column(
         else:
             for i, text in enumerate(col):
                 value = _int_or_none(text.strip())
-                if value is None:
+                if value is None or value < minimum or (maximum is not None and value > maximum):
                     raise TraceError(rows.path, rows.line(i), f"{name} must be {what}, got {text.strip()!r}") from None
-                if not -(2**62) < value < 2**62:
+                if value > limit:
                     raise TraceError(rows.path, rows.line(i), f"{name} is too large, got {text.strip()!r}") from None
             raise TraceError(rows.path, 0, f"{name}: a value is out of range") from None  # pragma: no cover
-    bad = values < minimum
+    bad = (values < minimum) | (values > limit)
     if maximum is not None:
         bad |= values > maximum
     hit = np.nonzero(bad)[0]
     if len(hit):
         i = int(hit[0])
+        value = int(values[i])
+        if minimum <= value and (maximum is None or value <= maximum):
+            raise TraceError(rows.path, rows.line(i), f"{name} is too large, got {col[i].strip()!r}")
         raise TraceError(rows.path, rows.line(i), f"{name} must be {what}, got {col[i].strip()!r}")
     return values
 
 
 def positive_int_column(rows: Rows, j: int, name: str) -> np.ndarray:
-    return int_column(rows, j, name, minimum=1)
+    """A token count: an integer from 1 to MAX_TOKENS."""
+    return int_column(rows, j, name, minimum=1, limit=MAX_TOKENS)
 
 
 def float_column(rows: Rows, j: int, name: str, unit: str = "a number of seconds") -> np.ndarray:
