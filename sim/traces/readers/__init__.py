@@ -10,7 +10,8 @@ name       columns / keys                                                       
 native     arrival_s, prompt_tokens, output_tokens [, request_id, n, beam_width,  seconds, as given
            prefix_group, prefix_tokens]
 azure      TIMESTAMP, ContextTokens, GeneratedTokens (Azure LLM inference traces  wall clock, relative to row 1
-           2023 and 2024; a UTC offset such as +00:00 is applied)
+           2023 and 2024; a UTC offset such as +00:00 is applied; a plain
+           number is read as seconds)
 vidur      arrived_at, num_prefill_tokens, num_decode_tokens (Vidur / Splitwise   seconds, as given
            processed traces)
 burstgpt   Timestamp, Model, Request tokens, Response tokens, Total tokens,       seconds, as given
@@ -51,6 +52,11 @@ def _open_text(path: str) -> str:
         raise TraceError(path, 0, "is a directory, not a trace file") from None
     except PermissionError:
         raise TraceError(path, 0, "permission denied") from None
+    except OSError as exc:  # a symlink loop, a path through a file, a name too long, an I/O error ...
+        reason = exc.strerror or str(exc)
+        raise TraceError(path, 0, f"cannot read: {reason[:1].lower()}{reason[1:]}") from None
+    except ValueError as exc:  # a path with a NUL byte
+        raise TraceError(path, 0, f"cannot read: {exc}") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -114,8 +120,10 @@ def read_trace(
     Returns:
         The validated `Trace`. Raises TraceError (a UserError) naming file and line for the first unusable row.
     """
-    if rate is not None and not (math.isfinite(rate) and rate > 0):
+    if rate is not None and not (math.isfinite(rate) and rate > 0 and math.isfinite(1.0 / rate)):
         raise UserError(f"--rate must be a positive number of requests/s, got {rate:g}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise UserError(f"--seed must be an integer in [0, 2^64), got {seed!r}")
     reader, header, data = _choose_reader(path, _open_text(path), format)
     if rate is not None and "rate" not in reader.accepts:
         raise UserError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.errors import TraceError
+from sim.errors import TraceError, UserError
 from sim.traces.model import Trace
 from sim.traces.readers.base import Reader, ReadOptions
 from sim.traces.readers.rows import Rows, column_index, ignored_columns_note, positive_int_column
@@ -33,6 +33,8 @@ def _read_lengths(path: str, header: list[str], rows: Rows, options: ReadOptions
     prompt = positive_int_column(rows, idx["num_prefill_tokens"], "num_prefill_tokens")
     output = positive_int_column(rows, idx["num_decode_tokens"], "num_decode_tokens")
     arrivals = poisson_arrivals(len(prompt), options.rate, np.random.Generator(np.random.PCG64(options.seed)))
+    if not np.isfinite(arrivals[-1]):
+        raise UserError(f"--rate {options.rate:g} is too low: the generated arrival times overflow")
     return Trace(
         path=path,
         format="lengths",

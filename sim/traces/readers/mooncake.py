@@ -12,8 +12,16 @@ import numpy as np
 from sim.errors import TraceError
 from sim.traces.model import MOONCAKE_BLOCK_TOKENS, Trace
 from sim.traces.readers.base import Reader, ReadOptions
+from sim.traces.readers.rows import MAX_TOKENS
 
 MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
+MAX_HASH_ID = 2**63 - 1
+
+
+def _shown(value: object) -> str:
+    """A JSON value for a message, shortened: a 400-digit number need not be printed whole."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 def _json_int(path: str, line: int, record: dict, key: str, minimum: int) -> int:
@@ -22,8 +30,21 @@ def _json_int(path: str, line: int, record: dict, key: str, minimum: int) -> int
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise TraceError(path, line, f"{key} must be {what}, got {json.dumps(value)}")
+        raise TraceError(path, line, f"{key} must be {what}, got {_shown(value)}")
+    if value > MAX_TOKENS:
+        raise TraceError(path, line, f"{key} is too large, got {_shown(value)}")
     return value
+
+
+def _milliseconds(path: str, line: int, stamp: object) -> float:
+    try:
+        if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) or not math.isfinite(stamp) or stamp < 0:
+            raise ValueError
+        return float(stamp)
+    except (ValueError, OverflowError):  # OverflowError: an integer too large for a float (10**400)
+        raise TraceError(
+            path, line, f"timestamp must be a finite number of milliseconds >= 0, got {_shown(stamp)}"
+        ) from None
 
 
 def _read_mooncake(path: str, keys: list[str], records: list[tuple[int, object]], options: ReadOptions) -> Trace:
@@ -41,13 +62,11 @@ def _read_mooncake(path: str, keys: list[str], records: list[tuple[int, object]]
         for key in MOONCAKE_KEYS:
             if key not in record:
                 raise TraceError(path, line, f"missing key '{key}'")
-        stamp = record["timestamp"]
-        if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) or not math.isfinite(stamp) or stamp < 0:
-            raise TraceError(
-                path, line, f"timestamp must be a finite number of milliseconds >= 0, got {json.dumps(stamp)}"
-            )
+        stamp = _milliseconds(path, line, record["timestamp"])
         if stamp < previous:
-            raise TraceError(path, line, f"timestamp must not decrease: {json.dumps(stamp)} comes after {previous:g}")
+            raise TraceError(
+                path, line, f"timestamp must not decrease: {_shown(record['timestamp'])} comes after {previous:g}"
+            )
         previous = stamp
         arrivals[i] = stamp / 1000.0
         prompt[i] = p = _json_int(path, line, record, "input_length", 1)
@@ -55,6 +74,8 @@ def _read_mooncake(path: str, keys: list[str], records: list[tuple[int, object]]
         ids = record.get("hash_ids", [])
         if not isinstance(ids, list) or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 0 for h in ids):
             raise TraceError(path, line, "hash_ids must be a list of integers >= 0")
+        if any(h > MAX_HASH_ID for h in ids):
+            raise TraceError(path, line, f"a hash id does not fit in 64 bits: {_shown(max(ids))}")
         blocks = -(-p // per)
         if len(ids) > blocks:
             raise TraceError(
@@ -62,10 +83,7 @@ def _read_mooncake(path: str, keys: list[str], records: list[tuple[int, object]]
             )
         flat.extend(ids)
         offsets[i + 1] = len(flat)
-    try:
-        flat_array = np.array(flat, dtype=np.int64)
-    except OverflowError:
-        raise TraceError(path, 0, "a hash id does not fit in 64 bits") from None
+    flat_array = np.array(flat, dtype=np.int64)
     return Trace(
         path=path,
         format="mooncake",
