@@ -9,10 +9,9 @@ the configuration that needs the fewest GPUs (ties: the higher capacity).
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field, replace
 
 from sim.hardware.models import ModelSpec
@@ -21,6 +20,7 @@ from sim.report.capacity import CapacitySearch, Probe, evaluate_probe, replicas_
 from sim.report.slo import SLO
 from sim.serving.replay import ReplayOptions
 from sim.traces.model import Trace
+from sim.workers import stop_pool, worker_pool
 
 
 @dataclass
@@ -115,11 +115,6 @@ def _probe_in_worker(options: ReplayOptions, rate: float, slos: list[SLO], label
     return evaluate_probe(_WORKER_TRACE, options, rate, slos, label, native)
 
 
-def pool_context():
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-
-
 def default_jobs() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -180,31 +175,29 @@ def run_searches(
                 count[1] = 0
     else:
         workers = min(jobs, len(configs))
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=pool_context(), initializer=_init_worker, initargs=(trace,)
-        ) as pool:
-            inflight: dict = {}
-            try:
-                while True:
-                    running = set(inflight.values())
-                    for label, s in searches.items():
-                        if label in running:
-                            continue
-                        rate = s.next_rate()
-                        if rate is not None:
-                            fut = pool.submit(_probe_in_worker, by_label[label].options, rate, slos, label, native)
-                            inflight[fut] = label
-                    count[1] = len(inflight)
-                    show()
-                    if not inflight:
-                        break
-                    done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        take(inflight.pop(fut), fut.result())
-            except BaseException:
-                for fut in inflight:
-                    fut.cancel()
-                raise
+        pool = worker_pool(workers, _init_worker, (trace,))
+        inflight: dict = {}
+        try:
+            while True:
+                running = set(inflight.values())
+                for label, s in searches.items():
+                    if label in running:
+                        continue
+                    rate = s.next_rate()
+                    if rate is not None:
+                        fut = pool.submit(_probe_in_worker, by_label[label].options, rate, slos, label, native)
+                        inflight[fut] = label
+                count[1] = len(inflight)
+                show()
+                if not inflight:
+                    break
+                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    take(inflight.pop(fut), fut.result())
+        except BaseException:  # Ctrl-C, SIGTERM or a failed probe: no worker outlives this
+            stop_pool(pool, inflight)
+            raise
+        pool.shutdown()
     if status is not None:
         show(force=True)
         status.close()

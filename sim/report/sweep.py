@@ -49,7 +49,7 @@ import math
 import os
 import time
 import tomllib
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,7 +60,7 @@ from sim.hardware.gpus import resolve_gpu
 from sim.hardware.models import resolve_model
 from sim.progress import StatusLine
 from sim.records.io import atomic_write
-from sim.report.build import default_jobs, pool_context
+from sim.report.build import default_jobs
 from sim.report.capacity import trace_rate
 from sim.report.slo import good_requests, meets, parse_slos, per_request_latency, slo_values
 from sim.serving.replay import ReplayOptions, replay
@@ -68,6 +68,7 @@ from sim.traces.model import Trace
 from sim.traces.readers import read_trace
 from sim.traces.tools import scale_trace, slice_trace
 from sim.units import parse_duration, parse_size
+from sim.workers import stop_pool, worker_pool
 
 SPEC_KEYS = {
     "name",
@@ -420,22 +421,17 @@ def run_sweep(
             take(c, run_cell(spec, c, traces[c.trace]))
     else:
         engine = f"{min(jobs, len(todo))} local processes"
-        with ProcessPoolExecutor(
-            max_workers=min(jobs, len(todo)),
-            mp_context=pool_context(),
-            initializer=_init_worker,
-            initargs=(spec, traces),
-        ) as pool:
-            pending = {pool.submit(_cell_in_worker, c) for c in todo}
-            try:
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        take(*fut.result())
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                raise
+        pool = worker_pool(min(jobs, len(todo)), _init_worker, (spec, traces))
+        pending = {pool.submit(_cell_in_worker, c) for c in todo}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    take(*fut.result())
+        except BaseException:  # Ctrl-C, SIGTERM or a failed cell: no worker outlives this
+            stop_pool(pool, pending)
+            raise
+        pool.shutdown()
     if status is not None:
         status.close()
     rows = [finished[c.index] for c in cells]
