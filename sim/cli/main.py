@@ -7,6 +7,7 @@ import importlib
 import os
 import sys
 
+import sim
 from sim.allocators import REGISTRY
 from sim.cli.options import add_replay_options, print_header, replay_options
 from sim.cli.tables import summary_table
@@ -14,10 +15,12 @@ from sim.errors import UserError
 from sim.hardware.gpus import GPUS
 from sim.hardware.models import MODELS
 from sim.progress import ProgressBar
-from sim.records.io import atomic_write, prepare_dir, to_json, write_replay
+from sim.records.io import atomic_write, to_json, with_run_info, write_replay
+from sim.records.rundir import describe_os_error, open_run_dir, rescue_dir, set_command
 from sim.serving.replay import ReplayOptions, replay
 from sim.traces.readers import read_trace
 from sim.units import format_bytes
+from sim.workers import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, handle_signals
 
 # Modules that add subcommands: each defines register(subparsers).
 PLUGIN_COMMANDS: list[str] = ["sim.cli.trace", "sim.cli.check", "sim.cli.report", "sim.cli.gpu"]
@@ -31,13 +34,44 @@ def _run_one(trace, options: ReplayOptions, quiet: bool, label: str):
         bar.close()
 
 
+def save_or_rescue(directory: str, stem: str, save, save_summaries) -> None:
+    """save(directory); if the output location fails (after the work is done), save into a new directory under the
+    system temp dir instead, or at least the summaries, and raise a UserError that names both places."""
+    try:
+        save(directory)
+        return
+    except OSError as exc:
+        failure = describe_os_error(exc, directory)
+    try:
+        rescue = rescue_dir(stem)
+    except OSError as exc:
+        raise UserError(f"{failure}; nothing could be saved elsewhere either ({describe_os_error(exc)})") from None
+    try:
+        save(rescue)
+        what = "the results were written"
+    except OSError:
+        try:
+            save_summaries(rescue)
+            what = "the summary was written"
+        except OSError as exc:
+            message = f"{failure}; nothing could be saved in {rescue} either ({describe_os_error(exc)})"
+            raise UserError(message) from None
+    raise UserError(f"{failure}; {what} to {rescue} instead")
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     trace = read_trace(args.trace, args.format, rate=args.rate, seed=args.seed, model_filter=args.model_filter)
     options = replay_options(args, args.allocator)
     print_header(trace, options)
-    out = prepare_dir(args.out, f"{trace.name}-{os.path.basename(args.allocator).replace(':', '-')}", args.force)
-    result = _run_one(trace, options, args.quiet, args.allocator)
-    write_replay(out, result, trace.request_id)
+    stem = f"{trace.name}-{os.path.basename(args.allocator).replace(':', '-')}"
+    with open_run_dir(args.out, stem, args.force) as run:
+        out = run.path
+        result = _run_one(trace, options, args.quiet, args.allocator)
+
+        def summary_only(d: str) -> None:
+            atomic_write(os.path.join(d, "summary.json"), to_json(with_run_info(result.summary)))
+
+        save_or_rescue(out, stem, lambda d: write_replay(d, result, trace.request_id), summary_only)
     print()
     print(summary_table([result.summary]))
     print(f"\nwrote {out}/summary.json, steps.csv, requests.csv")
@@ -53,18 +87,35 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UserError("--allocators names an allocator twice")
     options = [replay_options(args, a) for a in allocators]
     print_header(trace, options[0])
-    out = prepare_dir(args.out, f"{trace.name}-compare", args.force)
-    results = []
-    for opt in options:
-        result = _run_one(trace, opt, args.quiet, opt.allocator)
-        sub = os.path.join(out, opt.allocator.replace(":", "-").replace("/", "-"))
-        os.makedirs(sub, exist_ok=True)
-        write_replay(sub, result, trace.request_id)
-        results.append(result)
-    summaries = [r.summary for r in results]
-    atomic_write(os.path.join(out, "compare.json"), to_json(summaries))
+    stem = f"{trace.name}-compare"
+    with open_run_dir(args.out, stem, args.force) as run:
+        out = run.path
+        results = []
+        for opt in options:
+            result = _run_one(trace, opt, args.quiet, opt.allocator)
+            results.append((opt.allocator.replace(":", "-").replace("/", "-"), result))
+            # each allocator's files as soon as it is done; a failure to write them is handled below, with all
+            try:
+                sub = os.path.join(out, results[-1][0])
+                os.makedirs(sub, exist_ok=True)
+                write_replay(sub, result, trace.request_id)
+            except OSError:
+                pass
+        summaries = [with_run_info(r.summary) for _, r in results]
+
+        def save(d: str) -> None:
+            for name, result in results:
+                if d != out or not os.path.exists(os.path.join(d, name, "summary.json")):
+                    os.makedirs(os.path.join(d, name), exist_ok=True)
+                    write_replay(os.path.join(d, name), result, trace.request_id)
+            atomic_write(os.path.join(d, "compare.json"), to_json(summaries))
+
+        def summaries_only(d: str) -> None:
+            atomic_write(os.path.join(d, "compare.json"), to_json(summaries))
+
+        save_or_rescue(out, stem, save, summaries_only)
     print()
-    print(summary_table(summaries))
+    print(summary_table([r.summary for _, r in results]))
     print(f"\nwrote {out}/compare.json and one directory per allocator")
     return 0
 
@@ -102,6 +153,7 @@ def cmd_allocators(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sim", description="KV-cache capacity planning for LLM serving.")
+    parser.add_argument("--version", action="version", version=f"sim (kvsim) {sim.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("replay", help="replay a trace through one KV allocator")
     add_replay_options(p)
@@ -128,16 +180,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_command(sys.argv[1:] if argv is None else argv)
     try:
-        return args.func(args)
+        with handle_signals():  # SIGTERM takes Ctrl-C's clean-up path
+            return args.func(args)
     except UserError as exc:
         print(f"sim: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("\nsim: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("\nsim: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # an output location that failed: a message, not a traceback
+        print(f"sim: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

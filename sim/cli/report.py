@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
 import shlex
 import sys
 
 from sim.cli.options import positive_float, positive_int
 from sim.errors import UserError
+from sim.records.rundir import check_writable
 
 
 def _int_list(text: str) -> list[int]:
@@ -26,6 +29,42 @@ def _int_list(text: str) -> list[int]:
 
 def _command_line() -> str:
     return "sim " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+@contextlib.contextmanager
+def _owned_data_dir(html_path: str):
+    """Create the report's data directory, lock it for this run and check it can be written; yields it."""
+    from sim.records.rundir import open_run_dir
+    from sim.report.html import data_dir_for
+
+    run = open_run_dir(data_dir_for(html_path), "report", force=True, resume=True)
+    try:
+        check_writable(os.path.dirname(os.path.abspath(html_path)))
+        yield run.path
+    finally:
+        run.close()
+
+
+def _save_or_rescue(path: str, save, save_less) -> None:
+    """save(path) (a file path); if the output location fails after the work, save under the system temp dir."""
+    from sim.records.rundir import describe_os_error, rescue_dir
+
+    try:
+        save(path)
+        return
+    except OSError as exc:
+        failure = describe_os_error(exc, path)
+    rescue = rescue_dir(os.path.splitext(os.path.basename(path))[0])
+    target = os.path.join(rescue, os.path.basename(path))
+    try:
+        save(target)
+    except OSError:
+        try:
+            save_less(target)
+        except OSError as exc:
+            message = f"{failure}; nothing could be saved in {rescue} either ({describe_os_error(exc)})"
+            raise UserError(message) from None
+    raise UserError(f"{failure}; the results were written to {target} instead")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -100,9 +139,20 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"{min(jobs, len(allocators) * len(block_sizes))} process(es)..."
     )
     status = StatusLine(enabled=False if args.quiet else None)
-    data = build_report(inputs, jobs=jobs, status=status, validation_root=args.validation_dir)
-    page_html, files = build_page(data, _command_line())
-    directory = write_outputs(output, page_html, files)
+    with _owned_data_dir(output):  # checked writable and locked before the work
+        data = build_report(inputs, jobs=jobs, status=status, validation_root=args.validation_dir)
+        page_html, files = build_page(data, _command_line())
+
+        def save(html_path: str) -> None:
+            if os.path.exists(html_path):  # never the old page beside the new data
+                os.unlink(html_path)
+            write_outputs(html_path, page_html, files)
+
+        def page_only(html_path: str) -> None:
+            write_outputs(html_path, page_html, {"report.json": files.get("report.json", "{}")})
+
+        _save_or_rescue(output, save, page_only)
+        directory = data_dir_for(output)
     print()
     gpu = base.gpu.name
     print(f"{'configuration':<28} {'capacity (req/s)':>16} {'replicas':>9} {'GPUs':>6} {'probes':>7}")
@@ -132,6 +182,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from sim.progress import StatusLine
+    from sim.records.rundir import open_run_dir
     from sim.report.html import write_outputs
     from sim.report.sweep import load_spec, run_sweep, write_table
     from sim.report.sweep_page import build_sweep_page
@@ -141,10 +192,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     use_ray = args.ray is not None
     address = args.ray if args.ray not in (None, "") else None
     status = StatusLine(enabled=False if args.quiet else None)
-    run = run_sweep(spec, out, jobs=args.jobs, use_ray=use_ray, ray_address=address, status=status, fresh=args.fresh)
-    table_path = write_table(run)
     report_path = os.path.join(out, "report.html")
-    write_outputs(report_path, build_sweep_page(run, table_path), {})
+    with open_run_dir(out, f"sweep-{spec.name}", force=False, resume=True):  # locked, writable, or exit 2
+        for stale in (os.path.join(out, spec.table), report_path):  # rewritten from the cells at the end
+            if os.path.exists(stale):
+                os.unlink(stale)
+        run = run_sweep(
+            spec, out, jobs=args.jobs, use_ray=use_ray, ray_address=address, status=status, fresh=args.fresh
+        )
+
+        def save(path: str) -> None:
+            directory = os.path.dirname(path)
+            table = write_table(dataclasses.replace(run, out=directory))
+            write_outputs(os.path.join(directory, "report.html"), build_sweep_page(run, table), {})
+
+        def table_only(path: str) -> None:
+            write_table(dataclasses.replace(run, out=os.path.dirname(path)))
+
+        _save_or_rescue(os.path.join(out, spec.table), save, table_only)
+        table_path = os.path.join(out, spec.table)
     print(
         f"{len(run.cells)} cells: {run.computed} computed on {run.engine}, {run.resumed} resumed, "
         f"in {run.wall_s:,.1f} s"

@@ -6,12 +6,10 @@ import json
 import math
 import os
 import tempfile
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sim.errors import UserError
 from sim.records.requests import requests_csv
 from sim.records.steps import steps_csv
 
@@ -21,8 +19,11 @@ if TYPE_CHECKING:
 
 def atomic_write(path: str, text: str) -> None:
     """Write to a temporary file in the same directory, then rename: readers never see half a file."""
+    from sim.workers import signals_deferred
+
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    with signals_deferred():  # an interrupt between creating the temporary file and the try would leave it behind
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
         with os.fdopen(fd, "w", newline="") as f:
             f.write(text)
@@ -30,9 +31,11 @@ def atomic_write(path: str, text: str) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, tmp):
+            raise OSError(exc.errno, exc.strerror, path) from exc  # name the file meant, not the temporary one
         raise
 
 
@@ -58,27 +61,24 @@ def to_json(data) -> str:
 
 
 def prepare_dir(out: str | None, stem: str, force: bool, root: str = "runs") -> str:
-    """The directory to write into: `out`, or a new runs/<stem>-<timestamp> directory.
+    """The directory to write into: `out`, or a new runs/<stem>-<timestamp> directory (created, not locked; a run
+    that writes results uses sim.records.rundir.open_run_dir, which also locks it)."""
+    from sim.records.rundir import open_run_dir
 
-    An existing non-empty directory is refused unless force is set.
-    """
-    if out is None:
-        base = os.path.join(root, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-        out, n = base, 1
-        while os.path.exists(out):
-            n += 1
-            out = f"{base}-{n}"
-    elif os.path.exists(out):
-        if not os.path.isdir(out):
-            raise UserError(f"--out {out} exists and is not a directory")
-        if os.listdir(out) and not force:
-            raise UserError(f"--out {out} already exists and is not empty; use --force to overwrite its files")
-    os.makedirs(out, exist_ok=True)
-    return out
+    run = open_run_dir(out, stem, force, root)
+    run.close()
+    return run.path
+
+
+def with_run_info(summary: dict) -> dict:
+    """A summary with the run's provenance (`kvsim`: version, command, created_utc) added; figures unchanged."""
+    from sim.records.rundir import run_info
+
+    return {**summary, "kvsim": run_info()}
 
 
 def write_replay(directory: str, result: ReplayResult, request_ids: list[str] | None) -> None:
     atomic_write(os.path.join(directory, "steps.csv"), steps_csv(result.steps))
     atomic_write(os.path.join(directory, "requests.csv"), requests_csv(result.requests, request_ids))
     # summary last: its presence means the run's files are complete
-    atomic_write(os.path.join(directory, "summary.json"), to_json(result.summary))
+    atomic_write(os.path.join(directory, "summary.json"), to_json(with_run_info(result.summary)))

@@ -8,6 +8,7 @@ import platform
 import sys
 
 from sim.records.io import to_json
+from sim.records.rundir import run_info
 from sim.report import charts
 from sim.report.build import ConfigResult, ReportData, model_rows
 from sim.report.capacity import memory_fractions
@@ -235,6 +236,12 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
     page = Page(title)
     slos_text = ", ".join(s.describe() for s in inp.slos)
     page.add(f"<h1>{esc(title)}</h1>")
+    info = run_info()
+    page.add(
+        f'<p class="note" id="provenance">kvsim {esc(info["version"])}, created {esc(info["created_utc"])}'
+        + (f": <code>{esc(command)}</code>" if command else "")
+        + "</p>"
+    )
     page.add(
         f'<p class="lead">How many requests per second does one {esc(gpu)} replica of '
         f"{esc(inp.base.model.name)} serve within {esc(slos_text)} on this traffic, how many GPUs serve "
@@ -403,6 +410,7 @@ def report_json(data: ReportData, command: str | None) -> dict:
     return {
         "title": inp.title,
         "command": command,
+        "kvsim": run_info(),
         "argv": sys.argv,
         "trace": {
             "path": inp.trace.path,
