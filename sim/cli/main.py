@@ -7,7 +7,6 @@ import importlib
 import os
 import sys
 
-import sim
 from sim.allocators import REGISTRY
 from sim.cli.options import add_replay_options, print_header, replay_options
 from sim.cli.tables import summary_table
@@ -16,7 +15,7 @@ from sim.hardware.gpus import GPUS
 from sim.hardware.models import MODELS
 from sim.progress import ProgressBar
 from sim.records.io import atomic_write, to_json, with_run_info, write_replay
-from sim.records.rundir import describe_os_error, open_run_dir, rescue_dir, set_command
+from sim.records.rundir import describe_os_error, kvsim_version, open_run_dir, rescue_dir, set_command
 from sim.serving.replay import ReplayOptions, replay
 from sim.traces.readers import read_trace
 from sim.units import format_bytes
@@ -153,7 +152,7 @@ def cmd_allocators(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sim", description="KV-cache capacity planning for LLM serving.")
-    parser.add_argument("--version", action="version", version=f"sim (kvsim) {sim.__version__}")
+    parser.add_argument("--version", action="version", version=f"sim (kvsim) {kvsim_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("replay", help="replay a trace through one KV allocator")
     add_replay_options(p)

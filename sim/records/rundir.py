@@ -40,13 +40,26 @@ def set_command(argv: list[str]) -> None:
     _created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def run_info() -> dict:
-    """{"version", "command", "created_utc"}: what produced a file."""
+def kvsim_version() -> str:
+    """sim.__version__ (the installed package's version)."""
     import sim
 
+    found = getattr(sim, "__version__", None)
+    if found:
+        return str(found)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kvsim")
+    except PackageNotFoundError:
+        return "0.1.0"
+
+
+def run_info() -> dict:
+    """{"version", "command", "created_utc"}: what produced a file."""
     argv = _command if _command is not None else sys.argv[1:]
     created = _created or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"version": sim.__version__, "command": "sim " + shlex.join(argv), "created_utc": created}
+    return {"version": kvsim_version(), "command": "sim " + shlex.join(argv), "created_utc": created}
 
 
 def describe_os_error(exc: OSError, path: str | None = None) -> str:
