@@ -3,8 +3,9 @@
 The simulator's engine (`sim.serving.engine`) and the GPU replay (`kernels.harness.replay`) each own a clock and call
 the same `Intake`: `take_arrivals(now)` before every iteration, `reject_head(batch)` when the scheduler returns an empty
 batch, `count_done(n)` for finished requests. A request is rejected when its prompt + output exceeds the max model
-length, when the allocator says it can never be placed, or when it cannot run even in an empty KV cache or even alone
-(the empty-batch path); the reason is recorded in the request log.
+length, when it runs as more sequences than one iteration may hold (`--max-num-seqs`), when the allocator says it can
+never be placed, or when it cannot run even in an empty KV cache or even alone (the empty-batch path); the reason is
+recorded in the request log.
 """
 
 from __future__ import annotations
@@ -73,13 +74,19 @@ class Intake:
         """Arrival time of the next request not yet handed over (seconds), None when there is none."""
         return self.arrival[self.next_index] if self.next_index < len(self.arrival) else None
 
-    def reject_reason(self, prompt: int, output: int) -> str | None:
-        """Why a request of `prompt` + `output` tokens can never be served, or None."""
+    def reject_reason(self, prompt: int, output: int, num_branches: int = 1) -> str | None:
+        """Why a request of `prompt` + `output` tokens run as `num_branches` sequences can never be served, or None."""
         if prompt + output > self.max_model_len:
             return (
                 f"prompt + output = {prompt + output:,} tokens exceeds the max model length of {self.max_model_len:,}"
             )
-        return self.scheduler.allocator.never_fits(prompt + output - 1)
+        max_num_seqs = self.scheduler.limits.max_num_seqs
+        if num_branches > max_num_seqs:
+            return (
+                f"runs as {num_branches:,} sequences (parallel samples or beams), more than --max-num-seqs "
+                f"{max_num_seqs:,} in one iteration"
+            )
+        return self.scheduler.allocator.never_fits(prompt + output - 1, prompt)
 
     def take_arrivals(self, now: float) -> None:
         """Queue (or reject) every request that arrived at or before `now`."""
@@ -90,8 +97,8 @@ class Intake:
         while self.next_index < n and arrival[self.next_index] <= now:
             i = self.next_index
             self.next_index += 1
-            p, o = int(prompt[i]), int(output[i])
-            reason = self.reject_reason(p, o)
+            p, o, n_branches = int(prompt[i]), int(output[i]), int(self.num_branches[i])
+            reason = self.reject_reason(p, o, n_branches)
             if reason is not None:
                 self.requests.rejection[i] = reason
                 self.count_done(1)
@@ -102,7 +109,7 @@ class Intake:
                     p,
                     o,
                     float(arrival[i]),
-                    num_branches=int(self.num_branches[i]),
+                    num_branches=n_branches,
                     beam=bool(self.beam[i]),
                     content=content_of(trace, i),
                 )

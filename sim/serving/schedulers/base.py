@@ -28,6 +28,7 @@ class Scheduler(Protocol):
     name: str
     fast_forward: bool  # whether it implements FastForwardScheduler
     allocator: KVAllocator
+    limits: SchedulerLimits
     waiting: deque[Request]  # requests not running, in the order they will be admitted
     num_preemptions: int
     prefill_tokens_requested: int  # tokens of every admission's prefill, before prefix-cache hits
@@ -43,6 +44,10 @@ class Scheduler(Protocol):
 
     def next_waiting_final_len(self) -> int | None:
         """Final length (tokens) of the request at the head of the queue, None when none waits."""
+        ...
+
+    def next_waiting_prefill_tokens(self) -> int | None:
+        """Tokens the request at the head of the queue prefills when admitted, None when none waits."""
         ...
 
     def schedule(self, now: float) -> Batch:
