@@ -223,7 +223,7 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
                 intake.reject_head(batch)
                 continue
             m0 = time.perf_counter()
-            mem = allocator.memory(sched.next_waiting_final_len())
+            mem = allocator.memory(sched.next_waiting_final_len(), sched.next_waiting_prefill_tokens())
             unshared = allocator.held_without_sharing()
             do_check = run.source is not None and iteration % max(1, h.check_every) == 0
             excluded += time.perf_counter() - m0

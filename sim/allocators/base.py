@@ -132,8 +132,9 @@ class KVAllocator(FastPaths, ABC):
 
     # --- admission and growth -------------------------------------------------------------------------------------
     @abstractmethod
-    def never_fits(self, final_len: int) -> str | None:
-        """Why a sequence of final_len tokens could not be placed even in an empty cache, or None if it could."""
+    def never_fits(self, final_len: int, prompt_len: int | None = None) -> str | None:
+        """Why a sequence of final_len tokens, prompt_len of them prefilled at admission (None: unknown), could not
+        be placed even in an empty cache, or None if it could."""
 
     @abstractmethod
     def can_admit(self, seq_id: int, num_tokens: int, final_len: int, content: TokenContent | None = None) -> bool:
@@ -169,9 +170,10 @@ class KVAllocator(FastPaths, ABC):
         """Where a live sequence's KV lives."""
 
     @abstractmethod
-    def memory(self, next_final_len: int | None = None) -> MemoryBreakdown:
+    def memory(self, next_final_len: int | None = None, next_prompt_len: int | None = None) -> MemoryBreakdown:
         """The five-way breakdown of capacity, in token slots. next_final_len is the final length of the request at
-        the head of the waiting queue (it decides external fragmentation), or None when nothing waits."""
+        the head of the waiting queue (it decides external fragmentation), or None when nothing waits;
+        next_prompt_len the tokens it prefills at admission (None: unknown)."""
 
     @abstractmethod
     def check(self) -> None:

@@ -23,6 +23,7 @@ class _Extent:
     held: int  # slots held (after the address-space policy's rounding)
     tokens: int
     final_len: int
+    prompt_len: int  # tokens prefilled at admission (a fork keeps its parent's): what Pow2 sizes the output from
 
 
 class ContiguousAllocator(KVAllocator):
@@ -46,12 +47,13 @@ class ContiguousAllocator(KVAllocator):
         self._held = 0
         self._unfilled = 0  # sum of (final_len - tokens): slots still to be filled
 
-    def reservation(self, final_len: int) -> int:
-        """Slots a sequence of final_len tokens asks for (before the address-space policy rounds it)."""
+    def reservation(self, final_len: int, prompt_len: int | None = None) -> int:
+        """Slots a sequence of final_len tokens, prompt_len of them prefilled at admission, asks for (before the
+        address-space policy rounds it). prompt_len None means unknown: taken as final_len (no output to come)."""
         raise NotImplementedError
 
-    def never_fits(self, final_len: int) -> str | None:
-        need = self.space.placed_size(self.reservation(final_len))
+    def never_fits(self, final_len: int, prompt_len: int | None = None) -> str | None:
+        need = self.space.placed_size(self.reservation(final_len, prompt_len))
         largest = self.space.largest_placeable()
         if need > largest:
             return (
@@ -61,7 +63,10 @@ class ContiguousAllocator(KVAllocator):
         return None
 
     def can_admit(self, seq_id: int, num_tokens: int, final_len: int, content: TokenContent | None = None) -> bool:
-        size = self.reservation(final_len)
+        return self._can_place(seq_id, num_tokens, final_len, num_tokens)
+
+    def _can_place(self, seq_id: int, num_tokens: int, final_len: int, prompt_len: int) -> bool:
+        size = self.reservation(final_len, prompt_len)
         return (
             seq_id not in self._seqs
             and 0 <= num_tokens <= final_len
@@ -70,12 +75,16 @@ class ContiguousAllocator(KVAllocator):
         )
 
     def admit(self, seq_id: int, num_tokens: int, final_len: int, content: TokenContent | None = None) -> int:
-        if not self.can_admit(seq_id, num_tokens, final_len):
+        """The num_tokens tokens placed at admission are the sequence's prompt (for Pow2's output reservation)."""
+        return self._place(seq_id, num_tokens, final_len, num_tokens)
+
+    def _place(self, seq_id: int, num_tokens: int, final_len: int, prompt_len: int) -> int:
+        if not self._can_place(seq_id, num_tokens, final_len, prompt_len):
             raise AllocationError(f"cannot admit sequence {seq_id} ({num_tokens} tokens, final {final_len})")
-        size = self.reservation(final_len)
+        size = self.reservation(final_len, prompt_len)
         start = self.space.alloc(size)
         held = self.space.placed_size(size)
-        self._seqs[seq_id] = _Extent(start, held, num_tokens, final_len)
+        self._seqs[seq_id] = _Extent(start, held, num_tokens, final_len, prompt_len)
         self._tokens += num_tokens
         self._held += held
         self._unfilled += final_len - num_tokens
@@ -130,14 +139,17 @@ class ContiguousAllocator(KVAllocator):
 
     def can_fork(self, parent_id: int, child_id: int) -> bool:
         parent = self._seqs.get(parent_id)
-        return parent is not None and self.can_admit(child_id, parent.tokens, self._child_final_len(parent))
+        return parent is not None and self._can_place(
+            child_id, parent.tokens, self._child_final_len(parent), parent.prompt_len
+        )
 
     def fork(self, parent_id: int, child_id: int) -> None:
-        """A contiguous allocator cannot share: the child gets its own reservation and a copy of the parent's KV."""
+        """A contiguous allocator cannot share: the child gets its own reservation (sized from the parent's prompt)
+        and a copy of the parent's KV."""
         if not self.can_fork(parent_id, child_id):
             raise AllocationError(f"cannot fork sequence {parent_id} into {child_id}")
         parent = self._seqs[parent_id]
-        self.admit(child_id, parent.tokens, self._child_final_len(parent))
+        self._place(child_id, parent.tokens, self._child_final_len(parent), parent.prompt_len)
 
     def num_tokens(self, seq_id: int) -> int:
         return self._seqs[seq_id].tokens
@@ -146,9 +158,11 @@ class ContiguousAllocator(KVAllocator):
         ext = self._seqs[seq_id]
         return ExtentPlacement(ext.start, ext.held)
 
-    def memory(self, next_final_len: int | None = None) -> MemoryBreakdown:
+    def memory(self, next_final_len: int | None = None, next_prompt_len: int | None = None) -> MemoryBreakdown:
         free = self.space.num_free()
-        external = 0 if next_final_len is None else self.space.unusable_free(self.reservation(next_final_len))
+        external = (
+            0 if next_final_len is None else self.space.unusable_free(self.reservation(next_final_len, next_prompt_len))
+        )
         return MemoryBreakdown(
             token_states=self._tokens,
             reserved=self._unfilled,
@@ -169,7 +183,9 @@ class ContiguousAllocator(KVAllocator):
         assert self._unfilled == sum(max(0, e.final_len - e.tokens) for e in self._seqs.values())
         assert self._held + self.space.num_free() == self.capacity_tokens, "held + free != capacity"
 
-    def plan_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
+    def plan_decode(
+        self, seq_ids: list[int], max_rounds: int, next_final_len: int | None, next_prompt_len: int | None = None
+    ) -> DecodePlan | None:
         """Reservations never change during decode: only token counts move (exact, see KVAllocator.plan_decode)."""
         if max_rounds <= 0 or len(seq_ids) != len(self._seqs):
             return None
@@ -184,7 +200,7 @@ class ContiguousAllocator(KVAllocator):
         final = np.fromiter((e.final_len for e in exts), np.int64, n)
         unfilled = np.maximum(final[:, None] - (t[:, None] + r[None, :]), 0).sum(axis=0)
         tokens = self._tokens + n * r
-        base = self.memory(next_final_len)
+        base = self.memory(next_final_len, next_prompt_len)
         ones = np.ones(rounds, dtype=np.int64)
         return DecodePlan(
             seq_ids=list(seq_ids),
@@ -211,21 +227,28 @@ class ContiguousMax(ContiguousAllocator):
     name = "contiguous-max"
     description = "reserves max-model-length slots per sequence (FasterTransformer / Orca 'Max')"
 
-    def reservation(self, final_len: int) -> int:
+    def reservation(self, final_len: int, prompt_len: int | None = None) -> int:
         return max(self.max_model_len, final_len)
 
 
 class ContiguousPow2(ContiguousAllocator):
-    name = "contiguous-pow2"
-    description = "reserves the next power of two >= the final length (Orca 'Pow2')"
+    """Orca 'Pow2' as the vLLM paper (Kwon et al., SOSP 2023, section 6.1) defines it: the prompt plus the next power
+    of two >= the output length ("if the true output length is 25, it reserves 32 positions for outputs"), so the
+    space for outputs is over-reserved by at most 2x. The output length of a sequence of final_len KV tokens whose
+    first prompt_len tokens are prefilled at admission is final_len - prompt_len + 1 (the last output token's KV is
+    never written; see README "How a replay works")."""
 
-    def reservation(self, final_len: int) -> int:
-        return next_power_of_two(final_len)
+    name = "contiguous-pow2"
+    description = "reserves the prompt + the next power of two >= the output length (Orca 'Pow2', vLLM paper)"
+
+    def reservation(self, final_len: int, prompt_len: int | None = None) -> int:
+        prompt = final_len if prompt_len is None else max(0, min(prompt_len, final_len))
+        return prompt + next_power_of_two(final_len - prompt + 1)
 
 
 class ContiguousOracle(ContiguousAllocator):
     name = "contiguous-oracle"
     description = "reserves exactly the final length, known up front (Orca 'Oracle')"
 
-    def reservation(self, final_len: int) -> int:
+    def reservation(self, final_len: int, prompt_len: int | None = None) -> int:
         return max(1, final_len)

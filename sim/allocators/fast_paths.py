@@ -153,13 +153,16 @@ class FastPaths(Protocol):
         `round_crossers` returns a list: the property machine checks the crossers against it."""
         raise NotImplementedError(f"{type(self).__name__} does not count blocks per append")
 
-    def plan_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
+    def plan_decode(
+        self, seq_ids: list[int], max_rounds: int, next_final_len: int | None, next_prompt_len: int | None = None
+    ) -> DecodePlan | None:
         """Plan up to max_rounds rounds of appending one token to each of seq_ids (every live sequence, in the
         scheduler's order), stopping before the first round in which any append would fail or copy a block. Returns
         None when the allocator cannot plan (the default; the engine then runs step by step).
 
         Must equal: applying the plan leaves the allocator exactly as the same appends made one by one would, and
-        the plan's arrays equal what memory(next_final_len) and held_without_sharing() report after each round.
+        the plan's arrays equal what memory(next_final_len, next_prompt_len) and held_without_sharing() report
+        after each round.
         Proof: the `decode_rounds` rule of the property machine (test_allocator_invariants)."""
         return None
 
@@ -170,14 +173,16 @@ class FastPaths(Protocol):
         machine (test_allocator_invariants) applies a random number of rounds and compares with a copy."""
         raise NotImplementedError(f"{type(self).__name__} makes no decode plans")
 
-    def run_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
+    def run_decode(
+        self, seq_ids: list[int], max_rounds: int, next_final_len: int | None, next_prompt_len: int | None = None
+    ) -> DecodePlan | None:
         """plan_decode, then apply_decode of all the planned rounds: returns the plan carried out (its rounds may be
         0), or None when the allocator cannot plan (nothing changes). Allocators may do both in one pass.
 
         Must equal: plan_decode then apply_decode (the default), figure for figure. Proof: the `run_decode` rule of
         the property machine (test_allocator_invariants), and the engine tests named in the module docstring, which
         replay whole traces with the engine's fast-forward (this hook) and without it."""
-        plan = self.plan_decode(seq_ids, max_rounds, next_final_len)
+        plan = self.plan_decode(seq_ids, max_rounds, next_final_len, next_prompt_len)
         if plan is not None and plan.rounds:
             self.apply_decode(plan, plan.rounds)
         return plan

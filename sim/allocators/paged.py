@@ -232,7 +232,7 @@ class PagedAllocator(KVAllocator):
                 self.fill[block] = 0
 
     # --- the interface --------------------------------------------------------------------------------------------
-    def never_fits(self, final_len: int) -> str | None:
+    def never_fits(self, final_len: int, prompt_len: int | None = None) -> str | None:
         need = ceil_div(final_len, self.block_size)
         if need > self.num_blocks:
             return f"needs {need:,} blocks; the KV cache has {self.num_blocks:,}"
@@ -646,7 +646,9 @@ class PagedAllocator(KVAllocator):
         return ops
 
     # --- fast-forward: many rounds of decode at once (exactly as the appends one by one) ----------------------------
-    def plan_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
+    def plan_decode(
+        self, seq_ids: list[int], max_rounds: int, next_final_len: int | None, next_prompt_len: int | None = None
+    ) -> DecodePlan | None:
         if max_rounds <= 0 or len(seq_ids) != len(self._seqs):
             return None
         seqs = [self._seqs.get(i) for i in seq_ids]
@@ -678,10 +680,12 @@ class PagedAllocator(KVAllocator):
             unshared=(self._logical_blocks + new_blocks) * bs,
         )
 
-    def run_decode(self, seq_ids: list[int], max_rounds: int, next_final_len: int | None) -> DecodePlan | None:
+    def run_decode(
+        self, seq_ids: list[int], max_rounds: int, next_final_len: int | None, next_prompt_len: int | None = None
+    ) -> DecodePlan | None:
         """plan_decode and apply_decode in one pass over the rounds (live order, no forked sequence), else both."""
         if max_rounds <= 0 or self._forked or seq_ids != list(self._seqs):
-            return super().run_decode(seq_ids, max_rounds, next_final_len)
+            return super().run_decode(seq_ids, max_rounds, next_final_len, next_prompt_len)
         bs, n = self.block_size, len(seq_ids)
         held0, tokens0, free0, logical0 = (
             self._held_blocks,
@@ -756,7 +760,7 @@ class PagedAllocator(KVAllocator):
     def _reserved(self) -> int:
         return self._res_sum + (self._reserved_scan(self._forked.values()) if self._forked else 0)
 
-    def memory(self, next_final_len: int | None = None) -> MemoryBreakdown:
+    def memory(self, next_final_len: int | None = None, next_prompt_len: int | None = None) -> MemoryBreakdown:
         held = self._held_blocks * self.block_size
         reserved = self._reserved()
         return MemoryBreakdown(

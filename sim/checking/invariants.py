@@ -233,11 +233,12 @@ def check_all(alloc, model: Model, memory: SimMemory, expectation, ck: Checker) 
                 f"blocks, or free blocks x {bs} != free slots {mem.free}",
             )
     for probe in sorted({1, bs + 1, cap // 2 + 1, cap}):
-        m = call(alloc.memory, probe)
+        prompt = probe // 2  # a request prefilling half its final length (Pow2 sizes the rest)
+        m = call(alloc.memory, probe, prompt)
         if m.total != cap or m.free + m.external_fragmentation != mem.free + mem.external_fragmentation:
-            ck.fail("conservation", f"memory(next_final_len={probe}) = {m.as_dict()} does not conserve capacity")
+            ck.fail("conservation", f"memory({probe}, {prompt}) = {m.as_dict()} does not conserve capacity")
         if expectation is not None and expectation.applies(model) and ck.on("capacity"):
-            want = expectation.external(probe)
+            want = expectation.external(probe, prompt)
             if m.external_fragmentation != want:
                 ck.fail(
                     "capacity",

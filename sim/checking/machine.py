@@ -158,19 +158,19 @@ class AllocatorMachine(RuleBasedStateMachine):
             want = self.expect.admit_ok(m, num_tokens, final_len, seq_id, content)
             if want is not None and ok != want:
                 ck.fail("capacity", f"can_admit({seq_id}, {num_tokens}, {final_len}) = {ok}; the policy says {want}")
-            want_extent = self.expect.expected_extent(m, final_len)
+            want_extent = self.expect.expected_extent(m, final_len, num_tokens)
         if not m.live and 0 <= num_tokens <= final_len:
-            reason = call(a.never_fits, final_len)
-            if self._expecting() and (reason is not None) != self.expect.never_fits(final_len):
+            reason = call(a.never_fits, final_len, num_tokens)
+            if self._expecting() and (reason is not None) != self.expect.never_fits(final_len, num_tokens):
                 ck.fail(
                     "capacity",
-                    f"never_fits({final_len}) = {reason!r}; the policy says it "
-                    f"{'never fits' if self.expect.never_fits(final_len) else 'fits'}",
+                    f"never_fits({final_len}, {num_tokens}) = {reason!r}; the policy says it "
+                    f"{'never fits' if self.expect.never_fits(final_len, num_tokens) else 'fits'}",
                 )
             if reason is None and not ok:  # the engine relies on this: what never_fits accepts, an empty cache admits
                 ck.fail(
                     "honesty",
-                    f"in an empty cache never_fits({final_len}) = None (it fits) but "
+                    f"in an empty cache never_fits({final_len}, {num_tokens}) = None (it fits) but "
                     f"can_admit({seq_id}, {num_tokens}, {final_len}) = False",
                 )
         before = snapshot(a, m)
@@ -196,7 +196,7 @@ class AllocatorMachine(RuleBasedStateMachine):
                     f"{p.start + p.length}); the policy places it at [{want_extent[0]}, "
                     f"{want_extent[0] + want_extent[1]})",
                 )
-            self.expect.on_admit(seq_id, (p.start, p.length))
+            self.expect.on_admit(seq_id, (p.start, p.length), num_tokens)
         if hits is None:
             hits = 0
         if not isinstance(hits, int) or not 0 <= hits <= num_tokens:
@@ -356,7 +356,7 @@ class AllocatorMachine(RuleBasedStateMachine):
                     f"fork child {child} placed at [{cp.start}, {cp.start + cp.length}); the policy "
                     f"places it at [{want_extent[0]}, {want_extent[0] + want_extent[1]})",
                 )
-            self.expect.on_admit(child, (cp.start, cp.length))
+            self.expect.on_admit(child, (cp.start, cp.length), self.expect.prompt_of(parent))
         if isinstance(cp, ExtentPlacement):  # a contiguous fork copies into the child's own reservation
             for pos in range(s.tokens):
                 self.memory[cp.slot(pos)] = self.memory.get(pp.slot(pos))
@@ -374,13 +374,16 @@ class AllocatorMachine(RuleBasedStateMachine):
         apply=st.integers(0, 12),
         reverse=st.booleans(),
         next_final_len=st.none() | st.integers(1, 40),
+        next_prompt_len=st.integers(0, 40),
     )
-    def decode_rounds(self, max_rounds: int, apply: int, reverse: bool, next_final_len: int | None) -> None:
+    def decode_rounds(
+        self, max_rounds: int, apply: int, reverse: bool, next_final_len: int | None, next_prompt_len: int
+    ) -> None:
         """Fast-forward: plan up to max_rounds rounds of one token per live sequence, check the plan against the
         same appends made one by one on a copy, apply min(apply, planned) rounds, compare the two allocators."""
         a, m, ck = self.alloc, self.model, self.ck
         ids = sorted(m.live, reverse=reverse)
-        plan = call(a.plan_decode, ids, max_rounds, next_final_len)
+        plan = call(a.plan_decode, ids, max_rounds, next_final_len, next_prompt_len)
         if plan is None:
             return
         if not 0 <= plan.rounds <= max_rounds or list(plan.seq_ids) != ids:
@@ -400,7 +403,7 @@ class AllocatorMachine(RuleBasedStateMachine):
                 ref.append(sid, 1)
             if ref.take_copy_ops():
                 ck.fail("decode-plan", f"round {r + 1} of the plan copies a block (copy-on-write)")
-            mem = ref.memory(next_final_len).as_dict()
+            mem = ref.memory(next_final_len, next_prompt_len).as_dict()
             planned = {c: int(getattr(plan, c)[r]) for c in mem}
             if planned != mem:
                 ck.fail("decode-plan", f"after round {r + 1}, plan says {planned}; appends one by one give {mem}")

@@ -212,7 +212,7 @@ class PagedExpectation:
     def free_blocks(self, model: Model) -> int:
         return self.num_blocks - len(self._refs(model))
 
-    def never_fits(self, final_len: int) -> bool:
+    def never_fits(self, final_len: int, prompt_len: int | None = None) -> bool:
         return ceil_div(final_len, self.block_size) > self.num_blocks
 
     def admit_ok(
@@ -258,22 +258,27 @@ class PagedExpectation:
     def fork_extent(self, model: Model, parent: SeqModel) -> tuple[int, int] | None:
         return None
 
-    def expected_extent(self, model: Model, final_len: int) -> tuple[int, int] | None:
+    def expected_extent(self, model: Model, final_len: int, prompt_len: int | None = None) -> tuple[int, int] | None:
         return None
 
-    def on_admit(self, seq_id: int, extent) -> None:
+    def prompt_of(self, seq_id: int) -> int | None:
+        return None
+
+    def on_admit(self, seq_id: int, extent, prompt_len: int | None = None) -> None:
         pass
 
     def on_free(self, seq_id: int) -> None:
         pass
 
-    def external(self, final_len: int) -> int:
+    def external(self, final_len: int, prompt_len: int | None = None) -> int:
         return 0
 
 
 class ContiguousExpectation:
     """A contiguous allocator over a buddy or first-fit space. Reservation sizes come from the named policy (Max:
-    max(max_model_len, final), Pow2: next power of two, Oracle: max(1, final)); the buddy space rounds to a power of
+    max(max_model_len, final), Pow2: the prompt + the next power of two >= the output length, as the vLLM paper
+    defines Orca Pow2, where the prompt is the tokens placed at admission (a fork keeps its parent's) and the output
+    length final - prompt + 1; Oracle: max(1, final)); the buddy space rounds to a power of
     two and places at the lowest address of the smallest free block that fits; first-fit places at the lowest free
     run that fits. The expectation tracks its own extents, so free space is derived independently."""
 
@@ -284,18 +289,21 @@ class ContiguousExpectation:
         self.max_model_len = max_model_len
         self._reservation = reservation  # the allocator's own, for families the model does not know
         self.extents: dict[int, tuple[int, int]] = {}  # seq -> (start, placed size)
+        self.prompts: dict[int, int] = {}  # seq -> tokens placed at its admission (a fork: its parent's)
 
     def applies(self, model: Model) -> bool:
         return True
 
-    def reservation(self, final_len: int) -> int:
+    def reservation(self, final_len: int, prompt_len: int | None = None) -> int:
         if self.policy_name == "contiguous-max":
             return max(self.max_model_len, final_len)
         if self.policy_name == "contiguous-pow2":
-            return next_pow2(final_len)
+            prompt = final_len if prompt_len is None else max(0, min(prompt_len, final_len))
+            output = final_len - prompt + 1  # the last output token's KV is never written
+            return prompt + next_pow2(output)
         if self.policy_name == "contiguous-oracle":
             return max(1, final_len)
-        return self._reservation(final_len)
+        return self._reservation(final_len, prompt_len)
 
     def placed(self, size: int) -> int:
         return next_pow2(size) if self.address_space == "buddy" else size
@@ -309,11 +317,11 @@ class ContiguousExpectation:
     def largest(self) -> int:
         return buddy_regions(self.capacity)[0][1] if self.address_space == "buddy" else self.capacity
 
-    def never_fits(self, final_len: int) -> bool:
-        return self.placed(self.reservation(final_len)) > self.largest()
+    def never_fits(self, final_len: int, prompt_len: int | None = None) -> bool:
+        return self.placed(self.reservation(final_len, prompt_len)) > self.largest()
 
-    def expected_extent(self, model: Model, final_len: int) -> tuple[int, int] | None:
-        need = self.placed(self.reservation(final_len))
+    def expected_extent(self, model: Model, final_len: int, prompt_len: int | None = None) -> tuple[int, int] | None:
+        need = self.placed(self.reservation(final_len, prompt_len))
         fits = [(start, n) for start, n in self.free_pieces() if n >= need]
         if not fits:
             return None
@@ -326,9 +334,11 @@ class ContiguousExpectation:
     def admit_ok(
         self, model: Model, num_tokens: int, final_len: int, seq_id: int = 0, content: TokenContent | None = None
     ) -> bool | None:
-        need = self.placed(self.reservation(final_len))
+        need = self.placed(self.reservation(final_len, num_tokens))
         return (
-            0 <= num_tokens <= final_len and num_tokens <= need and self.expected_extent(model, final_len) is not None
+            0 <= num_tokens <= final_len
+            and num_tokens <= need
+            and self.expected_extent(model, final_len, num_tokens) is not None
         )
 
     def append_ok(self, model: Model, seq: SeqModel, n: int) -> bool:
@@ -336,19 +346,24 @@ class ContiguousExpectation:
 
     def fork_extent(self, model: Model, parent: SeqModel) -> tuple[int, int] | None:
         """A fork copies the parent into a reservation of its own, sized for all of the parent's tokens."""
-        return self.expected_extent(model, max(parent.final_len, parent.tokens))
+        return self.expected_extent(model, max(parent.final_len, parent.tokens), self.prompts[parent.seq_id])
 
     def fork_ok(self, model: Model, parent: SeqModel) -> bool:
         return self.fork_extent(model, parent) is not None
 
-    def on_admit(self, seq_id: int, extent: tuple[int, int]) -> None:
+    def prompt_of(self, seq_id: int) -> int | None:
+        return self.prompts.get(seq_id)
+
+    def on_admit(self, seq_id: int, extent: tuple[int, int], prompt_len: int | None = None) -> None:
         self.extents[seq_id] = extent
+        self.prompts[seq_id] = prompt_len
 
     def on_free(self, seq_id: int) -> None:
         del self.extents[seq_id]
+        del self.prompts[seq_id]
 
-    def external(self, final_len: int) -> int:
-        need = self.placed(self.reservation(final_len))
+    def external(self, final_len: int, prompt_len: int | None = None) -> int:
+        need = self.placed(self.reservation(final_len, prompt_len))
         return sum(n for _, n in self.free_pieces() if n < need)
 
 

@@ -36,7 +36,7 @@ MUTANTS: list[Mutant] = [
         "ContiguousPow2.reservation",
         "next_power_of_two(...)",
         "next_power_of_two({0} - 1)",
-        "Pow2 reserves the power of two of final_len - 1 (too small when final_len is 2^k + 1)",
+        "Pow2 sizes its output reservation from one token fewer (one power of two short at 2^k + 1 outputs)",
     ),
     # --- buddy address space ---------------------------------------------------------------------------------------
     Mutant(

@@ -109,7 +109,7 @@ class Engine:
             if not batch:
                 intake.reject_head(batch)
                 continue
-            mem = alloc.memory(sched.next_waiting_final_len())
+            mem = alloc.memory(sched.next_waiting_final_len(), sched.next_waiting_prefill_tokens())
             unshared = alloc.held_without_sharing()
             duration = self.cost_model.step_time(batch)
             now = start + duration  # as simpy's timeout would add it
@@ -175,7 +175,9 @@ class Engine:
         durations, ends = self._stretch_times(n, alloc.total_tokens(seq_ids) + n, rounds, now)
         if len(durations) < 2:
             return 0, now
-        plan = alloc.run_decode(seq_ids, len(durations), sched.next_waiting_final_len())
+        plan = alloc.run_decode(
+            seq_ids, len(durations), sched.next_waiting_final_len(), sched.next_waiting_prefill_tokens()
+        )
         if plan is None or plan.rounds == 0:
             return 0, now
         rounds = plan.rounds

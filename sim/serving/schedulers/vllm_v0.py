@@ -76,6 +76,9 @@ class VllmV0Scheduler:
     def next_waiting_final_len(self) -> int | None:
         return self.waiting[0].final_len if self.waiting else None
 
+    def next_waiting_prefill_tokens(self) -> int | None:
+        return self.waiting[0].prefill_tokens if self.waiting else None
+
     def generated(self, request: Request) -> int:
         """Output tokens a request has emitted so far (by each branch)."""
         return request.gen_base + self.round if request in self.running else request.generated

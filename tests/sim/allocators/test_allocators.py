@@ -94,8 +94,8 @@ def test_contiguous_never_fits():
     a = ContiguousMax(4, 4, 32)  # 16 slots but reserves 32
     assert "32" in a.never_fits(5)
     b = ContiguousPow2(6, 4, 100)  # 24 slots: buddy regions 16 + 8
-    assert b.never_fits(16) is None
-    assert b.never_fits(17) is not None  # rounds to 32
+    assert b.never_fits(15, 14) is None  # prompt 14 + 2 outputs: 14 + 2 = 16 slots
+    assert b.never_fits(15, 13) is not None  # prompt 13 + 3 outputs: 13 + 4 = 17, which the buddy rounds to 32
 
 
 def test_operations_on_unknown_sequences_fail_cleanly():

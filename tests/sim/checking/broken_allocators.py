@@ -22,7 +22,7 @@ class ToyPaged(KVAllocator):
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
 
-    def never_fits(self, final_len: int) -> str | None:
+    def never_fits(self, final_len: int, prompt_len: int | None = None) -> str | None:
         return "too long" if self.blocks_for(final_len) > self.num_blocks else None
 
     def can_admit(self, seq_id, num_tokens, final_len, content=None) -> bool:
@@ -63,7 +63,7 @@ class ToyPaged(KVAllocator):
     def placement(self, seq_id) -> BlockTablePlacement:
         return BlockTablePlacement(self.block_size, tuple(self._seqs[seq_id][0]))
 
-    def memory(self, next_final_len=None) -> MemoryBreakdown:
+    def memory(self, next_final_len=None, next_prompt_len=None) -> MemoryBreakdown:
         tokens = sum(t for _, (t, _) in self._seqs.values())
         held = sum(len(table) for table, _ in self._seqs.values()) * self.block_size
         reserved = sum(max(0, min(len(table) * self.block_size, f) - t) for table, (t, f) in self._seqs.values())
