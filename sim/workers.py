@@ -102,13 +102,22 @@ def _die_with_parent(parent: int) -> None:
 def _worker_setup(parent: int, initializer, initargs: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the parent's handler
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by _Pool.submit's fork
     _die_with_parent(parent)
     if initializer is not None:
         initializer(*initargs)
 
 
+class _Pool(ProcessPoolExecutor):
+    def submit(self, *args, **kwargs):
+        # submit() forks the workers: a Ctrl-C landing in a child before it ignores SIGINT would run the parent's
+        # handler there (a stray traceback); held back, it is dropped once the child ignores it
+        with signals_deferred():
+            return super().submit(*args, **kwargs)
+
+
 def worker_pool(max_workers: int, initializer=None, initargs: tuple = ()) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(
+    return _Pool(
         max_workers=max_workers,
         mp_context=pool_context(),
         initializer=_worker_setup,
