@@ -166,7 +166,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if rec is not None:
         print(f"\nrecommendation: {rec.gpus} x {gpu} ({rec.replicas} replica(s) of {rec.label}) for {target:g} req/s")
     else:
-        print("\nno configuration meets the SLOs at any rate probed")
+        print("\nno configuration meets the SLOs at any rate probed (exit status 1; the report is written)")
     print(f"{data.probes_run} replays in {data.wall_s:,.1f} s")
     size = os.path.getsize(output)
     data = os.path.join(os.path.dirname(output), os.path.basename(directory))
@@ -177,7 +177,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         screenshot(output, args.screenshot, height=args.screenshot_height)
         print(f"wrote {args.screenshot}")
     assert data_dir_for(output) == directory
-    return 0
+    return 0 if rec is not None else 1  # 1: nothing meets the SLOs (the report is still written)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -232,6 +232,8 @@ def register(sub) -> None:
         "scaled) at which every SLO holds, found by bracketing and bisection; the "
         "replicas and GPUs the target rate needs; charts; one self-contained HTML file "
         "with its data beside it (<name>-data/).",
+        epilog="Exit status: 0 when a configuration meets the SLOs; 1 when none does at any rate probed (the report "
+        "is still written); 2 on bad input.",
     )
     add_replay_options(p)
     p.add_argument(
@@ -276,6 +278,13 @@ def register(sub) -> None:
     p.add_argument(
         "-o", "--output", metavar="HTML", help="report file (default: report.html; or --out DIR/report.html)"
     )
+    for action in p._actions:  # the shared replay options describe --out/--force for a run directory
+        if action.dest == "out":
+            action.metavar = "DIR"
+            action.help = "write the report to DIR/report.html (its data to DIR/report-data/) unless -o is given"
+        elif action.dest == "force":
+            action.help = "overwrite an existing report file"
+
     p.add_argument("--title", help="the report's title")
     p.add_argument(
         "--validation-dir",

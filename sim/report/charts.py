@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 from sim.allocators.base import MEMORY_CATEGORIES
 from sim.report.build import ConfigResult
 from sim.report.capacity import QUANTILE_LEVELS
-from sim.report.slo import SLO
+from sim.report.slo import SLO, display_unit, format_seconds
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 MEMORY_COLORS = {
@@ -180,7 +180,7 @@ def timeline_chart(results: list[ConfigResult]):
 
 def rate_chart(results: list[ConfigResult], slos: list[SLO]):
     """Throughput and goodput, then one panel per SLO, against the arrival rate; SLO lines and capacities marked."""
-    titles = ["throughput and goodput (req/s)"] + [f"{s.name} (s)" for s in slos]
+    titles = ["throughput and goodput (req/s)"] + [f"{s.name} ({display_unit(s.metric)[0]})" for s in slos]
     n = len(titles)
     cols = 2 if n > 1 else 1
     nrows = math.ceil(n / cols)
@@ -222,7 +222,8 @@ def rate_chart(results: list[ConfigResult], slos: list[SLO]):
             col=1,
         )
         for k, s in enumerate(slos, start=1):
-            ys = [p.slo_values.get(s.name) for p in r.probes]
+            scale = display_unit(s.metric)[1]
+            ys = [None if (v := p.slo_values.get(s.name)) is None else v * scale for p in r.probes]
             fig.add_trace(
                 go.Scatter(
                     x=rates,
@@ -259,19 +260,28 @@ def rate_chart(results: list[ConfigResult], slos: list[SLO]):
                     x=r.capacity_rps, line=dict(color=color(i), dash="dash", width=1), row=pos[k][0], col=pos[k][1]
                 )
     for k, s in enumerate(slos, start=1):
-        fig.add_hline(
-            y=s.threshold_s,
-            line=dict(color="black", dash="dot", width=1.5),
-            row=pos[k][0],
-            col=pos[k][1],
-            annotation_text=f"SLO {s.threshold_s:g} s",
-            annotation_position="top left",
-        )
+        scale = display_unit(s.metric)[1]
+        threshold = s.threshold_s * scale
         values = [v for r in results for p in r.probes if (v := p.slo_values.get(s.name))] + [s.threshold_s]
-        if max(values) / min(values) > 20:  # queueing delays span decades: log; otherwise linear from 0
+        log = max(values) / min(values) > 20  # queueing delays span decades: log; otherwise linear from 0
+        # The axis type is set before the SLO line and its label: plotly.js reads an annotation's y on a log axis
+        # as log10 of the value (shapes take the value itself), so the label's y is given in the axis's own units.
+        if log:
             fig.update_yaxes(type="log", row=pos[k][0], col=pos[k][1])
         else:
             fig.update_yaxes(rangemode="tozero", row=pos[k][0], col=pos[k][1])
+        fig.add_hline(y=threshold, line=dict(color="black", dash="dot", width=1.5), row=pos[k][0], col=pos[k][1])
+        fig.add_annotation(
+            text=f"SLO {format_seconds(s.threshold_s)}",
+            x=0,
+            xref="x domain",
+            xanchor="left",
+            y=math.log10(threshold) if log else threshold,
+            yanchor="bottom",
+            showarrow=False,
+            row=pos[k][0],
+            col=pos[k][1],
+        )
     for k in range(n):
         fig.update_xaxes(title_text="arrival rate (req/s)", type="log", row=pos[k][0], col=pos[k][1])
     apply_layout(
@@ -286,7 +296,10 @@ def rate_chart(results: list[ConfigResult], slos: list[SLO]):
 def latency_chart(results: list[ConfigResult], slos: list[SLO]):
     metrics = [m for m in ("ttft", "tpot", "e2e") if any(s.metric == m for s in slos)] or ["ttft", "tpot"]
     fig = make_subplots(
-        rows=1, cols=len(metrics), subplot_titles=[f"{METRIC_LABELS[m]} (s)" for m in metrics], horizontal_spacing=0.08
+        rows=1,
+        cols=len(metrics),
+        subplot_titles=[f"{METRIC_LABELS[m]} ({display_unit(m)[0]})" for m in metrics],
+        horizontal_spacing=0.08,
     )
     rows = []
     levels = [float(x) / 100 for x in QUANTILE_LEVELS]
@@ -298,7 +311,7 @@ def latency_chart(results: list[ConfigResult], slos: list[SLO]):
                 continue
             fig.add_trace(
                 go.Scatter(
-                    x=q,
+                    x=[v * display_unit(m)[1] for v in q],
                     y=levels[: len(q)],
                     mode="lines",
                     name=f"{r.label} @ {p.rate:.3g} req/s",
@@ -316,8 +329,9 @@ def latency_chart(results: list[ConfigResult], slos: list[SLO]):
     for k, m in enumerate(metrics, start=1):
         for s in slos:
             if s.metric == m:
-                fig.add_vline(x=s.threshold_s, line=dict(color="black", dash="dot"), row=1, col=k)
-        fig.update_xaxes(type="log", title_text="seconds (log)", row=1, col=k)
+                fig.add_vline(x=s.threshold_s * display_unit(m)[1], line=dict(color="black", dash="dot"), row=1, col=k)
+        unit = "milliseconds" if display_unit(m)[0] == "ms" else "seconds"
+        fig.update_xaxes(type="log", title_text=f"{unit} (log)", row=1, col=k)
         fig.update_yaxes(range=[0, 1.02], row=1, col=k)
     fig.update_yaxes(title_text="fraction of completed requests <= x", row=1, col=1)
     apply_layout(

@@ -29,6 +29,8 @@ p.lead { font-size: 1.08em; }
 .answer { background: #eef6ee; border-left: 4px solid #2ca02c; padding: 12px 16px; margin: 16px 0; font-size: 1.08em; }
 .warn { background: #fff5e6; border-left: 4px solid #ff7f0e; padding: 8px 14px; margin: 10px 0; }
 table { border-collapse: collapse; margin: 10px 0; font-size: 0.92em; }
+.table-wrap { max-width: 100%; overflow-x: auto; }
+.table-wrap th { white-space: normal; overflow-wrap: anywhere; }
 th, td { border: 1px solid #ddd; padding: 4px 9px; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -90,7 +92,11 @@ def table(
 ) -> str:
     """An HTML table; cells are escaped text, except values wrapped in Raw."""
     numeric = numeric or set()
-    out = ["<table><thead><tr>", "".join(f"<th>{esc(h)}</th>" for h in headers), "</tr></thead><tbody>"]
+    out = [
+        '<div class="table-wrap"><table><thead><tr>',
+        "".join(f"<th>{esc(h)}</th>" for h in headers),
+        "</tr></thead><tbody>",
+    ]
     for k, row in enumerate(rows):
         cls = f' class="{row_classes[k]}"' if row_classes and row_classes[k] else ""
         out.append(f"<tr{cls}>")
@@ -98,7 +104,7 @@ def table(
             text = cell.html if isinstance(cell, Raw) else esc(cell)
             out.append(f'<td class="num">{text}</td>' if i in numeric else f"<td>{text}</td>")
         out.append("</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 

@@ -13,7 +13,7 @@ from sim.report import charts
 from sim.report.build import ConfigResult, ReportData, model_rows
 from sim.report.capacity import memory_fractions
 from sim.report.html import Page, esc, rows_to_csv, table
-from sim.report.slo import format_seconds, per_request_thresholds
+from sim.report.slo import display_unit, format_seconds, per_request_thresholds
 from sim.units import format_bytes
 
 SEARCH_TEXT = (
@@ -36,6 +36,14 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _slo_header(slo) -> str:
+    return f"{slo.name} ({display_unit(slo.metric)[0]})"
+
+
+def _slo_value(slo, seconds) -> str:
+    return _num(None if seconds is None else seconds * display_unit(slo.metric)[1])
+
+
 def _gpus_text(r: ConfigResult, gpu: str) -> str:
     return "not attainable" if r.gpus is None else f"{r.gpus} x {gpu}"
 
@@ -48,7 +56,7 @@ def answer_text(data: ReportData) -> str:
     if rec is None:
         return (
             f"No configuration meets {esc(slos)} at any rate probed: the SLOs are not attainable on {esc(gpu)} "
-            f"for this traffic (see the probes below)."
+            f"for this traffic (see the probes below)." + rejected_text(data)
         )
     replica = f"{tp} GPUs" if tp > 1 else f"1 {esc(gpu)}"
     parts = [
@@ -66,7 +74,25 @@ def answer_text(data: ReportData) -> str:
             else:
                 bits.append(f"{esc(r.label)}: {r.gpus} GPUs ({r.capacity_rps:.3g} req/s per replica)")
         parts.append(" Other configurations: " + "; ".join(bits) + ".")
+    parts.append(rejected_text(data))
     return "".join(parts)
+
+
+def rejected_text(data: ReportData) -> str:
+    """The headline's sentence on rejected requests: how many of the trace's requests were never served (at the
+    recommendation's operating point, or at each configuration's when none is recommended)."""
+    results = [data.recommendation] if data.recommendation is not None else data.results
+    counts = sorted({r.operating_point.summary["requests"]["rejected"] for r in results if r.probes})
+    total = next((r.operating_point.summary["requests"]["total"] for r in results if r.probes), None)
+    if not counts or total is None:
+        return ""
+    n = counts[0] if len(counts) == 1 else None
+    how_many = f"{n:,}" if n is not None else f"{counts[0]:,} to {counts[-1]:,}"
+    share = f" ({100 * n / total:.1f}%)" if n is not None and total else ""
+    return (
+        f" <b>{how_many} of {total:,} requests{share} were rejected</b> (longer than the max model length of "
+        f"{data.inputs.base.model.max_model_len:,} tokens, or never placeable) and are left out of every figure."
+    )
 
 
 def result_rows(data: ReportData) -> list[dict]:
@@ -278,7 +304,7 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
             "goodput (req/s)",
             "throughput (req/s)",
         ]
-        + [f"{n} (s)" for n in slo_names]
+        + [_slo_header(s) for s in inp.slos]
         + ["mean batch", "preemptions", "KV blocks"]
     )
     rows, classes = [], []
@@ -297,7 +323,7 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
                 _num(p.goodput_rps),
                 _num(s["throughput"]["requests_per_s"]),
             ]
-            + [_num(p.slo_values.get(n)) for n in slo_names]
+            + [_slo_value(x, p.slo_values.get(x.name)) for x in inp.slos]
             + [f"{s['batch_size']['mean']:.1f}", f"{s['requests']['preemptions']:,}", f"{r.kv_blocks:,}"]
         )
         classes.append("best" if r is data.recommendation else "")
@@ -374,7 +400,7 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
             s = p.summary
             prow.append(
                 [r.label, _num(p.rate), f"{p.factor:.4g}", "meets" if p.passed else "misses"]
-                + [_num(p.slo_values.get(n)) for n in slo_names]
+                + [_slo_value(x, p.slo_values.get(x.name)) for x in inp.slos]
                 + [
                     _num(s["throughput"]["requests_per_s"]),
                     _num(p.goodput_rps),
@@ -387,7 +413,7 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
     page.add(
         table(
             ["configuration", "rate (req/s)", "x trace rate", "SLOs"]
-            + [f"{n} (s)" for n in slo_names]
+            + [_slo_header(x) for x in inp.slos]
             + ["throughput", "goodput", "completed", "rejected", "preemptions", "replay (s)"],
             prow,
             numeric=set(range(1, 11 + len(slo_names))) - {3},

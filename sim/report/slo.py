@@ -49,6 +49,12 @@ class SLO:
         return f"{self.name} <= {format_seconds(self.threshold_s)}"
 
 
+def display_unit(metric: str) -> tuple[str, float]:
+    """How a metric's durations are shown wherever they are labelled: TPOT in milliseconds (per-token times are
+    tens of ms), TTFT and end-to-end latency in seconds. Returns (unit, factor from seconds)."""
+    return ("ms", 1000.0) if metric == "tpot" else ("s", 1.0)
+
+
 def format_seconds(s: float | None) -> str:
     if s is None or (isinstance(s, float) and math.isnan(s)):
         return "n/a"
