@@ -281,6 +281,9 @@ def write_report(
     }
     json_path = os.path.join(out_dir, "mutation-check.json")
     md_path = os.path.join(out_dir, "mutation-check.md")
+    kept_json, kept_md = _generic_section(json_path, md_path)  # the generic mutants' section is kept as it is
+    if kept_json is not None:
+        data["generic"] = kept_json
     with open(json_path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
     os.replace(json_path + ".tmp", json_path)
@@ -316,8 +319,11 @@ def write_report(
         "first place.",
         "",
     ]
+    text = "\n".join(lines)
+    if kept_md:
+        text = text.rstrip("\n") + "\n\n" + kept_md
     with open(md_path + ".tmp", "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
+        f.write(text)
     os.replace(md_path + ".tmp", md_path)
     return md_path, json_path
 
@@ -378,6 +384,22 @@ def main(argv: list[str] | None = None) -> int:
     caught = sum(r["status"] == "caught" for _, _, r in results)
     print(f"{caught} of {len(results)} mutants caught; wrote {md} and {js}")
     return 0 if caught == len(results) else 1
+
+
+def _generic_section(json_path: str, md_path: str) -> tuple[dict | None, str]:
+    """The generic-mutation results (python -m sim.checking.generic_mutation) already in the report files."""
+    from sim.checking.generic_mutation import END, START
+
+    kept_json, kept_md = None, ""
+    if os.path.exists(json_path):
+        with open(json_path, encoding="utf-8") as f:
+            kept_json = json.load(f).get("generic")
+    if os.path.exists(md_path):
+        with open(md_path, encoding="utf-8") as f:
+            text = f.read()
+        if START in text and END in text:
+            kept_md = START + text.split(START, 1)[1].split(END, 1)[0] + END + "\n"
+    return kept_json, kept_md
 
 
 def _without(r: dict) -> str:
