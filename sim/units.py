@@ -3,11 +3,14 @@ formatted; `ceil_div` and `next_power_of_two`."""
 
 from __future__ import annotations
 
+import math
 import re
 
 from sim.errors import UserError
 
 GiB = 2**30
+# The largest duration accepted anywhere (about 32 years): keeps every sum of durations finite.
+MAX_DURATION_S = 1e9
 
 _SIZE_UNITS = {
     "": 1,
@@ -26,7 +29,8 @@ _NUMBER_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*
 
 
 def parse_size(text: str) -> int:
-    """'12GiB', '80GB', '1.5e9' -> bytes (int). GB is 10^9, GiB is 2^30."""
+    """'12GiB', '80GB', '1.5e9' -> bytes (int >= 0). GB is 10^9, GiB is 2^30. A number too large for a float
+    (1e400) is refused."""
     m = _NUMBER_UNIT.match(str(text))
     unit = m.group(2).lower() if m else None
     if not m or unit not in _SIZE_UNITS:
@@ -34,18 +38,24 @@ def parse_size(text: str) -> int:
             f"cannot read size {text!r}: expected a number with an optional unit "
             f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 12GiB"
         )
-    return int(round(float(m.group(1)) * _SIZE_UNITS[unit]))
+    value = float(m.group(1)) * _SIZE_UNITS[unit]
+    if not math.isfinite(value):
+        raise UserError(f"cannot read size {text!r}: the number is too large to represent")
+    return int(round(value))
 
 
 def parse_duration(text: str) -> float:
-    """'2s', '100ms', '0.5' -> seconds."""
+    """'2s', '100ms', '0.5' -> seconds, finite, in [0, MAX_DURATION_S]."""
     m = _NUMBER_UNIT.match(str(text))
     unit = m.group(2).lower() if m else None
     if not m or unit not in _TIME_UNITS:
         raise UserError(
             f"cannot read duration {text!r}: expected a number with an optional unit (s, ms, us, min), e.g. 100ms"
         )
-    return float(m.group(1)) * _TIME_UNITS[unit]
+    value = float(m.group(1)) * _TIME_UNITS[unit]
+    if not value <= MAX_DURATION_S:  # also refuses inf (a number too large for a float)
+        raise UserError(f"cannot read duration {text!r}: at most {MAX_DURATION_S:g} s (about 32 years)")
+    return value
 
 
 def format_bytes(n: float) -> str:

@@ -28,6 +28,12 @@ class EngineConfig:
         return max(model.max_model_len, 2048)
 
 
+# The most KV blocks one GPU's cache may have. Allocators keep a few Python objects per block (about 140 B: 4.2M
+# blocks take some 600 MB and two seconds to set up), so a budget beyond this — a tiny model on a large GPU, or a
+# mistyped --kv-memory — is refused with the numbers rather than exhausting memory. Real configurations stay far
+# below it: Llama-3-8B with an fp8 KV cache on an H200 holds about 100,000 blocks of 16 tokens.
+MAX_KV_BLOCKS = 2**22
+
 # Memory outside weights, activations and KV: CUDA context, cuBLAS / NCCL workspaces, CUDA graphs.
 RUNTIME_OVERHEAD_BYTES = 1 * GiB
 ACTIVATION_DTYPE_BYTES = 2
@@ -99,6 +105,8 @@ def kv_budget(
         raise UserError(f"--tp must be a positive integer, got {tp}")
     if tp > 1 and model.num_kv_heads % tp and tp % model.num_kv_heads:
         raise UserError(f"--tp {tp} does not divide the {model.num_kv_heads} KV heads of {model.name}")
+    if tp > 1 and model.num_q_heads % tp:  # as vLLM requires: each GPU holds whole attention heads
+        raise UserError(f"--tp {tp} does not divide the {model.num_q_heads} attention heads of {model.name}")
     per_token = model.kv_bytes_per_token(tp)
     breakdown: dict[str, int] = {}
     if kv_memory is not None:
@@ -130,5 +138,12 @@ def kv_budget(
         raise UserError(
             f"KV memory {format_bytes(requested)} holds no {block_size}-token block "
             f"({format_bytes(per_token * block_size)} each)"
+        )
+    if num_blocks > MAX_KV_BLOCKS:
+        least = -(-requested // (per_token * MAX_KV_BLOCKS))  # the block size that brings it within the maximum
+        raise UserError(
+            f"KV memory {format_bytes(requested)} holds {num_blocks:,} blocks of {block_size} tokens "
+            f"({format_bytes(per_token * block_size)} each), more than the {MAX_KV_BLOCKS:,} this simulator "
+            f"represents; use --block-size {least:,} or more, or a smaller --kv-memory"
         )
     return KVBudget(block_size, int(num_blocks), per_token, int(requested), source, breakdown)
