@@ -7,6 +7,7 @@ Every byte figure is exact integer arithmetic so that, e.g., OPT-13B's KV cache 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from sim.errors import UserError
@@ -102,19 +103,24 @@ _MODEL_KEYS = {
     "kv_dtype": str,
     "name": str,
 }
+# Dimensions a model given on the command line must state. `heads` (query heads) is among them: taking it equal to
+# kv_heads, as a default would, underestimates the activation reserve and the FLOPs of every GQA model.
+REQUIRED_DIMS = ("layers", "heads", "kv_heads", "head_size", "params", "max_len")
+# Bounds of the dimensions: integers in [1, MAX_DIM] (int32, as in every model config), parameters in
+# [1, MAX_PARAMS] (a finite number; 1e15 is a thousand times today's largest models).
+MAX_DIM = 2**31 - 1
+MAX_PARAMS = 1e15
+DIMS_HELP = "layers=..,heads=..,kv_heads=..,head_size=..,params=..,max_len=.."
 
 
 def resolve_model(text: str, max_model_len: int | None = None) -> ModelSpec:
-    """A preset name, or dimensions 'layers=32,kv_heads=8,head_size=128,params=8e9,max_len=8192[,...]'."""
+    """A preset name, or dimensions 'layers=32,heads=32,kv_heads=8,head_size=128,params=8e9,max_len=8192[,...]'."""
     if "=" in text:
         spec = _model_from_dims(text)
     elif text in MODELS:
         spec = MODELS[text]
     else:
-        raise UserError(
-            f"unknown model {text!r}; presets: {', '.join(MODELS)} "
-            f"(or give dimensions: layers=..,kv_heads=..,head_size=..,params=..,max_len=..)"
-        )
+        raise UserError(f"unknown model {text!r}; presets: {', '.join(MODELS)} (or give dimensions: {DIMS_HELP})")
     if max_model_len is not None:
         if max_model_len < 2:
             raise UserError(f"--max-model-len must be at least 2, got {max_model_len}")
@@ -126,39 +132,60 @@ def _model_from_dims(text: str) -> ModelSpec:
     values: dict[str, object] = {}
     for item in text.split(","):
         key, _, raw = item.partition("=")
-        key = key.strip()
+        key, raw = key.strip(), raw.strip()
         if key not in _MODEL_KEYS:
             raise UserError(f"unknown model dimension {key!r}; known: {', '.join(_MODEL_KEYS)}")
-        try:
-            values[key] = _MODEL_KEYS[key](raw.strip())
-        except ValueError:
-            raise UserError(f"model dimension {key} must be a number, got {raw.strip()!r}") from None
-    missing = [k for k in ("layers", "kv_heads", "head_size", "params", "max_len") if k not in values]
+        if key in values:
+            raise UserError(f"model dimension {key} is given twice")
+        values[key] = _dimension(key, raw)
+    missing = [k for k in REQUIRED_DIMS if k not in values]
     if missing:
-        raise UserError(f"model dimensions missing: {', '.join(missing)}")
+        raise UserError(
+            f"model dimensions missing: {', '.join(missing)} (a model given by dimensions needs {DIMS_HELP})"
+        )
     kv_dtype = str(values.get("kv_dtype", "bf16"))
     if kv_dtype not in DTYPE_BYTES:
         raise UserError(f"kv_dtype must be one of {', '.join(DTYPE_BYTES)}, got {kv_dtype!r}")
-    heads = int(values.get("heads", values["kv_heads"]))
-    head_size = int(values["head_size"])
+    heads, kv_heads, head_size = int(values["heads"]), int(values["kv_heads"]), int(values["head_size"])
+    if heads % kv_heads:
+        raise UserError(f"heads must be a multiple of kv_heads, got heads={heads}, kv_heads={kv_heads}")
     hidden = int(values.get("hidden", heads * head_size))
-    for key in ("layers", "kv_heads", "head_size", "max_len"):
-        if int(values[key]) <= 0:
-            raise UserError(f"model dimension {key} must be positive")
-    if heads % int(values["kv_heads"]):
-        raise UserError("heads must be a multiple of kv_heads")
     return ModelSpec(
         name=str(values.get("name", "custom")),
         num_layers=int(values["layers"]),
         hidden_size=hidden,
         num_q_heads=heads,
-        num_kv_heads=int(values["kv_heads"]),
+        num_kv_heads=kv_heads,
         head_size=head_size,
         intermediate_size=int(values.get("intermediate", 4 * hidden)),
         vocab_size=int(values.get("vocab", 32000)),
-        num_params=int(float(values["params"])),
+        num_params=int(values["params"]),
         max_model_len=int(values["max_len"]),
         kv_dtype=kv_dtype,
         weight_dtype="bf16",
         source="command line",
     )
+
+
+def _dimension(key: str, raw: str) -> object:
+    """One dimension's value, checked against its bounds."""
+    kind = _MODEL_KEYS[key]
+    if kind is str:
+        if not raw:
+            raise UserError(f"model dimension {key} is empty")
+        return raw
+    if kind is float:  # params: a count that may be written 8e9
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not 1 <= value <= MAX_PARAMS:  # nan fails too
+            raise UserError(f"model dimension params must be a number in [1, {MAX_PARAMS:g}], got {raw!r}")
+        return int(value)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_DIM:
+        raise UserError(f"model dimension {key} must be an integer in [1, {MAX_DIM:,}], got {raw!r}")
+    return value

@@ -37,7 +37,7 @@ def test_tensor_parallel_splits_weights_and_kv_heads():
 
 
 def test_model_from_dimensions_and_max_len_override():
-    m = resolve_model("layers=2,kv_heads=4,head_size=64,params=1e8,max_len=512,kv_dtype=fp16")
+    m = resolve_model("layers=2,heads=4,kv_heads=4,head_size=64,params=1e8,max_len=512,kv_dtype=fp16")
     assert m.kv_bytes_per_token() == 2 * 2 * 4 * 64 * 2
     assert resolve_model("opt-13b", max_model_len=1024).max_model_len == 1024
     with pytest.raises(UserError, match="missing"):

@@ -50,7 +50,7 @@ def queue_trace() -> Trace:
 
 
 def queue_options() -> ReplayOptions:
-    model = resolve_model("layers=1,kv_heads=1,head_size=16,params=1000,max_len=64")
+    model = resolve_model("layers=1,heads=1,kv_heads=1,head_size=16,params=1000,max_len=64")
     return ReplayOptions(
         model=model,
         gpu=resolve_gpu(GPU),
