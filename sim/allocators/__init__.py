@@ -52,10 +52,17 @@ def resolve_allocator(spec: str) -> type[KVAllocator]:
             f"(or give your own class as package.module:ClassName)"
         )
     module_name, _, class_name = spec.partition(":")
+    if not all(part.isidentifier() for part in module_name.split(".")) or not class_name.isidentifier():
+        raise UserError(
+            f"allocator {spec!r} is not package.module:ClassName (dotted names, no relative import); "
+            f"registered: {', '.join(REGISTRY)}"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UserError(f"cannot import allocator module {module_name!r}: {exc}") from None
+    except Exception as exc:  # the module itself fails while importing: say so, without a traceback
+        raise UserError(f"importing allocator module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     cls = getattr(module, class_name, None)
     if not isinstance(cls, type):
         raise UserError(f"module {module_name!r} has no class {class_name!r}")

@@ -128,6 +128,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    if args.cost_model is not None:  # a missing or unreadable profile is reported as such, before the GPU check
+        from sim.cost.profile import ProfileCostModel
+
+        ProfileCostModel.load(args.cost_model)
     _need_gpu(args.device)
     import gc
 
@@ -219,7 +223,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from sim.cli.options import add_hardware_options, add_replay_options, positive_int
+    from sim.cli.options import add_hardware_options, add_replay_options, positive_int, seed
 
     p = sub.add_parser(
         "calibrate", help="GPU: time a synthetic grid of iterations and write a cost profile (for --cost-model)"
@@ -231,7 +235,7 @@ def register(sub) -> None:
         "--passes", type=positive_int, default=3, help="visits of the whole grid, in shuffled order (default: 3)"
     )
     p.add_argument("--budget-s", type=float, help="stop measuring new grid points after this many seconds")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="random seed, an integer in [0, 2^64) (default: 0)")
     p.add_argument("--out", help="profile file to write (default: profile-<model>-<gpu>.json)")
     _harness_args(p)
     p.set_defaults(func=cmd_calibrate)

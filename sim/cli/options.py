@@ -7,39 +7,94 @@ import argparse
 import math
 
 from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S
+from sim.errors import UserError
 from sim.hardware.gpus import resolve_gpu
 from sim.hardware.models import resolve_model
-from sim.serving.replay import ReplayOptions
+from sim.serving.replay import ReplayOptions, validate_options
 from sim.traces.readers import READERS
 from sim.units import format_bytes, parse_duration, parse_size
 
+# The largest integer any option takes (int64's maximum): counts, sizes and limits beyond it mean nothing here and
+# would overflow numpy's int64 arithmetic.
+MAX_INT = 2**63 - 1
+# Seeds feed numpy's PCG64: any integer in [0, 2^64).
+MAX_SEED = 2**64 - 1
+
 
 def positive_int(text: str) -> int:
-    return _integer(text, 1, "a positive integer")
+    return _integer(text, 1, MAX_INT, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
-    return _integer(text, 0, "an integer >= 0")
+    return _integer(text, 0, MAX_INT, "an integer >= 0")
 
 
-def _integer(text: str, minimum: int, what: str) -> int:
+def seed(text: str) -> int:
+    """A random seed: an integer in [0, 2^64)."""
+    return _integer(text, 0, MAX_SEED, "a seed, an integer in [0, 2^64)")
+
+
+def _integer(text: str, minimum: int, maximum: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {what}, got {_shown(text)}") from None
     if value < minimum:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {_shown(text)}")
+    if value > maximum:
+        raise argparse.ArgumentTypeError(f"expected {what} no larger than {maximum:,}, got {_shown(text)}")
     return value
+
+
+def _shown(text: str) -> str:
+    """The value as a message shows it: quoted, and cut when it is very long."""
+    return repr(text) if len(text) <= 60 else f"{text[:40]!r}... ({len(text):,} characters)"
 
 
 def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {_shown(text)}") from None
     if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {_shown(text)}")
     return value
+
+
+def fraction(text: str) -> float:
+    """A number in (0, 1]."""
+    return _bounded_float(text, lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
+def probability(text: str) -> float:
+    """A number in [0, 1]."""
+    return _bounded_float(text, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+
+
+def _bounded_float(text: str, ok, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {_shown(text)}") from None
+    if not ok(value):  # nan fails every comparison
+        raise argparse.ArgumentTypeError(f"expected {what}, got {_shown(text)}")
+    return value
+
+
+def option_size(option: str, text: str) -> int:
+    """`parse_size`, its error naming the option: '--kv-memory: cannot read size ...'."""
+    try:
+        return parse_size(text)
+    except UserError as exc:
+        raise UserError(f"{option}: {exc}") from None
+
+
+def option_duration(option: str, text: str) -> float:
+    """`parse_duration`, its error naming the option."""
+    try:
+        return parse_duration(text)
+    except UserError as exc:
+        raise UserError(f"{option}: {exc}") from None
 
 
 def add_trace_options(p: argparse.ArgumentParser) -> None:
@@ -48,15 +103,15 @@ def add_trace_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=sorted(READERS), help="force the trace format")
     p.add_argument(
         "--rate",
-        type=float,
+        type=positive_float,
         metavar="REQ_PER_S",
         help="length-only traces: requests/s of the Poisson arrivals to generate",
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=seed,
         default=0,
-        help="seed of every random choice: generated arrivals, the beam model (default: 0)",
+        help="seed of every random choice: generated arrivals, the beam model; an integer in [0, 2^64) (default: 0)",
     )
     p.add_argument(
         "--model-filter", metavar="MODEL", help="BurstGPT traces: keep only this model's rows (e.g. ChatGPT, GPT-4)"
@@ -77,7 +132,7 @@ def add_hardware_options(p: argparse.ArgumentParser, gpu_default: str = "a100-80
     p.add_argument("--kv-memory", help="KV cache size per GPU, e.g. 12GiB (default: derived from the GPU)")
     p.add_argument(
         "--gpu-memory-utilization",
-        type=float,
+        type=fraction,
         default=0.9,
         help="fraction of GPU memory the engine may use when deriving the KV size (default: 0.9)",
     )
@@ -118,7 +173,7 @@ def add_policy_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--beam-replace-prob",
-        type=float,
+        type=probability,
         default=0.3,
         help="beam search model: probability that a beam is dropped and replaced by a fork of a "
         "surviving beam at each step (default: 0.3)",
@@ -146,7 +201,7 @@ def hardware_kwargs(args: argparse.Namespace) -> dict:
         model=resolve_model(args.model, args.max_model_len),
         gpu=resolve_gpu(args.gpu),
         block_size=args.block_size,
-        kv_memory=parse_size(args.kv_memory) if args.kv_memory else None,
+        kv_memory=option_size("--kv-memory", args.kv_memory) if args.kv_memory else None,
         gpu_memory_utilization=args.gpu_memory_utilization,
         tp=args.tp,
         max_num_seqs=args.max_num_seqs,
@@ -155,18 +210,21 @@ def hardware_kwargs(args: argparse.Namespace) -> dict:
 
 
 def replay_options(args: argparse.Namespace, allocator: str) -> ReplayOptions:
-    """The ReplayOptions of one allocator from the options of `add_replay_options`."""
-    return ReplayOptions(
+    """The ReplayOptions of one allocator from the options of `add_replay_options` (checked: bad values raise a
+    UserError that names the option before anything runs)."""
+    options = ReplayOptions(
         **hardware_kwargs(args),
         allocator=allocator,
         address_space=args.address_space,
-        step_overhead_s=parse_duration(args.step_overhead),
+        step_overhead_s=option_duration("--step-overhead", args.step_overhead),
         sharing=not args.no_sharing,
         beam_replace_prob=args.beam_replace_prob,
         seed=args.seed,
         fast_forward=not args.no_fast_forward,
         cost_model=args.cost_model,
     )
+    validate_options(options)
+    return options
 
 
 def print_header(trace, options: ReplayOptions) -> None:

@@ -23,6 +23,7 @@ from sim.serving.intake import ProgressCallback
 from sim.serving.schedulers.base import SchedulerLimits
 from sim.serving.schedulers.vllm_v0 import VllmV0Scheduler
 from sim.traces.model import Trace
+from sim.units import MAX_DURATION_S
 
 
 @dataclass
@@ -99,15 +100,37 @@ def make_cost_model(options: ReplayOptions):
     return profile
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def validate_options(options: ReplayOptions) -> None:
-    if options.max_num_seqs <= 0:
-        raise UserError(f"--max-num-seqs must be positive, got {options.max_num_seqs}")
-    if options.max_num_batched_tokens is not None and options.max_num_batched_tokens <= 0:
-        raise UserError(f"--max-num-batched-tokens must be positive, got {options.max_num_batched_tokens}")
+    """Refuse option values that would crash a replay or silently give a wrong answer (each message names the
+    option). The CLI's argparse types refuse most of them earlier; this is for callers that build ReplayOptions
+    themselves (`sim sweep`, the library)."""
+    for name, value in (("--max-num-seqs", options.max_num_seqs), ("--tp", options.tp)):
+        if not _is_int(value) or value <= 0:
+            raise UserError(f"{name} must be a positive integer, got {value!r}")
+    if options.max_num_batched_tokens is not None and (
+        not _is_int(options.max_num_batched_tokens) or options.max_num_batched_tokens <= 0
+    ):
+        raise UserError(f"--max-num-batched-tokens must be a positive integer, got {options.max_num_batched_tokens!r}")
+    if not _is_int(options.block_size) or options.block_size <= 0:
+        raise UserError(f"--block-size must be a positive integer, got {options.block_size!r}")
+    if options.kv_memory is not None and (not _is_int(options.kv_memory) or options.kv_memory < 0):
+        raise UserError(f"--kv-memory must be a number of bytes >= 0, got {options.kv_memory!r}")
+    if not isinstance(options.step_overhead_s, (int, float)) or isinstance(options.step_overhead_s, bool):
+        raise UserError(f"--step-overhead must be a duration, got {options.step_overhead_s!r}")
     if options.step_overhead_s < 0:
         raise UserError("--step-overhead must not be negative")
+    if not options.step_overhead_s <= MAX_DURATION_S:  # inf and nan too
+        raise UserError(f"--step-overhead must be at most {MAX_DURATION_S:g} s, got {options.step_overhead_s:g}")
     if not 0 <= options.beam_replace_prob <= 1:
         raise UserError(f"--beam-replace-prob must be in [0, 1], got {options.beam_replace_prob}")
+    if not _is_int(options.seed) or not 0 <= options.seed < 2**64:
+        raise UserError(f"--seed must be an integer in [0, 2^64), got {options.seed!r}")
+    if not isinstance(options.sharing, bool):
+        raise UserError(f"sharing must be true or false, got {options.sharing!r}")
 
 
 def make_scheduler(options: ReplayOptions, allocator: KVAllocator) -> VllmV0Scheduler:
