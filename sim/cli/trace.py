@@ -8,14 +8,13 @@ import json
 import os
 import sys
 
-from sim.cli.options import non_negative_int, positive_float, positive_int
+from sim.cli.options import non_negative_int, option_duration, positive_float, positive_int, seed
 from sim.errors import UserError
-from sim.traces.generate import LENGTHS_HELP, generate
+from sim.traces.generate import LENGTHS_HELP, MAX_GENERATED_REQUESTS, generate
 from sim.traces.model import Trace
 from sim.traces.readers import READERS, read_trace
 from sim.traces.tools import format_stats, scale_trace, slice_trace, trace_stats
 from sim.traces.writers import write_trace
-from sim.units import parse_duration
 
 
 def add_read_options(p: argparse.ArgumentParser, rate_flag: str = "--rate") -> None:
@@ -29,7 +28,7 @@ def add_read_options(p: argparse.ArgumentParser, rate_flag: str = "--rate") -> N
         metavar="REQ_PER_S",
         help="length-only traces: requests/s of the Poisson arrivals to generate",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of those arrivals (default: 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of those arrivals, in [0, 2^64) (default: 0)")
     p.add_argument(
         "--model-filter", metavar="MODEL", help="BurstGPT traces: keep only this model's rows (e.g. ChatGPT, GPT-4)"
     )
@@ -63,8 +62,8 @@ def _write(trace: Trace, args: argparse.Namespace) -> None:
     print(message, file=sys.stderr if path == "-" else sys.stdout)
 
 
-def _seconds(text: str) -> float:
-    return parse_duration(text)
+def _seconds(text: str, option: str) -> float:
+    return option_duration(option, text)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -72,7 +71,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError("give --count N (requests) or --duration D (e.g. 10min)")
     if args.count is not None and args.duration is not None:
         raise UserError("give --count or --duration, not both")
-    duration = _seconds(args.duration) if args.duration is not None else None
+    duration = _seconds(args.duration, "--duration") if args.duration is not None else None
     trace = generate(
         args.lengths,
         rate=args.rate,
@@ -109,8 +108,8 @@ def cmd_slice(args: argparse.Namespace) -> int:
     trace = load(args)
     out = slice_trace(
         trace,
-        start_s=_seconds(args.start) if args.start is not None else None,
-        end_s=_seconds(args.end) if args.end is not None else None,
+        start_s=_seconds(args.start, "--start") if args.start is not None else None,
+        end_s=_seconds(args.end, "--end") if args.end is not None else None,
         first=args.first,
         skip=args.skip,
         rebase=not args.keep_times,
@@ -146,9 +145,9 @@ def register(sub) -> None:
         help="gamma arrivals: coefficient of variation of the gaps (burstiness; 1 = Poisson)",
     )
     p.add_argument("--rate", type=positive_float, default=1.0, help="mean requests/s (default: 1)")
-    p.add_argument("--count", type=positive_int, help="number of requests")
+    p.add_argument("--count", type=positive_int, help=f"number of requests (at most {MAX_GENERATED_REQUESTS:,})")
     p.add_argument("--duration", help="generate arrivals for this long instead, e.g. 600 or 10min")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed, an integer in [0, 2^64) (default: 0)")
     p.add_argument(
         "--prefix-groups",
         type=non_negative_int,

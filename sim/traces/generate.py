@@ -28,9 +28,20 @@ from sim.errors import UserError
 from sim.traces.model import Trace
 from sim.traces.readers import detect_format, read_trace
 from sim.traces.readers.lengths import poisson_arrivals
+from sim.units import MAX_DURATION_S
+
+# The most requests one generated trace may hold (about 1.2 GB of arrays while generating): a larger --count, or a
+# --rate x --duration that asks for more, is refused before anything is drawn.
+MAX_GENERATED_REQUESTS = 50_000_000
+# Gamma arrivals: the coefficient of variation of the gaps (shape 1/cv^2 stays a usable float in this range).
+MIN_CV, MAX_CV = 1e-3, 1e3
+# A group prefix longer than this would overflow nothing, but no model holds it: refused as a typo.
+MAX_PREFIX_TOKENS = 2**31 - 1
 
 
 def make_rng(seed: int) -> np.random.Generator:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise UserError(f"--seed must be an integer in [0, 2^64), got {seed!r}")
     return np.random.Generator(np.random.PCG64(seed))
 
 
@@ -53,31 +64,48 @@ def arrivals(
     with this coefficient of variation."""
     if not (math.isfinite(rate) and rate > 0):
         raise UserError(f"--rate must be a positive number of requests/s, got {rate:g}")
-    if cv is not None and not (math.isfinite(cv) and cv > 0):
-        raise UserError(f"--cv must be a positive number, got {cv:g}")
+    if cv is not None and not (MIN_CV <= cv <= MAX_CV):
+        raise UserError(f"--cv must be in [{MIN_CV:g}, {MAX_CV:g}], got {cv:g}")
     if (count is None) == (duration_s is None):
         raise UserError("give either --count or --duration")
     if count is not None:
         if count < 1:
             raise UserError(f"--count must be at least 1, got {count}")
+        if count > MAX_GENERATED_REQUESTS:
+            raise UserError(
+                f"--count {count:,} is more than the {MAX_GENERATED_REQUESTS:,} requests a generated trace may hold"
+            )
+        if (count - 1) / rate > MAX_DURATION_S:
+            raise UserError(
+                f"--count {count:,} at --rate {rate:g} would span more than {MAX_DURATION_S:g} s; raise --rate"
+            )
         if cv is None:
-            return poisson_arrivals(count, rate, rng)
+            return _finite(poisson_arrivals(count, rate, rng))
         out = np.zeros(count, dtype=np.float64)
         np.cumsum(_gaps(rng, count - 1, rate, cv), out=out[1:])
-        return out
-    if not (math.isfinite(duration_s) and duration_s > 0):
-        raise UserError(f"--duration must be positive, got {duration_s:g}")
+        return _finite(out)
+    if not (math.isfinite(duration_s) and 0 < duration_s <= MAX_DURATION_S):
+        raise UserError(f"--duration must be positive and at most {MAX_DURATION_S:g} s, got {duration_s:g}")
+    too_many = f"--rate x --duration asks for more than {MAX_GENERATED_REQUESTS // 1_000_000} million requests"
+    if rate * duration_s > MAX_GENERATED_REQUESTS:  # the expected count: refused before anything is drawn
+        raise UserError(too_many)
     chunks, total, last = [np.zeros(1)], 0, 0.0
     while last < duration_s:
-        need = max(int((duration_s - last) * rate * 1.2) + 16, 16)
+        need = min(max(int((duration_s - last) * rate * 1.2) + 16, 16), MAX_GENERATED_REQUESTS + 16)
         times = last + np.cumsum(_gaps(rng, need, rate, cv))
         chunks.append(times)
         total += need
         last = float(times[-1])
-        if total > 50_000_000:
-            raise UserError("--rate x --duration asks for more than 50 million requests")
+        if total > MAX_GENERATED_REQUESTS:
+            raise UserError(too_many)
     times = np.concatenate(chunks)
-    return times[times < duration_s]
+    return _finite(times[times < duration_s])
+
+
+def _finite(times: np.ndarray) -> np.ndarray:
+    if len(times) and not np.isfinite(times[-1]):  # pragma: no cover - the bounds above keep sums finite
+        raise UserError("the arrival times overflow; raise --rate")
+    return times
 
 
 # --- lengths -----------------------------------------------------------------------------------------------------
@@ -246,6 +274,8 @@ def generate(
         raise UserError("--prefix-groups and --prefix-tokens go together, both positive")
     if prefix_groups < 0 or prefix_tokens < 0:
         raise UserError("--prefix-groups and --prefix-tokens must not be negative")
+    if prefix_tokens > MAX_PREFIX_TOKENS:
+        raise UserError(f"--prefix-tokens must be at most {MAX_PREFIX_TOKENS:,}, got {prefix_tokens:,}")
     if not 0.0 < prefix_fraction <= 1.0:
         raise UserError(f"--prefix-fraction must be in (0, 1], got {prefix_fraction:g}")
     for name, value in (("--n", n), ("--beam-width", beam_width)):
