@@ -26,13 +26,19 @@ The spec (TOML; paths relative to the spec file's directory):
     sharing = true
     beam_replace_prob = 0.3
     seed = 0
+    cost_model = "profile.json"             # a calibration profile (`sim calibrate`), relative to the spec
+
+Option values are checked by type and range (`tp = 1.7`, `sharing = "no"`, `max_num_batched_tokens = "4096"` are
+refused). The table's `trace` column is the path as the spec gives it (relative to the spec), so the same spec gives
+the same table from any directory.
 
 The grid is the product traces x models x gpus x allocators x block_sizes x rates, in that order (the table's row
 order). Each cell is one replay (deterministic: the same cell gives the same row on any machine). A finished cell is
 written at once to `<out>/cells/<key>.json`, where key is a hash of everything the cell depends on (the trace file's
-bytes and selection, model and GPU figures, allocator, block size, rate, options, SLOs); a rerun with the same output
-directory loads finished cells instead of recomputing them, so an interrupted sweep resumes where it stopped. The
-table and report are written (atomically) from the cells once all are done.
+bytes and selection, model and GPU figures, allocator, block size, rate, options, the cost profile's bytes, SLOs, and
+the kvsim version); a rerun with the same output directory loads finished cells instead of recomputing them, so an
+interrupted sweep resumes where it stopped (a cell file of another shape is recomputed). The table and report are
+written (atomically) from the cells once all are done.
 
 Cells run on local processes (`jobs`, default one per core), or with `ray=True` as Ray tasks (one CPU each) on a
 local Ray instance or the cluster at `ray_address`; the rows, and so the table, are the same either way. Ray is an
@@ -54,7 +60,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import sim
+from sim.allocators import resolve_allocator
 from sim.allocators.base import MEMORY_CATEGORIES
+from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S
 from sim.errors import UserError
 from sim.hardware.gpus import resolve_gpu
 from sim.hardware.models import resolve_model
@@ -63,12 +72,15 @@ from sim.records.io import atomic_write
 from sim.report.build import default_jobs
 from sim.report.capacity import trace_rate
 from sim.report.slo import good_requests, meets, parse_slos, per_request_latency, slo_values
-from sim.serving.replay import ReplayOptions, replay
+from sim.serving.replay import ReplayOptions, replay, validate_options
 from sim.traces.model import Trace
 from sim.traces.readers import read_trace
 from sim.traces.tools import scale_trace, slice_trace
 from sim.units import parse_duration, parse_size
 from sim.workers import stop_pool, worker_pool
+
+ADDRESS_SPACES = ("buddy", "first-fit")
+MAX_INT = 2**63 - 1
 
 SPEC_KEYS = {
     "name",
@@ -96,6 +108,7 @@ OPTION_KEYS = {
     "sharing",
     "beam_replace_prob",
     "seed",
+    "cost_model",
 }
 
 
@@ -103,7 +116,7 @@ OPTION_KEYS = {
 class SweepSpec:
     path: str
     name: str
-    traces: list[str]  # resolved paths
+    traces: list[str]  # as the spec gives them (normalized), relative to the spec's directory: the table's column
     models: list[str]
     gpus: list[str]
     allocators: list[str]
@@ -113,7 +126,16 @@ class SweepSpec:
     first: int | None = None
     duration_s: float | None = None
     table: str = "results.csv"
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # checked values, as the spec gives them
+    base_dir: str = ""  # the spec file's directory: trace and cost-model paths are relative to it
+
+    def trace_file(self, trace: str) -> str:
+        """The file of one of `traces` (which are relative to the spec's directory)."""
+        return os.path.join(self.base_dir, trace)
+
+    def cost_model_file(self) -> str | None:
+        cost_model = self.options.get("cost_model")
+        return None if cost_model is None else os.path.join(self.base_dir, cost_model)
 
 
 def _list(data: dict, key: str, kind, path: str, default=None) -> list:
@@ -129,7 +151,7 @@ def _list(data: dict, key: str, kind, path: str, default=None) -> list:
         if kind is float and v == "native":
             out.append("native")
             continue
-        if kind is int and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+        if kind is int and not (isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_INT):
             raise UserError(f"{path}: `{key}` must hold positive integers, got {v!r}")
         if kind is float and not (
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
@@ -149,15 +171,17 @@ def load_spec(path: str) -> SweepSpec:
             data = tomllib.load(f)
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from None
     unknown = set(data) - SPEC_KEYS
     if unknown:
         raise UserError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SPEC_KEYS))}")
     base = os.path.dirname(os.path.abspath(path))
-    traces = [os.path.relpath(os.path.normpath(os.path.join(base, t))) for t in _list(data, "traces", str, path)]
+    traces = [os.path.normpath(t) for t in _list(data, "traces", str, path)]
+    if len(set(traces)) != len(traces):
+        raise UserError(f"{path}: `traces` names a file twice")
     for t in traces:
-        if not os.path.isfile(t):
+        if not os.path.isfile(os.path.join(base, t)):
             raise UserError(f"{path}: trace {t} does not exist (trace paths are relative to the spec's directory)")
     options = data.get("options", {})
     if not isinstance(options, dict):
@@ -165,17 +189,22 @@ def load_spec(path: str) -> SweepSpec:
     bad = set(options) - OPTION_KEYS
     if bad:
         raise UserError(f"{path}: unknown option(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(OPTION_KEYS))}")
+    for key, value in options.items():
+        _check_option(path, base, key, value)
     first = data.get("first")
-    if first is not None and not (isinstance(first, int) and first > 0):
-        raise UserError(f"{path}: `first` must be a positive integer")
+    if first is not None and not (isinstance(first, int) and not isinstance(first, bool) and first > 0):
+        raise UserError(f"{path}: `first` must be a positive integer, got {first!r}")
     duration = data.get("duration")
-    duration_s = parse_duration(str(duration)) if duration is not None else None
-    table = str(data.get("table", "results.csv"))
+    duration_s = _duration(path, "`duration`", duration) if duration is not None else None
+    for key in ("name", "slo", "table"):
+        if key in data and not isinstance(data[key], str):
+            raise UserError(f"{path}: `{key}` must be a string, got {data[key]!r}")
+    table = data.get("table", "results.csv")
     if not table.endswith((".csv", ".parquet")) or os.path.basename(table) != table:
         raise UserError(f"{path}: `table` must be a file name ending in .csv or .parquet, got {table!r}")
     spec = SweepSpec(
         path=path,
-        name=str(data.get("name", os.path.splitext(os.path.basename(path))[0])),
+        name=data.get("name", os.path.splitext(os.path.basename(path))[0]),
         traces=traces,
         models=_list(data, "models", str, path, ["llama-2-7b"]),
         gpus=_list(data, "gpus", str, path, ["a100-80gb"]),
@@ -187,36 +216,91 @@ def load_spec(path: str) -> SweepSpec:
         duration_s=duration_s,
         table=table,
         options=dict(options),
+        base_dir=base,
     )
     if spec.slo is not None:
-        parse_slos(str(spec.slo))  # validate early
+        parse_slos(spec.slo)  # validate early
     for m in spec.models:
         resolve_model(m)
     for g in spec.gpus:
         resolve_gpu(g)
-    _base_options(spec, spec.models[0], spec.gpus[0])  # validate option values
+    for a in spec.allocators:
+        resolve_allocator(a)
+    validate_options(_base_options(spec, spec.models[0], spec.gpus[0]))
+    cost_model = spec.cost_model_file()
+    if cost_model is not None:
+        from sim.cost.profile import ProfileCostModel
+
+        ProfileCostModel.load(cost_model)  # a missing or unreadable profile stops the sweep before any cell
     return spec
 
 
-def _base_options(spec: SweepSpec, model: str, gpu: str) -> ReplayOptions:
-    o = spec.options
+def _duration(path: str, what: str, value) -> float:
+    """A duration given as a string ('2ms') or a number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise UserError(f'{path}: {what} must be a duration such as "2ms", got {value!r}')
     try:
-        return ReplayOptions(
-            model=resolve_model(model, o.get("max_model_len")),
-            gpu=resolve_gpu(gpu),
-            kv_memory=parse_size(o["kv_memory"]) if "kv_memory" in o else None,
-            gpu_memory_utilization=float(o.get("gpu_memory_utilization", 0.9)),
-            tp=int(o.get("tp", 1)),
-            max_num_seqs=int(o.get("max_num_seqs", 256)),
-            max_num_batched_tokens=o.get("max_num_batched_tokens"),
-            address_space=o.get("address_space"),
-            step_overhead_s=parse_duration(str(o["step_overhead"])) if "step_overhead" in o else 0.002,
-            sharing=bool(o.get("sharing", True)),
-            beam_replace_prob=float(o.get("beam_replace_prob", 0.3)),
-            seed=int(o.get("seed", 0)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"{spec.path}: bad [options] value: {exc}") from None
+        return parse_duration(str(value))
+    except UserError as exc:
+        raise UserError(f"{path}: {what}: {exc}") from None
+
+
+def _check_option(path: str, base: str, key: str, value) -> None:
+    """One [options] value, checked by type and range: a string is not a number, nor a boolean."""
+    what = f"[options] {key}"
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key in ("tp", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "seed"):
+        low = {"seed": 0, "max_model_len": 2}.get(key, 1)
+        if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_INT):
+            raise UserError(f"{path}: {what} must be an integer >= {low}, got {value!r}")
+    elif key == "kv_memory":
+        if not (isinstance(value, str) or is_number):
+            raise UserError(f'{path}: {what} must be a size such as "40GiB", got {value!r}')
+        try:
+            parse_size(str(value))
+        except UserError as exc:
+            raise UserError(f"{path}: {what}: {exc}") from None
+    elif key == "gpu_memory_utilization":
+        if not (is_number and 0 < value <= 1):
+            raise UserError(f"{path}: {what} must be a number in (0, 1], got {value!r}")
+    elif key == "beam_replace_prob":
+        if not (is_number and 0 <= value <= 1):
+            raise UserError(f"{path}: {what} must be a number in [0, 1], got {value!r}")
+    elif key == "address_space":
+        if value not in ADDRESS_SPACES:
+            raise UserError(f"{path}: {what} must be one of {', '.join(ADDRESS_SPACES)}, got {value!r}")
+    elif key == "step_overhead":
+        _duration(path, what, value)
+    elif key == "sharing":
+        if not isinstance(value, bool):
+            raise UserError(f"{path}: {what} must be true or false (unquoted), got {value!r}")
+    elif key == "cost_model":
+        if not isinstance(value, str) or not value:
+            raise UserError(f"{path}: {what} must be a file name (relative to the spec), got {value!r}")
+        if not os.path.isfile(os.path.join(base, value)):
+            raise UserError(
+                f"{path}: {what}: {value} does not exist (the cost profile's path is relative to the spec's directory)"
+            )
+
+
+def _base_options(spec: SweepSpec, model: str, gpu: str) -> ReplayOptions:
+    """The replay options of one model and GPU (values checked by `load_spec`)."""
+    o = spec.options
+    return ReplayOptions(
+        model=resolve_model(model, o.get("max_model_len")),
+        gpu=resolve_gpu(gpu),
+        kv_memory=parse_size(str(o["kv_memory"])) if "kv_memory" in o else None,
+        gpu_memory_utilization=float(o.get("gpu_memory_utilization", 0.9)),
+        tp=o.get("tp", 1),
+        max_num_seqs=o.get("max_num_seqs", 256),
+        max_num_batched_tokens=o.get("max_num_batched_tokens"),
+        address_space=o.get("address_space"),
+        step_overhead_s=parse_duration(str(o["step_overhead"])) if "step_overhead" in o else DEFAULT_STEP_OVERHEAD_S,
+        sharing=o.get("sharing", True),
+        beam_replace_prob=float(o.get("beam_replace_prob", 0.3)),
+        seed=o.get("seed", 0),
+        cost_model=spec.cost_model_file(),
+    )
 
 
 @dataclass(frozen=True)
@@ -240,7 +324,9 @@ def _sha256_file(path: str) -> str:
 
 
 def cells_of(spec: SweepSpec) -> list[Cell]:
-    hashes = {t: _sha256_file(t) for t in spec.traces}
+    hashes = {t: _sha256_file(spec.trace_file(t)) for t in spec.traces}
+    cost_model = spec.cost_model_file()
+    cost_model_sha256 = _sha256_file(cost_model) if cost_model is not None else None
     cells = []
     grid = itertools.product(spec.traces, spec.models, spec.gpus, spec.allocators, spec.block_sizes, spec.rates)
     for i, (t, m, g, a, b, r) in enumerate(grid):
@@ -254,8 +340,10 @@ def cells_of(spec: SweepSpec) -> list[Cell]:
             "allocator": a,
             "block_size": b,
             "rate": r,
-            "options": spec.options,
+            "options": {k: v for k, v in spec.options.items() if k != "cost_model"},  # the profile: by content
+            "cost_model_sha256": cost_model_sha256,
             "slo": spec.slo,
+            "kvsim": sim.__version__,  # an upgrade may change any figure: its cells are recomputed
         }
         key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
         cells.append(Cell(i, t, m, g, a, b, r, key))
@@ -263,10 +351,14 @@ def cells_of(spec: SweepSpec) -> list[Cell]:
 
 
 def load_trace(spec: SweepSpec, path: str) -> Trace:
-    trace = read_trace(path)
+    trace = read_trace(spec.trace_file(path))
     if spec.first is not None or spec.duration_s is not None:
         trace = slice_trace(trace, end_s=spec.duration_s, first=spec.first)
     return trace
+
+
+# Figures every row has (besides the cell's names and the SLO columns); a cached row without them is recomputed.
+ROW_FIGURES = ("rate_rps", "requests", "completed", "throughput_rps", "batch_mean", "kv_blocks", "tp")
 
 
 def _stat_columns(prefix: str, stats: dict) -> dict:
@@ -356,11 +448,28 @@ def load_finished(out: str, cells: list[Cell]) -> dict[int, dict]:
             try:
                 with open(p, encoding="utf-8") as f:
                     data = json.load(f)
-                if data.get("key") == c.key:
-                    done[c.index] = data["row"]
-            except (OSError, ValueError, KeyError):
-                pass  # a damaged cell file is recomputed
+            except (OSError, ValueError):
+                continue  # a damaged cell file is recomputed
+            if isinstance(data, dict) and data.get("key") == c.key and _row_fits(data.get("row"), c):
+                done[c.index] = data["row"]
     return done
+
+
+def _row_fits(row, cell: Cell) -> bool:
+    """Whether a cell file's row is one this cell would write: a table of plain values that names the cell. A file
+    of any other shape (edited, truncated, written by another version) is recomputed, never put in the table."""
+    if not isinstance(row, dict) or not row:
+        return False
+    if any(not isinstance(k, str) or not (v is None or isinstance(v, (str, int, float, bool))) for k, v in row.items()):
+        return False
+    names = {
+        "trace": cell.trace,
+        "model": cell.model,
+        "gpu": cell.gpu,
+        "allocator": cell.allocator,
+        "block_size": cell.block_size,
+    }
+    return all(row.get(k) == v for k, v in names.items()) and all(k in row for k in ROW_FIGURES)
 
 
 def _save_cell(out: str, cell: Cell, row: dict, wall_s: float | None) -> None:
