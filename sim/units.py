@@ -59,10 +59,10 @@ def parse_duration(text: str) -> float:
 
 
 def format_bytes(n: float) -> str:
-    """Binary units with two decimals: 12884377600 -> '12.00 GiB'."""
+    """Binary units with two decimals: 12884377600 -> '12.00 GiB' (three significant digits from a million TiB)."""
     for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= factor:
-            return f"{n / factor:.2f} {unit}"
+            return f"{n / factor:.2f} {unit}" if abs(n) < factor * 1e6 else f"{n / factor:.3g} {unit}"
     return f"{int(n)} B"
 
 

@@ -127,11 +127,22 @@ def kv_budget(
         requested = usable - breakdown["weights"] - breakdown["activations"] - breakdown["runtime"]
         breakdown["kv"] = requested
         source = "derived"
+        terms = (
+            f"usable {format_bytes(usable)} - weights {format_bytes(breakdown['weights'])} - activations "
+            f"{format_bytes(breakdown['activations'])} (for {engine.batched_tokens_limit(model):,} batched tokens "
+            f"and {engine.max_num_seqs:,} sequences: --max-num-batched-tokens, --max-model-len, --max-num-seqs) - "
+            f"runtime {format_bytes(RUNTIME_OVERHEAD_BYTES)}"
+        )
         if requested <= 0:
             raise UserError(
-                f"{model.name} does not fit on {gpu.name} with tp={tp}: usable {format_bytes(usable)} - weights "
-                f"{format_bytes(breakdown['weights'])} - activations {format_bytes(breakdown['activations'])} - "
-                f"runtime {format_bytes(RUNTIME_OVERHEAD_BYTES)} leaves no KV cache; try a larger --tp"
+                f"{model.name} does not fit on {gpu.name} with tp={tp}: {terms} leaves no KV cache; try a larger "
+                f"--tp, or smaller limits"
+            )
+        if requested < per_token * block_size:
+            raise UserError(
+                f"{model.name} on {gpu.name} with tp={tp}: {terms} leaves {format_bytes(requested)}, less than one "
+                f"{block_size}-token block ({format_bytes(per_token * block_size)}); try a larger --tp, smaller "
+                f"limits, a smaller --block-size or --kv-memory"
             )
     num_blocks = requested // (per_token * block_size)
     if num_blocks <= 0:
@@ -141,9 +152,14 @@ def kv_budget(
         )
     if num_blocks > MAX_KV_BLOCKS:
         least = -(-requested // (per_token * MAX_KV_BLOCKS))  # the block size that brings it within the maximum
+        fix = (
+            f"use --block-size {least:,} or more, or a smaller --kv-memory"
+            if least <= 2**16
+            else "give a smaller --kv-memory"
+        )
         raise UserError(
             f"KV memory {format_bytes(requested)} holds {num_blocks:,} blocks of {block_size} tokens "
             f"({format_bytes(per_token * block_size)} each), more than the {MAX_KV_BLOCKS:,} this simulator "
-            f"represents; use --block-size {least:,} or more, or a smaller --kv-memory"
+            f"represents; {fix}"
         )
     return KVBudget(block_size, int(num_blocks), per_token, int(requested), source, breakdown)
