@@ -28,6 +28,7 @@ from sim.errors import UserError
 from sim.traces.model import Trace
 from sim.traces.readers import detect_format, read_trace
 from sim.traces.readers.lengths import poisson_arrivals
+from sim.traces.readers.rows import MAX_TOKENS
 from sim.units import MAX_DURATION_S
 
 # The most requests one generated trace may hold (about 1.2 GB of arrays while generating): a larger --count, or a
@@ -230,6 +231,8 @@ def parse_lengths(spec: str):
             p = o = 0
         if len(parts) != 2 or p < 1 or o < 1:
             raise UserError(f"--lengths fixed:PROMPT,OUTPUT needs two positive integers, got {arg!r}")
+        if max(p, o) > MAX_TOKENS:
+            raise UserError(f"--lengths fixed:PROMPT,OUTPUT: each at most {MAX_TOKENS:,} tokens, got {arg!r}")
         return FixedLengths(spec, p, o)
     raise UserError(f"unknown --lengths {spec!r}: expected {LENGTHS_HELP}")
 
@@ -281,6 +284,8 @@ def generate(
     for name, value in (("--n", n), ("--beam-width", beam_width)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
+        if value is not None and value > MAX_TOKENS:  # as a trace may hold
+            raise UserError(f"{name} must be at most {MAX_TOKENS:,}, got {value:,}")
     if n is not None and beam_width is not None and beam_width > 1 and n > beam_width:
         raise UserError(f"--n ({n}) must not exceed --beam-width ({beam_width})")
     sampler = parse_lengths(lengths)
@@ -299,6 +304,8 @@ def generate(
             group[rng.random(len(times)) >= prefix_fraction] = -1
         tokens = np.where(group >= 0, prefix_tokens, 0).astype(np.int64)
         prompt = prompt + tokens
+        if len(prompt) and int(prompt.max()) > MAX_TOKENS:
+            raise UserError(f"--prefix-tokens {prefix_tokens:,} makes prompts longer than {MAX_TOKENS:,} tokens")
         columns["prefix_group"] = group
         columns["prefix_tokens"] = tokens
     return Trace(
