@@ -65,7 +65,7 @@ def resolve_allocator(spec: str) -> type[KVAllocator]:
         raise UserError(f"importing allocator module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     cls = getattr(module, class_name, None)
     if not isinstance(cls, type):
-        raise UserError(f"module {module_name!r} has no class {class_name!r}")
+        raise UserError(f"allocator {spec}: module {module_name!r} has no class {class_name!r}")
     missing = [
         m
         for m in (
