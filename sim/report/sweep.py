@@ -227,6 +227,8 @@ def load_spec(path: str) -> SweepSpec:
     for a in spec.allocators:
         resolve_allocator(a)
     validate_options(_base_options(spec, spec.models[0], spec.gpus[0]))
+    for m, g, b in itertools.product(spec.models, spec.gpus, spec.block_sizes):  # a budget that cannot be: now
+        dataclasses.replace(_base_options(spec, m, g), block_size=b).budget()
     cost_model = spec.cost_model_file()
     if cost_model is not None:
         from sim.cost.profile import ProfileCostModel
