@@ -113,6 +113,17 @@ def test_generate_count_beyond_the_maximum_is_refused_at_once(capsys, tmp_path):
     assert not os.path.exists(out)
 
 
+def test_generate_lengths_and_columns_beyond_a_trace_are_refused(capsys, tmp_path):
+    """Was: OverflowError from numpy (fixed:3,10^23, found by the fuzz suite); a trace whose n column the readers
+    refuse (--n 10^11); ZeroDivisionError for extreme --cv."""
+    out = str(tmp_path / "g.csv")
+    refused(capsys, ["trace", "generate", "--lengths", "fixed:3," + "9" * 23, "--count", "5", "-o", out], "--lengths")
+    refused(capsys, ["trace", "generate", "--n", "99999999999", "--count", "5", "-o", out], "--n must be at most")
+    for cv in ("1e200", "1e-200"):  # was: ZeroDivisionError (gamma shape 1 / cv^2 of 0, or scale of 1 / inf)
+        refused(capsys, ["trace", "generate", "--cv", cv, "--arrivals", "gamma", "--count", "5", "-o", out], "--cv")
+    assert not os.path.exists(out)
+
+
 def test_validate_reports_a_missing_cost_model_before_the_gpu(capsys, tmp_path, trace):
     """Was: 'needs a CUDA GPU' on a machine without one (the missing file unmentioned), or a FileNotFoundError
     traceback with --device cpu."""
