@@ -74,6 +74,14 @@ EQUIVALENT: dict[str, str] = {
     "`capacity >> order & 1` is 0 (above the top bit), so the same regions are made",
     "sim/allocators/address_space.py#10": "equivalent: the loop starts one order higher (bit_length()), where "
     "`capacity >> order & 1` is 0, so the same regions are made",
+    "sim/allocators/address_space.py#27": "equivalent: `(size - 1).bit_length()` is never negative (bit_length() >= 0 "
+    "for every int), so max(-1, x) == max(0, x) == x",
+    "sim/allocators/address_space.py#75": "equivalent: at order == top the block is its whole region at s, whose "
+    "bit `top` is 0 (s sums higher bits), so its buddy s + 2**top is the region's end; only smaller regions follow, "
+    "so no free block of order top starts there and the extra iteration breaks",
+    "sim/allocators/address_space.py#128": "equivalent: at order == region order the block is the whole region at s "
+    "and s ^ 2**order = s + 2**order is the region's end, where less than 2**order slots remain; the tiling asserts "
+    "above already hold, so no free block of that order starts there and the extra assert passes",
 }
 
 _COMPARE_SWAPS: dict[type, tuple[type, ...]] = {
