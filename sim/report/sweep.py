@@ -305,6 +305,20 @@ def _base_options(spec: SweepSpec, model: str, gpu: str) -> ReplayOptions:
     )
 
 
+def cell_options(spec: SweepSpec, cell: Cell) -> ReplayOptions:
+    """The replay options of one cell. [options] apply to every cell where they mean something: `address_space` to
+    the contiguous allocators' cells, `sharing = false` to the paged ones (a spec comparing both is not refused)."""
+    options = dataclasses.replace(
+        _base_options(spec, cell.model, cell.gpu), allocator=cell.allocator, block_size=cell.block_size
+    )
+    cls = resolve_allocator(cell.allocator)
+    if not hasattr(cls, "address_space_policy"):
+        options.address_space = None
+    if not (getattr(cls, "grows_on_demand", False) and hasattr(cls, "retain_cached")):
+        options.sharing = True
+    return options
+
+
 @dataclass(frozen=True)
 class Cell:
     index: int
@@ -369,11 +383,7 @@ def _stat_columns(prefix: str, stats: dict) -> dict:
 
 def run_cell(spec: SweepSpec, cell: Cell, trace: Trace) -> dict:
     """One replay; the table's row for it (plain JSON values; no timings, so rows are reproducible)."""
-    import dataclasses as dc
-
-    options = dc.replace(
-        _base_options(spec, cell.model, cell.gpu), allocator=cell.allocator, block_size=cell.block_size
-    )
+    options = cell_options(spec, cell)
     native = trace_rate(trace)
     rate = native if cell.rate == "native" else float(cell.rate)
     scaled = trace if cell.rate == "native" else scale_trace(trace, rate=rate)

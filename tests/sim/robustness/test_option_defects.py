@@ -258,6 +258,15 @@ def test_sweep_cell_file_of_the_wrong_shape_is_recomputed(capsys, tmp_path, spec
     assert json.loads((out / "cells" / cell).read_text())["row"]["trace"] == "t.csv"
 
 
+def test_sweep_options_apply_to_the_cells_they_mean_something_for(capsys, tmp_path, spec_dir):
+    """Was: README's own example ([options] address_space = "buddy" with allocators paged and contiguous-max) stopped
+    with `--address-space applies to contiguous allocators, not paged`; sharing = false likewise for contiguous."""
+    extra = 'allocators = ["paged", "contiguous-max"]'
+    for option in ('address_space = "first-fit"', "sharing = false"):
+        rows = run_sweep_cli(capsys, sweep_spec(spec_dir, "t.csv", option, extra), tmp_path / option[:5])
+        assert [r["allocator"] for r in rows] == ["paged", "contiguous-max"]
+
+
 def test_sweep_accepts_a_cost_model_relative_to_the_spec(capsys, tmp_path, spec_dir):
     """Was: `unknown option(s) cost_model`, so a sweep could not use a calibrated profile."""
     from sim.cost.profile import ProfileCostModel
