@@ -82,6 +82,25 @@ EQUIVALENT: dict[str, str] = {
     "sim/allocators/address_space.py#128": "equivalent: at order == region order the block is the whole region at s "
     "and s ^ 2**order = s + 2**order is the region's end, where less than 2**order slots remain; the tiling asserts "
     "above already hold, so no free block of that order starts there and the extra assert passes",
+    "sim/allocators/contiguous.py#158": "equivalent: `e.start >= -1` differs from `>= 0` only at start -1, and the "
+    "asserts above (space.check() tiles the space from 0; the extents equal the space's allocated ones) make "
+    "start >= 0",
+    "sim/allocators/contiguous.py#187": "equivalent: max_rounds > 0 (checked above) and room = held - tokens >= 0 "
+    "(a sequence never holds more tokens than its reservation), so min(max_rounds, room) >= 0 and max(-1, x) == x",
+    "sim/allocators/contiguous.py#211": "equivalent: `ones` is an int64 array of 1s, and x // 1 == x * 1 for every "
+    "integer x",
+    "sim/allocators/contiguous.py#212": "equivalent: `ones` is an int64 array of 1s, and x // 1 == x * 1 for every "
+    "integer x",
+    "sim/allocators/contiguous.py#213": "equivalent: `ones` is an int64 array of 1s, and x // 1 == x * 1 for every "
+    "integer x",
+    "sim/allocators/fast_paths.py#6": "equivalent: numpy's reshape reads any negative size as 'infer this "
+    "dimension', so reshape(-2) of the 1-d array is reshape(-1)",
+    "sim/allocators/fast_paths.py#17": "equivalent: numpy's reshape reads any negative size as 'infer this "
+    "dimension', so reshape(-2) of the 1-d array is reshape(-1)",
+    "sim/allocators/prefix_hash.py#40": "equivalent: the break is a shortcut; once pos >= hi, every later run starts "
+    "at or after hi (run lengths are >= 0), so start = max(lo, pos) >= hi >= end and it adds no piece",
+    "sim/allocators/prefix_hash.py#42": "equivalent: deleting the break only scans the later runs, which start at or "
+    "after hi (run lengths are >= 0): start >= hi >= end, so they add no piece",
 }
 
 _COMPARE_SWAPS: dict[type, tuple[type, ...]] = {
