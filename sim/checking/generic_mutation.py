@@ -67,6 +67,10 @@ FAMILIES = {
 }
 START, END = "<!-- generic-mutation:start -->", "<!-- generic-mutation:end -->"
 
+_PAGED_UNREF_DEAD = (
+    "equivalent: unreachable; PagedAllocator._unref is called only by append's copy-on-write branch, which runs "
+    "only when the source block has reference count > 1, so decref leaves it >= 1 and returns False"
+)
 # Mutants no test can kill because the mutated program behaves exactly as the original: "file#ordinal" -> why.
 # (Filled from the survivors of the committed run; each reason is checked by reading the code.)
 EQUIVALENT: dict[str, str] = {
@@ -97,6 +101,16 @@ EQUIVALENT: dict[str, str] = {
     "dimension', so reshape(-2) of the 1-d array is reshape(-1)",
     "sim/allocators/fast_paths.py#17": "equivalent: numpy's reshape reads any negative size as 'infer this "
     "dimension', so reshape(-2) of the 1-d array is reshape(-1)",
+    "sim/allocators/paged.py#219": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#220": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#221": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#222": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#223": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#224": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#225": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#226": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#227": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#228": _PAGED_UNREF_DEAD,
     "sim/allocators/prefix_hash.py#40": "equivalent: the break is a shortcut; once pos >= hi, every later run starts "
     "at or after hi (run lengths are >= 0), so start = max(lo, pos) >= hi >= end and it adds no piece",
     "sim/allocators/prefix_hash.py#42": "equivalent: deleting the break only scans the later runs, which start at or "
