@@ -184,8 +184,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from sim.progress import StatusLine
     from sim.records.rundir import open_run_dir
     from sim.report.html import write_outputs
-    from sim.report.sweep import load_spec, run_sweep, write_table
+    from sim.report.sweep import run_sweep, write_table
     from sim.report.sweep_page import build_sweep_page
+    from sim.report.sweep_spec import load_spec
 
     spec = load_spec(args.spec)
     out = args.out or os.path.join("runs", f"sweep-{spec.name}")

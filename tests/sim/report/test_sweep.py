@@ -12,7 +12,8 @@ import pytest
 from sim.cli.main import main
 from sim.errors import UserError
 from sim.report import sweep as sweep_mod
-from sim.report.sweep import cells_of, load_spec, run_sweep
+from sim.report.sweep import run_sweep
+from sim.report.sweep_spec import cells_of, load_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TRACE = os.path.join(ROOT, "traces", "sharegpt-2k.csv")

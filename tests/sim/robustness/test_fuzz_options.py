@@ -364,7 +364,8 @@ def sweep_specs(draw) -> str:
 def test_sweep_specs(text):
     """load_spec refuses with a UserError, or its spec's cells have checked options within bounds and the first cell
     replays (or is refused) with finite figures."""
-    from sim.report.sweep import _base_options, cells_of, load_spec, load_trace, run_cell
+    from sim.report.sweep import load_trace, run_cell
+    from sim.report.sweep_spec import base_options, cells_of, load_spec
     from sim.serving.replay import validate_options
 
     path = os.path.join(_DIR, "spec.toml")
@@ -378,7 +379,7 @@ def test_sweep_specs(text):
         return
     cells = cells_of(spec)
     for cell in cells:
-        options = _base_options(spec, cell.model, cell.gpu)
+        options = base_options(spec, cell.model, cell.gpu)
         validate_options(options)
         assert options.tp >= 1 and 0 <= options.seed < 2**64 and isinstance(options.sharing, bool)
         assert math.isfinite(options.step_overhead_s) and 0 < options.gpu_memory_utilization <= 1

@@ -228,7 +228,7 @@ def test_sweep_trace_column_does_not_depend_on_the_cwd(capsys, tmp_path, spec_di
 
 def test_sweep_cache_keys_include_the_version(tmp_path, spec_dir, monkeypatch):
     """Was: an upgrade reused cells computed by the old version."""
-    from sim.report.sweep import cells_of, load_spec
+    from sim.report.sweep_spec import cells_of, load_spec
 
     spec = load_spec(sweep_spec(spec_dir, "t.csv"))
     before = {c.key for c in cells_of(spec)}
