@@ -101,6 +101,14 @@ EQUIVALENT: dict[str, str] = {
     "dimension', so reshape(-2) of the 1-d array is reshape(-1)",
     "sim/allocators/fast_paths.py#17": "equivalent: numpy's reshape reads any negative size as 'infer this "
     "dimension', so reshape(-2) of the 1-d array is reshape(-1)",
+    "sim/allocators/paged.py#2": "equivalent: the default run_end is read only by _sync_runs, which runs only for "
+    "indexed sequences, and admit sets run_end explicitly for every indexed one (a fork copies its parent's)",
+    "sim/allocators/paged.py#3": "equivalent: the default run_end is read only by _sync_runs, which runs only for "
+    "indexed sequences, and admit sets run_end explicitly for every indexed one (a fork copies its parent's)",
+    "sim/allocators/paged.py#201": "equivalent: a block _take_block returns has fill 0 (non-retaining pools zero "
+    "every freed block) or is an evicted cached block whose fill is overwritten before any read: a copy sets it "
+    "from the source; an append leaves it a last block (recomputed by _tail_fill on every read) or a full block of "
+    "an indexed sequence (all are, in a retaining pool), which registration sets to block_size",
     "sim/allocators/paged.py#219": _PAGED_UNREF_DEAD,
     "sim/allocators/paged.py#220": _PAGED_UNREF_DEAD,
     "sim/allocators/paged.py#221": _PAGED_UNREF_DEAD,

@@ -287,3 +287,25 @@ def test_check_passes_on_valid_edge_states():
     assert a.append_round() == 2 + 5
     assert a.placement(2) == BlockTablePlacement(4, (0, 2))  # block 1 went to sequence 1 in the first round
     a.check()
+
+
+def test_names_flags_and_pool_mode():
+    assert (PagedAllocator.name, PagedPrefixCache.name) == ("paged", "paged-prefix-cache")
+    assert PagedAllocator.description and PagedPrefixCache.description
+    assert PagedAllocator.grows_on_demand is True and PagedAllocator.supports_fork is True
+    assert (PagedAllocator.retain_cached, PagedPrefixCache.retain_cached) == (False, True)
+    # only the prefix cache with sharing on keeps freed blocks' content
+    assert _paged().pool.retain_cached is False
+    assert _paged(sharing=False).pool.retain_cached is False
+    assert PagedPrefixCache(8, 4, 32).pool.retain_cached is True
+    assert PagedPrefixCache(8, 4, 32, sharing=False).pool.retain_cached is False
+
+
+def test_fill_counts_written_tokens_of_every_block():
+    a = _paged()
+    assert a.fill == [0] * 8
+    a.admit(1, 6, 10)
+    a.admit(2, 3, 10)
+    assert a.fill == [4, 2, 3, 0, 0, 0, 0, 0]
+    a.free(1)
+    assert a.fill == [0, 0, 3, 0, 0, 0, 0, 0]
