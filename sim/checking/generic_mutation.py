@@ -71,6 +71,13 @@ _PAGED_UNREF_DEAD = (
     "equivalent: unreachable; PagedAllocator._unref is called only by append's copy-on-write branch, which runs "
     "only when the source block has reference count > 1, so decref leaves it >= 1 and returns False"
 )
+_PAGED_ROUND_ORIGIN = (
+    "equivalent: only differences from the round counter matter (base = tokens - round; every use is base + round, "
+    "round vs (-base) mod block_size, or round + c keys of _res_zero), so another origin changes nothing"
+)
+_PAGED_ORDER_ORIGIN = (
+    "equivalent: live orders are only compared with each other (sorting, `>`), so another origin changes nothing"
+)
 # Mutants no test can kill because the mutated program behaves exactly as the original: "file#ordinal" -> why.
 # (Filled from the survivors of the committed run; each reason is checked by reading the code.)
 EQUIVALENT: dict[str, str] = {
@@ -105,6 +112,12 @@ EQUIVALENT: dict[str, str] = {
     "indexed sequences, and admit sets run_end explicitly for every indexed one (a fork copies its parent's)",
     "sim/allocators/paged.py#3": "equivalent: the default run_end is read only by _sync_runs, which runs only for "
     "indexed sequences, and admit sets run_end explicitly for every indexed one (a fork copies its parent's)",
+    "sim/allocators/paged.py#22": _PAGED_ROUND_ORIGIN,
+    "sim/allocators/paged.py#23": _PAGED_ROUND_ORIGIN,
+    "sim/allocators/paged.py#28": _PAGED_ORDER_ORIGIN,
+    "sim/allocators/paged.py#29": _PAGED_ORDER_ORIGIN,
+    "sim/allocators/paged.py#54": "equivalent: without the instance attribute, reads find KVAllocator's class "
+    "default num_cow_copies = 0, and `+= 1` then sets the instance attribute",
     "sim/allocators/paged.py#201": "equivalent: a block _take_block returns has fill 0 (non-retaining pools zero "
     "every freed block) or is an evicted cached block whose fill is overwritten before any read: a copy sets it "
     "from the source; an append leaves it a last block (recomputed by _tail_fill on every read) or a full block of "

@@ -189,10 +189,10 @@ def _two(cls=PagedAllocator):
 @pytest.mark.parametrize(
     ("corrupt", "message"),
     [
-        (lambda a: setattr(a._seqs[1], "base", -1), "sequence 1 holds -1 tokens$"),
-        (lambda a: setattr(a._seqs[1], "base", 9), "sequence 1 holds 9 tokens in 2 blocks"),
+        (lambda a: setattr(a._seqs[1], "base", -1 - a._round), "sequence 1 holds -1 tokens$"),
+        (lambda a: setattr(a._seqs[1], "base", 9 - a._round), "sequence 1 holds 9 tokens in 2 blocks"),
         (lambda a: a.fill.__setitem__(0, 3), r"block 0 \(logical 0 of sequence 1\) has 3 tokens, expected 4"),
-        (lambda a: a._ring[2].pop(1), "sequence 1 is not in its ring bucket"),
+        (lambda a: a._ring[-a._seqs[1].base % 4].pop(1), "sequence 1 is not in its ring bucket"),
         (lambda a: a._forked.__setitem__(1, a._seqs[1]), "forked set wrong for sequence 1"),
         (lambda a: a._ring[0].__setitem__(99, a._seqs[2]), "ring holds sequences that are not live"),
         (lambda a: setattr(a._seqs[1], "order", 5), "live order is not admission/fork order"),
