@@ -7,7 +7,7 @@ Unless said otherwise: PagedAllocator with 8 blocks of 4 slots (capacity 32).
 
 import pytest
 
-from sim.allocators.base import AllocationError, BlockTablePlacement
+from sim.allocators.base import AllocationError, BlockTablePlacement, TokenContent
 from sim.allocators.paged import PagedAllocator, PagedPrefixCache
 
 
@@ -309,3 +309,51 @@ def test_fill_counts_written_tokens_of_every_block():
     assert a.fill == [4, 2, 3, 0, 0, 0, 0, 0]
     a.free(1)
     assert a.fill == [0, 0, 3, 0, 0, 0, 0, 0]
+
+
+# --- shared prefixes and the prefix cache -----------------------------------------------------------------------
+
+G = ("group", 1)
+
+
+def test_shared_prefix_maps_the_leading_full_blocks():
+    a = _paged()
+    c = TokenContent(((G, 10),))
+    assert a.admit(1, 10, 12, c) == 0  # blocks 0, 1, 2; keys (G, 0), (G, 1) for the full blocks 0 and 1
+    assert a.hit_tokens == 0
+    assert a.admit(2, 10, 12, c) == 8  # maps blocks 0 and 1, computes block 2's 2 tokens into block 3
+    assert a.hit_tokens == 8
+    assert a.placement(2) == BlockTablePlacement(4, (0, 1, 3))
+    assert a.pool.ref_counts[:4] == [2, 2, 1, 1]
+    assert _mem(a) == (12, 4, 0, 0, 16)
+    a.check()
+
+
+def test_a_sequence_without_content_shares_nothing():
+    a = _paged()
+    # another sequence's content run happens to carry sequence 1's own tag: its blocks are indexed under it
+    assert a.admit(3, 9, 9, TokenContent(((("seq", 1), 8),))) == 0
+    assert a.admit(1, 9, 9) == 0  # no content: its tokens are its own, never looked up without a cache
+    assert a.hit_tokens == 0
+    a.check()
+
+
+def test_no_sharing_shares_no_prefix():
+    a = _paged(sharing=False)
+    c = TokenContent(((G, 10),))
+    a.admit(1, 10, 12, c)
+    assert a.admit(2, 10, 12, c) == 0
+    assert a.placement(2) == BlockTablePlacement(4, (3, 4, 5))
+    a.check()
+
+
+def test_prefix_cache_hits_a_recomputed_sequence_own_tokens():
+    a = PagedPrefixCache(8, 4, 32)
+    c = TokenContent(((G, 4),))
+    assert a.admit(1, 4, 12, c) == 0  # block 0 = (G, 0)
+    a.append(1, 5)  # tokens 4..8 are its own: blocks 1 (full, keyed over (G, 0)) and 2
+    a.check()
+    a.free(1)  # blocks 0 and 1 stay cached
+    assert a.admit(1, 9, 12, c) == 8  # recomputed after preemption: the same identities, blocks 0 and 1 hit
+    assert a.placement(1).block_table[:2] == (0, 1)
+    a.check()
