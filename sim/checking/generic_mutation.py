@@ -78,6 +78,11 @@ _PAGED_ROUND_ORIGIN = (
 _PAGED_ORDER_ORIGIN = (
     "equivalent: live orders are only compared with each other (sorting, `>`), so another origin changes nothing"
 )
+_PAGED_FAST_LOOP_GATE = (
+    "equivalent: it only decides whether _register_full_blocks' fast loop runs; that loop covers indices below "
+    "min(full, first run length // block_size), where chain_key gives the same (tag, index) keys (runs[0] always "
+    "starts at offset 0), and the chain_key loop after it registers whatever it left"
+)
 # Mutants no test can kill because the mutated program behaves exactly as the original: "file#ordinal" -> why.
 # (Filled from the survivors of the committed run; each reason is checked by reading the code.)
 EQUIVALENT: dict[str, str] = {
@@ -118,6 +123,19 @@ EQUIVALENT: dict[str, str] = {
     "sim/allocators/paged.py#29": _PAGED_ORDER_ORIGIN,
     "sim/allocators/paged.py#54": "equivalent: without the instance attribute, reads find KVAllocator's class "
     "default num_cow_copies = 0, and `+= 1` then sets the instance attribute",
+    "sim/allocators/paged.py#97": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#98": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#99": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#100": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#101": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#102": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#103": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#104": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#105": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#106": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#109": "equivalent: without the append in the fast loop, the chain_key loop after it "
+    "starts again at the first missing index and appends the same (tag, index) keys (registration of a "
+    "key already indexed is skipped), so hashes, index and fills end the same",
     "sim/allocators/paged.py#201": "equivalent: a block _take_block returns has fill 0 (non-retaining pools zero "
     "every freed block) or is an evicted cached block whose fill is overwritten before any read: a copy sets it "
     "from the source; an append leaves it a last block (recomputed by _tail_fill on every read) or a full block of "

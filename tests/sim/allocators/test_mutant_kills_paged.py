@@ -357,3 +357,61 @@ def test_prefix_cache_hits_a_recomputed_sequence_own_tokens():
     assert a.admit(1, 9, 12, c) == 8  # recomputed after preemption: the same identities, blocks 0 and 1 hit
     assert a.placement(1).block_table[:2] == (0, 1)
     a.check()
+
+
+def test_prefix_cache_hits_own_tokens_written_across_several_appends():
+    a = PagedPrefixCache(8, 4, 32)
+    c = TokenContent(((G, 2),))
+    assert a.admit(1, 3, 12, c) == 0  # G G, then its own token 2
+    a.append(1)  # own token 3: block 0 full, keyed over G G and own tokens 2..3 (one run)
+    a.append(1, 4)  # own tokens 4..7: block 1 full
+    a.append(1)  # own token 8 in block 2
+    a.check()
+    a.free(1)
+    # recomputed: runs_from gives G G and one own run 2..8, the same identities in the same pieces
+    assert a.admit(1, 9, 12, c) == 8
+    assert a.placement(1).block_table[:2] == (0, 1)
+    a.check()
+
+
+def test_a_block_mixing_two_content_runs_is_keyed_by_both():
+    a = _paged()
+    A, B = ("group", 1), ("group", 2)
+    assert a.admit(1, 7, 12, TokenContent(((A, 3), (B, 4)))) == 0  # block 0 = A A A B: not B's first block
+    assert a.admit(2, 5, 12, TokenContent(((B, 5),))) == 0  # B B B B: no hit
+    assert a.admit(3, 5, 12, TokenContent(((A, 3), (B, 2)))) == 4  # A A A B: hits block 0
+    a.check()
+
+
+def test_prefix_cache_hits_a_chain_of_hashed_blocks():
+    a = PagedPrefixCache(8, 4, 32)
+    c = TokenContent(((G, 2),))
+    a.admit(1, 3, 16, c)
+    a.append(1, 10)  # 13 tokens: blocks 0..2 full, each keyed over the previous block's key
+    a.free(1)
+    assert a.admit(1, 13, 16, c) == 12
+    a.check()
+
+
+def test_the_same_content_computed_twice_is_indexed_once():
+    a = _paged()
+    c = TokenContent(((("group", 1), 2), (("group", 2), 6)))  # two runs: every block key is hashed
+    assert a.admit(1, 8, 8, c) == 0  # blocks 0 and 1, both full and indexed
+    # the same 8 tokens: block 0 hits, block 1 is computed again (one token is always left to compute) into block 2,
+    # whose content is already indexed (at block 1): it is not indexed again
+    assert a.admit(2, 8, 8, c) == 4
+    assert a.placement(2) == BlockTablePlacement(4, (0, 2))
+    assert sorted(a.pool.hash_block.values()) == [0, 1]
+    assert sorted(a.pool.block_hash) == [0, 1]
+    a.check()
+
+
+def test_prefix_cache_hits_the_own_tokens_of_a_child_of_an_empty_parent():
+    a = PagedPrefixCache(8, 4, 32)
+    a.admit(1, 0, 8)  # no tokens yet (its runs are empty)
+    a.fork(1, 2)
+    a.append(2, 5)  # the child's own tokens 0..4: block 0 full, keyed (("seq", 2), 0)
+    a.free(1)
+    a.free(2)
+    assert a.admit(2, 5, 8) == 4  # sequence 2 recomputed: its block 0 hits
+    a.check()
