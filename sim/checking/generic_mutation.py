@@ -136,6 +136,12 @@ EQUIVALENT: dict[str, str] = {
     "sim/allocators/paged.py#109": "equivalent: without the append in the fast loop, the chain_key loop after it "
     "starts again at the first missing index and appends the same (tag, index) keys (registration of a "
     "key already indexed is skipped), so hashes, index and fills end the same",
+    "sim/allocators/paged.py#139": "equivalent: at final_len == tokens the other branch's value is the same: "
+    "min(block_size - partial, final_len - tokens) = 0",
+    "sim/allocators/paged.py#180": "equivalent: live orders are distinct (each admit or fork takes the next one), "
+    "so the last sequence of a bucket never has s's order and `>=` flags exactly what `>` flags",
+    "sim/allocators/paged.py#189": "equivalent: leaving the flag set only sorts the bucket again on the next read; "
+    "sorting a bucket already in live order gives the same order",
     "sim/allocators/paged.py#201": "equivalent: a block _take_block returns has fill 0 (non-retaining pools zero "
     "every freed block) or is an evicted cached block whose fill is overwritten before any read: a copy sets it "
     "from the source; an append leaves it a last block (recomputed by _tail_fill on every read) or a full block of "

@@ -415,3 +415,29 @@ def test_prefix_cache_hits_the_own_tokens_of_a_child_of_an_empty_parent():
     a.free(2)
     assert a.admit(2, 5, 8) == 4  # sequence 2 recomputed: its block 0 hits
     a.check()
+
+
+def test_a_round_gives_blocks_in_live_order_after_a_sequence_reattached():
+    a = _paged()
+    a.admit(1, 2, 32)  # block 0, first in live order
+    a.admit(2, 3, 32)  # block 1
+    a.append(1)  # both hold 3 tokens now; 1 re-entered the lazy-round bookkeeping after 2
+    assert a.round_crossers() == []  # round 1 fills both last blocks
+    assert a.append_round() == 8
+    assert a.round_crossers() == [1, 2]  # round 2: both need a block, 1 first
+    assert a.append_round() == 10
+    assert a.placement(1) == BlockTablePlacement(4, (0, 2))
+    assert a.placement(2) == BlockTablePlacement(4, (1, 3))
+    a.check()
+
+
+def test_run_decode_gives_blocks_in_live_order_after_a_sequence_reattached():
+    a = _paged()
+    a.admit(1, 2, 32)
+    a.admit(2, 3, 32)
+    a.append(1)
+    plan = a.run_decode([1, 2], 2, None)
+    assert plan.rounds == 2
+    assert a.placement(1) == BlockTablePlacement(4, (0, 2))
+    assert a.placement(2) == BlockTablePlacement(4, (1, 3))
+    a.check()
