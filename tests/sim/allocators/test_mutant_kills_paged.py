@@ -35,6 +35,7 @@ def test_admit_up_to_exactly_the_free_blocks():
     assert a.can_admit(1, 32, 32)
     assert not a.can_admit(1, 33, 33)
     assert not a.can_admit(1, -1, 4)
+    assert a.can_admit(1, 0, 4)
     with pytest.raises(AllocationError, match=r"cannot admit sequence 1 \(33 tokens\): 9 blocks needed"):
         a.admit(1, 33, 33)
     with pytest.raises(AllocationError, match=r"cannot admit sequence 1 \(-1 tokens\)$"):
@@ -109,6 +110,7 @@ def test_fork_then_copy_on_write():
     assert _mem(a) == (6, 2, 0, 0, 24)  # the shared last block's 2 empty slots are reserved once
     assert a.held_without_sharing() == 16
     assert a.blocks_needed_to_append(2) == 1  # the copy
+    assert a.blocks_needed_to_append(2, 0) == 0  # nothing written: no copy
     a.append(2)  # writes into a private copy of block 1: block 2, then its 3rd token
     assert a.placement(2) == BlockTablePlacement(4, (0, 2))
     assert a.take_copy_ops() == [(1, 2)]
@@ -286,6 +288,8 @@ def test_check_passes_on_valid_edge_states():
     a.check()
     assert a.append_round() == 2 + 5
     assert a.placement(2) == BlockTablePlacement(4, (0, 2))  # block 1 went to sequence 1 in the first round
+    assert a.blocks_needed_to_append(2, 3) == 0  # 5 + 3 tokens fill its 2 blocks
+    assert a.blocks_needed_to_append(2, 4) == 1
     a.check()
 
 
@@ -441,3 +445,21 @@ def test_run_decode_gives_blocks_in_live_order_after_a_sequence_reattached():
     assert a.placement(1) == BlockTablePlacement(4, (0, 2))
     assert a.placement(2) == BlockTablePlacement(4, (1, 3))
     a.check()
+
+
+@pytest.mark.parametrize(("other_tokens", "fits"), [(20, True), (24, False)])
+def test_cached_hits_count_against_the_free_blocks(other_tokens, fits):
+    a = PagedPrefixCache(8, 4, 32)
+    c = TokenContent(((G, 8),))
+    a.admit(1, 9, 12, c)  # blocks 0, 1 (indexed) and 2
+    a.free(1)  # free queue 3, 4, 5, 6, 7, 2, 1, 0: blocks 0 and 1 cached
+    a.admit(3, other_tokens, 32)  # 5 blocks leave 2, 1, 0 free; 6 leave 1, 0
+    # sequence 2 hits the cached blocks 0 and 1, which leave the free queue, and needs one more: 3 free blocks
+    assert a.can_admit(2, 9, 12, c) is fits
+    if fits:
+        assert a.admit(2, 9, 12, c) == 8
+        assert a.placement(2) == BlockTablePlacement(4, (0, 1, 2))
+        a.check()
+    else:
+        with pytest.raises(AllocationError, match="3 blocks needed"):
+            a.admit(2, 9, 12, c)
