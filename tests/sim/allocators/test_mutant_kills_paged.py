@@ -463,3 +463,21 @@ def test_cached_hits_count_against_the_free_blocks(other_tokens, fits):
     else:
         with pytest.raises(AllocationError, match="3 blocks needed"):
             a.admit(2, 9, 12, c)
+
+
+def test_append_round_declines_a_copy_and_takes_exactly_the_free_blocks():
+    a = _paged()
+    a.admit(1, 6, 32)
+    a.fork(1, 2)  # block 1 shared and partly filled: a round would copy it
+    assert a.append_round() is None
+    assert a.round_crossers() is None
+    assert a.plan_decode([1, 2], 3, None) is None
+    a.append(2)  # the copy: nothing shared and partly filled now
+    assert a.append_round() == 7 + 8
+    b = _paged()
+    b.admit(1, 4, 32)
+    b.admit(2, 20, 32)  # 6 blocks held, 2 free; both at a block boundary
+    assert b.round_crossers() == [1, 2]
+    assert b.append_round() == 5 + 21  # exactly the 2 free blocks
+    assert b.num_free_blocks == 0
+    b.check()
