@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import InvalidStateError, ProcessPoolExecutor
 
 PR_SET_PDEATHSIG = 1
 EXIT_INTERRUPTED = 130
@@ -125,8 +125,21 @@ def worker_pool(max_workers: int, initializer=None, initargs: tuple = ()) -> Pro
     )
 
 
+def _ignore_cancelled_in_pool_threads(args) -> None:
+    """threading.excepthook while a pool is stopped: Python 3.11's pool manager thread, finding its workers
+    terminated, sets an exception on every pending future, cancelled ones included, and that raises
+    InvalidStateError in the thread (printed as a traceback). Nothing is lost: the futures were cancelled on purpose."""
+    if isinstance(args.exc_value, InvalidStateError):
+        return
+    _previous_excepthook(args)
+
+
+_previous_excepthook = threading.excepthook
+
+
 def stop_pool(pool: ProcessPoolExecutor, futures=()) -> None:
     """Cancel `futures` not yet started, terminate the workers and reap them (on an interrupt or error)."""
+    threading.excepthook = _ignore_cancelled_in_pool_threads
     for fut in futures:
         fut.cancel()
     processes = list((getattr(pool, "_processes", None) or {}).values())
