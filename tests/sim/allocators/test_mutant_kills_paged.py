@@ -481,3 +481,12 @@ def test_append_round_declines_a_copy_and_takes_exactly_the_free_blocks():
     assert b.append_round() == 5 + 21  # exactly the 2 free blocks
     assert b.num_free_blocks == 0
     b.check()
+
+
+def test_append_queries_default_to_one_token():
+    a = _paged()
+    a.admit(1, 7, 32)  # one empty slot left in its last block
+    a.admit(2, 24, 32)  # no free block left
+    assert a.blocks_needed_to_append(1) == 0
+    assert a.can_append(1)
+    assert not a.can_append(1, 2)
