@@ -3,7 +3,7 @@
 The split-KV decode grid (:mod:`kernels.attention.decode`) gives each (sequence, KV head, partition) one
 program. Its programs are equal only when the lengths are, and even then their number rarely divides evenly
 into the GPU's resident slots: 512 equal programs on an H100 (132 SMs x 4 resident) leave 16 slots empty, so
-116 SMs run 4 programs and 16 run 3. Here the grid has one program per resident slot, and the flattened list of
+116 SMs hold 4 programs and 16 hold 3. Here the grid has one program per resident slot, and the flattened list of
 work items - ``BLOCK_N``-token tiles of each (sequence, KV head) pair, pairs in (sequence, head) order - is cut
 into equal contiguous ranges, one per program. A program may finish one pair's tail and go on to the next pair's
 head, so mixed lengths balance as well as uniform ones, with no partition-size heuristic.

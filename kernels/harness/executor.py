@@ -1,5 +1,7 @@
 """Execute one scheduler `Batch` on the GPU: the model's layers with our kernels over the real KV pool.
 
+Long file: the GPU replay's hot loop; preparation, graph and eager paths share packed buffers.
+
 Order of one iteration:
 
 1. host: gather placements of every sequence in the batch (block tables or extents), the slot of every new token,

@@ -1,5 +1,7 @@
 """Paged KV cache (PagedAttention): fixed-size blocks taken on demand, one block table per sequence, and sharing.
 
+Long file: the hot loops (round steps and their deliberate copies) stay in one class with their locals.
+
 Blocks come from a `BlockPool` (a free queue, reference counts, and a content-hash index). A sequence's block table
 maps its logical blocks (tokens [i*block_size, (i+1)*block_size)) to physical block ids; blocks are taken when a token
 crosses a block boundary and returned when the sequence finishes or is preempted.

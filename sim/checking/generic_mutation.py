@@ -1,5 +1,7 @@
 """Generic mutation testing of the allocators: arbitrary generated mutants of sim/allocators/, not a hand-made list.
 
+Long file: one tool whose mutator, runner, cache, report and equivalence table share the mutant records.
+
 A small syntax-tree mutator. For every module of sim/allocators/ it enumerates, in a fixed order, one mutant per
 applicable operator and site:
 
