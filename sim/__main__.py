@@ -14,4 +14,11 @@ for _sig in (signal.SIGINT, signal.SIGTERM):
 from sim.cli.main import main  # noqa: E402 (after the handlers: the imports take a while)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    finally:
+        # the run is over and its output written: a signal now must not kill the interpreter during its shut-down,
+        # when Python has put the default handlers back (the run would report "killed" with a finished output)
+        for _sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(_sig, signal.SIG_IGN)
+    sys.exit(code)

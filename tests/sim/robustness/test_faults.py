@@ -62,6 +62,25 @@ def marked(marker: str) -> list[int]:
     return pids
 
 
+def catches_sigterm(pid: int) -> bool:
+    """True once the process has a handler for SIGTERM (the SigCgt mask of /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(mask >> (signal.SIGTERM - 1) & 1)
+
+
+def wait_for_handlers(pid: int, timeout: float = 60.0) -> None:
+    # a signal before the interpreter reaches sim/__main__.py kills it by default (exit -15): that is Python's
+    # start-up, not ours, and on a loaded machine it can take longer than any fixed delay
+    end = time.monotonic() + timeout
+    while not catches_sigterm(pid):
+        assert time.monotonic() < end, "sim never installed its signal handlers"
+        time.sleep(0.005)
+
+
 def sim(*args, cwd) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "sim", *map(str, args)]
     return subprocess.run(cmd, cwd=cwd, env=run_env(), capture_output=True, text=True, timeout=300)
@@ -144,7 +163,7 @@ def check_output(command: str, out: Path, work: Path) -> str:
 def test_fault(work, tmp_path, command, sig, point):
     rng = random.Random(f"{SEED}-{command}-{sig}-{point}")
     args, span = COMMANDS[command]
-    delay = rng.uniform(0.1, span)  # not before the interpreter has run sim/__main__.py
+    delay = rng.uniform(0.0, span)  # counted from the moment `sim` catches SIGTERM (sim/__main__.py has run)
     out = tmp_path / "out"
     argv = [a.format(out=out, traces=TRACES) for a in args]
     marker = f"{os.getpid()}-{command}-{sig}-{point}"
@@ -153,6 +172,7 @@ def test_fault(work, tmp_path, command, sig, point):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     try:
+        wait_for_handlers(p.pid)
         time.sleep(delay)
         if sig == "INT":
             os.killpg(p.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
