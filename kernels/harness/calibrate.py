@@ -82,6 +82,7 @@ def _prefill_batch(state: SyntheticState, batch: Batch, num: int, new: int, cont
             return False
         seq.cached_tokens = context
         batch.prefill.append(seq)
+        batch.prefill_spans.append((context, context + new))
         batch.num_prefill_seqs += 1
         batch.num_prefill_tokens += new
         batch.prefill_context_tokens += context
@@ -92,7 +93,9 @@ def _prefill_batch(state: SyntheticState, batch: Batch, num: int, new: int, cont
 def synthetic_batches(state: SyntheticState, kind: str, a: int, b: int, prefill_seqs: int = 1):
     """Yield one Batch of a grid point (none if it does not fit the pool). Kinds: ("decode", batch size, context),
     ("prefill", new tokens, context), ("multi", sequences, new tokens each), ("mixed", prefill tokens, decode batch
-    size at context 512), ("copy", block copies, 0) -- a decode batch of 8 at context 64 with that many CoW copies."""
+    size at context 512), ("chunk", prefill tokens, decode batch size): the mixed shape with the prefill on
+    CHUNK_CONTEXT tokens of context, as vllm-v1's chunked prefill runs it; ("copy", block copies, 0) -- a decode
+    batch of 8 at context 64 with that many CoW copies."""
     batch = Batch()
     if kind == "decode":
         ok = _decode_batch(state, batch, a, b)
@@ -102,6 +105,8 @@ def synthetic_batches(state: SyntheticState, kind: str, a: int, b: int, prefill_
         ok = _prefill_batch(state, batch, a, b, 0)
     elif kind == "mixed":
         ok = _prefill_batch(state, batch, 1, a, 0) and _decode_batch(state, batch, b, 512)
+    elif kind == "chunk":  # vllm-v1's shape: a prompt chunk on earlier chunks' context, beside decode rows
+        ok = _prefill_batch(state, batch, 1, a, CHUNK_CONTEXT) and _decode_batch(state, batch, b, 512)
     elif kind == "copy":
         ok = state.paged and _decode_batch(state, batch, 8, 64)
         if ok:
@@ -117,6 +122,9 @@ def synthetic_batches(state: SyntheticState, kind: str, a: int, b: int, prefill_
         state.release(batch)
         return
     yield batch
+
+
+CHUNK_CONTEXT = 2048  # context of the "chunk" grid points: the earlier chunks of a long prompt
 
 
 def grid(max_len: int, max_seqs: int, max_batched: int) -> list[tuple[str, int, int]]:
@@ -139,6 +147,10 @@ def grid(max_len: int, max_seqs: int, max_batched: int) -> list[tuple[str, int, 
         for d in (8, 32, 128):
             if p <= max_batched and d + 1 <= max_seqs and p <= max_len:
                 points.append(("mixed", p, d))
+    for p in (512, 2048):
+        for d in (8, 64):
+            if p + d <= max_batched and d + 1 <= max_seqs and p + CHUNK_CONTEXT <= max_len:
+                points.append(("chunk", p, d))
     return points
 
 
@@ -239,7 +251,7 @@ def calibrate(run, meta: dict, repeats: int = 2, passes: int = 3, budget_s: floa
     warm = warm_up(run)
     log(f"calibrate: warm-up {warm:.1f} s")
     state = SyntheticState(run)
-    points = grid(o.model.max_model_len, o.max_num_seqs, o.engine_config.batched_tokens_limit(o.model))
+    points = grid(o.model.max_model_len, o.engine_config.max_num_seqs, o.engine_config.batched_tokens_limit(o.model))
     deadline = t0 + budget_s if budget_s else None
     gc.collect()
     gc.disable()  # no collector pauses inside the timed runs

@@ -218,13 +218,12 @@ class Executor:
         starts = np.fromiter((p.start for p in placements), dtype=np.int64, count=len(branches))
         return lens, starts + pos, None, starts
 
-    def _prefill_meta(self, seqs):
+    def _prefill_meta(self, seqs, spans):
         alloc, bs = self.alloc, self.block_size
         firsts, cached, totals, slots, tables = [], [], [], [], []
         paged = True
-        for seq in seqs:
+        for seq, (c, n) in zip(seqs, spans, strict=True):  # positions [c, n) on c tokens of context
             b = seq.branches[0]
-            n, c = seq.prefill_tokens, seq.cached_tokens
             p = alloc.placement(b)
             pos = np.arange(c, n, dtype=np.int64)
             if isinstance(p, BlockTablePlacement):
@@ -331,7 +330,9 @@ class Executor:
         nd = len(dec_branches)
         dec_lens, dec_slots, dec_bt, dec_starts = self._decode_meta(dec_branches)
         if batch.prefill:
-            pf_firsts, pf_cached, pf_totals, pf_slots, pf_bt, pf_paged = self._prefill_meta(batch.prefill)
+            pf_firsts, pf_cached, pf_totals, pf_slots, pf_bt, pf_paged = self._prefill_meta(
+                batch.prefill, batch.prefill_spans
+            )
         else:
             pf_firsts, pf_cached, pf_totals, pf_slots, pf_bt, pf_paged = (
                 [],

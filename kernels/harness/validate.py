@@ -160,7 +160,7 @@ def validation_record(trace_desc: dict, options, run, pred, meas, env: dict) -> 
             "kv_blocks": run.budget.num_blocks,
             "block_size": run.budget.block_size,
             "kv_capacity_bytes": run.budget.capacity_bytes,
-            "max_num_seqs": options.max_num_seqs,
+            "max_num_seqs": options.engine_config.max_num_seqs,
             "max_num_batched_tokens": options.engine_config.batched_tokens_limit(options.model),
             "max_model_len": options.model.max_model_len,
             "cost_model": pred.summary["config"]["cost_model"],

@@ -148,6 +148,12 @@ class KVAllocator(FastPaths, ABC):
         prefill). Allocators without a cache return 0. `content` names the tokens (None: all unique).
         """
 
+    def prefix_hit_tokens(self, seq_id: int, num_tokens: int, content: TokenContent | None = None) -> int:
+        """Tokens `admit` would find in the prefix cache for a new sequence of num_tokens tokens (at least one token
+        is left to compute), without admitting it: a scheduler that admits a prompt in chunks asks first. Allocators
+        without a cache find none."""
+        return 0
+
     @abstractmethod
     def can_append(self, seq_id: int, num_tokens: int = 1) -> bool:
         """Whether `append` would succeed now."""

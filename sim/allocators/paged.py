@@ -32,7 +32,7 @@ import numpy as np
 from sim.allocators.base import AllocationError, BlockTablePlacement, KVAllocator, MemoryBreakdown, TokenContent
 from sim.allocators.block_pool import BlockPool
 from sim.allocators.fast_paths import BlockDecodePlan, DecodePlan
-from sim.allocators.prefix_hash import Run, chain_key, leading_hits, runs_from
+from sim.allocators.prefix_hash import Run, chain_key, content_length, leading_hits, runs_from
 from sim.units import ceil_div
 
 
@@ -101,6 +101,9 @@ class PagedAllocator(KVAllocator):
         if not self.sharing or not (self.pool.retain_cached or (content and content.runs)):
             return []  # a sequence's own tokens are indexed only in a cache (see admit: indexed)
         return leading_hits(self.pool.hash_block, runs_from(content, seq_id, num_tokens), num_tokens, self.block_size)
+
+    def prefix_hit_tokens(self, seq_id: int, num_tokens: int, content: TokenContent | None = None) -> int:
+        return len(self._prefix_hits(seq_id, num_tokens, content)) * self.block_size
 
     def _sync_runs(self, s: _Seq, tokens: int) -> None:
         """Extend s's runs to its `tokens` tokens: tokens it wrote itself are its own (tag ("seq", id))."""
@@ -278,8 +281,9 @@ class PagedAllocator(KVAllocator):
         indexed = self.sharing and (self.pool.retain_cached or bool(content and content.runs))
         s = _Seq(seq_id, table, 0, final_len, self._next_order, indexed=indexed)
         self._next_order += 1
-        if indexed:
-            s.runs, s.run_end = runs_from(content, seq_id, num_tokens), num_tokens
+        if indexed:  # the content's runs all along, so that tokens written by later appends (prompt chunks) match
+            covered = max(num_tokens, content_length(content))
+            s.runs, s.run_end = runs_from(content, seq_id, covered), covered
             self._num_indexed += 1
         self._seqs[seq_id] = s
         self._logical_blocks += len(table)

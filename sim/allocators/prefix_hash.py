@@ -31,6 +31,11 @@ def runs_from(content: TokenContent | None, seq_id: int, num_tokens: int) -> lis
     return runs
 
 
+def content_length(content: TokenContent | None) -> int:
+    """Tokens the content's runs name (a sequence's tokens beyond them are its own)."""
+    return sum(length for _, length in content.runs) if content else 0
+
+
 def block_pieces(runs: list[Run], index: int, block_size: int) -> tuple:
     """Identities of the tokens of logical block `index`, as (tag, first offset, length) pieces."""
     lo, hi = index * block_size, (index + 1) * block_size

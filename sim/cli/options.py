@@ -138,16 +138,36 @@ def add_hardware_options(p: argparse.ArgumentParser, gpu_default: str = "a100-80
     )
     p.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel GPUs (default: 1)")
     p.add_argument("--max-model-len", type=positive_int, help="override the model's max length (tokens)")
-    p.add_argument("--max-num-seqs", type=positive_int, default=256, help="sequences per iteration (default: 256)")
+    p.add_argument(
+        "--max-num-seqs",
+        type=positive_int,
+        help="sequences per iteration (default: the scheduler's: vllm-v0 256; vllm-v1 1024 on GPUs of 70 GiB or "
+        "more other than A100, else 256)",
+    )
     p.add_argument(
         "--max-num-batched-tokens",
         type=positive_int,
-        help="prompt tokens prefilled per iteration (default: max(max model length, 2048))",
+        help="token budget of one iteration (default: the scheduler's: vllm-v0 max(max model length, 2048) prompt "
+        "tokens; vllm-v1 8192 tokens on GPUs of 70 GiB or more other than A100, else 2048)",
     )
 
 
 def add_policy_options(p: argparse.ArgumentParser) -> None:
-    """How the replay runs: allocator options, cost model, sharing, beams, fast-forward."""
+    """How the replay runs: scheduler, allocator options, cost model, sharing, beams, fast-forward."""
+    p.add_argument(
+        "--scheduler",
+        default="vllm-v0",
+        metavar="NAME",
+        help="engine model: vllm-v0 (the 2023 paper's: whole prompts, prefills first) or vllm-v1 (one token "
+        "budget, chunked prefill), or your own class as package.module:ClassName (default: %(default)s)",
+    )
+    p.add_argument(
+        "--long-prefill-token-threshold",
+        type=non_negative_int,
+        default=0,
+        metavar="TOKENS",
+        help="vllm-v1: most prompt tokens one request computes per iteration (default: 0, no cap)",
+    )
     p.add_argument(
         "--address-space",
         choices=["buddy", "first-fit"],
@@ -215,6 +235,8 @@ def replay_options(args: argparse.Namespace, allocator: str) -> ReplayOptions:
     options = ReplayOptions(
         **hardware_kwargs(args),
         allocator=allocator,
+        scheduler=args.scheduler,
+        long_prefill_token_threshold=args.long_prefill_token_threshold,
         address_space=args.address_space,
         step_overhead_s=option_duration("--step-overhead", args.step_overhead),
         sharing=not args.no_sharing,
@@ -245,3 +267,10 @@ def print_header(trace, options: ReplayOptions) -> None:
             f"{format_bytes(b['runtime'])} = {format_bytes(b['kv'])}"
         )
     print(budget.describe(options.model))
+    engine = options.engine_config
+    threshold = options.long_prefill_token_threshold
+    cap = f", long_prefill_token_threshold {threshold:,}" if threshold else ""
+    print(
+        f"scheduler: {options.scheduler} (max_num_seqs {engine.max_num_seqs:,}, max_num_batched_tokens "
+        f"{engine.batched_tokens_limit(options.model):,}{cap})"
+    )

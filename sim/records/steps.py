@@ -252,6 +252,7 @@ def record_iteration(
         i = request.index
         if np.isnan(requests.admitted_s[i]):
             requests.admitted_s[i] = request.admitted_s
+        if np.isnan(requests.first_token_s[i]) and request.first_token_s is not None:  # a whole prompt computed
             requests.first_token_s[i] = request.first_token_s
     for request in finished:
         requests.finish_s[request.index] = end

@@ -182,7 +182,8 @@ def inputs_rows(data: ReportData, command: str | None) -> list[tuple[str, str]]:
     rows.append(
         (
             "engine limits",
-            f"max_num_seqs {limits.get('max_num_seqs', base.max_num_seqs)}, "
+            f"scheduler {limits.get('scheduler', base.scheduler)}, "
+            f"max_num_seqs {limits.get('max_num_seqs', base.engine_config.max_num_seqs)}, "
             f"max_num_batched_tokens {limits.get('max_num_batched_tokens')}, "
             f"address space (contiguous) {base.address_space or 'buddy'}, "
             f"sharing {'on' if base.sharing else 'off'}",

@@ -20,6 +20,7 @@ from sim.hardware.gpus import resolve_gpu
 from sim.hardware.models import resolve_model
 from sim.report.slo import parse_slos
 from sim.serving.replay import ReplayOptions, validate_options
+from sim.serving.schedulers import resolve_scheduler
 from sim.units import parse_duration, parse_size
 
 ADDRESS_SPACES = ("buddy", "first-fit")
@@ -40,6 +41,8 @@ SPEC_KEYS = {
     "options",
 }
 OPTION_KEYS = {
+    "scheduler",
+    "long_prefill_token_threshold",
     "tp",
     "max_num_seqs",
     "max_num_batched_tokens",
@@ -194,8 +197,22 @@ def _check_option(path: str, base: str, key: str, value) -> None:
     """One [options] value, checked by type and range: a string is not a number, nor a boolean."""
     what = f"[options] {key}"
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if key in ("tp", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "seed"):
-        low = {"seed": 0, "max_model_len": 2}.get(key, 1)
+    if key == "scheduler":
+        if not isinstance(value, str):
+            raise UserError(f'{path}: {what} must be a scheduler name such as "vllm-v1", got {value!r}')
+        try:
+            resolve_scheduler(value)
+        except UserError as exc:
+            raise UserError(f"{path}: {what}: {exc}") from None
+    elif key in (
+        "tp",
+        "max_num_seqs",
+        "max_num_batched_tokens",
+        "max_model_len",
+        "seed",
+        "long_prefill_token_threshold",
+    ):
+        low = {"seed": 0, "max_model_len": 2, "long_prefill_token_threshold": 0}.get(key, 1)
         if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_INT):
             raise UserError(f"{path}: {what} must be an integer >= {low}, got {value!r}")
     elif key == "kv_memory":
@@ -237,8 +254,10 @@ def base_options(spec: SweepSpec, model: str, gpu: str) -> ReplayOptions:
         kv_memory=parse_size(str(o["kv_memory"])) if "kv_memory" in o else None,
         gpu_memory_utilization=float(o.get("gpu_memory_utilization", 0.9)),
         tp=o.get("tp", 1),
-        max_num_seqs=o.get("max_num_seqs", 256),
+        scheduler=o.get("scheduler", "vllm-v0"),
+        max_num_seqs=o.get("max_num_seqs"),
         max_num_batched_tokens=o.get("max_num_batched_tokens"),
+        long_prefill_token_threshold=o.get("long_prefill_token_threshold", 0),
         address_space=o.get("address_space"),
         step_overhead_s=parse_duration(str(o["step_overhead"])) if "step_overhead" in o else DEFAULT_STEP_OVERHEAD_S,
         sharing=o.get("sharing", True),

@@ -20,8 +20,7 @@ from sim.records.summary import sharing_summary, summarize
 from sim.serving.beam import BeamModel
 from sim.serving.engine import Engine
 from sim.serving.intake import ProgressCallback
-from sim.serving.schedulers.base import SchedulerLimits
-from sim.serving.schedulers.vllm_v0 import VllmV0Scheduler
+from sim.serving.schedulers import Scheduler, SchedulerLimits, resolve_scheduler
 from sim.traces.model import Trace
 from sim.units import MAX_DURATION_S
 
@@ -35,8 +34,10 @@ class ReplayOptions:
     kv_memory: int | None = None  # bytes; None: derived from the GPU
     gpu_memory_utilization: float = 0.9
     tp: int = 1
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int | None = None
+    scheduler: str = "vllm-v0"  # a registered scheduler model or package.module:ClassName
+    max_num_seqs: int | None = None  # None: the scheduler's default for the GPU (default_limits)
+    max_num_batched_tokens: int | None = None  # None: the scheduler's default for the GPU and model
+    long_prefill_token_threshold: int = 0  # vllm-v1: most prompt tokens one request computes per iteration (0: any)
     address_space: str | None = None  # contiguous allocators: "buddy" (default) or "first-fit"
     step_overhead_s: float = DEFAULT_STEP_OVERHEAD_S
     sharing: bool = True  # paged allocators: fork sharing, copy-on-write and shared prefixes (False: --no-sharing)
@@ -47,7 +48,12 @@ class ReplayOptions:
 
     @property
     def engine_config(self) -> EngineConfig:
-        return EngineConfig(self.max_num_seqs, self.max_num_batched_tokens)
+        """The limits the replay runs with: those given, else the scheduler model's defaults for this GPU."""
+        seqs, tokens = resolve_scheduler(self.scheduler).default_limits(self.model, self.gpu)
+        return EngineConfig(
+            seqs if self.max_num_seqs is None else self.max_num_seqs,
+            tokens if self.max_num_batched_tokens is None else self.max_num_batched_tokens,
+        )
 
     def budget(self) -> KVBudget:
         return kv_budget(
@@ -108,9 +114,10 @@ def validate_options(options: ReplayOptions) -> None:
     """Refuse option values that would crash a replay or silently give a wrong answer (each message names the
     option). The CLI's argparse types refuse most of them earlier; this is for callers that build ReplayOptions
     themselves (`sim sweep`, the library)."""
-    for name, value in (("--max-num-seqs", options.max_num_seqs), ("--tp", options.tp)):
-        if not _is_int(value) or value <= 0:
-            raise UserError(f"{name} must be a positive integer, got {value!r}")
+    if not _is_int(options.tp) or options.tp <= 0:
+        raise UserError(f"--tp must be a positive integer, got {options.tp!r}")
+    if options.max_num_seqs is not None and (not _is_int(options.max_num_seqs) or options.max_num_seqs <= 0):
+        raise UserError(f"--max-num-seqs must be a positive integer, got {options.max_num_seqs!r}")
     if options.max_num_batched_tokens is not None and (
         not _is_int(options.max_num_batched_tokens) or options.max_num_batched_tokens <= 0
     ):
@@ -131,12 +138,41 @@ def validate_options(options: ReplayOptions) -> None:
         raise UserError(f"--seed must be an integer in [0, 2^64), got {options.seed!r}")
     if not isinstance(options.sharing, bool):
         raise UserError(f"sharing must be true or false, got {options.sharing!r}")
+    validate_scheduler_options(options)
 
 
-def make_scheduler(options: ReplayOptions, allocator: KVAllocator) -> VllmV0Scheduler:
+def validate_scheduler_options(options: ReplayOptions) -> None:
+    """The scheduler exists, gets only options it reads, and its token budget can run every request."""
+    cls = resolve_scheduler(options.scheduler)
+    threshold = options.long_prefill_token_threshold
+    if not _is_int(threshold) or threshold < 0:
+        raise UserError(f"--long-prefill-token-threshold must be an integer >= 0, got {threshold!r}")
+    reads = getattr(cls, "options", frozenset())
+    if threshold and "long_prefill_token_threshold" not in reads:
+        raise UserError(f"--long-prefill-token-threshold applies to vllm-v1, not the {options.scheduler} scheduler")
+    if not getattr(cls, "chunked_prefill", False):
+        return
+    limits = options.engine_config
+    budget = limits.max_num_batched_tokens
+    if budget < options.block_size:
+        raise UserError(
+            f"--max-num-batched-tokens {budget:,} is smaller than one KV block ({options.block_size} tokens): "
+            f"{options.scheduler} could not fill a block in one iteration"
+        )
+    if budget < limits.max_num_seqs:
+        raise UserError(
+            f"--max-num-batched-tokens {budget:,} is smaller than --max-num-seqs {limits.max_num_seqs:,}: "
+            f"{options.scheduler} could not give every running sequence its token (vLLM refuses this too)"
+        )
+
+
+def make_scheduler(options: ReplayOptions, allocator: KVAllocator) -> Scheduler:
     """The scheduler both clocks drive, over `allocator`, with the options' limits and beam model."""
-    limits = SchedulerLimits(options.max_num_seqs, options.engine_config.batched_tokens_limit(options.model))
-    return VllmV0Scheduler(allocator, limits, BeamModel(options.beam_replace_prob, options.seed))
+    engine = options.engine_config
+    limits = SchedulerLimits(
+        engine.max_num_seqs, engine.batched_tokens_limit(options.model), options.long_prefill_token_threshold
+    )
+    return resolve_scheduler(options.scheduler)(allocator, limits, BeamModel(options.beam_replace_prob, options.seed))
 
 
 def summary_header(allocator: KVAllocator, budget: KVBudget, options: ReplayOptions, trace: Trace) -> dict:
@@ -155,7 +191,7 @@ def summary_header(allocator: KVAllocator, budget: KVBudget, options: ReplayOpti
 
 def replay_summary(
     allocator: KVAllocator,
-    scheduler: VllmV0Scheduler,
+    scheduler: Scheduler,
     budget: KVBudget,
     options: ReplayOptions,
     trace: Trace,
@@ -192,9 +228,11 @@ def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | No
         **replay_summary(allocator, scheduler, budget, options, trace, steps, requests),
         "iterations_fast_forwarded": engine.num_fast_forwarded,
         "config": {
+            "scheduler": scheduler.name,
             "tp": options.tp,
             "max_num_seqs": limits.max_num_seqs,
             "max_num_batched_tokens": limits.max_num_batched_tokens,
+            "long_prefill_token_threshold": limits.long_prefill_token_threshold,
             "max_model_len": options.model.max_model_len,
             "kv_bytes_per_token": budget.bytes_per_token,
             "kv_budget_source": budget.source,

@@ -32,6 +32,10 @@ class Request:
     gen_base: int = 0
     finish_round: int = -1
     admit_no: int = -1
+    # Chunked prefill (vllm-v1): tokens of the current admission computed so far while its prompt is still being
+    # prefilled, and its place in the running order (the order of admissions from the queue).
+    computed: int = 0
+    run_order: int = -1
 
     @property
     def final_len(self) -> int:
@@ -48,8 +52,9 @@ class Request:
 class Batch:
     """What one iteration executes.
 
-    prefill: requests admitted this iteration; each computes `prefill_tokens - cached_tokens` new tokens on top of
-        `cached_tokens` of context found in the prefix cache.
+    prefill: requests computing prompt tokens this iteration; prefill_spans[i] = (first, end) are the positions
+        prefill[i] computes, on top of `first` tokens of context (prefix-cache hits, earlier prompt chunks). vllm-v0
+        admits a whole prompt: (cached_tokens, prefill_tokens).
     decode: running requests; each of their branches writes the KV of one token and emits one.
     preempted: requests whose memory was taken back this iteration (they are not in the batch).
     copies: (source block, destination block) copies the allocator recorded (copy-on-write), to run first.
@@ -59,6 +64,7 @@ class Batch:
     decode: list[Request] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
     copies: list[tuple[int, int]] = field(default_factory=list)
+    prefill_spans: list[tuple[int, int]] = field(default_factory=list)
     num_prefill_tokens: int = 0  # prompt tokens computed (after prefix-cache hits)
     prefill_context_tokens: int = 0  # cached tokens the prefills attend to
     num_prefill_seqs: int = 0  # branches of the prefilled requests

@@ -125,3 +125,23 @@ def test_checks_catch_broken_placements(tmp_path, monkeypatch, broken, graphs):
     )
     assert not meas.checks["within_tolerance"]
     assert meas.checks["failures"]
+
+
+@pytest.mark.parametrize("allocator", ["paged", "paged-prefix-cache", "contiguous-pow2"])
+def test_vllm_v1_prompt_chunks_run_on_their_context(tmp_path, allocator):
+    # A 16-token budget: the 40- and 30-token prompts are computed in chunks on the context of their earlier chunks,
+    # in the same iterations as decode rows; both share a 24-token prefix (hits, and prefix blocks written by a later
+    # chunk) and the second forks its 2 samples when its last chunk runs.
+    rows = [(0, 40, 3, 1, 5, 24), (0, 30, 4, 2, 5, 24), (0, 9, 5, 1, -1, 0)]
+    trace = _trace(tmp_path, rows, "arrival_s,prompt_tokens,output_tokens,n,prefix_group,prefix_tokens")
+    run, meas, pred = _run(trace, allocator, blocks=40, scheduler="vllm-v1", max_num_seqs=4, max_num_batched_tokens=16)
+    assert meas.checks["within_tolerance"] and not meas.checks["nan"], meas.checks
+    _same_schedule(meas, pred)
+    prefill, decode = pred.steps["prefill_tokens"], pred.steps["decode_tokens"]
+    assert prefill.max() <= 16 and ((prefill > 0) & (decode > 0)).any()
+    # 79 prompt tokens; the paged allocators find the second request's whole 24-token prefix (3 blocks of 8, the
+    # third written by the first request's second chunk), contiguous allocators share nothing
+    hits = 24 if allocator.startswith("paged") else 0
+    assert meas.summary["sharing"]["prefix_cache_hit_tokens"] == hits
+    assert prefill.sum() == 79 - hits
+    assert meas.summary["requests"]["completed"] == 3

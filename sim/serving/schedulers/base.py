@@ -19,7 +19,8 @@ from sim.serving.request import Batch, Request
 @dataclass(frozen=True)
 class SchedulerLimits:
     max_num_seqs: int = 256  # sequences (branches) in one iteration
-    max_num_batched_tokens: int = 2048  # prompt tokens prefilled in one iteration
+    max_num_batched_tokens: int = 2048  # tokens computed in one iteration (v0: prompt tokens only)
+    long_prefill_token_threshold: int = 0  # vllm-v1: most prompt tokens one request computes per iteration (0: any)
 
 
 class Scheduler(Protocol):

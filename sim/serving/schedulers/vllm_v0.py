@@ -21,6 +21,8 @@ import heapq
 from collections import deque
 
 from sim.allocators.base import KVAllocator
+from sim.hardware.gpus import GpuSpec
+from sim.hardware.models import ModelSpec
 from sim.serving.beam import BeamModel
 from sim.serving.request import Batch, Request
 from sim.serving.schedulers.base import SchedulerLimits
@@ -46,6 +48,15 @@ class VllmV0Scheduler:
 
     name = "vllm-v0"
     fast_forward = True
+    #: options of ReplayOptions this scheduler reads beyond max_num_seqs and max_num_batched_tokens
+    options: frozenset[str] = frozenset()
+    chunked_prefill = False  # a prompt is computed whole in the iteration that admits it
+
+    @classmethod
+    def default_limits(cls, model: ModelSpec, gpu: GpuSpec) -> tuple[int, int]:
+        """(max_num_seqs, max_num_batched_tokens) when the user gives none: vLLM v0's 256 sequences, and a budget of
+        max(max model length, 2048) tokens, as vLLM without chunked prefill."""
+        return 256, max(model.max_model_len, 2048)
 
     def __init__(self, allocator: KVAllocator, limits: SchedulerLimits, beam_model: BeamModel | None = None):
         self.allocator = allocator
@@ -90,6 +101,18 @@ class VllmV0Scheduler:
 
     def schedule(self, now: float) -> Batch:
         batch = Batch()
+        total = self._decode_round(batch)
+        batch.decode = list(self.running)
+        batch.num_decode_seqs = self.num_running_seqs
+        batch.decode_context_tokens = total
+        if not batch.preempted:
+            self._admit(batch, now)
+        batch.copies = self.allocator.take_copy_ops()
+        return batch
+
+    def _decode_round(self, batch: Batch) -> int:
+        """Room for one more token for every branch of every running request, preempting the most recently admitted
+        request while there is none (recorded in `batch`). Returns the tokens the running branches then hold."""
         alloc = self.allocator
         total = None
         if not self.running:
@@ -104,13 +127,7 @@ class VllmV0Scheduler:
                     assert total is not None, "the allocator refused a round that its free blocks cover"
         if total is None:
             total = self._append_one_by_one(batch)
-        batch.decode = list(self.running)
-        batch.num_decode_seqs = self.num_running_seqs
-        batch.decode_context_tokens = total
-        if not batch.preempted:
-            self._admit(batch, now)
-        batch.copies = alloc.take_copy_ops()
-        return batch
+        return total
 
     def _preempt_for_round(self, crossers: list[int], batch: Batch) -> None:
         """Preempt as the appends one by one would (see _append_one_by_one) when only the listed sequences (single-
@@ -179,15 +196,17 @@ class VllmV0Scheduler:
             return 0
         if self._num_running_beams and self.beam_model.replace_prob > 0:
             return 0
-        if self.waiting:
-            head = self.waiting[0]
-            fits_slots = self.num_running_seqs + head.num_branches <= self.limits.max_num_seqs
-            if fits_slots and (
-                head.num_branches > 1
-                or self.allocator.can_admit(head.index, head.prefill_tokens, head.final_len, head.content)
-            ):
-                return 0
+        if self.waiting and self._head_may_be_admitted(self.waiting[0]):
+            return 0
         return rounds
+
+    def _head_may_be_admitted(self, head: Request) -> bool:
+        """Whether the next pure-decode iteration might admit `head` (False only when it surely cannot)."""
+        if self.num_running_seqs + head.num_branches > self.limits.max_num_seqs:
+            return False
+        return head.num_branches > 1 or self.allocator.can_admit(
+            head.index, head.prefill_tokens, head.final_len, head.content
+        )
 
     def finishes_after(self, rounds: int) -> bool:
         """Whether requests finish at the end of the rounds-th iteration from now (while none finish before)."""
@@ -214,7 +233,13 @@ class VllmV0Scheduler:
         request.admit_no = self._num_admitted
         self._num_admitted += 1
         request.gen_base = request.generated - self.round
-        r = request.finish_round = self.round + request.output_tokens - request.generated
+        self._start_finishing(request, self.round + request.output_tokens - request.generated)
+        if request.beam and len(request.branches) > 1:
+            self._num_running_beams += 1
+
+    def _start_finishing(self, request: Request, r: int) -> None:
+        """File a running request under the round `r` at whose end it finishes."""
+        request.finish_round = r
         bucket = self._finishing.get(r)
         if bucket is None:
             self._finishing[r] = [(request.admit_no, request)]
@@ -223,8 +248,6 @@ class VllmV0Scheduler:
         else:
             bucket.append((request.admit_no, request))
             self._num_finishing[r] = self._num_finishing.get(r, 0) + 1
-        if request.beam and len(request.branches) > 1:
-            self._num_running_beams += 1
 
     def _stop_running(self, request: Request) -> None:
         """Take a request out of the running set (it is already out of self.running): materialize its progress."""
@@ -290,6 +313,7 @@ class VllmV0Scheduler:
                 request.admitted_s = now
             self._start_running(request)
             batch.prefill.append(request)
+            batch.prefill_spans.append((request.cached_tokens, n))
             new = n - request.cached_tokens
             self.prefill_tokens_requested += n
             self.prefill_tokens_cached += request.cached_tokens
@@ -303,17 +327,18 @@ class VllmV0Scheduler:
         (memory freed), those admitted in this iteration first, each group in admission order."""
         self.round += 1
         r = self.round
+        # a prefill emits its first token only when it runs (finish_round is set): a partial prompt chunk emits none
         for request in batch.prefill:
-            if request.first_token_s is None:
+            if request.first_token_s is None and request.finish_round >= 0:
                 request.first_token_s = now
         self._num_finishing.pop(r, None)
         finished = [s for no, s in self._finishing.pop(r, ()) if s.admit_no == no and s.finish_round == r]
         if len(finished) > 1:
-            newest = batch.prefill[0].admit_no if batch.prefill else self._num_admitted
+            newest = min((p.admit_no for p in batch.prefill if p.finish_round >= 0), default=self._num_admitted)
             finished.sort(key=lambda s: (s.admit_no < newest, s.admit_no))
         if self._num_running_beams:
             for request in batch.prefill + batch.decode:
-                if request.beam and request.finish_round != r:
+                if request.beam and request.finish_round >= 0 and request.finish_round != r:
                     self._beam_step(request)
         for request in finished:
             del self.running[request]

@@ -1,4 +1,5 @@
-"""Property tests of the whole engine on random small traces, for every registered allocator: every request either
+"""Property tests of the whole engine on random small traces, for every registered allocator under both scheduler
+models (vllm-v0, and vllm-v1 with small token budgets so that prompts are chunked): every request either
 completes having emitted exactly its output tokens or is rejected with a reason; time never goes back; batches stay
 within the limits; KV memory is conserved and never exceeds capacity; and a fast-forwarded replay writes exactly
 the records of the step-by-step one."""
@@ -21,7 +22,7 @@ from sim.allocators import REGISTRY
 from sim.hardware.gpus import resolve_gpu
 from sim.hardware.models import resolve_model
 from sim.serving.replay import ReplayOptions, replay
-from sim.serving.schedulers.vllm_v0 import VllmV0Scheduler
+from sim.serving.schedulers import SCHEDULERS
 from sim.traces.model import Trace
 
 MODEL = resolve_model("llama-2-7b", 96)  # a short max model length keeps contiguous-max reservations small
@@ -57,11 +58,14 @@ def traces(draw) -> Trace:
     return Trace("<hypothesis>", "native", arrival, prompt, output, columns=columns)
 
 
-class RecordingScheduler(VllmV0Scheduler):
-    """The real scheduler, recording what it emits and checking the allocator after every scheduling pass."""
+class Recording:
+    """Mixed into a real scheduler: records what it emits and checks the allocator after every scheduling pass."""
+
+    instances: list
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        type(self).instances.append(self)
         self.emitted: dict[int, int] = defaultdict(int)  # tokens emitted per request since its last restart
         self.emitted_at_finish: dict[int, int] = {}
         self.problems: list[str] = []
@@ -73,6 +77,7 @@ class RecordingScheduler(VllmV0Scheduler):
         if batch.num_seqs > self.limits.max_num_seqs:
             self.problems.append(f"{batch.num_seqs} sequences in a batch (limit {self.limits.max_num_seqs})")
         running = sum(len(s.branches) for s in self.running)
+        running += sum(s.num_branches for s in getattr(self, "prefilling", ()))
         if running > self.limits.max_num_seqs:
             self.problems.append(f"{running} running sequences (limit {self.limits.max_num_seqs})")
         return batch
@@ -89,7 +94,8 @@ class RecordingScheduler(VllmV0Scheduler):
 
     def finish(self, batch, now):
         for seq in batch.prefill + batch.decode:
-            self.emitted[seq.index] += 1
+            if seq.finish_round >= 0:  # not a partial prompt chunk, which emits nothing
+                self.emitted[seq.index] += 1
         finished = super().finish(batch, now)
         for seq in finished:
             if seq.index in self.emitted_at_finish:
@@ -100,32 +106,53 @@ class RecordingScheduler(VllmV0Scheduler):
         return finished
 
 
+RECORDING = {
+    name: type(f"Recording{cls.__name__}", (Recording, cls), {"instances": []}) for name, cls in SCHEDULERS.items()
+}
+
+
 def run(
-    trace: Trace, allocator: str, extra: dict, num_blocks: int, block_size: int, max_num_seqs: int, fast_forward: bool
+    trace: Trace,
+    allocator: str,
+    extra: dict,
+    num_blocks: int,
+    block_size: int,
+    max_num_seqs: int,
+    fast_forward: bool,
+    scheduler: tuple[str, int, int] = ("vllm-v0", 128, 0),
 ):
-    schedulers: list[RecordingScheduler] = []
-
-    def make(*args, **kwargs):
-        schedulers.append(RecordingScheduler(*args, **kwargs))
-        return schedulers[-1]
-
+    """One replay; scheduler is (name, max_num_batched_tokens, long_prefill_token_threshold)."""
+    name, budget, threshold = scheduler
+    cls = RECORDING[name]
+    cls.instances.clear()
     options = ReplayOptions(
         MODEL,
         GPU,
         allocator=allocator,
         block_size=block_size,
         kv_memory=num_blocks * block_size * BPT,
+        scheduler=name,
         max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=128,
+        max_num_batched_tokens=budget,
+        long_prefill_token_threshold=threshold,
         fast_forward=fast_forward,
         **extra,
     )
-    with mock.patch.object(sim.serving.replay, "VllmV0Scheduler", make):
+    with mock.patch.object(sim.serving.replay, "resolve_scheduler", lambda spec: cls):
         result = replay(trace, options)
-    return result, schedulers[0]
+    return result, cls.instances[0]
 
 
-def check_run(trace: Trace, result, sched: RecordingScheduler, max_num_seqs: int) -> None:
+@st.composite
+def schedulers(draw) -> tuple[str, int, int]:
+    """vllm-v0 as the engine runs it, or vllm-v1 with a budget small enough to chunk the prompts (at least a block
+    of 8 and max_num_seqs, as validation requires)."""
+    if draw(st.booleans()):
+        return ("vllm-v0", 128, 0)
+    return ("vllm-v1", draw(st.sampled_from([8, 11, 32, 128])), draw(st.sampled_from([0, 0, 3])))
+
+
+def check_run(trace: Trace, result, sched, max_num_seqs: int) -> None:
     assert not sched.problems, sched.problems
     req, steps = result.requests, result.steps
     cap = result.summary["kv_capacity_bytes"]
@@ -163,10 +190,14 @@ def _configs():
 @_configs()
 @settings(max_examples=settings().max_examples)
 @given(
-    trace=traces(), num_blocks=st.integers(4, 40), block_size=st.sampled_from([2, 4, 8]), max_num_seqs=st.integers(1, 6)
+    trace=traces(),
+    num_blocks=st.integers(4, 40),
+    block_size=st.sampled_from([2, 4, 8]),
+    max_num_seqs=st.integers(1, 6),
+    scheduler=schedulers(),
 )
-def test_engine_properties(allocator, extra, trace, num_blocks, block_size, max_num_seqs) -> None:
-    result, sched = run(trace, allocator, extra, num_blocks, block_size, max_num_seqs, fast_forward=False)
+def test_engine_properties(allocator, extra, trace, num_blocks, block_size, max_num_seqs, scheduler) -> None:
+    result, sched = run(trace, allocator, extra, num_blocks, block_size, max_num_seqs, False, scheduler)
     check_run(trace, result, sched, max_num_seqs)
 
 
@@ -185,11 +216,17 @@ def _equal(a, b) -> bool:
 @_configs()
 @settings(max_examples=settings().max_examples)
 @given(
-    trace=traces(), num_blocks=st.integers(4, 40), block_size=st.sampled_from([2, 4, 8]), max_num_seqs=st.integers(1, 6)
+    trace=traces(),
+    num_blocks=st.integers(4, 40),
+    block_size=st.sampled_from([2, 4, 8]),
+    max_num_seqs=st.integers(1, 6),
+    scheduler=schedulers(),
 )
-def test_fast_forward_equals_step_by_step(allocator, extra, trace, num_blocks, block_size, max_num_seqs) -> None:
-    slow, slow_sched = run(trace, allocator, extra, num_blocks, block_size, max_num_seqs, fast_forward=False)
-    fast, fast_sched = run(trace, allocator, extra, num_blocks, block_size, max_num_seqs, fast_forward=True)
+def test_fast_forward_equals_step_by_step(
+    allocator, extra, trace, num_blocks, block_size, max_num_seqs, scheduler
+) -> None:
+    slow, slow_sched = run(trace, allocator, extra, num_blocks, block_size, max_num_seqs, False, scheduler)
+    fast, fast_sched = run(trace, allocator, extra, num_blocks, block_size, max_num_seqs, True, scheduler)
     check_run(trace, fast, fast_sched, max_num_seqs)
     s1 = {k: v for k, v in slow.summary.items() if k != "iterations_fast_forwarded"}
     s2 = {k: v for k, v in fast.summary.items() if k != "iterations_fast_forwarded"}
