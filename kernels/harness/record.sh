@@ -68,16 +68,14 @@ elif [ "$PART" = 2 ]; then  # results of record
     --allocators paged,contiguous-pow2
   run prefix 45 traces/shared-prefix-1k.csv --first 20 --scale 4 --kv-memory 2GiB \
     --allocators paged-prefix-cache
-elif [ "$PART" = v1a ]; then  # vllm-v1 of record, first call: Azure conversation slice and ShareGPT-like
+elif [ "$PART" = v1 ]; then  # vllm-v1 of record: Azure conversation slice, prefix-heavy, ShareGPT-like
   V1="--scheduler vllm-v1 --max-num-seqs 256 --max-num-batched-tokens 2048"
-  run azure300 220 traces/azure-llm-2023-conv.csv --first 300 --scale 2 --kv-memory 6GiB \
+  run azure300 200 traces/azure-llm-2023-conv.csv --first 300 --scale 2 --kv-memory 6GiB \
     --allocators paged,contiguous-pow2 $V1
-  run sharegpt 170 traces/sharegpt-2k.csv --first 200 --scale 3 --kv-memory 3GiB \
+  run prefix 100 traces/shared-prefix-1k.csv --first 200 --scale 2 --kv-memory 2GiB \
+    --allocators paged-prefix-cache $V1
+  run sharegpt 150 traces/sharegpt-2k.csv --first 200 --scale 3 --kv-memory 3GiB \
     --allocators paged,contiguous-pow2 $V1
-elif [ "$PART" = v1b ]; then  # vllm-v1 of record, second call: the prefix-heavy trace
-  V1="--scheduler vllm-v1 --max-num-seqs 256 --max-num-batched-tokens 2048"
-  run prefix 200 traces/shared-prefix-1k.csv --first 200 --scale 2 --kv-memory 2GiB \
-    --allocators paged-prefix-cache,contiguous-pow2 $V1
 else
   eval "${RUNS:-}"
 fi
