@@ -1,8 +1,9 @@
 """Replay-speed benchmark: `python -m sim.bench --out reports/speed`.
 
-Replays, with every allocator, the shipped Azure conversation trace (llama-2-7b on h100-80gb) and generated
-ShareGPT-like traces (llama-2-7b on a100-80gb) at an arrival rate that keeps the KV cache full. Each measurement runs
-in a fresh subprocess (so peak resident memory is its own) and is repeated; the report gives medians. Figures:
+Replays, with every allocator and each scheduler model (`--schedulers`, default vllm-v0 and vllm-v1 with their
+default limits), the shipped Azure conversation trace (llama-2-7b on h100-80gb) and generated ShareGPT-like traces
+(llama-2-7b on a100-80gb) at an arrival rate that keeps the KV cache full. Each measurement runs in a fresh subprocess
+(so peak resident memory is its own) and is repeated; the report gives medians. Figures:
 
 With `--baseline DIR` (another checkout of kvsim, e.g. a `git worktree` of an older commit), every measurement is
 taken in both, alternating run by run in the same session, and baseline-comparison.md gives the ratios.
@@ -33,7 +34,9 @@ AZURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SATURATING_RATE = 30.0  # req/s: llama-2-7b on a100-80gb serves ~19 ShareGPT req/s, so the queue and KV stay full
 
 
-def measure_one(trace_path: str, allocator: str, model: str, gpu: str, fast_forward: bool) -> dict:
+def measure_one(
+    trace_path: str, allocator: str, model: str, gpu: str, fast_forward: bool, scheduler: str = "vllm-v0"
+) -> dict:
     """Read and replay once in this process; returns the figures of the module docstring."""
     from sim.hardware.gpus import resolve_gpu
     from sim.hardware.models import resolve_model
@@ -42,7 +45,10 @@ def measure_one(trace_path: str, allocator: str, model: str, gpu: str, fast_forw
 
     start = time.perf_counter()
     trace = read_trace(trace_path)
-    result = replay(trace, ReplayOptions(resolve_model(model), resolve_gpu(gpu), allocator, fast_forward=fast_forward))
+    options = ReplayOptions(
+        resolve_model(model), resolve_gpu(gpu), allocator, scheduler=scheduler, fast_forward=fast_forward
+    )
+    result = replay(trace, options)
     wall = time.perf_counter() - start
     iterations = result.summary["iterations"]
     return {
@@ -62,12 +68,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _subprocess_measure(
-    trace_path: str, allocator: str, model: str, gpu: str, fast_forward: bool, checkout: str = ROOT
+    trace_path: str,
+    allocator: str,
+    model: str,
+    gpu: str,
+    fast_forward: bool,
+    checkout: str = ROOT,
+    scheduler: str = "vllm-v0",
 ) -> dict:
     """measure_one in a fresh process of the kvsim checkout at `checkout` (its `sim` package first on the path)."""
     cmd = [sys.executable, "-m", "sim.bench", "--one", os.path.abspath(trace_path), allocator, model, gpu]
     if not fast_forward:
         cmd.append("--no-fast-forward")
+    if scheduler != "vllm-v0":  # a baseline checkout may predate --scheduler
+        cmd += ["--scheduler", scheduler]
     env = {**os.environ, "PYTHONPATH": checkout}
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=checkout, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -99,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--one", nargs=4, metavar=("TRACE", "ALLOCATOR", "MODEL", "GPU"), help=argparse.SUPPRESS)
     p.add_argument("--no-fast-forward", action="store_true", help="measure the step-by-step engine")
+    p.add_argument("--scheduler", default="vllm-v0", help=argparse.SUPPRESS)  # of --one
+    p.add_argument(
+        "--schedulers", default="vllm-v0,vllm-v1", help="scheduler models to measure (default: vllm-v0,vllm-v1)"
+    )
     p.add_argument(
         "--cases",
         default="azure,100000,1000000",
@@ -123,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--baseline {args.baseline}: not a kvsim checkout (no sim/bench.py)")
     ff = not args.no_fast_forward
     if args.one:
-        print(json.dumps(measure_one(*args.one, fast_forward=ff)))
+        print(json.dumps(measure_one(*args.one, fast_forward=ff, scheduler=args.scheduler)))
         return 0
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="sim-bench-")
@@ -137,14 +155,15 @@ def main(argv: list[str] | None = None) -> int:
             size = int(case)
             path, model, gpu = _generated(size, workdir), "llama-2-7b", "a100-80gb"
             allocators = (args.large_allocators if size >= 1_000_000 else args.allocators).split(",")
-        for allocator in allocators:
+        for scheduler, allocator in [(s, a) for s in args.schedulers.split(",") for a in allocators]:
             runs, baseline_runs = [], []
             for i in range(args.runs):
                 if args.baseline:
-                    baseline_runs.append(_subprocess_measure(path, allocator, model, gpu, ff, args.baseline))
-                runs.append(_subprocess_measure(path, allocator, model, gpu, ff))
+                    baseline_runs.append(_subprocess_measure(path, allocator, model, gpu, ff, args.baseline, scheduler))
+                runs.append(_subprocess_measure(path, allocator, model, gpu, ff, scheduler=scheduler))
                 print(
-                    f"{case} {allocator} run {i + 1}: {runs[-1]['wall_s']:.2f} s, {runs[-1]['peak_rss_mib']:.0f} MiB"
+                    f"{case} {scheduler} {allocator} run {i + 1}: {runs[-1]['wall_s']:.2f} s, "
+                    f"{runs[-1]['peak_rss_mib']:.0f} MiB"
                     + (f" (baseline {baseline_runs[-1]['wall_s']:.2f} s)" if baseline_runs else ""),
                     file=sys.stderr,
                     flush=True,
@@ -156,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(
                 {
                     "case": case,
+                    "scheduler": scheduler,
                     "allocator": allocator,
                     "model": model,
                     "gpu": gpu,
@@ -209,8 +229,8 @@ def comparison_markdown(record: dict) -> str:
         "changes). Each measurement ran in its own process, baseline and this checkout alternating run by run; the",
         "figures are medians. ratio = this checkout's wall time / the baseline's (below 1: faster).",
         "",
-        "| case | allocator | baseline wall (s) | wall (s) | ratio | baseline runs (s) | runs (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| case | scheduler | allocator | baseline wall (s) | wall (s) | ratio | baseline runs (s) | runs (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in record["results"]:
         base = [x["wall_s"] for x in r["baseline_runs"]]
@@ -218,18 +238,22 @@ def comparison_markdown(record: dict) -> str:
         b, c = statistics.median(base), statistics.median(cur)
         same = all(x["iterations"] == y["iterations"] for x, y in zip(r["baseline_runs"], r["runs"]))
         lines.append(
-            f"| {r['case']} ({r['model']}, {r['gpu']}) | {r['allocator']} | {b:.2f} | {c:.2f} | {c / b:.3f} "
+            f"| {r['case']} ({r['model']}, {r['gpu']}) | {r.get('scheduler', 'vllm-v0')} | {r['allocator']} "
+            f"| {b:.2f} | {c:.2f} | {c / b:.3f} "
             f"| {', '.join(f'{x:.2f}' for x in base)} | {', '.join(f'{x:.2f}' for x in cur)} |"
             + ("" if same else " iterations differ!")
         )
     return "\n".join(lines) + "\n"
 
 
-TARGETS = [  # (case, allocator or None for every allocator, wall-time target in s)
+TARGETS = [  # (case, allocator or None for every allocator, wall-time target in s), for vllm-v0
     ("azure", "paged", 2.0),
     ("azure", None, 5.0),
     ("1000000", "paged", 60.0),
 ]
+V1_OVER_V0 = 1.5  # vllm-v1's wall time on the Azure trace at most this many times vllm-v0's, allocator by allocator
+PEAK_RSS_MIB = 2048  # 1,000,000 ShareGPT-like requests, paged, under each scheduler
+TEN_X_RATIO = 11  # 10x the requests at most this many times the time (paged, each scheduler)
 
 
 def markdown(record: dict) -> str:
@@ -241,41 +265,60 @@ def markdown(record: dict) -> str:
         f"Command: `{record['command']}`. Each figure is the median of the runs listed in results.json, each run in "
         f"its own process (wall = reading the trace + replaying it).",
         "",
-        "| case | allocator | requests | iterations | fast-forwarded | wall (s) | peak RSS (MiB) | iterations/s "
-        "| requests/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | scheduler | allocator | requests | iterations | fast-forwarded | wall (s) | peak RSS (MiB) "
+        "| iterations/s | requests/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["results"]:
         med = r["median"]
         ff = r["iterations_fast_forwarded"] / r["iterations"] if r["iterations"] else 0
         lines.append(
-            f"| {r['case']} ({r['model']}, {r['gpu']}) | {r['allocator']} | {r['runs'][0]['requests']:,} "
-            f"| {r['iterations']:,} | {ff:.0%} | {med['wall_s']:.2f} | {med['peak_rss_mib']:.0f} "
-            f"| {med['iterations_per_s']:,.0f} | {med['requests_per_s']:,.0f} |"
+            f"| {r['case']} ({r['model']}, {r['gpu']}) | {r.get('scheduler', 'vllm-v0')} | {r['allocator']} "
+            f"| {r['runs'][0]['requests']:,} | {r['iterations']:,} | {ff:.0%} | {med['wall_s']:.2f} "
+            f"| {med['peak_rss_mib']:.0f} | {med['iterations_per_s']:,.0f} | {med['requests_per_s']:,.0f} |"
         )
-    by = {(r["case"], r["allocator"]): r["median"]["wall_s"] for r in record["results"]}
+    wall = {
+        (r["case"], r.get("scheduler", "vllm-v0"), r["allocator"]): r["median"]["wall_s"] for r in record["results"]
+    }
+    rss = {
+        (r["case"], r.get("scheduler", "vllm-v0"), r["allocator"]): r["median"]["peak_rss_mib"]
+        for r in record["results"]
+    }
     lines += ["", "| target | measured | met? |", "|---|---|---|"]
     for case, allocator, limit in TARGETS:
-        walls = {a: w for (c, a), w in by.items() if c == case and (allocator is None or a == allocator)}
+        walls = {a: w for (c, s, a), w in wall.items() if c == case and s == "vllm-v0" and allocator in (None, a)}
         if not walls:
-            lines.append(f"| {case} {allocator or 'every allocator'} <= {limit:g} s | not measured | - |")
+            lines.append(f"| vllm-v0 {case} {allocator or 'every allocator'} <= {limit:g} s | not measured | - |")
             continue
         worst = max(walls, key=walls.get)
         lines.append(
-            f"| {case} {allocator or 'every allocator'} <= {limit:g} s | {walls[worst]:.2f} s ({worst}) | "
+            f"| vllm-v0 {case} {allocator or 'every allocator'} <= {limit:g} s | {walls[worst]:.2f} s ({worst}) | "
             f"{'yes' if walls[worst] <= limit else f'no, {walls[worst] / limit:.1f}x over'} |"
         )
-    rss = {r["case"]: r["median"]["peak_rss_mib"] for r in record["results"] if r["allocator"] == "paged"}
-    if "1000000" in rss:
+    ratios = {
+        a: wall[("azure", "vllm-v1", a)] / w
+        for (c, s, a), w in wall.items()
+        if c == "azure" and s == "vllm-v0" and ("azure", "vllm-v1", a) in wall
+    }
+    if ratios:
+        worst = max(ratios, key=ratios.get)
         lines.append(
-            f"| 1000000 paged peak memory <= 2 GiB | {rss['1000000']:.0f} MiB | "
-            f"{'yes' if rss['1000000'] <= 2048 else 'no'} |"
+            f"| azure vllm-v1 / vllm-v0 wall, every allocator, <= {V1_OVER_V0:g}x | {ratios[worst]:.2f}x ({worst}) "
+            f"| {'yes' if ratios[worst] <= V1_OVER_V0 else 'no'} |"
         )
-    if ("100000", "paged") in by and ("1000000", "paged") in by:
-        ratio = by[("1000000", "paged")] / by[("100000", "paged")]
-        lines.append(
-            f"| 10x the requests costs <= 11x the time (paged) | {ratio:.1f}x | {'yes' if ratio <= 11 else 'no'} |"
-        )
+    for sched in sorted({s for _, s, _ in wall}):
+        if ("1000000", sched, "paged") in rss:
+            peak = rss[("1000000", sched, "paged")]
+            lines.append(
+                f"| {sched} 1000000 paged peak memory <= {PEAK_RSS_MIB // 1024} GiB | {peak:.0f} MiB | "
+                f"{'yes' if peak <= PEAK_RSS_MIB else 'no'} |"
+            )
+        if ("100000", sched, "paged") in wall and ("1000000", sched, "paged") in wall:
+            ratio = wall[("1000000", sched, "paged")] / wall[("100000", sched, "paged")]
+            lines.append(
+                f"| {sched}: 10x the requests costs <= {TEN_X_RATIO}x the time (paged) | {ratio:.1f}x | "
+                f"{'yes' if ratio <= TEN_X_RATIO else 'no'} |"
+            )
     return "\n".join(lines) + "\n"
 
 

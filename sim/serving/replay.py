@@ -20,7 +20,7 @@ from sim.records.summary import sharing_summary, summarize
 from sim.serving.beam import BeamModel
 from sim.serving.engine import Engine
 from sim.serving.intake import ProgressCallback
-from sim.serving.schedulers import Scheduler, SchedulerLimits, resolve_scheduler
+from sim.serving.schedulers import Scheduler, SchedulerLimits, VllmV0Scheduler, resolve_scheduler
 from sim.traces.model import Trace
 from sim.units import MAX_DURATION_S
 
@@ -49,7 +49,9 @@ class ReplayOptions:
     @property
     def engine_config(self) -> EngineConfig:
         """The limits the replay runs with: those given, else the scheduler model's defaults for this GPU."""
-        seqs, tokens = resolve_scheduler(self.scheduler).default_limits(self.model, self.gpu)
+        cls = resolve_scheduler(self.scheduler)
+        default_limits = getattr(cls, "default_limits", VllmV0Scheduler.default_limits)  # a user's class may lack it
+        seqs, tokens = default_limits(self.model, self.gpu)
         return EngineConfig(
             seqs if self.max_num_seqs is None else self.max_num_seqs,
             tokens if self.max_num_batched_tokens is None else self.max_num_batched_tokens,

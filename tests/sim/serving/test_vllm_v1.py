@@ -10,9 +10,10 @@ from sim.allocators import ContiguousMax, PagedAllocator, PagedPrefixCache, Toke
 from sim.errors import UserError
 from sim.hardware.gpus import resolve_gpu
 from sim.hardware.models import resolve_model
-from sim.serving.replay import ReplayOptions, validate_options
+from sim.serving.replay import ReplayOptions, replay, validate_options
 from sim.serving.request import Request
-from sim.serving.schedulers import SchedulerLimits, VllmV1Scheduler, resolve_scheduler
+from sim.serving.schedulers import SchedulerLimits, VllmV0Scheduler, VllmV1Scheduler, resolve_scheduler
+from sim.traces.readers import read_trace
 
 
 def request(index: int, prompt: int, output: int, branches: int = 1, content: TokenContent | None = None) -> Request:
@@ -225,3 +226,47 @@ def test_user_scheduler_class_is_loaded() -> None:
     assert resolve_scheduler("sim.serving.schedulers.vllm_v1:VllmV1Scheduler") is VllmV1Scheduler
     with pytest.raises(UserError, match="lacks"):
         resolve_scheduler("sim.serving.request:Batch")
+
+
+class PlainScheduler:
+    """A user's scheduler written from the interface alone (no default_limits, no fast-forward): vllm-v0's decisions,
+    by delegation."""
+
+    name = "plain"
+    fast_forward = False
+
+    def __init__(self, allocator, limits, beam_model=None):
+        self.inner = VllmV0Scheduler(allocator, limits, beam_model)
+        self.allocator, self.limits = allocator, limits
+
+    def __getattr__(self, name):  # waiting, num_preemptions, prefill_tokens_* ...
+        return getattr(self.inner, name)
+
+    def add(self, request):
+        self.inner.add(request)
+
+    def has_work(self):
+        return self.inner.has_work()
+
+    def next_waiting_final_len(self):
+        return self.inner.next_waiting_final_len()
+
+    def next_waiting_prefill_tokens(self):
+        return self.inner.next_waiting_prefill_tokens()
+
+    def schedule(self, now):
+        return self.inner.schedule(now)
+
+    def finish(self, batch, now):
+        return self.inner.finish(batch, now)
+
+
+def test_a_users_scheduler_replays_like_the_one_it_delegates_to(repo_root) -> None:
+    trace = read_trace(f"{repo_root}/traces/sharegpt-2k.csv").select(slice(0, 150))
+    base = dict(model=MODEL, gpu=resolve_gpu("a100-40gb"), kv_memory=2**30, fast_forward=False)
+    mine = replay(trace, ReplayOptions(**base, scheduler="tests.sim.serving.test_vllm_v1:PlainScheduler"))
+    v0 = replay(trace, ReplayOptions(**base, scheduler="vllm-v0"))
+    assert mine.summary["config"]["scheduler"] == "plain"
+    assert (mine.summary["config"]["max_num_seqs"], mine.summary["config"]["max_num_batched_tokens"]) == (256, 4096)
+    for k in v0.steps:
+        assert (mine.steps[k] == v0.steps[k]).all(), k
