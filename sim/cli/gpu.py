@@ -85,10 +85,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from kernels.harness.validate import environment
     from sim.cli.options import hardware_kwargs
     from sim.records.io import atomic_write, to_json
-    from sim.serving.replay import ReplayOptions
+    from sim.serving.replay import ReplayOptions, validate_options
     from sim.units import format_bytes, parse_size
 
-    options = ReplayOptions(**hardware_kwargs(args), allocator="paged")
+    options = ReplayOptions(**hardware_kwargs(args), allocator="paged", scheduler=args.scheduler)
+    validate_options(options)
     if args.kv_memory is None:  # big enough for the grid's larger decode points, well inside the GPU
         derived = options.budget().requested_bytes
         options.kv_memory = min(derived, parse_size(args.calibration_kv))
@@ -100,6 +101,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         "gpu": options.gpu.name,
         "layers": run.model.shapes.layers,
         "block_size": options.block_size,
+        "scheduler": options.scheduler,
         "dtype": args.dtype,
         "kv_source": harness.check,
         "cuda_graphs": harness.cuda_graphs,
@@ -229,6 +231,13 @@ def register(sub) -> None:
         "calibrate", help="GPU: time a synthetic grid of iterations and write a cost profile (for --cost-model)"
     )
     add_hardware_options(p, gpu_default="h100-80gb")
+    p.add_argument(
+        "--scheduler",
+        default="vllm-v0",
+        metavar="NAME",
+        help="the scheduler model whose default limits size the grid (largest batch, token budget; default: "
+        "%(default)s)",
+    )
     p.add_argument("--calibration-kv", default="32GiB", help=argparse.SUPPRESS)
     p.add_argument("--repeats", type=positive_int, default=2, help="timed runs per visit of a grid point (default: 2)")
     p.add_argument(

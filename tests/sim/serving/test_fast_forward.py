@@ -56,6 +56,11 @@ def assert_same(trace: Trace, options: ReplayOptions) -> int:
     return skipped
 
 
+# (scheduler, token budget): vllm-v1 with a budget of 64 tokens chunks most prompts of the random traces
+SCHEDULERS = [("vllm-v0", None), ("vllm-v1", 64)]
+
+
+@pytest.mark.parametrize("scheduler, budget", SCHEDULERS)
 @pytest.mark.parametrize("allocator", sorted(REGISTRY))
 @settings(max_examples=8)
 @given(
@@ -65,7 +70,7 @@ def assert_same(trace: Trace, options: ReplayOptions) -> int:
     kv_tokens=st.sampled_from([400, 1200, 5000]),
     block_size=st.sampled_from([1, 4, 16]),
 )
-def test_fast_forward_equals_step_by_step(allocator, seed, count, sharing, kv_tokens, block_size):
+def test_fast_forward_equals_step_by_step(allocator, scheduler, budget, seed, count, sharing, kv_tokens, block_size):
     trace = random_trace(seed, count, sharing)
     options = ReplayOptions(
         MODEL,
@@ -74,17 +79,20 @@ def test_fast_forward_equals_step_by_step(allocator, seed, count, sharing, kv_to
         block_size=block_size,
         kv_memory=kv_tokens * MODEL.kv_bytes_per_token(),
         max_num_seqs=8,
+        scheduler=scheduler,
+        max_num_batched_tokens=budget,
     )
     assert_same(trace, options)
 
 
+@pytest.mark.parametrize("scheduler", ["vllm-v0", "vllm-v1"])
 @pytest.mark.parametrize("allocator", sorted(REGISTRY))
-def test_fast_forward_happens_and_is_exact_on_a_real_trace_slice(allocator, repo_root):
+def test_fast_forward_happens_and_is_exact_on_a_real_trace_slice(allocator, scheduler, repo_root):
     from sim.traces.readers import read_trace
 
     trace = read_trace(f"{repo_root}/traces/azure-llm-2023-conv.csv")
     trace = trace.select(slice(0, 300))
-    options = ReplayOptions(MODEL, GPUS["h100-80gb"], allocator, kv_memory=3 * 2**30)
+    options = ReplayOptions(MODEL, GPUS["h100-80gb"], allocator, kv_memory=3 * 2**30, scheduler=scheduler)
     skipped = assert_same(trace, options)
     assert skipped > 0  # the comparison is not vacuous
 
