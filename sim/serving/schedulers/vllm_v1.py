@@ -190,13 +190,11 @@ class VllmV1Scheduler(VllmV0Scheduler):
         del self.prefilling[request]
         self._num_prefilling_seqs -= request.num_branches
         batch.num_prefill_seqs += len(request.branches) - 1  # counted once when its chunk was added
-        self._start_running(request)
-        last = next(reversed(self.running))
-        if last is request and len(self.running) > 1:
-            self.running.pop(request)
-            before = next(reversed(self.running))
-            self.running[request] = None
-            if before.run_order > request.run_order:  # admitted before requests already running: keep running order
+        self._start_running(request)  # now the last of `running`
+        if len(self.running) > 1:
+            newest = reversed(self.running)
+            next(newest)
+            if next(newest).run_order > request.run_order:  # admitted before requests already running
                 self.running = dict.fromkeys(sorted(self.running, key=_run_order))
         return True
 

@@ -87,6 +87,23 @@ def test_bad_options_exit_2(tmp_path, capsys):
     assert exc.value.code == 2
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--scheduler", "vllm-v7"], "unknown scheduler 'vllm-v7'"),
+        (["--scheduler", "no.such.module:X"], "cannot import scheduler module"),
+        (["--long-prefill-token-threshold", "64"], "applies to vllm-v1, not the vllm-v0 scheduler"),
+        (["--scheduler", "vllm-v1", "--max-num-batched-tokens", "8"], "smaller than one KV block (16 tokens)"),
+        (["--scheduler", "vllm-v1", "--max-num-batched-tokens", "100"], "smaller than --max-num-seqs 256"),
+    ],
+)
+def test_bad_scheduler_options_exit_2(tmp_path, capsys, args, message):
+    path = write(tmp_path, GOOD)
+    for command in (["replay", path], ["compare", path]):
+        assert main([*command, *args, "-q"]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_replay_writes_summary_steps_requests(tmp_path, capsys):
     path = write(tmp_path, GOOD)
     out = tmp_path / "run"
