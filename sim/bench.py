@@ -155,38 +155,47 @@ def main(argv: list[str] | None = None) -> int:
             size = int(case)
             path, model, gpu = _generated(size, workdir), "llama-2-7b", "a100-80gb"
             allocators = (args.large_allocators if size >= 1_000_000 else args.allocators).split(",")
-        for scheduler, allocator in [(s, a) for s in args.schedulers.split(",") for a in allocators]:
-            runs, baseline_runs = [], []
+        schedulers = args.schedulers.split(",")
+        for allocator in allocators:
+            # the schedulers alternate run by run, so that their ratio is measured under the same conditions
+            runs = {s: [] for s in schedulers}
+            baseline_runs = {s: [] for s in schedulers}
             for i in range(args.runs):
-                if args.baseline:
-                    baseline_runs.append(_subprocess_measure(path, allocator, model, gpu, ff, args.baseline, scheduler))
-                runs.append(_subprocess_measure(path, allocator, model, gpu, ff, scheduler=scheduler))
-                print(
-                    f"{case} {scheduler} {allocator} run {i + 1}: {runs[-1]['wall_s']:.2f} s, "
-                    f"{runs[-1]['peak_rss_mib']:.0f} MiB"
-                    + (f" (baseline {baseline_runs[-1]['wall_s']:.2f} s)" if baseline_runs else ""),
-                    file=sys.stderr,
-                    flush=True,
-                )
-            med = {
-                k: statistics.median(r[k] for r in runs)
-                for k in ("wall_s", "peak_rss_mib", "iterations_per_s", "requests_per_s")
-            }
-            results.append(
-                {
-                    "case": case,
-                    "scheduler": scheduler,
-                    "allocator": allocator,
-                    "model": model,
-                    "gpu": gpu,
-                    "fast_forward": ff,
-                    "runs": runs,
-                    "median": med,
-                    "iterations": runs[0]["iterations"],
-                    "iterations_fast_forwarded": runs[0]["iterations_fast_forwarded"],
-                    **({"baseline_runs": baseline_runs} if baseline_runs else {}),
+                for scheduler in schedulers:
+                    if args.baseline:
+                        baseline_runs[scheduler].append(
+                            _subprocess_measure(path, allocator, model, gpu, ff, args.baseline, scheduler)
+                        )
+                    run = _subprocess_measure(path, allocator, model, gpu, ff, scheduler=scheduler)
+                    runs[scheduler].append(run)
+                    print(
+                        f"{case} {scheduler} {allocator} run {i + 1}: {run['wall_s']:.2f} s, "
+                        f"{run['peak_rss_mib']:.0f} MiB"
+                        + (f" (baseline {baseline_runs[scheduler][-1]['wall_s']:.2f} s)" if args.baseline else ""),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            for scheduler in schedulers:
+                these = runs[scheduler]
+                med = {
+                    k: statistics.median(r[k] for r in these)
+                    for k in ("wall_s", "peak_rss_mib", "iterations_per_s", "requests_per_s")
                 }
-            )
+                results.append(
+                    {
+                        "case": case,
+                        "scheduler": scheduler,
+                        "allocator": allocator,
+                        "model": model,
+                        "gpu": gpu,
+                        "fast_forward": ff,
+                        "runs": these,
+                        "median": med,
+                        "iterations": these[0]["iterations"],
+                        "iterations_fast_forwarded": these[0]["iterations_fast_forwarded"],
+                        **({"baseline_runs": baseline_runs[scheduler]} if args.baseline else {}),
+                    }
+                )
     record = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
