@@ -2,6 +2,7 @@
 step_time bit for bit, memory-bound and compute-bound alike."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,3 +47,25 @@ def test_both_branches_are_taken():
     flops = fast.flops_per_token * 9 + fast.flops_per_pair * 1
     assert slow.decode_time_list(9, 1, 1) == [flops / slow.flop_rate]  # at 1e-5 of peak FLOP/s: compute-bound
     assert flops / slow.flop_rate > bytes_s
+
+
+def test_a_vllm_v1_step_prices_decode_rows_and_a_chunk_on_its_context():
+    """A step of 3 decode rows reading 100 tokens in all and a 40-token prompt chunk on 200 tokens of earlier chunks,
+    priced from the datasheet by hand: llama-2-7b on an H100 (bf16, 32 layers x 32 heads x 128, 524,288 KV bytes
+    per token), no overhead."""
+    m = model("h100-80gb", 1.0, 0.0)
+    batch = Batch(
+        num_decode_seqs=3,
+        decode_context_tokens=100,
+        num_prefill_seqs=1,
+        num_prefill_tokens=40,
+        prefill_context_tokens=200,
+        prefill_attention_pairs=40 * 41 // 2 + 40 * 200,
+    )
+    kv = 2 * 32 * 32 * 128 * 2  # K and V, layers x heads x head size, 2 bytes each
+    assert m.kv_bytes_per_token == kv
+    weights = 2 * m.model.num_params  # fp16 weights
+    memory = (weights + (100 + 200 + 43) * kv) / 3.35e12  # KV read (decode + chunk context) and written
+    compute = (2 * m.model.num_params * 43 + 4 * 32 * 32 * 128 * (100 + 820 + 8000)) / 989.4e12
+    assert m.step_time(batch) == pytest.approx(max(memory, compute), rel=1e-12)
+    assert memory > compute  # 43 tokens: bound by reading the weights
