@@ -52,22 +52,22 @@ run() {  # run NAME NEEDED_S ARGS...: one validate, if NEEDED_S seconds are left
 
 if [ "$PART" = 1 ]; then  # first H100 run (2026-11-22, before the alignment fix): kept for the record
   run azure 120 traces/azure-llm-2023-conv.csv --first 60 --scale 2 --kv-memory 4GiB \
-    --allocators paged,contiguous-pow2,contiguous-max
+    --allocators paged,contiguous-pow2,contiguous-max --scheduler vllm-v0
   run parallel 45 traces/parallel-sampling-1k.csv --first 100 --scale 4 --kv-memory 1GiB \
-    --allocators paged,contiguous-pow2
+    --allocators paged,contiguous-pow2 --scheduler vllm-v0
   run prefix 50 traces/shared-prefix-1k.csv --first 40 --scale 4 --kv-memory 2GiB \
-    --allocators paged-prefix-cache,paged
+    --allocators paged-prefix-cache,paged --scheduler vllm-v0
   run sharegpt 70 traces/sharegpt-2k.csv --first 50 --scale 4 --kv-memory 2GiB \
-    --allocators paged,contiguous-pow2
+    --allocators paged,contiguous-pow2 --scheduler vllm-v0
 elif [ "$PART" = 2 ]; then  # results of record
   run azure 100 traces/azure-llm-2023-conv.csv --first 50 --scale 2 --kv-memory 4GiB \
-    --allocators paged,contiguous-pow2,contiguous-max
+    --allocators paged,contiguous-pow2,contiguous-max --scheduler vllm-v0
   run parallel 50 traces/parallel-sampling-1k.csv --first 80 --scale 4 --kv-memory 1GiB \
-    --allocators paged,contiguous-pow2
+    --allocators paged,contiguous-pow2 --scheduler vllm-v0
   run sharegpt 80 traces/sharegpt-2k.csv --first 25 --scale 4 --kv-memory 3GiB \
-    --allocators paged,contiguous-pow2
+    --allocators paged,contiguous-pow2 --scheduler vllm-v0
   run prefix 45 traces/shared-prefix-1k.csv --first 20 --scale 4 --kv-memory 2GiB \
-    --allocators paged-prefix-cache
+    --allocators paged-prefix-cache --scheduler vllm-v0
 elif [ "$PART" = v1 ]; then  # vllm-v1 of record: Azure conversation slice, prefix-heavy, ShareGPT-like
   V1="--scheduler vllm-v1 --max-num-seqs 256 --max-num-batched-tokens 2048"
   run azure300 200 traces/azure-llm-2023-conv.csv --first 300 --scale 2 --kv-memory 6GiB \

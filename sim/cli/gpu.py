@@ -233,7 +233,7 @@ def register(sub) -> None:
     add_hardware_options(p, gpu_default="h100-80gb")
     p.add_argument(
         "--scheduler",
-        default="vllm-v0",
+        default="vllm-v1",
         metavar="NAME",
         help="the scheduler model whose default limits size the grid (largest batch, token budget; default: "
         "%(default)s)",

@@ -11,6 +11,7 @@ from sim.errors import UserError
 from sim.hardware.gpus import resolve_gpu
 from sim.hardware.models import resolve_model
 from sim.serving.replay import ReplayOptions, validate_options
+from sim.serving.schedulers import DEFAULT_SCHEDULER
 from sim.traces.readers import READERS
 from sim.units import format_bytes, parse_duration, parse_size
 
@@ -156,10 +157,11 @@ def add_policy_options(p: argparse.ArgumentParser) -> None:
     """How the replay runs: scheduler, allocator options, cost model, sharing, beams, fast-forward."""
     p.add_argument(
         "--scheduler",
-        default="vllm-v0",
+        default=DEFAULT_SCHEDULER,
         metavar="NAME",
-        help="engine model: vllm-v0 (the 2023 paper's: whole prompts, prefills first) or vllm-v1 (one token "
-        "budget, chunked prefill), or your own class as package.module:ClassName (default: %(default)s)",
+        help="engine model: vllm-v1 (today's vLLM: one token budget, chunked prefill) or vllm-v0 (the 2023 "
+        "paper's: whole prompts, prefills first), or your own class as package.module:ClassName "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--long-prefill-token-threshold",

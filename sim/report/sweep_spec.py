@@ -20,7 +20,7 @@ from sim.hardware.gpus import resolve_gpu
 from sim.hardware.models import resolve_model
 from sim.report.slo import parse_slos
 from sim.serving.replay import ReplayOptions, validate_options
-from sim.serving.schedulers import resolve_scheduler
+from sim.serving.schedulers import DEFAULT_SCHEDULER, resolve_scheduler
 from sim.units import parse_duration, parse_size
 
 ADDRESS_SPACES = ("buddy", "first-fit")
@@ -254,7 +254,7 @@ def base_options(spec: SweepSpec, model: str, gpu: str) -> ReplayOptions:
         kv_memory=parse_size(str(o["kv_memory"])) if "kv_memory" in o else None,
         gpu_memory_utilization=float(o.get("gpu_memory_utilization", 0.9)),
         tp=o.get("tp", 1),
-        scheduler=o.get("scheduler", "vllm-v0"),
+        scheduler=o.get("scheduler", DEFAULT_SCHEDULER),
         max_num_seqs=o.get("max_num_seqs"),
         max_num_batched_tokens=o.get("max_num_batched_tokens"),
         long_prefill_token_threshold=o.get("long_prefill_token_threshold", 0),

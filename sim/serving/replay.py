@@ -20,7 +20,13 @@ from sim.records.summary import sharing_summary, summarize
 from sim.serving.beam import BeamModel
 from sim.serving.engine import Engine
 from sim.serving.intake import ProgressCallback
-from sim.serving.schedulers import Scheduler, SchedulerLimits, VllmV0Scheduler, resolve_scheduler
+from sim.serving.schedulers import (
+    DEFAULT_SCHEDULER,
+    Scheduler,
+    SchedulerLimits,
+    VllmV0Scheduler,
+    resolve_scheduler,
+)
 from sim.traces.model import Trace
 from sim.units import MAX_DURATION_S
 
@@ -34,7 +40,7 @@ class ReplayOptions:
     kv_memory: int | None = None  # bytes; None: derived from the GPU
     gpu_memory_utilization: float = 0.9
     tp: int = 1
-    scheduler: str = "vllm-v0"  # a registered scheduler model or package.module:ClassName
+    scheduler: str = DEFAULT_SCHEDULER  # a registered scheduler model or package.module:ClassName
     max_num_seqs: int | None = None  # None: the scheduler's default for the GPU (default_limits)
     max_num_batched_tokens: int | None = None  # None: the scheduler's default for the GPU and model
     long_prefill_token_threshold: int = 0  # vllm-v1: most prompt tokens one request computes per iteration (0: any)

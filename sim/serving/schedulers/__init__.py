@@ -12,6 +12,9 @@ from sim.serving.schedulers.vllm_v1 import VllmV1Scheduler
 
 SCHEDULERS: dict[str, type] = {cls.name: cls for cls in (VllmV0Scheduler, VllmV1Scheduler)}
 
+#: The engine model replays use unless told otherwise: today's vLLM.
+DEFAULT_SCHEDULER = VllmV1Scheduler.name
+
 #: What the engine and the GPU harness call on a scheduler (see `Scheduler`).
 REQUIRED_METHODS = ("add", "has_work", "next_waiting_final_len", "next_waiting_prefill_tokens", "schedule", "finish")
 
@@ -45,6 +48,7 @@ def resolve_scheduler(spec: str) -> type:
 
 
 __all__ = [
+    "DEFAULT_SCHEDULER",
     "REQUIRED_METHODS",
     "SCHEDULERS",
     "FastForwardScheduler",

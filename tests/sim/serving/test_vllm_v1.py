@@ -218,7 +218,7 @@ def test_v1_default_limits_follow_vllm_serve(gpu, expected) -> None:
 
 
 def test_v0_default_limits_are_unchanged() -> None:
-    engine = ReplayOptions(MODEL, resolve_gpu("h100-80gb")).engine_config
+    engine = ReplayOptions(MODEL, resolve_gpu("h100-80gb"), scheduler="vllm-v0").engine_config
     assert (engine.max_num_seqs, engine.max_num_batched_tokens) == (256, 4096)  # llama-2-7b: max_model_len 4096
 
 
@@ -264,6 +264,7 @@ class PlainScheduler:
 def test_a_users_scheduler_replays_like_the_one_it_delegates_to(repo_root) -> None:
     trace = read_trace(f"{repo_root}/traces/sharegpt-2k.csv").select(slice(0, 150))
     base = dict(model=MODEL, gpu=resolve_gpu("a100-40gb"), kv_memory=2**30, fast_forward=False)
+    assert ReplayOptions(**base).scheduler == "vllm-v1"  # the default
     mine = replay(trace, ReplayOptions(**base, scheduler="tests.sim.serving.test_vllm_v1:PlainScheduler"))
     v0 = replay(trace, ReplayOptions(**base, scheduler="vllm-v0"))
     assert mine.summary["config"]["scheduler"] == "plain"
