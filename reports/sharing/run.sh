@@ -22,8 +22,9 @@ PY
 echo "# Sharing KV blocks: measured on generated workloads"
 echo
 echo "Produced by \`reports/sharing/run.sh\` ($(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD)). OPT-13B on an"
-echo "A100-40GB (derived KV budget), block size 16, roofline cost model. \`saved\` is \`sharing.saved_fraction\`: the share"
-echo "of KV memory held that sharing saves against the same live sequences with nothing shared (README, Output figures)."
+echo "A100-40GB (derived KV budget), block size 16, roofline cost model, the default \`vllm-v1\` scheduler. \`saved\` is"
+echo "\`sharing.saved_fraction\`: the share of KV memory held that sharing saves against the same live sequences with"
+echo "nothing shared (README, Output figures)."
 echo
 echo "| workload | allocator | saved | CoW copies | prefix hit rate | mean batch (sequences) | req/s | TTFT p99 (s) |"
 echo "|---|---|---|---|---|---|---|---|"
