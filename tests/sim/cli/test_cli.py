@@ -92,7 +92,7 @@ def test_bad_options_exit_2(tmp_path, capsys):
     [
         (["--scheduler", "vllm-v7"], "unknown scheduler 'vllm-v7'"),
         (["--scheduler", "no.such.module:X"], "cannot import scheduler module"),
-        (["--long-prefill-token-threshold", "64"], "applies to vllm-v1, not the vllm-v0 scheduler"),
+        (["--scheduler", "vllm-v0", "--long-prefill-token-threshold", "64"], "applies to vllm-v1, not the vllm-v0"),
         (["--scheduler", "vllm-v1", "--max-num-batched-tokens", "8"], "smaller than one KV block (16 tokens)"),
         (["--scheduler", "vllm-v1", "--max-num-batched-tokens", "100"], "smaller than --max-num-seqs 256"),
     ],
