@@ -9,7 +9,7 @@ import sys
 
 from sim.allocators import REGISTRY
 from sim.cli.options import add_replay_options, print_header, replay_options
-from sim.cli.tables import summary_table
+from sim.cli.tables import gpus_json, gpus_table, models_json, models_table, summary_table
 from sim.errors import UserError
 from sim.hardware.gpus import GPUS
 from sim.hardware.models import MODELS
@@ -18,7 +18,6 @@ from sim.records.io import atomic_write, to_json, with_run_info, write_replay
 from sim.records.rundir import describe_os_error, kvsim_version, open_run_dir, rescue_dir, set_command
 from sim.serving.replay import ReplayOptions, replay
 from sim.traces.readers import read_trace
-from sim.units import format_bytes
 from sim.workers import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, handle_signals
 
 # Modules that add subcommands: each defines register(subparsers).
@@ -120,25 +119,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    print(
-        f"{'name':<12} {'layers':>6} {'q heads':>7} {'kv heads':>8} {'head':>5} {'kv dtype':>8} "
-        f"{'params':>8} {'max len':>8} {'KV B/token':>11}"
-    )
-    for m in MODELS.values():
-        print(
-            f"{m.name:<12} {m.num_layers:>6} {m.num_q_heads:>7} {m.num_kv_heads:>8} {m.head_size:>5} "
-            f"{m.kv_dtype:>8} {m.num_params / 1e9:>7.2f}B {m.max_model_len:>8,} {m.kv_bytes_per_token():>11,}"
-        )
+    print(models_json(MODELS.values()) if args.json else models_table(MODELS.values()))
     return 0
 
 
 def cmd_gpus(args: argparse.Namespace) -> int:
-    print(f"{'name':<10} {'memory':>10} {'HBM TB/s':>9} {'bf16 TFLOP/s':>13}  source")
-    for g in GPUS.values():
-        print(
-            f"{g.name:<10} {format_bytes(g.memory_bytes):>10} {g.hbm_bandwidth / 1e12:>9.3f} "
-            f"{g.bf16_flops / 1e12:>13.1f}  {g.source}"
-        )
+    print(gpus_json(GPUS.values()) if args.json else gpus_table(GPUS.values()))
     return 0
 
 
@@ -168,8 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--allocators", default=",".join(REGISTRY), help="comma-separated allocators (default: all registered)"
     )
     p.set_defaults(func=cmd_compare)
-    sub.add_parser("models", help="list model presets").set_defaults(func=cmd_models)
-    sub.add_parser("gpus", help="list GPU presets").set_defaults(func=cmd_gpus)
+    p = sub.add_parser("models", help="list model presets")
+    p.add_argument("--json", action="store_true", help="print every field of each preset as JSON")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("gpus", help="list GPU presets")
+    p.add_argument("--json", action="store_true", help="print every field of each preset as JSON")
+    p.set_defaults(func=cmd_gpus)
     sub.add_parser("allocators", help="list registered allocators").set_defaults(func=cmd_allocators)
     for module_name in PLUGIN_COMMANDS:  # subcommands that live in their own modules, each with register(sub)
         importlib.import_module(module_name).register(sub)

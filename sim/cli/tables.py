@@ -1,8 +1,16 @@
-"""Plain-text tables of summaries for the terminal."""
+"""Plain-text tables for the terminal: summaries side by side, and the model and GPU presets (`sim models`,
+`sim gpus`), which also print as JSON (`--json`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections.abc import Iterable
+
 from sim.allocators.base import MEMORY_CATEGORIES
+from sim.hardware.gpus import GPU_ALIASES, GpuSpec
+from sim.hardware.models import ModelSpec
+from sim.units import format_bytes
 
 # (label, path in summary.json, format)
 SUMMARY_ROWS = [
@@ -43,3 +51,55 @@ def summary_table(summaries: list[dict]) -> str:
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def models_table(models: Iterable[ModelSpec]) -> str:
+    """`sim models`: one line per model."""
+    lines = [
+        f"{'name':<12} {'layers':>6} {'q heads':>7} {'kv heads':>8} {'head':>5} {'kv dtype':>8} "
+        f"{'params':>8} {'max len':>8} {'KV B/token':>11}"
+    ]
+    for m in models:
+        lines.append(
+            f"{m.name:<12} {m.num_layers:>6} {m.num_q_heads:>7} {m.num_kv_heads:>8} {m.head_size:>5} "
+            f"{m.kv_dtype:>8} {m.num_params / 1e9:>7.2f}B {m.max_model_len:>8,} {m.kv_bytes_per_token():>11,}"
+        )
+    return "\n".join(lines)
+
+
+def models_json(models: Iterable[ModelSpec]) -> str:
+    """`sim models --json`: every field of each model, and its KV bytes per token (on one GPU, tp=1)."""
+    return json.dumps(
+        [{**dataclasses.asdict(m), "kv_bytes_per_token": m.kv_bytes_per_token()} for m in models], indent=2
+    )
+
+
+def _optional(value: float | None, scale: float, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value / scale)
+
+
+def gpus_table(gpus: Iterable[GpuSpec]) -> str:
+    """`sim gpus`: one line per GPU (dense FLOP/s; the host link in each direction), then the aliases."""
+    lines = [
+        f"{'name':<10} {'memory':>10} {'HBM TB/s':>9} {'bf16 TFLOP/s':>13} {'fp8 TFLOP/s':>12} {'host GB/s':>9} "
+        f"{'$/hour':>7}  source"
+    ]
+    for g in gpus:
+        lines.append(
+            f"{g.name:<10} {format_bytes(g.memory_bytes):>10} {g.hbm_bandwidth / 1e12:>9.3f} "
+            f"{g.bf16_flops / 1e12:>13.1f} {_optional(g.fp8_flops, 1e12, '{:.1f}'):>12} "
+            f"{_optional(g.host_link_bandwidth, 1e9, '{:.0f}'):>9} {_optional(g.price_per_hour, 1, '{:.2f}'):>7}  "
+            f"{g.source}"
+        )
+    if GPU_ALIASES:
+        lines.append("")
+        lines.append("aliases: " + ", ".join(f"{alias} = {name}" for alias, name in GPU_ALIASES.items()))
+    return "\n".join(lines)
+
+
+def gpus_json(gpus: Iterable[GpuSpec]) -> str:
+    """`sim gpus --json`: every field of each GPU (bytes, bytes/s, FLOP/s; null where not known), and its aliases."""
+    return json.dumps(
+        [{**g.to_dict(), "aliases": [alias for alias, name in GPU_ALIASES.items() if name == g.name]} for g in gpus],
+        indent=2,
+    )
