@@ -21,10 +21,10 @@ from sim.traces.readers import read_trace
 from sim.workers import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, handle_signals
 
 # Modules that add subcommands: each defines register(subparsers).
-PLUGIN_COMMANDS: list[str] = ["sim.cli.trace", "sim.cli.check", "sim.cli.report", "sim.cli.gpu"]
+PLUGIN_COMMANDS: list[str] = ["sim.cli.trace", "sim.cli.check", "sim.cli.report", "sim.cli.gpu", "sim.cli.external"]
 
 
-def _run_one(trace, options: ReplayOptions, quiet: bool, label: str):
+def run_one(trace, options: ReplayOptions, quiet: bool, label: str):
     bar = ProgressBar(label, enabled=False if quiet else None)
     try:
         return replay(trace, options, progress=bar)
@@ -64,7 +64,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     stem = f"{trace.name}-{os.path.basename(args.allocator).replace(':', '-')}"
     with open_run_dir(args.out, stem, args.force) as run:
         out = run.path
-        result = _run_one(trace, options, args.quiet, args.allocator)
+        result = run_one(trace, options, args.quiet, args.allocator)
 
         def summary_only(d: str) -> None:
             atomic_write(os.path.join(d, "summary.json"), to_json(with_run_info(result.summary)))
@@ -90,7 +90,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out = run.path
         results = []
         for opt in options:
-            result = _run_one(trace, opt, args.quiet, opt.allocator)
+            result = run_one(trace, opt, args.quiet, opt.allocator)
             results.append((opt.allocator.replace(":", "-").replace("/", "-"), result))
             # each allocator's files as soon as it is done; a failure to write them is handled below, with all
             try:

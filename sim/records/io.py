@@ -12,6 +12,7 @@ import numpy as np
 
 from sim.records.requests import requests_csv
 from sim.records.steps import steps_csv
+from sim.records.vllm_bench import vllm_bench_json
 
 if TYPE_CHECKING:
     from sim.serving.replay import ReplayResult
@@ -80,5 +81,8 @@ def with_run_info(summary: dict) -> dict:
 def write_replay(directory: str, result: ReplayResult, request_ids: list[str] | None) -> None:
     atomic_write(os.path.join(directory, "steps.csv"), steps_csv(result.steps))
     atomic_write(os.path.join(directory, "requests.csv"), requests_csv(result.requests, request_ids))
+    bench = vllm_bench_json(result.summary, result.steps, result.requests)
+    bench["kvsim"] = {**bench["kvsim"], **with_run_info({})["kvsim"]}
+    atomic_write(os.path.join(directory, "vllm-bench.json"), to_json(bench))
     # summary last: its presence means the run's files are complete
     atomic_write(os.path.join(directory, "summary.json"), to_json(with_run_info(result.summary)))

@@ -30,40 +30,25 @@ import math
 
 from sim.errors import TraceError, UserError
 from sim.traces.model import Trace
-from sim.traces.readers import azure, burstgpt, lengths, mooncake, native, vidur
+from sim.traces.readers import azure, burstgpt, lengths, mooncake, native, vidur, vllm_bench
 from sim.traces.readers.base import Reader, ReadOptions
-from sim.traces.readers.rows import read_jsonl, split_csv
+from sim.traces.readers.rows import open_text, read_jsonl, split_csv
 
 __all__ = ["READERS", "ReadOptions", "Reader", "detect_format", "read_trace"]
 
 # Detection takes the first match, in this order.
 READERS: dict[str, Reader] = {
-    r.name: r for r in (native.READER, azure.READER, vidur.READER, burstgpt.READER, lengths.READER, mooncake.READER)
+    r.name: r
+    for r in (
+        native.READER,
+        azure.READER,
+        vidur.READER,
+        burstgpt.READER,
+        lengths.READER,
+        mooncake.READER,
+        vllm_bench.READER,  # `vllm bench serve --save-result --save-detailed` results (JSON)
+    )
 }
-
-
-def _open_text(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise TraceError(path, 0, "no such file") from None
-    except IsADirectoryError:
-        raise TraceError(path, 0, "is a directory, not a trace file") from None
-    except PermissionError:
-        raise TraceError(path, 0, "permission denied") from None
-    except OSError as exc:  # a symlink loop, a path through a file, a name too long, an I/O error ...
-        reason = exc.strerror or str(exc)
-        raise TraceError(path, 0, f"cannot read: {reason[:1].lower()}{reason[1:]}") from None
-    except ValueError as exc:  # a path with a NUL byte
-        raise TraceError(path, 0, f"cannot read: {exc}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise TraceError(path, 0, "not a text file (cannot decode as UTF-8)") from None
-    if "\x00" in text:
-        raise TraceError(path, 0, "not a text file (contains NUL bytes)")
-    return text
 
 
 def _looks_like_jsonl(text: str) -> bool:
@@ -102,7 +87,7 @@ def _choose_reader(path: str, text: str, format: str | None) -> tuple[Reader, li
 
 def detect_format(path: str) -> str:
     """The name of the reader that `read_trace` would choose for this file."""
-    return _choose_reader(path, _open_text(path), None)[0].name
+    return _choose_reader(path, open_text(path), None)[0].name
 
 
 def read_trace(
@@ -124,7 +109,7 @@ def read_trace(
         raise UserError(f"--rate must be a positive number of requests/s, got {rate:g}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise UserError(f"--seed must be an integer in [0, 2^64), got {seed!r}")
-    reader, header, data = _choose_reader(path, _open_text(path), format)
+    reader, header, data = _choose_reader(path, open_text(path), format)
     if rate is not None and "rate" not in reader.accepts:
         raise UserError(
             f"--rate generates arrivals for length-only traces, but {path} is a {reader.name} trace "

@@ -305,3 +305,28 @@ def arrival_column(rows: Rows, j: int, name: str, scale: float = 1.0, unit: str 
 def ignored_columns_note(header: list[str], used: set[str]) -> list[str]:
     extra = [h for h in header if h not in used]
     return [f"ignored columns: {', '.join(extra)}"] if extra else []
+
+
+def open_text(path: str) -> str:
+    """A trace file's text (UTF-8, BOM dropped), or a TraceError naming the file and why it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise TraceError(path, 0, "no such file") from None
+    except IsADirectoryError:
+        raise TraceError(path, 0, "is a directory, not a trace file") from None
+    except PermissionError:
+        raise TraceError(path, 0, "permission denied") from None
+    except OSError as exc:  # a symlink loop, a path through a file, a name too long, an I/O error ...
+        reason = exc.strerror or str(exc)
+        raise TraceError(path, 0, f"cannot read: {reason[:1].lower()}{reason[1:]}") from None
+    except ValueError as exc:  # a path with a NUL byte
+        raise TraceError(path, 0, f"cannot read: {exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise TraceError(path, 0, "not a text file (cannot decode as UTF-8)") from None
+    if "\x00" in text:
+        raise TraceError(path, 0, "not a text file (contains NUL bytes)")
+    return text
