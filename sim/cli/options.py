@@ -9,7 +9,7 @@ import math
 from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S
 from sim.errors import UserError
 from sim.hardware.gpus import resolve_gpu
-from sim.hardware.models import resolve_model
+from sim.hardware.models import KV_CACHE_DTYPES, resolve_model
 from sim.serving.replay import ReplayOptions, validate_options
 from sim.serving.schedulers import DEFAULT_SCHEDULER
 from sim.traces.readers import READERS
@@ -124,11 +124,23 @@ def add_hardware_options(p: argparse.ArgumentParser, gpu_default: str = "a100-80
     p.add_argument(
         "--model",
         default="llama-2-7b",
-        help="model preset (see `sim models`) or dimensions 'layers=..,kv_heads=..,head_size=..,"
-        "params=..,max_len=..[,heads=..,hidden=..,intermediate=..,vocab=..,kv_dtype=..]' "
-        "(default: llama-2-7b)",
+        help="model preset (see `sim models`; any case, a config preset also by its Hugging Face repository, e.g. "
+        "meta-llama/Llama-3.1-8B-Instruct), a Hugging Face config.json or a directory holding one (read offline), "
+        "or dimensions 'layers=..,heads=..,kv_heads=..,head_size=..,params=..,max_len=..[,hidden=..,"
+        "intermediate=..,vocab=..,kv_dtype=..]' (default: llama-2-7b)",
     )
-    p.add_argument("--gpu", default=gpu_default, help=f"GPU preset (see `sim gpus`; default: {gpu_default})")
+    p.add_argument(
+        "--kv-cache-dtype",
+        choices=KV_CACHE_DTYPES,
+        default="auto",
+        help="KV cache data type, as vLLM's option: auto (the model's dtype), bf16, fp16 or fp8 (default: auto)",
+    )
+    p.add_argument(
+        "--gpu",
+        default=gpu_default,
+        help="GPU preset (see `sim gpus`; any case), a TOML file NAME.toml, or dimensions memory=..,bandwidth=..,"
+        f"bf16_flops=..[,fp8_flops=..,host_link=..,price=..,name=..] (default: {gpu_default})",
+    )
     p.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV block (default: 16)")
     p.add_argument("--kv-memory", help="KV cache size per GPU, e.g. 12GiB (default: derived from the GPU)")
     p.add_argument(
@@ -220,7 +232,7 @@ def add_replay_options(p: argparse.ArgumentParser) -> None:
 def hardware_kwargs(args: argparse.Namespace) -> dict:
     """ReplayOptions fields from the options of `add_hardware_options`."""
     return dict(
-        model=resolve_model(args.model, args.max_model_len),
+        model=resolve_model(args.model, args.max_model_len, args.kv_cache_dtype),
         gpu=resolve_gpu(args.gpu),
         block_size=args.block_size,
         kv_memory=option_size("--kv-memory", args.kv_memory) if args.kv_memory else None,

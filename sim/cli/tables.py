@@ -54,15 +54,19 @@ def summary_table(summaries: list[dict]) -> str:
 
 
 def models_table(models: Iterable[ModelSpec]) -> str:
-    """`sim models`: one line per model."""
+    """`sim models`: one line per model (parameters: all of them, and those active per token for a mixture of
+    experts)."""
+    models = list(models)
+    w = max([12, *(len(m.name) for m in models)])
     lines = [
-        f"{'name':<12} {'layers':>6} {'q heads':>7} {'kv heads':>8} {'head':>5} {'kv dtype':>8} "
-        f"{'params':>8} {'max len':>8} {'KV B/token':>11}"
+        f"{'name':<{w}} {'layers':>6} {'q heads':>7} {'kv heads':>8} {'head':>5} {'kv dtype':>8} "
+        f"{'params':>8} {'active':>8} {'max len':>8} {'KV B/token':>11}"
     ]
     for m in models:
         lines.append(
-            f"{m.name:<12} {m.num_layers:>6} {m.num_q_heads:>7} {m.num_kv_heads:>8} {m.head_size:>5} "
-            f"{m.kv_dtype:>8} {m.num_params / 1e9:>7.2f}B {m.max_model_len:>8,} {m.kv_bytes_per_token():>11,}"
+            f"{m.name:<{w}} {m.num_layers:>6} {m.num_q_heads:>7} {m.num_kv_heads:>8} {m.head_size:>5} "
+            f"{m.kv_dtype:>8} {m.num_params / 1e9:>7.2f}B {m.active_params / 1e9:>7.2f}B {m.max_model_len:>8,} "
+            f"{m.kv_bytes_per_token():>11,}"
         )
     return "\n".join(lines)
 

@@ -5,10 +5,12 @@ The default `RooflineCostModel` is a roofline from the GPU's datasheet:
     time = max(bytes_moved / (HBM bandwidth x bandwidth_efficiency), flops / (peak FLOP/s x flops_efficiency))
            + step_overhead_s
 
-    bytes_moved = weight bytes (per GPU) + KV read + KV written
+    bytes_moved = weight bytes read (per GPU) + KV read + KV written
+        weight bytes read = those of the active parameters (ModelSpec.active_weight_bytes: every weight of a dense
+                            model; a mixture of experts reads its shared and top-k routed experts only)
         KV read    = (decode context tokens + prefill context tokens) x KV bytes per token (per GPU)
         KV written = batched tokens x KV bytes per token
-    flops = 2 x parameters x batched tokens / tp + attention FLOPs
+    flops = 2 x active parameters x batched tokens / tp + attention FLOPs
         attention FLOPs = 4 x layers x q heads x head size x (query, key) pairs / tp
         (query, key) pairs = sum of decode context lengths + causal prefill pairs n (n + 1) / 2 (+ n x context)
 
@@ -40,9 +42,9 @@ class RooflineCostModel(CostModel):
 
     def __post_init__(self) -> None:
         m, tp = self.model, self.tp
-        self.weight_bytes = m.weight_bytes(tp)
+        self.weight_bytes = m.active_weight_bytes(tp)  # = m.weight_bytes(tp) for a dense model
         self.kv_bytes_per_token = m.kv_bytes_per_token(tp)
-        self.flops_per_token = 2 * m.num_params / tp
+        self.flops_per_token = 2 * m.active_params / tp  # active_params = num_params for a dense model
         self.flops_per_pair = 4 * m.num_layers * m.num_q_heads * m.head_size / tp
         self.bandwidth = self.gpu.hbm_bandwidth * self.bandwidth_efficiency
         self.flop_rate = self.gpu.bf16_flops * self.flops_efficiency

@@ -1,5 +1,6 @@
-"""Model descriptions: `ModelSpec` (the transformer shapes that decide KV size, weight size and FLOPs), the presets in
-`MODELS`, and models given as dimensions on the command line (`resolve_model`).
+"""Models by name: the presets in `MODELS` (built in, and Hugging Face config files in `model_configs/`), and
+`resolve_model`, which also reads a config.json or dimensions given on the command line. The spec itself,
+`ModelSpec`, is in `sim.hardware.model_spec`.
 
 Every byte figure is exact integer arithmetic so that, e.g., OPT-13B's KV cache costs exactly 819,200 B per token
 (2 (K and V) x 40 layers x 40 KV heads x 128 head size x 2 B).
@@ -7,47 +8,14 @@ Every byte figure is exact integer arithmetic so that, e.g., OPT-13B's KV cache 
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, replace
+import os
+from dataclasses import replace
 
 from sim.errors import UserError
-
-DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Transformer shapes that decide KV size, weight size and FLOPs."""
-
-    name: str
-    num_layers: int
-    hidden_size: int
-    num_q_heads: int
-    num_kv_heads: int
-    head_size: int
-    intermediate_size: int
-    vocab_size: int
-    num_params: int  # parameters (weights), all GPUs together
-    max_model_len: int  # tokens, prompt + output
-    kv_dtype: str = "fp16"
-    weight_dtype: str = "fp16"
-    source: str = ""
-
-    @property
-    def kv_dtype_bytes(self) -> int:
-        return DTYPE_BYTES[self.kv_dtype]
-
-    def kv_heads_per_gpu(self, tp: int) -> int:
-        """KV heads held by one GPU under tensor parallelism; replicated when tp exceeds the head count (as vLLM)."""
-        return max(1, self.num_kv_heads // tp)
-
-    def kv_bytes_per_token(self, tp: int = 1) -> int:
-        """KV bytes one token occupies on one GPU: 2 (K, V) x layers x KV heads x head size x dtype bytes."""
-        return 2 * self.num_layers * self.kv_heads_per_gpu(tp) * self.head_size * self.kv_dtype_bytes
-
-    def weight_bytes(self, tp: int = 1) -> int:
-        """Weight bytes on one GPU (weights split evenly over tp GPUs)."""
-        return self.num_params * DTYPE_BYTES[self.weight_dtype] // tp
+from sim.hardware.hf_config import load_config
+from sim.hardware.model_spec import DTYPE_BYTES, ModelSpec
 
 
 def _model(name, layers, hidden, heads, kv_heads, head, inter, vocab, params, max_len, kv="fp16", src=""):
@@ -90,6 +58,36 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+# Presets from Hugging Face config files shipped in sim/hardware/model_configs/, one `<org>--<model>.json` per
+# repository (its config.json's fields, plus `_source` and the preset's `_name`), read by sim.hardware.hf_config.
+MODEL_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_configs")
+
+
+def _config_presets() -> tuple[dict[str, ModelSpec], dict[str, str]]:
+    """The presets of MODEL_CONFIG_DIR by name, and their other names (repository id, model name) to that name."""
+    presets: dict[str, ModelSpec] = {}
+    aliases: dict[str, str] = {}
+    for file in sorted(os.listdir(MODEL_CONFIG_DIR)):
+        if not file.endswith(".json"):
+            continue
+        org, _, model = file[: -len(".json")].partition("--")
+        repo = f"{org}/{model}"
+        with open(os.path.join(MODEL_CONFIG_DIR, file), encoding="utf-8") as f:
+            name = json.load(f).get("_name") or model.lower()
+        spec = replace(load_config(os.path.join(MODEL_CONFIG_DIR, file), name=name), source=repo)
+        presets[name] = spec
+        for alias in (repo, model):
+            aliases[alias.lower()] = name
+    return presets, aliases
+
+
+_CONFIG_PRESETS, _CONFIG_ALIASES = _config_presets()
+MODELS.update(_CONFIG_PRESETS)
+# Every name a preset answers to, lower-cased: its name, and for a config preset its repository and model name.
+MODEL_ALIASES: dict[str, str] = {**_CONFIG_ALIASES, **{name.lower(): name for name in MODELS}}
+KV_CACHE_DTYPES = ("auto", "bf16", "fp16", "fp8")  # --kv-cache-dtype (vLLM's names); auto: the model's dtype
+
+
 _MODEL_KEYS = {
     "layers": int,
     "hidden": int,
@@ -113,14 +111,30 @@ MAX_PARAMS = 1e15
 DIMS_HELP = "layers=..,heads=..,kv_heads=..,head_size=..,params=..,max_len=.."
 
 
-def resolve_model(text: str, max_model_len: int | None = None) -> ModelSpec:
-    """A preset name, or dimensions 'layers=32,heads=32,kv_heads=8,head_size=128,params=8e9,max_len=8192[,...]'."""
-    if "=" in text:
+def resolve_model(text: str, max_model_len: int | None = None, kv_cache_dtype: str | None = None) -> ModelSpec:
+    """A preset name (any case; a config preset also by its Hugging Face repository or model name), a Hugging Face
+    config.json or a directory holding one, or dimensions
+    'layers=32,heads=32,kv_heads=8,head_size=128,params=8e9,max_len=8192[,...]'.
+
+    kv_cache_dtype: None or "auto" keeps the model's KV dtype; bf16, fp16 or fp8 replaces it."""
+    is_config = os.path.isfile(text) or os.path.isfile(os.path.join(text, "config.json"))
+    if "=" in text and not is_config:
         spec = _model_from_dims(text)
-    elif text in MODELS:
-        spec = MODELS[text]
+    elif is_config:
+        spec = load_config(text)
+    elif text.lower() in MODEL_ALIASES:
+        spec = MODELS[MODEL_ALIASES[text.lower()]]
+    elif os.path.isdir(text):
+        raise UserError(f"unknown model {text!r}: a directory without a config.json, and no preset of that name")
     else:
-        raise UserError(f"unknown model {text!r}; presets: {', '.join(MODELS)} (or give dimensions: {DIMS_HELP})")
+        raise UserError(
+            f"unknown model {text!r}; presets: {', '.join(MODELS)} (or a Hugging Face config.json, or give "
+            f"dimensions: {DIMS_HELP})"
+        )
+    if kv_cache_dtype not in (None, "auto"):
+        if kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise UserError(f"--kv-cache-dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
+        spec = replace(spec, kv_dtype=kv_cache_dtype)
     if max_model_len is not None:
         if max_model_len < 2:
             raise UserError(f"--max-model-len must be at least 2, got {max_model_len}")
