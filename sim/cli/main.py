@@ -84,7 +84,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(set(allocators)) != len(allocators):
         raise UserError("--allocators names an allocator twice")
     options = [replay_options(args, a) for a in allocators]
-    print_header(trace, options[0])
+    import contextlib
+
+    # with --json, stdout holds the JSON alone: the other lines go to stderr
+    human = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    with human:
+        print_header(trace, options[0])
     stem = f"{trace.name}-compare"
     with open_run_dir(args.out, stem, args.force) as run:
         out = run.path
@@ -112,6 +117,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             atomic_write(os.path.join(d, "compare.json"), to_json(summaries))
 
         save_or_rescue(out, stem, save, summaries_only)
+    if args.json:  # the summaries as compare.json holds them
+        print(to_json(summaries))
+        print(f"wrote {out}/compare.json and one directory per allocator", file=sys.stderr)
+        return 0
     print()
     print(summary_table([r.summary for _, r in results]))
     print(f"\nwrote {out}/compare.json and one directory per allocator")
@@ -152,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_options(p)
     p.add_argument(
         "--allocators", default=",".join(REGISTRY), help="comma-separated allocators (default: all registered)"
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summaries (as compare.json) to stdout as JSON instead of the table; other lines to stderr",
     )
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("models", help="list model presets")

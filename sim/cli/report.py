@@ -13,6 +13,8 @@ from sim.cli.options import positive_float, positive_int
 from sim.errors import UserError
 from sim.records.rundir import check_writable
 
+DEFAULT_GPU = "a100-80gb"  # as every command's --gpu
+
 
 def _int_list(text: str) -> list[int]:
     values = []
@@ -25,6 +27,65 @@ def _int_list(text: str) -> list[int]:
     if len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"a block size is given twice in {text!r}")
     return values
+
+
+def gpu_items(values: list[str] | None) -> list[str]:
+    """The GPUs of `--gpus` values: each value is `;`-separated; a part with no `=` (presets, TOML files) may also
+    list several comma-separated, a part with `=` is one dimension string (its commas are its own)."""
+    items: list[str] = []
+    for value in values or []:
+        for part in value.split(";"):
+            part = part.strip()
+            if not part:
+                continue
+            if "=" in part:
+                items.append(part)
+            else:
+                items += [x.strip() for x in part.split(",") if x.strip()]
+    return items
+
+
+def resolve_gpus(args: argparse.Namespace) -> list:
+    """The report's GPUs (--gpu, or --gpus), checked: exit 2 on an unknown one or two of one name."""
+    from sim.hardware.gpus import resolve_gpu
+
+    if args.gpus is not None and args.gpu is not None:
+        raise UserError("give --gpu (one GPU) or --gpus (several), not both")
+    if args.gpus is None:
+        return [resolve_gpu(args.gpu or DEFAULT_GPU)]
+    items = gpu_items(args.gpus)
+    if not items:
+        raise UserError("--gpus needs at least one GPU")
+    gpus = []
+    for item in items:
+        try:
+            gpus.append(resolve_gpu(item))
+        except UserError as exc:
+            raise UserError(f"--gpus: {exc}") from None
+    names = [g.name.lower() for g in gpus]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"--gpus names {twice[0]} twice (GPUs given by dimensions or TOML files need distinct name=..)")
+    return gpus
+
+
+def resolve_prices(items: list[str] | None, gpus: list) -> dict[str, float]:
+    """--price GPU=DOLLARS_PER_HOUR -> {GPU name of the report: price}; exit 2 for a GPU not in the report."""
+    from sim.hardware.gpus import GPU_ALIASES
+    from sim.report.plan import parse_prices
+
+    by_name = {g.name.lower(): g.name for g in gpus}
+    prices = {}
+    for given, price in parse_prices(items).items():
+        key = GPU_ALIASES.get(given, given)
+        if key not in by_name:
+            raise UserError(
+                f"--price {given}=...: {given} is not a GPU of this report (GPUs: {', '.join(by_name.values())})"
+            )
+        if by_name[key] in prices:
+            raise UserError(f"--price gives a price for {by_name[key]} twice")
+        prices[by_name[key]] = price
+    return prices
 
 
 def _command_line() -> str:
@@ -74,7 +135,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sim.report.build import ReportInputs, build_report, default_jobs
     from sim.report.capacity import trace_rate
     from sim.report.html import data_dir_for, write_outputs
-    from sim.report.page import build_page
+    from sim.report.page import build_page, headline_text
+    from sim.report.plan import check_max_utilization, format_usd
     from sim.report.slo import parse_slos
     from sim.traces.readers import read_trace
     from sim.traces.tools import slice_trace
@@ -86,6 +148,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     if os.path.exists(output) and not args.force:
         raise UserError(f"{output} exists; use --force to overwrite it")
     slos = parse_slos(args.slo)
+    gpus = resolve_gpus(args)
+    prices = resolve_prices(args.price, gpus)
+    max_utilization = check_max_utilization(args.max_utilization)
+    out = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the JSON alone
+
+    def say(*parts) -> None:
+        print(*parts, file=out)
+
     allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
     if not allocators:
         raise UserError("--allocators needs at least one allocator")
@@ -106,11 +176,16 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"{' and '.join(note)} of the trace's {full:,} requests ({len(trace):,} requests over "
             f"{trace.duration_s:,.1f} s)"
         ]
-    base = replay_options(args, allocators[0])
-    for b in block_sizes:  # fail early on an impossible budget, before any process starts
-        from dataclasses import replace
-
-        replace(base, block_size=b).budget()
+    if len(gpus) > 1 and args.cost_model:
+        raise UserError("--cost-model is a profile calibrated on one GPU; it cannot serve several --gpus")
+    args.gpu = args.gpu or DEFAULT_GPU
+    base = dataclasses.replace(replay_options(args, allocators[0]), gpu=gpus[0])
+    for g in gpus:  # fail early on an impossible budget, before any process starts
+        for b in block_sizes:
+            try:
+                dataclasses.replace(base, gpu=g, block_size=b).budget()
+            except UserError as exc:
+                raise UserError(f"{g.name}: {exc}" if len(gpus) > 1 else str(exc)) from None
     native = trace_rate(trace)
     target = args.target_rate if args.target_rate is not None else native
     inputs = ReportInputs(
@@ -124,20 +199,24 @@ def cmd_report(args: argparse.Namespace) -> int:
         args.start_rate,
         note[0] if note else "",
         args.title or "",
+        gpus,
+        prices,
+        max_utilization,
     )
     jobs = args.jobs or default_jobs()
-    print(
+    n_configs = len(gpus) * len(allocators) * len(block_sizes)
+    say(
         f"trace: {trace.path} ({len(trace):,} requests over {trace.duration_s:,.1f} s, {native:.4g} req/s)"
         + (f"; {note[0]}" if note else "")
     )
-    print(
-        f"model: {base.model.name}, GPU: {base.gpu.name}, tp={base.tp}; SLOs: "
-        f"{', '.join(s.describe() for s in slos)}; target {target:g} req/s"
+    priced = [f"{g.name} {format_usd(inputs.price(g))}/h" for g in gpus if inputs.price(g) is not None]
+    say(
+        f"model: {base.model.name}, GPU{'s' if len(gpus) > 1 else ''}: {', '.join(g.name for g in gpus)}, "
+        f"tp={base.tp}; SLOs: {', '.join(s.describe() for s in slos)}; target {target:g} req/s"
+        + (f", max utilization {max_utilization:g}" if max_utilization < 1 else "")
+        + (f"; prices: {', '.join(priced)}" if priced else "")
     )
-    print(
-        f"searching {len(allocators) * len(block_sizes)} configuration(s) to {100 * args.precision:g}% on "
-        f"{min(jobs, len(allocators) * len(block_sizes))} process(es)..."
-    )
+    say(f"searching {n_configs} configuration(s) to {100 * args.precision:g}% on {min(jobs, n_configs)} process(es)...")
     status = StatusLine(enabled=False if args.quiet else None)
     with _owned_data_dir(output):  # checked writable and locked before the work
         data = build_report(inputs, jobs=jobs, status=status, validation_root=args.validation_dir)
@@ -153,31 +232,48 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         _save_or_rescue(output, save, page_only)
         directory = data_dir_for(output)
-    print()
-    gpu = base.gpu.name
-    print(f"{'configuration':<28} {'capacity (req/s)':>16} {'replicas':>9} {'GPUs':>6} {'probes':>7}")
-    for r in data.results:
-        cap = f"{r.capacity_rps:.4g}" + ("+" if r.unbounded else "")
-        print(
-            f"{r.label:<28} {cap:>16} {r.replicas if r.replicas is not None else 'n/a':>9} "
-            f"{r.gpus if r.gpus is not None else 'n/a':>6} {len(r.probes):>7}"
-        )
     rec = data.recommendation
-    if rec is not None:
-        print(f"\nrecommendation: {rec.gpus} x {gpu} ({rec.replicas} replica(s) of {rec.label}) for {target:g} req/s")
+    if args.json:
+        print(files["report.json"])  # the same bytes as <stem>-data/report.json
     else:
-        print("\nno configuration meets the SLOs at any rate probed (exit status 1; the report is written)")
-    print(f"{data.probes_run} replays in {data.wall_s:,.1f} s")
+        print()
+        print(results_table(data))
+    say()
+    say(headline_text(data))
+    say(f"{data.probes_run} replays in {data.wall_s:,.1f} s")
     size = os.path.getsize(output)
-    data = os.path.join(os.path.dirname(output), os.path.basename(directory))
-    print(f"wrote {output} ({size / 1e6:.1f} MB) and {data}/ (CSV and JSON of every chart)")
+    data_path = os.path.join(os.path.dirname(output), os.path.basename(directory))
+    say(f"wrote {output} ({size / 1e6:.1f} MB) and {data_path}/ (CSV and JSON of every chart)")
     if args.screenshot:
         if find_chromium() is None:
             raise UserError("--screenshot needs Chromium (Debian: apt-get install chromium)")
         screenshot(output, args.screenshot, height=args.screenshot_height)
-        print(f"wrote {args.screenshot}")
+        say(f"wrote {args.screenshot}")
     assert data_dir_for(output) == directory
     return 0 if rec is not None else 1  # 1: nothing meets the SLOs (the report is still written)
+
+
+def results_table(data) -> str:
+    """The printed table: one row per configuration, with cost columns when some GPU is priced."""
+    priced = any(r.price_per_hour is not None for r in data.results)
+    from sim.report.plan import format_usd
+
+    width = max([28] + [len(r.label) + 1 for r in data.results])
+    head = f"{'configuration':<{width}} {'capacity (req/s)':>16} {'replicas':>9} {'GPUs':>6} {'headroom':>9}"
+    if priced:
+        head += f" {'$/hour':>9} {'$/M out tok':>11}"
+    lines = [head + f" {'probes':>7}"]
+    for r in data.results:
+        cap = f"{r.capacity_rps:.4g}" + ("+" if r.unbounded else "")
+        room = "n/a" if r.headroom is None else f"{100 * r.headroom:.1f}%"
+        line = (
+            f"{r.label:<{width}} {cap:>16} {r.replicas if r.replicas is not None else 'n/a':>9} "
+            f"{r.gpus if r.gpus is not None else 'n/a':>6} {room:>9}"
+        )
+        if priced:
+            line += f" {format_usd(r.cost_per_hour):>9} {format_usd(r.cost_per_million_tokens):>11}"
+        lines.append(line + f" {len(r.probes):>7}")
+    return "\n".join(lines)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -286,6 +382,41 @@ def register(sub) -> None:
         elif action.dest == "force":
             action.help = "overwrite an existing report file"
 
+    for action in p._actions:  # --gpu: no default here, so that giving it beside --gpus can be refused
+        if action.dest == "gpu":
+            action.default = None
+            action.help += "; one GPU (--gpus compares several)"
+    p.add_argument(
+        "--gpus",
+        action="append",
+        metavar="G1,G2;DIMS",
+        help="GPUs to compare (one capacity search per GPU x allocator x block size): presets or TOML files, "
+        "comma-separated; a dimension string (memory=..,bandwidth=..,bf16_flops=..,name=..) is separated from the "
+        "others by ';' (e.g. 'h100-80gb,h200;memory=48GB,bandwidth=864e9,bf16_flops=362e12,name=my-gpu'); "
+        "repeatable; not with --gpu",
+    )
+    p.add_argument(
+        "--price",
+        action="append",
+        metavar="GPU=DOLLARS_PER_HOUR",
+        help="price of one GPU-hour in USD, for a GPU of the report (overrides its price_per_hour); repeatable. "
+        "With prices the report gives $/hour and $ per million output tokens, and recommends the cheapest "
+        "deployment when every GPU is priced",
+    )
+    p.add_argument(
+        "--max-utilization",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="plan replicas so that each runs at most this fraction of its capacity, in (0, 1]: replicas = "
+        "ceil(target / (capacity x F)) (default: 1)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report's data (as <name>-data/report.json) to stdout as JSON instead of the table; the "
+        "other lines go to stderr",
+    )
     p.add_argument("--title", help="the report's title")
     p.add_argument(
         "--validation-dir",

@@ -1,10 +1,16 @@
-"""A capacity-planning report's computation: one capacity search per configuration (allocator x block size), run in
-parallel on local processes, then the replicas and GPUs each needs for the target rate and the recommendation.
+"""A capacity-planning report's computation: one capacity search per configuration (GPU x allocator x block size),
+run in parallel on local processes, then the replicas, GPUs and cost each needs for the target rate, and the
+recommendation.
 
 Replicas and GPUs: a replica is one serving engine (tp GPUs with tensor parallelism). The target traffic is assumed
 to split evenly over replicas, each seeing the trace's arrival pattern at target / replicas requests/s, so a
-configuration of capacity c needs ceil(target / c) replicas, i.e. ceil(target / c) x tp GPUs. The recommendation is
-the configuration that needs the fewest GPUs (ties: the higher capacity).
+configuration of capacity c needs ceil(target / (c x F)) replicas (F: the max utilization, default 1), i.e. that
+times tp GPUs; headroom, $/hour and $ per million output tokens are defined in `sim.report.plan`.
+
+The recommendation: when every configuration that can meet the SLOs has a price, the one with the lowest $/hour
+(ties: fewer GPUs, then the higher capacity); otherwise, with one GPU type, the one that needs the fewest GPUs (ties:
+the higher capacity), and with several GPU types (GPU counts of different GPUs are not comparable) the one that needs
+the fewest GPUs too, said as such in the report (give --price for every GPU to compare them by cost).
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ import time
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field, replace
 
+from sim.hardware.gpus import GpuSpec
 from sim.hardware.models import ModelSpec
 from sim.progress import StatusLine
-from sim.report.capacity import CapacitySearch, Probe, evaluate_probe, replicas_needed, trace_rate
+from sim.report import plan
+from sim.report.capacity import CapacitySearch, Probe, evaluate_probe, trace_rate
 from sim.report.slo import SLO
 from sim.serving.replay import ReplayOptions
 from sim.traces.model import Trace
@@ -28,10 +36,16 @@ class Config:
     allocator: str
     block_size: int
     options: ReplayOptions
+    show_gpu: bool = False  # the label names the GPU (reports of several GPUs)
 
     @property
     def label(self) -> str:
-        return f"{self.allocator} / {self.block_size}"
+        return config_label(self.options.gpu.name if self.show_gpu else None, self.allocator, self.block_size)
+
+
+def config_label(gpu: str | None, allocator: str, block_size: int) -> str:
+    """'paged / 16', or 'h100-80gb / paged / 16' in a report of several GPUs."""
+    return f"{gpu + ' / ' if gpu else ''}{allocator} / {block_size}"
 
 
 @dataclass
@@ -49,6 +63,21 @@ class ConfigResult:
     gpus: int | None
     kv_blocks: int
     kv_capacity_tokens: int
+    gpu: str = ""  # the GPU's name
+    tp: int = 1
+    price_per_hour: float | None = None  # USD per GPU-hour (None: not priced)
+    headroom: float | None = None  # 1 - target / (replicas x capacity), sim.report.plan
+    cost_per_hour: float | None = None  # replicas x tp x price
+    tokens_per_request: float | None = None  # output tokens per trace request at the capacity, sim.report.plan
+    cost_per_million_tokens: float | None = None  # USD per million output tokens at the target rate
+
+    @property
+    def rejected(self) -> tuple[int, int] | None:
+        """(rejected, requests) at the operating point (None before any probe)."""
+        if not self.probes:
+            return None
+        r = self.operating_point.summary["requests"]
+        return int(r["rejected"]), int(r["total"])
 
     @property
     def first_failure(self) -> Probe | None:
@@ -82,6 +111,20 @@ class ReportInputs:
     start_rate: float | None = None
     trace_note: str = ""  # how the trace was cut (e.g. 'first 4,000 requests')
     title: str = ""
+    gpus: list[GpuSpec] = field(default_factory=list)  # GPUs compared (empty: base.gpu alone)
+    prices: dict[str, float] = field(default_factory=dict)  # GPU name -> USD per GPU-hour (with --price applied)
+    max_utilization: float = 1.0
+
+    @property
+    def gpu_list(self) -> list[GpuSpec]:
+        return list(self.gpus) if self.gpus else [self.base.gpu]
+
+    @property
+    def multi_gpu(self) -> bool:
+        return len(self.gpu_list) > 1
+
+    def price(self, gpu: GpuSpec) -> float | None:
+        return self.prices.get(gpu.name, gpu.price_per_hour)
 
 
 @dataclass
@@ -95,10 +138,31 @@ class ReportData:
     jobs: int
     cost_model: dict = field(default_factory=dict)
     validation: object = None  # sim.report.validation.ValidationFindings
+    recommended_by: str = "gpus"  # 'cost' (lowest $/hour) or 'gpus' (fewest GPUs)
 
 
-def make_configs(base: ReplayOptions, allocators: list[str], block_sizes: list[int]) -> list[Config]:
-    return [Config(a, b, replace(base, allocator=a, block_size=b)) for b in block_sizes for a in allocators]
+def make_configs(
+    base: ReplayOptions, allocators: list[str], block_sizes: list[int], gpus: list[GpuSpec] | None = None
+) -> list[Config]:
+    """GPU x block size x allocator (in that order); labels name the GPU when there are several."""
+    gpus = gpus or [base.gpu]
+    multi = len(gpus) > 1
+    return [
+        Config(a, b, replace(base, gpu=g, allocator=a, block_size=b), multi)
+        for g in gpus
+        for b in block_sizes
+        for a in allocators
+    ]
+
+
+def recommend(results: list[ConfigResult]) -> tuple[ConfigResult | None, str]:
+    """(the recommended configuration, 'cost' or 'gpus'): see the module's docstring."""
+    feasible = [r for r in results if r.gpus is not None]
+    if not feasible:
+        return None, "gpus"
+    if all(r.cost_per_hour is not None for r in feasible):
+        return min(feasible, key=lambda r: (r.cost_per_hour, r.gpus, -r.capacity_rps)), "cost"
+    return min(feasible, key=lambda r: (r.gpus, -r.capacity_rps)), "gpus"
 
 
 # --- parallel driver ---------------------------------------------------------------------------------------------
@@ -211,13 +275,22 @@ def build_report(
     from sim.report.validation import find_validation
 
     t0 = time.perf_counter()
-    configs = make_configs(inputs.base, inputs.allocators, inputs.block_sizes)
+    configs = make_configs(inputs.base, inputs.allocators, inputs.block_sizes, inputs.gpu_list)
     outcome = run_searches(inputs.trace, configs, inputs.slos, inputs.precision, inputs.start_rate, jobs, status)
     results = []
     for c in configs:
         search, probes = outcome[c.label]
         budget = c.options.budget()
-        replicas = replicas_needed(inputs.target_rate, search.capacity)
+        replicas = plan.replicas_needed(inputs.target_rate, search.capacity, inputs.max_utilization)
+        price = inputs.price(c.options.gpu)
+        tp = inputs.base.tp
+        cost = plan.cost_per_hour(replicas, tp, price)
+        tokens = None
+        if probes:
+            s = max((p for p in probes if p.passed), key=lambda p: p.rate, default=min(probes, key=lambda p: p.rate))
+            s = s.summary
+            generated = s["throughput"]["output_tokens_per_s"] * s["duration_s"]
+            tokens = plan.output_tokens_per_request(generated, s["requests"]["total"])
         results.append(
             ConfigResult(
                 c.allocator,
@@ -233,18 +306,32 @@ def build_report(
                 None if replicas is None else replicas * inputs.base.tp,
                 budget.num_blocks,
                 budget.capacity_tokens,
+                gpu=c.options.gpu.name,
+                tp=tp,
+                price_per_hour=price,
+                headroom=plan.headroom(inputs.target_rate, replicas, search.capacity),
+                cost_per_hour=cost,
+                tokens_per_request=tokens,
+                cost_per_million_tokens=plan.cost_per_million_output_tokens(cost, inputs.target_rate, tokens),
             )
         )
-    feasible = [r for r in results if r.gpus is not None]
-    recommendation = min(feasible, key=lambda r: (r.gpus, -r.capacity_rps)) if feasible else None
+    recommendation, recommended_by = recommend(results)
     cost_model = {}
     for r in results:
         if r.probes:
             cost_model = r.probes[0].summary.get("config", {}).get("cost_model", {})
             break
-    validation = (
-        find_validation(validation_root, inputs.base.gpu.name, inputs.base.model.name) if validation_root else None
-    )
+    validation = None
+    if validation_root:
+        for g in inputs.gpu_list:  # one set of findings for every GPU of the report
+            found = find_validation(validation_root, g.name, inputs.base.model.name)
+            if validation is None:
+                validation = found
+                readable = found.files_other + len(found.files_matched)
+            else:
+                validation.rows += found.rows
+                validation.files_matched += found.files_matched
+                validation.files_other = readable - len(validation.files_matched)
     return ReportData(
         inputs,
         trace_rate(inputs.trace),
@@ -255,6 +342,7 @@ def build_report(
         jobs,
         cost_model,
         validation,
+        recommended_by,
     )
 
 

@@ -208,10 +208,8 @@ def memory_fractions(summary: dict) -> dict[str, float]:
     return {c: float(summary["kv_memory"][c]) for c in MEMORY_CATEGORIES}
 
 
-def replicas_needed(target_rps: float, capacity_rps: float) -> int | None:
-    """ceil(target / capacity): replicas that each take an equal share of the target rate and stay within capacity
-    (None when the capacity is 0)."""
-    if capacity_rps <= 0:
-        return None
-    # a hair of tolerance so that target = k x capacity exactly (up to rounding) needs k, not k + 1
-    return max(1, math.ceil(target_rps / capacity_rps - 1e-9))
+def replicas_needed(target_rps: float, capacity_rps: float, max_utilization: float = 1.0) -> int | None:
+    """ceil(target / (capacity x max_utilization)) (None when the capacity is 0): see `sim.report.plan`."""
+    from sim.report.plan import replicas_needed as needed
+
+    return needed(target_rps, capacity_rps, max_utilization)

@@ -56,6 +56,7 @@ def capacity_chart(results: list[ConfigResult], target_rate: float, gpu_name: st
     text = [
         (
             f"{r.capacity_rps:.3g} req/s: {r.gpus} GPU{'s' if r.gpus != 1 else ''}"
+            + (f", ${r.cost_per_hour:,.2f}/h" if r.cost_per_hour is not None else "")
             if r.gpus is not None
             else "SLOs not met at any rate"
         )
@@ -73,7 +74,8 @@ def capacity_chart(results: list[ConfigResult], target_rate: float, gpu_name: st
         )
     )
     fig.update_yaxes(title_text="capacity per replica (req/s)", rangemode="tozero")
-    fig.update_xaxes(title_text="allocator / block size")
+    multi = len({r.gpu for r in results}) > 1
+    fig.update_xaxes(title_text="GPU / allocator / block size" if multi else "allocator / block size")
     apply_layout(
         fig,
         f"Capacity per replica within the SLOs, and {gpu_name} GPUs for {target_rate:g} req/s"
@@ -84,12 +86,16 @@ def capacity_chart(results: list[ConfigResult], target_rate: float, gpu_name: st
     rows = [
         {
             "config": r.label,
+            "gpu": r.gpu,
             "allocator": r.allocator,
             "block_size": r.block_size,
             "capacity_rps": r.capacity_rps,
             "bracket_hi_rps": r.bracket[1],
             "replicas": r.replicas,
             "gpus": r.gpus,
+            "headroom": r.headroom,
+            "cost_per_hour_usd": r.cost_per_hour,
+            "cost_per_million_output_tokens_usd": r.cost_per_million_tokens,
         }
         for r in results
     ]
@@ -343,9 +349,14 @@ def latency_chart(results: list[ConfigResult], slos: list[SLO]):
 def block_size_chart(results: list[ConfigResult]):
     fig = go.Figure()
     rows = []
-    allocators = list(dict.fromkeys(r.allocator for r in results))
+    multi = len({r.gpu for r in results}) > 1
+
+    def group(r: ConfigResult) -> str:  # one line per allocator (per GPU and allocator with several GPUs)
+        return f"{r.gpu} / {r.allocator}" if multi else r.allocator
+
+    allocators = list(dict.fromkeys(group(r) for r in results))
     for i, a in enumerate(allocators):
-        rs = sorted((r for r in results if r.allocator == a), key=lambda r: r.block_size)
+        rs = sorted((r for r in results if group(r) == a), key=lambda r: r.block_size)
         fig.add_trace(
             go.Scatter(
                 x=[r.block_size for r in rs],
@@ -359,7 +370,8 @@ def block_size_chart(results: list[ConfigResult]):
         for r in rs:
             rows.append(
                 {
-                    "allocator": a,
+                    "gpu": r.gpu,
+                    "allocator": r.allocator,
                     "block_size": r.block_size,
                     "capacity_rps": r.capacity_rps,
                     "kv_blocks": r.kv_blocks,

@@ -13,6 +13,7 @@ from sim.report import charts
 from sim.report.build import ConfigResult, ReportData, model_rows
 from sim.report.capacity import memory_fractions
 from sim.report.html import Page, esc, rows_to_csv, table
+from sim.report.plan import format_usd
 from sim.report.slo import display_unit, format_seconds, per_request_thresholds
 from sim.units import format_bytes
 
@@ -48,23 +49,111 @@ def _gpus_text(r: ConfigResult, gpu: str) -> str:
     return "not attainable" if r.gpus is None else f"{r.gpus} x {gpu}"
 
 
+def gpu_names(data: ReportData) -> str:
+    return ", ".join(g.name for g in data.inputs.gpu_list)
+
+
+def headline(data: ReportData) -> dict | None:
+    """The recommendation's figures as the headline gives them (None when nothing meets the SLOs)."""
+    rec, inp = data.recommendation, data.inputs
+    if rec is None:
+        return None
+    rejected, total = rec.rejected or (0, 0)
+    return {
+        "gpu": rec.gpu,
+        "allocator": rec.allocator,
+        "block_size": rec.block_size,
+        "config": rec.label,
+        "capacity_rps": rec.capacity_rps,
+        "target_rate_rps": inp.target_rate,
+        "replicas": rec.replicas,
+        "gpus_per_replica": rec.tp,
+        "gpus": rec.gpus,
+        "max_utilization": inp.max_utilization,
+        "headroom": rec.headroom,
+        "price_per_gpu_hour_usd": rec.price_per_hour,
+        "cost_per_hour_usd": rec.cost_per_hour,
+        "output_tokens_per_request": rec.tokens_per_request,
+        "cost_per_million_output_tokens_usd": rec.cost_per_million_tokens,
+        "rejected": rejected,
+        "requests": total,
+        "rejected_share": rejected / total if total else None,
+        "recommended_by": data.recommended_by,
+    }
+
+
+def _why(data: ReportData) -> str:
+    if data.recommended_by == "cost":
+        return "the lowest $/hour"
+    if data.inputs.multi_gpu:
+        return "the fewest GPUs of any type; not every GPU is priced: give --price for each to compare by cost"
+    return "the fewest GPUs"
+
+
+def headline_text(data: ReportData) -> str:
+    """The headline as plain text (what `sim report` prints)."""
+    h = headline(data)
+    if h is None:
+        return "no configuration meets the SLOs at any rate probed (exit status 1; the report is written)"
+    per = f"{h['gpus_per_replica']} GPUs" if h["gpus_per_replica"] > 1 else "1 GPU"
+    lines = [
+        f"recommendation: {h['gpus']} x {h['gpu']} = {h['replicas']} replica{'s' if h['replicas'] != 1 else ''} "
+        f"({per} each) of {h['allocator']} / {h['block_size']} for {h['target_rate_rps']:g} req/s "
+        f"(chosen for {_why(data)})"
+    ]
+    if h["cost_per_hour_usd"] is not None:
+        per_m = h["cost_per_million_output_tokens_usd"]
+        lines.append(
+            f"  cost: {format_usd(h['cost_per_hour_usd'])}/hour ({h['gpus']} x "
+            f"{format_usd(h['price_per_gpu_hour_usd'])}/GPU-hour), "
+            + (f"{format_usd(per_m)} per million output tokens at the target rate" if per_m is not None else "")
+        )
+    else:
+        lines.append(f"  cost: not known (no price for {h['gpu']}: give --price {h['gpu']}=DOLLARS_PER_HOUR)")
+    lines.append(
+        f"  headroom: {100 * h['headroom']:.1f}% (each replica at {h['target_rate_rps'] / h['replicas']:.4g} of "
+        f"{h['capacity_rps']:.4g} req/s; max utilization {h['max_utilization']:g})"
+    )
+    share = f" ({100 * h['rejected_share']:.1f}%)" if h["rejected_share"] is not None else ""
+    lines.append(
+        f"  rejected: {h['rejected']:,} of {h['requests']:,} requests{share} (longer than the max model length, or "
+        "never placeable)"
+    )
+    return "\n".join(lines)
+
+
 def answer_text(data: ReportData) -> str:
     inp = data.inputs
-    gpu, tp = inp.base.gpu.name, inp.base.tp
+    tp = inp.base.tp
     rec = data.recommendation
     slos = ", ".join(s.describe() for s in inp.slos)
     if rec is None:
         return (
-            f"No configuration meets {esc(slos)} at any rate probed: the SLOs are not attainable on {esc(gpu)} "
-            f"for this traffic (see the probes below)." + rejected_text(data)
+            f"No configuration meets {esc(slos)} at any rate probed: the SLOs are not attainable on "
+            f"{esc(gpu_names(data))} for this traffic (see the probes below)." + rejected_text(data)
         )
+    gpu = rec.gpu or inp.base.gpu.name
     replica = f"{tp} GPUs" if tp > 1 else f"1 {esc(gpu)}"
     parts = [
         f"<b>{rec.gpus} x {esc(gpu)}</b> serve <b>{inp.target_rate:g} req/s</b> within {esc(slos)}, with the "
         f"<b>{esc(rec.allocator)}</b> allocator (block size {rec.block_size}): one replica ({replica}) sustains "
         f"{rec.capacity_rps:.3g} req/s, so {inp.target_rate:g} req/s needs {rec.replicas} "
-        f"replica{'s' if rec.replicas != 1 else ''}."
+        f"replica{'s' if rec.replicas != 1 else ''}"
+        + (f" at {inp.max_utilization:g} of capacity at most" if inp.max_utilization < 1 else "")
+        + f" (chosen for {esc(_why(data))})."
     ]
+    if rec.cost_per_hour is not None:
+        per_m = rec.cost_per_million_tokens
+        parts.append(
+            f" <b>{format_usd(rec.cost_per_hour)}/hour</b> ({rec.gpus} x {format_usd(rec.price_per_hour)} per "
+            f"GPU-hour)"
+            + (f", <b>{format_usd(per_m)} per million output tokens</b> at {inp.target_rate:g} req/s" if per_m else "")
+            + "."
+        )
+    if rec.headroom is not None:
+        parts.append(
+            f" Headroom: <b>{100 * rec.headroom:.1f}%</b> of the deployment's capacity is unused at the target rate."
+        )
     others = [r for r in data.results if r is not rec]
     if others:
         bits = []
@@ -72,7 +161,8 @@ def answer_text(data: ReportData) -> str:
             if r.gpus is None:
                 bits.append(f"{esc(r.label)}: SLOs not attainable")
             else:
-                bits.append(f"{esc(r.label)}: {r.gpus} GPUs ({r.capacity_rps:.3g} req/s per replica)")
+                cost = f", {format_usd(r.cost_per_hour)}/hour" if r.cost_per_hour is not None else ""
+                bits.append(f"{esc(r.label)}: {r.gpus} GPUs ({r.capacity_rps:.3g} req/s per replica{cost})")
         parts.append(" Other configurations: " + "; ".join(bits) + ".")
     parts.append(rejected_text(data))
     return "".join(parts)
@@ -102,6 +192,7 @@ def result_rows(data: ReportData) -> list[dict]:
         s = p.summary
         rows.append(
             {
+                "gpu": r.gpu,
                 "allocator": r.allocator,
                 "block_size": r.block_size,
                 "capacity_rps": r.capacity_rps,
@@ -109,6 +200,11 @@ def result_rows(data: ReportData) -> list[dict]:
                 "bracket_hi_rps": r.bracket[1],
                 "replicas": r.replicas,
                 "gpus": r.gpus,
+                "headroom": r.headroom,
+                "price_per_gpu_hour_usd": r.price_per_hour,
+                "cost_per_hour_usd": r.cost_per_hour,
+                "output_tokens_per_request": r.tokens_per_request,
+                "cost_per_million_output_tokens_usd": r.cost_per_million_tokens,
                 "operating_rate_rps": p.rate,
                 "passed": p.passed,
                 "goodput_rps": p.goodput_rps,
@@ -147,20 +243,27 @@ def inputs_rows(data: ReportData, command: str | None) -> list[tuple[str, str]]:
     for note in trace.notes:
         rows.append(("trace note", note))
     rows += model_rows(base.model, base.tp)
-    g = base.gpu
-    rows.append(
-        (
-            "GPU",
-            f"{g.name}: {format_bytes(g.memory_bytes)}, HBM {g.hbm_bandwidth / 1e12:.3f} TB/s, "
-            f"{g.bf16_flops / 1e12:.1f} dense bf16 TFLOP/s ({g.source})",
+    for g in inp.gpu_list:
+        price = inp.price(g)
+        if price is None:
+            priced = "price not given"
+        elif g.name in inp.prices:
+            priced = f"{format_usd(price)} per GPU-hour (--price)"
+        else:
+            priced = f"{format_usd(price)} per GPU-hour (the GPU's price_per_hour)"
+        rows.append(
+            (
+                "GPU",
+                f"{g.name}: {format_bytes(g.memory_bytes)}, HBM {g.hbm_bandwidth / 1e12:.3f} TB/s, "
+                f"{g.bf16_flops / 1e12:.1f} dense bf16 TFLOP/s ({g.source}); {priced}",
+            )
         )
-    )
     rows.append(("tensor parallelism", f"{base.tp} GPU{'s' if base.tp > 1 else ''} per replica"))
     seen = set()
     for r in data.results:
-        if r.block_size in seen:
+        if (r.gpu, r.block_size) in seen:
             continue
-        seen.add(r.block_size)
+        seen.add((r.gpu, r.block_size))
         budget = next(p for p in [r.operating_point]).summary
         cfg = budget.get("config", {})
         b = cfg.get("kv_budget_breakdown_bytes") or {}
@@ -174,7 +277,7 @@ def inputs_rows(data: ReportData, command: str | None) -> list[tuple[str, str]]:
             how = f"given: {format_bytes(base.kv_memory or 0)}"
         rows.append(
             (
-                f"KV budget per GPU (block size {r.block_size})",
+                f"KV budget per GPU ({r.gpu + ', ' if inp.multi_gpu else ''}block size {r.block_size})",
                 f"{how}; {r.kv_blocks:,} blocks x {r.block_size} tokens = {r.kv_capacity_tokens:,} tokens",
             )
         )
@@ -224,6 +327,25 @@ def inputs_rows(data: ReportData, command: str | None) -> list[tuple[str, str]]:
             f"arrival pattern at its share of the rate",
         )
     )
+    rows.append(
+        (
+            "replicas, headroom and cost",
+            f"replicas = ceil(target / (capacity x max utilization)), max utilization {inp.max_utilization:g}; "
+            "headroom = 1 - target / (replicas x capacity); $/hour = replicas x GPUs per replica x price per "
+            "GPU-hour; $ per million output tokens = $/hour / (target x output tokens per request x 3600) x 1e6, "
+            "output tokens per request being those generated at the capacity over the trace's requests (rejected "
+            "ones included)",
+        )
+    )
+    if inp.multi_gpu:
+        rows.append(
+            (
+                "recommendation",
+                "the lowest $/hour when every configuration that meets the SLOs is priced (ties: fewer GPUs), "
+                "else the fewest GPUs; "
+                + ("here: by cost" if data.recommended_by == "cost" else "here: by GPU count (not all priced)"),
+            )
+        )
     start = inp.start_rate if inp.start_rate is not None else data.native_rate
     rows.append(("capacity search", SEARCH_TEXT.format(start=f"{start:.4g}", precision=100 * inp.precision)))
     spans = [len(trace) / r.capacity_rps for r in data.results if r.capacity_rps > 0]
@@ -258,7 +380,7 @@ def inputs_rows(data: ReportData, command: str | None) -> list[tuple[str, str]]:
 
 def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[str, str]]:
     inp = data.inputs
-    gpu = inp.base.gpu.name
+    gpu = gpu_names(data)
     title = inp.title or f"Capacity plan: {inp.base.model.name} on {gpu}, {inp.trace.name}"
     page = Page(title)
     slos_text = ", ".join(s.describe() for s in inp.slos)
@@ -269,11 +391,18 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
         + (f": <code>{esc(command)}</code>" if command else "")
         + "</p>"
     )
-    page.add(
-        f'<p class="lead">How many requests per second does one {esc(gpu)} replica of '
-        f"{esc(inp.base.model.name)} serve within {esc(slos_text)} on this traffic, how many GPUs serve "
-        f"{inp.target_rate:g} req/s, and what does the KV-cache design change?</p>"
-    )
+    if inp.multi_gpu:
+        page.add(
+            f'<p class="lead">Which GPU: how many requests per second does one replica of '
+            f"{esc(inp.base.model.name)} serve within {esc(slos_text)} on this traffic on each of {esc(gpu)}, how "
+            f"many GPUs (and dollars) serve {inp.target_rate:g} req/s, and what does the KV-cache design change?</p>"
+        )
+    else:
+        page.add(
+            f'<p class="lead">How many requests per second does one {esc(gpu)} replica of '
+            f"{esc(inp.base.model.name)} serve within {esc(slos_text)} on this traffic, how many GPUs serve "
+            f"{inp.target_rate:g} req/s, and what does the KV-cache design change?</p>"
+        )
     page.add(f'<div class="answer">{answer_text(data)}</div>')
     for r in data.results:
         if r.non_monotone:
@@ -293,8 +422,12 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
     # recommendation table
     page.add("<h2>Recommendation</h2>")
     slo_names = [s.name for s in inp.slos]
+    priced = any(r.price_per_hour is not None for r in data.results)
+    lead = ["GPU"] if inp.multi_gpu else []
+    extra = ["headroom"] + (["$/hour", "$/M output tokens"] if priced else [])
     headers = (
-        [
+        lead
+        + [
             "allocator",
             "block size",
             "capacity (req/s)",
@@ -307,28 +440,34 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
         ]
         + [_slo_header(s) for s in inp.slos]
         + ["mean batch", "preemptions", "KV blocks"]
+        + extra
     )
     rows, classes = [], []
     for r in data.results:
         p = r.operating_point
         s = p.summary
         rows.append(
-            [
+            ([r.gpu] if inp.multi_gpu else [])
+            + [
                 r.allocator,
                 r.block_size,
                 _num(r.capacity_rps),
                 _num(r.bracket[1]),
                 ", ".join(r.binding_slos(inp.slos)) or "none",
                 "n/a" if r.replicas is None else r.replicas,
-                _gpus_text(r, gpu),
+                _gpus_text(r, r.gpu or gpu),
                 _num(p.goodput_rps),
                 _num(s["throughput"]["requests_per_s"]),
             ]
             + [_slo_value(x, p.slo_values.get(x.name)) for x in inp.slos]
             + [f"{s['batch_size']['mean']:.1f}", f"{s['requests']['preemptions']:,}", f"{r.kv_blocks:,}"]
+            + [_pct(r.headroom)]
+            + ([format_usd(r.cost_per_hour), format_usd(r.cost_per_million_tokens)] if priced else [])
         )
         classes.append("best" if r is data.recommendation else "")
-    page.add(table(headers, rows, numeric=set(range(2, len(headers))) - {4, 6}, row_classes=classes))
+    k = len(lead)
+    numeric = set(range(2 + k, len(headers))) - {4 + k, 6 + k}
+    page.add(table(headers, rows, numeric=numeric, row_classes=classes))
     page.add(
         '<p class="note">Figures at each configuration\'s capacity (the highest rate that met every SLO). '
         '"threshold below": the lowest rate that missed them; "missed first": the SLOs missed there. Goodput: '
@@ -448,8 +587,12 @@ def report_json(data: ReportData, command: str | None) -> dict:
             "notes": list(inp.trace.notes),
         },
         "model": inp.base.model.name,
-        "gpu": inp.base.gpu.name,
+        "gpu": inp.base.gpu.name,  # the first GPU (the only one unless --gpus names several)
+        "gpus": [
+            {**g.to_dict(), "price_per_hour": inp.price(g), "price_source": _price_source(inp, g)} for g in inp.gpu_list
+        ],
         "tp": inp.base.tp,
+        "max_utilization": inp.max_utilization,
         "slos": [
             {"name": s.name, "metric": s.metric, "percentile": s.percentile, "threshold_s": s.threshold_s}
             for s in inp.slos
@@ -465,7 +608,12 @@ def report_json(data: ReportData, command: str | None) -> dict:
             "capacity_rps": data.recommendation.capacity_rps,
             "replicas": data.recommendation.replicas,
             "gpus": data.recommendation.gpus,
+            "gpu": data.recommendation.gpu,
+            "headroom": data.recommendation.headroom,
+            "cost_per_hour_usd": data.recommendation.cost_per_hour,
+            "cost_per_million_output_tokens_usd": data.recommendation.cost_per_million_tokens,
         },
+        "headline": headline(data),
         "results": result_rows(data),
         "probes": [
             {
@@ -485,3 +633,9 @@ def report_json(data: ReportData, command: str | None) -> dict:
         "wall_s": data.wall_s,
         "jobs": data.jobs,
     }
+
+
+def _price_source(inp, g) -> str | None:
+    if g.name in inp.prices:
+        return "--price"
+    return "gpu spec" if g.price_per_hour is not None else None
