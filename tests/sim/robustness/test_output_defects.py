@@ -191,8 +191,8 @@ def test_killed_sweep_leaves_no_workers_and_closes_stdout(tmp_path, sig):
 
 def test_ctrl_c_during_report_prints_no_worker_traceback(tmp_path):
     marker = f"report-int-{os.getpid()}"
-    p = popen(
-        "report", TRACES / "sharegpt-2k.csv", "--allocators", "paged,contiguous-max,contiguous-pow2",
+    p = popen(  # the full Azure trace: every replay takes seconds, so the report is surely still running at Ctrl-C
+        "report", TRACES / "azure-llm-2023-conv.csv", "--allocators", "paged,contiguous-max,contiguous-pow2",
         "--jobs", 3, "-o", tmp_path / "r.html", "-q", cwd=tmp_path, marker=marker, start_new_session=True,
     )  # fmt: skip
     try:
