@@ -46,6 +46,17 @@ def _shown(value: object) -> str:
     return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
+def _number(value: object) -> float | None:
+    """A JSON number as a float; None for anything else, and for an integer past the float range (math.isfinite and
+    float arithmetic raise OverflowError on those)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def load_result(path: str) -> dict:
     """The result object of a file: one JSON object (on one line, as vLLM writes it, or pretty-printed)."""
     text = open_text(path)
@@ -108,23 +119,32 @@ def _arrivals(path: str, result: dict, ok: np.ndarray, seed: int, notes: list[st
     starts = _list(path, result, "start_times", n)
     if starts is not None:
         for i, s in enumerate(starts):
-            if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s):
+            number = _number(s)
+            if number is None or not math.isfinite(number):
                 raise TraceError(path, 0, f"start_times[{i}] must be a number of seconds, got {_shown(s)}")
         times = np.asarray(starts, dtype=np.float64)[ok]
+        if not math.isfinite(float(times.max()) - float(times.min())):  # e.g. -1e308 and 1e308
+            raise TraceError(path, 0, "start_times span more seconds than a float holds")
         return times - times.min()
-    rate = result.get("request_rate", "inf")
-    if rate in ("inf", None) or (isinstance(rate, (int, float)) and math.isinf(rate)):
+    raw_rate = result.get("request_rate", "inf")
+    rate = _number(raw_rate)
+    if raw_rate in ("inf", None) or (rate is not None and math.isinf(rate)):
         notes.append("no start_times in the file: every request arrives at 0 (request_rate inf)")
         return np.zeros(int(ok.sum()))
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0:
-        raise TraceError(path, 0, f'request_rate must be a positive number or "inf", got {_shown(rate)}')
-    burst = result.get("burstiness", 1.0)
-    if not isinstance(burst, (int, float)) or isinstance(burst, bool) or not (burst > 0 and math.isfinite(burst)):
+    if rate is None or not rate > 0:
+        raise TraceError(path, 0, f'request_rate must be a positive number or "inf", got {_shown(raw_rate)}')
+    burst = _number(result.get("burstiness", 1.0))
+    if burst is None or not (burst > 0 and math.isfinite(burst)):
         burst = 1.0
     rng = np.random.Generator(np.random.PCG64(seed))
-    delays = np.cumsum(rng.gamma(shape=burst, scale=1.0 / (rate * burst), size=n))
-    if delays[-1] > 0:  # vLLM rescales the draws so that the last request is sent at requests / rate
-        delays *= (n / rate) / delays[-1]
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below
+        delays = np.cumsum(rng.gamma(shape=burst, scale=1.0 / (rate * burst), size=n))
+        if delays[-1] > 0:  # vLLM rescales the draws so that the last request is sent at requests / rate
+            delays *= (n / rate) / delays[-1]
+    if not np.isfinite(delays).all():  # a rate so small that requests / rate is past the float range
+        raise TraceError(
+            path, 0, f"request_rate {_shown(raw_rate)} is too small: its arrivals are past the float range"
+        )
     notes.append(
         f"no start_times in the file: arrivals drawn as vLLM draws them (gamma, burstiness {burst:g}, "
         f"{rate:g} requests/s), seed {seed}; vLLM's own draws are not in the file"

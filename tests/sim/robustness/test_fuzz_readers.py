@@ -1,15 +1,17 @@
-"""Fuzzing every trace reader (native, azure, vidur, lengths, burstgpt, mooncake) with hypothesis.
+"""Fuzzing every trace reader (native, azure, vidur, lengths, burstgpt, mooncake, vllm-bench) with hypothesis.
 
 The promises checked, for any input:
 - no traceback: reading raises nothing but TraceError / UserError;
 - every refusal names the file, and the line (`file:line: reason`) unless it is about the whole file;
 - no silent row loss: when a file reads, every line holding data became a request (or, for BurstGPT, a counted skip);
+  for a vllm-bench result (one JSON document), every entry of its per-request lists did (or a counted failed one);
 - valid files read back exactly the values written.
 
 Inputs: valid traces drawn per format; the same with 1-3 random corruptions (characters inserted -- quotes, commas,
-line breaks, signs, letters, NULs -- spans deleted or replaced, lines duplicated, swapped or cut); arbitrary bytes,
-alone or after a valid header; arbitrary text cells under a valid header. The "ci" profile (tests/conftest.py, the
-default) runs 60 examples per test; HYPOTHESIS_PROFILE=thorough runs 5,000.
+line breaks, signs, letters, NULs -- spans deleted or replaced, lines duplicated, swapped or cut; in a vllm-bench
+result, one value or list entry replaced); arbitrary bytes, alone or after a valid header (or a whole vllm-bench
+result); arbitrary text cells under a valid header; arbitrary JSON values in Mooncake records and vllm-bench results.
+The "ci" profile (tests/conftest.py, the default) runs 60 examples per test; HYPOTHESIS_PROFILE=thorough runs 5,000.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from sim.cli.main import main
 from sim.errors import TraceError, UserError
 from sim.traces.readers import READERS, read_trace
 
-FORMATS = ["native", "azure", "vidur", "lengths", "burstgpt", "mooncake"]
+FORMATS = ["native", "azure", "vidur", "lengths", "burstgpt", "mooncake", "vllm-bench"]
+JSON_FORMATS = ("mooncake", "vllm-bench")  # JSON lines; vllm-bench is one JSON document (a one-line file)
 HEADERS = {
     "native": "arrival_s,prompt_tokens,output_tokens,request_id",
     "azure": "TIMESTAMP,ContextTokens,GeneratedTokens",
@@ -49,6 +52,15 @@ WHOLE_FILE = (
     "unknown trace format",
     "cannot read",
     "no such file",
+    # vllm-bench: a result is one JSON object, so what is wrong with it is said of the file (the key and entry named)
+    "not a vllm bench serve result",
+    "a vllm bench serve result without per-request lists",
+    "input_lens",
+    "output_lens",
+    "start_times",
+    "errors ",
+    "request_rate ",
+    "none of its",
 )
 
 _DIR = tempfile.mkdtemp(prefix="kvsim-fuzz-")
@@ -193,6 +205,8 @@ def valid_trace(draw, fmt: str):
             skipped=n - sum(keep),
         )
         return HEADERS["burstgpt"] + "\n" + "\n".join(rows) + "\n", expected
+    if fmt == "vllm-bench":
+        return vllm_bench_result(draw, prompt, output, arrivals)
     assert fmt == "mooncake"
     ms = [round(a * 1000) for a in arrivals]
     lines = []
@@ -202,6 +216,59 @@ def valid_trace(draw, fmt: str):
         lines.append(json.dumps({"timestamp": t, "input_length": p, "output_length": o, "hash_ids": ids}))
     expected["arrival"] = [t / 1000 for t in ms]
     return "\n".join(lines) + "\n", expected
+
+
+def vllm_bench_expected(inputs: list, outputs: list, errors: list | None, starts: list | None) -> dict:
+    """The columns a vllm-bench reading must return, worked out with plain Python: the requests without an error and
+    with at least one output token, sorted by start time (ties in file order), arrivals relative to the first."""
+    n = len(inputs)
+    errors = [""] * n if errors is None else errors
+    kept = [i for i in range(n) if int(outputs[i]) >= 1 and not errors[i]]
+    out = {"count": len(kept), "skipped": n - len(kept)}
+    if starts is not None:
+        first = min(float(starts[i]) for i in kept)
+        arrival = {i: float(starts[i]) - first for i in kept}
+        kept.sort(key=lambda i: (arrival[i], i))
+        out["arrival"] = [arrival[i] for i in kept]
+    out.update(prompt=[int(inputs[i]) for i in kept], output=[int(outputs[i]) for i in kept])
+    out["ids"] = [str(i) for i in kept]
+    return out
+
+
+def vllm_bench_result(draw, prompt: list[int], output: list[int], arrivals: list[float]) -> tuple[str, dict]:
+    """A `vllm bench serve --save-result --save-detailed` result (vllm/benchmarks/serve.py, one JSON line): the
+    per-request lists in the order requests were sent -- start times out of order when a request waited for a
+    --max-concurrency slot -- some requests failed (an error, or no output tokens), and sometimes no start_times
+    (older vLLM), where the arrivals are drawn: then only the order (the file's, arrivals never decreasing) is known,
+    and with request_rate "inf" every arrival is 0."""
+    n = len(prompt)
+    starts = [a + 1000.0 for a in draw(st.permutations(arrivals))]  # time.perf_counter() values
+    failed = draw(st.lists(st.sampled_from(["", "", "", "error", "no tokens"]), min_size=n, max_size=n))
+    assume("" in failed)
+    inputs = [0 if f and draw(st.booleans()) else p for p, f in zip(prompt, failed)]  # a failed one may have 0
+    outputs = [0 if f else o for o, f in zip(output, failed)]
+    errors = ["Bad Request: prompt too long" if f == "error" else "" for f in failed]
+    rate = draw(st.sampled_from(["inf", 1.0, 7.5]))
+    result = {
+        "date": "20260101-120000", "endpoint_type": "vllm", "backend": "vllm", "label": None,
+        "model_id": "meta-llama/Llama-2-7b-hf", "tokenizer_id": "meta-llama/Llama-2-7b-hf", "num_prompts": n,
+        "request_rate": rate, "burstiness": 1.0, "max_concurrency": None, "duration": 12.5,
+        "completed": n - sum(map(bool, failed)), "failed": sum(map(bool, failed)),
+        "total_input_tokens": sum(inputs), "total_output_tokens": sum(outputs),
+        "request_throughput": 1.2, "request_goodput": None, "output_throughput": 24.0, "total_token_throughput": 204.0,
+        "input_lens": inputs, "output_lens": outputs, "ttfts": [0.05 if o else 0.0 for o in outputs],
+        "itls": [[0.02] * (min(o, 3) - 1) if o else [] for o in outputs],
+        "latencies": [0.43 if o else 0.0 for o in outputs], "start_times": starts,
+        "generated_texts": ["ok" if o else "" for o in outputs], "errors": errors,
+        "max_output_tokens_per_s": 50.0, "max_concurrent_requests": 2, "mean_ttft_ms": 50.0, "p99_ttft_ms": 59.8,
+    }  # fmt: skip
+    if draw(st.booleans()):  # a file of a vLLM version without start_times
+        del result["start_times"]
+        starts = None
+    expected = vllm_bench_expected(inputs, outputs, errors, starts)
+    if starts is None and rate == "inf":
+        expected["arrival"] = [0.0] * expected["count"]
+    return json.dumps(result) + "\n", expected
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -247,10 +314,32 @@ EVIL_JSON = [
 ]  # fmt: skip
 
 
+VLLM_BENCH_VALUES = ("input_lens", "output_lens", "start_times", "errors", "request_rate", "burstiness", "completed")
+_MARK = "\x00evil"
+
+
+def _evil_result_value(draw, text: str) -> str:
+    """A vllm-bench result with one value, or one entry of a per-request list, replaced by an evil JSON value (a text
+    that no longer holds one JSON object is returned as it is)."""
+    try:
+        result = json.loads(text)
+    except (ValueError, RecursionError):  # an earlier corruption broke it, or left "[" * 3000 in it
+        return text
+    if not isinstance(result, dict):
+        return text
+    key = draw(st.sampled_from(VLLM_BENCH_VALUES))
+    if isinstance(result.get(key), list) and result[key] and draw(st.booleans()):
+        result[key][draw(st.integers(0, len(result[key]) - 1))] = _MARK
+    else:
+        result[key] = _MARK
+    return json.dumps(result).replace(json.dumps(_MARK), draw(st.sampled_from(EVIL_JSON)), 1) + "\n"
+
+
 @st.composite
-def corrupt(draw, text: str, jsonl: bool = False, ops: list[str] | None = None) -> str:
+def corrupt(draw, text: str, jsonl: bool = False, ops: list[str] | None = None, doc: bool = False) -> str:
     """1-3 corruptions: characters inserted, deleted or replaced; lines duplicated, swapped or cut off; a cell (or JSON
-    value) replaced by an evil value; a lone quote; a column named twice."""
+    value) replaced by an evil value; a lone quote; a column named twice. `doc`: the text is one JSON document (a
+    vllm-bench result), where a cell is one value or list entry, and a duplicated line is an appended result."""
     ops = ops or ["insert", "delete", "replace", "duplicate", "swap", "cut", "cell", "cell", "quote", "name"]
     for _ in range(draw(st.integers(1, 3)) if len(ops) > 1 else 1):
         i = draw(st.integers(0, len(text)))
@@ -269,6 +358,8 @@ def corrupt(draw, text: str, jsonl: bool = False, ops: list[str] | None = None) 
             starts = [m.start() for m in re.finditer(r"(?<=[,\n])|^", text)] or [i]
             k = draw(st.sampled_from(starts))
             text = text[:k] + '"' + text[k:]
+        elif op == "cell" and doc:
+            text = _evil_result_value(draw, text)
         elif op == "cell":  # one whole cell, or one JSON value
             pattern = r"(?<=: )[^,}]+" if jsonl else r"(?<=[,\n])[^,\n]*|^[^,\n]*"
             spans = [m.span() for m in re.finditer(pattern, text, re.M)]
@@ -281,8 +372,12 @@ def corrupt(draw, text: str, jsonl: bool = False, ops: list[str] | None = None) 
                 a, b = draw(st.integers(0, len(names) - 1)), draw(st.integers(0, len(names) - 1))
                 names[a] = names[b]
                 text = "\n".join([",".join(names), *lines[1:]])
-        elif op == "name":  # JSONL: a key written twice
-            text = text.replace('"output_length"', '"input_length"', 1)
+        elif op == "name":  # JSON: a key written twice
+            text = (
+                text.replace('"output_lens"', '"input_lens"', 1)
+                if doc
+                else text.replace('"output_length"', '"input_length"', 1)
+            )
         elif len(lines) > 1:
             a, b = draw(st.integers(0, len(lines) - 1)), draw(st.integers(0, len(lines) - 1))
             if op == "duplicate":
@@ -335,15 +430,36 @@ def expected_rows(text: str, fmt: str) -> dict:
     return out
 
 
+def check_vllm_bench(trace, bad: str) -> None:
+    """A vllm-bench reading of `bad` holds every request of its lists (or counts it as failed), and the values that
+    plain Python reads there."""
+    result = json.loads(bad.removeprefix("\ufeff"))  # the reader read it, so it is one JSON object
+    oracle = vllm_bench_expected(
+        result["input_lens"], result["output_lens"], result.get("errors"), result.get("start_times")
+    )
+    assert len(trace) + trace.skipped_rows == len(result["input_lens"]), "request lost"
+    assert (len(trace), trace.skipped_rows) == (oracle["count"], oracle["skipped"])
+    assert trace.prompt_tokens.tolist() == oracle["prompt"] and trace.output_tokens.tolist() == oracle["output"]
+    if "arrival" in oracle:
+        assert trace.request_id == oracle["ids"]
+        np.testing.assert_allclose(trace.arrival_s, oracle["arrival"], rtol=1e-12, atol=1e-6)
+
+
 def check_corrupted(fmt: str, text: str, expected: dict, bad: str) -> None:
     """`bad` (a corrupted `text`) is refused by line, or read with no row lost and no value read wrong."""
+    jsonl = fmt in JSON_FORMATS
     for forced in (fmt, None):
-        trace = attempt(bad, forced, "c.jsonl" if fmt == "mooncake" else "c.csv", fmt)
+        trace = attempt(bad, forced, "c.jsonl" if jsonl else "c.csv", fmt)
         if trace is None:
+            continue
+        if trace.format == "vllm-bench":  # one JSON document: its requests are list entries, not lines
+            check_vllm_bench(trace, bad)
+            assert np.all(np.diff(trace.arrival_s) >= 0) and np.isfinite(trace.arrival_s).all()
+            assert (trace.prompt_tokens >= 1).all() and (trace.output_tokens >= 1).all()
             continue
         # Every line that holds data became a request or a counted skip: none was lost without a word.
         assert len(trace) + trace.skipped_rows == data_lines(bad, jsonl=trace.format == "mooncake"), "row lost"
-        if trace.format == fmt and data_lines(bad, fmt == "mooncake") == data_lines(text, fmt == "mooncake"):
+        if trace.format == fmt and data_lines(bad, jsonl) == data_lines(text, jsonl):
             assert len(trace) + trace.skipped_rows == expected["count"] + expected["skipped"]
         assert np.all(np.diff(trace.arrival_s) >= 0) and np.isfinite(trace.arrival_s).all()
         assert (trace.prompt_tokens >= 1).all() and (trace.output_tokens >= 1).all()
@@ -359,7 +475,7 @@ def check_corrupted(fmt: str, text: str, expected: dict, bad: str) -> None:
 @given(data=st.data())
 def test_corrupted_traces_are_read_whole_or_refused_by_line(fmt, data):
     text, expected = data.draw(valid_trace(fmt))
-    check_corrupted(fmt, text, expected, data.draw(corrupt(text, jsonl=fmt == "mooncake")))
+    check_corrupted(fmt, text, expected, data.draw(corrupt(text, jsonl=fmt in JSON_FORMATS, doc=fmt == "vllm-bench")))
 
 
 # The two corruptions that lost rows or read values wrong, each on its own so that every example tries one.
@@ -367,10 +483,13 @@ def test_corrupted_traces_are_read_whole_or_refused_by_line(fmt, data):
 @given(data=st.data())
 def test_one_evil_value(fmt, data):
     text, expected = data.draw(valid_trace(fmt))
-    check_corrupted(fmt, text, expected, data.draw(corrupt(text, jsonl=fmt == "mooncake", ops=["cell"])))
+    bad = data.draw(corrupt(text, jsonl=fmt in JSON_FORMATS, ops=["cell"], doc=fmt == "vllm-bench"))
+    check_corrupted(fmt, text, expected, bad)
 
 
-@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "mooncake"])
+# CSV only: a quote opening a cell is a CSV quoting error. In the JSON formats a stray quote is one of the characters
+# `corrupt` inserts (and its "quote" op) in test_corrupted_traces_are_read_whole_or_refused_by_line.
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f not in JSON_FORMATS])
 @given(data=st.data())
 def test_one_quote_opening_a_cell(fmt, data):
     text, expected = data.draw(valid_trace(fmt))
@@ -387,7 +506,12 @@ def test_arbitrary_bytes_never_raise_anything_else(fmt, blob):
 @pytest.mark.parametrize("fmt", FORMATS)
 @given(blob=st.binary(max_size=300), newline=st.sampled_from([b"\n", b"\r\n", b""]))
 def test_arbitrary_bytes_after_a_valid_header(fmt, blob, newline):
-    head = b'{"timestamp": 0, "input_length": 5, "output_length": 5}' if fmt == "mooncake" else HEADERS[fmt].encode()
+    heads = {
+        "mooncake": b'{"timestamp": 0, "input_length": 5, "output_length": 5}',
+        # a whole result: what follows it on its line, or on the next lines, is not part of it
+        "vllm-bench": b'{"completed": 1, "input_lens": [5], "output_lens": [5], "start_times": [0.5], "errors": [""]}',
+    }
+    head = heads[fmt] if fmt in heads else HEADERS[fmt].encode()
     attempt(head + newline + blob, None, kind=fmt)
 
 
@@ -400,7 +524,9 @@ cells = st.one_of(
 )
 
 
-@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "mooncake"])
+# CSV only; the JSON formats get arbitrary JSON values instead (test_arbitrary_mooncake_records,
+# test_arbitrary_vllm_bench_results).
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f not in JSON_FORMATS])
 @given(rows=st.lists(st.lists(cells, min_size=1, max_size=7), min_size=1, max_size=6))
 def test_arbitrary_cells_under_a_valid_header(fmt, rows):
     buf = io.StringIO()
@@ -449,6 +575,32 @@ def test_arbitrary_mooncake_records(records):
             assert len(trace) == len(records)
 
 
+@given(
+    result=st.fixed_dictionaries(
+        {},
+        optional={
+            **{key: st.lists(json_values, max_size=4) | json_values for key in VLLM_BENCH_VALUES},
+            "request_throughput": json_values,
+            "output_throughput": json_values,
+        },
+    ),
+    n=st.integers(0, 4),
+    entries=st.lists(st.integers(0, 10**6) | st.floats() | st.booleans() | st.none() | st.text(max_size=3)),
+)
+def test_arbitrary_vllm_bench_results(result, n, entries):
+    # With n > 0, per-request lists of n entries each (arbitrary ones, then 1s), so that reading gets past the lengths.
+    if n:
+        for key in ("input_lens", "output_lens", "start_times", "errors"):
+            if key in result or key in ("input_lens", "output_lens"):
+                result[key] = (entries + [1] * n)[:n] if key != "errors" else [""] * n
+    text = json.dumps(result) + "\n"
+    for forced in ("vllm-bench", None):
+        trace = attempt(text, forced, "r.json")
+        if trace is not None:
+            assert trace.format == "vllm-bench"
+            check_vllm_bench(trace, text)
+
+
 # --- through the command line --------------------------------------------------------------------------------------
 def run_cli(argv: list[str]) -> tuple[int, str]:
     err = io.StringIO()
@@ -461,8 +613,8 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 @given(data=st.data())
 def test_cli_stats_exits_0_or_2_without_traceback(fmt, data):
     text, _ = data.draw(valid_trace(fmt))
-    bad = data.draw(corrupt(text, jsonl=fmt == "mooncake"))
-    path = _write(bad, "cli.jsonl" if fmt == "mooncake" else "cli.csv")
+    bad = data.draw(corrupt(text, jsonl=fmt in JSON_FORMATS, doc=fmt == "vllm-bench"))
+    path = _write(bad, "cli.jsonl" if fmt in JSON_FORMATS else "cli.csv")
     argv = ["trace", "stats", path] + (["--rate", "2"] if fmt == "lengths" else [])
     rc, err = run_cli(argv)
     assert rc in (0, 2), err

@@ -109,8 +109,8 @@ def test_mooncake_forced_on_csv_and_unknown_jsonl(tmp_path):
     other = mooncake(tmp_path, [{"t": 1}], "o.jsonl")
     assert error_of(other) == (
         f"{other}:1: unrecognised keys of the first record (t): expected Mooncake JSONL: "
-        f'{{"timestamp", "input_length", "output_length", "hash_ids"}} (or force one with '
-        f"--format)"
+        f'{{"timestamp", "input_length", "output_length", "hash_ids"}}; or vllm bench serve --save-result '
+        f"--save-detailed JSON: {{..., input_lens, output_lens, start_times, ...}} (or force one with --format)"
     )
 
 

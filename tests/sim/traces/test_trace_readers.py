@@ -307,7 +307,7 @@ def test_burstgpt_malformed(tmp_path):
 
 # --- registry ----------------------------------------------------------------------------------------------------
 def test_registry_names():
-    assert set(READERS) == {"native", "azure", "vidur", "burstgpt", "lengths", "mooncake"}
+    assert set(READERS) == {"native", "azure", "vidur", "burstgpt", "lengths", "mooncake", "vllm-bench"}
 
 
 def test_forced_format_overrides_detection(tmp_path):

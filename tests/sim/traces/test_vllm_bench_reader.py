@@ -118,3 +118,34 @@ def test_appended_results_are_refused(tmp_path):
     path = write(tmp_path, one + "\n" + one + "\n")
     with pytest.raises(TraceError, match="keep one result per file"):
         read_trace(path)
+
+
+@pytest.mark.parametrize(
+    "overrides, reason",
+    [
+        # integers past the float range: math.isinf / math.isfinite raised OverflowError (a traceback)
+        ({"start_times": [0, 1, 2, 10**400]}, "start_times[3] must be a number of seconds"),
+        ({"start_times": None, "request_rate": 10**400}, 'request_rate must be a positive number or "inf"'),
+        # arrivals past the float range: inf (then NaN) arrivals were returned
+        ({"start_times": [-1e308, 1e308, 0, 1]}, "start_times span more seconds than a float holds"),
+        ({"start_times": None, "request_rate": 1e-320}, "request_rate 1e-320 is too small"),
+    ],
+)
+def test_numbers_past_the_float_range_are_refused(tmp_path, overrides, reason):
+    result = detailed_result(**overrides)
+    if result["start_times"] is None:
+        del result["start_times"]
+    path = write(tmp_path, result)
+    with pytest.raises(TraceError) as err:
+        read_trace(path)
+    assert str(err.value) == f"{path}: {err.value.reason}"
+    assert reason in err.value.reason
+
+
+def test_a_burstiness_past_the_float_range_is_read_as_1(tmp_path):
+    # an integer past the float range raised OverflowError in math.isfinite; like any unusable burstiness, it is 1
+    huge, one = detailed_result(burstiness=10**400), detailed_result(burstiness=1.0)
+    del huge["start_times"], one["start_times"]
+    trace = read_trace(write(tmp_path, huge), seed=5)
+    assert trace.arrival_s.tolist() == read_trace(write(tmp_path, one, "one.json"), seed=5).arrival_s.tolist()
+    assert any("burstiness 1," in n for n in trace.notes)
