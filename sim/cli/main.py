@@ -8,7 +8,7 @@ import os
 import sys
 
 from sim.allocators import REGISTRY
-from sim.cli.options import add_replay_options, print_header, replay_options
+from sim.cli.options import add_metric_percentiles, add_replay_options, print_header, replay_options
 from sim.cli.tables import gpus_json, gpus_table, models_json, models_table, summary_table
 from sim.errors import UserError
 from sim.hardware.gpus import GPUS
@@ -69,7 +69,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         def summary_only(d: str) -> None:
             atomic_write(os.path.join(d, "summary.json"), to_json(with_run_info(result.summary)))
 
-        save_or_rescue(out, stem, lambda d: write_replay(d, result, trace.request_id), summary_only)
+        save_or_rescue(
+            out, stem, lambda d: write_replay(d, result, trace.request_id, args.metric_percentiles), summary_only
+        )
     print()
     print(summary_table([result.summary]))
     print(f"\nwrote {out}/summary.json, steps.csv, requests.csv")
@@ -101,7 +103,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             try:
                 sub = os.path.join(out, results[-1][0])
                 os.makedirs(sub, exist_ok=True)
-                write_replay(sub, result, trace.request_id)
+                write_replay(sub, result, trace.request_id, args.metric_percentiles)
             except OSError:
                 pass
         summaries = [with_run_info(r.summary) for _, r in results]
@@ -110,7 +112,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             for name, result in results:
                 if d != out or not os.path.exists(os.path.join(d, name, "summary.json")):
                     os.makedirs(os.path.join(d, name), exist_ok=True)
-                    write_replay(os.path.join(d, name), result, trace.request_id)
+                    write_replay(os.path.join(d, name), result, trace.request_id, args.metric_percentiles)
             atomic_write(os.path.join(d, "compare.json"), to_json(summaries))
 
         def summaries_only(d: str) -> None:
@@ -156,9 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="paged",
         help=f"allocator: {', '.join(REGISTRY)} or package.module:ClassName (default: paged)",
     )
+    add_metric_percentiles(p)
     p.set_defaults(func=cmd_replay)
     p = sub.add_parser("compare", help="replay a trace through several allocators, side by side")
     add_replay_options(p)
+    add_metric_percentiles(p)
     p.add_argument(
         "--allocators", default=",".join(REGISTRY), help="comma-separated allocators (default: all registered)"
     )

@@ -229,6 +229,31 @@ def add_replay_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
+def metric_percentiles(text: str) -> tuple[float, ...]:
+    """vLLM's --metric-percentiles: comma-separated percentiles, each in [0, 100]."""
+    values = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {part.strip()!r}") from None
+        if not 0 <= value <= 100:
+            raise argparse.ArgumentTypeError(f"a percentile must be in [0, 100], got {part.strip()}")
+        values.append(value)
+    return tuple(values)
+
+
+def add_metric_percentiles(p: argparse.ArgumentParser) -> None:
+    """The percentiles of vllm-bench.json, under vLLM's option name."""
+    p.add_argument(
+        "--metric-percentiles",
+        type=metric_percentiles,
+        default=(99.0,),
+        metavar="P[,P...]",
+        help="percentiles of TTFT, TPOT, ITL and E2EL in vllm-bench.json, as vllm bench serve's option (default: 99)",
+    )
+
+
 def hardware_kwargs(args: argparse.Namespace) -> dict:
     """ReplayOptions fields from the options of `add_hardware_options`."""
     return dict(

@@ -12,7 +12,7 @@ import numpy as np
 
 from sim.records.requests import requests_csv
 from sim.records.steps import steps_csv
-from sim.records.vllm_bench import vllm_bench_json
+from sim.records.vllm_bench import DEFAULT_PERCENTILES, vllm_bench_json
 
 if TYPE_CHECKING:
     from sim.serving.replay import ReplayResult
@@ -78,10 +78,16 @@ def with_run_info(summary: dict) -> dict:
     return {**summary, "kvsim": run_info()}
 
 
-def write_replay(directory: str, result: ReplayResult, request_ids: list[str] | None) -> None:
+def write_replay(
+    directory: str,
+    result: ReplayResult,
+    request_ids: list[str] | None,
+    percentiles: tuple[float, ...] = DEFAULT_PERCENTILES,
+) -> None:
+    """steps.csv, requests.csv, vllm-bench.json (with these percentiles of each latency) and summary.json, last."""
     atomic_write(os.path.join(directory, "steps.csv"), steps_csv(result.steps))
     atomic_write(os.path.join(directory, "requests.csv"), requests_csv(result.requests, request_ids))
-    bench = vllm_bench_json(result.summary, result.steps, result.requests)
+    bench = vllm_bench_json(result.summary, result.steps, result.requests, percentiles=percentiles)
     bench["kvsim"] = {**bench["kvsim"], **with_run_info({})["kvsim"]}
     atomic_write(os.path.join(directory, "vllm-bench.json"), to_json(bench))
     # summary last: its presence means the run's files are complete

@@ -185,3 +185,22 @@ def test_itl_consistent_with_requests_csv_under_preemption(tmp_path):
     assert got["output_throughput"] == pytest.approx(summary["throughput"]["output_tokens_per_s"])
     assert got["mean_ttft_ms"] == pytest.approx(1000 * summary["latency_s"]["ttft"]["mean"])
     assert got["mean_tpot_ms"] == pytest.approx(1000 * summary["latency_s"]["tpot"]["mean"])
+
+
+def test_metric_percentiles_option_writes_the_requested_keys(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n0,10,5\n0.1,20,8\n0.2,300,3\n")
+    out = tmp_path / "o"
+    assert main(["replay", str(trace), "-q", "--out", str(out), "--metric-percentiles", "0,50,100,99.9"]) == 0
+    bench = json.loads((out / "vllm-bench.json").read_text())
+    assert {"p0_ttft_ms", "p50_ttft_ms", "p100_ttft_ms", "p99.9_ttft_ms"} <= set(bench)
+    assert "p99_ttft_ms" not in bench  # the default is replaced, as vLLM's option does
+    with open(out / "requests.csv") as f:
+        rows = list(csv.DictReader(f))
+    ttft_ms = sorted((float(r["first_token_s"]) - float(r["arrival_s"])) * 1000 for r in rows)
+    assert bench["p0_ttft_ms"] == pytest.approx(ttft_ms[0]) and bench["p100_ttft_ms"] == pytest.approx(ttft_ms[-1])
+    assert bench["p50_ttft_ms"] == pytest.approx(ttft_ms[1]) == pytest.approx(bench["median_ttft_ms"])
+    for bad in ("101", "-1", "x"):
+        with pytest.raises(SystemExit) as exc:
+            main(["replay", str(trace), "-q", "--metric-percentiles", bad])
+        assert exc.value.code == 2
