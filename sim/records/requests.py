@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,10 @@ class RequestLog:
     preemptions: np.ndarray
     rejection: list[str | None]
     num_seqs: np.ndarray  # sequences per request: parallel samples or beams (1 for most requests)
+    # Pauses of a request's output: request -> [(time it last emitted, time it emitted again)], for the requests that
+    # were preempted or passed over by the token budget after their first token (for inter-token latencies).
+    pauses: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
+    paused_since: dict[int, float] = field(default_factory=dict)  # pauses still open: request -> last emission
 
     @classmethod
     def empty(

@@ -248,6 +248,8 @@ def record_iteration(
     )
     for request in batch.preempted:
         requests.preemptions[request.index] += 1
+    if batch.preempted or batch.stalled or batch.resumed:
+        _record_pauses(requests, batch, start, end)
     for request in batch.prefill:
         i = request.index
         if np.isnan(requests.admitted_s[i]):
@@ -256,6 +258,19 @@ def record_iteration(
             requests.first_token_s[i] = request.first_token_s
     for request in finished:
         requests.finish_s[request.index] = end
+
+
+def _record_pauses(requests: RequestLog, batch, start: float, end: float) -> None:
+    """A request that emitted before and is preempted or passed over in this iteration last emitted at its start
+    (the end of the previous iteration, which it ran in); one that emits again does so at its end."""
+    since = requests.paused_since
+    for request in (*batch.preempted, *batch.stalled):
+        if request.first_token_s is not None and request.index not in since:
+            since[request.index] = start
+    for request in batch.resumed:
+        t0 = since.pop(request.index, None)
+        if t0 is not None:
+            requests.pauses.setdefault(request.index, []).append((t0, end))
 
 
 def steps_csv(steps: dict[str, np.ndarray]) -> str:

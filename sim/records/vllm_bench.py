@@ -18,26 +18,23 @@ result dict of `benchmark`, read at vllm-project/vllm commit 009e6d4a1cd6ba3fb2a
   one output token counts a TPOT of 0), per second of duration; only when SLOs are given. `sim replay` has no SLO
   options, so its vllm-bench.json has no request_goodput; `sim validate-external --goodput` passes them.
 
-ITL, exactly from the records. In kvsim a request emits one token (per sequence) at the end of each iteration that
+ITL, from the records. In kvsim a request emits one token (per sequence) at the end of each iteration that
 computes the last token of its prompt and of every later iteration it is scheduled in; a partial prefill chunk emits
-nothing. So a request's output tokens come at the ends of iterations, the first at first_token_s and the last at
-finish_s, and its ITLs are the differences between the ends of the consecutive iterations it emitted in. Let
-e_0 < e_1 < ... be the iteration ends of the step log and a request's first token end e_f, its finish e_l
-(located in the step log, nearest end). Its span holds k = l - f later iterations and it emitted in o - 1 of them
-(o = output tokens):
+nothing. So a request's output tokens come at iteration ends, the first at first_token_s and the last at finish_s,
+and its ITLs are the differences between the ends of the consecutive iterations it emitted in:
 
-- k == o - 1 (it ran in every iteration of its span: the rule for every request that was neither preempted nor left
-  out of an iteration by the token budget): its ITLs are exactly e_j - e_{j-1} for f < j <= l. This is computed
-  without per-request lists: a coverage count per iteration (a difference array over the spans) gives how many
-  requests have the gap e_j - e_{j-1}, and the statistics are those of this weighted set of gaps -- the mean, std and
-  numpy's linear-interpolation percentiles are exact, from O(iterations + requests) memory.
-- k > o - 1 (interrupted: preempted and recomputed, or skipped when the budget ran out): it sat out m = k - (o - 1)
-  iterations of its span. The step log does not say which; the records imply one interruption of m iterations
-  (a preemption: preempted at iteration p, recomputed, emitting again at the end of p + m), placed at the first
-  iteration of its span whose `preempted` count is non-zero (at its start when there is none). Its gaps are then the
-  single gap e_{p+m} - e_{p-1} and the ordinary gaps elsewhere in its span. The sum of its gaps, finish - first
-  token, is exact, so the mean ITL is always exact; for a request preempted once in a span where no other request
-  was preempted, every gap is exact. `kvsim.itl` in the output counts exact and interrupted requests.
+- a request that ran in every iteration of its span (neither preempted nor passed over by the token budget): the gaps
+  between consecutive iteration ends of its span. Computed without per-request lists: a coverage count per iteration
+  (a difference array over the spans) gives how many requests have each gap, and the statistics are those of this
+  weighted set (mean, std and numpy's linear-interpolation percentiles, exact, in O(iterations + requests) memory);
+- a request that paused: the engine records each pause (`RequestLog.pauses`: the end of the iteration it last
+  emitted in before being preempted or passed over, and the end of the one it next emitted in, from the
+  scheduler's `Batch.resumed`); its gaps are those of its span outside the pauses, plus one gap per pause. Exact too;
+- a request whose pauses do not account for its token count (a request of several sequences that a preemption
+  restarted from its prompt) is modelled: one interruption at the first iteration of its span with a preemption.
+  Its mean gap is still exact (the sum of its gaps is finish - first token).
+
+`kvsim.itl` in the output counts the exact requests (and how many of them paused) and the modelled ones.
 """
 
 from __future__ import annotations
@@ -116,51 +113,74 @@ def _nearest(ends: np.ndarray, times: np.ndarray) -> np.ndarray:
 
 def itl_gaps(steps: dict[str, np.ndarray], requests: RequestLog) -> tuple[np.ndarray, np.ndarray, dict]:
     """The pooled ITLs (seconds) of the completed requests as a weighted set: (values, counts), plus counts of the
-    requests whose gaps are exact and of those interrupted (see the module docstring)."""
+    requests whose gaps are exact and of those modelled (see the module docstring)."""
     n_steps = len(steps.get("time_s", ()))
     done = ~np.isnan(requests.finish_s) & ~np.isnan(requests.first_token_s) & (requests.output_tokens >= 2)
-    info = {"requests": int(done.sum()), "exact_requests": 0, "interrupted_requests": 0}
+    info = {"requests": int(done.sum()), "exact_requests": 0, "paused_requests": 0, "modelled_requests": 0}
     if n_steps == 0 or not done.any():
         return np.zeros(0), np.zeros(0, dtype=np.int64), info
     ends = np.asarray(steps["time_s"], dtype=np.float64) + np.asarray(steps["duration_s"], dtype=np.float64)
     gaps = np.empty(n_steps)
     gaps[0] = 0.0  # never used: a gap ends at an iteration after some request's first token
     gaps[1:] = np.diff(ends)
+    index = np.nonzero(done)[0]
     f = _nearest(ends, requests.first_token_s[done])
     last = _nearest(ends, requests.finish_s[done])
-    a, b = f + 1, last + 1  # the request emits again at iterations in [a, b)
-    k = b - a
+    a, b = f + 1, last + 1  # the request may emit again at iterations in [a, b)
     need = requests.output_tokens[done].astype(np.int64) - 1
-    m = np.maximum(k - need, 0)  # iterations of the span it sat out
-    interrupted = m > 0
-    info["exact_requests"] = int((~interrupted).sum())
-    info["interrupted_requests"] = int(interrupted.sum())
-    # where an interrupted request's sat-out iterations start: the first iteration of its span with a preemption
-    # whose window still fits in the span, else its first
-    p = a.copy()
-    if interrupted.any():
-        marked = np.nonzero(np.asarray(steps.get("preempted", np.zeros(n_steps))) > 0)[0]
-        ai, mi, bi = a[interrupted], m[interrupted], b[interrupted]
-        if len(marked):
-            j = np.searchsorted(marked, ai)
-            cand = marked[np.minimum(j, len(marked) - 1)]
-            ok = (j < len(marked)) & (cand <= bi - 1 - mi)
-            p[interrupted] = np.where(ok, cand, ai)
-    # coverage: exact spans [a, b); interrupted ones [a, p) and [p + m + 1, b) plus one merged gap each
     cover = np.zeros(n_steps + 1, dtype=np.int64)
-    ua, ub = a[~interrupted], b[~interrupted]
-    np.add.at(cover, ua, 1)
-    np.add.at(cover, ub, -1)
-    ia, ib, ip, im = a[interrupted], b[interrupted], p[interrupted], m[interrupted]
-    np.add.at(cover, ia, 1)
-    np.add.at(cover, ip, -1)
-    np.add.at(cover, ip + im + 1, 1)
-    np.add.at(cover, ib, -1)
+    merged: list[float] = []
+    plain = (b - a) == need
+    paused = np.array([int(i) in requests.pauses for i in index], dtype=bool)
+    # requests that ran in every iteration of their span: every gap between consecutive iteration ends is theirs
+    ok = plain & ~paused
+    np.add.at(cover, a[ok], 1)
+    np.add.at(cover, b[ok], -1)
+    info["exact_requests"] = int(ok.sum())
+    modelled = []
+    for j in np.nonzero(~ok)[0]:
+        pauses = requests.pauses.get(int(index[j]), [])
+        if pauses:
+            # each pause (t0, t1): it emitted at the end of iteration p and next at the end of q, none in between
+            pq = [(int(_nearest(ends, np.array([t0]))[0]), int(_nearest(ends, np.array([t1]))[0])) for t0, t1 in pauses]
+            if (b[j] - a[j]) - sum(q - p - 1 for p, q in pq) == need[j]:
+                cover[a[j]] += 1
+                cover[b[j]] -= 1
+                for p, q in pq:
+                    cover[p + 1] -= 1
+                    cover[q + 1] += 1
+                    merged.append(ends[q] - ends[p])
+                info["exact_requests"] += 1
+                info["paused_requests"] += 1
+                continue
+        modelled.append(j)
+    info["modelled_requests"] = len(modelled)
+    if modelled:
+        _model_interruptions(np.array(modelled), a, b, need, ends, steps, n_steps, cover, merged)
     counts = np.cumsum(cover)[:n_steps]
-    merged = ends[ip + im] - ends[ip - 1]
-    values = np.concatenate([gaps, merged])
+    values = np.concatenate([gaps, np.array(merged, dtype=np.float64)])
     weights = np.concatenate([counts, np.ones(len(merged), dtype=np.int64)])
     return values, weights, info
+
+
+def _model_interruptions(js, a, b, need, ends, steps, n_steps, cover, merged) -> None:
+    """Requests whose records do not give their pauses (none recorded, or not matching their token count; a request
+    of several sequences restarted from its prompt): one interruption of the iterations they sat out, placed at the
+    first iteration of their span with a preemption (at its start when there is none)."""
+    aj, bj = a[js], b[js]
+    mj = np.maximum((bj - aj) - need[js], 0)
+    p = aj.copy()
+    marked = np.nonzero(np.asarray(steps.get("preempted", np.zeros(n_steps))) > 0)[0]
+    if len(marked):
+        k = np.searchsorted(marked, aj)
+        cand = marked[np.minimum(k, len(marked) - 1)]
+        fits = (k < len(marked)) & (cand <= bj - 1 - mj)
+        p = np.where(fits, cand, aj)
+    np.add.at(cover, aj, 1)
+    np.add.at(cover, p, -1)
+    np.add.at(cover, p + mj + 1, 1)
+    np.add.at(cover, bj, -1)
+    merged += (ends[p + mj] - ends[p - 1]).tolist()
 
 
 def vllm_bench_metrics(

@@ -57,6 +57,9 @@ class Batch:
         admits a whole prompt: (cached_tokens, prefill_tokens).
     decode: running requests; each of their branches writes the KV of one token and emits one.
     preempted: requests whose memory was taken back this iteration (they are not in the batch).
+    stalled: running requests the token budget did not reach this iteration (vllm-v1): they emit nothing in it.
+    resumed: requests that emit this iteration for the first time since they were preempted or stalled (their
+        inter-token gap spans the pause; see sim.records.vllm_bench).
     copies: (source block, destination block) copies the allocator recorded (copy-on-write), to run first.
     """
 
@@ -65,6 +68,8 @@ class Batch:
     preempted: list[Request] = field(default_factory=list)
     copies: list[tuple[int, int]] = field(default_factory=list)
     prefill_spans: list[tuple[int, int]] = field(default_factory=list)
+    stalled: list[Request] = field(default_factory=list)
+    resumed: list[Request] = field(default_factory=list)
     num_prefill_tokens: int = 0  # prompt tokens computed (after prefix-cache hits)
     prefill_context_tokens: int = 0  # cached tokens the prefills attend to
     num_prefill_seqs: int = 0  # branches of the prefilled requests

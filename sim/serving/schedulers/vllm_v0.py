@@ -314,6 +314,8 @@ class VllmV0Scheduler:
             self._start_running(request)
             batch.prefill.append(request)
             batch.prefill_spans.append((request.cached_tokens, n))
+            if request.preemptions:  # it emits again at the end of this iteration
+                batch.resumed.append(request)
             new = n - request.cached_tokens
             self.prefill_tokens_requested += n
             self.prefill_tokens_cached += request.cached_tokens

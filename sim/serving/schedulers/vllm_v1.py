@@ -67,6 +67,7 @@ class VllmV1Scheduler(VllmV0Scheduler):
         self._num_prefilling_seqs = 0  # sequences the prefilling requests will run as (their num_branches)
         self._next_run_order = 0
         self._stalled: list[Request] = []  # running requests the budget did not reach in the current iteration
+        self._paused: set[Request] = set()  # running requests stalled in an earlier iteration, not yet scheduled
         self._misordered: set[Request] = set()  # running, with branches forked after a later admission
 
     # --- queue state ----------------------------------------------------------------------------------------------
@@ -94,6 +95,9 @@ class VllmV1Scheduler(VllmV0Scheduler):
             batch.decode = list(self.running)
             batch.num_decode_seqs = self.num_running_seqs
             budget -= self.num_running_seqs
+            if self._paused:  # every running request is scheduled: the stalled ones emit again
+                batch.resumed += [r for r in batch.decode if r in self._paused]
+                self._paused.clear()
         if not batch.preempted:
             self._admit_waiting(batch, budget, now)
         batch.copies = self.allocator.take_copy_ops()
@@ -148,8 +152,13 @@ class VllmV1Scheduler(VllmV0Scheduler):
                 batch.decode.append(request)
                 batch.num_decode_seqs += new
                 decode_tokens += sum(alloc.num_tokens(b) for b in request.branches)
+                if request in self._paused:
+                    self._paused.discard(request)
+                    batch.resumed.append(request)
             i += 1
         batch.decode_context_tokens = decode_tokens
+        batch.stalled = list(self._stalled)
+        self._paused.update(self._stalled)
         return budget
 
     def _add_chunk(self, batch: Batch, request: Request, new: int, sign: int = 1) -> None:
@@ -190,6 +199,8 @@ class VllmV1Scheduler(VllmV0Scheduler):
         del self.prefilling[request]
         self._num_prefilling_seqs -= request.num_branches
         batch.num_prefill_seqs += len(request.branches) - 1  # counted once when its chunk was added
+        if request.preemptions:
+            batch.resumed.append(request)
         self._start_running(request)  # now the last of `running`
         if len(self.running) > 1:
             newest = reversed(self.running)
@@ -219,6 +230,7 @@ class VllmV1Scheduler(VllmV0Scheduler):
     def _stop_running(self, request: Request) -> None:
         super()._stop_running(request)
         self._misordered.discard(request)
+        self._paused.discard(request)
 
     def _admit_waiting(self, batch: Batch, budget: int, now: float) -> None:
         """Step 2 of the module docstring."""
@@ -251,6 +263,8 @@ class VllmV1Scheduler(VllmV0Scheduler):
             self._add_chunk(batch, request, new)
             if complete:
                 self._start_running(request)
+                if request.preemptions:
+                    batch.resumed.append(request)
             else:
                 self.prefilling[request] = None
                 self._num_prefilling_seqs += request.num_branches

@@ -100,10 +100,36 @@ def test_hand_computed_figures():
     assert got["kvsim"]["itl"] == {
         **got["kvsim"]["itl"],
         "exact_requests": 2,
-        "interrupted_requests": 1,
+        "paused_requests": 0,
+        "modelled_requests": 1,  # E: no pause recorded (records written by hand), so it is modelled
         "gaps": 5,
     }  # C has one token
     assert GOODPUT_KEY not in got
+
+
+def test_recorded_pauses_give_exact_gaps():
+    # Iteration ends 0.1 0.3 0.6 1.0, as above, and every request's first token at 0.1, its last at 1.0.
+    # E (out 2): paused 0.1 -> 1.0, tokens at 0.1 and 1.0: one ITL of 0.9.
+    # F (out 3): passed over in iteration 2 (paused 0.3 -> 1.0), tokens at 0.1, 0.3, 1.0: ITLs 0.2 and 0.7.
+    # G (out 3): preempted in iteration 1 (paused 0.1 -> 0.6), tokens at 0.1, 0.6, 1.0: ITLs 0.5 and 0.4.
+    log = RequestLog(
+        arrival_s=np.array([0.0, 0.0, 0.0]),
+        prompt_tokens=np.array([10, 10, 10]),
+        output_tokens=np.array([2, 3, 3]),
+        admitted_s=np.array([0.0, 0.0, 0.0]),
+        first_token_s=np.array([0.1, 0.1, 0.1]),
+        finish_s=np.array([1.0, 1.0, 1.0]),
+        preemptions=np.array([1, 0, 1]),
+        rejection=[None, None, None],
+        num_seqs=np.ones(3, dtype=np.int64),
+        pauses={0: [(0.1, 1.0)], 1: [(0.3, 1.0)], 2: [(0.1, 0.6)]},
+    )
+    got = vllm_bench_metrics(STEPS, log, 1.0)
+    itls = [0.9, 0.2, 0.7, 0.5, 0.4]
+    for key, value in _ms_stats(itls, "itl").items():
+        assert got[key] == pytest.approx(value, rel=1e-12), key
+    assert got["kvsim"]["itl"] == {**got["kvsim"]["itl"], "exact_requests": 3, "paused_requests": 3, "gaps": 5}
+    assert got["kvsim"]["itl"]["modelled_requests"] == 0
 
 
 def test_goodput_with_slos():
@@ -162,7 +188,7 @@ def test_replay_writes_vllm_bench_json_hand_computed(tmp_path):
 
 def test_itl_consistent_with_requests_csv_under_preemption(tmp_path):
     """A replay that preempts: the mean ITL is sum(finish - first token) / sum(output tokens - 1) over the requests
-    of requests.csv, and the requests never preempted ran in every iteration of their span (exact ITLs)."""
+    of requests.csv, and every request's gaps are exact (the pauses of the preempted ones are recorded)."""
     lines = ["arrival_s,prompt_tokens,output_tokens"] + [
         f"{i * 0.01:.2f},{200 + 37 * i},{60 + 13 * i}" for i in range(40)
     ]
@@ -177,8 +203,9 @@ def test_itl_consistent_with_requests_csv_under_preemption(tmp_path):
     spans = [(float(r["finish_s"]) - float(r["first_token_s"]), int(r["output_tokens"]) - 1) for r in rows]
     assert got["mean_itl_ms"] == pytest.approx(1000 * sum(s for s, _ in spans) / sum(n for _, n in spans))
     assert got["kvsim"]["itl"]["gaps"] == sum(n for _, n in spans)
-    never_preempted = sum(1 for r in rows if r["preemptions"] == "0")
-    assert got["kvsim"]["itl"]["exact_requests"] >= never_preempted
+    assert got["kvsim"]["itl"]["exact_requests"] == len(rows)  # every pause recorded: every gap exact
+    # (vllm-v1 preempts some requests while their prompt is still being computed, before any token: no pause)
+    assert 0 < got["kvsim"]["itl"]["paused_requests"] <= sum(1 for r in rows if r["preemptions"] != "0")
     assert got["completed"] == summary["requests"]["completed"]
     assert got["duration"] == summary["duration_s"]
     assert got["request_throughput"] == pytest.approx(summary["throughput"]["requests_per_s"])

@@ -21,6 +21,7 @@ import sim.serving.replay
 from sim.allocators import REGISTRY
 from sim.hardware.gpus import resolve_gpu
 from sim.hardware.models import resolve_model
+from sim.records.vllm_bench import itl_gaps
 from sim.serving.replay import ReplayOptions, replay
 from sim.serving.schedulers import SCHEDULERS
 from sim.traces.model import Trace
@@ -179,6 +180,11 @@ def check_run(trace: Trace, result, sched, max_num_seqs: int) -> None:
     held = cap - steps["free_bytes"] - steps["external_fragmentation_bytes"]
     assert np.all(held <= cap)
     assert np.all(mem % BPT == 0), "memory is not a whole number of token slots"
+    # every pause of a request's output is recorded, so its inter-token gaps are exact (vllm-bench.json's ITL), but
+    # for a request of several sequences that a preemption restarted from its prompt
+    _, _, itl = itl_gaps(steps, req)
+    restarted = int(((req.num_seqs > 1) & (req.preemptions > 0)).sum())
+    assert itl["modelled_requests"] <= restarted, itl
 
 
 def _configs():

@@ -162,10 +162,12 @@ def test_running_requests_past_the_budget_wait() -> None:
     batch, finished = step(s, 2)
     assert batch.decode == [p] and batch.num_decode_seqs == 4 and batch.num_prefill_tokens == 4 and finished == []
     assert s.generated(b) == 1 and s.generated(c) == 1
+    assert batch.stalled == [b, c] and batch.resumed == []
     batch, finished = step(s, 3)
-    assert finished == [p]
+    assert finished == [p] and batch.stalled == [b, c]
     batch, finished = step(s, 4)
     assert batch.decode == [b, c] and finished == [b, c]
+    assert batch.resumed == [b, c] and batch.stalled == []  # they emit again, after a pause of two iterations
 
 
 def test_contiguous_allocator_reserves_at_the_first_chunk() -> None:
