@@ -134,8 +134,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sim.report.browser import find_chromium, screenshot
     from sim.report.build import ReportInputs, build_report, default_jobs
     from sim.report.capacity import trace_rate
+    from sim.report.content import headline_text
     from sim.report.html import data_dir_for, write_outputs
-    from sim.report.page import build_page, headline_text
+    from sim.report.page import build_page
     from sim.report.plan import check_max_utilization, format_usd
     from sim.report.slo import parse_slos
     from sim.traces.readers import read_trace
