@@ -85,7 +85,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UserError("--allocators needs at least one allocator")
     if len(set(allocators)) != len(allocators):
         raise UserError("--allocators names an allocator twice")
-    options = [replay_options(args, a) for a in allocators]
+    options = [replay_options(args, a, family_options_only=True) for a in allocators]
     import contextlib
 
     # with --json, stdout holds the JSON alone: the other lines go to stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from sim.allocators import resolve_allocator
 from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S
 from sim.errors import UserError
 from sim.hardware.gpus import resolve_gpu
@@ -268,17 +269,26 @@ def hardware_kwargs(args: argparse.Namespace) -> dict:
     )
 
 
-def replay_options(args: argparse.Namespace, allocator: str) -> ReplayOptions:
+def replay_options(args: argparse.Namespace, allocator: str, family_options_only: bool = False) -> ReplayOptions:
     """The ReplayOptions of one allocator from the options of `add_replay_options` (checked: bad values raise a
-    UserError that names the option before anything runs)."""
+    UserError that names the option before anything runs). family_options_only (several allocators side by side, as
+    `sim sweep` does): --address-space goes to the contiguous allocators only and --no-sharing to the paged ones,
+    instead of being refused for the others."""
+    address_space, sharing = args.address_space, not args.no_sharing
+    if family_options_only:
+        cls = resolve_allocator(allocator)
+        if not hasattr(cls, "address_space_policy"):
+            address_space = None
+        if not (getattr(cls, "grows_on_demand", False) and hasattr(cls, "retain_cached")):
+            sharing = True
     options = ReplayOptions(
         **hardware_kwargs(args),
         allocator=allocator,
         scheduler=args.scheduler,
         long_prefill_token_threshold=args.long_prefill_token_threshold,
-        address_space=args.address_space,
+        address_space=address_space,
         step_overhead_s=option_duration("--step-overhead", args.step_overhead),
-        sharing=not args.no_sharing,
+        sharing=sharing,
         beam_replace_prob=args.beam_replace_prob,
         seed=args.seed,
         fast_forward=not args.no_fast_forward,

@@ -206,3 +206,17 @@ def test_ci_runs_the_readme_test_command(repo_root):
     assert marker in readme, "README must mark its test command"
     command = readme.split(marker)[1].split("```")[1].strip().splitlines()[-1]
     assert command in ci
+
+
+def test_compare_applies_family_options_to_their_family(tmp_path, capsys):
+    # --address-space is a contiguous allocator's option and --no-sharing a paged one's: compare gives each to its own
+    # family, as sweep does, where replay refuses the option for the other family
+    path = write(tmp_path, GOOD)
+    out = tmp_path / "cmp"
+    args = ["compare", path, "--allocators", "paged,contiguous-pow2", "--address-space", "first-fit"]
+    assert main([*args, "--no-sharing", "-q", "--out", str(out)]) == 0
+    config = {s["allocator"]: s["config"] for s in json.loads((out / "compare.json").read_text())}
+    assert (config["paged"]["address_space"], config["paged"]["sharing"]) == (None, False)
+    assert (config["contiguous-pow2"]["address_space"], config["contiguous-pow2"]["sharing"]) == ("first-fit", True)
+    assert main(["replay", path, "--allocator", "paged", "--address-space", "first-fit", "-q"]) == 2
+    assert "applies to contiguous allocators" in capsys.readouterr().err
