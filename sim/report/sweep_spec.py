@@ -17,7 +17,7 @@ from sim.allocators import resolve_allocator
 from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S
 from sim.errors import UserError
 from sim.hardware.gpus import resolve_gpu
-from sim.hardware.models import resolve_model
+from sim.hardware.models import KV_CACHE_DTYPES, resolve_model
 from sim.report.slo import parse_slos
 from sim.serving.replay import ReplayOptions, validate_options
 from sim.serving.schedulers import DEFAULT_SCHEDULER, resolve_scheduler
@@ -50,6 +50,7 @@ OPTION_KEYS = {
     "gpu_memory_utilization",
     "max_model_len",
     "address_space",
+    "kv_cache_dtype",
     "step_overhead",
     "sharing",
     "beam_replace_prob",
@@ -228,6 +229,9 @@ def _check_option(path: str, base: str, key: str, value) -> None:
     elif key == "beam_replace_prob":
         if not (is_number and 0 <= value <= 1):
             raise UserError(f"{path}: {what} must be a number in [0, 1], got {value!r}")
+    elif key == "kv_cache_dtype":
+        if value not in KV_CACHE_DTYPES:
+            raise UserError(f"{path}: {what} must be one of {', '.join(KV_CACHE_DTYPES)}, got {value!r}")
     elif key == "address_space":
         if value not in ADDRESS_SPACES:
             raise UserError(f"{path}: {what} must be one of {', '.join(ADDRESS_SPACES)}, got {value!r}")
@@ -249,7 +253,7 @@ def base_options(spec: SweepSpec, model: str, gpu: str) -> ReplayOptions:
     """The replay options of one model and GPU (values checked by `load_spec`)."""
     o = spec.options
     return ReplayOptions(
-        model=resolve_model(model, o.get("max_model_len")),
+        model=resolve_model(model, o.get("max_model_len"), o.get("kv_cache_dtype")),
         gpu=resolve_gpu(gpu),
         kv_memory=parse_size(str(o["kv_memory"])) if "kv_memory" in o else None,
         gpu_memory_utilization=float(o.get("gpu_memory_utilization", 0.9)),

@@ -112,6 +112,16 @@ def test_a_changed_cell_is_recomputed(tmp_path):
     assert keys.isdisjoint({c.key for c in cells_of(changed)})
 
 
+def test_spec_options_reach_the_replay(tmp_path):
+    from sim.report.sweep_spec import base_options
+
+    text = f"traces = ['{TRACE}']\n[options]\nkv_cache_dtype = 'fp8'\nscheduler = 'vllm-v0'"
+    spec = load_spec(write_spec(tmp_path, text))
+    options = base_options(spec, "llama-2-7b", "a100-80gb")
+    assert options.model.kv_bytes_per_token() == 2 * 32 * 32 * 128 * 1  # fp8: one byte per element
+    assert options.scheduler == "vllm-v0"
+
+
 @pytest.mark.parametrize(
     "text,message",
     [
@@ -122,6 +132,8 @@ def test_a_changed_cell_is_recomputed(tmp_path):
         (f"traces = ['{TRACE}']\n[options]\nwarp = 9", "unknown option"),
         (f"traces = ['{TRACE}']\nmodels = ['gpt-17']", "unknown model"),
         (f"traces = ['{TRACE}']\nslo = 'fast'", "cannot read SLO"),
+        (f"traces = ['{TRACE}']\n[options]\nkv_cache_dtype = 'int4'", "kv_cache_dtype must be one of"),
+        (f"traces = ['{TRACE}']\n[options]\nscheduler = 'v9'", "unknown scheduler"),
         ("traces = [", "not valid TOML"),
     ],
 )
