@@ -161,6 +161,8 @@ _JSON = json.JSONDecoder(object_pairs_hook=_object_without_duplicates)
 
 
 def read_jsonl(path: str, text: str) -> list[tuple[int, object]]:
+    """(line number, value) of each non-empty line; a file that is one JSON document spread over several lines (a
+    pretty-printed `vllm bench serve` result) is one record at its first line."""
     records = []
     for number, line in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
         if not line.strip():
@@ -168,6 +170,8 @@ def read_jsonl(path: str, text: str) -> list[tuple[int, object]]:
         try:
             records.append((number, _JSON.decode(line)))
         except json.JSONDecodeError as exc:
+            if not records and (whole := _one_document(text)) is not None:
+                return [(number, whole)]
             raise TraceError(path, number, f"not valid JSON: {exc.msg} (column {exc.colno})") from None
         except _DuplicateKey as exc:
             raise TraceError(path, number, f"key {json.dumps(exc.key)} appears twice in one object") from None
@@ -178,6 +182,15 @@ def read_jsonl(path: str, text: str) -> list[tuple[int, object]]:
     if not records:
         raise TraceError(path, 0, "the file is empty")
     return records
+
+
+def _one_document(text: str) -> object | None:
+    """The text as one JSON object, or None when it is not one."""
+    try:
+        value = _JSON.decode(text.strip())
+    except (ValueError, _DuplicateKey, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 # --- column conversion: vectorised, with a row-by-row scan only to report the first bad cell -----------------------

@@ -81,6 +81,16 @@ def test_detected_and_read(tmp_path):
     assert trace.skipped_rows == 1 and any("1 failed" in n for n in trace.notes)
 
 
+def test_a_pretty_printed_result_reads_as_the_one_line_form(tmp_path):
+    path = write(tmp_path, detailed_result(), indent=2)
+    assert detect_format(path) == "vllm-bench"
+    trace = read_trace(path)
+    assert trace.arrival_s.tolist() == [0.0, 0.25, 1.0] and trace.prompt_tokens.tolist() == [200, 100, 150]
+    broken = write(tmp_path, json.dumps(detailed_result(), indent=2)[:-3], name="broken.json")  # no closing brace
+    with pytest.raises(TraceError, match=r"broken\.json:1: not valid JSON"):
+        read_trace(broken)
+
+
 def test_no_start_times_uses_the_request_rate(tmp_path):
     result = detailed_result()
     del result["start_times"]
