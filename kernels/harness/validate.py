@@ -155,6 +155,8 @@ def validation_record(trace_desc: dict, options, run, pred, meas, env: dict) -> 
         "versions": {k: env.get(k) for k in ("torch", "triton", "cuda", "python")},
         "command": env.get("command"),
         "config": {
+            "scheduler": options.scheduler,
+            "long_prefill_token_threshold": options.long_prefill_token_threshold,
             "layers": run.model.shapes.layers,
             "model_layers": options.model.num_layers,
             "kv_blocks": run.budget.num_blocks,
@@ -166,7 +168,7 @@ def validation_record(trace_desc: dict, options, run, pred, meas, env: dict) -> 
             "cost_model": pred.summary["config"]["cost_model"],
             "check": run.harness.check,
             "check_every": run.harness.check_every,
-            "placement": pred.summary["config"].get("placement"),
+            "address_space": pred.summary["config"].get("address_space"),
             "sharing": options.sharing,
         },
         "truncated": meas.truncated,

@@ -163,6 +163,16 @@ def test_calibrate_then_validate(tmp_path, capsys):
     prefill = [int(r.split(",")[cols.index("prefill_tokens")]) > 0 for r in steps[1:]]
     assert [line[-1] for line in timing] == ["0" if p else "1" for p in prefill] and any(prefill)
     assert json.loads((out2 / "measured_summary.json").read_text())["harness"]["prefill_graphs"] is False
+    # vllm-v1 with a 16-token budget: the 12-token prompt fits, the second request's prompt and the decode rows share
+    # iterations; every figure is set beside its measurement, and the schedule is the simulation's
+    out3 = tmp_path / "val3"
+    v1 = ["--scheduler", "vllm-v1", "--max-num-seqs", "4", "--max-num-batched-tokens", "16"]
+    argv = ["validate", str(trace), "--model", TINY, "--gpu", "h100-80gb", "--device", "cpu", "--dtype", "fp32"]
+    argv += ["--kv-memory", "64KiB", "--block-size", "8", "--allocators", "paged", "--cost-model", str(prof)]
+    assert main([*argv, *v1, "--check-every", "1", "--out", str(out3), "-q"]) == 0
+    rec = json.loads((out3 / "validation.json").read_text())
+    assert rec["config"]["scheduler"] == "vllm-v1" and rec["config"]["max_num_batched_tokens"] == 16
+    assert rec["metrics"]["batch_size_mean"]["rel_error"] == 0.0 and rec["attention_check"]["within_tolerance"]
     # the simulator itself loads the profile
     assert (
         main(
