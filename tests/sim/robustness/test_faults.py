@@ -170,6 +170,8 @@ def test_fault(work, tmp_path, command, sig, point):
     p = subprocess.Popen(
         [sys.executable, "-m", "sim", *argv], cwd=work, env=run_env(marker),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # a shell running the tests in the background starts them with SIGINT ignored: start sim as a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         wait_for_handlers(p.pid)

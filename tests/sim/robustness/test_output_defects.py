@@ -37,9 +37,16 @@ def sim(*args, cwd, marker=None, **kw) -> subprocess.CompletedProcess:
     )
 
 
+def _as_from_a_terminal() -> None:
+    # a shell that runs the tests in the background (`... &`) starts them with SIGINT ignored, and `sim` keeps an
+    # ignored SIGINT ignored (as nohup asks): start the run as a terminal would, with Ctrl-C's default
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def popen(*args, cwd, marker=None, **kw) -> subprocess.Popen:
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
+    kw.setdefault("preexec_fn", _as_from_a_terminal)
     return subprocess.Popen([sys.executable, "-m", "sim", *map(str, args)], cwd=cwd, env=env(marker), text=True, **kw)
 
 
