@@ -1,4 +1,3 @@
-import os
 import signal
 import sys
 
@@ -16,8 +15,7 @@ from sim.cli.main import main  # noqa: E402 (after the handlers: the imports tak
 
 
 def run() -> None:
-    """`python -m sim` and the `sim` command: main(), then an exit that no signal or stuck thread can turn into a
-    kill or a hang."""
+    """`python -m sim` and the `sim` command: main(), then an exit that no signal can turn into a kill."""
     try:
         code = main()
     finally:
@@ -25,12 +23,6 @@ def run() -> None:
         # when Python has put the default handlers back (the run would report "killed" with a finished output)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
-    if code in (130, 143):
-        # Interrupted: every clean-up has run (temporary files, worker pools stopped). Python's own shut-down would
-        # still join the process pools' manager threads, which can wait for ever on workers that were killed.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
     sys.exit(code)
 
 
