@@ -17,6 +17,7 @@ from sim.progress import ProgressBar
 from sim.records.io import atomic_write, to_json, with_run_info, write_replay
 from sim.records.rundir import describe_os_error, kvsim_version, open_run_dir, rescue_dir, set_command
 from sim.serving.replay import ReplayOptions, replay
+from sim.serving.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from sim.traces.readers import read_trace
 from sim.workers import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, handle_signals
 
@@ -147,6 +148,15 @@ def cmd_allocators(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedulers(args: argparse.Namespace) -> int:
+    width = max(len(n) for n in SCHEDULERS)
+    for name, cls in SCHEDULERS.items():
+        default = " (default)" if name == DEFAULT_SCHEDULER else ""
+        print(f"{name:<{width}}  {getattr(cls, 'description', '')}{default}")
+    print("\nYour own: --scheduler package.module:ClassName (the interface: sim.serving.schedulers.base.Scheduler)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sim", description="KV-cache capacity planning for LLM serving.")
     parser.add_argument("--version", action="version", version=f"sim (kvsim) {kvsim_version()}")
@@ -179,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print every field of each preset as JSON")
     p.set_defaults(func=cmd_gpus)
     sub.add_parser("allocators", help="list registered allocators").set_defaults(func=cmd_allocators)
+    sub.add_parser("schedulers", help="list registered scheduler models").set_defaults(func=cmd_schedulers)
     for module_name in PLUGIN_COMMANDS:  # subcommands that live in their own modules, each with register(sub)
         importlib.import_module(module_name).register(sub)
     return parser

@@ -47,6 +47,7 @@ class VllmV0Scheduler:
     """
 
     name = "vllm-v0"
+    description = "vLLM as the 2023 paper measured it: whole prompts at admission, prefills first, recompute"
     fast_forward = True
     #: options of ReplayOptions this scheduler reads beyond max_num_seqs and max_num_batched_tokens
     options: frozenset[str] = frozenset()

@@ -48,6 +48,7 @@ class VllmV1Scheduler(VllmV0Scheduler):
     """
 
     name = "vllm-v1"
+    description = "vLLM's V1 engine: one token budget per iteration, chunked prefill, running requests first"
     fast_forward = True
     options = frozenset({"long_prefill_token_threshold"})
     chunked_prefill = True  # a prompt may be computed over several iterations, within the token budget

@@ -197,6 +197,9 @@ def test_listing_commands(capsys):
     text = capsys.readouterr().out
     for name in ("contiguous-max", "contiguous-pow2", "contiguous-oracle", "paged"):
         assert name in text
+    assert main(["schedulers"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("vllm-v0 ") and lines[1].startswith("vllm-v1 ") and lines[1].endswith("(default)")
 
 
 def test_ci_runs_the_readme_test_command(repo_root):
