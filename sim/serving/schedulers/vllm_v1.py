@@ -89,7 +89,7 @@ class VllmV1Scheduler(VllmV0Scheduler):
     def schedule(self, now: float) -> Batch:
         batch = Batch()
         budget = self.limits.max_num_batched_tokens
-        if self.prefilling:
+        if self.prefilling or self.num_running_seqs > budget:  # (a budget under max_num_seqs: validation refuses it)
             budget = self._schedule_running(batch, budget)
         else:
             batch.decode_context_tokens = self._decode_round(batch)
@@ -303,7 +303,7 @@ class VllmV1Scheduler(VllmV0Scheduler):
 
     # --- fast-forward ---------------------------------------------------------------------------------------------
     def decode_rounds_without_events(self, through_finish: bool = False) -> int:
-        if self.prefilling:
+        if self.prefilling or self.num_running_seqs > self.limits.max_num_batched_tokens:
             return 0
         return super().decode_rounds_without_events(through_finish)
 
