@@ -285,6 +285,12 @@ class VllmV0Scheduler:
             return False
         request.cached_tokens = alloc.admit(request.index, n, request.final_len, request.content)
         request.branches = [request.index]
+        return self._fork_branches(request)
+
+    def _fork_branches(self, request: Request) -> bool:
+        """Fork an admitted request's first branch into its other branches; on failure free them all (undoing the
+        admission) and return False."""
+        alloc = self.allocator
         for _ in range(request.num_branches - 1):
             child = self._new_child_id()
             if not alloc.can_fork(request.index, child):

@@ -249,7 +249,7 @@ class VllmV1Scheduler(VllmV0Scheduler):
             assert cached == hits, f"{type(alloc).__name__}: prefix_hit_tokens said {hits}, admit found {cached}"
             request.branches = [request.index]
             complete = cached + new == total
-            if complete and request.num_branches > 1 and not self._fork_at_admission(request):
+            if complete and request.num_branches > 1 and not self._fork_branches(request):
                 break
             self.waiting.popleft()
             request.run_order = self._next_run_order
@@ -270,21 +270,6 @@ class VllmV1Scheduler(VllmV0Scheduler):
                 self.prefilling[request] = None
                 self._num_prefilling_seqs += request.num_branches
             budget -= new
-
-    def _fork_at_admission(self, request: Request) -> bool:
-        """Fork a request admitted whole into its branches; on failure undo the admission and return False."""
-        alloc = self.allocator
-        for _ in range(request.num_branches - 1):
-            child = self._new_child_id()
-            if not alloc.can_fork(request.index, child):
-                for branch in request.branches:
-                    alloc.free(branch)
-                request.branches = []
-                alloc.take_copy_ops()
-                return False
-            alloc.fork(request.index, child)
-            request.branches.append(child)
-        return True
 
     def finish(self, batch: Batch, now: float) -> list[Request]:
         """As `VllmV0Scheduler.finish`; running requests the budget did not reach emit nothing in this iteration."""
