@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _generic_section(json_path: str, md_path: str) -> tuple[dict | None, str]:
     """The generic-mutation results (python -m sim.checking.generic_mutation) already in the report files."""
-    from sim.checking.generic_mutation import END, START
+    from sim.checking.generic_report import END, START
 
     kept_json, kept_md = None, ""
     if os.path.exists(json_path):

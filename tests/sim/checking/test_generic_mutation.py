@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 
-from sim.checking.generic_mutation import enumerate_source, mutate_source, replace_section, selection
+from sim.checking.generic_mutants import enumerate_source, mutate_source
+from sim.checking.generic_mutation import selection
+from sim.checking.generic_report import replace_section
 
 SNIPPET = '''
 def f(a, b):
