@@ -1,6 +1,7 @@
 """Decode attention: one query token per sequence, K/V read through a block table or from contiguous ranges.
 
-Long file: the ~270-line split-KV kernel belongs with the launch that sets its constexprs.
+Long file: a hot loop. The ~270-line split-KV kernel (the decode hot path) belongs with the launch that sets its
+constexprs.
 
 Public entry points: :func:`paged_decode_attention` and :func:`contiguous_decode_attention` (the contract is in
 ``kernels/README.md``). Both go through :func:`decode_launch`, which picks the kernel and its grid

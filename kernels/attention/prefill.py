@@ -1,6 +1,7 @@
 """Triton prefill attention: new tokens of several sequences attend causally to themselves and their context.
 
-Long file: two prefill kernels and the online-softmax steps both inline belong together.
+Long file: hot loops. Two prefill kernels and the online-softmax steps both inline (deliberate copies, one per
+kernel, so that each stays one compiled loop) belong together.
 
 Two kernels, launched by :mod:`kernels.attention.dispatch` (``paged_prefill_attention``) when the Gluon kernel of
 :mod:`kernels.attention.prefill_hopper` does not take the call:

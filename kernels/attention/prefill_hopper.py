@@ -1,6 +1,6 @@
 """Causal prefill attention for Hopper GPUs, written in Gluon with warp-group MMA.
 
-Long file: one warp-specialised Gluon kernel (loader and consumers) and its launch plan are one unit.
+Long file: a hot loop. One warp-specialised Gluon kernel (loader and consumers) and its launch plan are one unit.
 
 The Triton prefill kernels in :mod:`kernels.attention.prefill` leave the softmax and the two matrix products of
 each key tile in sequence: Triton 3.6 does not overlap them, whatever form the source takes (see
