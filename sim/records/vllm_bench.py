@@ -131,7 +131,7 @@ def itl_gaps(steps: dict[str, np.ndarray], requests: RequestLog) -> tuple[np.nda
     cover = np.zeros(n_steps + 1, dtype=np.int64)
     merged: list[float] = []
     plain = (b - a) == need
-    paused = np.array([int(i) in requests.pauses for i in index], dtype=bool)
+    paused = np.isin(index, np.fromiter(requests.pauses, dtype=np.int64, count=len(requests.pauses)))
     # requests that ran in every iteration of their span: every gap between consecutive iteration ends is theirs
     ok = plain & ~paused
     np.add.at(cover, a[ok], 1)
