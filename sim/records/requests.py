@@ -44,6 +44,24 @@ class RequestLog:
             arrival_s, prompt_tokens, output_tokens, nan(), nan(), nan(), np.zeros(n, dtype=np.int64), [None] * n, seqs
         )
 
+    def select(self, rows: np.ndarray) -> RequestLog:
+        """The log of the requests at `rows` (indices, in that order); pauses keep their new row numbers."""
+        rows = np.asarray(rows, dtype=np.int64)
+        new_row = {int(old): new for new, old in enumerate(rows)}
+        return RequestLog(
+            self.arrival_s[rows],
+            self.prompt_tokens[rows],
+            self.output_tokens[rows],
+            self.admitted_s[rows],
+            self.first_token_s[rows],
+            self.finish_s[rows],
+            self.preemptions[rows],
+            [self.rejection[i] for i in rows.tolist()],
+            self.num_seqs[rows],
+            {new_row[i]: p for i, p in self.pauses.items() if i in new_row},
+            {new_row[i]: t for i, t in self.paused_since.items() if i in new_row},
+        )
+
 
 REQUEST_COLUMNS = (
     "request",

@@ -10,7 +10,9 @@ Nothing here knows about memory: that is the allocator's business, reached throu
 from __future__ import annotations
 
 import gc
+import math
 from bisect import bisect_left
+from collections import deque
 from itertools import accumulate
 
 import simpy
@@ -44,6 +46,7 @@ class Engine:
         max_model_len: int,
         progress: ProgressCallback | None = None,
         fast_forward: bool = True,
+        intake: Intake | None = None,
     ):
         self.trace = trace
         self.scheduler = scheduler
@@ -54,10 +57,11 @@ class Engine:
         self.fast_forward = fast_forward and scheduler.fast_forward
         self.env = simpy.Environment(initial_time=float(trace.arrival_s[0]) if len(trace) else 0.0)
         self.steps = StepLog()
-        self.intake = Intake(trace, scheduler, max_model_len, progress)
+        self.intake = intake if intake is not None else Intake(trace, scheduler, max_model_len, progress)
         self.requests: RequestLog = self.intake.requests
         self.num_fast_forwarded = 0  # iterations computed in stretches
         self._pending: list[float] = []  # durations of iterations simpy's clock has not yet been advanced by
+        self.now = self.env.now  # the engine's clock (seconds); simpy's catches up in _sync
 
     def run(self) -> tuple[StepLog, RequestLog]:
         self.env.process(self._engine())
@@ -72,6 +76,11 @@ class Engine:
             if collecting:
                 gc.enable()
         return self.steps, self.requests
+
+    def keep_no_simpy_clock(self) -> None:
+        """Drive this engine by `advance` alone, its iterations kept off simpy's clock: a replica of a cluster, whose
+        one clock is the cluster's (`sim.cluster`)."""
+        self._pending = deque(maxlen=0)  # type: ignore[assignment]  # durations are dropped as they come
 
     SYNC_EVERY = 256  # iterations between simpy timeouts while busy
 
@@ -91,19 +100,32 @@ class Engine:
         pending.clear()
 
     def _engine(self):
-        env, sched, alloc, intake = self.env, self.scheduler, self.allocator, self.intake
+        """The simpy process of a replay on its own: runs the engine (see advance), brings simpy's clock along, and
+        waits for the next arrival whenever there is nothing to run."""
+        env, intake = self.env, self.intake
+        while True:
+            self.advance(max_pending=self.SYNC_EVERY)
+            yield from self._sync(self.now)
+            if self.scheduler.has_work():  # advance returned to let simpy's clock catch up
+                continue
+            if intake.exhausted:
+                return
+            yield env.timeout(intake.arrival[intake.next_index] - env.now)  # idle until the next arrival
+            self.now = env.now
+
+    def advance(self, until: float = math.inf, max_pending: float = math.inf) -> None:
+        """Run every iteration that starts before `until` (seconds) on the engine's clock `self.now`. Returns when
+        there is nothing to run at `self.now` (no request waits or runs, and none handed over has arrived), when
+        the next iteration would start at or after `until`, or once `max_pending` iteration durations have not been
+        added to simpy's clock (see _sync). A replica of a cluster (`sim.cluster`) is driven by this alone."""
+        sched, alloc, intake = self.scheduler, self.allocator, self.intake
         req, bpt = self.requests, self.bytes_per_token
         pending = self._pending
-        now = env.now  # the engine's clock; simpy's catches up every SYNC_EVERY iterations and before it waits
+        now = self.now
         while True:
             intake.take_arrivals(now)
-            if not sched.has_work():
-                yield from self._sync(now)
-                if intake.exhausted:
-                    return
-                yield env.timeout(intake.arrival[intake.next_index] - env.now)  # idle until the next arrival
-                now = env.now
-                continue
+            if now >= until or not sched.has_work():
+                break
             start = now
             batch = sched.schedule(start)
             if not batch:
@@ -114,24 +136,25 @@ class Engine:
             duration = self.cost_model.step_time(batch)
             now = start + duration  # as simpy's timeout would add it
             pending.append(duration)
-            if len(pending) >= self.SYNC_EVERY:
-                yield from self._sync(now)
             finished = sched.finish(batch, now)
             record_iteration(
                 self.steps, req, start, duration, now, batch, len(sched.waiting), mem, unshared, bpt, finished
             )
             if finished:
-                intake.count_done(len(finished))
+                intake.finished(finished, now)
             while self.fast_forward:  # stretches, one after the other while they end in completions only
                 intake.take_arrivals(now)
+                if now >= until:
+                    break
                 rounds = sched.decode_rounds_without_events(through_finish=True)
                 if rounds < 2:
                     break
-                done, now = self._stretch(rounds, now)
-                if len(pending) >= self.SYNC_EVERY:
-                    yield from self._sync(now)
+                done, now = self._stretch(rounds, now, until)
                 if not done:
                     break
+            if len(pending) >= max_pending:
+                break
+        self.now = now
 
     def _decode_times(self, num_seqs: int, first_context: int, rounds: int) -> list[float]:
         """Durations of `rounds` pure-decode iterations of num_seqs sequences, the first reading first_context tokens
@@ -141,13 +164,15 @@ class Engine:
     STRETCH_CHUNK = 16  # iterations whose times are computed before looking for the next arrival among them
 
     def _stretch_times(
-        self, num_seqs: int, first_context: int, rounds: int, now: float
+        self, num_seqs: int, first_context: int, rounds: int, now: float, until: float = math.inf
     ) -> tuple[list[float], list[float]]:
         """(durations, ends) of the next `rounds` pure-decode iterations from `now`, cut before the first one that
-        would start at or after the next arrival (it must see that arrival). ends[0] is `now` and ends[i + 1] =
-        ends[i] + durations[i], summed one after the other as simpy adds timeouts. Times are computed in chunks that
-        double, since most stretches end at an arrival well before `rounds`."""
+        would start at or after the next arrival (it must see that arrival) or `until`. ends[0] is `now` and
+        ends[i + 1] = ends[i] + durations[i], summed one after the other as simpy adds timeouts. Times are computed in
+        chunks that double, since most stretches end at an arrival well before `rounds`."""
         limit = self.intake.next_arrival_s()
+        if until < math.inf and (limit is None or until < limit):
+            limit = until
         durations: list[float] = []
         ends = [now]
         chunk = self.STRETCH_CHUNK
@@ -165,14 +190,14 @@ class Engine:
             chunk *= 2
         return durations, ends
 
-    def _stretch(self, rounds: int, now: float) -> tuple[int, float]:
+    def _stretch(self, rounds: int, now: float, until: float = math.inf) -> tuple[int, float]:
         """Fast-forward up to `rounds` pure-decode iterations that follow, from the engine's time `now` (see the
         class docstring). Returns the iterations carried out and the engine's time after them; their durations join
         those simpy's clock has not been advanced by yet (see _sync)."""
         sched, alloc = self.scheduler, self.allocator
         seq_ids = sched.running_seq_ids()
         n = len(seq_ids)
-        durations, ends = self._stretch_times(n, alloc.total_tokens(seq_ids) + n, rounds, now)
+        durations, ends = self._stretch_times(n, alloc.total_tokens(seq_ids) + n, rounds, now, until)
         if len(durations) < 2:
             return 0, now
         plan = alloc.run_decode(
@@ -189,7 +214,7 @@ class Engine:
             for request in finished:
                 finish_s[request.index] = ends[rounds]
             if finished:
-                self.intake.count_done(len(finished))
+                self.intake.finished(finished, ends[rounds])
         else:
             sched.advance_decode(rounds)
         if isinstance(plan, BlockDecodePlan):  # gathered with other stretches into rows later (StepLog)

@@ -90,30 +90,50 @@ class Intake:
 
     def take_arrivals(self, now: float) -> None:
         """Queue (or reject) every request that arrived at or before `now`."""
-        if self.next_index >= len(self.arrival) or self.arrival[self.next_index] > now:
+        arrival = self.arrival
+        if self.next_index >= len(arrival) or arrival[self.next_index] > now:
             return
-        trace, n = self.trace, len(self.arrival)
-        arrival, prompt, output = trace.arrival_s, trace.prompt_tokens, trace.output_tokens
-        while self.next_index < n and arrival[self.next_index] <= now:
-            i = self.next_index
+        while self.next_index < len(arrival) and arrival[self.next_index] <= now:
             self.next_index += 1
-            p, o, n_branches = int(prompt[i]), int(output[i]), int(self.num_branches[i])
-            reason = self.reject_reason(p, o, n_branches)
-            if reason is not None:
-                self.requests.rejection[i] = reason
-                self.count_done(1)
-                continue
-            self.scheduler.add(
-                Request(
-                    i,
-                    p,
-                    o,
-                    float(arrival[i]),
-                    num_branches=n_branches,
-                    beam=bool(self.beam[i]),
-                    content=content_of(trace, i),
-                )
+            self._hand_over(self.next_index - 1)
+
+    def _hand_over(self, position: int) -> None:
+        """Queue (or reject) the request at `position` of this intake's arrivals (here: the trace's row)."""
+        trace = self.trace
+        self.queue(
+            position, int(trace.prompt_tokens[position]), int(trace.output_tokens[position]), self.arrival[position]
+        )
+
+    def queue(
+        self,
+        i: int,
+        prompt: int,
+        output: int,
+        arrival_s: float,
+        transferred_tokens: int = 0,
+        num_branches: int | None = None,
+    ) -> None:
+        """Hand request i (trace row) to the scheduler as a request of `prompt` + `output` tokens that arrived at
+        `arrival_s`, or reject it with the reason. transferred_tokens: prompt tokens whose KV another replica
+        computed; num_branches: sequences it runs as (None: the trace's); both for prefill/decode disaggregation."""
+        n_branches = int(self.num_branches[i]) if num_branches is None else num_branches
+        reason = self.reject_reason(prompt, output, n_branches)
+        if reason is not None:
+            self.requests.rejection[i] = reason
+            self.count_done(1)
+            return
+        self.scheduler.add(
+            Request(
+                i,
+                prompt,
+                output,
+                arrival_s,
+                num_branches=n_branches,
+                beam=bool(self.beam[i]),
+                content=content_of(self.trace, i),
+                transferred_tokens=transferred_tokens,
             )
+        )
 
     def reject_head(self, batch: Batch) -> Request:
         """The empty-batch path: nothing runs, so the head of the queue never will. Either it cannot be placed even
@@ -129,6 +149,11 @@ class Intake:
         )
         self.count_done(1)
         return request
+
+    def finished(self, requests: list[Request], end_s: float) -> None:
+        """Account requests that finished at `end_s` (seconds): the engine calls this, and a cluster's intake
+        (`sim.cluster.intake`) also learns where they were."""
+        self.count_done(len(requests))
 
     def count_done(self, n: int) -> None:
         """Account `n` requests finished or rejected (and report progress)."""

@@ -36,6 +36,9 @@ class Request:
     # prefilled, and its place in the running order (the order of admissions from the queue).
     computed: int = 0
     run_order: int = -1
+    # Prefill/decode disaggregation (sim.cluster): prompt tokens whose KV a prefill replica computed and sent; the
+    # first admission starts after them (at most all but the last prompt token), a later one recomputes.
+    transferred_tokens: int = 0
 
     @property
     def final_len(self) -> int:

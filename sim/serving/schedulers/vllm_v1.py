@@ -52,6 +52,7 @@ class VllmV1Scheduler(VllmV0Scheduler):
     fast_forward = True
     options = frozenset({"long_prefill_token_threshold"})
     chunked_prefill = True  # a prompt may be computed over several iterations, within the token budget
+    accepts_transferred_kv = True  # admits a request whose prompt another replica computed (Request.transferred_tokens)
 
     @classmethod
     def default_limits(cls, model: ModelSpec, gpu: GpuSpec) -> tuple[int, int]:
@@ -233,6 +234,13 @@ class VllmV1Scheduler(VllmV0Scheduler):
         self._misordered.discard(request)
         self._paused.discard(request)
 
+    def _computed_at_admission(self, request: Request, total: int) -> tuple[int, int]:
+        """(prefix-cache hit tokens, tokens computed before the first chunk) of admitting `request` now, `total`
+        tokens to hold: the hits, or the tokens another replica computed and sent (prefilled elsewhere: at most all
+        but the last prompt token, which is computed here, as vLLM's disaggregated decode does)."""
+        hits = self.allocator.prefix_hit_tokens(request.index, total, request.content)
+        return hits, max(hits, min(request.transferred_tokens, total - 1))
+
     def _admit_waiting(self, batch: Batch, budget: int, now: float) -> None:
         """Step 2 of the module docstring."""
         alloc = self.allocator
@@ -241,12 +249,13 @@ class VllmV1Scheduler(VllmV0Scheduler):
             if self._seqs_in_use() + request.num_branches > self.limits.max_num_seqs:
                 break
             total = request.prefill_tokens
-            hits = alloc.prefix_hit_tokens(request.index, total, request.content)
-            new = self._chunk(total - hits, budget)
-            if not alloc.can_admit(request.index, hits + new, request.final_len, request.content):
+            hits, start = self._computed_at_admission(request, total)
+            new = self._chunk(total - start, budget)
+            if not alloc.can_admit(request.index, start + new, request.final_len, request.content):
                 break
-            cached = alloc.admit(request.index, hits + new, request.final_len, request.content)
+            cached = alloc.admit(request.index, start + new, request.final_len, request.content)
             assert cached == hits, f"{type(alloc).__name__}: prefix_hit_tokens said {hits}, admit found {cached}"
+            request.transferred_tokens = 0  # a later admission (after a preemption) recomputes them
             request.branches = [request.index]
             complete = cached + new == total
             if complete and request.num_branches > 1 and not self._fork_branches(request):
@@ -260,7 +269,7 @@ class VllmV1Scheduler(VllmV0Scheduler):
             self.prefill_tokens_requested += total
             self.prefill_tokens_cached += cached
             batch.num_prefill_seqs += len(request.branches) - 1  # forked branches; _add_chunk counts the first
-            request.computed = cached
+            request.computed = start
             self._add_chunk(batch, request, new)
             if complete:
                 self._start_running(request)
@@ -297,6 +306,6 @@ class VllmV1Scheduler(VllmV0Scheduler):
         if budget <= 0 or self._seqs_in_use() + head.num_branches > self.limits.max_num_seqs:
             return False
         total = head.prefill_tokens
-        hits = self.allocator.prefix_hit_tokens(head.index, total, head.content)
-        new = self._chunk(total - hits, budget)
-        return head.num_branches > 1 or self.allocator.can_admit(head.index, hits + new, head.final_len, head.content)
+        start = self._computed_at_admission(head, total)[1]
+        new = self._chunk(total - start, budget)
+        return head.num_branches > 1 or self.allocator.can_admit(head.index, start + new, head.final_len, head.content)

@@ -1,0 +1,1 @@
+"""Clusters: replicas behind a router on one clock, optionally split into prefill and decode pools (`sim cluster`)."""
