@@ -21,6 +21,25 @@ PCIE_GEN4_X16 = 32e9
 PCIE_GEN5_X16 = 64e9
 NVLINK_C2C = 450e9
 
+# GPU <-> GPU links (what tensor parallelism's all-reduce runs over), bytes/s one GPU can send to its peers in each
+# direction: half the "total" (both directions) figure the datasheets give. NVLink 3 (A100 SXM4): 12 links, 600 GB/s;
+# NVLink 4 (H100/H200 SXM5): 18 links, 900 GB/s; NVLink 5 (B200, GB200): 18 links, 1.8 TB/s. AMD Infinity Fabric
+# (MI300X, MI325X datasheets): 7 links of 128 GB/s (both directions) to the 7 peers of an 8-GPU platform, 896 GB/s; a
+# GPU reaches the full figure only with all 7 peers (tp 8): at tp 2 a ring runs over one link (64 GB/s each way), so
+# give a smaller interconnect_bandwidth for such runs. GPUs without NVLink use their PCIe link (constants above).
+NVLINK3 = 300e9
+NVLINK4 = 450e9
+NVLINK5 = 900e9
+INFINITY_FABRIC_MI300 = 448e9
+
+# Fixed time of one all-reduce (launch, synchronisation, the hops of a small message), seconds. Estimates, not
+# measurements: vLLM's custom all-reduce (one-shot over NVLink peer memory inside CUDA graphs, vllm-project/vllm#2192)
+# finishes the small messages of a decode step in a few microseconds on NVLink / Infinity Fabric; over PCIe vLLM uses
+# NCCL (its custom all-reduce is off for more than two PCIe GPUs), whose small-message all-reduce takes tens of
+# microseconds (nccl-tests all_reduce_perf at 8 bytes). Calibrate on your GPUs or give allreduce_latency to override.
+ALLREDUCE_LATENCY_S = 5e-6
+PCIE_ALLREDUCE_LATENCY_S = 20e-6
+
 
 @dataclass(frozen=True)
 class GpuSpec:
@@ -34,6 +53,10 @@ class GpuSpec:
     fp8_flops: float | None = None  # dense fp8 tensor FLOP / s; None: no fp8 tensor cores (A100, A10G)
     host_link_bandwidth: float | None = None  # GPU <-> host, bytes / s in each direction; None: not known
     price_per_hour: float | None = None  # price of one GPU-hour (USD), when given
+    # GPU <-> GPU (NVLink, Infinity Fabric, else PCIe), bytes / s one GPU sends to its peers in each direction: prices
+    # tensor parallelism's all-reduce (sim.cost.roofline); None: not known (a run with --tp > 1 then needs one)
+    interconnect_bandwidth: float | None = None
+    allreduce_latency_s: float = ALLREDUCE_LATENCY_S  # fixed time of one all-reduce, seconds
 
     def to_dict(self) -> dict:
         """Every field, for JSON."""
@@ -48,11 +71,41 @@ class GpuSpec:
 GPUS: dict[str, GpuSpec] = {
     g.name: g
     for g in (
-        GpuSpec("a100-40gb", 40 * GiB, 1.555e12, 312e12, "NVIDIA A100 datasheet (SXM4 40GB)", None, PCIE_GEN4_X16),
-        GpuSpec("a100-80gb", 80 * GiB, 2.039e12, 312e12, "NVIDIA A100 datasheet (SXM4 80GB)", None, PCIE_GEN4_X16),
-        # fp8: 3,958 TFLOPS with sparsity
-        GpuSpec("h100-80gb", 80 * GiB, 3.35e12, 989.4e12, "NVIDIA H100 datasheet (SXM5)", 1978.9e12, PCIE_GEN5_X16),
-        # Hopper whitepaper: H100 PCIe 756 / 1,513 dense bf16 / fp8 TFLOPS (datasheet: 1,513 / 3,026 with sparsity)
+        # NVLink 3: 600 GB/s (A100 datasheet, SXM4)
+        GpuSpec(
+            "a100-40gb",
+            40 * GiB,
+            1.555e12,
+            312e12,
+            "NVIDIA A100 datasheet (SXM4 40GB)",
+            None,
+            PCIE_GEN4_X16,
+            interconnect_bandwidth=NVLINK3,
+        ),
+        GpuSpec(
+            "a100-80gb",
+            80 * GiB,
+            2.039e12,
+            312e12,
+            "NVIDIA A100 datasheet (SXM4 80GB)",
+            None,
+            PCIE_GEN4_X16,
+            interconnect_bandwidth=NVLINK3,
+        ),
+        # fp8: 3,958 TFLOPS with sparsity; NVLink 4: 900 GB/s
+        GpuSpec(
+            "h100-80gb",
+            80 * GiB,
+            3.35e12,
+            989.4e12,
+            "NVIDIA H100 datasheet (SXM5)",
+            1978.9e12,
+            PCIE_GEN5_X16,
+            interconnect_bandwidth=NVLINK4,
+        ),
+        # Hopper whitepaper: H100 PCIe 756 / 1,513 dense bf16 / fp8 TFLOPS (datasheet: 1,513 / 3,026 with sparsity).
+        # GPU <-> GPU over PCIe Gen5 x16 (128 GB/s both ways): the datasheet's 600 GB/s NVLink needs NVLink bridges,
+        # which join pairs only; for tp 2 on bridged pairs give interconnect_bandwidth=300e9.
         GpuSpec(
             "h100-pcie",
             80 * GiB,
@@ -62,9 +115,22 @@ GPUS: dict[str, GpuSpec] = {
             "https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet",
             1513e12,
             PCIE_GEN5_X16,
+            interconnect_bandwidth=PCIE_GEN5_X16,
+            allreduce_latency_s=PCIE_ALLREDUCE_LATENCY_S,
         ),
-        GpuSpec("h200", 141 * 10**9, 4.8e12, 989.4e12, "NVIDIA H200 datasheet (SXM)", 1978.9e12, PCIE_GEN5_X16),
-        # HGX B200: FP16/BF16 36 PFLOPS, FP8 72 PFLOPS for 8 GPUs with sparsity; 180 GB and 8 TB/s per GPU
+        # NVLink 4: 900 GB/s
+        GpuSpec(
+            "h200",
+            141 * 10**9,
+            4.8e12,
+            989.4e12,
+            "NVIDIA H200 datasheet (SXM)",
+            1978.9e12,
+            PCIE_GEN5_X16,
+            interconnect_bandwidth=NVLINK4,
+        ),
+        # HGX B200: FP16/BF16 36 PFLOPS, FP8 72 PFLOPS for 8 GPUs with sparsity; 180 GB and 8 TB/s per GPU; NVLink 5:
+        # 1.8 TB/s per GPU
         GpuSpec(
             "b200",
             183359 * MiB,
@@ -74,8 +140,10 @@ GPUS: dict[str, GpuSpec] = {
             "https://www.nvidia.com/en-us/data-center/hgx/",
             4500e12,
             PCIE_GEN5_X16,
+            interconnect_bandwidth=NVLINK5,
         ),
-        # GB200 NVL72: 72 GPUs, 13.4 TB HBM3e, 576 TB/s, FP16/BF16 360 PFLOPS, FP8 720 PFLOPS with sparsity
+        # GB200 NVL72: 72 GPUs, 13.4 TB HBM3e, 576 TB/s, FP16/BF16 360 PFLOPS, FP8 720 PFLOPS with sparsity; NVLink 5:
+        # 130 TB/s for 72 GPUs, 1.8 TB/s each
         GpuSpec(
             "gb200",
             189471 * MiB,
@@ -85,30 +153,44 @@ GPUS: dict[str, GpuSpec] = {
             "Grace), https://www.nvidia.com/en-us/data-center/gb200-nvl72/",
             5000e12,
             NVLINK_C2C,
+            interconnect_bandwidth=NVLINK5,
         ),
+        # Infinity Fabric: 7 links x 128 GB/s (see INFINITY_FABRIC_MI300)
         GpuSpec(
             "mi300x",
             192 * GiB,
             5.3e12,
             1307.4e12,
-            "AMD Instinct MI300X datasheet (192GB HBM3, 5.3TB/s, PCIe Gen5 x16), "
+            "AMD Instinct MI300X datasheet (192GB HBM3, 5.3TB/s, PCIe Gen5 x16, 7 Infinity Fabric links of 128GB/s), "
             "https://www.amd.com/en/products/accelerators/instinct/mi300/mi300x.html",
             2614.9e12,
             PCIE_GEN5_X16,
+            interconnect_bandwidth=INFINITY_FABRIC_MI300,
         ),
         GpuSpec(
             "mi325x",
             256 * GiB,
             6.0e12,
             1307.4e12,
-            "AMD Instinct MI325X datasheet (256GB HBM3E, 6TB/s, PCIe Gen5 x16), "
+            "AMD Instinct MI325X datasheet (256GB HBM3E, 6TB/s, PCIe Gen5 x16, 7 Infinity Fabric links of 128GB/s), "
             "https://www.amd.com/en/products/accelerators/instinct/mi300/mi325x.html",
             2614.9e12,
             PCIE_GEN5_X16,
+            interconnect_bandwidth=INFINITY_FABRIC_MI300,
         ),
-        # fp8: 1,466 TFLOPS with sparsity
-        GpuSpec("l40s", 48 * 10**9, 0.864e12, 362.05e12, "NVIDIA L40S datasheet", 733e12, PCIE_GEN4_X16),
-        # L4 datasheet: BF16 242, FP8 485 TFLOPS with sparsity
+        # fp8: 1,466 TFLOPS with sparsity; no NVLink: GPU <-> GPU over PCIe Gen4 x16 (64 GB/s both ways)
+        GpuSpec(
+            "l40s",
+            48 * 10**9,
+            0.864e12,
+            362.05e12,
+            "NVIDIA L40S datasheet",
+            733e12,
+            PCIE_GEN4_X16,
+            interconnect_bandwidth=PCIE_GEN4_X16,
+            allreduce_latency_s=PCIE_ALLREDUCE_LATENCY_S,
+        ),
+        # L4 datasheet: BF16 242, FP8 485 TFLOPS with sparsity; no NVLink: PCIe Gen4 x16 (64 GB/s both ways)
         GpuSpec(
             "l4",
             23034 * MiB,
@@ -117,9 +199,11 @@ GPUS: dict[str, GpuSpec] = {
             "NVIDIA L4 datasheet (24GB GDDR6, driver reports 23,034 MiB), https://www.nvidia.com/en-us/data-center/l4/",
             242.5e12,
             PCIE_GEN4_X16,
+            interconnect_bandwidth=PCIE_GEN4_X16,
+            allreduce_latency_s=PCIE_ALLREDUCE_LATENCY_S,
         ),
         # No NVIDIA datasheet for the A10G (an AWS part): 70 dense bf16 TFLOPS is the commonly cited figure (the A10's
-        # datasheet gives 125); 600 GB/s as the A10.
+        # datasheet gives 125); 600 GB/s as the A10. No NVLink (as the A10): GPU <-> GPU over PCIe Gen4 x16.
         GpuSpec(
             "a10g",
             23028 * MiB,
@@ -129,6 +213,8 @@ GPUS: dict[str, GpuSpec] = {
             "datasheet), https://aws.amazon.com/ec2/instance-types/g5/",
             None,
             PCIE_GEN4_X16,
+            interconnect_bandwidth=PCIE_GEN4_X16,
+            allreduce_latency_s=PCIE_ALLREDUCE_LATENCY_S,
         ),
     )
 }
@@ -145,6 +231,8 @@ TOML_KEYS = (
     "fp8_flops",
     "host_link_bandwidth",
     "price_per_hour",
+    "interconnect_bandwidth",
+    "allreduce_latency",
     "source",
 )
 DIM_KEYS = {  # dimension string key -> TOML key
@@ -154,10 +242,15 @@ DIM_KEYS = {  # dimension string key -> TOML key
     "fp8_flops": "fp8_flops",
     "host_link": "host_link_bandwidth",
     "price": "price_per_hour",
+    "interconnect_bandwidth": "interconnect_bandwidth",
+    "allreduce_latency": "allreduce_latency",
     "name": "name",
 }
 REQUIRED = ("memory", "hbm_bandwidth", "bf16_flops")
-DIMS_HELP = "memory=80GiB,bandwidth=3.35e12,bf16_flops=989e12[,fp8_flops=..,host_link=..,price=..,name=..]"
+DIMS_HELP = (
+    "memory=80GiB,bandwidth=3.35e12,bf16_flops=989e12[,fp8_flops=..,host_link=..,price=..,interconnect_bandwidth=..,"
+    "allreduce_latency=..,name=..]"
+)
 # Bounds: memory at most 1 EiB, rates and the price finite.
 MAX_MEMORY = 2**60
 
@@ -242,6 +335,12 @@ def _gpu_from_values(values: dict, default_name: str, default_source: str, dims:
         fp8_flops=optional("fp8_flops", _flops),
         host_link_bandwidth=optional("host_link_bandwidth", _bandwidth),
         price_per_hour=optional("price_per_hour", _price),
+        interconnect_bandwidth=optional("interconnect_bandwidth", _bandwidth),
+        allreduce_latency_s=(
+            _latency(label["allreduce_latency"], values["allreduce_latency"])
+            if "allreduce_latency" in values
+            else ALLREDUCE_LATENCY_S
+        ),
     )
 
 
@@ -300,6 +399,32 @@ def _bandwidth(key: str, value) -> float:
 
 def _flops(key: str, value) -> float:
     return _number(key, value, _FLOPS_UNITS, "989.4e12 or 989.4TFLOP/s")
+
+
+# Units of a latency string (lower case), as divisors of seconds (5us is 5 / 1e6 = 5e-6 exactly as written): 5us,
+# 0.005ms, 5e-6 (s).
+_TIME_UNITS = {"": 1.0, "s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+MAX_ALLREDUCE_LATENCY_S = 1.0
+
+
+def _latency(key: str, value) -> float:
+    """Seconds in [0, 1]: a TOML number of seconds, or a string of a number with a unit (5us, 0.01ms, 5e-6)."""
+    if isinstance(value, bool):
+        raise UserError(f"{key} must be a duration, e.g. 5us or 5e-6 (seconds), got {value!r}")
+    if isinstance(value, int | float):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+    else:
+        m = _NUMBER.match(str(value))
+        unit = m.group(2).lower() if m else None
+        if not m or unit not in _TIME_UNITS:
+            raise UserError(f"cannot read {key} {value!r}: expected a duration, e.g. 5us or 5e-6 (seconds)")
+        number = float(m.group(1)) / _TIME_UNITS[unit]
+    if not 0 <= number <= MAX_ALLREDUCE_LATENCY_S:  # nan fails too
+        raise UserError(f"{key} must be a duration of 0 to {MAX_ALLREDUCE_LATENCY_S:g} s, got {value!r}")
+    return number
 
 
 def _price(key: str, value) -> float:

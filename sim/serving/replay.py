@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.allocators import KVAllocator, resolve_allocator
-from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S, RooflineCostModel
+from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S, RooflineCostModel, require_interconnect
 from sim.errors import UserError
 from sim.hardware.budget import EngineConfig, KVBudget, kv_budget
 from sim.hardware.gpus import GpuSpec
@@ -124,6 +124,8 @@ def validate_options(options: ReplayOptions) -> None:
     themselves (`sim sweep`, the library)."""
     if not _is_int(options.tp) or options.tp <= 0:
         raise UserError(f"--tp must be a positive integer, got {options.tp!r}")
+    if options.cost_model is None:
+        require_interconnect(options.gpu, options.tp)
     if options.max_num_seqs is not None and (not _is_int(options.max_num_seqs) or options.max_num_seqs <= 0):
         raise UserError(f"--max-num-seqs must be a positive integer, got {options.max_num_seqs!r}")
     if options.max_num_batched_tokens is not None and (
