@@ -22,7 +22,14 @@ from sim.traces.readers import read_trace
 from sim.workers import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, handle_signals
 
 # Modules that add subcommands: each defines register(subparsers).
-PLUGIN_COMMANDS: list[str] = ["sim.cli.trace", "sim.cli.check", "sim.cli.report", "sim.cli.gpu", "sim.cli.external"]
+PLUGIN_COMMANDS: list[str] = [
+    "sim.cli.trace",
+    "sim.cli.check",
+    "sim.cli.report",
+    "sim.cli.gpu",
+    "sim.cli.external",
+    "sim.cli.cluster",
+]
 
 
 def run_one(trace, options: ReplayOptions, quiet: bool, label: str):

@@ -154,7 +154,8 @@ class Replica:
         self.advance(arrival_s)
         self.intake.deliver(request.index, arrival_s, output_tokens, **extra)
         engine = self.engine
-        if engine.now < arrival_s and not self.scheduler.has_work():
-            engine.now = engine.now + (arrival_s - engine.now)  # as simpy's timeout adds the idle wait
+        if not self.scheduler.has_work():
+            while engine.now < arrival_s:  # as a lone engine's idle waits: simpy's timeouts, until the arrival is due
+                engine.now = engine.now + (arrival_s - engine.now)
         self.routed_requests += 1
         self.routed_tokens += request.prompt_tokens + request.output_tokens
