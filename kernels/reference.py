@@ -14,6 +14,10 @@ Layouts (the same as the kernels'):
 * ``seq_lens``     int32 ``[num_seqs]`` tokens of context (for decode, the
   current token's K/V is already in the cache and counted)
 * q head ``h`` uses KV head ``h // (num_q_heads // num_kv_heads)``
+* ``sliding_window`` ``W`` (tokens; ``None`` or ``0`` = full attention): a query at
+  position ``p`` sees keys at positions ``k`` with ``p - W < k <= p``.  The
+  references gather only the blocks that hold such keys, so block-table entries
+  of blocks wholly before a window may hold anything (a freed block's placeholder).
 """
 
 from __future__ import annotations
@@ -61,38 +65,68 @@ def gather_kv(cache: torch.Tensor, block_table_row: torch.Tensor, length: int) -
     return cache[blocks].reshape(-1, cache.shape[2], cache.shape[3])[:length]
 
 
-def ref_paged_decode(q, k_cache, v_cache, block_tables, seq_lens, scale) -> torch.Tensor:
-    """One query token per sequence attends to its ``seq_lens[s]`` cached tokens."""
+def gather_kv_range(cache: torch.Tensor, block_table_row: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Logical tokens ``start..end-1`` of one sequence, reading only the blocks that hold them (table entries of
+    earlier blocks are never looked at): ``[end - start, num_kv_heads, head_size]``."""
+    block_size = cache.shape[1]
+    start = max(0, min(start, end))
+    if end <= start:
+        return cache.new_zeros((0, cache.shape[2], cache.shape[3]))
+    b0, b1 = start // block_size, (end + block_size - 1) // block_size
+    blocks = block_table_row[b0:b1].long()
+    toks = cache[blocks].reshape(-1, cache.shape[2], cache.shape[3])
+    return toks[start - b0 * block_size : end - b0 * block_size]
+
+
+def _window(sliding_window: int | None) -> int:
+    """``sliding_window`` as an int, 0 meaning full attention."""
+    w = int(sliding_window or 0)
+    if w < 0:
+        raise ValueError(f"sliding_window must be None or >= 0, got {sliding_window}")
+    return w
+
+
+def ref_paged_decode(q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window=None) -> torch.Tensor:
+    """One query token per sequence attends to its ``seq_lens[s]`` cached tokens (the last
+    ``sliding_window`` of them with a window: the query sits at position ``seq_lens[s] - 1``)."""
+    w = _window(sliding_window)
     out = torch.empty_like(q)
     for s in range(q.shape[0]):
         n = int(seq_lens[s])
-        k = gather_kv(k_cache, block_tables[s], n)
-        v = gather_kv(v_cache, block_tables[s], n)
+        lo = max(0, n - w) if w else 0
+        k = gather_kv_range(k_cache, block_tables[s], lo, n)
+        v = gather_kv_range(v_cache, block_tables[s], lo, n)
         out[s] = _attend(q[s : s + 1], k, v, scale)[0].to(q.dtype)
     return out
 
 
-def ref_contiguous_decode(q, k_pool, v_pool, seq_starts, seq_lens, scale) -> torch.Tensor:
-    """Decode over per-sequence contiguous ranges ``k_pool[start:start+len]``.
+def ref_contiguous_decode(q, k_pool, v_pool, seq_starts, seq_lens, scale, sliding_window=None) -> torch.Tensor:
+    """Decode over per-sequence contiguous ranges ``k_pool[start:start+len]`` (the last ``sliding_window``
+    slots of each with a window).
 
     ``k_pool``/``v_pool`` are ``[num_slots, num_kv_heads, head_size]``.
     """
+    w = _window(sliding_window)
     out = torch.empty_like(q)
     for s in range(q.shape[0]):
         a, n = int(seq_starts[s]), int(seq_lens[s])
-        out[s] = _attend(q[s : s + 1], k_pool[a : a + n], v_pool[a : a + n], scale)[0].to(q.dtype)
+        lo = max(0, n - w) if w else 0
+        out[s] = _attend(q[s : s + 1], k_pool[a + lo : a + n], v_pool[a + lo : a + n], scale)[0].to(q.dtype)
     return out
 
 
-def ref_paged_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale) -> torch.Tensor:
+def ref_paged_prefill(
+    q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, sliding_window=None
+) -> torch.Tensor:
     """New tokens attend causally to themselves and to their cached context.
 
     Sequence ``s`` owns query rows ``cu_seqlens_q[s]:cu_seqlens_q[s+1]``; its
     K/V for positions ``0 .. context_lens[s] + new_len - 1`` are all in the
     paged cache already (the new tokens' K/V written by ``write_kv`` first).
     New token ``i`` sits at position ``context_lens[s] + i`` and sees keys at
-    positions ``<=`` its own.
+    positions ``<=`` its own (and, with a window ``W``, ``> position - W``).
     """
+    w = _window(sliding_window)
     out = torch.empty_like(q)
     for s in range(len(context_lens)):
         a, b = int(cu_seqlens_q[s]), int(cu_seqlens_q[s + 1])
@@ -100,11 +134,14 @@ def ref_paged_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_l
             continue
         ctx = int(context_lens[s])
         n = ctx + (b - a)
-        k = gather_kv(k_cache, block_tables[s], n)
-        v = gather_kv(v_cache, block_tables[s], n)
+        lo = max(0, ctx - w + 1) if w else 0  # the first new token's window: earlier blocks are never read
+        k = gather_kv_range(k_cache, block_tables[s], lo, n)
+        v = gather_kv_range(v_cache, block_tables[s], lo, n)
         qpos = torch.arange(ctx, n, device=q.device)
-        kpos = torch.arange(n, device=q.device)
+        kpos = torch.arange(lo, n, device=q.device)
         mask = kpos[None, :] <= qpos[:, None]
+        if w:
+            mask &= kpos[None, :] > qpos[:, None] - w
         out[a:b] = _attend(q[a:b], k, v, scale, mask).to(q.dtype)
     return out
 

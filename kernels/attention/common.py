@@ -1,9 +1,9 @@
 """Helpers shared by the attention kernels: device facts, Triton options and the decode tile loop's pieces.
 
-Host side: :func:`num_sms`, :func:`interpreting`, :func:`dot_precision`, the TMA view rule (:func:`tma_view_ok`,
-:func:`tma_desc`). Device side (``@triton.jit``, used by both the split-KV decode of :mod:`.decode` and the
-stream-K decode of :mod:`.decode_balanced`): :func:`tile_blocks`, :func:`load_kv_tile`, :func:`decode_step` and
-:func:`combine_partials`. Nothing here imports another module of the package.
+Host side: :func:`num_sms`, :func:`interpreting`, :func:`dot_precision`, :func:`window_size`, the TMA view rule
+(:func:`tma_view_ok`, :func:`tma_desc`). Device side (``@triton.jit``, used by both the split-KV decode of
+:mod:`.decode` and the stream-K decode of :mod:`.decode_balanced`): :func:`tile_blocks`, :func:`load_kv_tile`,
+:func:`decode_step` and :func:`combine_partials`. Nothing here imports another module of the package.
 """
 
 from __future__ import annotations
@@ -38,6 +38,16 @@ def interpreting() -> bool:
 def dot_precision(dtype: torch.dtype) -> str:
     """``tl.dot``'s input precision: IEEE for fp32 inputs (no tf32 rounding), the default otherwise."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def window_size(sliding_window: int | None) -> int:
+    """The ``sliding_window`` argument of the entry points as an int: ``None`` or ``0`` is full attention (0)."""
+    if sliding_window is None:
+        return 0
+    w = int(sliding_window)
+    if w < 0:
+        raise ValueError(f"sliding_window must be None or >= 0 tokens, got {sliding_window}")
+    return w
 
 
 def tma_view_ok(t: torch.Tensor, head: int, head_pad: int) -> bool:

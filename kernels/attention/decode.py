@@ -9,6 +9,10 @@ Public entry points: :func:`paged_decode_attention` and :func:`contiguous_decode
 log-sum-exp reduce fused or in a second kernel, or the balanced (stream-K) kernel of
 :mod:`kernels.attention.decode_balanced`.
 
+Sliding window (``sliding_window=W``, the ``SLIDING`` constexpr; without it the kernels compile as before): each
+sequence's keys start at ``max(0, seq_len - W)`` and the split-KV partitions (and the balanced work list) cut only the
+window's keys, so nothing before the window is read, block-table entries included.
+
 This file is longer than the package's others because the split-KV kernel (one ``@triton.jit`` function of about
 270 lines, with its register-prefetch, fused-reduce and device-side uniform-length variants as constexpr branches)
 belongs with the launch that sets those constexprs.
@@ -30,6 +34,7 @@ from kernels.attention.common import (
     load_kv_tile,
     num_sms,
     tile_blocks,
+    window_size,
 )
 from kernels.attention.decode_plan import (
     UNIFORM_FRACTION,
@@ -80,6 +85,7 @@ def _decode_kernel(
     uniform_frac,
     num_seqs,
     bt_tokens,
+    window,
     stride_qs,
     stride_qh,
     stride_kb,
@@ -118,6 +124,7 @@ def _decode_kernel(
     AUTO_UNIFORM: tl.constexpr,
     NSEQ_PAD: tl.constexpr,
     EARLY_BT: tl.constexpr,
+    SLIDING: tl.constexpr = False,
 ):
     # A program serves HP adjacent KV heads (kvg = head group). With HP > 1 the q rows of all HP heads
     # share one tensor-core tile: q is block-diagonal over [HP * HEAD_PAD] columns (row r holds q head
@@ -139,9 +146,15 @@ def _decode_kernel(
     seq_len = tl.load(lens_ptr + seq)
     if AUTO_UNIFORM:
         partition_size = _partition_on_device(
-            lens_ptr, num_seqs, partition_size, uniform_partition, uniform_frac, NSEQ_PAD
+            lens_ptr, num_seqs, partition_size, uniform_partition, uniform_frac, NSEQ_PAD, window, SLIDING
         )
-    start = part * partition_size
+    if SLIDING:
+        # the query (position seq_len - 1) sees the last `window` keys: the partitions cut that range only, so no
+        # program reads a key, or a block-table entry, before it
+        lo = tl.maximum(seq_len - window, 0)
+        start = lo + part * partition_size
+    else:
+        start = part * partition_size
 
     offs_g = tl.arange(0, GROUP_PAD)
     offs_d = tl.arange(0, HP * HEAD_PAD)
@@ -161,7 +174,7 @@ def _decode_kernel(
     if HEAD != HEAD_PAD:
         q_mask = q_mask & (dim < HEAD)[None, :]
     bt_row = bt_ptr + seq64 * stride_bts
-    if PREFETCH and PAGED and EARLY_BT:
+    if PREFETCH and PAGED and EARLY_BT and not SLIDING:
         # The first tile's block ids, bounded by the table's width rather than the length: issued before the
         # length arrives (entries past the sequence's end are read but only ever address masked-off loads)
         blk_first = tile_blocks(bt_row, start + offs_n, bt_tokens, BLOCK_SIZE, PAGED)
@@ -197,7 +210,7 @@ def _decode_kernel(
         # Explicit register prefetch (no Triton pipelining needed): a tile's K/V loads are issued one
         # iteration before the tile is used, and its block-table load one iteration before that, so no
         # load address waits on a load issued in the same iteration.
-        if PAGED and EARLY_BT:
+        if PAGED and EARLY_BT and not SLIDING:
             blk = blk_first
         else:
             blk = tile_blocks(bt_row, start + offs_n, end, BLOCK_SIZE, PAGED)
@@ -279,7 +292,10 @@ def _decode_kernel(
     o_mask = q_mask  # with HP > 1 only the block-diagonal part of acc is this program's output
     optr = out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + dim[None, :]
     if SPLIT:
-        n_parts = tl.cdiv(seq_len, partition_size)
+        if SLIDING:
+            n_parts = tl.cdiv(seq_len - lo, partition_size)
+        else:
+            n_parts = tl.cdiv(seq_len, partition_size)
         po = po_ptr + seq64 * stride_pos + qh[:, None] * stride_poh + part * stride_pop + dim[None, :]
         lse_ptr = plse_ptr + seq64 * stride_pls + qh * stride_plh + part
         if FUSED:
@@ -330,13 +346,25 @@ def _decode_kernel(
 
 
 @triton.jit
-def _partition_on_device(lens_ptr, num_seqs, partition_size, uniform_partition, uniform_frac, NSEQ_PAD: tl.constexpr):
+def _partition_on_device(
+    lens_ptr,
+    num_seqs,
+    partition_size,
+    uniform_partition,
+    uniform_frac,
+    NSEQ_PAD: tl.constexpr,
+    window=0,
+    SLIDING: tl.constexpr = False,
+):
     """The partition size (tokens) chosen from the lengths themselves: ``uniform_partition`` when every length is
     at least ``uniform_frac`` of the longest (the device-side form of the ``min_seq_len`` hint), else
-    ``partition_size``. Every program of a launch reads the same ``num_seqs`` lengths, so all agree."""
+    ``partition_size``. Every program of a launch reads the same ``num_seqs`` lengths, so all agree. With
+    ``SLIDING`` the lengths are the keys each query sees, at most ``window``."""
     offs = tl.arange(0, NSEQ_PAD)
     valid = offs < num_seqs
     lens = tl.load(lens_ptr + offs, mask=valid, other=0)
+    if SLIDING:
+        lens = tl.minimum(lens, window)
     longest = tl.max(tl.where(valid, lens, 0), axis=0)
     shortest = tl.min(tl.where(valid, lens, 2147483647), axis=0)
     uniform = shortest.to(tl.float32) >= uniform_frac * longest.to(tl.float32)
@@ -353,6 +381,7 @@ def _reduce_kernel(
     uniform_partition,
     uniform_frac,
     num_seqs,
+    window,
     stride_pos,
     stride_poh,
     stride_pop,
@@ -365,6 +394,7 @@ def _reduce_kernel(
     CHUNK: tl.constexpr,
     AUTO_UNIFORM: tl.constexpr,
     NSEQ_PAD: tl.constexpr,
+    SLIDING: tl.constexpr = False,
 ):
     seq = tl.program_id(0)
     h = tl.program_id(1)
@@ -372,9 +402,12 @@ def _reduce_kernel(
     seq_len = tl.load(lens_ptr + seq)
     if AUTO_UNIFORM:
         partition_size = _partition_on_device(
-            lens_ptr, num_seqs, partition_size, uniform_partition, uniform_frac, NSEQ_PAD
+            lens_ptr, num_seqs, partition_size, uniform_partition, uniform_frac, NSEQ_PAD, window, SLIDING
         )
-    n_parts = tl.cdiv(tl.maximum(seq_len, 0), partition_size)
+    if SLIDING:
+        n_parts = tl.cdiv(tl.minimum(tl.maximum(seq_len, 0), window), partition_size)
+    else:
+        n_parts = tl.cdiv(tl.maximum(seq_len, 0), partition_size)
     if n_parts == 1:  # written by the decode kernel
         return
     offs_c = tl.arange(0, CHUNK)
@@ -421,6 +454,7 @@ def decode_launch(
     config,
     min_seq_len=None,
     fused_reduce=None,
+    sliding_window=None,
 ):
     assert q.dim() == 3 and k.shape == v.shape
     num_seqs, num_q_heads, head = q.shape
@@ -458,6 +492,14 @@ def decode_launch(
             max_seq_len = block_tables.shape[1] * block_size
         else:
             max_seq_len = int(seq_lens.max().item())  # one sync; pass max_seq_len to avoid it
+    window = window_size(sliding_window)
+    if window >= max_seq_len:
+        window = 0  # no sequence is longer than the window: full attention, the same kernel as without one
+    if window:
+        # only the last `window` keys of a sequence are read: plan the splits (and the balanced work list) on them
+        max_seq_len = window
+        if min_seq_len is not None:
+            min_seq_len = min(int(min_seq_len), window)
     if paged:
         assert block_tables.dtype == torch.int32 and block_tables.stride(-1) == 1
         bt, stride_bts = block_tables, block_tables.stride(0)
@@ -495,6 +537,7 @@ def decode_launch(
             kst=kst,
             vst=vst,
             stride_bts=stride_bts,
+            window=window,
         )
 
     splits, part, auto_uniform, uniform_part = split_plan(
@@ -555,6 +598,7 @@ def decode_launch(
         UNIFORM_FRACTION,
         num_seqs,
         bt_tokens,
+        window,
         q.stride(0),
         q.stride(1),
         *kst,
@@ -586,6 +630,7 @@ def decode_launch(
         EARLY_BT=bool(cfg.get("early_bt", True)),
         AUTO_UNIFORM=auto_uniform,
         NSEQ_PAD=nseq_pad,
+        SLIDING=window > 0,
         num_warps=int(cfg["num_warps"]),
         num_stages=int(cfg["num_stages"]),
         **launch_opts,
@@ -601,6 +646,7 @@ def decode_launch(
             uniform_part,
             UNIFORM_FRACTION,
             num_seqs,
+            window,
             *po_st,
             *pl_st,
             out.stride(0),
@@ -610,6 +656,7 @@ def decode_launch(
             CHUNK=chunk,
             AUTO_UNIFORM=auto_uniform,
             NSEQ_PAD=nseq_pad,
+            SLIDING=window > 0,
             num_warps=4,
         )
     return out
@@ -629,6 +676,7 @@ def paged_decode_attention(
     config: dict | None = None,
     min_seq_len: int | None = None,
     fused_reduce: bool | None = None,
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Decode attention through block tables.
 
@@ -677,6 +725,12 @@ def paged_decode_attention(
             path); with it ``programs`` / ``programs_per_sm`` (grid size) and ``maxnreg`` (register
             cap). ``maxnreg`` also caps the split-KV kernel. The measurements behind these defaults
             are in ``reports/kernels/README.md``.
+        sliding_window: ``W`` tokens (``None`` or ``0``: full attention). The query, at position
+            ``seq_lens[s] - 1``, sees only the keys at positions ``seq_lens[s] - W .. seq_lens[s] - 1``; the
+            kernel starts at the first of them (the split-KV partitions cut that range only), so block-table
+            entries of blocks wholly before it are never read and may hold a freed block's placeholder.
+            ``max_seq_len`` and ``min_seq_len`` still bound the full lengths. A window no shorter than
+            ``max_seq_len`` runs the full-attention kernel.
 
     Returns:
         ``out`` ``[num_seqs, num_q_heads, head_size]`` in ``q``'s dtype.
@@ -698,6 +752,7 @@ def paged_decode_attention(
         config=config,
         min_seq_len=min_seq_len,
         fused_reduce=fused_reduce,
+        sliding_window=sliding_window,
     )
 
 
@@ -715,6 +770,7 @@ def contiguous_decode_attention(
     config: dict | None = None,
     min_seq_len: int | None = None,
     fused_reduce: bool | None = None,
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Decode attention over per-sequence contiguous ranges of one flat pool.
 
@@ -725,7 +781,8 @@ def contiguous_decode_attention(
             ``seq_starts[s] .. seq_starts[s] + seq_lens[s] - 1``.
         max_seq_len: upper bound on ``seq_lens``; if omitted it is read from
             the device (one synchronisation).
-        min_seq_len, fused_reduce: as for :func:`paged_decode_attention`.
+        min_seq_len, fused_reduce, sliding_window: as for :func:`paged_decode_attention` (with a window,
+            sequence ``s`` reads slots ``seq_starts[s] + max(0, seq_lens[s] - W)`` onwards).
 
     Other arguments as :func:`paged_decode_attention`.
     """
@@ -747,6 +804,7 @@ def contiguous_decode_attention(
         config=config,
         min_seq_len=min_seq_len,
         fused_reduce=fused_reduce,
+        sliding_window=sliding_window,
     )
 
 

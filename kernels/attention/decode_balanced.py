@@ -14,7 +14,8 @@ staircase of the work list each step raises the program or the pair index by one
 ``programs + pairs`` of them are enough. A second kernel combines each pair's partials (``combine_partials``).
 
 Every program reads all the lengths (one vector load and a prefix sum), so the work list is built on the device
-and the call can be captured in a CUDA graph.
+and the call can be captured in a CUDA graph. With a sliding window (``SLIDING``) a pair's tiles cover only its
+sequence's last ``window`` keys.
 """
 
 from __future__ import annotations
@@ -45,11 +46,15 @@ _RESIDENT: dict = {}
 
 
 @triton.jit
-def _tile_layout(lens_ptr, num_seqs, BLOCK_N: tl.constexpr, NSEQ_PAD: tl.constexpr):
+def _tile_layout(
+    lens_ptr, num_seqs, BLOCK_N: tl.constexpr, NSEQ_PAD: tl.constexpr, window=0, SLIDING: tl.constexpr = False
+):
     """Per sequence (padded to ``NSEQ_PAD``): its index, its tile count and the running total of tile counts
-    (inclusive)."""
+    (inclusive). With ``SLIDING`` a sequence's tiles cover only its last ``window`` keys."""
     offs = tl.arange(0, NSEQ_PAD)
     lens = tl.load(lens_ptr + offs, mask=offs < num_seqs, other=0)
+    if SLIDING:
+        lens = tl.minimum(lens, window)
     tiles = (tl.maximum(lens, 0) + BLOCK_N - 1) // BLOCK_N
     ends = tl.cumsum(tiles, axis=0)
     return offs, tiles, ends
@@ -83,6 +88,7 @@ def _balanced_decode_kernel(
     num_seqs,
     num_kv_heads,
     n_slots,
+    window,
     stride_qs,
     stride_qh,
     stride_kb,
@@ -105,10 +111,11 @@ def _balanced_decode_kernel(
     DOT_PREC: tl.constexpr,
     EVICT: tl.constexpr,
     NSEQ_PAD: tl.constexpr,
+    SLIDING: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    offs_s, tiles, ends = _tile_layout(lens_ptr, num_seqs, BLOCK_N, NSEQ_PAD)
+    offs_s, tiles, ends = _tile_layout(lens_ptr, num_seqs, BLOCK_N, NSEQ_PAD, window, SLIDING)
     total = tl.sum(tiles.to(tl.int64), axis=0) * num_kv_heads
     a = pid.to(tl.int64) * total // nprog  # this program's work items: [a, b)
     b = (pid + 1).to(tl.int64) * total // nprog
@@ -141,9 +148,15 @@ def _balanced_decode_kernel(
 
     seq_len = tl.load(lens_ptr + seq)
     while a < b:
-        n_tiles = ((seq_len + BLOCK_N - 1) // BLOCK_N).to(tl.int64)
+        if SLIDING:
+            # the pair's tiles cover its last `window` keys, from position lo on
+            lo = tl.maximum(seq_len - window, 0)
+            n_keys = seq_len - lo
+        else:
+            n_keys = seq_len
+        n_tiles = ((n_keys + BLOCK_N - 1) // BLOCK_N).to(tl.int64)
         tile1 = tl.minimum(n_tiles, tile0 + (b - a))
-        end = tl.minimum(tile1 * BLOCK_N, seq_len).to(tl.int32)
+        end = tl.minimum(tile1 * BLOCK_N, n_keys).to(tl.int32)
         seq64 = seq.to(tl.int64)
         qh = head * GROUP + offs_g
         q = tl.load(q_ptr + seq64 * stride_qs + qh[:, None] * stride_qh + offs_d[None, :], mask=q_mask, other=0.0)
@@ -157,15 +170,22 @@ def _balanced_decode_kernel(
         m_i = tl.full([GROUP_PAD], -1.0e30, dtype=tl.float32)
         l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
         acc = tl.zeros([GROUP_PAD, HEAD_PAD], dtype=tl.float32)
+        if SLIDING:
+            pos_end = lo + end  # positions, where `end` counts keys of the window
+        else:
+            pos_end = end
         for n0 in range((tile0 * BLOCK_N).to(tl.int32), end, BLOCK_N):
-            offs = n0 + offs_n
-            blk = tile_blocks(bt_row, offs, end, BLOCK_SIZE, PAGED)
+            if SLIDING:
+                offs = lo + n0 + offs_n
+            else:
+                offs = n0 + offs_n
+            blk = tile_blocks(bt_row, offs, pos_end, BLOCK_SIZE, PAGED)
             k, v = load_kv_tile(
                 k_base,
                 v_base,
                 blk,
                 offs,
-                end,
+                pos_end,
                 seq_start,
                 stride_kb,
                 stride_kt,
@@ -180,7 +200,7 @@ def _balanced_decode_kernel(
                 HEAD_PAD,
                 EVICT,
             )
-            m_i, l_i, acc = decode_step(q, k, v, offs < end, m_i, l_i, acc, scale_log2, USE_DOT, DOT_PREC)
+            m_i, l_i, acc = decode_step(q, k, v, offs < pos_end, m_i, l_i, acc, scale_log2, USE_DOT, DOT_PREC)
         if tile1 > tile0:  # a sequence of length 0 has no tiles: the reduce kernel writes its zeros
             l_safe = tl.where(l_i > 0.0, l_i, 1.0)
             o = acc / l_safe[:, None]
@@ -217,6 +237,7 @@ def _balanced_reduce_kernel(
     num_kv_heads,
     n_slots,
     nprog,
+    window,
     stride_os,
     stride_oh,
     GROUP: tl.constexpr,
@@ -226,10 +247,11 @@ def _balanced_reduce_kernel(
     BLOCK_N: tl.constexpr,
     NSEQ_PAD: tl.constexpr,
     CHUNK: tl.constexpr,
+    SLIDING: tl.constexpr = False,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1)
-    offs_s, tiles, ends = _tile_layout(lens_ptr, num_seqs, BLOCK_N, NSEQ_PAD)
+    offs_s, tiles, ends = _tile_layout(lens_ptr, num_seqs, BLOCK_N, NSEQ_PAD, window, SLIDING)
     total = tl.sum(tiles.to(tl.int64), axis=0) * num_kv_heads
     sel = offs_s == seq
     n_tiles = tl.sum(tl.where(sel, tiles, 0), axis=0).to(tl.int64)
@@ -343,9 +365,11 @@ def balanced_decode_launch(
     kst: tuple,
     vst: tuple,
     stride_bts: int,
+    window: int = 0,
 ) -> torch.Tensor:
     """Launch the balanced decode and its reduce (arguments as prepared by
-    :func:`kernels.attention.decode.decode_launch`). ``cfg`` keys:
+    :func:`kernels.attention.decode.decode_launch`; ``window > 0``: sliding-window attention over each sequence's
+    last ``window`` keys, ``max_seq_len`` then bounding the window's keys). ``cfg`` keys:
     ``block_n``, ``num_warps``, ``num_stages``, ``use_dot``, ``evict``, ``maxnreg`` (register cap per thread);
     ``programs`` (grid size) or ``programs_per_sm`` override the resident-slot count."""
     num_seqs, num_q_heads, head = q.shape
@@ -371,6 +395,7 @@ def balanced_decode_launch(
         DOT_PREC=dot_precision(q.dtype),
         EVICT=str(cfg["evict"]),
         NSEQ_PAD=nseq_pad,
+        SLIDING=window > 0,
     )
 
     def args(po, plse, n_slots):
@@ -388,6 +413,7 @@ def balanced_decode_launch(
             num_seqs,
             num_kv_heads,
             n_slots,
+            window,
             q.stride(0),
             q.stride(1),
             *kst,
@@ -425,6 +451,7 @@ def balanced_decode_launch(
         num_kv_heads,
         n_slots,
         nprog,
+        window,
         out.stride(0),
         out.stride(1),
         GROUP=group,
@@ -434,6 +461,7 @@ def balanced_decode_launch(
         BLOCK_N=block_n,
         NSEQ_PAD=nseq_pad,
         CHUNK=max(1, 32 // group_r),
+        SLIDING=window > 0,
         num_warps=4,
     )
     return out

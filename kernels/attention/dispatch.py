@@ -2,9 +2,9 @@
 
 On a compute-capability-9 GPU, fp16/bf16 calls with head size 64 or 128 run the warp-specialised Gluon kernel of
 :mod:`kernels.attention.prefill_hopper` in one of its three forms; everything else (other GPUs, dtypes or head
-sizes, one-token blocks, the CPU interpreter, or a ``config`` of Triton options) runs the Triton kernels of
-:mod:`kernels.attention.prefill`. The three switches below are the defaults of that choice; ``config={"wgmma":
-False}`` or ``{"wgmma": True | {...}}`` overrides them per call.
+sizes, one-token blocks, the CPU interpreter, a ``config`` of Triton options, or a sliding window: the Gluon kernel
+has none) runs the Triton kernels of :mod:`kernels.attention.prefill`. The three switches below are the defaults of
+that choice; ``config={"wgmma": False}`` or ``{"wgmma": True | {...}}`` overrides them per call.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 import triton
 
 from kernels.attention import prefill, prefill_hopper
+from kernels.attention.common import window_size
 
 # Pure prefill with new K/V (``max_context_len=0``): the Gluon kernel's contiguous form, on par with cuDNN on the
 # H100 and about 15% faster than the Triton new-K/V kernel (reports/kernels/README.md).
@@ -57,6 +58,7 @@ def paged_prefill_attention(
     new_key: torch.Tensor | None = None,
     new_value: torch.Tensor | None = None,
     max_context_len: int | None = None,
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of new tokens over their cached context and themselves.
 
@@ -91,6 +93,12 @@ def paged_prefill_attention(
             on). Without ``new_key``, the same holds for the Gluon kernel's paged form
             (``WGMMA_PAGED_PREFILL_DEFAULT``, on): fp16/bf16, head size 64 or 128, block sizes that are
             multiples of 8 dividing 128 or multiples of 128, compute capability 9.x.
+        sliding_window: ``W`` tokens (``None`` or ``0``: full attention). New token ``i`` (position
+            ``p = context_lens[s] + i``) sees keys at positions ``p - W < k <= p``. Block-table entries of
+            blocks wholly before ``context_lens[s] - W + 1`` (the first new token's window) are never read and may
+            hold a freed block's placeholder. Windowed calls run the Triton kernels (the Gluon kernel has no
+            window); a window no shorter than every sequence (the block table's width, or
+            ``max_context_len + max_query_len`` with ``new_key``) is full attention and takes the usual route.
 
     Returns:
         ``[total_new_tokens, num_q_heads, head_size]`` in ``q``'s dtype.
@@ -114,6 +122,14 @@ def paged_prefill_attention(
     if max_query_len <= 0:
         return out
     head_pad = max(16, triton.next_power_of_2(head))
+    window = window_size(sliding_window)
+    if window:
+        if new_key is not None and max_context_len is not None:
+            longest = int(max_context_len) + int(max_query_len)
+        else:
+            longest = block_tables.shape[1] * k_cache.shape[1] + (int(max_query_len) if new_key is not None else 0)
+        if window >= longest:
+            window = 0  # every key of every sequence is inside the window: full attention
     if new_key is not None:
         _newkv_route(
             q,
@@ -130,9 +146,10 @@ def paged_prefill_attention(
             max_context_len,
             head_pad,
             config,
+            window,
         )
         return out
-    if use_wgmma(config, WGMMA_PAGED_PREFILL_DEFAULT):
+    if not window and use_wgmma(config, WGMMA_PAGED_PREFILL_DEFAULT):
         wg = wgmma_options(config)
         ok, _why = prefill_hopper.supported_paged(q, k_cache, v_cache, scale, wg)
         if ok:  # otherwise the Triton kernel below runs the call
@@ -150,7 +167,18 @@ def paged_prefill_attention(
             )
             return out
     prefill.paged_launch(
-        q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, out, max_query_len, head_pad, config
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        cu_seqlens_q,
+        context_lens,
+        scale,
+        out,
+        max_query_len,
+        head_pad,
+        config,
+        window,
     )
     return out
 
@@ -170,23 +198,31 @@ def _newkv_route(
     max_context_len,
     head_pad,
     config,
+    window=0,
 ) -> None:
     """``paged_prefill_attention`` with ``new_key``/``new_value``: the Gluon kernel's contiguous form (pure
-    prefill) or mixed form (cached context) where it can run the call, else the Triton new-K/V kernel."""
+    prefill) or mixed form (cached context) where it can run the call, else the Triton new-K/V kernel (always with
+    a sliding ``window``)."""
     total, num_q_heads, head = q.shape
     num_kv_heads = k_cache.shape[2]
     assert new_value is not None and new_key.shape == new_value.shape == (total, num_kv_heads, head), (
         "new_key/new_value must be [total_new_tokens, num_kv_heads, head_size]"
     )
     assert new_key.stride(-1) == 1 and new_value.stride(-1) == 1
-    if max_context_len is not None and int(max_context_len) == 0 and use_wgmma(config, WGMMA_PREFILL_DEFAULT):
+    if window:
+        pass  # the Gluon kernel has no sliding window: the Triton kernel below
+    elif max_context_len is not None and int(max_context_len) == 0 and use_wgmma(config, WGMMA_PREFILL_DEFAULT):
         ok, _why = prefill_hopper.supported(q, new_key, new_value, scale)
         if ok:  # otherwise the Triton kernel below runs the call
             prefill_hopper.prefill_wgmma_attention(
                 q, new_key, new_value, cu_seqlens_q, scale, int(max_query_len), out=out, config=wgmma_options(config)
             )
             return
-    if (max_context_len is None or int(max_context_len) > 0) and use_wgmma(config, WGMMA_MIXED_PREFILL_DEFAULT):
+    if (
+        not window
+        and (max_context_len is None or int(max_context_len) > 0)
+        and use_wgmma(config, WGMMA_MIXED_PREFILL_DEFAULT)
+    ):
         wg = wgmma_options(config)
         ok, _why = prefill_hopper.supported_mixed(q, k_cache, v_cache, new_key, new_value, scale, wg)
         if ok:  # otherwise the Triton kernel below runs the call
@@ -220,6 +256,7 @@ def _newkv_route(
         max_context_len,
         head_pad,
         config,
+        window,
     )
 
 

@@ -13,6 +13,11 @@ Two kernels, launched by :mod:`kernels.attention.dispatch` (``paged_prefill_atte
 Key tiles wholly below the diagonal run without masks; only the diagonal tiles are masked. Default tile shapes and
 the options' constexprs come from :mod:`kernels.attention.prefill_plan`.
 
+Sliding window (``SLIDING``, a constexpr: without it the kernels compile exactly as before): a query at position ``p``
+sees keys ``p - window < k <= p``. The key loops start at the tile holding the first key of the tile's first row's
+window; nothing below that key is loaded, block-table entries included (a sliding-window cache frees those blocks).
+The paged kernel masks only the tiles that cut some row's window edge; the new-K/V kernel masks every tile.
+
 This file is longer than the package's others because it holds two kernels and their shared online-softmax steps
 (the new-K/V kernel alone is about 230 lines: context loop, unmasked and software-pipelined new-key loops and the
 diagonal tile); splitting them would separate each kernel from the steps it inlines.
@@ -132,6 +137,7 @@ def _prefill_kernel(
     ctx_ptr,
     out_ptr,
     scale_log2,
+    window,
     stride_qt,
     stride_qh,
     stride_kb,
@@ -152,6 +158,7 @@ def _prefill_kernel(
     DOT_PREC: tl.constexpr,
     POS_SCALE: tl.constexpr,
     LAZY_TAU: tl.constexpr,
+    SLIDING: tl.constexpr = False,
 ):
     mt = tl.program_id(0)
     qh = tl.program_id(1)
@@ -192,7 +199,45 @@ def _prefill_kernel(
 
     # keys every row of this tile sees: positions <= ctx + m0 (all < seq_len)
     full_end = ((ctx + m0 + 1) // BLOCK_N) * BLOCK_N
-    for n0 in range(0, full_end, BLOCK_N):
+    if SLIDING:
+        # Row m sees keys > ctx + m - window. Keys below lo (the first row's window) are seen by no row: the loop
+        # starts at lo's tile, and nothing below lo is loaded, block-table entries included. Tiles from n_mid on
+        # are inside every row's window (no masks); those before it are masked, row by row.
+        lo = tl.maximum(ctx + m0 - window + 1, 0)
+        n_lo = (lo // BLOCK_N) * BLOCK_N
+        n_mid = tl.cdiv(tl.maximum(ctx + m0 + BLOCK_M - window, 0), BLOCK_N) * BLOCK_N
+        n_mid = tl.minimum(tl.maximum(n_mid, n_lo), full_end)
+        for n0 in range(n_lo, n_mid, BLOCK_N):
+            offs = n0 + offs_n
+            n_mask = offs >= lo
+            blk = tl.load(bt_row + offs // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
+            in_blk = (offs % BLOCK_SIZE).to(tl.int64)
+            kv_mask = n_mask[:, None] & d_mask[None, :]
+            k = tl.load(
+                k_base + (blk * stride_kb + in_blk * stride_kt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
+            )
+            v = tl.load(
+                v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
+            )
+            visible = offs[None, :] > (q_pos[:, None] - window)
+            m_i, l_i, acc = _attend_tile(
+                q,
+                k,
+                v,
+                m_i,
+                l_i,
+                acc,
+                scale_log2,
+                visible,
+                MASKED=True,
+                POS_SCALE=POS_SCALE,
+                DOT_PREC=DOT_PREC,
+                LAZY_TAU=LAZY_TAU,
+            )
+        n_first = n_mid  # n_lo <= n_mid <= full_end, as lo <= ctx + m0
+    else:
+        n_first = 0
+    for n0 in range(n_first, full_end, BLOCK_N):
         offs = n0 + offs_n
         blk = tl.load(bt_row + offs // BLOCK_SIZE).to(tl.int64)
         in_blk = (offs % BLOCK_SIZE).to(tl.int64)
@@ -217,17 +262,22 @@ def _prefill_kernel(
             LAZY_TAU=LAZY_TAU,
         )
 
-    # the diagonal: causal and length masks
+    # the diagonal: causal and length masks (and the window's, which may start inside these tiles)
     diag_end = tl.minimum(seq_len, ctx + m0 + BLOCK_M)
     for n0 in range(full_end, diag_end, BLOCK_N):
         offs = n0 + offs_n
-        n_mask = offs < seq_len
+        if SLIDING:
+            n_mask = (offs < seq_len) & (offs >= lo)
+        else:
+            n_mask = offs < seq_len
         blk = tl.load(bt_row + offs // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
         in_blk = (offs % BLOCK_SIZE).to(tl.int64)
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_base + (blk * stride_kb + in_blk * stride_kt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         visible = (offs[None, :] <= q_pos[:, None]) & n_mask[None, :]
+        if SLIDING:
+            visible = visible & (offs[None, :] > (q_pos[:, None] - window))
         m_i, l_i, acc = _attend_tile(
             q,
             k,
@@ -280,6 +330,7 @@ def _prefill_newkv_kernel(
     kn_desc,
     vn_desc,
     scale_log2,
+    window,
     stride_qt,
     stride_qh,
     stride_kb,
@@ -309,6 +360,7 @@ def _prefill_newkv_kernel(
     POS_SCALE: tl.constexpr,
     LAZY_TAU: tl.constexpr,
     PIPE_QK: tl.constexpr,
+    SLIDING: tl.constexpr = False,
 ):
     """Prefill whose new tokens' K/V come from contiguous ``[T, Hkv, D]`` tensors (rows aligned with q).
 
@@ -354,7 +406,42 @@ def _prefill_newkv_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
 
-    if HAS_CTX:
+    if HAS_CTX and SLIDING:
+        # Row m (position ctx + m) sees keys > ctx + m - window: the context loop starts at the tile of lo, the first
+        # row's window, and nothing below lo is loaded (block-table entries included). Every tile is masked.
+        ctx = tl.load(ctx_ptr + seq)
+        lo = tl.maximum(ctx + m0 - window + 1, 0)
+        k_base = k_ptr + kvh.to(tl.int64) * stride_kh
+        v_base = v_ptr + kvh.to(tl.int64) * stride_vh
+        bt_row = bt_ptr + seq64 * stride_bts
+        for n0 in range((lo // BLOCK_N) * BLOCK_N, ctx, BLOCK_N):
+            offs = n0 + offs_n
+            n_mask = (offs >= lo) & (offs < ctx)
+            blk = tl.load(bt_row + offs // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
+            in_blk = (offs % BLOCK_SIZE).to(tl.int64)
+            kv_mask = n_mask[:, None] & d_mask[None, :]
+            k = tl.load(
+                k_base + (blk * stride_kb + in_blk * stride_kt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
+            )
+            v = tl.load(
+                v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
+            )
+            visible = n_mask[None, :] & (offs[None, :] > (ctx + offs_m - window)[:, None])
+            m_i, l_i, acc = _attend_tile(
+                q,
+                k,
+                v,
+                m_i,
+                l_i,
+                acc,
+                scale_log2,
+                visible,
+                MASKED=True,
+                POS_SCALE=POS_SCALE,
+                DOT_PREC=DOT_PREC,
+                LAZY_TAU=LAZY_TAU,
+            )
+    if HAS_CTX and not SLIDING:
         ctx = tl.load(ctx_ptr + seq)
         k_base = k_ptr + kvh.to(tl.int64) * stride_kh
         v_base = v_ptr + kvh.to(tl.int64) * stride_vh
@@ -418,7 +505,29 @@ def _prefill_newkv_kernel(
     kn_base = kn_ptr + (q_start.to(tl.int64) * stride_knt + kvh.to(tl.int64) * stride_knh)
     vn_base = vn_ptr + (q_start.to(tl.int64) * stride_vnt + kvh.to(tl.int64) * stride_vnh)
     # new keys below the diagonal tile: visible to every row of the tile, no masks
-    if PIPE_QK:
+    if SLIDING:
+        # from the tile of the first row's window on (new keys counted from the sequence's first new token), masked
+        j_lo = tl.maximum(m0 - window + 1, 0)
+        for n0 in range((j_lo // BLOCK_N) * BLOCK_N, m0, BLOCK_N):
+            offs = n0 + offs_n
+            k = _new_rows(kn_desc, kn_base, stride_knt, q_start, n0, offs_n, offs_d, d_mask, kvh, HEAD, USE_TMA)
+            v = _new_rows(vn_desc, vn_base, stride_vnt, q_start, n0, offs_n, offs_d, d_mask, kvh, HEAD, USE_TMA)
+            visible = offs[None, :] > (offs_m[:, None] - window)
+            m_i, l_i, acc = _attend_tile(
+                q,
+                k,
+                v,
+                m_i,
+                l_i,
+                acc,
+                scale_log2,
+                visible,
+                MASKED=True,
+                POS_SCALE=POS_SCALE,
+                DOT_PREC=DOT_PREC,
+                LAZY_TAU=LAZY_TAU,
+            )
+    elif PIPE_QK:
         # Software-pipelined scores: tile j's score dot is issued before tile j - 1's softmax and P.V dot, so
         # the tensor cores work on it while the softmax runs (FlashAttention-3's intra-warpgroup overlap).
         if m0 > 0:
@@ -471,6 +580,8 @@ def _prefill_newkv_kernel(
             k = tl.load(kn_base + offs.to(tl.int64)[:, None] * stride_knt + offs_d[None, :], mask=kv_mask, other=0.0)
             v = tl.load(vn_base + offs.to(tl.int64)[:, None] * stride_vnt + offs_d[None, :], mask=kv_mask, other=0.0)
         visible = (offs[None, :] <= offs_m[:, None]) & n_mask[None, :]
+        if SLIDING:
+            visible = visible & (offs[None, :] > (offs_m[:, None] - window))
         m_i, l_i, acc = _attend_tile(
             q,
             k,
@@ -495,10 +606,22 @@ def _prefill_newkv_kernel(
 
 
 def paged_launch(
-    q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, out, max_query_len: int, head_pad: int, config
+    q,
+    k_cache,
+    v_cache,
+    block_tables,
+    cu_seqlens_q,
+    context_lens,
+    scale,
+    out,
+    max_query_len: int,
+    head_pad: int,
+    config,
+    window: int = 0,
 ) -> None:
     """Launch ``_prefill_kernel`` (``paged_prefill_attention``'s contract: every key through the block table) on
-    checked arguments; ``config`` overrides :func:`~kernels.attention.prefill_plan.prefill_config`'s tiles."""
+    checked arguments; ``config`` overrides :func:`~kernels.attention.prefill_plan.prefill_config`'s tiles.
+    ``window > 0``: sliding-window attention over that many keys (the ``SLIDING`` variant of the kernel)."""
     num_q_heads = q.shape[1]
     num_kv_heads = k_cache.shape[2]
     head = q.shape[2]
@@ -518,6 +641,7 @@ def paged_launch(
         context_lens,
         out,
         float(scale) * LOG2E,
+        int(window),
         q.stride(0),
         q.stride(1),
         k_cache.stride(0),
@@ -538,6 +662,7 @@ def paged_launch(
         DOT_PREC=dot_precision(q.dtype),
         POS_SCALE=pos_scale(scale, cfg, q.dtype),
         LAZY_TAU=lazy_tau(scale, cfg, q.dtype),
+        SLIDING=window > 0,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
@@ -558,9 +683,11 @@ def newkv_launch(
     max_context_len: int | None,
     head_pad: int,
     config,
+    window: int = 0,
 ) -> None:
     """Launch ``_prefill_newkv_kernel`` on checked arguments (``new_key``/``new_value`` already validated);
-    ``config`` overrides :func:`~kernels.attention.prefill_plan.prefill_newkv_config`'s tiles and options."""
+    ``config`` overrides :func:`~kernels.attention.prefill_plan.prefill_newkv_config`'s tiles and options.
+    ``window > 0``: sliding-window attention over that many keys (the ``SLIDING`` variant, every tile masked)."""
     total, num_q_heads, head = q.shape
     num_kv_heads = k_cache.shape[2]
     num_seqs = context_lens.shape[0]
@@ -595,6 +722,7 @@ def newkv_launch(
         kn_desc,
         vn_desc,
         float(scale) * LOG2E,
+        int(window),
         q.stride(0),
         q.stride(1),
         k_cache.stride(0),
@@ -624,6 +752,7 @@ def newkv_launch(
         POS_SCALE=pos_scale(scale, cfg, q.dtype),
         LAZY_TAU=lazy_tau(scale, cfg, q.dtype),
         PIPE_QK=bool(cfg.get("pipeline_qk", False)),
+        SLIDING=window > 0,
         num_warps=int(cfg["num_warps"]),
         num_stages=int(cfg["num_stages"]),
     )

@@ -2,6 +2,7 @@
 
     python -m kernels.bench --out DIR [--sweep] [--budget-s 360] [--quick] [--flex]
     python -m kernels.bench --out DIR --only flex      # FlexAttention (paged KV) subset only
+    python -m kernels.bench sliding-window --out DIR   # sliding-window decode and prefill (sliding_window.py)
 
 Writes ``DIR/bench.json`` (every number, the environment and the command) and
 ``DIR/bench.md`` (tables and the targets, met or missed).  Times are medians of
@@ -53,6 +54,10 @@ from kernels.bench.timing import Budget, copy_ceiling, env_info
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "sliding-window":  # its own cases, options and output files
+        from kernels.bench import sliding_window
+
+        return sliding_window.main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=360.0, help="stop starting new cases after this long")

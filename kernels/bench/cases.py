@@ -1,5 +1,5 @@
-"""The benchmark's cases: the decode grid (uniform and mixed lengths), its FlexAttention subset, the prefill cases
-and the cache-operation sizes. ``--cpu-smoke`` swaps in tiny shapes."""
+"""The benchmark's cases: the decode grid (uniform and mixed lengths), its FlexAttention subset, the prefill cases,
+the cache-operation sizes and the sliding-window cases. ``--cpu-smoke`` swaps in tiny shapes."""
 
 from __future__ import annotations
 
@@ -98,3 +98,39 @@ def write_kv_cases() -> list[tuple[int, int]]:
 def copy_blocks_cases() -> list[tuple[int, int]]:
     """(layers, block pairs) of the ``copy_blocks`` cases."""
     return [(32, 256)] if not RUN.smoke else [(2, 4)]
+
+
+def sliding_window_decode_cases(quick: bool) -> list[tuple]:
+    """(name, batch, q heads, KV heads, lengths, window) of the sliding-window decode cases
+    (``python -m kernels.bench sliding-window``). The first three read about 1.07 GB of window K/V each (the window's
+    keys x KV heads x 128 x 2 bytes x K and V); the gpt-oss-like one reads less, the mixed one about 1.9 GB."""
+    if RUN.smoke:
+        return [
+            ("swd gqa b3 ctx40 W12", 3, 4, 2, [40, 40, 40], 12),
+            ("swd mixed mha b4 W20", 4, 2, 2, [5, 33, 70, 0], 20),
+        ]
+    rng = random.Random(4096)
+    cases = [
+        ("decode gqa32/8 b64 ctx16384 W4096", 64, 32, 8, [16384] * 64, 4096),  # Mistral-like window
+        ("decode gqa32/16 b128 ctx8192 W1024", 128, 32, 16, [8192] * 128, 1024),  # Gemma-3-like window
+        ("decode mha32 b64 ctx8192 W1024", 64, 32, 32, [8192] * 64, 1024),
+        ("decode gqa64/8 b512 ctx4096 W128", 512, 64, 8, [4096] * 512, 128),  # gpt-oss-like window (head 128 here)
+        ("decode mixed gqa32/8 b128 len1-16384 W4096", 128, 32, 8, [rng.randint(1, 16384) for _ in range(128)], 4096),
+    ]
+    return [cases[i] for i in (0, 1, 4)] if quick else cases
+
+
+def sliding_window_prefill_cases(quick: bool) -> list[tuple]:
+    """(name, batch, q heads, KV heads, context, new tokens, window) of the sliding-window prefill cases. The two
+    chunked cases read about 1.2 and 1.07 GB of distinct window K/V (the keys some new token sees)."""
+    if RUN.smoke:
+        return [
+            ("swp chunked gqa 2x20 ctx45 W16", 2, 4, 2, 45, 20, 16),
+            ("swp prefill mha 2x40 ctx0 W7", 2, 2, 2, 0, 40, 7),
+        ]
+    cases = [
+        ("chunked gqa32/8 64x512 ctx8192 W4096", 64, 32, 8, 8192, 512, 4096),
+        ("chunked gqa32/16 64x1024 ctx15360 W1024", 64, 32, 16, 15360, 1024, 1024),
+        ("prefill gqa32/8 8x4096 ctx0 W1024", 8, 32, 8, 0, 4096, 1024),
+    ]
+    return cases[:2] if quick else cases

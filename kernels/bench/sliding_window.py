@@ -1,0 +1,633 @@
+"""Sliding-window attention on the GPU: our paged decode and prefill kernels with ``sliding_window`` against torch SDPA
+with a sliding-window mask and FlexAttention with a sliding-window block mask, on the same data, in one process.
+
+    python -m kernels.bench sliding-window --out DIR [--budget-s 900] [--only decode,prefill] [--quick] [--no-flex]
+    TRITON_INTERPRET=1 python -m kernels.bench sliding-window --cpu-smoke --out DIR   # tiny shapes, no GPU
+
+Writes ``DIR/sliding_window.json`` (every number, the environment and the command) and ``DIR/sliding_window.md``
+(tables and the targets, met or missed). Times are medians of ``triton.testing.do_bench`` over CUDA-graph replays
+(``kernels.bench.timing``), as in the main benchmark.
+
+What runs, per case (bf16, head size 128, 16-token blocks):
+
+* ours: ``paged_decode_attention`` / ``paged_prefill_attention`` with ``sliding_window`` on a scattered block table
+  whose entries for blocks wholly before the window point at a NaN block (a sliding-window cache has freed them);
+  a NaN in the output would show a read outside the window. Decode also runs forced balanced (batch >= 16), and
+  without the window on the intact table (``ours_full_attention``: how much the window saves). Prefill also runs
+  the new-K/V path (``new_key``/``new_value``).
+* SDPA, on contiguous ``[B, H, L, D]`` copies: ``sdpa_masked_*`` over the whole context with a boolean
+  sliding-window mask (flash takes no mask, so efficient and cuDNN), and ``sdpa_window_*`` over a copy holding only
+  the keys some query sees (decode: the last ``W``; prefill: from the first new token's window on), masked only where
+  needed. The latter is SDPA's best case: the gather it needs is not timed.
+* FlexAttention (``torch.compile(flex_attention)``) on the whole contiguous copy with a ``create_block_mask``
+  sliding-window block mask, which skips the 128-token KV blocks outside every window.
+
+Bytes: the window's K/V bytes are the keys some query sees x KV heads x 128 x 2 bytes x 2 (K and V). The bytes our
+kernel moves are given by a model of its loads (the K/V rows, the block-table entries, the split-KV partials; q and
+the output listed apart): ``sw_decode_bytes`` / ``sw_prefill_bytes``. ``--cpu-smoke`` checks the model against the
+bytes the kernels load in the Triton interpreter (``kernels.bench.loads``), where masked lanes load nothing, as on the
+GPU. Targets, for cases of at least 1 GB of window K/V: our time at least 0.97x of the fastest alternative, and the
+K/V bytes moved within 5% of the window's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+import warnings
+
+import torch
+
+from kernels.attention import decode_plan, paged_decode_attention, paged_prefill_attention, prefill_plan
+from kernels.attention.common import interpreting, num_sms
+from kernels.bench.cases import sliding_window_decode_cases, sliding_window_prefill_cases
+from kernels.bench.run import BLOCK, GB, HEAD, MAX_BYTES, RUN
+from kernels.bench.sdpa import run_sdpa, sdpa_backends
+from kernels.bench.timing import Budget, bench_graph, bench_graph_or_eager, copy_ceiling, env_info
+
+SPEED_TARGET = 0.97  # our time vs the fastest alternative's (its time / ours)
+BYTES_TARGET = 1.05  # K/V bytes moved / the window's K/V bytes
+TARGET_MIN_BYTES = 1 * GB  # the targets apply from this much window K/V on
+
+_FLEX: dict = {}
+
+
+def _sync():
+    if not RUN.smoke:
+        torch.cuda.synchronize()
+
+
+def _free():
+    if not RUN.smoke:
+        torch.cuda.empty_cache()
+
+
+def _baselines():
+    """(name, backend) of the SDPA backends; the CPU smoke run adds the math backend (the others need CUDA)."""
+    backends = sdpa_backends()
+    if RUN.smoke:
+        from torch.nn.attention import SDPBackend
+
+        backends = backends + [("math", SDPBackend.MATH)]
+    return backends
+
+
+def _flex():
+    """``flex_attention`` compiled once (static shapes), or eager in the CPU smoke run (checks the mask only)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if RUN.smoke:
+        return flex_attention
+    if "fn" not in _FLEX:
+        import torch._dynamo
+
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, 256)
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+    return _FLEX["fn"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the byte models
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def sw_decode_bytes(lens, window, hq, hkv, esize, splits) -> dict:
+    """Bytes a windowed decode step moves (our split-KV kernel): the K/V rows of each sequence's last ``window``
+    keys, the block-table entries of the blocks holding them, the split-KV partials (fp32 output and log-sum-exp,
+    written and read back) and q and the output. ``window_kv`` is the window's K/V bytes."""
+    toks = sum(min(max(n, 0), window) for n in lens)
+    blocks = sum(_blocks_spanned(max(0, n - window), n) for n in lens)
+    kv = toks * hkv * HEAD * esize * 2
+    rec = {
+        "window_kv": kv,
+        "kv_rows": kv,
+        "block_table": 4 * blocks,
+        "partials": len(lens) * hq * splits * (HEAD + 1) * 4 * 2 if splits > 1 else 0,
+        "q_out": len(lens) * hq * HEAD * esize * 2,
+    }
+    rec["kv_moved"] = rec["kv_rows"] + rec["block_table"] + rec["partials"]
+    rec["total"] = rec["kv_moved"] + rec["q_out"]
+    return rec
+
+
+def sw_prefill_bytes(batch, ctx, new, window, hq, hkv, esize, block_m) -> dict:
+    """Bytes a windowed prefill moves (our Triton paged kernel, every sequence ``ctx`` cached + ``new`` new tokens):
+    distinct K/V rows (from the first new token's window on: ``ctx - window + 1``), their block-table entries, and q
+    and the output. ``kv_issued`` counts the K/V rows every program loads (each ``block_m``-row tile of each q head
+    loads the keys its rows see), most of them served by L2."""
+    lo = max(0, ctx - window + 1)
+    kv = batch * (ctx + new - lo) * hkv * HEAD * esize * 2
+    issued = 0
+    for m0 in range(0, new, block_m):
+        tile_lo = max(0, ctx + m0 - window + 1)
+        issued += min(ctx + new, ctx + m0 + block_m) - tile_lo
+    rec = {
+        "window_kv": kv,
+        "kv_rows": kv,
+        "block_table": 4 * batch * _blocks_spanned(lo, ctx + new),
+        "q_out": batch * new * hq * HEAD * esize * 2,
+        "kv_issued": batch * hq * issued * HEAD * esize * 2,
+    }
+    rec["kv_moved"] = rec["kv_rows"] + rec["block_table"]
+    rec["total"] = rec["kv_moved"] + rec["q_out"]
+    return rec
+
+
+def _blocks_spanned(start: int, end: int) -> int:
+    return 0 if end <= start else (end - 1) // BLOCK - start // BLOCK + 1
+
+
+def _count_loads(fn, k, v, bt) -> dict:
+    """Run ``fn`` in the interpreter, counting the distinct and repeated bytes it loads from ``k``, ``v`` and ``bt``."""
+    from kernels.bench.loads import bytes_read, record_loads
+
+    with record_loads() as loads:
+        fn()
+    (k_all, k_distinct), (v_all, v_distinct), (_, bt_distinct) = (bytes_read(loads, t) for t in (k, v, bt))
+    return {"kv_rows": k_distinct + v_distinct, "kv_issued": k_all + v_all, "block_table": bt_distinct}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# cases
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _paged_cache(lens, hkv):
+    """Random K/V caches on a scattered table (one NaN block at the end, for the freed entries), the table, and
+    the contiguous copies ``[B, Hkv, Lmax, D]`` gathered through it."""
+    nblk = [max(1, math.ceil(n / BLOCK)) for n in lens]
+    total = sum(nblk) + 1
+    k_cache = torch.randn((total, BLOCK, hkv, HEAD), dtype=RUN.dtype, device=RUN.dev)
+    v_cache = torch.randn_like(k_cache)
+    nan_block = total - 1
+    k_cache[nan_block] = float("nan")
+    v_cache[nan_block] = float("nan")
+    perm = torch.randperm(total - 1, device=RUN.dev).to(torch.int32)
+    bt = torch.full((len(lens), max(nblk)), nan_block, dtype=torch.int32, device=RUN.dev)
+    pos = 0
+    for s, n in enumerate(nblk):
+        bt[s, :n] = perm[pos : pos + n]
+        pos += n
+    lmax = max(nblk) * BLOCK
+    kc = k_cache[bt.long()].view(len(lens), lmax, hkv, HEAD).transpose(1, 2).contiguous()
+    vc = v_cache[bt.long()].view(len(lens), lmax, hkv, HEAD).transpose(1, 2).contiguous()
+    return k_cache, v_cache, bt, nan_block, kc, vc
+
+
+def _freed(bt, nan_block, first_pos):
+    """The table with the entries of blocks wholly before ``first_pos[s]`` pointing at the NaN block."""
+    bt_win = bt.clone()
+    for s, p in enumerate(first_pos):
+        bt_win[s, : max(0, p) // BLOCK] = nan_block
+    return bt_win
+
+
+def _time_sdpa(rec, times, label, q4, k4, v4, mask, gqa, outs, **kw):
+    """Every SDPA backend on ``q4, k4, v4`` (``enable_gqa`` where the heads differ). A backend that refuses
+    ``enable_gqa`` is tried again on K/V expanded to the q heads (``..._expanded``: it then reads the expanded
+    copy), where that fits in ``MAX_BYTES``. Errors are recorded."""
+    expanded = {}
+
+    def attempt(name, backend, k, v, use_gqa):
+        outs[name] = run_sdpa(backend, q4, k, v, mask, gqa=use_gqa, **kw)
+        times[name] = bench_graph_or_eager(lambda: run_sdpa(backend, q4, k, v, mask, gqa=use_gqa, **kw), rec, name)
+
+    for bname, backend in _baselines():
+        name = f"sdpa_{label}_{bname}"
+        try:
+            attempt(name, backend, k4, v4, gqa)
+            continue
+        except Exception as e:  # noqa: BLE001
+            rec[f"{name}_error"] = _err(e)
+        group = q4.shape[1] // k4.shape[1]
+        if not gqa or 2 * k4.numel() * group * k4.element_size() > MAX_BYTES:
+            continue
+        try:
+            if not expanded:
+                expanded["k"] = k4.repeat_interleave(group, dim=1)
+                expanded["v"] = v4.repeat_interleave(group, dim=1)
+            attempt(f"{name}_expanded", backend, expanded["k"], expanded["v"], False)
+        except Exception as e:  # noqa: BLE001
+            rec[f"{name}_expanded_error"] = _err(e)
+    expanded.clear()
+
+
+def _err(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+
+
+def _time_flex(rec, times, outs, q4, k4, v4, mask_mod, batch, q_len, kv_len, gqa, scale):
+    """FlexAttention with a block mask from ``mask_mod`` (eager in the smoke run: its "use torch.compile" warning is
+    silenced there)."""
+    with warnings.catch_warnings():
+        if RUN.smoke:
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        _time_flex_inner(rec, times, outs, q4, k4, v4, mask_mod, batch, q_len, kv_len, gqa, scale)
+
+
+def _time_flex_inner(rec, times, outs, q4, k4, v4, mask_mod, batch, q_len, kv_len, gqa, scale):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    try:
+        t0 = time.time()
+        bm = create_block_mask(mask_mod, batch, None, q_len, kv_len, device=RUN.dev)
+        flex = _flex()
+        kw = {"enable_gqa": True} if gqa else {}
+
+        def fn():
+            return flex(q4, k4, v4, block_mask=bm, scale=scale, **kw)
+
+        outs["flex"] = fn()
+        _sync()
+        rec["flex_first_call_s"] = time.time() - t0
+        rec["flex_mode"] = "eager flex_attention (CPU smoke)" if RUN.smoke else "torch.compile(flex_attention)"
+        times["flex"] = bench_graph_or_eager(fn, rec, "flex")
+    except Exception as e:  # noqa: BLE001
+        traceback.print_exc()
+        rec["flex_error"] = _err(e)
+
+
+def _finish(rec, times, kv_moved, window_kv, ceiling_tb_s, primary):
+    """Speeds, bandwidths and the fastest alternative of a case record."""
+    rec["ms"] = times
+    rec["window_tb_s"] = {k: window_kv / (t * 1e-3) / 1e12 for k, t in times.items()}
+    rec["frac_of_copy"] = {k: v / ceiling_tb_s for k, v in rec["window_tb_s"].items()}
+    alts = {k: t for k, t in times.items() if not k.startswith("ours")}
+    if alts:
+        best = min(alts, key=alts.get)
+        rec["fastest_alternative"] = best
+        rec["ours_speed_vs_fastest_alternative"] = alts[best] / times[primary]
+    sd = {k: t for k, t in alts.items() if k.startswith("sdpa_")}
+    if sd:
+        rec["fastest_sdpa"] = min(sd, key=sd.get)
+        rec["ours_speed_vs_fastest_sdpa"] = sd[rec["fastest_sdpa"]] / times[primary]
+    if "flex" in alts:
+        rec["ours_speed_vs_flex"] = alts["flex"] / times[primary]
+    rec["kv_bytes_moved_vs_window"] = kv_moved / window_kv if window_kv else float("nan")
+
+
+def _diffs(rec, ours, outs, shape_fn):
+    """Largest difference of our output from each alternative's (reshaped by ``shape_fn``; NaN rows of an
+    alternative, e.g. SDPA's for a sequence of length 0, left out), and whether ours has a NaN."""
+    o = ours.float()
+    rec["ours_nan"] = bool(torch.isnan(o).any().item())
+    for name, r in outs.items():
+        r = shape_fn(r).float()
+        d = torch.where(torch.isnan(r), torch.zeros_like(r), (o - r).abs())
+        rec.setdefault("max_abs_diff", {})[name] = d.max().item()
+
+
+def measure_sw_decode(name, batch, hq, hkv, lens, window, ceiling_tb_s, with_flex=True) -> dict:
+    esize = torch.tensor([], dtype=RUN.dtype).element_size()
+    lmax = max(math.ceil(n / BLOCK) for n in lens) * BLOCK
+    full_bytes = batch * lmax * hkv * HEAD * esize * 2
+    rec = {"case": name, "batch": batch, "q_heads": hq, "kv_heads": hkv, "window": window, "max_len": max(lens)}
+    rec["mean_len"] = sum(lens) / len(lens)
+    if 2 * full_bytes > MAX_BYTES:  # the cache and its contiguous copy
+        rec["skipped"] = f"cache and copy {2 * full_bytes / GB:.1f} GB > {MAX_BYTES / GB:.0f} GB"
+        return rec
+    torch.manual_seed(0)
+    k_cache, v_cache, bt, nan_block, kc, vc = _paged_cache(lens, hkv)
+    bt_win = _freed(bt, nan_block, [n - window for n in lens])
+    q = torch.randn((batch, hq, HEAD), dtype=RUN.dtype, device=RUN.dev)
+    sl = torch.tensor(lens, dtype=torch.int32, device=RUN.dev)
+    scale = HEAD**-0.5
+    max_len = bt.shape[1] * BLOCK
+    out = torch.empty_like(q)
+
+    dcfg = decode_plan.decode_config(HEAD, hq // hkv, RUN.dtype, BLOCK, batch * hkv, num_sms(q.device))
+    splits, part, _, _ = decode_plan.split_plan(
+        batch, hkv, min(max_len, window), dcfg["block_n"], num_sms(q.device), None, None
+    )
+    rec["splits"], rec["partition"] = splits, part
+    model = sw_decode_bytes(lens, window, hq, hkv, esize, splits)
+    rec["bytes_model"] = model
+    rec["window_kv_gb"] = model["window_kv"] / GB
+
+    def ours(table=bt_win, **kw):
+        kw.setdefault("sliding_window", window)
+        return lambda: paged_decode_attention(q, k_cache, v_cache, table, sl, scale, max_seq_len=max_len, out=out, **kw)
+
+    times, outs = {}, {}
+    times["ours"] = bench_graph(ours())
+    if batch >= 16:
+        times["ours_balanced"] = bench_graph(ours(config={"balanced": True}))
+    times["ours_full_attention"] = bench_graph(ours(bt, sliding_window=None))
+    out.fill_(float("nan"))
+    ours_out = ours()().clone()
+    if batch >= 16:
+        out.fill_(float("nan"))
+        rec["balanced_max_abs_diff_vs_default"] = (
+            (ours(config={"balanced": True})().float() - ours_out.float()).abs().max().item()
+        )
+    if RUN.smoke:
+        rec["bytes_counted_interpreter"] = _count_loads(ours(), k_cache, v_cache, bt_win)
+        from kernels.reference import ref_paged_decode
+
+        ref = ref_paged_decode(q, k_cache, v_cache, bt_win, sl, scale, sliding_window=window)
+        rec["ours_max_abs_err_vs_ref"] = (ours_out.float() - ref.float()).abs().max().item()
+
+    gqa = hq != hkv
+    q4 = q.view(batch, hq, 1, HEAD)
+    pos = torch.arange(lmax, device=RUN.dev)
+    lo = (sl.long() - window).clamp_min(0)
+    mask = ((pos[None, :] < sl[:, None].long()) & (pos[None, :] >= lo[:, None]))[:, None, None, :]
+    _time_sdpa(rec, times, "masked", q4, kc, vc, mask, gqa, outs)
+    # SDPA's best case: a contiguous copy of the windows alone (the last `window` keys, fewer for short sequences)
+    wpad = min(window, max(lens))
+    idx = (lo[:, None] + torch.arange(wpad, device=RUN.dev)[None, :]).clamp_max(lmax - 1)
+    kw_ = kc.gather(2, idx[:, None, :, None].expand(batch, hkv, wpad, HEAD)).contiguous()
+    vw_ = vc.gather(2, idx[:, None, :, None].expand(batch, hkv, wpad, HEAD)).contiguous()
+    wmask = None
+    if any(n < window for n in lens):
+        wmask = ((lo[:, None] + torch.arange(wpad, device=RUN.dev)[None, :]) < sl[:, None].long())[:, None, None, :]
+    _time_sdpa(rec, times, "window", q4, kw_, vw_, wmask, gqa, outs)
+    del kw_, vw_
+    if with_flex:
+        sl_l = sl.long()
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return (kv_idx < sl_l[b]) & (kv_idx >= sl_l[b] - window)
+
+        _time_flex(rec, times, outs, q4, kc, vc, mask_mod, batch, 1, lmax, gqa, scale)
+    _diffs(rec, ours_out, outs, lambda r: r.reshape(batch, hq, HEAD))
+    times["ours_repeat"] = bench_graph(ours())
+    rec["repeat_spread"] = abs(times["ours_repeat"] / times["ours"] - 1.0)
+    rec["window_saving_vs_full_attention"] = times["ours_full_attention"] / times["ours"]
+    _finish(rec, times, model["kv_moved"], model["window_kv"], ceiling_tb_s, "ours")
+    return rec
+
+
+def measure_sw_prefill(name, batch, hq, hkv, ctx, new, window, ceiling_tb_s, with_flex=True) -> dict:
+    esize = torch.tensor([], dtype=RUN.dtype).element_size()
+    total_len = ctx + new
+    full_bytes = batch * math.ceil(total_len / BLOCK) * BLOCK * hkv * HEAD * esize * 2
+    rec = {"case": name, "batch": batch, "q_heads": hq, "kv_heads": hkv, "context": ctx, "new": new, "window": window}
+    if 2 * full_bytes > MAX_BYTES:
+        rec["skipped"] = f"cache and copy {2 * full_bytes / GB:.1f} GB > {MAX_BYTES / GB:.0f} GB"
+        return rec
+    torch.manual_seed(1)
+    k_cache, v_cache, bt, nan_block, kc, vc = _paged_cache([total_len] * batch, hkv)
+    kc, vc = kc[:, :, :total_len], vc[:, :, :total_len]
+    lo = max(0, ctx - window + 1)  # the first new token's window starts here
+    bt_win = _freed(bt, nan_block, [lo] * batch)
+    q = torch.randn((batch * new, hq, HEAD), dtype=RUN.dtype, device=RUN.dev)
+    cu = torch.arange(0, batch + 1, dtype=torch.int32, device=RUN.dev) * new
+    ctx_t = torch.full((batch,), ctx, dtype=torch.int32, device=RUN.dev)
+    scale = HEAD**-0.5
+    out = torch.empty_like(q)
+    # FLOPs needed: the query at position p sees min(p + 1, window) keys; QK^T and PV are 2 * D each
+    keys_seen = batch * sum(min(p + 1, window) for p in range(ctx, total_len))
+    rec["flops"] = flops = 4 * HEAD * hq * keys_seen
+    block_m = prefill_plan.prefill_config(max(16, HEAD), RUN.dtype, new)["block_m"]
+    model = sw_prefill_bytes(batch, ctx, new, window, hq, hkv, esize, block_m)
+    rec["bytes_model"] = model
+    rec["window_kv_gb"] = model["window_kv"] / GB
+
+    def ours(table=bt_win, **kw):
+        kw.setdefault("sliding_window", window)
+        return lambda: paged_prefill_attention(
+            q, k_cache, v_cache, table, cu, ctx_t, scale, max_query_len=new, out=out, **kw
+        )
+
+    kn = kc[:, :, ctx:].transpose(1, 2).reshape(batch * new, hkv, HEAD).contiguous()
+    vn = vc[:, :, ctx:].transpose(1, 2).reshape(batch * new, hkv, HEAD).contiguous()
+    times, outs = {}, {}
+    times["ours"] = bench_graph_or_eager(ours(), rec, "ours")
+    times["ours_newkv"] = bench_graph_or_eager(ours(new_key=kn, new_value=vn, max_context_len=ctx), rec, "ours_newkv")
+    out.fill_(float("nan"))
+    o_newkv = ours(new_key=kn, new_value=vn, max_context_len=ctx)().clone()
+    out.fill_(float("nan"))
+    ours_out = ours()().clone()
+    rec["newkv_max_abs_diff_vs_paged"] = (o_newkv.float() - ours_out.float()).abs().max().item()
+    rec["newkv_nan"] = bool(torch.isnan(o_newkv).any().item())
+    del kn, vn
+    if RUN.smoke:
+        rec["bytes_counted_interpreter"] = _count_loads(ours(), k_cache, v_cache, bt_win)
+        from kernels.reference import ref_paged_prefill
+
+        ref = ref_paged_prefill(q, k_cache, v_cache, bt_win, cu, ctx_t, scale, sliding_window=window)
+        rec["ours_max_abs_err_vs_ref"] = (ours_out.float() - ref.float()).abs().max().item()
+
+    gqa = hq != hkv
+    q4 = q.view(batch, new, hq, HEAD).transpose(1, 2).contiguous()
+    qpos = torch.arange(ctx, total_len, device=RUN.dev)
+    kpos = torch.arange(total_len, device=RUN.dev)
+    mask = (kpos[None, :] <= qpos[:, None]) & (kpos[None, :] > qpos[:, None] - window)
+    _time_sdpa(rec, times, "masked", q4, kc, vc, mask, gqa, outs)
+    # SDPA's best case: the keys from the first new token's window on only
+    kw_, vw_ = kc[:, :, lo:].contiguous(), vc[:, :, lo:].contiguous()
+    _time_sdpa(rec, times, "window", q4, kw_, vw_, mask[:, lo:].contiguous(), gqa, outs)
+    del kw_, vw_
+    if with_flex:
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return (kv_idx <= q_idx + ctx) & (kv_idx > q_idx + ctx - window)
+
+        _time_flex(rec, times, outs, q4, kc, vc, mask_mod, None, new, total_len, gqa, scale)
+    _diffs(rec, ours_out, outs, lambda r: r.transpose(1, 2).reshape(batch * new, hq, HEAD))
+    rec["tflop_s"] = {k: flops / (t * 1e-3) / 1e12 for k, t in times.items()}
+    _finish(rec, times, model["kv_moved"], model["window_kv"], ceiling_tb_s, "ours")
+    return rec
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# targets and report
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def evaluate_targets(result) -> list[dict]:
+    """Per case of at least ``TARGET_MIN_BYTES`` of window K/V: speed vs the fastest alternative, K/V bytes moved vs
+    the window's; and on every case, no NaN (the freed blocks are NaN) and a checked output."""
+    tg = []
+
+    def add(name, case, value, threshold, ok):
+        tg.append({"target": name, "case": case, "value": value, "threshold": threshold, "met": bool(ok)})
+
+    for section in ("decode", "prefill"):
+        for r in result.get(section, []):
+            if "ms" not in r:
+                continue
+            big = r["bytes_model"]["window_kv"] >= TARGET_MIN_BYTES or RUN.smoke
+            if big and "ours_speed_vs_fastest_alternative" in r:
+                v = r["ours_speed_vs_fastest_alternative"]
+                add(
+                    f"{section}, >= 1 GB window K/V: speed vs fastest alternative >= {SPEED_TARGET}",
+                    r["case"],
+                    v,
+                    SPEED_TARGET,
+                    v >= SPEED_TARGET,
+                )
+            if big:
+                v = r["kv_bytes_moved_vs_window"]
+                add(
+                    f"{section}, >= 1 GB window K/V: K/V bytes moved / window K/V <= {BYTES_TARGET}",
+                    r["case"],
+                    v,
+                    BYTES_TARGET,
+                    v <= BYTES_TARGET,
+                )
+            add(f"{section}: no NaN with the freed blocks NaN", r["case"], float(r["ours_nan"]), 0, not r["ours_nan"])
+            if "bytes_counted_interpreter" in r:
+                c, m = r["bytes_counted_interpreter"], r["bytes_model"]
+                same = c["kv_rows"] == m["kv_rows"] and c["block_table"] == m["block_table"]
+                if "kv_issued" in m:
+                    same = same and c["kv_issued"] == m["kv_issued"]
+                add(f"{section}: byte model == interpreter count", r["case"], float(same), 1, same)
+    return tg
+
+
+def _f(x, nd=3):
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    return f"{x:.{nd}f}"
+
+
+def write_markdown(result, path):
+    L = ["# Sliding-window attention benchmark\n"]
+    env = result["env"]
+    L.append(
+        f"`{env.get('command')}` on {env.get('device', 'CPU (smoke)')}, torch {env['torch']}, triton {env['triton']}"
+    )
+    ceil = result.get("copy_ceiling", {}).get("tb_s")
+    L.append(
+        f"\nCopy ceiling {_f(ceil)} TB/s. Times in ms (median of CUDA-graph replays); GB/TB/s count the window's K/V."
+    )
+    if RUN.smoke:
+        L.append(
+            "\nCPU smoke run (Triton interpreter, tiny shapes): the times mean nothing; the byte counts and checks do."
+        )
+    for section in ("decode", "prefill"):
+        rows = result.get(section, [])
+        if not rows:
+            continue
+        L.append(f"\n## {section.capitalize()}\n")
+        L.append(
+            "| case | window K/V GB | ours ms | ours % copy | ours full-attn ms | fastest alternative | its ms | "
+            "ours speed vs it | vs best SDPA | vs flex | K/V bytes moved / window |"
+        )
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            if "ms" not in r:
+                L.append(f"| {r['case']} | skipped: {r.get('skipped') or r.get('error')} |" + " |" * 9)
+                continue
+            m = r["ms"]
+            best = r.get("fastest_alternative")
+            L.append(
+                f"| {r['case']} | {_f(r['window_kv_gb'])} | {_f(m['ours'], 4)} | "
+                f"{100 * r['frac_of_copy']['ours']:.1f}% | "
+                f"{_f(m.get('ours_full_attention', m.get('ours_newkv')), 4)} | {best} | {_f(m.get(best), 4)} | "
+                f"{_f(r.get('ours_speed_vs_fastest_alternative'))} | {_f(r.get('ours_speed_vs_fastest_sdpa'))} | "
+                f"{_f(r.get('ours_speed_vs_flex'))} | {_f(r['kv_bytes_moved_vs_window'], 4)} |"
+            )
+        L.append("")
+        for r in rows:
+            if "ms" in r:
+                items = ", ".join(f"{k} {_f(v, 4)}" for k, v in r["ms"].items())
+                errs = "; ".join(f"{k}: {v}" for k, v in r.items() if k.endswith("_error"))
+                L.append(f"- {r['case']}: {items}" + (f" (errors: {errs})" if errs else ""))
+        if section == "decode":
+            L.append("\n(decode: 'ours full-attn' is the same kernel without the window, over the whole context)")
+        else:
+            L.append("\n(prefill: the 'ours full-attn' column holds the new-K/V path with the window)")
+    L.append("\n## Targets\n")
+    L.append("| target | case | value | threshold | met |")
+    L.append("|---|---|---|---|---|")
+    for t in result.get("targets", []):
+        L.append(
+            f"| {t['target']} | {t['case']} | {_f(t['value'], 3)} | {t['threshold']} | {'yes' if t['met'] else 'NO'} |"
+        )
+    with open(path, "w") as fh:
+        fh.write("\n".join(L) + "\n")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(
+        prog="python -m kernels.bench sliding-window",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--budget-s", type=float, default=900.0, help="stop starting new cases after this long")
+    ap.add_argument("--only", default="", help="comma list of sections: decode,prefill")
+    ap.add_argument("--quick", action="store_true", help="a few cases only")
+    ap.add_argument("--no-flex", action="store_true", help="leave FlexAttention out (one compile per shape)")
+    ap.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU (needs TRITON_INTERPRET=1)")
+    args = ap.parse_args(argv)
+    sections = set(filter(None, args.only.split(","))) or {"decode", "prefill"}
+    if sections - {"decode", "prefill"}:
+        ap.error(f"unknown section(s) {sorted(sections - {'decode', 'prefill'})}")
+    if args.cpu_smoke:
+        if not interpreting():
+            raise SystemExit("--cpu-smoke needs TRITON_INTERPRET=1 set before the command starts")
+        RUN.use_cpu_smoke()
+    elif not torch.cuda.is_available():
+        raise SystemExit("the sliding-window benchmark needs a CUDA GPU; '--cpu-smoke' checks it on tiny CPU shapes")
+    os.makedirs(args.out, exist_ok=True)
+    budget = Budget(args.budget_s)
+    result = {"env": env_info(argv), "decode": [], "prefill": []}
+    result["env"]["command"] = "python -m kernels.bench sliding-window " + " ".join(argv)
+    json_path = os.path.join(args.out, "sliding_window.json")
+    md_path = os.path.join(args.out, "sliding_window.md")
+
+    def save():
+        result["targets"] = evaluate_targets(result)
+        result["elapsed_s"] = time.time() - budget.t0
+        with open(json_path, "w") as fh:
+            json.dump(result, fh, indent=1)
+        write_markdown(result, md_path)
+
+    result["copy_ceiling"] = copy_ceiling()
+    ceil = result["copy_ceiling"]["tb_s"]
+    print(f"copy ceiling {ceil:.3f} TB/s", flush=True)
+    jobs = []
+    if "decode" in sections:
+        jobs += [("decode", c) for c in sliding_window_decode_cases(args.quick)]
+    if "prefill" in sections:
+        jobs += [("prefill", c) for c in sliding_window_prefill_cases(args.quick)]
+    for section, case in jobs:
+        name = case[0]
+        if budget.left() < 30:
+            result[section].append({"case": name, "skipped": "budget"})
+            continue
+        t0 = time.time()
+        try:
+            if section == "decode":
+                r = measure_sw_decode(*case, ceil, with_flex=not args.no_flex)
+            else:
+                r = measure_sw_prefill(*case, ceil, with_flex=not args.no_flex)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            r = {"case": name, "error": f"{type(e).__name__}: {e}"[:300]}
+            _free()
+        _free()  # the case's tensors went with its function
+        result[section].append(r)
+        if "ms" in r:
+            print(
+                f"{name:44s} window {r['window_kv_gb']:6.3f} GB ours {r['ms']['ours']:.4f} ms "
+                f"({100 * r['frac_of_copy']['ours']:.1f}% copy) best alt {r.get('fastest_alternative')} "
+                f"x{r.get('ours_speed_vs_fastest_alternative', float('nan')):.3f} "
+                f"bytes x{r['kv_bytes_moved_vs_window']:.4f}"
+                f" nan={r['ours_nan']} [{time.time() - t0:.1f}s]",
+                flush=True,
+            )
+        else:
+            print(f"{name:44s} {r.get('skipped') or r.get('error')}", flush=True)
+        save()
+    save()
+    print("\n" + open(md_path).read())
+    return result
+
+
+if __name__ == "__main__":
+    main()
