@@ -151,9 +151,11 @@ class Replica:
 
     def deliver(self, request: RoutedRequest, arrival_s: float, output_tokens: int, **extra) -> None:
         """Request arrives at `arrival_s`; an idle replica's clock moves to it (as a lone replay's would)."""
+        engine = self.engine
+        if self.intake.num_delivered == 0:  # its clock starts at its first arrival, as a lone replay's does
+            engine.now = arrival_s
         self.advance(arrival_s)
         self.intake.deliver(request.index, arrival_s, output_tokens, **extra)
-        engine = self.engine
         if not self.scheduler.has_work():
             while engine.now < arrival_s:  # as a lone engine's idle waits: simpy's timeouts, until the arrival is due
                 engine.now = engine.now + (arrival_s - engine.now)

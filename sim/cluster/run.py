@@ -33,6 +33,7 @@ import simpy
 from sim.cluster.link import KVLink
 from sim.cluster.replica import Replica
 from sim.cluster.routers import DEFAULT_ROUTER, RoutedRequest, Router, make_router
+from sim.cost.base import CostModel
 from sim.errors import UserError
 from sim.hardware.budget import KVBudget
 from sim.records.requests import RequestLog
@@ -125,14 +126,20 @@ class ClusterRun:
 class Cluster:
     """Builds the replicas of `options` and replays `trace` through them (see the module docstring)."""
 
-    def __init__(self, trace: Trace, options: ClusterOptions, progress: ProgressCallback | None = None) -> None:
+    def __init__(
+        self,
+        trace: Trace,
+        options: ClusterOptions,
+        progress: ProgressCallback | None = None,
+        cost_model: CostModel | None = None,
+    ) -> None:
         validate_cluster(options)
         self.trace = trace
         self.options = options
         self.progress = progress
         replica_options = options.replica
         self.budget = replica_options.budget()
-        self.cost_model = make_cost_model(replica_options)
+        self.cost_model = make_cost_model(replica_options) if cost_model is None else cost_model
         self.num_branches, self.beam = branches_of(trace)
         self.requests = RequestLog.empty(trace.arrival_s, trace.prompt_tokens, trace.output_tokens, self.num_branches)
         self.replica_of = np.full(len(trace), -1, dtype=np.int64)
@@ -320,6 +327,12 @@ class Cluster:
             self.progress(done, total)
 
 
-def simulate_cluster(trace: Trace, options: ClusterOptions, progress: ProgressCallback | None = None) -> ClusterRun:
-    """Replay `trace` through the cluster `options` describes."""
-    return Cluster(trace, options, progress).run()
+def simulate_cluster(
+    trace: Trace,
+    options: ClusterOptions,
+    progress: ProgressCallback | None = None,
+    cost_model: CostModel | None = None,
+) -> ClusterRun:
+    """Replay `trace` through the cluster `options` describes (every replica priced by `cost_model` when given,
+    else by the replica options' roofline or profile)."""
+    return Cluster(trace, options, progress, cost_model).run()

@@ -257,7 +257,7 @@ class VllmV1Scheduler(VllmV0Scheduler):
             assert cached == hits, f"{type(alloc).__name__}: prefix_hit_tokens said {hits}, admit found {cached}"
             request.transferred_tokens = 0  # a later admission (after a preemption) recomputes them
             request.branches = [request.index]
-            complete = cached + new == total
+            complete = start + new == total
             if complete and request.num_branches > 1 and not self._fork_branches(request):
                 break
             self.waiting.popleft()
