@@ -149,6 +149,25 @@ class Replica:
         if self.engine.now < until:
             self.engine.advance(until)
 
+    def take(self, request: RoutedRequest, arrival_s: float, output_tokens: int) -> None:
+        """Queue a request that will arrive at `arrival_s` without running anything (see run_through)."""
+        self.intake.deliver(request.index, arrival_s, output_tokens)
+        self.routed_requests += 1
+        self.routed_tokens += request.prompt_tokens + request.output_tokens
+
+    def run_through(self) -> None:
+        """Run every request taken (`take`) to its end, waiting for each arrival as a lone replay's engine does."""
+        engine, intake = self.engine, self.intake
+        if intake.num_delivered:
+            engine.now = intake.arrival[0]
+        while True:
+            engine.advance()
+            due = intake.next_arrival_s()
+            if due is None:
+                return
+            while engine.now < due:  # as simpy's idle timeouts
+                engine.now = engine.now + (due - engine.now)
+
     def deliver(self, request: RoutedRequest, arrival_s: float, output_tokens: int, **extra) -> None:
         """Request arrives at `arrival_s`; an idle replica's clock moves to it (as a lone replay's would)."""
         engine = self.engine

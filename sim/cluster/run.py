@@ -132,8 +132,10 @@ class Cluster:
         options: ClusterOptions,
         progress: ProgressCallback | None = None,
         cost_model: CostModel | None = None,
+        interleave: bool = False,
     ) -> None:
         validate_cluster(options)
+        self.interleave = interleave
         self.trace = trace
         self.options = options
         self.progress = progress
@@ -217,7 +219,20 @@ class Cluster:
             else {"all": self.router.name},
         )
 
+    def _refused(self, i: int, max_len: int) -> bool:
+        """Refuse request i before routing when it is longer than the model (every replica would)."""
+        total = int(self.prompt[i]) + int(self.output[i])
+        if total > max_len:
+            self.requests.rejection[i] = (
+                f"prompt + output = {total:,} tokens exceeds the max model length of {max_len:,}"
+            )
+            return True
+        return False
+
     def _events(self, env: simpy.Environment):
+        if not (self.prefill_pool or self.router.needs_state or self.interleave):
+            yield from self._routed_up_front(env)
+            return
         arrival = self.trace.arrival_s.tolist()
         n = len(arrival)
         transfers = self._transfers
@@ -242,15 +257,12 @@ class Cluster:
             if t > env.now:
                 yield env.timeout(t - env.now)
             if i < n and arrival[i] == t and not (transfers and transfers[0][0] < t):
-                prompt, output = int(self.prompt[i]), int(self.output[i])
-                if prompt + output > max_len:  # refused before routing (the pool's intake says the same)
-                    self.requests.rejection[i] = (
-                        f"prompt + output = {prompt + output:,} tokens exceeds the max model length of {max_len:,}"
-                    )
+                if self._refused(i, max_len):
+                    pass
                 elif self.prefill_pool:
                     self._route(self.prefill_pool, self.prefill_router, i, t, 1, self.prefill_replica_of, -1)
                 else:
-                    self._route(self.pool, self.router, i, t, output, self.replica_of, 0)
+                    self._route(self.pool, self.router, i, t, int(self.output[i]), self.replica_of, 0)
                 i += 1
                 self._report(i, n)
             else:
@@ -258,16 +270,44 @@ class Cluster:
                 self._route(self.pool, self.router, index, t, int(self.output[index]), self.replica_of, 0)
         self._bring(self.pool, math.inf, 0)
 
+    def _routed_up_front(self, env: simpy.Environment):
+        """A router that reads no replica state decides every arrival without the replicas: each request is routed
+        and handed to its replica's intake at once, and then each replica runs through its own arrivals, one replica
+        after the other. Nothing else joins the replicas, so their records are those of interleaving them on one
+        clock (tests/sim/cluster/test_cluster_properties.py checks it against interleave=True); it keeps each
+        replica's objects together in memory, which makes a large cluster about as fast as its lone replays."""
+        arrival = self.trace.arrival_s.tolist()
+        n = len(arrival)
+        max_len = self.options.replica.model.max_model_len
+        pool, router, where = self.pool, self.router, self.replica_of
+        for i in range(n):
+            if self._refused(i, max_len):
+                continue
+            request = RoutedRequest(i, int(self.prompt[i]), int(self.output[i]), arrival[i], None)
+            chosen = self._checked(router, router.route(request, pool), len(pool))
+            pool[chosen].take(request, arrival[i], int(self.output[i]))
+            where[i] = pool[chosen].index
+        done = 0
+        for replica in pool:
+            replica.run_through()
+            done += replica.routed_requests
+            self._report(done, n, every=1)
+        if n and arrival[-1] > env.now:
+            yield env.timeout(arrival[-1] - env.now)  # the router's clock ends at the last arrival
+
+    @staticmethod
+    def _checked(router: Router, chosen, pool_size: int) -> int:
+        if not isinstance(chosen, (int, np.integer)) or not 0 <= chosen < pool_size:
+            raise UserError(f"router {router.name} chose replica {chosen!r} of a pool of {pool_size}")
+        return int(chosen)
+
     def _route(
         self, pool: list[Replica], router: Router, i: int, t: float, output: int, where: np.ndarray, heap_id: int
     ) -> None:
         request = RoutedRequest(i, int(self.prompt[i]), int(self.output[i]), t, content_of(self.trace, i))
         if router.needs_state:
             self._bring(pool, t, heap_id)
-        chosen = router.route(request, pool)
-        if not isinstance(chosen, (int, np.integer)) or not 0 <= chosen < len(pool):
-            raise UserError(f"router {router.name} chose replica {chosen!r} of a pool of {len(pool)}")
-        replica = pool[chosen]
+        replica = pool[self._checked(router, router.route(request, pool), len(pool))]
         if heap_id < 0:  # a prefill replica: the prompt, as a one-token request of one sequence
             replica.deliver(request, t, 1, num_branches=1)
         elif self.prefill_pool:
@@ -322,8 +362,8 @@ class Cluster:
             return {}
         return KVLink.summarize(self.links)
 
-    def _report(self, done: int, total: int) -> None:
-        if self.progress is not None and (done % 1024 == 0 or done == total):
+    def _report(self, done: int, total: int, every: int = 1024) -> None:
+        if self.progress is not None and (done % every == 0 or done == total):
             self.progress(done, total)
 
 
@@ -332,7 +372,9 @@ def simulate_cluster(
     options: ClusterOptions,
     progress: ProgressCallback | None = None,
     cost_model: CostModel | None = None,
+    interleave: bool = False,
 ) -> ClusterRun:
     """Replay `trace` through the cluster `options` describes (every replica priced by `cost_model` when given,
-    else by the replica options' roofline or profile)."""
-    return Cluster(trace, options, progress, cost_model).run()
+    else by the replica options' roofline or profile). interleave: run the replicas event by event even where the
+    router reads no state (the same records, slower; for tests)."""
+    return Cluster(trace, options, progress, cost_model, interleave).run()

@@ -5,7 +5,8 @@
   sees exactly its own arrivals).
 - Hypothesis: random small traces through random clusters (replicas, router, allocator, scheduler, disaggregated or
   not): every request completes or is rejected with a reason; no request runs on two replicas at once; time never
-  goes back on any replica; a fast-forwarded cluster writes exactly the records of the step-by-step one.
+  goes back on any replica; a cluster whose router reads no state, routed up front, writes the records of the one
+  run event by event; a fast-forwarded cluster writes exactly the records of the step-by-step one.
 """
 
 from __future__ import annotations
@@ -148,8 +149,12 @@ def test_cluster_properties(trace, options):
         steps = replica.engine.steps.arrays()
         ends = steps["time_s"] + steps["duration_s"]
         assert (steps["time_s"][1:] >= ends[:-1] - 1e-12).all()
+    # routed up front (a router that reads no state) equals event by event
+    interleaved = simulate_cluster(trace, options, interleave=True)
+    same_requests(interleaved.requests, log)
+    np.testing.assert_array_equal(interleaved.replica_of, run.replica_of)
     # fast-forward equals step-by-step
-    slow = simulate_cluster(trace, step_by_step(options))
+    slow = simulate_cluster(trace, step_by_step(options), interleave=True)
     same_requests(slow.requests, log)
     np.testing.assert_array_equal(slow.replica_of, run.replica_of)
     for a, b in zip(slow.replicas, run.replicas):
