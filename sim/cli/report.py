@@ -128,6 +128,22 @@ def _save_or_rescue(path: str, save, save_less) -> None:
     raise UserError(f"{failure}; the results were written to {target} instead")
 
 
+def parse_routers(text: str) -> list[str]:
+    """--routers: comma-separated router names or classes, or 'none' (each checked)."""
+    from sim.cluster.routers import resolve_router
+
+    names = [r.strip() for r in text.split(",") if r.strip()]
+    if names == ["none"]:
+        return []
+    if not names:
+        raise UserError("--routers needs a router (see `sim routers`) or 'none'")
+    if len(set(names)) != len(names):
+        raise UserError("--routers names a router twice")
+    for name in names:
+        resolve_router(name)
+    return names
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from sim.cli.options import replay_options
     from sim.progress import StatusLine
@@ -203,6 +219,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         gpus,
         prices,
         max_utilization,
+        parse_routers(args.routers),
     )
     jobs = args.jobs or default_jobs()
     n_configs = len(gpus) * len(allocators) * len(block_sizes)
@@ -356,6 +373,14 @@ def register(sub) -> None:
         type=positive_float,
         metavar="REQ_PER_S",
         help="requests/s to serve in all; sets the replicas and GPUs needed (default: the trace's own rate)",
+    )
+    p.add_argument(
+        "--routers",
+        default="round-robin",
+        metavar="ROUTER[,ROUTER...]",
+        help="find the replicas for the target rate by replaying the trace as a cluster behind each router (the "
+        "first one's count is recommended; see `sim routers`), or 'none' to divide the target rate by one replica's "
+        "capacity (default: %(default)s)",
     )
     p.add_argument(
         "--precision",

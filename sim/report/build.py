@@ -70,6 +70,8 @@ class ConfigResult:
     cost_per_hour: float | None = None  # replicas x tp x price
     tokens_per_request: float | None = None  # output tokens per trace request at the capacity, sim.report.plan
     cost_per_million_tokens: float | None = None  # USD per million output tokens at the target rate
+    replicas_by_division: int | None = None  # ceil(target / (capacity x max utilization)), sim.report.plan
+    cluster_plans: list = field(default_factory=list)  # sim.report.cluster_plan.ClusterPlan, one per router
 
     @property
     def rejected(self) -> tuple[int, int] | None:
@@ -114,6 +116,7 @@ class ReportInputs:
     gpus: list[GpuSpec] = field(default_factory=list)  # GPUs compared (empty: base.gpu alone)
     prices: dict[str, float] = field(default_factory=dict)  # GPU name -> USD per GPU-hour (with --price applied)
     max_utilization: float = 1.0
+    routers: list[str] = field(default_factory=list)  # the replica search by cluster simulation (empty: division)
 
     @property
     def gpu_list(self) -> list[GpuSpec]:
@@ -281,7 +284,26 @@ def build_report(
     for c in configs:
         search, probes = outcome[c.label]
         budget = c.options.budget()
-        replicas = plan.replicas_needed(inputs.target_rate, search.capacity, inputs.max_utilization)
+        by_division = plan.replicas_needed(inputs.target_rate, search.capacity, inputs.max_utilization)
+        replicas = by_division
+        cluster_plans = []
+        if inputs.routers and by_division is not None:
+            from sim.report.cluster_plan import search_replicas
+
+            for router in inputs.routers:
+                if status is not None:
+                    status.update(f"{c.label}: replicas behind {router} by cluster simulation", force=True)
+                cluster_plans.append(
+                    search_replicas(
+                        inputs.trace,
+                        inputs.target_rate / inputs.max_utilization,
+                        c.options,
+                        router,
+                        inputs.slos,
+                        by_division,
+                    )
+                )
+            replicas = cluster_plans[0].replicas
         price = inputs.price(c.options.gpu)
         tp = inputs.base.tp
         cost = plan.cost_per_hour(replicas, tp, price)
@@ -313,6 +335,8 @@ def build_report(
                 cost_per_hour=cost,
                 tokens_per_request=tokens,
                 cost_per_million_tokens=plan.cost_per_million_output_tokens(cost, inputs.target_rate, tokens),
+                replicas_by_division=by_division,
+                cluster_plans=cluster_plans,
             )
         )
     recommendation, recommended_by = recommend(results)

@@ -8,6 +8,7 @@ import sys
 from sim.records.rundir import run_info
 from sim.report.build import ConfigResult, ReportData, model_rows
 from sim.report.capacity import memory_fractions
+from sim.report.cluster_page import cluster_rows
 from sim.report.html import esc
 from sim.report.plan import format_usd
 from sim.report.slo import display_unit, format_seconds, per_request_thresholds
@@ -75,6 +76,9 @@ def headline(data: ReportData) -> dict | None:
         "requests": total,
         "rejected_share": rejected / total if total else None,
         "recommended_by": data.recommended_by,
+        "replicas_by": "cluster" if rec.cluster_plans else "division",
+        "router": rec.cluster_plans[0].router if rec.cluster_plans else None,
+        "replicas_by_division": rec.replicas_by_division,
     }
 
 
@@ -106,6 +110,11 @@ def headline_text(data: ReportData) -> str:
         )
     else:
         lines.append(f"  cost: not known (no price for {h['gpu']}: give --price {h['gpu']}=DOLLARS_PER_HOUR)")
+    if h.get("replicas_by") == "cluster":
+        lines.append(
+            f"  replicas: by cluster simulation behind the {h['router']} router (the target rate divided by one "
+            f"replica's capacity gives {h['replicas_by_division']})"
+        )
     lines.append(
         f"  headroom: {100 * h['headroom']:.1f}% (each replica at {h['target_rate_rps'] / h['replicas']:.4g} of "
         f"{h['capacity_rps']:.4g} req/s; max utilization {h['max_utilization']:g})"
@@ -136,6 +145,7 @@ def answer_text(data: ReportData) -> str:
         f"{rec.capacity_rps:.3g} req/s, so {inp.target_rate:g} req/s needs {rec.replicas} "
         f"replica{'s' if rec.replicas != 1 else ''}"
         + (f" at {inp.max_utilization:g} of capacity at most" if inp.max_utilization < 1 else "")
+        + _cluster_clause(rec)
         + f" (chosen for {esc(_why(data))})."
     ]
     if rec.cost_per_hour is not None:
@@ -162,6 +172,17 @@ def answer_text(data: ReportData) -> str:
         parts.append(" Other configurations: " + "; ".join(bits) + ".")
     parts.append(rejected_text(data))
     return "".join(parts)
+
+
+def _cluster_clause(rec: ConfigResult) -> str:
+    """How the replica count was found: by cluster simulation behind a router, or by division."""
+    if not rec.cluster_plans:
+        return " (the target rate divided by one replica's capacity)"
+    plan = rec.cluster_plans[0]
+    return (
+        f", the fewest that met the SLOs replayed as a cluster behind the {esc(plan.router)} router (division "
+        f"alone gives {plan.by_division})"
+    )
 
 
 def rejected_text(data: ReportData) -> str:
@@ -418,6 +439,7 @@ def report_json(data: ReportData, command: str | None) -> dict:
         },
         "headline": headline(data),
         "results": result_rows(data),
+        "cluster": cluster_rows(data),
         "probes": [
             {
                 "config": p.config,

@@ -10,6 +10,7 @@ from sim.records.io import to_json
 from sim.records.rundir import run_info
 from sim.report import charts
 from sim.report.build import ReportData
+from sim.report.cluster_page import cluster_section
 from sim.report.content import (
     answer_text,
     fmt_num,
@@ -121,6 +122,7 @@ def build_page(data: ReportData, command: str | None = None) -> tuple[str, dict[
         '"threshold below": the lowest rate that missed them; "missed first": the SLOs missed there. Goodput: '
         "requests within the per-request targets per second.</p>"
     )
+    page.add(cluster_section(data))
 
     data_files: dict[str, str] = {}
 

@@ -218,3 +218,20 @@ def scale_trace(trace: Trace, factor: float | None = None, rate: float | None = 
     out.format = "native"
     out.notes.append(f"arrival rate scaled by {factor:g}")
     return out
+
+
+def tile_trace(trace: Trace, copies: int) -> Trace:
+    """The trace `copies` times back to back, at its own rate: copy k arrives k x (duration + mean gap) seconds
+    later, so the copies join with one mean gap and the whole has the trace's rate ((rows - 1) / duration). Rows,
+    lengths, columns and prompt content repeat (a shared prefix of copy 1 is the same prefix in copy 2)."""
+    if copies < 1:
+        raise ValueError("copies must be at least 1")
+    n = len(trace)
+    if copies == 1 or n == 0:
+        return trace
+    tiled = trace.select(np.tile(np.arange(n), copies))
+    gap = trace.duration_s / (n - 1) if n > 1 else 0.0
+    period = trace.duration_s + gap
+    tiled.arrival_s = tiled.arrival_s + np.repeat(np.arange(copies, dtype=np.float64) * period, n)
+    tiled.notes = [*trace.notes, f"tiled {copies} times"]
+    return tiled
