@@ -9,6 +9,8 @@ The spec (TOML; paths relative to the spec file's directory):
     allocators = ["paged", "contiguous-max"]
     block_sizes = [16]
     rates = [2, 4, 8]                       # req/s each trace is scaled to; "native" keeps its own rate
+    replicas = [1, 4]                       # optional: replicas behind the router (a cluster: `sim cluster`)
+    routers = ["round-robin", "prefix-aware"]  # optional: routers of the cells with several replicas
     slo = "ttft_p99=2s,tpot_p99=100ms"      # optional: adds slo_met, goodput_rps and one column per SLO
     first = 2000                            # optional: only each trace's first N requests
     duration = "600s"                       # optional: only requests arriving in each trace's first T
@@ -32,13 +34,13 @@ Option values are checked by type and range (`tp = 1.7`, `sharing = "no"`, `max_
 refused). The table's `trace` column is the path as the spec gives it (relative to the spec), so the same spec gives
 the same table from any directory.
 
-The grid is the product traces x models x gpus x allocators x block_sizes x rates, in that order (the table's row
-order). Each cell is one replay (deterministic: the same cell gives the same row on any machine). A finished cell is
-written at once to `<out>/cells/<key>.json`, where key is a hash of everything the cell depends on (the trace file's
-bytes and selection, model and GPU figures, allocator, block size, rate, options, the cost profile's bytes, SLOs, and
-the kvsim version); a rerun with the same output directory loads finished cells instead of recomputing them, so an
-interrupted sweep resumes where it stopped (a cell file of another shape is recomputed). The table and report are
-written (atomically) from the cells once all are done.
+The grid is the product traces x models x gpus x allocators x block_sizes x rates x replicas x routers, in that order
+(the table's row order). Each cell is one replay (one replica) or one cluster replay (deterministic: the same cell gives
+the same row on any machine). A finished cell is written at once to `<out>/cells/<key>.json`, where key is a hash of
+everything the cell depends on (the trace file's bytes and selection, model and GPU figures, allocator, block size,
+rate, options, the cost profile's bytes, SLOs, and the kvsim version); a rerun with the same output directory loads
+finished cells instead of recomputing them, so an interrupted sweep resumes where it stopped (a cell file of another
+shape is recomputed). The table and report are written (atomically) from the cells once all are done.
 
 Cells run on local processes (`jobs`, default one per core), or with `ray=True` as Ray tasks (one CPU each) on a
 local Ray instance or the cluster at `ray_address`; the rows, and so the table, are the same either way. Ray is an
@@ -96,14 +98,25 @@ def run_cell(spec: SweepSpec, cell: Cell, trace: Trace) -> dict:
     native = trace_rate(trace)
     rate = native if cell.rate == "native" else float(cell.rate)
     scaled = trace if cell.rate == "native" else scale_trace(trace, rate=rate)
-    result = replay(scaled, options)
-    s = result.summary
+    if cell.replicas == 1:
+        result = replay(scaled, options)
+        s, requests = result.summary, result.requests
+        imbalance = 1.0
+    else:
+        from sim.cluster.run import ClusterOptions, simulate_cluster
+        from sim.cluster.summary import cluster_summary
+
+        run = simulate_cluster(scaled, ClusterOptions(options, cell.replicas, cell.router, options.seed))
+        s, requests = cluster_summary(run), run.requests
+        imbalance = s["load_imbalance"]["all"]["requests"]
     row = {
         "trace": cell.trace,
         "model": cell.model,
         "gpu": cell.gpu,
         "allocator": cell.allocator,
         "block_size": cell.block_size,
+        "replicas": cell.replicas,
+        "router": cell.router,
         "rate_rps": rate,
         "factor": rate / native,
         "requests": s["requests"]["total"],
@@ -123,11 +136,13 @@ def run_cell(spec: SweepSpec, cell: Cell, trace: Trace) -> dict:
         "kv_blocks": s["kv_blocks"],
         "kv_capacity_tokens": s["kv_capacity_tokens"],
         "tp": options.tp,
+        "prefix_cache_hit_rate": s["sharing"]["prefix_cache_hit_rate"],
+        "load_imbalance": imbalance,
     }
     if spec.slo:
         slos = parse_slos(spec.slo)
-        latency = per_request_latency(result.requests)
-        completed = ~np.isnan(result.requests.finish_s)
+        latency = per_request_latency(requests)
+        completed = ~np.isnan(requests.finish_s)
         values = slo_values(slos, latency)
         good = good_requests(slos, latency, completed)
         row["slo_met"] = meets(slos, values, int(completed.sum()))
@@ -189,6 +204,8 @@ def _row_fits(row, cell: Cell) -> bool:
         "gpu": cell.gpu,
         "allocator": cell.allocator,
         "block_size": cell.block_size,
+        "replicas": cell.replicas,
+        "router": cell.router,
     }
     return all(row.get(k) == v for k, v in names.items()) and all(k in row for k in ROW_FIGURES)
 

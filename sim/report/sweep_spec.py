@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import sim
 from sim.allocators import resolve_allocator
+from sim.cluster.routers import DEFAULT_ROUTER, resolve_router
 from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S
 from sim.errors import UserError
 from sim.hardware.gpus import resolve_gpu
@@ -39,6 +40,8 @@ SPEC_KEYS = {
     "duration",
     "table",
     "options",
+    "replicas",
+    "routers",
 }
 OPTION_KEYS = {
     "scheduler",
@@ -75,6 +78,8 @@ class SweepSpec:
     table: str = "results.csv"
     options: dict = field(default_factory=dict)  # checked values, as the spec gives them
     base_dir: str = ""  # the spec file's directory: trace and cost-model paths are relative to it
+    replicas: list[int] = field(default_factory=lambda: [1])  # replicas behind the router (sim.cluster)
+    routers: list[str] = field(default_factory=lambda: [DEFAULT_ROUTER])
 
     def trace_file(self, trace: str) -> str:
         """The file of one of `traces` (which are relative to the spec's directory)."""
@@ -164,7 +169,11 @@ def load_spec(path: str) -> SweepSpec:
         table=table,
         options=dict(options),
         base_dir=base,
+        replicas=_list(data, "replicas", int, path, [1]),
+        routers=_list(data, "routers", str, path, [DEFAULT_ROUTER]),
     )
+    for router in spec.routers:
+        resolve_router(router)
     if spec.slo is not None:
         parse_slos(spec.slo)  # validate early
     for m in spec.models:
@@ -295,6 +304,8 @@ class Cell:
     block_size: int
     rate: object  # float or "native"
     key: str = ""
+    replicas: int = 1
+    router: str = DEFAULT_ROUTER
 
 
 def _sha256_file(path: str) -> str:
@@ -310,8 +321,10 @@ def cells_of(spec: SweepSpec) -> list[Cell]:
     cost_model = spec.cost_model_file()
     cost_model_sha256 = _sha256_file(cost_model) if cost_model is not None else None
     cells = []
-    grid = itertools.product(spec.traces, spec.models, spec.gpus, spec.allocators, spec.block_sizes, spec.rates)
-    for i, (t, m, g, a, b, r) in enumerate(grid):
+    grid = itertools.product(
+        spec.traces, spec.models, spec.gpus, spec.allocators, spec.block_sizes, spec.rates, spec.replicas, spec.routers
+    )
+    for i, (t, m, g, a, b, r, n, router) in enumerate(grid):
         options = base_options(spec, m, g)
         ident = {
             "trace_sha256": hashes[t],
@@ -327,6 +340,8 @@ def cells_of(spec: SweepSpec) -> list[Cell]:
             "slo": spec.slo,
             "kvsim": sim.__version__,  # an upgrade may change any figure: its cells are recomputed
         }
+        if n != 1 or router != DEFAULT_ROUTER:  # a one-replica cell keeps the key it had before clusters
+            ident["cluster"] = {"replicas": n, "router": router}
         key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
-        cells.append(Cell(i, t, m, g, a, b, r, key))
+        cells.append(Cell(i, t, m, g, a, b, r, key, n, router))
     return cells

@@ -156,3 +156,70 @@ def test_local_and_ray_give_identical_tables(tmp_path):
     assert "ray (local instance, 2 CPUs)" in report
     cell = json.load(open(os.path.join(ray_out, "cells", os.listdir(os.path.join(ray_out, "cells"))[0])))
     assert set(cell) >= {"key", "index", "row"}
+
+
+CLUSTER_SPEC = f"""
+traces = ["{TRACE}"]
+allocators = ["paged"]
+rates = [12]
+replicas = [1, 3]
+routers = ["round-robin", "least-outstanding"]
+first = 90
+"""
+
+
+def test_cluster_cells(tmp_path):
+    from sim.cluster.run import ClusterOptions, simulate_cluster
+    from sim.cluster.summary import cluster_summary
+    from sim.report.sweep_spec import cell_options
+    from sim.traces.readers import read_trace
+    from sim.traces.tools import scale_trace, slice_trace
+
+    spec = load_spec(write_spec(tmp_path, CLUSTER_SPEC))
+    cells = cells_of(spec)
+    assert [(c.replicas, c.router) for c in cells] == [
+        (1, "round-robin"),
+        (1, "least-outstanding"),
+        (3, "round-robin"),
+        (3, "least-outstanding"),
+    ]
+    one_replica = load_spec(
+        write_spec(
+            tmp_path,
+            CLUSTER_SPEC.replace("replicas = [1, 3]\n", "").replace(
+                'routers = ["round-robin", "least-outstanding"]\n', ""
+            ),
+        )
+    )
+    assert cells_of(one_replica)[0].key == cells[0].key  # one replica, default router: the key of a plain cell
+    out = str(tmp_path / "out")
+    assert main(["sweep", write_spec(tmp_path, CLUSTER_SPEC), "--out", out, "--jobs", "1", "-q"]) == 0
+    rows = read_table(os.path.join(out, "results.csv"))
+    assert [(r["replicas"], r["router"]) for r in rows] == [(str(c.replicas), c.router) for c in cells]
+    # a cluster row holds the figures of `sim cluster` for the same replay
+    trace = scale_trace(slice_trace(read_trace(TRACE), first=90), rate=12)
+    summary = cluster_summary(
+        simulate_cluster(trace, ClusterOptions(cell_options(spec, cells[3]), 3, "least-outstanding"))
+    )
+    assert float(rows[3]["ttft_p99_s"]) == pytest.approx(summary["latency_s"]["ttft"]["p99"], rel=1e-9)
+    assert float(rows[3]["load_imbalance"]) == pytest.approx(summary["load_imbalance"]["all"]["requests"], rel=1e-9)
+    assert int(rows[3]["completed"]) == summary["requests"]["completed"] == 90
+    # the one-replica rows are the same replay whatever the router
+    assert rows[0]["ttft_p99_s"] == rows[1]["ttft_p99_s"] and float(rows[0]["load_imbalance"]) == 1.0
+
+
+def test_cluster_specs_refused(tmp_path):
+    with pytest.raises(UserError, match="positive integers"):
+        load_spec(write_spec(tmp_path, f"traces = ['{TRACE}']\nreplicas = [0]"))
+    with pytest.raises(UserError, match="unknown router"):
+        load_spec(write_spec(tmp_path, f"traces = ['{TRACE}']\nrouters = ['nearest']"))
+
+
+def test_cluster_sweep_local_and_ray_identical(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'kvsim[ray]'): Ray sweep test skipped")
+    spec_path = write_spec(tmp_path, CLUSTER_SPEC)
+    local, ray_out = str(tmp_path / "local"), str(tmp_path / "ray")
+    assert main(["sweep", spec_path, "--out", local, "--jobs", "2", "-q"]) == 0
+    assert main(["sweep", spec_path, "--out", ray_out, "--ray", "--jobs", "2", "-q"]) == 0
+    with open(os.path.join(local, "results.csv")) as a, open(os.path.join(ray_out, "results.csv")) as b:
+        assert a.read() == b.read()
