@@ -114,9 +114,7 @@ def clusters(draw) -> ClusterOptions:
     seed = draw(st.integers(0, 3))
     if scheduler == "vllm-v1" and draw(st.booleans()):
         link = KVLink(draw(st.sampled_from([1e9, 1e12])), draw(st.sampled_from([0.0, 0.002])))
-        return ClusterOptions(
-            replica, 0, router, seed, draw(st.integers(1, 2)), draw(st.integers(1, 3)), link
-        )
+        return ClusterOptions(replica, 0, router, seed, draw(st.integers(1, 2)), draw(st.integers(1, 3)), link)
     return ClusterOptions(replica, draw(st.integers(1, 4)), router, seed)
 
 
