@@ -8,25 +8,13 @@ import os
 from sim.errors import UserError
 
 
-def _int_at_least(minimum: int, what: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def add_cluster_options(p: argparse.ArgumentParser) -> None:
     """The options that make a cluster of the replica the replay options describe (also `sim report --replicas`)."""
+    from sim.cli.options import positive_int
     from sim.cluster.link import KV_LINKS
     from sim.cluster.routers import DEFAULT_ROUTER, ROUTERS
 
-    p.add_argument("--replicas", type=_int_at_least(1, "--replicas"), help="replicas behind the router (default: 1)")
+    p.add_argument("--replicas", type=positive_int, help="replicas behind the router (default: 1)")
     p.add_argument(
         "--router",
         default=DEFAULT_ROUTER,
@@ -34,10 +22,10 @@ def add_cluster_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--prefill-replicas",
-        type=_int_at_least(1, "--prefill-replicas"),
+        type=positive_int,
         help="prefill/decode disaggregation: replicas of the prefill pool (with --decode-replicas and --kv-link)",
     )
-    p.add_argument("--decode-replicas", type=_int_at_least(1, "--decode-replicas"), help="replicas of the decode pool")
+    p.add_argument("--decode-replicas", type=positive_int, help="replicas of the decode pool")
     p.add_argument(
         "--kv-link",
         metavar="LINK|BYTES_PER_S",
@@ -176,13 +164,14 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_routers(args: argparse.Namespace) -> int:
+    from sim.cli.tables import registry_text
     from sim.cluster.routers import DEFAULT_ROUTER, ROUTERS
 
-    width = max(len(n) for n in ROUTERS)
-    for name, cls in ROUTERS.items():
-        default = " (default)" if name == DEFAULT_ROUTER else ""
-        print(f"{name:<{width}}  {cls.description}{default}")
-    print("\nYour own: --router package.module:ClassName (the interface: sim.cluster.routers.Router)")
+    print(
+        registry_text(
+            ROUTERS, DEFAULT_ROUTER, "--router package.module:ClassName (the interface: sim.cluster.routers.Router)"
+        )
+    )
     return 0
 
 

@@ -9,7 +9,7 @@ import sys
 
 from sim.allocators import REGISTRY
 from sim.cli.options import add_metric_percentiles, add_replay_options, print_header, replay_options
-from sim.cli.tables import gpus_json, gpus_table, models_json, models_table, summary_table
+from sim.cli.tables import gpus_json, gpus_table, models_json, models_table, registry_text, summary_table
 from sim.errors import UserError
 from sim.hardware.gpus import GPUS
 from sim.hardware.models import MODELS
@@ -148,19 +148,14 @@ def cmd_gpus(args: argparse.Namespace) -> int:
 
 
 def cmd_allocators(args: argparse.Namespace) -> int:
-    width = max(len(n) for n in REGISTRY)
-    for name, cls in REGISTRY.items():
-        print(f"{name:<{width}}  {cls.description}")
-    print("\nYour own: --allocator package.module:ClassName (a subclass of sim.allocators.base.KVAllocator)")
+    yours = "--allocator package.module:ClassName (a subclass of sim.allocators.base.KVAllocator)"
+    print(registry_text(REGISTRY, None, yours))
     return 0
 
 
 def cmd_schedulers(args: argparse.Namespace) -> int:
-    width = max(len(n) for n in SCHEDULERS)
-    for name, cls in SCHEDULERS.items():
-        default = " (default)" if name == DEFAULT_SCHEDULER else ""
-        print(f"{name:<{width}}  {getattr(cls, 'description', '')}{default}")
-    print("\nYour own: --scheduler package.module:ClassName (the interface: sim.serving.schedulers.base.Scheduler)")
+    yours = "--scheduler package.module:ClassName (the interface: sim.serving.schedulers.base.Scheduler)"
+    print(registry_text(SCHEDULERS, DEFAULT_SCHEDULER, yours))
     return 0
 
 

@@ -107,3 +107,14 @@ def gpus_json(gpus: Iterable[GpuSpec]) -> str:
         [{**g.to_dict(), "aliases": [alias for alias, name in GPU_ALIASES.items() if name == g.name]} for g in gpus],
         indent=2,
     )
+
+
+def registry_text(registry: dict[str, type], default: str | None, yours: str) -> str:
+    """`sim allocators`, `sim schedulers`, `sim routers`: one line per registered class (name, description), then how
+    to load your own."""
+    width = max(len(n) for n in registry)
+    lines = [
+        f"{name:<{width}}  {getattr(cls, 'description', '')}{' (default)' if name == default else ''}"
+        for name, cls in registry.items()
+    ]
+    return "\n".join(lines) + f"\n\nYour own: {yours}"

@@ -56,8 +56,8 @@ def test_routers_lists_every_router(capsys):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--replicas", "0"], "--replicas must be at least 1"),
-        (["--replicas", "-3"], "--replicas must be at least 1"),
+        (["--replicas", "0"], "argument --replicas: expected a positive integer"),
+        (["--replicas", "-3"], "argument --replicas: expected a positive integer"),
         (["--router", "closest"], "unknown router 'closest'"),
         (["--prefill-replicas", "2"], "needs --prefill-replicas and --decode-replicas"),
         (["--prefill-replicas", "1", "--decode-replicas", "1"], "give --kv-link"),
