@@ -119,6 +119,11 @@ def headline_text(data: ReportData) -> str:
         f"  headroom: {100 * h['headroom']:.1f}% (each replica at {h['target_rate_rps'] / h['replicas']:.4g} of "
         f"{h['capacity_rps']:.4g} req/s; max utilization {h['max_utilization']:g})"
     )
+    if h["replicas_by"] == "cluster" and h["headroom"] is not None and h["headroom"] < 0:
+        lines.append(
+            f"    (below zero: behind the {h['router']} router each replica meets the SLOs above the capacity one "
+            "replica showed on the whole trace, because its share of the requests arrives more evenly)"
+        )
     share = f" ({100 * h['rejected_share']:.1f}%)" if h["rejected_share"] is not None else ""
     lines.append(
         f"  rejected: {h['rejected']:,} of {h['requests']:,} requests{share} (longer than the max model length, or "
