@@ -13,11 +13,21 @@ from sim.allocators.base import (
 )
 from sim.allocators.block_pool import BlockPool
 from sim.allocators.contiguous import ContiguousAllocator, ContiguousMax, ContiguousOracle, ContiguousPow2
+from sim.allocators.hybrid import HybridPagedAllocator, HybridPagedPrefixCache
 from sim.allocators.paged import PagedAllocator, PagedPrefixCache
 from sim.plugins import load_class
 
 REGISTRY: dict[str, type[KVAllocator]] = {
-    cls.name: cls for cls in (ContiguousMax, ContiguousPow2, ContiguousOracle, PagedAllocator, PagedPrefixCache)
+    cls.name: cls
+    for cls in (
+        ContiguousMax,
+        ContiguousPow2,
+        ContiguousOracle,
+        PagedAllocator,
+        PagedPrefixCache,
+        HybridPagedAllocator,
+        HybridPagedPrefixCache,
+    )
 }
 
 __all__ = [
