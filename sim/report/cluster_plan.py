@@ -6,8 +6,9 @@ perfect balance. Here the trace is replayed by N replicas behind the router (`si
 is given about as many requests, over as long, as one replica was in the capacity search (the trace once, replayed
 alone, would give each replica 1/N of it and hide any queue that builds up over a longer run).
 
-N is searched: the division's estimate first; while it passes, one fewer, until one fails; while it fails, more
-(doubling the step) until one passes, then bisection between the highest failing and the lowest passing count. It
+N is searched: the division's estimate first; while it passes, fewer, and while it fails, more (the step doubling
+each time: 1, 2, 4, ...), until the answer changes; then bisection between the highest failing and the lowest
+passing count. It
 assumes that meeting the SLOs is monotone in N. Each probe is kept and shown. A probe passes when every SLO holds
 over the cluster's requests (`sim.report.slo.meets`), as a capacity probe does.
 """
@@ -102,14 +103,20 @@ def search_replicas(
         return seen[n].passed
 
     n = max(1, min(by_division or 1, limit))
+    low: int | None = None  # the highest count known to fail
+    high: int | None = None  # the lowest count known to pass
+    step = 1
     if passes(n):
-        while n > 1 and passes(n - 1):
-            n -= 1
-        plan.replicas = n
+        high = n
+        while high > 1:  # fewer, the step doubling, until one fails
+            candidate = max(1, high - step)
+            if not passes(candidate):
+                low = candidate
+                break
+            high, step = candidate, step * 2
     else:
-        low, step = n, 1  # low: the highest count known to fail
-        high = None
-        while high is None:
+        low = n
+        while high is None:  # more, the step doubling, until one passes or the limit fails
             candidate = min(low + step, limit)
             if passes(candidate):
                 high = candidate
@@ -117,13 +124,13 @@ def search_replicas(
                 break
             else:
                 low, step = candidate, step * 2
-        while high is not None and high - low > 1:
-            middle = (low + high) // 2
-            if passes(middle):
-                high = middle
-            else:
-                low = middle
-        plan.replicas = high
+    while high is not None and low is not None and high - low > 1:
+        middle = (low + high) // 2
+        if passes(middle):
+            high = middle
+        else:
+            low = middle
+    plan.replicas = high
     plan.probes.sort(key=lambda p: p.replicas)
     return plan
 

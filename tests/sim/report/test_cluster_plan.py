@@ -48,8 +48,15 @@ def test_search_steps_down_from_a_passing_estimate(monkeypatch):
     probed = fake_probes(monkeypatch, threshold=4)
     plan = search_replicas(small_trace(), 5.0, None, "round-robin", [], by_division=6)
     assert plan.replicas == 4
-    assert probed == [6, 5, 4, 3]  # 3 fails: 4 is the fewest
+    assert probed == [6, 5, 3, 4]  # 6, 5 pass (step 1), 3 fails (step 2); bisect (3, 5): 4 passes
     assert [p.replicas for p in plan.probes] == [3, 4, 5, 6]
+    probed = fake_probes(monkeypatch, threshold=2)
+    assert search_replicas(small_trace(), 5.0, None, "round-robin", [], by_division=40).replicas == 2
+    # 40, 39, 37, 33, 25, 9 pass (steps 1, 2, 4, 8, 16), 1 fails (step 32, floored at 1); bisect (1, 9): 5, 3, 2 pass
+    assert probed == [40, 39, 37, 33, 25, 9, 1, 5, 3, 2]
+    probed = fake_probes(monkeypatch, threshold=1)
+    assert search_replicas(small_trace(), 5.0, None, "round-robin", [], by_division=3).replicas == 1
+    assert probed == [3, 2, 1]
 
 
 def test_search_doubles_its_step_then_bisects(monkeypatch):
