@@ -261,10 +261,10 @@ def run_searches(
                 done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
                 for fut in done:
                     take(inflight.pop(fut), fut.result())
+            pool.shutdown()  # inside: a signal while the workers are reaped must still stop them
         except BaseException:  # Ctrl-C, SIGTERM or a failed probe: no worker outlives this
             stop_pool(pool, inflight)
             raise
-        pool.shutdown()
     if status is not None:
         show(force=True)
         status.close()

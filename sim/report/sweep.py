@@ -269,16 +269,18 @@ def run_sweep(
     else:
         engine = f"{min(jobs, len(todo))} local processes"
         pool = worker_pool(min(jobs, len(todo)), _init_worker, (spec, traces))
-        pending = {pool.submit(_cell_in_worker, c) for c in todo}
-        try:
+        pending: set = set()
+        try:  # submitting and reaping too: a signal at any moment stops every worker
+            for c in todo:
+                pending.add(pool.submit(_cell_in_worker, c))
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     take(*fut.result())
+            pool.shutdown()
         except BaseException:  # Ctrl-C, SIGTERM or a failed cell: no worker outlives this
             stop_pool(pool, pending)
             raise
-        pool.shutdown()
     if status is not None:
         status.close()
     rows = [finished[c.index] for c in cells]
