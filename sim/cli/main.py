@@ -9,7 +9,16 @@ import sys
 
 from sim.allocators import REGISTRY
 from sim.cli.options import add_metric_percentiles, add_replay_options, print_header, replay_options
-from sim.cli.tables import gpus_json, gpus_table, models_json, models_table, registry_text, summary_table
+from sim.cli.tables import (
+    concurrency_lines,
+    gpus_json,
+    gpus_table,
+    groups_table,
+    models_json,
+    models_table,
+    registry_text,
+    summary_table,
+)
 from sim.errors import UserError
 from sim.hardware.gpus import GPUS
 from sim.hardware.models import MODELS
@@ -133,6 +142,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     print()
     print(summary_table([r.summary for _, r in results]))
+    # allocators with KV-cache groups: each group's figures, and what the groups held beyond full-attention KV
+    for text in (groups_table([r.summary for _, r in results]), concurrency_lines([r.summary for _, r in results])):
+        if text:
+            print()
+            print(text)
     print(f"\nwrote {out}/compare.json and one directory per allocator")
     return 0
 

@@ -1,5 +1,6 @@
-"""Plain-text tables for the terminal: summaries side by side, and the model and GPU presets (`sim models`,
-`sim gpus`), which also print as JSON (`--json`)."""
+"""Plain-text tables for the terminal: summaries side by side, the KV-cache groups of those that have them and what
+the groups gained over full-attention KV (`sim compare`), and the model and GPU presets (`sim models`, `sim gpus`),
+which also print as JSON (`--json`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterable
 from sim.allocators.base import MEMORY_CATEGORIES
 from sim.hardware.gpus import GPU_ALIASES, GpuSpec
 from sim.hardware.models import ModelSpec
-from sim.units import format_bytes
+from sim.units import ceil_div, format_bytes
 
 # (label, path in summary.json, format)
 SUMMARY_ROWS = [
@@ -50,6 +51,95 @@ def summary_table(summaries: list[dict]) -> str:
         lines.append("  ".join(cells).rstrip())
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _columns(rows: list[list[str]], left: int) -> list[str]:
+    """Rows as aligned columns (the first `left` columns left-aligned, the others right-aligned), a rule under the
+    header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for j, row in enumerate(rows):
+        cells = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+GROUP_FIGURES = [
+    ("token states", "token_states"),
+    ("reserved", "reserved"),
+    ("internal frag", "internal_fragmentation"),
+    ("window freed", "window_freed"),
+]
+
+
+def groups_table(summaries: list[dict]) -> str:
+    """The KV-cache groups of each summary that has them (`kv_groups`): one row per group, with its kind, layers, KV
+    bytes per token on one GPU and its mean fractions of the KV capacity. '' when no summary has groups."""
+    rows = [["allocator", "group", "kind", "layers", "KV B/token", *[label for label, _ in GROUP_FIGURES]]]
+    for s in summaries:
+        for i, g in enumerate(s.get("kv_groups") or ()):
+            kind = f"{g['kind']}({g['window']})" if g["window"] is not None else g["kind"]
+            figures = [f"{g['kv_memory'][key]:.1%}" for _, key in GROUP_FIGURES]
+            rows.append([s["allocator"], str(i), kind, f"{g['num_layers']}", f"{g['bytes_per_token']:,}", *figures])
+    if len(rows) == 1:
+        return ""
+    title = "KV-cache groups (mean over iterations, as fractions of the KV capacity):"
+    return "\n".join([title, *_columns(rows, 3)])
+
+
+def full_attention_baseline(allocator: str) -> str:
+    """The allocator that runs the same design without KV-cache groups, every layer's KV kept for every token (no
+    window applied; an MLA model's latent, as every allocator stores it): paged-hybrid -> paged,
+    paged-hybrid-prefix-cache -> paged-prefix-cache."""
+    return allocator.replace("-hybrid", "")
+
+
+def concurrency_gain(grouped: dict, baseline: dict) -> float | None:
+    """How many more concurrent sequences the grouped design held: its mean batch size (sequences per iteration)
+    over the baseline's on the same trace, model, GPU and KV memory. None when the baseline ran nothing."""
+    base = baseline["batch_size"]["mean"]
+    return grouped["batch_size"]["mean"] / base if base else None
+
+
+def _held(summary: dict) -> float:
+    kv = summary["kv_memory"]
+    return kv["token_states"] + kv["reserved"] + kv["internal_fragmentation"]
+
+
+def concurrency_lines(summaries: list[dict]) -> str:
+    """For each summary with KV-cache groups: `concurrency_gain` against its full-attention baseline in the same
+    comparison (`full_attention_baseline`), the KV each held, and each one's capacity. '' when none has groups."""
+    by_name = {s["allocator"]: s for s in summaries}
+    lines = []
+    for s in summaries:
+        groups = s.get("kv_groups")
+        if not groups:
+            continue
+        name, base_name = s["allocator"], full_attention_baseline(s["allocator"])
+        base = by_name.get(base_name)
+        if base is None or base.get("kv_groups") or base_name == name:
+            lines.append(f"{name}: add {base_name} to --allocators to compare it with full-attention KV")
+            continue
+        gain = concurrency_gain(s, base)
+        bs, n = s["block_size"], len(groups)
+        windows = [g["window"] for g in groups if g["window"] is not None]
+        each = f"{s['kv_blocks'] // n * bs:,} tokens in each" if n > 1 else f"{s['kv_blocks'] * bs:,} tokens"
+        if windows:
+            each += f"; a sliding group keeps at most {ceil_div(max(windows) + bs - 1, bs):,} pages per sequence"
+        lines += [
+            f"{name} held {'-' if gain is None else f'{gain:.2f}x'} the concurrent sequences of {base_name} (every "
+            f"layer's KV kept for every token): mean batch {s['batch_size']['mean']:.2f} vs "
+            f"{base['batch_size']['mean']:.2f}, max {s['batch_size']['max']:,} vs {base['batch_size']['max']:,} "
+            f"(same trace, model, GPU and KV memory)",
+            f"  KV held (token states + reserved + internal fragmentation), mean: {_held(s):.1%} vs {_held(base):.1%} "
+            f"of {format_bytes(s['kv_capacity_bytes'])} vs {format_bytes(base['kv_capacity_bytes'])}; preemptions "
+            f"{s['requests']['preemptions']:,} vs {base['requests']['preemptions']:,}",
+            f"  KV capacity: {base_name} {base['kv_capacity_tokens']:,} tokens; {name} {s['kv_capacity_tokens']:,} "
+            f"page slots in {n} group{'s' if n > 1 else ''} ({each})",
+        ]
     return "\n".join(lines)
 
 

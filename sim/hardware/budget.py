@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 from sim.errors import UserError
 from sim.hardware.gpus import GpuSpec
+from sim.hardware.kv_groups import KVLayout
 from sim.hardware.models import ModelSpec
-from sim.units import GiB, format_bytes
+from sim.units import GiB, ceil_div, format_bytes
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,21 @@ def activation_reserve_bytes(model: ModelSpec, engine: EngineConfig, tp: int = 1
 
 @dataclass(frozen=True)
 class KVBudget:
-    """The KV cache on one GPU, in whole blocks. Every allocator gets the same capacity, so comparisons are fair."""
+    """The KV cache on one GPU, in whole blocks. Every allocator gets the same capacity, so comparisons are fair.
+
+    For an allocator that takes the model's KV-cache groups (`layout` set, `sim.hardware.kv_groups`), a block is one
+    page of one group and `bytes_per_token` is the bytes of one token slot of a page, `KVLayout.slot_bytes(tp)`;
+    the same KV memory then holds as many bytes, in pages. For a model of one attention kind that is exactly the
+    budget of every other allocator."""
 
     block_size: int  # tokens per block
     num_blocks: int
-    bytes_per_token: int  # KV bytes per token on one GPU
+    bytes_per_token: int  # KV bytes per token slot on one GPU (with a layout: per slot of one group's page)
     requested_bytes: int  # KV memory before rounding down to whole blocks
     source: str  # "given" (--kv-memory) or "derived" (GPU memory x utilization - weights - activations - runtime)
     breakdown: dict = field(default_factory=dict)  # bytes of each term when derived
+    layout: KVLayout | None = None  # the KV-cache groups the blocks are pages of (None: one block holds every layer)
+    tp: int = 1
 
     @property
     def capacity_tokens(self) -> int:
@@ -79,8 +87,33 @@ class KVBudget:
     def block_bytes(self) -> int:
         return self.block_size * self.bytes_per_token
 
+    def blocks_per_request(self, num_tokens: int) -> int:
+        """Blocks one request of num_tokens tokens holds while it decodes: ceil(tokens / block size) in every group,
+        except that a sliding-window group holds at most ceil((window + block size - 1) / block size) blocks once a
+        decode step has let the older ones go (the window and the current token's block; `sim.allocators.hybrid`)."""
+        n = ceil_div(num_tokens, self.block_size)
+        if self.layout is None:
+            return n
+        return sum(
+            min(n, ceil_div(g.window + self.block_size - 1, self.block_size)) if g.is_sliding else n
+            for g in self.layout.groups
+        )
+
     def describe(self, model: ModelSpec) -> str:
-        """'KV cache: 983 blocks x 16 tokens = 15,728 tokens (12.00 GiB); max concurrency at 2,048 tokens ...'"""
+        """'KV cache: 983 blocks x 16 tokens = 15,728 tokens (12.00 GiB); max concurrency at 2,048 tokens ...'
+
+        With KV-cache groups of more than one kind: the pages, the groups, and the concurrency at the max model length
+        with each sliding group holding only its window (`blocks_per_request`)."""
+        if self.layout is not None and self.layout.is_hybrid:
+            groups = self.layout.groups
+            kinds = ", ".join(f"{g.label} x{g.num_layers} layers" for g in groups)
+            concurrency = self.num_blocks / self.blocks_per_request(model.max_model_len)
+            return (
+                f"KV cache: {self.num_blocks:,} pages x {self.block_size} tokens = {self.capacity_tokens:,} page slots "
+                f"({format_bytes(self.capacity_bytes)}) in {len(groups)} KV-cache groups ({kinds}); every token "
+                f"takes a slot in each group; max concurrency at {model.max_model_len:,} tokens per request, sliding "
+                f"groups holding their window: {concurrency:.2f}x"
+            )
         concurrency = self.capacity_tokens / model.max_model_len
         return (
             f"KV cache: {self.num_blocks:,} blocks x {self.block_size} tokens = {self.capacity_tokens:,} tokens "
@@ -97,8 +130,12 @@ def kv_budget(
     gpu_memory_utilization: float = 0.9,
     tp: int = 1,
     engine: EngineConfig = EngineConfig(),
+    layout: KVLayout | None = None,
 ) -> KVBudget:
-    """KV blocks per GPU, from --kv-memory or derived the way vLLM does it."""
+    """KV blocks per GPU, from --kv-memory or derived the way vLLM does it.
+
+    layout: the model's KV-cache groups, for an allocator that takes them: blocks are then pages of
+    `layout.page_bytes(block_size, tp)` bytes (vLLM `get_num_blocks`); None: blocks of every layer's KV."""
     if block_size <= 0:
         raise UserError(f"--block-size must be a positive number of tokens, got {block_size}")
     if tp <= 0:
@@ -107,7 +144,7 @@ def kv_budget(
         raise UserError(f"--tp {tp} does not divide the {model.num_kv_heads} KV heads of {model.name}")
     if tp > 1 and model.num_q_heads % tp:  # as vLLM requires: each GPU holds whole attention heads
         raise UserError(f"--tp {tp} does not divide the {model.num_q_heads} attention heads of {model.name}")
-    per_token = model.kv_bytes_per_token(tp)
+    per_token = model.kv_bytes_per_token(tp) if layout is None else layout.slot_bytes(tp)
     breakdown: dict[str, int] = {}
     if kv_memory is not None:
         requested, source = kv_memory, "given"
@@ -162,4 +199,4 @@ def kv_budget(
             f"({format_bytes(per_token * block_size)} each), more than the {MAX_KV_BLOCKS:,} this simulator "
             f"represents; {fix}"
         )
-    return KVBudget(block_size, int(num_blocks), per_token, int(requested), source, breakdown)
+    return KVBudget(block_size, int(num_blocks), per_token, int(requested), source, breakdown, layout, tp)

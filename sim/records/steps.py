@@ -1,10 +1,12 @@
 """The per-iteration step log: it owns its columns (`STEP_COLUMNS`), gathers rows cheaply while a replay runs, and
 writes them as steps.csv. `record_iteration` is the one place both clocks (simulator and GPU harness) record an
-executed iteration."""
+executed iteration. `GroupStepLog` adds each KV-cache group's columns (`group_columns`) for an allocator with groups;
+every other run writes exactly `STEP_COLUMNS`."""
 
 from __future__ import annotations
 
 import io
+from array import array
 
 import numpy as np
 
@@ -17,6 +19,17 @@ STEP_COLUMNS = (
     + ("unshared_bytes",)
 )
 COLUMN = {name: i for i, name in enumerate(STEP_COLUMNS)}  # column name -> index in a row
+
+#: Each KV-cache group's figures in steps.csv (bytes, while the iteration runs), for an allocator with groups
+#: (`memory_by_group` of `sim.allocators.hybrid`): token states, reserved and internal fragmentation as the five
+#: categories define them, restricted to the group's blocks (they sum over the groups to the category's column), and
+#: window_freed, the slots a full-attention layout would hold at the positions the group's window let go.
+GROUP_CATEGORIES = ("token_states", "reserved", "internal_fragmentation", "window_freed")
+
+
+def group_columns(num_groups: int) -> tuple[str, ...]:
+    """steps.csv's per-group columns, group by group: g0_token_states_bytes, ..., g0_window_freed_bytes, g1_..."""
+    return tuple(f"g{g}_{c}_bytes" for g in range(num_groups) for c in GROUP_CATEGORIES)
 
 
 class StepLog:
@@ -212,6 +225,59 @@ class StepLog:
         return {name: table[:, i] for i, name in enumerate(STEP_COLUMNS)}
 
 
+class GroupStepLog(StepLog):
+    """A StepLog that also records each KV-cache group's figures (GROUP_CATEGORIES) per iteration, for an allocator
+    with groups. An executed iteration takes the figures noted last (`note_groups`, called when the engine reads the
+    allocator's memory for that iteration, see sim.serving.replay); a fast-forwarded stretch takes them from its plan
+    (`plan.detail["by_group"]`, one tuple of the groups' memory per round). Figures are token slots until `arrays`
+    multiplies them by bytes_per_token (the bytes of one slot), as the other memory columns are."""
+
+    def __init__(self, num_groups: int, bytes_per_token: int) -> None:
+        super().__init__()
+        self.num_groups = num_groups
+        self.bytes_per_token = bytes_per_token
+        self._groups = array("q")  # GROUP_CATEGORIES of every group, row after row (token slots)
+        self._noted: tuple[int, ...] | None = None
+
+    def _flat(self, groups) -> tuple[int, ...]:
+        if len(groups) != self.num_groups:
+            raise ValueError(f"{len(groups)} KV-cache groups reported, {self.num_groups} expected")
+        return tuple(getattr(m, c) for m in groups for c in GROUP_CATEGORIES)
+
+    def note_groups(self, groups) -> None:
+        """The groups' memory (objects with the GROUP_CATEGORIES, in group order) for the next appended row."""
+        self._noted = self._flat(groups)
+
+    def append(self, row: tuple) -> None:
+        if self._noted is None:
+            raise RuntimeError("an iteration was recorded without its KV-cache groups' memory (note_groups)")
+        self._groups.extend(self._noted)
+        self._noted = None
+        super().append(row)
+
+    def extend_stretch(
+        self, ends: list[float], durations: list[float], num_seqs: int, waiting: int, bytes_per_token: int, plan
+    ) -> None:
+        by_group = plan.detail.get("by_group")
+        if by_group is None or len(by_group) < plan.rounds:
+            raise RuntimeError("a decode plan of an allocator with KV-cache groups must carry detail['by_group']")
+        for groups in by_group[: plan.rounds]:
+            self._groups.extend(self._flat(groups))
+        super().extend_stretch(ends, durations, num_seqs, waiting, bytes_per_token, plan)
+
+    def extend_decode(self, *args, **kwargs) -> None:
+        raise RuntimeError("an allocator with KV-cache groups must plan decode stretches as DecodePlan with by_group")
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = super().arrays()
+        width = len(GROUP_CATEGORIES) * self.num_groups
+        slots = np.frombuffer(self._groups, dtype=np.int64).reshape(-1, width) if width else np.empty((0, 0))
+        table = (slots * self.bytes_per_token).astype(np.float64)
+        for i, name in enumerate(group_columns(self.num_groups)):
+            out[name] = table[:, i]
+        return out
+
+
 def record_iteration(
     steps: StepLog,
     requests: RequestLog,
@@ -273,11 +339,21 @@ def _record_pauses(requests: RequestLog, batch, start: float, end: float) -> Non
             requests.pauses.setdefault(request.index, []).append((t0, end))
 
 
+def num_groups_of(steps: dict[str, np.ndarray]) -> int:
+    """How many KV-cache groups' columns the records hold (0 for an allocator without groups)."""
+    n = 0
+    while f"g{n}_{GROUP_CATEGORIES[0]}_bytes" in steps:
+        n += 1
+    return n
+
+
 def steps_csv(steps: dict[str, np.ndarray]) -> str:
+    """STEP_COLUMNS, then the per-group columns when the records have them (`group_columns`)."""
+    columns = STEP_COLUMNS + group_columns(num_groups_of(steps))
     buf = io.StringIO()
-    buf.write(",".join(STEP_COLUMNS) + "\n")
-    cols = [steps[c] for c in STEP_COLUMNS]
-    int_cols = {i for i, c in enumerate(STEP_COLUMNS) if c not in ("time_s", "duration_s")}
+    buf.write(",".join(columns) + "\n")
+    cols = [steps[c] for c in columns]
+    int_cols = {i for i, c in enumerate(columns) if c not in ("time_s", "duration_s")}
     fmt = ",".join("%d" if i in int_cols else "%.9g" for i in range(len(cols)))
     if len(cols[0]):
         np.savetxt(buf, np.column_stack(cols), fmt=fmt)

@@ -6,6 +6,7 @@ import numpy as np
 
 from sim.allocators.base import MEMORY_CATEGORIES
 from sim.records.requests import RequestLog
+from sim.records.steps import GROUP_CATEGORIES
 
 
 def _stats(values: np.ndarray) -> dict[str, float | None]:
@@ -85,3 +86,38 @@ def summarize(steps: dict[str, np.ndarray], requests: RequestLog, capacity_bytes
         "kv_memory": kv,
         "latency_s": {"ttft": _stats(ttft), "tpot": _stats(tpot), "e2e": _stats(e2e)},
     }
+
+
+def kv_groups_summary(steps: dict[str, np.ndarray], groups, tp: int, capacity_bytes: int) -> list[dict]:
+    """The `kv_groups` figures of a run whose allocator takes the model's KV-cache groups, one entry per group in
+    the allocator's order (steps.csv's g0_, g1_, ... columns; `sim.hardware.kv_groups.KVGroup` for the layout).
+
+    kind: "full", "sliding_window" or "mla"; window: the sliding window in tokens (null for the other kinds).
+    layers: the model's layer indices in the group (0-based); num_layers: how many.
+    bytes_per_token: KV bytes one token takes in all the group's layers on one GPU (tp GPUs; MLA's latent is held
+        whole by every GPU); bytes_per_token_per_layer: the same for one layer.
+    kv_memory: per category of GROUP_CATEGORIES, the group's bytes (steps.csv's g<i>_<category>_bytes) as a fraction
+        of the KV capacity (kv_capacity_bytes, the whole pool), averaged over iterations (unweighted), as the
+        top-level kv_memory. token_states, reserved and internal_fragmentation sum over the groups to the top-level
+        figures (free memory belongs to the pool, not to a group). window_freed: the capacity a full-attention layout
+        would also hold for the live sequences at the positions the window let go (0 for full and MLA groups); it is
+        not part of the capacity's breakdown and may exceed 1 where full attention would not have fitted.
+    """
+    n_steps = len(steps["time_s"])
+    out = []
+    for i, g in enumerate(groups):
+        kv = {
+            c: (float(np.mean(steps[f"g{i}_{c}_bytes"]) / capacity_bytes) if n_steps else 0.0) for c in GROUP_CATEGORIES
+        }
+        out.append(
+            {
+                "kind": g.kind,
+                "window": g.window,
+                "layers": list(g.layers),
+                "num_layers": g.num_layers,
+                "bytes_per_token": g.bytes_per_token(tp),
+                "bytes_per_token_per_layer": g.bytes_per_token_per_layer(tp),
+                "kv_memory": kv,
+            }
+        )
+    return out

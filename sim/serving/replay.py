@@ -1,11 +1,18 @@
 """One replay, assembled from options: budget -> allocator -> scheduler -> cost model -> engine -> summary.
 
 This is what the CLI (and later reports and sweeps) call; it holds no printing.
+
+KV-cache groups: an allocator class with `uses_kv_groups` (`paged-hybrid`, `paged-hybrid-prefix-cache`) gets the
+model's groups (`sim.hardware.kv_groups.kv_layout`) as `groups=` and a budget in pages of that layout
+(`ReplayOptions.budget`, `sim.hardware.budget.kv_budget(layout=...)`); its replay records each group's memory
+(`memory_by_group`) per iteration in steps.csv (`sim.records.steps.GroupStepLog`) and the groups' figures in the
+summary (`kv_groups`, `sim.records.summary.kv_groups_summary`). Every other allocator, the contiguous ones included,
+keeps every layer's KV at full length (windows are not applied), as before.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -14,9 +21,11 @@ from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S, RooflineCostModel, requir
 from sim.errors import UserError
 from sim.hardware.budget import EngineConfig, KVBudget, kv_budget
 from sim.hardware.gpus import GpuSpec
+from sim.hardware.kv_groups import KVLayout, kv_layout
 from sim.hardware.models import ModelSpec
 from sim.records.requests import RequestLog
-from sim.records.summary import sharing_summary, summarize
+from sim.records.steps import GroupStepLog
+from sim.records.summary import kv_groups_summary, sharing_summary, summarize
 from sim.serving.beam import BeamModel
 from sim.serving.engine import Engine
 from sim.serving.intake import ProgressCallback
@@ -63,7 +72,13 @@ class ReplayOptions:
             tokens if self.max_num_batched_tokens is None else self.max_num_batched_tokens,
         )
 
+    def kv_layout(self) -> KVLayout | None:
+        """The model's KV-cache groups if the allocator takes them (`uses_kv_groups`), else None."""
+        return kv_layout(self.model) if uses_kv_groups(self.allocator) else None
+
     def budget(self) -> KVBudget:
+        """The KV budget; for an allocator that takes KV-cache groups, in pages of the model's layout (for a model
+        of one attention kind the same blocks and bytes as every other allocator's)."""
         return kv_budget(
             self.model,
             self.gpu,
@@ -72,7 +87,13 @@ class ReplayOptions:
             self.gpu_memory_utilization,
             self.tp,
             self.engine_config,
+            self.kv_layout(),
         )
+
+
+def uses_kv_groups(allocator: str) -> bool:
+    """Whether the allocator (a registered name or package.module:ClassName) takes the model's KV-cache groups."""
+    return bool(getattr(resolve_allocator(allocator), "uses_kv_groups", False))
 
 
 @dataclass
@@ -95,6 +116,9 @@ def make_allocator(options: ReplayOptions, budget: KVBudget) -> KVAllocator:
         if not hasattr(cls, "address_space_policy"):
             raise UserError(f"--address-space applies to contiguous allocators, not {options.allocator}")
         kwargs["address_space"] = options.address_space
+    if getattr(cls, "uses_kv_groups", False):
+        layout = budget.layout if budget.layout is not None else kv_layout(options.model)
+        kwargs["groups"] = layout.groups
     try:
         return cls(budget.num_blocks, budget.block_size, options.model.max_model_len, **kwargs)
     except (TypeError, ValueError) as exc:
@@ -148,7 +172,29 @@ def validate_options(options: ReplayOptions) -> None:
         raise UserError(f"--seed must be an integer in [0, 2^64), got {options.seed!r}")
     if not isinstance(options.sharing, bool):
         raise UserError(f"sharing must be true or false, got {options.sharing!r}")
+    validate_kv_layout(options)
     validate_scheduler_options(options)
+
+
+def validate_kv_layout(options: ReplayOptions) -> None:
+    """The model's KV-cache layout is well formed (`sim.hardware.kv_groups.layer_kinds`: the layer pattern lists
+    every layer, MLA has both dimensions of its latent, a sliding window is a positive number of tokens), each as a
+    UserError that names the problem. For an allocator that takes the groups, also: the window is at most the max
+    model length, and an fp8 KV cache needs a GPU with fp8 (`GpuSpec.fp8_flops`). The other allocators do not use
+    the window, so a window beyond the max model length (a short --max-model-len) is no error for them."""
+    model = options.model
+    if not uses_kv_groups(options.allocator):
+        w = model.sliding_window
+        if isinstance(w, int) and not isinstance(w, bool) and w > model.max_model_len:
+            model = replace(model, max_model_len=w)
+        kv_layout(model)
+        return
+    kv_layout(model)
+    if model.kv_dtype == "fp8" and options.gpu.fp8_flops is None:
+        raise UserError(
+            f"an fp8 KV cache needs a GPU with fp8 support; {options.gpu.name} has none (no fp8_flops): give "
+            f"--kv-cache-dtype auto, bf16 or fp16, or a GPU with fp8"
+        )
 
 
 def validate_scheduler_options(options: ReplayOptions) -> None:
@@ -222,6 +268,19 @@ def replay_summary(
     }
 
 
+def _record_groups(allocator: KVAllocator, log: GroupStepLog) -> None:
+    """Have `log` note each KV-cache group's memory (`memory_by_group`) whenever the engine asks the allocator for
+    its memory: once per executed iteration, right before the iteration is recorded (fast-forwarded iterations take
+    theirs from the plan, `GroupStepLog.extend_stretch`)."""
+    memory, by_group = allocator.memory, allocator.memory_by_group
+
+    def memory_and_groups(*args, **kwargs):
+        log.note_groups(by_group())
+        return memory(*args, **kwargs)
+
+    allocator.memory = memory_and_groups  # type: ignore[method-assign]
+
+
 def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | None = None) -> ReplayResult:
     validate_options(options)
     budget = options.budget()
@@ -232,6 +291,11 @@ def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | No
     engine = Engine(
         trace, scheduler, cost, budget.bytes_per_token, options.model.max_model_len, progress, options.fast_forward
     )
+    layout = None
+    if getattr(allocator, "uses_kv_groups", False) and hasattr(allocator, "memory_by_group"):
+        layout = budget.layout if budget.layout is not None else kv_layout(options.model)
+        engine.steps = GroupStepLog(len(layout.groups), budget.bytes_per_token)
+        _record_groups(allocator, engine.steps)
     step_log, requests = engine.run()
     steps = step_log.arrays()
     summary = {
@@ -254,4 +318,8 @@ def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | No
             "cost_model": cost.describe(),
         },
     }
+    if layout is not None:
+        summary["kv_groups"] = kv_groups_summary(steps, layout.groups, options.tp, budget.capacity_bytes)
+        summary["config"]["kv_group_size"] = layout.group_size
+        summary["config"]["kv_padding_layers"] = layout.padding_layers
     return ReplayResult(summary, steps, requests, budget)
