@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from sim.allocators import REGISTRY
+from sim.allocators import COMPARED_BY_DEFAULT
 from sim.records.io import atomic_write
 
 AZURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "traces", "azure-llm-2023-conv.csv")
@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         default="azure,100000,1000000",
         help="comma-separated: azure and/or generated trace sizes (default: azure,100000,1000000)",
     )
-    p.add_argument("--allocators", default=",".join(REGISTRY), help="allocators (default: all)")
+    p.add_argument(
+        "--allocators", default=",".join(COMPARED_BY_DEFAULT), help="allocators (default: those sim compare runs)"
+    )
     p.add_argument(
         "--large-allocators",
         default="paged",

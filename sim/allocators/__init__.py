@@ -29,8 +29,19 @@ REGISTRY: dict[str, type[KVAllocator]] = {
         HybridPagedPrefixCache,
     )
 }
+# What `sim compare` and `python -m sim.bench` run when no --allocators is given: the KV-cache designs of the vLLM
+# paper. The grouped allocators hold exactly what `paged` holds for a model of one attention kind, so they are named
+# when a model has sliding windows (see README, "KV-cache groups").
+COMPARED_BY_DEFAULT: tuple[str, ...] = (
+    "contiguous-max",
+    "contiguous-pow2",
+    "contiguous-oracle",
+    "paged",
+    "paged-prefix-cache",
+)
 
 __all__ = [
+    "COMPARED_BY_DEFAULT",
     "MEMORY_CATEGORIES",
     "REGISTRY",
     "AllocationError",

@@ -7,7 +7,7 @@ import importlib
 import os
 import sys
 
-from sim.allocators import REGISTRY
+from sim.allocators import COMPARED_BY_DEFAULT, REGISTRY
 from sim.cli.options import add_metric_percentiles, add_replay_options, print_header, replay_options
 from sim.cli.tables import (
     concurrency_lines,
@@ -190,7 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_options(p)
     add_metric_percentiles(p)
     p.add_argument(
-        "--allocators", default=",".join(REGISTRY), help="comma-separated allocators (default: all registered)"
+        "--allocators",
+        default=",".join(COMPARED_BY_DEFAULT),
+        help=f"comma-separated allocators (default: {','.join(COMPARED_BY_DEFAULT)}; "
+        f"registered: {', '.join(REGISTRY)})",
     )
     p.add_argument(
         "--json",
