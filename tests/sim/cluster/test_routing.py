@@ -161,3 +161,29 @@ def test_bad_router_and_replica_counts():
         simulate_cluster(LOAD, ClusterOptions(OPTIONS, 0))
     with pytest.raises(UserError, match="--replicas must be a whole number"):
         simulate_cluster(LOAD, ClusterOptions(OPTIONS, -2))
+
+
+def test_cluster_summary_by_hand():
+    from sim.cluster.summary import cluster_summary
+
+    options = ClusterOptions(OPTIONS, 2, "round-robin")
+    s = cluster_summary(simulate_cluster(LOAD, options, cost_model=OneSecond()))
+    # Round-robin: replica 0 gets r0 (4 + 5 tokens) and r2 (4 + 3), replica 1 r1 (4 + 1) and r3 (4 + 1). Replica 0
+    # runs [0, 5): r0 throughout, r2 (arrived at 1.5) from 2 to 5; replica 1 runs r1 in [0.5, 1.5) and r3 in
+    # [1.5, 2.5). So busy 5 s and 2 s, and the last iteration ends at 5.
+    assert s["duration_s"] == 5.0
+    assert s["throughput"]["requests_per_s"] == 4 / 5
+    assert s["throughput"]["output_tokens_per_s"] == (5 + 1 + 3 + 1) / 5
+    assert s["iterations"] == 5 + 2
+    imbalance = s["load_imbalance"]["all"]
+    assert imbalance["requests"] == 1.0  # 2 and 2
+    assert imbalance["tokens"] == pytest.approx(16 / 13)  # 16 and 10 tokens, mean 13
+    assert imbalance["busy_s"] == pytest.approx(5 / 3.5)
+    replicas = s["replicas"]["all"]
+    assert [r["routed_tokens"] for r in replicas] == [16, 10]
+    assert [r["busy_s"] for r in replicas] == [5.0, 2.0]
+    assert [r["requests"]["total"] for r in replicas] == [2, 2]
+    # TTFT: r0 1 s, r1 1 s, r2 3 - 1.5 = 1.5 s (first token at the end of [2, 3)), r3 1 s
+    assert sorted(
+        np.round(simulate_cluster(LOAD, options, cost_model=OneSecond()).requests.first_token_s - LOAD.arrival_s, 9)
+    ) == [1, 1, 1, 1.5]
