@@ -1,6 +1,9 @@
 """Sliding-window attention on the GPU: our paged decode and prefill kernels with ``sliding_window`` against torch SDPA
 with a sliding-window mask and FlexAttention with a sliding-window block mask, on the same data, in one process.
 
+Long file: the decode and the prefill measurement share the paged cache set-up, the freed-block poisoning and the
+SDPA and Flex timing helpers here; the targets and the report are in `kernels.bench.sliding_window_report`.
+
     python -m kernels.bench sliding-window --out DIR [--budget-s 900] [--only decode,prefill] [--quick] [--no-flex]
     TRITON_INTERPRET=1 python -m kernels.bench sliding-window --cpu-smoke --out DIR   # tiny shapes, no GPU
 
@@ -48,11 +51,8 @@ from kernels.attention.common import interpreting, num_sms
 from kernels.bench.cases import sliding_window_decode_cases, sliding_window_prefill_cases
 from kernels.bench.run import BLOCK, GB, HEAD, MAX_BYTES, RUN
 from kernels.bench.sdpa import run_sdpa, sdpa_backends
+from kernels.bench.sliding_window_report import evaluate_targets, write_markdown
 from kernels.bench.timing import Budget, bench_graph, bench_graph_or_eager, copy_ceiling, env_info
-
-SPEED_TARGET = 0.97  # our time vs the fastest alternative's (its time / ours)
-BYTES_TARGET = 1.05  # K/V bytes moved / the window's K/V bytes
-TARGET_MIN_BYTES = 1 * GB  # the targets apply from this much window K/V on
 
 _FLEX: dict = {}
 
@@ -436,118 +436,6 @@ def measure_sw_prefill(name, batch, hq, hkv, ctx, new, window, ceiling_tb_s, wit
     rec["tflop_s"] = {k: flops / (t * 1e-3) / 1e12 for k, t in times.items()}
     _finish(rec, times, model["kv_moved"], model["window_kv"], ceiling_tb_s, "ours")
     return rec
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# targets and report
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def evaluate_targets(result) -> list[dict]:
-    """Per case of at least ``TARGET_MIN_BYTES`` of window K/V: speed vs the fastest alternative, K/V bytes moved vs
-    the window's; and on every case, no NaN (the freed blocks are NaN) and a checked output."""
-    tg = []
-
-    def add(name, case, value, threshold, ok):
-        tg.append({"target": name, "case": case, "value": value, "threshold": threshold, "met": bool(ok)})
-
-    for section in ("decode", "prefill"):
-        for r in result.get(section, []):
-            if "ms" not in r:
-                continue
-            big = r["bytes_model"]["window_kv"] >= TARGET_MIN_BYTES or RUN.smoke
-            if big and "ours_speed_vs_fastest_alternative" in r:
-                v = r["ours_speed_vs_fastest_alternative"]
-                add(
-                    f"{section}, >= 1 GB window K/V: speed vs fastest alternative >= {SPEED_TARGET}",
-                    r["case"],
-                    v,
-                    SPEED_TARGET,
-                    v >= SPEED_TARGET,
-                )
-            if big:
-                v = r["kv_bytes_moved_vs_window"]
-                add(
-                    f"{section}, >= 1 GB window K/V: K/V bytes moved / window K/V <= {BYTES_TARGET}",
-                    r["case"],
-                    v,
-                    BYTES_TARGET,
-                    v <= BYTES_TARGET,
-                )
-            add(f"{section}: no NaN with the freed blocks NaN", r["case"], float(r["ours_nan"]), 0, not r["ours_nan"])
-            if "bytes_counted_interpreter" in r:
-                c, m = r["bytes_counted_interpreter"], r["bytes_model"]
-                same = c["kv_rows"] == m["kv_rows"] and c["block_table"] == m["block_table"]
-                if "kv_issued" in m:
-                    same = same and c["kv_issued"] == m["kv_issued"]
-                add(f"{section}: byte model == interpreter count", r["case"], float(same), 1, same)
-    return tg
-
-
-def _f(x, nd=3):
-    if x is None:
-        return "-"
-    if isinstance(x, str):
-        return x
-    return f"{x:.{nd}f}"
-
-
-def write_markdown(result, path):
-    L = ["# Sliding-window attention benchmark\n"]
-    env = result["env"]
-    L.append(
-        f"`{env.get('command')}` on {env.get('device', 'CPU (smoke)')}, torch {env['torch']}, triton {env['triton']}"
-    )
-    ceil = result.get("copy_ceiling", {}).get("tb_s")
-    L.append(
-        f"\nCopy ceiling {_f(ceil)} TB/s. Times in ms (median of CUDA-graph replays); GB/TB/s count the window's K/V."
-    )
-    if RUN.smoke:
-        L.append(
-            "\nCPU smoke run (Triton interpreter, tiny shapes): the times mean nothing; the byte counts and checks do."
-        )
-    for section in ("decode", "prefill"):
-        rows = result.get(section, [])
-        if not rows:
-            continue
-        L.append(f"\n## {section.capitalize()}\n")
-        L.append(
-            "| case | window K/V GB | ours ms | ours % copy | ours full-attn ms | fastest alternative | its ms | "
-            "ours speed vs it | vs best SDPA | vs flex | K/V bytes moved / window |"
-        )
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            if "ms" not in r:
-                L.append(f"| {r['case']} | skipped: {r.get('skipped') or r.get('error')} |" + " |" * 9)
-                continue
-            m = r["ms"]
-            best = r.get("fastest_alternative")
-            L.append(
-                f"| {r['case']} | {_f(r['window_kv_gb'])} | {_f(m['ours'], 4)} | "
-                f"{100 * r['frac_of_copy']['ours']:.1f}% | "
-                f"{_f(m.get('ours_full_attention', m.get('ours_newkv')), 4)} | {best} | {_f(m.get(best), 4)} | "
-                f"{_f(r.get('ours_speed_vs_fastest_alternative'))} | {_f(r.get('ours_speed_vs_fastest_sdpa'))} | "
-                f"{_f(r.get('ours_speed_vs_flex'))} | {_f(r['kv_bytes_moved_vs_window'], 4)} |"
-            )
-        L.append("")
-        for r in rows:
-            if "ms" in r:
-                items = ", ".join(f"{k} {_f(v, 4)}" for k, v in r["ms"].items())
-                errs = "; ".join(f"{k}: {v}" for k, v in r.items() if k.endswith("_error"))
-                L.append(f"- {r['case']}: {items}" + (f" (errors: {errs})" if errs else ""))
-        if section == "decode":
-            L.append("\n(decode: 'ours full-attn' is the same kernel without the window, over the whole context)")
-        else:
-            L.append("\n(prefill: the 'ours full-attn' column holds the new-K/V path with the window)")
-    L.append("\n## Targets\n")
-    L.append("| target | case | value | threshold | met |")
-    L.append("|---|---|---|---|---|")
-    for t in result.get("targets", []):
-        L.append(
-            f"| {t['target']} | {t['case']} | {_f(t['value'], 3)} | {t['threshold']} | {'yes' if t['met'] else 'NO'} |"
-        )
-    with open(path, "w") as fh:
-        fh.write("\n".join(L) + "\n")
 
 
 def main(argv=None):

@@ -2,6 +2,9 @@
 every group, one block table per group per sequence, and sliding-window groups that give back the blocks their
 window has left.
 
+Long file: one allocator class whose every method reads and writes the per-group block tables, with its decode round
+(`_decode_one`, `run_decode`: the hot loop of a replay) kept beside the state it touches.
+
 Read from vllm-project/vllm: docs/design/hybrid_kv_cache_manager.md, vllm/v1/core/single_type_kv_cache_manager.py
 (`SlidingWindowManager.get_num_skipped_tokens`, `remove_skipped_blocks`, `find_longest_cache_hit`) and
 vllm/v1/core/kv_cache_coordinator.py. The groups come from `sim.hardware.kv_groups` (any objects with `kind` and
