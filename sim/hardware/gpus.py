@@ -348,21 +348,28 @@ _NUMBER = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z/]*)\s
 _SI = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}
 
 
+def _read_number(key: str, value, units: dict[str, float], example: str, divide: bool = False) -> float:
+    """A TOML number, or a string of a number with one of `units` (lower case): multiplied by the unit's factor, or
+    divided by it when `divide` (so that 5us is 5 / 1e6 exactly as written). Range checks are the caller's."""
+    if isinstance(value, bool):
+        raise UserError(f"{key} must be a number, e.g. {example}, got {value!r}")
+    if isinstance(value, int | float):
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float
+            return math.inf
+    m = _NUMBER.match(str(value))
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in units:
+        raise UserError(f"cannot read {key} {value!r}: expected a number, e.g. {example}")
+    return float(m.group(1)) / units[unit] if divide else float(m.group(1)) * units[unit]
+
+
 def _number(key: str, value, units: dict[str, float], example: str) -> float:
     """A positive finite number: a TOML number, or a string of a number with one of `units` (lower case)."""
     if isinstance(value, bool):
         raise UserError(f"{key} must be a positive number, e.g. {example}, got {value!r}")
-    if isinstance(value, int | float):
-        try:
-            number = float(value)
-        except OverflowError:  # an integer beyond any float
-            number = math.inf
-    else:
-        m = _NUMBER.match(str(value))
-        unit = m.group(2).lower() if m else None
-        if not m or unit not in units:
-            raise UserError(f"cannot read {key} {value!r}: expected a number, e.g. {example}")
-        number = float(m.group(1)) * units[unit]
+    number = _read_number(key, value, units, example)
     if not (number > 0 and math.isfinite(number)):  # nan fails too
         raise UserError(f"{key} must be a positive finite number, got {value!r}")
     return number
@@ -411,17 +418,10 @@ def _latency(key: str, value) -> float:
     """Seconds in [0, 1]: a TOML number of seconds, or a string of a number with a unit (5us, 0.01ms, 5e-6)."""
     if isinstance(value, bool):
         raise UserError(f"{key} must be a duration, e.g. 5us or 5e-6 (seconds), got {value!r}")
-    if isinstance(value, int | float):
-        try:
-            number = float(value)
-        except OverflowError:  # an integer beyond any float
-            number = math.inf
-    else:
-        m = _NUMBER.match(str(value))
-        unit = m.group(2).lower() if m else None
-        if not m or unit not in _TIME_UNITS:
-            raise UserError(f"cannot read {key} {value!r}: expected a duration, e.g. 5us or 5e-6 (seconds)")
-        number = float(m.group(1)) / _TIME_UNITS[unit]
+    try:
+        number = _read_number(key, value, _TIME_UNITS, "5us or 5e-6 (seconds)", divide=True)
+    except UserError:
+        raise UserError(f"cannot read {key} {value!r}: expected a duration, e.g. 5us or 5e-6 (seconds)") from None
     if not 0 <= number <= MAX_ALLREDUCE_LATENCY_S:  # nan fails too
         raise UserError(f"{key} must be a duration of 0 to {MAX_ALLREDUCE_LATENCY_S:g} s, got {value!r}")
     return number
