@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from sim.allocators.fast_paths import FastPaths
@@ -39,6 +39,8 @@ class MemoryBreakdown:
     external_fragmentation: free slots the next waiting request cannot use because no free extent is large enough for
         it (0 when nothing waits, and always 0 for paged allocators, whose blocks are interchangeable).
     free: the other free slots.
+    by_group: for an allocator with KV-cache groups (`sim.allocators.hybrid`), each group's figures (GroupMemory, in
+        group order; the steps log records them); empty otherwise. Not part of equality.
     """
 
     token_states: int
@@ -46,13 +48,14 @@ class MemoryBreakdown:
     internal_fragmentation: int
     external_fragmentation: int
     free: int
+    by_group: tuple = field(default=(), compare=False)
 
     @property
     def total(self) -> int:
         return self.token_states + self.reserved + self.internal_fragmentation + self.external_fragmentation + self.free
 
     def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {c: getattr(self, c) for c in MEMORY_CATEGORIES}
 
 
 MEMORY_CATEGORIES = ("token_states", "reserved", "internal_fragmentation", "external_fragmentation", "free")

@@ -724,6 +724,7 @@ class HybridPagedAllocator(KVAllocator):
             internal_fragmentation=sum(m.internal_fragmentation for m in groups),
             external_fragmentation=0,
             free=self.pool.num_free_blocks * self.block_size,
+            by_group=groups,
         )
 
     def memory(self, next_final_len: int | None = None, next_prompt_len: int | None = None) -> MemoryBreakdown:

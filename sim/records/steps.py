@@ -205,6 +205,9 @@ class StepLog:
     def _flush(self) -> None:
         self._compact()
 
+    def note_groups(self, groups) -> None:
+        """KV-cache groups' figures for the next row: only a GroupStepLog records them."""
+
     def __len__(self) -> int:
         return self._length
 
@@ -227,8 +230,8 @@ class StepLog:
 
 class GroupStepLog(StepLog):
     """A StepLog that also records each KV-cache group's figures (GROUP_CATEGORIES) per iteration, for an allocator
-    with groups. An executed iteration takes the figures noted last (`note_groups`, called when the engine reads the
-    allocator's memory for that iteration, see sim.serving.replay); a fast-forwarded stretch takes them from its plan
+    with groups. An executed iteration takes the figures noted last (`note_groups`: record_iteration passes the
+    iteration's MemoryBreakdown.by_group); a fast-forwarded stretch takes them from its plan
     (`plan.detail["by_group"]`, one tuple of the groups' memory per round). Figures are token slots until `arrays`
     multiplies them by bytes_per_token (the bytes of one slot), as the other memory columns are."""
 
@@ -294,6 +297,8 @@ def record_iteration(
     """Append one executed iteration to the records: its step row, and the admission, first-token and finish times
     of the requests it touched. Shared by the simulator and the GPU harness, so both write the same records."""
     bpt = bytes_per_token
+    if memory.by_group:  # an allocator with KV-cache groups: its steps log is a GroupStepLog
+        steps.note_groups(memory.by_group)
     steps.append(
         (
             start,

@@ -268,19 +268,6 @@ def replay_summary(
     }
 
 
-def _record_groups(allocator: KVAllocator, log: GroupStepLog) -> None:
-    """Have `log` note each KV-cache group's memory (`memory_by_group`) whenever the engine asks the allocator for
-    its memory: once per executed iteration, right before the iteration is recorded (fast-forwarded iterations take
-    theirs from the plan, `GroupStepLog.extend_stretch`)."""
-    memory, by_group = allocator.memory, allocator.memory_by_group
-
-    def memory_and_groups(*args, **kwargs):
-        log.note_groups(by_group())
-        return memory(*args, **kwargs)
-
-    allocator.memory = memory_and_groups  # type: ignore[method-assign]
-
-
 def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | None = None) -> ReplayResult:
     validate_options(options)
     budget = options.budget()
@@ -295,7 +282,6 @@ def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | No
     if getattr(allocator, "uses_kv_groups", False) and hasattr(allocator, "memory_by_group"):
         layout = budget.layout if budget.layout is not None else kv_layout(options.model)
         engine.steps = GroupStepLog(len(layout.groups), budget.bytes_per_token)
-        _record_groups(allocator, engine.steps)
     step_log, requests = engine.run()
     steps = step_log.arrays()
     summary = {
