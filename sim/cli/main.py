@@ -20,6 +20,7 @@ from sim.cli.tables import (
     summary_table,
 )
 from sim.errors import UserError
+from sim.hardware.design_capacity import DesignCapacity, design_capacity, full_attention_bytes_per_token
 from sim.hardware.gpus import GPUS
 from sim.hardware.models import MODELS
 from sim.progress import ProgressBar
@@ -95,6 +96,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def design_of(trace, options: ReplayOptions) -> tuple[DesignCapacity, int] | None:
+    """The model's KV design against full-attention KV at the trace's mean request length (prompt + output, rounded
+    up), in the comparison's KV memory; with the full-attention bytes per token. None for an empty trace."""
+    if not len(trace):
+        return None
+    tokens = int(-(-int((trace.prompt_tokens + trace.output_tokens).sum()) // len(trace)))
+    budget = options.budget()
+    design = design_capacity(options.model, budget.requested_bytes, budget.block_size, tokens, options.tp)
+    return design, full_attention_bytes_per_token(options.model, options.tp)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     trace = read_trace(args.trace, args.format, rate=args.rate, seed=args.seed, model_filter=args.model_filter)
     allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
@@ -143,7 +155,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print()
     print(summary_table([r.summary for _, r in results]))
     # allocators with KV-cache groups: each group's figures, and what the groups held beyond full-attention KV
-    for text in (groups_table([r.summary for _, r in results]), concurrency_lines([r.summary for _, r in results])):
+    plain = [r.summary for _, r in results]
+    for text in (groups_table(plain), concurrency_lines(plain, design_of(trace, options[0]))):
         if text:
             print()
             print(text)

@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterable
 
 from sim.allocators.base import MEMORY_CATEGORIES
+from sim.hardware.design_capacity import DesignCapacity
 from sim.hardware.gpus import GPU_ALIASES, GpuSpec
 from sim.hardware.models import ModelSpec
 from sim.units import ceil_div, format_bytes
@@ -109,11 +110,27 @@ def _held(summary: dict) -> float:
     return kv["token_states"] + kv["reserved"] + kv["internal_fragmentation"]
 
 
-def concurrency_lines(summaries: list[dict]) -> str:
+def design_line(design: DesignCapacity, full_bytes_per_token: int) -> str:
+    """The model's KV design against full-attention KV (sim.hardware.design_capacity): requests of one length held
+    at once at their largest, and the ratio."""
+    gain = "-" if design.gain is None else f"{design.gain:.2f}x"
+    return (
+        f"KV design: the KV-cache groups hold {gain} the concurrent requests of full-attention KV: "
+        f"{design.design_requests:,} vs {design.full_attention_requests:,} requests of {design.tokens:,} tokens (this "
+        f"trace's mean prompt + output) at once in {format_bytes(design.kv_memory)}; one takes "
+        f"{format_bytes(design.design_bytes_per_request)} vs {format_bytes(design.full_attention_bytes_per_request)} "
+        f"(full attention: {full_bytes_per_token:,} B per token per GPU, K and V of every head for every token)"
+    )
+
+
+def concurrency_lines(summaries: list[dict], design: tuple[DesignCapacity, int] | None = None) -> str:
     """For each summary with KV-cache groups: `concurrency_gain` against its full-attention baseline in the same
-    comparison (`full_attention_baseline`), the KV each held, and each one's capacity. '' when none has groups."""
+    comparison (`full_attention_baseline`), the KV each held, and each one's capacity; first, when `design` (the
+    capacity and full-attention bytes per token) is given, `design_line`. '' when none has groups."""
     by_name = {s["allocator"]: s for s in summaries}
     lines = []
+    if design is not None and any(s.get("kv_groups") for s in summaries):
+        lines.append(design_line(*design))
     for s in summaries:
         groups = s.get("kv_groups")
         if not groups:
@@ -131,8 +148,8 @@ def concurrency_lines(summaries: list[dict]) -> str:
             each += f"; a sliding group keeps at most {ceil_div(max(windows) + bs - 1, bs):,} pages per sequence"
         lines += [
             f"{name} held {'-' if gain is None else f'{gain:.2f}x'} the concurrent sequences of {base_name} (every "
-            f"layer's KV kept for every token): mean batch {s['batch_size']['mean']:.2f} vs "
-            f"{base['batch_size']['mean']:.2f}, max {s['batch_size']['max']:,} vs {base['batch_size']['max']:,} "
+            f"layer's KV kept for every token; an MLA model's latent in both) in this replay: mean batch "
+            f"{s['batch_size']['mean']:.2f} vs {base['batch_size']['mean']:.2f}, max {s['batch_size']['max']:,} vs {base['batch_size']['max']:,} "
             f"(same trace, model, GPU and KV memory)",
             f"  KV held (token states + reserved + internal fragmentation), mean: {_held(s):.1%} vs {_held(base):.1%} "
             f"of {format_bytes(s['kv_capacity_bytes'])} vs {format_bytes(base['kv_capacity_bytes'])}; preemptions "

@@ -213,7 +213,7 @@ def spec_from_config(config: Any, where: str = "config.json", name: str = "custo
     norms_per_layer = 4 if family in ("gemma2", "gemma3") else 2
 
     # Attention.
-    kv_lora_rank = rope_dim = 0
+    kv_lora_rank = rope_dim = v_dim = 0
     if family == "deepseek":
         kv_lora_rank = cfg.int("kv_lora_rank")
         rope_dim = cfg.int("qk_rope_head_dim")
@@ -313,6 +313,7 @@ def spec_from_config(config: Any, where: str = "config.json", name: str = "custo
         active_params=active,
         kv_lora_rank=kv_lora_rank,
         qk_rope_head_dim=rope_dim,
+        v_head_dim=v_dim,
         sliding_window=sliding_window,
         layer_types=layer_types,
         num_experts=experts,

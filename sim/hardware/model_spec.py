@@ -40,6 +40,9 @@ class ModelSpec:
     # token instead of K and V per KV head. 0: standard attention.
     kv_lora_rank: int = 0
     qk_rope_head_dim: int = 0
+    # Values per head of V where they differ from head_size's K width (MLA: v_head_dim 128 against K's nope + rope
+    # 192). 0: head_size. Used only for the full-attention KV an MLA model would need (sim.hardware.design_capacity).
+    v_head_dim: int = 0
     # Sliding-window attention, recorded for the KV designs: the window (tokens) and each layer's kind
     # ("sliding_attention" or "full_attention"; empty: every layer full, or sliding_window on every layer when set).
     # kv_bytes_per_token counts every layer in full.

@@ -74,7 +74,8 @@ def test_the_groups_table_and_the_concurrency_line(tmp_path, capsys) -> None:
     assert gain > 1  # memory binds: the window lets more sequences run
     line = next(x for x in lines if x.startswith("paged-hybrid held "))
     assert line.startswith(
-        f"paged-hybrid held {gain:.2f}x the concurrent sequences of paged (every layer's KV kept for every token): "
+        f"paged-hybrid held {gain:.2f}x the concurrent sequences of paged (every layer's KV kept for every token; "
+        f"an MLA model's latent in both) in this replay: "
     )
     assert f"mean batch {hybrid['batch_size']['mean']:.2f} vs {paged['batch_size']['mean']:.2f}" in line
     capacity = next(x for x in lines if x.startswith("  KV capacity: "))
@@ -84,8 +85,18 @@ def test_the_groups_table_and_the_concurrency_line(tmp_path, capsys) -> None:
         "  KV capacity: paged 800 tokens; paged-hybrid 1,600 page slots in 2 groups (800 tokens in each; a sliding "
         "group keeps at most 9 pages per sequence)"
     )
+    # the design line: the trace's prompts sum to 9,000 + 2,845 (7i mod 200 over i < 30: 7 x 435 - 200) and its
+    # outputs to 3,000 + 1,455 (13i mod 100: 13 x 435 - 100 x 42), 16,300 tokens, a mean of 543.3 -> 544 tokens,
+    # 34 blocks of 16. paged-hybrid: 34 pages in the full group + 9 in the sliding one = 43 of its 100 -> 2 requests;
+    # full attention (49,152 B per token): 50 blocks, 34 per request -> 1.
+    design = next(x for x in lines if x.startswith("KV design: "))
+    assert design.startswith(
+        "KV design: the KV-cache groups hold 2.00x the concurrent requests of full-attention KV: 2 vs 1 requests of "
+        "544 tokens (this trace's mean prompt + output) at once in 37.50 MiB; one takes 16.12 MiB vs 25.50 MiB "
+        "(full attention: 49,152 B per token per GPU"
+    )
     table_end = next(i for i, x in enumerate(lines) if x.startswith("e2e p99 (s)"))
-    assert table_end < title < lines.index(line) < lines.index(capacity)  # after the usual table
+    assert table_end < title < lines.index(design) < lines.index(line) < lines.index(capacity)  # after the usual table
 
     # steps.csv: the per-group columns for paged-hybrid only
     with open(out / "paged" / "steps.csv") as f:
