@@ -149,7 +149,8 @@ def concurrency_lines(summaries: list[dict], design: tuple[DesignCapacity, int] 
         lines += [
             f"{name} held {'-' if gain is None else f'{gain:.2f}x'} the concurrent sequences of {base_name} (every "
             f"layer's KV kept for every token; an MLA model's latent in both) in this replay: mean batch "
-            f"{s['batch_size']['mean']:.2f} vs {base['batch_size']['mean']:.2f}, max {s['batch_size']['max']:,} vs {base['batch_size']['max']:,} "
+            f"{s['batch_size']['mean']:.2f} vs {base['batch_size']['mean']:.2f}, max {s['batch_size']['max']:,} vs "
+            f"{base['batch_size']['max']:,} "
             f"(same trace, model, GPU and KV memory)",
             f"  KV held (token states + reserved + internal fragmentation), mean: {_held(s):.1%} vs {_held(base):.1%} "
             f"of {format_bytes(s['kv_capacity_bytes'])} vs {format_bytes(base['kv_capacity_bytes'])}; preemptions "
