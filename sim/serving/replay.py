@@ -179,22 +179,22 @@ def validate_options(options: ReplayOptions) -> None:
 def validate_kv_layout(options: ReplayOptions) -> None:
     """The model's KV-cache layout is well formed (`sim.hardware.kv_groups.layer_kinds`: the layer pattern lists
     every layer, MLA has both dimensions of its latent, a sliding window is a positive number of tokens), each as a
-    UserError that names the problem. For an allocator that takes the groups, also: the window is at most the max
-    model length, and an fp8 KV cache needs a GPU with fp8 (`GpuSpec.fp8_flops`). The other allocators do not use
-    the window, so a window beyond the max model length (a short --max-model-len) is no error for them."""
+    UserError that names the problem, and an fp8 KV cache needs a GPU with fp8 (`GpuSpec.fp8_flops`: vLLM stores
+    fp8 KV on Ampere too, converting in software inside its attention kernels; that slower path is not modelled, so
+    such a GPU is refused rather than priced as if it had fp8 hardware). For an allocator that
+    takes the groups, also: the window is at most the max model length; the other allocators do not use the window,
+    so a window beyond the max model length (a short --max-model-len) is no error for them."""
     model = options.model
-    if not uses_kv_groups(options.allocator):
-        w = model.sliding_window
-        if isinstance(w, int) and not isinstance(w, bool) and w > model.max_model_len:
-            model = replace(model, max_model_len=w)
-        kv_layout(model)
-        return
-    kv_layout(model)
     if model.kv_dtype == "fp8" and options.gpu.fp8_flops is None:
         raise UserError(
             f"an fp8 KV cache needs a GPU with fp8 support; {options.gpu.name} has none (no fp8_flops): give "
             f"--kv-cache-dtype auto, bf16 or fp16, or a GPU with fp8"
         )
+    if not uses_kv_groups(options.allocator):
+        w = model.sliding_window
+        if isinstance(w, int) and not isinstance(w, bool) and w > model.max_model_len:
+            model = replace(model, max_model_len=w)
+    kv_layout(model)
 
 
 def validate_scheduler_options(options: ReplayOptions) -> None:

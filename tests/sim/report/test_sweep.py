@@ -115,9 +115,9 @@ def test_a_changed_cell_is_recomputed(tmp_path):
 def test_spec_options_reach_the_replay(tmp_path):
     from sim.report.sweep_spec import base_options
 
-    text = f"traces = ['{TRACE}']\n[options]\nkv_cache_dtype = 'fp8'\nscheduler = 'vllm-v0'"
+    text = f"traces = ['{TRACE}']\ngpus = ['h100-80gb']\n[options]\nkv_cache_dtype = 'fp8'\nscheduler = 'vllm-v0'"
     spec = load_spec(write_spec(tmp_path, text))
-    options = base_options(spec, "llama-2-7b", "a100-80gb")
+    options = base_options(spec, "llama-2-7b", "h100-80gb")  # fp8 KV needs fp8 (not the A100)
     assert options.model.kv_bytes_per_token() == 2 * 32 * 32 * 128 * 1  # fp8: one byte per element
     assert options.scheduler == "vllm-v0"
 

@@ -260,6 +260,9 @@ def test_an_fp8_kv_cache_needs_a_gpu_with_fp8() -> None:
     assert a100.fp8_flops is None
     with pytest.raises(UserError, match="an fp8 KV cache needs a GPU with fp8 support; a100-80gb has none"):
         validate_options(options(model, "paged-hybrid", gpu=a100))
+    for allocator in ("paged", "contiguous-max"):  # every allocator, not only the grouped ones
+        with pytest.raises(UserError, match="an fp8 KV cache needs a GPU with fp8 support; a100-80gb has none"):
+            validate_options(options(model, allocator, gpu=a100))
     validate_options(options(model, "paged-hybrid"))  # the H100 has fp8
     # 1,024 B per token per layer, half of bf16: a slot of 12 x 1,024 B
     assert options(model, "paged-hybrid", kv_memory=MiB).budget().bytes_per_token == 12_288
