@@ -31,6 +31,8 @@ class BlockPool:
         self.block_hash: dict[int, Hashable] = {}  # registered block -> its content hash
         self.hash_block: dict[Hashable, int] = {}  # content hash -> block
         self.num_evictions = 0
+        # called with (content hash, block) when cached content is evicted (sim.allocators.host_tier keeps it)
+        self.on_evict: Callable[[Hashable, int], None] | None = None
 
     @property
     def num_free_blocks(self) -> int:
@@ -76,6 +78,8 @@ class BlockPool:
             if h is not None:  # evict the cached content
                 del self.hash_block[h]
                 self.num_evictions += 1
+                if self.on_evict is not None:
+                    self.on_evict(h, block)
         self.ref_counts[block] = 1
         return block
 
@@ -93,11 +97,14 @@ class BlockPool:
             if self.block_hash:
                 pop, hash_block = self.block_hash.pop, self.hash_block
                 evicted = 0
+                on_evict = self.on_evict
                 for block in blocks:
                     h = pop(block, None)
                     if h is not None:  # evict the cached content
                         del hash_block[h]
                         evicted += 1
+                        if on_evict is not None:
+                            on_evict(h, block)
                 self.num_evictions += evicted
         for block in blocks:
             refs[block] = 1

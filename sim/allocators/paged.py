@@ -32,7 +32,9 @@ import numpy as np
 from sim.allocators.base import AllocationError, BlockTablePlacement, KVAllocator, MemoryBreakdown, TokenContent
 from sim.allocators.block_pool import BlockPool
 from sim.allocators.fast_paths import BlockDecodePlan, DecodePlan
-from sim.allocators.prefix_hash import Run, chain_key, content_length, leading_hits, runs_from
+from sim.allocators.host_tier import HostTier
+from sim.allocators.paged_swap import SwapMixin
+from sim.allocators.prefix_hash import Run, chain_key, content_length, leading_hits, leading_hits_two_tiers, runs_from
 from sim.units import ceil_div
 
 
@@ -53,7 +55,7 @@ class _Seq:
     forked: bool = False  # it took part in a fork, so it may share a partly filled last block
 
 
-class PagedAllocator(KVAllocator):
+class PagedAllocator(SwapMixin, KVAllocator):
     """Paged KV cache; see the module docstring.
 
     Lazy rounds: a decode round appends one token to every live sequence (`append_round`). Instead of touching every
@@ -94,6 +96,7 @@ class PagedAllocator(KVAllocator):
         self._copies: list[tuple[int, int]] = []
         self.num_cow_copies = 0
         self.hit_tokens = 0
+        self.host: HostTier | None = None  # a second tier (attach_host)
 
     # --- token identities and block keys (sim.allocators.prefix_hash) ----------------------------------------------
     def _prefix_hits(self, seq_id: int, num_tokens: int, content: TokenContent | None) -> list[int]:
@@ -102,8 +105,18 @@ class PagedAllocator(KVAllocator):
             return []  # a sequence's own tokens are indexed only in a cache (see admit: indexed)
         return leading_hits(self.pool.hash_block, runs_from(content, seq_id, num_tokens), num_tokens, self.block_size)
 
+    def _hits(self, seq_id: int, num_tokens: int, content: TokenContent | None) -> tuple[list[int], list]:
+        """(GPU blocks, host tier keys) holding this sequence's leading full blocks: `_prefix_hits`, then, with an
+        offloaded prefix cache, the blocks after them the host holds (sim.allocators.host_tier)."""
+        host = self.host
+        if host is None or not host.num_cached or not self.pool.retain_cached or not self.sharing:
+            return self._prefix_hits(seq_id, num_tokens, content), []
+        runs = runs_from(content, seq_id, num_tokens)
+        return leading_hits_two_tiers(self.pool.hash_block, host.has_cached, runs, num_tokens, self.block_size)
+
     def prefix_hit_tokens(self, seq_id: int, num_tokens: int, content: TokenContent | None = None) -> int:
-        return len(self._prefix_hits(seq_id, num_tokens, content)) * self.block_size
+        hits, host_keys = self._hits(seq_id, num_tokens, content)
+        return (len(hits) + len(host_keys)) * self.block_size
 
     def _sync_runs(self, s: _Seq, tokens: int) -> None:
         """Extend s's runs to its `tokens` tokens: tokens it wrote itself are its own (tag ("seq", id))."""
@@ -243,23 +256,24 @@ class PagedAllocator(KVAllocator):
             return f"needs {need:,} blocks; the KV cache has {self.num_blocks:,}"
         return None
 
-    def _admit_need(self, seq_id: int, num_tokens: int, content: TokenContent | None) -> tuple[list[int], int]:
-        hits = self._prefix_hits(seq_id, num_tokens, content)
+    def _admit_need(self, seq_id: int, num_tokens: int, content: TokenContent | None) -> tuple[list[int], list, int]:
+        """(GPU hit blocks, host hit keys, free blocks needed): host hits are loaded into fresh blocks."""
+        hits, host_keys = self._hits(seq_id, num_tokens, content)
         if not hits:
-            return hits, ceil_div(num_tokens, self.block_size)
+            return hits, host_keys, ceil_div(num_tokens, self.block_size)
         from_free = sum(1 for b in hits if self.pool.ref_counts[b] == 0)
-        return hits, ceil_div(num_tokens, self.block_size) - len(hits) + from_free
+        return hits, host_keys, ceil_div(num_tokens, self.block_size) - len(hits) + from_free
 
     def can_admit(self, seq_id: int, num_tokens: int, final_len: int, content: TokenContent | None = None) -> bool:
         if seq_id in self._seqs or num_tokens < 0:
             return False
-        _, need = self._admit_need(seq_id, num_tokens, content)
+        _, _, need = self._admit_need(seq_id, num_tokens, content)
         return need <= self.pool.num_free_blocks
 
     def admit(self, seq_id: int, num_tokens: int, final_len: int, content: TokenContent | None = None) -> int:
         if seq_id in self._seqs or num_tokens < 0:
             raise AllocationError(f"cannot admit sequence {seq_id} ({num_tokens} tokens)")
-        hits, need = self._admit_need(seq_id, num_tokens, content)  # can_admit, without computing the hits twice
+        hits, host_keys, need = self._admit_need(seq_id, num_tokens, content)  # can_admit, without the hits twice
         if need > self.pool.num_free_blocks:
             raise AllocationError(f"cannot admit sequence {seq_id} ({num_tokens} tokens): {need} blocks needed")
         for block in hits:
@@ -268,9 +282,13 @@ class PagedAllocator(KVAllocator):
         bs, fill = self.block_size, self.fill
         new = ceil_div(num_tokens, bs) - len(hits)
         if new:
+            # host hits leave the host before the GPU blocks are taken: evictions those cause cannot drop them
+            claimed = [self.host.claim(key) for key in host_keys] if host_keys else []
             blocks = self.pool.allocate_many(new)
             for block in blocks:
                 fill[block] = bs
+            for host_block, block in zip(claimed, blocks):
+                self.host.load(host_block, block)
             table += blocks
         if new:
             fill[table[-1]] = num_tokens - (len(table) - 1) * bs
@@ -291,7 +309,7 @@ class PagedAllocator(KVAllocator):
         self._attach(seq_id, s, num_tokens)
         if indexed:
             self._register_full_blocks(s, num_tokens)
-        hit = len(hits) * self.block_size
+        hit = (len(hits) + len(host_keys)) * self.block_size
         self.hit_tokens += hit
         return hit
 
@@ -717,10 +735,23 @@ class PagedAllocator(KVAllocator):
             self._advance_rounds(rounds)
 
     def drop_cache(self) -> None:
-        """Forget cached content of free blocks (prefix cache)."""
+        """Forget cached content of free blocks (prefix cache), and the host tier's cached blocks."""
         for block in self.pool.cached_free_blocks():
             self.pool.unregister(block)
             self.fill[block] = 0
+        if self.host is not None:
+            self.host.drop_cache()
+
+    def attach_host(self, host: HostTier) -> None:
+        """Give this allocator a host tier (sim.allocators.host_tier): swap preemption, and with a prefix cache, the
+        offloaded prefix cache (blocks the GPU evicts go to the host)."""
+        self.host = host
+        if self.pool.retain_cached:
+            self.pool.on_evict = host.offload
+
+    def take_transfers(self) -> list:
+        """Host-link copies recorded since the last call (sim.allocators.host_tier.Transfer), in order."""
+        return self.host.take_transfers() if self.host is not None else []
 
     # --- inspection -----------------------------------------------------------------------------------------------
     def num_tokens(self, seq_id: int) -> int:
@@ -827,6 +858,8 @@ class PagedAllocator(KVAllocator):
         assert len(self.pool.hash_block) == len(self.pool.block_hash), "hash index sizes differ"
         if not self.pool.retain_cached:
             assert not self.pool.cached_free_blocks(), "a free block is still indexed without a prefix cache"
+        if self.host is not None:
+            self.host.check()
 
 
 class PagedPrefixCache(PagedAllocator):

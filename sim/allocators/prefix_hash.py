@@ -71,3 +71,24 @@ def leading_hits(hash_block: dict[Hashable, int], runs: list[Run], num_tokens: i
             break
         hits.append(block)
     return hits
+
+
+def leading_hits_two_tiers(
+    hash_block: dict[Hashable, int], on_host, runs: list[Run], num_tokens: int, block_size: int
+) -> tuple[list[int], list[Hashable]]:
+    """The GPU's leading hits (as `leading_hits`), then the keys of the blocks after them that the host tier holds
+    (`on_host(key)`), up to the first block neither holds; at least one token is always left to compute."""
+    hits: list[int] = []
+    host: list[Hashable] = []
+    prev = None
+    for index in range((num_tokens - 1) // block_size):
+        prev = chain_key(prev, runs, index, block_size)
+        if not host:
+            block = hash_block.get(prev)
+            if block is not None:
+                hits.append(block)
+                continue
+        if not on_host(prev):
+            break
+        host.append(prev)
+    return hits, host
