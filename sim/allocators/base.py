@@ -214,6 +214,11 @@ class KVAllocator(FastPaths, ABC):
         The executor must carry them out before the next step reads the destination blocks."""
         return []
 
+    def take_transfers(self) -> list:
+        """Host-link copies recorded since the last call (`sim.allocators.host_tier.Transfer`); none without a host
+        tier. The executor must carry them out, in order, before the next step."""
+        return []
+
     def held_without_sharing(self) -> int:
         """Token slots the live sequences would hold if nothing were shared (equal to what is held when nothing is).
         The step log reports it; the default derives it from memory(), which is right for any allocator that does

@@ -84,6 +84,8 @@ class HostTier:
         self.swap_outs = 0  # requests swapped out
         self.swap_ins = 0
         self.swap_fallbacks = 0  # swap preemptions that fell back to recompute (no host room)
+        # what each host hit and swap-in spared: (tokens of context before, tokens not recomputed, blocks moved back)
+        self.spared: list[tuple[int, int, int]] = []
 
     # --- inspection --------------------------------------------------------------------------------------------------
     def memory(self) -> HostMemory:
@@ -176,6 +178,11 @@ class HostTier:
         self._free.extend(host_blocks)
         self.bytes_to_gpu += len(host_blocks) * self.block_bytes
         self.swap_ins += 1
+
+    def note_spared(self, context_tokens: int, tokens: int, blocks: int) -> None:
+        """A host hit or a swap-in spared computing `tokens` tokens on top of `context_tokens` by moving `blocks`
+        blocks back (the summary's recompute time saved)."""
+        self.spared.append((context_tokens, tokens, blocks))
 
     def discard(self, handle: int) -> None:
         """Drop a swapped request's blocks without copying them back (it will be recomputed or was rejected)."""

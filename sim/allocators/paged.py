@@ -289,6 +289,8 @@ class PagedAllocator(SwapMixin, KVAllocator):
                 fill[block] = bs
             for host_block, block in zip(claimed, blocks):
                 self.host.load(host_block, block)
+            if claimed:
+                self.host.note_spared(len(hits) * bs, len(claimed) * bs, len(claimed))
             table += blocks
         if new:
             fill[table[-1]] = num_tokens - (len(table) - 1) * bs

@@ -105,6 +105,8 @@ class SwapMixin:
         for block, f in zip(blocks, swapped.fills):
             fill[block] = f
         self.host.swap_in(swapped.handle, blocks)
+        # recompute would have prefilled the longest sequence again (a lower bound for several branches)
+        self.host.note_spared(0, max(swapped.tokens), len(blocks))
         self._held_blocks += len(blocks)
         self._tokens += sum(swapped.fills)
         referenced = [False] * len(blocks)

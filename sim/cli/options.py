@@ -218,6 +218,25 @@ def add_policy_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="simulate every iteration one by one (the results are identical; this is slower)",
     )
+    p.add_argument(
+        "--host-kv-memory",
+        metavar="SIZE",
+        help="paged allocators: a host tier of this much host KV memory per GPU, e.g. 512GiB: the offloaded prefix "
+        "cache (paged-prefix-cache) and --preemption swap (default: none)",
+    )
+    p.add_argument(
+        "--host-link",
+        metavar="LINK",
+        help="the host tier's link, bytes/s each way: pcie4 (32e9), pcie5 (64e9), c2c (450e9) or a number "
+        "(default: the GPU's host link, see `sim gpus`)",
+    )
+    p.add_argument(
+        "--preemption",
+        choices=["recompute", "swap"],
+        default="recompute",
+        help="what a preempted request's KV becomes: recomputed later, or swapped to the host tier and back "
+        "(default: recompute)",
+    )
 
 
 def add_replay_options(p: argparse.ArgumentParser) -> None:
@@ -275,12 +294,16 @@ def replay_options(args: argparse.Namespace, allocator: str, family_options_only
     `sim sweep` does): --address-space goes to the contiguous allocators only and --no-sharing to the paged ones,
     instead of being refused for the others."""
     address_space, sharing = args.address_space, not args.no_sharing
+    host = option_size("--host-kv-memory", args.host_kv_memory) if args.host_kv_memory else None
+    host_link, preemption = args.host_link, args.preemption
     if family_options_only:
         cls = resolve_allocator(allocator)
         if not hasattr(cls, "address_space_policy"):
             address_space = None
         if not (getattr(cls, "grows_on_demand", False) and hasattr(cls, "retain_cached")):
             sharing = True
+        if not hasattr(cls, "attach_host") or getattr(cls, "uses_kv_groups", False):
+            host, host_link, preemption = None, None, "recompute"
     options = ReplayOptions(
         **hardware_kwargs(args),
         allocator=allocator,
@@ -293,6 +316,9 @@ def replay_options(args: argparse.Namespace, allocator: str, family_options_only
         seed=args.seed,
         fast_forward=not args.no_fast_forward,
         cost_model=args.cost_model,
+        host_kv_memory=host,
+        host_link=host_link,
+        preemption=preemption,
     )
     validate_options(options)
     return options

@@ -27,6 +27,11 @@ COLUMN = {name: i for i, name in enumerate(STEP_COLUMNS)}  # column name -> inde
 GROUP_CATEGORIES = ("token_states", "reserved", "internal_fragmentation", "window_freed")
 
 
+#: A host tier's figures in steps.csv (sim.records.host_steps.HostStepLog), bytes: host blocks of the offloaded prefix
+#: cache and of swapped-out requests after the iteration is scheduled, and the bytes its copies move each way.
+HOST_COLUMNS = ("host_cached_bytes", "host_swapped_bytes", "to_host_bytes", "to_gpu_bytes")
+
+
 def group_columns(num_groups: int) -> tuple[str, ...]:
     """steps.csv's per-group columns, group by group: g0_token_states_bytes, ..., g0_window_freed_bytes, g1_..."""
     return tuple(f"g{g}_{c}_bytes" for g in range(num_groups) for c in GROUP_CATEGORIES)
@@ -299,6 +304,9 @@ def record_iteration(
     bpt = bytes_per_token
     if memory.by_group:  # an allocator with KV-cache groups: its steps log is a GroupStepLog
         steps.note_groups(memory.by_group)
+    note_batch = getattr(steps, "note_batch", None)  # a host tier: its steps log is a HostStepLog
+    if note_batch is not None:
+        note_batch(batch)
     steps.append(
         (
             start,
@@ -353,8 +361,11 @@ def num_groups_of(steps: dict[str, np.ndarray]) -> int:
 
 
 def steps_csv(steps: dict[str, np.ndarray]) -> str:
-    """STEP_COLUMNS, then the per-group columns when the records have them (`group_columns`)."""
+    """STEP_COLUMNS, then the per-group columns when the records have them (`group_columns`), then the host tier's
+    (`sim.records.host_steps.HOST_COLUMNS`) when they have those."""
     columns = STEP_COLUMNS + group_columns(num_groups_of(steps))
+    if HOST_COLUMNS[0] in steps:
+        columns += HOST_COLUMNS
     buf = io.StringIO()
     buf.write(",".join(columns) + "\n")
     cols = [steps[c] for c in columns]

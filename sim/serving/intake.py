@@ -143,6 +143,9 @@ class Intake:
         for request in batch.preempted:
             self.requests.preemptions[request.index] += 1
         request = self.scheduler.waiting.popleft()
+        if request.swapped is not None:  # its blocks on the host will never come back
+            self.scheduler.allocator.discard_swapped(request.swapped)
+            request.swapped = None
         how = "completed even alone in" if batch.preempted else "placed even in an empty"
         self.requests.rejection[request.index] = (
             f"cannot be {how} KV cache ({request.num_branches} sequences of up to {request.final_len:,} tokens)"

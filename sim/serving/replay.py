@@ -17,12 +17,16 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from sim.allocators import KVAllocator, resolve_allocator
+from sim.allocators.host_tier import HostTier
+from sim.cost.host_link import HostLinkCost, resolve_host_link
 from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S, RooflineCostModel, require_interconnect
 from sim.errors import UserError
 from sim.hardware.budget import EngineConfig, KVBudget, kv_budget
 from sim.hardware.gpus import GpuSpec
 from sim.hardware.kv_groups import KVLayout, kv_layout
 from sim.hardware.models import ModelSpec
+from sim.records.host_steps import HostStepLog
+from sim.records.host_summary import host_tier_summary
 from sim.records.requests import RequestLog
 from sim.records.steps import GroupStepLog
 from sim.records.summary import kv_groups_summary, sharing_summary, summarize
@@ -60,6 +64,13 @@ class ReplayOptions:
     seed: int = 0  # seeds the beam model
     fast_forward: bool = True  # compute quiet stretches of decode iterations in one step (exactly the same records)
     cost_model: str | None = None  # a calibration profile (JSON from `sim calibrate`); None: the roofline
+    host_kv_memory: int | None = None  # bytes of host KV memory per GPU (sim.allocators.host_tier); None: no host tier
+    host_link: str | float | None = None  # a name of sim.cost.host_link.HOST_LINKS or bytes/s; None: the GPU's own
+    preemption: str = "recompute"  # or "swap" (needs a host tier)
+
+    def host_link_spec(self):
+        """The host link a host tier uses (sim.cost.host_link.resolve_host_link)."""
+        return resolve_host_link(self.host_link, self.gpu.host_link_bandwidth, self.gpu.name)
 
     @property
     def engine_config(self) -> EngineConfig:
@@ -120,13 +131,61 @@ def make_allocator(options: ReplayOptions, budget: KVBudget) -> KVAllocator:
         layout = budget.layout if budget.layout is not None else kv_layout(options.model)
         kwargs["groups"] = layout.groups
     try:
-        return cls(budget.num_blocks, budget.block_size, options.model.max_model_len, **kwargs)
+        allocator = cls(budget.num_blocks, budget.block_size, options.model.max_model_len, **kwargs)
     except (TypeError, ValueError) as exc:
         raise UserError(f"cannot create allocator {options.allocator}: {exc}") from None
+    if options.host_kv_memory is not None:
+        block_bytes = budget.block_size * budget.bytes_per_token
+        allocator.attach_host(HostTier(options.host_kv_memory // block_bytes, block_bytes))
+    return allocator
+
+
+PREEMPTION_MODES = ("recompute", "swap")
+
+
+def validate_host_tier(options: ReplayOptions) -> None:
+    """A host tier (--host-kv-memory, --host-link, --preemption swap) that a replay can use, or a UserError naming
+    what is wrong."""
+    if options.preemption not in PREEMPTION_MODES:
+        raise UserError(f"--preemption must be one of {', '.join(PREEMPTION_MODES)}, got {options.preemption!r}")
+    host = options.host_kv_memory
+    if host is None:
+        if options.preemption == "swap":
+            raise UserError("--preemption swap needs a host tier to swap to: give --host-kv-memory")
+        if options.host_link is not None:
+            raise UserError("--host-link needs a host tier: give --host-kv-memory")
+        return
+    cls = resolve_allocator(options.allocator)
+    if not hasattr(cls, "attach_host") or getattr(cls, "uses_kv_groups", False):
+        raise UserError(
+            f"a host tier (--host-kv-memory, --preemption swap) works with paged and paged-prefix-cache, not "
+            f"{options.allocator} (a contiguous allocator's extents, or KV-cache groups, are not swapped or offloaded "
+            f"by this model)"
+        )
+    if not _is_int(host) or host <= 0:
+        raise UserError(f"--host-kv-memory must be a positive number of bytes, got {host!r}")
+    budget = options.budget()
+    block_bytes = budget.block_size * budget.bytes_per_token
+    if host < block_bytes:
+        raise UserError(
+            f"--host-kv-memory {host:,} B is smaller than one KV block ({block_bytes:,} B: {budget.block_size} "
+            f"tokens x {budget.bytes_per_token:,} B)"
+        )
+    if options.preemption == "swap" and not hasattr(resolve_scheduler(options.scheduler), "_swap_in"):
+        raise UserError(f"--preemption swap needs a scheduler that swaps (vllm-v0, vllm-v1), not {options.scheduler}")
+    options.host_link_spec()
 
 
 def make_cost_model(options: ReplayOptions):
-    """The roofline from the GPU's datasheet, or the profile a calibration on a real GPU wrote (--cost-model)."""
+    """The roofline from the GPU's datasheet, or the profile a calibration on a real GPU wrote (--cost-model); with
+    a host tier, plus the link time of its copies (sim.cost.host_link.HostLinkCost)."""
+    compute = _compute_cost_model(options)
+    if options.host_kv_memory is None:
+        return compute
+    return HostLinkCost(compute, options.host_link_spec())
+
+
+def _compute_cost_model(options: ReplayOptions):
     if options.cost_model is None:
         return RooflineCostModel(options.model, options.gpu, options.tp, options.step_overhead_s)
     from sim.cost.profile import ProfileCostModel
@@ -174,6 +233,7 @@ def validate_options(options: ReplayOptions) -> None:
         raise UserError(f"sharing must be true or false, got {options.sharing!r}")
     validate_kv_layout(options)
     validate_scheduler_options(options)
+    validate_host_tier(options)
 
 
 def validate_kv_layout(options: ReplayOptions) -> None:
@@ -223,12 +283,17 @@ def validate_scheduler_options(options: ReplayOptions) -> None:
 
 
 def make_scheduler(options: ReplayOptions, allocator: KVAllocator) -> Scheduler:
-    """The scheduler both clocks drive, over `allocator`, with the options' limits and beam model."""
+    """The scheduler both clocks drive, over `allocator`, with the options' limits, beam model and preemption."""
     engine = options.engine_config
     limits = SchedulerLimits(
         engine.max_num_seqs, engine.batched_tokens_limit(options.model), options.long_prefill_token_threshold
     )
-    return resolve_scheduler(options.scheduler)(allocator, limits, BeamModel(options.beam_replace_prob, options.seed))
+    scheduler = resolve_scheduler(options.scheduler)(
+        allocator, limits, BeamModel(options.beam_replace_prob, options.seed)
+    )
+    if options.preemption != "recompute":
+        scheduler.preemption = options.preemption
+    return scheduler
 
 
 def summary_header(allocator: KVAllocator, budget: KVBudget, options: ReplayOptions, trace: Trace) -> dict:
@@ -282,6 +347,9 @@ def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | No
     if getattr(allocator, "uses_kv_groups", False) and hasattr(allocator, "memory_by_group"):
         layout = budget.layout if budget.layout is not None else kv_layout(options.model)
         engine.steps = GroupStepLog(len(layout.groups), budget.bytes_per_token)
+    host = getattr(allocator, "host", None)
+    if host is not None:
+        engine.steps = HostStepLog(host)
     step_log, requests = engine.run()
     steps = step_log.arrays()
     summary = {
@@ -304,6 +372,12 @@ def replay(trace: Trace, options: ReplayOptions, progress: ProgressCallback | No
             "cost_model": cost.describe(),
         },
     }
+    if host is not None:
+        summary["host_tier"] = host_tier_summary(
+            host, cost, steps, scheduler.prefill_tokens_requested, budget.block_size, options.preemption
+        )
+        summary["config"]["host_kv_memory"] = options.host_kv_memory
+        summary["config"]["preemption"] = options.preemption
     if layout is not None:
         summary["kv_groups"] = kv_groups_summary(steps, layout.groups, options.tp, budget.capacity_bytes)
         summary["config"]["kv_group_size"] = layout.group_size

@@ -39,6 +39,9 @@ class Request:
     # Prefill/decode disaggregation (sim.cluster): prompt tokens whose KV a prefill replica computed and sent; the
     # first admission starts after them (at most all but the last prompt token), a later one recomputes.
     transferred_tokens: int = 0
+    # Swap preemption (sim.allocators.host_tier): the allocator's record of its branches while they are on the host
+    # (a SwappedRequest); None otherwise.
+    swapped: object | None = None
 
     @property
     def final_len(self) -> int:
@@ -64,6 +67,8 @@ class Batch:
     resumed: requests that emit this iteration for the first time since they were preempted or stalled (their
         inter-token gap spans the pause; see sim.records.vllm_bench).
     copies: (source block, destination block) copies the allocator recorded (copy-on-write), to run first.
+    transfers: host-link copies (sim.allocators.host_tier.Transfer: evicted blocks to the host, host hits back, swaps
+        out and in), to run first, in order.
     """
 
     prefill: list[Request] = field(default_factory=list)
@@ -79,6 +84,15 @@ class Batch:
     num_decode_seqs: int = 0
     decode_context_tokens: int = 0  # KV tokens the decode branches read (their lengths including the new token)
     prefill_attention_pairs: int = 0  # (query, key) pairs of prefill attention: n (n + 1) / 2 + n x context
+    transfers: list = field(default_factory=list)
+
+    @property
+    def bytes_to_host(self) -> int:
+        return sum(t.nbytes for t in self.transfers if t.direction == "to_host")
+
+    @property
+    def bytes_to_gpu(self) -> int:
+        return sum(t.nbytes for t in self.transfers if t.direction == "to_gpu")
 
     @property
     def num_seqs(self) -> int:

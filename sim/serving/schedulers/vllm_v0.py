@@ -67,6 +67,7 @@ class VllmV0Scheduler:
         self.running: dict[Request, None] = {}  # in admission order (a dict: removal by key is O(1))
         self.num_running_seqs = 0  # branches of the running requests
         self.num_preemptions = 0
+        self.preemption = "recompute"  # or "swap": to the allocator's host tier (sim.allocators.host_tier)
         self.prefill_tokens_requested = 0  # tokens of every admission's prefill, before prefix-cache hits
         self.prefill_tokens_cached = 0  # of those, tokens found in the prefix cache
         self.round = 0  # iterations finished so far
@@ -109,6 +110,7 @@ class VllmV0Scheduler:
         if not batch.preempted:
             self._admit(batch, now)
         batch.copies = self.allocator.take_copy_ops()
+        batch.transfers = self.allocator.take_transfers()
         return batch
 
     def _decode_round(self, batch: Batch) -> int:
@@ -184,8 +186,9 @@ class VllmV0Scheduler:
         sequence slots only shrink while nothing finishes). 0 when the next iteration may do more.
 
         through_finish: also count the iteration in which the next requests finish (it is pure decode as well: they
-        finish at its end, see `finish_decode`)."""
-        if not self.running:
+        finish at its end, see `finish_decode`). Always 0 with a host tier: its copies (evictions to the host) are
+        recorded iteration by iteration."""
+        if not self.running or getattr(self.allocator, "host", None) is not None:
             return 0
         heap, counts = self._finish_rounds, self._num_finishing
         while not counts.get(heap[0]):  # drop rounds whose requests all left (preempted)
@@ -262,16 +265,44 @@ class VllmV0Scheduler:
             self._num_running_beams -= 1
 
     def _preempt(self, request: Request, batch: Batch) -> None:
+        """Take a running request's memory back (it is already out of self.running) and put it at the front of the
+        queue: swapped to the host tier (`preemption` "swap", when the host has room), else for recompute."""
         self._stop_running(request)
-        for branch in request.branches:
-            self.allocator.free(branch)
+        alloc = self.allocator
+        if self.preemption == "swap" and alloc.can_swap_out(request.branches):
+            request.swapped = alloc.swap_out(request.branches)
+        else:
+            if self.preemption == "swap":
+                alloc.host.swap_fallbacks += 1
+            for branch in request.branches:
+                alloc.free(branch)
+            if request.num_branches > 1:
+                request.generated = 0
         request.branches = []
         request.preemptions += 1
-        if request.num_branches > 1:
-            request.generated = 0
         self.num_preemptions += 1
         batch.preempted.append(request)
         self.waiting.appendleft(request)
+
+    def _swap_in(self, request: Request, batch: Batch) -> bool:
+        """Bring a swapped request at the head of the queue back from the host and give each of its branches its
+        next token (it decodes in this iteration, as vLLM v0's swapped-in requests do). False if there is no room."""
+        alloc = self.allocator
+        swapped = request.swapped
+        if not alloc.can_swap_in(swapped):
+            return False
+        alloc.swap_in(swapped)
+        request.swapped = None
+        request.branches = list(swapped.seq_ids)
+        for branch in request.branches:
+            alloc.append(branch, 1)
+        self.waiting.popleft()
+        self._start_running(request)
+        batch.decode.append(request)
+        batch.num_decode_seqs += len(request.branches)
+        batch.decode_context_tokens += sum(alloc.num_tokens(b) for b in request.branches)
+        batch.resumed.append(request)
+        return True
 
     def _new_child_id(self) -> int:
         self._next_child_id += 1
@@ -309,6 +340,10 @@ class VllmV0Scheduler:
             request = self.waiting[0]
             if self.num_running_seqs + request.num_branches > self.limits.max_num_seqs:
                 break
+            if request.swapped is not None:
+                if not self._swap_in(request, batch):
+                    break
+                continue
             n = request.prefill_tokens
             # A recompute longer than the budget may run alone, or it could never be re-admitted.
             if batch.num_prefill_tokens + n > budget and batch.prefill:

@@ -103,6 +103,7 @@ class VllmV1Scheduler(VllmV0Scheduler):
         if not batch.preempted:
             self._admit_waiting(batch, budget, now)
         batch.copies = self.allocator.take_copy_ops()
+        batch.transfers = self.allocator.take_transfers()
         return batch
 
     def _branches_in_allocator_order(self) -> bool:
@@ -212,7 +213,8 @@ class VllmV1Scheduler(VllmV0Scheduler):
         return True
 
     def _preempt_any(self, request: Request, batch: Batch) -> None:
-        """Preempt a running or prefilling request (recompute)."""
+        """Preempt a running request (recompute, or swap: `VllmV0Scheduler._preempt`) or a prefilling one (always
+        recompute: its prompt is not all computed, and vLLM v0, whose swap this follows, had no partial prompts)."""
         if request in self.prefilling:
             del self.prefilling[request]
             self._num_prefilling_seqs -= request.num_branches
@@ -248,6 +250,15 @@ class VllmV1Scheduler(VllmV0Scheduler):
             request = self.waiting[0]
             if self._seqs_in_use() + request.num_branches > self.limits.max_num_seqs:
                 break
+            if request.swapped is not None:  # back from the host: it decodes, one token per branch
+                if request.num_branches > budget:
+                    break
+                request.run_order = self._next_run_order
+                if not self._swap_in(request, batch):
+                    break
+                self._next_run_order += 1
+                budget -= request.num_branches
+                continue
             total = request.prefill_tokens
             hits, start = self._computed_at_admission(request, total)
             new = self._chunk(total - start, budget)
