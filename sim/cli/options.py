@@ -11,7 +11,7 @@ from sim.cost.roofline import DEFAULT_STEP_OVERHEAD_S
 from sim.errors import UserError
 from sim.hardware.gpus import resolve_gpu
 from sim.hardware.models import KV_CACHE_DTYPES, resolve_model
-from sim.serving.replay import ReplayOptions, validate_options
+from sim.serving.replay import ReplayOptions, host_tier_capable, validate_options
 from sim.serving.schedulers import DEFAULT_SCHEDULER
 from sim.traces.readers import READERS
 from sim.units import format_bytes, parse_duration, parse_size
@@ -302,7 +302,7 @@ def replay_options(args: argparse.Namespace, allocator: str, family_options_only
             address_space = None
         if not (getattr(cls, "grows_on_demand", False) and hasattr(cls, "retain_cached")):
             sharing = True
-        if not hasattr(cls, "attach_host") or getattr(cls, "uses_kv_groups", False):
+        if not host_tier_capable(allocator):
             host, host_link, preemption = None, None, "recompute"
     options = ReplayOptions(
         **hardware_kwargs(args),

@@ -155,6 +155,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sim.report.page import build_page
     from sim.report.plan import check_max_utilization, format_usd
     from sim.report.slo import parse_slos
+    from sim.serving.replay import host_tier_capable, validate_options
     from sim.traces.readers import read_trace
     from sim.traces.tools import slice_trace
     from sim.units import parse_duration
@@ -196,7 +197,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     if len(gpus) > 1 and args.cost_model:
         raise UserError("--cost-model is a profile calibrated on one GPU; it cannot serve several --gpus")
     args.gpu = args.gpu or DEFAULT_GPU
-    base = dataclasses.replace(replay_options(args, allocators[0]), gpu=gpus[0])
+    hosts = host_memories(args.host_kv_memories, args.host_kv_memory)
+    if hosts and not args.host_kv_memory:  # the base options carry the link and preemption of the host tiers
+        args.host_kv_memory = str(next(h for h in hosts if h is not None))
+    first = first_capable(allocators) if args.host_kv_memory else allocators[0]
+    base = dataclasses.replace(replay_options(args, first), gpu=gpus[0])
+    for h in hosts:  # every host tier compared, checked before any process starts
+        if h is not None:
+            validate_options(dataclasses.replace(base, allocator=first_capable(allocators), host_kv_memory=h))
     for g in gpus:  # fail early on an impossible budget, before any process starts
         for b in block_sizes:
             try:
@@ -220,9 +228,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         prices,
         max_utilization,
         parse_routers(args.routers),
+        hosts,
     )
     jobs = args.jobs or default_jobs()
-    n_configs = len(gpus) * len(allocators) * len(block_sizes)
+    per_allocator = [len(hosts) if hosts and host_tier_capable(a) else 1 for a in allocators]
+    n_configs = len(gpus) * len(block_sizes) * sum(per_allocator)
     say(
         f"trace: {trace.path} ({len(trace):,} requests over {trace.duration_s:,.1f} s, {native:.4g} req/s)"
         + (f"; {note[0]}" if note else "")
@@ -269,6 +279,41 @@ def cmd_report(args: argparse.Namespace) -> int:
         say(f"wrote {args.screenshot}")
     assert data_dir_for(output) == directory
     return 0 if rec is not None else 1  # 1: nothing meets the SLOs (the report is still written)
+
+
+def host_memories(text: str | None, single: str | None) -> list[int | None]:
+    """`--host-kv-memories`: bytes per GPU, None for 0 (GPU only), in order; [] when not given. A UserError on a
+    bad size, a repeated one, or together with --host-kv-memory."""
+    if text is None:
+        return []
+    if single:
+        raise UserError("give --host-kv-memory (one host tier) or --host-kv-memories (several), not both")
+    from sim.cli.options import option_size
+
+    values: list[int | None] = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        size = None if item in ("0", "none") else option_size("--host-kv-memories", item)
+        if size in values:
+            raise UserError(f"--host-kv-memories gives {item} twice")
+        values.append(size)
+    if not any(v is not None for v in values):
+        raise UserError("--host-kv-memories needs at least one host tier size (0 alone is GPU only: leave it out)")
+    return values
+
+
+def first_capable(allocators: list[str]) -> str:
+    """The first allocator that takes a host tier; a UserError when none does."""
+    from sim.serving.replay import host_tier_capable
+
+    for a in allocators:
+        if host_tier_capable(a):
+            return a
+    raise UserError(
+        f"--host-kv-memories needs a paged allocator in --allocators (paged, paged-prefix-cache), got "
+        f"{', '.join(allocators)}"
+    )
 
 
 def results_table(data) -> str:
@@ -394,6 +439,12 @@ def register(sub) -> None:
         type=positive_float,
         metavar="REQ_PER_S",
         help="first rate the search probes (default: the trace's own rate)",
+    )
+    p.add_argument(
+        "--host-kv-memories",
+        metavar="SIZE[,SIZE...]",
+        help="compare host tiers: host KV memory per GPU for each configuration of a paged allocator, 0 for GPU only "
+        "(e.g. 0,128GiB,512GiB; --host-link and --preemption apply to those with a host tier)",
     )
     p.add_argument("--first", type=positive_int, metavar="N", help="use only the trace's first N requests")
     p.add_argument("--duration", metavar="T", help="use only requests arriving in the trace's first T (e.g. 600s)")

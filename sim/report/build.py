@@ -26,8 +26,9 @@ from sim.progress import StatusLine
 from sim.report import plan
 from sim.report.capacity import CapacitySearch, Probe, evaluate_probe, trace_rate
 from sim.report.slo import SLO
-from sim.serving.replay import ReplayOptions
+from sim.serving.replay import ReplayOptions, host_tier_capable
 from sim.traces.model import Trace
+from sim.units import format_bytes
 from sim.workers import stop_pool, worker_pool
 
 
@@ -37,15 +38,21 @@ class Config:
     block_size: int
     options: ReplayOptions
     show_gpu: bool = False  # the label names the GPU (reports of several GPUs)
+    show_host: bool = False  # the label says whether there is a host tier (reports comparing host tiers)
 
     @property
     def label(self) -> str:
-        return config_label(self.options.gpu.name if self.show_gpu else None, self.allocator, self.block_size)
+        host = self.options.host_kv_memory if self.show_host else False
+        return config_label(self.options.gpu.name if self.show_gpu else None, self.allocator, self.block_size, host)
 
 
-def config_label(gpu: str | None, allocator: str, block_size: int) -> str:
-    """'paged / 16', or 'h100-80gb / paged / 16' in a report of several GPUs."""
-    return f"{gpu + ' / ' if gpu else ''}{allocator} / {block_size}"
+def config_label(gpu: str | None, allocator: str, block_size: int, host: int | None | bool = False) -> str:
+    """'paged / 16', or 'h100-80gb / paged / 16' in a report of several GPUs; in a report comparing host tiers,
+    '... + host 512 GiB' or '... GPU only' (host None)."""
+    label = f"{gpu + ' / ' if gpu else ''}{allocator} / {block_size}"
+    if host is False:
+        return label
+    return label + (" GPU only" if host is None else f" + host {format_bytes(host)}")
 
 
 @dataclass
@@ -72,6 +79,7 @@ class ConfigResult:
     cost_per_million_tokens: float | None = None  # USD per million output tokens at the target rate
     replicas_by_division: int | None = None  # ceil(target / (capacity x max utilization)), sim.report.plan
     cluster_plans: list = field(default_factory=list)  # sim.report.cluster_plan.ClusterPlan, one per router
+    host_kv_memory: int | None = None  # bytes of host tier per GPU (None: GPU only)
 
     @property
     def rejected(self) -> tuple[int, int] | None:
@@ -117,6 +125,7 @@ class ReportInputs:
     prices: dict[str, float] = field(default_factory=dict)  # GPU name -> USD per GPU-hour (with --price applied)
     max_utilization: float = 1.0
     routers: list[str] = field(default_factory=list)  # the replica search by cluster simulation (empty: division)
+    host_kv_memories: list[int | None] = field(default_factory=list)  # host tiers compared (empty: base's only)
 
     @property
     def gpu_list(self) -> list[GpuSpec]:
@@ -145,17 +154,31 @@ class ReportData:
 
 
 def make_configs(
-    base: ReplayOptions, allocators: list[str], block_sizes: list[int], gpus: list[GpuSpec] | None = None
+    base: ReplayOptions,
+    allocators: list[str],
+    block_sizes: list[int],
+    gpus: list[GpuSpec] | None = None,
+    host_memories: list[int | None] | None = None,
 ) -> list[Config]:
-    """GPU x block size x allocator (in that order); labels name the GPU when there are several."""
+    """GPU x block size x allocator x host tier (in that order); labels name the GPU when there are several, and
+    the host tier when several are compared (`host_memories`: bytes per GPU, None for GPU only). An allocator that
+    cannot take a host tier (`sim.serving.replay.host_tier_capable`) runs GPU only; swap preemption applies where
+    there is a host tier."""
     gpus = gpus or [base.gpu]
     multi = len(gpus) > 1
-    return [
-        Config(a, b, replace(base, gpu=g, allocator=a, block_size=b), multi)
-        for g in gpus
-        for b in block_sizes
-        for a in allocators
-    ]
+    hosts = host_memories or [base.host_kv_memory]
+    show_host = len(hosts) > 1
+    configs = []
+    for g in gpus:
+        for b in block_sizes:
+            for a in allocators:
+                capable = host_tier_capable(a)
+                for h in hosts if capable else [None]:
+                    options = replace(base, gpu=g, allocator=a, block_size=b, host_kv_memory=h)
+                    if h is None:
+                        options = replace(options, host_link=None, preemption="recompute")
+                    configs.append(Config(a, b, options, multi, show_host))
+    return configs
 
 
 def recommend(results: list[ConfigResult]) -> tuple[ConfigResult | None, str]:
@@ -278,7 +301,7 @@ def build_report(
     from sim.report.validation import find_validation
 
     t0 = time.perf_counter()
-    configs = make_configs(inputs.base, inputs.allocators, inputs.block_sizes, inputs.gpu_list)
+    configs = make_configs(inputs.base, inputs.allocators, inputs.block_sizes, inputs.gpu_list, inputs.host_kv_memories)
     outcome = run_searches(inputs.trace, configs, inputs.slos, inputs.precision, inputs.start_rate, jobs, status)
     results = []
     for c in configs:
@@ -337,6 +360,7 @@ def build_report(
                 cost_per_million_tokens=plan.cost_per_million_output_tokens(cost, inputs.target_rate, tokens),
                 replicas_by_division=by_division,
                 cluster_plans=cluster_plans,
+                host_kv_memory=c.options.host_kv_memory,
             )
         )
     recommendation, recommended_by = recommend(results)

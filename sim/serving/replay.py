@@ -143,6 +143,12 @@ def make_allocator(options: ReplayOptions, budget: KVBudget) -> KVAllocator:
 PREEMPTION_MODES = ("recompute", "swap")
 
 
+def host_tier_capable(allocator: str) -> bool:
+    """Whether the allocator can take a host tier: the paged allocators without KV-cache groups."""
+    cls = resolve_allocator(allocator)
+    return hasattr(cls, "attach_host") and not getattr(cls, "uses_kv_groups", False)
+
+
 def validate_host_tier(options: ReplayOptions) -> None:
     """A host tier (--host-kv-memory, --host-link, --preemption swap) that a replay can use, or a UserError naming
     what is wrong."""
@@ -155,8 +161,7 @@ def validate_host_tier(options: ReplayOptions) -> None:
         if options.host_link is not None:
             raise UserError("--host-link needs a host tier: give --host-kv-memory")
         return
-    cls = resolve_allocator(options.allocator)
-    if not hasattr(cls, "attach_host") or getattr(cls, "uses_kv_groups", False):
+    if not host_tier_capable(options.allocator):
         raise UserError(
             f"a host tier (--host-kv-memory, --preemption swap) works with paged and paged-prefix-cache, not "
             f"{options.allocator} (a contiguous allocator's extents, or KV-cache groups, are not swapped or offloaded "
