@@ -7,33 +7,52 @@ GPU replay; its time is the median wall time of its timed runs, gathered over se
 (see `measure`). The fit is
 `sim.cost.profile.fit_profile` (documented there); the uniform decode points also give the profile its decode
 correction (`sim.cost.profile.DecodeCorrection`).
+
+A model with sliding-window layers or several KV-cache groups (`has_kv_groups`, e.g. a Gemma-3-like interleaving) is
+calibrated on the grouped allocator's pool (`paged-hybrid`: vLLM's hybrid pages, one block table per group, see
+kernels.harness.kv_pool), the layout its `sim validate --allocators paged-hybrid` replays run on; the sliding layers
+attend over their window whatever the allocator. The profile's meta records the allocator (`allocator`) and the
+number of groups (`kv_groups`).
 """
 
 from __future__ import annotations
 
 import gc
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from kernels.harness.kv_source import LineageTracker
+from sim.allocators.hybrid import HybridPagedAllocator
 from sim.allocators.paged import PagedAllocator
 from sim.cost.profile import MIN_SAMPLES, batch_features, fit_profile
+from sim.hardware.kv_groups import kv_layout
 from sim.serving.request import Batch, Request
 
 
 class SyntheticState:
-    """A paged allocator over a run's pool, and an executor on it, for batches made up on the spot."""
+    """A paged allocator over a run's pool, and an executor on it, for batches made up on the spot.
+
+    On a pool laid out for KV-cache groups (a run built for `paged-hybrid`: `run.budget.layout`), `PagedAllocator`
+    stands for the grouped allocator `HybridPagedAllocator` over the layout's groups: one block table per group, and
+    sliding-window groups give back the blocks their window has left when a decode point's sequences grow."""
 
     def __init__(self, run, seed: int = 0, allocator_cls=PagedAllocator):
         self.run = run
         b = run.budget
-        self.alloc = LineageTracker(allocator_cls(b.num_blocks, b.block_size, 1 << 30))
+        kwargs = {}
+        if b.layout is not None:
+            if allocator_cls is PagedAllocator:
+                allocator_cls = HybridPagedAllocator
+            if getattr(allocator_cls, "uses_kv_groups", False):
+                kwargs["groups"] = b.layout.groups
+        self.alloc = LineageTracker(allocator_cls(b.num_blocks, b.block_size, 1 << 30, **kwargs))
         self.executor = run.executor(self.alloc, seed=seed)  # the replay's execution path (graphs included)
         self.next_id = 1
         self.rng = np.random.default_rng(seed)
-        self.paged = allocator_cls is PagedAllocator
+        self.paged = allocator_cls in (PagedAllocator, HybridPagedAllocator)
         if self.paged:  # scattered blocks, as a pool looks after a while: allocate in a shuffled order
             pool = self.alloc.wrapped.pool
             order = pool.free_block_ids()
@@ -125,6 +144,15 @@ def synthetic_batches(state: SyntheticState, kind: str, a: int, b: int, prefill_
 
 
 CHUNK_CONTEXT = 2048  # context of the "chunk" grid points: the earlier chunks of a long prompt
+#: the allocator whose pool layout calibration times for a model with KV-cache groups (`has_kv_groups`)
+CALIBRATION_GROUPED_ALLOCATOR = "paged-hybrid"
+
+
+def has_kv_groups(model) -> bool:
+    """Whether the grouped allocators lay the model out differently from one block of every layer: several KV-cache
+    groups, or a sliding-window group (whose windows give blocks back)."""
+    layout = kv_layout(model)
+    return layout.is_hybrid or any(g.is_sliding for g in layout.groups)
 
 
 def grid(max_len: int, max_seqs: int, max_batched: int) -> list[tuple[str, int, int]]:
@@ -229,7 +257,13 @@ def warm_up(run, force: bool = False) -> float:
         + [("prefill", n, c) for n in (1, 16, 17, 300) for c in (0, 16, 17) if n + c <= max_len]
         + [("mixed", 64, 4), ("copy", 4, 0)]
     )
-    for cls in (PagedAllocator, ContiguousOracle):  # block tables and extents: different kernel variants
+    windows = {w for w in run.pool.layers.window if w}
+    for w in sorted(windows):  # eager prefills past a sliding window: the kernels' windowed variants
+        shapes += [("prefill", n, w + 17) for n in (1, 16, 17) if n + w + 17 <= max_len]
+    # block tables and extents: different kernel variants (a pool of several KV-cache groups takes only the
+    # grouped allocator, which SyntheticState puts in place of PagedAllocator)
+    classes = (PagedAllocator,) if run.pool.layers.num_groups > 1 else (PagedAllocator, ContiguousOracle)
+    for cls in classes:
         state = SyntheticState(run, allocator_cls=cls)
         for kind, a, b in shapes:
             for batch in synthetic_batches(state, kind, a, b):
@@ -248,6 +282,16 @@ def calibrate(run, meta: dict, repeats: int = 2, passes: int = 3, budget_s: floa
 
     o = run.options
     t0 = time.perf_counter()
+    if run.budget.layout is None and has_kv_groups(o.model):
+        # A model with sliding-window layers or several KV-cache groups: time the grid on the grouped allocator's
+        # pool (vLLM's hybrid pages, one block table per group), the layout its replays with paged-hybrid run on.
+        run.use_options(replace(o, allocator=CALIBRATION_GROUPED_ALLOCATOR))
+        o = run.options
+        log(
+            f"calibrate: {len(run.budget.layout.groups)} KV-cache groups: the grid runs on {o.allocator}'s pages "
+            f"({run.budget.num_blocks:,} pages of {run.budget.layout.group_size} layers)"
+        )
+    meta = {**meta, "allocator": o.allocator, "kv_groups": len(run.budget.layout.groups) if run.budget.layout else 1}
     warm = warm_up(run)
     log(f"calibrate: warm-up {warm:.1f} s")
     state = SyntheticState(run)

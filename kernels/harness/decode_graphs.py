@@ -27,6 +27,11 @@ How (the vLLM recipe):
   on the same stream before the replay, so they precede the cache writes as in the eager path.
 * Check mode: the graph keeps the query and attention output of the check layers (whole bucket) as outputs, so the
   reference checks read the graph's own results at sampled iterations (no eager fallback).
+* KV-cache groups (a pool laid out for `paged-hybrid`, kernels.harness.kv_pool): the slots and the block tables are
+  per group (`[groups, B]`, `[groups, B, width]`, each group's piece 16-byte aligned), each layer writes and reads
+  through its group's, and a sliding-window layer's decode passes its window (its split count then comes from
+  min(bound, window): the kernel reads only the window's keys). Placeholders (-1) stay in the tables: they address
+  the pool's null block, which the window keeps the kernel from reading.
 
 Without CUDA (tests: TRITON_INTERPRET=1 on the CPU) the same static-buffer forward runs eagerly, so the padding, the
 buckets and the fixed-width tables are tested against the dynamic path; only the capture itself needs a GPU.
@@ -57,11 +62,15 @@ STATIC_DECODE_PARTITION = 512
 
 
 def static_decode_attention(
-    q, pool: KVPool, layer: int, paged: bool, block_tables, starts, lens, scale: float, bound: int, out
+    q, pool: KVPool, layer: int, paged: bool, block_tables, starts, lens, scale: float, bound: int, out, window=None
 ) -> None:
     """One layer's decode attention as static iterations launch it: split bound `bound` tokens, partitions of
-    `STATIC_DECODE_PARTITION` tokens (the paged kernel starts the last partitions first). Writes `out`."""
-    splits = max(1, -(-int(bound) // STATIC_DECODE_PARTITION))
+    `STATIC_DECODE_PARTITION` tokens (the paged kernel starts the last partitions first). Writes `out`.
+
+    window: the layer's sliding window (None: full attention); the kernel then reads only a sequence's last `window`
+    keys, and the partitions cut those (so the split count comes from min(bound, window))."""
+    keys = min(int(bound), int(window)) if window else int(bound)
+    splits = max(1, -(-keys // STATIC_DECODE_PARTITION))
     if paged:
         paged_decode_attention(
             q,
@@ -74,6 +83,7 @@ def static_decode_attention(
             num_splits=splits,
             config={"reverse_parts": True},
             out=out,
+            sliding_window=window,
         )
     else:
         contiguous_decode_attention(
@@ -86,6 +96,7 @@ def static_decode_attention(
             max_seq_len=bound,
             num_splits=splits,
             out=out,
+            sliding_window=window,
         )
 
 
@@ -123,9 +134,9 @@ class DecodeInputs:
     """One decode iteration's inputs (host side, numpy)."""
 
     lens: np.ndarray  # int64 [n], context length including the new token
-    slots: np.ndarray  # int64 [n], slot of the new token
+    slots: np.ndarray  # int64 [groups, n], slot of the new token in each KV-cache group's blocks
     positions: np.ndarray  # int64 [n]
-    tables: list | None  # paged: per row, the block table (sequence of block ids); None for extents
+    tables: list | None  # paged: per row, one block table per group (sequences of block ids); None for extents
     starts: np.ndarray | None  # extents: int64 [n] first slot; None for block tables
     src_rows: np.ndarray | None  # check mode: int64 [n] rows of the deterministic K/V table
 
@@ -135,9 +146,9 @@ class _Views:
     """Device views of the static buffers for one batch bucket (offsets depend on B so one copy covers them)."""
 
     ids: torch.Tensor
-    slots: torch.Tensor
+    slots: torch.Tensor  # [groups, B] int32 (each row 16-byte aligned)
     lens: torch.Tensor
-    bt: torch.Tensor  # [B, width] int32
+    bt: torch.Tensor  # [groups, B, width] int32
     n32: int
     starts: torch.Tensor
     src: torch.Tensor
@@ -244,8 +255,9 @@ class DecodeRunner(GraphCache):
         self.width = -(-blocks // 16) * 16  # block-table width, multiple of 16
         self.batch_buckets = batch_buckets(int(max_batch))
         self.ctx_buckets = context_buckets(self.max_len, min_ctx_bucket)
+        self.num_groups = ng = pool.layers.num_groups  # block tables per sequence (KV-cache groups)
         bmax = self.batch_buckets[-1]
-        n32 = 3 * round_up_to_4(bmax) + bmax * self.width
+        n32 = (2 + ng) * round_up_to_4(bmax) + ng * bmax * self.width
         n64 = 2 * bmax
         pin = self.device.type == "cuda"
         self.host32 = torch.zeros(n32, dtype=torch.int32, pin_memory=pin)
@@ -259,18 +271,19 @@ class DecodeRunner(GraphCache):
 
     # --- layout -------------------------------------------------------------------------------------------------------
     def views(self, b: int) -> _Views:
-        """int32: ids [B] | slots [B] | lens [B] | block tables [B, width]; int64: starts [B] | src rows [B].
-        Every piece starts on a 16-byte boundary (Triton specialises on pointer alignment)."""
+        """int32: ids [B] | slots [B] per group | lens [B] | block tables [B, width] per group; int64: starts [B] |
+        src rows [B]. Every piece starts on a 16-byte boundary (Triton specialises on pointer alignment)."""
         v = self._views.get(b)
         if v is None:
-            w, o = self.width, round_up_to_4(b)
+            w, o, ng = self.width, round_up_to_4(b), self.num_groups
             d32, d64 = self.dev32, self.dev64
+            t0 = (2 + ng) * o  # the block tables
             v = _Views(
                 d32[0:b],
-                d32[o : o + b],
-                d32[2 * o : 2 * o + b],
-                d32[3 * o : 3 * o + b * w].view(b, w),
-                3 * o + b * w,
+                d32[o : o + ng * o].view(ng, o)[:, :b],
+                d32[(1 + ng) * o : (1 + ng) * o + b],
+                d32[t0 : t0 + ng * b * w].view(ng, b, w),
+                t0 + ng * b * w,
                 d64[0:b],
                 d64[b + b % 2 : b + b % 2 + b],
                 2 * b + b % 2,
@@ -290,20 +303,23 @@ class DecodeRunner(GraphCache):
     def stage(self, key: tuple[bool, int, int], inp: DecodeInputs, vocab: int) -> tuple[int, int]:
         """Write the inputs, padded to the bucket, into the pinned staging buffers; returns (int32, int64) counts."""
         paged, b, _c = key
-        n, w, o = len(inp.lens), self.width, round_up_to_4(b)
+        n, w, o, ng = len(inp.lens), self.width, round_up_to_4(b), self.num_groups
         h32, h64 = self.np32, self.np64
         h32[0:n] = inp.positions % vocab
         h32[n:b] = 0
-        h32[o : o + n] = inp.slots
-        h32[o + n : o + b] = -1  # padding: the cache write skips negative slots
-        h32[2 * o : 2 * o + n] = inp.lens
-        h32[2 * o + n : 2 * o + b] = 0  # padding: length 0 reads nothing and writes a zero row
+        sl = h32[o : o + ng * o].reshape(ng, o)
+        sl[:, :n] = inp.slots
+        sl[:, n:b] = -1  # padding: the cache write skips negative slots
+        ln = (1 + ng) * o
+        h32[ln : ln + n] = inp.lens
+        h32[ln + n : ln + b] = 0  # padding: length 0 reads nothing and writes a zero row
         v = self.views(b)
         if paged:
-            bt = h32[3 * o : 3 * o + b * w].reshape(b, w)
+            t0 = (2 + ng) * o
+            bt = h32[t0 : t0 + ng * b * w].reshape(ng, b, w)
             bt[:] = 0
             for i, t in enumerate(inp.tables):
-                bt[i, : len(t)] = t
+                bt[:, i, : len(t[0])] = t  # every group's table has the same length
         else:
             h64[0:n] = inp.starts
             h64[n:b] = 0
@@ -325,14 +341,18 @@ class DecodeRunner(GraphCache):
         out = DecodeOutput(tokens=None)
         x = model.embed_tokens(v.ids)
         layer_rows = (v.src[None, :] + self._layer_offsets) % self.source.rows if self.source is not None else None
+        lm = pool.layers
         for layer in range(s.layers):
+            g = lm.group[layer]  # the layer's KV-cache group: its slots and block tables
             q, k, val = model.qkv(layer, x)
             if layer_rows is not None:
                 kv = self.source.table.index_select(0, layer_rows[layer])
                 k, val = kv[:, 0], kv[:, 1]
-            write_kv(k, val, pool.k(layer), pool.v(layer), v.slots)
+            write_kv(k, val, pool.k(layer), pool.v(layer), v.slots[g])
             attn = torch.empty((b, s.q_heads, s.head_size), dtype=q.dtype, device=self.device)
-            static_decode_attention(q, pool, layer, paged, v.bt, v.starts, v.lens, model.scale, c, attn)
+            static_decode_attention(
+                q, pool, layer, paged, v.bt[g], v.starts, v.lens, model.scale, c, attn, lm.window[layer]
+            )
             if self.source is not None and layer in self.check_layers:
                 out.q[layer], out.attn[layer] = q, attn
             x = model.attn_out_and_mlp(layer, x, attn)

@@ -24,6 +24,16 @@ same stream just before the replay). Iterations with prefill tokens go through `
 way (decode rows, prefill tokens and prefill sequences each padded to a bucket; the copies of step 4 are issued just
 after the replay). Without runners (`--no-cuda-graphs`), or for a batch no bucket fits, the iteration runs eagerly.
 
+KV-cache groups (an allocator with `uses_kv_groups`: `paged-hybrid`, `paged-hybrid-prefix-cache`; the pool laid out
+for them, kernels.harness.kv_pool): step 1 gathers every group's block table of each sequence (`block_tables`) and
+each new token's slot in every group, so slots are `[groups, tokens]` and tables `[groups, sequences, width]`; in
+step 3 each layer writes and reads through its group's slots and tables (`KVLayers.group`), and a sliding-window
+layer passes its window to the decode and prefill kernels (`KVLayers.window`, whatever the allocator: it is the
+model's attention), which start at the window's first key, so the placeholders (-1, the pool's null block) that a
+window left in a table are never read. Copy-on-write copies are the allocator's per-group block copies: a block
+belongs to one group, and `copy_blocks` copies its page in every pool tensor. The reference check masks keys
+outside a sliding layer's window. An allocator with one table (or extents) drives a pool of one group.
+
 CUDA events bracket steps 1-5 on the device (`gpu_s`); the caller measures wall time around `execute`, less
 `ExecResult.capture_s` (the first use of a graph bucket captures it, which a serving engine does at start-up).
 
@@ -166,6 +176,8 @@ class Executor:
         source: the deterministic K/V table (check mode), or None to write the model's own K/V projections.
         runner: the static-buffer/CUDA-graph path for decode-only iterations (shared by every executor of a run),
             or None to run them eagerly like the others.
+
+    Raises ValueError when the allocator's KV-cache groups are not those the pool is laid out for.
     """
 
     def __init__(
@@ -187,8 +199,19 @@ class Executor:
         self.block_size = pool.block_size
         self.vocab = model.shapes.vocab
         n = model.shapes.layers
+        self.layers = pool.layers
+        self.num_groups = pool.layers.num_groups
+        # An allocator with KV-cache groups gives one block table per group (`block_tables`); any other, one table
+        # (or an extent) for every layer. The pool must be laid out for the same groups.
+        self.grouped = bool(getattr(allocator, "uses_kv_groups", False)) and hasattr(allocator, "block_tables")
+        alloc_groups = len(allocator.groups) if self.grouped else 1
+        if alloc_groups != self.num_groups:
+            raise ValueError(
+                f"the KV pool is laid out for {self.num_groups} KV-cache group(s), the allocator has {alloc_groups}: "
+                f"build the pool for this allocator (GpuRun.use_options)"
+            )
         if check_layers is None:
-            check_layers = runner.check_layers if runner is not None else [0, n - 1]
+            check_layers = runner.check_layers if runner is not None else pool.layers.check_layers()
         self.check_layers = sorted(set(check_layers))
         for r in (runner, mixed_runner):
             if r is not None and not set(self.check_layers) <= set(r.check_layers):
@@ -203,44 +226,57 @@ class Executor:
             self._ev1 = torch.cuda.Event(enable_timing=True)
 
     # --- host side ----------------------------------------------------------------------------------------------------
+    def _tables(self, branch: int):
+        """The branch's block tables, one per group (a grouped allocator's `block_tables`: NULL_BLOCK placeholders
+        stay -1, the pool's null block), or its placement when it is an extent."""
+        if self.grouped:
+            return self.alloc.block_tables(branch)
+        p = self.alloc.placement(branch)
+        return (p.block_table,) if isinstance(p, BlockTablePlacement) else p
+
     def _decode_meta(self, branches: list[int]):
-        alloc, bs = self.alloc, self.block_size
-        lens = np.fromiter((alloc.num_tokens(b) for b in branches), dtype=np.int64, count=len(branches))
-        placements = [alloc.placement(b) for b in branches]
+        """(lengths, slots of the new tokens [groups, n], block tables [groups, n, width] or None, extent starts or
+        None)."""
+        alloc, bs, ng = self.alloc, self.block_size, self.num_groups
+        n = len(branches)
+        lens = np.fromiter((alloc.num_tokens(b) for b in branches), dtype=np.int64, count=n)
+        tables = [self._tables(b) for b in branches]
         pos = lens - 1
-        if not placements or isinstance(placements[0], BlockTablePlacement):
-            width = _pad16(max((len(p.block_table) for p in placements), default=1))
-            bt = np.zeros((len(branches), width), dtype=np.int32)
-            for i, p in enumerate(placements):
-                bt[i, : len(p.block_table)] = p.block_table
-            slots = bt[np.arange(len(branches)), pos // bs].astype(np.int64) * bs + pos % bs
+        if not tables or isinstance(tables[0], tuple):
+            width = _pad16(max((len(t[0]) for t in tables), default=1))
+            bt = np.zeros((ng, n, width), dtype=np.int32)
+            for i, t in enumerate(tables):
+                bt[:, i, : len(t[0])] = t  # every group's table has the same length (placeholders included)
+            slots = bt[:, np.arange(n), pos // bs].astype(np.int64) * bs + pos % bs
             return lens, slots, bt, None
-        starts = np.fromiter((p.start for p in placements), dtype=np.int64, count=len(branches))
-        return lens, starts + pos, None, starts
+        starts = np.fromiter((p.start for p in tables), dtype=np.int64, count=n)
+        return lens, (starts + pos)[None, :], None, starts
 
     def _prefill_meta(self, seqs, spans):
-        alloc, bs = self.alloc, self.block_size
+        """(first branches, cached, totals, slots of the new tokens per sequence [groups, k], block tables
+        [groups, sequences, width], paged)."""
+        bs, ng = self.block_size, self.num_groups
         firsts, cached, totals, slots, tables = [], [], [], [], []
         paged = True
         for seq, (c, n) in zip(seqs, spans, strict=True):  # positions [c, n) on c tokens of context
             b = seq.branches[0]
-            p = alloc.placement(b)
+            t = self._tables(b)
             pos = np.arange(c, n, dtype=np.int64)
-            if isinstance(p, BlockTablePlacement):
-                tbl = np.asarray(p.block_table[: -(-n // bs)], dtype=np.int64)
-                slots.append(tbl[pos // bs] * bs + pos % bs)
+            if isinstance(t, tuple):
+                tbl = np.asarray(t, dtype=np.int64).reshape(ng, -1)[:, : -(-n // bs)]
+                slots.append(tbl[:, pos // bs] * bs + pos % bs)
             else:
                 paged = False
-                tbl = p.start + np.arange(n, dtype=np.int64)  # one-token blocks over the same pool
-                slots.append(p.start + pos)
+                tbl = (t.start + np.arange(n, dtype=np.int64))[None, :]  # one-token blocks over the same pool
+                slots.append((t.start + pos)[None, :])
             tables.append(tbl)
             firsts.append(b)
             cached.append(c)
             totals.append(n)
-        width = _pad16(max(len(t) for t in tables))
-        bt = np.zeros((len(seqs), width), dtype=np.int32)
+        width = _pad16(max(t.shape[1] for t in tables))
+        bt = np.zeros((ng, len(seqs), width), dtype=np.int32)
         for i, t in enumerate(tables):
-            bt[i, : len(t)] = t
+            bt[:, i, : t.shape[1]] = t
         return firsts, np.array(cached, dtype=np.int64), np.array(totals, dtype=np.int64), slots, bt, paged
 
     def _source_rows(self, dec_branches, dec_pos, pf_firsts, pf_cached, pf_totals) -> np.ndarray:
@@ -294,22 +330,22 @@ class Executor:
     def _execute_static(self, batch: Batch, dec_branches: list[int], check: bool) -> ExecResult | None:
         """A decode-only iteration on the runner's static buffers (a CUDA-graph replay on CUDA). None: no bucket
         fits (the caller runs it eagerly)."""
-        alloc, bs, runner = self.alloc, self.block_size, self.runner
+        alloc, bs, runner, ng = self.alloc, self.block_size, self.runner, self.num_groups
         nd = len(dec_branches)
         lens = np.fromiter((alloc.num_tokens(b) for b in dec_branches), dtype=np.int64, count=nd)
-        placements = [alloc.placement(b) for b in dec_branches]
-        paged = isinstance(placements[0], BlockTablePlacement)
+        tables = [self._tables(b) for b in dec_branches]
+        paged = isinstance(tables[0], tuple)
         key = runner.key_for(nd, int(lens.max()), paged)
         if key is None:
             return None
         pos = lens - 1
         if paged:
-            tables = [p.block_table for p in placements]
-            blk = np.fromiter((t[q // bs] for t, q in zip(tables, pos.tolist())), dtype=np.int64, count=nd)
-            inp = DecodeInputs(lens, blk * bs + pos % bs, pos, tables, None, None)
+            idx = (pos // bs).tolist()
+            blk = np.array([[t[g][q] for t, q in zip(tables, idx)] for g in range(ng)], dtype=np.int64)
+            inp = DecodeInputs(lens, blk.reshape(ng, nd) * bs + pos % bs, pos, tables, None, None)
         else:
-            starts = np.fromiter((p.start for p in placements), dtype=np.int64, count=nd)
-            inp = DecodeInputs(lens, starts + pos, pos, None, starts, None)
+            starts = np.fromiter((p.start for p in tables), dtype=np.int64, count=nd)
+            inp = DecodeInputs(lens, (starts + pos)[None, :], pos, None, starts, None)
         if self.source is not None:
             inp.src_rows = self._source_rows(dec_branches, pos, [], [], [])
         ext_before, _ = self._extent_copies(set())
@@ -346,7 +382,8 @@ class Executor:
         npf = int(new.sum())
         total = nd + npf
         cu = np.concatenate(([0], np.cumsum(new))).astype(np.int64)
-        all_slots = np.concatenate([dec_slots] + pf_slots) if total else np.zeros(0, np.int64)
+        ng = self.num_groups
+        all_slots = np.concatenate([dec_slots] + pf_slots, axis=1) if total else np.zeros((ng, 0), np.int64)
         positions = (
             np.concatenate([dec_lens - 1] + [np.arange(c, n) for c, n in zip(pf_cached, pf_totals)])
             if total
@@ -356,7 +393,7 @@ class Executor:
         # copies: before the writes, or after the forward pass when the source is written in this iteration
         copies_before, copies_after = list(batch.copies), []
         if copies_before and len(pf_firsts):
-            written = set((np.concatenate(pf_slots) // self.block_size).tolist())
+            written = set((np.concatenate(pf_slots, axis=1) // self.block_size).ravel().tolist())
             copies_after = [c for c in copies_before if c[0] in written]
             copies_before = [c for c in copies_before if c[0] not in written]
         ext_before, ext_after = self._extent_copies(set(pf_firsts))
@@ -477,8 +514,9 @@ class Executor:
         src_rows, capture = pr.src_rows, pr.capture
 
         # one int32 and one int64 host-to-device copy
+        ng = self.num_groups
         i32 = [
-            all_slots.astype(np.int32),
+            *all_slots.astype(np.int32),  # one row per group, each 16-byte aligned
             (positions % self.vocab).astype(np.int32),
             dec_lens.astype(np.int32),
             cu.astype(np.int32),
@@ -511,8 +549,8 @@ class Executor:
             o += -(-n // 4) * 4
             return t
 
-        slots_t, ids_t, dlens_t, cu_t, ctx_t = (
-            take32(total),
+        slots_t = [take32(total) for _ in range(ng)]  # per group
+        ids_t, dlens_t, cu_t, ctx_t = (
             take32(total),
             take32(nd),
             take32(len(cu)),
@@ -544,12 +582,14 @@ class Executor:
             x = model.embed_tokens(ids_t)
             max_dec = int(dec_lens.max()) if nd else 0
             max_q = int(new.max()) if npf else 0
+            lm = self.layers
             for layer in range(s.layers):
+                g, window = lm.group[layer], lm.window[layer]  # the layer's block tables and sliding window
                 q, k, v = model.qkv(layer, x)
                 if src_rows is not None:
                     kv = self.source.table.index_select(0, layer_rows[layer])
                     k, v = kv[:, 0], kv[:, 1]
-                write_kv(k, v, pool.k(layer), pool.v(layer), slots_t)
+                write_kv(k, v, pool.k(layer), pool.v(layer), slots_t[g])
                 attn = torch.empty((total, s.q_heads, s.head_size), dtype=q.dtype, device=self.device)
                 if nd:
                     if dec_paged:
@@ -557,11 +597,12 @@ class Executor:
                             q[:nd],
                             pool.k(layer),
                             pool.v(layer),
-                            dbt_t,
+                            dbt_t[g],
                             dlens_t,
                             model.scale,
                             max_seq_len=max_dec,
                             out=attn[:nd],
+                            sliding_window=window,
                         )
                     else:
                         contiguous_decode_attention(
@@ -573,6 +614,7 @@ class Executor:
                             model.scale,
                             max_seq_len=max_dec,
                             out=attn[:nd],
+                            sliding_window=window,
                         )
                 if npf:
                     kc, vc = (
@@ -581,7 +623,16 @@ class Executor:
                         else (pool.k_unit_blocks(layer), pool.v_unit_blocks(layer))
                     )
                     paged_prefill_attention(
-                        q[nd:], kc, vc, pbt_t, cu_t, ctx_t, model.scale, max_query_len=max_q, out=attn[nd:]
+                        q[nd:],
+                        kc,
+                        vc,
+                        pbt_t[g],
+                        cu_t,
+                        ctx_t,
+                        model.scale,
+                        max_query_len=max_q,
+                        out=attn[nd:],
+                        sliding_window=window,
                     )
                 if capture is not None and layer in capture.layers:
                     capture.q[layer] = q[capture.rows].clone()
@@ -647,6 +698,7 @@ class Executor:
         res.iterations_checked = 1
         src, lineages, scale = self.source, self.alloc.lineages, self.model.scale
         for layer in capture.layers:
+            window = self.layers.window[layer]
             q_all, out_all = capture.q[layer], capture.out[layer]
             jobs = [(r, b, 0, length, [length - 1]) for r, b, length in capture.decode]
             jobs += [(r, b, c, n, [c + off for off in offs]) for r, b, c, n, offs in capture.prefill]
@@ -655,7 +707,10 @@ class Executor:
                 rows_l = torch.from_numpy(src.rows_for_layer(base, layer)).to(self.device)
                 kv = src.table.index_select(0, rows_l).float()
                 qp = torch.tensor(qpos, device=self.device)
-                mask = torch.arange(n, device=self.device)[None, :] <= qp[:, None]
+                keys = torch.arange(n, device=self.device)[None, :]
+                mask = keys <= qp[:, None]
+                if window:  # a sliding-window layer: keys p - window < k <= p
+                    mask &= keys > qp[:, None] - window
                 q = q_all[r0 : r0 + len(qpos)]
                 expect = ref._attend(q, kv[:, 0], kv[:, 1], scale, mask).float()
                 got = out_all[r0 : r0 + len(qpos)].float()

@@ -23,6 +23,9 @@ How (decode_graphs' recipe, extended):
   through a static index buffer, so a graph keeps a few rows rather than whole activations.
 * Copies: the executor issues copy-on-write and fork copies whose source is already written before the replay, and
   those whose source this iteration's prefill writes after it (same stream), as the eager path orders them.
+* KV-cache groups: slots and both block tables are per group, as in decode_graphs; sliding-window layers pass their
+  window to both kernels. Such a pool takes only block tables, so its buffers are sized for those (not for extents'
+  one-token blocks).
 
 Without CUDA the same static-buffer forward runs eagerly (tests compare it with the dynamic path on the CPU).
 """
@@ -74,13 +77,13 @@ class MixedInputs:
     """One iteration's inputs (host side, numpy), rows in the executor's order: decode rows, then prefill tokens."""
 
     dec_lens: np.ndarray  # int64 [nd], context length including the new token
-    dec_table: np.ndarray | None  # paged: int32 [nd, w] block tables (zero-padded); None for extents
+    dec_table: np.ndarray | None  # paged: int32 [groups, nd, w] block tables (zero-padded); None for extents
     dec_starts: np.ndarray | None  # extents: int64 [nd] first slot
-    slots: np.ndarray  # int64 [nd + npf], slot of every new token
+    slots: np.ndarray  # int64 [groups, nd + npf], slot of every new token in each KV-cache group's blocks
     positions: np.ndarray  # int64 [nd + npf]
     cu: np.ndarray  # int64 [S_real + 1], cumulative new tokens per prefill sequence
     ctx: np.ndarray  # int64 [S_real], cached tokens per prefill sequence
-    pf_table: np.ndarray  # int32 [S_real, w], block tables (or one-token blocks for extents) of the prefills
+    pf_table: np.ndarray  # int32 [groups, S_real, w], block tables (or one-token blocks for extents) of the prefills
     src_rows: np.ndarray | None = None  # check mode: int64 [nd + npf] rows of the deterministic K/V table
     check_rows: list[int] = field(default_factory=list)  # rows (executor's order) whose q/attention are kept
 
@@ -139,11 +142,14 @@ class MixedRunner(GraphCache):
         blocks = -(-self.max_len // self.block_size)
         self.width = -(-blocks // 16) * 16  # paged table width (blocks)
         self.unit_width = -(-self.max_len // 16) * 16  # one-token-block table width (extents)
+        self.num_groups = pool.layers.num_groups  # block tables per sequence (KV-cache groups)
         self.batch_buckets = [0] + batch_buckets(int(max_batch))
         self.token_buckets = token_buckets(int(max_tokens))
         self.seq_buckets = seq_buckets(int(max_batch))
         bmax, pmax, smax = self.batch_buckets[-1], self.token_buckets[-1], self.seq_buckets[-1]
-        big = self._offsets(bmax, pmax, smax, False)
+        # the largest layout: extents' one-token-block tables are the widest, but a pool of several KV-cache groups
+        # takes only block tables (a contiguous allocator has one table for every layer)
+        big = self._offsets(bmax, pmax, smax, self.num_groups > 1)
         pin = self.device.type == "cuda"
         self.host32 = torch.zeros(big[2], dtype=torch.int32, pin_memory=pin)
         self.host64 = torch.zeros(big[3], dtype=torch.int64, pin_memory=pin)
@@ -156,15 +162,15 @@ class MixedRunner(GraphCache):
 
     # --- layout -------------------------------------------------------------------------------------------------------
     def _offsets(self, b: int, p: int, s: int, paged: bool):
-        pw = self.width if paged else self.unit_width
-        sizes32 = {
+        pw, ng = (self.width if paged else self.unit_width), self.num_groups
+        sizes32 = {  # per group: slots (each row padded to 16 bytes), decode and prefill block tables
             "ids": b + p,
-            "slots": b + p,
+            "slots": ng * round_up_to_4(b + p),
             "dlens": b,
             "cu": s + 1,
             "ctx": s,
-            "dbt": b * self.width,
-            "pbt": s * pw,
+            "dbt": ng * b * self.width,
+            "pbt": ng * s * pw,
         }
         sizes64 = {"dstarts": b, "src": b + p, "last": b + s, "check": CHECK_ROWS}
         off32, o = {}, 0
@@ -182,10 +188,12 @@ class MixedRunner(GraphCache):
         if lay is None:
             paged, b, p, s = key
             off32, off64, n32, n64, sz32, sz64, pw = self._offsets(b, p, s, paged)
+            ng = self.num_groups
             v = {k: self.dev32[off32[k] : off32[k] + n] for k, n in sz32.items()}
             v.update({k: self.dev64[off64[k] : off64[k] + n] for k, n in sz64.items()})
-            v["dbt"] = v["dbt"].view(b, self.width)
-            v["pbt"] = v["pbt"].view(s, pw)
+            v["slots"] = v["slots"].view(ng, round_up_to_4(b + p))[:, : b + p]
+            v["dbt"] = v["dbt"].view(ng, b, self.width)
+            v["pbt"] = v["pbt"].view(ng, s, pw)
             lay = _Layout(off32, off64, n32, n64, v)
             self._layouts[key] = lay
         return lay
@@ -195,7 +203,7 @@ class MixedRunner(GraphCache):
         b = smallest_bucket(self.batch_buckets, nd)
         p = smallest_bucket(self.token_buckets, npf)
         s = smallest_bucket(self.seq_buckets, nseqs)
-        if b is None or p is None or s is None or max_ctx > self.max_len:
+        if b is None or p is None or s is None or max_ctx > self.max_len or (not paged and self.num_groups > 1):
             return None
         return paged, b, p, s
 
@@ -216,7 +224,8 @@ class MixedRunner(GraphCache):
             h[base + b + npf : base + b + p] = pad
 
         rows(h32, inp.positions % vocab, o32["ids"], 0)
-        rows(h32, inp.slots, o32["slots"], -1)  # the cache write skips negative slots
+        for g in range(self.num_groups):  # the cache write skips negative slots
+            rows(h32, inp.slots[g], o32["slots"] + g * round_up_to_4(b + p), -1)
         d = o32["dlens"]
         h32[d : d + nd] = inp.dec_lens
         h32[d + nd : d + b] = 0  # length 0: reads nothing, writes a zero row
@@ -226,15 +235,16 @@ class MixedRunner(GraphCache):
         c = o32["ctx"]
         h32[c : c + ns] = inp.ctx
         h32[c + ns : c + s] = 0
+        ng = self.num_groups
         if paged and b:
-            bt = h32[o32["dbt"] : o32["dbt"] + b * self.width].reshape(b, self.width)
+            bt = h32[o32["dbt"] : o32["dbt"] + ng * b * self.width].reshape(ng, b, self.width)
             bt[:] = 0
             if nd:
-                bt[:nd, : inp.dec_table.shape[1]] = inp.dec_table
-        pw = lay.views["pbt"].shape[1]
-        pbt = h32[o32["pbt"] : o32["pbt"] + s * pw].reshape(s, pw)
+                bt[:, :nd, : inp.dec_table.shape[2]] = inp.dec_table
+        pw = lay.views["pbt"].shape[2]
+        pbt = h32[o32["pbt"] : o32["pbt"] + ng * s * pw].reshape(ng, s, pw)
         pbt[:] = 0
-        pbt[:ns, : inp.pf_table.shape[1]] = inp.pf_table
+        pbt[:, :ns, : inp.pf_table.shape[2]] = inp.pf_table
         if not paged:
             d = o64["dstarts"]
             if nd:
@@ -265,20 +275,41 @@ class MixedRunner(GraphCache):
         out = MixedOutput(tokens=None)
         x = model.embed_tokens(v["ids"])
         layer_rows = (v["src"][None, :] + self._layer_offsets) % self.source.rows if self.source is not None else None
+        lm = pool.layers
         for layer in range(sh.layers):
+            g, window = lm.group[layer], lm.window[layer]  # the layer's KV-cache group and sliding window
             q, k, val = model.qkv(layer, x)
             if layer_rows is not None:
                 kv = self.source.table.index_select(0, layer_rows[layer])
                 k, val = kv[:, 0], kv[:, 1]
-            write_kv(k, val, pool.k(layer), pool.v(layer), v["slots"])
+            write_kv(k, val, pool.k(layer), pool.v(layer), v["slots"][g])
             attn = torch.empty((b + p, sh.q_heads, sh.head_size), dtype=q.dtype, device=self.device)
             if b:
                 static_decode_attention(
-                    q[:b], pool, layer, paged, v["dbt"], v["dstarts"], v["dlens"], model.scale, self.max_len, attn[:b]
+                    q[:b],
+                    pool,
+                    layer,
+                    paged,
+                    v["dbt"][g],
+                    v["dstarts"],
+                    v["dlens"],
+                    model.scale,
+                    self.max_len,
+                    attn[:b],
+                    window,
                 )
             kc, vc = (pool.k(layer), pool.v(layer)) if paged else (pool.k_unit_blocks(layer), pool.v_unit_blocks(layer))
             paged_prefill_attention(
-                q[b:], kc, vc, v["pbt"], v["cu"], v["ctx"], model.scale, max_query_len=p, out=attn[b:]
+                q[b:],
+                kc,
+                vc,
+                v["pbt"][g],
+                v["cu"],
+                v["ctx"],
+                model.scale,
+                max_query_len=p,
+                out=attn[b:],
+                sliding_window=window,
             )
             if self.source is not None and layer in self.check_layers:
                 out.q[layer] = q.index_select(0, v["check"])

@@ -3,6 +3,7 @@
 # in priority order until the time budget is spent (a run that would not fit is skipped and listed).
 # Usage, from the repo root on the GPU machine (simpy travels as a wheel in .whl/):
 #   OUT=dir BUDGET=420 PART=1 bash kernels/harness/record.sh
+#   OUT=dir BUDGET=500 PART=hybrid bash kernels/harness/record.sh   (MODEL defaults to llama-3.1-8b-swa)
 # Everything lands in $OUT/rec and is packed into $OUT/results.tar.gz (the device returns files 2 folders deep).
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -17,6 +18,9 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 START=$(date +%s)
 BUDGET=${BUDGET:-420}
 PART=${PART:-1}
+if [ "$PART" = hybrid ]; then
+  MODEL=${MODEL:-llama-3.1-8b-swa}  # Llama-3.1-8B shapes, Gemma-3's 5 sliding (1,024 tokens) : 1 full layers
+fi
 MODEL=${MODEL:-llama-2-7b}
 GPU=${GPU:-h100-80gb}
 PROFILE=${PROFILE:-$R/profile-$MODEL-$GPU.json}
@@ -76,6 +80,14 @@ elif [ "$PART" = v1 ]; then  # vllm-v1 of record: Azure conversation slice, pref
     --allocators paged-prefix-cache $V1
   run sharegpt 150 traces/sharegpt-2k.csv --first 200 --scale 3 --kv-memory 3GiB \
     --allocators paged,contiguous-pow2 $V1
+elif [ "$PART" = hybrid ]; then  # the hybrid dense model: calibrated on paged-hybrid's pages (sim calibrate does so
+  # for a model with KV-cache groups), then the Azure conversation slice where memory binds (paged-hybrid against
+  # paged: the windows' freed pages in the throughput ratio) and a prefix-heavy trace on the grouped prefix cache
+  V1="--scheduler vllm-v1 --max-num-seqs 256 --max-num-batched-tokens 2048"
+  run azure300 200 traces/azure-llm-2023-conv.csv --first 300 --scale 2 --kv-memory 2GiB \
+    --allocators paged-hybrid,paged $V1
+  run prefix 100 traces/shared-prefix-1k.csv --first 200 --scale 2 --kv-memory 768MiB \
+    --allocators paged-hybrid-prefix-cache $V1
 else
   eval "${RUNS:-}"
 fi

@@ -13,6 +13,14 @@ the simulator. An iteration's duration is the wall time from just before `schedu
 synchronisation; the clock excludes only the harness's own measurement work (the memory breakdown the records need,
 which a serving engine would not compute, and the reference checks), so the trace's arrivals meet the engine at the
 same points in its work as they would without the measuring.
+
+Models with sliding-window layers (any pattern of full and sliding layers; MLA is refused, `check_model`): the pool
+is laid out for the allocator's budget (`GpuRun._build_pool`, kernels.harness.kv_pool): one tensor per layer for an
+allocator of one block table, vLLM's hybrid pages for `paged-hybrid` and `paged-hybrid-prefix-cache`, whose replay
+also records each KV-cache group's memory per iteration (steps' g<i>_ columns) and the summary's `kv_groups`, as the
+simulator's replay does. `gpu_replay` lays the pool out again when `run.options` names an allocator whose budget
+differs (`GpuRun.use_options`: `sim validate --allocators paged-hybrid,paged` on such a model); both layouts run
+through the CUDA-graph paths.
 """
 
 from __future__ import annotations
@@ -26,14 +34,16 @@ import torch
 
 from kernels.harness.decode_graphs import DecodeRunner
 from kernels.harness.executor import CheckResult, Executor
-from kernels.harness.kv_pool import KVPool
+from kernels.harness.kv_pool import KVPool, kv_layers
 from kernels.harness.kv_source import KVSource, LineageTracker
 from kernels.harness.mixed_graphs import MixedRunner
 from kernels.harness.model import RandomTransformer, Shapes
 from sim.errors import UserError
 from sim.hardware.budget import KVBudget, activation_reserve_bytes
+from sim.hardware.models import ModelSpec
 from sim.records.requests import RequestLog
-from sim.records.steps import StepLog, record_iteration
+from sim.records.steps import GroupStepLog, StepLog, record_iteration
+from sim.records.summary import kv_groups_summary
 from sim.serving.intake import Intake
 from sim.serving.replay import ReplayOptions, make_allocator, make_scheduler, replay_summary, validate_options
 from sim.traces.model import Trace
@@ -60,15 +70,26 @@ class HarnessOptions:
     prefill_graphs: bool = True
 
 
+def check_model(model: ModelSpec) -> None:
+    """Models the harness can run: dense attention with K and V per KV head (full or sliding-window layers, in any
+    pattern); MLA's latent cache has no kernel here."""
+    if model.is_mla:
+        raise UserError(
+            f"the GPU harness runs attention with K and V per KV head; {model.name} caches an MLA latent, which "
+            f"its kernels do not support"
+        )
+
+
 @dataclass
 class GpuRun:
-    """The model, pool and K/V table for one configuration (reused across allocators: same budget, same pool)."""
+    """The model, pool and K/V table for one configuration (reused across allocators: the same pool where their
+    budgets agree, else rebuilt by `use_options`)."""
 
     options: ReplayOptions
     harness: HarnessOptions
     budget: KVBudget
     model: RandomTransformer
-    pool: KVPool
+    pool: KVPool | None
     source: KVSource | None
     decode_runner: DecodeRunner | None = None  # shared by every executor of the run (its graphs bake in the pool)
     mixed_runner: MixedRunner | None = None  # the same for iterations with prefill tokens
@@ -76,26 +97,39 @@ class GpuRun:
     @classmethod
     def build(cls, options: ReplayOptions, harness: HarnessOptions) -> GpuRun:
         validate_options(options)
+        check_model(options.model)
         budget = options.budget()
         shapes = Shapes.of(options.model, harness.layers)
         dtype = DTYPES[harness.dtype]
         if harness.device == "cuda" and not torch.cuda.is_available():
             raise UserError("the GPU harness needs a CUDA GPU (torch.cuda.is_available() is False)")
         model = RandomTransformer(shapes, dtype, harness.device, harness.seed)
-        pool = KVPool(
-            shapes.layers,
-            budget.num_blocks,
-            budget.block_size,
-            shapes.kv_heads,
-            shapes.head_size,
-            dtype,
-            harness.device,
-        )
         source = (
             KVSource(harness.source_rows, shapes.kv_heads, shapes.head_size, dtype, harness.device, harness.seed + 1)
             if harness.check
             else None
         )
+        run = cls(options, harness, budget, model, None, source)
+        run._build_pool()
+        return run
+
+    def _build_pool(self) -> None:
+        """The pool for the budget's layout (one tensor per layer, or vLLM's pages of KV-cache groups:
+        kernels.harness.kv_pool) and the static-buffer runners over it."""
+        options, harness, model, source = self.options, self.harness, self.model, self.source
+        shapes, budget = model.shapes, self.budget
+        layers = kv_layers(options.model, shapes.layers, budget.layout)
+        self.pool = KVPool(
+            shapes.layers,
+            budget.num_blocks,
+            budget.block_size,
+            shapes.kv_heads,
+            shapes.head_size,
+            model.dtype,
+            harness.device,
+            layers=layers,
+        )
+        check_layers = layers.check_layers()
         runner = mixed = None
         if harness.cuda_graphs:
             graphs = model.device.type == "cuda"
@@ -106,9 +140,9 @@ class GpuRun:
             # iterations measured 5% slower than calibration said for the same tokens.
             runner = DecodeRunner(
                 model,
-                pool,
+                self.pool,
                 source,
-                [0, shapes.layers - 1],
+                check_layers,
                 options.engine_config.max_num_seqs,
                 options.model.max_model_len,
                 use_graphs=graphs,
@@ -117,16 +151,36 @@ class GpuRun:
             if harness.prefill_graphs:
                 mixed = MixedRunner(
                     model,
-                    pool,
+                    self.pool,
                     source,
-                    [0, shapes.layers - 1],
+                    check_layers,
                     options.engine_config.max_num_seqs,
                     options.engine_config.batched_tokens_limit(options.model),
                     options.model.max_model_len,
                     use_graphs=graphs,
                     mempool=runner._mempool,
                 )
-        return cls(options, harness, budget, model, pool, source, runner, mixed)
+        self.decode_runner, self.mixed_runner = runner, mixed
+
+    def use_options(self, options: ReplayOptions) -> bool:
+        """Run `options` (another allocator of the same model and GPU) on this run. When its budget differs from the
+        run's (a model with KV-cache groups: a grouped allocator's pages against one block of every layer), the
+        pool and the static-buffer runners are built again for it (the weights and the K/V table stay), and any
+        graph is captured again on first use. Returns whether they were rebuilt."""
+        validate_options(options)
+        budget = options.budget()
+        self.options = options
+        self.budget = budget
+        layers = kv_layers(options.model, self.model.shapes.layers, budget.layout)
+        pool = self.pool
+        if (pool.num_blocks, pool.block_size, pool.layers) == (budget.num_blocks, budget.block_size, layers):
+            return False
+        self.pool = self.decode_runner = self.mixed_runner = None  # free the old pool (and graphs) first
+        gc.collect()
+        if self.model.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self._build_pool()
+        return True
 
     def executor(self, allocator: LineageTracker, seed: int = 0) -> Executor:
         """An executor over this run's model, pool, K/V table and decode runner."""
@@ -173,16 +227,22 @@ class HarnessResult:
 
 
 def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
+    if run.use_options(run.options) and run.harness.warmup:  # (run.options may name another allocator now)
+        from kernels.harness.calibrate import warm_up
+
+        warm_up(run)
     options, h = run.options, run.harness
     budget = run.budget
     allocator = LineageTracker(make_allocator(options, budget))
     sched = make_scheduler(options, allocator)
     executor = run.executor(allocator, seed=h.seed)
-    run.pool.kv.fill_(float("nan"))  # a slot nothing wrote reads as NaN, which the checks report
+    run.pool.fill(float("nan"))  # a slot nothing wrote reads as NaN, which the checks report
     bpt = budget.bytes_per_token
     intake = Intake(trace, sched, options.model.max_model_len, progress)
     req = intake.requests
-    steps = StepLog()
+    # an allocator with KV-cache groups records each group's memory per iteration, as the simulator's replay does
+    layout = budget.layout if executor.grouped and hasattr(allocator, "memory_by_group") else None
+    steps = GroupStepLog(len(layout.groups), bpt) if layout is not None else StepLog()
     gpu_s: list[float] = []
     host_s: list[float] = []
     issue_s: list[float] = []
@@ -282,6 +342,8 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
             "graph_capture_s": sum(r.capture_s_total for r in runners) - capture_before,
         },
     }
+    if layout is not None:
+        summary["kv_groups"] = kv_groups_summary(arrays, layout.groups, options.tp, budget.capacity_bytes)
     return HarnessResult(
         summary,
         arrays,

@@ -6,6 +6,11 @@ tokens/s, requests/s, TTFT and TPOT p50 and p99, peak KV blocks held, iterations
 fraction of capacity; `abs_error_pp` gives the difference in percentage points). The per-iteration batch-size series
 are compared on a common time grid (the two runs have different iteration boundaries): mean absolute error of the
 batch size running at each of 2,000 instants spread over the shorter of the two durations.
+
+An allocator with KV-cache groups (`paged-hybrid`, `paged-hybrid-prefix-cache`) also gets `kv_groups` in
+validation.json (`compare_groups`): per group (kind, window, layers) and per category of
+`sim.records.steps.GROUP_CATEGORIES` the predicted and measured mean fraction of the KV capacity, and the difference
+in percentage points against the same 1 pp target as the pool's categories.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 
 from sim.allocators.base import MEMORY_CATEGORIES
 from sim.records.io import atomic_write, to_json
+from sim.records.steps import GROUP_CATEGORIES
 
 # The issue's targets: relative error bounds (fractions) per figure, and percentage points for KV categories.
 TARGETS = {
@@ -109,6 +115,23 @@ def compare(pred, meas, block_bytes: int) -> tuple[dict, dict]:
     return m, series
 
 
+def compare_groups(pred_summary: dict, meas_summary: dict) -> list[dict] | None:
+    """Per KV-cache group, its memory figures predicted and measured (None when a run has no groups)."""
+    pg, mg = pred_summary.get("kv_groups"), meas_summary.get("kv_groups")
+    if not pg or not mg or len(pg) != len(mg):
+        return None
+    out = []
+    for p, m in zip(pg, mg):
+        cats = {}
+        for c in GROUP_CATEGORIES:
+            pair = _pair(p["kv_memory"][c], m["kv_memory"][c])
+            pair["abs_error_pp"] = 100 * (pair["predicted"] - pair["measured"])
+            pair["met"] = abs(pair["abs_error_pp"]) <= KV_TARGET_PP
+            cats[c] = pair
+        out.append({"kind": p["kind"], "window": p["window"], "layers": p["layers"], "kv_memory": cats})
+    return out
+
+
 def targets(metrics: dict) -> dict:
     out = {}
     for name, bound in TARGETS.items():
@@ -170,11 +193,14 @@ def validation_record(trace_desc: dict, options, run, pred, meas, env: dict) -> 
             "check_every": run.harness.check_every,
             "address_space": pred.summary["config"].get("address_space"),
             "sharing": options.sharing,
+            "kv_groups": len(run.budget.layout.groups) if run.budget.layout is not None else None,
+            "kv_group_size": run.budget.layout.group_size if run.budget.layout is not None else None,
         },
         "truncated": meas.truncated,
         "metrics": metrics,
         "series": series,
         "targets": targets(metrics),
+        "kv_groups": compare_groups(pred.summary, meas.summary),
         "attention_check": meas.checks,
         "memory": meas.memory,
         "harness": meas.summary["harness"],
@@ -240,6 +266,16 @@ def format_record(rec: dict) -> str:
         lines.append(
             f"  batch size series MAE {s['mae']:.3f} ({100 * (s['mae_relative_to_mean'] or 0):.1f}% of "
             f"the measured mean)"
+        )
+    groups = rec.get("kv_groups")
+    if groups:
+        worst = max(
+            ((abs(e["abs_error_pp"]), i, c) for i, g in enumerate(groups) for c, e in g["kv_memory"].items()),
+            key=lambda x: x[0],
+        )
+        lines.append(
+            f"  KV-cache groups: {len(groups)}; largest |error| {worst[0]:.2f}pp (group {worst[1]} "
+            f"{groups[worst[1]]['kind']}, {worst[2]}): {'met' if worst[0] <= KV_TARGET_PP else 'MISSED'}"
         )
     c = rec["attention_check"]
     if c:

@@ -47,3 +47,53 @@ def execute_static_and_dynamic(run, static, dynamic, batch, new_slots):
     assert sorted(changed) == sorted(new_slots)
     torch.testing.assert_close(after_static, run.pool.kv, rtol=0, atol=0, equal_nan=True)
     return a, b
+
+
+# A tiny hybrid dense model: Gemma-3-like interleaving of sliding-window and full layers on TINY's shapes, with 2 query
+# heads on 1 KV head (half the interpreted kernel programs of TINY's 4 on 2). Its KV-cache groups
+# (sim.hardware.kv_groups): 3 sliding layers and 2 full ones give a group size of 2, so sliding groups (0, 3) and (1,)
+# (one padding layer page), and the full group (2, 4): 3 groups sharing 2 pool tensors.
+HYBRID_TYPES = ("sliding_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention")
+HYBRID_WINDOW = 8
+HYBRID_BLOCK = 4
+
+
+def tiny_hybrid(window: int = HYBRID_WINDOW, layer_types=HYBRID_TYPES, max_len: int = 64):
+    """TINY with sliding-window layers (a ModelSpec; dimension strings have no layer pattern)."""
+    from dataclasses import replace
+
+    from sim.hardware.models import resolve_model
+
+    return replace(
+        resolve_model(TINY),
+        name="tiny-swa",
+        num_layers=len(layer_types),
+        num_q_heads=2,
+        num_kv_heads=1,
+        sliding_window=window,
+        layer_types=tuple(layer_types),
+        max_model_len=max_len,
+    )
+
+
+def tiny_hybrid_config(tmp_path, window: int = HYBRID_WINDOW, layer_types=HYBRID_TYPES, max_len: int = 64) -> str:
+    """The same model as a Hugging Face config.json (for the CLI's --model); returns its path."""
+    import json
+
+    path = tmp_path / "tiny-swa.json"
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "num_hidden_layers": len(layer_types),
+        "layer_types": list(layer_types),
+        "sliding_window": window,
+        "max_position_embeddings": max_len,
+        "vocab_size": 128,
+        "torch_dtype": "float32",
+    }
+    path.write_text(json.dumps(config))
+    return str(path)

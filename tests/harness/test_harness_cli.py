@@ -194,3 +194,61 @@ def test_calibrate_then_validate(tmp_path, capsys):
         )
         == 0
     )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter path")
+def test_calibrate_then_validate_a_hybrid_model(tmp_path, capsys):
+    """A model with sliding-window and full layers (a config.json with layer_types): calibration times its grid on
+    paged-hybrid's pages, validation replays paged-hybrid and then paged (the pool laid out again between them)."""
+    from tests.harness._harness_testutil import tiny_hybrid_config
+
+    model = tiny_hybrid_config(tmp_path)
+    prof = tmp_path / "prof.json"
+    common = ["--model", model, "--device", "cpu", "--dtype", "fp32", "--block-size", "4"]
+    argv = ["calibrate", *common, "--kv-memory", "64KiB", "--max-num-seqs", "4", "--repeats", "1", "--passes", "1"]
+    assert main([*argv, "--budget-s", "2", "--out", str(prof)]) == 0
+    out = capsys.readouterr().out
+    assert "3 KV-cache groups: the grid runs on paged-hybrid's pages" in out
+    meta = json.loads(prof.read_text())["meta"]
+    assert meta["model"] == "tiny-swa" and meta["allocator"] == "paged-hybrid" and meta["kv_groups"] == 3
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens,n\n0,9,8,2\n0,5,10,1\n")
+    val = tmp_path / "val"
+    argv = ["validate", str(trace), *common, "--gpu", "h100-80gb", "--kv-memory", "16KiB", "--check-every", "1"]
+    argv += ["--allocators", "paged-hybrid,paged", "--cost-model", str(prof), "--out", str(val), "-q"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "KV-cache groups: 3; largest |error| 0.00pp" in text
+    for alloc, groups in (("paged-hybrid", 3), ("paged", None)):
+        rec = json.loads((val / alloc / "validation.json").read_text())
+        assert rec["model"] == "tiny-swa" and rec["allocator"] == alloc and rec["config"]["kv_groups"] == groups
+        assert rec["attention_check"]["within_tolerance"] and rec["attention_check"]["rows_checked"] > 10
+        assert rec["metrics"]["batch_size_mean"]["rel_error"] == 0.0  # same schedule (arrivals before any work)
+        assert rec["metrics"]["kv_free"]["abs_error_pp"] == 0.0
+        if groups:
+            assert [g["kind"] for g in rec["kv_groups"]] == ["sliding_window", "sliding_window", "full"]
+            assert all(e["met"] for g in rec["kv_groups"] for e in g["kv_memory"].values())
+        else:
+            assert rec["kv_groups"] is None
+    assert "paged/paged-hybrid" in json.loads((val / "headline.json").read_text())["ratios"]
+
+
+def test_mla_models_are_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n0,9,8\n")
+    argv = ["validate", str(trace), "--model", "deepseek-v3", "--device", "cpu", "--kv-memory", "1GiB", "-q"]
+    assert main([*argv, "--out", str(tmp_path / "v")]) == 2
+    assert "caches an MLA latent" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_hybrid_preset_commands_of_record_sh_exit_2_without_a_gpu(capsys):
+    """record.sh PART=hybrid's commands (less the profile it writes first) get as far as the GPU check."""
+    assert main(["calibrate", "--model", "llama-3.1-8b-swa", "--gpu", "h100-80gb", "--budget-s", "50"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    argv = ["validate", "traces/azure-llm-2023-conv.csv", "--first", "300", "--scale", "2", "--kv-memory", "2GiB"]
+    argv += ["--allocators", "paged-hybrid,paged", "--scheduler", "vllm-v1", "--max-num-seqs", "256"]
+    argv += ["--max-num-batched-tokens", "2048", "--model", "llama-3.1-8b-swa", "--gpu", "h100-80gb", "-q"]
+    assert main(argv) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err

@@ -74,7 +74,7 @@ def _expected_new_slots(ex: Executor, batch: Batch) -> list[int]:
     out = []
     dec = [b for s in batch.decode for b in s.branches]
     if dec:
-        out += ex._decode_meta(dec)[1].tolist()
+        out += ex._decode_meta(dec)[1].ravel().tolist()
     for seq in batch.prefill:
         b = seq.branches[0]
         p = ex.alloc.placement(b)
