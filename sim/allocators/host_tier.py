@@ -184,9 +184,20 @@ class HostTier:
         blocks back (the summary's recompute time saved)."""
         self.spared.append((context_tokens, tokens, blocks))
 
-    def discard(self, handle: int) -> None:
-        """Drop a swapped request's blocks without copying them back (it will be recomputed or was rejected)."""
-        self._free.extend(self._swapped.pop(handle))
+    def discard(self, handle: int, pending: list[Transfer] | None = None) -> list[Transfer] | None:
+        """Drop a swapped request's blocks without copying them back (it was rejected). `pending`: copies not run
+        yet (an iteration that ran nothing); if this request's swap out is among them it never happens: it is taken
+        out and uncounted. Returns `pending` without it."""
+        blocks = self._swapped.pop(handle)
+        self._free.extend(blocks)
+        if not pending:
+            return pending
+        mine = set(blocks)
+        kept = [t for t in pending if not (t.kind == SWAP_OUT and t.host_block in mine)]
+        if len(kept) < len(pending):
+            self.bytes_to_host -= (len(pending) - len(kept)) * self.block_bytes
+            self.swap_outs -= 1
+        return kept
 
     # --- invariants --------------------------------------------------------------------------------------------------
     def check(self) -> None:

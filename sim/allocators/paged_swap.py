@@ -130,6 +130,6 @@ class SwapMixin:
             for i, h in enumerate(s.hashes):
                 pool.register(table[i], h)
 
-    def discard_swapped(self, swapped: SwappedRequest) -> None:
-        """Forget a swapped request's host blocks (it will be recomputed)."""
-        self.host.discard(swapped.handle)
+    def discard_swapped(self, swapped: SwappedRequest, pending: list | None = None) -> list | None:
+        """Forget a swapped request's host blocks (it was rejected); `pending` as HostTier.discard."""
+        return self.host.discard(swapped.handle, pending)

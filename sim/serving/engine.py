@@ -62,6 +62,7 @@ class Engine:
         self.num_fast_forwarded = 0  # iterations computed in stretches
         self._pending: list[float] = []  # durations of iterations simpy's clock has not yet been advanced by
         self.now = self.env.now  # the engine's clock (seconds); simpy's catches up in _sync
+        self._carried: list = []  # host-link copies of an empty iteration, run with the next one
 
     def run(self) -> tuple[StepLog, RequestLog]:
         self.env.process(self._engine())
@@ -128,8 +129,12 @@ class Engine:
                 break
             start = now
             batch = sched.schedule(start)
+            if self._carried:  # host-link copies of an iteration that ran nothing run with this one
+                batch.transfers = self._carried + batch.transfers
+                self._carried = []
             if not batch:
                 intake.reject_head(batch)
+                self._carried = batch.transfers
                 continue
             mem = alloc.memory(sched.next_waiting_final_len(), sched.next_waiting_prefill_tokens())
             unshared = alloc.held_without_sharing()

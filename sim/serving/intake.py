@@ -143,8 +143,8 @@ class Intake:
         for request in batch.preempted:
             self.requests.preemptions[request.index] += 1
         request = self.scheduler.waiting.popleft()
-        if request.swapped is not None:  # its blocks on the host will never come back
-            self.scheduler.allocator.discard_swapped(request.swapped)
+        if request.swapped is not None:  # its blocks on the host will never come back (nor go, if not yet gone)
+            batch.transfers = self.scheduler.allocator.discard_swapped(request.swapped, batch.transfers)
             request.swapped = None
         how = "completed even alone in" if batch.preempted else "placed even in an empty"
         self.requests.rejection[request.index] = (

@@ -149,3 +149,21 @@ def test_drop_cache_empties_the_host_cache_but_keeps_swapped_blocks() -> None:
     a.discard_swapped(swapped)
     assert host.memory().free == 8
     a.check()
+
+
+def test_a_swap_out_that_never_ran_is_taken_back() -> None:
+    # a request swapped out in an iteration that then runs nothing and is rejected: its copies never happen
+    a = PagedAllocator(4, 4, 64)
+    host = HostTier(8, 100)
+    a.attach_host(host)
+    a.admit(1, 8, 8)
+    a.admit(2, 4, 4)
+    kept = a.swap_out([2])  # 1 block: goes through as an iteration's copy
+    gone = a.swap_out([1])  # 2 blocks
+    pending = host.take_transfers()
+    assert len(pending) == 3 and host.bytes_to_host == 300 and host.swap_outs == 2
+    left = a.discard_swapped(gone, pending)
+    assert left == pending[:1]  # seq 2's copy stays, to run with the next iteration
+    assert host.bytes_to_host == 100 and host.swap_outs == 1 and host.memory().swapped == kept.num_blocks == 1
+    assert a.discard_swapped(kept, []) == []  # nothing pending: nothing uncounted
+    assert host.bytes_to_host == 100 and host.memory().free == 8
