@@ -242,3 +242,29 @@ def test_progress_line_shows_each_search():
         status=StatusLine(enabled=False, stream=quiet),
     )
     assert quiet.getvalue() == ""
+
+
+def test_host_tier_configurations_and_their_labels():
+    """--host-kv-memories: a configuration per host tier for each paged allocator ('GPU only' for none), the
+    contiguous ones GPU only; swap preemption and the link only where there is a host tier."""
+    from dataclasses import replace
+
+    from sim.report.build import make_configs
+
+    base = replace(queue_options(), host_kv_memory=2**30, preemption="swap", host_link="pcie4")
+    configs = make_configs(base, ["paged", "contiguous-max"], [16], None, [None, 2**30, 2 * 2**30])
+    assert [c.label for c in configs] == [
+        "paged / 16 GPU only",
+        "paged / 16 + host 1.00 GiB",
+        "paged / 16 + host 2.00 GiB",
+        "contiguous-max / 16 GPU only",
+    ]
+    hosts = [(c.options.host_kv_memory, c.options.preemption, c.options.host_link) for c in configs]
+    assert hosts == [
+        (None, "recompute", None),
+        (2**30, "swap", "pcie4"),
+        (2 * 2**30, "swap", "pcie4"),
+        (None, "recompute", None),
+    ]
+    # one host tier (or none) compared: labels as before
+    assert [c.label for c in make_configs(queue_options(), ["paged"], [16])] == ["paged / 16"]
