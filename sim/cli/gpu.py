@@ -80,7 +80,7 @@ def _harness_options(args):
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     _need_gpu(args.device)
-    from kernels.harness.calibrate import calibrate
+    from kernels.harness.calibrate import CALIBRATION_GROUPED_ALLOCATOR, calibrate, has_kv_groups
     from kernels.harness.replay import GpuRun
     from kernels.harness.validate import environment
     from sim.cli.options import hardware_kwargs
@@ -88,7 +88,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from sim.serving.replay import ReplayOptions, validate_options
     from sim.units import format_bytes, parse_size
 
-    options = ReplayOptions(**hardware_kwargs(args), allocator="paged", scheduler=args.scheduler)
+    # a model with KV-cache groups is timed on the grouped allocator's pages from the start (one pool on the GPU)
+    hardware = hardware_kwargs(args)
+    allocator = CALIBRATION_GROUPED_ALLOCATOR if has_kv_groups(hardware["model"]) else "paged"
+    options = ReplayOptions(**hardware, allocator=allocator, scheduler=args.scheduler)
     validate_options(options)
     if args.kv_memory is None:  # big enough for the grid's larger decode points, well inside the GPU
         derived = options.budget().requested_bytes
