@@ -52,7 +52,7 @@ def host_tier_summary(
     return {
         "capacity_bytes": capacity,
         "capacity_blocks": host.num_blocks,
-        "link": {"name": cost.link.name, "bytes_per_s": cost.link.bytes_per_s, "latency_s": cost.link.latency_s},
+        "link": cost.link.describe(),
         "preemption": preemption,
         **host.figures(),
         "host_hit_tokens": hit_tokens,

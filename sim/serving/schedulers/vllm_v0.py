@@ -164,11 +164,12 @@ class VllmV0Scheduler:
         while i < len(running):
             request = running[i]
             ok = True
-            for branch in request.branches:
+            for k, branch in enumerate(request.branches):
                 while not alloc.can_append(branch, 1):
                     victim = running.pop()
                     del self.running[victim]
-                    self._preempt(victim, batch)
+                    # the request itself, after some of its branches took their token: recompute (see _preempt)
+                    self._preempt(victim, batch, mid_append=victim is request and k > 0)
                     if victim is request:
                         ok = False
                         break
@@ -264,15 +265,17 @@ class VllmV0Scheduler:
         if request.beam and len(request.branches) > 1:
             self._num_running_beams -= 1
 
-    def _preempt(self, request: Request, batch: Batch) -> None:
+    def _preempt(self, request: Request, batch: Batch, mid_append: bool = False) -> None:
         """Take a running request's memory back (it is already out of self.running) and put it at the front of the
-        queue: swapped to the host tier (`preemption` "swap", when the host has room), else for recompute."""
+        queue: swapped to the host tier (`preemption` "swap", when the host has room), else for recompute.
+        mid_append: the request is its own victim after some of its branches were given this iteration's token,
+        which will not be computed: it is recomputed (swapping would keep a slot that was never written)."""
         self._stop_running(request)
         alloc = self.allocator
-        if self.preemption == "swap" and alloc.can_swap_out(request.branches):
+        if self.preemption == "swap" and not mid_append and alloc.can_swap_out(request.branches):
             request.swapped = alloc.swap_out(request.branches)
         else:
-            if self.preemption == "swap":
+            if self.preemption == "swap" and not mid_append:
                 alloc.host.swap_fallbacks += 1
             for branch in request.branches:
                 alloc.free(branch)

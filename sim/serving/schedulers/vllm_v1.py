@@ -132,10 +132,10 @@ class VllmV1Scheduler(VllmV0Scheduler):
                     continue
                 need = [(b, 1) for b in request.branches]
             placed = True
-            for seq_id, tokens in need:
+            for k, (seq_id, tokens) in enumerate(need):
                 while not alloc.can_append(seq_id, tokens):
                     victim = order.pop()
-                    self._preempt_any(victim, batch)
+                    self._preempt_any(victim, batch, mid_append=victim is request and k > 0)
                     if victim is request:
                         placed = False
                         break
@@ -212,7 +212,7 @@ class VllmV1Scheduler(VllmV0Scheduler):
                 self.running = dict.fromkeys(sorted(self.running, key=_run_order))
         return True
 
-    def _preempt_any(self, request: Request, batch: Batch) -> None:
+    def _preempt_any(self, request: Request, batch: Batch, mid_append: bool = False) -> None:
         """Preempt a running request (recompute, or swap: `VllmV0Scheduler._preempt`) or a prefilling one (always
         recompute: its prompt is not all computed, and vLLM v0, whose swap this follows, had no partial prompts)."""
         if request in self.prefilling:
@@ -229,7 +229,7 @@ class VllmV1Scheduler(VllmV0Scheduler):
             return
         # victims come from the end of the running order, which this iteration has not reached: nothing to take back
         del self.running[request]
-        self._preempt(request, batch)
+        self._preempt(request, batch, mid_append)
 
     def _stop_running(self, request: Request) -> None:
         super()._stop_running(request)

@@ -83,8 +83,8 @@ class Recording:
             self.problems.append(f"{running} running sequences (limit {self.limits.max_num_seqs})")
         return batch
 
-    def _preempt(self, seq, batch):
-        super()._preempt(seq, batch)
+    def _preempt(self, seq, batch, mid_append=False):
+        super()._preempt(seq, batch, mid_append)
         if seq.generated == 0:  # a request of several sequences restarts from scratch
             self.emitted[seq.index] = 0
 
