@@ -13,6 +13,15 @@ calibrated on the grouped allocator's pool (`paged-hybrid`: vLLM's hybrid pages,
 kernels.harness.kv_pool), the layout its `sim validate --allocators paged-hybrid` replays run on; the sliding layers
 attend over their window whatever the allocator. The profile's meta records the allocator (`allocator`) and the
 number of groups (`kv_groups`).
+
+The host link (`measure_host_link`): after the grid, the copies a host tier's iterations run (kernels.harness.host_pool,
+the executor's own path: GPU gathers and scatters, pinned host blocks, one copy stream per direction) are timed with
+CUDA events for batches of 1 to 256 blocks (at most 1 GiB a direction), to the GPU alone, to the host alone and both
+at once (as many blocks each way), blocks scattered over the pool and the host pool. A non-negative least-squares fit
+(relative errors) of `time = latency + bytes / bandwidth` over the single-direction batches gives one latency and a
+bandwidth per direction; the batches both ways at once give a duplex cap when they ran more than 3% slower than the
+slower direction alone would (else none). The profile keeps it in `meta["host_link"]` (sim.cost.profile), with its
+samples and the fit's errors; replays with a host tier and this profile use it (sim.serving.replay.make_cost_model).
 """
 
 from __future__ import annotations
@@ -24,10 +33,12 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from kernels.harness.host_pool import HostKVPool
 from kernels.harness.kv_source import LineageTracker
+from sim.allocators.host_tier import OFFLOAD, SWAP_IN, TO_GPU, TO_HOST, Transfer
 from sim.allocators.hybrid import HybridPagedAllocator
 from sim.allocators.paged import PagedAllocator
-from sim.cost.profile import MIN_SAMPLES, batch_features, fit_profile
+from sim.cost.profile import MIN_SAMPLES, batch_features, fit_profile, nnls
 from sim.hardware.kv_groups import kv_layout
 from sim.serving.request import Batch, Request
 
@@ -277,8 +288,121 @@ def warm_up(run, force: bool = False) -> float:
     return time.perf_counter() - t0
 
 
-def calibrate(run, meta: dict, repeats: int = 2, passes: int = 3, budget_s: float | None = None, log=print):
-    """Measure the grid on `run` (a kernels.harness.replay.GpuRun) and return the fitted ProfileCostModel."""
+LINK_BLOCKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # blocks per batch of the host-link measurement
+LINK_MAX_BYTES = 1 << 30  # most bytes one direction of one batch moves
+DUPLEX_SLACK = 0.03  # both directions at once this much slower than the slower alone: a duplex cap
+
+
+def measure_host_link(
+    run,
+    repeats: int = 5,
+    sizes: tuple[int, ...] = LINK_BLOCKS,
+    max_bytes: int = LINK_MAX_BYTES,
+    seed: int = 0,
+    log=print,
+) -> dict:
+    """Time the host-tier copy path on `run`'s pool and fit the link (module docstring). Returns the profile's
+    `meta["host_link"]`: bytes_per_s_to_gpu, bytes_per_s_to_host, bytes_per_s_duplex (or None), latency_s, the
+    harness block's bytes, the samples (direction, blocks, bytes each way, median seconds) and the fit's errors."""
+    pool = run.pool
+    block_bytes = HostKVPool.block_bytes_of(pool)
+    n_max = max(1, min(max(sizes), pool.num_blocks // 2, max(1, max_bytes // block_bytes)))
+    sizes = sorted({n for n in sizes if n <= n_max} | {n_max})
+    hp = HostKVPool(pool, 2 * n_max, poison=False)
+    rng = np.random.default_rng(seed)
+    samples = []
+    try:
+        for n in sizes:
+            for mode in ("to_gpu", "to_host", "both"):
+                times = []
+                for r in range(repeats + 1):  # the first run is a warm-up
+                    gpu = rng.permutation(pool.num_blocks)[: 2 * n].tolist()
+                    host = rng.permutation(2 * n_max)[: 2 * n].tolist()
+                    outs = [Transfer(TO_HOST, OFFLOAD, g, h, block_bytes) for g, h in zip(gpu[:n], host[:n])]
+                    ins = [Transfer(TO_GPU, SWAP_IN, g, h, block_bytes) for g, h in zip(gpu[n:], host[n:])]
+                    batch = ins if mode == "to_gpu" else outs if mode == "to_host" else outs + ins
+                    t = hp.elapsed(hp.execute(batch))
+                    if r:
+                        times.append(t)
+                nbytes = n * block_bytes
+                samples.append(
+                    {
+                        "direction": mode,
+                        "blocks": n,
+                        "bytes_to_gpu": 0 if mode == "to_host" else nbytes,
+                        "bytes_to_host": 0 if mode == "to_gpu" else nbytes,
+                        "time_s": float(np.median(times)),
+                        "spread": float(max(times) / min(times) - 1) if min(times) > 0 else None,
+                    }
+                )
+    finally:
+        del hp
+        gc.collect()
+    link = fit_host_link(samples)
+    link["block_bytes"] = block_bytes
+    link["device"] = str(pool.kv.device)
+    log(
+        f"calibrate: host link to GPU {link['bytes_per_s_to_gpu'] / 1e9:.1f} GB/s, to host "
+        f"{link['bytes_per_s_to_host'] / 1e9:.1f} GB/s, latency {link['latency_s'] * 1e6:.0f} us, duplex "
+        + ("full" if link["bytes_per_s_duplex"] is None else f"{link['bytes_per_s_duplex'] / 1e9:.1f} GB/s both ways")
+        + f" (median |error| {100 * link['fit']['median_abs_rel_error']:.1f}%, max "
+        f"{100 * link['fit']['max_abs_rel_error']:.1f}% over {len(samples)} batches)"
+    )
+    return link
+
+
+def fit_host_link(samples: list[dict]) -> dict:
+    """The host link's figures from measured batches (measure_host_link's samples; module docstring)."""
+    from sim.cost.host_link import HostLink
+
+    alone = [s for s in samples if s["direction"] != "both" and s["time_s"] > 0]
+    if not alone:
+        raise ValueError("no single-direction host-link batch was measured")
+    a = np.array([[1.0, s["bytes_to_gpu"], s["bytes_to_host"]] for s in alone])
+    y = np.array([s["time_s"] for s in alone])
+    lat, inv_gpu, inv_host = nnls(a / y[:, None], np.ones(len(y)))
+
+    def speed(inv: float, key: str) -> float:
+        if inv > 0:
+            return 1.0 / inv
+        rows = [s for s in alone if s[key]]  # no slope (a flat fit): the largest batch's own rate
+        big = max(rows, key=lambda s: s[key]) if rows else max(alone, key=lambda s: s["time_s"])
+        return max(big[key], 1) / big["time_s"]
+
+    to_gpu, to_host = speed(inv_gpu, "bytes_to_gpu"), speed(inv_host, "bytes_to_host")
+    duplex = None
+    both = [s for s in samples if s["direction"] == "both" and s["time_s"] > lat]
+    if both:
+        slow = [
+            s["time_s"] / HostLink("", to_gpu, lat, to_host).time(s["bytes_to_gpu"], s["bytes_to_host"]) for s in both
+        ]
+        if float(np.median(slow)) > 1 + DUPLEX_SLACK:
+            implied = [(s["bytes_to_gpu"] + s["bytes_to_host"]) / (s["time_s"] - lat) for s in both]
+            duplex = float(np.median(implied))
+    link = HostLink("", to_gpu, float(lat), to_host, duplex)
+    rel = np.array(
+        [link.time(s["bytes_to_gpu"], s["bytes_to_host"]) / s["time_s"] - 1 for s in samples if s["time_s"] > 0]
+    )
+    return {
+        "name": "calibrated host link (pinned copies)",
+        "bytes_per_s_to_gpu": float(to_gpu),
+        "bytes_per_s_to_host": float(to_host),
+        "bytes_per_s_duplex": duplex,
+        "latency_s": float(lat),
+        "fit": {
+            "median_abs_rel_error": float(np.median(np.abs(rel))),
+            "max_abs_rel_error": float(np.abs(rel).max()),
+            "weighting": "relative (rows weighted by 1 / measured time)",
+        },
+        "samples": samples,
+    }
+
+
+def calibrate(
+    run, meta: dict, repeats: int = 2, passes: int = 3, budget_s: float | None = None, log=print, link: bool = True
+):
+    """Measure the grid on `run` (a kernels.harness.replay.GpuRun) and return the fitted ProfileCostModel; with
+    `link`, also the host link (`measure_host_link`, into the profile's meta)."""
 
     o = run.options
     t0 = time.perf_counter()
@@ -287,6 +411,7 @@ def calibrate(run, meta: dict, repeats: int = 2, passes: int = 3, budget_s: floa
         # pool (vLLM's hybrid pages, one block table per group), the layout its replays with paged-hybrid run on.
         run.use_options(replace(o, allocator=CALIBRATION_GROUPED_ALLOCATOR))
         o = run.options
+    if run.budget.layout is not None:  # (`sim calibrate` builds such a run on the grouped pool from the start)
         log(
             f"calibrate: {len(run.budget.layout.groups)} KV-cache groups: the grid runs on {o.allocator}'s pages "
             f"({run.budget.num_blocks:,} pages of {run.budget.layout.group_size} layers)"
@@ -304,5 +429,10 @@ def calibrate(run, meta: dict, repeats: int = 2, passes: int = 3, budget_s: floa
     finally:
         gc.enable()
     profile = fit_profile(samples, meta=meta)
+    if link:
+        try:
+            profile.meta["host_link"] = measure_host_link(run, log=log)
+        except (RuntimeError, ValueError) as exc:  # e.g. pinned memory refused: the profile is still good without it
+            log(f"calibrate: host link not measured: {exc}")
     profile.meta["calibration_s"] = time.perf_counter() - t0
     return profile

@@ -34,6 +34,14 @@ window left in a table are never read. Copy-on-write copies are the allocator's 
 belongs to one group, and `copy_blocks` copies its page in every pool tensor. The reference check masks keys
 outside a sliding layer's window. An allocator with one table (or extents) drives a pool of one group.
 
+Host-tier copies (`Batch.transfers`, sim.allocators.host_tier): before step 1, the executor's host pool
+(kernels.harness.host_pool.HostKVPool) issues them in their order, each direction on its own copy stream, and the
+compute stream waits for them, so they precede the copy-on-write copies of step 2 and every write of step 3; their
+time (CUDA events around them: `ExecResult.transfer_s`) is not part of `gpu_s`, and the blocks and bytes they moved
+are `ExecResult.transfer`. In check mode the sequences whose blocks came back from the host in this iteration (swapped
+in, or prefix hits found on the host) are among the rows checked, so a block that came back misplaced or corrupted
+shows in the check of that very iteration.
+
 CUDA events bracket steps 1-5 on the device (`gpu_s`); the caller measures wall time around `execute`, less
 `ExecResult.capture_s` (the first use of a graph bucket captures it, which a serving engine does at start-up).
 
@@ -54,11 +62,13 @@ from kernels import reference as ref
 from kernels.attention import contiguous_decode_attention, paged_decode_attention, paged_prefill_attention
 from kernels.cache_ops import write_kv
 from kernels.harness.decode_graphs import DecodeInputs, DecodeRunner
+from kernels.harness.host_pool import HostKVPool, TransferRecord
 from kernels.harness.kv_pool import KVPool
 from kernels.harness.kv_source import OWNER_SALT, KVSource, LineageTracker, mix
 from kernels.harness.mixed_graphs import MixedInputs, MixedRunner
 from kernels.harness.model import RandomTransformer
 from sim.allocators.base import BlockTablePlacement
+from sim.allocators.host_tier import TO_GPU
 from sim.serving.request import Batch
 
 # bf16 tolerances of the kernel tests (tests/kernels/_kernel_testutil.py): max |out - ref|, ||out - ref|| / ||ref||
@@ -79,6 +89,45 @@ def _pack(pieces: list[np.ndarray], per16: int) -> np.ndarray:
         out[o : o + p.size] = p.ravel()
         o += n
     return out
+
+
+def copy_segments(transfers: list, copies: list, ops: list | None) -> list[tuple[list, list]]:
+    """The order to run an iteration's host transfers and copy-on-write copies in: segments (transfers, copies), each
+    segment's transfers before its copies, segment after segment. `ops` is the order the allocator recorded them in
+    (LineageTracker.take_ops: (kind, object) pairs, the batch's own objects); the batch's transfers that `ops` does not
+    name (carried from an iteration that ran nothing) go first, its copies that `ops` does not name last. A segment's
+    copies move after the next segment's transfers when those touch none of their blocks, so an iteration usually
+    runs as one segment: every transfer, then every copy."""
+    if ops is None:
+        return [(list(transfers), list(copies))]
+    in_batch = {id(t) for t in transfers}
+    named_t: set[int] = set()
+    named_c: set[int] = set()
+    seq = []
+    for kind, obj in ops:
+        if kind == "transfer":
+            if id(obj) in in_batch and id(obj) not in named_t:
+                named_t.add(id(obj))
+                seq.append((True, obj))
+        else:
+            named_c.add(id(obj))
+            seq.append((False, obj))
+    seq = [(True, t) for t in transfers if id(t) not in named_t] + seq
+    seq += [(False, c) for c in copies if id(c) not in named_c]
+    segments: list[tuple[list, list]] = []
+    for is_transfer, obj in seq:
+        if not segments or (is_transfer and segments[-1][1]):
+            segments.append(([], []))
+        segments[-1][0 if is_transfer else 1].append(obj)
+    i = 0
+    while i < len(segments) - 1:
+        (t1, c1), (t2, c2) = segments[i], segments[i + 1]
+        touched = {t.gpu_block for t in t2}
+        if not any(src in touched or dst in touched for src, dst in c1):
+            segments[i : i + 2] = [(t1 + t2, c1 + c2)]
+        else:
+            i += 1
+    return segments
 
 
 @dataclass
@@ -104,6 +153,8 @@ class ExecResult:
     issue_s: float | None = None  # host time from the start event to the last launch (CUDA only): close to gpu_s
     # when the host, not the GPU, bounds the iteration
     mixed_static: bool = False  # an iteration with prefill tokens through the static-buffer (graph) path
+    transfer: TransferRecord | None = None  # the host-tier copies issued before the iteration (None: none)
+    transfer_s: float | None = None  # their time: CUDA events around them (CPU: wall time); None without copies
 
 
 @dataclass
@@ -190,8 +241,13 @@ class Executor:
         seed: int = 0,
         runner: DecodeRunner | None = None,
         mixed_runner: MixedRunner | None = None,
+        host_pool: HostKVPool | None = None,
     ):
         self.model, self.pool, self.alloc, self.source = model, pool, allocator, source
+        self.host_pool = host_pool  # the host tier's blocks (Batch.transfers run on them), or None
+        # test only: maps an iteration's transfers to those executed (a misplaced block the checks must catch)
+        self.transfer_hook = None
+        self._loaded: set[int] = set()  # GPU blocks the iteration's transfers fill from the host (check planning)
         self.runner = runner
         self.mixed_runner = mixed_runner
         self.device = model.device
@@ -304,7 +360,35 @@ class Executor:
         return self.source.base_rows(keys)
 
     # --- one iteration ------------------------------------------------------------------------------------------------
-    def execute(self, batch: Batch, check: bool = False) -> ExecResult:
+    def execute(self, batch: Batch, check: bool = False, ops: list | None = None) -> ExecResult:
+        """Run one iteration: its host-tier copies (if any), then steps 1-5 of the module docstring. `ops`: the batch's
+        copy-on-write copies and transfers in the order the allocator recorded them (LineageTracker.take_ops); None:
+        every transfer, then every copy."""
+        transfers = batch.transfers
+        if not transfers:
+            return self._execute(batch, check)
+        if self.host_pool is None:
+            raise RuntimeError("the batch has host-tier copies but the executor has no host pool")
+        self._loaded = {t.gpu_block for t in transfers if t.direction == TO_GPU} if check else set()
+        segments = copy_segments(transfers, batch.copies, ops)
+        records = []
+        saved = batch.copies
+        try:
+            for i, (run, copies) in enumerate(segments):
+                if run:
+                    records.append(self.host_pool.execute(self.transfer_hook(run) if self.transfer_hook else run))
+                if copies and i < len(segments) - 1:  # copies recorded before later transfers that touch their blocks
+                    self.pool.copy_blocks(self._pairs(copies))
+            batch.copies = segments[-1][1]  # the copies after the last transfers: the iteration's own (step 2 or 4)
+            res = self._execute(batch, check)
+        finally:
+            batch.copies = saved
+            self._loaded = set()
+        res.transfer = TransferRecord.total(records, self.host_pool.block_bytes)
+        res.transfer_s = float(sum(self.host_pool.elapsed(r) for r in records))
+        return res
+
+    def _execute(self, batch: Batch, check: bool) -> ExecResult:
         dec_branches = [b for seq in batch.decode for b in seq.branches]
         if self.runner is not None and dec_branches and not batch.prefill:
             res = self._execute_static(batch, dec_branches, check)
@@ -667,12 +751,17 @@ class Executor:
         decode = []
         if dec_branches:
             pick = self.rng.choice(len(dec_branches), size=min(max_decode, len(dec_branches)), replace=False)
-            for i in sorted(int(i) for i in pick):
+            picked = {int(i) for i in pick}
+            if self._loaded:  # every branch (up to 8 more) reading a block that came back from the host just now
+                picked |= set([i for i, b in enumerate(dec_branches) if self._reads_loaded(b)][:8])
+            for i in sorted(picked):
                 decode.append((len(rows), dec_branches[i], int(dec_lens[i])))
                 rows.append(i)
         prefill = []
         if len(pf_firsts):
             j = int(self.rng.integers(len(pf_firsts)))
+            if self._loaded:  # a prefill on context that came back from the host just now, if any
+                j = next((k for k, b in enumerate(pf_firsts) if self._reads_loaded(b)), j)
             c, n = int(pf_cached[j]), int(pf_totals[j])
             new = n - c
             offs = sorted(
@@ -689,6 +778,11 @@ class Executor:
         cap.rows = torch.tensor(rows, dtype=torch.int64, device=self.device)
         cap.row_list = rows
         return cap
+
+    def _reads_loaded(self, branch: int) -> bool:
+        """Whether the branch's block tables hold a block the iteration's transfers fill from the host."""
+        tables = self._tables(branch)
+        return isinstance(tables, tuple) and any(not self._loaded.isdisjoint(t) for t in tables)
 
     def check(self, capture: Capture | None) -> CheckResult:
         """Reference attention for the captured rows, from the deterministic K/V (never reading the pool)."""

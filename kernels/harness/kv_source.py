@@ -17,6 +17,13 @@ Token identity (one rule, applied to every position of every branch):
 `LineageTracker` wraps the allocator the scheduler drives and records these owners as sequences are admitted, forked
 and freed (it also records the KV copies a contiguous allocator's fork implies, which the allocator itself does not
 report). `KVSource` holds the table: row = splitmix64(identity) mod rows, then shifted per layer.
+
+With a host tier (`LineageTracker.track_order`), the tracker also records the order in which the allocator recorded
+its copy-on-write copies and its host-tier transfers during one `schedule()`: the batch carries them in two lists
+(`Batch.copies`, `Batch.transfers`), and running every transfer first is wrong when a copy was recorded before a
+transfer that touches its blocks (a request's branch copies a shared block on its append, then the request is swapped
+out in the same round: the swap-out must send the copy; or a copy's block is freed and filled again from the host).
+`take_ops` returns the interleaving (kernels.harness.executor runs it in segments).
 """
 
 from __future__ import annotations
@@ -98,6 +105,21 @@ class Lineage:
         return out
 
 
+class _Logged(list):
+    """A list that also logs every appended item, with its kind, into a shared list (LineageTracker.track_order)."""
+
+    def __init__(self, items, log: list, kind: str):
+        super().__init__(items)
+        self.log, self.kind = log, kind
+
+    def append(self, item) -> None:
+        super().append(item)
+        self.log.append((self.kind, item))
+
+
+COPY, TRANSFER = "copy", "transfer"
+
+
 class LineageTracker:
     """Wraps an allocator (every attribute is the allocator's) and records lineages and contiguous fork copies.
 
@@ -141,6 +163,52 @@ class LineageTracker:
     def take_extent_copies(self) -> list[tuple[int, int, int, int, int]]:
         ops = self.extent_copies[:]
         self.extent_copies.clear()
+        return ops
+
+    # --- the order of copies and host-tier transfers (module docstring) ----------------------------------------------
+    def track_order(self) -> None:
+        """Log the order in which the allocator (a PagedAllocator with a host tier) records copy-on-write copies
+        (`_copies`) and host transfers (`host._pending`); each `take_transfers` then keeps that schedule's order for
+        `take_ops`."""
+        a = self._alloc
+        if not isinstance(getattr(a, "_copies", None), list) or not isinstance(
+            getattr(getattr(a, "host", None), "_pending", None), list
+        ):
+            return  # not the PagedAllocator / HostTier bookkeeping this relies on: take_ops stays None
+        d = self.__dict__
+        d["_log"], d["_taken_copies"], d["_ops"] = [], [], None
+        self._install(copies=True, transfers=True)
+
+    def _install(self, copies: bool, transfers: bool) -> None:
+        a, log = self._alloc, self.__dict__["_log"]
+        if copies:
+            a._copies = _Logged(a._copies, log, COPY)
+        if transfers:
+            a.host._pending = _Logged(a.host._pending, log, TRANSFER)
+
+    def take_copy_ops(self):
+        ops = self._alloc.take_copy_ops()
+        if "_log" in self.__dict__:
+            self.__dict__["_taken_copies"] = ops  # the last take of a schedule is the batch's (a failed fork drops)
+            self._install(copies=True, transfers=False)
+        return list(ops)
+
+    def take_transfers(self):
+        out = self._alloc.take_transfers()
+        if "_log" in self.__dict__:
+            d = self.__dict__
+            sent, taken = {id(t) for t in out}, {id(c) for c in d["_taken_copies"]}
+            d["_ops"] = [(kind, o) for kind, o in d["_log"] if id(o) in (sent if kind == TRANSFER else taken)]
+            d["_log"].clear()
+            d["_taken_copies"] = []
+            self._install(copies=False, transfers=True)
+        return list(out)
+
+    def take_ops(self) -> list[tuple[str, object]] | None:
+        """The last schedule's copies and transfers in the order the allocator recorded them: (COPY, (src, dst)) and
+        (TRANSFER, Transfer), the same objects as the batch's; None unless `track_order`."""
+        d = self.__dict__
+        ops, d["_ops"] = d.get("_ops"), None
         return ops
 
 

@@ -4,6 +4,7 @@
 # Usage, from the repo root on the GPU machine (simpy travels as a wheel in .whl/):
 #   OUT=dir BUDGET=420 PART=1 bash kernels/harness/record.sh
 #   OUT=dir BUDGET=500 PART=hybrid bash kernels/harness/record.sh   (MODEL defaults to llama-3.1-8b-swa)
+#   OUT=dir BUDGET=500 PART=host bash kernels/harness/record.sh     (MODEL defaults to llama-3.1-8b, max length 8,192)
 # Everything lands in $OUT/rec and is packed into $OUT/results.tar.gz (the device returns files 2 folders deep).
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -20,7 +21,11 @@ BUDGET=${BUDGET:-420}
 PART=${PART:-1}
 if [ "$PART" = hybrid ]; then
   MODEL=${MODEL:-llama-3.1-8b-swa}  # Llama-3.1-8B shapes, Gemma-3's 5 sliding (1,024 tokens) : 1 full layers
+elif [ "$PART" = host ]; then
+  MODEL=${MODEL:-llama-3.1-8b}  # long-prefix-2k's prompts (up to 5,115 tokens + output) need more than Llama-2's 4,096
+  MODEL_ARGS=${MODEL_ARGS:---max-model-len 8192}
 fi
+MODEL_ARGS=${MODEL_ARGS:-}  # more model options for calibrate and every validate (word-split)
 MODEL=${MODEL:-llama-2-7b}
 GPU=${GPU:-h100-80gb}
 PROFILE=${PROFILE:-$R/profile-$MODEL-$GPU.json}
@@ -35,7 +40,7 @@ left() { echo $((BUDGET - ($(date +%s) - START))); }
 } 2>&1 | tee "$R/env.txt"
 
 if [ ! -f "$PROFILE" ]; then
-  python3 -m sim calibrate --model "$MODEL" --gpu "$GPU" --budget-s "${CAL_BUDGET:-50}" --passes "${CAL_PASSES:-2}" \
+  python3 -m sim calibrate --model "$MODEL" $MODEL_ARGS --gpu "$GPU" --budget-s "${CAL_BUDGET:-50}" --passes "${CAL_PASSES:-2}" \
     --out "$PROFILE" 2>&1 \
     | tee "$R/calibrate.log"
 fi
@@ -49,8 +54,9 @@ run() {  # run NAME NEEDED_S ARGS...: one validate, if NEEDED_S seconds are left
     echo "skipped $name: $l s left, needs ~$need" | tee -a "$R/skipped.txt"
     return
   fi
-  echo "=== $name ($l s left): sim validate $* --model $MODEL --gpu $GPU --cost-model $PROFILE" | tee -a "$R/commands.txt"
-  timeout $((l - 5)) python3 -m sim validate "$@" --model "$MODEL" --gpu "$GPU" --cost-model "$PROFILE" \
+  echo "=== $name ($l s left): sim validate $* --model $MODEL $MODEL_ARGS --gpu $GPU --cost-model $PROFILE" \
+    | tee -a "$R/commands.txt"
+  timeout $((l - 5)) python3 -m sim validate "$@" --model "$MODEL" $MODEL_ARGS --gpu "$GPU" --cost-model "$PROFILE" \
     --out "$R/$name" --time-limit $((l - 25)) -q 2>&1 | tee "$R/$name.log"
 }
 
@@ -88,6 +94,23 @@ elif [ "$PART" = hybrid ]; then  # the hybrid dense model: calibrated on paged-h
     --allocators paged-hybrid,paged $V1
   run prefix 100 traces/shared-prefix-1k.csv --first 200 --scale 2 --kv-memory 768MiB \
     --allocators paged-hybrid-prefix-cache $V1
+elif [ "$PART" = host ]; then  # the host tier (kernels.harness.host_pool): the calibration also measures the pinned
+  # host link (profile meta host_link, which the predictions use); then a swap-heavy replay (--preemption swap: 307
+  # swaps, 8.0 GB each way) and an offload-heavy one (paged-prefix-cache's evicted prefix blocks to the host and back:
+  # 60.6 GB to the host, 16.7 GB back). Every request arrives at t = 0 (the slices' arrival times set to 0), so the
+  # schedule does not depend on timing and the bytes moved must equal the simulation's exactly. sharegpt (one sequence
+  # per request), not parallel-sampling: a request of several sequences that preempts itself in the middle of its
+  # appends is swapped out with a token never computed (a simulator bug, tests/harness/test_host_tier.py's xfail).
+  # Roofline durations 44 s and 51 s (calibrated replays of Llama-2-7B ran ~15% over the roofline): ~200 s in all
+  # with the calibration (~45 s) and each run's start-up, warm-up and host pool (~15 s).
+  V1="--scheduler vllm-v1 --max-num-seqs 256 --max-num-batched-tokens 2048"
+  at0() { awk -F, -v n="$2" 'BEGIN { OFS = "," } NR == 1 { print; next } NR <= n + 1 { $1 = 0; print }' "$1" >"$3"; }
+  at0 traces/sharegpt-2k.csv 200 "$R/sharegpt-200-at-0.csv"
+  at0 traces/long-prefix-2k.csv 120 "$R/long-prefix-120-at-0.csv"
+  run swap 90 "$R/sharegpt-200-at-0.csv" --kv-memory 768MiB --allocators paged --preemption swap \
+    --host-kv-memory 2GiB $V1
+  run offload 110 "$R/long-prefix-120-at-0.csv" --kv-memory 4GiB --allocators paged-prefix-cache \
+    --host-kv-memory 8GiB $V1
 else
   eval "${RUNS:-}"
 fi

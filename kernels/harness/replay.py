@@ -21,6 +21,17 @@ also records each KV-cache group's memory per iteration (steps' g<i>_ columns) a
 simulator's replay does. `gpu_replay` lays the pool out again when `run.options` names an allocator whose budget
 differs (`GpuRun.use_options`: `sim validate --allocators paged-hybrid,paged` on such a model); both layouts run
 through the CUDA-graph paths.
+
+A host tier (`--host-kv-memory`, `--preemption swap`; sim.allocators.host_tier) with the paged allocators: the run
+keeps a host pool of the tier's blocks (kernels.harness.host_pool: pinned memory on CUDA) and the executor runs each
+iteration's copies (`Batch.transfers`) on it, in order, before the iteration's own work; an iteration that runs
+nothing carries its copies into the next one, as the simulator's engine does (`Engine._carried`). The records get the
+host columns of steps.csv (`sim.records.host_steps.HostStepLog`) and the summary `host_tier`
+(`sim.records.host_summary`), whose `link_time_s` is the measured time of the copies and whose `measured` holds what
+the executor moved (blocks, and bytes in the simulator's block bytes and in the harness pool's) and how. Every
+iteration that copies blocks back to the GPU is checked (whatever `check_every`), the sequences reading them among
+the rows (kernels.harness.executor), so every round trip through the host is checked. Other
+allocators with a host tier are refused (`check_host_tier`), and so is a host pool the machine's memory cannot pin.
 """
 
 from __future__ import annotations
@@ -34,18 +45,31 @@ import torch
 
 from kernels.harness.decode_graphs import DecodeRunner
 from kernels.harness.executor import CheckResult, Executor
+from kernels.harness.host_pool import HostKVPool
 from kernels.harness.kv_pool import KVPool, kv_layers
 from kernels.harness.kv_source import KVSource, LineageTracker
 from kernels.harness.mixed_graphs import MixedRunner
 from kernels.harness.model import RandomTransformer, Shapes
+from sim.allocators import resolve_allocator
+from sim.allocators.host_tier import SWAP_IN, SWAP_OUT, TO_GPU, TO_HOST, Transfer
+from sim.allocators.paged import PagedAllocator
 from sim.errors import UserError
 from sim.hardware.budget import KVBudget, activation_reserve_bytes
 from sim.hardware.models import ModelSpec
+from sim.records.host_steps import HostStepLog
+from sim.records.host_summary import host_tier_summary
 from sim.records.requests import RequestLog
 from sim.records.steps import GroupStepLog, StepLog, record_iteration
 from sim.records.summary import kv_groups_summary
 from sim.serving.intake import Intake
-from sim.serving.replay import ReplayOptions, make_allocator, make_scheduler, replay_summary, validate_options
+from sim.serving.replay import (
+    ReplayOptions,
+    make_allocator,
+    make_cost_model,
+    make_scheduler,
+    replay_summary,
+    validate_options,
+)
 from sim.traces.model import Trace
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -57,7 +81,8 @@ class HarnessOptions:
     dtype: str = "bf16"
     device: str = "cuda"
     check: bool = True  # deterministic K/V and reference checks
-    check_every: int = 50  # iterations between checks (the first iteration is checked too)
+    check_every: int = 50  # iterations between checks (the first iteration is checked too, and with a host tier
+    # every iteration that copies blocks back from the host)
     source_rows: int = 8192
     time_limit_s: float | None = None  # stop the replay (marked truncated) after this much wall time
     seed: int = 0
@@ -80,6 +105,48 @@ def check_model(model: ModelSpec) -> None:
         )
 
 
+def _physical_memory() -> int | None:
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def host_pool_bytes(options: ReplayOptions, shapes: Shapes, dtype: torch.dtype) -> tuple[int, int]:
+    """(host blocks, bytes of the harness's host pool) of the options' host tier: the tier's blocks, each one block
+    of the harness's pool (its layers and dtype)."""
+    budget = options.budget()
+    blocks = options.host_kv_memory // (budget.block_size * budget.bytes_per_token)
+    elt = torch.empty(0, dtype=dtype).element_size()
+    return blocks, blocks * shapes.layers * 2 * budget.block_size * shapes.kv_heads * shapes.head_size * elt
+
+
+def check_host_tier(options: ReplayOptions, shapes: Shapes, dtype: torch.dtype, cuda: bool) -> None:
+    """A host tier the harness can execute, or a UserError: its copies name blocks of block tables, so the allocator
+    must be a paged allocator of one block table (PagedAllocator or a subclass: paged, paged-prefix-cache); and the
+    host pool (pinned on CUDA, where the caching host allocator rounds it up to a power of two) must fit in half the
+    machine's memory."""
+    if options.host_kv_memory is None:
+        return
+    cls = resolve_allocator(options.allocator)
+    if not (isinstance(cls, type) and issubclass(cls, PagedAllocator)) or getattr(cls, "uses_kv_groups", False):
+        raise UserError(
+            f"the GPU harness executes a host tier's copies for the paged allocators of one block table (paged, "
+            f"paged-prefix-cache), not {options.allocator}"
+        )
+    _, nbytes = host_pool_bytes(options, shapes, dtype)
+    pinned = 1 << max(0, (nbytes - 1).bit_length()) if cuda else nbytes
+    ram = _physical_memory()
+    if ram is not None and pinned > ram // 2:
+        raise UserError(
+            f"the GPU harness would hold the host tier in {pinned / 2**30:.1f} GiB of "
+            f"{'pinned ' if cuda else ''}host memory, more than half of this machine's {ram / 2**30:.1f} GiB: give a "
+            f"smaller --host-kv-memory"
+        )
+
+
 @dataclass
 class GpuRun:
     """The model, pool and K/V table for one configuration (reused across allocators: the same pool where their
@@ -93,6 +160,7 @@ class GpuRun:
     source: KVSource | None
     decode_runner: DecodeRunner | None = None  # shared by every executor of the run (its graphs bake in the pool)
     mixed_runner: MixedRunner | None = None  # the same for iterations with prefill tokens
+    host_pool: HostKVPool | None = None  # a host tier's blocks (kernels.harness.host_pool), built on first need
 
     @classmethod
     def build(cls, options: ReplayOptions, harness: HarnessOptions) -> GpuRun:
@@ -103,6 +171,7 @@ class GpuRun:
         dtype = DTYPES[harness.dtype]
         if harness.device == "cuda" and not torch.cuda.is_available():
             raise UserError("the GPU harness needs a CUDA GPU (torch.cuda.is_available() is False)")
+        check_host_tier(options, shapes, dtype, harness.device == "cuda")
         model = RandomTransformer(shapes, dtype, harness.device, harness.seed)
         source = (
             KVSource(harness.source_rows, shapes.kv_heads, shapes.head_size, dtype, harness.device, harness.seed + 1)
@@ -168,6 +237,7 @@ class GpuRun:
         pool and the static-buffer runners are built again for it (the weights and the K/V table stay), and any
         graph is captured again on first use. Returns whether they were rebuilt."""
         validate_options(options)
+        check_host_tier(options, self.model.shapes, self.model.dtype, self.model.device.type == "cuda")
         budget = options.budget()
         self.options = options
         self.budget = budget
@@ -175,15 +245,15 @@ class GpuRun:
         pool = self.pool
         if (pool.num_blocks, pool.block_size, pool.layers) == (budget.num_blocks, budget.block_size, layers):
             return False
-        self.pool = self.decode_runner = self.mixed_runner = None  # free the old pool (and graphs) first
+        self.pool = self.decode_runner = self.mixed_runner = self.host_pool = None  # free the old pool (and graphs)
         gc.collect()
         if self.model.device.type == "cuda":
             torch.cuda.empty_cache()
         self._build_pool()
         return True
 
-    def executor(self, allocator: LineageTracker, seed: int = 0) -> Executor:
-        """An executor over this run's model, pool, K/V table and decode runner."""
+    def executor(self, allocator: LineageTracker, seed: int = 0, host_pool: HostKVPool | None = None) -> Executor:
+        """An executor over this run's model, pool, K/V table and decode runner (and host pool, for a host tier)."""
         return Executor(
             self.model,
             self.pool,
@@ -192,7 +262,17 @@ class GpuRun:
             seed=seed,
             runner=self.decode_runner,
             mixed_runner=self.mixed_runner,
+            host_pool=host_pool,
         )
+
+    def host_pool_for(self, num_blocks: int) -> HostKVPool:
+        """The host pool of `num_blocks` blocks over this run's pool (kept for the next allocator of the run)."""
+        hp = self.host_pool
+        if hp is None or hp.pool is not self.pool or hp.num_blocks != num_blocks:
+            self.host_pool = None
+            gc.collect()
+            self.host_pool = HostKVPool(self.pool, num_blocks)
+        return self.host_pool
 
     def memory(self) -> dict:
         """Sizes of what the harness holds, beside the simulator's budget (bytes)."""
@@ -208,6 +288,8 @@ class GpuRun:
             "sim_kv": self.budget.capacity_bytes,
             "sim_kv_per_layer_pool": self.budget.capacity_bytes * shapes.layers // o.model.num_layers,
             "model_params_preset": o.model.num_params,
+            "harness_host_pool": self.host_pool.nbytes if self.host_pool is not None else 0,
+            "harness_host_staging": self.host_pool.staging_nbytes if self.host_pool is not None else 0,
         }
 
 
@@ -224,6 +306,10 @@ class HarnessResult:
     truncated: bool = False
     static: np.ndarray | None = None  # per iteration: 0 eager, 1 decode-only graph, 2 graph with prefill tokens
     issue_s: np.ndarray | None = None  # host time from an iteration's start event to its last launch (CUDA)
+    # a host tier: per iteration, the measured time of its copies (0 without) and the bytes the executor moved to the
+    # host and to the GPU (the harness pool's blocks); None without a host tier
+    transfer_s: np.ndarray | None = None
+    transfer_bytes: np.ndarray | None = None  # [iterations, 2]: to the host, to the GPU
 
 
 def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
@@ -235,7 +321,18 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
     budget = run.budget
     allocator = LineageTracker(make_allocator(options, budget))
     sched = make_scheduler(options, allocator)
-    executor = run.executor(allocator, seed=h.seed)
+    host = getattr(allocator.wrapped, "host", None)  # a host tier (sim.allocators.host_tier), or None
+    if host is not None:
+        allocator.track_order()  # copies and transfers in the order they were recorded (kv_source)
+    host_pool = None
+    if host is not None:
+        host_pool = run.host_pool_for(host.num_blocks)
+        if host_pool.cuda and h.warmup:  # the copy path's first use (kernel loading), outside the measured loop
+            host_pool.elapsed(
+                host_pool.execute([Transfer(TO_HOST, SWAP_OUT, 0, 0, 0), Transfer(TO_GPU, SWAP_IN, 0, 0, 0)])
+            )
+        host_pool.fill(float("nan"))  # a host block nothing wrote reads as NaN too
+    executor = run.executor(allocator, seed=h.seed, host_pool=host_pool)
     run.pool.fill(float("nan"))  # a slot nothing wrote reads as NaN, which the checks report
     bpt = budget.bytes_per_token
     intake = Intake(trace, sched, options.model.max_model_len, progress)
@@ -243,6 +340,13 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
     # an allocator with KV-cache groups records each group's memory per iteration, as the simulator's replay does
     layout = budget.layout if executor.grouped and hasattr(allocator, "memory_by_group") else None
     steps = GroupStepLog(len(layout.groups), bpt) if layout is not None else StepLog()
+    if host is not None:  # the host tier's columns, as the simulator's replay records them
+        steps = HostStepLog(host)
+    carried: list = []  # host-tier copies of an iteration that ran nothing: they run with the next one
+    carried_ops: list = []  # ... in order with that iteration's copy-on-write copies
+    transfer_s: list[float] = []
+    transfer_bytes: list[tuple[int, int]] = []
+    moved = {"blocks_to_host": 0, "blocks_to_gpu": 0, "waves": 0, "dma_copies": 0, "iterations": 0}
     gpu_s: list[float] = []
     host_s: list[float] = []
     issue_s: list[float] = []
@@ -279,16 +383,28 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
                 break
             start = clock()
             batch = sched.schedule(start)
+            ops = allocator.take_ops() if host is not None else None
+            if carried:  # as sim.serving.engine.Engine.advance
+                batch.transfers = carried + batch.transfers
+                ops = carried_ops + (ops or [])
+                carried, carried_ops = [], []
             if not batch:
                 intake.reject_head(batch)
+                carried = batch.transfers
+                if carried:  # the swap-outs that still happen, with the copies recorded before them (copy_segments)
+                    keep = {id(t) for t in carried}
+                    carried_ops = [op for op in ops or [] if op[0] == "copy" or id(op[1]) in keep]
                 continue
             m0 = time.perf_counter()
             mem = allocator.memory(sched.next_waiting_final_len(), sched.next_waiting_prefill_tokens())
             unshared = allocator.held_without_sharing()
-            do_check = run.source is not None and iteration % max(1, h.check_every) == 0
+            # every check_every-th iteration, and every iteration that brings blocks back from the host (a round trip)
+            do_check = run.source is not None and (
+                iteration % max(1, h.check_every) == 0 or any(t.direction == TO_GPU for t in batch.transfers)
+            )
             excluded += time.perf_counter() - m0
             e0 = time.perf_counter()
-            result = executor.execute(batch, check=do_check)
+            result = executor.execute(batch, check=do_check, ops=ops)
             excluded += result.capture_s  # a graph captured on first use: start-up work, not this iteration's
             end = clock()
             host_s.append(time.perf_counter() - e0 - result.capture_s)
@@ -301,6 +417,16 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
                 excluded += time.perf_counter() - c0
             gpu_s.append(result.gpu_s if result.gpu_s is not None else float("nan"))
             issue_s.append(result.issue_s if result.issue_s is not None else float("nan"))
+            if host is not None:
+                tr = result.transfer
+                transfer_s.append(result.transfer_s or 0.0)
+                transfer_bytes.append((tr.bytes_to_host, tr.bytes_to_gpu) if tr is not None else (0, 0))
+                if tr is not None:
+                    moved["blocks_to_host"] += tr.blocks_to_host
+                    moved["blocks_to_gpu"] += tr.blocks_to_gpu
+                    moved["waves"] += tr.waves
+                    moved["dma_copies"] += tr.dma_copies
+                    moved["iterations"] += 1
             finished = sched.finish(batch, end)
             record_iteration(
                 steps, req, start, end - start, end, batch, len(sched.waiting), mem, unshared, bpt, finished
@@ -320,6 +446,7 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
             - memory["harness_weights"]
             - memory["harness_pool"]
             - memory["harness_kv_source_table"]
+            - memory["harness_host_staging"]
         )
         memory["device_total"] = torch.cuda.get_device_properties(0).total_memory
     summary = {
@@ -344,6 +471,8 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
     }
     if layout is not None:
         summary["kv_groups"] = kv_groups_summary(arrays, layout.groups, options.tp, budget.capacity_bytes)
+    if host is not None:
+        summary["host_tier"] = _host_summary(options, host, host_pool, sched, budget, arrays, transfer_s, moved)
     return HarnessResult(
         summary,
         arrays,
@@ -356,4 +485,33 @@ def gpu_replay(trace: Trace, run: GpuRun, progress=None) -> HarnessResult:
         truncated,
         np.asarray(static_flags, dtype=np.int8),
         np.asarray(issue_s),
+        np.asarray(transfer_s) if host is not None else None,
+        np.asarray(transfer_bytes, dtype=np.int64).reshape(-1, 2) if host is not None else None,
     )
+
+
+def _host_summary(options, host, host_pool, sched, budget, steps, transfer_s, moved) -> dict:
+    """The summary's `host_tier` for a GPU replay: the simulator's figures (sim.records.host_summary) of the policy
+    the replay ran, with `link_time_s` the measured time of its copies (the recompute estimate keeps the
+    prediction's cost model: `make_cost_model`), and `measured`: what the executor moved and how."""
+    cost = make_cost_model(options)
+    cost.link_time_s = float(np.sum(transfer_s))
+    tier = host_tier_summary(host, cost, steps, sched.prefill_tokens_requested, budget.block_size, options.preemption)
+    tier["measured"] = {
+        "transfer_s": float(np.sum(transfer_s)),
+        "iterations_with_transfers": moved["iterations"],
+        "blocks_to_host": moved["blocks_to_host"],
+        "blocks_to_gpu": moved["blocks_to_gpu"],
+        # the blocks the executor moved, in the simulator's block bytes (the model's layers and KV dtype) ...
+        "bytes_to_host": moved["blocks_to_host"] * host.block_bytes,
+        "bytes_to_gpu": moved["blocks_to_gpu"] * host.block_bytes,
+        # ... and in the harness pool's (its layers and dtype: the same with every layer and the model's dtype)
+        "harness_bytes_to_host": moved["blocks_to_host"] * host_pool.block_bytes,
+        "harness_bytes_to_gpu": moved["blocks_to_gpu"] * host_pool.block_bytes,
+        "harness_block_bytes": host_pool.block_bytes,
+        "waves": moved["waves"],
+        "dma_copies": moved["dma_copies"],
+        "pinned": bool(host_pool.storage.is_pinned()) if host_pool.cuda else False,
+        "staging_blocks": host_pool.staging_blocks,
+    }
+    return tier

@@ -11,6 +11,15 @@ An allocator with KV-cache groups (`paged-hybrid`, `paged-hybrid-prefix-cache`) 
 validation.json (`compare_groups`): per group (kind, window, layers) and per category of
 `sim.records.steps.GROUP_CATEGORIES` the predicted and measured mean fraction of the KV capacity, and the difference
 in percentage points against the same 1 pp target as the pool's categories.
+
+A replay with a host tier (`--host-kv-memory`, `--preemption swap`) also gets, in `metrics`: `host_bytes_to_host` and
+`host_bytes_to_gpu`, the bytes the simulated policy moved each way (its summary's `host_tier`) against the bytes the
+GPU executor moved (its blocks in the simulator's block bytes; `HOST_EXACT`: they must be equal, both runs replaying
+the same policy, which holds where the schedule does not depend on timing, e.g. every request arriving at once), and
+`host_transfer_s`, the simulator's link time against the copies' measured time (CUDA events around each iteration's
+copies), summed over the replay, with a 10% target (`HOST_TARGETS`). `series["host_transfer"]` compares them iteration
+by iteration when both runs moved the same bytes in the same iterations (the predicted time recomputed from the
+prediction's link and each iteration's bytes).
 """
 
 from __future__ import annotations
@@ -38,6 +47,9 @@ TARGETS = {
 }
 KV_TARGET_PP = 1.0
 RATIO_TARGET = 0.05
+# A host tier: the link time's bound (relative), and the figures that must be equal
+HOST_TARGETS = {"host_transfer_s": 0.10}
+HOST_EXACT = ("host_bytes_to_host", "host_bytes_to_gpu")
 
 
 def _rel(p, m):
@@ -112,7 +124,54 @@ def compare(pred, meas, block_bytes: int) -> tuple[dict, dict]:
         pair["abs_error_pp"] = 100 * (pair["predicted"] - pair["measured"])
         m[f"kv_{c}"] = pair
     series = {"batch_size": batch_series_mae(pred.steps, meas.steps)}
+    ph, mh = ps.get("host_tier"), ms.get("host_tier")
+    if ph is not None and mh is not None and "measured" in mh:
+        moved = mh["measured"]
+        for way in ("to_host", "to_gpu"):
+            m[f"host_bytes_{way}"] = _pair(ph[f"bytes_{way}"], moved[f"bytes_{way}"])
+        m["host_transfer_s"] = _pair(ph["link_time_s"], moved["transfer_s"])
+        series["host_transfer"] = transfer_series(pred, meas)
     return m, series
+
+
+def transfer_series(pred, meas) -> dict:
+    """Per iteration with copies, the predicted link time (the prediction's link, sim.cost.host_link.HostLink, on the
+    iteration's bytes) against the measured time of its copies: when both runs have the same iterations moving the
+    same bytes, the median and largest relative error and the iterations compared; else why not."""
+    from sim.cost.host_link import HostLink
+
+    ps, ms = pred.steps, meas.steps
+    transfer_s = getattr(meas, "transfer_s", None)
+    cols = ("to_host_bytes", "to_gpu_bytes")
+    if transfer_s is None or any(c not in ps or c not in ms for c in cols):
+        return {"compared": 0, "why_not": "no per-iteration host columns"}
+    if len(ps["to_host_bytes"]) != len(ms["to_host_bytes"]) or any(not np.array_equal(ps[c], ms[c]) for c in cols):
+        return {"compared": 0, "why_not": "the runs moved different bytes in their iterations"}
+    spec = pred.summary["config"]["cost_model"].get("host_link")
+    if spec is None:
+        return {"compared": 0, "why_not": "the prediction has no host link"}
+    link = HostLink(
+        spec["name"],
+        spec["bytes_per_s"],
+        spec.get("latency_s", 0.0),
+        spec.get("bytes_per_s_to_host"),
+        spec.get("bytes_per_s_duplex"),
+    )
+    rows = np.flatnonzero((ps["to_host_bytes"] > 0) | (ps["to_gpu_bytes"] > 0))
+    if not len(rows):
+        return {"compared": 0, "why_not": "no iteration moved anything"}
+    predicted = np.array([link.time(int(ps["to_gpu_bytes"][i]), int(ps["to_host_bytes"][i])) for i in rows])
+    measured = np.asarray(transfer_s, dtype=np.float64)[rows]
+    ok = measured > 0
+    rel = predicted[ok] / measured[ok] - 1
+    return {
+        "compared": int(ok.sum()),
+        "predicted_s": float(predicted.sum()),
+        "measured_s": float(measured.sum()),
+        "median_rel_error": float(np.median(rel)) if len(rel) else None,
+        "median_abs_rel_error": float(np.median(np.abs(rel))) if len(rel) else None,
+        "max_abs_rel_error": float(np.abs(rel).max()) if len(rel) else None,
+    }
 
 
 def compare_groups(pred_summary: dict, meas_summary: dict) -> list[dict] | None:
@@ -140,6 +199,14 @@ def targets(metrics: dict) -> dict:
     for c in MEMORY_CATEGORIES:
         pp = metrics[f"kv_{c}"]["abs_error_pp"]
         out[f"kv_{c}"] = {"target_pp": KV_TARGET_PP, "abs_error_pp": pp, "met": abs(pp) <= KV_TARGET_PP}
+    for name, bound in HOST_TARGETS.items():  # a host tier's figures, where the run has them
+        if name in metrics:
+            r = metrics[name]["rel_error"]
+            out[name] = {"target_rel": bound, "rel_error": r, "met": None if r is None else abs(r) <= bound}
+    for name in HOST_EXACT:
+        if name in metrics:
+            p, mm = metrics[name]["predicted"], metrics[name]["measured"]
+            out[name] = {"target": "exact", "predicted": p, "measured": mm, "met": p is not None and p == mm}
     return out
 
 
@@ -195,12 +262,18 @@ def validation_record(trace_desc: dict, options, run, pred, meas, env: dict) -> 
             "sharing": options.sharing,
             "kv_groups": len(run.budget.layout.groups) if run.budget.layout is not None else None,
             "kv_group_size": run.budget.layout.group_size if run.budget.layout is not None else None,
+            "host_kv_memory": options.host_kv_memory,
+            "preemption": options.preemption,
+            "host_link": pred.summary["config"]["cost_model"].get("host_link"),
         },
         "truncated": meas.truncated,
         "metrics": metrics,
         "series": series,
         "targets": targets(metrics),
         "kv_groups": compare_groups(pred.summary, meas.summary),
+        "host_tier": {"predicted": pred.summary["host_tier"], "measured": meas.summary["host_tier"]}
+        if "host_tier" in pred.summary and "host_tier" in meas.summary
+        else None,
         "attention_check": meas.checks,
         "memory": meas.memory,
         "harness": meas.summary["harness"],
@@ -267,6 +340,15 @@ def format_record(rec: dict) -> str:
             f"  batch size series MAE {s['mae']:.3f} ({100 * (s['mae_relative_to_mean'] or 0):.1f}% of "
             f"the measured mean)"
         )
+    tr = rec["series"].get("host_transfer")
+    if tr is not None:
+        if tr.get("compared"):
+            lines.append(
+                f"  host copies per iteration: {tr['compared']} iterations, median error "
+                f"{100 * tr['median_rel_error']:+.1f}%, largest |error| {100 * tr['max_abs_rel_error']:.1f}%"
+            )
+        else:
+            lines.append(f"  host copies per iteration: not compared ({tr.get('why_not')})")
     groups = rec.get("kv_groups")
     if groups:
         worst = max(
@@ -319,6 +401,12 @@ def write_record(out_dir: str, rec: dict, meas, pred) -> None:
     lines = ["execute_s,gpu_s,issue_s,static"] + [
         f"{h:.6g},{g:.6g},{i:.6g},{int(s)}" for h, g, i, s in zip(meas.host_s, meas.gpu_s, issue, static)
     ]
+    # a host tier: the measured time of each iteration's copies and the bytes the executor moved (its pool's blocks)
+    tr_s, tr_b = getattr(meas, "transfer_s", None), getattr(meas, "transfer_bytes", None)
+    if tr_s is not None and tr_b is not None and len(tr_s) == k and len(tr_b) == k:
+        lines[0] += ",transfer_s,moved_to_host_bytes,moved_to_gpu_bytes"
+        for j in range(k):
+            lines[j + 1] += f",{tr_s[j]:.6g},{int(tr_b[j][0])},{int(tr_b[j][1])}"
     atomic_write(os.path.join(out_dir, "measured_timing.csv"), "\n".join(lines) + "\n")
     atomic_write(os.path.join(out_dir, "measured_summary.json"), to_json(meas.summary))
     atomic_write(os.path.join(out_dir, "predicted_summary.json"), to_json(pred.summary))

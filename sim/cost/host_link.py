@@ -31,17 +31,41 @@ HOST_LINKS: dict[str, tuple[float, str]] = {
 
 @dataclass(frozen=True)
 class HostLink:
-    """The GPU-host link: bandwidth in bytes/s each way, and a fixed latency per iteration with copies (s)."""
+    """The GPU-host link: bandwidth in bytes/s each way, and a fixed latency per iteration with copies (s).
+
+    A measured link (`sim calibrate`: `ProfileCostModel.host_link`) may differ by direction: `bytes_per_s` is then
+    the bandwidth to the GPU, `bytes_per_s_to_host` the bandwidth to the host, and `bytes_per_s_duplex` (if any) caps
+    both directions at once (a link that is not fully duplex):
+
+        time = latency + max(to GPU / bytes_per_s, to host / bytes_per_s_to_host, (to GPU + to host) / duplex)
+
+    Without those two the formula is the module docstring's, bit for bit.
+    """
 
     name: str
     bytes_per_s: float
     latency_s: float = 0.0
+    bytes_per_s_to_host: float | None = None  # None: bytes_per_s
+    bytes_per_s_duplex: float | None = None  # None: each direction at its own bandwidth, both at once
 
     def time(self, bytes_to_gpu: int, bytes_to_host: int) -> float:
-        """Seconds the link takes for one iteration's copies (module docstring); 0 without copies."""
+        """Seconds the link takes for one iteration's copies (class docstring); 0 without copies."""
         if not bytes_to_gpu and not bytes_to_host:
             return 0.0
-        return self.latency_s + max(bytes_to_gpu, bytes_to_host) / self.bytes_per_s
+        if self.bytes_per_s_to_host is None and self.bytes_per_s_duplex is None:
+            return self.latency_s + max(bytes_to_gpu, bytes_to_host) / self.bytes_per_s
+        to_host = self.bytes_per_s if self.bytes_per_s_to_host is None else self.bytes_per_s_to_host
+        t = max(bytes_to_gpu / self.bytes_per_s, bytes_to_host / to_host)
+        if self.bytes_per_s_duplex is not None:
+            t = max(t, (bytes_to_gpu + bytes_to_host) / self.bytes_per_s_duplex)
+        return self.latency_s + t
+
+    def describe(self) -> dict:
+        out = {"name": self.name, "bytes_per_s": self.bytes_per_s, "latency_s": self.latency_s}
+        if self.bytes_per_s_to_host is not None or self.bytes_per_s_duplex is not None:
+            out["bytes_per_s_to_host"] = self.bytes_per_s_to_host
+            out["bytes_per_s_duplex"] = self.bytes_per_s_duplex
+        return out
 
 
 def resolve_host_link(spec: str | float | None, gpu_link: float | None, gpu_name: str) -> HostLink:
@@ -91,11 +115,7 @@ class HostLinkCost(CostModel):
     def describe(self) -> dict:
         return {
             **self.compute.describe(),
-            "host_link": {
-                "name": self.link.name,
-                "bytes_per_s": self.link.bytes_per_s,
-                "latency_s": self.link.latency_s,
-            },
+            "host_link": self.link.describe(),
         }
 
 

@@ -24,6 +24,12 @@ most of a replay's time: without the correction, replays on the H100 ran 5-6% ov
 
 The profile is JSON (see `ProfileCostModel.to_dict`): the coefficients, the knots, the measured samples they were
 fitted to, the fit's quality and where it was measured. It needs no torch: `sim` loads it anywhere.
+
+The host link (a host tier's copies, sim.cost.host_link): a calibration also measures the GPU's link to pinned host
+memory (kernels.harness.calibrate.measure_host_link) and keeps it in `meta["host_link"]`: `bytes_per_s_to_gpu`,
+`bytes_per_s_to_host`, `bytes_per_s_duplex` (null when both directions at once ran as fast as each alone),
+`latency_s`, and the samples they were fitted to. `ProfileCostModel.host_link` reads it as a `HostLink`; a replay with
+a host tier and this profile prices its copies with it unless `--host-link` is given (`make_cost_model`).
 """
 
 from __future__ import annotations
@@ -203,6 +209,30 @@ class ProfileCostModel(CostModel):
         c = self.coefficients
         self._c = tuple(float(c[f]) for f in FEATURES)
         self._knots = tuple((int(k), float(ck)) for k, ck in zip(self.knots, self.c_knots))
+
+    @property
+    def host_link(self):
+        """The measured host link of `meta["host_link"]` (module docstring) as a sim.cost.host_link.HostLink, or None
+        when the profile has none (written before links were measured). A UserError when it is malformed."""
+        data = self.meta.get("host_link")
+        if data is None:
+            return None
+        from sim.cost.host_link import HostLink
+
+        where = self.path or "cost profile"
+        try:
+            to_gpu = float(data["bytes_per_s_to_gpu"])
+            to_host = float(data["bytes_per_s_to_host"])
+            duplex = data.get("bytes_per_s_duplex")
+            duplex = None if duplex is None else float(duplex)
+            latency = float(data.get("latency_s", 0.0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{where}: malformed host_link in the profile's meta: {exc}") from None
+        speeds = [to_gpu, to_host] + ([duplex] if duplex is not None else [])
+        if not all(math.isfinite(v) and v > 0 for v in speeds) or not (math.isfinite(latency) and latency >= 0):
+            raise UserError(f"{where}: the profile's host_link needs positive speeds and a latency >= 0")
+        name = data.get("name") or f"calibrated host link ({self.meta.get('device', 'GPU')})"
+        return HostLink(str(name), to_gpu, latency, to_host, duplex)
 
     # --- evaluation --------------------------------------------------------------------------------------------------
     def _eval(self, tokens, prefill_pairs, decode_context, decode_seqs, prefill_seqs, has_prefill, has_decode):

@@ -183,11 +183,13 @@ def validate_host_tier(options: ReplayOptions) -> None:
 
 def make_cost_model(options: ReplayOptions):
     """The roofline from the GPU's datasheet, or the profile a calibration on a real GPU wrote (--cost-model); with
-    a host tier, plus the link time of its copies (sim.cost.host_link.HostLinkCost)."""
+    a host tier, plus the link time of its copies (sim.cost.host_link.HostLinkCost): the link --host-link names, else
+    the one the profile's calibration measured (`ProfileCostModel.host_link`), else the GPU's nominal host link."""
     compute = _compute_cost_model(options)
     if options.host_kv_memory is None:
         return compute
-    return HostLinkCost(compute, options.host_link_spec())
+    measured = getattr(compute, "host_link", None) if options.host_link is None else None
+    return HostLinkCost(compute, measured if measured is not None else options.host_link_spec())
 
 
 def _compute_cost_model(options: ReplayOptions):
