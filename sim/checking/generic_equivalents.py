@@ -73,6 +73,43 @@ _PAGED_SCAN_ONE_HOLDER = (
     "equivalent: a block with one holder gets the entry (partial, final_len - t), which no other sequence updates, "
     "and contributes min(bs - partial, final_len - t), exactly what the other branch adds to the total"
 )
+_HYBRID_RUN_END_DEFAULT = (
+    "equivalent: the default run_end is read only by _sync_runs, which runs only for indexed sequences, and admit "
+    "sets run_end explicitly for every indexed one (a fork copies its parent's)"
+)
+_HYBRID_SERIAL = (
+    "equivalent: _serial only tells released positions apart, as (block, serial) keys of ghosts and _ghost_refs that "
+    "are only compared with each other; any start and any step that gives a block a new value at each take keeps "
+    "exactly the same keys equal and the same ones apart"
+)
+_HYBRID_ONE_TOKEN_HIT = (
+    "equivalent: at num_tokens == 1 the loop over range((num_tokens - 1) // bs) = range(0) finds no block, so h = 0 "
+    "and (0, []) is returned as by the early return (runs_from has no side effect)"
+)
+_HYBRID_PEAK_DOMINATED = (
+    "equivalent: the extra lengths t the loop visits never raise the peak: t = prompt or prompt - 1 holds at most "
+    "ceil(prompt / bs) blocks per group, the initial peak's count (skipped >= 0); a t <= final_len - bs is dominated "
+    "by t + bs, still in the loop, as the count over t + bs is never below that over t (per group ceil grows by "
+    "exactly 1 and max(0, t + bs - w) // bs grows by at most 1)"
+)
+_HYBRID_EMPTY_GIVE_BACK = (
+    "equivalent: at hi == len(ghosts) the give-back has nothing to give back (an empty slice: no ghost, "
+    "_logical -= 0, release_many([]) changes nothing, freed += 0); hi < len(ghosts) never happens (computed only grows "
+    "and skipped is monotone in it)"
+)
+_HYBRID_NEGATIVE_WINDOW_START = (
+    "equivalent: max(-1, x) differs from max(0, x) only for x <= -1, where -1 // bs = -1 and 0 // bs = 0 both give "
+    "no range (range(len(ghosts), -1) is empty) and no hi > len(ghosts)"
+)
+_HYBRID_RESERVED_ONE_HOLDER = (
+    "equivalent: every held block has reference count >= 1, and a block with one holder put in `shared` gets the "
+    "entry (g, partial, want) that no other sequence updates and adds min(bs - partial, want), exactly what the other "
+    "branch adds"
+)
+_HYBRID_RESERVED_DEFAULT = (
+    "equivalent: this line runs only when final_len > t, so want >= 1, and max(want, d) == want for every default "
+    "d <= 1"
+)
 # Mutants no test can kill because the mutated program behaves exactly as the original: "file#ordinal" -> why.
 # (Filled from the survivors of the committed run; each reason is checked by reading the code.)
 EQUIVALENT: dict[str, str] = {
@@ -200,4 +237,42 @@ EQUIVALENT: dict[str, str] = {
     "at or after hi (run lengths are >= 0), so start = max(lo, pos) >= hi >= end and it adds no piece",
     "sim/allocators/prefix_hash.py#45": "equivalent: deleting the break only scans the later runs, which start at or "
     "after hi (run lengths are >= 0): start >= hi >= end, so they add no piece",
+    "sim/allocators/hybrid.py#29": _HYBRID_RUN_END_DEFAULT,
+    "sim/allocators/hybrid.py#30": _HYBRID_RUN_END_DEFAULT,
+    "sim/allocators/hybrid.py#66": _HYBRID_SERIAL,
+    "sim/allocators/hybrid.py#67": _HYBRID_SERIAL,
+    "sim/allocators/hybrid.py#82": "equivalent: without the instance attribute, reads find KVAllocator's class "
+    "default num_cow_copies = 0, and `+= 1` then sets the instance attribute",
+    "sim/allocators/hybrid.py#107": _HYBRID_SERIAL,
+    "sim/allocators/hybrid.py#108": _HYBRID_SERIAL,
+    "sim/allocators/hybrid.py#164": "equivalent: at len(s.hashes) == full the loop registers nothing and only "
+    "_sync_runs runs early; syncing early gives the runs a later sync would (it extends s's own last run or appends "
+    "it, additively), and runs are read only right after a sync (chain_key here, fork's copy after its own sync)",
+    "sim/allocators/hybrid.py#179": _HYBRID_ONE_TOKEN_HIT,
+    "sim/allocators/hybrid.py#182": _HYBRID_ONE_TOKEN_HIT,
+    "sim/allocators/hybrid.py#202": "equivalent: with no sliding group the loop runs over no group and `all` of "
+    "nothing breaks at once; with h == 0 the runs are built over no key and `while h` does not run: h and keys stay",
+    "sim/allocators/hybrid.py#205": "equivalent: starting the count at 1 raises only the leading run of blocks "
+    "cached from position 0, where run[h - 1] >= h >= h - skipped holds either way; the first miss resets the count "
+    "to 0 and every later value is the same",
+    "sim/allocators/hybrid.py#246": "equivalent: _skipped_blocks(g, -1) = max(0, -w) // bs = 0 = "
+    "_skipped_blocks(g, 0) for every window w >= 1",
+    "sim/allocators/hybrid.py#247": _HYBRID_PEAK_DOMINATED,
+    "sim/allocators/hybrid.py#249": _HYBRID_PEAK_DOMINATED,
+    "sim/allocators/hybrid.py#250": _HYBRID_PEAK_DOMINATED,
+    "sim/allocators/hybrid.py#253": _HYBRID_PEAK_DOMINATED,
+    "sim/allocators/hybrid.py#352": _HYBRID_EMPTY_GIVE_BACK,
+    "sim/allocators/hybrid.py#432": _HYBRID_NEGATIVE_WINDOW_START,
+    "sim/allocators/hybrid.py#437": _HYBRID_EMPTY_GIVE_BACK,
+    "sim/allocators/hybrid.py#588": _HYBRID_NEGATIVE_WINDOW_START,
+    "sim/allocators/hybrid.py#615": "equivalent: delta holds only blocks given back earlier in the round, which lie "
+    "below a sequence's window and so are full (every holder of a block sees the same fill, check()), while the "
+    "copy-on-write test reads a partly filled last block: delta.get(b, 0) is 0 there and + equals -",
+    "sim/allocators/hybrid.py#696": "equivalent: at final_len == t the mutant adds min(bs - partial, 0) = 0 to the "
+    "total, or a shared entry (g, partial, max(0, previous)) equal to what the entry is without it (absent adds "
+    "nothing)",
+    "sim/allocators/hybrid.py#703": _HYBRID_RESERVED_ONE_HOLDER,
+    "sim/allocators/hybrid.py#706": _HYBRID_RESERVED_ONE_HOLDER,
+    "sim/allocators/hybrid.py#711": _HYBRID_RESERVED_DEFAULT,
+    "sim/allocators/hybrid.py#712": _HYBRID_RESERVED_DEFAULT,
 }
