@@ -520,7 +520,10 @@ class HybridPagedAllocator(KVAllocator):
                     self._copies.append((src, dst))
                     copied.append(dst)
                 tables.append(copied)
-        ghosts = [list(x) for x in p.ghosts]
+        if self.sharing:
+            ghosts = [list(x) for x in p.ghosts]
+        else:  # the counterfactual would hold a copy of every position for each branch, the given-back ones too
+            ghosts = [[("copy", child_id, x) for x in ghost] for ghost in p.ghosts]
         for g, ghost in enumerate(ghosts):
             for x in ghost:
                 self._ghost_refs[g][x] += 1

@@ -613,15 +613,9 @@ def test_a_shared_last_block_reserves_what_its_branches_still_write():
     a.check()
 
 
-# --- what looks like a bug (not fixed here) ---------------------------------------------------------------------------
+# --- window_freed of a fork without sharing ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="window_freed without sharing: a fork copies the ghosts of the positions its parent gave back, so they "
-    "count once for both branches, though a full-attention layout without sharing would hold them for each branch "
-    "(after the fork each branch's own releases do count apart)",
-)
 def test_without_sharing_a_fork_counts_the_positions_its_parent_gave_back_for_both_branches():
     a = _hybrid(sharing=False)
     a.admit(1, 8, 20)  # g0: 0, 1; g1: 2, 3
