@@ -1,5 +1,8 @@
 """The GPU replay: the simulator's scheduler and allocator objects, driven by real time on a real GPU.
 
+Long file: the run's set-up (model, pool of one or several KV-cache groups, host pool, static-buffer runners) and the
+real-time loop that uses them are kept with the checks of what the harness can execute.
+
 The loop is the simulator engine's (`sim.serving.engine.Engine`) on a real clock, without fast-forward (which only
 exists to save simulated work). Arrivals, rejections and the empty-batch path are the very same code,
 `sim.serving.intake.Intake`, and so are the scheduler (`make_scheduler`) and the records:

@@ -1,4 +1,7 @@
-"""`sim report` (capacity-planning report) and `sim sweep` (a grid of replays). Thin: the work is in sim.report."""
+"""`sim report` (capacity-planning report) and `sim sweep` (a grid of replays). Thin: the work is in sim.report.
+
+Long file: the two commands' argument parsing and their option checks (GPUs, prices, routers, host tiers, output
+locations) sit together because `sim sweep` shares the report's option readers; each function is short."""
 
 from __future__ import annotations
 
