@@ -98,9 +98,9 @@ elif [ "$PART" = host ]; then  # the host tier (kernels.harness.host_pool): the 
   # host link (profile meta host_link, which the predictions use); then a swap-heavy replay (--preemption swap: 307
   # swaps, 8.0 GB each way) and an offload-heavy one (paged-prefix-cache's evicted prefix blocks to the host and back:
   # 60.6 GB to the host, 16.7 GB back). Every request arrives at t = 0 (the slices' arrival times set to 0), so the
-  # schedule does not depend on timing and the bytes moved must equal the simulation's exactly. sharegpt (one sequence
-  # per request), not parallel-sampling: a request of several sequences that preempts itself in the middle of its
-  # appends is swapped out with a token never computed (a simulator bug, tests/harness/test_host_tier.py's xfail).
+  # schedule does not depend on timing and the bytes moved must equal the simulation's exactly. sharegpt: one sequence
+  # per request (a request of several sequences that preempts itself mid-append is recomputed, not swapped:
+  # tests/harness/test_harness_host_tier.py).
   # Roofline durations 44 s and 51 s (calibrated replays of Llama-2-7B ran ~15% over the roofline): ~200 s in all
   # with the calibration (~45 s) and each run's start-up, warm-up and host pool (~15 s).
   V1="--scheduler vllm-v1 --max-num-seqs 256 --max-num-batched-tokens 2048"
