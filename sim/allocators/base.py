@@ -219,6 +219,9 @@ class KVAllocator(FastPaths, ABC):
         tier. The executor must carry them out, in order, before the next step."""
         return []
 
+    def drop_transfers(self, transfers: list) -> None:
+        """Copies `take_transfers` gave that will never run (the replay ended first): no longer counted."""
+
     def held_without_sharing(self) -> int:
         """Token slots the live sequences would hold if nothing were shared (equal to what is held when nothing is).
         The step log reports it; the default derives it from memory(), which is right for any allocator that does

@@ -179,6 +179,18 @@ class HostTier:
         self.bytes_to_gpu += len(host_blocks) * self.block_bytes
         self.swap_ins += 1
 
+    def uncount(self, transfers: list[Transfer]) -> None:
+        """Copies that never ran (a replay that ended before the iteration that would have run them): out of the
+        figures. Where the blocks are stays as it is: nothing reads them any more. (They are evictions to the host:
+        a swapped request left waiting would have kept the replay going.)"""
+        for t in transfers:
+            if t.direction == TO_HOST:
+                self.bytes_to_host -= t.nbytes
+                self.blocks_offloaded -= t.kind == OFFLOAD
+            else:
+                self.bytes_to_gpu -= t.nbytes
+                self.host_hit_blocks -= t.kind == HOST_HIT
+
     def note_spared(self, context_tokens: int, tokens: int, blocks: int) -> None:
         """A host hit or a swap-in spared computing `tokens` tokens on top of `context_tokens` by moving `blocks`
         blocks back (the summary's recompute time saved)."""

@@ -755,6 +755,10 @@ class PagedAllocator(SwapMixin, KVAllocator):
         """Host-link copies recorded since the last call (sim.allocators.host_tier.Transfer), in order."""
         return self.host.take_transfers() if self.host is not None else []
 
+    def drop_transfers(self, transfers: list) -> None:
+        if self.host is not None:
+            self.host.uncount(transfers)
+
     # --- inspection -----------------------------------------------------------------------------------------------
     def num_tokens(self, seq_id: int) -> int:
         return self._seqs[seq_id].base + self._round

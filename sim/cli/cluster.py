@@ -120,6 +120,10 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from sim.traces.readers import read_trace
 
     trace = read_trace(args.trace, args.format, rate=args.rate, seed=args.seed, model_filter=args.model_filter)
+    if args.host_kv_memory or args.preemption != "recompute":
+        raise UserError(
+            "sim cluster does not model host tiers yet (--host-kv-memory, --preemption swap): use sim replay"
+        )
     options = cluster_options(args, replay_options(args, args.allocator))
     print_header(trace, options.replica)
     if options.disaggregated:

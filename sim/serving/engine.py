@@ -76,6 +76,9 @@ class Engine:
         finally:
             if collecting:
                 gc.enable()
+        if self._carried:  # copies of a last iteration that ran nothing: no iteration follows to run them
+            self.allocator.drop_transfers(self._carried)
+            self._carried = []
         return self.steps, self.requests
 
     def keep_no_simpy_clock(self) -> None:

@@ -167,3 +167,18 @@ def test_a_swap_out_that_never_ran_is_taken_back() -> None:
     assert host.bytes_to_host == 100 and host.swap_outs == 1 and host.memory().swapped == kept.num_blocks == 1
     assert a.discard_swapped(kept, []) == []  # nothing pending: nothing uncounted
     assert host.bytes_to_host == 100 and host.memory().free == 8
+
+
+def test_copies_that_never_run_are_uncounted() -> None:
+    # A's two cached blocks are evicted to the host by B's admission; the replay ends before an iteration runs them
+    a = PagedPrefixCache(3, 4, 64)
+    host = HostTier(4, 100)
+    a.attach_host(host)
+    a.admit(1, 9, 9, A)
+    a.free(1)
+    a.admit(2, 12, 12, B)
+    pending = a.take_transfers()
+    assert (host.bytes_to_host, host.blocks_offloaded) == (200, 2)
+    a.drop_transfers(pending)
+    assert (host.bytes_to_host, host.blocks_offloaded) == (0, 0)
+    PagedAllocator(2, 4, 64).drop_transfers([])  # no host tier: nothing to uncount

@@ -110,3 +110,8 @@ def test_bad_report_host_tiers_exit_2(tmp_path, capsys, extra, message) -> None:
 def test_report_host_tiers_need_a_size(tmp_path, capsys) -> None:
     argv = ["report", head(tmp_path, 5), *SMALL, "--out", str(tmp_path / "r"), "--host-kv-memories", "0"]
     assert "--host-kv-memories needs at least one host tier size" in run_err(capsys, argv)
+
+
+def test_cluster_refuses_a_host_tier(tmp_path, capsys) -> None:
+    argv = ["cluster", head(tmp_path, 5), *SMALL, "--replicas", "2", "--out", str(tmp_path / "c")]
+    assert "sim cluster does not model host tiers yet" in run_err(capsys, [*argv, "--host-kv-memory", "1GiB"])

@@ -34,9 +34,13 @@ CATEGORIES = ("token_states", "reserved", "internal_fragmentation", "external_fr
 # KVSIM_DISABLED_INVARIANTS=self-check: do not call the allocators' own check() (see the mutation check).
 SELF_CHECK = "self-check" not in os.environ.get("KVSIM_DISABLED_INVARIANTS", "").split(",")
 
+HOST = 64 * 8 * BPT  # a host tier of 64 blocks of the largest block size drawn (8 tokens)
 CONFIGS = [(name, {}) for name in REGISTRY] + [
     ("contiguous-pow2", {"address_space": "first-fit"}),
     ("paged", {"sharing": False}),
+    ("paged", {"host_kv_memory": HOST, "preemption": "swap"}),
+    ("paged-prefix-cache", {"host_kv_memory": HOST}),
+    ("paged-prefix-cache", {"host_kv_memory": 8 * BPT, "preemption": "swap"}),  # 1 to 4 blocks: swaps fall back
 ]
 
 
@@ -185,6 +189,13 @@ def check_run(trace: Trace, result, sched, max_num_seqs: int) -> None:
     _, _, itl = itl_gaps(steps, req)
     restarted = int(((req.num_seqs > 1) & (req.preemptions > 0)).sum())
     assert itl["modelled_requests"] <= restarted, itl
+    tier = result.summary.get("host_tier")
+    if tier is not None:  # the host tier: what the steps moved is what the summary says, within the tier's size
+        assert steps["to_host_bytes"].sum() == tier["bytes_to_host"]
+        assert steps["to_gpu_bytes"].sum() == tier["bytes_to_gpu"]
+        assert tier["bytes_to_gpu"] <= tier["bytes_to_host"], "a block came back that never went"
+        assert np.all(steps["host_cached_bytes"] + steps["host_swapped_bytes"] <= tier["capacity_bytes"])
+        assert tier["swap_ins"] <= tier["swap_outs"]
 
 
 def _configs():
