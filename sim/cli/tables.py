@@ -30,6 +30,17 @@ SUMMARY_ROWS = [
 ]
 
 
+# rows added when some summary has a host tier (summary.json `host_tier`, sim.records.host_summary): label and the
+# cell of one tier's figures ('-' for a summary without a tier)
+HOST_ROWS = [
+    ("host hits (of prompt tokens)", lambda t: f"{t['host_hit_rate']:.1%}"),
+    ("GiB to host", lambda t: f"{t['bytes_to_host'] / 2**30:,.1f}"),
+    ("GiB to GPU", lambda t: f"{t['bytes_to_gpu'] / 2**30:,.1f}"),
+    ("swaps out / in", lambda t: f"{t['swap_outs']:,} / {t['swap_ins']:,}"),
+    ("link time (s)", lambda t: f"{t['link_time_s']:,.2f}"),
+]
+
+
 def _get(summary: dict, path: tuple[str, ...]):
     value = summary
     for key in path:
@@ -42,9 +53,12 @@ def _fmt(fmt: str, value) -> str:
 
 
 def summary_table(summaries: list[dict]) -> str:
-    """One column per summary (allocator), one row per figure."""
+    """One column per summary (allocator), one row per figure; with a host tier, its figures too (HOST_ROWS)."""
     header = ["", *[s["allocator"] for s in summaries]]
     rows = [header] + [[label, *[_fmt(fmt, _get(s, path)) for s in summaries]] for label, path, fmt in SUMMARY_ROWS]
+    if any("host_tier" in s for s in summaries):
+        for label, cell in HOST_ROWS:
+            rows.append([label, *[cell(s["host_tier"]) if "host_tier" in s else "-" for s in summaries]])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []
     for j, row in enumerate(rows):

@@ -36,9 +36,13 @@ def test_replay_with_swap_writes_the_tier(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     argv = ["replay", head(tmp_path), "--allocator", "paged", *SMALL, "--out", str(out)]
     assert main([*argv, "--host-kv-memory", "1GiB", "--preemption", "swap"]) == 0
-    capsys.readouterr()
+    printed = capsys.readouterr().out
     summary = json.load(open(out / "summary.json"))
     tier = summary["host_tier"]
+    # the printed table ends with the tier's rows, as summary.json has them
+    lines = {line[:28].strip(): line[28:].split() for line in printed.splitlines()}
+    assert lines["swaps out / in"] == [f"{tier['swap_outs']:,}", "/", f"{tier['swap_ins']:,}"]
+    assert lines["GiB to host"] == [f"{tier['bytes_to_host'] / 2**30:,.1f}"]
     # 1 GiB of 8 MiB blocks: 128; the H100's host link: PCIe Gen5 x16, 64e9 B/s each way
     assert tier["capacity_blocks"] == 128 and tier["capacity_bytes"] == 2**30
     assert tier["link"]["bytes_per_s"] == 64e9 and tier["preemption"] == "swap"
