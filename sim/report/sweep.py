@@ -29,6 +29,8 @@ The spec (TOML; paths relative to the spec file's directory):
     beam_replace_prob = 0.3
     seed = 0
     cost_model = "profile.json"             # a calibration profile (`sim calibrate`), relative to the spec
+    host_kv_memory = "64GiB"                # a host tier for the paged allocators' cells (and host_link,
+    preemption = "swap"                     # preemption), as sim replay's --host-kv-memory, --host-link, --preemption
 
 Option values are checked by type and range (`tp = 1.7`, `sharing = "no"`, `max_num_batched_tokens = "4096"` are
 refused). The table's `trace` column is the path as the spec gives it (relative to the spec), so the same spec gives

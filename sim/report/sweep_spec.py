@@ -20,7 +20,7 @@ from sim.errors import UserError
 from sim.hardware.gpus import resolve_gpu
 from sim.hardware.models import KV_CACHE_DTYPES, resolve_model
 from sim.report.slo import parse_slos
-from sim.serving.replay import ReplayOptions, validate_options
+from sim.serving.replay import PREEMPTION_MODES, ReplayOptions, host_tier_capable, validate_options
 from sim.serving.schedulers import DEFAULT_SCHEDULER, resolve_scheduler
 from sim.units import parse_duration, parse_size
 
@@ -59,6 +59,9 @@ OPTION_KEYS = {
     "beam_replace_prob",
     "seed",
     "cost_model",
+    "host_kv_memory",
+    "host_link",
+    "preemption",
 }
 
 
@@ -225,7 +228,13 @@ def _check_option(path: str, base: str, key: str, value) -> None:
         low = {"seed": 0, "max_model_len": 2, "long_prefill_token_threshold": 0}.get(key, 1)
         if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_INT):
             raise UserError(f"{path}: {what} must be an integer >= {low}, got {value!r}")
-    elif key == "kv_memory":
+    elif key == "host_link":
+        if not (isinstance(value, str) or is_number):
+            raise UserError(f'{path}: {what} must be a link name such as "pcie5" or bytes per second, got {value!r}')
+    elif key == "preemption":
+        if value not in PREEMPTION_MODES:
+            raise UserError(f"{path}: {what} must be one of {', '.join(PREEMPTION_MODES)}, got {value!r}")
+    elif key in ("kv_memory", "host_kv_memory"):
         if not (isinstance(value, str) or is_number):
             raise UserError(f'{path}: {what} must be a size such as "40GiB", got {value!r}')
         try:
@@ -277,12 +286,16 @@ def base_options(spec: SweepSpec, model: str, gpu: str) -> ReplayOptions:
         beam_replace_prob=float(o.get("beam_replace_prob", 0.3)),
         seed=o.get("seed", 0),
         cost_model=spec.cost_model_file(),
+        host_kv_memory=parse_size(str(o["host_kv_memory"])) if "host_kv_memory" in o else None,
+        host_link=o.get("host_link"),
+        preemption=o.get("preemption", "recompute"),
     )
 
 
 def cell_options(spec: SweepSpec, cell: Cell) -> ReplayOptions:
     """The replay options of one cell. [options] apply to every cell where they mean something: `address_space` to
-    the contiguous allocators' cells, `sharing = false` to the paged ones (a spec comparing both is not refused)."""
+    the contiguous allocators' cells, `sharing = false` and a host tier (`host_kv_memory`, `host_link`,
+    `preemption`) to the paged ones (a spec comparing both is not refused)."""
     options = dataclasses.replace(
         base_options(spec, cell.model, cell.gpu), allocator=cell.allocator, block_size=cell.block_size
     )
@@ -291,6 +304,8 @@ def cell_options(spec: SweepSpec, cell: Cell) -> ReplayOptions:
         options.address_space = None
     if not (getattr(cls, "grows_on_demand", False) and hasattr(cls, "retain_cached")):
         options.sharing = True
+    if not host_tier_capable(cell.allocator):
+        options.host_kv_memory, options.host_link, options.preemption = None, None, "recompute"
     return options
 
 

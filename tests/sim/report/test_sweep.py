@@ -112,6 +112,19 @@ def test_a_changed_cell_is_recomputed(tmp_path):
     assert keys.isdisjoint({c.key for c in cells_of(changed)})
 
 
+def test_host_tier_options_reach_the_paged_cells_only(tmp_path):
+    from sim.report.sweep_spec import cell_options, cells_of
+
+    text = (
+        f"traces = ['{TRACE}']\nallocators = ['paged', 'contiguous-max']\n[options]\nhost_kv_memory = '1GiB'\n"
+        "host_link = 'pcie5'\npreemption = 'swap'"
+    )
+    spec = load_spec(write_spec(tmp_path, text))
+    paged, contiguous = (cell_options(spec, c) for c in cells_of(spec))
+    assert (paged.host_kv_memory, paged.host_link, paged.preemption) == (2**30, "pcie5", "swap")
+    assert (contiguous.host_kv_memory, contiguous.host_link, contiguous.preemption) == (None, None, "recompute")
+
+
 def test_spec_options_reach_the_replay(tmp_path):
     from sim.report.sweep_spec import base_options
 
@@ -134,6 +147,10 @@ def test_spec_options_reach_the_replay(tmp_path):
         (f"traces = ['{TRACE}']\nslo = 'fast'", "cannot read SLO"),
         (f"traces = ['{TRACE}']\n[options]\nkv_cache_dtype = 'int4'", "kv_cache_dtype must be one of"),
         (f"traces = ['{TRACE}']\n[options]\nscheduler = 'v9'", "unknown scheduler"),
+        (f"traces = ['{TRACE}']\n[options]\npreemption = 'swap'", "--preemption swap needs a host tier"),
+        (f"traces = ['{TRACE}']\n[options]\npreemption = 'drop'", "preemption must be one of recompute, swap"),
+        (f"traces = ['{TRACE}']\n[options]\nhost_kv_memory = true", "host_kv_memory must be a size"),
+        (f"traces = ['{TRACE}']\n[options]\nhost_kv_memory = '1GiB'\nhost_link = 0", "--host-link speed must be"),
         ("traces = [", "not valid TOML"),
     ],
 )
