@@ -150,89 +150,89 @@ EQUIVALENT: dict[str, str] = {
     "sim/allocators/paged.py#29": _PAGED_ORDER_ORIGIN,
     "sim/allocators/paged.py#54": "equivalent: without the instance attribute, reads find KVAllocator's class "
     "default num_cow_copies = 0, and `+= 1` then sets the instance attribute",
-    "sim/allocators/paged.py#99": _PAGED_FAST_LOOP_GATE,
-    "sim/allocators/paged.py#100": _PAGED_FAST_LOOP_GATE,
-    "sim/allocators/paged.py#101": _PAGED_FAST_LOOP_GATE,
-    "sim/allocators/paged.py#102": _PAGED_FAST_LOOP_GATE,
-    "sim/allocators/paged.py#103": _PAGED_FAST_LOOP_GATE,
-    "sim/allocators/paged.py#104": _PAGED_FAST_LOOP_GATE,
-    "sim/allocators/paged.py#105": _PAGED_FAST_LOOP_GATE,
-    "sim/allocators/paged.py#106": _PAGED_FAST_LOOP_GATE,
-    "sim/allocators/paged.py#107": _PAGED_FAST_LOOP_GATE,
     "sim/allocators/paged.py#108": _PAGED_FAST_LOOP_GATE,
-    "sim/allocators/paged.py#111": "equivalent: without the append in the fast loop, the chain_key loop after it "
+    "sim/allocators/paged.py#109": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#110": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#111": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#112": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#113": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#114": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#115": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#116": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#117": _PAGED_FAST_LOOP_GATE,
+    "sim/allocators/paged.py#120": "equivalent: without the append in the fast loop, the chain_key loop after it "
     "starts again at the first missing index and appends the same (tag, index) keys (registration of a "
     "key already indexed is skipped), so hashes, index and fills end the same",
-    "sim/allocators/paged.py#141": "equivalent: at final_len == tokens the other branch's value is the same: "
+    "sim/allocators/paged.py#150": "equivalent: at final_len == tokens the other branch's value is the same: "
     "min(block_size - partial, final_len - tokens) = 0",
-    "sim/allocators/paged.py#182": "equivalent: live orders are distinct (each admit or fork takes the next one), "
+    "sim/allocators/paged.py#191": "equivalent: live orders are distinct (each admit or fork takes the next one), "
     "so the last sequence of a bucket never has s's order and `>=` flags exactly what `>` flags",
-    "sim/allocators/paged.py#191": "equivalent: leaving the flag set only sorts the bucket again on the next read; "
+    "sim/allocators/paged.py#200": "equivalent: leaving the flag set only sorts the bucket again on the next read; "
     "sorting a bucket already in live order gives the same order",
-    "sim/allocators/paged.py#296": _PAGED_BASE_PLACEHOLDER,
-    "sim/allocators/paged.py#297": _PAGED_BASE_PLACEHOLDER,
-    "sim/allocators/paged.py#300": "equivalent: live orders stay distinct and increasing in steps of 2, and they are "
+    "sim/allocators/paged.py#310": _PAGED_BASE_PLACEHOLDER,
+    "sim/allocators/paged.py#311": _PAGED_BASE_PLACEHOLDER,
+    "sim/allocators/paged.py#314": "equivalent: live orders stay distinct and increasing in steps of 2, and they are "
     "only compared with each other",
-    "sim/allocators/paged.py#203": "equivalent: a block _take_block returns has fill 0 (non-retaining pools zero "
+    "sim/allocators/paged.py#212": "equivalent: a block _take_block returns has fill 0 (non-retaining pools zero "
     "every freed block) or is an evicted cached block whose fill is overwritten before any read: a copy sets it "
     "from the source; an append leaves it a last block (recomputed by _tail_fill on every read) or a full block of "
     "an indexed sequence (all are, in a retaining pool), which registration sets to block_size",
-    "sim/allocators/paged.py#221": _PAGED_UNREF_DEAD,
-    "sim/allocators/paged.py#222": _PAGED_UNREF_DEAD,
-    "sim/allocators/paged.py#223": _PAGED_UNREF_DEAD,
-    "sim/allocators/paged.py#224": _PAGED_UNREF_DEAD,
-    "sim/allocators/paged.py#225": _PAGED_UNREF_DEAD,
-    "sim/allocators/paged.py#226": _PAGED_UNREF_DEAD,
-    "sim/allocators/paged.py#227": _PAGED_UNREF_DEAD,
-    "sim/allocators/paged.py#228": _PAGED_UNREF_DEAD,
-    "sim/allocators/paged.py#229": _PAGED_UNREF_DEAD,
     "sim/allocators/paged.py#230": _PAGED_UNREF_DEAD,
-    "sim/allocators/paged.py#113": _PAGED_STALE_TAIL_REGISTERED,
-    "sim/allocators/paged.py#127": _PAGED_STALE_TAIL_REGISTERED,
-    "sim/allocators/paged.py#401": "equivalent: in append's loop len(s.block_table) == ceil(pos / bs) holds at every "
+    "sim/allocators/paged.py#231": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#232": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#233": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#234": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#235": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#236": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#237": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#238": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#239": _PAGED_UNREF_DEAD,
+    "sim/allocators/paged.py#122": _PAGED_STALE_TAIL_REGISTERED,
+    "sim/allocators/paged.py#136": _PAGED_STALE_TAIL_REGISTERED,
+    "sim/allocators/paged.py#416": "equivalent: in append's loop len(s.block_table) == ceil(pos / bs) holds at every "
     "test (the table invariant; a step either takes a block at a boundary and writes 1..bs tokens, or stays within "
     "the last block), so pos % bs == 0 exactly when pos // bs == len(s.block_table), and `or` equals `and`",
-    "sim/allocators/paged.py#428": _PAGED_REGISTER_GUARD,
-    "sim/allocators/paged.py#430": _PAGED_REGISTER_GUARD,
-    "sim/allocators/paged.py#457": _PAGED_NO_FILLERS,
-    "sim/allocators/paged.py#460": _PAGED_NO_FILLERS,
-    "sim/allocators/paged.py#486": "equivalent: _ring_bucket(k) returns bucket k itself when its flag is unset, and "
+    "sim/allocators/paged.py#443": _PAGED_REGISTER_GUARD,
+    "sim/allocators/paged.py#445": _PAGED_REGISTER_GUARD,
+    "sim/allocators/paged.py#472": _PAGED_NO_FILLERS,
+    "sim/allocators/paged.py#475": _PAGED_NO_FILLERS,
+    "sim/allocators/paged.py#501": "equivalent: _ring_bucket(k) returns bucket k itself when its flag is unset, and "
     "sorting an empty bucket gives an empty one (clearing a flag that would only have sorted a bucket refilled in "
     "live order), so crossers holds the same sequences in the same order",
-    "sim/allocators/paged.py#489": _PAGED_NO_FILLERS,
-    "sim/allocators/paged.py#498": "equivalent: after the sort above, ring[k] is crossers itself or the sorted bucket "
+    "sim/allocators/paged.py#504": _PAGED_NO_FILLERS,
+    "sim/allocators/paged.py#513": "equivalent: after the sort above, ring[k] is crossers itself or the sorted bucket "
     "_ring_bucket stored there; when (r + 1) % bs == k (block size 1) the filler lookup finds k's flag cleared or "
     "k empty, so ring[k] still holds the same sequences in the same order as crossers",
-    "sim/allocators/paged.py#510": _PAGED_NOTHING_LEFT + "; there are no fillers either",
-    "sim/allocators/paged.py#517": "equivalent: the filler kind is only tested for truth and sorted after the "
+    "sim/allocators/paged.py#525": _PAGED_NOTHING_LEFT + "; there are no fillers either",
+    "sim/allocators/paged.py#532": "equivalent: the filler kind is only tested for truth and sorted after the "
     "crossers' 0 at equal order; 2 does both as 1 does",
-    "sim/allocators/paged.py#521": _PAGED_SAME_ORDER_EVENTS,
-    "sim/allocators/paged.py#522": _PAGED_SAME_ORDER_EVENTS,
-    "sim/allocators/paged.py#529": "equivalent: this branch runs only when fillers is non-empty, so without the "
+    "sim/allocators/paged.py#536": _PAGED_SAME_ORDER_EVENTS,
+    "sim/allocators/paged.py#537": _PAGED_SAME_ORDER_EVENTS,
+    "sim/allocators/paged.py#544": "equivalent: this branch runs only when fillers is non-empty, so without the "
     "continue the fillers-only branch runs next: its _register_full_blocks calls return at once (each filler was "
     "just registered up to s.base + r), and its own continue skips the rest",
-    "sim/allocators/paged.py#532": _PAGED_NOTHING_LEFT + "; the fillers were registered just above",
-    "sim/allocators/paged.py#556": _PAGED_FULL_RESERVATION_TIE,
-    "sim/allocators/paged.py#585": _PAGED_NO_ZERO_KEY,
-    "sim/allocators/paged.py#669": _PAGED_FULL_RESERVATION_TIE,
-    "sim/allocators/paged.py#698": _PAGED_NO_ZERO_KEY,
-    "sim/allocators/paged.py#722": _PAGED_STALE_TAIL_CROSS,
-    "sim/allocators/paged.py#723": _PAGED_STALE_TAIL_CROSS,
-    "sim/allocators/paged.py#724": _PAGED_STALE_TAIL_CROSS,
-    "sim/allocators/paged.py#730": "equivalent: append_each's general path over all live ids in live order declines "
+    "sim/allocators/paged.py#547": _PAGED_NOTHING_LEFT + "; the fillers were registered just above",
+    "sim/allocators/paged.py#571": _PAGED_FULL_RESERVATION_TIE,
+    "sim/allocators/paged.py#600": _PAGED_NO_ZERO_KEY,
+    "sim/allocators/paged.py#684": _PAGED_FULL_RESERVATION_TIE,
+    "sim/allocators/paged.py#713": _PAGED_NO_ZERO_KEY,
+    "sim/allocators/paged.py#737": _PAGED_STALE_TAIL_CROSS,
+    "sim/allocators/paged.py#738": _PAGED_STALE_TAIL_CROSS,
+    "sim/allocators/paged.py#739": _PAGED_STALE_TAIL_CROSS,
+    "sim/allocators/paged.py#745": "equivalent: append_each's general path over all live ids in live order declines "
     "exactly when append_round does (a listed sequence with a shared partly filled last block, which only forked "
     "ones have; or more sequences at a block boundary, bucket round % bs, than free blocks), else appends one token "
     "to each in live order, which append_round must equal (the FastPaths contract), and returns the same total",
-    "sim/allocators/paged.py#791": "equivalent: live orders stay distinct and increasing in steps of 2 after a fork, "
+    "sim/allocators/paged.py#806": "equivalent: live orders stay distinct and increasing in steps of 2 after a fork, "
     "and they are only compared with each other",
-    "sim/allocators/paged.py#948": "equivalent: at final_len == t the mutant adds min(bs - partial, 0) = 0 to the "
+    "sim/allocators/paged.py#971": "equivalent: at final_len == t the mutant adds min(bs - partial, 0) = 0 to the "
     "total, or a shared entry (partial, max(previous, 0)) equal to what the entry is without it (absent reads 0)",
-    "sim/allocators/paged.py#953": _PAGED_SCAN_ONE_HOLDER,
-    "sim/allocators/paged.py#956": _PAGED_SCAN_ONE_HOLDER,
-    "sim/allocators/paged.py#958": _PAGED_SCAN_DEFAULT,
-    "sim/allocators/paged.py#959": _PAGED_SCAN_DEFAULT,
-    "sim/allocators/paged.py#960": _PAGED_SCAN_DEFAULT,
-    "sim/allocators/paged.py#961": _PAGED_SCAN_DEFAULT,
+    "sim/allocators/paged.py#976": _PAGED_SCAN_ONE_HOLDER,
+    "sim/allocators/paged.py#979": _PAGED_SCAN_ONE_HOLDER,
+    "sim/allocators/paged.py#981": _PAGED_SCAN_DEFAULT,
+    "sim/allocators/paged.py#982": _PAGED_SCAN_DEFAULT,
+    "sim/allocators/paged.py#983": _PAGED_SCAN_DEFAULT,
+    "sim/allocators/paged.py#984": _PAGED_SCAN_DEFAULT,
     "sim/allocators/prefix_hash.py#43": "equivalent: the break is a shortcut; once pos >= hi, every later run starts "
     "at or after hi (run lengths are >= 0), so start = max(lo, pos) >= hi >= end and it adds no piece",
     "sim/allocators/prefix_hash.py#45": "equivalent: deleting the break only scans the later runs, which start at or "
@@ -264,15 +264,15 @@ EQUIVALENT: dict[str, str] = {
     "sim/allocators/hybrid.py#352": _HYBRID_EMPTY_GIVE_BACK,
     "sim/allocators/hybrid.py#432": _HYBRID_NEGATIVE_WINDOW_START,
     "sim/allocators/hybrid.py#437": _HYBRID_EMPTY_GIVE_BACK,
-    "sim/allocators/hybrid.py#588": _HYBRID_NEGATIVE_WINDOW_START,
-    "sim/allocators/hybrid.py#615": "equivalent: delta holds only blocks given back earlier in the round, which lie "
+    "sim/allocators/hybrid.py#589": _HYBRID_NEGATIVE_WINDOW_START,
+    "sim/allocators/hybrid.py#616": "equivalent: delta holds only blocks given back earlier in the round, which lie "
     "below a sequence's window and so are full (every holder of a block sees the same fill, check()), while the "
     "copy-on-write test reads a partly filled last block: delta.get(b, 0) is 0 there and + equals -",
-    "sim/allocators/hybrid.py#696": "equivalent: at final_len == t the mutant adds min(bs - partial, 0) = 0 to the "
+    "sim/allocators/hybrid.py#697": "equivalent: at final_len == t the mutant adds min(bs - partial, 0) = 0 to the "
     "total, or a shared entry (g, partial, max(0, previous)) equal to what the entry is without it (absent adds "
     "nothing)",
-    "sim/allocators/hybrid.py#703": _HYBRID_RESERVED_ONE_HOLDER,
-    "sim/allocators/hybrid.py#706": _HYBRID_RESERVED_ONE_HOLDER,
-    "sim/allocators/hybrid.py#711": _HYBRID_RESERVED_DEFAULT,
+    "sim/allocators/hybrid.py#704": _HYBRID_RESERVED_ONE_HOLDER,
+    "sim/allocators/hybrid.py#707": _HYBRID_RESERVED_ONE_HOLDER,
     "sim/allocators/hybrid.py#712": _HYBRID_RESERVED_DEFAULT,
+    "sim/allocators/hybrid.py#713": _HYBRID_RESERVED_DEFAULT,
 }
