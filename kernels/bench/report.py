@@ -60,7 +60,8 @@ def evaluate_targets(result) -> list[dict]:
     return tg
 
 
-def _f(x, nd=3):
+def cell(x, nd=3) -> str:
+    """A table cell: '-' for None, a string as it is, a number with `nd` decimals."""
     if x is None:
         return "-"
     if isinstance(x, str):
@@ -100,8 +101,8 @@ def write_markdown(result, path):
     L.append(f"- command: `{e['command']}`")
     c = result.get("copy_ceiling", {})
     L.append(
-        f"- copy ceiling (1 GiB device-to-device copy, read + write): {_f(c.get('tb_s'), 2)} TB/s "
-        f"(repeat {_f(c.get('tb_s_repeat'), 2)})"
+        f"- copy ceiling (1 GiB device-to-device copy, read + write): {cell(c.get('tb_s'), 2)} TB/s "
+        f"(repeat {cell(c.get('tb_s_repeat'), 2)})"
     )
     L.append(
         "- times: medians of triton.testing.do_bench (L2 cleared before each run) over CUDA-graph replays "
@@ -124,16 +125,16 @@ def write_markdown(result, path):
     for r in result["decode"]:
         if "ms" not in r:
             L.append(
-                f"| {r['case']} | {_f(r['kv_gb'], 2)} | skipped: {r.get('skipped', r.get('error', ''))} |" + " |" * 10
+                f"| {r['case']} | {cell(r['kv_gb'], 2)} | skipped: {r.get('skipped', r.get('error', ''))} |" + " |" * 10
             )
             continue
         m, fr = r["ms"], r["frac_of_copy"]
         best = r.get("fastest_sdpa")
         L.append(
-            f"| {r['case']} | {_f(r['kv_gb'], 2)} | {_splits_cell(r)} | {_f(m['ours_scattered'], 4)} | "
-            f"{_f(m['ours_inorder'], 4)} | {100 * r['paging_overhead']:+.1f}% | {_f(m.get('sdpa_flash'), 4)} | "
-            f"{_f(m.get('sdpa_efficient'), 4)} | {_f(m.get('sdpa_cudnn'), 4)} | "
-            f"{_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} | {_f(r['tb_s']['ours_scattered'], 2)} | "
+            f"| {r['case']} | {cell(r['kv_gb'], 2)} | {_splits_cell(r)} | {cell(m['ours_scattered'], 4)} | "
+            f"{cell(m['ours_inorder'], 4)} | {100 * r['paging_overhead']:+.1f}% | {cell(m.get('sdpa_flash'), 4)} | "
+            f"{cell(m.get('sdpa_efficient'), 4)} | {cell(m.get('sdpa_cudnn'), 4)} | "
+            f"{cell(r.get('ours_speed_vs_fastest_sdpa'), 3)} | {cell(r['tb_s']['ours_scattered'], 2)} | "
             f"{100 * fr['ours_scattered']:.1f}% | {('-' if best is None else f'{100 * fr[best]:.1f}% ({best[5:]})')} |"
             f" {_eager_cell(r)} |"
         )
@@ -167,16 +168,16 @@ def write_markdown(result, path):
             hint = "bal" if r.get("hint_balanced") else r.get("hint_splits", "-")
             L.append(
                 f"| {r['case']} | {_splits_cell(r)} / {hint} | "
-                f"{'yes' if r.get('default_fused') else 'no'} | {_f(m['ours_scattered'], 4)} | "
-                f"{_f(m.get('ours_fused'), 4)} | "
-                f"{_f(m.get('ours_two_kernel'), 4)} | {_f(r.get('fused_speedup_vs_two_kernel'), 3)} | "
-                f"{_f(m.get('ours_hint'), 4)} | {_f(m.get('ours_balanced'), 4)} | "
-                f"{_f(m.get(sd) if sd else None, 4)} | {'-' if bfr is None else f'{100 * bfr:.1f}%'} | "
-                f"{_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} / "
-                f"{_f(r.get('ours_fused_speed_vs_fastest_sdpa'), 3)} / "
-                f"{_f(r.get('ours_two_kernel_speed_vs_fastest_sdpa'), 3)} / "
-                f"{_f(r.get('ours_hint_speed_vs_fastest_sdpa'), 3)} / "
-                f"{_f(r.get('ours_balanced_speed_vs_fastest_sdpa'), 3)} |"
+                f"{'yes' if r.get('default_fused') else 'no'} | {cell(m['ours_scattered'], 4)} | "
+                f"{cell(m.get('ours_fused'), 4)} | "
+                f"{cell(m.get('ours_two_kernel'), 4)} | {cell(r.get('fused_speedup_vs_two_kernel'), 3)} | "
+                f"{cell(m.get('ours_hint'), 4)} | {cell(m.get('ours_balanced'), 4)} | "
+                f"{cell(m.get(sd) if sd else None, 4)} | {'-' if bfr is None else f'{100 * bfr:.1f}%'} | "
+                f"{cell(r.get('ours_speed_vs_fastest_sdpa'), 3)} / "
+                f"{cell(r.get('ours_fused_speed_vs_fastest_sdpa'), 3)} / "
+                f"{cell(r.get('ours_two_kernel_speed_vs_fastest_sdpa'), 3)} / "
+                f"{cell(r.get('ours_hint_speed_vs_fastest_sdpa'), 3)} / "
+                f"{cell(r.get('ours_balanced_speed_vs_fastest_sdpa'), 3)} |"
             )
     errs = {k: v for r in result["decode"] for k, v in r.items() if k.endswith("_error")}
     if errs:
@@ -214,16 +215,16 @@ def write_markdown(result, path):
             sd = r.get("fastest_sdpa")
             if "flex_paged" not in m:
                 L.append(
-                    f"| {r['case']} | {_f(r.get('kv_gb'), 2)} | {_f(m.get('ours_scattered'), 4)} | "
+                    f"| {r['case']} | {cell(r.get('kv_gb'), 2)} | {cell(m.get('ours_scattered'), 4)} | "
                     f"error: {r.get('flex_error', '')} |" + " |" * 7
                 )
                 continue
             L.append(
-                f"| {r['case']} | {_f(r['kv_gb'], 2)} | {_f(m['ours_scattered'], 4)} | "
-                f"{_f(m['flex_paged'], 4)} | {_f(r.get('ours_speed_vs_flex'), 2)} | "
-                f"{_f(m.get(sd) if sd else None, 4)} | {100 * r['frac_of_copy']['flex_paged']:.1f}% | "
-                f"{_f(r.get('ours_max_abs_err_vs_ref'), 4)} | {_f(r.get('flex_max_abs_err_vs_ref'), 4)} | "
-                f"{_f(r.get('flex_first_call_s'), 1)} | {r.get('timing', {}).get('flex_paged', '-')} |"
+                f"| {r['case']} | {cell(r['kv_gb'], 2)} | {cell(m['ours_scattered'], 4)} | "
+                f"{cell(m['flex_paged'], 4)} | {cell(r.get('ours_speed_vs_flex'), 2)} | "
+                f"{cell(m.get(sd) if sd else None, 4)} | {100 * r['frac_of_copy']['flex_paged']:.1f}% | "
+                f"{cell(r.get('ours_max_abs_err_vs_ref'), 4)} | {cell(r.get('flex_max_abs_err_vs_ref'), 4)} | "
+                f"{cell(r.get('flex_first_call_s'), 1)} | {r.get('timing', {}).get('flex_paged', '-')} |"
             )
     if result.get("prefill"):
         L.append("\n## Prefill with cached context\n")
@@ -244,25 +245,25 @@ def write_markdown(result, path):
             m, tf = r["ms"], r["tflop_s"]
             best = r.get("fastest_sdpa")
             L.append(
-                f"| {r['case']} | {_f(m['ours_paged'], 4)} | {_f(m.get('ours_newkv'), 4)} | "
-                f"{_f(m.get('sdpa_flash'), 4)} | "
-                f"{_f(m.get('sdpa_efficient'), 4)} | {_f(m.get('sdpa_cudnn'), 4)} | {_f(tf['ours_paged'], 1)} | "
-                f"{_f(tf.get('ours_newkv'), 1)} | "
-                f"{_f(tf.get(best) if best else None, 1)} | {_f(r.get('ours_speed_vs_fastest_sdpa'), 3)} / "
-                f"{_f(r.get('ours_newkv_speed_vs_fastest_sdpa'), 3)} |"
+                f"| {r['case']} | {cell(m['ours_paged'], 4)} | {cell(m.get('ours_newkv'), 4)} | "
+                f"{cell(m.get('sdpa_flash'), 4)} | "
+                f"{cell(m.get('sdpa_efficient'), 4)} | {cell(m.get('sdpa_cudnn'), 4)} | {cell(tf['ours_paged'], 1)} | "
+                f"{cell(tf.get('ours_newkv'), 1)} | "
+                f"{cell(tf.get(best) if best else None, 1)} | {cell(r.get('ours_speed_vs_fastest_sdpa'), 3)} / "
+                f"{cell(r.get('ours_newkv_speed_vs_fastest_sdpa'), 3)} |"
             )
         for r in result["prefill"]:
             if "paged_kernel" in r:
                 L.append(
                     f"\n{r['case']}: the paged column ran {r['paged_kernel']}; the Triton paged kernel beside "
-                    f"it: {_f(r.get('ms', {}).get('ours_paged_triton'), 4)} ms, "
-                    f"{_f(r.get('ours_paged_triton_speed_vs_fastest_sdpa'), 3)}x of the best SDPA"
+                    f"it: {cell(r.get('ms', {}).get('ours_paged_triton'), 4)} ms, "
+                    f"{cell(r.get('ours_paged_triton_speed_vs_fastest_sdpa'), 3)}x of the best SDPA"
                 )
             if "newkv_kernel" in r:
                 L.append(
                     f"\n{r['case']}: the new-K/V column ran {r['newkv_kernel']}; the Triton new-K/V kernel "
-                    f"beside it: {_f(r.get('ms', {}).get('ours_newkv_triton'), 4)} ms, "
-                    f"{_f(r.get('ours_newkv_triton_speed_vs_fastest_sdpa'), 3)}x of the best SDPA"
+                    f"beside it: {cell(r.get('ms', {}).get('ours_newkv_triton'), 4)} ms, "
+                    f"{cell(r.get('ours_newkv_triton_speed_vs_fastest_sdpa'), 3)}x of the best SDPA"
                 )
     if result.get("write_kv") or result.get("copy_blocks"):
         L.append("\n## Cache write and block copy\n")
@@ -274,16 +275,16 @@ def write_markdown(result, path):
                 continue
             m, t = r["ms"], r["tb_s"]
             L.append(
-                f"| {r['case']} (baseline: torch index_copy_) | {_f(m['ours_write_kv'], 4)} | "
-                f"{_f(m['torch_index_copy'], 4)} | {_f(t['ours_write_kv'], 2)} | {_f(t['torch_index_copy'], 2)} |"
-                f" {_f(r['ours_vs_torch_index_copy'], 2)} | {100 * r['ours_frac_of_copy_ceiling']:.1f}% |"
+                f"| {r['case']} (baseline: torch index_copy_) | {cell(m['ours_write_kv'], 4)} | "
+                f"{cell(m['torch_index_copy'], 4)} | {cell(t['ours_write_kv'], 2)} | {cell(t['torch_index_copy'], 2)} |"
+                f" {cell(r['ours_vs_torch_index_copy'], 2)} | {100 * r['ours_frac_of_copy_ceiling']:.1f}% |"
             )
         for r in result.get("copy_blocks", []):
             m, t = r["ms"], r["tb_s"]
             L.append(
-                f"| {r['case']} (baseline: per-cache index_copy_ loop) | {_f(m['ours_copy_blocks'], 4)} | "
-                f"{_f(m['torch_loop_index_copy'], 4)} | {_f(t['ours_copy_blocks'], 2)} | "
-                f"{_f(t['torch_loop_index_copy'], 2)} | {_f(r['ours_vs_torch'], 2)} | "
+                f"| {r['case']} (baseline: per-cache index_copy_ loop) | {cell(m['ours_copy_blocks'], 4)} | "
+                f"{cell(m['torch_loop_index_copy'], 4)} | {cell(t['ours_copy_blocks'], 2)} | "
+                f"{cell(t['torch_loop_index_copy'], 2)} | {cell(r['ours_vs_torch'], 2)} | "
                 f"{100 * r['ours_frac_of_copy_ceiling']:.1f}% |"
             )
     L.append("\n## Targets\n")
@@ -291,14 +292,14 @@ def write_markdown(result, path):
     L.append("|---|---|---|---|---|")
     for t in result.get("targets", []):
         L.append(
-            f"| {t['target']} | {t['case']} | {_f(t['value'], 3)} | {t['threshold']} | {'yes' if t['met'] else 'NO'} |"
+            f"| {t['target']} | {t['case']} | {cell(t['value'])} | {t['threshold']} | {'yes' if t['met'] else 'NO'} |"
         )
     sweeps = [r for r in result["decode"] + result.get("prefill", []) if r.get("sweep_ms")]
     if sweeps:
         L.append("\n## Config sweep (ms, median)\n")
         for r in sweeps:
             base = r["ms"].get("ours_scattered", r["ms"].get("ours_paged"))
-            items = ", ".join(f"{k}: {_f(v, 4) if not isinstance(v, str) else v}" for k, v in r["sweep_ms"].items())
-            L.append(f"- {r['case']} (default {_f(base, 4)}): {items}")
+            items = ", ".join(f"{k}: {cell(v, 4) if not isinstance(v, str) else v}" for k, v in r["sweep_ms"].items())
+            L.append(f"- {r['case']} (default {cell(base, 4)}): {items}")
     with open(path, "w") as fh:
         fh.write("\n".join(L) + "\n")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from kernels.bench.report import cell
 from kernels.bench.run import GB, RUN
 
 SPEED_TARGET = 0.97  # our time vs the fastest alternative's (its time / ours)
@@ -51,14 +52,6 @@ def evaluate_targets(result) -> list[dict]:
     return tg
 
 
-def _f(x, nd=3):
-    if x is None:
-        return "-"
-    if isinstance(x, str):
-        return x
-    return f"{x:.{nd}f}"
-
-
 def write_markdown(result, path):
     L = ["# Sliding-window attention benchmark\n"]
     env = result["env"]
@@ -67,7 +60,7 @@ def write_markdown(result, path):
     )
     ceil = result.get("copy_ceiling", {}).get("tb_s")
     L.append(
-        f"\nCopy ceiling {_f(ceil)} TB/s. Times in ms (median of CUDA-graph replays); GB/TB/s count the window's K/V."
+        f"\nCopy ceiling {cell(ceil)} TB/s. Times in ms (median of CUDA-graph replays); GB/TB/s count the window's K/V."
     )
     if RUN.smoke:
         L.append(
@@ -90,16 +83,16 @@ def write_markdown(result, path):
             m = r["ms"]
             best = r.get("fastest_alternative")
             L.append(
-                f"| {r['case']} | {_f(r['window_kv_gb'])} | {_f(m['ours'], 4)} | "
+                f"| {r['case']} | {cell(r['window_kv_gb'])} | {cell(m['ours'], 4)} | "
                 f"{100 * r['frac_of_copy']['ours']:.1f}% | "
-                f"{_f(m.get('ours_full_attention', m.get('ours_newkv')), 4)} | {best} | {_f(m.get(best), 4)} | "
-                f"{_f(r.get('ours_speed_vs_fastest_alternative'))} | {_f(r.get('ours_speed_vs_fastest_sdpa'))} | "
-                f"{_f(r.get('ours_speed_vs_flex'))} | {_f(r['kv_bytes_moved_vs_window'], 4)} |"
+                f"{cell(m.get('ours_full_attention', m.get('ours_newkv')), 4)} | {best} | {cell(m.get(best), 4)} | "
+                f"{cell(r.get('ours_speed_vs_fastest_alternative'))} | {cell(r.get('ours_speed_vs_fastest_sdpa'))} | "
+                f"{cell(r.get('ours_speed_vs_flex'))} | {cell(r['kv_bytes_moved_vs_window'], 4)} |"
             )
         L.append("")
         for r in rows:
             if "ms" in r:
-                items = ", ".join(f"{k} {_f(v, 4)}" for k, v in r["ms"].items())
+                items = ", ".join(f"{k} {cell(v, 4)}" for k, v in r["ms"].items())
                 errs = "; ".join(f"{k}: {v}" for k, v in r.items() if k.endswith("_error"))
                 L.append(f"- {r['case']}: {items}" + (f" (errors: {errs})" if errs else ""))
         if section == "decode":
@@ -111,7 +104,7 @@ def write_markdown(result, path):
     L.append("|---|---|---|---|---|")
     for t in result.get("targets", []):
         L.append(
-            f"| {t['target']} | {t['case']} | {_f(t['value'], 3)} | {t['threshold']} | {'yes' if t['met'] else 'NO'} |"
+            f"| {t['target']} | {t['case']} | {cell(t['value'])} | {t['threshold']} | {'yes' if t['met'] else 'NO'} |"
         )
     with open(path, "w") as fh:
         fh.write("\n".join(L) + "\n")
