@@ -213,6 +213,9 @@ class StepLog:
     def note_groups(self, groups) -> None:
         """KV-cache groups' figures for the next row: only a GroupStepLog records them."""
 
+    def note_batch(self, batch) -> None:
+        """The executed batch, before its row: only a HostStepLog records from it (its host copies)."""
+
     def __len__(self) -> int:
         return self._length
 
@@ -304,9 +307,7 @@ def record_iteration(
     bpt = bytes_per_token
     if memory.by_group:  # an allocator with KV-cache groups: its steps log is a GroupStepLog
         steps.note_groups(memory.by_group)
-    note_batch = getattr(steps, "note_batch", None)  # a host tier: its steps log is a HostStepLog
-    if note_batch is not None:
-        note_batch(batch)
+    steps.note_batch(batch)  # a host tier: its steps log is a HostStepLog
     steps.append(
         (
             start,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sim.allocators.base import TokenContent
+from sim.allocators.host_tier import TO_GPU, TO_HOST
 
 
 @dataclass(eq=False, slots=True)
@@ -88,11 +89,11 @@ class Batch:
 
     @property
     def bytes_to_host(self) -> int:
-        return sum(t.nbytes for t in self.transfers if t.direction == "to_host")
+        return sum(t.nbytes for t in self.transfers if t.direction == TO_HOST)
 
     @property
     def bytes_to_gpu(self) -> int:
-        return sum(t.nbytes for t in self.transfers if t.direction == "to_gpu")
+        return sum(t.nbytes for t in self.transfers if t.direction == TO_GPU)
 
     @property
     def num_seqs(self) -> int:
