@@ -143,10 +143,23 @@ def test_sigterm_exits_143_without_temporary_files(tmp_path):
 
 
 # --- 3: a run owns its output directory ---------------------------------------------------------------------------
-def test_two_runs_into_one_out_do_not_both_succeed(tmp_path, small):
+def test_two_runs_into_one_out_do_not_both_succeed(tmp_path):
+    # the whole trace, step by step: each run works ~1.5 s after starting, so the two overlap even on a loaded
+    # machine (with 300 requests one could finish before the other started, and both rightly succeeded)
     out = tmp_path / "D"
     procs = [
-        popen("replay", small, "--out", out, "--force", "-q", "--allocator", a, cwd=tmp_path)
+        popen(
+            "replay",
+            TRACES / "sharegpt-2k.csv",
+            "--out",
+            out,
+            "--force",
+            "-q",
+            "--allocator",
+            a,
+            "--no-fast-forward",
+            cwd=tmp_path,
+        )
         for a in ("paged", "contiguous-max")
     ]
     results = [(p.wait(timeout=60), p.communicate()[1]) for p in procs]
