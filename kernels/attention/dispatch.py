@@ -2,9 +2,10 @@
 
 On a compute-capability-9 GPU, fp16/bf16 calls with head size 64 or 128 run the warp-specialised Gluon kernel of
 :mod:`kernels.attention.prefill_hopper` in one of its three forms; everything else (other GPUs, dtypes or head
-sizes, one-token blocks, the CPU interpreter, a ``config`` of Triton options, or a sliding window: the Gluon kernel
-has none) runs the Triton kernels of :mod:`kernels.attention.prefill`. The three switches below are the defaults of
-that choice; ``config={"wgmma": False}`` or ``{"wgmma": True | {...}}`` overrides them per call.
+sizes, one-token blocks, the CPU interpreter, a ``config`` of Triton options, or a sliding window with new K/V:
+only the Gluon kernel's paged form has a window) runs the Triton kernels of :mod:`kernels.attention.prefill`. The
+three switches below are the defaults of that choice; ``config={"wgmma": False}`` or ``{"wgmma": True | {...}}``
+overrides them per call.
 """
 
 from __future__ import annotations
@@ -96,8 +97,9 @@ def paged_prefill_attention(
         sliding_window: ``W`` tokens (``None`` or ``0``: full attention). New token ``i`` (position
             ``p = context_lens[s] + i``) sees keys at positions ``p - W < k <= p``. Block-table entries of
             blocks wholly before ``context_lens[s] - W + 1`` (the first new token's window) are never read and may
-            hold a freed block's placeholder. Windowed calls run the Triton kernels (the Gluon kernel has no
-            window); a window no shorter than every sequence (the block table's width, or
+            hold a freed block's placeholder. Windowed calls without ``new_key`` run the Gluon kernel's paged form
+            where it qualifies (above); with ``new_key`` they run the Triton kernel (the Gluon mixed and contiguous
+            forms have no window). A window no shorter than every sequence (the block table's width, or
             ``max_context_len + max_query_len`` with ``new_key``) is full attention and takes the usual route.
 
     Returns:
@@ -149,7 +151,7 @@ def paged_prefill_attention(
             window,
         )
         return out
-    if not window and use_wgmma(config, WGMMA_PAGED_PREFILL_DEFAULT):
+    if use_wgmma(config, WGMMA_PAGED_PREFILL_DEFAULT):
         wg = wgmma_options(config)
         ok, _why = prefill_hopper.supported_paged(q, k_cache, v_cache, scale, wg)
         if ok:  # otherwise the Triton kernel below runs the call
@@ -164,6 +166,7 @@ def paged_prefill_attention(
                 int(max_query_len),
                 out=out,
                 config=wg,
+                sliding_window=window,
             )
             return out
     prefill.paged_launch(
@@ -210,7 +213,7 @@ def _newkv_route(
     )
     assert new_key.stride(-1) == 1 and new_value.stride(-1) == 1
     if window:
-        pass  # the Gluon kernel has no sliding window: the Triton kernel below
+        pass  # the Gluon kernel's mixed and contiguous forms have no window: the Triton kernel below
     elif max_context_len is not None and int(max_context_len) == 0 and use_wgmma(config, WGMMA_PREFILL_DEFAULT):
         ok, _why = prefill_hopper.supported(q, new_key, new_value, scale)
         if ok:  # otherwise the Triton kernel below runs the call

@@ -137,11 +137,16 @@ if gluon is not None:
         tma.async_copy_global_to_shared(desc, [row, col], bar, smem, pred=pred)
 
     @gluon.jit
-    def _softmax_tile(s, m_i, l_i, rows, cols, n0, scale_log2, masked):
+    def _softmax_tile(s, m_i, l_i, rows, cols, n0, scale_log2, masked, low, SLIDING: gl.constexpr):
         """Online softmax of one score tile (raw ``q . k``): returns P (fp32), the new row maximum (log2
-        units), the new row sum and the factor that rescales what was accumulated before."""
+        units), the new row sum and the factor that rescales what was accumulated before. ``SLIDING``: key n is
+        visible to a row only when ``n > low`` of that row (its window's edge)."""
         if masked:  # diagonal tiles: key n0 + c is visible to row r when n0 + c <= r
-            s = gl.where((n0 + cols)[None, :] <= rows[:, None], s, float("-inf"))
+            keys = (n0 + cols)[None, :]
+            if SLIDING:  # `where`, not an added -inf: a freed block's rows may hold NaN, and NaN + -inf is NaN
+                s = gl.where((keys <= rows[:, None]) & (keys > low[:, None]), s, float("-inf"))
+            else:
+                s = gl.where(keys <= rows[:, None], s, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(s, axis=1) * scale_log2)
         alpha = gl.exp2(m_i - m_new)
         p = gl.exp2(s * scale_log2 - m_new[:, None])
@@ -219,7 +224,7 @@ if gluon is not None:
             mbarrier.wait(k_bars.index(0), 0)
             s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_init, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-            p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, rows, cols, 0, scale_log2, diag == 0)
+            p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, rows, cols, 0, scale_log2, diag == 0, rows, False)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             gl.thread_barrier()  # both warp groups are done with K_0 before TMA overwrites its stage
             _load_tile(k_desc, k_smem.index(0), k_bars.index(0), q_start + STAGES * BLOCK_N, col, STAGES < n_tiles)
@@ -231,7 +236,9 @@ if gluon is not None:
                 mbarrier.wait(v_bars.index(prev), ((j - 1) // STAGES) & 1)
                 acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
                 s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # S_j is done; P_{j-1} V_{j-1} may run on
-                p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, rows, cols, j * BLOCK_N, scale_log2, j >= diag)
+                p, m_i, l_i, alpha = _softmax_tile(
+                    s, m_i, l_i, rows, cols, j * BLOCK_N, scale_log2, j >= diag, rows, False
+                )
                 acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
                 acc = acc * alpha[:, None]
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
@@ -258,7 +265,9 @@ if gluon is not None:
                 mbarrier.wait(k_bars.index(stage), phase)
                 s = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s_init, use_acc=False, is_async=True)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, rows, cols, j * BLOCK_N, scale_log2, j >= diag)
+                p, m_i, l_i, alpha = _softmax_tile(
+                    s, m_i, l_i, rows, cols, j * BLOCK_N, scale_log2, j >= diag, rows, False
+                )
                 acc = acc * alpha[:, None]
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
                 mbarrier.wait(v_bars.index(stage), phase)
@@ -329,6 +338,15 @@ if gluon is not None:
             mbarrier.arrive(turns.index(1 - HALF), count=1)
 
     @gluon.jit
+    def _first_key_tile(ctx, m0, window, BLOCK_N: gl.constexpr, SLIDING: gl.constexpr):
+        """The first key tile of a work item whose first row is new token ``m0`` (position ``ctx + m0``): 0, or
+        with ``SLIDING`` the tile holding that row's first visible key (no row of the item sees a key before it)."""
+        j_lo = 0
+        if SLIDING:
+            j_lo = gl.maximum(ctx + m0 - window + 1, 0) // BLOCK_N
+        return j_lo
+
+    @gluon.jit
     def _key_tile(j, ctx, ctx_tiles, rows, pos, diag, m0, BLOCK_N: gl.constexpr, MIXED: gl.constexpr):
         """Key tile ``j`` of a work item -> (the index of its first key, each row's last visible key index, whether
         the tile needs the mask). Keys are numbered by position in the sequence, except with ``MIXED``: there the
@@ -369,6 +387,7 @@ if gluon is not None:
         num_q_heads,
         num_items,
         rounds,
+        window,
         HALF: gl.constexpr,
         HEAD: gl.constexpr,
         HALF_M: gl.constexpr,
@@ -379,10 +398,12 @@ if gluon is not None:
         PINGPONG: gl.constexpr,
         HAS_CTX: gl.constexpr,
         MIXED: gl.constexpr,
+        SLIDING: gl.constexpr,
     ):
         """One warp group: rows ``HALF * HALF_M ..`` of each work item. Scores of key tile j run on the tensor
         cores together with P_{j-1} V_{j-1}; each K/V stage goes back to the loader as soon as this group's
-        product that reads it is done, and the item's Q buffer once its last score product is."""
+        product that reads it is done, and the item's Q buffer once its last score product is. ``SLIDING`` (paged
+        form): row r sees keys ``> pos(r) - window``; the key loop starts at :func:`_first_key_tile`."""
         mma: gl.constexpr = gl.NVMMADistributedLayout(
             version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16]
         )
@@ -411,6 +432,11 @@ if gluon is not None:
                 diag = (ctx + m0 + 1) // BLOCK_N
                 rows = m0 + HALF * HALF_M + gl.arange(0, HALF_M, layout=row_layout)
                 pos = ctx + rows  # the rows' positions in their sequence: key n is visible to a row when n <= pos
+                low = pos - window  # and with SLIDING, when n > low
+                j_lo = _first_key_tile(ctx, m0, window, BLOCK_N, SLIDING)
+                # with SLIDING, tiles starting below `edge` cut the window of some row of the item (its last row
+                # sees keys from ctx + m0 + 2 * HALF_M - window on) and are masked
+                edge = ctx + m0 + 2 * HALF_M - window
                 m_i = gl.full([HALF_M], -1.0e30, gl.float32, row_layout)
                 l_i = gl.zeros([HALF_M], gl.float32, row_layout)
                 acc = gl.zeros([HALF_M, HEAD], gl.float32, mma)
@@ -426,11 +452,13 @@ if gluon is not None:
                 g += 1
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
                 mbarrier.arrive(k_empty.index(stage), count=1)
-                n0, limit, masked = _key_tile(0, ctx, ctx_tiles, rows, pos, diag, m0, BLOCK_N, MIXED)
-                p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, limit, cols, n0, scale_log2, masked)
+                n0, limit, masked = _key_tile(j_lo, ctx, ctx_tiles, rows, pos, diag, m0, BLOCK_N, MIXED)
+                if SLIDING:
+                    masked = masked | (n0 < edge)
+                p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, limit, cols, n0, scale_log2, masked, low, SLIDING)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
-                for j in range(1, n_tiles):
-                    cur = it + j
+                for j in range(j_lo + 1, n_tiles):
+                    cur = it + j - j_lo
                     stage = cur % STAGES
                     prev = (cur - 1) % STAGES
                     mbarrier.wait(k_ready.index(stage), (cur // STAGES) & 1)
@@ -443,13 +471,15 @@ if gluon is not None:
                     s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
                     mbarrier.arrive(k_empty.index(stage), count=1)
                     n0, limit, masked = _key_tile(j, ctx, ctx_tiles, rows, pos, diag, m0, BLOCK_N, MIXED)
-                    p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, limit, cols, n0, scale_log2, masked)
+                    if SLIDING:
+                        masked = masked | (n0 < edge)
+                    p, m_i, l_i, alpha = _softmax_tile(s, m_i, l_i, limit, cols, n0, scale_log2, masked, low, SLIDING)
                     acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
                     mbarrier.arrive(v_empty.index(prev), count=1)
                     acc = acc * alpha[:, None]
                     p_op = gl.convert_layout(p.to(dtype), p_layout)
                 mbarrier.arrive(q_empty.index(qb), count=1)  # no score product of this item is left
-                last = it + n_tiles - 1
+                last = it + n_tiles - j_lo - 1
                 mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
                 _take_turn(turns, HALF, g, PINGPONG)
                 acc = warpgroup_mma(p_op, v_smem.index(last % STAGES), acc, is_async=True)
@@ -457,39 +487,52 @@ if gluon is not None:
                 g += 1
                 acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
                 mbarrier.arrive(v_empty.index(last % STAGES), count=1)
-                it += n_tiles
+                it += n_tiles - j_lo
                 tc += 1
 
-                o = acc / l_i[:, None]  # key 0 is visible to every row, so l_i > 0
+                o = acc / l_i[:, None]  # every row sees its own key, so l_i > 0
                 ptrs = out_ptr + (q_start + rows).to(gl.int64)[:, None] * stride_ot + qh * stride_oh + offs_d[None, :]
                 gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=(rows < q_len)[:, None])
 
     @gluon.jit
     def _load_paged_tile(
-        desc, smem, bar, bt_row, n0, seq_len, col, BLOCK_SIZE: gl.constexpr, BOX: gl.constexpr, BLOCK_N: gl.constexpr
+        desc,
+        smem,
+        bar,
+        bt_row,
+        n0,
+        start,
+        seq_len,
+        col,
+        BLOCK_SIZE: gl.constexpr,
+        BOX: gl.constexpr,
+        BLOCK_N: gl.constexpr,
     ):
         """Key positions ``n0 .. n0 + BLOCK_N - 1`` of one sequence through its block table: one TMA copy of ``BOX``
-        rows per block (or per ``BOX`` rows of a larger block). Positions past the sequence copy row 0 of the cache
-        instead of following table entries that are not the sequence's; callers mask or zero those rows."""
+        rows per block (or per ``BOX`` rows of a larger block). Boxes wholly before ``start`` (a sliding window's
+        edge: their blocks may be freed) or past the sequence copy row 0 of the cache instead of following table
+        entries that are not the sequence's; callers mask or zero those rows."""
         mbarrier.expect(bar, (BLOCK_N // BOX) * desc.block_type.nbytes)
         for i in gl.static_range(BLOCK_N // BOX):
             p = n0 + i * BOX
-            blk = gl.load(bt_row + p // BLOCK_SIZE, mask=p < seq_len, other=0)
+            blk = gl.load(bt_row + p // BLOCK_SIZE, mask=(p < seq_len) & (p + BOX > start), other=0)
             tma.async_copy_global_to_shared(
                 desc, [blk * BLOCK_SIZE + p % BLOCK_SIZE, col], bar, smem.slice(i * BOX, BOX)
             )
 
     @gluon.jit
-    def _zero_rows_from(smem, first, BLOCK_N: gl.constexpr, HEAD: gl.constexpr):
-        """Zero rows ``first ..`` of a ``[BLOCK_N, HEAD]`` shared tile, 8 rows at a time (one warp). A cache slot
-        that no token uses may hold anything, NaN included, and P = 0 times NaN is NaN in the P.V product."""
+    def _zero_rows_outside(smem, begin, end, BLOCK_N: gl.constexpr, HEAD: gl.constexpr):
+        """Zero the rows of a ``[BLOCK_N, HEAD]`` shared tile before ``begin`` and from ``end`` on, 8 rows at a time
+        (one warp). A cache slot that no token uses (or a freed block's) may hold anything, NaN included, and
+        P = 0 times NaN is NaN in the P.V product."""
         layout: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [1, 1], [1, 0])
         r = gl.arange(0, 8, layout=gl.SliceLayout(1, layout))
         for c in gl.static_range(0, BLOCK_N, 8):
-            if c + 8 > first:
+            if (c + 8 > end) | (c < begin):
                 part = smem.slice(c, 8)
                 x = part.load(layout)
-                x = gl.where((c + r)[:, None] < first, x, gl.zeros_like(x))
+                keep = ((c + r) < end) & ((c + r) >= begin)
+                x = gl.where(keep[:, None], x, gl.zeros_like(x))
                 part.store(x)
 
     @gluon.jit
@@ -500,6 +543,7 @@ if gluon is not None:
         v_landed,
         bt_row,
         n0,
+        start,
         end,
         col,
         partial,
@@ -508,18 +552,19 @@ if gluon is not None:
         BLOCK_N: gl.constexpr,
         HEAD: gl.constexpr,
     ):
-        """A V tile through the block table, keys ``n0 ..``, of which those from ``end`` on are not the caller's:
-        a tile holding ``end`` lands on ``v_landed`` first and has those rows zeroed before ``v_bar`` releases it.
-        Returns the updated count of such tiles (the parity of ``v_landed``)."""
-        if n0 + BLOCK_N > end:
-            _load_paged_tile(v_desc, v_smem, v_landed, bt_row, n0, end, col, BLOCK_SIZE, BOX, BLOCK_N)
+        """A V tile through the block table, keys ``n0 ..``, of which those before ``start`` (out of every row's
+        window) and from ``end`` on are not the caller's: a tile holding either edge lands on ``v_landed`` first and
+        has those rows zeroed before ``v_bar`` releases it. Returns the updated count of such tiles (the parity of
+        ``v_landed``)."""
+        if (n0 + BLOCK_N > end) | (n0 < start):
+            _load_paged_tile(v_desc, v_smem, v_landed, bt_row, n0, start, end, col, BLOCK_SIZE, BOX, BLOCK_N)
             mbarrier.wait(v_landed, partial & 1)
-            _zero_rows_from(v_smem, end - n0, BLOCK_N, HEAD)
+            _zero_rows_outside(v_smem, start - n0, end - n0, BLOCK_N, HEAD)
             fence_async_shared()  # the stores before the tensor cores' (async proxy) reads
             mbarrier.arrive(v_bar, count=1)
             partial += 1
         else:
-            _load_paged_tile(v_desc, v_smem, v_bar, bt_row, n0, end, col, BLOCK_SIZE, BOX, BLOCK_N)
+            _load_paged_tile(v_desc, v_smem, v_bar, bt_row, n0, start, end, col, BLOCK_SIZE, BOX, BLOCK_N)
         return partial
 
     @gluon.jit
@@ -547,6 +592,7 @@ if gluon is not None:
         num_q_heads,
         num_items,
         rounds,
+        window,
         GROUP: gl.constexpr,
         HEAD: gl.constexpr,
         HALF_M: gl.constexpr,
@@ -558,11 +604,14 @@ if gluon is not None:
         MIXED: gl.constexpr,
         BLOCK_SIZE: gl.constexpr,
         BOX: gl.constexpr,
+        SLIDING: gl.constexpr,
     ):
         """One warp: for each work item, Q's two halves into a free Q buffer, then the K and V tiles into the
         stage ring as the consumers free it. ``PAGED``: K/V through the block table, and the V tile holding the
         sequence's end has its rows past the end zeroed before the consumers see it. ``MIXED``: the context's
-        tiles so (zeroed past the context), then the new tokens' from ``kn_desc``/``vn_desc``."""
+        tiles so (zeroed past the context), then the new tokens' from ``kn_desc``/``vn_desc``. ``SLIDING`` (paged
+        form): from the tile of the item's first row's window edge on, rows before that edge zeroed in V and never
+        looked up in the block table."""
         it = 0
         tc = 0
         partial = 0  # paged V tiles that held a sequence's end (parity of v_landed)
@@ -580,6 +629,10 @@ if gluon is not None:
                     ctx_tiles = gl.cdiv(ctx, BLOCK_N)
                     n_tiles = ctx_tiles + gl.cdiv(gl.minimum(q_len, m0 + 2 * HALF_M), BLOCK_N)
                 col = (qh // GROUP) * HEAD
+                j_lo = _first_key_tile(ctx, m0, window, BLOCK_N, SLIDING)
+                start = 0  # no row of the item sees a key before this position
+                if SLIDING:
+                    start = ctx + m0 - window + 1
                 qb = tc % Q_BUFFERS
                 mbarrier.wait(q_empty.index(qb), ((tc // Q_BUFFERS) & 1) ^ 1, pred=tc >= Q_BUFFERS)
                 bar = q_ready.index(qb)
@@ -588,18 +641,20 @@ if gluon is not None:
                 tma.async_copy_global_to_shared(
                     q_desc, [q_start + m0 + HALF_M, qh * HEAD], bar, q_smem.index(qb * 2 + 1)
                 )
-                for j in range(n_tiles):
-                    cur = it + j
+                for j in range(j_lo, n_tiles):
+                    cur = it + j - j_lo
                     stage = cur % STAGES
                     free_phase = ((cur // STAGES) & 1) ^ 1  # the stage's previous use, released by both groups
                     n0 = j * BLOCK_N
                     mbarrier.wait(k_empty.index(stage), free_phase, pred=cur >= STAGES)
                     k_buf, k_bar = k_smem.index(stage), k_ready.index(stage)
                     if PAGED:
-                        _load_paged_tile(k_desc, k_buf, k_bar, bt_row, n0, seq_len, col, BLOCK_SIZE, BOX, BLOCK_N)
+                        _load_paged_tile(
+                            k_desc, k_buf, k_bar, bt_row, n0, start, seq_len, col, BLOCK_SIZE, BOX, BLOCK_N
+                        )
                     elif MIXED:
                         if j < ctx_tiles:
-                            _load_paged_tile(k_desc, k_buf, k_bar, bt_row, n0, ctx, col, BLOCK_SIZE, BOX, BLOCK_N)
+                            _load_paged_tile(k_desc, k_buf, k_bar, bt_row, n0, 0, ctx, col, BLOCK_SIZE, BOX, BLOCK_N)
                         else:
                             _load_tile(kn_desc, k_buf, k_bar, q_start + (j - ctx_tiles) * BLOCK_N, col, True)
                     else:
@@ -614,6 +669,7 @@ if gluon is not None:
                             v_landed,
                             bt_row,
                             n0,
+                            start,
                             seq_len,
                             col,
                             partial,
@@ -631,6 +687,7 @@ if gluon is not None:
                                 v_landed,
                                 bt_row,
                                 n0,
+                                0,
                                 ctx,
                                 col,
                                 partial,
@@ -643,7 +700,7 @@ if gluon is not None:
                             _load_tile(vn_desc, v_buf, v_bar, q_start + (j - ctx_tiles) * BLOCK_N, col, True)
                     else:
                         _load_tile(v_desc, v_buf, v_bar, q_start + n0, col, True)
-                it += n_tiles
+                it += n_tiles - j_lo
                 tc += 1
 
     @gluon.jit
@@ -665,6 +722,7 @@ if gluon is not None:
         num_q_heads,
         num_items,
         rounds,
+        window,
         GROUP: gl.constexpr,
         HEAD: gl.constexpr,
         BLOCK_N: gl.constexpr,
@@ -675,6 +733,7 @@ if gluon is not None:
         MIXED: gl.constexpr,
         BLOCK_SIZE: gl.constexpr,
         BOX: gl.constexpr,
+        SLIDING: gl.constexpr,
         CONSUMER_REGS: gl.constexpr,
         LOADER_REGS: gl.constexpr,
         num_warps: gl.constexpr,
@@ -686,7 +745,7 @@ if gluon is not None:
         positions ``0 .. context + new - 1`` come through the block table from the paged cache (``BOX``-row TMA
         copies of ``BLOCK_SIZE``-token blocks), and new row i sits at position ``context + i``. ``MIXED``: the
         context through the block table, the new tokens' K/V from ``kn_desc``/``vn_desc`` (``[T, kv_heads * head]``,
-        rows aligned with q)."""
+        rows aligned with q). ``SLIDING`` (paged form only): sliding-window attention over ``window`` keys."""
         STAGES: gl.constexpr = 2
         HALF_M: gl.constexpr = 64
         dtype: gl.constexpr = q_desc.dtype
@@ -740,6 +799,7 @@ if gluon is not None:
                         num_q_heads,
                         num_items,
                         rounds,
+                        window,
                         FIRST,
                         HEAD,
                         HALF_M,
@@ -750,6 +810,7 @@ if gluon is not None:
                         PINGPONG,
                         HAS_CTX,
                         MIXED,
+                        SLIDING,
                     ),
                 ),
                 (
@@ -775,6 +836,7 @@ if gluon is not None:
                         num_q_heads,
                         num_items,
                         rounds,
+                        window,
                         SECOND,
                         HEAD,
                         HALF_M,
@@ -785,6 +847,7 @@ if gluon is not None:
                         PINGPONG,
                         HAS_CTX,
                         MIXED,
+                        SLIDING,
                     ),
                 ),
                 (
@@ -813,6 +876,7 @@ if gluon is not None:
                         num_q_heads,
                         num_items,
                         rounds,
+                        window,
                         GROUP,
                         HEAD,
                         HALF_M,
@@ -824,6 +888,7 @@ if gluon is not None:
                         MIXED,
                         BLOCK_SIZE,
                         BOX,
+                        SLIDING,
                     ),
                 ),
             ],
@@ -874,10 +939,13 @@ def prefill_wgmma_paged_attention(
     max_query_len: int,
     out: torch.Tensor | None = None,
     config: dict | None = None,
+    sliding_window: int = 0,
 ) -> torch.Tensor:
     """:func:`kernels.attention.paged_prefill_attention`'s contract (every key, the new tokens' included,
     read through the block table at positions ``0 .. context_lens[s] + new_len - 1``) on the warp-specialised
-    kernel. Cache slots past a sequence's end may hold anything, NaN included."""
+    kernel. Cache slots past a sequence's end may hold anything, NaN included. ``sliding_window > 0``: new token
+    ``i`` (position ``p = context_lens[s] + i``) sees keys ``p - W < k <= p``; table entries of blocks wholly
+    before the first new token's window are never read (a freed block's placeholder may stand there)."""
     return _run(
         "prefill_wgmma_paged_attention",
         supported_paged(q, k_cache, v_cache, scale, config),
@@ -888,6 +956,7 @@ def prefill_wgmma_paged_attention(
         out,
         config,
         paged=(k_cache, v_cache, block_tables, context_lens),
+        window=int(sliding_window or 0),
     )
 
 
@@ -1002,14 +1071,19 @@ def _cache_descriptor(cache: torch.Tensor, box_rows: int):
     return TensorDescriptor(cache, [nb * bs, heads * head], [heads * head, 1], [box_rows, head], layout)
 
 
-def launch_plan(q, cu_seqlens_q, scale, max_query_len, out, config, num_sms, *, new_kv=None, paged=None):
+def launch_plan(
+    q, cu_seqlens_q, scale, max_query_len, out, config, num_sms, *, new_kv=None, paged=None, window: int = 0
+):
     """(kernel, grid, positional args, keyword args) of one launch, with K/V ``new_kv = (new_key, new_value)``,
     ``paged = (k_cache, v_cache, block_tables, context_lens)``, or both (the mixed form: context through the
-    table, new tokens from ``new_kv``); shared by the calls and by
-    :func:`kernels.tools.gluon_compile.compile_prefill`, which compiles the same launch without a GPU."""
+    table, new tokens from ``new_kv``); ``window > 0``: sliding-window attention (the paged form only). Shared by
+    the calls and by :func:`kernels.tools.gluon_compile.compile_prefill`, which compiles the same launch without a
+    GPU."""
     total, num_q_heads, head = q.shape
     num_kv_heads = (new_kv[0] if new_kv is not None else paged[0]).shape[-2]
     mixed = new_kv is not None and paged is not None
+    if window and (paged is None or mixed):
+        raise ValueError("prefill_wgmma: a sliding window needs the paged form (every key through the block table)")
     if new_kv is not None:
         assert new_kv[0].shape == new_kv[1].shape == (total, num_kv_heads, head)
     assert num_q_heads % num_kv_heads == 0
@@ -1057,6 +1131,7 @@ def launch_plan(q, cu_seqlens_q, scale, max_query_len, out, config, num_sms, *, 
             num_q_heads,
             num_items,
             triton.cdiv(num_items, programs),
+            int(window),
         )
         kwargs = dict(
             GROUP=num_q_heads // num_kv_heads,
@@ -1069,6 +1144,7 @@ def launch_plan(q, cu_seqlens_q, scale, max_query_len, out, config, num_sms, *, 
             MIXED=mixed,
             BLOCK_SIZE=block_size,
             BOX=box,
+            SLIDING=window > 0,
             CONSUMER_REGS=int(cfg["consumer_regs"]),
             LOADER_REGS=int(cfg["loader_regs"]),
             num_warps=4,

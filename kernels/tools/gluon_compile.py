@@ -89,6 +89,7 @@ def compile_prefill(
     tokens: int = 512,
     paged: bool = False,
     mixed: bool = False,
+    window: int = 0,
 ) -> dict:
     """Compile one launch of ``prefill_wgmma_attention`` for sm_90 and return its resources (see module doc)."""
     from kernels.attention import prefill_hopper as pw
@@ -115,6 +116,7 @@ def compile_prefill(
                 H100_SMS,
                 paged=(cache, cache.clone(), bt, ctx),
                 new_kv=(kv, kv.clone()) if mixed else None,
+                window=window,
             )
         else:
             kernel, grid, args, kwargs = pw.launch_plan(
@@ -140,9 +142,10 @@ def main() -> None:
     ap.add_argument("--head", type=int, choices=(64, 128), default=128)
     ap.add_argument("--paged", action="store_true", help="K/V through a block table (16-token blocks)")
     ap.add_argument("--mixed", action="store_true", help="context through a block table, new tokens' K/V contiguous")
+    ap.add_argument("--window", type=int, default=0, help="sliding window (tokens; the paged form only)")
     a = ap.parse_args()
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float16
-    info = compile_prefill(json.loads(a.config), dtype, a.group, a.head, paged=a.paged, mixed=a.mixed)
+    info = compile_prefill(json.loads(a.config), dtype, a.group, a.head, paged=a.paged, mixed=a.mixed, window=a.window)
     print(json.dumps(info))
 
 

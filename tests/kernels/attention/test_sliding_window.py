@@ -341,16 +341,85 @@ def test_decode_equals_last_prefill_row_with_window():
         assert_close(d, p[last].double(), FP16, f"W={window}")
 
 
+def _hopper() -> bool:
+    from kernels.attention import prefill_hopper
+
+    return CUDA and prefill_hopper.gluon is not None and torch.cuda.get_device_capability()[0] == 9
+
+
+def _count_calls(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+
+    def counting(*a, **kw):
+        calls.append(kw.get("sliding_window"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
 @pytest.mark.skipif(not CUDA, reason="the Gluon prefill route exists on the GPU only")
-def test_windowed_prefill_routes_to_triton(monkeypatch):
-    """A windowed call never reaches the Gluon kernel (it has no window), whatever the config asks."""
+def test_windowed_new_kv_prefill_routes_to_triton(monkeypatch):
+    """With new K/V, a windowed call never reaches the Gluon kernel's mixed or contiguous form (they have no
+    window), whatever the config asks."""
     from kernels.attention import prefill_hopper
 
     def refuse(*a, **kw):
-        raise AssertionError("windowed prefill reached the Gluon kernel")
+        raise AssertionError("windowed new-K/V prefill reached the Gluon kernel")
 
-    monkeypatch.setattr(prefill_hopper, "prefill_wgmma_paged_attention", refuse)
-    _run_prefill_window([0, 70], [128, 64], 50, 16, dtype=torch.bfloat16, head=128, configs=(None, {"wgmma": True}))
+    for name in ("prefill_wgmma_mixed_attention", "prefill_wgmma_attention"):
+        monkeypatch.setattr(prefill_hopper, name, refuse)
+    lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs([0, 70], [128, 64], 8, 2, 128, 16, torch.bfloat16, 21)
+    expect = ref.ref_paged_prefill(q, k, v, bt, cu_t, ctx_t, scale, sliding_window=50)
+    new_k = torch.cat([_gather_rows(k, bt, 0, 0, 128), _gather_rows(k, bt, 1, 70, 64)])
+    new_v = torch.cat([_gather_rows(v, bt, 0, 0, 128), _gather_rows(v, bt, 1, 70, 64)])
+    for config in (None, {"wgmma": True}):
+        got = dispatch.paged_prefill_attention(
+            q, k, v, bt, cu_t, ctx_t, scale, config=config, sliding_window=50, new_key=new_k, new_value=new_v
+        )
+        assert_close(got, expect, torch.bfloat16, f"new K/V, config={config}")
+
+
+def _gather_rows(cache, bt, s, start, n):
+    """Rows ``start .. start + n - 1`` of sequence ``s`` from a paged cache: ``[n, kv_heads, head]``."""
+    bs = cache.shape[1]
+    return torch.stack([cache[int(bt[s, p // bs]), p % bs] for p in range(start, start + n)])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the Gluon kernel needs a compute-capability-9 GPU")
+@pytest.mark.parametrize("block_size", [8, 16, 32, 128])
+@pytest.mark.parametrize("window", [1, 7, 16, 127, 128, 129, 300, 1000])
+def test_windowed_paged_prefill_on_gluon(monkeypatch, block_size, window):
+    """The Gluon kernel's paged form with a window, on the default route: contexts of 0 to 1,000 tokens, chunks of
+    1 to 300 (several 128-row work items, the last one partial), windows inside one key tile, on a tile's edge and
+    across many; freed blocks are NaN and half their table entries out of range, so a read of either would show."""
+    from kernels.attention import prefill_hopper
+
+    calls = _count_calls(monkeypatch, prefill_hopper, "prefill_wgmma_paged_attention")
+    ctx = [0, 300, 1000, 37, 129]
+    new = [300, 200, 130, 1, 64]
+    _run_prefill_window(
+        ctx, new, window, block_size, dtype=torch.bfloat16, group=4, num_kv_heads=2, head=128, seed=window
+    )
+    assert calls == [window], calls
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the Gluon kernel needs a compute-capability-9 GPU")
+@pytest.mark.parametrize("config", [{"wgmma": {"persistent": False}}, {"wgmma": {"pingpong": False}}])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_windowed_paged_prefill_on_gluon_forms(monkeypatch, config, dtype):
+    """Head size 64, MHA and GQA 8, both dtypes, a grid of one program per item and no ping-pong."""
+    from kernels.attention import prefill_hopper
+
+    calls = _count_calls(monkeypatch, prefill_hopper, "prefill_wgmma_paged_attention")
+    for group, head in ((1, 64), (8, 128)):
+        _run_prefill_window(
+            [0, 500, 260], [257, 128, 3], 200, 16, dtype=dtype, group=group, head=head, seed=group, configs=(config,)
+        )
+    assert calls == [200, 200], calls
 
 
 try:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _compile(config, dtype=torch.bfloat16, group=1, head=128, paged=False, mixed=False):
+def _compile(config, dtype=torch.bfloat16, group=1, head=128, paged=False, mixed=False, window=0):
     # a fresh process: this one runs triton under the interpreter (TRITON_INTERPRET=1), which cannot compile Gluon
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = (
@@ -42,6 +42,7 @@ def _compile(config, dtype=torch.bfloat16, group=1, head=128, paged=False, mixed
         ]
         + (["--paged"] if paged else [])
         + (["--mixed"] if mixed else [])
+        + (["--window", str(window)] if window else [])
     )
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -83,3 +84,10 @@ def test_mixed_form_compiles():
     info = _compile({}, torch.bfloat16, group=2, mixed=True)
     assert info["local_bytes"] == 0 and info["stack_bytes"] <= 64, info
     assert 65536 + 131072 <= info["shared_bytes"] <= 232448, info
+
+
+def test_windowed_paged_form_compiles():
+    # the sliding window (paged form): the loader's window edge and the consumers' second mask bound
+    info = _compile({}, torch.bfloat16, group=4, paged=True, window=1024)
+    assert info["kernel"] == "_prefill_ws_kernel" and info["local_bytes"] == 0, info
+    assert 65536 + 131072 <= info["shared_bytes"] <= 232448 and info["stack_bytes"] <= 64, info
