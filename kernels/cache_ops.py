@@ -5,15 +5,101 @@
   are skipped.
 * :func:`copy_blocks` - copy-on-write: for every cache (every layer, K and V)
   and every ``(src, dst)`` pair, ``cache[dst] = cache[src]``, in one launch.
+
+fp8 KV cache (vLLM's ``kv_cache_dtype="fp8_e4m3"``): the caches are ``torch.float8_e4m3fn`` with one float scale for
+K and one for V (per tensor). :func:`write_kv` stores ``round_e4m3(key / k_scale)`` (fp32 IEEE division, rounding to
+nearest even, saturating to +-448); the attention kernels read ``key = cache * k_scale``. :func:`check_kv_cache` is the
+host-side check every entry point shares.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MIN_CAPABILITY = (8, 9)  # fp8 conversions in Triton need Ada (8.9) or Hopper (9.0) and later
+
+# --------------------------------------------------------------------------------------------------------------------
+# fp8 KV: the host-side check
+# --------------------------------------------------------------------------------------------------------------------
+
+
+_CAPABILITY: dict = {}
+
+
+def _capability(device: torch.device) -> tuple[int, int] | None:
+    """Compute capability of a CUDA ``device`` (cached per device index: the check runs on every call); None for the
+    CPU (the Triton interpreter converts fp8 in software)."""
+    if device.type != "cuda":
+        return None
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _CAPABILITY:
+        _CAPABILITY[idx] = tuple(torch.cuda.get_device_capability(idx))
+    return _CAPABILITY[idx]
+
+
+def check_kv_cache(k_cache: torch.Tensor, v_cache: torch.Tensor, k_scale: float, v_scale: float) -> bool:
+    """Whether the caches are fp8 (``float8_e4m3fn``), after checking the call: both caches fp8 or neither, other
+    fp8 formats refused, scales finite and positive for fp8 and exactly 1.0 otherwise, and a GPU of compute capability
+    at least 8.9. Raises ``ValueError`` naming what is wrong."""
+    fp8 = [t.dtype == FP8_DTYPE for t in (k_cache, v_cache)]
+    for t in (k_cache, v_cache):
+        if t.dtype != FP8_DTYPE and t.element_size() == 1 and t.is_floating_point():
+            raise ValueError(f"fp8 KV caches must be torch.float8_e4m3fn (vLLM's fp8_e4m3), got {t.dtype}")
+    if not any(fp8):
+        if float(k_scale) != 1.0 or float(v_scale) != 1.0:
+            raise ValueError(
+                f"k_scale/v_scale apply to float8_e4m3fn caches only; a {k_cache.dtype} cache needs 1.0, "
+                f"got {k_scale}, {v_scale}"
+            )
+        return False
+    if not all(fp8):
+        raise ValueError(
+            f"the K and V caches must both be float8_e4m3fn or neither, got {k_cache.dtype} and {v_cache.dtype}"
+        )
+    for name, sc in (("k_scale", k_scale), ("v_scale", v_scale)):
+        sc = float(sc)
+        if not (math.isfinite(sc) and sc > 0.0):
+            raise ValueError(f"{name} must be a finite positive float for an fp8 KV cache, got {sc}")
+    cap = _capability(k_cache.device)
+    if cap is not None and tuple(cap) < FP8_MIN_CAPABILITY:
+        raise ValueError(
+            f"a float8_e4m3fn KV cache needs a GPU of compute capability >= "
+            f"{FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} (Ada, Hopper or later); this one is {cap[0]}.{cap[1]}"
+        )
+    return True
+
+
+@triton.jit
+def _e4m3_bits(x, scale):
+    """The float8_e4m3fn byte (int32, 0..255) of ``x / scale``: fp32 x, IEEE division, round to nearest even,
+    saturated to +-448 (e4m3fn's largest finite value); NaN gives the NaN byte 0x7F (its sign is not kept).
+
+    Integer arithmetic on the fp32 bits instead of ``.to(tl.float8e4nv)``: the result is the same as the GPU's
+    ``cvt.rn.satfinite``, and the Triton interpreter, whose fp32-to-fp8 conversion drops the rounding carry (1.96
+    becomes 1.0), rounds ties away from zero and mis-rounds subnormals, runs the same code.
+    """
+    y = tl.div_rn(x, scale)
+    nan = y != y
+    y = tl.minimum(tl.maximum(y, -448.0), 448.0)
+    bits = y.to(tl.int32, bitcast=True)
+    sign = (bits >> 24) & 0x80
+    mag = bits & 0x7FFFFFFF
+    e = mag >> 23  # fp32 biased exponent; e4m3 normals are 2**-6 and up: e >= 121
+    # normal: keep 3 mantissa bits, round half to even (the carry runs into the exponent), rebias 127 -> 7
+    normal = ((mag + 0x7FFFF + ((mag >> 20) & 1)) >> 20) - (120 << 3)
+    # subnormal: a count of 2**-9 (8 of them is the smallest normal, whose byte is 8 too), round half to even
+    m = (mag & 0x7FFFFF) | 0x800000  # value = m * 2**(e - 150); zero and fp32 subnormals round to 0 below
+    sh = tl.minimum(141 - e, 25)
+    sub = (m + (1 << (sh - 1)) - 1 + ((m >> sh) & 1)) >> sh
+    byte = tl.where(e >= 121, normal, sub) | sign
+    return tl.where(nan, 0x7F, byte)
+
 
 # --------------------------------------------------------------------------------------
 # write_kv
@@ -42,6 +128,9 @@ def _write_kv_kernel(
     HEADS_PAD: tl.constexpr,
     HEAD_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
+    k_scale=1.0,
+    v_scale=1.0,
+    KV_FP8: tl.constexpr = False,
 ):
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
@@ -56,11 +145,15 @@ def _write_kv_kernel(
     v = tl.load(value_ptr + t * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :], mask=mask)
     kdst = kc_ptr + blk * stride_kcb + off * stride_kct + offs_h[:, None] * stride_kch + offs_d[None, :]
     vdst = vc_ptr + blk * stride_vcb + off * stride_vct + offs_h[:, None] * stride_vch + offs_d[None, :]
-    tl.store(kdst, k.to(kc_ptr.dtype.element_ty), mask=mask)
-    tl.store(vdst, v.to(vc_ptr.dtype.element_ty), mask=mask)
+    if KV_FP8:  # the caches are passed as uint8 views: store the e4m3 bytes computed here
+        tl.store(kdst, _e4m3_bits(k.to(tl.float32), k_scale).to(tl.uint8), mask=mask)
+        tl.store(vdst, _e4m3_bits(v.to(tl.float32), v_scale).to(tl.uint8), mask=mask)
+    else:
+        tl.store(kdst, k.to(kc_ptr.dtype.element_ty), mask=mask)
+        tl.store(vdst, v.to(vc_ptr.dtype.element_ty), mask=mask)
 
 
-def write_kv(key, value, k_cache, v_cache, slot_mapping) -> None:
+def write_kv(key, value, k_cache, v_cache, slot_mapping, *, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
     """Store ``key``/``value`` rows into the paged caches, in place.
 
     Args:
@@ -71,7 +164,11 @@ def write_kv(key, value, k_cache, v_cache, slot_mapping) -> None:
             ``slot // block_size``, offset ``slot % block_size``.  Slots ``< 0``
             are padding and nothing is written for them.  Non-negative slots must
             be distinct and ``< num_blocks * block_size``.
+        k_scale, v_scale: per-tensor scales (dimensionless) of ``float8_e4m3fn`` caches: the cache stores
+            ``key / k_scale`` (fp32 division) rounded to nearest even e4m3 and saturated to +-448 (NaN stays NaN).
+            Must be finite and positive for fp8 caches and 1.0 for others (``ValueError`` otherwise).
     """
+    fp8 = check_kv_cache(k_cache, v_cache, k_scale, v_scale)
     assert key.dim() == 3 and key.shape == value.shape
     assert k_cache.dim() == 4 and k_cache.shape == v_cache.shape
     num_tokens, num_heads, head = key.shape
@@ -89,6 +186,11 @@ def write_kv(key, value, k_cache, v_cache, slot_mapping) -> None:
     head_pad = triton.next_power_of_2(head)
     nelem = heads_pad * head_pad
     num_warps = 1 if nelem <= 1024 else (2 if nelem <= 2048 else 4)
+    fp8_args = {}
+    if fp8:
+        # the kernel computes the e4m3 bytes itself and stores them through uint8 views (same strides)
+        k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
+        fp8_args = dict(k_scale=float(k_scale), v_scale=float(v_scale), KV_FP8=True)
     _write_kv_kernel[(num_tokens,)](
         key,
         value,
@@ -111,6 +213,7 @@ def write_kv(key, value, k_cache, v_cache, slot_mapping) -> None:
         HEAD_PAD=head_pad,
         BLOCK_SIZE=k_cache.shape[1],
         num_warps=num_warps,
+        **fp8_args,
     )
 
 
@@ -241,4 +344,4 @@ def copy_blocks(caches: torch.Tensor | Sequence, block_mapping: torch.Tensor, *,
     )
 
 
-__all__ = ["write_kv", "copy_blocks"]
+__all__ = ["write_kv", "copy_blocks", "check_kv_cache", "FP8_DTYPE"]

@@ -18,6 +18,10 @@ Layouts (the same as the kernels'):
   position ``p`` sees keys at positions ``k`` with ``p - W < k <= p``.  The
   references gather only the blocks that hold such keys, so block-table entries
   of blocks wholly before a window may hold anything (a freed block's placeholder).
+* fp8 KV (``torch.float8_e4m3fn`` caches): ``k_scale``/``v_scale`` are per-tensor
+  scales; the references read ``key = cache.float() * k_scale`` (only the gathered
+  rows) and :func:`ref_write_kv` stores ``key / k_scale`` clamped to +-448 and
+  rounded by torch's float8 conversion (to nearest even).
 """
 
 from __future__ import annotations
@@ -78,6 +82,20 @@ def gather_kv_range(cache: torch.Tensor, block_table_row: torch.Tensor, start: i
     return toks[start - b0 * block_size : end - b0 * block_size]
 
 
+def _dequant(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Rows read from a cache as values: ``x.float() * scale`` for float8_e4m3fn, else ``x`` (scale must be 1)."""
+    if x.dtype == torch.float8_e4m3fn:
+        return x.float() * float(scale)
+    assert float(scale) == 1.0, "k_scale/v_scale apply to float8_e4m3fn caches only"
+    return x
+
+
+def quantize_fp8(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x / scale`` (fp32, elementwise IEEE division) clamped to +-448 and rounded to float8_e4m3fn."""
+    xf = x.float()
+    return (xf / torch.full_like(xf, float(scale))).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+
+
 def _window(sliding_window: int | None) -> int:
     """``sliding_window`` as an int, 0 meaning full attention."""
     w = int(sliding_window or 0)
@@ -86,23 +104,28 @@ def _window(sliding_window: int | None) -> int:
     return w
 
 
-def ref_paged_decode(q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window=None) -> torch.Tensor:
+def ref_paged_decode(
+    q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window=None, k_scale=1.0, v_scale=1.0
+) -> torch.Tensor:
     """One query token per sequence attends to its ``seq_lens[s]`` cached tokens (the last
-    ``sliding_window`` of them with a window: the query sits at position ``seq_lens[s] - 1``)."""
+    ``sliding_window`` of them with a window: the query sits at position ``seq_lens[s] - 1``).
+    fp8 caches are read as ``cache * k_scale`` / ``cache * v_scale``."""
     w = _window(sliding_window)
     out = torch.empty_like(q)
     for s in range(q.shape[0]):
         n = int(seq_lens[s])
         lo = max(0, n - w) if w else 0
-        k = gather_kv_range(k_cache, block_tables[s], lo, n)
-        v = gather_kv_range(v_cache, block_tables[s], lo, n)
+        k = _dequant(gather_kv_range(k_cache, block_tables[s], lo, n), k_scale)
+        v = _dequant(gather_kv_range(v_cache, block_tables[s], lo, n), v_scale)
         out[s] = _attend(q[s : s + 1], k, v, scale)[0].to(q.dtype)
     return out
 
 
-def ref_contiguous_decode(q, k_pool, v_pool, seq_starts, seq_lens, scale, sliding_window=None) -> torch.Tensor:
+def ref_contiguous_decode(
+    q, k_pool, v_pool, seq_starts, seq_lens, scale, sliding_window=None, k_scale=1.0, v_scale=1.0
+) -> torch.Tensor:
     """Decode over per-sequence contiguous ranges ``k_pool[start:start+len]`` (the last ``sliding_window``
-    slots of each with a window).
+    slots of each with a window; fp8 pools read as ``pool * scale``).
 
     ``k_pool``/``v_pool`` are ``[num_slots, num_kv_heads, head_size]``.
     """
@@ -111,12 +134,14 @@ def ref_contiguous_decode(q, k_pool, v_pool, seq_starts, seq_lens, scale, slidin
     for s in range(q.shape[0]):
         a, n = int(seq_starts[s]), int(seq_lens[s])
         lo = max(0, n - w) if w else 0
-        out[s] = _attend(q[s : s + 1], k_pool[a + lo : a + n], v_pool[a + lo : a + n], scale)[0].to(q.dtype)
+        k = _dequant(k_pool[a + lo : a + n], k_scale)
+        v = _dequant(v_pool[a + lo : a + n], v_scale)
+        out[s] = _attend(q[s : s + 1], k, v, scale)[0].to(q.dtype)
     return out
 
 
 def ref_paged_prefill(
-    q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, sliding_window=None
+    q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale, sliding_window=None, k_scale=1.0, v_scale=1.0
 ) -> torch.Tensor:
     """New tokens attend causally to themselves and to their cached context.
 
@@ -125,6 +150,7 @@ def ref_paged_prefill(
     paged cache already (the new tokens' K/V written by ``write_kv`` first).
     New token ``i`` sits at position ``context_lens[s] + i`` and sees keys at
     positions ``<=`` its own (and, with a window ``W``, ``> position - W``).
+    fp8 caches are read as ``cache * k_scale`` / ``cache * v_scale``.
     """
     w = _window(sliding_window)
     out = torch.empty_like(q)
@@ -135,8 +161,8 @@ def ref_paged_prefill(
         ctx = int(context_lens[s])
         n = ctx + (b - a)
         lo = max(0, ctx - w + 1) if w else 0  # the first new token's window: earlier blocks are never read
-        k = gather_kv_range(k_cache, block_tables[s], lo, n)
-        v = gather_kv_range(v_cache, block_tables[s], lo, n)
+        k = _dequant(gather_kv_range(k_cache, block_tables[s], lo, n), k_scale)
+        v = _dequant(gather_kv_range(v_cache, block_tables[s], lo, n), v_scale)
         qpos = torch.arange(ctx, n, device=q.device)
         kpos = torch.arange(lo, n, device=q.device)
         mask = kpos[None, :] <= qpos[:, None]
@@ -146,15 +172,20 @@ def ref_paged_prefill(
     return out
 
 
-def ref_write_kv(key, value, k_cache, v_cache, slot_mapping) -> None:
-    """``cache[slot // block_size, slot % block_size] = new`` for every slot >= 0 (in place)."""
+def ref_write_kv(key, value, k_cache, v_cache, slot_mapping, k_scale=1.0, v_scale=1.0) -> None:
+    """``cache[slot // block_size, slot % block_size] = new`` for every slot >= 0 (in place); fp8 caches store
+    :func:`quantize_fp8` of ``new`` with ``k_scale`` / ``v_scale``."""
     block_size = k_cache.shape[1]
+
+    def cast(x, cache, sc):
+        return quantize_fp8(x, sc) if cache.dtype == torch.float8_e4m3fn else x.to(cache.dtype)
+
     for t in range(key.shape[0]):
         slot = int(slot_mapping[t])
         if slot < 0:
             continue
-        k_cache[slot // block_size, slot % block_size] = key[t].to(k_cache.dtype)
-        v_cache[slot // block_size, slot % block_size] = value[t].to(v_cache.dtype)
+        k_cache[slot // block_size, slot % block_size] = cast(key[t], k_cache, k_scale)
+        v_cache[slot // block_size, slot % block_size] = cast(value[t], v_cache, v_scale)
 
 
 def ref_copy_blocks(caches: torch.Tensor | Sequence, block_mapping, block_dim: int = 1) -> None:

@@ -13,6 +13,11 @@ Sliding window (``sliding_window=W``, the ``SLIDING`` constexpr; without it the 
 sequence's keys start at ``max(0, seq_len - W)`` and the split-KV partitions (and the balanced work list) cut only the
 window's keys, so nothing before the window is read, block-table entries included.
 
+fp8 KV (``float8_e4m3fn`` caches, the ``KV_FP8`` constexpr; without it the kernels compile as before, with one unused
+``v_scale`` argument): the K/V tiles are loaded as fp8 and converted to q's dtype (exact: every e4m3 value is an fp16
+and a bf16 value). ``k_scale`` is folded into the softmax scale on the host (``q . (k * k_scale) = (q . k) * k_scale``)
+and ``v_scale`` multiplies each (partial) output row, so the inner loop has no extra multiply.
+
 This file is longer than the package's others because the split-KV kernel (one ``@triton.jit`` function of about
 270 lines, with its register-prefetch, fused-reduce and device-side uniform-length variants as constexpr branches)
 belongs with the launch that sets those constexprs.
@@ -43,6 +48,7 @@ from kernels.attention.decode_plan import (
     decode_config,
     split_plan,
 )
+from kernels.cache_ops import check_kv_cache
 
 # Split-KV completion counters for the fused reduce, one int32 per (sequence, KV head), cached per
 # device. Every counter is 0 between launches: the program that combines a (sequence, head)'s
@@ -125,6 +131,8 @@ def _decode_kernel(
     NSEQ_PAD: tl.constexpr,
     EARLY_BT: tl.constexpr,
     SLIDING: tl.constexpr = False,
+    v_scale=1.0,
+    KV_FP8: tl.constexpr = False,
 ):
     # A program serves HP adjacent KV heads (kvg = head group). With HP > 1 the q rows of all HP heads
     # share one tensor-core tile: q is block-diagonal over [HP * HEAD_PAD] columns (row r holds q head
@@ -260,6 +268,9 @@ def _decode_kernel(
                 EVICT,
             )
             blk = tile_blocks(bt_row, nxt + BLOCK_N, end, BLOCK_SIZE, PAGED)
+            if KV_FP8:  # exact conversion; k_scale is in scale_log2 and v_scale is applied to the output
+                k = k.to(q_ptr.dtype.element_ty)
+                v = v.to(q_ptr.dtype.element_ty)
             m_i, l_i, acc = decode_step(q, k, v, (n0 + offs_n) < end, m_i, l_i, acc, scale_log2, USE_DOT, DOT_PREC)
     else:
         for n0 in range(start, end, BLOCK_N):
@@ -285,10 +296,15 @@ def _decode_kernel(
                 HEAD_PAD,
                 EVICT,
             )
+            if KV_FP8:
+                k = k.to(q_ptr.dtype.element_ty)
+                v = v.to(q_ptr.dtype.element_ty)
             m_i, l_i, acc = decode_step(q, k, v, offs < end, m_i, l_i, acc, scale_log2, USE_DOT, DOT_PREC)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_safe[:, None]
+    if KV_FP8:  # the partials too: the log-sum-exp combine is linear in them
+        o = o * v_scale
     o_mask = q_mask  # with HP > 1 only the block-diagonal part of acc is this program's output
     optr = out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + dim[None, :]
     if SPLIT:
@@ -455,8 +471,11 @@ def decode_launch(
     min_seq_len=None,
     fused_reduce=None,
     sliding_window=None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ):
     assert q.dim() == 3 and k.shape == v.shape
+    kv_fp8 = check_kv_cache(k, v, k_scale, v_scale)
     num_seqs, num_q_heads, head = q.shape
     num_kv_heads = k.shape[-2]
     assert k.shape[-1] == head, "head_size of q and the cache differ"
@@ -514,6 +533,10 @@ def decode_launch(
         vst = (v.stride(0), 0, v.stride(1))
         starts_arg = starts
     scale_log2 = float(scale) * LOG2E
+    fp8_args = {}
+    if kv_fp8:
+        scale_log2 *= float(k_scale)  # scores of the raw fp8 keys times k_scale are the scores of the keys
+        fp8_args = dict(v_scale=float(v_scale), KV_FP8=True)
 
     balanced = cfg.get("balanced")
     if balanced is None:
@@ -538,6 +561,8 @@ def decode_launch(
             vst=vst,
             stride_bts=stride_bts,
             window=window,
+            v_scale=float(v_scale),
+            kv_fp8=kv_fp8,
         )
 
     splits, part, auto_uniform, uniform_part = split_plan(
@@ -634,6 +659,7 @@ def decode_launch(
         num_warps=int(cfg["num_warps"]),
         num_stages=int(cfg["num_stages"]),
         **launch_opts,
+        **fp8_args,
     )
     if splits > 1 and not fused:
         chunk = min(16, triton.next_power_of_2(splits))
@@ -677,13 +703,16 @@ def paged_decode_attention(
     min_seq_len: int | None = None,
     fused_reduce: bool | None = None,
     sliding_window: int | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Decode attention through block tables.
 
     Args:
         q: ``[num_seqs, num_q_heads, head_size]`` fp16/bf16/fp32.
         k_cache, v_cache: ``[num_blocks, block_size, num_kv_heads, head_size]``,
-            same dtype as ``q``; the head_size axis must be contiguous (other
+            same dtype as ``q``, or both ``float8_e4m3fn`` (fp8 KV: compute capability
+            >= 8.9, or the CPU interpreter); the head_size axis must be contiguous (other
             strides are free).
         block_tables: int32 ``[num_seqs, max_blocks_per_seq]``, last axis contiguous.
             Entries past a sequence's last block are never used (the ``prefetch`` option may
@@ -731,6 +760,8 @@ def paged_decode_attention(
             entries of blocks wholly before it are never read and may hold a freed block's placeholder.
             ``max_seq_len`` and ``min_seq_len`` still bound the full lengths. A window no shorter than
             ``max_seq_len`` runs the full-attention kernel.
+        k_scale, v_scale: per-tensor scales (dimensionless) of fp8 caches: keys are ``k_cache * k_scale``,
+            values ``v_cache * v_scale``. Finite and positive for fp8, 1.0 otherwise (``ValueError``).
 
     Returns:
         ``out`` ``[num_seqs, num_q_heads, head_size]`` in ``q``'s dtype.
@@ -753,6 +784,8 @@ def paged_decode_attention(
         min_seq_len=min_seq_len,
         fused_reduce=fused_reduce,
         sliding_window=sliding_window,
+        k_scale=k_scale,
+        v_scale=v_scale,
     )
 
 
@@ -771,6 +804,8 @@ def contiguous_decode_attention(
     min_seq_len: int | None = None,
     fused_reduce: bool | None = None,
     sliding_window: int | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Decode attention over per-sequence contiguous ranges of one flat pool.
 
@@ -781,8 +816,9 @@ def contiguous_decode_attention(
             ``seq_starts[s] .. seq_starts[s] + seq_lens[s] - 1``.
         max_seq_len: upper bound on ``seq_lens``; if omitted it is read from
             the device (one synchronisation).
-        min_seq_len, fused_reduce, sliding_window: as for :func:`paged_decode_attention` (with a window,
-            sequence ``s`` reads slots ``seq_starts[s] + max(0, seq_lens[s] - W)`` onwards).
+        min_seq_len, fused_reduce, sliding_window, k_scale, v_scale: as for :func:`paged_decode_attention`
+            (with a window, sequence ``s`` reads slots ``seq_starts[s] + max(0, seq_lens[s] - W)`` onwards;
+            fp8 pools are ``float8_e4m3fn``).
 
     Other arguments as :func:`paged_decode_attention`.
     """
@@ -805,6 +841,8 @@ def contiguous_decode_attention(
         min_seq_len=min_seq_len,
         fused_reduce=fused_reduce,
         sliding_window=sliding_window,
+        k_scale=k_scale,
+        v_scale=v_scale,
     )
 
 

@@ -15,7 +15,8 @@ staircase of the work list each step raises the program or the pair index by one
 
 Every program reads all the lengths (one vector load and a prefix sum), so the work list is built on the device
 and the call can be captured in a CUDA graph. With a sliding window (``SLIDING``) a pair's tiles cover only its
-sequence's last ``window`` keys.
+sequence's last ``window`` keys. fp8 caches (``KV_FP8``) as in :mod:`kernels.attention.decode`: tiles converted to q's
+dtype, ``k_scale`` in ``scale_log2``, ``v_scale`` on the output rows and partials.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def _balanced_decode_kernel(
     EVICT: tl.constexpr,
     NSEQ_PAD: tl.constexpr,
     SLIDING: tl.constexpr = False,
+    v_scale=1.0,
+    KV_FP8: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -200,10 +203,15 @@ def _balanced_decode_kernel(
                 HEAD_PAD,
                 EVICT,
             )
+            if KV_FP8:  # exact conversion; k_scale is in scale_log2, v_scale applied below
+                k = k.to(q_ptr.dtype.element_ty)
+                v = v.to(q_ptr.dtype.element_ty)
             m_i, l_i, acc = decode_step(q, k, v, offs < pos_end, m_i, l_i, acc, scale_log2, USE_DOT, DOT_PREC)
         if tile1 > tile0:  # a sequence of length 0 has no tiles: the reduce kernel writes its zeros
             l_safe = tl.where(l_i > 0.0, l_i, 1.0)
             o = acc / l_safe[:, None]
+            if KV_FP8:
+                o = o * v_scale
             if (tile0 == 0) & (tile1 == n_tiles):  # the whole pair: no other program touches it
                 tl.store(
                     out_ptr + seq64 * stride_os + qh[:, None] * stride_oh + offs_d[None, :],
@@ -366,10 +374,13 @@ def balanced_decode_launch(
     vst: tuple,
     stride_bts: int,
     window: int = 0,
+    v_scale: float = 1.0,
+    kv_fp8: bool = False,
 ) -> torch.Tensor:
     """Launch the balanced decode and its reduce (arguments as prepared by
     :func:`kernels.attention.decode.decode_launch`; ``window > 0``: sliding-window attention over each sequence's
-    last ``window`` keys, ``max_seq_len`` then bounding the window's keys). ``cfg`` keys:
+    last ``window`` keys, ``max_seq_len`` then bounding the window's keys; ``kv_fp8``: float8_e4m3fn caches, whose
+    ``k_scale`` is already in ``scale_log2`` and ``v_scale`` scales the output). ``cfg`` keys:
     ``block_n``, ``num_warps``, ``num_stages``, ``use_dot``, ``evict``, ``maxnreg`` (register cap per thread);
     ``programs`` (grid size) or ``programs_per_sm`` override the resident-slot count."""
     num_seqs, num_q_heads, head = q.shape
@@ -397,6 +408,8 @@ def balanced_decode_launch(
         NSEQ_PAD=nseq_pad,
         SLIDING=window > 0,
     )
+    if kv_fp8:  # only then: the bf16/fp16 kernel compiles exactly as before
+        constexprs["KV_FP8"] = True
 
     def args(po, plse, n_slots):
         return (
@@ -438,8 +451,9 @@ def balanced_decode_launch(
     n_slots = nprog + pairs
     po = torch.empty((n_slots, group, head), dtype=torch.float32, device=q.device)
     plse = torch.empty((group, n_slots), dtype=torch.float32, device=q.device)
+    fp8_args = {"v_scale": float(v_scale)} if kv_fp8 else {}
     _balanced_decode_kernel[(nprog,)](
-        *args(po, plse, n_slots), num_warps=num_warps, num_stages=num_stages, **launch_opts, **constexprs
+        *args(po, plse, n_slots), num_warps=num_warps, num_stages=num_stages, **launch_opts, **constexprs, **fp8_args
     )
     group_r = triton.next_power_of_2(group)
     _balanced_reduce_kernel[(num_seqs, num_kv_heads)](

@@ -15,6 +15,7 @@ import triton
 
 from kernels.attention import prefill, prefill_hopper
 from kernels.attention.common import window_size
+from kernels.cache_ops import check_kv_cache
 
 # Pure prefill with new K/V (``max_context_len=0``): the Gluon kernel's contiguous form, on par with cuDNN on the
 # H100 and about 15% faster than the Triton new-K/V kernel (reports/kernels/README.md).
@@ -60,6 +61,8 @@ def paged_prefill_attention(
     new_value: torch.Tensor | None = None,
     max_context_len: int | None = None,
     sliding_window: int | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Causal attention of new tokens over their cached context and themselves.
 
@@ -101,6 +104,10 @@ def paged_prefill_attention(
             where it qualifies (above); with ``new_key`` they run the Triton kernel (the Gluon mixed and contiguous
             forms have no window). A window no shorter than every sequence (the block table's width, or
             ``max_context_len + max_query_len`` with ``new_key``) is full attention and takes the usual route.
+        k_scale, v_scale: per-tensor scales of ``float8_e4m3fn`` caches (fp8 KV, compute capability >= 8.9):
+            keys are ``k_cache * k_scale``, values ``v_cache * v_scale``; ``new_key``/``new_value`` stay in q's
+            dtype and unscaled. Finite and positive for fp8, 1.0 otherwise (``ValueError``). fp8 calls always run
+            the Triton kernels (the Gluon kernel is fp16/bf16 only).
 
     Returns:
         ``[total_new_tokens, num_q_heads, head_size]`` in ``q``'s dtype.
@@ -112,6 +119,7 @@ def paged_prefill_attention(
     assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
     assert block_tables.dtype == torch.int32 and block_tables.stride(-1) == 1
     assert cu_seqlens_q.dtype == torch.int32 and context_lens.dtype == torch.int32
+    kv_fp8 = check_kv_cache(k_cache, v_cache, k_scale, v_scale)
     if q.stride(-1) != 1:
         q = q.contiguous()
     num_seqs = context_lens.shape[0]
@@ -132,6 +140,27 @@ def paged_prefill_attention(
             longest = block_tables.shape[1] * k_cache.shape[1] + (int(max_query_len) if new_key is not None else 0)
         if window >= longest:
             window = 0  # every key of every sequence is inside the window: full attention
+    if kv_fp8:  # the Gluon kernel is fp16/bf16 only: fp8 caches always take the Triton kernels
+        _fp8_launch(
+            q,
+            k_cache,
+            v_cache,
+            block_tables,
+            cu_seqlens_q,
+            context_lens,
+            scale,
+            out,
+            new_key,
+            new_value,
+            max_query_len,
+            max_context_len,
+            head_pad,
+            config,
+            window,
+            k_scale,
+            v_scale,
+        )
+        return out
     if new_key is not None:
         _newkv_route(
             q,
@@ -260,6 +289,74 @@ def _newkv_route(
         head_pad,
         config,
         window,
+    )
+
+
+def _fp8_launch(
+    q,
+    k_cache,
+    v_cache,
+    block_tables,
+    cu_seqlens_q,
+    context_lens,
+    scale,
+    out,
+    new_key,
+    new_value,
+    max_query_len,
+    max_context_len,
+    head_pad,
+    config,
+    window,
+    k_scale,
+    v_scale,
+) -> None:
+    """``paged_prefill_attention`` on float8_e4m3fn caches: the Triton paged kernel, or with ``new_key``/``new_value``
+    (in q's dtype) the Triton new-K/V kernel. A ``config`` key meant for the Gluon kernel (``wgmma``) is dropped."""
+    if config and "wgmma" in config:
+        config = {k: v for k, v in config.items() if k != "wgmma"} or None
+    fp8 = dict(kv_fp8=True, k_scale=k_scale, v_scale=v_scale)
+    if new_key is None:
+        prefill.paged_launch(
+            q,
+            k_cache,
+            v_cache,
+            block_tables,
+            cu_seqlens_q,
+            context_lens,
+            scale,
+            out,
+            max_query_len,
+            head_pad,
+            config,
+            window,
+            **fp8,
+        )
+        return
+    total, num_q_heads, head = q.shape
+    assert new_value is not None and new_key.shape == new_value.shape == (total, k_cache.shape[2], head), (
+        "new_key/new_value must be [total_new_tokens, num_kv_heads, head_size]"
+    )
+    assert new_key.stride(-1) == 1 and new_value.stride(-1) == 1
+    if new_key.dtype != q.dtype or new_value.dtype != q.dtype:
+        raise ValueError(f"with an fp8 cache new_key/new_value stay in q's dtype ({q.dtype}), got {new_key.dtype}")
+    prefill.newkv_launch(
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        cu_seqlens_q,
+        context_lens,
+        scale,
+        out,
+        new_key,
+        new_value,
+        max_query_len,
+        max_context_len,
+        head_pad,
+        config,
+        window,
+        **fp8,
     )
 
 

@@ -18,6 +18,12 @@ sees keys ``p - window < k <= p``. The key loops start at the tile holding the f
 window; nothing below that key is loaded, block-table entries included (a sliding-window cache frees those blocks).
 The paged kernel masks only the tiles that cut some row's window edge; the new-K/V kernel masks every tile.
 
+fp8 KV (``float8_e4m3fn`` caches, the ``KV_FP8`` constexpr; without it the kernels compile as before, apart from unused
+scale arguments): q, the output and the new-K/V kernel's ``new_key``/``new_value`` stay fp16/bf16 (fp32 too); only
+cache reads are fp8. The paged kernel converts its tiles to q's dtype (exact) with ``k_scale`` folded into the softmax
+scale on the host and ``v_scale`` applied to the output rows. The new-K/V kernel mixes dequantized context keys with
+unscaled new ones, so its context tiles are dequantized as loaded: ``(tile * scale).to(q's dtype)``.
+
 This file is longer than the package's others because it holds two kernels and their shared online-softmax steps
 (the new-K/V kernel alone is about 230 lines: context loop, unmasked and software-pipelined new-key loops and the
 diagonal tile); splitting them would separate each kernel from the steps it inlines.
@@ -159,6 +165,8 @@ def _prefill_kernel(
     POS_SCALE: tl.constexpr,
     LAZY_TAU: tl.constexpr,
     SLIDING: tl.constexpr = False,
+    v_scale=1.0,
+    KV_FP8: tl.constexpr = False,
 ):
     mt = tl.program_id(0)
     qh = tl.program_id(1)
@@ -219,6 +227,9 @@ def _prefill_kernel(
             v = tl.load(
                 v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
             )
+            if KV_FP8:  # exact; k_scale is in scale_log2, v_scale applied to the output
+                k = k.to(q.dtype)
+                v = v.to(q.dtype)
             visible = offs[None, :] > (q_pos[:, None] - window)
             m_i, l_i, acc = _attend_tile(
                 q,
@@ -247,6 +258,9 @@ def _prefill_kernel(
         v = tl.load(
             v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :], mask=d_mask[None, :], other=0.0
         )
+        if KV_FP8:
+            k = k.to(q.dtype)
+            v = v.to(q.dtype)
         m_i, l_i, acc = _attend_tile(
             q,
             k,
@@ -275,6 +289,9 @@ def _prefill_kernel(
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_base + (blk * stride_kb + in_blk * stride_kt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+        if KV_FP8:
+            k = k.to(q.dtype)
+            v = v.to(q.dtype)
         visible = (offs[None, :] <= q_pos[:, None]) & n_mask[None, :]
         if SLIDING:
             visible = visible & (offs[None, :] > (q_pos[:, None] - window))
@@ -294,6 +311,8 @@ def _prefill_kernel(
         )
 
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    if KV_FP8:
+        o = o * v_scale
     tl.store(
         out_ptr + rows[:, None] * stride_ot + qh * stride_oh + offs_d[None, :],
         o.to(out_ptr.dtype.element_ty),
@@ -361,6 +380,9 @@ def _prefill_newkv_kernel(
     LAZY_TAU: tl.constexpr,
     PIPE_QK: tl.constexpr,
     SLIDING: tl.constexpr = False,
+    k_scale=1.0,
+    v_scale=1.0,
+    KV_FP8: tl.constexpr = False,
 ):
     """Prefill whose new tokens' K/V come from contiguous ``[T, Hkv, D]`` tensors (rows aligned with q).
 
@@ -426,6 +448,9 @@ def _prefill_newkv_kernel(
             v = tl.load(
                 v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
             )
+            if KV_FP8:  # context keys dequantized here: the new keys from new_key are not scaled
+                k = (k.to(tl.float32) * k_scale).to(q.dtype)
+                v = (v.to(tl.float32) * v_scale).to(q.dtype)
             visible = n_mask[None, :] & (offs[None, :] > (ctx + offs_m - window)[:, None])
             m_i, l_i, acc = _attend_tile(
                 q,
@@ -461,6 +486,9 @@ def _prefill_newkv_kernel(
                 mask=d_mask[None, :],
                 other=0.0,
             )
+            if KV_FP8:
+                k = (k.to(tl.float32) * k_scale).to(q.dtype)
+                v = (v.to(tl.float32) * v_scale).to(q.dtype)
             m_i, l_i, acc = _attend_tile(
                 q,
                 k,
@@ -487,6 +515,9 @@ def _prefill_newkv_kernel(
             v = tl.load(
                 v_base + (blk * stride_vb + in_blk * stride_vt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
             )
+            if KV_FP8:
+                k = (k.to(tl.float32) * k_scale).to(q.dtype)
+                v = (v.to(tl.float32) * v_scale).to(q.dtype)
             m_i, l_i, acc = _attend_tile(
                 q,
                 k,
@@ -618,10 +649,20 @@ def paged_launch(
     head_pad: int,
     config,
     window: int = 0,
+    *,
+    kv_fp8: bool = False,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> None:
     """Launch ``_prefill_kernel`` (``paged_prefill_attention``'s contract: every key through the block table) on
     checked arguments; ``config`` overrides :func:`~kernels.attention.prefill_plan.prefill_config`'s tiles.
-    ``window > 0``: sliding-window attention over that many keys (the ``SLIDING`` variant of the kernel)."""
+    ``window > 0``: sliding-window attention over that many keys (the ``SLIDING`` variant of the kernel).
+    ``kv_fp8``: float8_e4m3fn caches read as ``cache * k_scale`` / ``cache * v_scale`` (scales checked by the
+    caller)."""
+    fp8_args = {}
+    if kv_fp8:
+        scale = float(scale) * float(k_scale)  # (q . k8) * scale * k_scale = q . (k8 * k_scale) * scale
+        fp8_args = dict(v_scale=float(v_scale), KV_FP8=True)
     num_q_heads = q.shape[1]
     num_kv_heads = k_cache.shape[2]
     head = q.shape[2]
@@ -665,6 +706,7 @@ def paged_launch(
         SLIDING=window > 0,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
+        **fp8_args,
     )
 
 
@@ -684,10 +726,16 @@ def newkv_launch(
     head_pad: int,
     config,
     window: int = 0,
+    *,
+    kv_fp8: bool = False,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> None:
     """Launch ``_prefill_newkv_kernel`` on checked arguments (``new_key``/``new_value`` already validated);
     ``config`` overrides :func:`~kernels.attention.prefill_plan.prefill_newkv_config`'s tiles and options.
-    ``window > 0``: sliding-window attention over that many keys (the ``SLIDING`` variant, every tile masked)."""
+    ``window > 0``: sliding-window attention over that many keys (the ``SLIDING`` variant, every tile masked).
+    ``kv_fp8``: float8_e4m3fn caches (the context) read as ``cache * k_scale`` / ``cache * v_scale``;
+    ``new_key``/``new_value`` stay in q's dtype, unscaled."""
     total, num_q_heads, head = q.shape
     num_kv_heads = k_cache.shape[2]
     num_seqs = context_lens.shape[0]
@@ -755,6 +803,7 @@ def newkv_launch(
         SLIDING=window > 0,
         num_warps=int(cfg["num_warps"]),
         num_stages=int(cfg["num_stages"]),
+        **(dict(k_scale=float(k_scale), v_scale=float(v_scale), KV_FP8=True) if kv_fp8 else {}),
     )
 
 

@@ -24,6 +24,11 @@ What runs, per case (bf16, head size 128, 16-token blocks):
   needed. The latter is SDPA's best case: the gather it needs is not timed.
 * FlexAttention (``torch.compile(flex_attention)``) on the whole contiguous copy with a ``create_block_mask``
   sliding-window block mask, which skips the 128-token KV blocks outside every window.
+* fp8 KV cases (names with "fp8"): ours reads ``float8_e4m3fn`` caches (written by ``write_kv`` with the per-tensor
+  scales ``FP8_SCALES``, powers of two so that the dequantized values are exact in bf16) with ``k_scale``/``v_scale``;
+  q and the output stay bf16. SDPA and FlexAttention have no fp8 KV input: they read bf16 copies of the dequantized
+  K/V, twice the bytes. The window's K/V bytes, the 1 GB threshold and the bytes target count fp8 bytes (one per
+  element).
 
 Bytes: the window's K/V bytes are the keys some query sees x KV heads x 128 x 2 bytes x 2 (K and V). The bytes our
 kernel moves are given by a model of its loads (the K/V rows, the block-table entries, the split-KV partials; q and
@@ -39,6 +44,7 @@ import argparse
 import json
 import math
 import os
+import random
 import sys
 import time
 import traceback
@@ -53,8 +59,12 @@ from kernels.bench.run import BLOCK, GB, HEAD, MAX_BYTES, RUN
 from kernels.bench.sdpa import run_sdpa, sdpa_backends
 from kernels.bench.sliding_window_report import evaluate_targets, write_markdown
 from kernels.bench.timing import Budget, bench_graph, bench_graph_or_eager, copy_ceiling, env_info
+from kernels.cache_ops import FP8_DTYPE, write_kv
 
 _FLEX: dict = {}
+# (k_scale, v_scale) of the fp8 cases: N(0, 1) values / 2**-5 stay below 448 (e4m3's largest) up to 14 standard
+# deviations, and powers of two keep the dequantized bf16 copies the baselines read exact
+FP8_SCALES = (2.0**-5, 2.0**-5)
 
 
 def _sync():
@@ -98,13 +108,15 @@ def _flex():
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def sw_decode_bytes(lens, window, hq, hkv, esize, splits) -> dict:
+def sw_decode_bytes(lens, window, hq, hkv, esize, splits, kv_esize=None) -> dict:
     """Bytes a windowed decode step moves (our split-KV kernel): the K/V rows of each sequence's last ``window``
     keys, the block-table entries of the blocks holding them, the split-KV partials (fp32 output and log-sum-exp,
-    written and read back) and q and the output. ``window_kv`` is the window's K/V bytes."""
+    written and read back) and q and the output. ``window_kv`` is the window's K/V bytes. ``esize``: bytes per
+    element of q and the output; ``kv_esize``: of the cache (default ``esize``; 1 for fp8)."""
+    kv_esize = esize if kv_esize is None else kv_esize
     toks = sum(min(max(n, 0), window) for n in lens)
     blocks = sum(_blocks_spanned(max(0, n - window), n) for n in lens)
-    kv = toks * hkv * HEAD * esize * 2
+    kv = toks * hkv * HEAD * kv_esize * 2
     rec = {
         "window_kv": kv,
         "kv_rows": kv,
@@ -117,13 +129,14 @@ def sw_decode_bytes(lens, window, hq, hkv, esize, splits) -> dict:
     return rec
 
 
-def sw_prefill_bytes(batch, ctx, new, window, hq, hkv, esize, block_m) -> dict:
+def sw_prefill_bytes(batch, ctx, new, window, hq, hkv, esize, block_m, kv_esize=None) -> dict:
     """Bytes a windowed prefill moves (our Triton paged kernel, every sequence ``ctx`` cached + ``new`` new tokens):
     distinct K/V rows (from the first new token's window on: ``ctx - window + 1``), their block-table entries, and q
     and the output. ``kv_issued`` counts the K/V rows every program loads (each ``block_m``-row tile of each q head
-    loads the keys its rows see), most of them served by L2."""
+    loads the keys its rows see), most of them served by L2. ``esize``/``kv_esize`` as in ``sw_decode_bytes``."""
+    kv_esize = esize if kv_esize is None else kv_esize
     lo = max(0, ctx - window + 1)
-    kv = batch * (ctx + new - lo) * hkv * HEAD * esize * 2
+    kv = batch * (ctx + new - lo) * hkv * HEAD * kv_esize * 2
     issued = 0
     for m0 in range(0, new, block_m):
         tile_lo = max(0, ctx + m0 - window + 1)
@@ -133,7 +146,7 @@ def sw_prefill_bytes(batch, ctx, new, window, hq, hkv, esize, block_m) -> dict:
         "kv_rows": kv,
         "block_table": 4 * batch * _blocks_spanned(lo, ctx + new),
         "q_out": batch * new * hq * HEAD * esize * 2,
-        "kv_issued": batch * hq * issued * HEAD * esize * 2,
+        "kv_issued": batch * hq * issued * HEAD * kv_esize * 2,
     }
     rec["kv_moved"] = rec["kv_rows"] + rec["block_table"]
     rec["total"] = rec["kv_moved"] + rec["q_out"]
@@ -159,9 +172,34 @@ def _count_loads(fn, k, v, bt) -> dict:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _paged_cache(lens, hkv):
+def sliding_window_fp8_decode_cases(quick: bool) -> list[tuple]:
+    """(name, batch, q heads, KV heads, lengths, window) of the fp8-KV decode cases: each reads about 1.06-1.07 GB of
+    fp8 window K/V (twice the batch of the bf16 cases, or more), while the bf16 copies the baselines read stay under
+    ``MAX_BYTES`` with the cache."""
+    if RUN.smoke:
+        return [("swd fp8 gqa b3 ctx40 W12", 3, 4, 2, [40, 40, 37], 12)]
+    rng = random.Random(4096)
+    mixed = [rng.randint(1, 16384) for _ in range(144)]
+    cases = [
+        ("decode fp8 gqa32/8 b128 ctx16384 W4096", 128, 32, 8, [16384] * 128, 4096),
+        ("decode fp8 gqa32/16 b256 ctx4096 W1024", 256, 32, 16, [4096] * 256, 1024),
+        ("decode fp8 mixed gqa32/8 b144 len1-16384 W4096", 144, 32, 8, mixed, 4096),
+    ]
+    return cases[:1] if quick else cases
+
+
+def sliding_window_fp8_prefill_cases(quick: bool) -> list[tuple]:
+    """(name, batch, q heads, KV heads, context, new tokens, window) of the fp8-KV prefill case: 1.21 GB of distinct
+    fp8 window K/V."""
+    if RUN.smoke:
+        return [("swp fp8 chunked gqa 2x20 ctx45 W16", 2, 4, 2, 45, 20, 16)]
+    return [("chunked fp8 gqa32/8 128x512 ctx8192 W4096", 128, 32, 8, 8192, 512, 4096)]
+
+
+def _paged_cache(lens, hkv, fp8=False):
     """Random K/V caches on a scattered table (one NaN block at the end, for the freed entries), the table, and
-    the contiguous copies ``[B, Hkv, Lmax, D]`` gathered through it."""
+    the contiguous copies ``[B, Hkv, Lmax, D]`` gathered through it. With ``fp8`` the caches returned are
+    ``float8_e4m3fn``, written by ``write_kv`` with ``FP8_SCALES``, and the copies hold their dequantized values."""
     nblk = [max(1, math.ceil(n / BLOCK)) for n in lens]
     total = sum(nblk) + 1
     k_cache = torch.randn((total, BLOCK, hkv, HEAD), dtype=RUN.dtype, device=RUN.dev)
@@ -169,6 +207,15 @@ def _paged_cache(lens, hkv):
     nan_block = total - 1
     k_cache[nan_block] = float("nan")
     v_cache[nan_block] = float("nan")
+    if fp8:
+        k8 = torch.empty(k_cache.shape, dtype=FP8_DTYPE, device=RUN.dev)
+        v8 = torch.empty_like(k8)
+        slots = torch.arange(total * BLOCK, device=RUN.dev)
+        ks, vs = FP8_SCALES
+        write_kv(k_cache.view(-1, hkv, HEAD), v_cache.view(-1, hkv, HEAD), k8, v8, slots, k_scale=ks, v_scale=vs)
+        del slots
+        k_cache.copy_(k8).mul_(ks)  # the values ours reads, exact in bf16 (power-of-two scales): the copies' source
+        v_cache.copy_(v8).mul_(vs)
     perm = torch.randperm(total - 1, device=RUN.dev).to(torch.int32)
     bt = torch.full((len(lens), max(nblk)), nan_block, dtype=torch.int32, device=RUN.dev)
     pos = 0
@@ -178,7 +225,14 @@ def _paged_cache(lens, hkv):
     lmax = max(nblk) * BLOCK
     kc = k_cache[bt.long()].view(len(lens), lmax, hkv, HEAD).transpose(1, 2).contiguous()
     vc = v_cache[bt.long()].view(len(lens), lmax, hkv, HEAD).transpose(1, 2).contiguous()
+    if fp8:
+        return k8, v8, bt, nan_block, kc, vc
     return k_cache, v_cache, bt, nan_block, kc, vc
+
+
+def _fp8_kwargs(fp8: bool) -> dict:
+    """The scale arguments of our kernels for the fp8 cases (none otherwise)."""
+    return dict(zip(("k_scale", "v_scale"), FP8_SCALES)) if fp8 else {}
 
 
 def _freed(bt, nan_block, first_pos):
@@ -284,17 +338,22 @@ def _diffs(rec, ours, outs, shape_fn):
         rec.setdefault("max_abs_diff", {})[name] = d.max().item()
 
 
-def measure_sw_decode(name, batch, hq, hkv, lens, window, ceiling_tb_s, with_flex=True) -> dict:
+def measure_sw_decode(name, batch, hq, hkv, lens, window, ceiling_tb_s, with_flex=True, fp8=False) -> dict:
+    """One decode case (``fp8``: ours on float8_e4m3fn caches, the baselines on bf16 copies of their values)."""
     esize = torch.tensor([], dtype=RUN.dtype).element_size()
+    kv_esize = 1 if fp8 else esize
     lmax = max(math.ceil(n / BLOCK) for n in lens) * BLOCK
     full_bytes = batch * lmax * hkv * HEAD * esize * 2
     rec = {"case": name, "batch": batch, "q_heads": hq, "kv_heads": hkv, "window": window, "max_len": max(lens)}
     rec["mean_len"] = sum(lens) / len(lens)
+    rec["kv_dtype"] = "float8_e4m3fn" if fp8 else str(RUN.dtype).replace("torch.", "")
+    scales = _fp8_kwargs(fp8)
+    rec.update(scales)
     if 2 * full_bytes > MAX_BYTES:  # the cache and its contiguous copy
         rec["skipped"] = f"cache and copy {2 * full_bytes / GB:.1f} GB > {MAX_BYTES / GB:.0f} GB"
         return rec
     torch.manual_seed(0)
-    k_cache, v_cache, bt, nan_block, kc, vc = _paged_cache(lens, hkv)
+    k_cache, v_cache, bt, nan_block, kc, vc = _paged_cache(lens, hkv, fp8)
     bt_win = _freed(bt, nan_block, [n - window for n in lens])
     q = torch.randn((batch, hq, HEAD), dtype=RUN.dtype, device=RUN.dev)
     sl = torch.tensor(lens, dtype=torch.int32, device=RUN.dev)
@@ -307,13 +366,15 @@ def measure_sw_decode(name, batch, hq, hkv, lens, window, ceiling_tb_s, with_fle
         batch, hkv, min(max_len, window), dcfg["block_n"], num_sms(q.device), None, None
     )
     rec["splits"], rec["partition"] = splits, part
-    model = sw_decode_bytes(lens, window, hq, hkv, esize, splits)
+    model = sw_decode_bytes(lens, window, hq, hkv, esize, splits, kv_esize)
     rec["bytes_model"] = model
     rec["window_kv_gb"] = model["window_kv"] / GB
 
     def ours(table=bt_win, **kw):
         kw.setdefault("sliding_window", window)
-        return lambda: paged_decode_attention(q, k_cache, v_cache, table, sl, scale, max_seq_len=max_len, out=out, **kw)
+        return lambda: paged_decode_attention(
+            q, k_cache, v_cache, table, sl, scale, max_seq_len=max_len, out=out, **scales, **kw
+        )
 
     times, outs = {}, {}
     times["ours"] = bench_graph(ours())
@@ -331,7 +392,7 @@ def measure_sw_decode(name, batch, hq, hkv, lens, window, ceiling_tb_s, with_fle
         rec["bytes_counted_interpreter"] = _count_loads(ours(), k_cache, v_cache, bt_win)
         from kernels.reference import ref_paged_decode
 
-        ref = ref_paged_decode(q, k_cache, v_cache, bt_win, sl, scale, sliding_window=window)
+        ref = ref_paged_decode(q, k_cache, v_cache, bt_win, sl, scale, sliding_window=window, **scales)
         rec["ours_max_abs_err_vs_ref"] = (ours_out.float() - ref.float()).abs().max().item()
 
     gqa = hq != hkv
@@ -365,16 +426,22 @@ def measure_sw_decode(name, batch, hq, hkv, lens, window, ceiling_tb_s, with_fle
     return rec
 
 
-def measure_sw_prefill(name, batch, hq, hkv, ctx, new, window, ceiling_tb_s, with_flex=True) -> dict:
+def measure_sw_prefill(name, batch, hq, hkv, ctx, new, window, ceiling_tb_s, with_flex=True, fp8=False) -> dict:
+    """One prefill case (``fp8``: ours on float8_e4m3fn caches, with bf16 new K/V on the new-K/V path; the baselines
+    on bf16 copies of the cache's values)."""
     esize = torch.tensor([], dtype=RUN.dtype).element_size()
+    kv_esize = 1 if fp8 else esize
     total_len = ctx + new
     full_bytes = batch * math.ceil(total_len / BLOCK) * BLOCK * hkv * HEAD * esize * 2
     rec = {"case": name, "batch": batch, "q_heads": hq, "kv_heads": hkv, "context": ctx, "new": new, "window": window}
+    rec["kv_dtype"] = "float8_e4m3fn" if fp8 else str(RUN.dtype).replace("torch.", "")
+    scales = _fp8_kwargs(fp8)
+    rec.update(scales)
     if 2 * full_bytes > MAX_BYTES:
         rec["skipped"] = f"cache and copy {2 * full_bytes / GB:.1f} GB > {MAX_BYTES / GB:.0f} GB"
         return rec
     torch.manual_seed(1)
-    k_cache, v_cache, bt, nan_block, kc, vc = _paged_cache([total_len] * batch, hkv)
+    k_cache, v_cache, bt, nan_block, kc, vc = _paged_cache([total_len] * batch, hkv, fp8)
     kc, vc = kc[:, :, :total_len], vc[:, :, :total_len]
     lo = max(0, ctx - window + 1)  # the first new token's window starts here
     bt_win = _freed(bt, nan_block, [lo] * batch)
@@ -387,14 +454,14 @@ def measure_sw_prefill(name, batch, hq, hkv, ctx, new, window, ceiling_tb_s, wit
     keys_seen = batch * sum(min(p + 1, window) for p in range(ctx, total_len))
     rec["flops"] = flops = 4 * HEAD * hq * keys_seen
     block_m = prefill_plan.prefill_config(max(16, HEAD), RUN.dtype, new)["block_m"]
-    model = sw_prefill_bytes(batch, ctx, new, window, hq, hkv, esize, block_m)
+    model = sw_prefill_bytes(batch, ctx, new, window, hq, hkv, esize, block_m, kv_esize)
     rec["bytes_model"] = model
     rec["window_kv_gb"] = model["window_kv"] / GB
 
     def ours(table=bt_win, **kw):
         kw.setdefault("sliding_window", window)
         return lambda: paged_prefill_attention(
-            q, k_cache, v_cache, table, cu, ctx_t, scale, max_query_len=new, out=out, **kw
+            q, k_cache, v_cache, table, cu, ctx_t, scale, max_query_len=new, out=out, **scales, **kw
         )
 
     kn = kc[:, :, ctx:].transpose(1, 2).reshape(batch * new, hkv, HEAD).contiguous()
@@ -413,7 +480,7 @@ def measure_sw_prefill(name, batch, hq, hkv, ctx, new, window, ceiling_tb_s, wit
         rec["bytes_counted_interpreter"] = _count_loads(ours(), k_cache, v_cache, bt_win)
         from kernels.reference import ref_paged_prefill
 
-        ref = ref_paged_prefill(q, k_cache, v_cache, bt_win, cu, ctx_t, scale, sliding_window=window)
+        ref = ref_paged_prefill(q, k_cache, v_cache, bt_win, cu, ctx_t, scale, sliding_window=window, **scales)
         rec["ours_max_abs_err_vs_ref"] = (ours_out.float() - ref.float()).abs().max().item()
 
     gqa = hq != hkv
@@ -480,10 +547,12 @@ def main(argv=None):
     print(f"copy ceiling {ceil:.3f} TB/s", flush=True)
     jobs = []
     if "decode" in sections:
-        jobs += [("decode", c) for c in sliding_window_decode_cases(args.quick)]
+        jobs += [("decode", c, False) for c in sliding_window_decode_cases(args.quick)]
+        jobs += [("decode", c, True) for c in sliding_window_fp8_decode_cases(args.quick)]
     if "prefill" in sections:
-        jobs += [("prefill", c) for c in sliding_window_prefill_cases(args.quick)]
-    for section, case in jobs:
+        jobs += [("prefill", c, False) for c in sliding_window_prefill_cases(args.quick)]
+        jobs += [("prefill", c, True) for c in sliding_window_fp8_prefill_cases(args.quick)]
+    for section, case, fp8 in jobs:
         name = case[0]
         if budget.left() < 30:
             result[section].append({"case": name, "skipped": "budget"})
@@ -491,9 +560,9 @@ def main(argv=None):
         t0 = time.time()
         try:
             if section == "decode":
-                r = measure_sw_decode(*case, ceil, with_flex=not args.no_flex)
+                r = measure_sw_decode(*case, ceil, with_flex=not args.no_flex, fp8=fp8)
             else:
-                r = measure_sw_prefill(*case, ceil, with_flex=not args.no_flex)
+                r = measure_sw_prefill(*case, ceil, with_flex=not args.no_flex, fp8=fp8)
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             r = {"case": name, "error": f"{type(e).__name__}: {e}"[:300]}

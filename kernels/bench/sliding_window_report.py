@@ -1,5 +1,9 @@
 """The sliding-window benchmark's targets (met or missed) and its markdown report, from the JSON record that
-`kernels.bench.sliding_window` writes."""
+`kernels.bench.sliding_window` writes.
+
+fp8-KV cases (``kv_dtype`` float8_e4m3fn) are judged like the others, with their window K/V counted in fp8 bytes (the
+bytes ours reads): the 1 GB threshold and the bytes target use them. Their alternatives read bf16 copies (SDPA and
+FlexAttention take no fp8 K/V), so the speed target compares ours on fp8 with the fastest baseline on bf16."""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ TARGET_MIN_BYTES = 1 * GB  # the targets apply from this much window K/V on
 
 
 def evaluate_targets(result) -> list[dict]:
-    """Per case of at least ``TARGET_MIN_BYTES`` of window K/V: speed vs the fastest alternative, K/V bytes moved vs
-    the window's; and on every case, no NaN (the freed blocks are NaN) and a checked output."""
+    """Per case of at least ``TARGET_MIN_BYTES`` of window K/V (in the cache's dtype: fp8 bytes for fp8 cases): speed
+    vs the fastest alternative, K/V bytes moved vs the window's; and on every case, no NaN (the freed blocks are NaN)
+    and a checked output."""
     tg = []
 
     def add(name, case, value, threshold, ok):
@@ -99,6 +104,13 @@ def write_markdown(result, path):
             L.append("\n(decode: 'ours full-attn' is the same kernel without the window, over the whole context)")
         else:
             L.append("\n(prefill: the 'ours full-attn' column holds the new-K/V path with the window)")
+        if any(r.get("kv_dtype") == "float8_e4m3fn" for r in rows):
+            base = str(RUN.dtype).replace("torch.", "")
+            L.append(
+                "\n(fp8 cases: ours reads float8_e4m3fn K/V caches with per-tensor scales, q and the output in "
+                f"{base}; SDPA and FlexAttention have no fp8 K/V input and read {base} copies of the dequantized K/V, "
+                "twice the bytes. 'window K/V GB', the 1 GB threshold and 'K/V bytes moved / window' count fp8 bytes.)"
+            )
     L.append("\n## Targets\n")
     L.append("| target | case | value | threshold | met |")
     L.append("|---|---|---|---|---|")
