@@ -140,27 +140,11 @@ def paged_prefill_attention(
             longest = block_tables.shape[1] * k_cache.shape[1] + (int(max_query_len) if new_key is not None else 0)
         if window >= longest:
             window = 0  # every key of every sequence is inside the window: full attention
+    fp8 = {}
     if kv_fp8:  # the Gluon kernel is fp16/bf16 only: fp8 caches always take the Triton kernels
-        _fp8_launch(
-            q,
-            k_cache,
-            v_cache,
-            block_tables,
-            cu_seqlens_q,
-            context_lens,
-            scale,
-            out,
-            new_key,
-            new_value,
-            max_query_len,
-            max_context_len,
-            head_pad,
-            config,
-            window,
-            k_scale,
-            v_scale,
-        )
-        return out
+        fp8 = dict(kv_fp8=True, k_scale=k_scale, v_scale=v_scale)
+        if config and "wgmma" in config:  # a key meant for the Gluon kernel
+            config = {k: v for k, v in config.items() if k != "wgmma"} or None
     if new_key is not None:
         _newkv_route(
             q,
@@ -178,9 +162,10 @@ def paged_prefill_attention(
             head_pad,
             config,
             window,
+            fp8,
         )
         return out
-    if use_wgmma(config, WGMMA_PAGED_PREFILL_DEFAULT):
+    if not fp8 and use_wgmma(config, WGMMA_PAGED_PREFILL_DEFAULT):
         wg = wgmma_options(config)
         ok, _why = prefill_hopper.supported_paged(q, k_cache, v_cache, scale, wg)
         if ok:  # otherwise the Triton kernel below runs the call
@@ -211,6 +196,7 @@ def paged_prefill_attention(
         head_pad,
         config,
         window,
+        **fp8,
     )
     return out
 
@@ -231,6 +217,7 @@ def _newkv_route(
     head_pad,
     config,
     window=0,
+    fp8: dict | None = None,
 ) -> None:
     """``paged_prefill_attention`` with ``new_key``/``new_value``: the Gluon kernel's contiguous form (pure
     prefill) or mixed form (cached context) where it can run the call, else the Triton new-K/V kernel (always with
@@ -241,8 +228,11 @@ def _newkv_route(
         "new_key/new_value must be [total_new_tokens, num_kv_heads, head_size]"
     )
     assert new_key.stride(-1) == 1 and new_value.stride(-1) == 1
-    if window:
-        pass  # the Gluon kernel's mixed and contiguous forms have no window: the Triton kernel below
+    fp8 = fp8 or {}
+    if fp8 and (new_key.dtype != q.dtype or new_value.dtype != q.dtype):
+        raise ValueError(f"with an fp8 cache new_key/new_value stay in q's dtype ({q.dtype}), got {new_key.dtype}")
+    if window or fp8:
+        pass  # the Gluon kernel's mixed and contiguous forms have no window and no fp8: the Triton kernel below
     elif max_context_len is not None and int(max_context_len) == 0 and use_wgmma(config, WGMMA_PREFILL_DEFAULT):
         ok, _why = prefill_hopper.supported(q, new_key, new_value, scale)
         if ok:  # otherwise the Triton kernel below runs the call
@@ -252,6 +242,7 @@ def _newkv_route(
             return
     if (
         not window
+        and not fp8
         and (max_context_len is None or int(max_context_len) > 0)
         and use_wgmma(config, WGMMA_MIXED_PREFILL_DEFAULT)
     ):
@@ -273,73 +264,6 @@ def _newkv_route(
                 config=wg,
             )
             return
-    prefill.newkv_launch(
-        q,
-        k_cache,
-        v_cache,
-        block_tables,
-        cu_seqlens_q,
-        context_lens,
-        scale,
-        out,
-        new_key,
-        new_value,
-        max_query_len,
-        max_context_len,
-        head_pad,
-        config,
-        window,
-    )
-
-
-def _fp8_launch(
-    q,
-    k_cache,
-    v_cache,
-    block_tables,
-    cu_seqlens_q,
-    context_lens,
-    scale,
-    out,
-    new_key,
-    new_value,
-    max_query_len,
-    max_context_len,
-    head_pad,
-    config,
-    window,
-    k_scale,
-    v_scale,
-) -> None:
-    """``paged_prefill_attention`` on float8_e4m3fn caches: the Triton paged kernel, or with ``new_key``/``new_value``
-    (in q's dtype) the Triton new-K/V kernel. A ``config`` key meant for the Gluon kernel (``wgmma``) is dropped."""
-    if config and "wgmma" in config:
-        config = {k: v for k, v in config.items() if k != "wgmma"} or None
-    fp8 = dict(kv_fp8=True, k_scale=k_scale, v_scale=v_scale)
-    if new_key is None:
-        prefill.paged_launch(
-            q,
-            k_cache,
-            v_cache,
-            block_tables,
-            cu_seqlens_q,
-            context_lens,
-            scale,
-            out,
-            max_query_len,
-            head_pad,
-            config,
-            window,
-            **fp8,
-        )
-        return
-    total, num_q_heads, head = q.shape
-    assert new_value is not None and new_key.shape == new_value.shape == (total, k_cache.shape[2], head), (
-        "new_key/new_value must be [total_new_tokens, num_kv_heads, head_size]"
-    )
-    assert new_key.stride(-1) == 1 and new_value.stride(-1) == 1
-    if new_key.dtype != q.dtype or new_value.dtype != q.dtype:
-        raise ValueError(f"with an fp8 cache new_key/new_value stay in q's dtype ({q.dtype}), got {new_key.dtype}")
     prefill.newkv_launch(
         q,
         k_cache,
