@@ -23,9 +23,11 @@ def atomic_write(path: str, text: str) -> None:
     from sim.workers import signals_deferred
 
     directory = os.path.dirname(os.path.abspath(path))
-    with signals_deferred():  # an interrupt between creating the temporary file and the try would leave it behind
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    tmp = None
     try:
+        # a signal held back while the file is created is delivered as the block ends, already inside this try
+        with signals_deferred():
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
         with os.fdopen(fd, "w", newline="") as f:
             f.write(text)
         umask = os.umask(0)
@@ -33,7 +35,7 @@ def atomic_write(path: str, text: str) -> None:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp, path)
     except BaseException as exc:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, tmp):
             raise OSError(exc.errno, exc.strerror, path) from exc  # name the file meant, not the temporary one
