@@ -106,8 +106,9 @@ def paged_prefill_attention(
             ``max_context_len + max_query_len`` with ``new_key``) is full attention and takes the usual route.
         k_scale, v_scale: per-tensor scales of ``float8_e4m3fn`` caches (fp8 KV, compute capability >= 8.9):
             keys are ``k_cache * k_scale``, values ``v_cache * v_scale``; ``new_key``/``new_value`` stay in q's
-            dtype and unscaled. Finite and positive for fp8, 1.0 otherwise (``ValueError``). fp8 calls always run
-            the Triton kernels (the Gluon kernel is fp16/bf16 only).
+            dtype and unscaled. Finite and positive for fp8, 1.0 otherwise (``ValueError``). Without ``new_key``, fp8
+            calls run the Gluon kernel's paged form where it qualifies (its converter warps turn each fp8 tile into
+            q's dtype in shared memory); with ``new_key`` the Triton new-K/V kernel.
 
     Returns:
         ``[total_new_tokens, num_q_heads, head_size]`` in ``q``'s dtype.
@@ -140,11 +141,8 @@ def paged_prefill_attention(
             longest = block_tables.shape[1] * k_cache.shape[1] + (int(max_query_len) if new_key is not None else 0)
         if window >= longest:
             window = 0  # every key of every sequence is inside the window: full attention
-    fp8 = {}
-    if kv_fp8:  # the Gluon kernel is fp16/bf16 only: fp8 caches always take the Triton kernels
-        fp8 = dict(kv_fp8=True, k_scale=k_scale, v_scale=v_scale)
-        if config and "wgmma" in config:  # a key meant for the Gluon kernel
-            config = {k: v for k, v in config.items() if k != "wgmma"} or None
+    # fp8 caches: the Gluon kernel's paged form takes them (with new K/V, the Triton new-K/V kernel)
+    fp8 = dict(kv_fp8=True, k_scale=k_scale, v_scale=v_scale) if kv_fp8 else {}
     if new_key is not None:
         _newkv_route(
             q,
@@ -165,7 +163,7 @@ def paged_prefill_attention(
             fp8,
         )
         return out
-    if not fp8 and use_wgmma(config, WGMMA_PAGED_PREFILL_DEFAULT):
+    if use_wgmma(config, WGMMA_PAGED_PREFILL_DEFAULT):
         wg = wgmma_options(config)
         ok, _why = prefill_hopper.supported_paged(q, k_cache, v_cache, scale, wg)
         if ok:  # otherwise the Triton kernel below runs the call
@@ -181,6 +179,8 @@ def paged_prefill_attention(
                 out=out,
                 config=wg,
                 sliding_window=window,
+                k_scale=k_scale,
+                v_scale=v_scale,
             )
             return out
     prefill.paged_launch(

@@ -78,6 +78,9 @@ DEFAULT_CONFIG = {
 # the paged form's register split: 1-3% faster than 240 / 24 in 4 of 5 measured cases, and its loader
 # (block-table reads, zeroing the V rows past a sequence's end) needs more than 24 registers
 PAGED_DEFAULTS = {"consumer_regs": 232, "loader_regs": 40}
+# fp8 caches: the loader's warp group also holds the two converter warps, which take its register count; the
+# consumers give some up so that 2 x 128 x 224 + 128 x 48 fits the 65,536 registers of an SM
+FP8_DEFAULTS = {"consumer_regs": 224, "loader_regs": 48}
 
 
 def _device_dtype_scale(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> str:
@@ -118,6 +121,8 @@ def _tma_ok(t: torch.Tensor) -> bool:
 
 
 def _gl_dtype(dtype: torch.dtype):
+    if dtype == torch.float8_e4m3fn:
+        return gl.float8e4nv
     return gl.float16 if dtype == torch.float16 else gl.bfloat16
 
 
@@ -388,6 +393,7 @@ if gluon is not None:
         num_items,
         rounds,
         window,
+        out_scale,
         HALF: gl.constexpr,
         HEAD: gl.constexpr,
         HALF_M: gl.constexpr,
@@ -399,6 +405,7 @@ if gluon is not None:
         HAS_CTX: gl.constexpr,
         MIXED: gl.constexpr,
         SLIDING: gl.constexpr,
+        KV_FP8: gl.constexpr,
     ):
         """One warp group: rows ``HALF * HALF_M ..`` of each work item. Scores of key tile j run on the tensor
         cores together with P_{j-1} V_{j-1}; each K/V stage goes back to the loader as soon as this group's
@@ -491,6 +498,8 @@ if gluon is not None:
                 tc += 1
 
                 o = acc / l_i[:, None]  # every row sees its own key, so l_i > 0
+                if KV_FP8:
+                    o = o * out_scale  # V's per-tensor scale (K's is folded into scale_log2)
                 ptrs = out_ptr + (q_start + rows).to(gl.int64)[:, None] * stride_ot + qh * stride_oh + offs_d[None, :]
                 gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=(rows < q_len)[:, None])
 
@@ -584,6 +593,12 @@ if gluon is not None:
         k_empty,
         v_empty,
         v_landed,
+        k_stage8,
+        v_stage8,
+        k8_ready,
+        v8_ready,
+        k8_empty,
+        v8_empty,
         cu_q_ptr,
         ctx_ptr,
         bt_ptr,
@@ -605,13 +620,15 @@ if gluon is not None:
         BLOCK_SIZE: gl.constexpr,
         BOX: gl.constexpr,
         SLIDING: gl.constexpr,
+        KV_FP8: gl.constexpr,
     ):
         """One warp: for each work item, Q's two halves into a free Q buffer, then the K and V tiles into the
         stage ring as the consumers free it. ``PAGED``: K/V through the block table, and the V tile holding the
         sequence's end has its rows past the end zeroed before the consumers see it. ``MIXED``: the context's
         tiles so (zeroed past the context), then the new tokens' from ``kn_desc``/``vn_desc``. ``SLIDING`` (paged
         form): from the tile of the item's first row's window edge on, rows before that edge zeroed in V and never
-        looked up in the block table."""
+        looked up in the block table. ``KV_FP8`` (paged form): the fp8 K and V tiles go to one staging tile each
+        (``k_stage8``/``v_stage8``), from which the converter warps (:func:`_ws_convert`) fill the bf16 stages."""
         it = 0
         tc = 0
         partial = 0  # paged V tiles that held a sequence's end (parity of v_landed)
@@ -646,40 +663,34 @@ if gluon is not None:
                     stage = cur % STAGES
                     free_phase = ((cur // STAGES) & 1) ^ 1  # the stage's previous use, released by both groups
                     n0 = j * BLOCK_N
-                    mbarrier.wait(k_empty.index(stage), free_phase, pred=cur >= STAGES)
-                    k_buf, k_bar = k_smem.index(stage), k_ready.index(stage)
-                    if PAGED:
+                    if KV_FP8:  # into the staging tiles once the converters have read their previous contents
+                        mbarrier.wait(k8_empty, (cur & 1) ^ 1, pred=cur >= 1)
                         _load_paged_tile(
-                            k_desc, k_buf, k_bar, bt_row, n0, start, seq_len, col, BLOCK_SIZE, BOX, BLOCK_N
+                            k_desc, k_stage8, k8_ready, bt_row, n0, start, seq_len, col, BLOCK_SIZE, BOX, BLOCK_N
                         )
-                    elif MIXED:
-                        if j < ctx_tiles:
-                            _load_paged_tile(k_desc, k_buf, k_bar, bt_row, n0, 0, ctx, col, BLOCK_SIZE, BOX, BLOCK_N)
-                        else:
-                            _load_tile(kn_desc, k_buf, k_bar, q_start + (j - ctx_tiles) * BLOCK_N, col, True)
+                        mbarrier.wait(v8_empty, (cur & 1) ^ 1, pred=cur >= 1)
+                        _load_paged_tile(
+                            v_desc, v_stage8, v8_ready, bt_row, n0, start, seq_len, col, BLOCK_SIZE, BOX, BLOCK_N
+                        )
                     else:
-                        _load_tile(k_desc, k_buf, k_bar, q_start + n0, col, True)
-                    mbarrier.wait(v_empty.index(stage), free_phase, pred=cur >= STAGES)
-                    v_buf, v_bar = v_smem.index(stage), v_ready.index(stage)
-                    if PAGED:
-                        partial = _paged_v(
-                            v_desc,
-                            v_buf,
-                            v_bar,
-                            v_landed,
-                            bt_row,
-                            n0,
-                            start,
-                            seq_len,
-                            col,
-                            partial,
-                            BLOCK_SIZE,
-                            BOX,
-                            BLOCK_N,
-                            HEAD,
-                        )
-                    elif MIXED:
-                        if j < ctx_tiles:
+                        mbarrier.wait(k_empty.index(stage), free_phase, pred=cur >= STAGES)
+                        k_buf, k_bar = k_smem.index(stage), k_ready.index(stage)
+                        if PAGED:
+                            _load_paged_tile(
+                                k_desc, k_buf, k_bar, bt_row, n0, start, seq_len, col, BLOCK_SIZE, BOX, BLOCK_N
+                            )
+                        elif MIXED:
+                            if j < ctx_tiles:
+                                _load_paged_tile(
+                                    k_desc, k_buf, k_bar, bt_row, n0, 0, ctx, col, BLOCK_SIZE, BOX, BLOCK_N
+                                )
+                            else:
+                                _load_tile(kn_desc, k_buf, k_bar, q_start + (j - ctx_tiles) * BLOCK_N, col, True)
+                        else:
+                            _load_tile(k_desc, k_buf, k_bar, q_start + n0, col, True)
+                        mbarrier.wait(v_empty.index(stage), free_phase, pred=cur >= STAGES)
+                        v_buf, v_bar = v_smem.index(stage), v_ready.index(stage)
+                        if PAGED:
                             partial = _paged_v(
                                 v_desc,
                                 v_buf,
@@ -687,8 +698,8 @@ if gluon is not None:
                                 v_landed,
                                 bt_row,
                                 n0,
-                                0,
-                                ctx,
+                                start,
+                                seq_len,
                                 col,
                                 partial,
                                 BLOCK_SIZE,
@@ -696,12 +707,87 @@ if gluon is not None:
                                 BLOCK_N,
                                 HEAD,
                             )
+                        elif MIXED:
+                            if j < ctx_tiles:
+                                partial = _paged_v(
+                                    v_desc,
+                                    v_buf,
+                                    v_bar,
+                                    v_landed,
+                                    bt_row,
+                                    n0,
+                                    0,
+                                    ctx,
+                                    col,
+                                    partial,
+                                    BLOCK_SIZE,
+                                    BOX,
+                                    BLOCK_N,
+                                    HEAD,
+                                )
+                            else:
+                                _load_tile(vn_desc, v_buf, v_bar, q_start + (j - ctx_tiles) * BLOCK_N, col, True)
                         else:
-                            _load_tile(vn_desc, v_buf, v_bar, q_start + (j - ctx_tiles) * BLOCK_N, col, True)
-                    else:
-                        _load_tile(v_desc, v_buf, v_bar, q_start + n0, col, True)
+                            _load_tile(v_desc, v_buf, v_bar, q_start + n0, col, True)
                 it += n_tiles - j_lo
                 tc += 1
+
+    @gluon.jit
+    def _ws_convert(
+        stage8,
+        ready8,
+        empty8,
+        dst_smem,
+        dst_ready,
+        dst_empty,
+        cu_q_ptr,
+        ctx_ptr,
+        num_mt,
+        num_q_heads,
+        num_items,
+        rounds,
+        window,
+        IS_V: gl.constexpr,
+        HEAD: gl.constexpr,
+        HALF_M: gl.constexpr,
+        BLOCK_N: gl.constexpr,
+        STAGES: gl.constexpr,
+        SNAKE: gl.constexpr,
+        SLIDING: gl.constexpr,
+    ):
+        """One warp (``KV_FP8``): for every K (or, ``IS_V``, V) tile the loader stages in fp8, wait for a free bf16
+        stage, convert the tile 8 rows at a time into it and release both. V rows outside the item's keys (before
+        the window's edge, past the sequence) are zeroed, as :func:`_paged_v` does: P = 0 times NaN is NaN. Walks
+        the work items and key tiles in the loader's order, so ``cur`` numbers the same tiles."""
+        layout: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [1, 1], [1, 0])
+        r = gl.arange(0, 8, layout=gl.SliceLayout(1, layout))
+        it = 0
+        for k in range(rounds):
+            valid, m0, qh, seq, q_start, q_len = _item(k, num_items, num_mt, num_q_heads, cu_q_ptr, SNAKE, 2 * HALF_M)
+            if valid:
+                ctx = gl.load(ctx_ptr + seq)
+                seq_len = ctx + q_len
+                n_tiles = gl.cdiv(ctx + gl.minimum(q_len, m0 + 2 * HALF_M), BLOCK_N)
+                j_lo = _first_key_tile(ctx, m0, window, BLOCK_N, SLIDING)
+                start = 0
+                if SLIDING:
+                    start = ctx + m0 - window + 1
+                for j in range(j_lo, n_tiles):
+                    cur = it + j - j_lo
+                    stage = cur % STAGES
+                    mbarrier.wait(ready8, cur & 1)
+                    mbarrier.wait(dst_empty.index(stage), ((cur // STAGES) & 1) ^ 1, pred=cur >= STAGES)
+                    dst = dst_smem.index(stage)
+                    for c in gl.static_range(0, BLOCK_N, 8):
+                        x = stage8.slice(c, 8).load(layout).to(dst.dtype)
+                        if IS_V:
+                            key = j * BLOCK_N + c + r
+                            x = gl.where(((key >= start) & (key < seq_len))[:, None], x, gl.zeros_like(x))
+                        dst.slice(c, 8).store(x)
+                    fence_async_shared()  # the stores before the tensor cores' and the next TMA copy's accesses
+                    mbarrier.arrive(empty8, count=1)
+                    mbarrier.arrive(dst_ready.index(stage), count=1)
+                it += n_tiles - j_lo
 
     @gluon.jit
     def _prefill_ws_kernel(
@@ -723,6 +809,7 @@ if gluon is not None:
         num_items,
         rounds,
         window,
+        out_scale,
         GROUP: gl.constexpr,
         HEAD: gl.constexpr,
         BLOCK_N: gl.constexpr,
@@ -734,6 +821,7 @@ if gluon is not None:
         BLOCK_SIZE: gl.constexpr,
         BOX: gl.constexpr,
         SLIDING: gl.constexpr,
+        KV_FP8: gl.constexpr,
         CONSUMER_REGS: gl.constexpr,
         LOADER_REGS: gl.constexpr,
         num_warps: gl.constexpr,
@@ -745,13 +833,24 @@ if gluon is not None:
         positions ``0 .. context + new - 1`` come through the block table from the paged cache (``BOX``-row TMA
         copies of ``BLOCK_SIZE``-token blocks), and new row i sits at position ``context + i``. ``MIXED``: the
         context through the block table, the new tokens' K/V from ``kn_desc``/``vn_desc`` (``[T, kv_heads * head]``,
-        rows aligned with q). ``SLIDING`` (paged form only): sliding-window attention over ``window`` keys."""
+        rows aligned with q). ``SLIDING`` (paged form only): sliding-window attention over ``window`` keys.
+        ``KV_FP8`` (paged form only): float8_e4m3fn caches; the loader stages each K and V tile in fp8 and two
+        converter warps (:func:`_ws_convert`) write the bf16 stages the consumers read (K's scale folded into
+        ``scale_log2``, V's ``out_scale`` applied to the output)."""
         STAGES: gl.constexpr = 2
         HALF_M: gl.constexpr = 64
         dtype: gl.constexpr = q_desc.dtype
         q_smem = gl.allocate_shared_memory(dtype, [2 * Q_BUFFERS, HALF_M, HEAD], q_desc.layout)
-        k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], k_desc.layout)
-        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], v_desc.layout)
+        if KV_FP8:  # bf16 stages in Q's swizzle (the descriptors' is fp8's); one fp8 staging tile each for K and V
+            k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], q_desc.layout)
+            v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], q_desc.layout)
+            k_stage8 = gl.allocate_shared_memory(k_desc.dtype, [BLOCK_N, HEAD], k_desc.layout)
+            v_stage8 = gl.allocate_shared_memory(v_desc.dtype, [BLOCK_N, HEAD], v_desc.layout)
+        else:
+            k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], k_desc.layout)
+            v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], v_desc.layout)
+            k_stage8 = k_smem.index(0)  # unused
+            v_stage8 = v_smem.index(0)
         q_ready = gl.allocate_shared_memory(gl.int64, [Q_BUFFERS, 1], mbarrier.MBarrierLayout())
         q_empty = gl.allocate_shared_memory(gl.int64, [Q_BUFFERS, 1], mbarrier.MBarrierLayout())
         k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -761,6 +860,10 @@ if gluon is not None:
         turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         v_landed = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         mbarrier.init(v_landed, count=1)
+        staged = gl.allocate_shared_memory(gl.int64, [4, 1], mbarrier.MBarrierLayout())  # K, V ready; K, V empty
+        if KV_FP8:
+            for i in gl.static_range(4):
+                mbarrier.init(staged.index(i), count=1)
         for i in gl.static_range(Q_BUFFERS):
             mbarrier.init(q_ready.index(i), count=1)
             mbarrier.init(q_empty.index(i), count=2)  # one arrival per consumer warp group
@@ -774,134 +877,333 @@ if gluon is not None:
         FIRST: gl.constexpr = 0
         SECOND: gl.constexpr = 1
         HAS_CTX: gl.constexpr = PAGED or MIXED
-        gl.warp_specialize(
-            [
-                (
-                    _ws_consumer,
+        if KV_FP8:  # two more one-warp workers: the converters of K and V (the loader's register count)
+            gl.warp_specialize(
+                [
                     (
-                        q_smem,
-                        k_smem,
-                        v_smem,
-                        q_ready,
-                        q_empty,
-                        k_ready,
-                        v_ready,
-                        k_empty,
-                        v_empty,
-                        turns,
-                        out_ptr,
-                        cu_q_ptr,
-                        ctx_ptr,
-                        scale_log2,
-                        stride_ot,
-                        stride_oh,
-                        num_mt,
-                        num_q_heads,
-                        num_items,
-                        rounds,
-                        window,
-                        FIRST,
-                        HEAD,
-                        HALF_M,
-                        BLOCK_N,
-                        STAGES,
-                        Q_BUFFERS,
-                        SNAKE,
-                        PINGPONG,
-                        HAS_CTX,
-                        MIXED,
-                        SLIDING,
+                        _ws_consumer,
+                        (
+                            q_smem,
+                            k_smem,
+                            v_smem,
+                            q_ready,
+                            q_empty,
+                            k_ready,
+                            v_ready,
+                            k_empty,
+                            v_empty,
+                            turns,
+                            out_ptr,
+                            cu_q_ptr,
+                            ctx_ptr,
+                            scale_log2,
+                            stride_ot,
+                            stride_oh,
+                            num_mt,
+                            num_q_heads,
+                            num_items,
+                            rounds,
+                            window,
+                            out_scale,
+                            FIRST,
+                            HEAD,
+                            HALF_M,
+                            BLOCK_N,
+                            STAGES,
+                            Q_BUFFERS,
+                            SNAKE,
+                            PINGPONG,
+                            HAS_CTX,
+                            MIXED,
+                            SLIDING,
+                            KV_FP8,
+                        ),
                     ),
-                ),
-                (
-                    _ws_consumer,
                     (
-                        q_smem,
-                        k_smem,
-                        v_smem,
-                        q_ready,
-                        q_empty,
-                        k_ready,
-                        v_ready,
-                        k_empty,
-                        v_empty,
-                        turns,
-                        out_ptr,
-                        cu_q_ptr,
-                        ctx_ptr,
-                        scale_log2,
-                        stride_ot,
-                        stride_oh,
-                        num_mt,
-                        num_q_heads,
-                        num_items,
-                        rounds,
-                        window,
-                        SECOND,
-                        HEAD,
-                        HALF_M,
-                        BLOCK_N,
-                        STAGES,
-                        Q_BUFFERS,
-                        SNAKE,
-                        PINGPONG,
-                        HAS_CTX,
-                        MIXED,
-                        SLIDING,
+                        _ws_consumer,
+                        (
+                            q_smem,
+                            k_smem,
+                            v_smem,
+                            q_ready,
+                            q_empty,
+                            k_ready,
+                            v_ready,
+                            k_empty,
+                            v_empty,
+                            turns,
+                            out_ptr,
+                            cu_q_ptr,
+                            ctx_ptr,
+                            scale_log2,
+                            stride_ot,
+                            stride_oh,
+                            num_mt,
+                            num_q_heads,
+                            num_items,
+                            rounds,
+                            window,
+                            out_scale,
+                            SECOND,
+                            HEAD,
+                            HALF_M,
+                            BLOCK_N,
+                            STAGES,
+                            Q_BUFFERS,
+                            SNAKE,
+                            PINGPONG,
+                            HAS_CTX,
+                            MIXED,
+                            SLIDING,
+                            KV_FP8,
+                        ),
                     ),
-                ),
-                (
-                    _ws_loader,
                     (
-                        q_desc,
-                        k_desc,
-                        v_desc,
-                        kn_desc,
-                        vn_desc,
-                        q_smem,
-                        k_smem,
-                        v_smem,
-                        q_ready,
-                        q_empty,
-                        k_ready,
-                        v_ready,
-                        k_empty,
-                        v_empty,
-                        v_landed,
-                        cu_q_ptr,
-                        ctx_ptr,
-                        bt_ptr,
-                        stride_bts,
-                        num_mt,
-                        num_q_heads,
-                        num_items,
-                        rounds,
-                        window,
-                        GROUP,
-                        HEAD,
-                        HALF_M,
-                        BLOCK_N,
-                        STAGES,
-                        Q_BUFFERS,
-                        SNAKE,
-                        PAGED,
-                        MIXED,
-                        BLOCK_SIZE,
-                        BOX,
-                        SLIDING,
+                        _ws_loader,
+                        (
+                            q_desc,
+                            k_desc,
+                            v_desc,
+                            kn_desc,
+                            vn_desc,
+                            q_smem,
+                            k_smem,
+                            v_smem,
+                            q_ready,
+                            q_empty,
+                            k_ready,
+                            v_ready,
+                            k_empty,
+                            v_empty,
+                            v_landed,
+                            k_stage8,
+                            v_stage8,
+                            staged.index(0),
+                            staged.index(1),
+                            staged.index(2),
+                            staged.index(3),
+                            cu_q_ptr,
+                            ctx_ptr,
+                            bt_ptr,
+                            stride_bts,
+                            num_mt,
+                            num_q_heads,
+                            num_items,
+                            rounds,
+                            window,
+                            GROUP,
+                            HEAD,
+                            HALF_M,
+                            BLOCK_N,
+                            STAGES,
+                            Q_BUFFERS,
+                            SNAKE,
+                            PAGED,
+                            MIXED,
+                            BLOCK_SIZE,
+                            BOX,
+                            SLIDING,
+                            KV_FP8,
+                        ),
                     ),
-                ),
-            ],
-            [4, 1],
-            [CONSUMER_REGS, LOADER_REGS],
-        )
+                    (
+                        _ws_convert,
+                        (
+                            k_stage8,
+                            staged.index(0),
+                            staged.index(2),
+                            k_smem,
+                            k_ready,
+                            k_empty,
+                            cu_q_ptr,
+                            ctx_ptr,
+                            num_mt,
+                            num_q_heads,
+                            num_items,
+                            rounds,
+                            window,
+                            False,
+                            HEAD,
+                            HALF_M,
+                            BLOCK_N,
+                            STAGES,
+                            SNAKE,
+                            SLIDING,
+                        ),
+                    ),
+                    (
+                        _ws_convert,
+                        (
+                            v_stage8,
+                            staged.index(1),
+                            staged.index(3),
+                            v_smem,
+                            v_ready,
+                            v_empty,
+                            cu_q_ptr,
+                            ctx_ptr,
+                            num_mt,
+                            num_q_heads,
+                            num_items,
+                            rounds,
+                            window,
+                            True,
+                            HEAD,
+                            HALF_M,
+                            BLOCK_N,
+                            STAGES,
+                            SNAKE,
+                            SLIDING,
+                        ),
+                    ),
+                ],
+                [4, 1, 1, 1],
+                [CONSUMER_REGS, LOADER_REGS, LOADER_REGS, LOADER_REGS],
+            )
+        else:
+            gl.warp_specialize(
+                [
+                    (
+                        _ws_consumer,
+                        (
+                            q_smem,
+                            k_smem,
+                            v_smem,
+                            q_ready,
+                            q_empty,
+                            k_ready,
+                            v_ready,
+                            k_empty,
+                            v_empty,
+                            turns,
+                            out_ptr,
+                            cu_q_ptr,
+                            ctx_ptr,
+                            scale_log2,
+                            stride_ot,
+                            stride_oh,
+                            num_mt,
+                            num_q_heads,
+                            num_items,
+                            rounds,
+                            window,
+                            out_scale,
+                            FIRST,
+                            HEAD,
+                            HALF_M,
+                            BLOCK_N,
+                            STAGES,
+                            Q_BUFFERS,
+                            SNAKE,
+                            PINGPONG,
+                            HAS_CTX,
+                            MIXED,
+                            SLIDING,
+                            KV_FP8,
+                        ),
+                    ),
+                    (
+                        _ws_consumer,
+                        (
+                            q_smem,
+                            k_smem,
+                            v_smem,
+                            q_ready,
+                            q_empty,
+                            k_ready,
+                            v_ready,
+                            k_empty,
+                            v_empty,
+                            turns,
+                            out_ptr,
+                            cu_q_ptr,
+                            ctx_ptr,
+                            scale_log2,
+                            stride_ot,
+                            stride_oh,
+                            num_mt,
+                            num_q_heads,
+                            num_items,
+                            rounds,
+                            window,
+                            out_scale,
+                            SECOND,
+                            HEAD,
+                            HALF_M,
+                            BLOCK_N,
+                            STAGES,
+                            Q_BUFFERS,
+                            SNAKE,
+                            PINGPONG,
+                            HAS_CTX,
+                            MIXED,
+                            SLIDING,
+                            KV_FP8,
+                        ),
+                    ),
+                    (
+                        _ws_loader,
+                        (
+                            q_desc,
+                            k_desc,
+                            v_desc,
+                            kn_desc,
+                            vn_desc,
+                            q_smem,
+                            k_smem,
+                            v_smem,
+                            q_ready,
+                            q_empty,
+                            k_ready,
+                            v_ready,
+                            k_empty,
+                            v_empty,
+                            v_landed,
+                            k_stage8,
+                            v_stage8,
+                            staged.index(0),
+                            staged.index(1),
+                            staged.index(2),
+                            staged.index(3),
+                            cu_q_ptr,
+                            ctx_ptr,
+                            bt_ptr,
+                            stride_bts,
+                            num_mt,
+                            num_q_heads,
+                            num_items,
+                            rounds,
+                            window,
+                            GROUP,
+                            HEAD,
+                            HALF_M,
+                            BLOCK_N,
+                            STAGES,
+                            Q_BUFFERS,
+                            SNAKE,
+                            PAGED,
+                            MIXED,
+                            BLOCK_SIZE,
+                            BOX,
+                            SLIDING,
+                            KV_FP8,
+                        ),
+                    ),
+                ],
+                [4, 1],
+                [CONSUMER_REGS, LOADER_REGS],
+            )
 
 
 def supported_paged(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float, config: dict | None = None
 ) -> tuple[bool, str]:
-    """Whether :func:`prefill_wgmma_paged_attention` can run the call, and if not, why (one line)."""
-    why = _device_dtype_scale(q, k_cache, v_cache, scale)
+    """Whether :func:`prefill_wgmma_paged_attention` can run the call, and if not, why (one line). float8_e4m3fn
+    caches (fp8 KV) qualify with fp16/bf16 q."""
+    if k_cache.dtype == v_cache.dtype == torch.float8_e4m3fn:
+        why = _device_dtype_scale(q, q, q, scale)  # q's dtype, the GPU and the scale; the caches are fp8
+    else:
+        why = _device_dtype_scale(q, k_cache, v_cache, scale)
     if why:
         return False, why
     head = q.shape[-1]
@@ -940,12 +1242,16 @@ def prefill_wgmma_paged_attention(
     out: torch.Tensor | None = None,
     config: dict | None = None,
     sliding_window: int = 0,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """:func:`kernels.attention.paged_prefill_attention`'s contract (every key, the new tokens' included,
     read through the block table at positions ``0 .. context_lens[s] + new_len - 1``) on the warp-specialised
     kernel. Cache slots past a sequence's end may hold anything, NaN included. ``sliding_window > 0``: new token
     ``i`` (position ``p = context_lens[s] + i``) sees keys ``p - W < k <= p``; table entries of blocks wholly
-    before the first new token's window are never read (a freed block's placeholder may stand there)."""
+    before the first new token's window are never read (a freed block's placeholder may stand there). float8_e4m3fn
+    caches: keys are ``k_cache * k_scale`` and values ``v_cache * v_scale`` (converted to q's dtype in shared memory
+    by two converter warps, so the tensor cores see bf16/fp16 as without fp8)."""
     return _run(
         "prefill_wgmma_paged_attention",
         supported_paged(q, k_cache, v_cache, scale, config),
@@ -957,6 +1263,8 @@ def prefill_wgmma_paged_attention(
         config,
         paged=(k_cache, v_cache, block_tables, context_lens),
         window=int(sliding_window or 0),
+        k_scale=float(k_scale),
+        v_scale=float(v_scale),
     )
 
 
@@ -1072,11 +1380,24 @@ def _cache_descriptor(cache: torch.Tensor, box_rows: int):
 
 
 def launch_plan(
-    q, cu_seqlens_q, scale, max_query_len, out, config, num_sms, *, new_kv=None, paged=None, window: int = 0
+    q,
+    cu_seqlens_q,
+    scale,
+    max_query_len,
+    out,
+    config,
+    num_sms,
+    *,
+    new_kv=None,
+    paged=None,
+    window: int = 0,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ):
     """(kernel, grid, positional args, keyword args) of one launch, with K/V ``new_kv = (new_key, new_value)``,
     ``paged = (k_cache, v_cache, block_tables, context_lens)``, or both (the mixed form: context through the
-    table, new tokens from ``new_kv``); ``window > 0``: sliding-window attention (the paged form only). Shared by
+    table, new tokens from ``new_kv``); ``window > 0``: sliding-window attention (the paged form only); fp8 caches
+    with ``k_scale``/``v_scale`` (the paged form only). Shared by
     the calls and by :func:`kernels.tools.gluon_compile.compile_prefill`, which compiles the same launch without a
     GPU."""
     total, num_q_heads, head = q.shape
@@ -1084,10 +1405,13 @@ def launch_plan(
     mixed = new_kv is not None and paged is not None
     if window and (paged is None or mixed):
         raise ValueError("prefill_wgmma: a sliding window needs the paged form (every key through the block table)")
+    kv_fp8 = paged is not None and paged[0].dtype == torch.float8_e4m3fn
+    if kv_fp8 and mixed:
+        raise ValueError("prefill_wgmma: fp8 caches need the paged form (every key through the block table)")
     if new_kv is not None:
         assert new_kv[0].shape == new_kv[1].shape == (total, num_kv_heads, head)
     assert num_q_heads % num_kv_heads == 0
-    cfg = dict(DEFAULT_CONFIG, **(PAGED_DEFAULTS if paged is not None else {}))
+    cfg = {**DEFAULT_CONFIG, **(PAGED_DEFAULTS if paged is not None else {}), **(FP8_DEFAULTS if kv_fp8 else {})}
     cfg["block_n"] = min(cfg["block_n"], head)  # one MMA layout serves S and O: block_n must divide the head
     cfg.update({k: v for k, v in (config or {}).items() if k in DEFAULT_CONFIG})
     block_m, block_n, num_warps = int(cfg["block_m"]), int(cfg["block_n"]), int(cfg["num_warps"])
@@ -1124,7 +1448,7 @@ def launch_plan(
             *new_descs,
             *common,
             *paged_args,
-            float(scale) * LOG2E,
+            float(scale) * LOG2E * (float(k_scale) if kv_fp8 else 1.0),
             out.stride(0),
             out.stride(1),
             num_mt,
@@ -1132,6 +1456,7 @@ def launch_plan(
             num_items,
             triton.cdiv(num_items, programs),
             int(window),
+            float(v_scale) if kv_fp8 else 1.0,
         )
         kwargs = dict(
             GROUP=num_q_heads // num_kv_heads,
@@ -1145,6 +1470,7 @@ def launch_plan(
             BLOCK_SIZE=block_size,
             BOX=box,
             SLIDING=window > 0,
+            KV_FP8=kv_fp8,
             CONSUMER_REGS=int(cfg["consumer_regs"]),
             LOADER_REGS=int(cfg["loader_regs"]),
             num_warps=4,

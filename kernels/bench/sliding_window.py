@@ -516,6 +516,7 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=900.0, help="stop starting new cases after this long")
     ap.add_argument("--only", default="", help="comma list of sections: decode,prefill")
     ap.add_argument("--quick", action="store_true", help="a few cases only")
+    ap.add_argument("--case", default="", help="only the cases whose name holds this text (e.g. 'fp8')")
     ap.add_argument("--no-flex", action="store_true", help="leave FlexAttention out (one compile per shape)")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU (needs TRITON_INTERPRET=1)")
     args = ap.parse_args(argv)
@@ -552,6 +553,9 @@ def main(argv=None):
     if "prefill" in sections:
         jobs += [("prefill", c, False) for c in sliding_window_prefill_cases(args.quick)]
         jobs += [("prefill", c, True) for c in sliding_window_fp8_prefill_cases(args.quick)]
+    jobs = [job for job in jobs if args.case in job[1][0]]
+    if not jobs:
+        ap.error(f"no case of the chosen sections has {args.case!r} in its name")
     for section, case, fp8 in jobs:
         name = case[0]
         if budget.left() < 30:

@@ -90,6 +90,7 @@ def compile_prefill(
     paged: bool = False,
     mixed: bool = False,
     window: int = 0,
+    kv_fp8: bool = False,
 ) -> dict:
     """Compile one launch of ``prefill_wgmma_attention`` for sm_90 and return its resources (see module doc)."""
     from kernels.attention import prefill_hopper as pw
@@ -103,7 +104,8 @@ def compile_prefill(
         if paged or mixed:
             block_size = 16
             nb = tokens // block_size + 2
-            cache = torch.zeros(nb, block_size, num_q_heads // group, head, dtype=dtype)
+            cache_dtype = torch.float8_e4m3fn if kv_fp8 else dtype
+            cache = torch.zeros(nb, block_size, num_q_heads // group, head, dtype=cache_dtype)
             bt = torch.zeros(2, nb, dtype=torch.int32)
             ctx = torch.zeros(2, dtype=torch.int32)
             kernel, grid, args, kwargs = pw.launch_plan(
@@ -143,9 +145,12 @@ def main() -> None:
     ap.add_argument("--paged", action="store_true", help="K/V through a block table (16-token blocks)")
     ap.add_argument("--mixed", action="store_true", help="context through a block table, new tokens' K/V contiguous")
     ap.add_argument("--window", type=int, default=0, help="sliding window (tokens; the paged form only)")
+    ap.add_argument("--fp8", action="store_true", help="float8_e4m3fn caches (the paged form only)")
     a = ap.parse_args()
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float16
-    info = compile_prefill(json.loads(a.config), dtype, a.group, a.head, paged=a.paged, mixed=a.mixed, window=a.window)
+    info = compile_prefill(
+        json.loads(a.config), dtype, a.group, a.head, paged=a.paged, mixed=a.mixed, window=a.window, kv_fp8=a.fp8
+    )
     print(json.dumps(info))
 
 

@@ -432,34 +432,82 @@ def test_decode_fp8_equals_last_prefill_row():
         assert_close(d, p[last].double(), FP16, f"W={window}")
 
 
+def _hopper() -> bool:
+    from kernels.attention import prefill_hopper
+
+    return CUDA and prefill_hopper.gluon is not None and torch.cuda.get_device_capability()[0] == 9
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="the Gluon prefill route exists on the GPU only")
-def test_fp8_prefill_routes_to_triton(monkeypatch):
-    """fp8 caches never reach the Gluon kernel (fp16/bf16 only), whatever the config asks, in bf16 with head size
-    128 (the Gluon kernel's own shapes), paged and new-K/V, pure and chunked."""
+def test_fp8_new_kv_prefill_routes_to_triton(monkeypatch):
+    """With new K/V, fp8 caches never reach the Gluon kernel's mixed or contiguous forms (bf16/fp16 caches only),
+    whatever the config asks, in bf16 with head size 128 (the Gluon kernel's own shapes), pure and chunked."""
     from kernels.attention import prefill_hopper
 
     def refuse(*a, **kw):
-        raise AssertionError("fp8 prefill reached the Gluon kernel")
+        raise AssertionError("fp8 prefill with new K/V reached the Gluon kernel")
 
-    for name in ("prefill_wgmma_paged_attention", "prefill_wgmma_mixed_attention", "prefill_wgmma_attention"):
+    for name in ("prefill_wgmma_mixed_attention", "prefill_wgmma_attention"):
         monkeypatch.setattr(prefill_hopper, name, refuse)
-    lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs([0, 70], [128, 64], 4, 2, 128, 16, torch.bfloat16, 9)
     kw = dict(k_scale=K_SCALE, v_scale=V_SCALE)
-    for window in (None, 50):
-        expect = ref.ref_paged_prefill(q, k, v, bt, cu_t, ctx_t, scale, sliding_window=window, **kw)
+    for ctx, seed in (([0, 0], 10), ([0, 70], 9)):
+        new = [128, 64]
+        lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs(ctx, new, 4, 2, 128, 16, torch.bfloat16, seed)
+        kd, vd = (k.float() * K_SCALE).to(torch.bfloat16), (v.float() * V_SCALE).to(torch.bfloat16)
+        kn = torch.cat([ref.gather_kv_range(kd, bt[s], c, c + n) for s, (c, n) in enumerate(zip(ctx, new))])
+        vn = torch.cat([ref.gather_kv_range(vd, bt[s], c, c + n) for s, (c, n) in enumerate(zip(ctx, new))])
+        expect = ref.ref_paged_prefill(q, kd, vd, bt, cu_t, ctx_t, scale)
         for config in (None, {"wgmma": True}):
             got = dispatch.paged_prefill_attention(
-                q, k, v, bt, cu_t, ctx_t, scale, config=config, sliding_window=window, **kw
-            )
-            assert_close(got, expect, torch.bfloat16, f"W={window} config={config}")
-    # pure prefill with new K/V never reads the cache, but still takes the Triton kernel
-    lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs([0, 0], [128, 64], 4, 2, 128, 16, torch.bfloat16, 10)
-    kd, vd = (k.float() * K_SCALE).to(torch.bfloat16), (v.float() * V_SCALE).to(torch.bfloat16)
-    kn = torch.cat([ref.gather_kv(kd, bt[s], lens[s]) for s in range(2)]).contiguous()
-    vn = torch.cat([ref.gather_kv(vd, bt[s], lens[s]) for s in range(2)]).contiguous()
-    expect = ref.ref_paged_prefill(q, kd, vd, bt, cu_t, ctx_t, scale)
-    got = dispatch.paged_prefill_attention(
-        q, k, v, bt, cu_t, ctx_t, scale, new_key=kn, new_value=vn, max_context_len=0, **kw
-    )
-    assert_close(got, expect, torch.bfloat16, "pure prefill, new K/V")
+                q, k, v, bt, cu_t, ctx_t, scale, config=config, new_key=kn.contiguous(), new_value=vn.contiguous(),
+                max_context_len=max(ctx), **kw,
+            )  # fmt: skip
+            assert_close(got, expect, torch.bfloat16, f"new K/V ctx={ctx} config={config}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the Gluon kernel needs a compute-capability-9 GPU")
+@pytest.mark.parametrize("block_size", [16, 32, 128])
+@pytest.mark.parametrize("window", [None, 1, 50, 129, 700])
+def test_fp8_paged_prefill_on_gluon(monkeypatch, block_size, window):
+    """fp8 caches on the Gluon kernel's paged form (its converter warps): contexts of 0 to 1,000 tokens, chunks of 1
+    to 300 (several 128-row work items, the last one partial), with and without a window; freed blocks before each
+    window are NaN, so a read of one would show. Against the reference on the dequantized caches."""
+    from kernels.attention import prefill_hopper
+
+    calls = []
+    real = prefill_hopper.prefill_wgmma_paged_attention
+
+    def counting(*a, **kw):
+        calls.append(kw.get("k_scale"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(prefill_hopper, "prefill_wgmma_paged_attention", counting)
+    ctx, new = [0, 300, 1000, 37, 129], [300, 200, 130, 1, 64]
+    seed = block_size + (window or 0)
+    lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs(ctx, new, 4, 2, 128, block_size, torch.bfloat16, seed)
+    kw = dict(sliding_window=window, k_scale=K_SCALE, v_scale=V_SCALE)
+    expect = ref.ref_paged_prefill(q, k, v, bt, cu_t, ctx_t, scale, **kw)
+    w = window or 0
+    if w:
+        _free_blocks_before(k, v, bt, lens, [c - w + 1 for c in ctx])
+    out = torch.full_like(q, float("nan"))
+    dispatch.paged_prefill_attention(q, k, v, bt, cu_t, ctx_t, scale, out=out, max_query_len=max(new), **kw)
+    assert_close(out, expect, torch.bfloat16, f"fp8 on Gluon W={window} block {block_size}")
+    assert calls == [K_SCALE], calls
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="the Gluon kernel needs a compute-capability-9 GPU")
+@pytest.mark.parametrize("config", [None, {"wgmma": {"persistent": False}}, {"wgmma": {"pingpong": False}}])
+def test_fp8_paged_prefill_on_gluon_forms(config):
+    """Head size 64 and MHA, fp16 q, and the grid and turn-taking options, with a window."""
+    for group, head, dtype in ((1, 64, torch.float16), (8, 128, torch.bfloat16)):
+        ctx, new = [0, 500, 260], [257, 128, 3]
+        lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs(ctx, new, group, 2, head, 16, dtype, group)
+        kw = dict(sliding_window=200, k_scale=K_SCALE, v_scale=V_SCALE)
+        expect = ref.ref_paged_prefill(q, k, v, bt, cu_t, ctx_t, scale, **kw)
+        _free_blocks_before(k, v, bt, lens, [c - 200 + 1 for c in ctx])
+        got = dispatch.paged_prefill_attention(q, k, v, bt, cu_t, ctx_t, scale, config=config, **kw)
+        assert_close(got, expect, dtype, f"group {group} head {head} config={config}")

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _compile(config, dtype=torch.bfloat16, group=1, head=128, paged=False, mixed=False, window=0):
+def _compile(config, dtype=torch.bfloat16, group=1, head=128, paged=False, mixed=False, window=0, fp8=False):
     # a fresh process: this one runs triton under the interpreter (TRITON_INTERPRET=1), which cannot compile Gluon
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = (
@@ -43,6 +43,7 @@ def _compile(config, dtype=torch.bfloat16, group=1, head=128, paged=False, mixed
         + (["--paged"] if paged else [])
         + (["--mixed"] if mixed else [])
         + (["--window", str(window)] if window else [])
+        + (["--fp8"] if fp8 else [])
     )
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -91,3 +92,12 @@ def test_windowed_paged_form_compiles():
     info = _compile({}, torch.bfloat16, group=4, paged=True, window=1024)
     assert info["kernel"] == "_prefill_ws_kernel" and info["local_bytes"] == 0, info
     assert 65536 + 131072 <= info["shared_bytes"] <= 232448 and info["stack_bytes"] <= 64, info
+
+
+@pytest.mark.parametrize("window", [0, 1024])
+def test_fp8_paged_form_compiles(window):
+    # fp8 caches: one fp8 staging tile each for K and V beside the bf16 stages, and two converter warps
+    info = _compile({}, torch.bfloat16, group=4, paged=True, window=window, fp8=True)
+    assert info["kernel"] == "_prefill_ws_kernel" and info["local_bytes"] == 0 and info["stack_bytes"] <= 64, info
+    # Q 65,536 + bf16 K and V stages 131,072 + fp8 staging 2 x 128 x 128 = 32,768, within the 232,448 of an SM
+    assert 65536 + 131072 + 32768 <= info["shared_bytes"] <= 232448, info
