@@ -52,7 +52,7 @@ import warnings
 
 import torch
 
-from kernels.attention import decode_plan, paged_decode_attention, paged_prefill_attention, prefill_plan
+from kernels.attention import decode_plan, paged_decode_attention, paged_prefill_attention, prefill_hopper, prefill_plan
 from kernels.attention.common import interpreting, num_sms
 from kernels.bench.cases import sliding_window_decode_cases, sliding_window_prefill_cases
 from kernels.bench.run import BLOCK, GB, HEAD, MAX_BYTES, RUN
@@ -476,6 +476,15 @@ def measure_sw_prefill(name, batch, hq, hkv, ctx, new, window, ceiling_tb_s, wit
     rec["newkv_max_abs_diff_vs_paged"] = (o_newkv.float() - ours_out.float()).abs().max().item()
     rec["newkv_nan"] = bool(torch.isnan(o_newkv).any().item())
     del kn, vn
+    if fp8 and not RUN.smoke and prefill_hopper.supported_paged(q, k_cache, v_cache, scale)[0]:
+        # the Gluon kernel's fp8 form, off by default (dispatch.WGMMA_FP8_PREFILL_DEFAULT) until measured: beside
+        # ours, with its difference from ours (the Triton kernel on the same fp8 cache)
+        times["ours_gluon"] = bench_graph_or_eager(ours(config={"wgmma": True}), rec, "ours_gluon")
+        out.fill_(float("nan"))
+        o_gluon = ours(config={"wgmma": True})().clone()
+        rec["gluon_max_abs_diff_vs_paged"] = (o_gluon.float() - ours_out.float()).abs().max().item()
+        rec["gluon_nan"] = bool(torch.isnan(o_gluon).any().item())
+        del o_gluon
     if RUN.smoke:
         rec["bytes_counted_interpreter"] = _count_loads(ours(), k_cache, v_cache, bt_win)
         from kernels.reference import ref_paged_prefill

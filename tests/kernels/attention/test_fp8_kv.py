@@ -493,14 +493,17 @@ def test_fp8_paged_prefill_on_gluon(monkeypatch, block_size, window):
     if w:
         _free_blocks_before(k, v, bt, lens, [c - w + 1 for c in ctx])
     out = torch.full_like(q, float("nan"))
-    dispatch.paged_prefill_attention(q, k, v, bt, cu_t, ctx_t, scale, out=out, max_query_len=max(new), **kw)
+    # asked for: the default keeps fp8 on the Triton kernels until this kernel has run on a GPU
+    dispatch.paged_prefill_attention(
+        q, k, v, bt, cu_t, ctx_t, scale, out=out, max_query_len=max(new), config={"wgmma": True}, **kw
+    )
     assert_close(out, expect, torch.bfloat16, f"fp8 on Gluon W={window} block {block_size}")
     assert calls == [K_SCALE], calls
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _hopper(), reason="the Gluon kernel needs a compute-capability-9 GPU")
-@pytest.mark.parametrize("config", [None, {"wgmma": {"persistent": False}}, {"wgmma": {"pingpong": False}}])
+@pytest.mark.parametrize("config", [{"wgmma": True}, {"wgmma": {"persistent": False}}, {"wgmma": {"pingpong": False}}])
 def test_fp8_paged_prefill_on_gluon_forms(config):
     """Head size 64 and MHA, fp16 q, and the grid and turn-taking options, with a window."""
     for group, head, dtype in ((1, 64, torch.float16), (8, 128, torch.bfloat16)):
@@ -511,3 +514,23 @@ def test_fp8_paged_prefill_on_gluon_forms(config):
         _free_blocks_before(k, v, bt, lens, [c - 200 + 1 for c in ctx])
         got = dispatch.paged_prefill_attention(q, k, v, bt, cu_t, ctx_t, scale, config=config, **kw)
         assert_close(got, expect, dtype, f"group {group} head {head} config={config}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="the Gluon prefill route exists on the GPU only")
+def test_fp8_paged_prefill_default_route(monkeypatch):
+    """By default (``WGMMA_FP8_PREFILL_DEFAULT``) fp8 paged prefill runs the Triton kernel; the switch sends it to
+    the Gluon kernel's paged form."""
+    from kernels.attention import prefill_hopper
+
+    calls = []
+    monkeypatch.setattr(prefill_hopper, "prefill_wgmma_paged_attention", lambda *a, **kw: calls.append(1))
+    lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs([0, 70], [128, 64], 4, 2, 128, 16, torch.bfloat16, 11)
+    kw = dict(k_scale=K_SCALE, v_scale=V_SCALE)
+    expect = ref.ref_paged_prefill(q, k, v, bt, cu_t, ctx_t, scale, **kw)
+    got = dispatch.paged_prefill_attention(q, k, v, bt, cu_t, ctx_t, scale, **kw)
+    assert_close(got, expect, torch.bfloat16, "default route")
+    assert calls == []
+    monkeypatch.setattr(dispatch, "WGMMA_FP8_PREFILL_DEFAULT", True)
+    dispatch.paged_prefill_attention(q, k, v, bt, cu_t, ctx_t, scale, **kw)
+    assert calls == ([1] if _hopper() else []), calls
