@@ -877,6 +877,9 @@ if gluon is not None:
         FIRST: gl.constexpr = 0
         SECOND: gl.constexpr = 1
         HAS_CTX: gl.constexpr = PAGED or MIXED
+        # Deliberate copy: the two calls list the same three partitions (the fp8 one adds the two converters). Their
+        # arguments are written out in each: packed into a tuple variable they lose their constexpr-ness and the
+        # kernel no longer compiles (tests/kernels/tools/test_gluon_compile.py compiles both).
         if KV_FP8:  # two more one-warp workers: the converters of K and V (the loader's register count)
             gl.warp_specialize(
                 [
