@@ -22,9 +22,10 @@ Three forms of K/V:
 All take fp16/bf16, head sizes 64 and 128, compute capability 9.x (the paged form also float8_e4m3fn caches: the
 loader stages each fp8 tile and two converter warps write the bf16/fp16 stages, ``_ws_convert``);
 :func:`supported`, :func:`supported_paged` and :func:`supported_mixed` say whether a call qualifies, and
-:func:`kernels.attention.paged_prefill_attention` routes to them by default (fp8: only when asked, until measured). Gluon has no CPU interpreter, so the kernel runs on the GPU only
-(``tests/kernels/attention/test_prefill_hopper.py``); on the CPU the module imports and reports itself unsupported,
-and :mod:`kernels.tools.gluon_compile` compiles it for sm_90 without a GPU.
+:func:`kernels.attention.paged_prefill_attention` routes to them by default (fp8: only when asked, until measured).
+Gluon has no CPU interpreter, so the kernel runs on the GPU only (``tests/kernels/attention/test_prefill_hopper.py``);
+on the CPU the module imports and reports itself unsupported, and :mod:`kernels.tools.gluon_compile` compiles it for
+sm_90 without a GPU.
 
 This file is longer than the package's others because a warp-specialised Gluon kernel is one unit: the loader
 warp's and the consumer warp groups' functions share their barriers, buffers and turn-taking protocol, and the
