@@ -178,3 +178,13 @@ class BlockPool:
         """Forget every cached (free) block's content."""
         for block in self.cached_free_blocks():
             self.unregister(block)
+
+    def free_before_cached(self, limit: int) -> int:
+        """How many blocks the next allocations take before the first that evicts cached content: the free blocks
+        at the front of the free queue that hold none, counted up to `limit`."""
+        block_hash, count = self.block_hash, 0
+        for block in self._free:
+            if count >= limit or block in block_hash:
+                break
+            count += 1
+        return count

@@ -12,8 +12,9 @@ from sim.records.steps import HOST_COLUMNS, StepLog
 
 
 class HostStepLog(StepLog):
-    """A StepLog that also records HOST_COLUMNS. record_iteration calls `note_batch` before each row; a replay with
-    a host tier runs step by step (the schedulers fast-forward nothing then), so stretches are refused."""
+    """A StepLog that also records HOST_COLUMNS. record_iteration calls `note_batch` before each row; a
+    fast-forwarded stretch copies nothing over the link (the schedulers stop stretches before any host copy), so
+    each of its rows holds the tier's present contents and no bytes moved."""
 
     def __init__(self, host) -> None:
         super().__init__()
@@ -32,10 +33,17 @@ class HostStepLog(StepLog):
         self._noted = None
         super().append(row)
 
-    def extend_stretch(self, *args, **kwargs) -> None:
-        raise RuntimeError("a replay with a host tier records iteration by iteration")
+    def _stretch_rows(self, rounds: int) -> None:
+        m, b = self.host.memory(), self.host.block_bytes
+        self._host.extend((m.cached * b, m.swapped * b, 0, 0) * rounds)
 
-    extend_decode = extend_stretch
+    def extend_stretch(self, ends, durations, num_seqs, waiting, bytes_per_token, plan) -> None:
+        self._stretch_rows(plan.rounds)
+        super().extend_stretch(ends, durations, num_seqs, waiting, bytes_per_token, plan)
+
+    def extend_decode(self, ends, durations, num_seqs, waiting, bytes_per_token, plan) -> None:
+        self._stretch_rows(plan.rounds)
+        super().extend_decode(ends, durations, num_seqs, waiting, bytes_per_token, plan)
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = super().arrays()

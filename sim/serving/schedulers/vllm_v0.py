@@ -187,9 +187,9 @@ class VllmV0Scheduler:
         sequence slots only shrink while nothing finishes). 0 when the next iteration may do more.
 
         through_finish: also count the iteration in which the next requests finish (it is pure decode as well: they
-        finish at its end, see `finish_decode`). Always 0 with a host tier: its copies (evictions to the host) are
-        recorded iteration by iteration."""
-        if not self.running or getattr(self.allocator, "host", None) is not None:
+        finish at its end, see `finish_decode`). With a host tier, also no host copy (`_rounds_without_host_copies`):
+        those are recorded iteration by iteration."""
+        if not self.running:
             return 0
         heap, counts = self._finish_rounds, self._num_finishing
         while not counts.get(heap[0]):  # drop rounds whose requests all left (preempted)
@@ -203,7 +203,35 @@ class VllmV0Scheduler:
             return 0
         if self.waiting and self._head_may_be_admitted(self.waiting[0]):
             return 0
+        if getattr(self.allocator, "host", None) is not None:
+            return self._rounds_without_host_copies(rounds)
         return rounds
+
+    def _rounds_without_host_copies(self, rounds: int) -> int:
+        """At most `rounds` pure-decode iterations that copy nothing over the host link: none while a swapped
+        request heads the queue (it comes back when room frees up), and with a prefix cache only as many as the
+        free blocks that evict no cached content can serve (an eviction goes to the host). Blocks needed are
+        counted high (one more per sequence, for a copy-on-write of a shared last block), so the cap is safe."""
+        if self.waiting and self.waiting[0].swapped is not None:
+            return 0
+        pool = getattr(self.allocator, "pool", None)
+        if pool is None or not pool.retain_cached:
+            return rounds
+        bs = self.allocator.block_size
+        tokens = [self.allocator.num_tokens(seq_id) for seq_id in self.running_seq_ids()]
+
+        def blocks_needed(r: int) -> int:
+            return sum(-(-(t + r) // bs) + (-t // bs) + 1 for t in tokens)
+
+        free = pool.free_before_cached(blocks_needed(rounds))
+        lo, hi = 0, rounds  # the most rounds whose blocks the free uncached blocks cover
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if blocks_needed(mid) <= free:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     def _head_may_be_admitted(self, head: Request) -> bool:
         """Whether the next pure-decode iteration might admit `head` (False only when it surely cannot)."""
