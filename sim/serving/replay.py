@@ -255,7 +255,8 @@ def validate_kv_layout(options: ReplayOptions) -> None:
     if model.kv_dtype == "fp8" and options.gpu.fp8_flops is None:
         raise UserError(
             f"an fp8 KV cache needs a GPU with fp8 support; {options.gpu.name} has none (no fp8_flops): give "
-            f"--kv-cache-dtype auto, bf16 or fp16, or a GPU with fp8"
+            f"--kv-cache-dtype bf16 or fp16 (auto keeps the model's kv_dtype, {model.kv_dtype} here), or a GPU "
+            f"with fp8"
         )
     if not uses_kv_groups(options.allocator):
         w = model.sliding_window

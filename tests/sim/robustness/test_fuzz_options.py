@@ -24,7 +24,7 @@ import tempfile
 
 import numpy as np
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from sim.allocators import resolve_allocator
@@ -444,6 +444,8 @@ def replay_options(draw) -> tuple[str, str]:
 
 @settings(max_examples=COMMAND_EXAMPLES)
 @given(replay_options())
+# an fp8 model on the default GPU (no fp8): the refusal named only --kv-cache-dtype, not the model's kv_dtype
+@example(("--model", "layers=1,heads=1,kv_heads=1,head_size=1,params=1e3,max_len=2,kv_dtype=fp8"))
 def test_replay_options(option_value):
     """`sim replay` with one fuzzed option: exit 2 with a message naming it, or a summary of finite figures."""
     option, value = option_value

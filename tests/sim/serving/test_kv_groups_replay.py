@@ -266,3 +266,10 @@ def test_an_fp8_kv_cache_needs_a_gpu_with_fp8() -> None:
     validate_options(options(model, "paged-hybrid"))  # the H100 has fp8
     # 1,024 B per token per layer, half of bf16: a slot of 12 x 1,024 B
     assert options(model, "paged-hybrid", kv_memory=MiB).budget().bytes_per_token == 12_288
+
+
+def test_an_fp8_model_on_a_gpu_without_fp8_is_told_what_auto_keeps() -> None:
+    # found by the option fuzzer: a model whose own kv_dtype is fp8; --kv-cache-dtype auto would keep it
+    model = resolve_model("layers=1,heads=1,kv_heads=1,head_size=1,params=1e3,max_len=2,kv_dtype=fp8")
+    with pytest.raises(UserError, match=r"give --kv-cache-dtype bf16 or fp16 \(auto keeps the model's kv_dtype, fp8"):
+        validate_options(options(model, "paged", gpu=resolve_gpu("a100-80gb")))
