@@ -217,3 +217,22 @@ def test_front_popper_only_without_a_cache():
     assert pool.free_block_ids() == [1, 2]
     with pytest.raises(ValueError, match="front_popper is for pools without a prefix cache"):
         BlockPool(3, retain_cached=True).front_popper()
+
+
+def test_free_before_cached_counts_up_to_the_first_cached_block():
+    """The blocks the next allocations take before one evicts cached content (the host tier's fast-forward cap)."""
+    pool = BlockPool(6, retain_cached=True)
+    blocks = pool.allocate_many(6)  # the free queue is empty
+    assert pool.free_before_cached(10) == 0
+    pool.register(blocks[2], "h2")
+    pool.release_many(blocks[:4])  # free queue: 0, 1, 2 (cached), 3
+    assert pool.free_before_cached(10) == 2
+    assert pool.free_before_cached(2) == 2
+    assert pool.free_before_cached(1) == 1
+    assert pool.free_before_cached(0) == 0
+    pool.release_many([blocks[4]])
+    pool.allocate_many(2)  # takes 0 and 1: the cached block 2 is now at the front
+    assert pool.free_before_cached(10) == 0
+    plain = BlockPool(4)  # nothing is ever cached: every free block counts, up to the limit
+    assert plain.free_before_cached(3) == 3
+    assert plain.free_before_cached(10) == 4

@@ -8,7 +8,6 @@ import dataclasses
 
 import numpy as np
 
-from sim.allocators.block_pool import BlockPool
 from sim.hardware.gpus import resolve_gpu
 from sim.hardware.models import resolve_model
 from sim.serving.replay import ReplayOptions, replay
@@ -55,15 +54,3 @@ def test_offloaded_prefix_cache_matches_step_by_step() -> None:
     fast, slow = _both(trace, allocator="paged-prefix-cache", kv_memory=2**31, host_kv_memory=2**32)
     assert fast.summary["host_tier"]["bytes_to_host"] > 0, "the replay must offload for the test to mean anything"
     _same_records(fast, slow)
-
-
-def test_free_before_cached_counts_up_to_the_first_cached_block() -> None:
-    pool = BlockPool(6, retain_cached=True)
-    blocks = pool.allocate_many(6)  # free queue empty
-    pool.register(blocks[2], "h2")
-    pool.release_many([blocks[0], blocks[1], blocks[2], blocks[3]])  # free queue: 0, 1, 2 (cached), 3
-    assert pool.free_before_cached(10) == 2
-    assert pool.free_before_cached(1) == 1
-    pool.release_many([blocks[4]])
-    pool.allocate_many(2)  # takes 0 and 1: the cached block 2 is now at the front
-    assert pool.free_before_cached(10) == 0
