@@ -134,3 +134,27 @@ def sliding_window_prefill_cases(quick: bool) -> list[tuple]:
         ("prefill gqa32/8 8x4096 ctx0 W1024", 8, 32, 8, 0, 4096, 1024),
     ]
     return cases[:2] if quick else cases
+
+
+def sliding_window_fp8_decode_cases(quick: bool) -> list[tuple]:
+    """(name, batch, q heads, KV heads, lengths, window) of the fp8-KV decode cases: each reads about 1.06-1.07 GB of
+    fp8 window K/V (twice the batch of the bf16 cases, or more), while the bf16 copies the baselines read stay under
+    ``MAX_BYTES`` with the cache."""
+    if RUN.smoke:
+        return [("swd fp8 gqa b3 ctx40 W12", 3, 4, 2, [40, 40, 37], 12)]
+    rng = random.Random(4096)
+    mixed = [rng.randint(1, 16384) for _ in range(144)]
+    cases = [
+        ("decode fp8 gqa32/8 b128 ctx16384 W4096", 128, 32, 8, [16384] * 128, 4096),
+        ("decode fp8 gqa32/16 b256 ctx4096 W1024", 256, 32, 16, [4096] * 256, 1024),
+        ("decode fp8 mixed gqa32/8 b144 len1-16384 W4096", 144, 32, 8, mixed, 4096),
+    ]
+    return cases[:1] if quick else cases
+
+
+def sliding_window_fp8_prefill_cases(quick: bool) -> list[tuple]:
+    """(name, batch, q heads, KV heads, context, new tokens, window) of the fp8-KV prefill case: 1.21 GB of distinct
+    fp8 window K/V."""
+    if RUN.smoke:
+        return [("swp fp8 chunked gqa 2x20 ctx45 W16", 2, 4, 2, 45, 20, 16)]
+    return [("chunked fp8 gqa32/8 128x512 ctx8192 W4096", 128, 32, 8, 8192, 512, 4096)]

@@ -31,7 +31,7 @@ def flex_available() -> dict:
     return info
 
 
-def _flex_compiled():
+def flex_compiled():
     """``torch.compile(flex_attention, dynamic=False)``, made once; one compile per new shape."""
     if "fn" not in _FLEX:
         import torch._dynamo
@@ -116,7 +116,7 @@ def _flex_fn(c, lens, hq, hkv, scale):
     if _FLEX.get("cpu_eager"):  # --cpu-smoke only, after the CPU compile failed once
         from torch.nn.attention.flex_attention import flex_attention as flex
     else:
-        flex = _flex_compiled()
+        flex = flex_compiled()
     return lambda: flex(q4, k4, v4, block_mask=bm, scale=scale, **kw)
 
 

@@ -1,8 +1,10 @@
 """Sliding-window attention on the GPU: our paged decode and prefill kernels with ``sliding_window`` against torch SDPA
 with a sliding-window mask and FlexAttention with a sliding-window block mask, on the same data, in one process.
 
-Long file: the decode and the prefill measurement share the paged cache set-up, the freed-block poisoning and the
-SDPA and Flex timing helpers here; the targets and the report are in `kernels.bench.sliding_window_report`.
+The decode and the prefill measurement share the paged cache set-up and the freed-block poisoning here; the
+alternatives' timing is in `kernels.bench.sliding_window_baselines`, the byte model in
+`kernels.bench.sliding_window_bytes`, the cases in `kernels.bench.cases`, the targets and the report in
+`kernels.bench.sliding_window_report`.
 
     python -m kernels.bench sliding-window --out DIR [--budget-s 900] [--only decode,prefill] [--quick] [--no-flex]
     TRITON_INTERPRET=1 python -m kernels.bench sliding-window --cpu-smoke --out DIR   # tiny shapes, no GPU
@@ -44,24 +46,27 @@ import argparse
 import json
 import math
 import os
-import random
 import sys
 import time
 import traceback
-import warnings
 
 import torch
 
 from kernels.attention import decode_plan, paged_decode_attention, paged_prefill_attention, prefill_hopper, prefill_plan
 from kernels.attention.common import interpreting, num_sms
-from kernels.bench.cases import sliding_window_decode_cases, sliding_window_prefill_cases
+from kernels.bench.cases import (
+    sliding_window_decode_cases,
+    sliding_window_fp8_decode_cases,
+    sliding_window_fp8_prefill_cases,
+    sliding_window_prefill_cases,
+)
 from kernels.bench.run import BLOCK, GB, HEAD, MAX_BYTES, RUN
-from kernels.bench.sdpa import run_sdpa, sdpa_backends
+from kernels.bench.sliding_window_baselines import time_flex, time_sdpa
+from kernels.bench.sliding_window_bytes import count_loads, sw_decode_bytes, sw_prefill_bytes
 from kernels.bench.sliding_window_report import evaluate_targets, write_markdown
 from kernels.bench.timing import Budget, bench_graph, bench_graph_or_eager, copy_ceiling, env_info
 from kernels.cache_ops import FP8_DTYPE, write_kv
 
-_FLEX: dict = {}
 # (k_scale, v_scale) of the fp8 cases: N(0, 1) values / 2**-5 stay below 448 (e4m3's largest) up to 14 standard
 # deviations, and powers of two keep the dequantized bf16 copies the baselines read exact
 FP8_SCALES = (2.0**-5, 2.0**-5)
@@ -75,125 +80,6 @@ def _sync():
 def _free():
     if not RUN.smoke:
         torch.cuda.empty_cache()
-
-
-def _baselines():
-    """(name, backend) of the SDPA backends; the CPU smoke run adds the math backend (the others need CUDA)."""
-    backends = sdpa_backends()
-    if RUN.smoke:
-        from torch.nn.attention import SDPBackend
-
-        backends = backends + [("math", SDPBackend.MATH)]
-    return backends
-
-
-def _flex():
-    """``flex_attention`` compiled once (static shapes), or eager in the CPU smoke run (checks the mask only)."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    if RUN.smoke:
-        return flex_attention
-    if "fn" not in _FLEX:
-        import torch._dynamo
-
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, 256)
-        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-    return _FLEX["fn"]
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# the byte models
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def sw_decode_bytes(lens, window, hq, hkv, esize, splits, kv_esize=None) -> dict:
-    """Bytes a windowed decode step moves (our split-KV kernel): the K/V rows of each sequence's last ``window``
-    keys, the block-table entries of the blocks holding them, the split-KV partials (fp32 output and log-sum-exp,
-    written and read back) and q and the output. ``window_kv`` is the window's K/V bytes. ``esize``: bytes per
-    element of q and the output; ``kv_esize``: of the cache (default ``esize``; 1 for fp8)."""
-    kv_esize = esize if kv_esize is None else kv_esize
-    toks = sum(min(max(n, 0), window) for n in lens)
-    blocks = sum(_blocks_spanned(max(0, n - window), n) for n in lens)
-    kv = toks * hkv * HEAD * kv_esize * 2
-    rec = {
-        "window_kv": kv,
-        "kv_rows": kv,
-        "block_table": 4 * blocks,
-        "partials": len(lens) * hq * splits * (HEAD + 1) * 4 * 2 if splits > 1 else 0,
-        "q_out": len(lens) * hq * HEAD * esize * 2,
-    }
-    rec["kv_moved"] = rec["kv_rows"] + rec["block_table"] + rec["partials"]
-    rec["total"] = rec["kv_moved"] + rec["q_out"]
-    return rec
-
-
-def sw_prefill_bytes(batch, ctx, new, window, hq, hkv, esize, block_m, kv_esize=None) -> dict:
-    """Bytes a windowed prefill moves (our Triton paged kernel, every sequence ``ctx`` cached + ``new`` new tokens):
-    distinct K/V rows (from the first new token's window on: ``ctx - window + 1``), their block-table entries, and q
-    and the output. ``kv_issued`` counts the K/V rows every program loads (each ``block_m``-row tile of each q head
-    loads the keys its rows see), most of them served by L2. ``esize``/``kv_esize`` as in ``sw_decode_bytes``."""
-    kv_esize = esize if kv_esize is None else kv_esize
-    lo = max(0, ctx - window + 1)
-    kv = batch * (ctx + new - lo) * hkv * HEAD * kv_esize * 2
-    issued = 0
-    for m0 in range(0, new, block_m):
-        tile_lo = max(0, ctx + m0 - window + 1)
-        issued += min(ctx + new, ctx + m0 + block_m) - tile_lo
-    rec = {
-        "window_kv": kv,
-        "kv_rows": kv,
-        "block_table": 4 * batch * _blocks_spanned(lo, ctx + new),
-        "q_out": batch * new * hq * HEAD * esize * 2,
-        "kv_issued": batch * hq * issued * HEAD * kv_esize * 2,
-    }
-    rec["kv_moved"] = rec["kv_rows"] + rec["block_table"]
-    rec["total"] = rec["kv_moved"] + rec["q_out"]
-    return rec
-
-
-def _blocks_spanned(start: int, end: int) -> int:
-    return 0 if end <= start else (end - 1) // BLOCK - start // BLOCK + 1
-
-
-def _count_loads(fn, k, v, bt) -> dict:
-    """Run ``fn`` in the interpreter, counting the distinct and repeated bytes it loads from ``k``, ``v`` and ``bt``."""
-    from kernels.bench.loads import bytes_read, record_loads
-
-    with record_loads() as loads:
-        fn()
-    (k_all, k_distinct), (v_all, v_distinct), (_, bt_distinct) = (bytes_read(loads, t) for t in (k, v, bt))
-    return {"kv_rows": k_distinct + v_distinct, "kv_issued": k_all + v_all, "block_table": bt_distinct}
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# cases
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def sliding_window_fp8_decode_cases(quick: bool) -> list[tuple]:
-    """(name, batch, q heads, KV heads, lengths, window) of the fp8-KV decode cases: each reads about 1.06-1.07 GB of
-    fp8 window K/V (twice the batch of the bf16 cases, or more), while the bf16 copies the baselines read stay under
-    ``MAX_BYTES`` with the cache."""
-    if RUN.smoke:
-        return [("swd fp8 gqa b3 ctx40 W12", 3, 4, 2, [40, 40, 37], 12)]
-    rng = random.Random(4096)
-    mixed = [rng.randint(1, 16384) for _ in range(144)]
-    cases = [
-        ("decode fp8 gqa32/8 b128 ctx16384 W4096", 128, 32, 8, [16384] * 128, 4096),
-        ("decode fp8 gqa32/16 b256 ctx4096 W1024", 256, 32, 16, [4096] * 256, 1024),
-        ("decode fp8 mixed gqa32/8 b144 len1-16384 W4096", 144, 32, 8, mixed, 4096),
-    ]
-    return cases[:1] if quick else cases
-
-
-def sliding_window_fp8_prefill_cases(quick: bool) -> list[tuple]:
-    """(name, batch, q heads, KV heads, context, new tokens, window) of the fp8-KV prefill case: 1.21 GB of distinct
-    fp8 window K/V."""
-    if RUN.smoke:
-        return [("swp fp8 chunked gqa 2x20 ctx45 W16", 2, 4, 2, 45, 20, 16)]
-    return [("chunked fp8 gqa32/8 128x512 ctx8192 W4096", 128, 32, 8, 8192, 512, 4096)]
 
 
 def _paged_cache(lens, hkv, fp8=False):
@@ -241,71 +127,6 @@ def _freed(bt, nan_block, first_pos):
     for s, p in enumerate(first_pos):
         bt_win[s, : max(0, p) // BLOCK] = nan_block
     return bt_win
-
-
-def _time_sdpa(rec, times, label, q4, k4, v4, mask, gqa, outs, **kw):
-    """Every SDPA backend on ``q4, k4, v4`` (``enable_gqa`` where the heads differ). A backend that refuses
-    ``enable_gqa`` is tried again on K/V expanded to the q heads (``..._expanded``: it then reads the expanded
-    copy), where that fits in ``MAX_BYTES``. Errors are recorded."""
-    expanded = {}
-
-    def attempt(name, backend, k, v, use_gqa):
-        outs[name] = run_sdpa(backend, q4, k, v, mask, gqa=use_gqa, **kw)
-        times[name] = bench_graph_or_eager(lambda: run_sdpa(backend, q4, k, v, mask, gqa=use_gqa, **kw), rec, name)
-
-    for bname, backend in _baselines():
-        name = f"sdpa_{label}_{bname}"
-        try:
-            attempt(name, backend, k4, v4, gqa)
-            continue
-        except Exception as e:  # noqa: BLE001
-            rec[f"{name}_error"] = _err(e)
-        group = q4.shape[1] // k4.shape[1]
-        if not gqa or 2 * k4.numel() * group * k4.element_size() > MAX_BYTES:
-            continue
-        try:
-            if not expanded:
-                expanded["k"] = k4.repeat_interleave(group, dim=1)
-                expanded["v"] = v4.repeat_interleave(group, dim=1)
-            attempt(f"{name}_expanded", backend, expanded["k"], expanded["v"], False)
-        except Exception as e:  # noqa: BLE001
-            rec[f"{name}_expanded_error"] = _err(e)
-    expanded.clear()
-
-
-def _err(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
-
-
-def _time_flex(rec, times, outs, q4, k4, v4, mask_mod, batch, q_len, kv_len, gqa, scale):
-    """FlexAttention with a block mask from ``mask_mod`` (eager in the smoke run: its "use torch.compile" warning is
-    silenced there)."""
-    with warnings.catch_warnings():
-        if RUN.smoke:
-            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-        _time_flex_inner(rec, times, outs, q4, k4, v4, mask_mod, batch, q_len, kv_len, gqa, scale)
-
-
-def _time_flex_inner(rec, times, outs, q4, k4, v4, mask_mod, batch, q_len, kv_len, gqa, scale):
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    try:
-        t0 = time.time()
-        bm = create_block_mask(mask_mod, batch, None, q_len, kv_len, device=RUN.dev)
-        flex = _flex()
-        kw = {"enable_gqa": True} if gqa else {}
-
-        def fn():
-            return flex(q4, k4, v4, block_mask=bm, scale=scale, **kw)
-
-        outs["flex"] = fn()
-        _sync()
-        rec["flex_first_call_s"] = time.time() - t0
-        rec["flex_mode"] = "eager flex_attention (CPU smoke)" if RUN.smoke else "torch.compile(flex_attention)"
-        times["flex"] = bench_graph_or_eager(fn, rec, "flex")
-    except Exception as e:  # noqa: BLE001
-        traceback.print_exc()
-        rec["flex_error"] = _err(e)
 
 
 def _finish(rec, times, kv_moved, window_kv, ceiling_tb_s, primary):
@@ -389,7 +210,7 @@ def measure_sw_decode(name, batch, hq, hkv, lens, window, ceiling_tb_s, with_fle
             (ours(config={"balanced": True})().float() - ours_out.float()).abs().max().item()
         )
     if RUN.smoke:
-        rec["bytes_counted_interpreter"] = _count_loads(ours(), k_cache, v_cache, bt_win)
+        rec["bytes_counted_interpreter"] = count_loads(ours(), k_cache, v_cache, bt_win)
         from kernels.reference import ref_paged_decode
 
         ref = ref_paged_decode(q, k_cache, v_cache, bt_win, sl, scale, sliding_window=window, **scales)
@@ -400,7 +221,7 @@ def measure_sw_decode(name, batch, hq, hkv, lens, window, ceiling_tb_s, with_fle
     pos = torch.arange(lmax, device=RUN.dev)
     lo = (sl.long() - window).clamp_min(0)
     mask = ((pos[None, :] < sl[:, None].long()) & (pos[None, :] >= lo[:, None]))[:, None, None, :]
-    _time_sdpa(rec, times, "masked", q4, kc, vc, mask, gqa, outs)
+    time_sdpa(rec, times, "masked", q4, kc, vc, mask, gqa, outs)
     # SDPA's best case: a contiguous copy of the windows alone (the last `window` keys, fewer for short sequences)
     wpad = min(window, max(lens))
     idx = (lo[:, None] + torch.arange(wpad, device=RUN.dev)[None, :]).clamp_max(lmax - 1)
@@ -409,7 +230,7 @@ def measure_sw_decode(name, batch, hq, hkv, lens, window, ceiling_tb_s, with_fle
     wmask = None
     if any(n < window for n in lens):
         wmask = ((lo[:, None] + torch.arange(wpad, device=RUN.dev)[None, :]) < sl[:, None].long())[:, None, None, :]
-    _time_sdpa(rec, times, "window", q4, kw_, vw_, wmask, gqa, outs)
+    time_sdpa(rec, times, "window", q4, kw_, vw_, wmask, gqa, outs)
     del kw_, vw_
     if with_flex:
         sl_l = sl.long()
@@ -417,7 +238,7 @@ def measure_sw_decode(name, batch, hq, hkv, lens, window, ceiling_tb_s, with_fle
         def mask_mod(b, h, q_idx, kv_idx):
             return (kv_idx < sl_l[b]) & (kv_idx >= sl_l[b] - window)
 
-        _time_flex(rec, times, outs, q4, kc, vc, mask_mod, batch, 1, lmax, gqa, scale)
+        time_flex(rec, times, outs, q4, kc, vc, mask_mod, batch, 1, lmax, gqa, scale)
     _diffs(rec, ours_out, outs, lambda r: r.reshape(batch, hq, HEAD))
     times["ours_repeat"] = bench_graph(ours())
     rec["repeat_spread"] = abs(times["ours_repeat"] / times["ours"] - 1.0)
@@ -486,7 +307,7 @@ def measure_sw_prefill(name, batch, hq, hkv, ctx, new, window, ceiling_tb_s, wit
         rec["gluon_nan"] = bool(torch.isnan(o_gluon).any().item())
         del o_gluon
     if RUN.smoke:
-        rec["bytes_counted_interpreter"] = _count_loads(ours(), k_cache, v_cache, bt_win)
+        rec["bytes_counted_interpreter"] = count_loads(ours(), k_cache, v_cache, bt_win)
         from kernels.reference import ref_paged_prefill
 
         ref = ref_paged_prefill(q, k_cache, v_cache, bt_win, cu, ctx_t, scale, sliding_window=window, **scales)
@@ -497,17 +318,17 @@ def measure_sw_prefill(name, batch, hq, hkv, ctx, new, window, ceiling_tb_s, wit
     qpos = torch.arange(ctx, total_len, device=RUN.dev)
     kpos = torch.arange(total_len, device=RUN.dev)
     mask = (kpos[None, :] <= qpos[:, None]) & (kpos[None, :] > qpos[:, None] - window)
-    _time_sdpa(rec, times, "masked", q4, kc, vc, mask, gqa, outs)
+    time_sdpa(rec, times, "masked", q4, kc, vc, mask, gqa, outs)
     # SDPA's best case: the keys from the first new token's window on only
     kw_, vw_ = kc[:, :, lo:].contiguous(), vc[:, :, lo:].contiguous()
-    _time_sdpa(rec, times, "window", q4, kw_, vw_, mask[:, lo:].contiguous(), gqa, outs)
+    time_sdpa(rec, times, "window", q4, kw_, vw_, mask[:, lo:].contiguous(), gqa, outs)
     del kw_, vw_
     if with_flex:
 
         def mask_mod(b, h, q_idx, kv_idx):
             return (kv_idx <= q_idx + ctx) & (kv_idx > q_idx + ctx - window)
 
-        _time_flex(rec, times, outs, q4, kc, vc, mask_mod, None, new, total_len, gqa, scale)
+        time_flex(rec, times, outs, q4, kc, vc, mask_mod, None, new, total_len, gqa, scale)
     _diffs(rec, ours_out, outs, lambda r: r.transpose(1, 2).reshape(batch * new, hq, HEAD))
     rec["tflop_s"] = {k: flops / (t * 1e-3) / 1e12 for k, t in times.items()}
     _finish(rec, times, model["kv_moved"], model["window_kv"], ceiling_tb_s, "ours")

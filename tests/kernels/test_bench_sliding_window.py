@@ -11,14 +11,10 @@ pytest.importorskip("triton")
 
 from kernels.attention.common import interpreting  # noqa: E402
 from kernels.bench import __main__ as bench_main  # noqa: E402
+from kernels.bench.cases import sliding_window_fp8_decode_cases, sliding_window_fp8_prefill_cases  # noqa: E402
 from kernels.bench.run import BLOCK, RUN  # noqa: E402
-from kernels.bench.sliding_window import (  # noqa: E402
-    FP8_SCALES,
-    sliding_window_fp8_decode_cases,
-    sliding_window_fp8_prefill_cases,
-    sw_decode_bytes,
-    sw_prefill_bytes,
-)
+from kernels.bench.sliding_window import FP8_SCALES  # noqa: E402
+from kernels.bench.sliding_window_bytes import sw_decode_bytes, sw_prefill_bytes  # noqa: E402
 from kernels.bench.sliding_window_report import TARGET_MIN_BYTES, evaluate_targets, write_markdown  # noqa: E402
 
 
