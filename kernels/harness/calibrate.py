@@ -111,12 +111,7 @@ def _prefill_batch(state: SyntheticState, batch: Batch, num: int, new: int, cont
         if seq is None:
             return False
         seq.cached_tokens = context
-        batch.prefill.append(seq)
-        batch.prefill_spans.append((context, context + new))
-        batch.num_prefill_seqs += 1
-        batch.num_prefill_tokens += new
-        batch.prefill_context_tokens += context
-        batch.prefill_attention_pairs += new * (new + 1) // 2 + new * context
+        batch.add_prefill(seq, context, new)
     return True
 
 

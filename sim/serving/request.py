@@ -95,6 +95,16 @@ class Batch:
     def bytes_to_gpu(self) -> int:
         return sum(t.nbytes for t in self.transfers if t.direction == TO_GPU)
 
+    def add_prefill(self, request: Request, context: int, new: int, seqs: int = 1) -> None:
+        """A prompt chunk: `new` tokens of `request` computed by `seqs` sequences on top of `context` tokens, with
+        the counters the cost model reads."""
+        self.prefill.append(request)
+        self.prefill_spans.append((context, context + new))
+        self.num_prefill_seqs += seqs
+        self.num_prefill_tokens += new
+        self.prefill_context_tokens += context
+        self.prefill_attention_pairs += new * (new + 1) // 2 + new * context
+
     @property
     def num_seqs(self) -> int:
         return self.num_prefill_seqs + self.num_decode_seqs

@@ -285,11 +285,7 @@ def _prefill_past_the_window(state: SyntheticState, batch: Batch, context: int, 
     seq = state.new_seq(context)
     state.alloc.append(seq.index, new)
     seq.cached_tokens = context
-    batch.prefill.append(seq)
-    batch.prefill_spans.append((context, context + new))
-    batch.num_prefill_seqs += 1
-    batch.num_prefill_tokens += new
-    batch.prefill_context_tokens += context
+    batch.add_prefill(seq, context, new)
 
 
 @pytest.mark.parametrize("case", ["decode", "mixed"])

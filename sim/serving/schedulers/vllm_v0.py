@@ -385,17 +385,11 @@ class VllmV0Scheduler:
             if request.admitted_s is None:
                 request.admitted_s = now
             self._start_running(request)
-            batch.prefill.append(request)
-            batch.prefill_spans.append((request.cached_tokens, n))
+            batch.add_prefill(request, request.cached_tokens, n - request.cached_tokens, len(request.branches))
             if request.preemptions:  # it emits again at the end of this iteration
                 batch.resumed.append(request)
-            new = n - request.cached_tokens
             self.prefill_tokens_requested += n
             self.prefill_tokens_cached += request.cached_tokens
-            batch.num_prefill_seqs += len(request.branches)
-            batch.num_prefill_tokens += new
-            batch.prefill_context_tokens += request.cached_tokens
-            batch.prefill_attention_pairs += new * (new + 1) // 2 + new * request.cached_tokens
 
     def finish(self, batch: Batch, now: float) -> list[Request]:
         """Emit one token for every branch of the batch (every running request); returns the requests that finished

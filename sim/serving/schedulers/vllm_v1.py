@@ -167,19 +167,18 @@ class VllmV1Scheduler(VllmV0Scheduler):
     def _add_chunk(self, batch: Batch, request: Request, new: int, sign: int = 1) -> None:
         """Account a prompt chunk of `new` tokens computed by one sequence on top of request.computed tokens of
         context (sign -1: take back the chunk just added)."""
-        if sign < 0:
-            request.computed -= new
-            i = batch.prefill.index(request)
-            del batch.prefill[i], batch.prefill_spans[i]
-        context = request.computed
-        batch.num_prefill_seqs += sign
-        batch.num_prefill_tokens += sign * new
-        batch.prefill_context_tokens += sign * context
-        batch.prefill_attention_pairs += sign * (new * (new + 1) // 2 + new * context)
         if sign > 0:
+            batch.add_prefill(request, request.computed, new)
             request.computed += new
-            batch.prefill.append(request)
-            batch.prefill_spans.append((context, context + new))
+            return
+        request.computed -= new
+        i = batch.prefill.index(request)
+        del batch.prefill[i], batch.prefill_spans[i]
+        context = request.computed
+        batch.num_prefill_seqs -= 1
+        batch.num_prefill_tokens -= new
+        batch.prefill_context_tokens -= context
+        batch.prefill_attention_pairs -= new * (new + 1) // 2 + new * context
 
     def _complete_prefill(self, request: Request, new: int, order: list[Request], batch: Batch) -> bool:
         """The last prompt chunk (`new` tokens) of a prefilling request is placed: fork its other branches and let it
