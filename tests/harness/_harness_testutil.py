@@ -3,6 +3,9 @@ interpreter on a machine without a GPU, which mishandles bf16), and trace files 
 
 import torch
 
+from sim.hardware.gpus import GPUS
+from sim.hardware.models import resolve_model
+from sim.serving.replay import ReplayOptions
 from sim.traces.model import Trace
 from sim.traces.readers import read_trace
 
@@ -10,6 +13,13 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = "bf16" if DEVICE == "cuda" else "fp32"
 TINY = "layers=2,kv_heads=2,heads=4,head_size=16,hidden=64,intermediate=128,vocab=128,params=1e5,max_len=128,name=tiny"
 BLOCK = 8
+
+
+def tiny_options(blocks: int, **extra) -> ReplayOptions:
+    """The tiny model on `paged` with a KV cache of `blocks` blocks of BLOCK tokens (h100-80gb), plus `extra`."""
+    model = resolve_model(TINY)
+    kw = dict(allocator="paged", block_size=BLOCK, kv_memory=blocks * BLOCK * model.kv_bytes_per_token())
+    return ReplayOptions(model=model, gpu=GPUS["h100-80gb"], **{**kw, **extra})
 
 
 def trace_file(tmp_path, rows, header: str = "arrival_s,prompt_tokens,output_tokens") -> Trace:

@@ -29,6 +29,7 @@ from tests.harness._harness_testutil import (
     TINY,
     assert_replay_matches_simulation,  # noqa: E402
     execute_static_and_dynamic,
+    tiny_options,
 )
 from tests.harness._harness_testutil import (
     trace_file as _trace,
@@ -47,15 +48,7 @@ def test_buckets():
 
 
 def _run(blocks: int = 48, graphs: bool = True, check: bool = True) -> GpuRun:
-    model = resolve_model(TINY)
-    opts = ReplayOptions(
-        model=model,
-        gpu=GPUS["h100-80gb"],
-        allocator="paged",
-        block_size=BLOCK,
-        kv_memory=blocks * BLOCK * model.kv_bytes_per_token(),
-        max_num_seqs=12,
-    )
+    opts = tiny_options(blocks, max_num_seqs=12)
     return GpuRun.build(opts, HarnessOptions(dtype=DTYPE, device=DEVICE, check=check, warmup=False, cuda_graphs=graphs))
 
 

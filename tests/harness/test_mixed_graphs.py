@@ -30,6 +30,7 @@ from tests.harness._harness_testutil import (
     TINY,
     assert_replay_matches_simulation,  # noqa: E402
     execute_static_and_dynamic,
+    tiny_options,
 )
 from tests.harness._harness_testutil import (
     trace_file as _trace,
@@ -48,15 +49,7 @@ def test_buckets():
 
 
 def _run(blocks: int = 64, max_seqs: int = 12) -> GpuRun:
-    model = resolve_model(TINY)
-    opts = ReplayOptions(
-        model=model,
-        gpu=GPUS["h100-80gb"],
-        allocator="paged",
-        block_size=BLOCK,
-        kv_memory=blocks * BLOCK * model.kv_bytes_per_token(),
-        max_num_seqs=max_seqs,
-    )
+    opts = tiny_options(blocks, max_num_seqs=max_seqs)
     return GpuRun.build(opts, HarnessOptions(dtype=DTYPE, device=DEVICE, warmup=False))
 
 

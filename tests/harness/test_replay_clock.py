@@ -11,24 +11,14 @@ pytest.importorskip("triton")
 
 from kernels.harness import replay as replay_mod  # noqa: E402
 from kernels.harness.replay import GpuRun, HarnessOptions, gpu_replay  # noqa: E402
-from sim.hardware.gpus import GPUS  # noqa: E402
-from sim.hardware.models import resolve_model  # noqa: E402
-from sim.serving.replay import ReplayOptions  # noqa: E402
-from tests.harness._harness_testutil import BLOCK, DEVICE, DTYPE, TINY, trace_file  # noqa: E402
+from tests.harness._harness_testutil import DEVICE, DTYPE, tiny_options, trace_file  # noqa: E402
 
 SLOW_COLLECT_S = 0.3
 
 
 def test_start_up_work_is_outside_the_clock(tmp_path, monkeypatch):
     trace = trace_file(tmp_path, [(0, 3, 2, 1)], header="arrival_s,prompt_tokens,output_tokens,n")
-    model = resolve_model(TINY)
-    opts = ReplayOptions(
-        model=model,
-        gpu=GPUS["h100-80gb"],
-        allocator="paged",
-        block_size=BLOCK,
-        kv_memory=4 * BLOCK * model.kv_bytes_per_token(),
-    )
+    opts = tiny_options(4)
     run = GpuRun.build(opts, HarnessOptions(dtype=DTYPE, device=DEVICE, check_every=1, warmup=False))
     real_collect = replay_mod.gc.collect
 

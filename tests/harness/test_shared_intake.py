@@ -22,24 +22,15 @@ pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 from kernels.harness.replay import GpuRun, HarnessOptions, gpu_replay  # noqa: E402
-from sim.hardware.gpus import GPUS  # noqa: E402
-from sim.hardware.models import resolve_model  # noqa: E402
-from sim.serving.replay import ReplayOptions, replay  # noqa: E402
-from tests.harness._harness_testutil import BLOCK, DEVICE, DTYPE, TINY, trace_file  # noqa: E402
+from sim.serving.replay import replay  # noqa: E402
+from tests.harness._harness_testutil import DEVICE, DTYPE, tiny_options, trace_file  # noqa: E402
 
 ROWS = [(0, 1, 1, 1), (0, 200, 5, 1), (0, 40, 2, 1), (0, 8, 20, 2)]
 
 
 def test_engine_and_gpu_replay_reject_and_count_alike(tmp_path):
     trace = trace_file(tmp_path, ROWS, header="arrival_s,prompt_tokens,output_tokens,n")
-    model = resolve_model(TINY)
-    opts = ReplayOptions(
-        model=model,
-        gpu=GPUS["h100-80gb"],
-        allocator="paged",
-        block_size=BLOCK,
-        kv_memory=4 * BLOCK * model.kv_bytes_per_token(),
-    )
+    opts = tiny_options(4)
     run = GpuRun.build(opts, HarnessOptions(dtype=DTYPE, device=DEVICE, check_every=1, warmup=False))
     measured, predicted = gpu_replay(trace, run), replay(trace, opts)
     for result in (measured, predicted):
