@@ -58,8 +58,8 @@ except Exception as exc:  # pragma: no cover - depends on the installed triton
 
 # warp_specialize: two consumer warp groups and a loader warp (block_m 128, 4 + 4 + 1 warps; num_warps and
 # pipeline are then unused); persistent: with it, one program per SM looping over the work items (q_buffers,
-# snake and pingpong: see _prefill_ws_kernel, _item and _take_turn); maxnreg caps the registers of the
-# single-partition kernel (two programs per SM)
+# snake and pingpong: see _prefill_ws_kernel, _item and _take_turn); fp8_stages: the depth of the fp8 staging
+# rings (fp8 caches only); maxnreg caps the registers of the single-partition kernel (two programs per SM)
 # The default is the fastest form on the H100 (reports/kernels/README.md), on par with cuDNN on pure prefill:
 # persistent + snake + ping-pong; without ping-pong about 3% slower, round-robin items with one Q buffer or one
 # program per item about 13% slower, the single-partition kernel about 40% slower
@@ -73,6 +73,7 @@ DEFAULT_CONFIG = {
     "q_buffers": 2,
     "snake": True,
     "pingpong": True,
+    "fp8_stages": 2,
     "consumer_regs": 240,
     "loader_regs": 24,
     "maxnreg": None,
@@ -81,8 +82,10 @@ DEFAULT_CONFIG = {
 # (block-table reads, zeroing the V rows past a sequence's end) needs more than 24 registers
 PAGED_DEFAULTS = {"consumer_regs": 232, "loader_regs": 40}
 # fp8 caches: the loader's warp group also holds the two converter warps, which take its register count; the
-# consumers give some up so that 2 x 128 x 224 + 128 x 48 fits the 65,536 registers of an SM
-FP8_DEFAULTS = {"consumer_regs": 224, "loader_regs": 48}
+# consumers give some up so that 2 x 128 x 224 + 128 x 48 fits the 65,536 registers of an SM. Shared memory holds
+# two fp8 staging tiles each for K and V (so a TMA copy lands while the converters work on the previous tile) only
+# with one Q buffer: 32 + 128 + 64 KiB of the 227 KiB
+FP8_DEFAULTS = {"consumer_regs": 224, "loader_regs": 48, "q_buffers": 1}
 
 
 def _device_dtype_scale(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> str:
@@ -615,6 +618,7 @@ if gluon is not None:
         HALF_M: gl.constexpr,
         BLOCK_N: gl.constexpr,
         STAGES: gl.constexpr,
+        STAGES8: gl.constexpr,
         Q_BUFFERS: gl.constexpr,
         SNAKE: gl.constexpr,
         PAGED: gl.constexpr,
@@ -629,8 +633,9 @@ if gluon is not None:
         sequence's end has its rows past the end zeroed before the consumers see it. ``MIXED``: the context's
         tiles so (zeroed past the context), then the new tokens' from ``kn_desc``/``vn_desc``. ``SLIDING`` (paged
         form): from the tile of the item's first row's window edge on, rows before that edge zeroed in V and never
-        looked up in the block table. ``KV_FP8`` (paged form): the fp8 K and V tiles go to one staging tile each
-        (``k_stage8``/``v_stage8``), from which the converter warps (:func:`_ws_convert`) fill the bf16 stages."""
+        looked up in the block table. ``KV_FP8`` (paged form): the fp8 K and V tiles go to rings of ``STAGES8``
+        staging tiles (``k_stage8``/``v_stage8``), from which the converter warps (:func:`_ws_convert`) fill the
+        bf16 stages."""
         it = 0
         tc = 0
         partial = 0  # paged V tiles that held a sequence's end (parity of v_landed)
@@ -665,14 +670,18 @@ if gluon is not None:
                     stage = cur % STAGES
                     free_phase = ((cur // STAGES) & 1) ^ 1  # the stage's previous use, released by both groups
                     n0 = j * BLOCK_N
-                    if KV_FP8:  # into the staging tiles once the converters have read their previous contents
-                        mbarrier.wait(k8_empty, (cur & 1) ^ 1, pred=cur >= 1)
+                    if KV_FP8:  # into the staging ring once the converters have read a slot's previous contents
+                        s8 = cur % STAGES8
+                        free8 = ((cur // STAGES8) & 1) ^ 1
+                        mbarrier.wait(k8_empty.index(s8), free8, pred=cur >= STAGES8)
+                        k8_buf, k8_bar = k_stage8.index(s8), k8_ready.index(s8)
                         _load_paged_tile(
-                            k_desc, k_stage8, k8_ready, bt_row, n0, start, seq_len, col, BLOCK_SIZE, BOX, BLOCK_N
+                            k_desc, k8_buf, k8_bar, bt_row, n0, start, seq_len, col, BLOCK_SIZE, BOX, BLOCK_N
                         )
-                        mbarrier.wait(v8_empty, (cur & 1) ^ 1, pred=cur >= 1)
+                        mbarrier.wait(v8_empty.index(s8), free8, pred=cur >= STAGES8)
+                        v8_buf, v8_bar = v_stage8.index(s8), v8_ready.index(s8)
                         _load_paged_tile(
-                            v_desc, v_stage8, v8_ready, bt_row, n0, start, seq_len, col, BLOCK_SIZE, BOX, BLOCK_N
+                            v_desc, v8_buf, v8_bar, bt_row, n0, start, seq_len, col, BLOCK_SIZE, BOX, BLOCK_N
                         )
                     else:
                         mbarrier.wait(k_empty.index(stage), free_phase, pred=cur >= STAGES)
@@ -734,6 +743,63 @@ if gluon is not None:
                 it += n_tiles - j_lo
                 tc += 1
 
+    # e4m3fn -> bf16, four bytes (one register) into two bf16 pairs. The bytes' sign and magnitude bits go where a
+    # bf16's are (the value times 2^-120: e4m3's exponent bias is 7, bf16's 127), a multiply by 2^120 restores it
+    # exactly (subnormals included), and the NaN code (magnitude 0x7F, which would become 480 > 448, the largest
+    # finite e4m3) is turned into NaN by an overflow to +inf times -0. All integer and bf16x2 arithmetic: the
+    # conversion instructions' path (e4m3 -> f16 -> bf16, one F2F per element) is a quarter-rate unit and kept the
+    # converter warps from feeding the tensor cores (reports/kernels/runs/gluon-fp8-h100-*).
+    _E4M3_TO_BF16_ASM = gl.constexpr("""
+    {
+    .reg .b32 t<2>, a<2>, x<2>, d<2>, c120, cm464, c127, nz;
+    mov.b32 c120, 0x7B807B80;
+    mov.b32 cm464, 0xC3E8C3E8;
+    mov.b32 c127, 0x7F007F00;
+    mov.b32 nz, 0x80008000;
+    prmt.b32 t0, $2, 0, 0x1404;
+    prmt.b32 t1, $2, 0, 0x3424;
+    shr.b32 a0, t0, 4;
+    shr.b32 a1, t1, 4;
+    and.b32 a0, a0, 0x07F007F0;
+    and.b32 a1, a1, 0x07F007F0;
+    and.b32 x0, t0, 0x80008000;
+    and.b32 x1, t1, 0x80008000;
+    or.b32 x0, x0, a0;
+    or.b32 x1, x1, a1;
+    fma.rn.bf16x2 x0, x0, c120, nz;
+    fma.rn.bf16x2 x1, x1, c120, nz;
+    fma.rn.bf16x2 d0, a0, c120, cm464;
+    fma.rn.bf16x2 d1, a1, c120, cm464;
+    fma.rn.relu.bf16x2 d0, d0, c127, nz;
+    fma.rn.relu.bf16x2 d1, d1, c127, nz;
+    fma.rn.bf16x2 $0, d0, nz, x0;
+    fma.rn.bf16x2 $1, d1, nz, x1;
+    }
+    """)
+
+    @gluon.jit
+    def _e4m3_to(x, dtype: gl.constexpr):
+        """float8_e4m3fn values as ``dtype`` (bf16 or fp16), exactly (NaN stays NaN)."""
+        if dtype == gl.bfloat16:
+            return gl.inline_asm_elementwise(
+                _E4M3_TO_BF16_ASM, "=r,=r,r", [x.to(gl.uint8, bitcast=True)], gl.bfloat16, is_pure=True, pack=4
+            )
+        else:
+            return x.to(dtype)  # one e4m3x2 -> f16x2 conversion per pair
+
+    @gluon.jit
+    def _convert_tile(src, dst, key0, start, seq_len, MASKED: gl.constexpr, BLOCK_N: gl.constexpr):
+        """One fp8 tile (``src``) into a bf16/fp16 stage (``dst``), 8 rows at a time; ``MASKED``: rows whose key
+        position (``key0`` + row) is outside ``[start, seq_len)`` are zeroed."""
+        layout: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [1, 1], [1, 0])
+        r = gl.arange(0, 8, layout=gl.SliceLayout(1, layout))
+        for c in gl.static_range(0, BLOCK_N, 8):
+            x = _e4m3_to(src.slice(c, 8).load(layout), dst.dtype)
+            if MASKED:
+                key = key0 + c + r
+                x = gl.where(((key >= start) & (key < seq_len))[:, None], x, gl.zeros_like(x))
+            dst.slice(c, 8).store(x)
+
     @gluon.jit
     def _ws_convert(
         stage8,
@@ -754,15 +820,15 @@ if gluon is not None:
         HALF_M: gl.constexpr,
         BLOCK_N: gl.constexpr,
         STAGES: gl.constexpr,
+        STAGES8: gl.constexpr,
         SNAKE: gl.constexpr,
         SLIDING: gl.constexpr,
     ):
-        """One warp (``KV_FP8``): for every K (or, ``IS_V``, V) tile the loader stages in fp8, wait for a free bf16
-        stage, convert the tile 8 rows at a time into it and release both. V rows outside the item's keys (before
-        the window's edge, past the sequence) are zeroed, as :func:`_paged_v` does: P = 0 times NaN is NaN. Walks
-        the work items and key tiles in the loader's order, so ``cur`` numbers the same tiles."""
-        layout: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [1, 1], [1, 0])
-        r = gl.arange(0, 8, layout=gl.SliceLayout(1, layout))
+        """One warp (``KV_FP8``): for every K (or, ``IS_V``, V) tile the loader stages in fp8 (a ring of
+        ``STAGES8`` staging tiles), wait for a free bf16 stage, convert the tile into it and release both. V rows
+        outside the item's keys (before the window's edge, past the sequence) are zeroed, as :func:`_paged_v`
+        does: P = 0 times NaN is NaN; only tiles that reach past either end take that masked path. Walks the work
+        items and key tiles in the loader's order, so ``cur`` numbers the same tiles."""
         it = 0
         for k in range(rounds):
             valid, m0, qh, seq, q_start, q_len = _item(k, num_items, num_mt, num_q_heads, cu_q_ptr, SNAKE, 2 * HALF_M)
@@ -777,17 +843,21 @@ if gluon is not None:
                 for j in range(j_lo, n_tiles):
                     cur = it + j - j_lo
                     stage = cur % STAGES
-                    mbarrier.wait(ready8, cur & 1)
+                    s8 = cur % STAGES8
+                    mbarrier.wait(ready8.index(s8), (cur // STAGES8) & 1)
                     mbarrier.wait(dst_empty.index(stage), ((cur // STAGES) & 1) ^ 1, pred=cur >= STAGES)
+                    src = stage8.index(s8)
                     dst = dst_smem.index(stage)
-                    for c in gl.static_range(0, BLOCK_N, 8):
-                        x = stage8.slice(c, 8).load(layout).to(dst.dtype)
-                        if IS_V:
-                            key = j * BLOCK_N + c + r
-                            x = gl.where(((key >= start) & (key < seq_len))[:, None], x, gl.zeros_like(x))
-                        dst.slice(c, 8).store(x)
+                    n0 = j * BLOCK_N
+                    if IS_V:
+                        if (n0 < start) | (n0 + BLOCK_N > seq_len):
+                            _convert_tile(src, dst, n0, start, seq_len, True, BLOCK_N)
+                        else:
+                            _convert_tile(src, dst, n0, start, seq_len, False, BLOCK_N)
+                    else:
+                        _convert_tile(src, dst, n0, start, seq_len, False, BLOCK_N)
                     fence_async_shared()  # the stores before the tensor cores' and the next TMA copy's accesses
-                    mbarrier.arrive(empty8, count=1)
+                    mbarrier.arrive(empty8.index(s8), count=1)
                     mbarrier.arrive(dst_ready.index(stage), count=1)
                 it += n_tiles - j_lo
 
@@ -824,6 +894,7 @@ if gluon is not None:
         BOX: gl.constexpr,
         SLIDING: gl.constexpr,
         KV_FP8: gl.constexpr,
+        STAGES8: gl.constexpr,
         CONSUMER_REGS: gl.constexpr,
         LOADER_REGS: gl.constexpr,
         num_warps: gl.constexpr,
@@ -843,16 +914,16 @@ if gluon is not None:
         HALF_M: gl.constexpr = 64
         dtype: gl.constexpr = q_desc.dtype
         q_smem = gl.allocate_shared_memory(dtype, [2 * Q_BUFFERS, HALF_M, HEAD], q_desc.layout)
-        if KV_FP8:  # bf16 stages in Q's swizzle (the descriptors' is fp8's); one fp8 staging tile each for K and V
+        if KV_FP8:  # bf16 stages in Q's swizzle (the descriptors' is fp8's); a ring of fp8 staging tiles each for K, V
             k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], q_desc.layout)
             v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], q_desc.layout)
-            k_stage8 = gl.allocate_shared_memory(k_desc.dtype, [BLOCK_N, HEAD], k_desc.layout)
-            v_stage8 = gl.allocate_shared_memory(v_desc.dtype, [BLOCK_N, HEAD], v_desc.layout)
+            k_stage8 = gl.allocate_shared_memory(k_desc.dtype, [STAGES8, BLOCK_N, HEAD], k_desc.layout)
+            v_stage8 = gl.allocate_shared_memory(v_desc.dtype, [STAGES8, BLOCK_N, HEAD], v_desc.layout)
         else:
             k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], k_desc.layout)
             v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], v_desc.layout)
-            k_stage8 = k_smem.index(0)  # unused
-            v_stage8 = v_smem.index(0)
+            k_stage8 = k_smem  # unused
+            v_stage8 = v_smem
         q_ready = gl.allocate_shared_memory(gl.int64, [Q_BUFFERS, 1], mbarrier.MBarrierLayout())
         q_empty = gl.allocate_shared_memory(gl.int64, [Q_BUFFERS, 1], mbarrier.MBarrierLayout())
         k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -862,10 +933,16 @@ if gluon is not None:
         turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         v_landed = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         mbarrier.init(v_landed, count=1)
-        staged = gl.allocate_shared_memory(gl.int64, [4, 1], mbarrier.MBarrierLayout())  # K, V ready; K, V empty
+        k8_ready = gl.allocate_shared_memory(gl.int64, [STAGES8, 1], mbarrier.MBarrierLayout())
+        v8_ready = gl.allocate_shared_memory(gl.int64, [STAGES8, 1], mbarrier.MBarrierLayout())
+        k8_empty = gl.allocate_shared_memory(gl.int64, [STAGES8, 1], mbarrier.MBarrierLayout())
+        v8_empty = gl.allocate_shared_memory(gl.int64, [STAGES8, 1], mbarrier.MBarrierLayout())
         if KV_FP8:
-            for i in gl.static_range(4):
-                mbarrier.init(staged.index(i), count=1)
+            for i in gl.static_range(STAGES8):
+                mbarrier.init(k8_ready.index(i), count=1)
+                mbarrier.init(v8_ready.index(i), count=1)
+                mbarrier.init(k8_empty.index(i), count=1)
+                mbarrier.init(v8_empty.index(i), count=1)
         for i in gl.static_range(Q_BUFFERS):
             mbarrier.init(q_ready.index(i), count=1)
             mbarrier.init(q_empty.index(i), count=2)  # one arrival per consumer warp group
@@ -983,10 +1060,10 @@ if gluon is not None:
                             v_landed,
                             k_stage8,
                             v_stage8,
-                            staged.index(0),
-                            staged.index(1),
-                            staged.index(2),
-                            staged.index(3),
+                            k8_ready,
+                            v8_ready,
+                            k8_empty,
+                            v8_empty,
                             cu_q_ptr,
                             ctx_ptr,
                             bt_ptr,
@@ -1001,6 +1078,7 @@ if gluon is not None:
                             HALF_M,
                             BLOCK_N,
                             STAGES,
+                            STAGES8,
                             Q_BUFFERS,
                             SNAKE,
                             PAGED,
@@ -1015,8 +1093,8 @@ if gluon is not None:
                         _ws_convert,
                         (
                             k_stage8,
-                            staged.index(0),
-                            staged.index(2),
+                            k8_ready,
+                            k8_empty,
                             k_smem,
                             k_ready,
                             k_empty,
@@ -1032,6 +1110,7 @@ if gluon is not None:
                             HALF_M,
                             BLOCK_N,
                             STAGES,
+                            STAGES8,
                             SNAKE,
                             SLIDING,
                         ),
@@ -1040,8 +1119,8 @@ if gluon is not None:
                         _ws_convert,
                         (
                             v_stage8,
-                            staged.index(1),
-                            staged.index(3),
+                            v8_ready,
+                            v8_empty,
                             v_smem,
                             v_ready,
                             v_empty,
@@ -1057,6 +1136,7 @@ if gluon is not None:
                             HALF_M,
                             BLOCK_N,
                             STAGES,
+                            STAGES8,
                             SNAKE,
                             SLIDING,
                         ),
@@ -1166,10 +1246,10 @@ if gluon is not None:
                             v_landed,
                             k_stage8,
                             v_stage8,
-                            staged.index(0),
-                            staged.index(1),
-                            staged.index(2),
-                            staged.index(3),
+                            k8_ready,
+                            v8_ready,
+                            k8_empty,
+                            v8_empty,
                             cu_q_ptr,
                             ctx_ptr,
                             bt_ptr,
@@ -1184,6 +1264,7 @@ if gluon is not None:
                             HALF_M,
                             BLOCK_N,
                             STAGES,
+                            STAGES8,
                             Q_BUFFERS,
                             SNAKE,
                             PAGED,
@@ -1420,6 +1501,11 @@ def launch_plan(
     cfg["block_n"] = min(cfg["block_n"], head)  # one MMA layout serves S and O: block_n must divide the head
     cfg.update({k: v for k, v in (config or {}).items() if k in DEFAULT_CONFIG})
     block_m, block_n, num_warps = int(cfg["block_m"]), int(cfg["block_n"]), int(cfg["num_warps"])
+    if kv_fp8 and (int(cfg["fp8_stages"]) < 1 or int(cfg["q_buffers"]) + int(cfg["fp8_stages"]) > 3):
+        raise ValueError(
+            f"prefill_wgmma: fp8 caches need fp8_stages >= 1 and q_buffers + fp8_stages <= 3 (the Q buffers, the "
+            f"bf16 stages and the fp8 staging tiles share 227 KiB of shared memory), got {cfg}"
+        )
     if cfg["warp_specialize"]:
         block_m, num_warps = 128, 8
     if block_m % block_n or head % block_n or block_m != 16 * num_warps:
@@ -1476,6 +1562,7 @@ def launch_plan(
             BOX=box,
             SLIDING=window > 0,
             KV_FP8=kv_fp8,
+            STAGES8=int(cfg["fp8_stages"]),
             CONSUMER_REGS=int(cfg["consumer_regs"]),
             LOADER_REGS=int(cfg["loader_regs"]),
             num_warps=4,

@@ -517,6 +517,40 @@ def test_fp8_paged_prefill_on_gluon_forms(config):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="NaN codes: the interpreter reads 0x7F as 480")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
+@pytest.mark.parametrize("config", [None, {"wgmma": True}], ids=["default", "gluon"])
+def test_fp8_prefill_reads_every_code_exactly(dtype, config):
+    """Each of the 256 e4m3fn bytes read as its exact value (NaN as NaN), by the Triton kernel (default) and the
+    Gluon kernel's converters. Key 0 of each sequence is 8 in every dimension and every other key 0, and q is 8
+    everywhere, so key 0's score is 8 * 8 * 128 / sqrt(128) = 724 against 0: exp(-724) is 0 in fp32, P is one-hot
+    and every output row is key 0's V row times v_scale (a power of two, so exact). Sequence 0's V row holds bytes
+    0..127, sequence 1's bytes 128..255, one per dimension."""
+    if config and not _hopper():
+        pytest.skip("the Gluon kernel needs a compute-capability-9 GPU")
+    head, bs, new = 128, 16, 160  # two 128-row work items per sequence, the second partial
+    k = torch.zeros((2 * new // bs + 1, bs, 1, head), dtype=torch.uint8)
+    v = torch.zeros_like(k)
+    bt = torch.arange(2 * new // bs, dtype=torch.int32).view(2, new // bs)
+    codes = torch.arange(256, dtype=torch.uint8).view(2, head)
+    for s in range(2):
+        first = int(bt[s, 0])
+        k[first, 0, 0] = 0x50  # 8.0: exponent 10 - 7 = 3, mantissa 0
+        v[first, 0, 0] = codes[s]
+    k, v = k.view(F8).to(DEVICE), v.view(F8).to(DEVICE)
+    q = torch.full((2 * new, 1, head), 8.0, dtype=dtype, device=DEVICE)
+    cu = torch.tensor([0, new, 2 * new], dtype=torch.int32, device=DEVICE)
+    ctx = torch.zeros(2, dtype=torch.int32, device=DEVICE)
+    got = dispatch.paged_prefill_attention(
+        q, k, v, bt.to(DEVICE), cu, ctx, head**-0.5, max_query_len=new, config=config, k_scale=1.0, v_scale=0.5
+    )
+    row = codes.view(F8).float() * 0.5  # torch's e4m3fn -> float32: 0x7F and 0xFF are NaN
+    expect = row.repeat_interleave(new, dim=0).view(2 * new, 1, head).to(dtype)
+    torch.testing.assert_close(got.cpu(), expect, rtol=0, atol=0, equal_nan=True)
+    assert int(torch.isnan(expect).sum()) == 2 * new  # the two NaN codes in every row
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="the Gluon prefill route exists on the GPU only")
 def test_fp8_paged_prefill_default_route(monkeypatch):
     """By default (``WGMMA_FP8_PREFILL_DEFAULT``) fp8 paged prefill runs the Triton kernel; the switch sends it to

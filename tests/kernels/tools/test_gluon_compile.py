@@ -96,8 +96,17 @@ def test_windowed_paged_form_compiles():
 
 @pytest.mark.parametrize("window", [0, 1024])
 def test_fp8_paged_form_compiles(window):
-    # fp8 caches: one fp8 staging tile each for K and V beside the bf16 stages, and two converter warps
+    # fp8 caches: rings of two fp8 staging tiles each for K and V beside the bf16 stages, and two converter warps
     info = _compile({}, torch.bfloat16, group=4, paged=True, window=window, fp8=True)
     assert info["kernel"] == "_prefill_ws_kernel" and info["local_bytes"] == 0 and info["stack_bytes"] <= 64, info
-    # Q 65,536 + bf16 K and V stages 131,072 + fp8 staging 2 x 128 x 128 = 32,768, within the 232,448 of an SM
-    assert 65536 + 131072 + 32768 <= info["shared_bytes"] <= 232448, info
+    # one Q buffer 2 x 64 x 128 x 2 = 32,768 + bf16 K and V stages 131,072 + fp8 staging 2 x 2 x 128 x 128 = 65,536,
+    # within the 232,448 of an SM
+    assert 32768 + 131072 + 65536 <= info["shared_bytes"] <= 232448, info
+
+
+def test_fp8_shared_memory_refused():
+    # two Q buffers and two fp8 staging tiles each: 65,536 + 131,072 + 65,536 > 232,448
+    with pytest.raises(
+        AssertionError, match=r"ValueError: prefill_wgmma: fp8 caches need .*q_buffers \+ fp8_stages <= 3"
+    ):
+        _compile({"q_buffers": 2}, torch.bfloat16, group=4, paged=True, fp8=True)
