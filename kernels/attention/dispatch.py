@@ -24,10 +24,10 @@ WGMMA_PREFILL_DEFAULT = True
 # 1.5-1.7x faster than the Triton paged kernel on the H100. Block sizes it cannot copy whole (one-token blocks)
 # keep the Triton kernel.
 WGMMA_PAGED_PREFILL_DEFAULT = True
-# fp8 (e4m3) caches, every key through the block table: the Gluon kernel's paged form with its converter warps.
-# Off by default until it has run on a GPU (it compiles for sm_90; tests/kernels/attention/test_fp8_kv.py holds its
-# GPU tests): ``config={"wgmma": True}`` asks for it per call; by default fp8 runs the Triton kernels.
-WGMMA_FP8_PREFILL_DEFAULT = False
+# fp8 (e4m3) caches, every key through the block table: the Gluon kernel's paged form with its converter warps,
+# 1.7x faster than the Triton paged kernel on the H100 on the windowed chunked prefill of the sliding-window bench
+# (reports/kernels/runs/, "gluon-fp8"). With new K/V fp8 runs the Triton kernel.
+WGMMA_FP8_PREFILL_DEFAULT = True
 # New K/V with cached context: the Gluon kernel's mixed form (context through the table, new tokens contiguous),
 # about 1.6x faster than the Triton new-K/V kernel on the H100.
 WGMMA_MIXED_PREFILL_DEFAULT = True
@@ -110,10 +110,10 @@ def paged_prefill_attention(
             ``max_context_len + max_query_len`` with ``new_key``) is full attention and takes the usual route.
         k_scale, v_scale: per-tensor scales of ``float8_e4m3fn`` caches (fp8 KV, compute capability >= 8.9):
             keys are ``k_cache * k_scale``, values ``v_cache * v_scale``; ``new_key``/``new_value`` stay in q's
-            dtype and unscaled. Finite and positive for fp8, 1.0 otherwise (``ValueError``). fp8 calls run the
-            Triton kernels; without ``new_key``, ``config={"wgmma": True}`` runs the Gluon kernel's paged form where
-            it qualifies (its converter warps turn each fp8 tile into q's dtype in shared memory;
-            ``WGMMA_FP8_PREFILL_DEFAULT``, off until measured on a GPU).
+            dtype and unscaled. Finite and positive for fp8, 1.0 otherwise (``ValueError``). Without ``new_key``,
+            fp8 calls run the Gluon kernel's paged form where it qualifies (``WGMMA_FP8_PREFILL_DEFAULT``: its
+            converter warps turn each fp8 tile into fp16 in shared memory, and bf16 q is rounded to fp16 there,
+            exact for magnitudes in [2**-14, 65504]); with ``new_key``, and elsewhere, the Triton kernels.
 
     Returns:
         ``[total_new_tokens, num_q_heads, head_size]`` in ``q``'s dtype.

@@ -20,9 +20,9 @@ Three forms of K/V:
   from contiguous tensors.
 
 All take fp16/bf16, head sizes 64 and 128, compute capability 9.x (the paged form also float8_e4m3fn caches: the
-loader stages each fp8 tile and two converter warps write the bf16/fp16 stages, ``_ws_convert``);
-:func:`supported`, :func:`supported_paged` and :func:`supported_mixed` say whether a call qualifies, and
-:func:`kernels.attention.paged_prefill_attention` routes to them by default (fp8: only when asked, until measured).
+loader stages each fp8 tile, two converter warps write fp16 stages, ``_ws_convert``, and the products run in fp16,
+``_q_as_fp16``); :func:`supported`, :func:`supported_paged` and :func:`supported_mixed` say whether a call
+qualifies, and :func:`kernels.attention.paged_prefill_attention` routes to them by default.
 Gluon has no CPU interpreter, so the kernel runs on the GPU only (``tests/kernels/attention/test_prefill_hopper.py``);
 on the CPU the module imports and reports itself unsupported, and :mod:`kernels.tools.gluon_compile` compiles it for
 sm_90 without a GPU.
@@ -376,6 +376,22 @@ if gluon is not None:
         return n0, limit, masked
 
     @gluon.jit
+    def _q_as_fp16(q, HALF_M: gl.constexpr, HEAD: gl.constexpr):
+        """A consumer warp group's Q half (``[HALF_M, HEAD]`` in shared memory) as fp16, for the products with the
+        fp16 K/V stages of fp8 caches: bf16 is rewritten in place (each thread stores the elements it loaded, so
+        no thread overwrites another's unread ones), exact for magnitudes in fp16's normal range [2**-14, 65504]."""
+        if q.dtype == gl.bfloat16:
+            layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+            x = q.load(layout)
+            q16 = q._reinterpret(gl.float16, [HALF_M, HEAD], q.layout)
+            q16.store(x.to(gl.float16))
+            fence_async_shared()  # the stores before the tensor cores read them
+            gl.thread_barrier()  # and every warp of the group's before any issues the product
+            return q16
+        else:
+            return q
+
+    @gluon.jit
     def _ws_consumer(
         q_smem,
         k_smem,
@@ -422,7 +438,7 @@ if gluon is not None:
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
         row_layout: gl.constexpr = gl.SliceLayout(1, mma)
         col_layout: gl.constexpr = gl.SliceLayout(0, mma)
-        dtype: gl.constexpr = q_smem.dtype
+        dtype: gl.constexpr = k_smem.dtype  # of the products' operands: q's, or fp16 with fp8 caches
         cols = gl.arange(0, BLOCK_N, layout=col_layout)
         offs_d = gl.arange(0, HEAD, layout=col_layout)
         s_init = gl.zeros([HALF_M, BLOCK_N], gl.float32, mma)
@@ -455,6 +471,8 @@ if gluon is not None:
                 qb = tc % Q_BUFFERS
                 q = q_smem.index(qb * 2 + HALF)
                 mbarrier.wait(q_ready.index(qb), (tc // Q_BUFFERS) & 1)
+                if KV_FP8:
+                    q = _q_as_fp16(q, HALF_M, HEAD)
 
                 stage = it % STAGES
                 mbarrier.wait(k_ready.index(stage), (it // STAGES) & 1)
@@ -635,7 +653,7 @@ if gluon is not None:
         form): from the tile of the item's first row's window edge on, rows before that edge zeroed in V and never
         looked up in the block table. ``KV_FP8`` (paged form): the fp8 K and V tiles go to rings of ``STAGES8``
         staging tiles (``k_stage8``/``v_stage8``), from which the converter warps (:func:`_ws_convert`) fill the
-        bf16 stages."""
+        fp16 stages."""
         it = 0
         tc = 0
         partial = 0  # paged V tiles that held a sequence's end (parity of v_landed)
@@ -743,58 +761,14 @@ if gluon is not None:
                 it += n_tiles - j_lo
                 tc += 1
 
-    # e4m3fn -> bf16, four bytes (one register) into two bf16 pairs. The bytes' sign and magnitude bits go where a
-    # bf16's are (the value times 2^-120: e4m3's exponent bias is 7, bf16's 127), a multiply by 2^120 restores it
-    # exactly (subnormals included), and the NaN code (magnitude 0x7F, which would become 480 > 448, the largest
-    # finite e4m3) is turned into NaN by an overflow to +inf times -0. All integer and bf16x2 arithmetic: the
-    # conversion instructions' path (e4m3 -> f16 -> bf16, one F2F per element) is a quarter-rate unit and kept the
-    # converter warps from feeding the tensor cores (reports/kernels/runs/gluon-fp8-h100-*).
-    _E4M3_TO_BF16_ASM = gl.constexpr("""
-    {
-    .reg .b32 t<2>, a<2>, x<2>, d<2>, c120, cm464, c127, nz;
-    mov.b32 c120, 0x7B807B80;
-    mov.b32 cm464, 0xC3E8C3E8;
-    mov.b32 c127, 0x7F007F00;
-    mov.b32 nz, 0x80008000;
-    prmt.b32 t0, $2, 0, 0x1404;
-    prmt.b32 t1, $2, 0, 0x3424;
-    shr.b32 a0, t0, 4;
-    shr.b32 a1, t1, 4;
-    and.b32 a0, a0, 0x07F007F0;
-    and.b32 a1, a1, 0x07F007F0;
-    and.b32 x0, t0, 0x80008000;
-    and.b32 x1, t1, 0x80008000;
-    or.b32 x0, x0, a0;
-    or.b32 x1, x1, a1;
-    fma.rn.bf16x2 x0, x0, c120, nz;
-    fma.rn.bf16x2 x1, x1, c120, nz;
-    fma.rn.bf16x2 d0, a0, c120, cm464;
-    fma.rn.bf16x2 d1, a1, c120, cm464;
-    fma.rn.relu.bf16x2 d0, d0, c127, nz;
-    fma.rn.relu.bf16x2 d1, d1, c127, nz;
-    fma.rn.bf16x2 $0, d0, nz, x0;
-    fma.rn.bf16x2 $1, d1, nz, x1;
-    }
-    """)
-
-    @gluon.jit
-    def _e4m3_to(x, dtype: gl.constexpr):
-        """float8_e4m3fn values as ``dtype`` (bf16 or fp16), exactly (NaN stays NaN)."""
-        if dtype == gl.bfloat16:
-            return gl.inline_asm_elementwise(
-                _E4M3_TO_BF16_ASM, "=r,=r,r", [x.to(gl.uint8, bitcast=True)], gl.bfloat16, is_pure=True, pack=4
-            )
-        else:
-            return x.to(dtype)  # one e4m3x2 -> f16x2 conversion per pair
-
     @gluon.jit
     def _convert_tile(src, dst, key0, start, seq_len, MASKED: gl.constexpr, BLOCK_N: gl.constexpr):
-        """One fp8 tile (``src``) into a bf16/fp16 stage (``dst``), 8 rows at a time; ``MASKED``: rows whose key
+        """One fp8 tile (``src``) into an fp16 stage (``dst``), 8 rows at a time; ``MASKED``: rows whose key
         position (``key0`` + row) is outside ``[start, seq_len)`` are zeroed."""
         layout: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [1, 1], [1, 0])
         r = gl.arange(0, 8, layout=gl.SliceLayout(1, layout))
         for c in gl.static_range(0, BLOCK_N, 8):
-            x = _e4m3_to(src.slice(c, 8).load(layout), dst.dtype)
+            x = src.slice(c, 8).load(layout).to(dst.dtype)  # e4m3 -> f16: one conversion per pair, exact
             if MASKED:
                 key = key0 + c + r
                 x = gl.where(((key >= start) & (key < seq_len))[:, None], x, gl.zeros_like(x))
@@ -825,7 +799,7 @@ if gluon is not None:
         SLIDING: gl.constexpr,
     ):
         """One warp (``KV_FP8``): for every K (or, ``IS_V``, V) tile the loader stages in fp8 (a ring of
-        ``STAGES8`` staging tiles), wait for a free bf16 stage, convert the tile into it and release both. V rows
+        ``STAGES8`` staging tiles), wait for a free fp16 stage, convert the tile into it and release both. V rows
         outside the item's keys (before the window's edge, past the sequence) are zeroed, as :func:`_paged_v`
         does: P = 0 times NaN is NaN; only tiles that reach past either end take that masked path. Walks the work
         items and key tiles in the loader's order, so ``cur`` numbers the same tiles."""
@@ -908,15 +882,15 @@ if gluon is not None:
         context through the block table, the new tokens' K/V from ``kn_desc``/``vn_desc`` (``[T, kv_heads * head]``,
         rows aligned with q). ``SLIDING`` (paged form only): sliding-window attention over ``window`` keys.
         ``KV_FP8`` (paged form only): float8_e4m3fn caches; the loader stages each K and V tile in fp8 and two
-        converter warps (:func:`_ws_convert`) write the bf16 stages the consumers read (K's scale folded into
+        converter warps (:func:`_ws_convert`) write the fp16 stages the consumers multiply with (K's scale folded into
         ``scale_log2``, V's ``out_scale`` applied to the output)."""
         STAGES: gl.constexpr = 2
         HALF_M: gl.constexpr = 64
         dtype: gl.constexpr = q_desc.dtype
         q_smem = gl.allocate_shared_memory(dtype, [2 * Q_BUFFERS, HALF_M, HEAD], q_desc.layout)
-        if KV_FP8:  # bf16 stages in Q's swizzle (the descriptors' is fp8's); a ring of fp8 staging tiles each for K, V
-            k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], q_desc.layout)
-            v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD], q_desc.layout)
+        if KV_FP8:  # fp16 stages in Q's swizzle (the descriptors' is fp8's); a ring of fp8 staging tiles each for K, V
+            k_smem = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_N, HEAD], q_desc.layout)
+            v_smem = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_N, HEAD], q_desc.layout)
             k_stage8 = gl.allocate_shared_memory(k_desc.dtype, [STAGES8, BLOCK_N, HEAD], k_desc.layout)
             v_stage8 = gl.allocate_shared_memory(v_desc.dtype, [STAGES8, BLOCK_N, HEAD], v_desc.layout)
         else:
@@ -1504,7 +1478,7 @@ def launch_plan(
     if kv_fp8 and (int(cfg["fp8_stages"]) < 1 or int(cfg["q_buffers"]) + int(cfg["fp8_stages"]) > 3):
         raise ValueError(
             f"prefill_wgmma: fp8 caches need fp8_stages >= 1 and q_buffers + fp8_stages <= 3 (the Q buffers, the "
-            f"bf16 stages and the fp8 staging tiles share 227 KiB of shared memory), got {cfg}"
+            f"fp16 stages and the fp8 staging tiles share 227 KiB of shared memory), got {cfg}"
         )
     if cfg["warp_specialize"]:
         block_m, num_warps = 128, 8

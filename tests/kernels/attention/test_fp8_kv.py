@@ -493,7 +493,7 @@ def test_fp8_paged_prefill_on_gluon(monkeypatch, block_size, window):
     if w:
         _free_blocks_before(k, v, bt, lens, [c - w + 1 for c in ctx])
     out = torch.full_like(q, float("nan"))
-    # asked for: the default keeps fp8 on the Triton kernels until this kernel has run on a GPU
+    # asked for, so that the test still runs this kernel if the default changes
     dispatch.paged_prefill_attention(
         q, k, v, bt, cu_t, ctx_t, scale, out=out, max_query_len=max(new), config={"wgmma": True}, **kw
     )
@@ -519,14 +519,14 @@ def test_fp8_paged_prefill_on_gluon_forms(config):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="NaN codes: the interpreter reads 0x7F as 480")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
-@pytest.mark.parametrize("config", [None, {"wgmma": True}], ids=["default", "gluon"])
+@pytest.mark.parametrize("config", [{"wgmma": False}, {"wgmma": True}], ids=["triton", "gluon"])
 def test_fp8_prefill_reads_every_code_exactly(dtype, config):
-    """Each of the 256 e4m3fn bytes read as its exact value (NaN as NaN), by the Triton kernel (default) and the
-    Gluon kernel's converters. Key 0 of each sequence is 8 in every dimension and every other key 0, and q is 8
-    everywhere, so key 0's score is 8 * 8 * 128 / sqrt(128) = 724 against 0: exp(-724) is 0 in fp32, P is one-hot
-    and every output row is key 0's V row times v_scale (a power of two, so exact). Sequence 0's V row holds bytes
-    0..127, sequence 1's bytes 128..255, one per dimension."""
-    if config and not _hopper():
+    """Each of the 256 e4m3fn bytes read as its exact value (NaN as NaN), by the Triton kernel and the Gluon
+    kernel's converters (with bf16 q, through its fp16 products). Key 0 of each sequence is 8 in every dimension and
+    every other key 0, and q is 8 everywhere, so key 0's score is 8 * 8 * 128 / sqrt(128) = 724 against 0:
+    exp(-724) is 0 in fp32, P is one-hot and every output row is key 0's V row times v_scale (a power of two, so
+    exact). Sequence 0's V row holds bytes 0..127, sequence 1's bytes 128..255, one per dimension."""
+    if config["wgmma"] and not _hopper():
         pytest.skip("the Gluon kernel needs a compute-capability-9 GPU")
     head, bs, new = 128, 16, 160  # two 128-row work items per sequence, the second partial
     k = torch.zeros((2 * new // bs + 1, bs, 1, head), dtype=torch.uint8)
@@ -553,18 +553,26 @@ def test_fp8_prefill_reads_every_code_exactly(dtype, config):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="the Gluon prefill route exists on the GPU only")
 def test_fp8_paged_prefill_default_route(monkeypatch):
-    """By default (``WGMMA_FP8_PREFILL_DEFAULT``) fp8 paged prefill runs the Triton kernel; the switch sends it to
-    the Gluon kernel's paged form."""
+    """By default (``WGMMA_FP8_PREFILL_DEFAULT``) fp8 paged prefill runs the Gluon kernel's paged form on Hopper and
+    the Triton kernel elsewhere; ``config={"wgmma": False}`` and the switch turned off keep the Triton kernel."""
     from kernels.attention import prefill_hopper
 
     calls = []
-    monkeypatch.setattr(prefill_hopper, "prefill_wgmma_paged_attention", lambda *a, **kw: calls.append(1))
+    real = prefill_hopper.prefill_wgmma_paged_attention
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(prefill_hopper, "prefill_wgmma_paged_attention", counting)
     lens, k, v, bt, q, cu_t, ctx_t, scale = _prefill_inputs([0, 70], [128, 64], 4, 2, 128, 16, torch.bfloat16, 11)
     kw = dict(k_scale=K_SCALE, v_scale=V_SCALE)
     expect = ref.ref_paged_prefill(q, k, v, bt, cu_t, ctx_t, scale, **kw)
     got = dispatch.paged_prefill_attention(q, k, v, bt, cu_t, ctx_t, scale, **kw)
     assert_close(got, expect, torch.bfloat16, "default route")
-    assert calls == []
-    monkeypatch.setattr(dispatch, "WGMMA_FP8_PREFILL_DEFAULT", True)
+    assert calls == ([1] if _hopper() else []), calls
+    got = dispatch.paged_prefill_attention(q, k, v, bt, cu_t, ctx_t, scale, config={"wgmma": False}, **kw)
+    assert_close(got, expect, torch.bfloat16, "Triton route")
+    monkeypatch.setattr(dispatch, "WGMMA_FP8_PREFILL_DEFAULT", False)
     dispatch.paged_prefill_attention(q, k, v, bt, cu_t, ctx_t, scale, **kw)
     assert calls == ([1] if _hopper() else []), calls

@@ -96,7 +96,7 @@ def test_windowed_paged_form_compiles():
 
 @pytest.mark.parametrize("window", [0, 1024])
 def test_fp8_paged_form_compiles(window):
-    # fp8 caches: rings of two fp8 staging tiles each for K and V beside the bf16 stages, and two converter warps
+    # fp8 caches: rings of two fp8 staging tiles each for K and V beside the fp16 stages, and two converter warps
     info = _compile({}, torch.bfloat16, group=4, paged=True, window=window, fp8=True)
     assert info["kernel"] == "_prefill_ws_kernel" and info["local_bytes"] == 0 and info["stack_bytes"] <= 64, info
     # one Q buffer 2 x 64 x 128 x 2 = 32,768 + bf16 K and V stages 131,072 + fp8 staging 2 x 2 x 128 x 128 = 65,536,
