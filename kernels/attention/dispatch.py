@@ -26,7 +26,7 @@ WGMMA_PREFILL_DEFAULT = True
 WGMMA_PAGED_PREFILL_DEFAULT = True
 # fp8 (e4m3) caches, every key through the block table: the Gluon kernel's paged form with its converter warps,
 # 1.7x faster than the Triton paged kernel on the H100 on the windowed chunked prefill of the sliding-window bench
-# (reports/kernels/runs/, "gluon-fp8"). With new K/V fp8 runs the Triton kernel.
+# (reports/kernels/runs/gluon-fp8-adb41d3-h100/). With new K/V fp8 runs the Triton kernel.
 WGMMA_FP8_PREFILL_DEFAULT = True
 # New K/V with cached context: the Gluon kernel's mixed form (context through the table, new tokens contiguous),
 # about 1.6x faster than the Triton new-K/V kernel on the H100.
