@@ -100,10 +100,19 @@ class Batch:
         the counters the cost model reads."""
         self.prefill.append(request)
         self.prefill_spans.append((context, context + new))
-        self.num_prefill_seqs += seqs
-        self.num_prefill_tokens += new
-        self.prefill_context_tokens += context
-        self.prefill_attention_pairs += new * (new + 1) // 2 + new * context
+        self._count_prefill(context, new, seqs, 1)
+
+    def remove_prefill(self, request: Request, context: int, new: int, seqs: int = 1) -> None:
+        """Take back the chunk `add_prefill(request, context, new, seqs)` added."""
+        i = self.prefill.index(request)
+        del self.prefill[i], self.prefill_spans[i]
+        self._count_prefill(context, new, seqs, -1)
+
+    def _count_prefill(self, context: int, new: int, seqs: int, sign: int) -> None:
+        self.num_prefill_seqs += sign * seqs
+        self.num_prefill_tokens += sign * new
+        self.prefill_context_tokens += sign * context
+        self.prefill_attention_pairs += sign * (new * (new + 1) // 2 + new * context)
 
     @property
     def num_seqs(self) -> int:

@@ -172,13 +172,7 @@ class VllmV1Scheduler(VllmV0Scheduler):
             request.computed += new
             return
         request.computed -= new
-        i = batch.prefill.index(request)
-        del batch.prefill[i], batch.prefill_spans[i]
-        context = request.computed
-        batch.num_prefill_seqs -= 1
-        batch.num_prefill_tokens -= new
-        batch.prefill_context_tokens -= context
-        batch.prefill_attention_pairs -= new * (new + 1) // 2 + new * context
+        batch.remove_prefill(request, request.computed, new)
 
     def _complete_prefill(self, request: Request, new: int, order: list[Request], batch: Batch) -> bool:
         """The last prompt chunk (`new` tokens) of a prefilling request is placed: fork its other branches and let it
